@@ -1,0 +1,1 @@
+"""The small core: contracts, plugin manager, registry schema, runner, store, reports."""

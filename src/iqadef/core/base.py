@@ -1,0 +1,263 @@
+"""The three contracts every plugin implements: :class:`Metric`, :class:`Attack`, :class:`Defence`
+(plus :class:`ImageScore` for per-image measures).
+
+Each is a small class with a ``name``, a ``version``, typed ``params`` (see :mod:`iqadef.core.params`)
+and one method that does the work. Construction is cheap and validates parameters; anything heavy
+(weights, models) happens in :meth:`Plugin.load`, once per run and device.
+
+Images are always float RGB tensors ``[B, 3, H, W]`` with values in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import ConfigError
+from .params import Param, resolve
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    return value
+
+
+class Plugin:
+    """Common part of every plugin: identity, parameters, lifecycle."""
+
+    kind: ClassVar[str] = "plugin"
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    params: ClassVar[tuple[Param, ...]] = ()
+    #: Weight files this plugin needs (``iqadef.core.weights.WeightSpec``), listed by ``iqadef weights``.
+    weights: ClassVar[tuple] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for p in cls.params:
+            if hasattr(Plugin, p.name) or p.name in {"config", "device", "label"}:
+                raise TypeError(f"{cls.__name__}: parameter name {p.name!r} clashes with a Plugin attribute")
+
+    def __init__(self, where: str | None = None, **values: Any):
+        where = where or self.name or type(self).__name__
+        self.config: dict[str, Any] = resolve(self.params, values, where)
+        for key, value in self.config.items():
+            setattr(self, key, value)
+        self.device = torch.device("cpu")
+        self._loaded_on: torch.device | None = None
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """Short readable id: the name plus the parameters that differ from their defaults."""
+        changed = {p.name: self.config[p.name] for p in self.params if self.config[p.name] != p.default}
+        if not changed:
+            return self.name
+        inner = ",".join(f"{k}={_fmt(v)}" for k, v in changed.items())
+        return f"{self.name}[{inner}]"
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines this plugin's output (used in cache keys)."""
+        return {"kind": self.kind, "name": self.name, "version": self.version,
+                "params": _canonical(self.config)}
+
+    def key(self) -> str:
+        """A stable hash of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def load(self, device: torch.device | str = "cpu") -> "Plugin":
+        """Load weights/models onto ``device`` (idempotent). Subclasses override :meth:`setup`."""
+        device = torch.device(device)
+        if self._loaded_on != device:
+            self.device = device
+            self.setup(device)
+            for module in self._modules():
+                module.eval().requires_grad_(False).to(device)
+            self._loaded_on = device
+        return self
+
+    def setup(self, device: torch.device) -> None:
+        """Build models and load weights. Nothing to do for plugins without weights."""
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]
+
+    # -- description -------------------------------------------------------------------------
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """A JSON-able description for ``iqadef list`` and the docs."""
+        doc = (cls.__doc__ or "").strip()
+        out = {
+            "name": cls.name,
+            "kind": cls.kind,
+            "version": cls.version,
+            "doc": doc,
+            "params": [
+                {"name": p.name, "type": p.type_name, "default": _jsonable(p.default), "allowed": p.allowed(),
+                 "help": p.help, "presets": [_jsonable(v) for v in p.presets]}
+                for p in cls.params
+            ],
+        }
+        if cls.weights:
+            out["weights"] = [w.describe() for w in cls.weights]
+        out.update(cls._describe_extra())
+        return out
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "+".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+class Metric(Plugin):
+    """A no-reference quality metric: ``score(images) -> Tensor[B]``, differentiable w.r.t. the images.
+
+    ``range`` (low, high) is the typical span of scores; attacks divide by ``high - low``.
+    ``input_policy`` says in words what the metric does to the input size (resize, patches, ...).
+    """
+
+    kind = "metric"
+    higher_is_better: ClassVar[bool] = True
+    range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    input_policy: ClassVar[str] = "any size"
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.score(images)
+
+    @property
+    def span(self) -> float:
+        low, high = self.range
+        return float(high - low)
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return {"higher_is_better": cls.higher_is_better, "range": list(cls.range),
+                "input_policy": cls.input_policy}
+
+
+def attack_loss(metric: Metric, images: torch.Tensor) -> torch.Tensor:
+    """Per-image loss of the reference code, ``1 - f(x)/range`` (``1 + f/range`` when lower is better).
+
+    Minimising it pushes the metric towards "better". Returned per image (``[B]``); attacks sum it so
+    that each image's gradient does not depend on the batch it is in.
+    """
+    sign = 1.0 if metric.higher_is_better else -1.0
+    return 1.0 - sign * metric.score(images) / metric.span
+
+
+class Attack(Plugin):
+    """An attack: ``run(metric, images, seed=...) -> adversarial images`` (same shape, in [0, 1]).
+
+    ``norm`` names the bound the attack keeps (``"linf"``, ``"l2"``, ``"rmse"``, or None for
+    unbounded/semantic attacks); :meth:`bound` gives its size.
+    """
+
+    kind = "attack"
+    norm: ClassVar[str | None] = None
+
+    def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bound(self) -> float | None:
+        """The size of the bound in :attr:`norm`, or None."""
+        return getattr(self, "eps", None) if self.norm else None
+
+    @staticmethod
+    def generator(seed: int, device: torch.device | str) -> torch.Generator:
+        """A torch generator on ``device`` seeded with ``seed`` (never the global RNG)."""
+        g = torch.Generator(device=torch.device(device))
+        g.manual_seed(int(seed) % (2**63))
+        return g
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return {"norm": cls.norm}
+
+
+class Defence(Plugin):
+    """A purifier: ``purify(images, seed=...) -> images``.
+
+    ``randomized`` defences must draw all their randomness from ``seed`` (the runner passes the same
+    seed for the clean and the attacked image of a pair). ``differentiable`` says :meth:`purify` can be
+    back-propagated through; for the others, :meth:`forward` uses BPDA: the forward pass is the real
+    purification and the backward pass is that of :meth:`backward_estimate` (identity by default).
+    """
+
+    kind = "defence"
+    randomized: ClassVar[bool] = False
+    differentiable: ClassVar[bool] = False
+    #: Whether the output has the input's size (crop and resize do not).
+    preserves_size: ClassVar[bool] = True
+
+    def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward_estimate(self, images: torch.Tensor) -> torch.Tensor:
+        """A differentiable stand-in used for gradients of non-differentiable defences (BPDA)."""
+        return images
+
+    def forward(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """The differentiable path used by adaptive attacks."""
+        if self.differentiable:
+            return self.purify(images, seed=seed)
+        with torch.no_grad():
+            real = self.purify(images.detach(), seed=seed)
+        surrogate = self.backward_estimate(images)
+        if surrogate.shape != real.shape:
+            raise ConfigError(
+                f"defence {self.name!r}: its backward_estimate returns shape {tuple(surrogate.shape)} but "
+                f"purify returns {tuple(real.shape)}; BPDA needs them equal")
+        return surrogate + (real - surrogate).detach()
+
+    @staticmethod
+    def generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+        g = torch.Generator(device=torch.device(device))
+        g.manual_seed(int(seed or 0) % (2**63))
+        return g
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return {"randomized": cls.randomized, "differentiable": cls.differentiable,
+                "preserves_size": cls.preserves_size}
+
+
+class ImageScore(Plugin):
+    """A per-image measure computed for every grid cell (PSNR, SSIM, gain, ...).
+
+    :meth:`compute` receives a :class:`~iqadef.core.cells.CellBatch` and returns named ``[B]`` tensors
+    (or floats per image); each name becomes a column of the result table.
+    """
+
+    kind = "score"
+
+    def compute(self, cells: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

@@ -1,0 +1,33 @@
+"""What the runner hands to per-image scores: one batch of grid cells (same metric, attack, defence)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Metric
+
+
+@dataclass
+class CellBatch:
+    """Images and metric values of ``B`` cells.
+
+    ``clean`` x, ``adv`` x_a (as stored: 8-bit quantised), ``def_clean`` D(x) and ``def_adv`` D(x_a)
+    (the defence's output, which may have another size than x when the defence crops or resizes),
+    and the four scores f(x), f(x_a), f(D(x)), f(D(x_a)) as ``[B]`` tensors. ``metric`` gives the
+    range and direction of the scores.
+    """
+
+    clean: torch.Tensor
+    adv: torch.Tensor
+    def_clean: torch.Tensor
+    def_adv: torch.Tensor
+    f_clean: torch.Tensor
+    f_adv: torch.Tensor
+    f_def_clean: torch.Tensor
+    f_def_adv: torch.Tensor
+    metric: Metric
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])

@@ -1,0 +1,36 @@
+"""Hook specifications. A plugin module implements any of these with ``@iqadef.hookimpl``.
+
+Register-callback style (as in ``simonw/llm``): each hook receives a ``register`` function and calls it
+once per plugin class it provides, e.g.::
+
+    @hookimpl
+    def iqadef_register_defences(register):
+        register(MyDefence)
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("iqadef")
+hookimpl = pluggy.HookimplMarker("iqadef")
+
+
+@hookspec
+def iqadef_register_metrics(register):
+    """Register :class:`iqadef.Metric` subclasses."""
+
+
+@hookspec
+def iqadef_register_attacks(register):
+    """Register :class:`iqadef.Attack` subclasses."""
+
+
+@hookspec
+def iqadef_register_defences(register):
+    """Register :class:`iqadef.Defence` subclasses."""
+
+
+@hookspec
+def iqadef_register_scores(register):
+    """Register score classes: per-image :class:`iqadef.ImageScore` subclasses, and summary scores."""

@@ -1,0 +1,151 @@
+"""Typed plugin parameters: declared once on the plugin class, validated before any work starts.
+
+A parameter knows its type, default, allowed range or choices, and the preset values the reference
+study sweeps (so a registry can ask for ``quality: presets``). Validation errors name the key path
+(``defences[2].quality``) and what is allowed, and are :class:`~iqadef.core.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConfigError
+
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+_TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", Path: "path", list: "list"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a plugin.
+
+    ``type`` is one of int, float, bool, str, Path or list (a list of floats/ints/strs as given).
+    ``low``/``high`` bound numbers (inclusive); ``choices`` restricts values; ``nullable`` allows
+    ``None`` (implied when the default is None). ``presets`` are the values the reference sweeps.
+    Floats also accept fractions written as strings, e.g. ``"10/255"``.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    presets: tuple = ()
+    nullable: bool = False
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES.get(self.type, self.type.__name__)
+
+    @property
+    def allows_none(self) -> bool:
+        return self.nullable or self.default is None
+
+    def allowed(self) -> str:
+        """Human description of the allowed values, used in error messages and ``iqadef list``."""
+        parts = [self.type_name]
+        if self.choices is not None:
+            parts = ["one of " + ", ".join(repr(c) for c in self.choices)]
+        if self.low is not None and self.high is not None:
+            parts.append(f"in [{self.low}, {self.high}]")
+        elif self.low is not None:
+            parts.append(f">= {self.low}")
+        elif self.high is not None:
+            parts.append(f"<= {self.high}")
+        if self.allows_none:
+            parts.append("or null")
+        return " ".join(parts)
+
+    def validate(self, value: Any, where: str) -> Any:
+        """Return ``value`` converted to this parameter's type, or raise ConfigError naming ``where``."""
+        if value is None:
+            if self.allows_none:
+                return None
+            raise ConfigError(f"{where}: null is not allowed; expected {self.allowed()}")
+        converted = self._convert(value, where)
+        if self.choices is not None and converted not in self.choices:
+            raise ConfigError(f"{where}: {value!r} is not allowed; expected {self.allowed()}")
+        if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+            if self.low is not None and converted < self.low:
+                raise ConfigError(f"{where}: {value!r} is too small; expected {self.allowed()}")
+            if self.high is not None and converted > self.high:
+                raise ConfigError(f"{where}: {value!r} is too large; expected {self.allowed()}")
+        return converted
+
+    def _convert(self, value: Any, where: str) -> Any:
+        bad = ConfigError(f"{where}: {value!r} ({type(value).__name__}) is not a valid {self.type_name}; "
+                          f"expected {self.allowed()}")
+        t = self.type
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+            raise bad
+        if t is int:
+            if isinstance(value, bool):
+                raise bad
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        if t is float:
+            if isinstance(value, bool):
+                raise bad
+            if isinstance(value, (int, float)):
+                out = float(value)
+            elif isinstance(value, str) and (m := _FRACTION.match(value)):
+                den = float(m.group(2))
+                if den == 0:
+                    raise bad
+                out = float(m.group(1)) / den
+            else:
+                raise bad
+            if not math.isfinite(out):
+                raise bad
+            return out
+        if t is str:
+            if isinstance(value, str):
+                return value
+            raise bad
+        if t is Path:
+            if isinstance(value, (str, Path)) and str(value):
+                return str(Path(value).expanduser())
+            raise bad
+        if t is list:
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            raise bad
+        raise bad
+
+
+@dataclass
+class ParamSet:
+    """The resolved values of a plugin's parameters (what a registry entry turns into)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(params: Iterable[Param], given: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate ``given`` against ``params``; fill defaults; refuse unknown keys with a did-you-mean."""
+    from .suggest import did_you_mean  # local: keeps this module import-light
+
+    declared = {p.name: p for p in params}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}: parameters must be a mapping of name: value, got {type(given).__name__}")
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        key = unknown[0]
+        allowed = ", ".join(declared) or "(this plugin takes no parameters)"
+        raise ConfigError(f"{where}.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
+                          f"allowed: {allowed}")
+    out = {}
+    for name, p in declared.items():
+        out[name] = p.validate(given[name], f"{where}.{name}") if name in given else p.default
+    return out

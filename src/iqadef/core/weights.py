@@ -1,0 +1,213 @@
+"""Model weights: where a plugin's checkpoint is looked for, how it is downloaded and verified.
+
+A :class:`WeightSpec` names a file, the URL(s) it comes from and (optionally) its sha256. A file is
+resolved from, in order:
+
+1. an explicit path (the plugin's ``weights:`` parameter),
+2. ``$IQADEF_WEIGHTS_DIR/<filename>`` (an offline folder you fill by hand),
+3. the cache, ``<torch hub dir>/iqadef/<filename>`` (``$TORCH_HOME`` moves it),
+
+else it is downloaded (progress bar) to a temporary file in the cache, verified, and renamed into
+place, so an interrupted download never leaves a half file under the real name. ``IQADEF_OFFLINE=1``
+forbids downloads. Checkpoints are always read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import WeightsError
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A weight file a plugin needs: its file name, where to download it, and its sha256 (if pinned)."""
+
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        found = find_weights(self)
+        return {"filename": self.filename, "urls": list(self.urls), "sha256": self.sha256,
+                "description": self.description, "expected_at": [str(p) for p in candidate_paths(self)],
+                "present": str(found) if found else None}
+
+
+def cache_dir() -> Path:
+    """``<torch hub dir>/iqadef`` (``$TORCH_HOME/hub/iqadef``; ``~/.cache/torch/hub/iqadef`` by default)."""
+    return Path(torch.hub.get_dir()) / "iqadef"
+
+
+def candidate_paths(spec: WeightSpec) -> list[Path]:
+    """Where ``spec`` is looked for, in order (explicit paths aside)."""
+    paths = []
+    if os.environ.get("IQADEF_WEIGHTS_DIR"):
+        paths.append(Path(os.environ["IQADEF_WEIGHTS_DIR"]).expanduser() / spec.filename)
+    paths.append(cache_dir() / spec.filename)
+    return paths
+
+
+def find_weights(spec: WeightSpec) -> Path | None:
+    for path in candidate_paths(spec):
+        if path.is_file():
+            return path
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, spec: WeightSpec) -> None:
+    """Refuse a file whose sha256 differs from the pinned one."""
+    if spec.sha256 is None:
+        return
+    actual = sha256_of(path)
+    if actual.lower() != spec.sha256.lower():
+        raise WeightsError(
+            f"{path}: sha256 {actual} does not match the pinned {spec.sha256} for {spec.filename}; "
+            f"the file is corrupt or not the expected release: delete it and download it again")
+
+
+def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None, *,
+                    download: bool | None = None, progress: bool = True) -> Path:
+    """The local path of ``spec``'s file, downloading it if needed. See the module docstring."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} (given as `weights:`) does not exist")
+        verify(path, spec)
+        return path
+    found = find_weights(spec)
+    if found is not None:
+        verify(found, spec)
+        return found
+    if download is None:
+        download = os.environ.get("IQADEF_OFFLINE", "").strip().lower() not in {"1", "true", "yes"}
+    if not download or not spec.urls:
+        raise WeightsError(_missing_message(spec, "downloads are disabled (IQADEF_OFFLINE)" if spec.urls
+                                            else "it has no download URL"))
+    errors = []
+    for url in spec.urls:
+        try:
+            return download_to_cache(spec, url, progress=progress)
+        except WeightsError:
+            raise
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            errors.append(f"{url}: {exc}")
+    raise WeightsError(_missing_message(spec, "download failed (" + "; ".join(errors) + ")"))
+
+
+def _missing_message(spec: WeightSpec, why: str) -> str:
+    places = " or ".join(str(p) for p in candidate_paths(spec))
+    urls = ", ".join(spec.urls) or "(no URL known)"
+    return (f"weights {spec.filename!r} not found and {why}. Download it from {urls} and put it at {places} "
+            f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights: /path/to/{spec.filename}`)")
+
+
+def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> Path:
+    """Download ``url`` into the cache under ``spec.filename`` via a temporary file and a rename."""
+    target = cache_dir() / spec.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+            total = int(response.headers.get("Content-Length") or 0) or None
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=spec.filename, leave=False)
+            try:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    if bar is not None:
+                        bar.update(len(block))
+            finally:
+                if bar is not None:
+                    bar.close()
+        verify(tmp, spec)
+        check_checkpoint_file(tmp, label=url)
+        os.replace(tmp, target)
+        return target
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_checkpoint_file(path: Path, label: str | None = None) -> None:
+    """Refuse files that are obviously not checkpoints (an HTML error page, an empty file)."""
+    label = label or str(path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise WeightsError(f"{label}: the file is empty, not a checkpoint; delete it and download it again")
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"{\"error")):
+        raise WeightsError(f"{label}: this is a web page, not a checkpoint (a failed download?); "
+                           f"delete {path} and download the file again")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors for files that are not checkpoints.
+
+    A pickle that would run code (anything beyond tensors and plain containers) is refused.
+    """
+    path = Path(path)
+    check_checkpoint_file(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refused to load: the checkpoint holds objects other than tensors and "
+                           f"plain containers (weights_only=True); details: {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and download it again") from None
+
+
+def load_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
+                 map_location: str | torch.device = "cpu") -> Any:
+    """Resolve then load ``spec`` (the one call most plugins need)."""
+    return load_checkpoint(resolve_weights(spec, explicit), map_location=map_location)
+
+
+def install_file(src: str | os.PathLike, spec: WeightSpec) -> Path:
+    """Copy a file the user downloaded by hand into the cache, verifying it first."""
+    src = Path(src)
+    verify(src, spec)
+    check_checkpoint_file(src)
+    target = cache_dir() / spec.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, target)
+    return target
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label: str) -> None:
+    """Load ``state`` into ``module``; a clear WeightsError lists missing/unexpected keys."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        raise WeightsError(f"{label}: checkpoint does not fit the model: missing keys [{show(result.missing_keys)}], "
+                           f"unexpected keys [{show(result.unexpected_keys)}]; is it the right file?")

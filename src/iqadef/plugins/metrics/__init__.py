@@ -1,0 +1,1 @@
+"""Built-in metrics: one module per plugin, each with an ``iqadef_register_metrics`` hook."""
