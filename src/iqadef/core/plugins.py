@@ -88,7 +88,7 @@ class PluginRegistry:
     """All plugins of one process, by kind and name."""
 
     def __init__(self, *, strict: bool | None = None, load: Iterable[str] | None = None,
-                 entry_points: bool = True):
+                 entry_points: bool = True, extra: Iterable[Any] = ()):
         self.strict = _env_flag("IQADEF_STRICT_PLUGINS") if strict is None else strict
         if load is None and "IQADEF_LOAD_PLUGINS" in os.environ:
             load = [s.strip() for s in os.environ["IQADEF_LOAD_PLUGINS"].split(",") if s.strip()]
@@ -101,6 +101,9 @@ class PluginRegistry:
         self._load_builtins()
         if entry_points:
             self._load_entry_points()
+        for obj in extra:  # plugins given in code (tests, notebooks): registered like any other
+            name = getattr(obj, "__name__", type(obj).__name__)
+            self._add(obj, PluginInfo(name, "<local>", "0", builtin=False))
         self._collect()
 
     # -- loading -----------------------------------------------------------------------------

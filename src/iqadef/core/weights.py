@@ -3,13 +3,15 @@
 A :class:`WeightSpec` names a file, the URL(s) it comes from and (optionally) its sha256. A file is
 resolved from, in order:
 
-1. an explicit path (the plugin's ``weights:`` parameter),
+1. an explicit path (the plugin's ``weights_path:`` parameter),
 2. ``$IQADEF_WEIGHTS_DIR/<filename>`` (an offline folder you fill by hand),
 3. the cache, ``<torch hub dir>/iqadef/<filename>`` (``$TORCH_HOME`` moves it),
 
 else it is downloaded (progress bar) to a temporary file in the cache, verified, and renamed into
 place, so an interrupted download never leaves a half file under the real name. ``IQADEF_OFFLINE=1``
-forbids downloads. Checkpoints are always read with ``torch.load(..., weights_only=True)``.
+forbids downloads. Checkpoints are always read with ``torch.load(..., weights_only=True)``; a few
+old checkpoints also hold numpy numbers, which :func:`load_checkpoint` accepts with ``allow_numpy=True``
+by allow-listing the numeric numpy types only (never arbitrary classes or functions).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise WeightsError(f"weights file {path} (given as `weights:`) does not exist")
+            raise WeightsError(f"weights file {path} (given as `weights_path:`) does not exist")
         verify(path, spec)
         return path
     found = find_weights(spec)
@@ -122,7 +124,7 @@ def _missing_message(spec: WeightSpec, why: str) -> str:
     places = " or ".join(str(p) for p in candidate_paths(spec))
     urls = ", ".join(spec.urls) or "(no URL known)"
     return (f"weights {spec.filename!r} not found and {why}. Download it from {urls} and put it at {places} "
-            f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights: /path/to/{spec.filename}`)")
+            f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights_path: /path/to/{spec.filename}`)")
 
 
 def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> Path:
@@ -147,7 +149,12 @@ def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> P
             finally:
                 if bar is not None:
                     bar.close()
-        verify(tmp, spec)
+        try:
+            verify(tmp, spec)
+        except WeightsError:
+            raise WeightsError(f"{url}: the downloaded file's sha256 {sha256_of(tmp)} does not match the pinned "
+                               f"{spec.sha256} for {spec.filename}; nothing was saved. The server may have "
+                               f"changed the file: download it by hand and check it") from None
         check_checkpoint_file(tmp, label=url)
         os.replace(tmp, target)
         return target
@@ -168,27 +175,63 @@ def check_checkpoint_file(path: Path, label: str | None = None) -> None:
                            f"delete {path} and download the file again")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def _numpy_safe_globals() -> list:
+    """The numpy names a checkpoint may use for plain numbers and numeric arrays (nothing callable beyond
+    numpy's own reconstructors, no object arrays). Numpy 1.x pickles say ``numpy.core``, 2.x ``numpy._core``."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
+    dtype_names = ("Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Int8DType", "Int16DType",
+                   "Int32DType", "Int64DType", "LongDType", "LongLongDType", "UInt8DType", "UInt16DType",
+                   "UInt32DType", "UInt64DType", "ULongDType", "ULongLongDType", "BoolDType")
+    dtypes = [getattr(np.dtypes, n) for n in dtype_names if hasattr(np.dtypes, n)]
+    return [scalar, reconstruct, np.ndarray, np.dtype, *dtypes,
+            (scalar, "numpy.core.multiarray.scalar"), (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (scalar, "numpy._core.multiarray.scalar"), (reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    allow_numpy: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` with clear errors for files that are not checkpoints.
 
     A pickle that would run code (anything beyond tensors and plain containers) is refused.
+    ``allow_numpy=True`` also accepts numpy numbers and numeric arrays (some official checkpoints store
+    their calibration constants that way), via ``torch.serialization.safe_globals`` with those types only.
     """
     path = Path(path)
     check_checkpoint_file(path)
     try:
+        if allow_numpy:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise WeightsError(f"{path}: refused to load: the checkpoint holds objects other than tensors and "
-                           f"plain containers (weights_only=True); details: {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        detail = _unpickling_detail(str(exc))
+        raise WeightsError(f"{path}: refused to load: the checkpoint holds objects other than tensors, numbers and "
+                           f"plain containers (loaded with weights_only=True, so nothing in it was run); "
+                           f"details: {detail}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError) as exc:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and download it again") from None
 
 
+def _unpickling_detail(message: str) -> str:
+    """The informative line of torch's long weights-only message (which global was refused)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for needle in ("GLOBAL", "but got", "Unsupported"):
+        for line in lines:
+            if needle in line:
+                return line
+    useful = [line for line in lines if not line.startswith(("Check the documentation", "Weights only load failed",
+                                                             "(1)", "(2)", "Please file an issue"))]
+    return useful[0] if useful else (lines[0] if lines else message)
+
+
 def load_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
-                 map_location: str | torch.device = "cpu") -> Any:
+                 map_location: str | torch.device = "cpu", *, allow_numpy: bool = False) -> Any:
     """Resolve then load ``spec`` (the one call most plugins need)."""
-    return load_checkpoint(resolve_weights(spec, explicit), map_location=map_location)
+    return load_checkpoint(resolve_weights(spec, explicit), map_location=map_location, allow_numpy=allow_numpy)
 
 
 def install_file(src: str | os.PathLike, spec: WeightSpec) -> Path:
@@ -202,9 +245,19 @@ def install_file(src: str | os.PathLike, spec: WeightSpec) -> Path:
     return target
 
 
-def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label: str) -> None:
-    """Load ``state`` into ``module``; a clear WeightsError lists missing/unexpected keys."""
-    result = module.load_state_dict(state, strict=False)
+def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label: str, *,
+                           assign: bool = False) -> None:
+    """Load ``state`` into ``module``; a clear WeightsError lists missing/unexpected keys and wrong shapes.
+
+    ``assign=True`` makes the module use the checkpoint's tensors instead of copying into its own, so a
+    module built on the ``meta`` device (no memory, no random init) can be filled directly.
+    """
+    try:
+        result = module.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "copying" in line]
+        raise WeightsError(f"{label}: checkpoint does not fit the model: {'; '.join(lines[:3]) or str(exc)}; "
+                           f"is it the right file?") from None
     if result.missing_keys or result.unexpected_keys:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")

@@ -1,0 +1,258 @@
+"""Command line: ``iqadef run | plugins | list | report | weights | train-fcn``.
+
+User mistakes (:class:`~iqadef.core.errors.IqadefError`) print one line and exit with status 2;
+a run in which some cells failed exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .core.errors import IqadefError
+
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
+KINDS = ("metrics", "attacks", "defences", "scores")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    from .core.dataset import ImageWarning
+    from .core.plugins import PluginLoadWarning
+
+    if issubclass(category, (PluginLoadWarning, ImageWarning)):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iqadef", description="Attacks and purification defences for NR-IQA metrics.")
+    parser.add_argument("--version", action="version", version=f"iqadef {__version__}")
+    parser.add_argument("--strict-plugins", action="store_true", help="fail if any plugin fails to load")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) the grid of a registry file")
+    run.add_argument("registry", type=Path, help="registry YAML file")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--resume", dest="fresh", action="store_false", default=False,
+                       help="keep finished cells and compute the rest (default)")
+    group.add_argument("--fresh", dest="fresh", action="store_true", help="discard earlier results and cache")
+    run.add_argument("--device", choices=None, help="auto, cpu, cuda or cuda:N (overrides the registry)")
+    run.add_argument("--limit", type=int, help="only the first N images")
+    run.add_argument("--output", help="run directory (overrides the registry)")
+    run.add_argument("--executor", choices=("local", "ray"), help="where units run (overrides the registry)")
+    run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
+    run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: when stderr is a terminal)")
+
+    plugins = sub.add_parser("plugins", help="installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true")
+
+    lst = sub.add_parser("list", help="metrics, attacks, defences or scores with their parameters")
+    lst.add_argument("kind", choices=KINDS)
+    lst.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="write report.html and report.md for a run directory")
+    report.add_argument("run_dir", type=Path)
+
+    weights = sub.add_parser("weights", help="model weights each plugin needs, and whether they are present")
+    weights.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
+    weights.add_argument("name", nargs="?", help="plugin name (for fetch)")
+    weights.add_argument("--json", action="store_true")
+
+    fcn = sub.add_parser("train-fcn", help="train the FCN purifier on a run's adversarial cache")
+    fcn.add_argument("run_dir", type=Path, help="a finished run directory (its cache holds the pairs)")
+    fcn.add_argument("--out", type=Path, required=True, help="where to write the weights (.pt)")
+    fcn.add_argument("--epochs", type=int, default=200)
+    fcn.add_argument("--batch-size", type=int, default=4)
+    fcn.add_argument("--lr", type=float, default=1e-3)
+    fcn.add_argument("--seed", type=int, default=0)
+    fcn.add_argument("--crop", type=int, default=None, help="random crop size for training (default: whole images)")
+    fcn.add_argument("--metric", help="only pairs attacked against this metric label")
+    fcn.add_argument("--attack", help="only pairs of this attack label")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.strict_plugins:
+        os.environ["IQADEF_STRICT_PLUGINS"] = "1"
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except IqadefError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are kept, run again to resume", file=sys.stderr)
+        return 130
+
+
+def _registry():
+    from .core.plugins import get_registry
+
+    return get_registry()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .core.registry import load_run_config
+    from .core.runner import run_grid
+
+    overrides: dict[str, Any] = {"device": args.device, "output": args.output, "executor": args.executor}
+    config = load_run_config(args.registry, registry=_registry(), overrides=overrides)
+    if args.output:  # relative to the current directory, not to the registry file
+        config.output = Path(args.output).expanduser().resolve()
+    if args.ray_address:
+        config.ray["address"] = args.ray_address
+    if args.limit is not None and args.limit < 1:
+        raise IqadefError("--limit must be at least 1")
+    summary = run_grid(config, fresh=args.fresh, limit=args.limit, progress=args.progress)
+    _print_summary(summary)
+    if not args.no_report:
+        try:
+            from .core.report import write_report
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            files = write_report(summary.run_dir)
+            print(f"report: {files.get('html', summary.run_dir / 'report.html')}")
+    return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
+
+
+def _print_summary(summary) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="mean gain |f(x) - f(D(x_a))| / f(x) (lower is a better defence)")
+    df = summary.table
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if df[col].dtype.kind in "fi" else "left")
+    for _, row in df.iterrows():
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()])
+    console.print(table)
+    console.print(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "
+                  f"{summary.failed} failed; {summary.seconds:.1f} s; results in {summary.run_dir}")
+    for name, path in summary.files.items():
+        console.print(f"  {name}: {path}")
+    if summary.failed:
+        console.print(f"[yellow]{summary.failed} cell(s) failed; see the `error` column of results.csv[/yellow]")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _registry()
+    infos = [p.as_dict() for p in registry.plugins.values()]
+    if args.json:
+        print(json.dumps({"plugins": infos, "problems": registry.problems}, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="iqadef plugins")
+    for col in ("plugin", "distribution", "version", "registers"):
+        table.add_column(col)
+    for p in infos:
+        regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items())
+        table.add_row(p["name"], p["distribution"], p["version"], regs)
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    items = _registry().describe(args.kind)
+    if args.json:
+        print(json.dumps(items, indent=2, default=str))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"iqadef {args.kind}", show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("parameters (default; presets)")
+    table.add_column("flags")
+    table.add_column("description")
+    for d in items:
+        params = "\n".join(
+            f"{p['name']}: {p['type']} = {p['default']!r}" + (f"; presets {p['presets']}" if p["presets"] else "")
+            for p in d["params"]) or "-"
+        flags = {k: d[k] for k in ("randomized", "differentiable", "higher_is_better", "range", "norm") if k in d}
+        flags_text = ", ".join(f"{k}={v}" for k, v in flags.items())
+        table.add_row(d["name"], params, flags_text, (d["doc"].splitlines() or [""])[0])
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir
+    if not run_dir.is_dir():
+        raise IqadefError(f"{run_dir}: not a run directory")
+    if not (run_dir / "results.parquet").exists() and not (run_dir / "results.csv").exists():
+        raise IqadefError(f"{run_dir}: no results.parquet or results.csv; run `iqadef run` first")
+    from .core.report import write_report
+
+    files = write_report(run_dir)
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .core.weights import resolve_weights
+
+    registry = _registry()
+    rows = []
+    for kind in ("metrics", "attacks", "defences"):
+        for name in registry.names(kind):
+            cls = registry.get(kind, name)
+            for spec in cls.weights:
+                rows.append((kind, name, spec))
+    if args.action == "fetch":
+        if not args.name:
+            raise IqadefError("usage: iqadef weights fetch NAME (a plugin name from `iqadef weights`)")
+        chosen = [r for r in rows if r[1] == args.name]
+        if not chosen:
+            from .core.suggest import did_you_mean
+
+            raise IqadefError(f"no plugin {args.name!r} with weights{did_you_mean(args.name, {r[1] for r in rows})}")
+        for _, name, spec in chosen:
+            print(f"{name}: {resolve_weights(spec, download=True)}")
+        return EXIT_OK
+    described = [{"kind": k, "plugin": n, **spec.describe()} for k, n, spec in rows]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="model weights")
+    for col in ("plugin", "file", "present", "expected at"):
+        table.add_column(col)
+    for d in described:
+        table.add_row(f"{d['kind'][:-1]} {d['plugin']}", d["filename"], d["present"] or "[red]missing[/red]",
+                      "\n".join(d["expected_at"]))
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_train_fcn(args: argparse.Namespace) -> int:
+    from .core.fcn_training import train_fcn_from_run
+
+    record = train_fcn_from_run(args.run_dir, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                seed=args.seed, crop=args.crop, metric=args.metric, attack=args.attack)
+    print(json.dumps(record, indent=2))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "list": cmd_list, "report": cmd_report,
+            "weights": cmd_weights, "train-fcn": cmd_train_fcn}

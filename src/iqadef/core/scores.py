@@ -1,0 +1,197 @@
+"""Summary scores and the per-group aggregation of a result table.
+
+Two kinds of scores exist (both registered through ``iqadef_register_scores``):
+
+* :class:`iqadef.ImageScore` — one value per image, computed by the runner; each name is a column.
+* :class:`SummaryScore` — one value per *group* of images (a metric × attack × defence cell group),
+  computed at report time from the result table: SROCC, distribution distances, scores that need a
+  min-max scaler fitted on the whole group.
+
+:func:`aggregate` groups the table by metric × attack × defence and reports, for every per-image
+numeric column, its mean with a 95% confidence interval (Student-t interval on the mean, as the MSU
+robustness benchmark does), then applies every registered summary score.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, ClassVar, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .base import ImageScore, Plugin
+
+#: Columns of the result table that identify a cell or describe it; never averaged.
+ID_COLUMNS = (
+    "image", "metric", "attack", "defence", "metric_key", "attack_key", "defence_key",
+    "metric_params", "attack_params", "defence_params", "status", "error", "adv_path",
+    "example_path", "image_path",
+)
+#: Numeric columns that are inputs rather than measures (MOS is a property of the image).
+NOT_AVERAGED = ("mos",)
+GROUP_COLUMNS = ("metric", "attack", "defence")
+CONFIDENCE = 0.95
+
+
+class SummaryScore(Plugin):
+    """A score computed once per metric × attack × defence group from the result table's rows."""
+
+    kind: ClassVar[str] = "summary_score"
+
+    def summarise(self, group: pd.DataFrame, info: dict[str, Any]) -> dict[str, float]:
+        """Return named floats for one group.
+
+        ``group`` holds the successful rows of one metric × attack × defence (columns as in the result
+        table); ``info`` describes the metric: ``name``, ``range`` ``(lo, hi)``, ``higher_is_better``,
+        plus ``label``, ``attack`` and ``defence``.
+        """
+        raise NotImplementedError
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
+    """Mean and two-sided Student-t confidence interval of the mean, ignoring NaN/inf.
+
+    Returns ``(mean, low, high, n)``; the interval is NaN with fewer than two finite values, and
+    collapses to the mean when all values are equal.
+    """
+    arr = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values,
+                     dtype=float)
+    arr = arr[np.isfinite(arr)]
+    n = int(arr.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(arr.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    sem = float(arr.std(ddof=1) / math.sqrt(n))
+    if sem == 0.0:
+        return mean, mean, mean, n
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    return mean, mean - half, mean + half, n
+
+
+def correlation_ci(rho: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Confidence interval of a Spearman correlation by the Fisher z-transform.
+
+    Uses the variance ``1.06 / (n - 3)`` of Fieller, Hartley & Pearson (1957) for Spearman's rho.
+    NaN for ``n < 4`` or a NaN rho.
+    """
+    if not np.isfinite(rho) or n < 4:
+        return math.nan, math.nan
+    rho = float(np.clip(rho, -0.999999, 0.999999))
+    z = math.atanh(rho)
+    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(1.06 / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+# -- metric information --------------------------------------------------------------------------
+def metric_info(run_info: dict[str, Any] | None, label: str) -> dict[str, Any]:
+    """What ``run.json`` says about a metric label, with safe defaults (range 0..1, higher is better)."""
+    metrics = (run_info or {}).get("metrics", {}) or {}
+    entry = dict(metrics.get(label, {}) or {})
+    low, high = entry.get("range", (0.0, 1.0)) or (0.0, 1.0)
+    return {"label": label, "name": entry.get("name", label), "range": (float(low), float(high)),
+            "higher_is_better": bool(entry.get("higher_is_better", True))}
+
+
+def metric_span(info: dict[str, Any]) -> float:
+    low, high = info["range"]
+    span = float(high - low)
+    return span if span != 0 else 1.0
+
+
+# -- registry ------------------------------------------------------------------------------------
+def summary_score_classes(registry: Any = None) -> list[type]:
+    """Registered summary-score classes (those with ``summarise`` that are not ImageScores), by name."""
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    table = registry.by_kind.get("scores", {})
+    out = []
+    for name in sorted(table):
+        cls = table[name].cls
+        if not (isinstance(cls, type) and issubclass(cls, ImageScore)) and hasattr(cls, "summarise"):
+            out.append(cls)
+    return out
+
+
+def image_score_classes(registry: Any = None) -> list[type]:
+    """Registered per-image score classes, by name (what the runner instantiates and calls)."""
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    table = registry.by_kind.get("scores", {})
+    return [table[n].cls for n in sorted(table) if issubclass(table[n].cls, ImageScore)]
+
+
+def measure_columns(df: pd.DataFrame) -> list[str]:
+    """Per-image numeric columns to average: f values and every ImageScore column."""
+    out = []
+    for col in df.columns:
+        if col in ID_COLUMNS or col in NOT_AVERAGED:
+            continue
+        if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+            out.append(col)
+    return out
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose status is 'ok' (all rows when the table has no status column)."""
+    if "status" not in df.columns:
+        return df
+    return df[df["status"].astype(str) == "ok"]
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry: Any = None,
+              summaries: Iterable[Any] | None = None) -> pd.DataFrame:
+    """One row per metric × attack × defence: counts, mean and 95% CI of each measure, summary scores.
+
+    Columns: ``metric``, ``attack``, ``defence``, ``n_images`` (successful cells), ``n_failed``; for
+    each per-image column ``c``: ``c_mean``, ``c_ci_low``, ``c_ci_high``; then whatever the summary
+    scores return. Failed cells are excluded from every value and counted in ``n_failed``.
+    ``summaries`` (instances) overrides the registered summary scores.
+    """
+    if summaries is None:
+        summaries = [cls() for cls in summary_score_classes(registry)]
+    summaries = list(summaries)
+    missing = [c for c in GROUP_COLUMNS if c not in df.columns]
+    if missing:
+        from .errors import ConfigError
+
+        raise ConfigError(f"result table lacks the column(s) {missing}; it needs {list(GROUP_COLUMNS)}")
+    columns = measure_columns(df)
+    rows = []
+    for keys, group in df.groupby(list(GROUP_COLUMNS), sort=False, dropna=False):
+        good = ok_rows(group)
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
+        row["n_images"] = int(len(good))
+        row["n_failed"] = int(len(group) - len(good))
+        for col in columns:
+            mean, low, high, _ = mean_ci(good[col].to_numpy(dtype=float))
+            row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
+        info = metric_info(run_info, row["metric"])
+        info.update(attack=row["attack"], defence=row["defence"])
+        for score in summaries:
+            row.update(_run_summary(score, good, info))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _run_summary(score: Any, group: pd.DataFrame, info: dict[str, Any]) -> dict[str, float]:
+    if len(group) == 0:
+        return {}
+    name = getattr(score, "name", type(score).__name__)
+    try:
+        values = score.summarise(group, dict(info))
+    except Exception as exc:  # noqa: BLE001 - one broken (third-party) score must not sink the report
+        warnings.warn(f"summary score {name!r} failed on {info['label']} / {info['attack']} / "
+                      f"{info['defence']}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+        return {}
+    return {str(k): float(v) for k, v in (values or {}).items()}

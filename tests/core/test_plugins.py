@@ -1,0 +1,125 @@
+"""Plugin discovery: built-ins like third-party plugins, broken plugins skipped, strict mode, conflicts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from iqadef import PluginError
+from iqadef.cli import main
+from iqadef.core.plugins import PluginLoadWarning, PluginRegistry, reset_registry
+
+GOOD = '''
+from iqadef import Defence, hookimpl
+
+class Halve(Defence):
+    """Halves the image (test plugin)."""
+    name = "{defence}"
+    def purify(self, images, *, seed=None):
+        return images * 0.5
+
+@hookimpl
+def iqadef_register_defences(register):
+    register(Halve)
+'''
+
+
+CREATED: set[str] = set()
+
+
+def make_dist(site: Path, dist: str, module: str, source: str) -> None:
+    """A minimal installed distribution (dist-info + module) with an `iqadef` entry point."""
+    CREATED.add(module)
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[iqadef]\n{module} = {module}\n")
+
+
+@pytest.fixture()
+def site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("IQADEF_STRICT_PLUGINS", raising=False)
+    monkeypatch.delenv("IQADEF_LOAD_PLUGINS", raising=False)
+    yield site
+    reset_registry()
+    for module in CREATED:
+        sys.modules.pop(module, None)
+
+
+def test_builtins_register_through_the_same_hooks():
+    registry = PluginRegistry(entry_points=False)
+    assert "no-defence" in registry.names("defences")
+    info = registry.registration("defences", "no-defence").plugin
+    assert info.builtin and info.distribution == "iqadef"
+    assert info.name == "iqadef.plugins.defences.identity"
+
+
+def test_third_party_plugin_is_found_through_its_entry_point(site):
+    make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
+    registry = PluginRegistry()
+    reg = registry.registration("defences", "halve")
+    assert reg.plugin.distribution == "iqadef-plugin-halve" and reg.plugin.version == "1.2.3"
+
+
+def test_broken_plugin_is_skipped_with_a_warning_and_others_still_work(site):
+    make_dist(site, "iqadef-plugin-broken", "broken_plugin", "raise ImportError('missing dependency xyz')\n")
+    make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
+    with pytest.warns(PluginLoadWarning, match="iqadef-plugin-broken.*ImportError: missing dependency xyz"):
+        registry = PluginRegistry()
+    assert "halve" in registry.names("defences") and "no-defence" in registry.names("defences")
+    assert any("iqadef-plugin-broken" in p for p in registry.problems)
+
+
+def test_plugin_failing_in_its_register_hook_is_skipped(site):
+    source = GOOD.format(defence="x") + "\n@hookimpl\ndef iqadef_register_attacks(register):\n    register(42)\n"
+    make_dist(site, "iqadef-plugin-odd", "odd_plugin", source)
+    with pytest.warns(PluginLoadWarning, match="iqadef-plugin-odd.*failed to register attacks"):
+        registry = PluginRegistry()
+    assert "x" in registry.names("defences")
+
+
+def test_strict_mode_makes_a_broken_plugin_fatal(site, monkeypatch):
+    make_dist(site, "iqadef-plugin-broken", "broken_plugin", "raise ImportError('missing dependency xyz')\n")
+    monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="iqadef-plugin-broken"):
+        PluginRegistry()
+
+
+def test_strict_flag_on_the_cli(site, capsys):
+    make_dist(site, "iqadef-plugin-broken", "broken_plugin", "raise ImportError('nope')\n")
+    reset_registry()
+    assert main(["--strict-plugins", "plugins", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "iqadef-plugin-broken" in err and "Traceback" not in err
+
+
+def test_two_plugins_with_the_same_name_is_an_error_naming_both(site):
+    make_dist(site, "iqadef-plugin-a", "plugin_a", GOOD.format(defence="same"))
+    make_dist(site, "iqadef-plugin-b", "plugin_b", GOOD.format(defence="same"))
+    with pytest.raises(PluginError) as info:
+        PluginRegistry()
+    assert "iqadef-plugin-a" in str(info.value) and "iqadef-plugin-b" in str(info.value)
+
+
+def test_load_plugins_env_selects_third_party_plugins(site, monkeypatch):
+    make_dist(site, "iqadef-plugin-a", "plugin_a", GOOD.format(defence="a-def"))
+    make_dist(site, "iqadef-plugin-b", "plugin_b", GOOD.format(defence="b-def"))
+    monkeypatch.setenv("IQADEF_LOAD_PLUGINS", "iqadef-plugin-b")
+    names = PluginRegistry().names("defences")
+    assert "b-def" in names and "a-def" not in names and "no-defence" in names
+
+
+def test_plugins_json_lists_builtins(capsys):
+    reset_registry()
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = {p["name"] for p in data["plugins"]}
+    assert "iqadef.plugins.defences.identity" in names
+    assert any("ifgsm" in p["registers"].get("attacks", []) for p in data["plugins"])
