@@ -70,6 +70,12 @@ def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(W, H) as displayed: EXIF orientations 5-8 rotate by 90/270 degrees and swap the sides."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -88,9 +94,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def read_image(path: Path, max_side: int = DEFAULT_MAX_SIDE) -> torch.Tensor:
     """Load one image as a float tensor ``[3, H, W]`` in [0, 1] (see the module docstring)."""
     with Image.open(path) as img:
-        target = _fit(img.size, max_side)
-        if target != img.size:
-            img.draft("RGB", target)  # cheap JPEG downscale before decoding, where possible
+        size = _oriented_size(img)
+        target = _fit(size, max_side)
+        if target != size:
+            img.draft("RGB", _fit(img.size, max_side))  # cheap JPEG downscale before decoding, where possible
         rgb = _to_rgb(img)
         if rgb.size != target:
             rgb = rgb.resize(target, Image.Resampling.BOX)
@@ -101,10 +108,8 @@ def read_image(path: Path, max_side: int = DEFAULT_MAX_SIDE) -> torch.Tensor:
 def _probe(path: Path, max_side: int) -> tuple[int, int]:
     """Decode a file fully (catches truncation) and return its (H, W) after loading."""
     with Image.open(path) as img:
-        size = img.size
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation by 90/270 degrees swaps the sides
-            size = (size[1], size[0])
-        img.draft("RGB", _fit(size, max_side))
+        size = _oriented_size(img)
+        img.draft("RGB", _fit(img.size, max_side))
         img.load()
     w, h = _fit(size, max_side)
     if (w, h) != size:

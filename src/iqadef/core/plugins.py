@@ -191,7 +191,11 @@ class PluginRegistry:
         out = []
         for name in self.names(kind):
             reg = self.by_kind[kind][name]
-            d = reg.cls.describe()
+            if hasattr(reg.cls, "describe"):
+                d = reg.cls.describe()
+            else:  # a plain summary-score class that is not an iqadef.Plugin
+                d = {"name": reg.cls.name, "kind": getattr(reg.cls, "kind", SINGULAR[kind]),
+                     "doc": (reg.cls.__doc__ or "").strip(), "params": []}
             d["plugin"] = reg.plugin.name
             d["distribution"] = reg.plugin.distribution
             out.append(d)

@@ -138,12 +138,9 @@ def srocc_matrix(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def ranking_table(agg: pd.DataFrame) -> pd.DataFrame:
     """Defences ranked by mean gain over all metric × attack groups (lower = better purification)."""
-    if agg.empty or "gain_mean" not in agg.columns:
-        source = agg.assign(gain_mean=np.nan) if not agg.empty else agg
-    else:
-        source = agg
-    if source.empty:
+    if agg.empty:
         return pd.DataFrame(columns=["rank", "defence", "gain", "quality_score", "similarity_score"])
+    source = agg if "gain_mean" in agg.columns else agg.assign(gain_mean=np.nan)
     cols = {"gain": "gain_mean", "quality_score": "quality_score_mean",
             "similarity_score": "similarity_score_mean"}
     table = pd.DataFrame({"defence": list(dict.fromkeys(source["defence"]))})
@@ -385,6 +382,9 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     written["summary_csv"] = summary_csv
     short = summary_table(df, run_info)
     formatted = with_ci(agg)
+    if "gain_mean" not in agg.columns and len(agg):  # the gain plugin is off: use the f values
+        agg = agg.merge(short[[*GROUP_COLUMNS, "gain"]].rename(columns={"gain": "gain_mean"}),
+                        on=list(GROUP_COLUMNS), how="left")
     ranking = ranking_table(agg)
     mos = has_mos(df)
 

@@ -38,7 +38,8 @@ from .cells import CellBatch
 from .dataset import Dataset, ImageItem
 from .errors import IqadefError
 from .plugins import PluginRegistry, get_registry
-from .registry import AttackEntry, RunConfig
+from .registry import RunConfig
+from .scores import image_score_classes
 from .store import ResultStore, RunLock, atomic_write_bytes, export_tables
 
 
@@ -318,11 +319,6 @@ def _defence_params(defence: Defence) -> dict[str, Any]:
     if stages:
         return {"stages": [{"name": s.name, **s.config} for s in stages]}
     return defence.config
-
-
-def image_score_classes(registry: PluginRegistry) -> list[type[ImageScore]]:
-    table = registry.by_kind["scores"]
-    return [table[n].cls for n in sorted(table) if issubclass(table[n].cls, ImageScore)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .base import ImageScore, Plugin
 ID_COLUMNS = (
     "image", "metric", "attack", "defence", "metric_key", "attack_key", "defence_key",
     "metric_params", "attack_params", "defence_params", "status", "error", "adv_path",
-    "example_path", "image_path",
+    "example_path", "image_path", "unit", "adaptive",
 )
 #: Numeric columns that are inputs rather than measures (MOS is a property of the image).
 NOT_AVERAGED = ("mos",)

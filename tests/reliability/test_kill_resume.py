@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "core"
 
 
 def toy_site(tmp_path: Path) -> Path:

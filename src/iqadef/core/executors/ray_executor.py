@@ -1,0 +1,317 @@
+"""Run the grid's work units on a Ray cluster (``executor: ray``), with the local runner's results.
+
+Why it is built this way:
+
+* **One actor per metric.** An actor wraps a :class:`~iqadef.core.runner.Worker`, so the metric's
+  weights are loaded once and the clean side (f(x), D(x), f(D(x))) of a (metric, batch) is reused by
+  every attack of that batch, exactly as in the local runner.
+* **Deterministic.** A metric's units are sent to its actor in the planned order (a Ray actor runs its
+  calls one at a time, in submission order). Every random choice is seeded from the config, the unit
+  and the images, never from the order of completion; torch's CPU thread count in the actor is set to
+  the driver's (Ray sets ``OMP_NUM_THREADS=1`` in workers), so reductions add up in the same order.
+* **The driver stays the only writer.** Results come back as :class:`~iqadef.core.runner.UnitResult`
+  (rows + PNG bytes) as they complete (``ray.wait``) with a bounded number in flight per actor;
+  ``run_grid`` writes them, so resume works exactly as with the local runner.
+* **Fault tolerant.** Actors are created with ``max_restarts`` / ``max_task_retries``: if a worker
+  process dies (OOM killer, SIGKILL, node loss) Ray restarts it and re-runs the unit that was in flight;
+  units are pure functions of the config, so the retried unit gives the same rows.
+* **Same plugins in the actor.** Plugins are plain objects until ``load()``, so the config is pickled
+  (cloudpickle; classes by reference to their module) and unpickled inside the actor after the
+  driver's ``sys.path`` entries have been added there. Third-party plugins must be installed in the
+  same environment on every node. The image-score classes of the driver's plugin registry are passed
+  along, so the actor computes the same score columns.
+
+Cached adversarial images are looked up in a snapshot of the store's artifact table taken when the
+run starts; their files are read from the run directory, which must be on a filesystem shared by all
+nodes (otherwise a node that cannot read them recomputes them - same result, more time).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import torch
+
+from ..dataset import Dataset
+from ..errors import ConfigError, IqadefError
+from ..plugins import PluginRegistry, get_registry
+from ..registry import RunConfig
+
+#: Keys of the registry's ``ray:`` mapping.
+RAY_KEYS = {
+    "address": "cluster to join (`auto` = the one started with `ray start`); absent: start Ray on this machine",
+    "local_cpus": "CPUs of a Ray instance started on this machine (default: all)",
+    "num_cpus": "CPUs reserved by each metric's actor (default 1; fractions allowed)",
+    "num_gpus": "GPUs reserved by each metric's actor (fractions allowed; default 1 when device is cuda, else 0)",
+    "max_restarts": "times a dead actor process is restarted (default 3)",
+    "max_task_retries": "times a unit is re-run after its actor died (default 3)",
+    "in_flight": "units queued ahead on each actor (default 2)",
+    "torch_threads": "torch CPU threads in each actor (default: the driver's, so floats match the local run)",
+}
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None
+    local_cpus: int | None = None
+    num_cpus: float = 1.0
+    num_gpus: float | None = None
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    in_flight: int = 2
+    torch_threads: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None, where: str = "ray") -> "RayOptions":
+        """Validate the ``ray:`` mapping; errors name the key and what is allowed."""
+        data = dict(data or {})
+        for key in data:
+            if key not in RAY_KEYS:
+                from ..suggest import did_you_mean
+
+                raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), RAY_KEYS)}; "
+                                  f"allowed: {', '.join(RAY_KEYS)}")
+        address = data.get("address")
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ConfigError(f"{where}.address: must be `auto`, host:port or ray://host:port")
+
+        def number(key: str, default: Any, integer: bool, low: float, allow_none: bool = False) -> Any:
+            value = data.get(key, default)
+            if value is None and allow_none:
+                return None
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if isinstance(value, bool) or not ok or value < low:
+                kind = "an integer" if integer else "a number"
+                raise ConfigError(f"{where}.{key}: {value!r} must be {kind} >= {low:g} ({RAY_KEYS[key]})")
+            return value
+
+        return cls(
+            address=address.strip() if address else None,
+            local_cpus=number("local_cpus", None, True, 1, allow_none=True),
+            num_cpus=float(number("num_cpus", 1, False, 0)),
+            num_gpus=number("num_gpus", None, False, 0, allow_none=True),
+            max_restarts=number("max_restarts", 3, True, 0),
+            max_task_retries=number("max_task_retries", 3, True, 0),
+            in_flight=number("in_flight", 2, True, 1),
+            torch_threads=number("torch_threads", None, True, 1, allow_none=True),
+        )
+
+    def gpus_per_actor(self, device: str) -> float:
+        if self.num_gpus is not None:
+            return float(self.num_gpus)
+        return 1.0 if device.startswith("cuda") else 0.0
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor: ray needs Ray; install it with `pip install iqadef[ray]` "
+                          "(or `pip install \"ray>=2.9\"`), or use `executor: local`") from None
+    return ray
+
+
+# -- what is sent to the actors --------------------------------------------------------------------
+def _plugins(config: RunConfig) -> list[tuple[str, Any]]:
+    return ([(f"metrics[{i}] {m.label!r}", m) for i, m in enumerate(config.metrics)]
+            + [(f"attacks[{i}] {e.label!r}", e.attack) for i, e in enumerate(config.attacks)]
+            + [(f"defences[{i}] {d.label!r}", d) for i, d in enumerate(config.defences)])
+
+
+def check_picklable(config: RunConfig) -> None:
+    """Every plugin must pickle (it is rebuilt in the Ray worker); name the one that does not."""
+    from ray import cloudpickle
+
+    for where, plugin in _plugins(config):
+        try:
+            cloudpickle.dumps(plugin)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing to the user
+            raise ConfigError(
+                f"{config.source}: {where} cannot be sent to a Ray worker ({type(exc).__name__}: {exc}). "
+                f"Plugins must be plain picklable objects until load(): build models, open files and "
+                f"locks in setup(), or use `executor: local`") from None
+
+
+def score_classes(registry: PluginRegistry | None) -> list[type]:
+    from ..runner import image_score_classes
+
+    return image_score_classes(registry or get_registry())
+
+
+class ScoreTable:
+    """The part of a plugin registry a Worker uses (its image scores), rebuilt in the actor."""
+
+    def __init__(self, classes: list[type]):
+        self.by_kind = {"scores": {cls.name: SimpleNamespace(cls=cls) for cls in classes}}
+
+
+def artifact_snapshot(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """The store's artifact table (key -> (relative path, sha256)) as it is when the run starts."""
+    path = Path(run_dir) / "results.sqlite"
+    if not path.exists():
+        return {}
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        con.close()
+
+
+def actor_device(device: str) -> torch.device:
+    """The device inside an actor: Ray makes the GPU(s) it assigned visible as cuda:0..."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise IqadefError(f"device: {device!r} but this Ray worker sees no GPU; give each actor one "
+                              f"with `ray: {{num_gpus: 1}}` (fractions such as 0.5 share a GPU)")
+        return torch.device("cuda")
+    return torch.device(device)
+
+
+class UnitActor:
+    """Holds one metric's Worker in a Ray worker process; ``compute`` runs one unit."""
+
+    def __init__(self, payload: bytes, sys_path: list[str], torch_threads: int):
+        for entry in sys_path:  # appended, so the worker's own environment wins
+            if entry not in sys.path and os.path.isdir(entry):
+                sys.path.append(entry)
+        torch.set_num_threads(torch_threads)
+        from ray import cloudpickle
+
+        from ..runner import Worker
+
+        try:
+            config, dataset, run_dir, scores, artifacts = cloudpickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001
+            raise IqadefError(
+                f"the Ray worker on {os.uname().nodename} cannot rebuild the plugins "
+                f"({type(exc).__name__}: {exc}); install the same iqadef and plugin packages in the "
+                f"environment of every node") from None
+        self.worker = Worker(config, dataset, Path(run_dir), artifacts.get, actor_device(config.device),
+                             registry=ScoreTable(scores))  # type: ignore[arg-type]
+
+    def compute(self, unit: Any) -> Any:
+        return self.worker.compute(unit)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+# -- the driver side ---------------------------------------------------------------------------------
+def _start(ray: Any, options: RayOptions) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False}
+    if options.address:
+        kwargs["address"] = options.address
+    else:
+        kwargs["num_cpus"] = options.local_cpus or os.cpu_count() or 1
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise IqadefError(f"ray.address: cannot connect to the Ray cluster at {options.address!r} ({exc}); "
+                          f"start one with `ray start --head` or remove `address` to run Ray here") from None
+    return True
+
+
+def _check_resources(ray: Any, options: RayOptions, gpus: float) -> None:
+    total = ray.cluster_resources()
+    for key, need in (("CPU", options.num_cpus), ("GPU", gpus)):
+        if need > total.get(key, 0):
+            name = "num_cpus" if key == "CPU" else "num_gpus"
+            raise ConfigError(f"ray.{name}: each actor asks for {need:g} {key}, but the Ray cluster has "
+                              f"{total.get(key, 0):g}; lower `ray.{name}` or add nodes")
+
+
+def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, device: torch.device | None = None,
+                *, registry: PluginRegistry | None = None,
+                artifacts: dict[str, tuple[str, str]] | None = None) -> Iterator[tuple[Any, Any]]:
+    """Compute ``units`` on Ray actors (one per metric); yield ``(unit, UnitResult)`` as they complete.
+
+    ``device`` (the driver's resolved device) is not used: each actor resolves ``config.device`` itself,
+    because the driver may have no GPU while the workers do.
+    """
+    ray = import_ray()
+    options = RayOptions.parse(config.ray, f"{config.source}: ray")
+    check_picklable(config)
+    from ray import cloudpickle
+
+    snapshot = artifact_snapshot(output) if artifacts is None else dict(artifacts)
+    payload = cloudpickle.dumps((config, dataset, str(output), score_classes(registry), snapshot))
+    threads = options.torch_threads or torch.get_num_threads()
+    gpus = options.gpus_per_actor(config.device)
+    return _stream(ray, options, payload, units, threads, gpus)
+
+
+def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int,
+            gpus: float) -> Iterator[tuple[Any, Any]]:
+    started = _start(ray, options)
+    actors: dict[int, Any] = {}
+    try:
+        _check_resources(ray, options, gpus)
+        remote = ray.remote(UnitActor).options(
+            num_cpus=options.num_cpus, num_gpus=gpus, max_restarts=options.max_restarts,
+            max_task_retries=options.max_task_retries, max_concurrency=1)
+        queues: dict[int, deque] = {}
+        for unit in units:
+            queues.setdefault(unit.metric, deque()).append(unit)
+        payload_ref = ray.put(payload)
+        sys_path = [p for p in sys.path if p]
+        running: dict[int, int] = {m: 0 for m in queues}
+        pending: dict[Any, tuple[int, Any]] = {}
+
+        def submit(m: int) -> None:
+            while queues[m] and running[m] < options.in_flight:
+                unit = queues[m].popleft()
+                pending[actors[m].compute.remote(unit)] = (m, unit)
+                running[m] += 1
+
+        for m in queues:  # actors that do not fit yet wait for a finished metric's resources
+            actors[m] = remote.remote(payload_ref, sys_path, threads)
+            submit(m)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                m, unit = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    raise IqadefError(
+                        f"the Ray worker of metric #{m} died and was not restarted (max_restarts="
+                        f"{options.max_restarts}, max_task_retries={options.max_task_retries}): "
+                        f"{_first_line(exc)}; finished units are stored, run again to resume") from None
+                except ray.exceptions.RayTaskError as exc:
+                    raise IqadefError(f"unit {unit.id} failed in its Ray worker: {_first_line(exc)}") from None
+                running[m] -= 1
+                submit(m)
+                if not queues[m] and not running[m]:
+                    ray.kill(actors.pop(m))  # frees its CPUs/GPUs for a metric still waiting
+                yield unit, result
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
+        if started:
+            ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):  # the cause is usually the last line of Ray's traceback
+        if "Error" in line or "error" in line:
+            return line.strip()
+    return lines[0] if lines else type(exc).__name__
+
+
+__all__ = ["RAY_KEYS", "RayOptions", "UnitActor", "execute_ray", "check_picklable", "artifact_snapshot"]

@@ -1,0 +1,74 @@
+"""Shared helpers for the classic (non-neural) purifiers: padding, blur kernels, per-image randomness."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+#: Kernel sizes the reference sweeps for its blur defences.
+KERNEL_PRESETS = (3, 5, 7, 9, 11)
+
+
+def opencv_sigma(kernel_size: int) -> float:
+    """The sigma OpenCV derives from a kernel size when none is given (the reference uses it for Gaussian blur)."""
+    return 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+
+
+def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding (torchvision's ``GaussianBlur``, as the reference uses)."""
+    return TF.gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
+
+
+def pad_reflect(images: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """Reflect padding (edge pixel not repeated); falls back to replicate where the image is too small to reflect."""
+    height, width = images.shape[-2:]
+    mode = "reflect" if max(top, bottom) < height and max(left, right) < width else "replicate"
+    return F.pad(images, (left, right, top, bottom), mode=mode)
+
+
+def scaled_size(images: torch.Tensor, scale: float) -> list[int]:
+    """``int(side * scale)`` for both sides, as the reference computes it (at least 1 pixel)."""
+    height, width = images.shape[-2:]
+    return [max(1, int(height * scale)), max(1, int(width * scale))]
+
+
+def resize(images: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """torchvision's default tensor resize: bilinear with antialiasing (what ``transforms.Resize`` does)."""
+    return TF.resize(images, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def uniform_per_image(generator: torch.Generator, images: torch.Tensor, low: float, high: float) -> list[float]:
+    """One uniform draw per image; depends only on the generator's seed and the batch size."""
+    u = torch.rand(images.shape[0], generator=generator, device=generator.device, dtype=torch.float64)
+    return (low + (high - low) * u).tolist()
+
+
+def randint_per_image(generator: torch.Generator, images: torch.Tensor, high: int) -> list[int]:
+    """One integer in ``[0, high)`` per image; depends only on the generator's seed and the batch size."""
+    return torch.randint(0, high, (images.shape[0],), generator=generator, device=generator.device).tolist()
+
+
+def differentiable_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """kornia's differentiable JPEG codec, on the image reflect-padded to a multiple of 16 (as the reference pads).
+
+    kornia rounds with ``round(x) + (x - round(x))**3``, so its gradient is the reference's straight-through
+    surrogate and its forward pass is within 44-52 dB PSNR of hard rounding (see docs/defences.md).
+    """
+    from kornia.enhance import jpeg_codec_differentiable
+
+    height, width = images.shape[-2:]
+    padded = pad_reflect(images, 0, -width % 16, 0, -height % 16)
+    q = torch.tensor([float(quality)], device=images.device, dtype=images.dtype)
+    # kornia's soft clipping may overshoot [0, 1] by ~1e-4; clamp to keep the image contract.
+    return jpeg_codec_differentiable(padded, q)[..., :height, :width].clamp(0.0, 1.0)
+
+
+def require_odd_kernel(plugin, where: str | None = None) -> None:
+    """Refuse an even ``kernel_size`` with a ConfigError naming the key (blur windows need a centre pixel)."""
+    from iqadef.core.errors import ConfigError
+
+    if plugin.kernel_size % 2 == 0:
+        place = where or plugin.name
+        raise ConfigError(f"{place}.kernel_size: {plugin.kernel_size} is even; use an odd size such as "
+                          f"{plugin.kernel_size + 1}")

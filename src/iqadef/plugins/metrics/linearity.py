@@ -1,0 +1,149 @@
+"""``linearity``: LinearityIQA (Li, Jiang & Jiang, "Norm-in-Norm Loss with Faster Convergence and Better
+Performance for Image Quality Assessment", ACM MM 2020; code ``lidq92/LinearityIQA``), trained on KonIQ-10k.
+
+The network is rebuilt module for module from the official ``IQAModel`` (arch ``resnext101_32x8d``,
+pool ``avg``, ``use_bn_end=False``, ``P6 = P7 = 1``) so that ``p1q2.pth`` loads with no key mapping:
+
+* ``features``: ResNeXt-101 32x8d without avgpool/fc (``features.0`` .. ``features.7``);
+* after ``features.6`` (layer3, 1024 ch) and ``features.7`` (layer4, 2048 ch): global average pooling,
+  then ``dr6`` / ``dr7`` = Linear->1024, BN, Linear->256, BN, Linear->64, BN, ReLU;
+* ``regr6`` / ``regr7`` (Linear 64->1, side outputs, loaded but unused) and ``regression``
+  (Linear 128->1 on the concatenated 64+64 features): the score before calibration.
+
+``p1q2.pth`` is ``{'model': state_dict, 'optimizer': ..., 'amp': ..., 'k': [k0, k1, k2], 'b': [b0, b1, b2]}``
+where ``k``/``b`` are lists of Python floats (``IQAperformance.linear_mapping`` stores ``h[i].item()``);
+index 0 maps the final ``regression`` output (the official ``test_demo.py`` and the benchmark wrappers use
+``k[0]``, ``b[0]``). The score is ``regression(...) * k[0] + b[0]``, on KonIQ-10k's MOS scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from iqadef import ConfigError, Metric, Param, WeightsError, hookimpl
+from iqadef.core.weights import WeightSpec, load_weights
+
+from ._official import build_from_state, imagenet_normalize, resize, state_from_checkpoint
+
+#: The resize of the official training and test scripts (``--resize``, -rs_h 498, -rs_w 664).
+ORIGINAL_SIZE = [498, 664]
+
+P1Q2 = WeightSpec(
+    filename="p1q2.pth",
+    urls=("https://titan.gml-team.ru:5003/fsdownload/Qo9PsqxNk/p1q2.pth",),
+    sha256=None,
+    description=("LinearityIQA checkpoint p1q2.pth (ResNeXt-101, KonIQ-10k, Norm-in-Norm loss p=1 q=2). "
+                 "URL: the copy the MSU benchmark downloads (msu-video-group/adversarial-defenses-for-iqa, "
+                 "metrics/subjects/linearity/Dockerfile). The authors share it via Baidu "
+                 "(https://pan.baidu.com/s/1MRamimHWX8F-SOQ_QsIrvg, code 4z7z) and Google Drive "
+                 "(https://drive.google.com/drive/folders/1H79ptqjcR4NH6HP4wLsEmqwhNqNNqXwh)"),
+)
+
+
+def _reduction(in_features: int) -> nn.Sequential:
+    """The official ``dr6``/``dr7`` head (no activations between the linear layers, as in the original)."""
+    return nn.Sequential(nn.Linear(in_features, 1024), nn.BatchNorm1d(1024),
+                         nn.Linear(1024, 256), nn.BatchNorm1d(256),
+                         nn.Linear(256, 64), nn.BatchNorm1d(64), nn.ReLU())
+
+
+class LinearityNet(nn.Module):
+    """The official ``IQAModel`` (ResNeXt-101 32x8d, avg pooling, no BN at the end); returns the
+    uncalibrated score ``[B]`` of the final ``regression`` layer for ImageNet-normalised input."""
+
+    def __init__(self):
+        super().__init__()
+        backbone = torchvision.models.resnext101_32x8d(weights=None)
+        self.features = nn.Sequential(*list(backbone.children())[:-2])
+        self.dr6 = _reduction(1024)
+        self.dr7 = _reduction(2048)
+        self.regr6 = nn.Linear(64, 1)
+        self.regr7 = nn.Linear(64, 1)
+        self.regression = nn.Linear(64 * 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features[:7](x)                       # conv1 .. layer3
+        f6 = self.dr6(x.mean(dim=(2, 3)))              # SPSP with P=1, 'avg' = global average pooling
+        x = self.features[7](x)                        # layer4
+        f7 = self.dr7(x.mean(dim=(2, 3)))
+        return self.regression(torch.cat([f6, f7], dim=1)).squeeze(1)
+
+
+def mapping_coefficient(value: Any, name: str, label: str) -> float:
+    """``k[0]`` / ``b[0]`` of the checkpoint, whether stored as a list of floats (the official code),
+    numpy values or tensors."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().flatten().tolist()
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):   # numpy array or scalar
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise WeightsError(f"{label}: the checkpoint's {name!r} is empty; expected [final, layer3, layer4] values")
+        value = value[0]
+        if isinstance(value, torch.Tensor) or hasattr(value, "item"):
+            value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WeightsError(f"{label}: the checkpoint's {name!r} is {type(value).__name__}, expected numbers; "
+                           f"is it the right file?")
+    return float(value)
+
+
+class Linearity(Metric):
+    """LinearityIQA (Norm-in-Norm, ResNeXt-101 on KonIQ-10k): MOS-like score, higher is better.
+
+    Input: resized to 498x664 (H x W, bilinear, antialiased; ``resize: null`` keeps the input size, as the
+    MSU benchmark wrapper does), ImageNet-normalised. Output: ``regression * k[0] + b[0]`` from the checkpoint.
+    """
+
+    name = "linearity"
+    higher_is_better = True
+    range = (25.780681610107422, 83.22696685791016)
+    input_policy = ("resized to resize = [H, W] (default 498x664 as the original; null = keep the input size), "
+                    "bilinear antialiased, ImageNet normalisation")
+    params = (
+        Param("resize", list, list(ORIGINAL_SIZE), nullable=True,
+              help="[height, width] the image is resized to before the network (the original uses 498x664); "
+                   "null keeps the input size"),
+        Param("weights_path", Path, None,
+              help="explicit path of p1q2.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
+    )
+    weights = (P1Q2,)
+
+    def __init__(self, where: str | None = None, **values: Any):
+        super().__init__(where, **values)
+        if self.resize is not None:
+            if (len(self.resize) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.resize)
+                    or min(self.resize) < 32):
+                raise ConfigError(f"{where or self.name}.resize: {self.resize!r} is not allowed; expected "
+                                  f"[height, width], two integers >= 32 (e.g. [498, 664]), or null")
+            self.resize = [int(v) for v in self.resize]
+
+    def setup(self, device: torch.device) -> None:
+        label = f"linearity ({self.weights_path or P1Q2.filename})"
+        checkpoint = load_weights(P1Q2, self.weights_path, allow_numpy=True)
+        if not isinstance(checkpoint, Mapping) or "k" not in checkpoint or "b" not in checkpoint:
+            raise WeightsError(f"{label}: expected the official layout {{'model', 'k', 'b'}}, found "
+                               f"{list(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__}"
+                               f"; is it the right file?")
+        self.k = mapping_coefficient(checkpoint["k"], "k", label)
+        self.b = mapping_coefficient(checkpoint["b"], "b", label)
+        self.net = build_from_state(LinearityNet, state_from_checkpoint(checkpoint, "model", label), label)
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        if self._loaded_on != images.device:
+            self.load(images.device)
+        x = images.float()
+        if self.resize is not None:
+            x = resize(x, self.resize)
+        return self.net(imagenet_normalize(x)) * self.k + self.b
+
+
+@hookimpl
+def iqadef_register_metrics(register):
+    register(Linearity)

@@ -1,0 +1,1 @@
+"""Built-in scores: per-image measures (ImageScore) and per-group summaries (SummaryScore)."""

@@ -1,0 +1,114 @@
+"""Per-image full-reference measures shared by the score plugins (not a plugin itself).
+
+Conventions follow the reference code (scikit-image on float images in [0, 1]):
+PSNR with data range 1, SSIM with scikit-image's defaults (7×7 uniform window, sample covariance,
+K1 = 0.01, K2 = 0.03, mean over the valid region and over the RGB channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: PSNR of identical images is reported as this many dB instead of infinity.
+PSNR_CAP_DB = 100.0
+_MSE_FLOOR = 10.0 ** (-PSNR_CAP_DB / 10.0)
+
+#: The image pairs measured, as column suffixes: clean x, attacked x_a, D(x), D(x_a).
+PAIRS = ("x_xa", "x_dx", "x_dxa", "xa_dxa", "dx_dxa")
+
+
+def _flat(images: torch.Tensor) -> torch.Tensor:
+    return images.detach().to(torch.float64).flatten(1)
+
+
+def match_size(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``images`` resized to ``reference``'s height and width (bilinear, antialiased), if they differ.
+
+    This is what the reference does (``torchvision.transforms.Resize`` to the clean image's size)
+    before comparing a defended image with an undefended one.
+    """
+    if images.shape[-2:] == reference.shape[-2:]:
+        return images
+    return F.interpolate(images.detach().float(), size=tuple(reference.shape[-2:]), mode="bilinear",
+                         align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image, ``[B]``."""
+    return (_flat(a) - _flat(b)).pow(2).mean(dim=1)
+
+
+def mae(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per image, ``[B]``."""
+    return (_flat(a) - _flat(b)).abs().mean(dim=1)
+
+
+def linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Largest absolute pixel difference per image, ``[B]``."""
+    return (_flat(a) - _flat(b)).abs().amax(dim=1)
+
+
+def psnr_from_mse(err: torch.Tensor) -> torch.Tensor:
+    """``10 log10(1 / MSE)`` (data range 1), capped at :data:`PSNR_CAP_DB` so tables stay finite."""
+    return 10.0 * torch.log10(1.0 / err.clamp_min(_MSE_FLOOR))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR per image in dB, data range 1, capped at :data:`PSNR_CAP_DB`."""
+    return psnr_from_mse(mse(a, b))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01,
+         k2: float = 0.03) -> torch.Tensor:
+    """SSIM per image as ``skimage.metrics.structural_similarity(..., channel_axis=2, data_range=1)``.
+
+    Uniform ``win_size`` window, sample covariance (``N / (N - 1)``), mean over the window positions
+    that fit inside the image, then over channels. Images smaller than the window use the largest odd
+    window that fits (scikit-image would refuse them).
+    """
+    x = a.detach().to(torch.float64)
+    y = b.detach().to(torch.float64)
+    win = min(win_size, x.shape[-1], x.shape[-2])
+    if win % 2 == 0:
+        win -= 1
+    if win < 1:
+        raise ValueError(f"SSIM needs images of at least 1x1 pixels, got {tuple(x.shape)}")
+    n = win * win
+    cov_norm = n / (n - 1) if n > 1 else 1.0
+    pool = lambda t: F.avg_pool2d(t, win, stride=1)  # noqa: E731 - valid-region uniform filter
+    ux, uy = pool(x), pool(y)
+    vx = cov_norm * (pool(x * x) - ux * ux)
+    vy = cov_norm * (pool(y * y) - uy * uy)
+    vxy = cov_norm * (pool(x * y) - ux * uy)
+    c1, c2 = (k1 * 1.0) ** 2, (k2 * 1.0) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(2, 3)).mean(dim=1)
+
+
+def pair_images(cells) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The five image pairs of a :class:`~iqadef.core.cells.CellBatch`, sizes reconciled.
+
+    A defended image compared with x or x_a is resized back to x's size; D(x) and D(x_a) are compared
+    directly (D(x_a) is resized to D(x)'s size only if the two differ).
+    """
+    x, xa, dx, dxa = cells.clean, cells.adv, cells.def_clean, cells.def_adv
+    return {
+        "x_xa": (x, match_size(xa, x)),
+        "x_dx": (x, match_size(dx, x)),
+        "x_dxa": (x, match_size(dxa, x)),
+        "xa_dxa": (xa, match_size(dxa, xa)),
+        "dx_dxa": (dx, match_size(dxa, dx)),
+    }
+
+
+def as_float_tensor(values) -> torch.Tensor:
+    return torch.as_tensor(values).detach().to(torch.float64).cpu().reshape(-1)
+
+
+def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` with NaN where ``den`` is 0 (instead of ±inf)."""
+    out = num / den
+    return torch.where(den == 0, torch.full_like(out, math.nan), out)

@@ -1,0 +1,36 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+import torch
+
+
+@pytest.fixture()
+def image_dir(tmp_path: Path) -> Path:
+    """Six small images: four 24x24 and two 16x20 (two size groups)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        h, w = (24, 24) if i < 4 else (16, 20)
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([np.sin(xx / (2 + i)) , np.cos(yy / (3 + i)), np.sin((xx + yy) / 5)], -1) * 0.4 + 0.5
+        img = np.clip(base + rng.normal(0, 0.02, base.shape), 0, 1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small tensors run faster (and identically) on one thread; CI machines have two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

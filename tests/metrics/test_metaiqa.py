@@ -1,0 +1,150 @@
+"""MetaIQA: the ``metaiqa.pth`` state dict (official ``Net(resnet18, BaselineModel1(1, 0.5, 1000))`` layout)
+loads strictly, scores lie in [0, 1], dropout is off, batches score like single images, gradients flow."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from iqadef import WeightsError
+from iqadef.plugins.metrics.metaiqa import MetaIQA, MetaIQANet
+
+
+def official_net_on_meta() -> nn.Module:
+    """``Net(resnet18(pretrained=False), BaselineModel1(1, 0.5, 1000))`` of MetaIQA_FineTune_WILDLIVE.py."""
+    with torch.device("meta"):
+        head = nn.Module()
+        head.fc1, head.bn1, head.relu1 = nn.Linear(1000, 1024), nn.BatchNorm1d(1024), nn.PReLU()
+        head.drop1 = nn.Dropout(0.5)
+        head.fc2, head.bn2, head.relu2 = nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.PReLU()
+        head.drop2, head.fc3, head.sig = nn.Dropout(0.5), nn.Linear(512, 1), nn.Sigmoid()
+        model = nn.Module()
+        model.resnet_layer, model.net = torchvision.models.resnet18(), head
+    return model
+
+
+def random_state(meta_model: nn.Module, seed: int) -> OrderedDict:
+    """Random weights with tame statistics, keys/shapes of ``meta_model``."""
+    g = torch.Generator().manual_seed(seed)
+    state = OrderedDict()
+    for prefix, module in meta_model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if name == "num_batches_tracked":
+                value = torch.tensor(100)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                value = {"weight": torch.rand(t.shape, generator=g) * 0.5 + 0.5,
+                         "bias": torch.randn(t.shape, generator=g) * 0.01,
+                         "running_mean": torch.randn(t.shape, generator=g) * 0.01,
+                         "running_var": torch.rand(t.shape, generator=g) + 0.5}[name]
+            elif isinstance(module, nn.PReLU):
+                value = torch.full(t.shape, 0.25)
+            elif name == "weight" and t.dim() >= 2:
+                value = torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel())
+            else:
+                value = torch.randn(t.shape, generator=g) * 0.1
+            state[dot + name] = value
+    return state
+
+
+def images(n: int, seed: int = 0, size=(40, 56)) -> torch.Tensor:
+    """Distinct images (own brightness, colour and texture): pure noise would pool to the same features."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size[0]), torch.linspace(0, 1, size[1]), indexing="ij")
+    out = []
+    for _ in range(n):
+        a, f, c = torch.rand(3, generator=g), torch.rand(1, generator=g) * 12 + 2, torch.rand(3, 1, 1, generator=g)
+        pattern = torch.sin(f * (xx * a[0] + yy * a[1]) * 3.14) * 0.3 * a[2]
+        out.append((c * 0.6 + 0.2 + pattern + 0.05 * torch.randn(3, *size, generator=g)).clamp(0, 1))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("metaiqa") / "metaiqa.pth"
+    torch.save(random_state(official_net_on_meta(), seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def metric(checkpoint_path):
+    return MetaIQA(resize=64, weights_path=str(checkpoint_path)).load("cpu")
+
+
+def test_official_key_names_and_shapes_match_the_network():
+    official = {k: tuple(v.shape) for k, v in official_net_on_meta().state_dict().items()}
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in MetaIQANet().state_dict().items()}
+    assert ours == official
+    assert official["resnet_layer.fc.weight"] == (1000, 512)       # the ImageNet fc is kept
+    assert official["net.fc1.weight"] == (1024, 1000) and official["net.relu1.weight"] == (1,)
+    assert official["net.fc3.weight"] == (1, 512)
+
+
+def test_metadata():
+    metric = MetaIQA()
+    assert metric.name == "metaiqa" and metric.higher_is_better and metric.range == (0.0, 1.0)
+    assert metric.resize == 224
+
+
+def test_loads_scores_in_unit_interval_and_dropout_is_off(metric):
+    assert not metric.net.training
+    x = images(3)
+    with torch.no_grad():
+        first, second = metric.score(x), metric.score(x)
+    assert first.shape == (3,) and torch.isfinite(first).all()
+    assert ((first >= 0) & (first <= 1)).all()
+    assert torch.equal(first, second)                          # no dropout randomness
+    assert first.max() - first.min() > 1e-6                    # the score depends on the image
+
+
+def test_batch_scores_like_single_images(metric):
+    x = images(3, seed=1, size=(50, 45))
+    with torch.no_grad():
+        batched = metric.score(x)
+        single = torch.cat([metric.score(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_the_input(metric):
+    x = images(2, seed=2).requires_grad_(True)
+    metric.score(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_data_parallel_prefix_and_wrapped_state_dict_are_accepted(tmp_path, checkpoint_path):
+    state = torch.load(checkpoint_path, weights_only=True)
+    wrapped = tmp_path / "metaiqa_module.pth"
+    torch.save({"state_dict": OrderedDict((f"module.{k}", v) for k, v in state.items())}, wrapped)
+    metric = MetaIQA(resize=64, weights_path=str(wrapped)).load("cpu")
+    reference = MetaIQA(resize=64, weights_path=str(checkpoint_path)).load("cpu")
+    x = images(1)
+    with torch.no_grad():
+        torch.testing.assert_close(metric.score(x), reference.score(x))
+
+
+def test_wrong_file_is_refused_with_the_key_named(tmp_path, checkpoint_path):
+    state = torch.load(checkpoint_path, weights_only=True)
+    state["net.fc4.weight"] = torch.zeros(1)
+    del state["net.relu2.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match=r"missing keys \[net.relu2.weight\].*unexpected keys \[net.fc4.weight\]"):
+        MetaIQA(weights_path=str(bad)).load("cpu")
+    state = torch.load(checkpoint_path, weights_only=True)
+    state["net.fc1.weight"] = torch.zeros(1024, 999)
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match="size mismatch.*net.fc1.weight"):
+        MetaIQA(weights_path=str(bad)).load("cpu")
+
+
+def test_html_instead_of_checkpoint_is_refused(tmp_path):
+    page = tmp_path / "metaiqa.pth"
+    page.write_text("<!DOCTYPE html><html><body>Sign in to continue</body></html>")
+    with pytest.raises(WeightsError, match="web page"):
+        MetaIQA(weights_path=str(page)).load("cpu")

@@ -1,0 +1,33 @@
+"""A toy attack that kills its own worker process once (Ray fault-tolerance test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+from iqadef import Attack, Param, hookimpl
+
+
+class CrashOnceAttack(Attack):
+    """Seeded uniform noise; the first call ever (no marker file yet) SIGKILLs its own process."""
+
+    name = "toy-crash-once"
+    norm = "linf"
+    params = (Param("marker", str, ""), Param("eps", float, 4 / 255))
+
+    def run(self, metric, images, *, seed=0):
+        marker = Path(self.marker)
+        if self.marker and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        g = self.generator(seed, images.device)
+        noise = (torch.rand(images.shape, generator=g, device=images.device) * 2 - 1) * self.eps
+        return (images + noise).clamp(0, 1)
+
+
+@hookimpl
+def iqadef_register_attacks(register):
+    register(CrashOnceAttack)

@@ -1,0 +1,171 @@
+"""`executor: ray` gives the local runner's table row for row, survives a killed worker, and resumes."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from iqadef.core.errors import ConfigError
+from iqadef.core.registry import load_run_config
+from iqadef.core.runner import run_grid
+
+GRID = """
+dataset: {{images: {images}}}
+output: {output}
+executor: {executor}
+batch_size: 2
+seed: 5
+examples: 1
+metrics: [toy-metric, toy-nan]
+attacks: {attacks}
+defences: [no-defence, toy-blur, toy-noise-defence]
+ray: {{num_cpus: 1, max_restarts: 2, max_task_retries: 2}}
+"""
+ATTACKS = "[toy-sign, toy-noise]"
+CELLS = 6 * 2 * 2 * 3
+
+
+def config(tmp_path: Path, images: Path, registry, output: str, executor: str, attacks: str = ATTACKS):
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(GRID.format(images=images, output=output, executor=executor, attacks=attacks))
+    return load_run_config(path, registry=registry)
+
+
+def table(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "results.parquet")
+
+
+def cache_files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted((run_dir / "cache").rglob("*.png"))}
+
+
+def wait_for_free_cpus(ray, cpus: float, seconds: float = 60) -> float:
+    """Ray reports freed resources asynchronously; wait (bounded) until the actors' CPUs are back."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        free = ray.available_resources().get("CPU", 0)
+        if free >= cpus:
+            return free
+        time.sleep(0.2)
+    return ray.available_resources().get("CPU", 0)
+
+
+# -- needs a running Ray instance --------------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_table_equals_the_local_table_row_for_row(tmp_path, image_dir, ray_registry, local_ray):
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry,
+                     progress=False)
+    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray"), registry=ray_registry,
+                      progress=False)
+    a, b = table(local.run_dir), table(remote.run_dir)
+    assert len(b) == CELLS == remote.computed and remote.failed == local.failed > 0  # toy-nan fails its cells
+    assert (b.loc[b["metric"] == "toy-metric", "status"] == "ok").all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert cache_files(local.run_dir) == cache_files(remote.run_dir)  # the same adversarial PNGs, bit for bit
+    assert wait_for_free_cpus(local_ray, 2) == 2  # every actor was released
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, image_dir, ray_registry, local_ray):
+    marker = tmp_path / "crashed"
+    attacks = f"[toy-sign, {{name: toy-crash-once, marker: {marker}}}]"
+    marker.write_text("the local run must not crash")
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry,
+                     progress=False)
+    marker.unlink()
+    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks), registry=ray_registry,
+                      progress=False)
+    assert marker.exists(), "the crash-once attack never ran in a Ray worker"
+    crashed_pid = int(marker.read_text())
+    assert crashed_pid != __import__("os").getpid()  # it killed a worker, not the driver
+    b = table(remote.run_dir)
+    assert len(b) == CELLS and not b.duplicated(["metric", "attack", "defence", "image"]).any()
+    pd.testing.assert_frame_equal(table(local.run_dir), b, check_exact=True)
+    assert wait_for_free_cpus(local_ray, 2) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray_registry, local_ray):
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry,
+                     progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(n):
+        if n == 3:
+            raise Stop
+
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    with pytest.raises(Stop):
+        run_grid(cfg, registry=ray_registry, progress=False, after_unit=stop_after)
+    gc.collect()  # the abandoned stream's actors are killed when it is collected
+    assert wait_for_free_cpus(local_ray, 2) == 2
+    resumed = run_grid(cfg, registry=ray_registry, progress=False)
+    assert resumed.skipped > 0 and resumed.computed == CELLS - resumed.skipped
+    pd.testing.assert_frame_equal(table(local.run_dir), table(resumed.run_dir), check_exact=True)
+
+
+# -- checks done before Ray starts ---------------------------------------------------------------------
+def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_registry):
+    pytest.importorskip("ray")
+    from iqadef.core.dataset import Dataset
+    from iqadef.core.executors.ray_executor import execute_ray
+
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    cfg.defences[1].handle = threading.Lock()  # e.g. a lock or open file made in __init__
+    with pytest.raises(ConfigError, match=r"defences\[1\] 'toy-blur' cannot be sent to a Ray worker"):
+        execute_ray(cfg, Dataset(cfg.images), cfg.output, [], None, registry=ray_registry)
+
+
+@pytest.mark.parametrize("ray_options, message", [
+    ("{num_gpu: 1}", r"ray.num_gpu: unknown key.*num_gpus"),
+    ("{num_cpus: -1}", r"ray.num_cpus: -1 must be a number >= 0"),
+    ("{in_flight: 0}", r"ray.in_flight: 0 must be an integer >= 1"),
+    ("{address: 5}", r"ray.address: must be"),
+])
+def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_registry, ray_options, message):
+    pytest.importorskip("ray")
+    from iqadef.core.dataset import Dataset
+    from iqadef.core.executors.ray_executor import execute_ray
+
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    cfg.ray = yaml_mapping(ray_options)
+    with pytest.raises(ConfigError, match=message):
+        execute_ray(cfg, Dataset(cfg.images), cfg.output, [], None, registry=ray_registry)
+
+
+def test_missing_ray_says_how_to_install_it(tmp_path, image_dir, ray_registry, monkeypatch):
+    from iqadef.core.dataset import Dataset
+    from iqadef.core.executors.ray_executor import execute_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    with pytest.raises(ConfigError, match=r"pip install iqadef\[ray\]"):
+        execute_ray(cfg, Dataset(cfg.images), cfg.output, [], None, registry=ray_registry)
+
+
+def test_fractional_gpus_and_defaults():
+    pytest.importorskip("ray")
+    from iqadef.core.executors.ray_executor import RayOptions
+
+    opts = RayOptions.parse({"num_gpus": 0.25, "address": "auto"})
+    assert opts.gpus_per_actor("cuda") == 0.25 and opts.address == "auto"
+    default = RayOptions.parse(None)
+    assert default.gpus_per_actor("cuda:1") == 1.0 and default.gpus_per_actor("cpu") == 0.0
+    assert (default.num_cpus, default.max_restarts, default.max_task_retries) == (1.0, 3, 3)
+
+
+def yaml_mapping(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text)

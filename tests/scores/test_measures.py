@@ -1,0 +1,98 @@
+"""Image measures on hand-made images with known values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from iqadef.plugins.scores import _measures as m
+from iqadef.plugins.scores.full_reference import FullReferenceMeasures
+
+from .conftest import make_cells
+
+
+def const(value, size=16, batch=1):
+    return torch.full((batch, 3, size, size), float(value))
+
+
+def test_psnr_of_known_mse():
+    a, b = const(0.0), const(0.1)
+    assert m.mse(a, b).item() == pytest.approx(0.01)
+    assert m.psnr(a, b).item() == pytest.approx(20.0)  # 10 log10(1 / 0.01)
+    assert m.mae(a, b).item() == pytest.approx(0.1)
+    assert m.linf(a, b).item() == pytest.approx(0.1)
+
+
+def test_psnr_of_identical_images_is_capped():
+    a = torch.rand(2, 3, 8, 8)
+    out = m.psnr(a, a)
+    assert torch.isfinite(out).all()
+    assert out.tolist() == pytest.approx([100.0, 100.0])
+
+
+def test_linf_takes_the_largest_pixel_difference():
+    a = torch.zeros(1, 3, 8, 8)
+    b = a.clone()
+    b[0, 1, 3, 4] = 0.25
+    b[0, 2, 0, 0] = -0.5
+    assert m.linf(a, b).item() == pytest.approx(0.5)
+    assert m.mae(a, b).item() == pytest.approx(0.75 / (3 * 64))
+
+
+def test_ssim_of_constant_images_by_hand():
+    # variances are 0, so SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1), C1 = 0.01^2
+    assert m.ssim(const(0.2), const(0.4)).item() == pytest.approx(0.1601 / 0.2001)  # 0.80009995
+    assert m.ssim(const(0.2), const(0.3)).item() == pytest.approx(0.9231360491929286)
+    assert m.ssim(const(0.5), const(0.5)).item() == pytest.approx(1.0)
+
+
+def test_ssim_matches_scikit_image_defaults():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 24, 20, generator=g)
+    b = (a + 0.1 * torch.randn(2, 3, 24, 20, generator=g)).clamp(0, 1)
+    ours = m.ssim(a, b)
+    for i in range(2):
+        ref = skimage_metrics.structural_similarity(a[i].permute(1, 2, 0).numpy().astype(np.float64),
+                                                    b[i].permute(1, 2, 0).numpy().astype(np.float64),
+                                                    channel_axis=2, data_range=1)
+        assert ours[i].item() == pytest.approx(ref, abs=1e-6)
+        ref_psnr = skimage_metrics.peak_signal_noise_ratio(a[i].numpy().astype(np.float64),
+                                                           b[i].numpy().astype(np.float64), data_range=1)
+        assert m.psnr(a[i:i + 1], b[i:i + 1]).item() == pytest.approx(ref_psnr, rel=1e-6)
+
+
+def test_ssim_of_tiny_images_uses_a_smaller_window():
+    out = m.ssim(torch.rand(1, 3, 4, 5), torch.rand(1, 3, 4, 5))
+    assert torch.isfinite(out).all()
+
+
+def test_match_size_resizes_bilinearly_to_the_reference():
+    small = const(0.3, size=8)
+    big = const(0.0, size=32)
+    out = m.match_size(small, big)
+    assert out.shape == (1, 3, 32, 32)
+    assert torch.allclose(out, torch.full_like(out, 0.3), atol=1e-6)
+    assert m.match_size(big, big) is big
+
+
+EXPECTED_COLUMNS = [f"{meas}_{pair}" for pair in ("x_xa", "x_dx", "x_dxa", "xa_dxa", "dx_dxa")
+                    for meas in ("psnr", "ssim", "mse", "mae", "linf")]
+
+
+def test_full_reference_columns_and_values_with_a_size_changing_defence(metric):
+    x = const(0.2, size=32, batch=2)
+    xa = const(0.3, size=32, batch=2)
+    dx = const(0.2, size=16, batch=2)   # a resize defence: half size
+    dxa = const(0.25, size=16, batch=2)
+    cells = make_cells(x, xa, dx, dxa, [1, 1], [1, 1], [1, 1], [1, 1], metric)
+    out = FullReferenceMeasures().compute(cells)
+    assert sorted(out) == sorted(EXPECTED_COLUMNS) == sorted(FullReferenceMeasures.columns())
+    assert all(v.shape == (2,) for v in out.values())
+    assert out["psnr_x_xa"].tolist() == pytest.approx([20.0, 20.0])            # MSE 0.01
+    assert out["psnr_x_dx"].tolist() == pytest.approx([100.0, 100.0])          # identical after resize
+    assert out["mse_x_dxa"].tolist() == pytest.approx([0.0025, 0.0025])        # 0.05^2
+    assert out["mae_xa_dxa"].tolist() == pytest.approx([0.05, 0.05])
+    assert out["linf_dx_dxa"].tolist() == pytest.approx([0.05, 0.05])
+    assert out["psnr_dx_dxa"][0].item() == pytest.approx(10 * math.log10(1 / 0.0025))

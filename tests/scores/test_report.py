@@ -1,0 +1,203 @@
+"""A synthetic run directory (failed cell, size-changing defence, MOS) through write_report."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from iqadef.core.report import load_results, summary_table, write_report
+from iqadef.plugins.scores.full_reference import FullReferenceMeasures
+from iqadef.plugins.scores.gain import GainScore
+from iqadef.plugins.scores.msu_gain import MsuGain
+from iqadef.plugins.scores.quality import QualityScore
+
+from .conftest import make_cells
+
+IMAGES = [f"img{i}" for i in range(5)]
+ATTACKS = ["ifgsm", "fgsm"]
+DEFENCES = {"no-defence": None, "jpeg[quality=10]": 0.02, "random-crop[size=16]": 0.01}
+
+
+def save_png(tensor, path):
+    array = (tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+def build_run(run_dir, with_mos=True):
+    """Results as the runner writes them, ImageScore columns computed by the real score plugins."""
+    g = torch.Generator().manual_seed(0)
+    (run_dir / "adv").mkdir(parents=True)
+    (run_dir / "examples").mkdir()
+    (run_dir / "clean").mkdir()
+    score_plugins = [FullReferenceMeasures(), GainScore(), MsuGain(), QualityScore()]
+    rows = []
+    for i, image in enumerate(IMAGES):
+        x = torch.rand(1, 3, 24, 24, generator=g)
+        clean_path = run_dir / "clean" / f"{image}.png"
+        save_png(x[0], clean_path)
+        f_x = 40.0 + 5 * i
+        for a, attack in enumerate(ATTACKS):
+            xa = (x + (a + 1) * 0.02 * torch.randn(1, 3, 24, 24, generator=g)).clamp(0, 1)
+            adv_rel = f"adv/{attack}_{image}.png"
+            save_png(xa[0], run_dir / adv_rel)
+            f_xa = f_x + 20 + 5 * a
+            for d, (defence, noise) in enumerate(DEFENCES.items()):
+                row = {"image": image, "metric": "toy", "attack": attack, "defence": defence,
+                       "metric_key": "k1", "attack_key": f"a{a}", "defence_key": f"d{d}",
+                       "metric_params": "{}", "attack_params": "{}", "defence_params": "{}",
+                       "mos": float(i + 1) if with_mos else float("nan"), "adv_path": adv_rel,
+                       "image_path": str(clean_path), "example_path": ""}
+                if attack == "fgsm" and defence.startswith("jpeg") and image == "img3":
+                    row.update(status="failed", error="RuntimeError: out of memory", f_clean=np.nan,
+                               f_adv=np.nan, f_def_clean=np.nan, f_def_adv=np.nan)
+                    rows.append(row)
+                    continue
+                if noise is None:
+                    dx, dxa = x, xa
+                elif defence.startswith("random-crop"):
+                    dx, dxa = x[..., 4:20, 4:20], xa[..., 4:20, 4:20]  # changes the size
+                else:
+                    dx = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+                    dxa = (xa + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+                f_dx = f_x + (d * 1.5 if noise else 0.0)
+                f_dxa = f_xa if noise is None else f_x + 10 - 3 * d + i % 3
+                cells = make_cells(x, xa, dx, dxa, [f_x], [f_xa], [f_dx], [f_dxa])
+                for plugin in score_plugins:
+                    row.update({k: float(v[0]) for k, v in plugin.compute(cells).items()})
+                if i < 2:
+                    example_rel = f"examples/{attack}_{defence}_{image}.png"
+                    save_png(dxa[0], run_dir / example_rel)
+                    row["example_path"] = example_rel
+                row.update(status="ok", error="", f_clean=f_x, f_adv=f_xa, f_def_clean=f_dx, f_def_adv=f_dxa)
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    df.to_parquet(run_dir / "results.parquet")
+    run_info = {"metrics": {"toy": {"name": "toy", "range": [0, 100], "higher_is_better": True}},
+                "seed": 7, "dataset": {"images": "/data/imgs", "mos": "/data/mos.csv" if with_mos else None},
+                "registry": {}}
+    (run_dir / "run.json").write_text(json.dumps(run_info))
+    return df, run_info
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    df, run_info = build_run(run_dir)
+    return run_dir, df, run_info, write_report(run_dir)
+
+
+def test_summary_table_counts_failures_and_averages_gain(report):
+    _, df, run_info, _ = report
+    short = summary_table(df, run_info)
+    assert len(short) == len(ATTACKS) * len(DEFENCES)
+    row = short[(short["attack"] == "fgsm") & (short["defence"] == "jpeg[quality=10]")].iloc[0]
+    assert row["n_images"] == 4 and row["n_failed"] == 1
+    ok = df[(df["attack"] == "fgsm") & (df["defence"] == "jpeg[quality=10]") & (df["status"] == "ok")]
+    expected = (abs(ok["f_clean"] - ok["f_def_adv"]) / ok["f_clean"]).mean()
+    assert row["gain"] == pytest.approx(expected)
+    assert row["gain_ci_low"] <= row["gain"] <= row["gain_ci_high"]
+    no_def = short[(short["attack"] == "ifgsm") & (short["defence"] == "no-defence")].iloc[0]
+    assert no_def["gain"] == pytest.approx(((df.query("attack == 'ifgsm' and defence == 'no-defence'")
+                                             .eval("(f_adv - f_clean) / f_clean")).mean()))
+
+
+def test_write_report_writes_html_markdown_and_figures(report):
+    run_dir, _, _, written = report
+    for key in ("html", "markdown", "summary_csv", "figure:gain_heatmap_toy", "figure:srocc_heatmap_toy",
+                "figure:gain_bins_toy", "figure:examples"):
+        assert written[key].exists(), key
+    for path in (run_dir / "figures").glob("*.png"):
+        with Image.open(path) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {
+        "gain_heatmap_toy.png", "srocc_heatmap_toy.png", "gain_bins_toy.png", "examples.png"}
+
+
+def test_html_is_self_contained_with_tables_and_images(report):
+    run_dir, _, _, written = report
+    text = written["html"].read_text()
+    for heading in ("Summary: gain", "Defence ranking", "Key scores", "All aggregated scores",
+                    "Figure 3", "Figure 4", "Figure 5", "Example images", "Failed cells (1)"):
+        assert heading in text, heading
+    assert text.count("<table") >= 6
+    for defence in DEFENCES:
+        assert defence in text
+    assert "RuntimeError: out of memory" in text
+    for column in ("robustness_score", "srocc_mos_def_adv", "psnr_x_dxa", "quality_score"):
+        assert f"<th>{column}</th>" in text, column
+    uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    assert len(uris) >= 4 + 3  # 4 figures and at least one gallery row
+    assert base64.b64decode(uris[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "src='figures/" not in text and "file://" not in text  # nothing linked from outside
+
+
+def test_summary_csv_has_every_aggregated_score(report):
+    run_dir, _, _, _ = report
+    agg = pd.read_csv(run_dir / "summary.csv")
+    assert len(agg) == len(ATTACKS) * len(DEFENCES)
+    for col in ("gain_mean", "gain_ci_low", "gain_ci_high", "quality_score_mean", "ssim_x_dxa_mean",
+                "psnr_dx_dxa_mean", "rel_gain_x_xa_mean", "robustness_score", "wasserstein_score",
+                "energy_distance_score", "srocc_mos_def_adv", "srocc_clean_def_clean", "n_failed"):
+        assert col in agg.columns, col
+    crop = agg[agg["defence"] == "random-crop[size=16]"]
+    assert np.isfinite(crop["psnr_x_dxa_mean"]).all() and (crop["psnr_x_dxa_mean"] <= 100).all()
+    assert agg["psnr_x_dx_mean"].max() == pytest.approx(100.0)  # no-defence: identical images, capped
+    no_def = agg[agg["defence"] == "no-defence"]
+    assert (no_def["gain_clean_mean"] == 0).all()
+
+
+def test_ranking_puts_the_lowest_gain_first(report):
+    run_dir, _, _, written = report
+    md = written["markdown"].read_text()
+    section = md.split("## Defence ranking")[1].split("##")[0]
+    ranked = [line.split("|")[2].strip() for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
+    agg = pd.read_csv(run_dir / "summary.csv")
+    expected = list(agg.groupby("defence")["gain_mean"].mean().sort_values().index)
+    assert ranked == expected
+    assert "![toy](figures/gain_heatmap_toy.png)" in md
+
+
+@pytest.mark.slow
+def test_report_without_mos_says_so(tmp_path):
+    build_run(tmp_path, with_mos=False)
+    (tmp_path / "results.parquet").rename(tmp_path / "results.parquet.bak")
+    df = pd.read_parquet(tmp_path / "results.parquet.bak")
+    df.to_csv(tmp_path / "results.csv", index=False)  # the csv fallback
+    written = write_report(tmp_path)
+    text = written["html"].read_text()
+    assert "No MOS file was given" in text
+    assert "figure:srocc_heatmap_toy" not in written
+    loaded, _ = load_results(tmp_path)
+    assert loaded["image"].iloc[0] == "img0" and loaded["example_path"].iloc[-1] == ""
+
+
+@pytest.mark.slow
+def test_report_of_a_minimal_table_with_an_all_failed_group(tmp_path):
+    """Only the runner's own columns (no score plugins), no examples, one group entirely failed."""
+    rows = []
+    for i in range(4):
+        for defence in ("no-defence", "median-blur"):
+            failed = defence == "median-blur"
+            rows.append({"image": f"i{i}", "metric": "lin", "attack": "fgsm", "defence": defence,
+                         "status": "failed" if failed else "ok", "error": "boom" if failed else "",
+                         "f_clean": np.nan if failed else 50.0 + i, "f_adv": np.nan if failed else 60.0 + i,
+                         "f_def_clean": np.nan if failed else 50.0 + i,
+                         "f_def_adv": np.nan if failed else 60.0 + i, "mos": np.nan,
+                         "adv_path": "", "example_path": "", "image_path": ""})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    written = write_report(tmp_path)  # no run.json: defaults
+    text = written["html"].read_text()
+    assert "Failed cells (4)" in text and "No example images were saved." in text
+    ranking = text.split("Defence ranking")[1].split("<h2>")[0]
+    assert "no-defence" in ranking and "0.1943" in ranking  # mean of 10/50 .. 10/53
+    agg = pd.read_csv(tmp_path / "summary.csv")
+    blur = agg[agg["defence"] == "median-blur"].iloc[0]
+    assert blur["n_images"] == 0 and blur["n_failed"] == 4 and np.isnan(blur["f_clean_mean"])
+    # gain of no-defence: (60+i - (50+i)) / (50+i)
+    expected = np.mean([10 / (50 + i) for i in range(4)])
+    assert summary_table(pd.read_csv(tmp_path / "results.csv"), {})["gain"].iloc[0] == pytest.approx(expected)
