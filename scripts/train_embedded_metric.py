@@ -1,16 +1,17 @@
 """Train ``tiny-iqa``, iqadef's embedded NR-IQA metric, on synthetic distortions of the bundled images.
 
-Each training sample is a bundled image, possibly distorted (JPEG via PIL, Gaussian blur, Gaussian
-noise, contrast reduction, pixelation; sometimes two at once) at a random severity ``s`` in [0, 1],
-then randomly cropped (224..256 px, resized to 224 by the metric itself) and flipped. The target is
-``90 - 80 * s`` (90 for a clean image, 10 for the worst), a MOS-like scale where higher is better;
-the loss is the mean squared error. Four images are held out; the script reports Spearman's rank
-correlation (SROCC) between predictions and targets on a fixed grid of distortions of the held-out
-and of the training images, and the span of the scores over all bundled images and distortions
-(the metric's ``range``).
+Each training sample is a random crop of a bundled image (flipped, rotated by 90-degree steps,
+colour channels shuffled), then left clean or distorted (JPEG via PIL, Gaussian blur, Gaussian
+noise, contrast reduction, pixelation; sometimes two at once) at a random severity ``s`` in [0, 1].
+The target is ``90 - 80 * s`` (90 clean, 10 worst), a MOS-like scale where higher is better.
+Batches hold pairs of differently distorted versions of one crop; the loss is the mean squared
+error plus a hinge on each pair's order. Four images are held out; the script reports Spearman's
+rank correlation (SROCC) between predictions and targets on a fixed grid of distortions of the
+held-out and of the training images, and the span of the scores over all bundled images and
+distortions (the metric's ``range``, to copy into ``TinyIQA.range``).
 
-Deterministic (fixed seed, one CPU thread); about 5 minutes on one core. Writes the state dict
-(``tiny_iqa.pt``) and a training record (``tiny_iqa.json``) to ``src/iqadef/data/weights/``::
+Seeded, one CPU thread; about 2 CPU-minutes. Writes the state dict (``tiny_iqa.pt``) and a training
+record (``tiny_iqa.json``) to ``src/iqadef/data/weights/``::
 
     python scripts/train_embedded_metric.py            # retrain the packaged weights
     python scripts/train_embedded_metric.py --out /tmp/w --epochs 10   # quick try elsewhere
@@ -35,8 +36,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy.stats import spearmanr
 
-from iqadef.plugins.metrics.embedded import (INPUT_SIZE, SCORE_CENTRE, SCORE_SCALE, TinyIQANet,
-                                             preprocess)
+from iqadef.plugins.metrics.embedded import INPUT_SIZE, SCORE_CENTRE, SCORE_SCALE, TinyIQANet, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_DIR = ROOT / "src" / "iqadef" / "data" / "images"
@@ -102,10 +102,15 @@ def load_images(folder: Path) -> dict[str, torch.Tensor]:
 
 # -- training samples ----------------------------------------------------------------------------
 def random_crop(image: torch.Tensor, crop: int, rng: random.Random) -> torch.Tensor:
+    """A random crop, randomly flipped/rotated by multiples of 90 degrees and with its colour channels
+    shuffled: with ten training images, content augmentation is what keeps the net from memorising them."""
     h, w = image.shape[-2:]
     top, left = rng.randint(0, h - crop), rng.randint(0, w - crop)
     image = image[:, top:top + crop, left:left + crop]
-    return image.flip(-1) if rng.random() < 0.5 else image
+    if rng.random() < 0.5:
+        image = image.flip(-1)
+    image = torch.rot90(image, rng.randint(0, 3), dims=(1, 2))
+    return image[rng.sample(range(3), 3)].contiguous()
 
 
 def random_distortion(image: torch.Tensor, rng: random.Random, gen: torch.Generator):
@@ -127,13 +132,20 @@ def random_pair(image: torch.Tensor, crop: int, rng: random.Random, gen: torch.G
     return random_distortion(base, rng, gen), random_distortion(base, rng, gen)
 
 
-def pair_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def training_input(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """What :func:`preprocess` does, but to ``size`` instead of 224 (cheaper; the net is fully
+    convolutional with global pooling, so it runs at any size). Crops of ``size .. size * 256/224`` px
+    cover the same scales as a 256 px image resized to 224."""
+    return F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def pair_loss(prediction: torch.Tensor, target: torch.Tensor, rank_weight: float) -> torch.Tensor:
     """MSE to the targets plus a hinge on each pair's order (rows 2i and 2i+1 share a crop)."""
     mse = F.mse_loss(prediction, target)
     d_pred = prediction[0::2] - prediction[1::2]
     d_target = target[0::2] - target[1::2]
     ranking = F.relu(0.5 * d_target.abs() - torch.sign(d_target) * d_pred)
-    return mse + ranking.mean()
+    return mse + rank_weight * ranking.mean()
 
 
 # -- evaluation grid -----------------------------------------------------------------------------
@@ -171,11 +183,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=IMAGE_DIR)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    parser.add_argument("--epochs", type=int, default=120,
-                        help="one epoch = --samples-per-image random samples (in same-crop pairs) of each training image")
-    parser.add_argument("--samples-per-image", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=int, default=60,
+                        help="one epoch = --samples-per-image samples (same-crop pairs) of each training image")
+    parser.add_argument("--samples-per-image", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-size", type=int, default=112,
+                        help="training crops are resized to this (the metric itself uses 224)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak of the one-cycle schedule")
+    parser.add_argument("--rank-weight", type=float, default=1.0, help="weight of the same-crop ranking hinge")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -195,7 +210,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in net.parameters())
     steps_per_epoch = len(train_names) * args.samples_per_image // args.batch_size
     total_steps = args.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
                                                    pct_start=0.1)
     held_rows = evaluation_grid(images, HELD_OUT, args.seed)
@@ -208,12 +223,12 @@ def main() -> None:
         rng.shuffle(order)
         losses = []
         for step in range(steps_per_epoch):
-            crop = rng.randint(INPUT_SIZE, 256)  # one crop size per batch; the metric resizes it to 224
+            crop = rng.randint(args.train_size, round(args.train_size * 256 / INPUT_SIZE))  # one per batch
             names = order[step * args.batch_size // 2:(step + 1) * args.batch_size // 2]
             batch = [version for n in names for version in random_pair(images[n], crop, rng, gen)]
             x = torch.stack([b[0] for b in batch])
             target = (torch.tensor([b[1] for b in batch]) - SCORE_CENTRE) / SCORE_SCALE
-            loss = pair_loss(net(preprocess(x)), target)
+            loss = pair_loss(net(training_input(x, args.train_size)), target, args.rank_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -263,8 +278,11 @@ def main() -> None:
         "epochs": args.epochs,
         "steps": total_steps,
         "batch_size": args.batch_size,
+        "train_size": args.train_size,
         "samples_per_image_per_epoch": args.samples_per_image,
         "lr": args.lr,
+        "weight_decay": 1e-2,
+        "rank_weight": args.rank_weight,
         "seed": args.seed,
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),

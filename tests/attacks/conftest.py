@@ -95,7 +95,7 @@ def bundled_images() -> torch.Tensor:
     paths = bundled_pngs()
     if not paths:
         pytest.skip(f"no bundled images in {BUNDLED} yet")
-    return torch.cat([_load_png(p, TEST_SIZE) for p in paths[:6]])
+    return torch.cat([_load_png(p, TEST_SIZE) for p in paths[:4]])
 
 
 @pytest.fixture(autouse=True)

@@ -73,3 +73,10 @@ def test_output_that_is_a_file_is_refused(tmp_path, image_dir, toy_registry):
 def test_missing_registry_file(tmp_path, toy_registry):
     with pytest.raises(ConfigError, match="no such registry file"):
         load_run_config(tmp_path / "nope.yaml", registry=toy_registry)
+
+
+@pytest.mark.parametrize("name", ["registry.yaml", "registry-paper.yaml"])
+def test_shipped_registries_validate(name):
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_run_config(root / name, overrides={"dataset": {"images": "builtin"}})
+    assert cfg.metrics and cfg.attacks and cfg.defences

@@ -148,3 +148,11 @@ def test_html_instead_of_checkpoint_is_refused(tmp_path):
     page.write_text("<!DOCTYPE html><html><body>Sign in to continue</body></html>")
     with pytest.raises(WeightsError, match="web page"):
         MetaIQA(weights_path=str(page)).load("cpu")
+
+
+def test_scoring_before_load_loads_lazily_and_bad_shapes_are_refused(checkpoint_path):
+    metric = MetaIQA(resize=32, weights_path=str(checkpoint_path))
+    with torch.no_grad():
+        assert metric.score(images(1)).shape == (1,)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\].*\(3, 40, 56\)"):
+        metric.score(images(1)[0])

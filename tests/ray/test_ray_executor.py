@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iqadef.core.errors import ConfigError
+from iqadef.core.errors import ConfigError, IqadefError
 from iqadef.core.registry import load_run_config
 from iqadef.core.runner import run_grid
 
@@ -85,7 +86,7 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
                       progress=False)
     assert marker.exists(), "the crash-once attack never ran in a Ray worker"
     crashed_pid = int(marker.read_text())
-    assert crashed_pid != __import__("os").getpid()  # it killed a worker, not the driver
+    assert crashed_pid != os.getpid()  # it killed a worker, not the driver
     b = table(remote.run_dir)
     assert len(b) == CELLS and not b.duplicated(["metric", "attack", "defence", "image"]).any()
     pd.testing.assert_frame_equal(table(local.run_dir), b, check_exact=True)
@@ -169,3 +170,38 @@ def yaml_mapping(text: str) -> dict:
     import yaml
 
     return yaml.safe_load(text)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_plugin_the_worker_cannot_import_gives_a_clear_error(tmp_path, image_dir, ray_registry, local_ray,
+                                                            monkeypatch):
+    import types
+
+    import toy_plugins
+
+    ghost = types.ModuleType("iqadef_ghost_plugins")  # importable here only, like a plugin missing on a node
+
+    class GhostBlur(toy_plugins.ToyBlur):
+        """A defence whose module does not exist in the Ray workers."""
+
+        name = "toy-ghost"
+
+    GhostBlur.__module__, GhostBlur.__qualname__ = ghost.__name__, "GhostBlur"  # pickled by reference
+    ghost.GhostBlur = GhostBlur
+    monkeypatch.setitem(sys.modules, ghost.__name__, ghost)
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    cfg.defences[1] = GhostBlur()
+    with pytest.raises(IqadefError, match=r"cannot rebuild the plugins.*iqadef_ghost_plugins.*every node"):
+        run_grid(cfg, registry=ray_registry, progress=False)
+    gc.collect()
+    assert wait_for_free_cpus(local_ray, 2) == 2
+
+
+@pytest.mark.ray
+def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, image_dir, ray_registry, local_ray):
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    cfg.ray = {"num_gpus": 0.5}
+    with pytest.raises(ConfigError, match=r"ray.num_gpus: each actor asks for 0.5 GPU, but the Ray cluster has 0"):
+        run_grid(cfg, registry=ray_registry, progress=False)
+    assert local_ray.is_initialized()  # a Ray instance the run did not start is left running

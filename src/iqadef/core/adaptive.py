@@ -4,11 +4,16 @@
 target unchanged. Differentiable defences are differentiated through; the others go through
 :meth:`Defence.forward`, i.e. BPDA with their ``backward_estimate``; randomised defences are averaged
 over ``samples`` draws (EOT) whose seeds the attacker chooses (it does not know the evaluation seed).
+
+EOT draws fresh randomness on every call of :meth:`DefendedMetric.score` (i.e. every attack step), as
+Athalye et al. do, instead of reusing one fixed set of draws that the attack could overfit. The draws
+follow from ``seed`` and the call count only, so a fresh ``DefendedMetric`` replays the same attack.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 
@@ -16,28 +21,48 @@ from .base import Defence, Metric
 
 
 def eot_seed(seed: int, index: int) -> int:
+    """The defence seed of EOT draw ``index`` for an attack seeded with ``seed``."""
     digest = hashlib.sha256(f"eot:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 class DefendedMetric(Metric):
-    """``f(D(x))`` for attacks: the metric seen through a defence."""
+    """``f(D(x))`` for attacks: the metric seen through a defence (BPDA/EOT gradients)."""
 
     name = "defended-metric"
 
     def __init__(self, metric: Metric, defence: Defence, *, samples: int = 1, seed: int = 0):
         super().__init__()
+        if samples < 1:
+            raise ValueError(f"DefendedMetric: samples must be >= 1, got {samples}")
         self.metric = metric
         self.defence = defence
         self.samples = samples if defence.randomized else 1
         self.seed = seed
+        self.calls = 0
         self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
         self.range = metric.range  # type: ignore[misc]
+        self.input_policy = metric.input_policy  # type: ignore[misc]
         self.device = metric.device
 
+    @property
+    def label(self) -> str:
+        return f"{self.metric.label}|{self.defence.label}"
+
+    def identity(self) -> dict[str, Any]:
+        """The wrapped metric, the defence and the EOT size: attacks that cache per metric (UAP) must
+        not share one entry between defences. The attacker's seed is left out on purpose: with EOT the
+        target is the expectation over the defence's randomness, which does not depend on it."""
+        return {"kind": self.kind, "name": self.name, "version": self.version,
+                "metric": self.metric.identity(), "defence": self.defence.identity(),
+                "samples": self.samples}
+
     def score(self, images: torch.Tensor) -> torch.Tensor:
+        first = self.calls * self.samples
+        self.calls += 1
         total = None
         for k in range(self.samples):
-            value = self.metric.score(self.defence.forward(images, seed=eot_seed(self.seed, k)))
+            seed = eot_seed(self.seed, first + k) if self.defence.randomized else None
+            value = self.metric.score(self.defence.forward(images, seed=seed))
             total = value if total is None else total + value
         return total / self.samples

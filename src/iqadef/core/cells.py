@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -28,6 +29,19 @@ class CellBatch:
     f_def_clean: torch.Tensor
     f_def_adv: torch.Tensor
     metric: Metric
+    #: Results shared between scores (and, in the runner, between the cells of one image batch).
+    memo: dict = field(default_factory=dict)
+
+    def pair_measure(self, name: str, a: torch.Tensor, b: torch.Tensor,
+                     compute: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
+        """``compute(a, b)``, computed once per (name, a, b): SSIM of x vs x_a is the same for every defence."""
+        key = (name, id(a), id(b))
+        hit = self.memo.get(key)
+        if hit is not None and hit[0] is a and hit[1] is b:  # the memo holds a and b, so ids stay unique
+            return hit[2]
+        value = compute(a, b)
+        self.memo[key] = (a, b, value)
+        return value
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])

@@ -190,6 +190,9 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     ray = data.get("ray") or {}
     if not isinstance(ray, dict):
         raise ConfigError(f"{where}ray: must be a mapping (address, num_cpus, num_gpus)")
+    from .executors.ray_executor import RayOptions  # here: avoids an import cycle; does not import Ray
+
+    RayOptions.parse(ray, f"{where}ray")
 
     metrics = [m for i, e in enumerate(_section(data, "metrics", where, required=True))
                for m in _entries(registry, "metrics", e, f"{where}metrics[{i}]")]

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from .errors import ConfigError
-from .scores import CONFIDENCE, GROUP_COLUMNS, aggregate, mean_ci, ok_rows
+from .scores import CONFIDENCE, GROUP_COLUMNS, aggregate, mean_ci, metric_info, metric_span, ok_rows
 
 CLEAN_ROW = "clean"
 MAX_EXAMPLE_DEFENCES = 8
@@ -81,6 +81,98 @@ def summary_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> p
     columns = list(GROUP_COLUMNS) + ["n_images", "n_failed", "gain", "gain_ci_low", "gain_ci_high"]
     out = pd.DataFrame(rows, columns=columns + (["quality_score"] if "quality_score" in df.columns else []))
     return out
+
+
+# -- adaptive attacks (BPDA / EOT) ---------------------------------------------------------------
+ADAPTIVE_LABEL = re.compile(r"^(?P<twin>.+)@(?P<mode>bpda\+eot|bpda|eot)(?P<extra>,eot=\d+)?$")
+ADAPTIVE_COLUMNS = ("metric", "defence", "attack", "adaptive", "n_images", "gain_non_adaptive",
+                    "gain_adaptive", "gain_difference", "gain_difference_ci_low", "gain_difference_ci_high",
+                    "rise_non_adaptive", "rise_adaptive", "rise_difference", "rise_difference_ci_low",
+                    "rise_difference_ci_high")
+ADAPTIVE_NOTE = ("Each adaptive attack `X@mode` attacks f(D(x)) through the defence (BPDA for non-differentiable "
+                 "defences, EOT over randomised ones) and is paired with its non-adaptive twin `X` on the same "
+                 "images. gain_difference = adaptive − non-adaptive gain, with a 95% CI of the paired per-image "
+                 "difference; a clearly positive difference means the defence's gain under the non-adaptive "
+                 "attack overstates its robustness (obfuscated gradients, Athalye et al. 2018). rise = "
+                 "(f(D(x_a)) − f(D(x))) / metric range, signed so that positive is the attacker's direction: "
+                 "unlike the gain it does not count a defence's own change of the score as the attack's.")
+
+
+def split_adaptive_label(label: str) -> tuple[str, str] | None:
+    """``("X", "bpda+eot,eot=8")`` for an adaptive attack label ``X@bpda+eot,eot=8``; None otherwise."""
+    found = ADAPTIVE_LABEL.match(str(label))
+    if found is None:
+        return None
+    return found["twin"], found["mode"] + (found["extra"] or "")
+
+
+def has_adaptive(df: pd.DataFrame) -> bool:
+    """Whether the result table has rows of an adaptive attack."""
+    if "adaptive" in df.columns:
+        modes = df["adaptive"].fillna("none").astype(str)
+        return bool((~modes.isin(["none", ""])).any())
+    return "attack" in df.columns and any(split_adaptive_label(a) for a in df["attack"].unique())
+
+
+def _run_order(values: pd.Series, configured: Any) -> list[str]:
+    """The distinct ``values`` in the registry's order (``run.json``), the others after them."""
+    present = list(dict.fromkeys(values))
+    first = [v for v in (configured or []) if v in present]
+    return first + [v for v in present if v not in first]
+
+
+def adaptive_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Per metric × defence: mean gain under each adaptive attack and under its non-adaptive twin.
+
+    An adaptive attack's label is ``X@mode`` (``AttackEntry.label``); its twin is the attack labelled
+    ``X`` in the same run. Both gains are means over the images where both cells succeeded; the
+    difference (adaptive − non-adaptive) comes with the 95% Student-t CI of the paired per-image
+    differences. ``rise_*`` do the same for the signed, range-normalised move of the defended score,
+    ``±(f(D(x_a)) - f(D(x))) / span`` (positive = towards "better", what the attacker wants). Without a
+    twin in the run, the non-adaptive values and the differences are NaN and the adaptive ones are over
+    all its successful images. Empty (with the columns) when the run has no
+    adaptive attack. Rows follow the registry's order of metrics, attacks and defences (``run_info``).
+    """
+    rows = []
+    if not len(df) or not {"attack", "defence", "metric", "image"} <= set(df.columns):
+        return pd.DataFrame(columns=list(ADAPTIVE_COLUMNS))
+    good = ok_rows(df).copy()
+    good["_gain"] = _gain(good["f_clean"], good["f_def_adv"])
+    sign = good["metric"].map(lambda m: 1.0 if metric_info(run_info, m)["higher_is_better"] else -1.0)
+    span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m)))
+    good["_rise"] = sign * (good["f_def_adv"].astype(float) - good["f_def_clean"].astype(float)) / span
+    attacks = _run_order(df["attack"], (run_info or {}).get("attacks"))
+    defences = _run_order(df["defence"], (run_info or {}).get("defences"))
+    for metric in _run_order(df["metric"], list((run_info or {}).get("metrics", {}) or {})):
+        mine = good[good["metric"] == metric]
+        for attack in attacks:
+            split = split_adaptive_label(attack)
+            if split is None:
+                continue
+            twin, mode = split
+            for defence in defences:
+                cell = mine[(mine["attack"] == attack) & (mine["defence"] == defence)]
+                if not len(df[(df["metric"] == metric) & (df["attack"] == attack) & (df["defence"] == defence)]):
+                    continue
+                adaptive = cell.drop_duplicates("image").set_index("image")[["_gain", "_rise"]]
+                plain = mine[(mine["attack"] == twin) & (mine["defence"] == defence)]
+                plain = plain.drop_duplicates("image").set_index("image")[["_gain", "_rise"]]
+                row: dict[str, Any] = {"metric": metric, "defence": defence, "attack": twin, "adaptive": mode}
+                common = adaptive.index.intersection(plain.index) if twin in attacks else adaptive.index
+                row["n_images"] = int(len(common))
+                for measure in ("gain", "rise"):
+                    a = adaptive.loc[common, f"_{measure}"].to_numpy(float)
+                    row[f"{measure}_adaptive"] = mean_ci(a)[0]
+                    if twin in attacks:
+                        p = plain.loc[common, f"_{measure}"].to_numpy(float)
+                        diff, low, high, _ = mean_ci(a - p)
+                        row[f"{measure}_non_adaptive"] = mean_ci(p)[0]
+                    else:
+                        diff = low = high = row[f"{measure}_non_adaptive"] = math.nan
+                    row.update({f"{measure}_difference": diff, f"{measure}_difference_ci_low": low,
+                                f"{measure}_difference_ci_high": high})
+                rows.append(row)
+    return pd.DataFrame(rows, columns=list(ADAPTIVE_COLUMNS))
 
 
 # -- per-metric matrices for the figures ---------------------------------------------------------
@@ -423,10 +515,12 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     failed = df[df["status"].astype(str) != "ok"] if "status" in df.columns else df.iloc[0:0]
     failed_view = failed[[c for c in ("image", "metric", "attack", "defence", "error") if c in failed.columns]]
 
+    adaptive = adaptive_table(df, run_info) if has_adaptive(df) else None
+
     written["html"] = _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5,
-                                  example_fig, examples, failed_view, mos)
+                                  example_fig, examples, failed_view, mos, adaptive=adaptive)
     written["markdown"] = _write_markdown(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5,
-                                          example_fig, failed_view, mos)
+                                          example_fig, failed_view, mos, adaptive=adaptive)
     return written
 
 
@@ -441,13 +535,14 @@ def _run_header(run_info: dict[str, Any]) -> list[str]:
 
 
 def _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, example_fig, examples,
-                failed_view, mos) -> Path:
+                failed_view, mos, adaptive: pd.DataFrame | None = None) -> Path:
     esc = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>iqadef report</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>iqadef report: {esc(run_dir.name)}</h1>",
              "<ul>" + "".join(f"<li>{esc(s)}</li>" for s in _run_header(run_info)) + "</ul>",
              "<h2>Summary: gain per metric × attack × defence</h2>", _html_table(with_ci(short), "summary"),
              "<h2>Defence ranking (mean gain, lower is better)</h2>", _html_table(ranking, "ranking"),
+             *_adaptive_html(adaptive),
              "<h2>Key scores (mean [95% CI])</h2>", _html_table(key_scores(formatted), "scores"),
              "<h2>All aggregated scores (mean [95% CI])</h2>", _html_table(formatted, "all-scores")]
 
@@ -488,12 +583,29 @@ def _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, 
     return path
 
 
+def _adaptive_html(adaptive: pd.DataFrame | None) -> list[str]:
+    if adaptive is None:
+        return []
+    return [ADAPTIVE_TITLE_HTML, f"<p>{html.escape(ADAPTIVE_NOTE)}</p>", _html_table(with_ci(adaptive), "adaptive")]
+
+
+def _adaptive_markdown(adaptive: pd.DataFrame | None) -> list[str]:
+    if adaptive is None:
+        return []
+    return [f"## {ADAPTIVE_TITLE}", "", ADAPTIVE_NOTE, "", markdown_table(with_ci(adaptive))]
+
+
+ADAPTIVE_TITLE = "Adaptive attacks: gain without and with attacking through the defence"
+ADAPTIVE_TITLE_HTML = f"<h2>{ADAPTIVE_TITLE}</h2>"
+
+
 def _write_markdown(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, example_fig,
-                    failed_view, mos) -> Path:
+                    failed_view, mos, adaptive: pd.DataFrame | None = None) -> Path:
     lines = [f"# iqadef report: {run_dir.name}", ""]
     lines += [f"- {s}" for s in _run_header(run_info)] + [""]
     lines += ["## Summary: gain per metric × attack × defence", "", markdown_table(with_ci(short))]
     lines += ["## Defence ranking (mean gain, lower is better)", "", markdown_table(ranking)]
+    lines += _adaptive_markdown(adaptive)
     lines += ["## Key scores (mean [95% CI])", "", markdown_table(key_scores(formatted)),
               "All aggregated scores are in `summary.csv` and `report.html`.", ""]
 

@@ -142,7 +142,7 @@ class Worker:
         with torch.no_grad():
             f_clean = metric.score(x).detach().float().reshape(-1)
         self._clean_key = (m, b)
-        self._clean = {"x": x, "f": f_clean, "defended": {}}
+        self._clean = {"x": x, "f": f_clean, "defended": {}, "memo": {}}
         return self._clean
 
     def _defended_clean(self, m: int, b: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +249,11 @@ class Worker:
                     dxa = defence.load(self.device).purify(x_adv, seed=self.defence_seed(d, unit.batch))
                     dxa = _check_images(dxa, x_adv, f"defence {defence.label!r}", defence.preserves_size)
                     f_dxa = self._score(metric, dxa)
-                cells = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric)
-                scores = self._image_scores(cells)
+                cells = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric, clean["memo"])
+                try:
+                    scores = self._image_scores(cells)
+                finally:
+                    _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
             except CellFailure as exc:
                 result.rows.extend(self._failed_rows(unit, d, items, str(exc)))
                 continue
@@ -312,6 +315,13 @@ class Worker:
                 row[k] = float("nan")
             rows.append(row)
         return rows
+
+
+def _forget(memo: dict, keep: list[torch.Tensor]) -> None:
+    """Drop memoised pair measures that involve images other than ``keep`` (bounded memory)."""
+    kept = {id(t) for t in keep}
+    for key in [k for k, v in memo.items() if id(v[0]) not in kept or id(v[1]) not in kept]:
+        del memo[key]
 
 
 def _defence_params(defence: Defence) -> dict[str, Any]:
@@ -423,7 +433,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
                 if executor == "ray":
                     from .executors.ray_executor import execute_ray
 
-                    stream = execute_ray(config, dataset, output, units, device)
+                    stream = execute_ray(config, dataset, output, units, device, registry=registry)
                 else:
                     worker = Worker(config, dataset, output, store.artifact, device, registry)
                     stream = execute_local(worker, units)
@@ -464,16 +474,17 @@ def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
 
 
 class _Bar:
-    def __init__(self, progress: Any, task: Any):
-        self.progress, self.task = progress, task
+    def __init__(self, progress: Any = None, units: Any = None, cells: Any = None):
+        self.progress, self.units, self.cells = progress, units, cells
 
-    def advance(self, n: int) -> None:
+    def advance(self, n_cells: int) -> None:
         if self.progress is not None:
-            self.progress.advance(self.task, n)
+            self.progress.advance(self.units, 1)
+            self.progress.advance(self.cells, n_cells)
 
 
 class _progress:
-    """A rich progress bar on stderr (only on a terminal unless forced)."""
+    """Rich progress bars on stderr, one per stage: attack units, then cells (defences + scores)."""
 
     def __init__(self, enabled: bool | None, units: int, cells: int):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
@@ -482,15 +493,16 @@ class _progress:
 
     def __enter__(self) -> _Bar:
         if not self.enabled:
-            return _Bar(None, None)
+            return _Bar()
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), console=Console(stderr=True), transient=False)
         self.progress.__enter__()
-        task = self.progress.add_task(f"grid ({self.units} attack units)", total=self.cells)
-        return _Bar(self.progress, task)
+        units = self.progress.add_task("attacks (metric x attack x batch)", total=self.units)
+        cells = self.progress.add_task("cells (defences + scores)", total=self.cells)
+        return _Bar(self.progress, units, cells)
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:

@@ -203,9 +203,6 @@ class UnitActor:
     def compute(self, unit: Any) -> Any:
         return self.worker.compute(unit)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 # -- the driver side ---------------------------------------------------------------------------------
 def _start(ray: Any, options: RayOptions) -> bool:
@@ -221,7 +218,9 @@ def _start(ray: Any, options: RayOptions) -> bool:
         ray.init(**kwargs)
     except ConnectionError as exc:
         raise IqadefError(f"ray.address: cannot connect to the Ray cluster at {options.address!r} ({exc}); "
-                          f"start one with `ray start --head` or remove `address` to run Ray here") from None
+                          f"check the address (`ray status` on the head node prints it), that this machine has the "
+                          f"cluster's auth token if Ray token authentication is on, or remove `address` to run "
+                          f"Ray here") from None
     return True
 
 
@@ -251,22 +250,32 @@ def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, 
     payload = cloudpickle.dumps((config, dataset, str(output), score_classes(registry), snapshot))
     threads = options.torch_threads or torch.get_num_threads()
     gpus = options.gpus_per_actor(config.device)
-    return _stream(ray, options, payload, units, threads, gpus)
+    labels = [m.label for m in config.metrics]
+    return _stream(ray, options, payload, units, threads, gpus, labels, forwarded_env())
 
 
-def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int,
-            gpus: float) -> Iterator[tuple[Any, Any]]:
+#: Environment variables that change what a plugin does (weights folder, offline mode, plugin
+#: selection); sent to the actors, whose processes otherwise get the environment of `ray start`.
+FORWARDED_ENV = ("IQADEF_", "TORCH_HOME")
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
+
+def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int, gpus: float,
+            labels: list[str], env: dict[str, str]) -> Iterator[tuple[Any, Any]]:
     started = _start(ray, options)
     actors: dict[int, Any] = {}
     try:
         _check_resources(ray, options, gpus)
         remote = ray.remote(UnitActor).options(
             num_cpus=options.num_cpus, num_gpus=gpus, max_restarts=options.max_restarts,
-            max_task_retries=options.max_task_retries, max_concurrency=1)
+            max_task_retries=options.max_task_retries, max_concurrency=1,
+            **({"runtime_env": {"env_vars": env}} if env else {}))
         queues: dict[int, deque] = {}
         for unit in units:
             queues.setdefault(unit.metric, deque()).append(unit)
-        payload_ref = ray.put(payload)
         sys_path = [p for p in sys.path if p]
         running: dict[int, int] = {m: 0 for m in queues}
         pending: dict[Any, tuple[int, Any]] = {}
@@ -278,7 +287,9 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
                 running[m] += 1
 
         for m in queues:  # actors that do not fit yet wait for a finished metric's resources
-            actors[m] = remote.remote(payload_ref, sys_path, threads)
+            # the payload (small: plugins are not loaded yet) is passed by value, not as a ray.put
+            # reference, so a restarted actor can always be rebuilt from its creation task
+            actors[m] = remote.remote(payload, sys_path, threads)
             submit(m)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -288,11 +299,13 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
                     result = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
                     raise IqadefError(
-                        f"the Ray worker of metric #{m} died and was not restarted (max_restarts="
-                        f"{options.max_restarts}, max_task_retries={options.max_task_retries}): "
-                        f"{_first_line(exc)}; finished units are stored, run again to resume") from None
+                        f"the Ray actor of metric {labels[m]!r} is dead: {_first_line(exc)} (a killed worker "
+                        f"is restarted {options.max_restarts} times, a unit retried {options.max_task_retries} "
+                        f"times: `ray.max_restarts`, `ray.max_task_retries`); finished units are stored, run "
+                        f"again to resume") from None
                 except ray.exceptions.RayTaskError as exc:
-                    raise IqadefError(f"unit {unit.id} failed in its Ray worker: {_first_line(exc)}") from None
+                    raise IqadefError(f"unit {unit.id} (metric {labels[m]!r}) failed in its Ray worker: "
+                                      f"{_first_line(exc)}") from None
                 running[m] -= 1
                 submit(m)
                 if not queues[m] and not running[m]:
@@ -308,10 +321,9 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):  # the cause is usually the last line of Ray's traceback
-        if "Error" in line or "error" in line:
-            return line.strip()
-    return lines[0] if lines else type(exc).__name__
+    found = next((line.strip() for line in reversed(lines) if "rror" in line), None)  # Ray puts the cause last
+    found = found or (lines[0] if lines else type(exc).__name__)
+    return found if len(found) <= 300 else found[:297] + "..."
 
 
 __all__ = ["RAY_KEYS", "RayOptions", "UnitActor", "execute_ray", "check_picklable", "artifact_snapshot"]

@@ -14,6 +14,9 @@ rebuilt here from their papers' official code so that the official weight files 
 * **SSIM** as in ``IQA_pytorch.SSIM`` (what the reference attacks use): 11x11 Gaussian window,
   sigma 1.5, no padding ("valid"), C1 = 0.01^2, C2 = 0.03^2, contrast-structure term clipped at 0,
   averaged over channels and positions.
+
+Checked against the PyPI packages ``lpips`` 0.1.4, ``DISTS_pytorch`` 0.1 and ``IQA_pytorch`` (same
+VGG16 weights, their calibration files): the distances agree to float32 precision.
 """
 
 from __future__ import annotations

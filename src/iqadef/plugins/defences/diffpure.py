@@ -138,7 +138,7 @@ class DiffPure(Defence):
                               f"and no unet/config.json); save one with UNet2DModel.save_pretrained or a "
                               f"DDPMPipeline's save_pretrained")
         try:
-            unet = UNet2DModel.from_pretrained(unet_dir)
+            unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"{self.name}.model: could not load a diffusers UNet2DModel from {unet_dir}: "
                               f"{str(exc).splitlines()[0]}") from None

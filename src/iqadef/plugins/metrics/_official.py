@@ -25,6 +25,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def check_images(images: torch.Tensor, metric: str) -> None:
+    """Refuse anything but an RGB batch ``[B, 3, H, W]`` with a message that says what came in."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{metric} expects RGB images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+
+
 def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` with the ImageNet statistics the torchvision backbones were trained with."""
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -24,7 +24,7 @@ from torch import nn
 from iqadef import ConfigError, Metric, Param, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, extract_patches, resize, state_from_checkpoint
+from ._official import build_from_state, check_images, extract_patches, resize, state_from_checkpoint
 
 BL_RELEASE = WeightSpec(
     filename="BL_release.pt",
@@ -102,7 +102,8 @@ class SPAQ(Metric):
         return images
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        if self._loaded_on != images.device:
+        check_images(images, self.name)
+        if self._loaded_on is None:          # scoring before load(): load where the images are
             self.load(images.device)
         x = self.prepare(images.float())
         patches, per_image = extract_patches(x, self.patch_size, self.stride)

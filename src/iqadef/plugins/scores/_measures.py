@@ -69,8 +69,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01,
     that fit inside the image, then over channels. Images smaller than the window use the largest odd
     window that fits (scikit-image would refuse them).
     """
-    x = a.detach().to(torch.float64)
-    y = b.detach().to(torch.float64)
+    # It runs for every grid cell, so: float32, and one separable box filter over the five moments at
+    # once, as two 1-D convolutions (~3x cheaper than five float64 7x7 pools). Both images are shifted by a common per-channel
+    # constant first, which leaves (co)variances unchanged and keeps E[x^2] - E[x]^2 free of float32
+    # cancellation (agrees with scikit-image to ~1e-5).
+    x = a.detach().float()
+    y = b.detach().float()
+    shift = 0.5 * (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True))
+    x, y = x - shift, y - shift
     win = min(win_size, x.shape[-1], x.shape[-2])
     if win % 2 == 0:
         win -= 1
@@ -78,14 +84,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01,
         raise ValueError(f"SSIM needs images of at least 1x1 pixels, got {tuple(x.shape)}")
     n = win * win
     cov_norm = n / (n - 1) if n > 1 else 1.0
-    pool = lambda t: F.avg_pool2d(t, win, stride=1)  # noqa: E731 - valid-region uniform filter
-    ux, uy = pool(x), pool(y)
-    vx = cov_norm * (pool(x * x) - ux * ux)
-    vy = cov_norm * (pool(y * y) - uy * uy)
-    vxy = cov_norm * (pool(x * y) - ux * uy)
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [B, 5C, H, W]
+    channels = moments.shape[1]
+    row = torch.full((channels, 1, 1, win), 1.0 / win, dtype=moments.dtype, device=moments.device)
+    moments = F.conv2d(F.conv2d(moments, row, groups=channels), row.transpose(2, 3), groups=channels)  # valid region
+    ux, uy, uxx, uyy, uxy = moments.chunk(5, dim=1)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    ux, uy = ux + shift, uy + shift
     c1, c2 = (k1 * 1.0) ** 2, (k2 * 1.0) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean(dim=(2, 3)).mean(dim=1)
+    return s.double().mean(dim=(2, 3)).mean(dim=1)
 
 
 def pair_images(cells) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -26,7 +26,7 @@ class FullReferenceMeasures(ImageScore):
                 diff = (a.detach().to(torch.float64) - b.detach().to(torch.float64)).flatten(1)
                 err = diff.pow(2).mean(dim=1)
                 out[f"psnr_{pair}"] = psnr_from_mse(err)
-                out[f"ssim_{pair}"] = ssim(a, b)
+                out[f"ssim_{pair}"] = cells.pair_measure("ssim", a, b, ssim)
                 out[f"mse_{pair}"] = err
                 out[f"mae_{pair}"] = diff.abs().mean(dim=1)
                 out[f"linf_{pair}"] = diff.abs().amax(dim=1)

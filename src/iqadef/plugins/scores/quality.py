@@ -24,8 +24,8 @@ class QualityScore(ImageScore):
         with torch.no_grad():
             dxa = match_size(cells.def_adv, x)
             dx = match_size(cells.def_clean, x)
-            s_adv, p_adv = ssim(x, dxa), psnr(x, dxa)
-            s_clean, p_clean = ssim(x, dx), psnr(x, dx)
+            s_adv, p_adv = cells.pair_measure("ssim", x, dxa, ssim), psnr(x, dxa)
+            s_clean, p_clean = cells.pair_measure("ssim", x, dx, ssim), psnr(x, dx)
         return {"quality_score": 0.5 * (s_adv + p_adv / 80.0),
                 "similarity_score": s_adv + p_adv / 40.0,
                 "similarity_score_clean": s_clean + p_clean / 40.0}
