@@ -46,7 +46,7 @@ def settings(quick: bool) -> dict[str, Any]:
         return dict(size=32, batch=1, iters=1, repeats=1, warmup=0, grid_images=1, grid_repeats=1, k=2,
                     batch_sizes=[1], batching_images=1, mem_images=(1, 2), mem_size=32, mem_batch=1,
                     art_repeats=1, pgd_repeats=1, mem_runs=1)
-    return dict(size=256, batch=4, iters=10, repeats=4, warmup=1, grid_images=4, grid_repeats=2, k=8,
+    return dict(size=256, batch=4, iters=10, repeats=8, warmup=1, grid_images=4, grid_repeats=2, k=8,
                 batch_sizes=[1, 4, 8], batching_images=8, mem_images=(16, 64), mem_size=320, mem_batch=8,
                 art_repeats=4, pgd_repeats=3, mem_runs=3)
 

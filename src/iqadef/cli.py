@@ -99,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _console(width: int = 160):
+    """A rich console; when output goes to a pipe or file, wide enough that tables are not squeezed."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=width)
+
+
 def _registry():
     from .core.plugins import get_registry
 
@@ -131,17 +138,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001
-    from rich.console import Console
+    """Mean gain per defence (rows, best defence first) x attack (columns), one table per metric."""
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    table = Table(title="mean gain |f(x) - f(D(x_a))| / f(x) (lower is a better defence)")
+    # a grid table is wide: never squeeze it into 80 columns when the output goes to a file or a pipe
+    console = _console(width=1000)
     df = summary.table
-    for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "fi" else "left")
-    for _, row in df.iterrows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()])
-    console.print(table)
+    if len(df) and "gain" in df.columns:
+        for metric, group in df.groupby("metric", sort=False):
+            pivot = group.pivot_table(index="defence", columns="attack", values="gain", aggfunc="mean", sort=False)
+            pivot["mean"] = pivot.mean(axis=1)
+            pivot = pivot.sort_values("mean")
+            table = Table(title=f"{escape(str(metric))}: mean gain |f(x) - f(D(x_a))| / f(x) (lower = better defence)")
+            table.add_column("defence \\ attack")
+            for col in pivot.columns:
+                table.add_column(escape(str(col)), justify="right", style="bold" if col == "mean" else None)
+            for defence, row in pivot.iterrows():
+                table.add_row(escape(str(defence)), *[f"{v:.3f}" if v == v else "-" for v in row.tolist()])
+            console.print(table)
     console.print(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "
                   f"{summary.failed} failed; {summary.seconds:.1f} s; results in {summary.run_dir}")
     for name, path in summary.files.items():
@@ -156,16 +171,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"plugins": infos, "problems": registry.problems}, indent=2))
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="iqadef plugins")
     for col in ("plugin", "distribution", "version", "registers"):
         table.add_column(col)
     for p in infos:
         regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items())
-        table.add_row(p["name"], p["distribution"], p["version"], regs)
-    Console().print(table)
+        table.add_row(*(Text(v) for v in (p["name"], p["distribution"], p["version"], regs)))
+    _console().print(table)
     return EXIT_OK
 
 
@@ -174,8 +189,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2, default=str))
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"iqadef {args.kind}", show_lines=True)
     table.add_column("name", style="bold")
@@ -188,8 +203,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             for p in d["params"]) or "-"
         flags = {k: d[k] for k in ("randomized", "differentiable", "higher_is_better", "range", "norm") if k in d}
         flags_text = ", ".join(f"{k}={v}" for k, v in flags.items())
-        table.add_row(d["name"], params, flags_text, (d["doc"].splitlines() or [""])[0])
-    Console().print(table)
+        table.add_row(*(Text(v) for v in (d["name"], params, flags_text, (d["doc"].splitlines() or [""])[0])))
+    _console().print(table)
     return EXIT_OK
 
 
@@ -232,16 +247,17 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="model weights")
     for col in ("plugin", "file", "present", "expected at"):
         table.add_column(col)
     for d in described:
-        table.add_row(f"{d['kind'][:-1]} {d['plugin']}", d["filename"], d["present"] or "[red]missing[/red]",
-                      "\n".join(d["expected_at"]))
-    Console().print(table)
+        table.add_row(Text(f"{d['kind'][:-1]} {d['plugin']}"), Text(d["filename"]),
+                      Text(d["present"] or "missing", style="green" if d["present"] else "red"),
+                      Text("\n".join(d["expected_at"])))
+    _console().print(table)
     return EXIT_OK
 
 

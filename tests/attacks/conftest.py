@@ -97,11 +97,3 @@ def bundled_images() -> torch.Tensor:
         pytest.skip(f"no bundled images in {BUNDLED} yet")
     return torch.cat([_load_png(p, TEST_SIZE) for p in paths[:4]])
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: on a loaded 2-core machine, intra-op threads make small convs ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -22,14 +22,6 @@ from iqadef.plugins.attacks import _perceptual as perceptual
 ATTACKS = ("zhang-dists", "zhang-lpips", "zhang-ssim")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """VGG16's many small convolutions run several times faster single-threaded on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # -- official-layout checkpoints -----------------------------------------------------------------
 

@@ -16,14 +16,6 @@ from iqadef.plugins.defences.diffpure import DiffPure
 
 # -- fixtures ---------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiny_unet(zero: bool = False):
     from diffusers import UNet2DModel

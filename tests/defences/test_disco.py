@@ -18,14 +18,6 @@ TINY = dict(n_resblocks=2, n_feats=8, hidden_list=(16, 16))
 OFFICIAL_LAYOUT_SHA256 = "fbc915466603614b8f3878ab59b03b14fadfb99eecb0312915cfdcf48b4441bf"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions are much slower with two threads on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _spec(n_resblocks=2, n_feats=8, hidden=(16, 16)):
     """The model spec DISCO's train script saves next to the weights (from its yaml config)."""

@@ -11,14 +11,6 @@ from iqadef.plugins.defences import fcn as fcn_module
 from iqadef.plugins.defences.fcn import FCN, FCNDefence, _split, train_fcn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions are much slower with two threads on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _synthetic_pairs(count: int, size: int = 16, amplitude: float = 0.15, seed: int = 0):
     """Smooth clean images; the "attack" adds one fixed checkerboard (a high-frequency perturbation)."""

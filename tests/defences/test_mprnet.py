@@ -20,14 +20,6 @@ TINY = dict(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reducti
 OFFICIAL_LAYOUT_SHA256 = "3c25cf591d402ee6ce8d93bebbb46f2116619dff433179a502ddf95340611a84"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions are much slower with two threads on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class TinyMPRNet(MPRNetDefence):
     arch_config = {**OFFICIAL_CONFIG, **TINY}

@@ -19,14 +19,6 @@ TINY = dict(num_feat=8, num_conv=2)
 OFFICIAL_LAYOUT_SHA256 = "e265cfe11f87607556f0e2fb718539d9d6f1ffd55a9f61b45b0703b6d36c1f82"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions are much slower with two threads on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def _offline(tmp_path, monkeypatch):

@@ -480,7 +480,6 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     ranking = ranking_table(agg)
     mos = has_mos(df)
 
-    sections: list[tuple[str, str, list[tuple[str, Path]]]] = []  # (title, text, figures)
     metrics = list(dict.fromkeys(df["metric"])) if "metric" in df.columns else []
     fig3, fig4, fig5 = [], [], []
     for metric in metrics:

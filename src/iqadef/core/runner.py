@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from .adaptive import DefendedMetric
-from .base import Defence, ImageScore, Metric
+from .base import Defence, Metric
 from .cells import CellBatch
 from .dataset import Dataset, ImageItem
 from .errors import IqadefError

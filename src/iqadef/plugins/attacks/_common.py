@@ -32,12 +32,12 @@ def loss_gradient(metric: Metric, images: torch.Tensor,
     is invisible to autograd, i.e. a straight-through estimate).
     """
     with torch.enable_grad():
-        x = images.detach().clone().requires_grad_(True)
+        x = images.detach().requires_grad_(True)  # autograd.grad does not write to x: no copy needed
         loss = summed_loss(metric, x)
         if extra is not None:
             loss = loss + extra(x)
         (grad,) = torch.autograd.grad(loss, x)
-    return torch.nan_to_num(grad)
+    return grad if torch.isfinite(grad).all() else torch.nan_to_num(grad)
 
 
 def per_image_norm(t: torch.Tensor) -> torch.Tensor:

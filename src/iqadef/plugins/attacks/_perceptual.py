@@ -304,3 +304,19 @@ class PerceptualAdamAttack(Attack):
                 with torch.no_grad():
                     adversarial.nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
         return adversarial.detach().clamp(0.0, 1.0)
+
+
+class NetworkDistanceAttack(PerceptualAdamAttack):
+    """A Zhang et al. attack whose distance is a network (LPIPS, DISTS) built in ``setup`` as ``self.network``.
+
+    The clean images' features are computed once per run, not at every step.
+    """
+
+    network: Any
+
+    def embed(self, images: torch.Tensor) -> Any:
+        return self.network.embed(images)
+
+    def distance(self, adversarial: torch.Tensor, reference: Any) -> torch.Tensor:
+        return self.network.distance(self.network.embed(adversarial), reference)
+

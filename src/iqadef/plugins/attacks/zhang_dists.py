@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from iqadef import Param, hookimpl
 
-from ._perceptual import DISTS_ALPHA_BETA, VGG16_BACKBONE, Dists, PerceptualAdamAttack
+from ._perceptual import DISTS_ALPHA_BETA, VGG16_BACKBONE, Dists, NetworkDistanceAttack
 
 
-class ZhangDists(PerceptualAdamAttack):
+class ZhangDists(NetworkDistanceAttack):
     """Zhang et al. 2022: Adam on the pixels, loss = DISTS(x_adv, x) + 1 - f(x_adv)/range.
 
     From "Perceptual attacks of no-reference image quality models with human-in-the-loop"; mirrors the
@@ -23,7 +22,7 @@ class ZhangDists(PerceptualAdamAttack):
 
     name = "zhang-dists"
     version = "1"
-    params = PerceptualAdamAttack.params + (
+    params = NetworkDistanceAttack.params + (
         Param("resize", bool, True, "average-pool large images by round(min(H, W)/256) before DISTS, "
                                     "as IQA_pytorch does"),
         Param("backbone_path", Path, None, "explicit path to torchvision's vgg16-397923af.pth"),
@@ -33,12 +32,6 @@ class ZhangDists(PerceptualAdamAttack):
 
     def setup(self, device: torch.device) -> None:
         self.network = Dists.load(self.backbone_path, self.calibration_path, resize=self.resize)
-
-    def embed(self, images: torch.Tensor) -> Any:
-        return self.network.embed(images)
-
-    def distance(self, adversarial: torch.Tensor, reference: Any) -> torch.Tensor:
-        return self.network.distance(self.network.embed(adversarial), reference)
 
 
 @hookimpl

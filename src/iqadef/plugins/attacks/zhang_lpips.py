@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from iqadef import Param, hookimpl
 
-from ._perceptual import LPIPS_VGG_LIN, VGG16_BACKBONE, LpipsVgg, PerceptualAdamAttack
+from ._perceptual import LPIPS_VGG_LIN, VGG16_BACKBONE, LpipsVgg, NetworkDistanceAttack
 
 
-class ZhangLpips(PerceptualAdamAttack):
+class ZhangLpips(NetworkDistanceAttack):
     """Zhang et al. 2022: Adam on the pixels, loss = LPIPS-VGG(x_adv, x) + 1 - f(x_adv)/range.
 
     From "Perceptual attacks of no-reference image quality models with human-in-the-loop"; the reference
@@ -22,7 +21,7 @@ class ZhangLpips(PerceptualAdamAttack):
 
     name = "zhang-lpips"
     version = "1"
-    params = PerceptualAdamAttack.params + (
+    params = NetworkDistanceAttack.params + (
         Param("backbone_path", Path, None, "explicit path to torchvision's vgg16-397923af.pth"),
         Param("calibration_path", Path, None, "explicit path to LPIPS' v0.1 vgg.pth (lin layers)"),
     )
@@ -30,12 +29,6 @@ class ZhangLpips(PerceptualAdamAttack):
 
     def setup(self, device: torch.device) -> None:
         self.network = LpipsVgg.load(self.backbone_path, self.calibration_path)
-
-    def embed(self, images: torch.Tensor) -> Any:
-        return self.network.embed(images)
-
-    def distance(self, adversarial: torch.Tensor, reference: Any) -> torch.Tensor:
-        return self.network.distance(self.network.embed(adversarial), reference)
 
 
 @hookimpl

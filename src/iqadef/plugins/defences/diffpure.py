@@ -7,7 +7,7 @@ the image back towards natural images. Reference: Nie et al., "Diffusion Models 
 to 256x256, mapped to [-1, 1], diffused to step ``t`` in one jump
 (``x_t = sqrt(abar_{t-1}) x_0 + sqrt(1 - abar_{t-1}) e``), denoised by ``t`` ancestral DDPM steps of the ImageNet
 256x256 unconditional guided-diffusion model (learned variance, x_0 clipped to [-1, 1]), resized back and clipped.
-See docs/defences-diffpure.md.
+See docs/defences.md (DiffPure).
 """
 
 from __future__ import annotations
