@@ -7,7 +7,6 @@ names and shapes) once per module: a full ResNeXt-101 is ~350 MB, so the heavy t
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +19,8 @@ from iqadef import ConfigError, WeightsError
 from iqadef.core.plugins import get_registry
 from iqadef.plugins.metrics._official import build_from_state
 from iqadef.plugins.metrics.linearity import Linearity, LinearityNet, mapping_coefficient
+
+from official_layout import images, random_state
 
 K = [0.5, 2.0, 3.0]      # [final, layer3 side, layer4 side], Python floats as IQAperformance stores them
 B = [50.0, -1.0, -2.0]
@@ -37,28 +38,6 @@ def official_iqamodel_on_meta() -> nn.Module:
         model.dr6, model.dr7 = dr(1024), dr(2048)
         model.regr6, model.regr7, model.regression = nn.Linear(64, 1), nn.Linear(64, 1), nn.Linear(128, 1)
     return model
-
-
-def random_state(meta_model: nn.Module, seed: int) -> OrderedDict:
-    """Random weights with tame statistics (finite outputs through 100+ layers), keys/shapes of ``meta_model``."""
-    g = torch.Generator().manual_seed(seed)
-    state = OrderedDict()
-    for prefix, module in meta_model.named_modules():
-        dot = f"{prefix}." if prefix else ""
-        for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            if name == "num_batches_tracked":
-                value = torch.tensor(100)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                value = {"weight": torch.rand(t.shape, generator=g) * 0.5 + 0.5,
-                         "bias": torch.randn(t.shape, generator=g) * 0.01,
-                         "running_mean": torch.randn(t.shape, generator=g) * 0.01,
-                         "running_var": torch.rand(t.shape, generator=g) + 0.5}[name]
-            elif name == "weight" and t.dim() >= 2:
-                value = torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel())
-            else:
-                value = torch.randn(t.shape, generator=g) * 0.1
-            state[dot + name] = value
-    return state
 
 
 def test_official_key_names_and_shapes_match_the_network():
@@ -143,18 +122,6 @@ def checkpoint_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def metric(checkpoint_path):
     return Linearity(resize=[32, 48], weights_path=str(checkpoint_path)).load("cpu")
-
-
-def images(n: int, seed: int = 0, size=(40, 56)) -> torch.Tensor:
-    """Distinct images (own brightness, colour and texture scale): pure noise would pool to the same features."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size[0]), torch.linspace(0, 1, size[1]), indexing="ij")
-    out = []
-    for _ in range(n):
-        a, f, c = torch.rand(3, generator=g), torch.rand(1, generator=g) * 12 + 2, torch.rand(3, 1, 1, generator=g)
-        pattern = torch.sin(f * (xx * a[0] + yy * a[1]) * 3.14) * 0.3 * a[2]
-        out.append((c * 0.6 + 0.2 + pattern + 0.05 * torch.randn(3, *size, generator=g)).clamp(0, 1))
-    return torch.stack(out)
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ loads strictly; the batched patch averaging equals the original per-image, per-p
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -14,6 +12,8 @@ from torch import nn
 from iqadef import ConfigError, WeightsError
 from iqadef.plugins.metrics.spaq import SPAQ, SPAQBaselineNet
 
+from official_layout import images, random_state
+
 
 def official_baseline_on_meta() -> nn.Module:
     """``Baseline`` of BL_demo.py: ``backbone`` = resnet50 whose fc is Linear(2048, 1)."""
@@ -22,40 +22,6 @@ def official_baseline_on_meta() -> nn.Module:
         model.backbone = torchvision.models.resnet50()
         model.backbone.fc = nn.Linear(2048, 1, bias=True)
     return model
-
-
-def random_state(meta_model: nn.Module, seed: int) -> OrderedDict:
-    """Random weights with tame statistics, keys/shapes of ``meta_model``."""
-    g = torch.Generator().manual_seed(seed)
-    state = OrderedDict()
-    for prefix, module in meta_model.named_modules():
-        dot = f"{prefix}." if prefix else ""
-        for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            if name == "num_batches_tracked":
-                value = torch.tensor(100)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                value = {"weight": torch.rand(t.shape, generator=g) * 0.5 + 0.5,
-                         "bias": torch.randn(t.shape, generator=g) * 0.01,
-                         "running_mean": torch.randn(t.shape, generator=g) * 0.01,
-                         "running_var": torch.rand(t.shape, generator=g) + 0.5}[name]
-            elif name == "weight" and t.dim() >= 2:
-                value = torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel())
-            else:
-                value = torch.randn(t.shape, generator=g) * 0.1
-            state[dot + name] = value
-    return state
-
-
-def images(n: int, seed: int = 0, size=(40, 56)) -> torch.Tensor:
-    """Distinct images (own brightness, colour and texture): pure noise would pool to the same features."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size[0]), torch.linspace(0, 1, size[1]), indexing="ij")
-    out = []
-    for _ in range(n):
-        a, f, c = torch.rand(3, generator=g), torch.rand(1, generator=g) * 12 + 2, torch.rand(3, 1, 1, generator=g)
-        pattern = torch.sin(f * (xx * a[0] + yy * a[1]) * 3.14) * 0.3 * a[2]
-        out.append((c * 0.6 + 0.2 + pattern + 0.05 * torch.randn(3, *size, generator=g)).clamp(0, 1))
-    return torch.stack(out)
 
 
 def original_patch_loop(net: nn.Module, image: torch.Tensor, patch: int) -> torch.Tensor:

@@ -101,3 +101,13 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path, image_dir, capsy
     assert main(["run", str(reg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: output: cannot write to") and "Traceback" not in err
+
+
+def test_temporary_files_left_by_a_killed_run_are_swept_on_resume(tmp_path, image_dir, toy_registry):
+    cfg = config(tmp_path, image_dir, toy_registry, "run")
+    run_grid(cfg, registry=toy_registry, progress=False)
+    stale = cfg.output / "cache" / "adv" / "ab" / ".abcdef.png.x1y2.tmp"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a png")
+    run_grid(cfg, registry=toy_registry, progress=False)
+    assert not stale.exists()

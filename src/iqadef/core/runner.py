@@ -402,6 +402,12 @@ def _fresh(output: Path) -> None:
         shutil.rmtree(output / name, ignore_errors=True)
 
 
+def _remove_stale_temp_files(output: Path) -> None:
+    """Temporary files a killed run left behind (never under a real name); safe under the run lock."""
+    for tmp in output.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def execute_local(worker: Worker, units: list[Unit]) -> Iterator[tuple[Unit, UnitResult]]:
     for unit in units:
         yield unit, worker.compute(unit)
@@ -417,6 +423,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
     with RunLock(output):
         if fresh:
             _fresh(output)
+        _remove_stale_temp_files(output)
         device = config.torch_device()
         dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=limit)
         store = ResultStore(output)
