@@ -127,3 +127,23 @@ def test_train_fcn_rejects_bad_arguments():
         train_fcn(pairs, epochs=1, val_fraction=0.0)
     with pytest.raises(ConfigError):
         train_fcn([(torch.rand(3, 8, 8), torch.rand(3, 8, 9))] * 2, epochs=1)
+
+
+@pytest.mark.slow
+def test_shipped_weights_reduce_the_gain_of_ifgsm_on_held_out_images():
+    """The packaged FCN (trained on the default grid's pairs) lowers I-FGSM's gain on tiny-iqa on images
+    it never saw in training (ihc, retina, rocket: the validation side of its 80/20 split by image)."""
+    from iqadef.core.dataset import builtin_images_dir, read_image
+    from iqadef.core.plugins import get_registry
+
+    registry = get_registry()
+    metric = registry.get("metrics", "tiny-iqa")().load("cpu")
+    attack = registry.get("attacks", "ifgsm")()
+    fcn = registry.get("defences", "fcn")().load("cpu")
+    x = torch.stack([read_image(builtin_images_dir() / f"{n}.png") for n in ("ihc", "retina", "rocket")])
+    x_adv = attack.run(metric, x, seed=0)
+    with torch.no_grad():
+        f_x, f_adv, f_fcn = metric.score(x), metric.score(x_adv), metric.score(fcn.purify(x_adv))
+    gain_undefended = ((f_x - f_adv).abs() / f_x.abs()).mean()
+    gain_fcn = ((f_x - f_fcn).abs() / f_x.abs()).mean()
+    assert gain_fcn < 0.8 * gain_undefended
