@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 
 from iqadef import Attack, Defence, Metric, Param, attack_loss, hookimpl
@@ -117,3 +120,19 @@ def iqadef_register_attacks(register):
 def iqadef_register_defences(register):
     for cls in (ToyBlur, ToyRandomNoiseDefence, ExplodingDefence, WrongShapeDefence):
         register(cls)
+
+
+def install_as_distribution(tmp_path: Path) -> Path:
+    """This module as an installed distribution with an `iqadef` entry point, in ``tmp_path/site``.
+
+    Put the returned folder on PYTHONPATH and subprocesses (and Ray workers) find the toy plugins the
+    way they find any third-party plugin.
+    """
+    site = tmp_path / "site"
+    info = site / "iqadef_toy_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    shutil.copy(Path(__file__), site / "toy_plugins.py")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: iqadef-toy-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[iqadef]\ntoy = toy_plugins\n")
+    return site
+

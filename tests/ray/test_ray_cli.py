@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from toy_plugins import install_as_distribution
 
 from iqadef.core.registry import load_run_config
 from iqadef.core.runner import run_grid
 
-CORE = Path(__file__).resolve().parents[1] / "core"
 
 REGISTRY = """
 dataset: {{images: {images}}}
@@ -30,17 +28,6 @@ ray: {{local_cpus: 2}}
 """
 
 
-def toy_site(tmp_path: Path) -> Path:
-    """The toy plugins installed as a distribution with an `iqadef` entry point (seen by Ray workers too)."""
-    site = tmp_path / "site"
-    info = site / "iqadef_toy_plugins-0.1.dist-info"
-    info.mkdir(parents=True)
-    shutil.copy(CORE / "toy_plugins.py", site / "toy_plugins.py")
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: iqadef-toy-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[iqadef]\ntoy = toy_plugins\n")
-    return site
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_cli_executor_flag_runs_the_grid_on_a_ray_instance_it_starts(tmp_path, image_dir, ray_registry):
@@ -48,7 +35,7 @@ def test_cli_executor_flag_runs_the_grid_on_a_ray_instance_it_starts(tmp_path, i
     for name in ("cli", "local"):
         (tmp_path / f"{name}.yaml").write_text(REGISTRY.format(images=image_dir, output=name))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(toy_site(tmp_path))
+    env["PYTHONPATH"] = str(install_as_distribution(tmp_path))
     done = subprocess.run([sys.executable, "-m", "iqadef", "run", "--no-report", "--no-progress",
                            "--executor", "ray", str(tmp_path / "cli.yaml")],
                           env=env, capture_output=True, text=True, timeout=400)

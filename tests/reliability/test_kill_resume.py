@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,19 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from toy_plugins import install_as_distribution
 
-HERE = Path(__file__).resolve().parents[1] / "core"
-
-
-def toy_site(tmp_path: Path) -> Path:
-    """The toy plugins installed as a distribution with an `iqadef` entry point (for subprocesses)."""
-    site = tmp_path / "site"
-    info = site / "iqadef_toy_plugins-0.1.dist-info"
-    info.mkdir(parents=True)
-    shutil.copy(HERE / "toy_plugins.py", site / "toy_plugins.py")
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: iqadef-toy-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[iqadef]\ntoy = toy_plugins\n")
-    return site
 
 
 def registry(tmp_path: Path, images: Path, name: str) -> Path:
@@ -54,7 +42,7 @@ def cells_done(db: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, image_dir):
-    env = {**os.environ, "PYTHONPATH": str(toy_site(tmp_path)), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(install_as_distribution(tmp_path)), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "iqadef", "run", "--no-report", "--no-progress"]
     full = registry(tmp_path, image_dir, "full")
     subprocess.run(cmd + [str(full)], env=env, check=True, capture_output=True, timeout=300)
