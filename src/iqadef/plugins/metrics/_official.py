@@ -31,6 +31,14 @@ def check_images(images: torch.Tensor, metric: str) -> None:
         raise ValueError(f"{metric} expects RGB images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
 
 
+def ready_input(metric, images: torch.Tensor) -> torch.Tensor:
+    """Check the batch, load the metric where the images are if nobody called ``load()``, return float32."""
+    check_images(images, metric.name)
+    if metric._loaded_on is None:
+        metric.load(images.device)
+    return images.float()
+
+
 def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` with the ImageNet statistics the torchvision backbones were trained with."""
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

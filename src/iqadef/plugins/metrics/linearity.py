@@ -29,7 +29,7 @@ from torch import nn
 from iqadef import ConfigError, Metric, Param, WeightsError, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, check_images, imagenet_normalize, resize, state_from_checkpoint
+from ._official import build_from_state, ready_input, imagenet_normalize, resize, state_from_checkpoint
 
 #: The resize of the official training and test scripts (``--resize``, -rs_h 498, -rs_w 664).
 ORIGINAL_SIZE = [498, 664]
@@ -136,10 +136,7 @@ class Linearity(Metric):
         self.net = build_from_state(LinearityNet, state_from_checkpoint(checkpoint, "model", label), label)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, self.name)
-        if self._loaded_on is None:          # scoring before load(): load where the images are
-            self.load(images.device)
-        x = images.float()
+        x = ready_input(self, images)
         if self.resize is not None:
             x = resize(x, self.resize)
         return self.net(imagenet_normalize(x)) * self.k + self.b

@@ -20,7 +20,7 @@ from torch import nn
 from iqadef import Metric, Param, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, check_images, imagenet_normalize, resize, state_from_checkpoint
+from ._official import build_from_state, ready_input, imagenet_normalize, resize, state_from_checkpoint
 
 METAIQA_WEIGHTS = WeightSpec(
     filename="metaiqa.pth",
@@ -91,10 +91,7 @@ class MetaIQA(Metric):
         self.net = build_from_state(MetaIQANet, state_from_checkpoint(checkpoint, key, label), label)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, self.name)
-        if self._loaded_on is None:          # scoring before load(): load where the images are
-            self.load(images.device)
-        x = images.float()
+        x = ready_input(self, images)
         if self.resize is not None:
             x = resize(x, [self.resize, self.resize])
         return self.net(imagenet_normalize(x))

@@ -24,7 +24,7 @@ from torch import nn
 from iqadef import ConfigError, Metric, Param, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, check_images, extract_patches, resize, state_from_checkpoint
+from ._official import build_from_state, ready_input, extract_patches, resize, state_from_checkpoint
 
 BL_RELEASE = WeightSpec(
     filename="BL_release.pt",
@@ -102,10 +102,7 @@ class SPAQ(Metric):
         return images
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, self.name)
-        if self._loaded_on is None:          # scoring before load(): load where the images are
-            self.load(images.device)
-        x = self.prepare(images.float())
+        x = self.prepare(ready_input(self, images))
         patches, per_image = extract_patches(x, self.patch_size, self.stride)
         scores = torch.cat([self.net(chunk) for chunk in patches.split(self.patch_chunk)])
         return scores.view(images.shape[0], per_image).mean(dim=1)
