@@ -116,9 +116,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .core.registry import load_run_config
     from .core.runner import run_grid
 
-    overrides: dict[str, Any] = {"device": args.device, "output": args.output, "executor": args.executor}
+    # --output is relative to the current directory (the registry's `output` is relative to the registry file)
+    overrides: dict[str, Any] = {"device": args.device, "executor": args.executor}
     config = load_run_config(args.registry, registry=_registry(), overrides=overrides)
-    if args.output:  # relative to the current directory, not to the registry file
+    if args.output:
         config.output = Path(args.output).expanduser().resolve()
     if args.ray_address:
         config.ray["address"] = args.ray_address

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -123,13 +123,6 @@ class Param:
                 return list(value)
             raise bad
         raise bad
-
-
-@dataclass
-class ParamSet:
-    """The resolved values of a plugin's parameters (what a registry entry turns into)."""
-
-    values: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve(params: Iterable[Param], given: dict[str, Any], where: str) -> dict[str, Any]:

@@ -185,8 +185,6 @@ class Worker:
         attack = entry.attack.load(self.device)
         try:
             x_adv = attack.run(target, x.clone(), seed=seed)
-        except CellFailure:
-            raise
         except Exception as exc:  # noqa: BLE001 - a broken plugin fails its cells, not the run
             raise CellFailure(f"attack {entry.label!r} raised {_describe_exc(exc)}") from exc
         x_adv = quantize(_check_images(x_adv.detach(), x, f"attack {entry.label!r}"))
@@ -349,13 +347,14 @@ def plan_units(config: RunConfig, dataset: Dataset, finished: set[tuple[str, str
     """Units with at least one unfinished cell, in execution order."""
     units = []
     batches = dataset.batches(config.batch_size)
+    attack_keys = [entry.key() for entry in config.attacks]
+    defence_keys = [defence.key() for defence in config.defences]
     for m, metric in enumerate(config.metrics):
         mk = metric.key()
         for b, items in enumerate(batches):
-            for a, entry in enumerate(config.attacks):
-                ak = entry.key()
-                todo = tuple(d for d, defence in enumerate(config.defences)
-                             if any((mk, ak, defence.key(), item.name) not in finished for item in items))
+            for a, ak in enumerate(attack_keys):
+                todo = tuple(d for d, dk in enumerate(defence_keys)
+                             if any((mk, ak, dk, item.name) not in finished for item in items))
                 if todo:
                     units.append(Unit(m, a, b, todo))
     return units
@@ -433,7 +432,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             finished = store.finished()
             units = plan_units(config, dataset, finished)
             total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
-            todo_cells = sum(len(u.defences) * len(dataset.batches(config.batch_size)[u.batch]) for u in units)
+            batches = dataset.batches(config.batch_size)
+            todo_cells = sum(len(u.defences) * len(batches[u.batch]) for u in units)
             computed = 0
             executor = executor or config.executor
             if units:
