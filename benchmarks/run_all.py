@@ -7,6 +7,7 @@ Every figure is a ratio of timings taken in one process, interleaved and repeate
 machine load cancels out as far as it can. What is measured (docs/performance.md explains the figures):
 
 1. overhead  - iqadef's I-FGSM (10 steps) / 10 x (forward + backward of the same metric, plain torch);
+   overhead_paper_size - the same with MetaIQA's network (ResNet-18; random weights: timing only);
 2. sharing   - a grid of 1 metric x 1 attack x K defences: time(K) / time(1) and the defences' own cost;
 3. batching  - images/s of the embedded metric at several batch sizes (CPU; CUDA when present);
 4. memory    - peak RSS of a grid over N vs 4N images, each in a fresh process;
@@ -40,33 +41,53 @@ SHARING_DEFENCES = ["no-defence", "flip", {"name": "jpeg", "quality": 50}, "medi
                     "resize", "unsharp", "color-quantization"]
 
 
+SECTIONS = ["overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume"]
+
+
 def settings(quick: bool) -> dict[str, Any]:
     """Sizes of the full and the quick (smoke) run. The full run is sized for a few minutes on 2 cores."""
     if quick:
         return dict(size=32, batch=1, iters=1, repeats=1, warmup=0, grid_images=1, grid_repeats=1, k=2,
                     batch_sizes=[1], batching_images=1, mem_images=(1, 2), mem_size=32, mem_batch=1,
-                    art_repeats=1, pgd_repeats=1, mem_runs=1)
+                    art_repeats=1, pgd_repeats=1, mem_runs=1, paper_repeats=1)
     return dict(size=256, batch=4, iters=10, repeats=8, warmup=1, grid_images=4, grid_repeats=2, k=8,
                 batch_sizes=[1, 4, 8], batching_images=8, mem_images=(16, 64), mem_size=320, mem_batch=8,
-                art_repeats=4, pgd_repeats=3, mem_runs=3)
+                art_repeats=4, pgd_repeats=3, mem_runs=3, paper_repeats=4)
 
 
 # ------------------------------------------------------------------------------------------------
 # 1. overhead of the framework on an iterative attack
-def plain_forward_backward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def plain_forward_backward(net: torch.nn.Module, x: torch.Tensor, size: int = 0,
+                           scale: tuple[float, float] = (50.0, 40.0)) -> torch.Tensor:
     """What any torch user would write: resize + normalise + network, gradient of the score sum."""
     from iqadef.plugins.metrics.embedded import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 
+    size = size or INPUT_SIZE
     xg = x.detach().requires_grad_(True)
-    z = F.interpolate(xg, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    z = F.interpolate(xg, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    score = 50.0 + 40.0 * net((z - mean) / std)
+    score = scale[0] + scale[1] * net((z - mean) / std)
     (grad,) = torch.autograd.grad(score.sum(), xg)
     return grad
 
 
-def bench_overhead(metric, x: torch.Tensor, cfg: dict) -> dict[str, Any]:
+def paper_size_metric(workdir: Path):
+    """MetaIQA's architecture (ResNet-18 + head, 224x224) with random weights: the smallest metric of
+    the paper, for the overhead on a realistic network (timing does not depend on the weights)."""
+    from iqadef.plugins.metrics.metaiqa import MetaIQA, MetaIQANet
+
+    torch.manual_seed(0)
+    path = workdir / "metaiqa-random.pth"
+    torch.save(MetaIQANet().state_dict(), path)
+    metric = MetaIQA(weights_path=path)
+    metric.load(torch.device("cpu"))
+    return metric
+
+
+def bench_overhead(metric, x: torch.Tensor, cfg: dict, size: int = 0,
+                   scale: tuple[float, float] = (50.0, 40.0), repeats: int | None = None) -> dict[str, Any]:
+    """``size``/``scale``: the metric's input side and its score as ``scale[0] + scale[1] * net(x)``."""
     from iqadef.plugins.attacks.ifgsm import IFGSM
 
     attack = IFGSM(iters=cfg["iters"])
@@ -75,12 +96,12 @@ def bench_overhead(metric, x: torch.Tensor, cfg: dict) -> dict[str, Any]:
 
     def floor():
         for _ in range(iters):
-            plain_forward_backward(net, x)
+            plain_forward_backward(net, x, size, scale)
 
     def plain_ifgsm():
         p = torch.zeros_like(x)
         for _ in range(iters):
-            g = plain_forward_backward(net, (x + p).clamp(0, 1))
+            g = plain_forward_backward(net, (x + p).clamp(0, 1), size, scale)
             p = (p + alpha * g.sign()).clamp(-eps, eps)
         return (x + p).clamp(0, 1)
 
@@ -90,7 +111,7 @@ def bench_overhead(metric, x: torch.Tensor, cfg: dict) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     cpu: dict[str, list[float]] = {}
     times = B.interleaved({"floor": floor, "plain_ifgsm": plain_ifgsm, "iqadef_ifgsm": iqadef_ifgsm},
-                          cfg["repeats"], cfg["warmup"], outputs, cpu)
+                          repeats or cfg["repeats"], cfg["warmup"], outputs, cpu)
     same = float((outputs["iqadef_ifgsm"] - outputs["plain_ifgsm"]).abs().max())
     return {
         "batch": list(x.shape), "iters": iters,
@@ -105,8 +126,15 @@ def bench_overhead(metric, x: torch.Tensor, cfg: dict) -> dict[str, Any]:
         "cpu_ratio_vs_plain_ifgsm": B.median_ratio(cpu["iqadef_ifgsm"], cpu["plain_ifgsm"]),
         "all_cpu_s": cpu,
         "max_abs_diff_vs_plain_ifgsm": same,
-        "target": 1.05, "repeats": cfg["repeats"], "all_times_s": times,
+        "target": 1.05, "repeats": repeats or cfg["repeats"], "all_times_s": times,
     }
+
+
+def bench_overhead_paper_size(workdir: Path, x: torch.Tensor, cfg: dict) -> dict[str, Any]:
+    """The overhead figure again with MetaIQA's network (ResNet-18, 224x224; ~8x tiny-iqa's compute)."""
+    metric = paper_size_metric(workdir)
+    out = bench_overhead(metric, x, cfg, size=224, scale=(0.0, 1.0), repeats=cfg["paper_repeats"])
+    return {"metric": "metaiqa architecture, random weights", **out}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,6 +459,11 @@ def table(results: dict[str, Any]) -> str:
                      f"target <= {o['target']}; CPU-time ratio {o['cpu_ratio_vs_floor']:.3f}; ratio of minima {o['ratio_of_min_vs_floor']:.3f}; "
                      f"vs plain-torch I-FGSM {o['ratio_vs_plain_ifgsm']:.3f} (minima "
                      f"{o['ratio_of_min_vs_plain_ifgsm']:.3f})"))
+    o = results.get("overhead_paper_size")
+    if o:
+        rows.append(("1 overhead", f"same, {o['metric'].split(',')[0]}", f"{o['ratio_vs_floor']:.3f}",
+                     f"target <= {o['target']}; CPU-time ratio {o['cpu_ratio_vs_floor']:.3f}; "
+                     f"vs plain-torch I-FGSM {o['ratio_vs_plain_ifgsm']:.3f}"))
     s = results.get("sharing")
     if s:
         rows.append(("2 sharing", f"time(K={s['k']}) / time(K=1)", f"{s['ratio_k_over_1']:.2f}",
@@ -475,11 +508,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="torch intra-op threads (default: min(2, cores))")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["overhead", "sharing", "batching", "memory", "peer", "resume"])
+                        choices=SECTIONS)
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
     threads = B.set_threads(args.threads)
-    wanted = set(args.only or ["overhead", "sharing", "batching", "memory", "peer", "resume"])
+    wanted = set(args.only or SECTIONS)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "when_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -497,6 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grid_dir = workdir / "grid_images"
         B.synthetic_images(grid_dir, cfg["grid_images"], cfg["size"], seed=1)
         steps = [("overhead", lambda: bench_overhead(metric, x, cfg)),
+                 ("overhead_paper_size", lambda: bench_overhead_paper_size(workdir, x, cfg)),
                  ("sharing", lambda: bench_sharing(workdir, grid_dir, weights, metric, cfg)),
                  ("batching", lambda: bench_batching(metric, paths, cfg)),
                  ("memory", lambda: bench_memory(workdir, weights, cfg)),

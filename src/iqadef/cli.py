@@ -164,6 +164,9 @@ def _print_summary(summary) -> None:  # noqa: ANN001
         console.print(f"  {name}: {path}")
     if summary.failed:
         console.print(f"[yellow]{summary.failed} cell(s) failed; see the `error` column of results.csv[/yellow]")
+    if summary.other_cells:
+        console.print(f"{summary.other_cells} cell(s) of earlier runs in this folder with other plugins, parameters, "
+                      f"weights or images are kept in results.sqlite and left out of the exported tables")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

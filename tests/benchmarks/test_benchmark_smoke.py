@@ -33,7 +33,7 @@ def test_quick_run_writes_valid_json(tmp_path):
     assert results["quick"] is True
     assert results["torch_threads"] == 1
     assert results["loadavg_start"] is None or len(results["loadavg_start"]) == 3
-    for section in ("overhead", "sharing", "batching", "memory", "peer", "resume"):
+    for section in ("overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume"):
         assert section in results, section
 
     overhead = results["overhead"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -65,9 +66,22 @@ class Plugin:
         return f"{self.name}[{inner}]"
 
     def identity(self) -> dict[str, Any]:
-        """Everything that determines this plugin's output (used in cache keys)."""
-        return {"kind": self.kind, "name": self.name, "version": self.version,
-                "params": _canonical(self.config)}
+        """Everything that determines this plugin's output (used in cache keys), weights' content included:
+        retrained or replaced weights must not reuse results computed with the old ones."""
+        ident = {"kind": self.kind, "name": self.name, "version": self.version, "params": _canonical(self.config)}
+        sources = self.weights_in_use()
+        if sources:
+            from .weights import fingerprint
+
+            ident["weights"] = [fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param))
+                                for s in sources]
+        return ident
+
+    def weights_in_use(self) -> tuple:
+        """The weight files this configuration loads: ``WeightSpec``s (an explicit path comes from the
+        spec's ``param``) or paths of packaged files. Default: every spec in :attr:`weights`; override when
+        parameters decide which files are needed. Their content is part of :meth:`identity`."""
+        return tuple(self.weights)
 
     def key(self) -> str:
         """A stable hash of :meth:`identity`."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from .base import Attack, Defence, Metric
+from .base import Attack, Defence, Metric, Plugin
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, builtin_images_dir
 from .errors import ConfigError
@@ -83,6 +83,15 @@ class RunConfig:
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
+
+    def plugins(self) -> list[Plugin]:
+        """Every plugin instance of the grid, the stages of composed defences included."""
+        def expand(plugin: Plugin) -> list[Plugin]:
+            stages = getattr(plugin, "stages", None)
+            return [p for s in stages for p in expand(s)] if stages else [plugin]
+
+        return ([*self.metrics] + [e.attack for e in self.attacks]
+                + [p for d in self.defences for p in expand(d)])
 
 
 def resolve_device(device: str) -> torch.device:

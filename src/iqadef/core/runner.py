@@ -40,7 +40,8 @@ from .errors import IqadefError
 from .plugins import PluginRegistry, get_registry
 from .registry import RunConfig
 from .scores import image_score_classes
-from .store import ResultStore, RunLock, atomic_write_bytes, export_tables
+from .store import KEY_COLUMNS, ResultStore, RunLock, atomic_write_bytes, export_tables
+from .weights import fetch_missing
 
 
 def _hash(*parts: Any) -> str:
@@ -341,6 +342,15 @@ class RunSummary:
     table: pd.DataFrame
     files: dict[str, Path]
     problems: list[str]
+    #: Cells in the store from other grids (other parameters, weights, images): kept, not exported.
+    other_cells: int = 0
+
+
+def grid_keys(config: RunConfig, dataset: Dataset) -> set[tuple[str, str, str, str]]:
+    """The store keys of every cell of this grid (plugin identities include parameters and weights)."""
+    names = [item.name for items in dataset.batches(config.batch_size) for item in items]
+    return {(m.key(), a.key(), d.key(), name) for m in config.metrics for a in config.attacks
+            for d in config.defences for name in names}
 
 
 def plan_units(config: RunConfig, dataset: Dataset, finished: set[tuple[str, str, str, str]]) -> list[Unit]:
@@ -429,6 +439,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         try:
             info = run_info(config, dataset)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
+            fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
             finished = store.finished()
             units = plan_units(config, dataset, finished)
             total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
@@ -453,14 +464,18 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
                         bar.advance(len(result.rows))
                         if after_unit is not None:
                             after_unit(n)
-            df = store.dataframe()
+            everything = store.dataframe()
+            current = grid_keys(config, dataset)
+            in_grid = [key in current for key in everything[list(KEY_COLUMNS)].itertuples(index=False, name=None)]
+            df = everything[in_grid].reset_index(drop=True)
+            other = len(everything) - len(df)
         finally:
             store.close()
         files = export_tables(df, output)
         failed = int((df["status"] != "ok").sum()) if len(df) else 0
         table = summary_table(df, info)
     return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
-                      time.perf_counter() - start, table, files, list(dataset.problems))
+                      time.perf_counter() - start, table, files, list(dataset.problems), other)
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:

@@ -43,6 +43,8 @@ class WeightSpec:
     urls: tuple[str, ...]
     sha256: str | None = None
     description: str = ""
+    #: The plugin parameter that gives an explicit path for this file.
+    param: str = "weights_path"
 
     def describe(self) -> dict[str, Any]:
         found = find_weights(self)
@@ -78,6 +80,46 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a 300 MB checkpoint is hashed once per process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(path)
+    return _DIGESTS[key]
+
+
+def fingerprint(source: "WeightSpec | Path", explicit: str | os.PathLike | None = None) -> str:
+    """What identifies the content of a weight file a plugin will load (part of its cache keys).
+
+    An explicit path or a packaged file: its sha256. A spec: the pinned sha256 (the file is verified
+    against it on load), else the sha256 of the file found locally, else ``unresolved:<filename>`` (the
+    runner fetches missing files before planning, so a run does not see that state).
+    """
+    if explicit or isinstance(source, Path):
+        path = Path(explicit or source).expanduser()  # type: ignore[arg-type]
+        return file_digest(path) if path.is_file() else f"missing:{path}"
+    if source.sha256:
+        return source.sha256.lower()
+    found = find_weights(source)
+    return file_digest(found) if found is not None else f"unresolved:{source.filename}"
+
+
+def fetch_missing(plugins: "Any") -> None:
+    """Resolve (download if allowed) every weight file the plugins will load, before any work starts.
+
+    A missing file then stops the run at once with the message of :func:`resolve_weights` (where to put
+    it), not after hours of other cells; and cache keys see the file's content from the first run on.
+    """
+    for plugin in plugins:
+        for source in plugin.weights_in_use():
+            if isinstance(source, WeightSpec) and not plugin.config.get(source.param):
+                resolve_weights(source)
 
 
 def verify(path: Path, spec: WeightSpec) -> None:

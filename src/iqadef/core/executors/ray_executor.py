@@ -43,6 +43,7 @@ from ..dataset import Dataset
 from ..errors import ConfigError, IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import RunConfig
+from ..weights import fetch_missing
 
 #: Keys of the registry's ``ray:`` mapping.
 RAY_KEYS = {
@@ -197,6 +198,7 @@ class UnitActor:
                 f"the Ray worker on {os.uname().nodename} cannot rebuild the plugins "
                 f"({type(exc).__name__}: {exc}); install the same iqadef and plugin packages in the "
                 f"environment of every node") from None
+        fetch_missing(config.plugins())  # a node without the driver's weight cache fetches them first
         self.worker = Worker(config, dataset, Path(run_dir), artifacts.get, actor_device(config.device),
                              registry=ScoreTable(scores))  # type: ignore[arg-type]
 

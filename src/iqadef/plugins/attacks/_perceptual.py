@@ -39,16 +39,19 @@ VGG16_BACKBONE = WeightSpec(
     filename="vgg16-397923af.pth",
     urls=("https://download.pytorch.org/models/vgg16-397923af.pth",),
     description="torchvision VGG16 ImageNet weights (only the features.* convolutions are used)",
+    param="backbone_path",
 )
 LPIPS_VGG_LIN = WeightSpec(
     filename="lpips_v0.1_vgg.pth",
     urls=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",),
     description="LPIPS v0.1 linear calibration for VGG (lpips/weights/v0.1/vgg.pth, keys lin0..lin4.model.1.weight)",
+    param="calibration_path",
 )
 DISTS_ALPHA_BETA = WeightSpec(
     filename="DISTS_weights.pt",
     urls=("https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt",),
     description="DISTS alpha/beta weights (DISTS_pytorch/weights.pt, keys alpha and beta, each [1, 1475, 1, 1])",
+    param="calibration_path",
 )
 
 #: Indices in ``vgg16().features`` of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.

@@ -47,6 +47,9 @@ class GuidedModel:
 
 
 #: Names accepted by ``model`` besides diffusers directories / hub ids.
+#: Files of a diffusers model folder whose content decides the model's output.
+MODEL_FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json"}
+
 GUIDED_MODELS: dict[str, GuidedModel] = {"guided-256": GuidedModel(IMAGENET_256_UNCOND, GUIDED_256_WEIGHTS)}
 
 
@@ -74,6 +77,17 @@ class DiffPure(Defence):
         Param("fp16", bool, False, help="run the UNet in float16 on CUDA (ignored on CPU)"),
     )
     weights = (GUIDED_256_WEIGHTS,)
+
+    def weights_in_use(self) -> tuple:
+        """The guided-diffusion checkpoint, or the weight files of a local diffusers model folder (a hub
+        repo id is identified by its name only: pin a revision by downloading it to a folder)."""
+        entry = GUIDED_MODELS.get(self.model)
+        if entry is not None:
+            return (entry.weights,)
+        folder = Path(self.model).expanduser()
+        if folder.is_dir():
+            return tuple(sorted(p for p in folder.rglob("*") if p.suffix in MODEL_FILE_SUFFIXES and p.is_file()))
+        return ()
 
     # -- loading -------------------------------------------------------------------------------
     def setup(self, device: torch.device) -> None:

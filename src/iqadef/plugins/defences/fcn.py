@@ -18,7 +18,7 @@ from kornia.metrics import ssim as kornia_ssim
 from torch import nn
 
 from iqadef import ConfigError, Defence, Param, WeightsError, hookimpl
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict, sha256_of
+from iqadef.core.weights import load_checkpoint, load_state_dict_strict
 
 #: File name of the weights shipped inside the package (``iqadef/data/weights/``).
 PACKAGED_WEIGHTS = "fcn_tiny-iqa.pt"
@@ -80,14 +80,10 @@ class FCNDefence(Defence):
               help=f"FCN weights (state dict or {{'model': state dict}}); default: the packaged {PACKAGED_WEIGHTS}"),
     )
 
-    def identity(self) -> dict[str, Any]:
-        """Includes the weights file's sha256: retrained weights must not reuse cached results."""
-        ident = super().identity()
-        if not hasattr(self, "_weights_digest"):
-            path = Path(self.weights_path) if self.weights_path else packaged_weights_path()
-            self._weights_digest = sha256_of(path) if path is not None and path.is_file() else None
-        ident["weights_sha256"] = self._weights_digest
-        return ident
+    def weights_in_use(self) -> tuple[Path, ...]:
+        """The file loaded (its sha256 is part of the identity: retrained weights reuse no cached result)."""
+        path = Path(self.weights_path) if self.weights_path else packaged_weights_path()
+        return (path,) if path is not None else ()
 
     def setup(self, device: torch.device) -> None:
         path = Path(self.weights_path) if self.weights_path else packaged_weights_path()

@@ -66,6 +66,11 @@ class RealESRGANDefence(Defence):
     #: Network configuration; tests override it with a tiny one.
     arch_config: ClassVar[dict[str, Any]] = OFFICIAL_CONFIG
 
+    def weights_in_use(self) -> tuple[WeightSpec, ...]:
+        """Only the files whose blending weight is not 0 (see :meth:`blended_state`)."""
+        return ((GENERAL_WEIGHTS,) if self.denoise_strength > 0 else ()) + (
+            (WDN_WEIGHTS,) if self.denoise_strength < 1 else ())
+
     def build_network(self) -> SRVGGNetCompact:
         return SRVGGNetCompact(**self.arch_config)
 

@@ -139,6 +139,13 @@ class TinyIQA(Metric):
               help="a tiny_iqa.pt state dict to use instead of the packaged one (e.g. after retraining)"),
     )
 
+    def weights_in_use(self) -> tuple[Path, ...]:
+        """The file loaded (its sha256 is part of the identity: retrained weights reuse no cached result)."""
+        if self.weights_path:
+            return (Path(self.weights_path),)
+        packaged = packaged_weights()
+        return (Path(str(packaged)),) if packaged.is_file() else ()
+
     def setup(self, device: torch.device) -> None:
         self.net = TinyIQANet()
         if self.weights_path:
