@@ -21,15 +21,6 @@ from iqadef.core.weights import (WeightSpec, cache_dir, candidate_paths, find_we
                                  load_state_dict_strict, load_weights, resolve_weights, sha256_of, verify)
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    """An empty cache (``TORCH_HOME``) and no offline folder."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv("IQADEF_OFFLINE", raising=False)
-    return tmp_path
-
-
 def small_checkpoint(path: Path, value: float = 1.0) -> Path:
     torch.save({"model": OrderedDict(weight=torch.full((2, 3), value), bias=torch.zeros(2)), "k": [0.5]}, path)
     return path

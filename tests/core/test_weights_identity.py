@@ -40,14 +40,6 @@ class WeightedMetric(Metric):
         return images.mean(dim=(1, 2, 3)) * self.gain
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv("IQADEF_OFFLINE", raising=False)
-    return tmp_path
-
-
 def save_gain(path: Path, gain: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(OrderedDict(gain=torch.tensor(gain)), path)
