@@ -155,3 +155,29 @@ def test_missing_weights_stop_the_run_before_any_work(home, image_dir, registry,
     assert calls == []
     with sqlite3.connect(home / "run" / "results.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 0
+
+
+def test_builtins_fingerprint_the_files_they_load(home, tmp_path):
+    import json
+
+    from iqadef.plugins.defences.diffpure import GUIDED_256_WEIGHTS, DiffPure
+    from iqadef.plugins.defences.fcn import FCNDefence, packaged_weights_path
+    from iqadef.plugins.defences.realesrgan import GENERAL_WEIGHTS, WDN_WEIGHTS, RealESRGANDefence
+    from iqadef.plugins.metrics.embedded import TinyIQA, packaged_weights
+
+    # the packaged tiny-iqa weights: the sha256 its training record states
+    record = json.loads(packaged_weights().parent.joinpath("tiny_iqa.json").read_text())
+    assert TinyIQA().identity()["weights"] == [record["weights_sha256"]]
+    assert FCNDefence().identity()["weights"] == [sha256_of(packaged_weights_path())]
+    # only the Real-ESRGAN files whose blending weight is not 0
+    assert RealESRGANDefence(denoise_strength=1.0).weights_in_use() == (GENERAL_WEIGHTS,)
+    assert RealESRGANDefence(denoise_strength=0.0).weights_in_use() == (WDN_WEIGHTS,)
+    assert RealESRGANDefence().weights_in_use() == (GENERAL_WEIGHTS, WDN_WEIGHTS)
+    # DiffPure: the guided checkpoint, or the weight files of a local diffusers folder
+    assert DiffPure().weights_in_use() == (GUIDED_256_WEIGHTS,)
+    model = tmp_path / "ddpm"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (model / "README.md").write_text("not part of the model")
+    ident = DiffPure(model=str(model)).identity()
+    assert ident["weights"] == [sha256_of(model / "unet" / "diffusion_pytorch_model.safetensors")]
