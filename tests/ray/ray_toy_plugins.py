@@ -1,4 +1,5 @@
-"""A toy attack that kills its own worker process once (Ray fault-tolerance test)."""
+"""Toy attacks for the Ray tests: one kills its own worker process once (fault tolerance), one notes
+which process ran it (actor pools)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ class CrashOnceAttack(Attack):
         return (images + noise).clamp(0, 1)
 
 
+class PidNoteAttack(CrashOnceAttack):
+    """Seeded uniform noise; notes the id of the process that ran it as an empty file in ``folder``."""
+
+    name = "toy-pid-note"
+    params = (Param("folder", str, ""), Param("eps", float, 4 / 255))
+
+    def run(self, metric, images, *, seed=0):
+        (Path(self.folder) / str(os.getpid())).touch()
+        return super().run(metric, images, seed=seed)
+
+
 @hookimpl
 def iqadef_register_attacks(register):
     register(CrashOnceAttack)
+    register(PidNoteAttack)

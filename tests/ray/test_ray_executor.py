@@ -85,6 +85,29 @@ def test_ray_table_equals_the_local_table_row_for_row(tmp_path, image_dir, ray_r
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_a_pool_of_actors_per_metric_shares_the_units_and_gives_the_local_table(tmp_path, image_dir, ray_registry,
+                                                                              local_ray):
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    attacks = f"[toy-sign, {{name: toy-pid-note, folder: {folder}}}]"
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry,
+                     progress=False)
+    for note in folder.iterdir():
+        note.unlink()
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
+    cfg.metrics = cfg.metrics[:1]  # one metric: without a pool, one actor would do all the work
+    cfg.ray = {"num_cpus": 1, "actors_per_metric": 2}
+    remote = run_grid(cfg, registry=ray_registry, progress=False)
+    workers = {int(note.name) for note in folder.iterdir()}
+    assert len(workers) == 2 and os.getpid() not in workers  # both actors of the pool computed units
+    a = table(local.run_dir)
+    pd.testing.assert_frame_equal(a[a["metric"] == "toy-metric"].reset_index(drop=True), table(remote.run_dir),
+                                  check_exact=True)
+    assert wait_for_free_cpus(local_ray, 2) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, image_dir, ray_registry, local_ray):
     marker = tmp_path / "crashed"
     attacks = f"[toy-sign, {{name: toy-crash-once, marker: {marker}}}]"
@@ -146,6 +169,7 @@ def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_r
     ("{num_gpu: 1}", r"ray.num_gpu: unknown key.*num_gpus"),
     ("{num_cpus: -1}", r"ray.num_cpus: -1 must be a number >= 0"),
     ("{in_flight: 0}", r"ray.in_flight: 0 must be an integer >= 1"),
+    ("{actors_per_metric: 1.5}", r"ray.actors_per_metric: 1.5 must be an integer >= 1"),
     ("{address: 5}", r"ray.address: must be"),
 ])
 def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_registry, ray_options, message):
@@ -178,6 +202,7 @@ def test_fractional_gpus_and_defaults():
     default = RayOptions.parse(None)
     assert default.gpus_per_actor("cuda:1") == 1.0 and default.gpus_per_actor("cpu") == 0.0
     assert (default.num_cpus, default.max_restarts, default.max_task_retries) == (1.0, 3, 3)
+    assert default.actors_per_metric == 1 and RayOptions.parse({"actors_per_metric": 4}).actors_per_metric == 4
 
 
 def yaml_mapping(text: str) -> dict:

@@ -2,10 +2,12 @@
 
 Why it is built this way:
 
-* **One actor per metric.** An actor wraps a :class:`~iqadef.core.runner.Worker`, so the metric's
-  weights are loaded once and the clean side (f(x), D(x), f(D(x))) of a (metric, batch) is reused by
-  every attack of that batch, exactly as in the local runner.
-* **Deterministic.** A metric's units are sent to its actor in the planned order (a Ray actor runs its
+* **One actor per metric** (``actors_per_metric: N`` for a pool of N). An actor wraps a
+  :class:`~iqadef.core.runner.Worker`, so the metric's weights are loaded once per actor and the clean
+  side (f(x), D(x), f(D(x))) of a (metric, batch) is reused by every attack of that batch, exactly as in
+  the local runner: a pool splits a metric's units by image batch (batch ``b`` goes to actor
+  ``b mod N``), so each batch stays on one actor.
+* **Deterministic.** An actor's units are sent to it in the planned order (a Ray actor runs its
   calls one at a time, in submission order). Every random choice is seeded from the config, the unit
   and the images, never from the order of completion; torch's CPU thread count in the actor is set to
   the driver's (Ray sets ``OMP_NUM_THREADS=1`` in workers), so reductions add up in the same order.
@@ -54,6 +56,7 @@ RAY_KEYS = {
     "max_restarts": "times a dead actor process is restarted (default 3)",
     "max_task_retries": "times a unit is re-run after its actor died (default 3)",
     "in_flight": "units queued ahead on each actor (default 2)",
+    "actors_per_metric": "actors sharing one metric's units, each with the weights loaded (default 1)",
     "torch_threads": "torch CPU threads in each actor (default: the driver's, so floats match the local run)",
 }
 
@@ -67,6 +70,7 @@ class RayOptions:
     max_restarts: int = 3
     max_task_retries: int = 3
     in_flight: int = 2
+    actors_per_metric: int = 1
     torch_threads: int | None = None
 
     @classmethod
@@ -101,6 +105,7 @@ class RayOptions:
             max_restarts=number("max_restarts", 3, True, 0),
             max_task_retries=number("max_task_retries", 3, True, 0),
             in_flight=number("in_flight", 2, True, 1),
+            actors_per_metric=number("actors_per_metric", 1, True, 1),
             torch_threads=number("torch_threads", None, True, 1, allow_none=True),
         )
 
@@ -268,50 +273,51 @@ def forwarded_env() -> dict[str, str]:
 def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int, gpus: float,
             labels: list[str], env: dict[str, str]) -> Iterator[tuple[Any, Any]]:
     started = _start(ray, options)
-    actors: dict[int, Any] = {}
+    actors: dict[tuple[int, int], Any] = {}  # (metric, replica) -> actor
     try:
         _check_resources(ray, options, gpus)
         remote = ray.remote(UnitActor).options(
             num_cpus=options.num_cpus, num_gpus=gpus, max_restarts=options.max_restarts,
             max_task_retries=options.max_task_retries, max_concurrency=1,
             **({"runtime_env": {"env_vars": env}} if env else {}))
-        queues: dict[int, deque] = {}
-        for unit in units:
-            queues.setdefault(unit.metric, deque()).append(unit)
+        queues: dict[tuple[int, int], deque] = {}
+        for unit in units:  # a batch always goes to the same replica, so its clean side is computed once
+            queues.setdefault((unit.metric, unit.batch % options.actors_per_metric), deque()).append(unit)
         sys_path = [p for p in sys.path if p]
-        running: dict[int, int] = {m: 0 for m in queues}
-        pending: dict[Any, tuple[int, Any]] = {}
+        running: dict[tuple[int, int], int] = {key: 0 for key in queues}
+        pending: dict[Any, tuple[tuple[int, int], Any]] = {}
 
-        def submit(m: int) -> None:
-            while queues[m] and running[m] < options.in_flight:
-                unit = queues[m].popleft()
-                pending[actors[m].compute.remote(unit)] = (m, unit)
-                running[m] += 1
+        def submit(key: tuple[int, int]) -> None:
+            while queues[key] and running[key] < options.in_flight:
+                unit = queues[key].popleft()
+                pending[actors[key].compute.remote(unit)] = (key, unit)
+                running[key] += 1
 
-        for m in queues:  # actors that do not fit yet wait for a finished metric's resources
+        for key in queues:  # actors that do not fit yet wait for a finished one's resources
             # the payload (small: plugins are not loaded yet) is passed by value, not as a ray.put
             # reference, so a restarted actor can always be rebuilt from its creation task
-            actors[m] = remote.remote(payload, sys_path, threads)
-            submit(m)
+            actors[key] = remote.remote(payload, sys_path, threads)
+            submit(key)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                m, unit = pending.pop(ref)
+                key, unit = pending.pop(ref)
+                label = labels[key[0]]
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
                     raise IqadefError(
-                        f"the Ray actor of metric {labels[m]!r} is dead: {_first_line(exc)} (a killed worker "
+                        f"the Ray actor of metric {label!r} is dead: {_first_line(exc)} (a killed worker "
                         f"is restarted {options.max_restarts} times, a unit retried {options.max_task_retries} "
                         f"times: `ray.max_restarts`, `ray.max_task_retries`); finished units are stored, run "
                         f"again to resume") from None
                 except ray.exceptions.RayTaskError as exc:
-                    raise IqadefError(f"unit {unit.id} (metric {labels[m]!r}) failed in its Ray worker: "
+                    raise IqadefError(f"unit {unit.id} (metric {label!r}) failed in its Ray worker: "
                                       f"{_first_line(exc)}") from None
-                running[m] -= 1
-                submit(m)
-                if not queues[m] and not running[m]:
-                    ray.kill(actors.pop(m))  # frees its CPUs/GPUs for a metric still waiting
+                running[key] -= 1
+                submit(key)
+                if not queues[key] and not running[key]:
+                    ray.kill(actors.pop(key))  # frees its CPUs/GPUs for an actor still waiting
                 yield unit, result
     finally:
         for actor in actors.values():
