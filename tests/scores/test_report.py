@@ -170,8 +170,8 @@ def test_report_without_mos_says_so(tmp_path):
     df.to_csv(tmp_path / "results.csv", index=False)  # the csv fallback
     written = write_report(tmp_path)
     text = written["html"].read_text()
-    assert "No MOS file was given" in text
-    assert "figure:srocc_heatmap_toy" not in written
+    assert "no MOS file was given" in text  # Figure 4 falls back to the clean scores as the reference
+    assert "figure:srocc_heatmap_toy" in written
     loaded, _ = load_results(tmp_path)
     assert loaded["image"].iloc[0] == "img0" and loaded["example_path"].iloc[-1] == ""
 
@@ -201,3 +201,23 @@ def test_report_of_a_minimal_table_with_an_all_failed_group(tmp_path):
     # gain of no-defence: (60+i - (50+i)) / (50+i)
     expected = np.mean([10 / (50 + i) for i in range(4)])
     assert summary_table(pd.read_csv(tmp_path / "results.csv"), {})["gain"].iloc[0] == pytest.approx(expected)
+
+
+def test_figure4_matrix_with_mos_or_with_the_clean_scores_on_hand_made_numbers():
+    from iqadef.core.report import CLEAN_ROW, srocc_matrix
+
+    rows = []
+    for d, adv, dclean in (("keeps", [10, 20, 30, 40], [1, 2, 3, 4]), ("flips", [4, 3, 2, 1], [1, 3, 2, 4])):
+        for i in range(4):
+            rows.append({"metric": "m", "attack": "a", "defence": d, "image": f"i{i}", "status": "ok",
+                         "f_clean": float(i + 1), "f_def_adv": float(adv[i]), "f_def_clean": float(dclean[i]),
+                         "mos": float(4 - i)})
+    df = pd.DataFrame(rows)
+    clean = srocc_matrix(df, "m", "f_clean")
+    assert clean.loc["a", "keeps"] == pytest.approx(1.0) and clean.loc["a", "flips"] == pytest.approx(-1.0)
+    assert clean.loc[CLEAN_ROW, "keeps"] == pytest.approx(1.0)
+    assert clean.loc[CLEAN_ROW, "flips"] == pytest.approx(0.8)  # 1 - 6*2/(4*15)
+    assert list(clean.columns) == ["keeps", "flips"]  # best first
+    mos = srocc_matrix(df, "m")  # the MOS here is the reverse of f(x)
+    assert mos.loc["a", "keeps"] == pytest.approx(-1.0) and mos.loc[CLEAN_ROW, "flips"] == pytest.approx(-0.8)
+    assert srocc_matrix(df.drop(columns="mos"), "m").empty

@@ -210,19 +210,30 @@ def has_mos(df: pd.DataFrame) -> bool:
     return "mos" in df.columns and bool(np.isfinite(pd.to_numeric(df["mos"], errors="coerce")).any())
 
 
-def srocc_matrix(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """SROCC(MOS, f(D(x_a))), attacks × defences, plus the clean row SROCC(MOS, f(D(x)))."""
+def figure4_title(mos: bool) -> str:
+    if mos:
+        return "Figure 4: SROCC with MOS"
+    return ("Figure 4: SROCC with the clean scores f(x) (no MOS file was given: how well each defence keeps "
+            "the metric's own ranking of the images)")
+
+
+def srocc_matrix(df: pd.DataFrame, metric: str, reference: str = "mos") -> pd.DataFrame:
+    """SROCC(reference, f(D(x_a))), attacks × defences, plus the clean row SROCC(reference, f(D(x))).
+
+    ``reference`` is ``mos`` (the paper's Figure 4) or ``f_clean``: without MOS, the metric's own
+    ranking of the clean images is what a defence should keep (SROCC 1: the order is untouched).
+    """
     good = ok_rows(df[df["metric"] == metric])
-    if good.empty or not has_mos(good):
+    if good.empty or (reference == "mos" and not has_mos(good)):
         return pd.DataFrame()
-    cells = {(a, d): _spearman(g["mos"], g["f_def_adv"])
+    cells = {(a, d): _spearman(g[reference], g["f_def_adv"])
              for (a, d), g in good.groupby(["attack", "defence"], sort=False)}
     matrix = pd.Series(cells).unstack()
     attacks = list(dict.fromkeys(good["attack"]))
     defences = list(dict.fromkeys(good["defence"]))
     matrix = matrix.reindex(index=attacks, columns=defences)
     unique = good.drop_duplicates(["image", "defence"])
-    matrix.loc[CLEAN_ROW] = [_spearman(g["mos"], g["f_def_clean"]) if len(g) else math.nan
+    matrix.loc[CLEAN_ROW] = [_spearman(g[reference], g["f_def_clean"]) if len(g) else math.nan
                              for g in (unique[unique["defence"] == d] for d in defences)]
     order = list(matrix.drop(index=CLEAN_ROW).mean(axis=0).sort_values(ascending=False, kind="stable").index)
     return matrix[order]
@@ -488,12 +499,11 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
         if not matrix.empty:
             fig3.append((metric, _heatmap(matrix, f"Gain ({metric}): attacks × defences, lower is better",
                                           "RdYlGn_r", figures_dir / f"gain_heatmap_{slug}.png")))
-        if mos:
-            smatrix = srocc_matrix(df, metric)
-            if not smatrix.empty:
-                fig4.append((metric, _heatmap(smatrix, f"SROCC with MOS ({metric}) after defence",
-                                              "RdYlGn", figures_dir / f"srocc_heatmap_{slug}.png",
-                                              vmin=-1, vmax=1)))
+        smatrix = srocc_matrix(df, metric, "mos" if mos else "f_clean")
+        if not smatrix.empty:
+            against = "MOS" if mos else "f(x), no MOS given"
+            fig4.append((metric, _heatmap(smatrix, f"SROCC with {against} ({metric}) after defence",
+                                          "RdYlGn", figures_dir / f"srocc_heatmap_{slug}.png", vmin=-1, vmax=1)))
         by_ssim = binned_gain(df, metric, "ssim_x_xa")
         by_value = binned_gain(df, metric, "f_adv")
         if not (by_ssim.empty and by_value.empty):
@@ -554,9 +564,7 @@ def _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, 
                          f"src='{_png_data_uri(path)}'>")
 
     figs("Figure 3: gain heatmap", fig3, "no successful cells")
-    figs("Figure 4: SROCC with MOS", fig4,
-         "No MOS file was given for this run, so SROCC with MOS is not available." if not mos
-         else "not enough images for SROCC")
+    figs(figure4_title(mos), fig4, "not enough images for SROCC")
     figs("Figure 5: gain against SSIM(x, x_a) and attacked metric value", fig5, "no data")
     parts.append("<h2>Example images (clean / attacked / defended)</h2>")
     if example_fig is None:
@@ -616,9 +624,7 @@ def _write_markdown(run_dir, run_info, short, formatted, ranking, fig3, fig4, fi
             lines.extend([f"![{metric}](figures/{path.name})", ""])
 
     figs("Figure 3: gain heatmap", fig3, "no successful cells")
-    figs("Figure 4: SROCC with MOS", fig4,
-         "No MOS file was given for this run, so SROCC with MOS is not available." if not mos
-         else "not enough images for SROCC")
+    figs(figure4_title(mos), fig4, "not enough images for SROCC")
     figs("Figure 5: gain against SSIM(x, x_a) and attacked metric value", fig5, "no data")
     lines += ["## Example images", ""]
     lines += [f"![examples](figures/{example_fig.name})" if example_fig else "_No example images were saved._", ""]
