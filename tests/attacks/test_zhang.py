@@ -8,6 +8,8 @@ the loader ignores classifier.* keys anyway.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ from torch import nn
 from iqadef import IqadefError, Metric, WeightsError
 from iqadef.core.plugins import PluginRegistry
 from iqadef.plugins.attacks import _perceptual as perceptual
+
+PINNED_BACKBONE = perceptual.VGG16_BACKBONE
 
 ATTACKS = ("zhang-dists", "zhang-lpips", "zhang-ssim")
 
@@ -42,6 +46,15 @@ def _random_vgg16_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
         elif key.endswith(".bias"):
             state[key] = torch.randn(shape, generator=generator) * 0.01
     return state
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unpinned_backbone():
+    """The generated VGG16 cannot match the real file's sha256 prefix: lift the pin for this module
+    (``test_the_real_backbone_pin_refuses_other_files`` checks the pin itself)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(perceptual, "VGG16_BACKBONE", dataclasses.replace(PINNED_BACKBONE, sha256=None))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +226,7 @@ def test_missing_weights_name_the_expected_path(weights_dir, tmp_path, monkeypat
     partial = tmp_path / "weights"
     partial.mkdir()
     for other in (perceptual.VGG16_BACKBONE, perceptual.LPIPS_VGG_LIN, perceptual.DISTS_ALPHA_BETA):
-        if other is not spec:
+        if other.filename != spec.filename:
             (partial / other.filename).symlink_to(weights_dir / other.filename)
     monkeypatch.setenv("IQADEF_WEIGHTS_DIR", str(partial))
     monkeypatch.setenv("IQADEF_OFFLINE", "1")
@@ -223,6 +236,12 @@ def test_missing_weights_name_the_expected_path(weights_dir, tmp_path, monkeypat
     message = str(info.value)
     assert str(partial / spec.filename) in message
     assert spec.urls[0] in message
+
+
+def test_the_real_backbone_pin_refuses_other_files(weights_dir):
+    assert PINNED_BACKBONE.sha256 == "397923af" and PINNED_BACKBONE.filename.startswith("vgg16-397923af")
+    with pytest.raises(WeightsError, match=r"sha256 \w+ does not match the pinned 397923af"):
+        perceptual.load_weights(PINNED_BACKBONE, weights_dir / PINNED_BACKBONE.filename)
 
 
 def test_wrong_checkpoints_are_refused_with_the_offending_key(weights_dir, tmp_path):

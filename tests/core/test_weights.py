@@ -107,6 +107,9 @@ def test_sha256_mismatch_is_refused(home):
     with pytest.raises(WeightsError, match="does not match"):
         install_file(path, bad)
     assert not (cache_dir() / "m.pth").exists()
+    verify(path, WeightSpec("m.pth", urls=(), sha256=sha(path)[:8]))  # a prefix pin, as torchvision's names
+    with pytest.raises(WeightsError, match="does not match the pinned"):
+        verify(path, WeightSpec("m.pth", urls=(), sha256=("0" if sha(path)[0] != "0" else "1") + sha(path)[1:8]))
 
 
 class _RunsCode:

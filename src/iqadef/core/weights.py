@@ -37,7 +37,11 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """A weight file a plugin needs: its file name, where to download it, and its sha256 (if pinned)."""
+    """A weight file a plugin needs: its file name, where to download it, and its sha256 (if pinned).
+
+    ``sha256`` may be a prefix of at least 8 hex digits: torchvision-style file names carry one
+    (``vgg16-397923af.pth``), which is all the integrity information some releases publish.
+    """
 
     filename: str
     urls: tuple[str, ...]
@@ -98,13 +102,13 @@ def fingerprint(source: "WeightSpec | Path", explicit: str | os.PathLike | None 
     """What identifies the content of a weight file a plugin will load (part of its cache keys).
 
     An explicit path or a packaged file: its sha256. A spec: the pinned sha256 (the file is verified
-    against it on load), else the sha256 of the file found locally, else ``unresolved:<filename>`` (the
+    against it on load), else (no pin, or only a prefix) the sha256 of the file found locally, else ``unresolved:<filename>`` (the
     runner fetches missing files before planning, so a run does not see that state).
     """
     if explicit or isinstance(source, Path):
         path = Path(explicit or source).expanduser()  # type: ignore[arg-type]
         return file_digest(path) if path.is_file() else f"missing:{path}"
-    if source.sha256:
+    if source.sha256 and len(source.sha256) == 64:
         return source.sha256.lower()
     found = find_weights(source)
     return file_digest(found) if found is not None else f"unresolved:{source.filename}"
@@ -127,7 +131,7 @@ def verify(path: Path, spec: WeightSpec) -> None:
     if spec.sha256 is None:
         return
     actual = sha256_of(path)
-    if actual.lower() != spec.sha256.lower():
+    if not actual.lower().startswith(spec.sha256.lower()):
         raise WeightsError(
             f"{path}: sha256 {actual} does not match the pinned {spec.sha256} for {spec.filename}; "
             f"the file is corrupt or not the expected release: delete it and download it again")

@@ -38,6 +38,7 @@ from iqadef.core.weights import WeightSpec, load_state_dict_strict, load_weights
 VGG16_BACKBONE = WeightSpec(
     filename="vgg16-397923af.pth",
     urls=("https://download.pytorch.org/models/vgg16-397923af.pth",),
+    sha256="397923af",  # the prefix torchvision's file name carries (and torchvision checks)
     description="torchvision VGG16 ImageNet weights (only the features.* convolutions are used)",
     param="backbone_path",
 )
