@@ -13,6 +13,8 @@ machine load cancels out as far as it can. What is measured (docs/performance.md
 4. memory    - peak RSS of a grid over N vs 4N images, each in a fresh process;
 5. peer      - FGSM and PGD (L-inf) through ART's PyTorchRegressor vs iqadef: time ratio, max |diff|;
 6. resume    - re-running a finished grid: time, and the number of metric/attack/defence calls (0).
+7. ray_pool  - one metric's grid on a local Ray instance: 1 actor vs a pool (`actors_per_metric`), and
+               whether both give the same table.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ SHARING_DEFENCES = ["no-defence", "flip", {"name": "jpeg", "quality": 50}, "medi
                     "resize", "unsharp", "color-quantization"]
 
 
-SECTIONS = ["overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume"]
+SECTIONS = ["overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume", "ray_pool"]
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -49,10 +51,12 @@ def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(size=32, batch=1, iters=1, repeats=1, warmup=0, grid_images=1, grid_repeats=1, k=2,
                     batch_sizes=[1], batching_images=1, mem_images=(1, 2), mem_size=32, mem_batch=1,
-                    art_repeats=1, pgd_repeats=1, mem_runs=1, paper_repeats=1)
+                    art_repeats=1, pgd_repeats=1, mem_runs=1, paper_repeats=1, pool=2, pool_batch=1, pool_images=2,
+                    pool_repeats=1)
     return dict(size=256, batch=4, iters=10, repeats=8, warmup=1, grid_images=4, grid_repeats=2, k=8,
                 batch_sizes=[1, 4, 8], batching_images=8, mem_images=(16, 64), mem_size=320, mem_batch=8,
-                art_repeats=4, pgd_repeats=3, mem_runs=3, paper_repeats=4)
+                art_repeats=4, pgd_repeats=3, mem_runs=3, paper_repeats=4, pool=2, pool_batch=2, pool_images=24,
+                pool_repeats=2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -451,6 +455,44 @@ def bench_resume(workdir: Path, images: Path, weights, cfg: dict, sharing: dict 
 
 
 # ------------------------------------------------------------------------------------------------
+# 7. Ray actor pool: one metric's grid on a local Ray instance, 1 actor vs a pool of `pool` actors
+def bench_ray_pool(workdir: Path, images: Path, weights, cfg: dict) -> dict[str, Any]:
+    try:
+        import ray
+    except ImportError:
+        return {"skipped": "ray is not installed (pip install iqadef[ray])"}
+    import pandas as pd
+
+    from iqadef.core.runner import run_grid
+
+    pool = cfg["pool"]
+    started_here = not ray.is_initialized()
+    if started_here:  # one instance for every run, so that its start-up cost is in no timing
+        ray.init(num_cpus=pool, include_dashboard=False, log_to_driver=False)
+    try:
+        configs = {}
+        for actors in (1, pool):
+            config = B.grid_config(images, workdir / f"ray_pool_{actors}", weights,
+                                   [{"name": "ifgsm", "iters": cfg["iters"]}], ["no-defence", "jpeg", "median-blur"],
+                                   cfg["pool_batch"])
+            config.executor = "ray"
+            config.ray = {"num_cpus": 1, "torch_threads": 1, "actors_per_metric": actors}
+            configs[f"actors_{actors}"] = config
+        fns = {name: (lambda c=c: run_grid(c, fresh=True, progress=False)) for name, c in configs.items()}
+        times = B.interleaved(fns, cfg["pool_repeats"], warmup=0)
+        tables = [pd.read_parquet(c.output / "results.parquet") for c in configs.values()]
+        same = bool(tables[0].equals(tables[1]))
+    finally:
+        if started_here:
+            ray.shutdown()
+    one, many = times["actors_1"], times[f"actors_{pool}"]
+    return {"pool": pool, "images": len(list(images.glob("*.png"))), "batch": cfg["pool_batch"],
+            "time_1_actor_s": B.med(one), f"time_{pool}_actors_s": B.med(many),
+            "speedup": B.median_ratio(one, many), "tables_equal": same, "all_times_s": times,
+            "repeats": cfg["pool_repeats"], "torch_threads_per_actor": 1}
+
+
+# ------------------------------------------------------------------------------------------------
 def table(results: dict[str, Any]) -> str:
     rows = []
     o = results.get("overhead")
@@ -496,6 +538,13 @@ def table(results: dict[str, Any]) -> str:
     if r:
         rows.append(("6 resume", "resume / full run", f"{r['resume_over_full']:.3f}",
                      f"{r['resume_s']:.2f}s; model calls {sum(r['model_calls_on_resume'].values())}"))
+    rp = results.get("ray_pool")
+    if rp and "skipped" not in rp:
+        many = rp[f"time_{rp['pool']}_actors_s"]
+        rows.append(("7 ray pool", f"time(1 actor) / time({rp['pool']} actors), one metric", f"{rp['speedup']:.2f}",
+                     f"{rp['time_1_actor_s']:.1f}s vs {many:.1f}s; tables equal: {rp['tables_equal']}"))
+    elif rp:
+        rows.append(("7 ray pool", "skipped", "", rp["skipped"]))
     width = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:>{width[2]}}  {row[3]}" for row in rows]
     return "\n".join(lines)
@@ -529,13 +578,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         x = B.load_batch(paths[: cfg["batch"]])
         grid_dir = workdir / "grid_images"
         B.synthetic_images(grid_dir, cfg["grid_images"], cfg["size"], seed=1)
+        pool_dir = workdir / "pool_images"
+        B.synthetic_images(pool_dir, cfg["pool_images"], cfg["size"], seed=2)
         steps = [("overhead", lambda: bench_overhead(metric, x, cfg)),
                  ("overhead_paper_size", lambda: bench_overhead_paper_size(workdir, x, cfg)),
                  ("sharing", lambda: bench_sharing(workdir, grid_dir, weights, metric, cfg)),
                  ("batching", lambda: bench_batching(metric, paths, cfg)),
                  ("memory", lambda: bench_memory(workdir, weights, cfg)),
                  ("peer", lambda: bench_peer(metric, x, cfg)),
-                 ("resume", lambda: bench_resume(workdir, grid_dir, weights, cfg, results.get("sharing")))]
+                 ("resume", lambda: bench_resume(workdir, grid_dir, weights, cfg, results.get("sharing"))),
+                 ("ray_pool", lambda: bench_ray_pool(workdir, pool_dir, weights, cfg))]
         for name, fn in steps:
             if name not in wanted:
                 continue

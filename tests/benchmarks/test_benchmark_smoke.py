@@ -33,7 +33,7 @@ def test_quick_run_writes_valid_json(tmp_path):
     assert results["quick"] is True
     assert results["torch_threads"] == 1
     assert results["loadavg_start"] is None or len(results["loadavg_start"]) == 3
-    for section in ("overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume"):
+    for section in ("overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume", "ray_pool"):
         assert section in results, section
 
     overhead = results["overhead"]
@@ -58,6 +58,10 @@ def test_quick_run_writes_valid_json(tmp_path):
         assert peer["fgsm"]["max_abs_diff"] == 0.0
         # a torch loop that updates its state as ART does reproduces ART's PGD exactly
         assert peer["pgd_linf"]["max_abs_diff_art_vs_torch_loop_in_art_order"] == 0.0
+
+    pool = results["ray_pool"]
+    if "skipped" not in pool:
+        assert pool["tables_equal"] is True and _finite(pool["speedup"])
 
     resume = results["resume"]
     assert resume["recomputed_cells"] == 0
