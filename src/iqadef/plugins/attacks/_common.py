@@ -45,11 +45,6 @@ def per_image_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def project_linf(delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Clip a perturbation into the L-inf ball of radius ``eps``."""
-    return delta.clamp(-eps, eps)
-
-
 def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     """Scale each image's perturbation back onto the L2 ball of radius ``eps`` if it is outside."""
     norm = per_image_norm(delta)

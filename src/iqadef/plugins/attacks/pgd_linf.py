@@ -6,7 +6,7 @@ import torch
 
 from iqadef import Attack, Metric, Param, hookimpl
 
-from ._common import loss_gradient, project_linf
+from ._common import loss_gradient
 
 
 class PGDLinf(Attack):
@@ -33,10 +33,11 @@ class PGDLinf(Attack):
             g = self.generator(seed, images.device)
             delta = (torch.rand(images.shape, generator=g, device=images.device, dtype=images.dtype) * 2 - 1) * self.eps
             delta = (images + delta).clamp(0.0, 1.0) - images
-        for _ in range(self.steps):
-            grad = loss_gradient(metric, images + delta)
-            delta = project_linf(delta - alpha * grad.sign(), self.eps)
-            delta = (images + delta).clamp(0.0, 1.0) - images
+        point = torch.empty_like(images)
+        for _ in range(self.steps):  # in place, in reused buffers: the same ops, no fresh tensor per step
+            grad = loss_gradient(metric, torch.add(images, delta, out=point))
+            delta.sub_(grad.sign_(), alpha=alpha).clamp_(-self.eps, self.eps)  # the L-inf projection
+            torch.sub(torch.add(images, delta, out=point).clamp_(0.0, 1.0), images, out=delta)
         return (images + delta).clamp(0.0, 1.0).detach()
 
 
