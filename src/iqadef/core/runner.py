@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import shutil
@@ -348,9 +349,9 @@ class RunSummary:
 
 def grid_keys(config: RunConfig, dataset: Dataset) -> set[tuple[str, str, str, str]]:
     """The store keys of every cell of this grid (plugin identities include parameters and weights)."""
-    names = [item.name for items in dataset.batches(config.batch_size) for item in items]
-    return {(m.key(), a.key(), d.key(), name) for m in config.metrics for a in config.attacks
-            for d in config.defences for name in names}
+    names = [item.name for item in dataset.items]
+    keys = [[p.key() for p in plugins] for plugins in (config.metrics, config.attacks, config.defences)]
+    return set(itertools.product(*keys, names))
 
 
 def plan_units(config: RunConfig, dataset: Dataset, finished: set[tuple[str, str, str, str]]) -> list[Unit]:

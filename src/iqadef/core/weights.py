@@ -21,6 +21,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -89,9 +90,16 @@ def sha256_of(path: Path) -> str:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+#: A file modified less than this long ago is hashed again each time: two writes within one tick of
+#: the file system's clock can leave the same size and mtime (git's "racy" files).
+_RACY_NS = 2_000_000_000
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) so a 300 MB checkpoint is hashed once per process."""
     stat = path.stat()
+    if time.time_ns() - stat.st_mtime_ns < _RACY_NS:
+        return sha256_of(path)
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         _DIGESTS[key] = sha256_of(path)
@@ -102,8 +110,9 @@ def fingerprint(source: "WeightSpec | Path", explicit: str | os.PathLike | None 
     """What identifies the content of a weight file a plugin will load (part of its cache keys).
 
     An explicit path or a packaged file: its sha256. A spec: the pinned sha256 (the file is verified
-    against it on load), else (no pin, or only a prefix) the sha256 of the file found locally, else ``unresolved:<filename>`` (the
-    runner fetches missing files before planning, so a run does not see that state).
+    against it on load), else (no pin, or only a prefix) the sha256 of the file found locally, else
+    ``unresolved:<filename>`` (the runner fetches missing files before planning, so a run does not
+    see that state).
     """
     if explicit or isinstance(source, Path):
         path = Path(explicit or source).expanduser()  # type: ignore[arg-type]
