@@ -9,7 +9,6 @@ the loader ignores classifier.* keys anyway.
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import pytest

@@ -46,10 +46,10 @@ class GuidedModel:
     beta_end: float = 0.02
 
 
-#: Names accepted by ``model`` besides diffusers directories / hub ids.
 #: Files of a diffusers model folder whose content decides the model's output.
 MODEL_FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json"}
 
+#: Names accepted by ``model`` besides diffusers directories / hub ids.
 GUIDED_MODELS: dict[str, GuidedModel] = {"guided-256": GuidedModel(IMAGENET_256_UNCOND, GUIDED_256_WEIGHTS)}
 
 
