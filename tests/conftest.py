@@ -27,6 +27,22 @@ def image_dir(tmp_path: Path) -> Path:
 
 
 
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty cache (``TORCH_HOME``) and no offline folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("IQADEF_OFFLINE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture()
+def offline_home(home, monkeypatch) -> Path:
+    """As ``home``, with downloads forbidden (``IQADEF_OFFLINE=1``); returns the empty ``TORCH_HOME``."""
+    monkeypatch.setenv("IQADEF_OFFLINE", "1")
+    return home / "torch"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Small tensors run faster (and identically) on one thread; CI machines have two cores."""

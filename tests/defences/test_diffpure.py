@@ -151,10 +151,7 @@ def test_bad_model_values_give_clear_errors(tmp_path, unet_dir):
         DiffPure(t=1001)
 
 
-def test_missing_guided_checkpoint_names_file_and_url(monkeypatch, tmp_path):
-    monkeypatch.setenv("IQADEF_OFFLINE", "1")
-    monkeypatch.setenv("IQADEF_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_missing_guided_checkpoint_names_file_and_url(offline_home):
     with pytest.raises(WeightsError, match="256x256_diffusion_uncond.pt.*openaipublic"):
         DiffPure().load("cpu")
 

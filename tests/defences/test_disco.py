@@ -121,9 +121,6 @@ def test_unsupported_spec_is_a_clear_weights_error(tmp_path):
         DiscoDefence(weights_path=str(path)).load("cpu")
 
 
-def test_missing_weights_offline_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("IQADEF_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
+def test_missing_weights_offline_names_the_file(offline_home):
     with pytest.raises(WeightsError, match="disco_pgd.pth"):
         DiscoDefence().load("cpu")

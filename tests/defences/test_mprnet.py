@@ -111,10 +111,7 @@ def test_wrong_checkpoint_is_a_clear_weights_error(tmp_path):
         TinyMPRNet(weights_path=str(path)).load("cpu")
 
 
-def test_missing_weights_offline_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("IQADEF_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
+def test_missing_weights_offline_names_the_file(offline_home):
     with pytest.raises(WeightsError, match="model_denoising.pth"):
         MPRNetDefence().load("cpu")
     assert mprnet_module.MPRNET_WEIGHTS.urls[0].startswith("https://")

@@ -21,10 +21,8 @@ OFFICIAL_LAYOUT_SHA256 = "e265cfe11f87607556f0e2fb718539d9d6f1ffd55a9f61b45b0703
 
 
 @pytest.fixture(autouse=True)
-def _offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("IQADEF_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
+def _offline(offline_home):
+    """No download and an empty cache: only the checkpoints the tests write are found."""
 
 
 class TinyRealESRGAN(RealESRGANDefence):

@@ -93,14 +93,11 @@ def test_checkpoint_without_k_and_b_is_refused(tmp_path):
         Linearity(weights_path=str(path)).load("cpu")
 
 
-def test_offline_error_names_the_expected_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("IQADEF_OFFLINE", "1")
-    monkeypatch.delenv("IQADEF_WEIGHTS_DIR", raising=False)
+def test_offline_error_names_the_expected_path(offline_home):
     with pytest.raises(WeightsError) as info:
         Linearity().load()
     message = str(info.value)
-    assert str(tmp_path / "hub" / "iqadef" / "p1q2.pth") in message
+    assert str(offline_home / "hub" / "iqadef" / "p1q2.pth") in message
     assert "titan.gml-team.ru" in message and "weights_path" in message
 
 
