@@ -1,4 +1,5 @@
-"""Command line: ``iqadef run | plugins | list | report | weights | train-fcn``.
+"""Command line: ``iqadef run | plugins | list | report | weights``, plus the commands plugins register
+(``iqadef_register_commands``; e.g. ``train-fcn`` from the fcn defence).
 
 User mistakes (:class:`~iqadef.core.errors.IqadefError`) print one line and exit with status 2;
 a run in which some cells failed exits with status 1.
@@ -67,29 +68,45 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("name", nargs="?", help="plugin name (for fetch)")
     weights.add_argument("--json", action="store_true")
 
-    fcn = sub.add_parser("train-fcn", help="train the FCN purifier on a run's adversarial cache")
-    fcn.add_argument("run_dir", type=Path, help="a finished run directory (its cache holds the pairs)")
-    fcn.add_argument("--out", type=Path, required=True, help="where to write the weights (.pt)")
-    fcn.add_argument("--epochs", type=int, default=200)
-    fcn.add_argument("--batch-size", type=int, default=4)
-    fcn.add_argument("--lr", type=float, default=1e-3)
-    fcn.add_argument("--seed", type=int, default=0)
-    fcn.add_argument("--crop", type=int, default=None, help="random crop size for training (default: whole images)")
-    fcn.add_argument("--metric", help="only pairs attacked against this metric label")
-    fcn.add_argument("--attack", help="only pairs of this attack label")
     return parser
+
+
+def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
+    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``."""
+    from .core.errors import PluginError
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    registry = _registry()
+    for name in registry.names("commands"):
+        if name in COMMANDS:
+            owner = registry.registration("commands", name).plugin
+            raise PluginError(f"plugin {owner.name!r} (distribution {owner.distribution!r}) registers the command "
+                              f"{name!r}, which is a built-in iqadef command; rename it")
+        command = registry.get("commands", name)()
+        command.configure(sub.add_parser(name, help=command.help))
+        sub.choices[name].set_defaults(plugin_command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.strict_plugins:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--strict-plugins" in argv:
         os.environ["IQADEF_STRICT_PLUGINS"] = "1"
+    parser = build_parser()
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first not in COMMANDS:  # a plugin's command, or help: only then load the plugins
+        try:
+            add_plugin_commands(parser)
+        except IqadefError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        if getattr(args, "plugin_command", None) is not None:
+            return args.plugin_command.run(args)
         return COMMANDS[args.command](args)
     except IqadefError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -265,14 +282,5 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_train_fcn(args: argparse.Namespace) -> int:
-    from .core.fcn_training import train_fcn_from_run
-
-    record = train_fcn_from_run(args.run_dir, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                seed=args.seed, crop=args.crop, metric=args.metric, attack=args.attack)
-    print(json.dumps(record, indent=2))
-    return EXIT_OK
-
-
 COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "list": cmd_list, "report": cmd_report,
-            "weights": cmd_weights, "train-fcn": cmd_train_fcn}
+            "weights": cmd_weights}

@@ -34,3 +34,12 @@ def iqadef_register_defences(register):
 @hookspec
 def iqadef_register_scores(register):
     """Register score classes: per-image :class:`iqadef.ImageScore` subclasses, and summary scores."""
+
+
+@hookspec
+def iqadef_register_commands(register):
+    """Register :class:`iqadef.Command` subclasses: command-line subcommands (``iqadef NAME ...``).
+
+    The argparse counterpart of llm's ``register_commands(cli)``: a plugin that needs its own command
+    (training a learned purifier, fetching a data set) ships it with the plugin, not in the core.
+    """

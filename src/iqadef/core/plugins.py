@@ -35,8 +35,10 @@ HOOKS = {
     "attacks": "iqadef_register_attacks",
     "defences": "iqadef_register_defences",
     "scores": "iqadef_register_scores",
+    "commands": "iqadef_register_commands",
 }
-SINGULAR = {"metrics": "metric", "attacks": "attack", "defences": "defence", "scores": "score"}
+SINGULAR = {"metrics": "metric", "attacks": "attack", "defences": "defence", "scores": "score",
+            "commands": "command"}
 
 BUILTIN_PACKAGES = tuple(f"iqadef.plugins.{kind}" for kind in HOOKS)
 BUILTIN_DISTRIBUTION = "iqadef"
@@ -204,8 +206,9 @@ class PluginRegistry:
 
 def _check_class(cls: Any, kind: str) -> None:
     from .base import Attack, Defence, ImageScore, Metric
+    from .commands import Command
 
-    expected = {"metrics": Metric, "attacks": Attack, "defences": Defence}.get(kind)
+    expected = {"metrics": Metric, "attacks": Attack, "defences": Defence, "commands": Command}.get(kind)
     if not isinstance(cls, type):
         raise TypeError(f"register() takes a class, got {cls!r}")
     if expected is not None and not issubclass(cls, expected):

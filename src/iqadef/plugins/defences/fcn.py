@@ -1,23 +1,31 @@
 """FCN filter, the paper's own purifier: a three-layer convolutional net trained to map attacked images to clean ones.
 
-Also home of :func:`train_fcn`, which trains it from (attacked, clean) pairs as the reference does.
+Also home of :func:`train_fcn`, which trains it from (attacked, clean) pairs as the reference does, and
+of the ``iqadef train-fcn`` command (registered through ``iqadef_register_commands``), which takes the
+pairs from a finished run.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.resources
+import io
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from kornia.metrics import ssim as kornia_ssim
 from torch import nn
 
-from iqadef import ConfigError, Defence, Param, WeightsError, hookimpl
+from iqadef import Command, ConfigError, Defence, IqadefError, Param, WeightsError, hookimpl
+from iqadef.core.dataset import read_image
+from iqadef.core.store import atomic_write_bytes
 from iqadef.core.weights import load_checkpoint, load_state_dict_strict
 
 #: File name of the weights shipped inside the package (``iqadef/data/weights/``).
@@ -226,6 +234,93 @@ def train_fcn(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, epochs: int
     return best_state, record
 
 
+# -- the `iqadef train-fcn` command: training data from a finished run ---------------------------
+
+
+def collect_pairs(run_dir: Path, *, metric: str | None = None, attack: str | None = None
+                  ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], pd.DataFrame]:
+    """(attacked, clean) image pairs of a run, one per (metric, attack, image), in a stable order.
+
+    The run's adversarial cache holds every x_a as a PNG; ``results.parquet`` says which clean image and
+    which attack each came from. Adaptive attacks are left out (their x_a depend on a defence).
+    """
+    table = run_dir / "results.parquet"
+    if not table.is_file():
+        raise IqadefError(f"{run_dir}: no results.parquet; run `iqadef run` first")
+    df = pd.read_parquet(table)
+    df = df[(df["status"] == "ok") & (df["adv_path"] != "")]
+    if "adaptive" in df:
+        df = df[df["adaptive"].fillna("none") == "none"]
+    if metric:
+        df = df[df["metric"] == metric]
+    if attack:
+        df = df[df["attack"] == attack]
+    df = df.drop_duplicates(["metric", "attack", "image"]).sort_values(["metric", "attack", "image"])
+    if df.empty:
+        raise IqadefError(f"{run_dir}: no adversarial images match (metric={metric!r}, attack={attack!r})")
+    pairs = []
+    for row in df.itertuples():
+        adv_file = run_dir / row.adv_path
+        if not adv_file.is_file():
+            raise IqadefError(f"{adv_file}: listed in results.parquet but missing; resume the run to recreate it")
+        pairs.append((read_image(adv_file), read_image(Path(row.image_path))))
+    return pairs, df
+
+
+def train_fcn_from_run(run_dir: Path, out: Path, *, epochs: int = 200, batch_size: int = 4, lr: float = 1e-3,
+                       seed: int = 0, crop: int | None = None, metric: str | None = None,
+                       attack: str | None = None) -> dict[str, Any]:
+    """Train on a run's pairs and write the weights to ``out`` (plus ``out`` with ``.json``: the record)."""
+    pairs, df = collect_pairs(Path(run_dir), metric=metric, attack=attack)
+    # split by image (the reference's 80/20 split of images), so no image is on both sides
+    state, record = train_fcn(pairs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop,
+                              groups=list(df["image"]))
+    record = {**record, "pairs": len(pairs), "metrics": sorted(df["metric"].unique()),
+              "attacks": sorted(df["attack"].unique()), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+              "seed": seed, "crop": crop, "run_dir": str(run_dir)}
+    out = Path(out)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, buf.getvalue())
+        atomic_write_bytes(out.with_suffix(".json"), json.dumps(record, indent=2, default=float).encode())
+    except OSError as exc:
+        raise IqadefError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    return record
+
+
+class TrainFCNCommand(Command):
+    """``iqadef train-fcn RUN_DIR --out fcn.pt``: train the FCN purifier on a run's adversarial cache."""
+
+    name = "train-fcn"
+    help = "train the FCN purifier on a run's adversarial cache"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", type=Path, help="a finished run directory (its cache holds the pairs)")
+        parser.add_argument("--out", type=Path, required=True, help="where to write the weights (.pt)")
+        parser.add_argument("--epochs", type=int, default=200)
+        parser.add_argument("--batch-size", type=int, default=4)
+        parser.add_argument("--lr", type=float, default=1e-3)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--crop", type=int, default=None,
+                            help="random crop size for training (default: whole images)")
+        parser.add_argument("--metric", help="only pairs attacked against this metric label")
+        parser.add_argument("--attack", help="only pairs of this attack label")
+
+    def run(self, args: argparse.Namespace) -> int:
+        record = train_fcn_from_run(args.run_dir, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                                    lr=args.lr, seed=args.seed, crop=args.crop, metric=args.metric,
+                                    attack=args.attack)
+        print(json.dumps(record, indent=2, default=float))
+        return 0
+
+
 @hookimpl
 def iqadef_register_defences(register):
     register(FCNDefence)
+
+
+@hookimpl
+def iqadef_register_commands(register):
+    register(TrainFCNCommand)
