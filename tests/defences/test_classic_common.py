@@ -10,7 +10,7 @@ from iqadef.core.errors import ConfigError
 # name: (randomized, differentiable, preserves_size, {param: presets})
 EXPECTED = {
     "flip": (False, True, True, {}),
-    "random-rotate": (True, True, True, {"angle_limit": [10.0, 15.0, 20.0, 30.0, 50.0]}),
+    "random-rotate": (True, True, True, {"angle_limit": [10, 15, 20, 30, 50]}),
     "random-crop": (True, True, False, {"size": [32, 64, 128, 256, 288]}),
     "resize": (False, True, False, {"scale": [0.1, 0.25, 0.5, 0.75, 0.9]}),
     "upscale": (False, True, True, {"scale": [0.1, 0.25, 0.5, 0.75, 0.9]}),
@@ -22,7 +22,7 @@ EXPECTED = {
     "color-quantization": (False, False, True, {"levels": [2, 5, 16, 20, 25]}),
     "random-noise": (True, True, True, {"sigma": [0.01, 0.025, 0.05, 0.075, 0.1]}),
 }
-DEFAULTS = {"random-rotate": {"angle_limit": 15.0}, "random-crop": {"size": 128}, "resize": {"scale": 0.5},
+DEFAULTS = {"random-rotate": {"angle_limit": 15}, "random-crop": {"size": 128}, "resize": {"scale": 0.5},
             "upscale": {"scale": 0.5}, "jpeg": {"quality": 50}, "diffjpeg": {"quality": 50},
             "median-blur": {"kernel_size": 3}, "gaussian-blur": {"kernel_size": 3},
             "unsharp": {"kernel_size": 5, "sigma": 1.0, "amount": 1.0}, "color-quantization": {"levels": 16},

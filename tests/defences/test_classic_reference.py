@@ -94,12 +94,24 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / F.mse_loss(a.double(), b.double())))
 
 
+def _reference_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """metrics/defences/jpeg/run.py: ``decode_jpeg(encode_jpeg((img * 255).type(torch.uint8), q)) / 255``."""
+    import warnings
+
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's codec is deprecated, which is why iqadef uses PIL
+        coded = [decode_jpeg(encode_jpeg((image * 255).type(torch.uint8), quality)) for image in images]
+    return torch.stack(coded).float() / 255
+
+
 @pytest.mark.parametrize("quality", [10, 50, 90])
-def test_jpeg_matches_pil_round_trip(quality, make_defence, make_images):
+def test_jpeg_equals_the_reference_codec_on_float_input(quality, make_defence, make_images):
+    """Float pixels are truncated to 8 bits as the reference does (rounding them was 36-46 dB away)."""
     x = make_images(height=37, width=45)
     out = make_defence("jpeg", quality=quality).purify(x)
-    expected = torch.stack([_pil_jpeg(image, quality) for image in x])
-    assert float((out - expected).abs().max()) <= 1 / 255 + 1e-6
+    torch.testing.assert_close(out, _reference_jpeg(x, quality), atol=0, rtol=0)
 
 
 def test_jpeg_stronger_compression_changes_more(make_defence, images):
@@ -133,14 +145,18 @@ def test_diffjpeg_size_multiple_of_16_unchanged(make_defence, make_images):
     assert make_defence("diffjpeg").purify(x).shape == x.shape
 
 
-# --- resize / upscale: the reference's own torchvision pipeline ---------------------------------------
+# --- resize / upscale: the reference's torchvision 0.15 pipeline (tensors resized without antialiasing) -------
+def _resize_tv015(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``transforms.Resize(size)(tensor)`` in torchvision 0.15: bilinear, align_corners False, no antialias."""
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 @pytest.mark.parametrize("scale", [0.25, 0.5, 0.9])
 def test_resize_matches_reference_pipeline(scale, make_defence, images):
     out = make_defence("resize", scale=scale).purify(images)
     h, w = images.shape[-2:]
     assert out.shape[-2:] == (int(h * scale), int(w * scale))
-    expected = transforms.Resize((int(h * scale), int(w * scale)))(images)
-    torch.testing.assert_close(out, expected.clamp(0, 1))
+    torch.testing.assert_close(out, _resize_tv015(images, (int(h * scale), int(w * scale))))
 
 
 @pytest.mark.parametrize("scale", [0.25, 0.5])
@@ -148,9 +164,19 @@ def test_upscale_matches_reference_pipeline_and_keeps_size(scale, make_defence, 
     out = make_defence("upscale", scale=scale).purify(images)
     h, w = images.shape[-2:]
     assert out.shape == images.shape
-    small = transforms.Resize((int(h * scale), int(w * scale)))(images)
+    small = _resize_tv015(images, (int(h * scale), int(w * scale)))
     expected = torch.nn.Upsample(size=(h, w), mode="bilinear")(small)
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("name", ["resize", "upscale"])
+def test_antialias_option_is_torchvisions_antialiased_resize(name, make_defence, images):
+    out = make_defence(name, scale=0.25, antialias=True).purify(images)
+    h, w = images.shape[-2:]
+    small = transforms.Resize((h // 4, w // 4), antialias=True)(images)
+    expected = small if name == "resize" else torch.nn.Upsample(size=(h, w), mode="bilinear")(small)
+    torch.testing.assert_close(out, expected.clamp(0, 1))
+    assert float((out - make_defence(name, scale=0.25).purify(images)).abs().max()) > 0.01
 
 
 def test_upscale_keeps_a_constant_image(make_defence):
@@ -183,6 +209,15 @@ def test_rotate_angle_stays_within_the_limit(make_defence):
 
 def test_rotate_zero_limit_is_identity(make_defence, images):
     torch.testing.assert_close(make_defence("random-rotate", angle_limit=0).purify(images, seed=3), images)
+
+
+def test_rotate_limit_is_whole_degrees_as_the_reference_casts_it(make_defence):
+    """The reference runs ``RandomRotation(int(angle_limit))``: a fractional limit is refused, not truncated."""
+    from iqadef.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="angle_limit"):
+        make_defence("random-rotate", angle_limit=12.5)
+    assert make_defence("random-rotate", angle_limit=12.0).angle_limit == 12
 
 
 # --- random crop ------------------------------------------------------------------------------------------

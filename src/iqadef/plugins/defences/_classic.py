@@ -33,9 +33,14 @@ def scaled_size(images: torch.Tensor, scale: float) -> list[int]:
     return [max(1, int(height * scale)), max(1, int(width * scale))]
 
 
-def resize(images: torch.Tensor, size: list[int]) -> torch.Tensor:
-    """torchvision's default tensor resize: bilinear with antialiasing (what ``transforms.Resize`` does)."""
-    return TF.resize(images, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+def resize(images: torch.Tensor, size: list[int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear tensor resize; by default without antialiasing, as ``transforms.Resize`` did in the reference.
+
+    The reference environment (torch 1.13, torchvision 0.15) resized tensors with ``antialias=None``, which
+    meant no antialiasing for tensors; torchvision 0.17+ antialiases by default. ``antialias=True`` low-pass
+    filters before shrinking (the newer default, and what PIL does).
+    """
+    return TF.resize(images, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=antialias)
 
 
 def uniform_per_image(generator: torch.Generator, images: torch.Tensor, low: float, high: float) -> list[float]:
@@ -49,19 +54,27 @@ def randint_per_image(generator: torch.Generator, images: torch.Tensor, high: in
     return torch.randint(0, high, (images.shape[0],), generator=generator, device=generator.device).tolist()
 
 
-def differentiable_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
-    """kornia's differentiable JPEG codec, on the image reflect-padded to a multiple of 16 (as the reference pads).
+def reference_jpeg_padding(height: int, width: int) -> tuple[int, int]:
+    """Bottom and right padding of the reference's DiffJPEG: ``16 - side % 16`` (a whole block on a multiple of 16).
 
-    kornia rounds with ``round(x) + (x - round(x))**3``, so its gradient is the reference's straight-through
-    surrogate and its forward pass is within 44-52 dB PSNR of hard rounding (see docs/defences.md).
+    msu-video-group/adversarial-defenses-for-iqa ``metrics/defences/diffjpeg/run.py`` pads this way; the extra
+    block matters at the image's right and bottom edges, where chroma resampling reads the padded pixels.
     """
-    from kornia.enhance import jpeg_codec_differentiable
+    return 16 - height % 16, 16 - width % 16
+
+
+def differentiable_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """The reference's DiffJPEG (``DiffJPEGCoding(ste=True)``) on images in [0, 1], reflect-padded as it pads.
+
+    Hard rounding forward, the reference's surrogate gradient backward (see ``_jpeg_codec``); the result is
+    cropped back to the input size and lies in [0, 1].
+    """
+    from ._jpeg_codec import diff_jpeg_255
 
     height, width = images.shape[-2:]
-    padded = pad_reflect(images, 0, -width % 16, 0, -height % 16)
-    q = torch.tensor([float(quality)], device=images.device, dtype=images.dtype)
-    # kornia's soft clipping may overshoot [0, 1] by ~1e-4; clamp to keep the image contract.
-    return jpeg_codec_differentiable(padded, q)[..., :height, :width].clamp(0.0, 1.0)
+    bottom, right = reference_jpeg_padding(height, width)
+    padded = pad_reflect(images, 0, right, 0, bottom)
+    return diff_jpeg_255(padded * 255.0, quality)[..., :height, :width] / 255.0
 
 
 def require_odd_kernel(plugin, where: str | None = None) -> None:

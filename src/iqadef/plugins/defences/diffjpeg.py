@@ -10,12 +10,14 @@ from ._classic import differentiable_jpeg
 
 
 class DiffJpeg(Defence):
-    """DiffJPEG: differentiable JPEG coding (Reich et al. 2024, via kornia), reflect-padded to a multiple of 16.
+    """DiffJPEG: the reference's differentiable JPEG coding, so adaptive attacks can back-propagate through JPEG.
 
-    Reference: msu-video-group/adversarial-defenses-for-iqa (metrics/defences/diffjpeg) uses the authors'
-    ``DiffJPEGCoding(ste=True)``: hard rounding forward, gradient of ``round(x) + (x - round(x))**3`` backward.
-    kornia's ``jpeg_codec_differentiable`` uses that polynomial in the forward pass too; its output is within
-    44-52 dB PSNR of the hard-rounding one (qualities 10-90), far closer than JPEG's own change (26-36 dB).
+    Reference: msu-video-group/adversarial-defenses-for-iqa (metrics/defences/diffjpeg/run.py) runs Reich et
+    al.'s ``DiffJPEGCoding(ste=True)`` on the image reflect-padded by ``16 - side % 16``: JFIF colour conversion
+    (offset 128), 4:2:0 chroma, libjpeg quality scaling, hard rounding forward and the gradient of
+    ``round(x) + (x - round(x))**3`` backward. Re-implemented in ``_jpeg_codec`` (kornia's codec converts
+    colour differently and softens the rounding in the forward pass: 37-57 dB PSNR from the reference);
+    this one equals the reference's output and gradient in float32 (tests/defences/test_diffjpeg_reference.py).
     """
 
     name = "diffjpeg"

@@ -17,9 +17,10 @@ class Jpeg(Defence):
     """JPEG: compress and decompress each image with libjpeg at a given quality (real codec, 4:2:0).
 
     Reference: torchvision ``encode_jpeg``/``decode_jpeg`` in msu-video-group/adversarial-defenses-for-iqa
-    (metrics/defences/jpeg/run.py). Here PIL does the round trip (same libjpeg-turbo, same 4:2:0 subsampling;
-    torchvision's codec is deprecated). Pixels are rounded to 8 bits before encoding (the reference truncates).
-    Not differentiable: adaptive attacks (BPDA) get the gradient of kornia's differentiable JPEG instead.
+    (metrics/defences/jpeg/run.py). Here PIL does the round trip (same libjpeg-turbo, same 4:2:0 subsampling,
+    identical output; torchvision's codec is deprecated). Pixels are truncated to 8 bits before encoding, as the
+    reference's ``(img * 255).type(torch.uint8)`` does. Not differentiable: adaptive attacks (BPDA) get the
+    gradient of the differentiable JPEG (the ``diffjpeg`` defence) instead.
     """
 
     name = "jpeg"
@@ -29,7 +30,8 @@ class Jpeg(Defence):
     )
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-        pixels = (images.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        # truncation, not rounding: the reference casts x * 255 to uint8
+        pixels = (images.detach().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
         pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
         decoded = np.stack([self._round_trip(image) for image in pixels])
         out = torch.from_numpy(decoded).permute(0, 3, 1, 2).to(device=images.device, dtype=images.dtype)
@@ -43,7 +45,7 @@ class Jpeg(Defence):
             return np.asarray(decoded.convert("RGB"))
 
     def backward_estimate(self, images: torch.Tensor) -> torch.Tensor:
-        """A smooth stand-in for BPDA: the same quantisation tables, with differentiable rounding."""
+        """BPDA's stand-in: the reference's differentiable JPEG (same tables, straight-through rounding)."""
         return differentiable_jpeg(images, self.quality)
 
 

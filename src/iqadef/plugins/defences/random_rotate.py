@@ -14,17 +14,19 @@ class RandomRotate(Defence):
     """Random rotate: turn each image by a random angle in [-limit, limit] degrees (corners filled black).
 
     Reference: torchvision ``RandomRotation(angle_limit)`` (nearest interpolation, no expansion, fill 0) in
-    msu-video-group/adversarial-defenses-for-iqa (metrics/defences/random-rotate/run.py). The reference draws one
-    angle per call; here each image of a batch gets its own angle, drawn from the seed, so the clean and the
-    attacked image of a pair are turned alike.
+    msu-video-group/adversarial-defenses-for-iqa (metrics/defences/random-rotate/run.py). The reference casts
+    ``angle_limit`` to ``int``, so the limit is a whole number of degrees here (12.5 is refused rather than
+    silently turned into 12). The reference draws one angle per call; here each image of a batch gets its own
+    angle, drawn from the seed, so the clean and the attacked image of a pair are turned alike.
     """
 
     name = "random-rotate"
     randomized = True
     differentiable = True
     params = (
-        Param("angle_limit", float, 15.0, low=0.0, high=180.0, presets=(10.0, 15.0, 20.0, 30.0, 50.0),
-              help="largest rotation in degrees; the angle is uniform in [-limit, limit]"),
+        Param("angle_limit", int, 15, low=0, high=180, presets=(10, 15, 20, 30, 50),
+              help="largest rotation in whole degrees (the reference's int(angle_limit)); "
+                   "the angle is uniform in [-limit, limit]"),
         Param("interpolation", str, "nearest", choices=("nearest", "bilinear"),
               help="resampling of the rotated image (reference: nearest)"),
     )

@@ -47,9 +47,17 @@ class RealESRGANDefence(Defence):
     Reference: msu-video-group/adversarial-defenses-for-iqa, metrics/defences/realesrgan/run.py with
     xinntao/Real-ESRGAN's inference_realesrgan.py: the x4 SRVGGNetCompact (32 convs, PReLU), weights
     ``s * general + (1 - s) * wdn`` for denoise strength ``s`` (deep network interpolation), fp32, no
-    tiling, no pre-padding (a x4 net needs none), output clamped to [0, 1]. Outscale 1 resizes the x4
-    output back to the input size: the official script uses Lanczos; here antialiased bicubic
-    (default), bilinear (what the reference evaluation uses to compare sizes) or area.
+    tiling, no pre-padding (a x4 net needs none).
+
+    Two deliberate differences. (1) The reference's ``RealESRGANer.enhance`` (metrics/defences/realesrgan/
+    dfsrc/utils.py) ignores ``outscale`` and returns the x4 image: its metric scores a 16x larger image, and
+    its full-reference measures resize it back with torchvision's ``Resize``. iqadef's defences keep the
+    input size (every pair of images is measured at x's size and the metric sees the size it was attacked
+    at), so the x4 output is resized back here: antialiased bicubic (default, the closest to the official
+    script's Lanczos for ``outscale``), bilinear or area. (2) The reference leaves the network's output
+    unclamped (a super-resolution net can overshoot [0, 1] at sharp edges); iqadef's images are in [0, 1] by contract
+    (metrics, measures and stored 8-bit images assume it), so the output is clamped before and after the
+    resize.
     """
 
     name = "realesrgan"

@@ -11,11 +11,12 @@ from ._classic import resize, scaled_size
 
 
 class Upscale(Defence):
-    """Upscale: shrink by a scale factor (bilinear, antialiased), then interpolate back to the original size.
+    """Upscale: shrink by a scale factor (bilinear), then interpolate back to the original size.
 
     Reference: msu-video-group/adversarial-defenses-for-iqa (metrics/defences/upscale/run.py): torchvision
-    ``Resize`` down, then ``nn.Upsample(mode='bilinear')`` (align_corners False). The reference upsamples to a
-    fixed size of its data set (384×512); here it goes back to each input's own size.
+    ``Resize`` down (not antialiased on tensors in its torchvision 0.15; ``antialias: true`` filters first),
+    then ``nn.Upsample(mode='bilinear')`` (align_corners False). The reference upsamples to a fixed size of its
+    data set (384×512); here it goes back to each input's own size.
     """
 
     name = "upscale"
@@ -25,10 +26,12 @@ class Upscale(Defence):
               help="intermediate side / input side"),
         Param("mode", str, "bilinear", choices=("bilinear", "bicubic", "nearest"),
               help="interpolation back up to the input size (reference: bilinear)"),
+        Param("antialias", bool, False,
+              help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)"),
     )
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-        small = resize(images, scaled_size(images, self.scale))
+        small = resize(images, scaled_size(images, self.scale), self.antialias)
         align = False if self.mode != "nearest" else None
         up = F.interpolate(small, size=tuple(images.shape[-2:]), mode=self.mode, align_corners=align)
         return up.clamp(0.0, 1.0)
