@@ -53,11 +53,12 @@ def test_quality_and_similarity_scores(metric):
     psnr = 20.0             # MSE 0.01
     assert out["quality_score"].tolist() == pytest.approx([0.5 * (ssim + psnr / 80)] * 2, abs=2e-5)  # 0.5866 (float32 SSIM)
     assert out["similarity_score"].tolist() == pytest.approx([ssim + psnr / 40] * 2, abs=2e-5)  # 1.4231
-    assert out["similarity_score_clean"].tolist() == pytest.approx([1 + 100 / 40] * 2)     # identical
+    assert out["similarity_score_clean"].tolist() == [math.inf] * 2  # identical: PSNR inf, as scikit-image
 
 
 def test_quality_resizes_a_cropped_defence_output(metric):
     x = images(0.4, size=32)
     dxa = images(0.4, size=12)
     out = QualityScore().compute(make_cells(x, x, dxa, dxa, [1, 1], [1, 1], [1, 1], [1, 1], metric))
-    assert out["quality_score"].tolist() == pytest.approx([0.5 * (1 + 100 / 80)] * 2)
+    # x_a == x: the study's code counts PSNR as 150 dB (the resized constant crop equals x: SSIM 1)
+    assert out["quality_score"].tolist() == pytest.approx([0.5 * (1 + 150 / 80)] * 2)

@@ -24,11 +24,29 @@ def test_psnr_of_known_mse():
     assert m.linf(a, b).item() == pytest.approx(0.1)
 
 
-def test_psnr_of_identical_images_is_capped():
-    a = torch.rand(2, 3, 8, 8)
-    out = m.psnr(a, a)
-    assert torch.isfinite(out).all()
-    assert out.tolist() == pytest.approx([100.0, 100.0])
+def test_psnr_is_scikit_images_including_inf_for_identical_images():
+    """The reference calls skimage's peak_signal_noise_ratio(data_range=1): +inf for identical images."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(3, 3, 8, 8, generator=g)
+    b = torch.stack([a[0], (a[1] + 0.01 * torch.randn(3, 8, 8, generator=g)).clamp(0, 1), a[2]])
+    b[2, 0, 0, 0] = 1.0 - a[2, 0, 0, 0]  # one pixel apart: far above any cap, still finite
+    out = m.psnr(a, b)
+    expected = []
+    for i in range(3):
+        with np.errstate(divide="ignore"):
+            expected.append(skimage_metrics.peak_signal_noise_ratio(a[i].numpy().astype(np.float64),
+                                                                     b[i].numpy().astype(np.float64), data_range=1))
+    assert math.isinf(out[0]) and math.isinf(expected[0]) and out[0] > 0
+    assert out[1:].tolist() == pytest.approx(expected[1:], rel=1e-9)
+
+
+def test_defended_image_larger_than_x_is_resized_without_antialiasing():
+    """torchvision 0.15's Resize on tensors (the reference's defence_evaluate.py) did not antialias."""
+    x = torch.rand(1, 3, 10, 12)
+    big = torch.rand(1, 3, 40, 48)
+    expected = torch.nn.functional.interpolate(big, size=(10, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(m.match_size(big, x), expected)
 
 
 def test_linf_takes_the_largest_pixel_difference():
@@ -92,7 +110,7 @@ def test_full_reference_columns_and_values_with_a_size_changing_defence(metric):
     assert sorted(out) == sorted(EXPECTED_COLUMNS) == sorted(FullReferenceMeasures.columns())
     assert all(v.shape == (2,) for v in out.values())
     assert out["psnr_x_xa"].tolist() == pytest.approx([20.0, 20.0])            # MSE 0.01
-    assert out["psnr_x_dx"].tolist() == pytest.approx([100.0, 100.0])          # identical after resize
+    assert out["psnr_x_dx"].tolist() == [math.inf, math.inf]                      # identical after resize
     assert out["mse_x_dxa"].tolist() == pytest.approx([0.0025, 0.0025])        # 0.05^2
     assert out["mae_xa_dxa"].tolist() == pytest.approx([0.05, 0.05])
     assert out["linf_dx_dxa"].tolist() == pytest.approx([0.05, 0.05])

@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iqadef.core.report import load_results, summary_table, write_report
+from iqadef.core.report import figure_file_name, load_results, summary_table, write_report
 from iqadef.plugins.scores.full_reference import FullReferenceMeasures
 from iqadef.plugins.scores.gain import GainScore
 from iqadef.plugins.scores.msu_gain import MsuGain
@@ -108,14 +109,13 @@ def test_summary_table_counts_failures_and_averages_gain(report):
 
 def test_write_report_writes_html_markdown_and_figures(report):
     run_dir, _, _, written = report
-    for key in ("html", "markdown", "summary_csv", "figure:gain_heatmap_toy", "figure:srocc_heatmap_toy",
-                "figure:gain_bins_toy", "figure:examples"):
+    figures = [figure_file_name(kind, "toy") for kind in ("gain_heatmap", "srocc_heatmap", "gain_bins")]
+    for key in ("html", "markdown", "summary_csv", "figure:examples", *(f"figure:{Path(f).stem}" for f in figures)):
         assert written[key].exists(), key
     for path in (run_dir / "figures").glob("*.png"):
         with Image.open(path) as im:
             assert im.size[0] > 100 and im.size[1] > 100
-    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {
-        "gain_heatmap_toy.png", "srocc_heatmap_toy.png", "gain_bins_toy.png", "examples.png"}
+    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {*figures, "examples.png"}
 
 
 def test_html_is_self_contained_with_tables_and_images(report):
@@ -146,7 +146,11 @@ def test_summary_csv_has_every_aggregated_score(report):
         assert col in agg.columns, col
     crop = agg[agg["defence"] == "random-crop[size=16]"]
     assert np.isfinite(crop["psnr_x_dxa_mean"]).all() and (crop["psnr_x_dxa_mean"] <= 100).all()
-    assert agg["psnr_x_dx_mean"].max() == pytest.approx(100.0)  # no-defence: identical images, capped
+    # no-defence: x and D(x) are identical, PSNR +inf per image (as scikit-image): left out and counted
+    no_defence = agg[agg["defence"] == "no-defence"]
+    assert no_defence["psnr_x_dx_mean"].isna().all()
+    assert (no_defence["psnr_x_dx_n_inf"] == no_defence["n_images"]).all()
+    assert (agg.loc[agg["defence"] != "no-defence", "psnr_x_dx_n_inf"] == 0).all()
     no_def = agg[agg["defence"] == "no-defence"]
     assert (no_def["gain_clean_mean"] == 0).all()
 
@@ -159,7 +163,7 @@ def test_ranking_puts_the_lowest_gain_first(report):
     agg = pd.read_csv(run_dir / "summary.csv")
     expected = list(agg.groupby("defence")["gain_mean"].mean().sort_values().index)
     assert ranked == expected
-    assert "![toy](figures/gain_heatmap_toy.png)" in md
+    assert f"![toy](figures/{figure_file_name('gain_heatmap', 'toy')})" in md
 
 
 @pytest.mark.slow
@@ -171,7 +175,7 @@ def test_report_without_mos_says_so(tmp_path):
     written = write_report(tmp_path)
     text = written["html"].read_text()
     assert "no MOS file was given" in text  # Figure 4 falls back to the clean scores as the reference
-    assert "figure:srocc_heatmap_toy" in written
+    assert f"figure:{Path(figure_file_name('srocc_heatmap', 'toy')).stem}" in written
     loaded, _ = load_results(tmp_path)
     assert loaded["image"].iloc[0] == "img0" and loaded["example_path"].iloc[-1] == ""
 

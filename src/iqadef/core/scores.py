@@ -156,6 +156,9 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
     Columns: ``metric``, ``attack``, ``defence``, ``n_images`` (successful cells), ``n_failed``; for
     each per-image column ``c``: ``c_mean``, ``c_ci_low``, ``c_ci_high``; then whatever the summary
     scores return. Failed cells are excluded from every value and counted in ``n_failed``.
+    Infinite values (the PSNR of identical images, and scores built on it, as the reference's
+    scikit-image gives them) are left out of the mean and interval and counted in ``c_n_inf``, a
+    column present for every ``c`` that has one anywhere in the table.
     ``summaries`` (instances) overrides the registered summary scores.
     """
     if summaries is None:
@@ -167,6 +170,8 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
 
         raise ConfigError(f"result table lacks the column(s) {missing}; it needs {list(GROUP_COLUMNS)}")
     columns = measure_columns(df)
+    ok = ok_rows(df)
+    with_inf = {c for c in columns if np.isinf(ok[c].to_numpy(dtype=float)).any()}
     rows = []
     for keys, group in df.groupby(list(GROUP_COLUMNS), sort=False, dropna=False):
         good = ok_rows(group)
@@ -174,8 +179,11 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
         row["n_images"] = int(len(good))
         row["n_failed"] = int(len(group) - len(good))
         for col in columns:
-            mean, low, high, _ = mean_ci(good[col].to_numpy(dtype=float))
+            values = good[col].to_numpy(dtype=float)
+            mean, low, high, _ = mean_ci(values)
             row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
+            if col in with_inf:
+                row[f"{col}_n_inf"] = int(np.isinf(values).sum())
         info = metric_info(run_info, row["metric"])
         info.update(attack=row["attack"], defence=row["defence"])
         for score in summaries:

@@ -1,8 +1,9 @@
 """Per-image full-reference measures shared by the score plugins (not a plugin itself).
 
 Conventions follow the reference code (scikit-image on float images in [0, 1]):
-PSNR with data range 1, SSIM with scikit-image's defaults (7×7 uniform window, sample covariance,
-K1 = 0.01, K2 = 0.03, mean over the valid region and over the RGB channels).
+PSNR with data range 1 (+inf for identical images, as ``skimage.metrics.peak_signal_noise_ratio``), SSIM
+with scikit-image's defaults (7×7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03, mean over the
+valid region and over the RGB channels).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-#: PSNR of identical images is reported as this many dB instead of infinity.
-PSNR_CAP_DB = 100.0
-_MSE_FLOOR = 10.0 ** (-PSNR_CAP_DB / 10.0)
+#: The PSNR wianluna/adversarial_purification ``test.py`` uses when the attacked image equals the clean one.
+STUDY_IDENTICAL_PSNR_DB = 150.0
 
 #: The image pairs measured, as column suffixes: clean x, attacked x_a, D(x), D(x_a).
 PAIRS = ("x_xa", "x_dx", "x_dxa", "xa_dxa", "dx_dxa")
@@ -25,15 +25,16 @@ def _flat(images: torch.Tensor) -> torch.Tensor:
 
 
 def match_size(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``images`` resized to ``reference``'s height and width (bilinear, antialiased), if they differ.
+    """``images`` resized to ``reference``'s height and width (bilinear, not antialiased), if they differ.
 
-    This is what the reference does (``torchvision.transforms.Resize`` to the clean image's size)
-    before comparing a defended image with an undefended one.
+    This is what the reference does before comparing a defended image with an undefended one:
+    ``torchvision.transforms.Resize`` to the clean image's size (defence_evaluate.py), which in its
+    torchvision 0.15 did not antialias tensors (it matters only when the defended image is the larger).
     """
     if images.shape[-2:] == reference.shape[-2:]:
         return images
     return F.interpolate(images.detach().float(), size=tuple(reference.shape[-2:]), mode="bilinear",
-                         align_corners=False, antialias=True).clamp(0.0, 1.0)
+                         align_corners=False).clamp(0.0, 1.0)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -52,12 +53,13 @@ def linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_from_mse(err: torch.Tensor) -> torch.Tensor:
-    """``10 log10(1 / MSE)`` (data range 1), capped at :data:`PSNR_CAP_DB` so tables stay finite."""
-    return 10.0 * torch.log10(1.0 / err.clamp_min(_MSE_FLOOR))
+    """``10 log10(1 / MSE)`` (data range 1); +inf where MSE is 0, as scikit-image gives (the aggregation
+    leaves such values out of means and counts them, see :func:`iqadef.core.scores.aggregate`)."""
+    return 10.0 * torch.log10(1.0 / err)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR per image in dB, data range 1, capped at :data:`PSNR_CAP_DB`."""
+    """PSNR per image in dB, data range 1; +inf for identical images."""
     return psnr_from_mse(mse(a, b))
 
 

@@ -13,8 +13,8 @@ class FullReferenceMeasures(ImageScore):
     """PSNR/SSIM/MSE/MAE/L-inf for (x,x_a), (x,D(x)), (x,D(x_a)), (x_a,D(x_a)), (D(x),D(x_a)).
 
     Columns ``<measure>_<pair>`` with measure in psnr, ssim, mse, mae, linf and pair in x_xa, x_dx,
-    x_dxa, xa_dxa, dx_dxa. Data range 1; PSNR capped at 100 dB; defended images are resized back to
-    x's size (bilinear) when compared with x or x_a.
+    x_dxa, xa_dxa, dx_dxa. Data range 1; PSNR is +inf for identical images (as scikit-image, which the
+    reference calls); defended images are resized back to x's size (bilinear) when compared with x or x_a.
     """
 
     name = "full-reference"

@@ -6,15 +6,17 @@ import torch
 
 from iqadef import ImageScore, hookimpl
 
-from ._measures import match_size, psnr, ssim
+from ._measures import STUDY_IDENTICAL_PSNR_DB, match_size, mse, psnr, ssim
 
 
 class QualityScore(ImageScore):
     """Quality 0.5*(SSIM + PSNR/80) and similarity SSIM + PSNR/40 of x vs D(x_a) (higher = closer).
 
-    ``quality_score`` follows adversarial_purification ``test.py``; ``similarity_score`` (x vs D(x_a))
+    ``quality_score`` follows adversarial_purification ``test.py`` (``get_score``), including its rule that
+    PSNR counts as 150 dB when the attacked image equals the clean one; ``similarity_score`` (x vs D(x_a))
     and ``similarity_score_clean`` (x vs D(x)) follow adversarial-defenses-for-iqa
-    ``defence_scoring_methods.py``. PSNR has data range 1 and is capped at 100 dB.
+    ``defence_scoring_methods.py``. PSNR has data range 1 and is +inf for identical images, so a score
+    is +inf there too, as in the reference (aggregates leave it out and count it).
     """
 
     name = "quality"
@@ -26,7 +28,9 @@ class QualityScore(ImageScore):
             dx = match_size(cells.def_clean, x)
             s_adv, p_adv = cells.pair_measure("ssim", x, dxa, ssim), psnr(x, dxa)
             s_clean, p_clean = cells.pair_measure("ssim", x, dx, ssim), psnr(x, dx)
-        return {"quality_score": 0.5 * (s_adv + p_adv / 80.0),
+            unattacked = mse(x, match_size(cells.adv, x)) == 0
+            p_study = torch.where(unattacked, torch.full_like(p_adv, STUDY_IDENTICAL_PSNR_DB), p_adv)
+        return {"quality_score": 0.5 * (s_adv + p_study / 80.0),
                 "similarity_score": s_adv + p_adv / 40.0,
                 "similarity_score_clean": s_clean + p_clean / 40.0}
 
