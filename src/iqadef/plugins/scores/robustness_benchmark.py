@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from iqadef import hookimpl
+from iqadef import Param, hookimpl
+from iqadef.core.errors import ConfigError
 from iqadef.core.scores import SummaryScore, mean_ci
+
+from ._domain import load_domain_maps, metric_key
 
 EPS = 1e-6
 
@@ -70,16 +75,49 @@ class MsuRobustness(SummaryScore):
     reference's ``inverse_sign``). Per-image scores get a mean and a 95% t-interval; the two
     distribution distances are single numbers. Source: MSU_Metrics_Robustness_Benchmark
     ``score_methods.py`` and ``interface.py``.
+
+    ``domain: mdtvsfa`` first maps both score columns into MDTVSFA's domain, as the benchmark's
+    ``domain_transform`` does (off by default there too); the maps are fitted per metric, so they come from
+    ``domain_maps``: the benchmark's ``models_to_mdtvsfa_1d.pth`` or a JSON of knots (see ``_domain``).
+    Columns then carry the suffix ``_mdtvsfa``.
     """
 
     name = "msu-robustness"
+    params = (
+        Param("domain", str, "raw", choices=("raw", "mdtvsfa"),
+              help="score raw metric values (reference default) or values mapped into MDTVSFA's domain"),
+        Param("domain_maps", Path, None,
+              help="per-metric maps for domain mdtvsfa: models_to_mdtvsfa_1d.pth of "
+                   "MSU_Metrics_Robustness_Benchmark, or JSON {metric: {x: [...], y: [...]}}"),
+        Param("domain_seed", int, 0, help="seed of the benchmark map's noise draw (it averages 512 draws)"),
+    )
+
+    def __init__(self, where: str | None = None, **values):
+        super().__init__(where, **values)
+        self.maps = None
+        if self.domain != "raw":
+            if self.domain_maps is None:
+                raise ConfigError(f"{where or self.name}.domain_maps: domain {self.domain!r} needs the per-metric "
+                                  f"maps; give robustness_benchmark/models/models_to_mdtvsfa_1d.pth of "
+                                  f"msu-video-group/MSU_Metrics_Robustness_Benchmark or a JSON file of knots")
+            self.maps = load_domain_maps(self.domain_maps, self.domain_seed)
+
+    def to_domain(self, values: np.ndarray, info: dict) -> np.ndarray:
+        """``values`` mapped with the metric's map (identity for the raw domain)."""
+        if self.maps is None:
+            return values
+        for name in (info.get("name", ""), info.get("label", "")):
+            if metric_key(str(name)) in self.maps:
+                return np.asarray(self.maps[metric_key(str(name))](values), dtype=float)
+        raise ConfigError(f"{self.domain_maps}: no {self.domain} map for metric {info.get('name')!r}; "
+                          f"it has maps for {sorted(self.maps)}")
 
     def summarise(self, group: pd.DataFrame, info: dict) -> dict[str, float]:
         pairs = group[["f_clean", "f_def_adv"]].to_numpy(dtype=float)
         pairs = pairs[np.isfinite(pairs).all(axis=1)]
         if len(pairs) == 0:
             return {}
-        source, proc = pairs[:, 0], pairs[:, 1]
+        source, proc = self.to_domain(pairs[:, 0], info), self.to_domain(pairs[:, 1], info)
         sign = 1.0 if info.get("higher_is_better", True) else -1.0
         per_image = {
             "robustness_score": robustness_score(source, proc),
@@ -93,6 +131,8 @@ class MsuRobustness(SummaryScore):
             out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = mean, low, high
         out["wasserstein_score"] = wasserstein_score(source, proc, sign)
         out["energy_distance_score"] = energy_distance_score(source, proc, sign)
+        if self.maps is not None:
+            out = {f"{name}_{self.domain}": value for name, value in out.items()}
         return out
 
 
