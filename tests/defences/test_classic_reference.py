@@ -18,6 +18,11 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().double().numpy()
 
 
+# --- no-defence ----------------------------------------------------------------------------------
+def test_no_defence_returns_its_input(make_defence, images):
+    torch.testing.assert_close(make_defence("no-defence").purify(images, seed=1), images, atol=0, rtol=0)
+
+
 # --- flip -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("axes, np_axes", [("hw", (2, 3)), ("h", (2,)), ("w", (3,))])
 def test_flip_matches_numpy(axes, np_axes, make_defence, images):
