@@ -21,6 +21,7 @@ class DiffJpeg(Defence):
     """
 
     name = "diffjpeg"
+    version = "2"  # 2: the reference's computation (cached cells of version 1 are not reused)
     differentiable = True
     params = (
         Param("quality", int, 50, low=1, high=100, presets=(10, 30, 50, 70, 90),
