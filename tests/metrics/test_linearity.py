@@ -1,5 +1,6 @@
 """LinearityIQA: the official ``p1q2.pth`` layout loads strictly, scores are calibrated with k[0]/b[0],
-batches score like single images, gradients reach the input.
+batches score like single images, gradients reach the input; the default input is the image at its own
+size (the MSU wrapper), ``preprocess: official`` is test_demo.py's PIL pipeline bit for bit.
 
 The checkpoint is rebuilt here from the official ``IQAModel`` description (random weights, the official key
 names and shapes) once per module: a full ResNeXt-101 is ~350 MB, so the heavy tests share it.
@@ -11,8 +12,11 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
 import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
 from torch import nn
 
 from iqadef import ConfigError, WeightsError
@@ -57,9 +61,44 @@ def test_metadata_and_defaults():
     metric = Linearity()
     assert metric.name == "linearity" and metric.higher_is_better
     assert metric.range == pytest.approx((25.78, 83.23), abs=0.01)
-    assert metric.resize == [498, 664]          # the original's --resize (H, W)
-    assert Linearity(resize=None).resize is None
+    assert metric.preprocess == "msu" and metric.resize is None      # the MSU wrapper: native size
     assert "linearity" in get_registry().names("metrics")
+
+
+def test_default_input_is_the_image_at_its_own_size():
+    x = images(1, size=(45, 61))
+    assert torch.equal(Linearity().prepare(x), x)
+
+
+def test_preprocess_is_part_of_the_identity_and_validated():
+    assert Linearity().key() != Linearity(preprocess="official").key()
+    assert Linearity(preprocess="official").label == "linearity[preprocess=official]"
+    with pytest.raises(ConfigError, match=r"linearity.preprocess: 'pil' is not allowed; expected one of 'msu'"):
+        Linearity(preprocess="pil")
+
+
+def official_demo_input(array: np.ndarray, size=(498, 664)) -> torch.Tensor:
+    """test_demo.py: ``resize(Image, (h, w))`` (torchvision on a PIL image: BILINEAR), ``to_tensor``."""
+    return TF.to_tensor(TF.resize(Image.fromarray(array), list(size)))[None]
+
+
+@pytest.mark.parametrize("array", [skimage.data.chelsea(), skimage.data.coffee()], ids=["chelsea", "coffee"])
+def test_official_input_is_test_demo_resize_bit_for_bit(array):
+    x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
+    ours = Linearity(preprocess="official").prepare(x)
+    assert ours.shape == (1, 3, 498, 664)
+    assert torch.equal((ours * 255).round(), (official_demo_input(array) * 255).round())
+
+
+def test_official_input_rounds_the_image_to_8_bits_first():
+    """A float image is the 8-bit picture the original loads (nearest level), with a straight-through gradient."""
+    array = skimage.data.chelsea()[:64, :80]
+    x = (torch.from_numpy(array).permute(2, 0, 1)[None].float() + 0.3) / 255      # off the 8-bit grid
+    x.requires_grad_(True)
+    ours = Linearity(preprocess="official", resize=[40, 50]).prepare(x)
+    assert torch.equal((ours.detach() * 255).round(), (official_demo_input(array, (40, 50)) * 255).round())
+    ours.sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad > 0).all()
 
 
 @pytest.mark.parametrize("bad", [[64], [64, 64, 3], [64.5, 64], [8, 8], ["a", 64]])
@@ -146,6 +185,20 @@ def test_batch_scores_like_single_images_and_is_deterministic(metric):
         again = metric.score(x)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
     assert torch.equal(batched, again)
+
+
+@pytest.mark.slow
+def test_official_preprocess_scores_the_test_demo_input(checkpoint_path):
+    official = Linearity(preprocess="official", resize=[32, 48], weights_path=str(checkpoint_path)).load("cpu")
+    array = skimage.data.chelsea()[:45, :61]
+    x = (torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    score = official.score(x)
+    with torch.no_grad():
+        demo = TF.normalize(official_demo_input(array, (32, 48)), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        expected = official.net(demo) * K[0] + B[0]
+    torch.testing.assert_close(score.detach(), expected, rtol=1e-5, atol=1e-4)
+    score.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 @pytest.mark.slow

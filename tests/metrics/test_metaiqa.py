@@ -1,13 +1,18 @@
 """MetaIQA: the ``metaiqa.pth`` state dict (official ``Net(resnet18, BaselineModel1(1, 0.5, 1000))`` layout)
-loads strictly, scores lie in [0, 1], dropout is off, batches score like single images, gradients flow."""
+loads strictly, scores lie in [0, 1], dropout is off, batches score like single images, gradients flow;
+the default input is the image at its own size (the MSU wrapper), ``preprocess: official`` is the original
+test transform (``skimage.transform.resize`` to 224x224), checked against scikit-image."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
+import skimage.data
 import torch
 import torchvision
+from skimage import transform
 from torch import nn
 
 from iqadef import WeightsError
@@ -54,7 +59,41 @@ def test_official_key_names_and_shapes_match_the_network():
 def test_metadata():
     metric = MetaIQA()
     assert metric.name == "metaiqa" and metric.higher_is_better and metric.range == (0.0, 1.0)
-    assert metric.resize == 224
+    assert metric.preprocess == "msu" and metric.resize is None      # the MSU wrapper: native size
+    assert MetaIQA().key() != MetaIQA(preprocess="official").key()
+
+
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def original_test_input(array: np.ndarray) -> torch.Tensor:
+    """MetaIQA_FineTune_WILDLIVE.py's test transform: ``Rescale((224, 224))`` (skimage on the uint8 array),
+    ``Normalize()``, ``ToTensor()`` (double), then ``.float()`` as computeSpearman does."""
+    image = transform.resize(array, (224, 224))
+    image = (image - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return torch.from_numpy(image.transpose((2, 0, 1))).double()[None].float()
+
+
+def test_default_scores_the_image_at_its_own_size(metric, checkpoint_path):
+    """As the MSU wrapper: ``Normalize`` then the network, no resize."""
+    native = MetaIQA(weights_path=str(checkpoint_path)).load("cpu")
+    x = images(1, size=(45, 61))
+    with torch.no_grad():
+        torch.testing.assert_close(native.score(x), native.net((x - MEAN) / STD), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("array", [skimage.data.chelsea(), skimage.data.astronaut()], ids=["chelsea", "astronaut"])
+def test_official_preprocess_is_the_original_test_transform(checkpoint_path, array):
+    official = MetaIQA(preprocess="official", weights_path=str(checkpoint_path)).load("cpu")
+    x = (torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    expected_input = original_test_input(array)
+    ours_input = (official.prepare(x) - MEAN) / STD
+    assert (ours_input - expected_input).abs().max() < 1e-5
+    score = official.score(x)
+    with torch.no_grad():
+        torch.testing.assert_close(score.detach(), official.net(expected_input), rtol=0, atol=1e-5)
+    score.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_loads_scores_in_unit_interval_and_dropout_is_off(metric):

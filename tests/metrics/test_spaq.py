@@ -1,12 +1,17 @@
 """SPAQ baseline: ``BL_release.pt`` (``{'state_dict': Baseline state dict}``, legacy PyTorch 1.1 serialisation)
-loads strictly; the batched patch averaging equals the original per-image, per-patch loop; gradients flow."""
+loads strictly; the batched patch averaging equals the original per-image, per-patch loop; gradients flow;
+the default input is the image at its own size (the MSU wrapper), ``preprocess: official`` is
+``Image_load``'s PIL ``Resize(512)`` bit for bit."""
 
 from __future__ import annotations
 
-
+import numpy as np
 import pytest
+import skimage.data
 import torch
 import torchvision
+import torchvision.transforms as T
+from PIL import Image
 from torch import nn
 
 from iqadef import ConfigError, WeightsError
@@ -64,19 +69,39 @@ def test_metadata_and_defaults():
     metric = SPAQ()
     assert metric.name == "spaq" and metric.higher_is_better
     assert metric.range == pytest.approx((21.75, 77.76), abs=0.01)
-    assert (metric.resize, metric.patch_size, metric.stride) == (512, 224, 112)
+    assert (metric.preprocess, metric.resize, metric.patch_size, metric.stride) == ("msu", None, 224, 112)
+    assert SPAQ().key() != SPAQ(preprocess="official").key()
     with pytest.raises(ConfigError, match="stride"):
         SPAQ(patch_size=64, stride=65)
 
 
+@pytest.mark.parametrize("preprocess", ["official", "msu-resize-512"])
 @pytest.mark.parametrize(("size", "expected"), [
     ((600, 800), (512, 682)),      # both sides >= 512: shorter side to 512 (as transforms.Resize(512))
     ((500, 800), (500, 800)),      # one side < 512: kept, as Image_load.adaptive_resize
     ((512, 300), (512, 300)),
     ((100, 300), (224, 672)),      # smaller than a patch: brought up to one patch (the original would fail)
 ])
-def test_adaptive_resize(size, expected):
-    assert tuple(SPAQ().prepare(torch.zeros(1, 3, *size)).shape[-2:]) == expected
+def test_adaptive_resize(size, expected, preprocess):
+    metric = SPAQ(preprocess="official") if preprocess == "official" else SPAQ(resize=512)
+    assert tuple(metric.prepare(torch.zeros(1, 3, *size)).shape[-2:]) == expected
+
+
+def test_default_keeps_the_image_at_its_own_size():
+    """The MSU wrapper's ``generate_patches_custom`` on the input tensor: no resize."""
+    x = torch.rand(1, 3, 600, 800)
+    assert torch.equal(SPAQ().prepare(x), x)
+
+
+def test_official_resize_is_image_load_bit_for_bit():
+    """``Image_load.adaptive_resize``: ``ToTensor()(Resize(512, BILINEAR)(img))`` on the PIL image."""
+    for array in [skimage.data.hubble_deep_field()[:600, :800], skimage.data.retina()[:700, :530]]:
+        array = np.ascontiguousarray(array)
+        expected = T.ToTensor()(T.Resize(512, Image.BILINEAR)(Image.fromarray(array)))
+        x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
+        ours = SPAQ(preprocess="official").prepare(x)[0]
+        assert ours.shape == expected.shape
+        assert torch.equal((ours * 255).round(), (expected * 255).round())
 
 
 def test_checkpoint_without_state_dict_key_is_refused(tmp_path):
@@ -86,8 +111,13 @@ def test_checkpoint_without_state_dict_key_is_refused(tmp_path):
         SPAQ(weights_path=str(path)).load("cpu")
 
 
-def test_no_resize_keeps_large_images():
-    assert tuple(SPAQ(resize=None).prepare(torch.zeros(1, 3, 600, 800)).shape[-2:]) == (600, 800)
+def test_official_preprocess_is_8_bit_with_a_straight_through_gradient():
+    x = torch.rand(1, 3, 520, 530, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    out = SPAQ(preprocess="official").prepare(x)
+    assert out.shape[-2:] == (512, 521)                   # int(512 * 530 / 520)
+    assert torch.equal(out.detach() * 255, (out.detach() * 255).round())
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad > 0).all()
 
 
 @pytest.mark.slow

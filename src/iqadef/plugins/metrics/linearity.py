@@ -14,6 +14,11 @@ pool ``avg``, ``use_bn_end=False``, ``P6 = P7 = 1``) so that ``p1q2.pth`` loads 
 where ``k``/``b`` are lists of Python floats (``IQAperformance.linear_mapping`` stores ``h[i].item()``);
 index 0 maps the final ``regression`` output (the official ``test_demo.py`` and the benchmark wrappers use
 ``k[0]``, ``b[0]``). The score is ``regression(...) * k[0] + b[0]``, on KonIQ-10k's MOS scale.
+
+Input (``preprocess``): ``msu`` (default) feeds the image at its own size, ImageNet-normalised, as the
+study's wrapper (adversarial-defenses-for-iqa, metrics/subjects/linearity/src/model.py); ``official`` is
+test_demo.py with ``--resize``: the 8-bit image, PIL BILINEAR to 498x664, 8-bit again, ``to_tensor``,
+ImageNet normalisation (:func:`~._official.pil_bilinear_resize`, straight-through gradients).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from torch import nn
 from iqadef import ConfigError, Metric, Param, WeightsError, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, ready_input, imagenet_normalize, resize, state_from_checkpoint
+from ._official import (build_from_state, imagenet_normalize, pil_bilinear_resize, preprocess_param, quantize_8bit,
+                        ready_input, resize, state_from_checkpoint)
 
 #: The resize of the official training and test scripts (``--resize``, -rs_h 498, -rs_w 664).
 ORIGINAL_SIZE = [498, 664]
@@ -97,19 +103,22 @@ def mapping_coefficient(value: Any, name: str, label: str) -> float:
 class Linearity(Metric):
     """LinearityIQA (Norm-in-Norm, ResNeXt-101 on KonIQ-10k): MOS-like score, higher is better.
 
-    Input: resized to 498x664 (H x W, bilinear, antialiased; ``resize: null`` keeps the input size, as the
-    MSU benchmark wrapper does), ImageNet-normalised. Output: ``regression * k[0] + b[0]`` from the checkpoint.
+    Input: ``preprocess: msu`` (default) the image at its own size, as the study's MSU wrapper;
+    ``preprocess: official`` the original test_demo.py pipeline (8-bit, PIL bilinear to 498x664, 8-bit).
+    ImageNet normalisation in both. Output: ``regression * k[0] + b[0]`` from the checkpoint.
     """
 
     name = "linearity"
     higher_is_better = True
     range = (25.780681610107422, 83.22696685791016)
-    input_policy = ("resized to resize = [H, W] (default 498x664 as the original; null = keep the input size), "
-                    "bilinear antialiased, ImageNet normalisation")
+    input_policy = ("preprocess msu: the input size (resize = [H, W] resizes first, torch bilinear antialiased); "
+                    "official: 8-bit, PIL bilinear to 498x664 (or resize), 8-bit; ImageNet normalisation")
     params = (
-        Param("resize", list, list(ORIGINAL_SIZE), nullable=True,
-              help="[height, width] the image is resized to before the network (the original uses 498x664); "
-                   "null keeps the input size"),
+        preprocess_param("8-bit image, PIL BILINEAR to 498x664, 8-bit, test_demo.py --resize"),
+        Param("resize", list, None, nullable=True,
+              help="[height, width] the image is brought to before the network; null: the pipeline's own "
+                   "(msu: the input size; official: 498x664). With msu the resize is torch's antialiased "
+                   "bilinear (iqadef's, for quick runs), with official PIL's"),
         Param("weights_path", Path, None,
               help="explicit path of p1q2.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
     )
@@ -135,10 +144,14 @@ class Linearity(Metric):
         self.b = mapping_coefficient(checkpoint["b"], "b", label)
         self.net = build_from_state(LinearityNet, state_from_checkpoint(checkpoint, "model", label), label)
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input before normalisation, in [0, 1]."""
+        if self.preprocess == "official":
+            return pil_bilinear_resize(quantize_8bit(images), self.resize or ORIGINAL_SIZE)
+        return images if self.resize is None else resize(images, self.resize)
+
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        x = ready_input(self, images)
-        if self.resize is not None:
-            x = resize(x, self.resize)
+        x = self.prepare(ready_input(self, images))
         return self.net(imagenet_normalize(x)) * self.k + self.b
 
 

@@ -7,6 +7,12 @@ dropout 0.5, fc2 1024->512, bn2, PReLU (relu2), dropout 0.5, fc3 512->1, sigmoid
 save whole pickled models; ``metaiqa.pth`` (the file the MSU benchmark uses) is the state dict of that
 module: keys ``resnet_layer.*`` and ``net.fc1/bn1/relu1/fc2/bn2/relu2/fc3.*``, no ``module.`` prefix.
 Training divided MOS by 100 and fed 224x224 images (``Rescale((224, 224))`` for testing), ImageNet-normalised.
+
+Input (``preprocess``): ``msu`` (default) feeds the image at its own size, ImageNet-normalised, as the
+study's wrapper (adversarial-defenses-for-iqa, metrics/subjects/meta-iqa/src/model.py); ``official`` is the
+original test transform (MetaIQA_FineTune_WILDLIVE.py: the 8-bit image, ``Rescale((224, 224))`` =
+``skimage.transform.resize``, ``Normalize``), with skimage's resize rebuilt in torch
+(:func:`~._official.skimage_resize`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from torch import nn
 from iqadef import Metric, Param, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, ready_input, imagenet_normalize, resize, state_from_checkpoint
+from ._official import (build_from_state, imagenet_normalize, preprocess_param, quantize_8bit, ready_input, resize,
+                        skimage_resize, state_from_checkpoint)
+
+#: The original test size (``Rescale(output_size=(224, 224))``).
+ORIGINAL_SIDE = 224
 
 METAIQA_WEIGHTS = WeightSpec(
     filename="metaiqa.pth",
@@ -68,17 +78,22 @@ class MetaIQANet(nn.Module):
 class MetaIQA(Metric):
     """MetaIQA (meta-learned quality prior, ResNet-18 + MLP head): quality in [0, 1], higher is better.
 
-    Input: resized to 224x224 (bilinear, antialiased; ``resize: null`` keeps the input size, as the MSU
-    benchmark wrapper does), ImageNet-normalised. Dropout is off (eval mode), so scores are deterministic.
+    Input: ``preprocess: msu`` (default) the image at its own size, as the study's MSU wrapper;
+    ``preprocess: official`` the original test transform (8-bit image, skimage resize to 224x224).
+    ImageNet normalisation in both. Dropout is off (eval mode), so scores are deterministic.
     """
 
     name = "metaiqa"
     higher_is_better = True
     range = (0.0, 1.0)
-    input_policy = "resized to resize x resize (default 224 as the original; null = keep), ImageNet normalisation"
+    input_policy = ("preprocess msu: the input size (resize = N resizes to N x N first, torch bilinear antialiased); "
+                    "official: 8-bit, skimage resize to 224x224 (or resize); ImageNet normalisation")
     params = (
-        Param("resize", int, 224, low=32, nullable=True,
-              help="side of the square the image is resized to (the original tests at 224x224); null keeps the size"),
+        preprocess_param("8-bit image, skimage.transform.resize to 224x224, MetaIQA_FineTune_WILDLIVE.py"),
+        Param("resize", int, None, low=32, nullable=True,
+              help="side of the square the image is brought to; null: the pipeline's own (msu: the input "
+                   "size; official: 224). With msu the resize is torch's antialiased bilinear (iqadef's, for "
+                   "quick runs), with official skimage's"),
         Param("weights_path", Path, None,
               help="explicit path of metaiqa.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
     )
@@ -90,10 +105,15 @@ class MetaIQA(Metric):
         key = "state_dict" if isinstance(checkpoint, dict) and "state_dict" in checkpoint else None
         self.net = build_from_state(MetaIQANet, state_from_checkpoint(checkpoint, key, label), label)
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input before normalisation, in [0, 1]."""
+        if self.preprocess == "official":
+            side = self.resize or ORIGINAL_SIDE
+            return skimage_resize(quantize_8bit(images), (side, side))
+        return images if self.resize is None else resize(images, [self.resize, self.resize])
+
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        x = ready_input(self, images)
-        if self.resize is not None:
-            x = resize(x, [self.resize, self.resize])
+        x = self.prepare(ready_input(self, images))          # loads the network first if needed
         return self.net(imagenet_normalize(x))
 
 

@@ -5,11 +5,14 @@ Network: the official ``Baseline``: ``backbone`` = torchvision ResNet-50 with ``
 ``BL_release.pt`` is ``{'state_dict': <Baseline state dict>, ...}`` (keys ``backbone.*``), saved with
 PyTorch 1.1 (legacy, non-zip serialisation).
 
-Preprocessing, as ``Prepare_image.Image_load(size=512, stride=224)``: if both sides are at least 512, the
-shorter side is resized to 512 (bilinear, aspect kept); no normalisation (pixels in [0, 1]); 224x224
-patches every 112 pixels, plus a last row/column flush with the bottom/right edge; the score is the mean
-of the patch scores. Here all patches of a batch go through the network together (one gather, then
-chunks of ``patch_chunk``), so a batch scores like its images one by one.
+Preprocessing (``preprocess``): ``msu`` (default) keeps the image at its own size, as the study's wrapper
+(adversarial-defenses-for-iqa, metrics/subjects/spaq/src/model.py, ``generate_patches_custom``);
+``official`` is ``Prepare_image.Image_load(size=512, stride=224)`` of BL_demo.py: the 8-bit image, and if
+both sides are at least 512 the shorter side brought to 512 by PIL BILINEAR (aspect kept), 8-bit again
+(:func:`~._official.pil_bilinear_resize`, straight-through gradients). Then, in both: no normalisation
+(pixels in [0, 1]); 224x224 patches every 112 pixels, plus a last row/column flush with the bottom/right
+edge; the score is the mean of the patch scores. Here all patches of a batch go through the network
+together (one gather, then chunks of ``patch_chunk``), so a batch scores like its images one by one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from torch import nn
 from iqadef import ConfigError, Metric, Param, hookimpl
 from iqadef.core.weights import WeightSpec, load_weights
 
-from ._official import build_from_state, ready_input, extract_patches, resize, state_from_checkpoint
+from ._official import (build_from_state, extract_patches, pil_bilinear_resize, preprocess_param, quantize_8bit,
+                        ready_input, resize, shorter_side_size, state_from_checkpoint)
+
+#: ``Image_load(size=512, ...)``: the shorter side the original brings large images to.
+ORIGINAL_SHORTER_SIDE = 512
 
 BL_RELEASE = WeightSpec(
     filename="BL_release.pt",
@@ -52,20 +59,26 @@ class SPAQBaselineNet(nn.Module):
 class SPAQ(Metric):
     """SPAQ baseline (ResNet-50 on smartphone photos): mean score of 224x224 patches, MOS-like, higher is better.
 
-    Input: shorter side resized to 512 when both sides are >= 512 (as the original); no normalisation;
-    224x224 patches with stride 112 plus edge-flush patches; the patch scores are averaged per image.
+    Input: ``preprocess: msu`` (default) the image at its own size, as the study's MSU wrapper;
+    ``preprocess: official`` the original loader (8-bit image; shorter side to 512 by PIL bilinear when
+    both sides are >= 512; 8-bit). No normalisation; 224x224 patches with stride 112 plus edge-flush
+    patches; the patch scores are averaged per image.
     """
 
     name = "spaq"
     higher_is_better = True
     range = (21.749107360839844, 77.75585174560547)
-    input_policy = ("shorter side resized to `resize` (512) when both sides are >= 512, as the original; then "
+    input_policy = ("preprocess msu: the input size; official: 8-bit, shorter side to 512 (PIL bilinear) when both "
+                    "sides are >= 512, 8-bit; `resize` sets that side (msu: torch bilinear antialiased); then "
                     "patch_size crops every `stride` pixels plus edge-flush crops, scores averaged; an image "
                     "smaller than a patch is first upscaled so its shorter side equals patch_size (the original fails)")
     params = (
-        Param("resize", int, 512, low=32, nullable=True,
-              help="shorter side images are brought down to when both sides are at least this large "
-                   "(the original: 512); null never resizes (the MSU benchmark wrapper)"),
+        preprocess_param("8-bit image, shorter side to 512 by PIL BILINEAR when both sides are >= 512, 8-bit, "
+                         "Prepare_image.Image_load"),
+        Param("resize", int, None, low=32, nullable=True,
+              help="shorter side images are brought to when both sides are at least this large; null: the "
+                   "pipeline's own (msu: never resize, as the MSU wrapper; official: 512). With msu the resize "
+                   "is torch's antialiased bilinear (iqadef's), with official PIL's"),
         Param("patch_size", int, 224, low=32, help="side of the square patches (the original: 224)"),
         Param("stride", int, 112, low=1, help="distance between patches (the original: patch_size / 2 = 112)"),
         Param("patch_chunk", int, 64, low=1,
@@ -93,12 +106,21 @@ class SPAQ(Metric):
         self.net = build_from_state(SPAQBaselineNet, state_from_checkpoint(checkpoint, "state_dict", label), label)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """The original's adaptive resize, plus an upscale for images smaller than one patch."""
-        height, width = images.shape[-2:]
-        if self.resize is not None and min(height, width) >= self.resize:
-            images = resize(images, self.resize)
+        """The adaptive resize (Image_load.adaptive_resize), plus an upscale for images smaller than one patch."""
+        official = self.preprocess == "official"
+        side = self.resize or (ORIGINAL_SHORTER_SIDE if official else None)
+        if official:
+            images = quantize_8bit(images)
+
+        def to_shorter_side(x: torch.Tensor, target: int) -> torch.Tensor:
+            if official:
+                return pil_bilinear_resize(x, shorter_side_size(*x.shape[-2:], target))
+            return resize(x, target)
+
+        if side is not None and min(images.shape[-2:]) >= side:
+            images = to_shorter_side(images, side)
         if min(images.shape[-2:]) < self.patch_size:
-            images = resize(images, self.patch_size)
+            images = to_shorter_side(images, self.patch_size)
         return images
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
