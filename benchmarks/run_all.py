@@ -84,7 +84,7 @@ def paper_size_metric(workdir: Path):
     torch.manual_seed(0)
     path = workdir / "metaiqa-random.pth"
     torch.save(MetaIQANet().state_dict(), path)
-    metric = MetaIQA(weights_path=path)
+    metric = MetaIQA(weights_path=path, resize=224)   # the 224x224 input the plain loop resizes to
     metric.load(torch.device("cpu"))
     return metric
 
