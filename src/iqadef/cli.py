@@ -25,8 +25,9 @@ KINDS = ("metrics", "attacks", "defences", "scores")
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
     from .core.dataset import ImageWarning
     from .core.plugins import PluginLoadWarning
+    from .core.store import StorageWarning
 
-    if issubclass(category, (PluginLoadWarning, ImageWarning)):
+    if issubclass(category, (PluginLoadWarning, ImageWarning, StorageWarning)):
         print(f"warning: {message}", file=sys.stderr)
     else:
         print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", dest="fresh", action="store_false", default=False,
                        help="keep finished cells and compute the rest (default)")
-    group.add_argument("--fresh", dest="fresh", action="store_true", help="discard earlier results and cache")
+    group.add_argument("--fresh", dest="fresh", action="store_true",
+                       help="discard the results, cache and report files iqadef wrote (files of yours stay)")
     run.add_argument("--device", choices=None, help="auto, cpu, cuda or cuda:N (overrides the registry)")
     run.add_argument("--limit", type=int, help="only the first N images")
     run.add_argument("--output", help="run directory (overrides the registry)")

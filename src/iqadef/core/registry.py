@@ -180,7 +180,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     output_value = data.get("output", "runs/default")
     if not isinstance(output_value, str) or not output_value.strip():
         raise ConfigError(f"{where}output: must be a folder path")
-    output = (base / output_value).expanduser()
+    output = base / Path(output_value).expanduser()  # `~/runs` is in the home folder, not `<base>/~/runs`
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{where}output: {output} exists and is not a folder; choose another `output`")
 

@@ -4,11 +4,18 @@ Entry points: :func:`summary_table` (the short table printed at the end of a run
 :func:`write_report` (``report.html``, self-contained, and ``report.md`` plus ``figures/*.png`` and
 ``summary.csv`` in the run directory). Figures are drawn with matplotlib ``Figure`` objects and the
 Agg renderer, never pyplot, so reports work headless and leave the global backend alone.
+
+Every file is written to a temporary name and renamed (a full disk leaves the previous report whole and
+says so), and listed in the run folder's manifest (:mod:`iqadef.core.rundir`). Figure names carry a hash
+of the metric label (:func:`figure_file_name`), so labels that differ only in characters a file name
+cannot hold never share a file. An image that cannot be read (a truncated example) is shown as missing
+and named in the notes; the report is still written.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -22,8 +29,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import ConfigError
+from .errors import ConfigError, IqadefError
+from .rundir import RunFolder
 from .scores import CONFIDENCE, GROUP_COLUMNS, aggregate, mean_ci, metric_info, metric_span, ok_rows
+from .store import StorageWarning, atomic_write_bytes
 
 CLEAN_ROW = "clean"
 MAX_EXAMPLE_DEFENCES = 8
@@ -37,19 +46,33 @@ def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The result table (``results.parquet``, else ``results.csv``) and ``run.json`` of a run."""
     run_dir = Path(run_dir)
     parquet, csv = run_dir / "results.parquet", run_dir / "results.csv"
-    if parquet.exists():
-        df = pd.read_parquet(parquet)
-    elif csv.exists():
-        df = pd.read_csv(csv, keep_default_na=False, na_values=["", "NaN", "nan"])
-    else:
+    table = parquet if parquet.exists() else csv if csv.exists() else None
+    if table is None:
         raise ConfigError(f"{run_dir}: no results.parquet or results.csv; is this a run directory?")
+    try:
+        if table == parquet:
+            df = pd.read_parquet(parquet)
+        else:
+            df = pd.read_csv(csv, keep_default_na=False, na_values=["", "NaN", "nan"])
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise IqadefError(f"{table}: cannot be read ({_first_line(exc)}); run the registry again to export it "
+                          f"anew from results.sqlite") from None
     info_path = run_dir / "run.json"
-    run_info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    try:
+        run_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise IqadefError(f"{info_path}: cannot be read ({_first_line(exc)}); run the registry again to write "
+                          f"it anew") from None
     for col in ("image", "metric", "attack", "defence", "status", "error", "adv_path", "example_path",
                 "image_path"):
         if col in df.columns:
             df[col] = [("" if pd.isna(v) else str(v)) for v in df[col]]
     return df, run_info
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- the short table -----------------------------------------------------------------------------
@@ -288,7 +311,8 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, vmin=None, vmax=None) -> Path:
+def _heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, out: "_ReportFiles", vmin=None,
+             vmax=None) -> Path:
     rows, cols = matrix.shape
     fig = _figure(max(4.0, 1.0 + 0.9 * cols), max(2.5, 1.0 + 0.5 * rows))
     ax = fig.add_subplot()
@@ -304,8 +328,7 @@ def _heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, vmin=None,
         ax.axhline(rows - 1.5, color="black", linewidth=1.5)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.savefig(path)
-    return path
+    return out.figure(fig, path)
 
 
 def _lines(ax, table: pd.DataFrame, xlabel: str) -> None:
@@ -327,13 +350,60 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "metric"
 
 
-def _load_image(path: Path, size: int = 192):
-    from PIL import Image
+def figure_file_name(kind: str, label: str) -> str:
+    """``KIND_<slug>-<hash>.png``: readable, and unique per exact label (``a b.pt`` and ``a_b.pt`` share a
+    slug, never a hash); the slug is cut to 60 characters so long labels stay valid file names."""
+    digest = hashlib.sha256(label.encode("utf-8")).hexdigest()[:10]
+    return f"{kind}_{_slug(label)[:60]}-{digest}.png"
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        return im.copy()
+
+class _ReportFiles:
+    """Writes the report's files (temporary name + rename, listed in the run folder's manifest) and reads
+    the images it shows; an unreadable image is remembered, shown as missing and named in the notes."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.folder = RunFolder(run_dir)
+        if self.folder.is_run_folder():
+            self.folder.adopt()  # a folder of an older version: list the report's files from now on
+        self.advice = (f"the results are kept (results.sqlite, results.parquet, results.csv); free space and "
+                       f"run `iqadef report {run_dir}` to write the report again")
+        self.unreadable: dict[str, str] = {}
+
+    def write(self, path: Path, data: bytes) -> Path:
+        self.folder.record([path.relative_to(self.run_dir).as_posix()])
+        atomic_write_bytes(path, data, advice=self.advice)
+        return path
+
+    def figure(self, fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        return self.write(path, buffer.getvalue())
+
+    def image(self, path: Path, size: int = 192):
+        """A thumbnail of ``path`` (PIL image), or None when it cannot be read."""
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                return im.copy()
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or vanished: shown as missing
+            if str(path) not in self.unreadable:
+                self.unreadable[str(path)] = _first_line(exc)
+                warnings.warn(f"{path}: cannot be read ({_first_line(exc)}); shown as missing in the report",
+                              StorageWarning, stacklevel=2)
+            return None
+
+    def notes(self) -> list[str]:
+        if not self.unreadable:
+            return list(NOTES)
+        names = "; ".join(f"{p} ({why})" for p, why in list(self.unreadable.items())[:10])
+        more = f" and {len(self.unreadable) - 10} more" if len(self.unreadable) > 10 else ""
+        return list(NOTES) + [f"{len(self.unreadable)} image file(s) could not be read and are shown as missing: "
+                              f"{names}{more}. Running the registry again (resume) writes unreadable example "
+                              f"images anew; then run `iqadef report` again."]
 
 
 def _resolve(run_dir: Path, value: str) -> Path | None:
@@ -352,7 +422,7 @@ def example_rows(df: pd.DataFrame) -> pd.DataFrame:
     return good[good["example_path"].astype(str) != ""]
 
 
-def _examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path) -> Path | None:
+def _examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path, out: _ReportFiles) -> Path | None:
     if examples.empty:
         return None
     first = examples.iloc[0]
@@ -366,26 +436,27 @@ def _examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path) -> Path 
     fig = _figure(2.2 * len(panels), 2.6)
     for k, (title, file) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        if file is None:
-            ax.text(0.5, 0.5, "missing", ha="center", va="center")
+        image = out.image(file) if file is not None else None
+        if image is None:
+            ax.text(0.5, 0.5, "missing" if file is None else "unreadable", ha="center", va="center")
         else:
-            ax.imshow(_load_image(file))
+            ax.imshow(image)
         ax.set_title(title, fontsize=8)
         ax.set_axis_off()
     fig.suptitle(f"{first['image']} — metric {first['metric']}", fontsize=9)
-    fig.savefig(path)
-    return path
+    return out.figure(fig, path)
 
 
 def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _thumb_data_uri(path: Path | None) -> str:
-    if path is None:
+def _thumb_data_uri(path: Path | None, out: _ReportFiles) -> str:
+    image = out.image(path, size=160) if path is not None else None
+    if image is None:
         return ""
     buffer = io.BytesIO()
-    _load_image(path, size=160).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -475,14 +546,12 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     """
     run_dir = Path(run_dir)
     df, run_info = load_results(run_dir)
+    out = _ReportFiles(run_dir)
     figures_dir = run_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
     agg = aggregate(df, run_info, registry=registry)
-    summary_csv = run_dir / "summary.csv"
-    agg.to_csv(summary_csv, index=False)
-    written["summary_csv"] = summary_csv
+    written["summary_csv"] = out.write(run_dir / "summary.csv", agg.to_csv(index=False).encode("utf-8"))
     short = summary_table(df, run_info)
     formatted = with_ci(agg)
     if "gain_mean" not in agg.columns and len(agg):  # the gain plugin is off: use the f values
@@ -494,16 +563,16 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     metrics = list(dict.fromkeys(df["metric"])) if "metric" in df.columns else []
     fig3, fig4, fig5 = [], [], []
     for metric in metrics:
-        slug = _slug(metric)
         matrix = gain_matrix(df, metric)
         if not matrix.empty:
             fig3.append((metric, _heatmap(matrix, f"Gain ({metric}): attacks × defences, lower is better",
-                                          "RdYlGn_r", figures_dir / f"gain_heatmap_{slug}.png")))
+                                          "RdYlGn_r", figures_dir / figure_file_name("gain_heatmap", metric), out)))
         smatrix = srocc_matrix(df, metric, "mos" if mos else "f_clean")
         if not smatrix.empty:
             against = "MOS" if mos else "f(x), no MOS given"
-            fig4.append((metric, _heatmap(smatrix, f"SROCC with {against} ({metric}) after defence",
-                                          "RdYlGn", figures_dir / f"srocc_heatmap_{slug}.png", vmin=-1, vmax=1)))
+            fig4.append((metric, _heatmap(smatrix, f"SROCC with {against} ({metric}) after defence", "RdYlGn",
+                                          figures_dir / figure_file_name("srocc_heatmap", metric), out,
+                                          vmin=-1, vmax=1)))
         by_ssim = binned_gain(df, metric, "ssim_x_xa")
         by_value = binned_gain(df, metric, "f_adv")
         if not (by_ssim.empty and by_value.empty):
@@ -511,11 +580,9 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
             _lines(fig.add_subplot(1, 2, 1), by_ssim, "SSIM(x, x_a) bin")
             _lines(fig.add_subplot(1, 2, 2), by_value, f"f(x_a) bin ({metric})")
             fig.suptitle(f"Gain against attack visibility and attacked score ({metric})", fontsize=10)
-            path = figures_dir / f"gain_bins_{slug}.png"
-            fig.savefig(path)
-            fig5.append((metric, path))
+            fig5.append((metric, out.figure(fig, figures_dir / figure_file_name("gain_bins", metric))))
     examples = example_rows(df)
-    example_fig = _examples_figure(run_dir, examples, figures_dir / "examples.png")
+    example_fig = _examples_figure(run_dir, examples, figures_dir / "examples.png", out)
     for _, path in (*fig3, *fig4, *fig5):
         written[f"figure:{path.stem}"] = path
     if example_fig is not None:
@@ -527,9 +594,9 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     adaptive = adaptive_table(df, run_info) if has_adaptive(df) else None
 
     written["html"] = _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5,
-                                  example_fig, examples, failed_view, mos, adaptive=adaptive)
+                                  example_fig, examples, failed_view, mos, out, adaptive=adaptive)
     written["markdown"] = _write_markdown(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5,
-                                          example_fig, failed_view, mos, adaptive=adaptive)
+                                          example_fig, failed_view, mos, out, adaptive=adaptive)
     return written
 
 
@@ -544,7 +611,7 @@ def _run_header(run_info: dict[str, Any]) -> list[str]:
 
 
 def _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, example_fig, examples,
-                failed_view, mos, adaptive: pd.DataFrame | None = None) -> Path:
+                failed_view, mos, out: _ReportFiles, adaptive: pd.DataFrame | None = None) -> Path:
     esc = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>iqadef report</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>iqadef report: {esc(run_dir.name)}</h1>",
@@ -576,18 +643,16 @@ def _write_html(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, 
         for _, row in examples.head(MAX_GALLERY_ROWS).iterrows():
             cells = []
             for key in ("image_path", "adv_path", "example_path"):
-                uri = _thumb_data_uri(_resolve(run_dir, str(row.get(key, ""))))
+                uri = _thumb_data_uri(_resolve(run_dir, str(row.get(key, ""))), out)
                 cells.append(f"<td><img src='{uri}'></td>" if uri else "<td>missing</td>")
             caption = " / ".join(esc(str(row[c])) for c in ("image", "metric", "attack", "defence"))
             parts.append(f"<tr><td>{caption}</td>{''.join(cells)}</tr>")
         parts.append("</table>")
     parts.append(f"<h2>Failed cells ({len(failed_view)})</h2>")
     parts.append(_html_table(failed_view.head(200), "failed") if len(failed_view) else "<p>none</p>")
-    parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in NOTES) + "</ul>")
+    parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in out.notes()) + "</ul>")
     parts.append("</body></html>")
-    path = run_dir / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return out.write(run_dir / "report.html", "\n".join(parts).encode("utf-8"))
 
 
 def _adaptive_html(adaptive: pd.DataFrame | None) -> list[str]:
@@ -607,7 +672,7 @@ ADAPTIVE_TITLE_HTML = f"<h2>{ADAPTIVE_TITLE}</h2>"
 
 
 def _write_markdown(run_dir, run_info, short, formatted, ranking, fig3, fig4, fig5, example_fig,
-                    failed_view, mos, adaptive: pd.DataFrame | None = None) -> Path:
+                    failed_view, mos, out: _ReportFiles, adaptive: pd.DataFrame | None = None) -> Path:
     lines = [f"# iqadef report: {run_dir.name}", ""]
     lines += [f"- {s}" for s in _run_header(run_info)] + [""]
     lines += ["## Summary: gain per metric × attack × defence", "", markdown_table(with_ci(short))]
@@ -630,7 +695,5 @@ def _write_markdown(run_dir, run_info, short, formatted, ranking, fig3, fig4, fi
     lines += [f"![examples](figures/{example_fig.name})" if example_fig else "_No example images were saved._", ""]
     lines += [f"## Failed cells ({len(failed_view)})", "",
               markdown_table(failed_view.head(200)) if len(failed_view) else "none", ""]
-    lines += ["## Notes", ""] + [f"- {n}" for n in NOTES] + [""]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    lines += ["## Notes", ""] + [f"- {n}" for n in out.notes()] + [""]
+    return out.write(run_dir / "report.md", "\n".join(lines).encode("utf-8"))

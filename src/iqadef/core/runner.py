@@ -21,7 +21,6 @@ import io
 import itertools
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from .dataset import Dataset, ImageItem
 from .errors import IqadefError
 from .plugins import PluginRegistry, get_registry
 from .registry import RunConfig
+from .rundir import prepare_run_dir
 from .scores import image_score_classes
 from .store import KEY_COLUMNS, ResultStore, RunLock, atomic_write_bytes, export_tables
 from .weights import fetch_missing
@@ -392,32 +392,6 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def prepare_run_dir(output: Path) -> None:
-    if output.exists() and not output.is_dir():
-        raise IqadefError(f"output: {output} exists and is not a folder; choose another `output`")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise IqadefError(f"output: cannot write to {output} ({exc.strerror or exc}); choose another `output`") from None
-
-
-def _fresh(output: Path) -> None:
-    for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.parquet", "results.csv",
-                 "run.json", "report.html", "report.md"):
-        (output / name).unlink(missing_ok=True)
-    for name in ("cache", "examples", "figures"):
-        shutil.rmtree(output / name, ignore_errors=True)
-
-
-def _remove_stale_temp_files(output: Path) -> None:
-    """Temporary files a killed run left behind (never under a real name); safe under the run lock."""
-    for tmp in output.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def execute_local(worker: Worker, units: list[Unit]) -> Iterator[tuple[Unit, UnitResult]]:
     for unit in units:
         yield unit, worker.compute(unit)
@@ -429,11 +403,11 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
     """Run (or resume) the grid of ``config``; returns the summary. See the module docstring."""
     start = time.perf_counter()
     output = config.output
-    prepare_run_dir(output)
+    folder = prepare_run_dir(output)
     with RunLock(output):
         if fresh:
-            _fresh(output)
-        _remove_stale_temp_files(output)
+            folder.fresh()
+        folder.remove_stale_temp_files()
         device = config.torch_device()
         dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=limit)
         store = ResultStore(output)
@@ -458,6 +432,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
                     stream = execute_local(worker, units)
                 with _progress(progress, len(units), todo_cells) as bar:
                     for n, (unit, result) in enumerate(stream, start=1):
+                        folder.record(rel for rel, _ in result.files)  # listed before written
                         for rel, data in result.files:
                             atomic_write_bytes(output / rel, data)
                         store.write_cells(result.rows, result.artifacts)

@@ -4,23 +4,34 @@ Rows of one work unit are written in one transaction, so a run killed at any mom
 resumes with no cell lost or duplicated (the primary key forbids duplicates). Cached files (the
 adversarial PNGs) are written to a temporary name and renamed, and their sha256 is recorded here, so
 a half-written or corrupted file is detected and recomputed.
+
+Each row carries a checksum of its stored values (:func:`row_checksum`, over every column of
+:data:`CELL_COLUMNS`), so a value changed after it was written (a flipped bit, an edit by hand) is seen:
+a resume recomputes such a cell, the export marks it failed and says so. A damaged database file and a
+full disk are reported in one line that names the file and what to do (:class:`CorruptStoreError`,
+:class:`DiskFullError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
+import math
 import os
 import sqlite3
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 
 from .errors import IqadefError, RunLockedError
+from .rundir import temp_prefix
 
 CELL_COLUMNS = (
     "metric_key", "attack_key", "defence_key", "image",
@@ -30,28 +41,69 @@ CELL_COLUMNS = (
 )
 KEY_COLUMNS = ("metric_key", "attack_key", "defence_key", "image")
 
+
+def _is_real(column: str) -> bool:
+    return column.startswith("f_") or column == "mos"
+
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS cells (
-    {", ".join(c + (" REAL" if c.startswith("f_") or c == "mos" else " TEXT") for c in CELL_COLUMNS)},
+    {", ".join(c + (" REAL" if _is_real(c) else " TEXT") for c in CELL_COLUMNS)}, checksum TEXT,
     PRIMARY KEY ({", ".join(KEY_COLUMNS)})
 );
 CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, path TEXT NOT NULL, sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: A disk with less free space than this, when SQLite says "disk I/O error", is a full disk.
+_NEARLY_FULL = 1 << 20
+RESUME_ADVICE = "free space and run again with --resume (finished cells are kept)"
+CHECKSUM_ERROR = "stored values fail their checksum (changed after they were written)"
 
 
 class DiskFullError(IqadefError):
     """Writing to the run directory failed for lack of space."""
 
 
-def _storage_error(exc: BaseException, path: Path) -> IqadefError:
+class CorruptStoreError(IqadefError):
+    """``results.sqlite`` is damaged: SQLite cannot read it."""
+
+
+class StorageWarning(UserWarning):
+    """Something in the run folder was damaged and is being repaired (the CLI prints it as one line)."""
+
+
+def _nearly_full(path: Path) -> bool:
+    for folder in (path, *path.parents):
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize < _NEARLY_FULL
+    return False
+
+
+def _storage_error(exc: BaseException, path: Path, advice: str = RESUME_ADVICE) -> IqadefError:
+    """One line for a failed write: disk full (with ``advice``), a damaged store, or the OS's reason."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{path}: disk full while writing; free space and run again with --resume "
-                             f"(finished cells are kept)")
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
-        return DiskFullError(f"{path}: disk full while writing the result store; free space and run again "
-                             f"with --resume (finished cells are kept)")
-    return IqadefError(f"{path}: cannot write: {exc}")
+        return DiskFullError(f"{path}: disk full while writing; {advice}")
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = str(exc).lower()
+        if "full" in text or ("disk i/o error" in text and _nearly_full(path)):
+            return DiskFullError(f"{path}: disk full while writing the result store; {advice}")
+        if not isinstance(exc, sqlite3.OperationalError) or any(
+                sign in text for sign in ("malformed", "not a database", "corrupt", "no such", "decode")):
+            return corrupt_store_error(path, exc)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return IqadefError(f"{path}: cannot write: {reason}")
+
+
+def corrupt_store_error(path: Path, exc: BaseException) -> CorruptStoreError:
+    text = " ".join(str(exc).replace("*** in database main ***", "").split(" with text ")[0].split())
+    reason = "".join(c if c.isprintable() else "?" for c in text)[:120]
+    return CorruptStoreError(
+        f"{path}: the result store is damaged ({reason}); move it aside together with its -wal/-shm files "
+        f"(e.g. rename it to {path.name}.damaged) or use --fresh, then run again: its cells are recomputed "
+        f"(`sqlite3 {path} \"PRAGMA integrity_check\"` shows the damage)")
 
 
 class RunLock:
@@ -81,20 +133,60 @@ class RunLock:
             self._fd = None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temporary file + rename; return its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write_bytes(path: Path, data: bytes, *, advice: str = RESUME_ADVICE) -> str:
+    """Write ``data`` to ``path`` via a temporary file + rename; return its sha256.
+
+    The temporary name (``.iqadef-tmp-<pid>-*.tmp``, :func:`~iqadef.core.rundir.temp_prefix`) says that
+    iqadef made it and which process, so a resume sweeps only its own leftovers. On a full disk the
+    error says so and gives ``advice``.
+    """
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise _storage_error(exc, path) from None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise _storage_error(exc, path, advice) from None
     return hashlib.sha256(data).hexdigest()
+
+
+def _stored(column: str, value: Any) -> Any:
+    """``value`` as SQLite stores and returns it in ``column`` (REAL: float or NULL for NaN; TEXT: str)."""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True)
+    if value is None:
+        return None
+    if _is_real(column):
+        value = float(value)
+        return None if math.isnan(value) else value + 0.0  # SQLite reads -0.0 back as 0.0
+    return value if isinstance(value, str) else str(value)
+
+
+def row_checksum(values: Mapping[str, Any]) -> str:
+    """Checksum of one stored row: every non-NULL column by name, each value's exact ``repr``.
+
+    Columns are taken by name and NULLs left out, so a column added to :data:`CELL_COLUMNS` later (NULL in
+    older rows) keeps older rows' checksums valid. ``repr`` is exact for floats and unambiguous for text.
+    """
+    blob = "\x1e".join(f"{c}\x1f{v!r}" for c, v in sorted(values.items()) if v is not None)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _readable_png(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()  # reads every chunk and checks its CRC, without decoding
+        return True
+    except Exception:  # noqa: BLE001 - truncated, corrupt, missing: all mean "write it again"
+        return False
 
 
 class ResultStore:
@@ -103,80 +195,160 @@ class ResultStore:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.sqlite"
-        try:
+        with self._errors(advice="free space and run again"):
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # a damaged text value reads as text (with U+FFFD) and then fails its row's checksum: recomputed
+            self.db.text_factory = lambda raw: raw.decode("utf-8", "replace")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise IqadefError(f"{self.path}: not a usable result store ({exc}); move it away or run with --fresh") from None
+            self._check_structure()
+            self._add_checksums_to_an_old_store()
+
+    @contextlib.contextmanager
+    def _errors(self, advice: str = RESUME_ADVICE) -> Iterator[None]:
+        """SQLite's and the OS's errors as one line naming the store (damaged file, full disk)."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _storage_error(exc, self.path, advice) from None
+
+    def _check_structure(self) -> None:
+        """``PRAGMA quick_check``: a damaged page anywhere (an index, a free page) is found now, with a clear
+        message, not later in the middle of a run; values inside intact pages are the checksums' job."""
+        verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()
+        if verdict is None or verdict[0] != "ok":
+            raise corrupt_store_error(self.path, sqlite3.DatabaseError(verdict[0] if verdict else "no answer"))
+
+    def _add_checksums_to_an_old_store(self) -> None:
+        """Stores written before checksums existed get the column; their rows are sealed as they are now
+        (nothing can tell whether they changed before), and the meta table records how many."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(cells)")}
+        if "checksum" in columns:
+            return
+        present = [c for c in CELL_COLUMNS if c in columns]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("ALTER TABLE cells ADD COLUMN checksum TEXT")
+            rows = self.db.execute(f"SELECT rowid, {', '.join(present)} FROM cells").fetchall()
+            self.db.executemany("UPDATE cells SET checksum = ? WHERE rowid = ?",
+                                [(row_checksum(dict(zip(present, r[1:]))), r[0]) for r in rows])
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            ("checksums_added_to_rows", json.dumps(len(rows))))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     # -- cells ----------------------------------------------------------------------------------
+    def _rows(self) -> tuple[list[str], list[tuple], list[bool]]:
+        """Every stored row (CELL_COLUMNS in order) and whether its checksum holds."""
+        with self._errors():
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(cells)")}
+            columns = [c for c in CELL_COLUMNS if c in present]
+            rows = self.db.execute(f"SELECT {', '.join(columns)}, checksum FROM cells").fetchall()
+        intact = [row[-1] == row_checksum(dict(zip(columns, row[:-1]))) for row in rows]
+        return columns, [row[:-1] for row in rows], intact
+
     def finished(self) -> set[tuple[str, str, str, str]]:
-        """Keys of cells finished successfully (failed cells are retried on resume)."""
-        rows = self.db.execute(f"SELECT {', '.join(KEY_COLUMNS)} FROM cells WHERE status = 'ok'")
-        return {tuple(r) for r in rows}
+        """Keys of cells finished successfully and intact; the others are (re)computed on resume.
+
+        Failed cells, cells whose checksum fails and cells whose example image is missing or unreadable
+        (truncated, corrupt) are left out, so a resume recomputes them; the last two with a warning.
+        """
+        columns, rows, intact = self._rows()
+        at = {c: columns.index(c) for c in (*KEY_COLUMNS, "status", "example_path", "metric", "attack",
+                                             "defence", "image")}
+        keys = lambda row: tuple(row[at[c]] for c in KEY_COLUMNS)  # noqa: E731
+        changed = [row for row, ok in zip(rows, intact) if not ok]
+        done = [row for row, ok in zip(rows, intact) if ok and row[at["status"]] == "ok"]
+        readable: dict[str, bool] = {}
+        for row in done:
+            rel = row[at["example_path"]]
+            if rel and rel not in readable:
+                readable[rel] = _readable_png(self.run_dir / rel)
+        damaged = sorted(rel for rel, ok in readable.items() if not ok)
+        if changed:
+            warnings.warn(f"{self.path}: {len(changed)} stored cell(s) fail their checksum (changed after they "
+                          f"were written) and are recomputed: {_cells(changed, at)}", StorageWarning, stacklevel=2)
+        if damaged:
+            warnings.warn(f"{self.run_dir}: {len(damaged)} example image(s) missing or unreadable (e.g. "
+                          f"{', '.join(damaged[:3])}); their cells are recomputed to write them again",
+                          StorageWarning, stacklevel=2)
+        return {keys(row) for row in done if not (row[at["example_path"]] and not readable[row[at["example_path"]]])}
 
     def write_cells(self, rows: Iterable[dict[str, Any]], artifacts: Iterable[tuple[str, str, str]] = ()) -> None:
-        """Insert (or replace failed) rows and artifact records in one transaction."""
-        rows = list(rows)
-        placeholders = ", ".join("?" for _ in CELL_COLUMNS)
-        values = [tuple(_cell_value(r.get(c)) for c in CELL_COLUMNS) for r in rows]
-        try:
+        """Insert (or replace failed) rows, each with its checksum, and artifact records in one transaction."""
+        values = []
+        for r in rows:
+            stored = {c: _stored(c, r.get(c)) for c in CELL_COLUMNS}
+            values.append((*stored.values(), row_checksum(stored)))
+        placeholders = ", ".join("?" for _ in range(len(CELL_COLUMNS) + 1))
+        with self._errors():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.executemany("INSERT OR REPLACE INTO artifacts (key, path, sha256) VALUES (?, ?, ?)",
                                     list(artifacts))
-                self.db.executemany(f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}) "
+                self.db.executemany(f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}, checksum) "
                                     f"VALUES ({placeholders})", values)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        except (sqlite3.OperationalError, OSError) as exc:
-            raise _storage_error(exc, self.path) from None
 
     def artifact(self, key: str) -> tuple[str, str] | None:
-        row = self.db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
+        with self._errors():
+            row = self.db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        with self._errors():
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._errors():
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def dataframe(self) -> pd.DataFrame:
-        """All cells, one row each, with the per-image score columns spread out, in a stable order."""
-        df = pd.read_sql_query(f"SELECT {', '.join(CELL_COLUMNS)} FROM cells", self.db)
+        """All cells, one row each, with the per-image score columns spread out, in a stable order.
+
+        A row whose checksum fails is exported as failed (``status`` failed, the reason in ``error``), so a
+        changed value never reaches a table as ok; a resume recomputes it.
+        """
+        columns, rows, intact = self._rows()
+        df = pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)  # as pd.read_sql_query
+        if not all(intact):
+            bad = [not ok for ok in intact]
+            at = {c: columns.index(c) for c in ("metric", "attack", "defence", "image")}
+            warnings.warn(f"{self.path}: {sum(bad)} stored cell(s) fail their checksum and are exported as failed: "
+                          f"{_cells([r for r, b in zip(rows, bad) if b], at)}; run the registry again (resume) to "
+                          f"recompute them", StorageWarning, stacklevel=2)
+            df.loc[bad, "status"] = "failed"
+            df.loc[bad, "error"] = (f"{CHECKSUM_ERROR}; run the registry again (resume) to recompute it")
         scores = pd.DataFrame([json.loads(s) if s else {} for s in df.pop("scores")], index=df.index)
         df = pd.concat([df, scores], axis=1)
         df = df.sort_values(["metric", "attack", "defence", "image"], kind="stable").reset_index(drop=True)
         return df.drop(columns=["unit"])
 
 
-def _cell_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return value
+def _cells(rows: list[tuple], at: Mapping[str, int], limit: int = 5) -> str:
+    """``metric / attack / defence / image`` of the first ``limit`` rows, for a message."""
+    names = [" / ".join(str(row[at[c]]) for c in ("metric", "attack", "defence", "image")) for row in rows[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return "; ".join(names) + more
 
 
 def export_tables(df: pd.DataFrame, run_dir: Path) -> dict[str, Path]:
     """Write ``results.parquet`` and ``results.csv`` (temp file + rename, so never half written)."""
     out = {}
-    for name, writer in (("results.parquet", lambda p: df.to_parquet(p, index=False)),
-                         ("results.csv", lambda p: df.to_csv(p, index=False))):
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    for name, data in (("results.parquet", buffer.getvalue()), ("results.csv", df.to_csv(index=False).encode())):
         target = run_dir / name
-        tmp = run_dir / f".{name}.tmp"
-        try:
-            writer(tmp)
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _storage_error(exc, target) from None
+        atomic_write_bytes(target, data)
         out[name] = target
     return out
