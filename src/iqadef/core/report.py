@@ -532,8 +532,9 @@ NOTES = [
     f"Confidence intervals: two-sided {int(CONFIDENCE * 100)}% Student-t interval of the mean over images "
     "(as the MSU robustness benchmark); SROCC intervals by the Fisher z-transform with variance 1.06/(n-3).",
     "Gain = |f(x) - f(D(x_a))| / f(x) (lower is better); the 'clean' row is |f(x) - f(D(x))| / f(x).",
-    "PSNR uses data range 1 and is capped at 100 dB (identical images).",
-    "Defended images compared with x or x_a are first resized to x's size (bilinear, antialiased).",
+    "PSNR uses data range 1; identical images give +inf (scikit-image, as the reference), which means leave "
+    "out and count in the column's _n_inf.",
+    "Defended images compared with x or x_a are first resized to x's size (bilinear, as the reference).",
     "Failed cells are excluded from every score and counted in n_failed.",
 ]
 
