@@ -101,7 +101,8 @@ class Settings:
                        batch=1, ifgsm_params={"iters": 1}, batch_sizes=(1, 2), precision_batch=1,
                        precision_variants=("fp32", "bf16"),
                        defence_size=16, diffpure_size=16, diffpure_t=2, repeats=1, warmup=0,
-                       check_budget_s=20.0, sweep_budget_s=30.0, total_budget_s=600.0, grid_limit=1)
+                       # budgets that never cut a smoke run short, even on a loaded machine
+                       check_budget_s=300.0, sweep_budget_s=600.0, total_budget_s=1800.0, grid_limit=1)
         return cls(quick=False,
                    # what each network sees in the original code: LinearityIQA's --resize 498x664, SPAQ's
                    # shorter side 512 (a 4:3 photo), MetaIQA's 224x224; the plugins' own defaults otherwise
