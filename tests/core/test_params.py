@@ -44,3 +44,15 @@ def test_bad_values_name_the_key(given, fragment):
 
 def test_nullable_when_default_is_none():
     assert resolve(PARAMS, {"weights_path": None}, "x")["weights_path"] is None
+
+
+@pytest.mark.parametrize("text, value", [("1e-1", 0.1), ("5E-1", 0.5), (" .25 ", 0.25), ("+1", 1.0), ("2e-1/2", 0.1)])
+def test_float_params_accept_numbers_written_as_strings(text, value):
+    """YAML 1.1 reads `1e-1` (an exponent without a dot) as a string; it is still the number 0.1."""
+    assert resolve(PARAMS, {"eps": text}, "x")["eps"] == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "1e999", "0x10", "1,5", "ten", "1e"])
+def test_float_params_refuse_strings_that_are_not_finite_decimals(text):
+    with pytest.raises(ConfigError, match="is not a valid float"):
+        resolve(PARAMS, {"eps": text}, "x")

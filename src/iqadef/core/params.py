@@ -16,6 +16,8 @@ from typing import Any, Iterable
 from .errors import ConfigError
 
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+#: A plain decimal number written as a string (``"1e9"``, ``"0.5"``, ``".5"``); not ``inf``/``nan``.
+_NUMBER = re.compile(r"^\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$")
 
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", Path: "path", list: "list"}
 
@@ -27,7 +29,7 @@ class Param:
     ``type`` is one of int, float, bool, str, Path or list (a list of floats/ints/strs as given).
     ``low``/``high`` bound numbers (inclusive); ``choices`` restricts values; ``nullable`` allows
     ``None`` (implied when the default is None). ``presets`` are the values the reference sweeps.
-    Floats also accept fractions written as strings, e.g. ``"10/255"``.
+    Floats also accept numbers and fractions written as strings, e.g. ``"1e9"``, ``"10/255"``.
     """
 
     name: str
@@ -105,6 +107,8 @@ class Param:
                 if den == 0:
                     raise bad
                 out = float(m.group(1)) / den
+            elif isinstance(value, str) and _NUMBER.match(value):
+                out = float(value)  # '1e9': YAML 1.1 reads an exponent without a dot as a string
             else:
                 raise bad
             if not math.isfinite(out):
