@@ -84,8 +84,28 @@ def test_web_page_is_refused(tmp_path, content):
 def test_empty_or_corrupt_file_is_refused(tmp_path, content):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(content)
-    with pytest.raises(WeightsError, match="empty|not a readable PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match="empty|is not a PyTorch checkpoint \\(binary data"):
         load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
+     "a text file, starting 'root:x:0:0:root:/root:/bin/bash'"),          # what /etc/passwd holds
+    (b"hello, these are my notes\n", "a text file, starting 'hello, these are my notes'"),  # KeyError: 101 before
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "a PNG image"),
+])
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path, content, what):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path} is not a PyTorch checkpoint ({what}; torch.load: ")
+    assert "written by torch.save" in str(info.value)
+
+
+def test_a_folder_is_no_checkpoint(tmp_path):
+    with pytest.raises(WeightsError, match="is a folder, not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path)
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
@@ -234,3 +254,34 @@ def test_assign_fills_a_meta_module():
     state = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
     load_state_dict_strict(module, state, "toy", assign=True)
     assert not module.weight.is_meta and module(torch.ones(1, 3)).tolist() == [[3.0, 3.0]]
+
+
+# -- explicit paths are checked before any work ------------------------------------------------------------
+
+class _WithWeights:
+    """The parts of a plugin that weights.py looks at."""
+
+    kind = "metric"
+    label = "toy"
+
+    def __init__(self, sources, **config):
+        self.sources, self.config = sources, config
+
+    def weights_in_use(self):
+        return self.sources
+
+
+def test_explicit_weight_files_are_the_paths_the_user_gave(tmp_path):
+    spec = WeightSpec("m.pth", urls=(), param="backbone_path")
+    packaged = tmp_path / "packaged.pt"
+    mine = tmp_path / "mine.pt"
+    assert W.explicit_weight_files(_WithWeights((spec, packaged), backbone_path=None)) == []
+    assert W.explicit_weight_files(_WithWeights((spec,), backbone_path=str(mine))) == [("backbone_path", mine)]
+    assert W.explicit_weight_files(_WithWeights((mine,), weights_path=str(mine))) == [("weights_path", mine)]
+
+
+def test_fetch_missing_refuses_a_missing_explicit_file_before_any_work(offline_home, tmp_path):
+    plugin = _WithWeights((WeightSpec("m.pth", urls=()),), weights_path=str(tmp_path / "nope.pt"))
+    with pytest.raises(WeightsError, match=r"metric 'toy': weights file .*nope\.pt \(given as `weights_path:`\) "
+                                           r"does not exist"):
+        W.fetch_missing([plugin])

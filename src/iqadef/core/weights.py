@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .errors import WeightsError
+from .sniff import binary_kind, looks_like_text
 
 _CHUNK = 1 << 20
 
@@ -123,13 +124,37 @@ def fingerprint(source: "WeightSpec | Path", explicit: str | os.PathLike | None 
     return file_digest(found) if found is not None else f"unresolved:{source.filename}"
 
 
+def explicit_weight_files(plugin: Any) -> list[tuple[str, Path]]:
+    """``(parameter, path)`` for each weight file ``plugin`` loads from a path the user gave.
+
+    A spec's file comes from its ``param``; a plain path (plugins with packaged weights) is explicit
+    when it is the value of one of the plugin's path parameters (a packaged default is not).
+    """
+    given = {str(v): k for k, v in plugin.config.items() if isinstance(v, (str, os.PathLike)) and str(v)}
+    out = []
+    for source in plugin.weights_in_use():
+        if isinstance(source, WeightSpec):
+            value = plugin.config.get(source.param)
+            if value:
+                out.append((source.param, Path(value).expanduser()))
+        elif str(source) in given:
+            out.append((given[str(source)], Path(source)))
+    return out
+
+
 def fetch_missing(plugins: "Any") -> None:
     """Resolve (download if allowed) every weight file the plugins will load, before any work starts.
 
     A missing file then stops the run at once with the message of :func:`resolve_weights` (where to put
     it), not after hours of other cells; and cache keys see the file's content from the first run on.
+    Explicit paths (``weights_path:``) are checked too (the registry loader already did, for configs
+    written by hand in code it is here).
     """
     for plugin in plugins:
+        for param, path in explicit_weight_files(plugin):
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                raise WeightsError(f"{plugin.kind} {plugin.label!r}: weights file {path} (given as `{param}:`) {what}")
         for source in plugin.weights_in_use():
             if isinstance(source, WeightSpec) and not plugin.config.get(source.param):
                 resolve_weights(source)
@@ -218,16 +243,50 @@ def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> P
 
 
 def check_checkpoint_file(path: Path, label: str | None = None) -> None:
-    """Refuse files that are obviously not checkpoints (an HTML error page, an empty file)."""
+    """Refuse files that are obviously not checkpoints (an HTML error page, an empty file, a folder)."""
     label = label or str(path)
-    with open(path, "rb") as f:
-        head = f.read(512)
+    if path.is_dir():
+        raise WeightsError(f"{label}: is a folder, not a PyTorch checkpoint; give the path of the .pt/.pth file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise WeightsError(f"{label}: cannot be read ({exc.strerror or exc})") from None
     if not head:
         raise WeightsError(f"{label}: the file is empty, not a checkpoint; delete it and download it again")
     text = head.lstrip().lower()
     if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"{\"error")):
         raise WeightsError(f"{label}: this is a web page, not a checkpoint (a failed download?); "
                            f"delete {path} and download the file again")
+
+
+#: How the files ``torch.load`` reads begin: a zip archive (torch >= 1.6) or a pickle (protocol 2+).
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _is_checkpoint_format(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4).startswith(_CHECKPOINT_MAGIC)
+
+
+def _not_a_checkpoint(path: Path, exc: BaseException) -> WeightsError:
+    """A file that is not in a format ``torch.load`` reads: say what it is, not torch's ``KeyError: 101``."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if looks_like_text(head):
+        first = head[:32].decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
+        what = f"a text file, starting {first!r}"
+    else:
+        what = binary_kind(head) or "neither a zip archive nor a pickle"
+    return WeightsError(f"{path} is not a PyTorch checkpoint ({what}; torch.load: {_first_sentence(exc)}); give "
+                        f"the path of a .pt/.pth file written by torch.save")
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = (str(exc).splitlines() or [""])[0]
+    if len(text) > 120 and ". " in text:
+        text = text.split(". ")[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _numpy_safe_globals() -> list:
@@ -262,13 +321,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 return torch.load(path, map_location=map_location, weights_only=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _is_checkpoint_format(path):
+            raise _not_a_checkpoint(path, exc) from None
         detail = _unpickling_detail(str(exc))
         raise WeightsError(f"{path}: refused to load: the checkpoint holds objects other than tensors, numbers and "
                            f"plain containers (loaded with weights_only=True, so nothing in it was run); "
                            f"details: {detail}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError) as exc:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and download it again") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError, LookupError,
+            OSError, UnicodeDecodeError) as exc:
+        # a text file or /etc/passwd makes torch's pickle reader fail with KeyError: 101 or IndexError
+        if not _is_checkpoint_format(path):
+            raise _not_a_checkpoint(path, exc) from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); it may be truncated "
+                           f"or corrupt: delete it and download it again") from None
 
 
 def _unpickling_detail(message: str) -> str:
