@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,3 +126,52 @@ def test_plugins_json_lists_builtins(capsys):
     names = {p["name"] for p in data["plugins"]}
     assert "iqadef.plugins.defences.identity" in names
     assert any("ifgsm" in p["registers"].get("attacks", []) for p in data["plugins"])
+
+
+@pytest.mark.parametrize("source, shown", [
+    ("import sys\nsys.exit(0)\n", "SystemExit(0)"),
+    ("raise SystemExit(3)\n", "SystemExit(3)"),
+    ("raise GeneratorExit('odd')\n", "GeneratorExit: odd"),
+])
+def test_a_plugin_exiting_at_import_is_a_broken_plugin(site, source, shown):
+    """SystemExit at import used to end every command with status 0 and no output."""
+    make_dist(site, "iqadef-plugin-exits", "exits_plugin", source)
+    make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
+    with pytest.warns(PluginLoadWarning, match=rf"iqadef-plugin-exits.*failed to load: {re.escape(shown)}"):
+        registry = PluginRegistry()
+    assert "halve" in registry.names("defences") and "no-defence" in registry.names("defences")
+
+
+def test_a_plugin_exiting_in_its_register_hook_is_skipped(site):
+    source = GOOD.format(defence="x") + "\n@hookimpl\ndef iqadef_register_attacks(register):\n    raise SystemExit(0)\n"
+    make_dist(site, "iqadef-plugin-odd", "odd_plugin", source)
+    with pytest.warns(PluginLoadWarning, match=r"iqadef-plugin-odd.*failed to register attacks: SystemExit\(0\)"):
+        registry = PluginRegistry()
+    assert "x" in registry.names("defences")
+
+
+def test_a_plugin_exiting_at_import_is_fatal_in_strict_mode(site, monkeypatch):
+    make_dist(site, "iqadef-plugin-exits", "exits_plugin", "raise SystemExit(0)\n")
+    monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"iqadef-plugin-exits.*SystemExit\(0\).*strict plugin mode"):
+        PluginRegistry()
+
+
+@pytest.mark.slow
+def test_a_plugin_exiting_at_import_on_the_command_line(site):
+    """Through the installed CLI in a subprocess: the exit status and stderr are what a user sees."""
+    make_dist(site, "iqadef-plugin-exits", "exits_plugin", "import sys\nsys.exit(0)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop("IQADEF_STRICT_PLUGINS", None)
+    listed = subprocess.run([sys.executable, "-m", "iqadef", "plugins", "--json"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    report = json.loads(listed.stdout)
+    assert any("iqadef-plugin-exits" in p and "SystemExit(0)" in p for p in report["problems"])
+    assert any(p["name"] == "iqadef.plugins.defences.identity" for p in report["plugins"])
+    assert "warning: plugin 'exits_plugin' from distribution 'iqadef-plugin-exits'" in listed.stderr
+    strict = subprocess.run([sys.executable, "-m", "iqadef", "--strict-plugins", "list", "defences"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert strict.returncode == 2 and strict.stdout == ""
+    assert strict.stderr.startswith("error: plugin 'exits_plugin' from distribution 'iqadef-plugin-exits' failed")
+    assert "Traceback" not in strict.stderr and len(strict.stderr.strip().splitlines()) == 1

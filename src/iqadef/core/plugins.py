@@ -5,6 +5,9 @@ exactly like third-party packages, which are found through the entry-point group
 
 * A plugin that fails to import or to register is skipped with a :class:`PluginLoadWarning` naming
   its distribution and the error; ``IQADEF_STRICT_PLUGINS=1`` (or ``strict=True``) makes it fatal.
+  "Fails" means any exception, ``SystemExit`` and ``GeneratorExit`` included (a plugin calling
+  ``sys.exit(0)`` at import must not end every command silently with status 0); only
+  ``KeyboardInterrupt`` goes through.
 * ``IQADEF_LOAD_PLUGINS=a,b`` loads only those third-party plugins (distribution or entry-point
   names; built-ins always load). ``IQADEF_LOAD_PLUGINS=`` (empty) loads none.
 * Two plugins registering the same name is a :class:`PluginError` naming both distributions.
@@ -126,9 +129,11 @@ class PluginRegistry:
             info = PluginInfo(modname, BUILTIN_DISTRIBUTION, __version__, builtin=True)
             try:
                 self._add(importlib.import_module(modname), info)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
                 self._skip(f"plugin {modname!r} (distribution {BUILTIN_DISTRIBUTION!r}) failed to import: "
-                           f"{type(exc).__name__}: {exc}")
+                           f"{_describe(exc)}")
 
     def _load_entry_points(self) -> None:
         for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -141,9 +146,10 @@ class PluginRegistry:
                 continue
             try:
                 self._add(ep.load(), info)
-            except Exception as exc:  # noqa: BLE001
-                self._skip(f"plugin {ep.name!r} from distribution {dist!r} failed to load: "
-                           f"{type(exc).__name__}: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit at import included
+                self._skip(f"plugin {ep.name!r} from distribution {dist!r} failed to load: {_describe(exc)}")
 
     def _collect(self) -> None:
         for kind, hook_name in HOOKS.items():
@@ -155,9 +161,11 @@ class PluginRegistry:
                     impl.function(register=found.append)
                     for cls in found:
                         _check_class(cls, kind)
-                except Exception as exc:  # noqa: BLE001
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - SystemExit in a hook included
                     self._skip(f"plugin {info.name!r} (distribution {info.distribution!r}) failed to "
-                               f"register {kind}: {type(exc).__name__}: {exc}")
+                               f"register {kind}: {_describe(exc)}")
                     continue
                 for cls in found:
                     self._register(kind, cls, info)
@@ -202,6 +210,13 @@ class PluginRegistry:
             d["distribution"] = reg.plugin.distribution
             out.append(d)
         return out
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``; a bare ``SystemExit(0)`` says what it did, since its message is just ``0``."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the plugin called sys.exit() / raised SystemExit"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _check_class(cls: Any, kind: str) -> None:
