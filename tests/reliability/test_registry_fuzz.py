@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,3 +65,23 @@ def test_unsafe_yaml_tags_are_refused(tmp_path, toy_registry):
     else:
         raise AssertionError("an unsafe tag was accepted")
     assert not marker.exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(eps=st.lists(st.integers(1, 50), min_size=1, max_size=4, unique=True),
+       steps=st.lists(st.integers(1, 5), min_size=1, max_size=3, unique=True),
+       sigmas=st.lists(st.integers(1, 9), min_size=1, max_size=3, unique=True),
+       extra_defences=st.integers(0, 2))
+def test_max_cells_counts_exactly_what_the_sweeps_expand_to(eps, steps, sigmas, extra_defences, toy_registry,
+                                                            tmp_path):
+    """The grid is counted without expanding it; the count must be the number of cells it expands to."""
+    data = {"metrics": ["toy-metric"],
+            "attacks": [{"name": "toy-sign", "sweep": {"eps": [f"{e}/255" for e in eps], "steps": steps}}],
+            "defences": [{"name": "toy-noise-defence", "sweep": {"sigma": [s / 100 for s in sigmas]}}]
+            + ["no-defence", "toy-blur"][:extra_defences]}
+    cells = len(eps) * len(steps) * (len(sigmas) + extra_defences)
+    config = parse_run_config({**data, "max_cells": cells}, tmp_path / "registry.yaml", registry=toy_registry)
+    assert len(config.metrics) * len(config.attacks) * len(config.defences) == cells
+    if cells > 1:
+        with pytest.raises(ConfigError, match=f"the grid has {cells:,} metric x attack x defence combinations"):
+            parse_run_config({**data, "max_cells": cells - 1}, tmp_path / "registry.yaml", registry=toy_registry)

@@ -1,16 +1,21 @@
 """The registry file (``registry.yaml``): what to run. Schema in docs/registry.md.
 
 Everything is validated before any work starts; errors name the file, the key path
-(``defences[2].sweep.quality``) and what is allowed. YAML is read with ``yaml.safe_load`` only, so
-tags that would build Python objects are refused.
+(``defences[2].sweep.quality``) and what is allowed. YAML is read with a ``yaml.SafeLoader`` subclass
+only, so tags that would build Python objects are refused; it also refuses duplicate keys (PyYAML
+keeps the last one silently), reads ``1e9`` as a number (YAML 1.2; YAML 1.1 makes it a string) and
+refuses aliases that expand to a huge document. A sweep's size is counted before it is expanded
+(``max_cells``), so a few lines cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -21,6 +26,7 @@ from .dataset import DEFAULT_MAX_SIDE, builtin_images_dir
 from .errors import ConfigError
 from .plugins import PluginRegistry, get_registry
 from .suggest import did_you_mean
+from .weights import explicit_weight_files
 
 TOP_KEYS = {
     "dataset": "images folder (or `builtin`) and optional MOS CSV",
@@ -34,12 +40,19 @@ TOP_KEYS = {
     "defences": "list of defence entries",
     "executor": "local | ray",
     "ray": "Ray options (address, num_cpus, num_gpus)",
+    "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
 }
 DATASET_KEYS = {"images", "mos", "max_side"}
 #: Keys of an entry that are not plugin parameters.
 ENTRY_KEYS = {"name", "params", "sweep"}
 ATTACK_ENTRY_KEYS = ENTRY_KEYS | {"adaptive", "eot_samples"}
 ADAPTIVE_MODES = ("none", "bpda", "eot", "bpda+eot")
+#: Default of ``max_cells``: 70x the paper grid (3 x 10 x 47 = 1410 per image), far below what
+#: expanding it costs (about 2 KB per plugin configuration).
+DEFAULT_MAX_CELLS = 100_000
+#: Most values a registry document may hold once its YAML aliases are expanded.
+MAX_YAML_VALUES = 1_000_000
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
@@ -95,14 +108,79 @@ class RunConfig:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device for a ``device:`` value; only devices a run can use (``meta`` holds no data,
+    ``cuda:3`` on a two-GPU machine would fail every cell), checked before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} was asked for but CUDA is not available here; use `auto` or `cpu`")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device: {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    form = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", device)
+    if form is None or (form.group(1) == "mps" and form.group(2) is not None):
+        raise ConfigError(f"device: {device!r} is not a device iqadef can run on; use {DEVICE_FORMS}")
+    kind, index = form.group(1), int(form.group(2) or 0)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {device!r} was asked for but CUDA is not available here; use `auto` or `cpu`")
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"device: {device!r}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}; use one of them or `auto`")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {device!r} was asked for but Apple's MPS backend is not available here; "
+                          f"use `auto` or `cpu`")
+    if kind == "cpu" and index != 0:
+        raise ConfigError(f"device: {device!r}: there is one CPU device; use `cpu`")
+    return torch.device(device)
+
+
+class _RegistryLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and reads YAML 1.2 floats (``1e9``) as numbers."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then explicit keys: an override, not a duplicate
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error names it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first at line {first.line + 1}); keep one of them",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 needs a dot and a signed exponent (`1.0e+9`); YAML 1.2 and every other parser read `1e9`,
+# `1E-3`, `1.0e9` as floats. Added to a copy of the resolvers so SafeLoader itself is untouched.
+_RegistryLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RegistryLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+class _RecursiveAlias(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int | None]) -> int:
+    """How many values ``node`` becomes once aliases are expanded (a "billion laughs" is tiny as text).
+
+    An alias inside its own anchor (``a: &a [1, *a]``) would build a list that contains itself."""
+    if id(node) in memo:
+        if memo[id(node)] is None:
+            raise _RecursiveAlias(node.start_mark)
+        return memo[id(node)]  # type: ignore[return-value]
+    memo[id(node)] = None
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_YAML_VALUES + 1)
+    return memo[id(node)]
 
 
 def load_yaml(path: Path) -> Any:
@@ -114,13 +192,31 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: is a folder; give the registry YAML file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: is not a UTF-8 text file") from None
+    loader = None
     try:
-        return yaml.safe_load(text)
+        loader = _RegistryLoader(text)  # its reader refuses control characters here already
+        node = loader.get_single_node()
+        try:
+            too_big = node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES
+        except _RecursiveAlias as exc:
+            mark = exc.args[0]
+            raise ConfigError(f"{path}: line {mark.line + 1}: a YAML alias (*name) is used inside its own anchor "
+                              f"(&name), which makes a value contain itself; write the value out") from None
+        if too_big:
+            raise ConfigError(f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
+                              f"write the values out instead of nesting aliases")
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (lists or mappings inside each other "
+                          f"hundreds of levels deep)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def load_run_config(path: str | Path, *, registry: PluginRegistry | None = None,
@@ -174,7 +270,8 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
         raise ConfigError(f"{where}dataset.mos: must be a CSV file path or null")
     mos = (base / mos_value).expanduser() if mos_value else None
     if mos is not None and not mos.is_file():
-        raise ConfigError(f"{where}dataset.mos: {mos} does not exist")
+        what = "is not a file" if mos.exists() else "does not exist"
+        raise ConfigError(f"{where}dataset.mos: {mos} {what}")
     max_side = _int(dataset, "max_side", DEFAULT_MAX_SIDE, where + "dataset.", low=16)
 
     output_value = data.get("output", "runs/default")
@@ -203,13 +300,18 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
 
     RayOptions.parse(ray, f"{where}ray")
 
-    metrics = [m for i, e in enumerate(_section(data, "metrics", where, required=True))
-               for m in _entries(registry, "metrics", e, f"{where}metrics[{i}]")]
-    attacks = [a for i, e in enumerate(_section(data, "attacks", where, required=True))
-               for a in _attack_entries(registry, e, f"{where}attacks[{i}]")]
-    defence_list = _section(data, "defences", where, required=False) or ["no-defence"]
-    defences = [d for i, e in enumerate(defence_list)
-                for d in _defence_entries(registry, e, f"{where}defences[{i}]")]
+    # Count first, build after: a sweep of a few lines can stand for 10^8 configurations.
+    plans = {
+        "metrics": [_plan_entry(registry, "metrics", e, f"{where}metrics[{i}]")
+                    for i, e in enumerate(_section(data, "metrics", where, required=True))],
+        "attacks": [_plan_attack(registry, e, f"{where}attacks[{i}]")
+                    for i, e in enumerate(_section(data, "attacks", where, required=True))],
+        "defences": [_plan_defence(registry, e, f"{where}defences[{i}]")
+                     for i, e in enumerate(_section(data, "defences", where, required=False) or ["no-defence"])],
+    }
+    _check_grid_size(plans, _max_cells(data, where), where)
+    metrics, attacks, defences = ([item for plan in plans[k] for item in plan.build()]
+                                  for k in ("metrics", "attacks", "defences"))
     _no_duplicates(metrics, where + "metrics")
     _no_duplicates(attacks, where + "attacks")
     _no_duplicates(defences, where + "defences")
@@ -248,11 +350,60 @@ def _no_duplicates(items: list, where: str) -> None:
         seen[label] = i
 
 
+@dataclass
+class _ParamSets:
+    """One entry's parameter sets, not yet expanded: ``sets`` (one per ``params`` item) x the sweep's axes."""
+
+    cls: type
+    sets: list[tuple[dict, str]]
+    axes: list[list[tuple[str, Any]]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.sets) * math.prod(len(axis) for axis in self.axes)
+
+    def expand(self) -> list[tuple[dict, str]]:
+        return [({**params, **dict(combo)}, w) for params, w in self.sets for combo in itertools.product(*self.axes)]
+
+
+@dataclass
+class _Plan:
+    """A registry entry validated and counted; :meth:`build` makes its plugin instances."""
+
+    where: str
+    name: str
+    count: int
+    build: Callable[[], list]
+    sizes: str = ""
+
+
+def _max_cells(data: dict, where: str) -> int:
+    value = data.get("max_cells", DEFAULT_MAX_CELLS)
+    if isinstance(value, float) and value.is_integer():  # `max_cells: 1e6`
+        value = int(value)
+    return _int({"max_cells": value}, "max_cells", DEFAULT_MAX_CELLS, where, low=1)
+
+
+def _check_grid_size(plans: dict[str, list[_Plan]], max_cells: int, where: str) -> None:
+    """Refuse a grid above ``max_cells`` combinations per image before anything is expanded."""
+    counts = {kind: sum(p.count for p in section) for kind, section in plans.items()}
+    total = math.prod(counts.values())
+    if total <= max_cells:
+        return
+    culprit = max((p for section in plans.values() for p in section), key=lambda p: p.count)
+    sizes = f" ({culprit.sizes})" if culprit.sizes else ""
+    raise ConfigError(
+        f"{where}the grid has {total:,} metric x attack x defence combinations per image ({counts['metrics']:,} x "
+        f"{counts['attacks']:,} x {counts['defences']:,}), more than max_cells: {max_cells:,}; the largest entry, "
+        f"{culprit.where.removeprefix(where)} ({culprit.name}), expands to {culprit.count:,}{sizes}. "
+        f"Sweep fewer values, or raise `max_cells` if you mean it")
+
+
 def _param_sets(registry: PluginRegistry, kind: str, entry: Any, where: str,
-                extra_keys: set[str] = ENTRY_KEYS) -> tuple[type, list[tuple[dict, str]]]:
-    """Expand one entry into (class, [(params, where)]) — a sweep or a params list gives several."""
+                extra_keys: set[str] = ENTRY_KEYS) -> _ParamSets:
+    """One entry as (class, params sets, sweep axes) — a sweep or a params list gives several; nothing expanded."""
     if isinstance(entry, str):
-        return registry.get(kind, entry, where), [({}, where)]
+        return _ParamSets(registry.get(kind, entry, where), [({}, where)])
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a name or a mapping with `name`, got {type(entry).__name__}")
     if "name" not in entry:
@@ -289,17 +440,41 @@ def _param_sets(registry: PluginRegistry, kind: str, entry: Any, where: str,
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}.sweep.{key}: must be a non-empty list of values or `presets`")
             axes.append([(key, v) for v in values])
-        sets = [({**params, **dict(combo)}, w) for params, w in sets for combo in itertools.product(*axes)]
-    return cls, sets
+        return _ParamSets(cls, sets, axes)
+    return _ParamSets(cls, sets)
 
 
-def _entries(registry: PluginRegistry, kind: str, entry: Any, where: str) -> list:
-    cls, sets = _param_sets(registry, kind, entry, where)
-    return [cls(where=w, **params) for params, w in sets]
+def _sizes(plan: _ParamSets) -> str:
+    parts = [f"params: {len(plan.sets)} sets"] if len(plan.sets) > 1 else []
+    parts += [f"{axis[0][0]}: {len(axis)} values" for axis in plan.axes]
+    return " x ".join(parts) if len(parts) > 1 or plan.axes else ""
 
 
-def _attack_entries(registry: PluginRegistry, entry: Any, where: str) -> list[AttackEntry]:
-    cls, sets = _param_sets(registry, "attacks", entry, where, ATTACK_ENTRY_KEYS)
+def _make(cls: type, params: dict, where: str) -> Plugin:
+    plugin = cls(where=where, **params)
+    _check_weight_files(plugin, where)
+    return plugin
+
+
+def _check_weight_files(plugin: Plugin, where: str) -> None:
+    """An explicit weights path (``weights_path:``) must name a file now, not when every cell has failed."""
+    for param, path in explicit_weight_files(plugin):
+        if not path.exists():
+            raise ConfigError(f"{where}.{param}: {path} does not exist; give the path of the weights file "
+                              f"(a relative path is relative to the current folder), or remove `{param}` "
+                              f"for the default weights")
+        if not path.is_file():
+            raise ConfigError(f"{where}.{param}: {path} is not a file (a folder?); give the path of the weights file")
+
+
+def _plan_entry(registry: PluginRegistry, kind: str, entry: Any, where: str) -> _Plan:
+    sets = _param_sets(registry, kind, entry, where)
+    return _Plan(where, sets.cls.name, sets.count, lambda: [_make(sets.cls, p, w) for p, w in sets.expand()],
+                 _sizes(sets))
+
+
+def _plan_attack(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
+    sets = _param_sets(registry, "attacks", entry, where, ATTACK_ENTRY_KEYS)
     adaptive, eot = "none", 1
     if isinstance(entry, dict):
         adaptive = entry.get("adaptive", "none") or "none"
@@ -308,10 +483,11 @@ def _attack_entries(registry: PluginRegistry, entry: Any, where: str) -> list[At
         eot = entry.get("eot_samples", 8 if "eot" in adaptive else 1)
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise ConfigError(f"{where}.eot_samples: {eot!r} must be an integer >= 1")
-    return [AttackEntry(cls(where=w, **params), adaptive, eot) for params, w in sets]
+    return _Plan(where, sets.cls.name, sets.count,
+                 lambda: [AttackEntry(_make(sets.cls, p, w), adaptive, eot) for p, w in sets.expand()], _sizes(sets))
 
 
-def _defence_entries(registry: PluginRegistry, entry: Any, where: str) -> list[Defence]:
+def _plan_defence(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
     if isinstance(entry, dict) and "compose" in entry:
         extra = set(entry) - {"compose"}
         if extra:
@@ -322,9 +498,10 @@ def _defence_entries(registry: PluginRegistry, entry: Any, where: str) -> list[D
             raise ConfigError(f"{where}: a composition needs at least two defences, e.g. [diffpure, unsharp]")
         stages = []
         for j, sub in enumerate(entry):
-            found = _entries(registry, "defences", sub, f"{where}[{j}]")
-            if len(found) != 1:
+            stage = _plan_entry(registry, "defences", sub, f"{where}[{j}]")
+            if stage.count != 1:
                 raise ConfigError(f"{where}[{j}]: sweeps are not allowed inside a composition")
-            stages.append(found[0])
-        return [Compose(stages)]
-    return _entries(registry, "defences", entry, where)
+            stages.append(stage)
+        return _Plan(where, "+".join(s.name for s in stages), 1,
+                     lambda: [Compose([s.build()[0] for s in stages])])
+    return _plan_entry(registry, "defences", entry, where)
