@@ -28,20 +28,14 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, PluginError
+from .kinds import KINDS
 from .suggest import did_you_mean
 
 ENTRY_POINT_GROUP = "iqadef"
 
-#: kind -> hook name. ``kind`` is what a registry section is called (``metrics:`` ...).
-HOOKS = {
-    "metrics": "iqadef_register_metrics",
-    "attacks": "iqadef_register_attacks",
-    "defences": "iqadef_register_defences",
-    "scores": "iqadef_register_scores",
-    "commands": "iqadef_register_commands",
-}
-SINGULAR = {"metrics": "metric", "attacks": "attack", "defences": "defence", "scores": "score",
-            "commands": "command"}
+#: kind -> hook name (the kinds themselves are defined in :mod:`.kinds`).
+HOOKS = {section: kind.hook for section, kind in KINDS.items()}
+SINGULAR = {section: kind.singular for section, kind in KINDS.items()}
 
 BUILTIN_PACKAGES = tuple(f"iqadef.plugins.{kind}" for kind in HOOKS)
 BUILTIN_DISTRIBUTION = "iqadef"
@@ -220,18 +214,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _check_class(cls: Any, kind: str) -> None:
-    from .base import Attack, Defence, ImageScore, Metric
-    from .commands import Command
-
-    expected = {"metrics": Metric, "attacks": Attack, "defences": Defence, "commands": Command}.get(kind)
-    if not isinstance(cls, type):
-        raise TypeError(f"register() takes a class, got {cls!r}")
-    if expected is not None and not issubclass(cls, expected):
-        raise TypeError(f"{cls.__name__} is not a subclass of iqadef.{expected.__name__}")
-    if kind == "scores" and not (issubclass(cls, ImageScore) or hasattr(cls, "summarise")):
-        raise TypeError(f"{cls.__name__} is neither an iqadef.ImageScore nor a summary score")
-    if not getattr(cls, "name", ""):
-        raise TypeError(f"{cls.__name__} has no name")
+    KINDS[kind].check(cls)
 
 
 @lru_cache(maxsize=1)
