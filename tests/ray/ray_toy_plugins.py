@@ -1,10 +1,11 @@
 """Toy attacks for the Ray tests: one kills its own worker process once (fault tolerance), one notes
-which process ran it (actor pools)."""
+which process ran it (actor pools), one hangs once (unit_timeout)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -40,7 +41,21 @@ class PidNoteAttack(CrashOnceAttack):
         return super().run(metric, images, seed=seed)
 
 
+class HangOnceAttack(CrashOnceAttack):
+    """Seeded uniform noise; the first call ever (no marker file yet) hangs for ten minutes."""
+
+    name = "toy-hang-once"
+
+    def run(self, metric, images, *, seed=0):
+        marker = Path(self.marker)
+        if self.marker and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(600)
+        return super().run(metric, images, seed=seed)
+
+
 @hookimpl
 def iqadef_register_attacks(register):
     register(CrashOnceAttack)
     register(PidNoteAttack)
+    register(HangOnceAttack)

@@ -128,6 +128,30 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_a_unit_past_unit_timeout_fails_its_cells_and_the_grid_goes_on(tmp_path, image_dir, ray_registry, local_ray):
+    marker = tmp_path / "hung"
+    attacks = f"[toy-sign, {{name: toy-hang-once, marker: {marker}}}]"
+    marker.write_text("the local run must not hang")
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry,
+                     progress=False)
+    marker.unlink()
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
+    cfg.unit_timeout = 15.0  # far above a toy unit, even on a loaded machine; the hang lasts 600 s
+    remote = run_grid(cfg, registry=ray_registry, progress=False)
+    assert marker.exists(), "the hang-once attack never ran in a Ray worker"
+    b = table(remote.run_dir)
+    hung = b[b["error"].str.contains("did not finish within unit_timeout: 15 s on its Ray worker")]
+    assert len(hung) == 2 * 3 and hung["attack"].str.startswith("toy-hang-once").all()  # one unit: 2 images x 3
+    assert hung["error"].str.contains(r"unit \d/1/\d \(metric 'toy-(?:metric|nan)', attack 'toy-hang-once").all()
+    rest = b.drop(hung.index)
+    a = table(local.run_dir)
+    pd.testing.assert_frame_equal(a.drop(hung.index).reset_index(drop=True), rest.reset_index(drop=True),
+                                  check_exact=True)
+    assert len(b) == CELLS and wait_for_free_cpus(local_ray, 2) == 2  # the stuck actor was killed
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray_registry, local_ray):
     local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry,
                      progress=False)

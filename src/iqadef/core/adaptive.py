@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .base import Defence, Metric
+from .guard import Tripwire, checked_call
 
 
 def eot_seed(seed: int, index: int) -> int:
@@ -31,7 +32,8 @@ class DefendedMetric(Metric):
 
     name = "defended-metric"
 
-    def __init__(self, metric: Metric, defence: Defence, *, samples: int = 1, seed: int = 0):
+    def __init__(self, metric: Metric, defence: Defence, *, samples: int = 1, seed: int = 0,
+                 tripwire: Tripwire | None = None):
         super().__init__()
         if samples < 1:
             raise ValueError(f"DefendedMetric: samples must be >= 1, got {samples}")
@@ -39,6 +41,7 @@ class DefendedMetric(Metric):
         self.defence = defence
         self.samples = samples if defence.randomized else 1
         self.seed = seed
+        self.tripwire = tripwire
         self.calls = 0
         self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
         self.range = metric.range  # type: ignore[misc]
@@ -58,11 +61,18 @@ class DefendedMetric(Metric):
                 "samples": self.samples}
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean of ``f(D(images))`` over the EOT draws. Neither plugin may write into the attack's images
+        or the defence's output (version counters; a write raises
+        :class:`~iqadef.core.guard.InputModified`, which also trips ``tripwire`` if the attack swallows it)."""
         first = self.calls * self.samples
         self.calls += 1
         total = None
+        defence, metric = f"defence {self.defence.label!r}", f"metric {self.metric.label!r}"
         for k in range(self.samples):
             seed = eot_seed(self.seed, first + k) if self.defence.randomized else None
-            value = self.metric.score(self.defence.forward(images, seed=seed))
+            defended = checked_call(defence, "the attack's images", images,
+                                    lambda: self.defence.forward(images, seed=seed), self.tripwire)
+            value = checked_call(metric, "the attack's images seen through the defence", defended,
+                                 lambda: self.metric.score(defended), self.tripwire)
             total = value if total is None else total + value
         return total / self.samples

@@ -40,8 +40,24 @@ class CellBatch:
         if hit is not None and hit[0] is a and hit[1] is b:  # the memo holds a and b, so ids stay unique
             return hit[2]
         value = compute(a, b)
-        self.memo[key] = (a, b, value)
+        self.memo[key] = (a, b, value, _versions(value))
         return value
+
+    def changed_measures(self) -> list[str]:
+        """Names of memoised measures changed in place since they were computed (``ssim *= 2`` on a value
+        :meth:`pair_measure` returned would change it for every later cell; the runner fails the score)."""
+        return [key[0] for key, hit in self.memo.items() if len(hit) > 3 and _versions(hit[2]) != hit[3]]
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
+
+
+def _versions(value: Any) -> tuple[int, ...]:
+    """Version counters of the tensors in ``value`` (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(value, torch.Tensor):
+        return (value._version,)
+    if isinstance(value, (tuple, list)):
+        return tuple(v for item in value for v in _versions(item))
+    if isinstance(value, dict):
+        return tuple(v for item in value.values() for v in _versions(item))
+    return ()

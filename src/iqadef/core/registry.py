@@ -41,6 +41,7 @@ TOP_KEYS = {
     "executor": "local | ray",
     "ray": "Ray options (address, num_cpus, num_gpus)",
     "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
+    "unit_timeout": "seconds one work unit (metric x attack x batch) may take; null: no limit",
 }
 DATASET_KEYS = {"images", "mos", "max_side"}
 #: Keys of an entry that are not plugin parameters.
@@ -50,6 +51,8 @@ ADAPTIVE_MODES = ("none", "bpda", "eot", "bpda+eot")
 #: Default of ``max_cells``: 70x the paper grid (3 x 10 x 47 = 1410 per image), far below what
 #: expanding it costs (about 2 KB per plugin configuration).
 DEFAULT_MAX_CELLS = 100_000
+#: Default of ``unit_timeout`` (s): generous, for a unit of the paper grid's slowest plugins on a CPU.
+DEFAULT_UNIT_TIMEOUT = 3600.0
 #: Most values a registry document may hold once its YAML aliases are expanded.
 MAX_YAML_VALUES = 1_000_000
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
@@ -93,6 +96,7 @@ class RunConfig:
     executor: str = "local"
     ray: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    unit_timeout: float | None = DEFAULT_UNIT_TIMEOUT
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -323,8 +327,18 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
         source=source, images=images, mos=mos, max_side=max_side, output=output, device=device,
         batch_size=_int(data, "batch_size", 4, where, low=1), seed=seed,
         examples=_int(data, "examples", 2, where), metrics=metrics, attacks=attacks, defences=defences,
-        executor=executor, ray=ray, raw=data,
+        executor=executor, ray=ray, raw=data, unit_timeout=_unit_timeout(data, where),
     )
+
+
+def _unit_timeout(data: dict, where: str) -> float | None:
+    """``unit_timeout``: seconds > 0, or null for no limit (docs/registry.md)."""
+    value = data.get("unit_timeout", DEFAULT_UNIT_TIMEOUT)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise ConfigError(f"{where}unit_timeout: {value!r} must be a number of seconds > 0, or null for no limit")
+    return float(value)
 
 
 def _section(data: dict, key: str, where: str, required: bool) -> list:

@@ -12,6 +12,17 @@ Work is organised so that nothing is computed twice:
 
 The computing part (:class:`Worker`) is separate from the writing part (:func:`run_grid`) so other
 executors (Ray) can compute units elsewhere while the driver stays the only writer.
+
+What makes a stored result trustworthy (docs/reliability.md):
+
+* a cell is identified by its plugins (parameters and weights included), its image's name, the image
+  file's sha256 and its batch (:func:`batch_keys`): an image replaced under its name, or a batch that
+  changed, is computed again; a rename that keeps every batch copies the stored rows (:func:`reuse_renamed`);
+* plugins share tensors but cannot change them unseen (:mod:`iqadef.core.guard`), and their outputs are
+  checked against the contract (a metric: exactly B real numbers; attacks, defences: ``[B,3,H,W]`` in
+  [0, 1]; a per-image score: B numbers per column); whatever a plugin raises, ``SystemExit`` included,
+  fails its cells, not the run;
+* each unit has ``unit_timeout`` seconds (:func:`execute_local` computes units in a daemon thread).
 """
 
 from __future__ import annotations
@@ -21,11 +32,14 @@ import io
 import itertools
 import json
 import math
+import queue
+import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,11 +51,13 @@ from .base import Defence, Metric
 from .cells import CellBatch
 from .dataset import Dataset, ImageItem
 from .errors import IqadefError
+from .guard import CellFailure, GuardedMetric, InputModified, Seal, Tripwire, broken, modified_message
 from .plugins import PluginRegistry, get_registry
 from .registry import RunConfig
 from .rundir import prepare_run_dir
 from .scores import image_score_classes
-from .store import KEY_COLUMNS, ResultStore, RunLock, atomic_write_bytes, export_tables
+from .store import (CELL_COLUMNS, IDENTITY_COLUMNS, KEY_COLUMNS, ResultStore, RunLock, atomic_write_bytes,
+                    export_tables)
 from .weights import fetch_missing
 
 
@@ -66,7 +82,7 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def read_png(path: Path) -> torch.Tensor:
+def read_png(path: Path | io.BytesIO) -> torch.Tensor:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
@@ -93,17 +109,24 @@ class UnitResult:
     artifacts: list[tuple[str, str, str]] = field(default_factory=list)  # (key, relative path, sha256)
 
 
-class CellFailure(Exception):
-    """A plugin misbehaved in one cell; recorded as a failed cell, the grid goes on."""
+class _Unattributed(CellFailure):
+    """A shared tensor changed during one defence's cells without a version bump (``.data`` writes):
+    the defence's cells are computed again with a fingerprint after every call, to name the plugin."""
 
 
 def _check_images(out: Any, like: torch.Tensor | None, who: str, same_size: bool = True) -> torch.Tensor:
+    """An attack's or a defence's output: ``[B,3,H,W]`` float pixels in [0, 1] on the input's device."""
+    expected = f"[B,3,H,W] with B={like.shape[0]}" if like is not None else "[B,3,H,W]"
     if not isinstance(out, torch.Tensor):
-        raise CellFailure(f"{who} returned {type(out).__name__}, not a tensor")
+        raise CellFailure(f"{who} returned {type(out).__name__}, expected a tensor {expected}")
     if out.dim() != 4 or out.shape[1] != 3 or (like is not None and out.shape[0] != like.shape[0]):
-        raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected [B,3,H,W] with B={like.shape[0] if like is not None else 'B'}")
+        raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected {expected}")
     if same_size and like is not None and out.shape != like.shape:
         raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
+    if not out.is_floating_point():
+        raise CellFailure(f"{who} returned {out.dtype} pixels, expected floats in [0, 1]")
+    if like is not None and out.device != like.device:
+        raise CellFailure(f"{who} returned a tensor on {out.device}, expected {like.device} (its input's device)")
     if not torch.isfinite(out).all():
         raise CellFailure(f"{who} returned NaN or inf pixels")
     low, high = float(out.min()), float(out.max())
@@ -112,50 +135,206 @@ def _check_images(out: Any, like: torch.Tensor | None, who: str, same_size: bool
     return out.clamp(0, 1)
 
 
+def _check_scores(out: Any, n: int, who: str) -> torch.Tensor:
+    """A metric's output: exactly ``n`` real numbers, shape ``[n]`` (``[n, 1]`` accepted), as a float copy.
+
+    The copy keeps the scores safe from a metric that reuses its output buffer on the next call."""
+    if not isinstance(out, torch.Tensor):
+        raise CellFailure(f"{who} returned {type(out).__name__}, expected a tensor of {n} scores (shape [{n}])")
+    if tuple(out.shape) not in ((n,), (n, 1)):
+        raise CellFailure(f"{who} returned shape {list(out.shape)}, expected [{n}]: one score per image "
+                          f"([{n}, 1] is accepted)")
+    if out.is_complex() or out.dtype == torch.bool:
+        raise CellFailure(f"{who} returned {out.dtype} scores, expected real numbers")
+    return out.detach().float().reshape(-1).clone()
+
+
+#: Column names a per-image score may not use (they are the table's own columns).
+RESERVED_COLUMNS = frozenset(CELL_COLUMNS) | {"checksum"}
+
+
+def _check_score_values(values: Any, n: int, who: str) -> dict[str, torch.Tensor]:
+    """An ImageScore's output: a mapping of column name -> ``n`` numbers (a ``[n]`` tensor, a list of floats)."""
+    if not isinstance(values, Mapping):
+        raise CellFailure(f"{who} returned {type(values).__name__}, expected a dict of column name -> {n} values")
+    out: dict[str, torch.Tensor] = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or not name:
+            raise CellFailure(f"{who} returned the column name {name!r}, expected a non-empty string")
+        if name in RESERVED_COLUMNS:
+            raise CellFailure(f"{who} returned a column named {name!r}, which the result table uses itself; "
+                              f"rename it")
+        try:
+            tensor = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value.detach()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CellFailure(f"{who} returned {type(value).__name__} for {name!r}, expected {n} numbers "
+                              f"({_describe_exc(exc)})") from None
+        if tuple(tensor.shape) not in ((n,), (n, 1)) and not (n == 1 and tensor.dim() == 0):
+            raise CellFailure(f"{who} returned shape {list(tensor.shape)} for {name!r}, expected {n} value(s), "
+                              f"one per image (shape [{n}])")
+        if tensor.is_complex():
+            raise CellFailure(f"{who} returned complex values for {name!r}, expected real numbers")
+        out[name] = tensor.float().reshape(-1).cpu().clone()
+    return out
+
+
 def _describe_exc(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def batch_keys(items: list[ImageItem]) -> list[str]:
+    """Per image of a batch: ``<digest of the batch's files and sizes>:<position>``.
+
+    What a cell's values depend on besides its plugins: the seeds of attacks and randomised defences are
+    drawn from the batch's file hashes, and a batched computation sees the whole batch. Stored with each
+    cell (``batch_key``); a cell whose batch changed (an image replaced, added or removed before it in
+    name order) is computed again, and one whose batch did not (a rename that keeps the order) is not.
+    """
+    digest = _hash("batch", [[item.sha256, list(item.size)] for item in items])[:16]
+    return [f"{digest}:{i}" for i in range(len(items))]
+
+
+def cell_row(config: RunConfig, unit: Unit, d: int, item: ImageItem, batch_key: str) -> dict[str, Any]:
+    """A result row's identity and description (status ok, no values yet)."""
+    metric, entry, defence = config.metrics[unit.metric], config.attacks[unit.attack], config.defences[d]
+    return {
+        "metric_key": metric.key(), "attack_key": entry.key(), "defence_key": defence.key(),
+        "image": item.name, "metric": metric.label, "attack": entry.label, "defence": defence.label,
+        "metric_params": metric.config, "attack_params": entry.attack.config,
+        "defence_params": _defence_params(defence), "adaptive": entry.adaptive,
+        "image_path": str(item.path), "image_sha256": item.sha256, "batch_key": batch_key,
+        "status": "ok", "error": "",
+        "mos": item.mos if item.mos is not None else float("nan"),
+        "adv_path": "", "example_path": "", "scores": {}, "unit": unit.id,
+    }
+
+
+def failed_rows(config: RunConfig, batches: list[list[ImageItem]], unit: Unit, d: int,
+                reason: str) -> list[dict[str, Any]]:
+    """The rows of defence ``d`` of ``unit``, all failed with ``reason``."""
+    items = batches[unit.batch]
+    rows = []
+    for item, key in zip(items, batch_keys(items)):
+        row = cell_row(config, unit, d, item, key)
+        row.update(status="failed", error=reason)
+        for k in ("f_clean", "f_adv", "f_def_clean", "f_def_adv"):
+            row[k] = float("nan")
+        rows.append(row)
+    return rows
+
+
 class Worker:
-    """Computes work units. Holds the loaded plugins and the current batch's clean-side results."""
+    """Computes work units. Holds the loaded plugins and the current batch's clean-side results.
+
+    Every plugin method runs through :meth:`_call`: whatever it raises (any ``BaseException`` but
+    ``KeyboardInterrupt``: a plugin's ``sys.exit()`` too) fails the cells of that call, and the tensors
+    handed to it are sealed (:mod:`iqadef.core.guard`): version counters after every call, fingerprints
+    after every metric and defence call on the clean side and once per defence after its scores (a
+    fingerprint failure there computes that defence again with a fingerprint after every call, to name
+    the plugin). A broken seal fails the cells, names the plugin, and the shared tensors are rebuilt from
+    their sources, so later cells are right. ``guard_inputs=False`` turns the seals off (the benchmark's
+    baseline only).
+    """
 
     def __init__(self, config: RunConfig, dataset: Dataset, run_dir: Path,
                  artifact_lookup: Callable[[str], tuple[str, str] | None], device: torch.device,
-                 registry: PluginRegistry | None = None):
+                 registry: PluginRegistry | None = None, *, guard_inputs: bool = True):
         self.config = config
         self.dataset = dataset
         self.batches = dataset.batches(config.batch_size)
+        self.batch_keys = [batch_keys(items) for items in self.batches]
         self.run_dir = run_dir
         self.artifact_lookup = artifact_lookup
         self.device = device
+        self.guard_inputs = guard_inputs
         self.example_names = {item.name for item in dataset.items[: config.examples]}
         self.image_scores = [cls() for cls in image_score_classes(registry or get_registry())]
+        #: The plugin call running now (None between calls) and the last one: named when a unit times out.
+        self.activity: str | None = None
+        self.last_activity: str | None = None
         self._clean_key: tuple[int, int] | None = None
         self._clean: dict[str, Any] = {}
+        #: Defences whose D(x) failed for the current (metric, batch): the same reason for every attack.
+        self._defence_failures: tuple[tuple[int, int] | None, dict[int, str]] = (None, {})
+        self._unit_pngs: dict[str, bytes] = {}  # this unit's adversarial PNGs, to rebuild x_a from
+        self._tainted = False  # a plugin wrote into a shared tensor: rebuild before the next cells
+
+    # -- plugin calls ------------------------------------------------------------------------------
+    def _seal(self, tensor: torch.Tensor, name: str) -> Seal | None:
+        return Seal(tensor, name) if self.guard_inputs else None
+
+    def _call(self, who: str, method: str, call: Callable[[], Any], seals: Sequence[Seal | None] = (),
+              deep: bool = True) -> Any:
+        """``call()`` (one plugin method); its exceptions and writes into ``seals`` become a CellFailure."""
+        self.activity = self.last_activity = f"{who} ({method})"
+        error: BaseException | None = None
+        out = None
+        try:
+            out = call()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit or any other escape fails the plugin's cells
+            error = exc
+        finally:
+            self.activity = None
+        bad = broken([s for s in seals if s is not None], deep) if self.guard_inputs else None
+        if bad is not None:
+            self._tainted = True
+            raise InputModified(modified_message(who, bad.name)) from error
+        if isinstance(error, CellFailure):
+            raise error
+        if error is not None:
+            raise CellFailure(f"{who} raised {_describe_exc(error)}") from error
+        return out
+
+    def _load(self, who: str, plugin: Any) -> Any:
+        return self._call(who, "setup", lambda: plugin.load(self.device))
+
+    def _score(self, metric: Metric, images: torch.Tensor, seal: Seal | None, deep: bool = True) -> torch.Tensor:
+        who = f"metric {metric.label!r}"
+        with torch.no_grad():
+            out = self._call(who, "score", lambda: metric.score(images), [seal], deep)
+        return _check_scores(out, images.shape[0], who)
 
     # -- clean side, shared by all attacks of a (metric, batch) -------------------------------
     def _clean_side(self, m: int, b: int) -> dict[str, Any]:
         if self._clean_key == (m, b):
             return self._clean
-        metric = self.config.metrics[m].load(self.device)
-        items = self.batches[b]
-        x = self.dataset.load(items).to(self.device)
-        with torch.no_grad():
-            f_clean = metric.score(x).detach().float().reshape(-1)
+        self._clean_key, self._clean = None, {}
+        metric = self._load(f"metric {self.config.metrics[m].label!r}", self.config.metrics[m])
+        x = self.dataset.load(self.batches[b]).to(self.device)
+        seal = self._seal(x, "the clean images x")
+        f_clean = self._score(metric, x, seal)
         self._clean_key = (m, b)
-        self._clean = {"x": x, "f": f_clean, "defended": {}, "memo": {}}
+        self._clean = {"x": x, "seal": seal, "f": f_clean, "f_seal": self._seal(f_clean, "f(x)"),
+                       "defended": {}, "memo": {}}
         return self._clean
 
-    def _defended_clean(self, m: int, b: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _defended_clean(self, m: int, b: int, d: int) -> tuple[torch.Tensor, torch.Tensor, Seal | None, Seal | None]:
+        """D(x), f(D(x)) and their seals, computed once per (metric, batch, defence)."""
         clean = self._clean_side(m, b)
+        if self._defence_failures[0] != (m, b):
+            self._defence_failures = ((m, b), {})
+        failures = self._defence_failures[1]
+        if d in failures:
+            raise CellFailure(failures[d])
         if d not in clean["defended"]:
-            defence = self.config.defences[d].load(self.device)
-            metric = self.config.metrics[m]
-            with torch.no_grad():
-                dx = defence.purify(clean["x"], seed=self.defence_seed(d, b))
-                dx = _check_images(dx, clean["x"], f"defence {defence.label!r}", defence.preserves_size)
-                clean["defended"][d] = (dx, metric.score(dx).detach().float().reshape(-1))
+            entry = self.config.defences[d]
+            who = f"defence {entry.label!r}"
+            try:
+                defence = self._load(who, entry)
+                x = clean["x"]
+                with torch.no_grad():
+                    dx = self._call(who, "purify", lambda: defence.purify(x, seed=self.defence_seed(d, b)),
+                                    [clean["seal"]])
+                dx = _check_images(dx, x, who, defence.preserves_size)
+                dx_seal = self._seal(dx, "D(x)")
+                f_dx = self._score(self.config.metrics[m], dx, dx_seal)
+            except CellFailure as exc:
+                failures[d] = str(exc)
+                raise
+            clean["defended"][d] = (dx, f_dx, dx_seal, self._seal(f_dx, "f(D(x))"))
         return clean["defended"][d]
 
     def defence_seed(self, d: int, b: int) -> int:
@@ -166,155 +345,206 @@ class Worker:
                      [i.sha256 for i in self.batches[b]])
 
     # -- adversarial images ---------------------------------------------------------------------
+    def adv_keys(self, unit: Unit, d: int | None) -> list[str]:
+        """Cache keys of x_a for the unit's images (per defence when the attack is adaptive).
+
+        The image's file hash and the attack's seed (drawn from the batch) are in the key; the same file
+        twice in one batch gets its occurrence number too (their noise differs)."""
+        cfg = self.config
+        metric, entry = cfg.metrics[unit.metric], cfg.attacks[unit.attack]
+        items = self.batches[unit.batch]
+        seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
+        defence_key = cfg.defences[d].key() if d is not None else None
+        keys, seen = [], {}
+        for item in items:
+            copy = seen[item.sha256] = seen.get(item.sha256, -1) + 1
+            extra = [copy] if copy else []
+            keys.append(_hash("adv", metric.identity(), entry.attack.identity(), entry.adaptive, entry.eot_samples,
+                              defence_key, item.sha256, seed, *extra))
+        return keys
+
     def _adversarial(self, unit: Unit, d: int | None, result: UnitResult) -> tuple[torch.Tensor, list[str]]:
         """x_a for the unit's batch (per defence when the attack is adaptive), cached as PNGs."""
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.attacks[unit.attack]
         items = self.batches[unit.batch]
         seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
-        defence_key = cfg.defences[d].key() if d is not None else None
-        keys = [_hash("adv", metric.identity(), entry.attack.identity(), entry.adaptive, entry.eot_samples,
-                      defence_key, item.sha256, seed) for item in items]
+        keys = self.adv_keys(unit, d)
         paths = [f"cache/adv/{k[:2]}/{k}.png" for k in keys]
-        cached = [self._cached(k) for k in keys]
+        cached = [self._cached(k, item.size) for k, item in zip(keys, items)]
         if all(c is not None for c in cached):
             return torch.stack(cached).to(self.device), paths  # type: ignore[arg-type]
         x = self._clean_side(unit.metric, unit.batch)["x"]
-        target: Metric = metric
+        tripwire = Tripwire()
+        target: Metric = GuardedMetric(metric, tripwire) if self.guard_inputs else metric
         if d is not None:
-            target = DefendedMetric(metric, cfg.defences[d].load(self.device),
-                                    samples=entry.eot_samples if "eot" in entry.adaptive else 1, seed=seed)
-        attack = entry.attack.load(self.device)
-        try:
-            x_adv = attack.run(target, x.clone(), seed=seed)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin fails its cells, not the run
-            raise CellFailure(f"attack {entry.label!r} raised {_describe_exc(exc)}") from exc
-        x_adv = quantize(_check_images(x_adv.detach(), x, f"attack {entry.label!r}"))
+            defence = self._load(f"defence {cfg.defences[d].label!r}", cfg.defences[d])
+            target = DefendedMetric(metric, defence, samples=entry.eot_samples if "eot" in entry.adaptive else 1,
+                                    seed=seed, tripwire=tripwire if self.guard_inputs else None)
+        who = f"attack {entry.label!r}"
+        attack = self._load(who, entry.attack)
+        x_adv = self._call(who, "run", lambda: attack.run(target, x.clone(), seed=seed))
+        if tripwire.message is not None:  # a metric or defence wrote into the attack's images
+            raise InputModified(tripwire.message)
+        x_adv = quantize(_check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
         for k, rel, img in zip(keys, paths, x_adv):
             data = png_bytes(img)
+            self._unit_pngs[k] = data
             result.files.append((rel, data))
             result.artifacts.append((k, rel, hashlib.sha256(data).hexdigest()))
         return x_adv, paths
 
-    def _cached(self, key: str) -> torch.Tensor | None:
-        found = self.artifact_lookup(key)
-        if found is None:
-            return None
-        rel, sha = found
-        path = self.run_dir / rel
+    def _cached(self, key: str, size: tuple[int, int]) -> torch.Tensor | None:
+        """A cached x_a: from this unit's PNGs, else the run folder's (sha256 checked); None if absent,
+        corrupted or of another size than the image now loads at (``dataset.max_side`` changed)."""
+        data = self._unit_pngs.get(key)
+        if data is None:
+            found = self.artifact_lookup(key)
+            if found is None:
+                return None
+            rel, sha = found
+            try:
+                data = (self.run_dir / rel).read_bytes()
+            except OSError:
+                return None
+            if hashlib.sha256(data).hexdigest() != sha:
+                return None  # corrupted or half-written: recompute
         try:
-            data = path.read_bytes()
-        except OSError:
-            return None
-        if hashlib.sha256(data).hexdigest() != sha:
-            return None  # corrupted or half-written: recompute
-        try:
-            return read_png(path)
+            image = read_png(io.BytesIO(data))
         except Exception:  # noqa: BLE001
             return None
+        return image if tuple(image.shape[1:]) == tuple(size) else None
 
     # -- one unit ---------------------------------------------------------------------------------
     def compute(self, unit: Unit) -> UnitResult:
-        cfg = self.config
         result = UnitResult(rows=[])
-        metric, entry = cfg.metrics[unit.metric], cfg.attacks[unit.attack]
-        items = self.batches[unit.batch]
-        try:
-            clean = self._clean_side(unit.metric, unit.batch)
-        except Exception as exc:  # noqa: BLE001
-            for d in unit.defences:
-                result.rows.extend(self._failed_rows(unit, d, items, f"metric {metric.label!r} raised {_describe_exc(exc)}"))
-            return result
-        shared_adv = None
-        if entry.adaptive == "none":
+        self._unit_pngs = {}
+        shared: tuple | None = None
+        todo = list(unit.defences)
+        while todo:
+            d = todo[0]
+            if self._tainted:  # a plugin wrote into a shared tensor: rebuild them from their sources
+                self._tainted, self._clean_key, shared = False, None, None
             try:
-                shared_adv = self._adversarial(unit, None, result)
-            except CellFailure as exc:
-                for d in unit.defences:
-                    result.rows.extend(self._failed_rows(unit, d, items, str(exc)))
-                return result
-            with torch.no_grad():
-                f_adv_shared = self._score(metric, shared_adv[0])
-        for d in unit.defences:
-            defence = cfg.defences[d]
+                if shared is None:
+                    shared = self._unit_state(unit, result)
+            except CellFailure as exc:  # the metric or the attack failed: every cell of the unit did
+                for d in todo:
+                    result.rows.extend(failed_rows(self.config, self.batches, unit, d, str(exc)))
+                break
             try:
-                if shared_adv is None:
-                    x_adv, adv_paths = self._adversarial(unit, d, result)
-                    with torch.no_grad():
-                        f_adv = self._score(metric, x_adv)
-                else:
-                    (x_adv, adv_paths), f_adv = shared_adv, f_adv_shared
-                dx, f_dx = self._defended_clean(unit.metric, unit.batch, d)
-                with torch.no_grad():
-                    dxa = defence.load(self.device).purify(x_adv, seed=self.defence_seed(d, unit.batch))
-                    dxa = _check_images(dxa, x_adv, f"defence {defence.label!r}", defence.preserves_size)
-                    f_dxa = self._score(metric, dxa)
-                cells = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric, clean["memo"])
-                try:
-                    scores = self._image_scores(cells)
-                finally:
-                    _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
+                rows = self._cells(unit, d, shared[0], result)
+            except _Unattributed:
+                rows = self._diagnose(unit, d, result)
             except CellFailure as exc:
-                result.rows.extend(self._failed_rows(unit, d, items, str(exc)))
-                continue
-            except Exception as exc:  # noqa: BLE001
-                result.rows.extend(self._failed_rows(unit, d, items, f"defence {defence.label!r} raised {_describe_exc(exc)}"))
-                continue
-            for i, item in enumerate(items):
-                values = [float(v[i]) for v in (clean["f"], f_adv, f_dx, f_dxa)]
-                row = self._row(unit, d, item)
-                row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
-                           adv_path=adv_paths[i], scores={k: float(v[i]) for k, v in scores.items()})
-                bad = [n for n, v in zip(("f(x)", "f(x_a)", "f(D(x))", "f(D(x_a))"), values) if not math.isfinite(v)]
-                if bad:
-                    row.update(status="failed", error=f"metric {metric.label!r} returned NaN/inf for {', '.join(bad)}")
-                if item.name in self.example_names:
-                    data = png_bytes(dxa[i])
-                    rel = f"examples/{_hash('example', row['metric_key'], row['attack_key'], row['defence_key'], item.name)[:24]}.png"
-                    result.files.append((rel, data))
-                    row["example_path"] = rel
-                result.rows.append(row)
+                rows = failed_rows(self.config, self.batches, unit, d, str(exc))
+            result.rows.extend(rows)
+            todo.pop(0)
+        if self._tainted:
+            self._tainted, self._clean_key = False, None
+        self._unit_pngs = {}
         return result
 
-    def _score(self, metric: Metric, images: torch.Tensor) -> torch.Tensor:
+    def _unit_state(self, unit: Unit, result: UnitResult) -> tuple:
+        """The clean side and, unless the attack is adaptive, x_a and f(x_a) (shared by every defence)."""
+        self._clean_side(unit.metric, unit.batch)
+        if self.config.attacks[unit.attack].adaptive != "none":
+            return (None,)
+        x_adv, paths = self._adversarial(unit, None, result)
+        seal = self._seal(x_adv, "x_a")
+        f_adv = self._score(self.config.metrics[unit.metric], x_adv, seal)
+        return ((x_adv, paths, seal, f_adv, self._seal(f_adv, "f(x_a)")),)
+
+    def _diagnose(self, unit: Unit, d: int, result: UnitResult) -> list[dict[str, Any]]:
+        """Defence ``d``'s cells changed a shared tensor unseen by its version counter: compute them again
+        from rebuilt tensors with a fingerprint after every call, to name the plugin; they fail either way."""
+        self._tainted, self._clean_key = False, None
+        reason = ("a plugin of these cells (the defence, the metric or a score) modified a shared tensor in place "
+                  "(not reproduced when computed again)")
         try:
-            return metric.score(images).detach().float().reshape(-1)
-        except Exception as exc:  # noqa: BLE001
-            raise CellFailure(f"metric {metric.label!r} raised {_describe_exc(exc)}") from exc
+            shared = self._unit_state(unit, UnitResult(rows=[]))
+            self._cells(unit, d, shared[0], UnitResult(rows=[]), diagnose=True)
+        except CellFailure as exc:
+            reason = str(exc)
+        self._tainted = True
+        return failed_rows(self.config, self.batches, unit, d, reason)
 
-    def _image_scores(self, cells: CellBatch) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for score in self.image_scores:
-            try:
-                values = score.compute(cells)
-            except Exception as exc:  # noqa: BLE001
-                raise CellFailure(f"score {score.name!r} raised {_describe_exc(exc)}") from exc
-            for k, v in values.items():
-                out[k] = torch.as_tensor(v).detach().float().reshape(-1).cpu()
-        return out
-
-    def _row(self, unit: Unit, d: int, item: ImageItem) -> dict[str, Any]:
+    def _cells(self, unit: Unit, d: int, shared: tuple | None, result: UnitResult,
+               diagnose: bool = False) -> list[dict[str, Any]]:
+        """The rows of defence ``d`` of ``unit``. Seals are checked by version after every call and by
+        fingerprint at the end (``diagnose``: by fingerprint after every call)."""
         cfg = self.config
-        metric, entry, defence = cfg.metrics[unit.metric], cfg.attacks[unit.attack], cfg.defences[d]
-        return {
-            "metric_key": metric.key(), "attack_key": entry.key(), "defence_key": defence.key(),
-            "image": item.name, "metric": metric.label, "attack": entry.label, "defence": defence.label,
-            "metric_params": metric.config, "attack_params": entry.attack.config,
-            "defence_params": _defence_params(defence), "adaptive": entry.adaptive,
-            "image_path": str(item.path), "status": "ok", "error": "",
-            "mos": item.mos if item.mos is not None else float("nan"),
-            "adv_path": "", "example_path": "", "scores": {}, "unit": unit.id,
-        }
-
-    def _failed_rows(self, unit: Unit, d: int, items: list[ImageItem], reason: str) -> list[dict[str, Any]]:
+        metric, entry = cfg.metrics[unit.metric], cfg.defences[d]
+        items = self.batches[unit.batch]
+        clean = self._clean_side(unit.metric, unit.batch)
+        if shared is None:
+            x_adv, adv_paths = self._adversarial(unit, d, result)
+            adv_seal = self._seal(x_adv, "x_a")
+            f_adv = self._score(metric, x_adv, adv_seal)
+            f_adv_seal = self._seal(f_adv, "f(x_a)")
+        else:
+            x_adv, adv_paths, adv_seal, f_adv, f_adv_seal = shared
+        dx, f_dx, dx_seal, f_dx_seal = self._defended_clean(unit.metric, unit.batch, d)
+        who = f"defence {entry.label!r}"
+        defence = self._load(who, entry)
+        with torch.no_grad():
+            dxa = self._call(who, "purify", lambda: defence.purify(x_adv, seed=self.defence_seed(d, unit.batch)),
+                             [adv_seal], diagnose)
+        dxa = _check_images(dxa, x_adv, who, defence.preserves_size)
+        dxa_seal = self._seal(dxa, "D(x_a)")
+        f_dxa = self._score(metric, dxa, dxa_seal, diagnose)
+        seals = [clean["seal"], adv_seal, dx_seal, dxa_seal, clean["f_seal"], f_adv_seal, f_dx_seal,
+                 self._seal(f_dxa, "f(D(x_a))")]
+        cells = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric, clean["memo"])
+        try:
+            scores = self._image_scores(cells, seals, diagnose)
+        finally:
+            _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
+        if self.guard_inputs and not diagnose:
+            bad = broken([s for s in seals if s is not None], deep=True)
+            if bad is not None:
+                self._tainted = True
+                raise _Unattributed(bad.name)
         rows = []
-        for item in items:
-            row = self._row(unit, d, item)
-            row.update(status="failed", error=reason)
-            for k in ("f_clean", "f_adv", "f_def_clean", "f_def_adv"):
-                row[k] = float("nan")
+        for i, (item, key) in enumerate(zip(items, self.batch_keys[unit.batch])):
+            values = [float(v[i]) for v in (clean["f"], f_adv, f_dx, f_dxa)]
+            row = cell_row(cfg, unit, d, item, key)
+            row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
+                       adv_path=adv_paths[i], scores={k: float(v[i]) for k, v in scores.items()})
+            bad_values = [n for n, v in zip(("f(x)", "f(x_a)", "f(D(x))", "f(D(x_a))"), values) if not math.isfinite(v)]
+            if bad_values:
+                row.update(status="failed",
+                           error=f"metric {metric.label!r} returned NaN/inf for {', '.join(bad_values)}")
+            if item.name in self.example_names:
+                data = png_bytes(dxa[i])
+                rel = f"examples/{example_name(row)}.png"
+                result.files.append((rel, data))
+                row["example_path"] = rel
             rows.append(row)
         return rows
+
+    def _image_scores(self, cells: CellBatch, seals: list[Seal | None], deep: bool) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        owner: dict[str, str] = {}
+        for score in self.image_scores:
+            who = f"score {score.name!r}"
+            values = self._call(who, "compute", lambda: score.compute(cells), seals, deep)
+            changed = cells.changed_measures() if self.guard_inputs else []
+            if changed:
+                self._tainted = True
+                raise InputModified(modified_message(who, f"the shared pair measure {changed[0]!r}"))
+            for name, value in _check_score_values(values, len(cells), who).items():
+                if name in owner:
+                    raise CellFailure(f"{who} returned the column {name!r}, which score {owner[name]!r} returns "
+                                      f"too; one of them must rename it")
+                out[name], owner[name] = value, score.name
+        return out
+
+
+def example_name(row: dict[str, Any]) -> str:
+    """File name of a cell's example D(x_a): its plugins and its content (batch key), not its image's name,
+    so a renamed image's copied row and a fresh run's row name the same file."""
+    return _hash("example", row["metric_key"], row["attack_key"], row["defence_key"], row["batch_key"])[:24]
 
 
 def _forget(memo: dict, keep: list[torch.Tensor]) -> None:
@@ -345,33 +575,105 @@ class RunSummary:
     problems: list[str]
     #: Cells in the store from other grids (other parameters, weights, images): kept, not exported.
     other_cells: int = 0
+    #: Cells of renamed images whose stored rows were copied to the new name (counted as already done).
+    relabelled: int = 0
 
 
-def grid_keys(config: RunConfig, dataset: Dataset) -> set[tuple[str, str, str, str]]:
-    """The store keys of every cell of this grid (plugin identities include parameters and weights)."""
-    names = [item.name for item in dataset.items]
-    keys = [[p.key() for p in plugins] for plugins in (config.metrics, config.attacks, config.defences)]
-    return set(itertools.product(*keys, names))
+class GridIndex:
+    """Which stored cells belong to this grid: their plugins, image name, file hash and batch key are the
+    grid's now (store.IDENTITY_COLUMNS). Membership is tested per part, so the grid is never expanded."""
+
+    def __init__(self, config: RunConfig, dataset: Dataset):
+        self.plugins = [{p.key() for p in plugins} for plugins in (config.metrics, config.attacks, config.defences)]
+        self.images = {(item.name, item.sha256, key) for items in dataset.batches(config.batch_size)
+                       for item, key in zip(items, batch_keys(items))}
+
+    def __contains__(self, identity: tuple) -> bool:
+        mk, ak, dk, *image = identity
+        return mk in self.plugins[0] and ak in self.plugins[1] and dk in self.plugins[2] and tuple(image) in self.images
 
 
-def plan_units(config: RunConfig, dataset: Dataset, finished: set[tuple[str, str, str, str]]) -> list[Unit]:
-    """Units with at least one unfinished cell, in execution order."""
-    units = []
+def grid_keys(config: RunConfig, dataset: Dataset) -> set[tuple[str, ...]]:
+    """The identities (store.IDENTITY_COLUMNS) of every cell of this grid, expanded (small grids, tests)."""
+    index = GridIndex(config, dataset)
+    return {(mk, ak, dk, *image) for mk, ak, dk in itertools.product(*index.plugins) for image in index.images}
+
+
+def _cells_by_unit(config: RunConfig,
+                   dataset: Dataset) -> Iterator[tuple[Unit, list[tuple[int, str, ImageItem, tuple]]]]:
+    """For every (metric, batch, attack), in execution order: the unit (all defences) and its cells as
+    ``(defence, defence key, image, identity)``."""
     batches = dataset.batches(config.batch_size)
     attack_keys = [entry.key() for entry in config.attacks]
     defence_keys = [defence.key() for defence in config.defences]
     for m, metric in enumerate(config.metrics):
         mk = metric.key()
         for b, items in enumerate(batches):
+            images = [(item, (item.name, item.sha256, key)) for item, key in zip(items, batch_keys(items))]
             for a, ak in enumerate(attack_keys):
-                todo = tuple(d for d, dk in enumerate(defence_keys)
-                             if any((mk, ak, dk, item.name) not in finished for item in items))
-                if todo:
-                    units.append(Unit(m, a, b, todo))
+                cells = [(d, dk, item, (mk, ak, dk, *image))
+                         for d, dk in enumerate(defence_keys) for item, image in images]
+                yield Unit(m, a, b, tuple(range(len(defence_keys)))), cells
+
+
+def plan_units(config: RunConfig, dataset: Dataset, finished: set[tuple[str, ...]]) -> list[Unit]:
+    """Units with at least one unfinished cell (by store.IDENTITY_COLUMNS), in execution order."""
+    units = []
+    for unit, cells in _cells_by_unit(config, dataset):
+        todo = tuple(sorted({d for d, _, _, identity in cells if identity not in finished}))
+        if todo:
+            units.append(Unit(unit.metric, unit.attack, unit.batch, todo))
     return units
 
 
-def run_info(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finished: set[tuple[str, ...]]) -> int:
+    """Copy the stored rows of renamed images to their new names instead of recomputing them.
+
+    A cell's values depend on its plugins, its image's content and its batch (``batch_key``), not on the
+    name; a rename that keeps the name order keeps every batch, so a finished cell with the same plugins,
+    file hash and batch key under another name holds exactly the new cell's values. Its row is copied
+    (new name, path, MOS, unit; values as stored); ``finished`` gains the copies. Returns their number.
+    """
+    current = {item.name: (item.sha256, key) for items in dataset.batches(config.batch_size)
+               for item, key in zip(items, batch_keys(items))}
+    by_content: dict[tuple, str] = {}
+    for mk, ak, dk, name, sha, key in finished:
+        if sha is not None and key is not None and current.get(name) != (sha, key):  # a name that moved on
+            by_content.setdefault((mk, ak, dk, sha, key), name)
+    if not by_content:
+        return 0
+    wanted: dict[tuple[str, ...], list[tuple[Unit, int, ImageItem, tuple]]] = {}
+    for unit, cells in _cells_by_unit(config, dataset):
+        for d, _, item, identity in cells:
+            if identity in finished:
+                continue
+            mk, ak, dk, name, sha, key = identity
+            source = by_content.get((mk, ak, dk, sha, key))
+            if source is not None and source != name:
+                wanted.setdefault((mk, ak, dk, source), []).append((unit, d, item, identity))
+    if not wanted:
+        return 0
+    examples = {item.name for item in dataset.items[: config.examples]}
+    copies, identities = [], []
+    for stored in store.intact_rows(set(wanted)):
+        for unit, d, item, identity in wanted[tuple(stored[c] for c in KEY_COLUMNS)]:
+            if stored.get("status") != "ok" or (item.name in examples and not stored.get("example_path")):
+                continue  # the new name needs an example image the old one did not keep: compute it
+            row = cell_row(config, unit, d, item, identity[-1])
+            row.update({k: stored.get(k) for k in ("f_clean", "f_adv", "f_def_clean", "f_def_adv", "adv_path")})
+            row["scores"] = stored.get("scores") or {}
+            row["example_path"] = (stored.get("example_path") or "") if item.name in examples else ""
+            copies.append(row)
+            identities.append(identity)
+    if copies:
+        store.write_cells(copies)
+        finished.update(identities)
+    return len(copies)
+
+
+def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
+    """``run.json``: what the report needs, and what ``iqadef verify`` needs to recompute a cell (the raw
+    registry, the registry file it was read from, ``--limit``, torch's thread count)."""
     from .. import __version__
 
     return {
@@ -385,6 +687,9 @@ def run_info(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
         "dataset": {"images": str(config.images), "mos": str(config.mos) if config.mos else None,
                     "count": len(dataset), "problems": dataset.problems},
         "registry": _jsonable(config.raw),
+        "registry_file": str(Path(config.source).resolve()),
+        "limit": limit,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -392,9 +697,83 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def execute_local(worker: Worker, units: list[Unit]) -> Iterator[tuple[Unit, UnitResult]]:
-    for unit in units:
-        yield unit, worker.compute(unit)
+class UnitTimeout(IqadefError):
+    """A unit ran past ``unit_timeout`` (local executor): the run stops; finished units are kept."""
+
+
+class ArtifactReader:
+    """``ResultStore.artifact`` for the unit thread: its own read-only connection to ``results.sqlite``
+    (a SQLite connection belongs to the thread that opened it). A read error counts as a cache miss."""
+
+    def __init__(self, path: Path):
+        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+        self._db: sqlite3.Connection | None = None
+
+    def __call__(self, key: str) -> tuple[str, str] | None:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(self.uri, uri=True, timeout=30, check_same_thread=False)
+            row = self._db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (row[0], row[1]) if row else None
+
+
+def describe_unit(config: RunConfig, batches: list[list[ImageItem]], unit: Unit) -> str:
+    items = batches[unit.batch]
+    images = items[0].name if len(items) == 1 else f"{items[0].name} .. {items[-1].name}"
+    return (f"unit {unit.id} (metric {config.metrics[unit.metric].label!r}, attack "
+            f"{config.attacks[unit.attack].label!r}, {len(items)} image(s) {images})")
+
+
+def execute_local(worker: Worker, units: list[Unit], timeout: float | None = None) -> Iterator[tuple[Unit, UnitResult]]:
+    """Compute ``units`` one after another in a daemon thread; wait at most ``timeout`` s for each.
+
+    A unit past its time stops the run with :class:`UnitTimeout` naming the unit and the plugin call it
+    was in (``Worker.activity``). Python cannot stop a thread, so the stuck one is left behind: it is a
+    daemon and writes nothing (the driver is the only writer), so the process still exits, and every unit
+    yielded before is stored.
+    """
+    if not units:
+        return
+    requests: queue.Queue = queue.Queue()
+    replies: queue.Queue = queue.Queue()
+    threads = torch.get_num_threads()
+
+    def serve() -> None:
+        torch.set_num_threads(threads)  # the driver's: float sums add up in the same order
+        while (unit := requests.get()) is not None:
+            try:
+                replies.put((worker.compute(unit), None))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the driver's thread
+                replies.put((None, exc))
+
+    threading.Thread(target=serve, name="iqadef-units", daemon=True).start()
+    try:
+        for done, unit in enumerate(units):
+            requests.put(unit)
+            started = time.monotonic()
+            while True:
+                left = None if timeout is None else timeout - (time.monotonic() - started)
+                if left is not None and left <= 0:
+                    doing = (f"it was running {worker.activity}" if worker.activity else
+                             f"last plugin call: {worker.last_activity}" if worker.last_activity else
+                             "it had not called a plugin yet")
+                    raise UnitTimeout(
+                        f"{describe_unit(worker.config, worker.batches, unit)} did not finish within unit_timeout: "
+                        f"{timeout:g} s; {doing}. The run stopped; the {done} unit(s) finished before it are kept. "
+                        f"Fix or remove that plugin, or raise `unit_timeout` in the registry (null: no limit), "
+                        f"then run again to resume")
+                try:
+                    result, error = replies.get(timeout=0.5 if left is None else min(0.5, left))
+                    break
+                except queue.Empty:
+                    continue
+            if error is not None:
+                raise error
+            yield unit, result
+    finally:
+        requests.put(None)  # the thread ends after its unit (a stuck one never does: it is a daemon)
 
 
 def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None, progress: bool | None = None,
@@ -412,10 +791,11 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=limit)
         store = ResultStore(output)
         try:
-            info = run_info(config, dataset)
+            info = run_info(config, dataset, limit)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
             fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
             finished = store.finished()
+            relabelled = reuse_renamed(store, config, dataset, finished)
             units = plan_units(config, dataset, finished)
             total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
             batches = dataset.batches(config.batch_size)
@@ -428,8 +808,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
 
                     stream = execute_ray(config, dataset, output, units, device, registry=registry)
                 else:
-                    worker = Worker(config, dataset, output, store.artifact, device, registry)
-                    stream = execute_local(worker, units)
+                    worker = Worker(config, dataset, output, ArtifactReader(store.path), device, registry)
+                    stream = execute_local(worker, units, config.unit_timeout)
                 with _progress(progress, len(units), todo_cells) as bar:
                     for n, (unit, result) in enumerate(stream, start=1):
                         folder.record(rel for rel, _ in result.files)  # listed before written
@@ -441,8 +821,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
                         if after_unit is not None:
                             after_unit(n)
             everything = store.dataframe()
-            current = grid_keys(config, dataset)
-            in_grid = [key in current for key in everything[list(KEY_COLUMNS)].itertuples(index=False, name=None)]
+            current = GridIndex(config, dataset)
+            in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
             df = everything[in_grid].reset_index(drop=True)
             other = len(everything) - len(df)
         finally:
@@ -451,7 +831,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         failed = int((df["status"] != "ok").sum()) if len(df) else 0
         table = summary_table(df, info)
     return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
-                      time.perf_counter() - start, table, files, list(dataset.problems), other)
+                      time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled)
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
@@ -507,4 +887,5 @@ class _progress:
             self.progress.__exit__(*exc)
 
 
-__all__ = ["RunSummary", "Unit", "UnitResult", "Worker", "plan_units", "run_grid", "summary_table"]
+__all__ = ["CellFailure", "GridIndex", "RunSummary", "Unit", "UnitResult", "UnitTimeout", "Worker", "batch_keys",
+           "execute_local", "grid_keys", "plan_units", "run_grid", "summary_table"]

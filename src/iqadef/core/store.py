@@ -36,10 +36,13 @@ from .rundir import temp_prefix
 CELL_COLUMNS = (
     "metric_key", "attack_key", "defence_key", "image",
     "metric", "attack", "defence", "metric_params", "attack_params", "defence_params", "adaptive",
-    "image_path", "status", "error", "f_clean", "f_adv", "f_def_clean", "f_def_adv", "mos",
-    "adv_path", "example_path", "scores", "unit",
+    "image_path", "image_sha256", "batch_key", "status", "error", "f_clean", "f_adv", "f_def_clean",
+    "f_def_adv", "mos", "adv_path", "example_path", "scores", "unit",
 )
 KEY_COLUMNS = ("metric_key", "attack_key", "defence_key", "image")
+#: What a cell was computed from besides its plugins: the image file's sha256 and its batch (the runner's
+#: ``batch_keys``). A stored cell counts as done only while both still hold (runner.GridIndex).
+IDENTITY_COLUMNS = (*KEY_COLUMNS, "image_sha256", "batch_key")
 
 
 def _is_real(column: str) -> bool:
@@ -203,6 +206,7 @@ class ResultStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             self._check_structure()
+            self._add_missing_columns()
             self._add_checksums_to_an_old_store()
 
     @contextlib.contextmanager
@@ -219,6 +223,14 @@ class ResultStore:
         verdict = self.db.execute("PRAGMA quick_check(1)").fetchone()
         if verdict is None or verdict[0] != "ok":
             raise corrupt_store_error(self.path, sqlite3.DatabaseError(verdict[0] if verdict else "no answer"))
+
+    def _add_missing_columns(self) -> None:
+        """A store from an older iqadef lacks newer columns (``image_sha256``, ``batch_key``): added as NULL,
+        so its cells count as not done (nothing records what they were computed from) and are recomputed."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(cells)")}
+        for column in CELL_COLUMNS:
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE cells ADD COLUMN {column} {'REAL' if _is_real(column) else 'TEXT'}")
 
     def _add_checksums_to_an_old_store(self) -> None:
         """Stores written before checksums existed get the column; their rows are sealed as they are now
@@ -253,16 +265,17 @@ class ResultStore:
         intact = [row[-1] == row_checksum(dict(zip(columns, row[:-1]))) for row in rows]
         return columns, [row[:-1] for row in rows], intact
 
-    def finished(self) -> set[tuple[str, str, str, str]]:
-        """Keys of cells finished successfully and intact; the others are (re)computed on resume.
+    def finished(self) -> set[tuple[str, ...]]:
+        """:data:`IDENTITY_COLUMNS` of cells finished successfully and intact; the others are (re)computed
+        on resume.
 
         Failed cells, cells whose checksum fails and cells whose example image is missing or unreadable
         (truncated, corrupt) are left out, so a resume recomputes them; the last two with a warning.
         """
         columns, rows, intact = self._rows()
-        at = {c: columns.index(c) for c in (*KEY_COLUMNS, "status", "example_path", "metric", "attack",
+        at = {c: columns.index(c) for c in (*IDENTITY_COLUMNS, "status", "example_path", "metric", "attack",
                                              "defence", "image")}
-        keys = lambda row: tuple(row[at[c]] for c in KEY_COLUMNS)  # noqa: E731
+        keys = lambda row: tuple(row[at[c]] for c in IDENTITY_COLUMNS)  # noqa: E731
         changed = [row for row, ok in zip(rows, intact) if not ok]
         done = [row for row, ok in zip(rows, intact) if ok and row[at["status"]] == "ok"]
         readable: dict[str, bool] = {}
@@ -298,6 +311,14 @@ class ResultStore:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def intact_rows(self, keys: set[tuple[str, ...]]) -> list[dict[str, Any]]:
+        """The stored rows (column -> value) whose :data:`KEY_COLUMNS` are in ``keys`` and whose checksum
+        holds; the runner copies such rows to a renamed image's name instead of recomputing them."""
+        columns, rows, intact = self._rows()
+        at = [columns.index(c) for c in KEY_COLUMNS]
+        return [dict(zip(columns, row)) for row, ok in zip(rows, intact)
+                if ok and tuple(row[i] for i in at) in keys]
 
     def artifact(self, key: str) -> tuple[str, str] | None:
         with self._errors():

@@ -17,6 +17,11 @@ Why it is built this way:
 * **Fault tolerant.** Actors are created with ``max_restarts`` / ``max_task_retries``: if a worker
   process dies (OOM killer, SIGKILL, node loss) Ray restarts it and re-runs the unit that was in flight;
   units are pure functions of the config, so the retried unit gives the same rows.
+* **A stuck unit does not stall the grid** (``unit_timeout``). An actor runs its units in submission
+  order, so the oldest unfinished unit of an actor is the one running; its clock starts when the actor
+  is ready (``ready()`` answered) or its previous unit came back. Past ``unit_timeout`` its cells are
+  recorded as failed (the error names the unit and the limit), the actor is killed (a stuck thread cannot
+  be stopped otherwise) and a fresh one takes over the units queued on it; the grid goes on.
 * **Same plugins in the actor.** Plugins are plain objects until ``load()``, so the config is pickled
   (cloudpickle; classes by reference to their module) and unpickled inside the actor after the
   driver's ``sys.path`` entries have been added there. Third-party plugins must be installed in the
@@ -33,6 +38,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +169,7 @@ def artifact_snapshot(run_dir: Path) -> dict[str, tuple[str, str]]:
     path = Path(run_dir) / "results.sqlite"
     if not path.exists():
         return {}
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     try:
         return {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
     except sqlite3.OperationalError:
@@ -206,6 +212,10 @@ class UnitActor:
         fetch_missing(config.plugins())  # a node without the driver's weight cache fetches them first
         self.worker = Worker(config, dataset, Path(run_dir), artifacts.get, actor_device(config.device),
                              registry=ScoreTable(scores))  # type: ignore[arg-type]
+
+    def ready(self) -> bool:
+        """Answered once the actor is built: the driver starts its first unit's clock then."""
+        return True
 
     def compute(self, unit: Any) -> Any:
         return self.worker.compute(unit)
@@ -258,7 +268,17 @@ def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, 
     threads = options.torch_threads or torch.get_num_threads()
     gpus = options.gpus_per_actor(config.device)
     labels = [m.label for m in config.metrics]
-    return _stream(ray, options, payload, units, threads, gpus, labels, forwarded_env())
+    timeout = getattr(config, "unit_timeout", None)
+
+    def timed_out(unit: Any) -> Any:
+        from ..runner import UnitResult, describe_unit, failed_rows
+
+        batches = dataset.batches(config.batch_size)
+        reason = (f"{describe_unit(config, batches, unit)} did not finish within unit_timeout: {timeout:g} s on its "
+                  f"Ray worker, which was stopped; run it with `executor: local` to see which plugin call hangs")
+        return UnitResult(rows=[row for d in unit.defences for row in failed_rows(config, batches, unit, d, reason)])
+
+    return _stream(ray, options, payload, units, threads, gpus, labels, forwarded_env(), timeout, timed_out)
 
 
 #: Environment variables that change what a plugin does (weights folder, offline mode, plugin
@@ -271,7 +291,10 @@ def forwarded_env() -> dict[str, str]:
 
 
 def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int, gpus: float,
-            labels: list[str], env: dict[str, str]) -> Iterator[tuple[Any, Any]]:
+            labels: list[str], env: dict[str, str], timeout: float | None = None,
+            timed_out: Any = None) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(unit, result)`` as units complete; ``timed_out(unit)`` gives the result of a unit that ran
+    past ``timeout`` seconds (its actor is replaced)."""
     started = _start(ray, options)
     actors: dict[tuple[int, int], Any] = {}  # (metric, replica) -> actor
     try:
@@ -284,22 +307,55 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
         for unit in units:  # a batch always goes to the same replica, so its clean side is computed once
             queues.setdefault((unit.metric, unit.batch % options.actors_per_metric), deque()).append(unit)
         sys_path = [p for p in sys.path if p]
-        running: dict[tuple[int, int], int] = {key: 0 for key in queues}
-        pending: dict[Any, tuple[tuple[int, int], Any]] = {}
+        flight: dict[tuple[int, int], deque] = {key: deque() for key in queues}  # (ref, unit), oldest first
+        clock: dict[tuple[int, int], float | None] = {key: None for key in queues}  # when the oldest started
+        pending: dict[Any, tuple[tuple[int, int], Any]] = {}  # unit refs and actor ready() refs (unit None)
 
-        def submit(key: tuple[int, int]) -> None:
-            while queues[key] and running[key] < options.in_flight:
-                unit = queues[key].popleft()
-                pending[actors[key].compute.remote(unit)] = (key, unit)
-                running[key] += 1
-
-        for key in queues:  # actors that do not fit yet wait for a finished one's resources
+        def start_actor(key: tuple[int, int]) -> None:
             # the payload (small: plugins are not loaded yet) is passed by value, not as a ray.put
             # reference, so a restarted actor can always be rebuilt from its creation task
             actors[key] = remote.remote(payload, sys_path, threads)
+            clock[key] = None
+            pending[actors[key].ready.remote()] = (key, None)
             submit(key)
+
+        def submit(key: tuple[int, int]) -> None:
+            while queues[key] and len(flight[key]) < options.in_flight:
+                unit = queues[key].popleft()
+                ref = actors[key].compute.remote(unit)
+                pending[ref] = (key, unit)
+                flight[key].append((ref, unit))
+
+        def expired() -> tuple[int, int] | None:
+            if timeout is None:
+                return None
+            now = time.monotonic()
+            return next((key for key, t in clock.items() if t is not None and flight[key] and now - t > timeout),
+                        None)
+
+        for key in queues:  # actors that do not fit yet wait for a finished one's resources
+            start_actor(key)
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            key = expired()
+            if key is not None:  # the oldest unit of this actor is stuck: record it, replace the actor
+                _, unit = flight[key].popleft()
+                for ref, queued in reversed(flight[key]):
+                    queues[key].appendleft(queued)
+                for ref in [r for r, (k, _) in pending.items() if k == key]:
+                    del pending[ref]
+                flight[key].clear()
+                ray.kill(actors.pop(key), no_restart=True)
+                if queues[key]:
+                    start_actor(key)
+                else:
+                    clock[key] = None
+                yield unit, timed_out(unit)
+                continue
+            wait = None
+            if timeout is not None:
+                waiting = [t + timeout - time.monotonic() for k, t in clock.items() if t is not None and flight[k]]
+                wait = max(0.0, min(waiting + [1.0]))
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
             for ref in done:
                 key, unit = pending.pop(ref)
                 label = labels[key[0]]
@@ -312,12 +368,22 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
                         f"times: `ray.max_restarts`, `ray.max_task_retries`); finished units are stored, run "
                         f"again to resume") from None
                 except ray.exceptions.RayTaskError as exc:
-                    raise IqadefError(f"unit {unit.id} (metric {label!r}) failed in its Ray worker: "
+                    what = f"unit {unit.id}" if unit is not None else "the actor's start"
+                    raise IqadefError(f"{what} (metric {label!r}) failed in its Ray worker: "
                                       f"{_first_line(exc)}") from None
-                running[key] -= 1
+                if unit is None:  # the actor is built (ready() answered): its first unit starts now
+                    clock[key] = time.monotonic()
+                    continue
+                if flight[key] and flight[key][0][0] == ref:
+                    flight[key].popleft()
+                else:  # cannot happen (an actor runs its units in order); keep the books right anyway
+                    flight[key] = deque(item for item in flight[key] if item[0] != ref)
+                clock[key] = time.monotonic() if flight[key] else None
                 submit(key)
-                if not queues[key] and not running[key]:
+                if not queues[key] and not flight[key]:
                     ray.kill(actors.pop(key))  # frees its CPUs/GPUs for an actor still waiting
+                    for ready in [r for r, (k, u) in pending.items() if k == key]:
+                        del pending[ready]
                 yield unit, result
     finally:
         for actor in actors.values():
