@@ -1,4 +1,4 @@
-"""Command line: ``iqadef run | plugins | list | report | weights``, plus the commands plugins register
+"""Command line: ``iqadef run | plugins | list | report | weights | verify``, plus the commands plugins register
 (``iqadef_register_commands``; e.g. ``train-fcn`` from the fcn defence).
 
 User mistakes (:class:`~iqadef.core.errors.IqadefError`) print one line and exit with status 2;
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
     weights.add_argument("name", nargs="?", help="plugin name (for fetch)")
     weights.add_argument("--json", action="store_true")
+
+    verify = sub.add_parser("verify", help="recompute random stored cells from scratch and compare (exit 1: differ)")
+    verify.add_argument("run_dir", type=Path, help="a run folder (the `output` of `iqadef run`)")
+    verify.add_argument("--cells", type=int, default=20, help="how many stored cells to recompute (default 20)")
+    verify.add_argument("--seed", type=int, default=None, help="which cells (default: random, printed)")
 
     return parser
 
@@ -284,5 +289,17 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/verify.py)."""
+    from .core.verify import verify_run
+
+    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry())
+    for label, problem in verdict.mismatches:
+        print(f"MISMATCH {label}: {problem}")
+    print(f"{verdict.checked} of {verdict.candidates} stored cell(s) recomputed from scratch (--seed {verdict.seed}): "
+          f"{verdict.matched} match, {len(verdict.mismatches)} differ")
+    return EXIT_OK if verdict.ok else EXIT_CELLS_FAILED
+
+
 COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "list": cmd_list, "report": cmd_report,
-            "weights": cmd_weights}
+            "weights": cmd_weights, "verify": cmd_verify}
