@@ -40,7 +40,7 @@ _TEMP = re.compile(r"^\.iqadef-tmp-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
 # recognised only when NAME is a name iqadef itself writes.
 _OLD_TEMP = re.compile(r"^\.(?P<name>.+?)(\.[a-z0-9_]{8})?\.tmp$")
 _OWN_NAME = re.compile(r"^([0-9a-f]{64}|[0-9a-f]{24})\.png$")
-# Figure names of versions before figure names carried a hash of the label (report.py, figure_file_name).
+# Figure names of versions before figure names carried a hash of the label (report/figures.py, figure_file_name).
 _OLD_FIGURE = re.compile(r"^((gain_heatmap|srocc_heatmap|gain_bins)_[A-Za-z0-9._-]+|examples)\.png$")
 
 
