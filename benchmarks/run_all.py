@@ -15,6 +15,9 @@ machine load cancels out as far as it can. What is measured (docs/performance.md
 6. resume    - re-running a finished grid: time, and the number of metric/attack/defence calls (0).
 7. ray_pool  - one metric's grid on a local Ray instance: 1 actor vs a pool (`actors_per_metric`), and
                whether both give the same table.
+8. guard     - the input guard (core/guard.py: seals on every tensor handed to a plugin) on a unit of the
+               default grid (tiny-iqa x I-FGSM x its 16 defences, one batch of 7 built-in images): time with
+               the guard / without, and its fingerprints' own cost.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _bench as B  # noqa: E402
@@ -43,7 +47,8 @@ SHARING_DEFENCES = ["no-defence", "flip", {"name": "jpeg", "quality": 50}, "medi
                     "resize", "unsharp", "color-quantization"]
 
 
-SECTIONS = ["overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume", "ray_pool"]
+SECTIONS = ["overhead", "overhead_paper_size", "sharing", "batching", "memory", "peer", "resume", "ray_pool",
+            "guard"]
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -52,11 +57,11 @@ def settings(quick: bool) -> dict[str, Any]:
         return dict(size=32, batch=1, iters=1, repeats=1, warmup=0, grid_images=1, grid_repeats=1, k=2,
                     batch_sizes=[1], batching_images=1, mem_images=(1, 2), mem_size=32, mem_batch=1,
                     art_repeats=1, pgd_repeats=1, mem_runs=1, paper_repeats=1, pool=2, pool_batch=1, pool_images=2,
-                    pool_repeats=1)
+                    pool_repeats=1, guard_images=2, guard_defences=3, guard_repeats=1)
     return dict(size=256, batch=4, iters=10, repeats=8, warmup=1, grid_images=4, grid_repeats=2, k=8,
                 batch_sizes=[1, 4, 8], batching_images=8, mem_images=(16, 64), mem_size=320, mem_batch=8,
                 art_repeats=4, pgd_repeats=3, mem_runs=3, paper_repeats=4, pool=2, pool_batch=2, pool_images=24,
-                pool_repeats=2)
+                pool_repeats=2, guard_images=7, guard_defences=None, guard_repeats=5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -493,6 +498,102 @@ def bench_ray_pool(workdir: Path, images: Path, weights, cfg: dict) -> dict[str,
 
 
 # ------------------------------------------------------------------------------------------------
+# 8. the input guard's cost on a unit of the default grid
+def bench_guard(workdir: Path, cfg: dict) -> dict[str, Any]:
+    """One unit of registry.yaml (its metric, I-FGSM, its defences; one batch of built-in images) computed
+    by a Worker with the guard and one without (``guard_inputs=False``), interleaved; the clean side is
+    shared as in the grid (9 of 10 units of a batch find it computed), x_a is computed every time.
+
+    Also times the guard's own work inside one guarded unit (every seal taken and checked, the memo check)
+    and the unit's fingerprints on batches that are not in the CPU's cache: shares of the unit's time that
+    the machine's load blurs far less than the ratio of two unit times."""
+    import yaml
+
+    from iqadef.core import guard
+    from iqadef.core.dataset import Dataset, builtin_images_dir
+    from iqadef.core.registry import parse_run_config
+    from iqadef.core.runner import Unit, Worker
+
+    data = yaml.safe_load((ROOT / "registry.yaml").read_text())
+    data.update(output=str(workdir / "guard"), device="cpu", attacks=[{"name": "ifgsm", "iters": cfg["iters"]}])
+    if cfg["guard_defences"]:
+        data["defences"] = data["defences"][: cfg["guard_defences"]]
+    config = parse_run_config(data, ROOT / "registry.yaml")
+    dataset = Dataset(builtin_images_dir(), limit=cfg["guard_images"])
+    unit = Unit(0, 0, 0, tuple(range(len(config.defences))))
+    workers = {name: Worker(config, dataset, workdir, lambda key: None, torch.device("cpu"), guard_inputs=on)
+               for name, on in (("guarded", True), ("unguarded", False))}
+
+    def compute(worker):
+        def run():
+            rows = worker.compute(unit).rows
+            failed = [r["error"] for r in rows if r["status"] != "ok"]
+            if failed:
+                raise RuntimeError(f"guard benchmark: {len(failed)} cells failed: {failed[0]}")
+            return rows
+        return run
+
+    fns = {name: compute(w) for name, w in workers.items()}
+    outputs: dict[str, Any] = {}
+    cpu: dict[str, list[float]] = {}
+    times = B.interleaved(fns, cfg["guard_repeats"], warmup=1, outputs=outputs, cpu=cpu)
+    same = json.dumps(outputs["guarded"], sort_keys=True) == json.dumps(outputs["unguarded"], sort_keys=True)
+
+    # the guard's own work, timed inside one guarded unit: every seal taken, checked, and the memo check
+    from iqadef.core.cells import CellBatch
+
+    spent = {"guard_s": 0.0, "fingerprints": 0, "elements": 0}
+    patched = [(guard.Seal, "__init__"), (guard.Seal, "intact"), (CellBatch, "changed_measures")]
+    originals = [getattr(owner, name) for owner, name in patched]
+    original_fingerprint = guard.fingerprint
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["guard_s"] += time.perf_counter() - t0
+        return wrapper
+
+    def counting(tensor):
+        spent["fingerprints"] += 1
+        spent["elements"] += tensor.numel()
+        return original_fingerprint(tensor)
+
+    for (owner, name), fn in zip(patched, originals):
+        setattr(owner, name, timed(fn))
+    guard.fingerprint = counting
+    try:
+        start = time.perf_counter()
+        compute(workers["guarded"])()
+        unit_s = time.perf_counter() - start
+    finally:
+        for (owner, name), fn in zip(patched, originals):
+            setattr(owner, name, fn)
+        guard.fingerprint = original_fingerprint
+    # a fingerprint of a batch that is not in the CPU's cache (as in the grid): 16 copies in turn
+    batch = dataset.load(dataset.batches(config.batch_size)[0])
+    copies = [batch.clone() for _ in range(16)]
+    fp = B.interleaved({"fingerprint": lambda: [original_fingerprint(c) for c in copies]}, 5, warmup=1)
+    per_batch = B.med(fp["fingerprint"]) / len(copies)
+    return {
+        "unit": f"{config.metrics[0].label} x {config.attacks[0].label} x {len(config.defences)} defences, "
+                f"{len(dataset.batches(config.batch_size)[0])} images",
+        "guarded_s": B.med(times["guarded"]), "unguarded_s": B.med(times["unguarded"]),
+        "ratio": B.median_ratio(times["guarded"], times["unguarded"]),
+        "cpu_ratio": B.median_ratio(cpu["guarded"], cpu["unguarded"]),
+        "ratio_of_min": min(times["guarded"]) / min(times["unguarded"]),
+        "guard_s_in_unit": spent["guard_s"], "unit_s": unit_s, "guard_share_of_unit": spent["guard_s"] / unit_s,
+        "fingerprints_per_unit": spent["fingerprints"], "fingerprinted_elements_per_unit": spent["elements"],
+        "fingerprint_uncached_batch_s": per_batch,
+        "fingerprints_share_of_unit_uncached": per_batch / batch.numel() * spent["elements"] / unit_s,
+        "rows_identical": same,
+        "target": 1.02, "repeats": cfg["guard_repeats"], "all_times_s": times, "all_cpu_s": cpu,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 def table(results: dict[str, Any]) -> str:
     rows = []
     o = results.get("overhead")
@@ -545,6 +646,13 @@ def table(results: dict[str, Any]) -> str:
                      f"{rp['time_1_actor_s']:.1f}s vs {many:.1f}s; tables equal: {rp['tables_equal']}"))
     elif rp:
         rows.append(("7 ray pool", "skipped", "", rp["skipped"]))
+    g = results.get("guard")
+    if g:
+        rows.append(("8 guard", "unit with / without input guard", f"{g['ratio']:.3f}",
+                     f"target <= {g['target']}; CPU-time ratio {g['cpu_ratio']:.3f}; minima {g['ratio_of_min']:.3f}; "
+                     f"guard's own work {g['guard_share_of_unit']:.2%} of the unit ({g['fingerprints_per_unit']} "
+                     f"fingerprints, uncached {g['fingerprints_share_of_unit_uncached']:.2%}; {g['unit']}); "
+                     f"rows identical: {g['rows_identical']}"))
     width = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:>{width[2]}}  {row[3]}" for row in rows]
     return "\n".join(lines)
@@ -587,7 +695,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  ("memory", lambda: bench_memory(workdir, weights, cfg)),
                  ("peer", lambda: bench_peer(metric, x, cfg)),
                  ("resume", lambda: bench_resume(workdir, grid_dir, weights, cfg, results.get("sharing"))),
-                 ("ray_pool", lambda: bench_ray_pool(workdir, pool_dir, weights, cfg))]
+                 ("ray_pool", lambda: bench_ray_pool(workdir, pool_dir, weights, cfg)),
+                 ("guard", lambda: bench_guard(workdir, cfg))]
         for name, fn in steps:
             if name not in wanted:
                 continue
