@@ -117,10 +117,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except IqadefError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _exit_code(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted; finished cells are kept, run again to resume", file=sys.stderr)
-        return 130
+        return _exit_code(130)
+
+
+def _exit_code(code: int) -> int:
+    """``code``; but if a work unit is still computing in its thread (it ran past unit_timeout, or Ctrl-C
+    came mid-unit), end the process now: a thread busy in torch while Python shuts down aborts it (exit
+    status 134) instead of exiting with ``code`` (core/runner.py ``abandoned_units``)."""
+    runner = sys.modules.get("iqadef.core.runner")
+    if runner is not None and runner.abandoned_units():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _console(width: int = 160):

@@ -297,7 +297,8 @@ def test_unit_timeout_is_validated(tmp_path, image_dir, registry, value, ok):
 
 @pytest.mark.slow
 def test_the_cli_exits_with_one_line_when_a_unit_hangs(tmp_path, image_dir):
-    """The stuck thread does not keep the process alive: exit status 2, one line, no traceback."""
+    """The stuck thread (busy in torch) neither keeps the process alive nor aborts it at exit: exit
+    status 2, one line, no traceback."""
     import subprocess
 
     site = toy_plugins.install_as_distribution(tmp_path)
@@ -308,13 +309,14 @@ def test_the_cli_exits_with_one_line_when_a_unit_hangs(tmp_path, image_dir):
     (info / "entry_points.txt").write_text("[iqadef]\ntrust = trust_toys\n")
     registry_file = tmp_path / "hang.yaml"
     registry_file.write_text(GRID.format(images=image_dir, output="run", metrics="[toy-metric]",
-                                         attacks="[toy-noise]", defences="[toy-hang]", extra="unit_timeout: 2"))
+                                         attacks="[toy-noise]", defences="[{name: toy-hang, busy: true}]",
+                                         extra="unit_timeout: 2"))
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
     proc = subprocess.run([sys.executable, "-m", "iqadef", "run", str(registry_file), "--no-report"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: unit 0/0/2") and "defence 'toy-hang' (purify)" in lines[-1]
+    assert lines[-1].startswith("error: unit 0/0/2") and "defence 'toy-hang[busy=True]' (purify)" in lines[-1]
     assert "Traceback" not in proc.stderr
     with sqlite3.connect(tmp_path / "run" / "results.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM cells WHERE status = 'ok'").fetchone()[0] == 4

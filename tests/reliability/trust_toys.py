@@ -4,6 +4,7 @@ call sys.exit or hang (registered through `PluginRegistry(extra=[this module])`)
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -110,14 +111,19 @@ class ExitingMetric(ToyMetric):
 
 
 class HangingDefence(Defence):
-    """Hangs (until ``RELEASE`` or 60 s) on batches of images ``height`` pixels high."""
+    """Hangs (until ``RELEASE`` or 60 s) on batches of images ``height`` pixels high: waiting, or ``busy``
+    computing with torch (a thread busy in torch when Python exits aborts the process)."""
 
     name = "toy-hang"
-    params = (Param("height", int, 16),)
+    params = (Param("height", int, 16), Param("busy", bool, False))
 
     def purify(self, images, *, seed=None):
         if images.shape[-2] == self.height:
-            RELEASE.wait(60)
+            if not self.busy:
+                RELEASE.wait(60)
+            end = time.monotonic() + 60
+            while self.busy and not RELEASE.is_set() and time.monotonic() < end:
+                torch.nn.functional.avg_pool2d(images, 3, 1, 1)
         return images.clone()
 
 

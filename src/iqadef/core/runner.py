@@ -726,13 +726,25 @@ def describe_unit(config: RunConfig, batches: list[list[ImageItem]], unit: Unit)
             f"{config.attacks[unit.attack].label!r}, {len(items)} image(s) {images})")
 
 
+#: Unit threads left computing when their run stopped (a unit past ``unit_timeout``, Ctrl-C mid-unit).
+_ABANDONED: list[threading.Thread] = []
+
+
+def abandoned_units() -> bool:
+    """Whether a unit thread is still computing after its run stopped. The process must then end with
+    ``os._exit``: a thread busy in torch while the interpreter shuts down aborts it ("terminate called
+    without an active exception", exit status 134) instead of exiting with the run's status."""
+    return any(thread.is_alive() for thread in _ABANDONED)
+
+
 def execute_local(worker: Worker, units: list[Unit], timeout: float | None = None) -> Iterator[tuple[Unit, UnitResult]]:
     """Compute ``units`` one after another in a daemon thread; wait at most ``timeout`` s for each.
 
     A unit past its time stops the run with :class:`UnitTimeout` naming the unit and the plugin call it
-    was in (``Worker.activity``). Python cannot stop a thread, so the stuck one is left behind: it is a
-    daemon and writes nothing (the driver is the only writer), so the process still exits, and every unit
-    yielded before is stored.
+    was in (``Worker.activity``). Python cannot stop a thread, so the stuck one is left behind
+    (:func:`abandoned_units`; the CLI then exits with ``os._exit``); it writes nothing (the driver is the
+    only writer), and every unit yielded before is stored. A thread with no unit to do is joined, so its
+    torch state is released before the interpreter exits.
     """
     if not units:
         return
@@ -748,10 +760,13 @@ def execute_local(worker: Worker, units: list[Unit], timeout: float | None = Non
             except BaseException as exc:  # noqa: BLE001 - re-raised in the driver's thread
                 replies.put((None, exc))
 
-    threading.Thread(target=serve, name="iqadef-units", daemon=True).start()
+    thread = threading.Thread(target=serve, name="iqadef-units", daemon=True)
+    thread.start()
+    busy = False  # a unit was handed to the thread and has not come back
     try:
         for done, unit in enumerate(units):
             requests.put(unit)
+            busy = True
             started = time.monotonic()
             while True:
                 left = None if timeout is None else timeout - (time.monotonic() - started)
@@ -769,11 +784,16 @@ def execute_local(worker: Worker, units: list[Unit], timeout: float | None = Non
                     break
                 except queue.Empty:
                     continue
+            busy = False
             if error is not None:
                 raise error
             yield unit, result
     finally:
         requests.put(None)  # the thread ends after its unit (a stuck one never does: it is a daemon)
+        if busy:
+            _ABANDONED.append(thread)
+        else:
+            thread.join()
 
 
 def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None, progress: bool | None = None,
@@ -887,5 +907,5 @@ class _progress:
             self.progress.__exit__(*exc)
 
 
-__all__ = ["CellFailure", "GridIndex", "RunSummary", "Unit", "UnitResult", "UnitTimeout", "Worker", "batch_keys",
-           "execute_local", "grid_keys", "plan_units", "run_grid", "summary_table"]
+__all__ = ["CellFailure", "GridIndex", "RunSummary", "Unit", "UnitResult", "UnitTimeout", "Worker", "abandoned_units",
+           "batch_keys", "execute_local", "grid_keys", "plan_units", "run_grid", "summary_table"]
