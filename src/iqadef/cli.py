@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 from . import __version__
 from .core.errors import IqadefError
+from .core.kinds import LISTED as KINDS
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
-KINDS = ("metrics", "attacks", "defences", "scores")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
