@@ -122,6 +122,25 @@ def iqadef_register_defences(register):
         register(cls)
 
 
+SMALL_GRID = """
+dataset: {{images: {images}}}
+output: {output}
+batch_size: 2
+metrics: [toy-metric]
+attacks: [toy-sign]
+defences: [no-defence, toy-blur]
+"""
+
+
+def small_grid_config(tmp_path: Path, images: Path, registry, output: str):
+    """A 1 metric x 1 attack x 2 defences grid of the toy plugins over ``images``, run into ``output``."""
+    from iqadef.core.registry import load_run_config
+
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(SMALL_GRID.format(images=images, output=output))
+    return load_run_config(path, registry=registry)
+
+
 def install_as_distribution(tmp_path: Path) -> Path:
     """This module as an installed distribution with an `iqadef` entry point, in ``tmp_path/site``.
 

@@ -15,29 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from toy_plugins import install_as_distribution
+from toy_plugins import SMALL_GRID, install_as_distribution
+from toy_plugins import small_grid_config as config
 
 import iqadef.core.runner as runner_module
 from iqadef.cli import main
-from iqadef.core.registry import load_run_config
 from iqadef.core.runner import run_grid
 from iqadef.core.report import write_report
 from iqadef.core.store import CorruptStoreError, DiskFullError, StorageWarning
-
-GRID = """
-dataset: {{images: {images}}}
-output: {output}
-batch_size: 2
-metrics: [toy-metric]
-attacks: [toy-sign]
-defences: [no-defence, toy-blur]
-"""
-
-
-def config(tmp_path, images, registry, output):
-    path = tmp_path / f"{output}.yaml"
-    path.write_text(GRID.format(images=images, output=output))
-    return load_run_config(path, registry=registry)
 
 
 def test_disk_full_gives_a_clear_error_and_the_store_stays_consistent(tmp_path, image_dir, toy_registry, monkeypatch):
@@ -251,7 +236,7 @@ def test_a_really_full_disk_gives_one_clear_line(tmp_path, image_dir):
     small = tmp_path / "small"
     small.mkdir()
     registry = tmp_path / "grid.yaml"
-    registry.write_text(GRID.format(images=image_dir, output=small / "run"))
+    registry.write_text(SMALL_GRID.format(images=image_dir, output=small / "run"))
     done = subprocess.run([sys.executable, "-m", "iqadef", "run", str(registry), "--no-progress", "--output",
                            str(tmp_path / "done"), "--no-report"], env=env, capture_output=True, text=True,
                           timeout=300)

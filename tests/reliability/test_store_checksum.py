@@ -9,25 +9,10 @@ import warnings
 
 import pandas as pd
 import pytest
+from toy_plugins import small_grid_config as config
 
-from iqadef.core.registry import load_run_config
 from iqadef.core.runner import run_grid
 from iqadef.core.store import CELL_COLUMNS, CHECKSUM_ERROR, ResultStore, StorageWarning, row_checksum
-
-GRID = """
-dataset: {{images: {images}}}
-output: {output}
-batch_size: 2
-metrics: [toy-metric]
-attacks: [toy-sign]
-defences: [no-defence, toy-blur]
-"""
-
-
-def config(tmp_path, images, registry, output):
-    path = tmp_path / f"{output}.yaml"
-    path.write_text(GRID.format(images=images, output=output))
-    return load_run_config(path, registry=registry)
 
 
 def checkpoint(db) -> None:
