@@ -126,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _exit_code(code: int) -> int:
     """``code``; but if a work unit is still computing in its thread (it ran past unit_timeout, or Ctrl-C
     came mid-unit), end the process now: a thread busy in torch while Python shuts down aborts it (exit
-    status 134) instead of exiting with ``code`` (core/runner.py ``abandoned_units``)."""
-    runner = sys.modules.get("iqadef.core.runner")
+    status 134) instead of exiting with ``code`` (core/run/local.py ``abandoned_units``)."""
+    runner = sys.modules.get("iqadef.core.run.local")
     if runner is not None and runner.abandoned_units():
         sys.stdout.flush()
         sys.stderr.flush()
@@ -150,7 +150,7 @@ def _registry():
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .core.registry import load_run_config
-    from .core.runner import run_grid
+    from .core.run import run_grid
 
     # --output is relative to the current directory (the registry's `output` is relative to the registry file)
     overrides: dict[str, Any] = {"device": args.device, "executor": args.executor}
@@ -302,8 +302,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/verify.py)."""
-    from .core.verify import verify_run
+    """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/run/verify.py)."""
+    from .core.run.verify import verify_run
 
     verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry())
     for label, problem in verdict.mismatches:

@@ -11,7 +11,7 @@ import pytest
 
 from iqadef.core.registry import load_run_config
 from iqadef.core.report import ADAPTIVE_TITLE, adaptive_table, write_report
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 
 GRID = """
 dataset: {{images: {images}}}

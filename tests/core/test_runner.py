@@ -8,7 +8,7 @@ import toy_plugins
 
 from iqadef.core.errors import RunLockedError
 from iqadef.core.registry import load_run_config
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 from iqadef.core.store import ResultStore, RunLock
 
 GRID = """

@@ -19,7 +19,7 @@ from iqadef import Metric, Param, WeightsError, hookimpl
 from iqadef.core import weights as W
 from iqadef.core.plugins import PluginRegistry
 from iqadef.core.registry import load_run_config
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 from iqadef.core.weights import WeightSpec, fingerprint, load_weights, sha256_of
 
 SPEC = WeightSpec(filename="gain.pth", urls=("https://example.invalid/gain.pth",), description="test weights")

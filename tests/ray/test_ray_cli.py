@@ -12,7 +12,7 @@ import pytest
 from toy_plugins import install_as_distribution
 
 from iqadef.core.registry import load_run_config
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 
 
 REGISTRY = """

@@ -15,7 +15,7 @@ import pytest
 
 from iqadef.core.errors import ConfigError, IqadefError
 from iqadef.core.registry import load_run_config
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 
 GRID = """
 dataset: {{images: {images}}}
@@ -181,7 +181,7 @@ def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray
 def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_registry):
     pytest.importorskip("ray")
     from iqadef.core.dataset import Dataset
-    from iqadef.core.executors.ray_executor import execute_ray
+    from iqadef.core.run.ray import execute_ray
 
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.defences[1].handle = threading.Lock()  # e.g. a lock or open file made in __init__
@@ -199,7 +199,7 @@ def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_r
 def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_registry, ray_options, message):
     pytest.importorskip("ray")
     from iqadef.core.dataset import Dataset
-    from iqadef.core.executors.ray_executor import execute_ray
+    from iqadef.core.run.ray import execute_ray
 
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.ray = yaml_mapping(ray_options)
@@ -209,7 +209,7 @@ def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_regis
 
 def test_missing_ray_says_how_to_install_it(tmp_path, image_dir, ray_registry, monkeypatch):
     from iqadef.core.dataset import Dataset
-    from iqadef.core.executors.ray_executor import execute_ray
+    from iqadef.core.run.ray import execute_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
@@ -219,7 +219,7 @@ def test_missing_ray_says_how_to_install_it(tmp_path, image_dir, ray_registry, m
 
 def test_fractional_gpus_and_defaults():
     pytest.importorskip("ray")
-    from iqadef.core.executors.ray_executor import RayOptions
+    from iqadef.core.registry import RayOptions
 
     opts = RayOptions.parse({"num_gpus": 0.25, "address": "auto"})
     assert opts.gpus_per_actor("cuda") == 0.25 and opts.address == "auto"

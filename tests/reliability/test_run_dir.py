@@ -15,7 +15,7 @@ from iqadef.core.errors import IqadefError
 from iqadef.core.registry import load_run_config
 from iqadef.core.report import write_report
 from iqadef.core.rundir import MARKER, RunFolder, prepare_run_dir
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 
 GRID = """
 dataset: {{images: {images}}}

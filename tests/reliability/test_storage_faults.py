@@ -18,9 +18,9 @@ from PIL import Image
 from toy_plugins import SMALL_GRID, install_as_distribution
 from toy_plugins import small_grid_config as config
 
-import iqadef.core.runner as runner_module
+import iqadef.core.run.driver as runner_module
 from iqadef.cli import main
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 from iqadef.core.report import write_report
 from iqadef.core.store import CorruptStoreError, DiskFullError, StorageWarning
 

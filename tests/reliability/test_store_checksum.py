@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from toy_plugins import small_grid_config as config
 
-from iqadef.core.runner import run_grid
+from iqadef.core.run import run_grid
 from iqadef.core.store import CELL_COLUMNS, CHECKSUM_ERROR, ResultStore, StorageWarning, row_checksum
 
 

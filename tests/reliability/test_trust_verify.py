@@ -22,8 +22,8 @@ from iqadef import cli  # noqa: E402
 from iqadef.core.errors import IqadefError  # noqa: E402
 from iqadef.core.plugins import PluginRegistry  # noqa: E402
 from iqadef.core.registry import load_run_config  # noqa: E402
-from iqadef.core.runner import run_grid  # noqa: E402
-from iqadef.core.verify import close, verify_run  # noqa: E402
+from iqadef.core.run import run_grid  # noqa: E402
+from iqadef.core.run.verify import close, verify_run  # noqa: E402
 
 GRID = """
 dataset: {{images: {images}}}

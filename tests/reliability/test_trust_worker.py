@@ -26,10 +26,10 @@ import trust_toys  # noqa: E402
 import toy_plugins  # noqa: E402
 
 from iqadef.core.errors import ConfigError  # noqa: E402
-from iqadef.core.executors.ray_executor import ScoreTable  # noqa: E402
+from iqadef.core.run.ray import ScoreTable  # noqa: E402
 from iqadef.core.plugins import PluginRegistry, get_registry  # noqa: E402
 from iqadef.core.registry import DEFAULT_UNIT_TIMEOUT, load_run_config  # noqa: E402
-from iqadef.core.runner import UnitTimeout, run_grid  # noqa: E402
+from iqadef.core.run import UnitTimeout, run_grid  # noqa: E402
 from iqadef.core.scores import image_score_classes  # noqa: E402
 from iqadef.core.store import CELL_COLUMNS, ResultStore, row_checksum  # noqa: E402
 
@@ -325,7 +325,7 @@ def test_the_cli_exits_with_one_line_when_a_unit_hangs(tmp_path, image_dir):
 # -- the guard changes nothing when plugins behave -----------------------------------------------------------
 def test_the_guard_leaves_a_well_behaved_grid_bit_identical(tmp_path, image_dir, registry):
     from iqadef.core.dataset import Dataset
-    from iqadef.core.runner import Unit, Worker
+    from iqadef.core.run import Unit, Worker
 
     cfg = config(tmp_path, image_dir, registry)
     dataset = Dataset(cfg.images)

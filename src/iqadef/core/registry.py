@@ -79,6 +79,72 @@ class AttackEntry:
         return f"{self.attack.key()}-{self.adaptive}-{self.eot_samples}"
 
 
+#: Keys of the registry's ``ray:`` mapping.
+RAY_KEYS = {
+    "address": "cluster to join (`auto` = the one started with `ray start`); absent: start Ray on this machine",
+    "local_cpus": "CPUs of a Ray instance started on this machine (default: all)",
+    "num_cpus": "CPUs reserved by each metric's actor (default 1; fractions allowed)",
+    "num_gpus": "GPUs reserved by each metric's actor (fractions allowed; default 1 when device is cuda, else 0)",
+    "max_restarts": "times a dead actor process is restarted (default 3)",
+    "max_task_retries": "times a unit is re-run after its actor died (default 3)",
+    "in_flight": "units queued ahead on each actor (default 2)",
+    "actors_per_metric": "actors sharing one metric's units, each with the weights loaded (default 1)",
+    "torch_threads": "torch CPU threads in each actor (default: the driver's, so floats match the local run)",
+}
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None
+    local_cpus: int | None = None
+    num_cpus: float = 1.0
+    num_gpus: float | None = None
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    in_flight: int = 2
+    actors_per_metric: int = 1
+    torch_threads: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None, where: str = "ray") -> "RayOptions":
+        """Validate the ``ray:`` mapping; errors name the key and what is allowed."""
+        data = dict(data or {})
+        for key in data:
+            if key not in RAY_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), RAY_KEYS)}; "
+                                  f"allowed: {', '.join(RAY_KEYS)}")
+        address = data.get("address")
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ConfigError(f"{where}.address: must be `auto`, host:port or ray://host:port")
+
+        def number(key: str, default: Any, integer: bool, low: float, allow_none: bool = False) -> Any:
+            value = data.get(key, default)
+            if value is None and allow_none:
+                return None
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if isinstance(value, bool) or not ok or value < low:
+                kind = "an integer" if integer else "a number"
+                raise ConfigError(f"{where}.{key}: {value!r} must be {kind} >= {low:g} ({RAY_KEYS[key]})")
+            return value
+
+        return cls(
+            address=address.strip() if address else None,
+            local_cpus=number("local_cpus", None, True, 1, allow_none=True),
+            num_cpus=float(number("num_cpus", 1, False, 0)),
+            num_gpus=number("num_gpus", None, False, 0, allow_none=True),
+            max_restarts=number("max_restarts", 3, True, 0),
+            max_task_retries=number("max_task_retries", 3, True, 0),
+            in_flight=number("in_flight", 2, True, 1),
+            actors_per_metric=number("actors_per_metric", 1, True, 1),
+            torch_threads=number("torch_threads", None, True, 1, allow_none=True),
+        )
+
+    def gpus_per_actor(self, device: str) -> float:
+        if self.num_gpus is not None:
+            return float(self.num_gpus)
+        return 1.0 if device.startswith("cuda") else 0.0
+
+
 @dataclass
 class RunConfig:
     source: Path
@@ -300,8 +366,6 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     ray = data.get("ray") or {}
     if not isinstance(ray, dict):
         raise ConfigError(f"{where}ray: must be a mapping (address, num_cpus, num_gpus)")
-    from .executors.ray_executor import RayOptions  # here: avoids an import cycle; does not import Ray
-
     RayOptions.parse(ray, f"{where}ray")
 
     # Count first, build after: a sweep of a few lines can stand for 10^8 configurations.

@@ -3,7 +3,7 @@
 Why it is built this way:
 
 * **One actor per metric** (``actors_per_metric: N`` for a pool of N). An actor wraps a
-  :class:`~iqadef.core.runner.Worker`, so the metric's weights are loaded once per actor and the clean
+  :class:`~iqadef.core.run.worker.Worker`, so the metric's weights are loaded once per actor and the clean
   side (f(x), D(x), f(D(x))) of a (metric, batch) is reused by every attack of that batch, exactly as in
   the local runner: a pool splits a metric's units by image batch (batch ``b`` goes to actor
   ``b mod N``), so each batch stays on one actor.
@@ -11,7 +11,7 @@ Why it is built this way:
   calls one at a time, in submission order). Every random choice is seeded from the config, the unit
   and the images, never from the order of completion; torch's CPU thread count in the actor is set to
   the driver's (Ray sets ``OMP_NUM_THREADS=1`` in workers), so reductions add up in the same order.
-* **The driver stays the only writer.** Results come back as :class:`~iqadef.core.runner.UnitResult`
+* **The driver stays the only writer.** Results come back as :class:`~iqadef.core.run.worker.UnitResult`
   (rows + PNG bytes) as they complete (``ray.wait``) with a bounded number in flight per actor;
   ``run_grid`` writes them, so resume works exactly as with the local runner.
 * **Fault tolerant.** Actors are created with ``max_restarts`` / ``max_task_retries``: if a worker
@@ -40,7 +40,6 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -50,75 +49,8 @@ import torch
 from ..dataset import Dataset
 from ..errors import ConfigError, IqadefError
 from ..plugins import PluginRegistry, get_registry
-from ..registry import RunConfig
+from ..registry import RayOptions, RunConfig
 from ..weights import fetch_missing
-
-#: Keys of the registry's ``ray:`` mapping.
-RAY_KEYS = {
-    "address": "cluster to join (`auto` = the one started with `ray start`); absent: start Ray on this machine",
-    "local_cpus": "CPUs of a Ray instance started on this machine (default: all)",
-    "num_cpus": "CPUs reserved by each metric's actor (default 1; fractions allowed)",
-    "num_gpus": "GPUs reserved by each metric's actor (fractions allowed; default 1 when device is cuda, else 0)",
-    "max_restarts": "times a dead actor process is restarted (default 3)",
-    "max_task_retries": "times a unit is re-run after its actor died (default 3)",
-    "in_flight": "units queued ahead on each actor (default 2)",
-    "actors_per_metric": "actors sharing one metric's units, each with the weights loaded (default 1)",
-    "torch_threads": "torch CPU threads in each actor (default: the driver's, so floats match the local run)",
-}
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str | None = None
-    local_cpus: int | None = None
-    num_cpus: float = 1.0
-    num_gpus: float | None = None
-    max_restarts: int = 3
-    max_task_retries: int = 3
-    in_flight: int = 2
-    actors_per_metric: int = 1
-    torch_threads: int | None = None
-
-    @classmethod
-    def parse(cls, data: dict[str, Any] | None, where: str = "ray") -> "RayOptions":
-        """Validate the ``ray:`` mapping; errors name the key and what is allowed."""
-        data = dict(data or {})
-        for key in data:
-            if key not in RAY_KEYS:
-                from ..suggest import did_you_mean
-
-                raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), RAY_KEYS)}; "
-                                  f"allowed: {', '.join(RAY_KEYS)}")
-        address = data.get("address")
-        if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise ConfigError(f"{where}.address: must be `auto`, host:port or ray://host:port")
-
-        def number(key: str, default: Any, integer: bool, low: float, allow_none: bool = False) -> Any:
-            value = data.get(key, default)
-            if value is None and allow_none:
-                return None
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if isinstance(value, bool) or not ok or value < low:
-                kind = "an integer" if integer else "a number"
-                raise ConfigError(f"{where}.{key}: {value!r} must be {kind} >= {low:g} ({RAY_KEYS[key]})")
-            return value
-
-        return cls(
-            address=address.strip() if address else None,
-            local_cpus=number("local_cpus", None, True, 1, allow_none=True),
-            num_cpus=float(number("num_cpus", 1, False, 0)),
-            num_gpus=number("num_gpus", None, False, 0, allow_none=True),
-            max_restarts=number("max_restarts", 3, True, 0),
-            max_task_retries=number("max_task_retries", 3, True, 0),
-            in_flight=number("in_flight", 2, True, 1),
-            actors_per_metric=number("actors_per_metric", 1, True, 1),
-            torch_threads=number("torch_threads", None, True, 1, allow_none=True),
-        )
-
-    def gpus_per_actor(self, device: str) -> float:
-        if self.num_gpus is not None:
-            return float(self.num_gpus)
-        return 1.0 if device.startswith("cuda") else 0.0
 
 
 def import_ray() -> Any:
@@ -152,7 +84,7 @@ def check_picklable(config: RunConfig) -> None:
 
 
 def score_classes(registry: PluginRegistry | None) -> list[type]:
-    from ..runner import image_score_classes
+    from ..scores import image_score_classes
 
     return image_score_classes(registry or get_registry())
 
@@ -200,7 +132,7 @@ class UnitActor:
         torch.set_num_threads(torch_threads)
         from ray import cloudpickle
 
-        from ..runner import Worker
+        from .worker import Worker
 
         try:
             config, dataset, run_dir, scores, artifacts = cloudpickle.loads(payload)
@@ -271,7 +203,8 @@ def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, 
     timeout = getattr(config, "unit_timeout", None)
 
     def timed_out(unit: Any) -> Any:
-        from ..runner import UnitResult, describe_unit, failed_rows
+        from .plan import describe_unit, failed_rows
+        from .worker import UnitResult
 
         batches = dataset.batches(config.batch_size)
         reason = (f"{describe_unit(config, batches, unit)} did not finish within unit_timeout: {timeout:g} s on its "
@@ -400,4 +333,4 @@ def _first_line(exc: BaseException) -> str:
     return found if len(found) <= 300 else found[:297] + "..."
 
 
-__all__ = ["RAY_KEYS", "RayOptions", "UnitActor", "execute_ray", "check_picklable", "artifact_snapshot"]
+__all__ = ["UnitActor", "execute_ray", "check_picklable", "artifact_snapshot"]

@@ -1,0 +1,123 @@
+"""The driver: plans the grid, hands units to an executor (local or Ray) and is the only writer of the run
+folder and the result store; then exports the tables. Entry point: :func:`run_grid`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ..dataset import Dataset
+from ..plugins import PluginRegistry
+from ..registry import RunConfig
+from ..rundir import prepare_run_dir
+from ..store import (
+    IDENTITY_COLUMNS,
+    ResultStore,
+    RunLock,
+    atomic_write_bytes,
+    export_tables,
+)
+from ..weights import fetch_missing
+from .artifacts import ArtifactReader
+from .local import execute_local
+from .plan import GridIndex, plan_units, reuse_renamed, run_info
+from .progress import _progress
+from .worker import Worker
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    run_dir: Path
+    total: int
+    computed: int
+    skipped: int
+    failed: int
+    seconds: float
+    table: pd.DataFrame
+    files: dict[str, Path]
+    problems: list[str]
+    #: Cells in the store from other grids (other parameters, weights, images): kept, not exported.
+    other_cells: int = 0
+    #: Cells of renamed images whose stored rows were copied to the new name (counted as already done).
+    relabelled: int = 0
+
+
+def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None, progress: bool | None = None,
+             executor: str | None = None, after_unit: Callable[[int], None] | None = None,
+             registry: PluginRegistry | None = None) -> RunSummary:
+    """Run (or resume) the grid of ``config``; returns the summary. See the module docstring."""
+    start = time.perf_counter()
+    output = config.output
+    folder = prepare_run_dir(output)
+    with RunLock(output):
+        if fresh:
+            folder.fresh()
+        folder.remove_stale_temp_files()
+        device = config.torch_device()
+        dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=limit)
+        store = ResultStore(output)
+        try:
+            info = run_info(config, dataset, limit)
+            atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
+            fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
+            finished = store.finished()
+            relabelled = reuse_renamed(store, config, dataset, finished)
+            units = plan_units(config, dataset, finished)
+            total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
+            batches = dataset.batches(config.batch_size)
+            todo_cells = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+            computed = 0
+            executor = executor or config.executor
+            if units:
+                if executor == "ray":
+                    from .ray import execute_ray
+
+                    stream = execute_ray(config, dataset, output, units, device, registry=registry)
+                else:
+                    worker = Worker(config, dataset, output, ArtifactReader(store.path), device, registry)
+                    stream = execute_local(worker, units, config.unit_timeout)
+                with _progress(progress, len(units), todo_cells) as bar:
+                    for n, (unit, result) in enumerate(stream, start=1):
+                        folder.record(rel for rel, _ in result.files)  # listed before written
+                        for rel, data in result.files:
+                            atomic_write_bytes(output / rel, data)
+                        store.write_cells(result.rows, result.artifacts)
+                        computed += len(result.rows)
+                        bar.advance(len(result.rows))
+                        if after_unit is not None:
+                            after_unit(n)
+            everything = store.dataframe()
+            current = GridIndex(config, dataset)
+            in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
+            df = everything[in_grid].reset_index(drop=True)
+            other = len(everything) - len(df)
+        finally:
+            store.close()
+        files = export_tables(df, output)
+        failed = int((df["status"] != "ok").sum()) if len(df) else 0
+        table = summary_table(df, info)
+    return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
+                      time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled)
+
+
+def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
+    """Mean gain |f(x) - f(D(x_a))| / |f(x)| per metric x attack x defence (the short end-of-run table)."""
+    try:
+        from ..report import summary_table as full_summary
+    except ImportError:
+        full_summary = None
+    if full_summary is not None:
+        return full_summary(df, info)
+    ok = df[df["status"] == "ok"] if len(df) else df
+    if not len(ok):
+        return pd.DataFrame(columns=["metric", "attack", "defence", "gain", "cells"])
+    gain = (ok["f_clean"] - ok["f_def_adv"]).abs() / ok["f_clean"].abs().clip(lower=1e-12)
+    out = ok.assign(gain=gain).groupby(["metric", "attack", "defence"], sort=False).agg(
+        gain=("gain", "mean"), cells=("gain", "size")).reset_index()
+    return out
