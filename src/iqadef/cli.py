@@ -90,8 +90,9 @@ def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
             raise PluginError(f"plugin {owner.name!r} (distribution {owner.distribution!r}) registers the command "
                               f"{name!r}, which is a built-in iqadef command; rename it")
         command = registry.get("commands", name)()
-        command.configure(sub.add_parser(name, help=command.help))
-        sub.choices[name].set_defaults(plugin_command=command)
+        command_parser = sub.add_parser(name, help=command.help)
+        command.configure(command_parser)
+        command_parser.set_defaults(plugin_command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["IQADEF_STRICT_PLUGINS"] = "1"
     parser = build_parser()
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first not in COMMANDS:  # a plugin's command, or help: only then load the plugins
+    if first not in COMMANDS and "--version" not in argv:  # a plugin's command, or help: only then load plugins
         try:
             add_plugin_commands(parser)
         except IqadefError as exc:

@@ -79,6 +79,10 @@ def test_builtin_commands_do_not_load_plugins(tmp_path):
             "print(any(m.startswith('iqadef.plugins.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+    version = ("import sys\nfrom iqadef.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+               "print(any(m.startswith('iqadef.plugins.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", version], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.slow
