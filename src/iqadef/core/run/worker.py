@@ -171,6 +171,9 @@ class Worker:
         self._defence_failures: tuple[tuple[int, int] | None, dict[int, str]] = (None, {})
         self._unit_pngs: dict[str, bytes] = {}  # this unit's adversarial PNGs, to rebuild x_a from
         self._tainted = False  # a plugin wrote into a shared tensor: rebuild before the next cells
+        #: Called with the number of cells just finished, from the thread computing the unit, as soon as
+        #: they are (per defence or group of defences); over a unit the calls add up to its row count.
+        self.on_cells: Callable[[int], None] | None = None
 
     # -- plugin calls ------------------------------------------------------------------------------
     def _seal(self, tensor: torch.Tensor, name: str) -> Seal | None:
@@ -341,8 +344,9 @@ class Worker:
                 if shared is None:
                     shared = self._unit_state(unit, result)
             except CellFailure as exc:  # the metric or the attack failed: every cell of the unit did
-                for d in todo:
-                    result.rows.extend(failed_rows(self.config, self.batches, unit, d, str(exc)))
+                failed = [r for d in todo for r in failed_rows(self.config, self.batches, unit, d, str(exc))]
+                result.rows.extend(failed)
+                self._progress(len(failed))
                 break
             try:
                 rows = self._cells(unit, d, shared[0], result)
@@ -351,11 +355,16 @@ class Worker:
             except CellFailure as exc:
                 rows = failed_rows(self.config, self.batches, unit, d, str(exc))
             result.rows.extend(rows)
+            self._progress(len(rows))
             todo.pop(0)
         if self._tainted:
             self._tainted, self._clean_key = False, None
         self._unit_pngs = {}
         return result
+
+    def _progress(self, cells: int) -> None:
+        if self.on_cells is not None and cells:
+            self.on_cells(cells)
 
     def _unit_state(self, unit: Unit, result: UnitResult) -> tuple:
         """The clean side and, unless the attack is adaptive, x_a and f(x_a) (shared by every defence)."""
