@@ -50,8 +50,13 @@ class RunSummary:
 
 def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None, progress: bool | None = None,
              executor: str | None = None, after_unit: Callable[[int], None] | None = None,
-             registry: PluginRegistry | None = None) -> RunSummary:
-    """Run (or resume) the grid of ``config``; returns the summary. See the module docstring."""
+             registry: PluginRegistry | None = None, announce: Callable[[str], None] | None = None,
+             on_cells: Callable[[int], None] | None = None) -> RunSummary:
+    """Run (or resume) the grid of ``config``; returns the summary. See the module docstring.
+
+    ``announce`` receives the opening line (grid size, cells to do and already done, device) once the
+    units are planned; ``on_cells`` the number of cells finished, as they finish (per defence with the local
+    executor, per unit with Ray), from the thread computing them."""
     start = time.perf_counter()
     output = config.output
     folder = prepare_run_dir(output)
@@ -74,6 +79,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             todo_cells = sum(len(u.defences) * len(batches[u.batch]) for u in units)
             computed = 0
             executor = executor or config.executor
+            if announce is not None:
+                announce(opening_line(config, len(dataset), total_cells, todo_cells, device, executor))
             if units:
                 if executor == "ray":
                     from .ray import execute_ray
@@ -83,13 +90,18 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
                     worker = Worker(config, dataset, output, ArtifactReader(store.path), device, registry)
                     stream = execute_local(worker, units, config.unit_timeout)
                 with _progress(progress, len(units), todo_cells) as bar:
+                    report_cells = _report_cells(bar, on_cells)
+                    if executor != "ray":
+                        worker.on_cells = report_cells
                     for n, (unit, result) in enumerate(stream, start=1):
                         folder.record(rel for rel, _ in result.files)  # listed before written
                         for rel, data in result.files:
                             atomic_write_bytes(output / rel, data)
                         store.write_cells(result.rows, result.artifacts)
                         computed += len(result.rows)
-                        bar.advance(len(result.rows))
+                        rest = bar.unit(len(result.rows))
+                        if rest and on_cells is not None:
+                            on_cells(rest)
                         if after_unit is not None:
                             after_unit(n)
             everything = store.dataframe()
@@ -104,6 +116,28 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         table = summary_table(df, info)
     return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
                       time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled)
+
+
+def _report_cells(bar: Any, on_cells: Callable[[int], None] | None) -> Callable[[int], None]:
+    """The worker's ``on_cells``: the bar, then the caller's callback."""
+    def report(n: int) -> None:
+        bar.cell(n)
+        if on_cells is not None:
+            on_cells(n)
+
+    return report
+
+
+def opening_line(config: RunConfig, images: int, total: int, todo: int, device: Any, executor: str) -> str:
+    """``grid: 7 images x 1 metric x 2 attacks x 16 defences = 224 cells; 224 to do; device cpu``."""
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}" + ("" if count == 1 else "s")
+
+    done = total - todo
+    state = f"{todo} to do" + (f", {done} already done (resumed)" if done else "")
+    where = f"; executor {executor}" if executor != "local" else ""
+    return (f"grid: {n(images, 'image')} x {n(len(config.metrics), 'metric')} x {n(len(config.attacks), 'attack')} "
+            f"x {n(len(config.defences), 'defence')} = {total} cells; {state}; device {device}{where}")
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
