@@ -7,8 +7,9 @@ resolved from, in order:
 2. ``$IQADEF_WEIGHTS_DIR/<filename>`` (an offline folder you fill by hand),
 3. the cache, ``<torch hub dir>/iqadef/<filename>`` (``$TORCH_HOME`` moves it),
 
-else it is downloaded (progress bar) to a temporary file in the cache, verified, and renamed into
-place, so an interrupted download never leaves a half file under the real name. ``IQADEF_OFFLINE=1``
+else it is downloaded (progress bar; :mod:`iqadef.core.fetch`, shared with the datasets) to a ``.part``
+file in the cache, verified, and renamed into place, so an interrupted download never leaves a half file
+under the real name, and the next attempt resumes it (HTTP ``Range``). ``IQADEF_OFFLINE=1``
 forbids downloads. Checkpoints are always read with ``torch.load(..., weights_only=True)``; a few
 old checkpoints also hold numpy numbers, which :func:`load_checkpoint` accepts with ``allow_numpy=True``
 by allow-listing the numeric numpy types only (never arbitrary classes or functions).
@@ -16,14 +17,12 @@ by allow-listing the numeric numpy types only (never arbitrary classes or functi
 
 from __future__ import annotations
 
-import hashlib
+import http.client
 import os
 import pickle
 import shutil
-import tempfile
 import time
 import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,10 @@ from typing import Any
 import torch
 
 from .errors import WeightsError
+from .fetch import FetchError, offline
+from .fetch import download as _download
+from .fetch import sha256_of as sha256_of
 from .sniff import binary_kind, looks_like_text
-
-_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True)
 class WeightSpec:
@@ -78,14 +77,6 @@ def find_weights(spec: WeightSpec) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -185,7 +176,7 @@ def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
         verify(found, spec)
         return found
     if download is None:
-        download = os.environ.get("IQADEF_OFFLINE", "").strip().lower() not in {"1", "true", "yes"}
+        download = not offline()
     if not download or not spec.urls:
         raise WeightsError(_missing_message(spec, "downloads are disabled (IQADEF_OFFLINE)" if spec.urls
                                             else "it has no download URL"))
@@ -195,7 +186,7 @@ def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
             return download_to_cache(spec, url, progress=progress)
         except WeightsError:
             raise
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             errors.append(f"{url}: {exc}")
     raise WeightsError(_missing_message(spec, "download failed (" + "; ".join(errors) + ")"))
 
@@ -208,38 +199,14 @@ def _missing_message(spec: WeightSpec, why: str) -> str:
 
 
 def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> Path:
-    """Download ``url`` into the cache under ``spec.filename`` via a temporary file and a rename."""
+    """Download ``url`` into the cache under ``spec.filename`` (:func:`iqadef.core.fetch.download`: a
+    ``.part`` file beside it, resumed when a transfer was cut short, verified, then renamed into place)."""
     target = cache_dir() / spec.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=spec.filename, leave=False)
-            try:
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(block)
-                    if bar is not None:
-                        bar.update(len(block))
-            finally:
-                if bar is not None:
-                    bar.close()
-        try:
-            verify(tmp, spec)
-        except WeightsError:
-            raise WeightsError(f"{url}: the downloaded file's sha256 {sha256_of(tmp)} does not match the pinned "
-                               f"{spec.sha256} for {spec.filename}; nothing was saved. The server may have "
-                               f"changed the file: download it by hand and check it") from None
-        check_checkpoint_file(tmp, label=url)
-        os.replace(tmp, target)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
+        return _download(url, target, sha256=spec.sha256, progress=progress, label=spec.filename,
+                        check=lambda part: check_checkpoint_file(part, label=url))
+    except FetchError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def check_checkpoint_file(path: Path, label: str | None = None) -> None:
