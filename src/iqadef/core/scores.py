@@ -203,3 +203,107 @@ def _run_summary(score: Any, group: pd.DataFrame, info: dict[str, Any]) -> dict[
                       f"{info['defence']}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
         return {}
     return {str(k): float(v) for k, v in (values or {}).items()}
+
+
+# -- gains valid for every metric ----------------------------------------------------------------
+class ScoreWarning(UserWarning):
+    """A score of the run cannot be read as it usually is (the paper's gain of a metric that reaches 0)."""
+
+
+#: |f(x)| below this share of the metric's range makes the paper's gain |f(x) - f(D(x_a))| / f(x) explode.
+NEAR_ZERO_SHARE = 0.01
+
+
+def normalised_gain(f_ref: Any, f_other: Any, span: float) -> np.ndarray:
+    """|f_ref - f_other| / span: the gain as a share of the metric's range (high - low).
+
+    The MSU codes' ``abs_gain`` (adversarial-defenses-for-iqa) and, up to the scale, the robustness
+    benchmark's min-max normalised absolute gain; unlike |f(x) - f(D(x_a))| / f(x) it is >= 0, bounded
+    by the attacked excursion and comparable between metrics, whatever the sign of their scores.
+    """
+    ref = np.asarray(f_ref, dtype=float)
+    other = np.asarray(f_other, dtype=float)
+    return np.abs(ref - other) / (float(span) if span else 1.0)
+
+
+def score_warnings(metrics: dict[str, Any], df: pd.DataFrame | None = None) -> list[str]:
+    """One line per metric whose paper gain |f(x) - f(D(x_a))| / f(x) cannot be trusted.
+
+    ``metrics`` is ``run.json``'s ``metrics`` (label -> ``range``, ``higher_is_better``). A range that
+    goes below 0 says so before any cell is computed (a range starting at 0, as most metrics', does not:
+    scores of exactly 0 are rare); with the result table ``df`` the lines also count the images whose
+    clean score is <= 0 (negative gain) or within 1% of the range above 0 (a gain that explodes). The
+    ranking uses :func:`normalised_gain`, valid for every metric.
+    """
+    lines = []
+    ok = ok_rows(df) if df is not None and len(df) and "metric" in df.columns else None
+    for label, entry in (metrics or {}).items():
+        info = metric_info({"metrics": metrics}, label)
+        low, high = info["range"]
+        span = metric_span(info)
+        problems = []
+        if low < 0:
+            problems.append(f"its range ({low:g}, {high:g}) goes below 0")
+        if ok is not None and "f_clean" in ok.columns:
+            mine = ok[ok["metric"] == label]
+            if "image" in mine.columns:
+                mine = mine.drop_duplicates("image")  # f(x) is one value per image
+            f_x = pd.to_numeric(mine["f_clean"], errors="coerce").to_numpy(float)
+            f_x = f_x[np.isfinite(f_x)]
+            negative = int((f_x <= 0).sum())
+            tiny = int(((f_x > 0) & (f_x < NEAR_ZERO_SHARE * span)).sum())
+            if negative:
+                problems.append(f"{negative} of {len(f_x)} images have a clean score f(x) <= 0 (their gain "
+                                f"is negative or undefined)")
+            if tiny:
+                problems.append(f"{tiny} of {len(f_x)} images have f(x) within {NEAR_ZERO_SHARE:.0%} of the "
+                                f"range above 0 (their gain explodes)")
+        if problems:
+            lines.append(f"metric {label}: {'; '.join(problems)}: the paper's gain |f(x) - f(D(x_a))| / f(x) "
+                         f"can be negative or unbounded, so defences are ranked by the range-normalised gain "
+                         f"|f(x) - f(D(x_a))| / (high - low) (docs/scores.md); the gain column is kept as "
+                         f"the reference computes it")
+    return lines
+
+
+#: Resamples of the bootstrap intervals of the report's rankings.
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(values: Iterable[float], confidence: float = CONFIDENCE, seed: int = 0,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float, int]:
+    """Mean and its BCa bootstrap interval (``scipy.stats.bootstrap``, seeded: the report repeats).
+
+    Returns ``(mean, low, high, n)`` over the finite values; NaN interval below two values, the mean
+    itself when all values are equal (BCa is undefined there).
+    """
+    arr = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    n = int(arr.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(arr.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    if np.ptp(arr) == 0:
+        return mean, mean, mean, n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa's degenerate-jackknife warning: the percentile fallback below
+        res = stats.bootstrap((arr,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                              method="BCa", vectorized=True, rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap((arr,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                                  method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return mean, low, high, n
+
+
+def warn_scores(metrics: dict[str, Any], df: pd.DataFrame | None = None) -> list[str]:
+    """Issue each line of :func:`score_warnings` as a :class:`ScoreWarning` (the run calls this); returns them."""
+    lines = score_warnings(metrics, df)
+    for line in lines:
+        warnings.warn(line, ScoreWarning, stacklevel=2)
+    return lines

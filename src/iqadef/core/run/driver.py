@@ -15,6 +15,7 @@ from ..dataset import Dataset
 from ..plugins import PluginRegistry
 from ..registry import RunConfig
 from ..rundir import prepare_run_dir
+from ..scores import warn_scores
 from ..store import (
     IDENTITY_COLUMNS,
     ResultStore,
@@ -70,6 +71,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         try:
             info = run_info(config, dataset, limit)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
+            warn_scores(info["metrics"])  # a metric whose scores reach 0 or below: its gain misleads
             fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
             finished = store.finished()
             relabelled = reuse_renamed(store, config, dataset, finished)
