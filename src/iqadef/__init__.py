@@ -9,8 +9,9 @@ from .core.commands import Command  # noqa: E402
 from .core.errors import ConfigError, IqadefError, PluginError, WeightsError  # noqa: E402
 from .core.hookspecs import hookimpl  # noqa: E402
 from .core.params import Param  # noqa: E402
+from .core.smoothing import MetricSmoothing, SmoothedScores  # noqa: E402
 
 __all__ = [
-    "Attack", "Command", "ConfigError", "Defence", "ImageScore", "IqadefError", "Metric", "Param", "PluginError",
-    "WeightsError", "__version__", "attack_loss", "hookimpl",
+    "Attack", "Command", "ConfigError", "Defence", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",
+    "PluginError", "SmoothedScores", "WeightsError", "__version__", "attack_loss", "hookimpl",
 ]

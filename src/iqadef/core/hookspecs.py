@@ -43,3 +43,9 @@ def iqadef_register_commands(register):
     The argparse counterpart of llm's ``register_commands(cli)``: a plugin that needs its own command
     (training a learned purifier, fetching a data set) ships it with the plugin, not in the core.
     """
+
+
+@hookspec
+def iqadef_register_certified(register):
+    """Register :class:`iqadef.MetricSmoothing` subclasses: certified defences that wrap the metric
+    (``f -> f_s``) and certify an interval of the smoothed score (registry section ``certified:``)."""

@@ -1,0 +1,243 @@
+"""Certified defences: a defence that wraps the *metric*, ``f -> f_s``, instead of purifying the image.
+
+A :class:`MetricSmoothing` plugin (registry section ``certified:``, hook ``iqadef_register_certified``)
+scores each image by the statistics of ``f`` over Gaussian-noised copies ``x + N(0, sigma^2 I)`` and, where
+its maths allows, certifies an interval ``[lower, upper]`` that holds, with probability at least
+``1 - alpha`` over its noise, the smoothed score of *every* ``x'`` with ``||x' - x||_2 <= eps``.
+
+The certificate maths here is not plugin-specific: the order-statistic bounds of median smoothing
+(Chiang et al., NeurIPS 2020, "Detection as regression: certified object detection by median smoothing")
+and the expectation bound of a bounded regressor (Salman et al., NeurIPS 2019, Lemma 2 / Kumar et al.,
+NeurIPS 2020, "Certifying confidence via randomized smoothing", the "expectation" baseline) with a
+Hoeffding confidence interval. docs/certified.md says what is guaranteed under which assumptions.
+
+The noise of image ``i`` comes from its own generator (seeded from the call's seed and ``i``), one copy at a
+time, so the values do not depend on the noise batch size (``batch``: how many noisy copies go through the
+metric in one forward) nor on the other images of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from scipy import stats
+
+from .base import Metric, Plugin
+from .params import Param
+
+
+@dataclass
+class SmoothedScores:
+    """What :meth:`MetricSmoothing.smooth` returns for a batch of ``B`` images.
+
+    ``value`` the smoothed score ``f_s(x)`` (``[B]``); ``lower``/``upper`` the certified interval of the
+    smoothed score over the L2 ball of radius ``eps`` around each image (``[B]``, ``-inf``/``inf`` where
+    the samples are too few to certify), or None when the smoothing certifies nothing.
+    """
+
+    value: torch.Tensor
+    lower: torch.Tensor | None = None
+    upper: torch.Tensor | None = None
+
+
+# -- the certificates --------------------------------------------------------------------------------
+def percentile_shift(eps: float, sigma: float, p: float = 0.5) -> tuple[float, float]:
+    """``(p_lower, p_upper) = (Phi(Phi^-1(p) - eps/sigma), Phi(Phi^-1(p) + eps/sigma))``.
+
+    Chiang et al. (2020), Theorem 1: the ``p``-th percentile of ``f(x' + N(0, sigma^2 I))`` for any
+    ``||x' - x||_2 <= eps`` lies between the ``p_lower``-th and the ``p_upper``-th percentiles at ``x``."""
+    z = float(stats.norm.ppf(p))
+    return float(stats.norm.cdf(z - eps / sigma)), float(stats.norm.cdf(z + eps / sigma))
+
+
+def order_statistic_ranks(n: int, p_lower: float, p_upper: float, alpha: float) -> tuple[int | None, int | None]:
+    """1-based ranks ``(k_l, k_u)`` of the sorted samples that bound the ``p_lower``- and ``p_upper``-th
+    percentiles from below and above, each with probability ``>= 1 - alpha/2`` (so both: ``>= 1 - alpha``).
+
+    ``X_(k) <= q_p`` exactly when at least ``k`` of the ``n`` samples are ``<= q_p``; that count is
+    Binomial(n, >= p), so ``P(X_(k) <= q_p) >= 1 - BinomCDF(k - 1; n, p)``: ``k_l`` is the largest ``k`` with
+    ``BinomCDF(k - 1; n, p_lower) <= alpha/2``. Symmetrically ``k_u`` is the smallest ``k`` with
+    ``BinomCDF(k - 1; n, p_upper) >= 1 - alpha/2``. None when no rank qualifies (too few samples)."""
+    half = alpha / 2
+    ks = torch.arange(1, n + 1, dtype=torch.float64).numpy()
+    cdf_low = stats.binom.cdf(ks - 1, n, p_lower)
+    ok_low = [int(k) for k, c in zip(ks, cdf_low) if c <= half]
+    cdf_up = stats.binom.cdf(ks - 1, n, p_upper)
+    ok_up = [int(k) for k, c in zip(ks, cdf_up) if c >= 1 - half]
+    return (max(ok_low) if ok_low else None), (min(ok_up) if ok_up else None)
+
+
+def median_certificate(samples: torch.Tensor, eps: float, sigma: float,
+                       alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Median smoothing of ``samples`` (``[B, n]``: f of n noisy copies per image): the empirical median
+    and the certified interval from the order statistics at ``Phi(-+eps/sigma)`` (Chiang et al. 2020).
+
+    The median is the lower median ``X_((n+1)//2)`` (``torch.median``'s), so it is always a sample."""
+    n = samples.shape[1]
+    ordered = samples.sort(dim=1).values
+    value = ordered[:, (n - 1) // 2]
+    k_l, k_u = order_statistic_ranks(n, *percentile_shift(eps, sigma), alpha)
+    full = lambda v: torch.full_like(value, v)  # noqa: E731
+    lower = ordered[:, k_l - 1] if k_l is not None else full(-math.inf)
+    upper = ordered[:, k_u - 1] if k_u is not None else full(math.inf)
+    return value, lower, upper
+
+
+def hoeffding_radius(n: int, span: float, alpha: float) -> float:
+    """Half-width ``t`` with ``P(|mean - E| >= t) <= alpha`` for ``n`` i.i.d. values in an interval of width
+    ``span`` (Hoeffding 1963): ``t = span * sqrt(ln(2/alpha) / (2n))``."""
+    return span * math.sqrt(math.log(2.0 / alpha) / (2.0 * n))
+
+
+def mean_certificate(samples: torch.Tensor, eps: float, sigma: float, alpha: float,
+                     low: float, high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean smoothing of ``samples`` (``[B, n]``) of a regressor bounded in ``[low, high]`` (values outside
+    are clipped to it first: the certified function is the clipped one).
+
+    Salman et al. (2019), Lemma 2: for ``h`` with values in [0, 1], ``x -> sigma * Phi^-1(E h(x + N(0,
+    sigma^2 I)))`` is 1-Lipschitz, so ``g(x') in [Phi(Phi^-1(g(x)) - eps/sigma), Phi(Phi^-1(g(x)) + eps/sigma)]``
+    for ``||x' - x|| <= eps``. ``g(x)`` is known only up to the Hoeffding radius (confidence ``1 - alpha``),
+    so the lower end starts from ``mean - t`` and the upper from ``mean + t``, then rescaled to ``[low, high]``."""
+    span = float(high - low)
+    clipped = samples.clamp(low, high)
+    value = clipped.mean(dim=1)
+    t = hoeffding_radius(samples.shape[1], span, alpha)
+    shift = eps / sigma
+    unit = ((value - low) / span).double()
+    below = (unit - t / span).clamp(0, 1)
+    above = (unit + t / span).clamp(0, 1)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    lower = low + span * normal.cdf(normal.icdf(below) - shift)  # icdf(0) = -inf -> cdf 0: the bound is `low`
+    upper = low + span * normal.cdf(normal.icdf(above) + shift)
+    return value, lower.to(value.dtype), upper.to(value.dtype)
+
+
+# -- the contract ------------------------------------------------------------------------------------
+def smoothing_params(sigma: float = 0.25, n: int = 100, eps: float = 0.25, alpha: float = 0.001,
+                     batch: int = 32) -> tuple[Param, ...]:
+    """The parameters every built-in smoothing takes (a plugin may add its own after them)."""
+    return (
+        Param("sigma", float, sigma, "standard deviation of the Gaussian noise added to the pixels ([0, 1] scale)",
+              low=1e-6, presets=(0.12, 0.25, 0.5)),
+        Param("n", int, n, "noisy copies per image (n metric forwards per image)", low=1,
+              presets=(32, 100, 300, 1000)),
+        Param("eps", float, eps, "L2 radius (over all 3*H*W values) of the perturbations the interval covers",
+              low=0.0, presets=(0.1, 0.25, 0.5, 1.0)),
+        Param("alpha", float, alpha, "the certificate holds with probability >= 1 - alpha over the noise",
+              low=1e-12, high=0.5),
+        Param("batch", int, batch, "noisy copies per metric forward (memory/speed only; values do not change)",
+              low=1),
+    )
+
+
+class MetricSmoothing(Plugin):
+    """A certified defence: wraps the metric, ``f -> f_s``, and certifies an interval of ``f_s`` per image.
+
+    Implement :meth:`smooth` (most plugins only :meth:`aggregate`, the statistics of the noisy scores;
+    :meth:`noisy_scores` draws and batches the copies). Declare :attr:`certifies` (whether ``lower`` and
+    ``upper`` are returned). Parameters ``sigma``, ``n``, ``eps``, ``alpha``, ``batch``
+    (:func:`smoothing_params`) are what the runner and the adaptive attacks read.
+    """
+
+    kind = "certified"
+    #: whether :meth:`smooth` returns a certified interval (``lower``/``upper``) for the radius ``eps``
+    certifies: ClassVar[bool] = True
+    params = smoothing_params()
+
+    # -- what a plugin implements -------------------------------------------------------------------
+    def smooth(self, metric: Metric, images: torch.Tensor, *, seed: int) -> SmoothedScores:
+        """``f_s`` and its certified interval for ``images`` ``[B, 3, H, W]``; all noise drawn from ``seed``."""
+        samples = self.noisy_scores(metric, images, seed=seed)
+        value, lower, upper = self.aggregate(samples, metric)
+        return SmoothedScores(value, lower, upper)
+
+    def aggregate(self, samples: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, Any, Any]:
+        """``(value, lower, upper)`` from the noisy scores ``samples`` ``[B, n]``."""
+        raise NotImplementedError
+
+    def base(self, metric: Metric, noisy: torch.Tensor) -> torch.Tensor:
+        """The function that is smoothed, on noisy copies (``[k, 3, H, W]``, not clipped): by default the
+        metric of the copies clipped to [0, 1] (a metric's input contract). Any deterministic function
+        of the noisy image keeps the certificate valid (DMS-IQA puts a denoiser here)."""
+        return metric.score(noisy.clamp(0.0, 1.0))
+
+    # -- shared machinery ------------------------------------------------------------------------------
+    def noise(self, images: torch.Tensor, seed: int) -> Callable[[int, int], torch.Tensor]:
+        """``draw(i, k)``: the next ``k`` noise tensors of image ``i`` (``[k, 3, H, W]``, already times sigma)."""
+        gens = []
+        for i in range(images.shape[0]):
+            g = torch.Generator(device=images.device)
+            g.manual_seed((int(seed) * 1_000_003 + i) % (2**63))
+            gens.append(g)
+        shape = tuple(images.shape[1:])
+
+        def draw(i: int, k: int) -> torch.Tensor:
+            return torch.stack([torch.randn(shape, generator=gens[i], device=images.device, dtype=images.dtype)
+                                for _ in range(k)]) * self.sigma
+
+        return draw
+
+    def noisy_scores(self, metric: Metric, images: torch.Tensor, *, seed: int,
+                     samples: int | None = None) -> torch.Tensor:
+        """``[B, n]``: the base function of ``n`` noisy copies of each image, ``batch`` copies per forward
+        (copies of consecutive images share a forward when ``batch`` exceeds ``n``)."""
+        n = self.n if samples is None else samples
+        draw = self.noise(images, seed)
+        todo = [(i, j) for i in range(images.shape[0]) for j in range(n)]
+        out = torch.empty(images.shape[0], n, dtype=torch.float32, device=images.device)
+        with torch.no_grad():
+            for start in range(0, len(todo), self.batch):
+                chunk = todo[start:start + self.batch]
+                noisy = torch.cat([images[i:i + 1] + draw(i, 1) for i, _ in chunk])
+                scores = self.base(metric, noisy).reshape(-1).float()
+                for (i, j), v in zip(chunk, scores):
+                    out[i, j] = v
+        return out
+
+    def surrogate(self, metric: Metric, images: torch.Tensor, *, seed: int, samples: int) -> torch.Tensor:
+        """A differentiable stand-in for ``f_s`` that adaptive attacks (EOT) follow: the mean of the base
+        function over ``samples`` noisy copies (the expectation that smoothing estimates; SmoothAdv, Salman
+        et al. 2019). Median smoothing has no useful gradient of its own."""
+        draw = self.noise(images.detach(), seed)
+        total = 0.0
+        for _ in range(samples):
+            noise = torch.cat([draw(i, 1) for i in range(images.shape[0])])
+            total = total + self.base(metric, images + noise)
+        return total / samples
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return {"certifies": cls.certifies}
+
+
+class SmoothedMetric(Metric):
+    """The smoothed metric as an attack target (adaptive attacks through a certified defence): its score is
+    :meth:`MetricSmoothing.surrogate` with fresh noise on every call (EOT, as :class:`~iqadef.core.adaptive.
+    DefendedMetric` draws fresh defence randomness per step), replayable from ``seed``."""
+
+    name = "smoothed-metric"
+
+    def __init__(self, metric: Metric, smoothing: MetricSmoothing, *, samples: int = 8, seed: int = 0):
+        super().__init__()
+        self.metric, self.smoothing, self.samples, self.seed = metric, smoothing, max(1, int(samples)), seed
+        self.calls = 0
+        self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
+        self.range = metric.range  # type: ignore[misc]
+        self.input_policy = metric.input_policy  # type: ignore[misc]
+        self.device = metric.device
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric.label}|{self.smoothing.label}"
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "version": self.version, "metric": self.metric.identity(),
+                "smoothing": self.smoothing.identity(), "samples": self.samples}
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        seed = (int(self.seed) * 7919 + self.calls) % (2**62)
+        self.calls += 1
+        return self.smoothing.surrogate(self.metric, images, seed=seed, samples=self.samples)
