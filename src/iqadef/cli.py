@@ -117,11 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.plugin_command.run(args)
         return COMMANDS[args.command](args)
     except IqadefError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return _exit_code(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted; finished cells are kept, run again to resume", file=sys.stderr)
         return _exit_code(130)
+
+
+def _print_error(exc: BaseException) -> None:
+    """``error: ...``, one line per mistake (a registry with several reports them all: ConfigErrors)."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"error: {line}", file=sys.stderr)
 
 
 def _exit_code(code: int) -> int:

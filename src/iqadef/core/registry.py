@@ -10,12 +10,13 @@ refuses aliases that expand to a huge document. A sweep's size is counted before
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
@@ -38,6 +39,7 @@ TOP_KEYS = {
     "metrics": "list of metric entries",
     "attacks": "list of attack entries",
     "defences": "list of defence entries",
+    "certified": "list of certified defences (smoothings of the metric, docs/certified.md)",
     "executor": "local | ray",
     "ray": "Ray options (address, num_cpus, num_gpus)",
     "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
@@ -163,6 +165,8 @@ class RunConfig:
     ray: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     unit_timeout: float | None = DEFAULT_UNIT_TIMEOUT
+    #: certified defences (``iqadef.MetricSmoothing``): cells beside the defences' (docs/certified.md)
+    certified: list = field(default_factory=list)
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -174,7 +178,7 @@ class RunConfig:
             return [p for s in stages for p in expand(s)] if stages else [plugin]
 
         return ([*self.metrics] + [e.attack for e in self.attacks]
-                + [p for d in self.defences for p in expand(d)])
+                + [p for d in self.defences for p in expand(d)] + [*self.certified])
 
 
 def resolve_device(device: str) -> torch.device:
@@ -311,88 +315,182 @@ def _int(data: dict, key: str, default: int, where: str, low: int = 0) -> int:
     return value
 
 
+class ConfigErrors(ConfigError):
+    """Every mistake found in a registry file, one a line (``errors``), so one run of ``iqadef run`` shows
+    them all instead of one per attempt."""
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class _Collect:
+    """Collects the ConfigErrors of independent checks (``with errors.check(): ...``), each message once."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigErrors as exc:
+            self._add(*exc.errors)
+        except ConfigError as exc:
+            self._add(exc)
+
+    def _add(self, *errors: ConfigError) -> None:
+        seen = {str(e) for e in self.errors}
+        for error in errors:
+            if str(error) not in seen:
+                self.errors.append(error)
+                seen.add(str(error))
+
+    def raise_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
 def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegistry | None = None) -> RunConfig:
+    """Validate ``data`` (a registry document); every mistake is reported at once (:class:`ConfigErrors`
+    when there are several): the checks that do not depend on each other all run before raising."""
     registry = registry or get_registry()
     where = f"{source}: "
+    errors = _Collect()
     for key in data:
         if key not in TOP_KEYS:
-            raise ConfigError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)}; "
-                              f"allowed: {', '.join(TOP_KEYS)}")
+            with errors.check():
+                raise ConfigError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)}; "
+                                  f"allowed: {', '.join(TOP_KEYS)}")
     base = source.parent
 
-    dataset = data.get("dataset", {"images": "builtin"})
-    if isinstance(dataset, str):
-        dataset = {"images": dataset}
-    if not isinstance(dataset, dict):
-        raise ConfigError(f"{where}dataset: must be a mapping with `images` (a folder or `builtin`) and optional `mos`")
-    for key in dataset:
-        if key not in DATASET_KEYS:
-            raise ConfigError(f"{where}dataset.{key}: unknown key{did_you_mean(str(key), DATASET_KEYS)}; "
-                              f"allowed: {', '.join(sorted(DATASET_KEYS))}")
-    images_value = dataset.get("images", "builtin")
-    if not isinstance(images_value, str) or not images_value:
-        raise ConfigError(f"{where}dataset.images: must be a folder path or `builtin`")
-    images = builtin_images_dir() if images_value == "builtin" else (base / images_value).expanduser()
-    if not images.is_dir():
-        raise ConfigError(f"{where}dataset.images: {images} is not a folder")
-    mos_value = dataset.get("mos")
-    if mos_value is not None and not isinstance(mos_value, str):
-        raise ConfigError(f"{where}dataset.mos: must be a CSV file path or null")
-    mos = (base / mos_value).expanduser() if mos_value else None
-    if mos is not None and not mos.is_file():
-        what = "is not a file" if mos.exists() else "does not exist"
-        raise ConfigError(f"{where}dataset.mos: {mos} {what}")
-    max_side = _int(dataset, "max_side", DEFAULT_MAX_SIDE, where + "dataset.", low=16)
+    images: Path = builtin_images_dir()
+    mos: Path | None = None
+    max_side = DEFAULT_MAX_SIDE
+    with errors.check():
+        dataset = data.get("dataset", {"images": "builtin"})
+        if isinstance(dataset, str):
+            dataset = {"images": dataset}
+        if not isinstance(dataset, dict):
+            raise ConfigError(f"{where}dataset: must be a mapping with `images` (a folder or `builtin`) and optional `mos`")
+        for key in dataset:
+            if key not in DATASET_KEYS:
+                raise ConfigError(f"{where}dataset.{key}: unknown key{did_you_mean(str(key), DATASET_KEYS)}; "
+                                  f"allowed: {', '.join(sorted(DATASET_KEYS))}")
+        images_value = dataset.get("images", "builtin")
+        if not isinstance(images_value, str) or not images_value:
+            raise ConfigError(f"{where}dataset.images: must be a folder path or `builtin`")
+        images = builtin_images_dir() if images_value == "builtin" else (base / images_value).expanduser()
+        if not images.is_dir():
+            raise ConfigError(f"{where}dataset.images: {images} is not a folder")
+        mos_value = dataset.get("mos")
+        if mos_value is not None and not isinstance(mos_value, str):
+            raise ConfigError(f"{where}dataset.mos: must be a CSV file path or null")
+        mos = (base / mos_value).expanduser() if mos_value else None
+        if mos is not None and not mos.is_file():
+            what = "is not a file" if mos.exists() else "does not exist"
+            raise ConfigError(f"{where}dataset.mos: {mos} {what}")
+        max_side = _int(dataset, "max_side", DEFAULT_MAX_SIDE, where + "dataset.", low=16)
 
-    output_value = data.get("output", "runs/default")
-    if not isinstance(output_value, str) or not output_value.strip():
-        raise ConfigError(f"{where}output: must be a folder path")
-    output = base / Path(output_value).expanduser()  # `~/runs` is in the home folder, not `<base>/~/runs`
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"{where}output: {output} exists and is not a folder; choose another `output`")
+    output = base / "runs/default"
+    with errors.check():
+        output_value = data.get("output", "runs/default")
+        if not isinstance(output_value, str) or not output_value.strip():
+            raise ConfigError(f"{where}output: must be a folder path")
+        output = base / Path(output_value).expanduser()  # `~/runs` is in the home folder, not `<base>/~/runs`
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"{where}output: {output} exists and is not a folder; choose another `output`")
 
     device = data.get("device", "auto")
-    if not isinstance(device, str):
-        raise ConfigError(f"{where}device: must be auto, cpu, cuda or cuda:N")
-    if device != "auto":
-        try:
-            resolve_device(device)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}{exc}") from None
+    with errors.check():
+        if not isinstance(device, str):
+            raise ConfigError(f"{where}device: must be auto, cpu, cuda or cuda:N")
+        if device != "auto":
+            try:
+                resolve_device(device)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{exc}") from None
 
     executor = data.get("executor", "local")
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"{where}executor: {executor!r} must be `local` or `ray`")
+    with errors.check():
+        if executor not in ("local", "ray"):
+            raise ConfigError(f"{where}executor: {executor!r} must be `local` or `ray`")
     ray = data.get("ray") or {}
-    if not isinstance(ray, dict):
-        raise ConfigError(f"{where}ray: must be a mapping (address, num_cpus, num_gpus)")
-    RayOptions.parse(ray, f"{where}ray")
+    with errors.check():
+        if not isinstance(ray, dict):
+            raise ConfigError(f"{where}ray: must be a mapping (address, num_cpus, num_gpus)")
+        RayOptions.parse(ray, f"{where}ray")
 
     # Count first, build after: a sweep of a few lines can stand for 10^8 configurations.
-    plans = {
-        "metrics": [_plan_entry(registry, "metrics", e, f"{where}metrics[{i}]")
-                    for i, e in enumerate(_section(data, "metrics", where, required=True))],
-        "attacks": [_plan_attack(registry, e, f"{where}attacks[{i}]")
-                    for i, e in enumerate(_section(data, "attacks", where, required=True))],
-        "defences": [_plan_defence(registry, e, f"{where}defences[{i}]")
-                     for i, e in enumerate(_section(data, "defences", where, required=False) or ["no-defence"])],
-    }
-    _check_grid_size(plans, _max_cells(data, where), where)
-    metrics, attacks, defences = ([item for plan in plans[k] for item in plan.build()]
-                                  for k in ("metrics", "attacks", "defences"))
-    _no_duplicates(metrics, where + "metrics")
-    _no_duplicates(attacks, where + "attacks")
-    _no_duplicates(defences, where + "defences")
+    planners = {"metrics": lambda e, w: _plan_entry(registry, "metrics", e, w),
+                "attacks": lambda e, w: _plan_attack(registry, e, w),
+                "defences": lambda e, w: _plan_defence(registry, e, w),
+                "certified": lambda e, w: _plan_entry(registry, "certified", e, w)}
+    plans: dict[str, list[_Plan]] = {}
+    complete = True
+    for kind, planner in planners.items():
+        entries: list = []
+        with errors.check():
+            entries = _section(data, kind, where, required=kind not in ("defences", "certified")) or (
+                ["no-defence"] if kind == "defences" else [])
+        plans[kind] = []
+        for i, entry in enumerate(entries):
+            before = len(errors.errors)
+            with errors.check():
+                plans[kind].append(planner(entry, f"{where}{kind}[{i}]"))
+            complete = complete and len(errors.errors) == before
+    max_cells = DEFAULT_MAX_CELLS
+    with errors.check():
+        max_cells = _max_cells(data, where)
+    built: dict[str, list] = {"metrics": [], "attacks": [], "defences": [], "certified": []}
+    # An entry that failed counts as none: the grid is at least this big, so building the rest is bounded.
+    size_ok = False
+    with errors.check():
+        _check_grid_size(plans, max_cells, where)
+        size_ok = True
+    if size_ok:  # a grid past max_cells is never built
+        for kind, section in plans.items():
+            for plan in section:
+                with errors.check():
+                    built[kind].extend(plan.build())
+            if complete:
+                with errors.check():
+                    _no_duplicates(built[kind], where + kind)
+    metrics, attacks, defences = built["metrics"], built["attacks"], built["defences"]
+    if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
+        with errors.check():
+            _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
 
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{where}seed: {seed!r} must be an integer")
+    with errors.check():
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"{where}seed: {seed!r} must be an integer")
+    numbers: dict[str, Any] = {}
+    for key, default, low in (("batch_size", 4, 1), ("examples", 2, 0)):
+        with errors.check():
+            numbers[key] = _int(data, key, default, where, low=low)
+    with errors.check():
+        numbers["unit_timeout"] = _unit_timeout(data, where)
+    errors.raise_any()
     return RunConfig(
         source=source, images=images, mos=mos, max_side=max_side, output=output, device=device,
-        batch_size=_int(data, "batch_size", 4, where, low=1), seed=seed,
-        examples=_int(data, "examples", 2, where), metrics=metrics, attacks=attacks, defences=defences,
-        executor=executor, ray=ray, raw=data, unit_timeout=_unit_timeout(data, where),
+        batch_size=numbers["batch_size"], seed=seed,
+        examples=numbers["examples"], metrics=metrics, attacks=attacks, defences=defences,
+        executor=executor, ray=ray, raw=data, unit_timeout=numbers["unit_timeout"], certified=built["certified"],
     )
+
+
+def _each(items: list, make: Callable[[Any], Any]) -> list:
+    """``[make(item) for item in items]``, with the mistakes of every item reported, not only the first's."""
+    errors = _Collect()
+    out: list = []
+    for item in items:
+        with errors.check():
+            out.append(make(item))
+    errors.raise_any()
+    return out
 
 
 def _unit_timeout(data: dict, where: str) -> float | None:
@@ -464,7 +562,8 @@ def _max_cells(data: dict, where: str) -> int:
 
 def _check_grid_size(plans: dict[str, list[_Plan]], max_cells: int, where: str) -> None:
     """Refuse a grid above ``max_cells`` combinations per image before anything is expanded."""
-    counts = {kind: sum(p.count for p in section) for kind, section in plans.items()}
+    counts = {kind: max(1, sum(p.count for p in section)) for kind, section in plans.items() if kind != "certified"}
+    counts["defences"] += sum(p.count for p in plans.get("certified", ()))  # cells beside the defences'
     total = math.prod(counts.values())
     if total <= max_cells:
         return
@@ -547,7 +646,7 @@ def _check_weight_files(plugin: Plugin, where: str) -> None:
 
 def _plan_entry(registry: PluginRegistry, kind: str, entry: Any, where: str) -> _Plan:
     sets = _param_sets(registry, kind, entry, where)
-    return _Plan(where, sets.cls.name, sets.count, lambda: [_make(sets.cls, p, w) for p, w in sets.expand()],
+    return _Plan(where, sets.cls.name, sets.count, lambda: _each(sets.expand(), lambda pw: _make(sets.cls, *pw)),
                  _sizes(sets))
 
 
@@ -562,7 +661,7 @@ def _plan_attack(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise ConfigError(f"{where}.eot_samples: {eot!r} must be an integer >= 1")
     return _Plan(where, sets.cls.name, sets.count,
-                 lambda: [AttackEntry(_make(sets.cls, p, w), adaptive, eot) for p, w in sets.expand()], _sizes(sets))
+                 lambda: _each(sets.expand(), lambda pw: AttackEntry(_make(sets.cls, *pw), adaptive, eot)), _sizes(sets))
 
 
 def _plan_defence(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
@@ -581,5 +680,5 @@ def _plan_defence(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
                 raise ConfigError(f"{where}[{j}]: sweeps are not allowed inside a composition")
             stages.append(stage)
         return _Plan(where, "+".join(s.name for s in stages), 1,
-                     lambda: [Compose([s.build()[0] for s in stages])])
+                     lambda: [Compose(_each(stages, lambda s: s.build()[0]))])
     return _plan_entry(registry, "defences", entry, where)
