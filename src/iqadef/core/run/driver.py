@@ -26,7 +26,7 @@ from ..store import (
 from ..weights import fetch_missing
 from .artifacts import ArtifactReader
 from .local import execute_local
-from .plan import GridIndex, plan_units, reuse_renamed, run_info
+from .plan import GridIndex, grid_defences, plan_units, reuse_renamed, run_info
 from .progress import _progress
 from .worker import Worker
 
@@ -76,7 +76,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             finished = store.finished()
             relabelled = reuse_renamed(store, config, dataset, finished)
             units = plan_units(config, dataset, finished)
-            total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
+            total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(grid_defences(config))
             batches = dataset.batches(config.batch_size)
             todo_cells = sum(len(u.defences) * len(batches[u.batch]) for u in units)
             computed = 0
@@ -139,7 +139,7 @@ def opening_line(config: RunConfig, images: int, total: int, todo: int, device: 
     state = f"{todo} to do" + (f", {done} already done (resumed)" if done else "")
     where = f"; executor {executor}" if executor != "local" else ""
     return (f"grid: {n(images, 'image')} x {n(len(config.metrics), 'metric')} x {n(len(config.attacks), 'attack')} "
-            f"x {n(len(config.defences), 'defence')} = {total} cells; {state}; device {device}{where}")
+            f"x {n(len(grid_defences(config)), 'defence')} = {total} cells; {state}; device {device}{where}")
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:

@@ -35,6 +35,13 @@ class Unit:
         return f"{self.metric}/{self.attack}/{self.batch}"
 
 
+def grid_defences(config: RunConfig) -> list:
+    """The grid's defence axis: the defences, then the certified defences (``certified:``, docs/certified.md).
+    A unit's defence index ``d`` at or past ``len(config.defences)`` is certified defence
+    ``d - len(config.defences)``."""
+    return [*config.defences, *config.certified]
+
+
 def batch_keys(items: list[ImageItem]) -> list[str]:
     """Per image of a batch: ``<digest of the batch's files and sizes>:<position>``.
 
@@ -52,7 +59,7 @@ class GridIndex:
     grid's now (store.IDENTITY_COLUMNS). Membership is tested per part, so the grid is never expanded."""
 
     def __init__(self, config: RunConfig, dataset: Dataset):
-        self.plugins = [{p.key() for p in plugins} for plugins in (config.metrics, config.attacks, config.defences)]
+        self.plugins = [{p.key() for p in plugins} for plugins in (config.metrics, config.attacks, grid_defences(config))]
         self.images = {(item.name, item.sha256, key) for items in dataset.batches(config.batch_size)
                        for item, key in zip(items, batch_keys(items))}
 
@@ -73,7 +80,7 @@ def _cells_by_unit(config: RunConfig,
     ``(defence, defence key, image, identity)``."""
     batches = dataset.batches(config.batch_size)
     attack_keys = [entry.key() for entry in config.attacks]
-    defence_keys = [defence.key() for defence in config.defences]
+    defence_keys = [defence.key() for defence in grid_defences(config)]
     for m, metric in enumerate(config.metrics):
         mk = metric.key()
         for b, items in enumerate(batches):
@@ -149,7 +156,9 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
         "metrics": {m.label: {"name": m.name, "range": list(m.range), "higher_is_better": m.higher_is_better}
                     for m in config.metrics},
         "attacks": [e.label for e in config.attacks],
-        "defences": [d.label for d in config.defences],
+        "defences": [d.label for d in grid_defences(config)],
+        "certified": {c.label: {"name": c.name, "eps": c.eps, "sigma": c.sigma, "n": c.n, "alpha": c.alpha}
+                      for c in config.certified},
         "seed": config.seed,
         "batch_size": config.batch_size,
         "dataset": {"images": str(config.images), "mos": str(config.mos) if config.mos else None,
@@ -174,7 +183,7 @@ def describe_unit(config: RunConfig, batches: list[list[ImageItem]], unit: Unit)
 
 def cell_row(config: RunConfig, unit: Unit, d: int, item: ImageItem, batch_key: str) -> dict[str, Any]:
     """A result row's identity and description (status ok, no values yet)."""
-    metric, entry, defence = config.metrics[unit.metric], config.attacks[unit.attack], config.defences[d]
+    metric, entry, defence = config.metrics[unit.metric], config.attacks[unit.attack], grid_defences(config)[d]
     return {
         "metric_key": metric.key(), "attack_key": entry.key(), "defence_key": defence.key(),
         "image": item.name, "metric": metric.label, "attack": entry.label, "defence": defence.label,

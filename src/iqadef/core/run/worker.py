@@ -53,6 +53,7 @@ from ..scores import image_score_classes
 from ..store import CELL_COLUMNS
 from .artifacts import _hash, _seed, example_name, png_bytes, quantize, read_png
 from .plan import Unit, batch_keys, cell_row, failed_rows
+from .smoothed import is_certified, smoothed_cells
 
 
 @dataclass
@@ -394,6 +395,8 @@ class Worker:
                diagnose: bool = False) -> list[dict[str, Any]]:
         """The rows of defence ``d`` of ``unit``. Seals are checked by version after every call and by
         fingerprint at the end (``diagnose``: by fingerprint after every call)."""
+        if is_certified(self.config, d):  # a certified defence (docs/certified.md): core/run/smoothed.py
+            return smoothed_cells(self, unit, d, shared, result, check_images=_check_images)
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.defences[d]
         items = self.batches[unit.batch]

@@ -1,0 +1,223 @@
+"""The worker side of certified defences (``certified:``, docs/certified.md): the rows of one unit for one
+:class:`~iqadef.core.smoothing.MetricSmoothing`.
+
+A certified defence wraps the metric, not the image: its row has ``f_def_clean = f_s(x)`` and
+``f_def_adv = f_s(x_a)``, and in its score columns the certified interval of the clean image
+(``cert_lower_clean``, ``cert_upper_clean``) and of the attacked one (``cert_lower_adv``, ``cert_upper_adv``),
+the radius ``cert_radius`` (the smoothing's ``eps``), the attack's actual L2 distance ``adv_l2`` and whether
+the certificate covers it (``cert_applies``: 1 when ``adv_l2 <= eps``). Per-image scores see the pair as
+``D(x) = x``, ``D(x_a) = x_a`` (smoothing changes no pixel), so ``gain_clean`` = |f(x) - f_s(x)| / f(x) is
+what smoothing costs on clean images.
+
+Every call goes through the worker's ``_call`` (exceptions fail the cells, seals catch writes into shared
+tensors), every metric forward inside the smoothing through the worker's score check, and the smoothing's
+output through :func:`check_smoothed`. ``f_s(x)`` is computed once per (metric, batch, certified defence)
+and reused by every attack. An adaptive attack (``adaptive: eot``) targets
+:class:`~iqadef.core.smoothing.SmoothedMetric`: the mean of the metric over fresh noise each step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable
+
+import torch
+
+from ..base import Metric
+from ..cells import CellBatch
+from ..guard import CellFailure, GuardedMetric, InputModified, Tripwire
+from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores
+from .artifacts import _hash, _seed, example_name, png_bytes, quantize
+from .plan import Unit, cell_row, grid_defences
+
+#: The score columns a certified cell adds (docs/certified.md).
+CERT_COLUMNS = ("cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
+                "cert_width_clean", "adv_l2", "cert_applies", "cert_fs_adv_inside", "cert_f_adv_inside")
+
+
+def is_certified(config: Any, d: int) -> bool:
+    """Whether grid defence index ``d`` is a certified defence (past the purifiers)."""
+    return d >= len(config.defences)
+
+
+def smoothing_seed(worker: Any, d: int, b: int) -> int:
+    """The noise seed of certified defence ``d`` on batch ``b``: the same for x and x_a (common noise)."""
+    cfg = worker.config
+    return _seed("certified", cfg.seed, grid_defences(cfg)[d].key(), [i.sha256 for i in worker.batches[b]])
+
+
+class _CheckedMetric(Metric):
+    """The metric as a smoothing sees it: every forward goes through the worker's score check (one real
+    number per noisy copy), so a broken metric fails the cells with the metric's name."""
+
+    name = "checked-metric"
+
+    def __init__(self, worker: Any, metric: Metric):
+        super().__init__()
+        self.worker, self.metric = worker, metric
+        self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
+        self.range = metric.range  # type: ignore[misc]
+        self.input_policy = metric.input_policy  # type: ignore[misc]
+        self.device = metric.device
+
+    @property
+    def label(self) -> str:
+        return self.metric.label
+
+    def identity(self) -> dict[str, Any]:
+        return self.metric.identity()
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        return self.worker._score(self.metric, images, None)
+
+
+def check_smoothed(out: Any, n: int, who: str, certifies: bool) -> SmoothedScores:
+    """A smoothing's output: ``SmoothedScores`` with ``n`` finite values; when it certifies, ``lower`` and
+    ``upper`` of ``n`` values each (``-inf``/``inf`` allowed: too few samples), ``lower <= value <= upper``."""
+    if not isinstance(out, SmoothedScores):
+        raise CellFailure(f"{who} returned {type(out).__name__}, expected iqadef.SmoothedScores")
+
+    def vector(value: Any, name: str) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) not in ((n,), (n, 1)):
+            shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CellFailure(f"{who} returned {name} of shape {shape}, expected [{n}]: one value per image")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise CellFailure(f"{who} returned {value.dtype} {name}, expected real numbers")
+        value = value.detach().float().reshape(-1).cpu().clone()
+        if torch.isnan(value).any():
+            raise CellFailure(f"{who} returned NaN in {name}")
+        return value
+
+    value = vector(out.value, "value")
+    if not torch.isfinite(value).all():
+        raise CellFailure(f"{who} returned inf in value")
+    if not certifies:
+        return SmoothedScores(value)
+    if out.lower is None or out.upper is None:
+        raise CellFailure(f"{who} certifies but returned no lower/upper bound")
+    lower, upper = vector(out.lower, "lower"), vector(out.upper, "upper")
+    tol = 1e-5 * (1.0 + value.abs())
+    if (lower > value + tol).any() or (upper < value - tol).any():
+        raise CellFailure(f"{who} returned a certified interval that does not contain its smoothed value")
+    return SmoothedScores(value, lower, upper)
+
+
+def _smooth(worker: Any, d: int, m: int, b: int, images: torch.Tensor, seal: Any) -> SmoothedScores:
+    smoothing: MetricSmoothing = grid_defences(worker.config)[d]
+    who = f"certified defence {smoothing.label!r}"
+    smoothing = worker._load(who, smoothing)
+    metric = _CheckedMetric(worker, worker.config.metrics[m])
+    seed = smoothing_seed(worker, d, b)
+    out = worker._call(who, "smooth", lambda: smoothing.smooth(metric, images, seed=seed), [seal])
+    return check_smoothed(out, images.shape[0], who, smoothing.certifies)
+
+
+def smoothed_clean(worker: Any, m: int, b: int, d: int) -> SmoothedScores:
+    """``f_s(x)`` and its interval, computed once per (metric, batch, certified defence)."""
+    clean = worker._clean_side(m, b)
+    cache = clean.setdefault("certified", {})
+    if d not in cache:
+        try:
+            cache[d] = _smooth(worker, d, m, b, clean["x"], clean["seal"])
+        except CellFailure as exc:
+            cache[d] = exc
+    if isinstance(cache[d], CellFailure):
+        raise CellFailure(str(cache[d]))
+    return cache[d]
+
+
+def adversarial_through(worker: Any, unit: Unit, d: int, result: Any,
+                        check_images: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+    """x_a of an adaptive attack on the smoothed metric (EOT over the noise), cached as PNGs under a key
+    that names the certified defence."""
+    cfg = worker.config
+    metric, entry, smoothing = cfg.metrics[unit.metric], cfg.attacks[unit.attack], grid_defences(cfg)[d]
+    items = worker.batches[unit.batch]
+    seed = worker.attack_seed(unit.metric, unit.attack, unit.batch)
+    keys, seen = [], {}
+    for item in items:
+        copy = seen[item.sha256] = seen.get(item.sha256, -1) + 1
+        keys.append(_hash("adv", metric.identity(), entry.attack.identity(), entry.adaptive, entry.eot_samples,
+                          "certified", smoothing.key(), item.sha256, seed, *([copy] if copy else [])))
+    paths = [f"cache/adv/{k[:2]}/{k}.png" for k in keys]
+    cached = [worker._cached(k, item.size) for k, item in zip(keys, items)]
+    if all(c is not None for c in cached):
+        return torch.stack(cached).to(worker.device), paths
+    x = worker._clean_side(unit.metric, unit.batch)["x"]
+    tripwire = Tripwire()
+    base: Metric = GuardedMetric(metric, tripwire) if worker.guard_inputs else metric
+    smoothing = worker._load(f"certified defence {smoothing.label!r}", smoothing)
+    target = SmoothedMetric(base, smoothing, samples=entry.eot_samples if "eot" in entry.adaptive else 1, seed=seed)
+    who = f"attack {entry.label!r}"
+    attack = worker._load(who, entry.attack)
+    x_adv = worker._call(who, "run", lambda: attack.run(target, x.clone(), seed=seed))
+    if tripwire.message is not None:
+        raise InputModified(tripwire.message)
+    x_adv = quantize(check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
+    for k, rel, img in zip(keys, paths, x_adv):
+        data = png_bytes(img)
+        worker._unit_pngs[k] = data
+        result.files.append((rel, data))
+        result.artifacts.append((k, rel, hashlib.sha256(data).hexdigest()))
+    return x_adv, paths
+
+
+def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result: Any, *,
+                   check_images: Callable[..., torch.Tensor]) -> list[dict[str, Any]]:
+    """The rows of certified defence ``d`` (a grid defence index) of ``unit``. ``shared`` is the unit's
+    ``(x_a, paths, seal, f(x_a), f(x_a) seal)``, or None when the attack is adaptive (x_a is then computed
+    through the smoothing); ``check_images`` is the worker's attack-output check."""
+    cfg = worker.config
+    metric, smoothing = cfg.metrics[unit.metric], grid_defences(cfg)[d]
+    clean = worker._clean_side(unit.metric, unit.batch)
+    if shared is None:
+        x_adv, adv_paths = adversarial_through(worker, unit, d, result, check_images)
+        adv_seal = worker._seal(x_adv, "x_a")
+        f_adv = worker._score(metric, x_adv, adv_seal)
+        f_adv_seal = worker._seal(f_adv, "f(x_a)")
+    else:
+        x_adv, adv_paths, adv_seal, f_adv, f_adv_seal = shared
+    s_clean = smoothed_clean(worker, unit.metric, unit.batch, d)
+    s_adv = _smooth(worker, d, unit.metric, unit.batch, x_adv, adv_seal)
+    seals = [clean["seal"], adv_seal, clean["f_seal"], f_adv_seal]
+    cells = CellBatch(clean["x"], x_adv, clean["x"], x_adv, clean["f"], f_adv, s_clean.value, s_adv.value, metric,
+                      clean["memo"])
+    scores = worker._image_scores(cells, seals, False)
+    extra = _certificate_columns(smoothing, clean["x"], x_adv, f_adv, s_clean, s_adv)
+    rows = []
+    items = worker.batches[unit.batch]
+    seed = smoothing_seed(worker, d, unit.batch)
+    for i, (item, key) in enumerate(zip(items, worker.batch_keys[unit.batch])):
+        values = [float(clean["f"][i]), float(f_adv[i]), float(s_clean.value[i]), float(s_adv.value[i])]
+        row = cell_row(cfg, unit, d, item, key)
+        row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
+                   adv_path=adv_paths[i],
+                   scores={**{k: float(v[i]) for k, v in scores.items()}, **{k: v[i] for k, v in extra.items()}})
+        bad = [n for n, v in zip(("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"), values) if not math.isfinite(v)]
+        if bad:
+            row.update(status="failed", error=f"metric {metric.label!r} returned NaN/inf for {', '.join(bad)}")
+        if item.name in worker.example_names:  # what the smoothed metric scores: one noisy copy of x_a
+            noisy = (x_adv[i:i + 1] + smoothing.noise(x_adv[i:i + 1], seed)(0, 1)).clamp(0, 1)[0]
+            rel = f"examples/{example_name(row)}.png"
+            result.files.append((rel, png_bytes(noisy)))
+            row["example_path"] = rel
+        rows.append(row)
+    return rows
+
+
+def _certificate_columns(smoothing: MetricSmoothing, x: torch.Tensor, x_adv: torch.Tensor, f_adv: torch.Tensor,
+                         clean: SmoothedScores, adv: SmoothedScores) -> dict[str, list[float]]:
+    n = x.shape[0]
+    l2 = (x_adv.float() - x.float()).flatten(1).norm(dim=1).cpu()
+    eps = float(smoothing.eps)
+    out: dict[str, list[float]] = {"cert_radius": [eps] * n, "adv_l2": l2.tolist(),
+                                   "cert_applies": [float(v <= eps) for v in l2.tolist()]}
+    if clean.lower is None or adv.lower is None:
+        return out
+    lo, hi = clean.lower, clean.upper
+    out.update(cert_lower_clean=lo.tolist(), cert_upper_clean=hi.tolist(), cert_lower_adv=adv.lower.tolist(),
+               cert_upper_adv=adv.upper.tolist(), cert_width_clean=(hi - lo).tolist(),
+               cert_fs_adv_inside=((adv.value >= lo) & (adv.value <= hi)).float().tolist(),
+               cert_f_adv_inside=((f_adv.cpu() >= lo) & (f_adv.cpu() <= hi)).float().tolist())
+    return out

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
+
+import toy_plugins  # noqa: E402
+
+from iqadef.core.plugins import PluginRegistry  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_registry() -> PluginRegistry:
+    return PluginRegistry(extra=[toy_plugins], entry_points=False)

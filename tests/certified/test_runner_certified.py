@@ -1,0 +1,113 @@
+"""Certified defences in the grid: their rows, columns, export, resume, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from iqadef.core.errors import ConfigError
+from iqadef.core.registry import load_run_config
+from iqadef.core.run import run_grid
+from iqadef.core.store import ResultStore
+
+GRID = """
+dataset: {{images: {images}}}
+output: {output}
+batch_size: 2
+seed: 3
+metrics: [toy-metric]
+attacks: [{attack}]
+defences: [no-defence]
+certified:
+  - {{name: median-smoothing, n: 24, sigma: 0.05, eps: 0.05, batch: 16}}
+  - {{name: mean-smoothing, n: 16, sigma: 0.05, eps: 0.05, low: 0, high: 4}}
+"""
+CERT = ["cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
+        "cert_width_clean", "adv_l2", "cert_applies", "cert_fs_adv_inside", "cert_f_adv_inside"]
+
+
+def config(tmp_path: Path, images: Path, registry, output: str, attack: str = "toy-sign"):
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(GRID.format(images=images, output=output, attack=attack))
+    return load_run_config(path, registry=registry)
+
+
+def frame(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "results.parquet").drop(columns=["image_path"])
+
+
+def test_certified_rows_are_stored_and_exported(tmp_path, image_dir, toy_registry):
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "run"), registry=toy_registry, progress=False)
+    df = frame(summary.run_dir)
+    assert summary.failed == 0 and len(df) == 6 * 3
+    assert set(df["defence"]) == {"no-defence", "median-smoothing[sigma=0.05,n=24,eps=0.05,batch=16]",
+                                  "mean-smoothing[sigma=0.05,n=16,eps=0.05,low=0,high=4]"}
+    cert = df[df["defence"] != "no-defence"]
+    assert cert[CERT].notna().all().all()
+    assert (cert["cert_lower_clean"] <= cert["f_def_clean"]).all()
+    assert (cert["f_def_clean"] <= cert["cert_upper_clean"]).all()
+    assert (cert["cert_radius"] == 0.05).all()
+    # f_s differs from f (noise changes the toy sharpness metric), f(x) is the plain metric's
+    plain = df[df["defence"] == "no-defence"].set_index("image")
+    for _, group in cert.groupby("defence"):
+        g = group.set_index("image")
+        pd.testing.assert_series_equal(g["f_clean"], plain["f_clean"])
+        assert (g["f_def_clean"] != g["f_clean"]).all()
+        assert g["gain_clean"].notna().all()  # |f(x) - f_s(x)| / f(x): what smoothing costs
+    csv = pd.read_csv(summary.run_dir / "results.csv")
+    assert set(CERT) <= set(csv.columns)
+    # the purifier's rows have no certificate
+    assert df[df["defence"] == "no-defence"]["cert_lower_clean"].isna().all()
+
+
+def test_resumed_run_equals_a_fresh_one(tmp_path, image_dir, toy_registry):
+    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), registry=toy_registry, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(n):
+        if n == 2:
+            raise Stop
+
+    cfg = config(tmp_path, image_dir, toy_registry, "part")
+    with pytest.raises(Stop):
+        run_grid(cfg, registry=toy_registry, progress=False, after_unit=stop_after)
+    store = ResultStore(cfg.output)
+    assert 0 < len(store.finished()) < 18
+    store.close()
+    resumed = run_grid(cfg, registry=toy_registry, progress=False)
+    assert resumed.skipped > 0 and resumed.computed == 18 - resumed.skipped
+    pd.testing.assert_frame_equal(frame(full.run_dir), frame(resumed.run_dir))
+    again = run_grid(cfg, registry=toy_registry, progress=False)
+    assert again.computed == 0
+
+
+def test_an_adaptive_attack_targets_the_smoothed_metric(tmp_path, image_dir, toy_registry):
+    attack = "{name: toy-sign, adaptive: eot, eot_samples: 2}"
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "eot", attack), registry=toy_registry,
+                       progress=False)
+    df = frame(summary.run_dir)
+    assert summary.failed == 0
+    paths = df.groupby("defence")["adv_path"].apply(set)
+    assert len({frozenset(p) for p in paths}) == 3  # one x_a per defence: each attacked through its own
+    cert = df[df["defence"].str.startswith("median")]
+    assert (cert["adv_l2"] > 0).all()
+
+
+def test_a_certified_label_may_not_repeat_and_unknown_names_are_named(tmp_path, image_dir, toy_registry):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+                    f"certified: [median-smoothin]\n")
+    with pytest.raises(ConfigError, match=r"certified\[0\].*median-smoothing"):
+        load_run_config(path, registry=toy_registry)
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+                    f"certified: [median-smoothing, median-smoothing]\n")
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_run_config(path, registry=toy_registry)
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+                    f"certified: [{{name: median-smoothing, alpha: 0.9}}]\n")
+    with pytest.raises(ConfigError, match="alpha"):
+        load_run_config(path, registry=toy_registry)
