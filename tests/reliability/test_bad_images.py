@@ -133,7 +133,7 @@ def test_mos_file_problems(tmp_path):
     mos.write_text("image,mos\na.png,good\n")
     with pytest.raises(ConfigError, match=r"mos.csv:2: mos 'good' for 'a.png' is not a number"):
         read_mos(mos)
-    mos.write_text("file;quality\na.png;3\n")
+    mos.write_text("picture,stars\na.png,3\n")
     with pytest.raises(ConfigError, match="needs a header"):
         read_mos(mos)
 

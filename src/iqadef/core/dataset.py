@@ -25,18 +25,21 @@ import hashlib
 import io
 import math
 import os
+import random
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from .errors import ConfigError
+from .fetch import RemoteFile
+from .params import Param, resolve
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 #: Largest image side kept as is; larger images are downscaled to this (override: dataset.max_side).
@@ -228,24 +231,47 @@ def read_text(path: Path, what: str) -> tuple[str, str]:
         return data.decode("latin-1"), "latin-1"
 
 
-def read_mos(path: Path) -> dict[str, float]:
-    """A CSV with a header naming an image column (``image``/``name``/``file``) and a ``mos`` column.
+#: Header names (lower case) taken as the image column and as the score column of a MOS file, in order
+#: of preference (KonIQ-10k's ``image_name``/``MOS``, KADID-10k's ``dist_img``/``dmos``, SPAQ's ``Image name``).
+NAME_COLUMNS = ("image", "name", "file", "filename", "file_name", "image_name", "image name", "img_name", "img",
+                "path", "dist_img", "imageid", "image_id")
+SCORE_COLUMNS = ("mos", "dmos", "score", "mos_score", "mean_score", "mos score", "quality", "rating")
+#: Delimiters a MOS file may use (comma, semicolon as Excel writes in many locales, tab).
+DELIMITERS = ",;\t"
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter of a small CSV: the one of ``,;\t`` that occurs in the header line (comma first)."""
+    header = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
+    try:
+        return csv.Sniffer().sniff(header, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return next((d for d in DELIMITERS if d in header), ",")
+
+
+def read_mos(path: Path, what: str = "dataset.mos", *, name_column: str | None = None,
+             score_column: str | None = None) -> dict[str, float]:
+    """A CSV with a header naming an image column and a score column (:data:`NAME_COLUMNS`,
+    :data:`SCORE_COLUMNS`, any case; or the columns given), separated by ``,``, ``;`` or a tab.
 
     Encodings: see :func:`read_text` (UTF-8 with or without BOM, UTF-16/32 with BOM, else cp1252/Latin-1).
     """
     if not path.is_file():
-        what = "is not a file" if path.exists() else "does not exist"
-        raise ConfigError(f"dataset.mos: {path} {what}")
-    text, _ = read_text(path, "dataset.mos")
+        state = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"{what}: {path} {state}")
+    text, _ = read_text(path, what)
     with io.StringIO(text, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, delimiter=_delimiter(text))
         fields = [c.strip().lower() for c in (reader.fieldnames or [])]
         lookup = dict(zip(fields, reader.fieldnames or []))
-        name_col = next((lookup[c] for c in ("image", "name", "file", "image_name", "filename") if c in lookup), None)
-        mos_col = next((lookup[c] for c in ("mos", "score", "dmos") if c in lookup), None)
+        name_col = lookup.get(name_column.lower()) if name_column else \
+            next((lookup[c] for c in NAME_COLUMNS if c in lookup), None)
+        mos_col = lookup.get(score_column.lower()) if score_column else \
+            next((lookup[c] for c in SCORE_COLUMNS if c in lookup), None)
         if name_col is None or mos_col is None:
-            raise ConfigError(f"{path}: needs a header with an image column (image/name/file) and a `mos` "
-                              f"column; found {reader.fieldnames}")
+            names = f"`{name_column}`" if name_column else "an image column (image/name/file/filename/image_name)"
+            scores = f"`{score_column}`" if score_column else "a `mos` column (mos/dmos/score)"
+            raise ConfigError(f"{path}: needs a header with {names} and {scores}; found {reader.fieldnames}")
         out: dict[str, float] = {}
         for line, row in enumerate(reader, start=2):
             name = (row.get(name_col) or "").strip()
@@ -253,7 +279,7 @@ def read_mos(path: Path) -> dict[str, float]:
             if not name:
                 continue
             try:
-                value = float(raw)
+                value = float(raw.replace(",", ".")) if raw.count(",") == 1 and "." not in raw else float(raw)
             except ValueError:
                 raise ConfigError(f"{path}:{line}: mos {raw!r} for {name!r} is not a number") from None
             if not math.isfinite(value):
@@ -264,30 +290,56 @@ def read_mos(path: Path) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One image a dataset plugin yields: its name in the run (a relative path), its file, its MOS (or DMOS)
+    from the dataset's own score file, and its split."""
+
+    name: str
+    path: Path
+    mos: float | None = None
+    split: str | None = None
+
+
 class Dataset:
-    """A folder of images (recursively), optionally with MOS values."""
+    """A folder of images (recursively), optionally with MOS values; or the ``entries`` a dataset plugin
+    yields (names, files and MOS chosen by the plugin; the folder is then only their common root)."""
 
     def __init__(self, folder: Path, mos: Path | None = None, *, max_side: int = DEFAULT_MAX_SIDE,
-                 limit: int | None = None):
+                 limit: int | None = None, entries: Sequence[Entry] | None = None, label: str | None = None):
         self.folder = Path(folder)
         self.max_side = max_side
         self.problems: list[str] = []
-        if not self.folder.is_dir():
-            raise ConfigError(f"dataset.images: {self.folder} is not a folder of images")
-        files = []
-        for path in sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            reason = _not_a_regular_file(path)
-            if reason is None:
-                files.append(path)
-            else:
-                self._left_out(f"{path}: {reason}; left out")
-        if not files:
-            raise ConfigError(f"dataset.images: {self.folder} holds no images "
-                              f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-        mos_values = read_mos(Path(mos)) if mos else {}
+        label = label or str(self.folder)
+        if entries is None:
+            if not self.folder.is_dir():
+                raise ConfigError(f"dataset.images: {self.folder} is not a folder of images")
+            named = []
+            for path in sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                reason = _not_a_regular_file(path)
+                if reason is None:
+                    named.append((path.relative_to(self.folder).as_posix(), path))
+                else:
+                    self._left_out(f"{path}: {reason}; left out")
+            if not named:
+                raise ConfigError(f"dataset.images: {self.folder} holds no images "
+                                  f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            mos_values = read_mos(Path(mos)) if mos else {}
+            mos_label = str(mos)
+        else:
+            named = []
+            for entry in entries:
+                reason = _not_a_regular_file(entry.path)
+                if reason is None:
+                    named.append((entry.name, entry.path))
+                else:
+                    self._left_out(f"{entry.path}: {reason}; left out")
+            if not named:
+                raise ConfigError(f"dataset: {label} yields no image files")
+            mos_values = {e.name: e.mos for e in entries if e.mos is not None}
+            mos_label = label
         items = []
-        for path in files:
-            name = path.relative_to(self.folder).as_posix()
+        for name, path in named:
             try:
                 size = _probe(path, max_side)
             except NotAStillImage as exc:
@@ -302,17 +354,17 @@ class Dataset:
             missing = sorted(n for n in names if n not in mos_values)
             extra = sorted(n for n in mos_values if n not in names and not (self.folder / n).is_file())
             if missing:
-                self.problems.append(f"{mos}: no MOS for {len(missing)} image(s), e.g. {missing[0]!r}; "
+                self.problems.append(f"{mos_label}: no MOS for {len(missing)} image(s), e.g. {missing[0]!r}; "
                                      f"their SROCC entries are left out")
-            if extra:
-                self.problems.append(f"{mos}: {len(extra)} name(s) match no image, e.g. {extra[0]!r}; ignored")
+            if extra and entries is None:
+                self.problems.append(f"{mos_label}: {len(extra)} name(s) match no image, e.g. {extra[0]!r}; ignored")
             for msg in self.problems[-2:]:
-                if msg.startswith(str(mos)):
+                if msg.startswith(mos_label):
                     warnings.warn(msg, ImageWarning, stacklevel=2)
         if limit is not None:
             items = items[:limit]
         if not items:
-            raise ConfigError(f"dataset.images: no readable image in {self.folder}")
+            raise ConfigError(f"dataset.images: no readable image in {label}")
         self.items: list[ImageItem] = items
         self.has_mos = bool(mos_values)
 
@@ -339,3 +391,213 @@ class Dataset:
 
     def __iter__(self) -> Iterator[ImageItem]:
         return iter(self.items)
+
+
+# -- dataset plugins ----------------------------------------------------------------------------------------
+
+def data_dir() -> Path:
+    """Where fetched datasets live: ``$IQADEF_DATA``, else ``$XDG_CACHE_HOME/iqadef/data`` (``~/.cache/...``).
+    Each dataset has its own folder there, named after it (``<data dir>/koniq10k``)."""
+    if os.environ.get("IQADEF_DATA"):
+        return Path(os.environ["IQADEF_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "iqadef" / "data"
+
+
+class DatasetPlugin:
+    """The contract of a dataset plugin (registered through ``iqadef_register_datasets``).
+
+    A dataset says what it yields (:meth:`entries`: image files, each with its MOS/DMOS from the dataset's
+    own score file and its split), which splits it has, and where its files come from (:attr:`remote`:
+    URLs, sizes, sha256 where known, archive kinds) and how they are laid out once fetched
+    (:meth:`missing`: the files its layout needs that are not there). Options beyond the common registry
+    keys are :attr:`params` (``iqadef.Param``), validated like a plugin's.
+    """
+
+    kind: ClassVar[str] = "dataset"
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    #: Long name, homepage and the licence / terms of use as the publisher states them (one line).
+    title: ClassVar[str] = ""
+    homepage: ClassVar[str] = ""
+    licence: ClassVar[str] = ""
+    #: Splits besides ``all`` (every image); empty: the dataset has no official split.
+    splits: ClassVar[tuple[str, ...]] = ()
+    #: What the scores are: ``mos`` (higher is better), ``dmos`` (lower is better), or None (no scores).
+    scores: ClassVar[str | None] = "mos"
+    params: ClassVar[tuple[Param, ...]] = ()
+    #: Files to download (``iqadef data fetch NAME``), unpacked into the dataset's folder.
+    remote: ClassVar[tuple[RemoteFile, ...]] = ()
+    #: False: the dataset's files are not fetched into the data dir (``folder``, ``builtin``): no ``root``.
+    fetchable: ClassVar[bool] = True
+
+    def __init__(self, root: Path | None = None, *, base: Path | None = None, where: str = "dataset",
+                 **values: Any):
+        self.where = where
+        self.base = Path(base) if base is not None else Path.cwd()
+        self.config: dict[str, Any] = resolve(self.params, values, where)
+        self.root = Path(root).expanduser() if root is not None else data_dir() / self.name
+
+    # -- what a plugin implements ------------------------------------------------------------------
+    def missing(self) -> list[str]:
+        """Paths (relative to :attr:`root`) the layout needs and that are absent; empty when present."""
+        return []
+
+    def entries(self) -> list[Entry]:
+        """Every image of the dataset, sorted by name, with its MOS and split."""
+        raise NotImplementedError
+
+    def remote_files(self) -> tuple[RemoteFile, ...]:
+        """The files to fetch for this configuration (default :attr:`remote`; a release option may choose)."""
+        return self.remote
+
+    # -- shared behaviour ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse, before any work, a dataset whose files are not where they should be; say how to get them."""
+        absent = self.missing()
+        if not absent:
+            return
+        shown = ", ".join(absent[:3]) + (f" (+{len(absent) - 3} more)" if len(absent) > 3 else "")
+        how = (f"run `iqadef data fetch {self.name}`" if self.fetchable and self.remote_files() else
+               f"see `iqadef data` for where to get it")
+        raise ConfigError(f"{self.where}: {self.name} is not in {self.root} (missing {shown}); {how}, or set "
+                          f"`root:` (or IQADEF_DATA) to the folder that holds it")
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """For ``iqadef list datasets`` and ``iqadef data``."""
+        return {
+            "name": cls.name, "kind": cls.kind, "version": cls.version, "doc": (cls.__doc__ or "").strip(),
+            "title": cls.title, "homepage": cls.homepage, "licence": cls.licence, "splits": ["all", *cls.splits],
+            "scores": cls.scores,
+            "params": [{"name": p.name, "type": p.type_name, "default": p.default, "allowed": p.allowed(),
+                        "help": p.help, "presets": list(p.presets)} for p in cls.params],
+            "remote": [{"filename": r.filename, "urls": list(r.urls), "size": r.size, "sha256": r.sha256,
+                        "archive": r.archive, "manual": r.manual} for r in cls.remote],
+        }
+
+    def __repr__(self) -> str:
+        return f"<dataset {self.name} at {self.root}>"
+
+
+#: Registry keys every dataset takes (plugin options come on top).
+COMMON_KEYS = {
+    "name": "the dataset plugin (`iqadef list datasets`); default `folder`",
+    "split": "which split (`all` or one the dataset has)",
+    "sample": "keep this many images, chosen at random with `seed` (the same ones every time)",
+    "seed": "seed of `sample` (default 0; independent of the run's seed)",
+    "max_side": "larger images are downscaled to fit (default 2048)",
+    "root": "the folder holding the dataset's files (default: <IQADEF_DATA>/<name>)",
+}
+
+
+@dataclass
+class DatasetConfig:
+    """The registry's ``dataset:`` once validated: a plugin instance and how to subset it."""
+
+    plugin: DatasetPlugin
+    split: str = "all"
+    sample: int | None = None
+    seed: int = 0
+    max_side: int = DEFAULT_MAX_SIDE
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images(self) -> Path:
+        """The folder the images are under (``RunConfig.images``)."""
+        return Path(getattr(self.plugin, "images_dir", self.plugin.root))
+
+    @property
+    def mos(self) -> Path | None:
+        return getattr(self.plugin, "mos_file", None)
+
+    def entries(self) -> list[Entry]:
+        """The plugin's entries of :attr:`split`, then the deterministic ``sample`` of them (sorted by name)."""
+        entries = sorted(self.plugin.entries(), key=lambda e: e.name)
+        if self.split != "all":
+            entries = [e for e in entries if e.split == self.split]
+            if not entries:
+                raise ConfigError(f"{self.plugin.where}.split: {self.plugin.name} has no image in split "
+                                  f"{self.split!r} under {self.plugin.root}")
+        if self.sample is not None:
+            if self.sample > len(entries):
+                raise ConfigError(f"{self.plugin.where}.sample: {self.sample} is more than the {len(entries)} images "
+                                  f"of {self.plugin.name} (split {self.split}); lower it or remove it")
+            chosen = random.Random(self.seed).sample(range(len(entries)), self.sample)
+            entries = [entries[i] for i in sorted(chosen)]
+        return entries
+
+    def open(self, limit: int | None = None) -> Dataset:
+        """The :class:`Dataset` of the run (``--limit`` keeps the first ``limit`` images)."""
+        if getattr(self.plugin, "plain_folder", False) and self.split == "all" and self.sample is None:
+            return Dataset(self.images, self.mos, max_side=self.max_side, limit=limit)  # today's folder scan
+        return Dataset(self.images, max_side=self.max_side, limit=limit, entries=self.entries(),
+                       label=f"{self.plugin.where} {self.plugin.name} ({self.plugin.root})")
+
+    def describe(self) -> dict[str, Any]:
+        """What ``run.json`` and an export's datasheet say about the data."""
+        cls = type(self.plugin)
+        return {"name": cls.name, "title": cls.title, "homepage": cls.homepage, "licence": cls.licence,
+                "root": str(self.plugin.root), "split": self.split, "sample": self.sample, "seed": self.seed,
+                "options": self.plugin.config}
+
+
+def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset") -> DatasetConfig:
+    """Validate the registry's ``dataset:`` (docs/registry.md); every mistake is a ConfigError naming the key.
+
+    Forms: absent (the bundled images); a string (a folder of images relative to the registry, ``builtin``,
+    or the name of a dataset plugin when no such folder exists); a mapping with ``images`` (and ``mos``) and
+    no ``name`` (a folder); a mapping with ``name`` (a dataset plugin) and the :data:`COMMON_KEYS` plus the
+    plugin's options.
+    """
+    if value is None:
+        value = {"name": "builtin"}
+    if isinstance(value, str):
+        names = set(registry.names("datasets"))
+        if value == "builtin" or (value in names and value != "folder" and not (base / value).expanduser().is_dir()):
+            value = {"name": value}
+        else:
+            value = {"images": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a mapping with `name` (a dataset, `iqadef list datasets`) or `images` "
+                          f"(a folder or `builtin`) and optional `mos`")
+    data = dict(value)
+    name = data.pop("name", None)
+    if name is None:
+        name = "builtin" if data.get("images", "builtin") == "builtin" and "mos" not in data else "folder"
+        if name == "builtin":
+            data.pop("images", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.name: must be a dataset name (`iqadef list datasets`)")
+    cls = registry.get("datasets", name, where=f"{where}.name")
+    common = {k: data.pop(k) for k in list(data) if k in COMMON_KEYS}
+    allowed = {**COMMON_KEYS, **{p.name: p.help for p in cls.params}}
+    if not cls.fetchable:
+        allowed.pop("root")
+    for key in data:
+        if key not in allowed:
+            from .suggest import did_you_mean
+
+            raise ConfigError(f"{where}.{key}: unknown key for dataset {name!r}{did_you_mean(str(key), allowed)}; "
+                              f"allowed: {', '.join(sorted(allowed))}")
+    if "root" in common and not cls.fetchable:
+        raise ConfigError(f"{where}.root: dataset {name!r} takes no `root`; allowed: {', '.join(sorted(allowed))}")
+    root = common.get("root")
+    if root is not None and (not isinstance(root, str) or not root):
+        raise ConfigError(f"{where}.root: must be a folder path")
+    split = common.get("split", "all")
+    if split not in ("all", *cls.splits):
+        shown = ", ".join(["all", *cls.splits])
+        raise ConfigError(f"{where}.split: {split!r} is not a split of {name}; one of {shown}")
+    sample = common.get("sample")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
+        raise ConfigError(f"{where}.sample: {sample!r} must be an integer >= 1 (how many images to keep), or null")
+    seed = common.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}.seed: {seed!r} must be an integer")
+    max_side = common.get("max_side", DEFAULT_MAX_SIDE)
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16:
+        raise ConfigError(f"{where}.max_side: {max_side!r} must be an integer >= 16")
+    plugin = cls((base / root).expanduser() if root else None, base=base, where=where, **data)
+    plugin.check()
+    return DatasetConfig(plugin, split=split, sample=sample, seed=seed, max_side=max_side, raw=dict(value))

@@ -37,6 +37,12 @@ def iqadef_register_scores(register):
 
 
 @hookspec
+def iqadef_register_datasets(register):
+    """Register :class:`iqadef.core.dataset.DatasetPlugin` subclasses: datasets a registry names with
+    ``dataset: {name: ...}`` (their layout, score file, splits and where their files come from)."""
+
+
+@hookspec
 def iqadef_register_commands(register):
     """Register :class:`iqadef.Command` subclasses: command-line subcommands (``iqadef NAME ...``).
 

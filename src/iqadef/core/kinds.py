@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .base import Attack, Defence, ImageScore, Metric
 from .commands import Command
+from .dataset import DatasetPlugin
 from .smoothing import MetricSmoothing
 
 
@@ -47,6 +48,7 @@ KINDS: dict[str, Kind] = {kind.section: kind for kind in (
     Kind("defences", "defence", "iqadef_register_defences", (Defence,)),
     Kind("scores", "score", "iqadef_register_scores", (ImageScore,), duck_attribute="summarise"),
     Kind("certified", "certified defence", "iqadef_register_certified", (MetricSmoothing,)),
+    Kind("datasets", "dataset", "iqadef_register_datasets", (DatasetPlugin,)),
     Kind("commands", "command", "iqadef_register_commands", (Command,), listed=False),
 )}
 

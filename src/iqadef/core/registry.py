@@ -23,14 +23,14 @@ import yaml
 
 from .base import Attack, Defence, Metric, Plugin
 from .compose import Compose
-from .dataset import DEFAULT_MAX_SIDE, builtin_images_dir
+from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
 from .errors import ConfigError
 from .plugins import PluginRegistry, get_registry
 from .suggest import did_you_mean
 from .weights import explicit_weight_files
 
 TOP_KEYS = {
-    "dataset": "images folder (or `builtin`) and optional MOS CSV",
+    "dataset": "a dataset (`{name: koniq10k, split: test, sample: 200}`, docs/datasets.md) or an images folder and MOS CSV",
     "output": "run directory",
     "device": "auto | cpu | cuda | cuda:N",
     "batch_size": "images per batch",
@@ -165,8 +165,16 @@ class RunConfig:
     ray: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     unit_timeout: float | None = DEFAULT_UNIT_TIMEOUT
+    #: the validated ``dataset:`` (core/dataset.py); None in configs built by hand from images/mos
+    dataset: DatasetConfig | None = None
     #: certified defences (``iqadef.MetricSmoothing``): cells beside the defences' (docs/certified.md)
     certified: list = field(default_factory=list)
+
+    def open_dataset(self, limit: int | None = None) -> Dataset:
+        """The run's images (a dataset plugin's split and sample, or the ``images`` folder and ``mos``)."""
+        if self.dataset is not None:
+            return self.dataset.open(limit=limit)
+        return Dataset(self.images, self.mos, max_side=self.max_side, limit=limit)
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -369,30 +377,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     images: Path = builtin_images_dir()
     mos: Path | None = None
     max_side = DEFAULT_MAX_SIDE
+    dataset_config: DatasetConfig | None = None
     with errors.check():
-        dataset = data.get("dataset", {"images": "builtin"})
-        if isinstance(dataset, str):
-            dataset = {"images": dataset}
-        if not isinstance(dataset, dict):
-            raise ConfigError(f"{where}dataset: must be a mapping with `images` (a folder or `builtin`) and optional `mos`")
-        for key in dataset:
-            if key not in DATASET_KEYS:
-                raise ConfigError(f"{where}dataset.{key}: unknown key{did_you_mean(str(key), DATASET_KEYS)}; "
-                                  f"allowed: {', '.join(sorted(DATASET_KEYS))}")
-        images_value = dataset.get("images", "builtin")
-        if not isinstance(images_value, str) or not images_value:
-            raise ConfigError(f"{where}dataset.images: must be a folder path or `builtin`")
-        images = builtin_images_dir() if images_value == "builtin" else (base / images_value).expanduser()
-        if not images.is_dir():
-            raise ConfigError(f"{where}dataset.images: {images} is not a folder")
-        mos_value = dataset.get("mos")
-        if mos_value is not None and not isinstance(mos_value, str):
-            raise ConfigError(f"{where}dataset.mos: must be a CSV file path or null")
-        mos = (base / mos_value).expanduser() if mos_value else None
-        if mos is not None and not mos.is_file():
-            what = "is not a file" if mos.exists() else "does not exist"
-            raise ConfigError(f"{where}dataset.mos: {mos} {what}")
-        max_side = _int(dataset, "max_side", DEFAULT_MAX_SIDE, where + "dataset.", low=16)
+        dataset_config = parse_dataset(data.get("dataset"), base, registry, f"{where}dataset")
+        images, mos, max_side = dataset_config.images, dataset_config.mos, dataset_config.max_side
 
     output = base / "runs/default"
     with errors.check():
@@ -476,6 +464,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     errors.raise_any()
     return RunConfig(
         source=source, images=images, mos=mos, max_side=max_side, output=output, device=device,
+        dataset=dataset_config,
         batch_size=numbers["batch_size"], seed=seed,
         examples=numbers["examples"], metrics=metrics, attacks=attacks, defences=defences,
         executor=executor, ray=ray, raw=data, unit_timeout=numbers["unit_timeout"], certified=built["certified"],

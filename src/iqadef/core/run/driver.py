@@ -66,7 +66,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             folder.fresh()
         folder.remove_stale_temp_files()
         device = config.torch_device()
-        dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=limit)
+        dataset = config.open_dataset(limit=limit)
         store = ResultStore(output)
         try:
             info = run_info(config, dataset, limit)

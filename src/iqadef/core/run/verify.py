@@ -124,7 +124,7 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
     registry = registry or get_registry()
     config = parse_run_config(dict(info["registry"]), Path(info["registry_file"]), registry=registry)
     config.output, config.executor = run_dir, "local"
-    dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=info.get("limit"))
+    dataset = config.open_dataset(limit=info.get("limit"))
 
     index = {kind: {p.key(): i for i, p in enumerate(plugins)} for kind, plugins in
              (("metric", config.metrics), ("attack", config.attacks), ("defence", config.defences))}
