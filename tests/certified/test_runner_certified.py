@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -111,3 +112,22 @@ def test_a_certified_label_may_not_repeat_and_unknown_names_are_named(tmp_path, 
                     f"certified: [{{name: median-smoothing, alpha: 0.9}}]\n")
     with pytest.raises(ConfigError, match="alpha"):
         load_run_config(path, registry=toy_registry)
+
+
+def test_summary_scores_of_certified_defences(tmp_path, image_dir, toy_registry):
+    from iqadef.core.scores import aggregate
+    from iqadef.plugins.scores.certified import CertifiedSummary
+
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "sum"), registry=toy_registry, progress=False)
+    df = pd.read_parquet(summary.run_dir / "results.parquet")
+    table = aggregate(df, {"metrics": {"toy-metric": {"range": [0, 1]}}}, summaries=[CertifiedSummary()])
+    by = table.set_index("defence")
+    assert math.isnan(by.loc["no-defence"].get("cert_width_median", math.nan))
+    median = by.loc[[d for d in by.index if d.startswith("median")][0]]
+    rows = df[df["defence"].str.startswith("median")]
+    assert median["cert_width_median"] == pytest.approx(rows["cert_width_clean"].median())
+    assert median["smoothing_cost"] == pytest.approx((rows["f_def_clean"] - rows["f_clean"]).abs().mean())
+    assert median["cert_applies_share"] == pytest.approx((rows["adv_l2"] <= 0.05).mean())
+    inside = ((rows["f_adv"] >= rows["cert_lower_clean"]) & (rows["f_adv"] <= rows["cert_upper_clean"])).mean()
+    assert median["cert_f_adv_inside_share"] == pytest.approx(inside)
+    assert "cert_width_clean_mean" in table.columns  # per-image columns are averaged like any other

@@ -1,0 +1,53 @@
+"""Summary of certified defences (docs/certified.md): how wide the certificates are, how often they cover
+the attack, and what smoothing costs on clean images. SROCC of f_s with MOS and with f(x) come from the
+``srocc`` score (``srocc_mos_def_clean``, ``srocc_clean_def_clean``: f_s is a certified row's f(D(x)))."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from iqadef import hookimpl
+from iqadef.core.scores import SummaryScore, metric_span
+
+
+def _share(flags: pd.Series) -> float:
+    values = flags.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+class CertifiedSummary(SummaryScore):
+    """Per metric x attack x certified defence: ``cert_width_median`` (median width u - l of the clean
+    images' certified intervals, score units) and ``cert_width_norm`` (its mean over the metric's range);
+    ``cert_applies_share`` (attacked images within the radius, ||x_a - x||_2 <= eps);
+    ``cert_f_adv_inside_share`` (f(x_a) of the plain metric inside the clean image's interval);
+    ``cert_holds_share`` (f_s(x_a) inside it, among the images within the radius: the guarantee says >= 1 -
+    alpha); ``smoothing_cost`` (mean |f_s(x) - f(x)|, score units) and ``smoothing_cost_norm`` (over the
+    range). Groups without certificate columns (the purifiers') get none of these."""
+
+    name = "certified"
+
+    def summarise(self, group: pd.DataFrame, info: dict) -> dict[str, float]:
+        if "cert_radius" not in group.columns or group["cert_radius"].isna().all():
+            return {}
+        span = metric_span(info)
+        cost = (group["f_def_clean"] - group["f_clean"]).abs().to_numpy(dtype=float)
+        out = {"cert_applies_share": _share(group["cert_applies"]),
+               "smoothing_cost": float(np.nanmean(cost)) if np.isfinite(cost).any() else math.nan}
+        out["smoothing_cost_norm"] = out["smoothing_cost"] / span
+        if "cert_width_clean" in group.columns and group["cert_width_clean"].notna().any():
+            width = group["cert_width_clean"].to_numpy(dtype=float)
+            out["cert_width_median"] = float(np.nanmedian(width))
+            out["cert_width_norm"] = float(np.nanmean(width)) / span
+            out["cert_f_adv_inside_share"] = _share(group["cert_f_adv_inside"])
+            within = group["cert_applies"] == 1.0
+            out["cert_holds_share"] = _share(group.loc[within, "cert_fs_adv_inside"]) if within.any() else math.nan
+        return out
+
+
+@hookimpl
+def iqadef_register_scores(register):
+    register(CertifiedSummary)
