@@ -40,6 +40,12 @@ class Plugin:
     params: ClassVar[tuple[Param, ...]] = ()
     #: Weight files this plugin needs (``iqadef.core.weights.WeightSpec``), listed by ``iqadef weights``.
     weights: ClassVar[tuple] = ()
+    #: How the run-level ``precision`` reaches :meth:`precision_modules` (core/precision.py): ``"cast"`` the
+    #: networks' weights and inputs, or ``"autocast"`` for networks that manage their dtypes themselves.
+    precision_style: ClassVar[str] = "cast"
+    #: The run's ``precision``/``compile``/``channels_last`` (``core.precision.Numerics``), set by the registry
+    #: on plugins that override :meth:`precision_modules`; None: fp32 as written.
+    numerics: Any = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -75,6 +81,8 @@ class Plugin:
 
             ident["weights"] = [fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param))
                                 for s in sources]
+        if self.numerics is not None and not self.numerics.is_default:
+            ident["numerics"] = self.numerics.identity()  # bf16/fp16 scores differ: no fp32 result is reused
         return ident
 
     def weights_in_use(self) -> tuple:
@@ -98,10 +106,20 @@ class Plugin:
             for module in self._modules():
                 module.eval().requires_grad_(False).to(device)
             self._loaded_on = device
+            if self.numerics is not None:  # the run's precision/compile/channels_last (core/precision.py)
+                from .precision import apply_precision
+
+                apply_precision(self)
         return self
 
     def setup(self, device: torch.device) -> None:
         """Build models and load weights. Nothing to do for plugins without weights."""
+
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The loaded torch networks that the run-level ``precision``, ``compile`` and ``channels_last`` apply
+        to (core/precision.py). Each must be called as ``module(...)`` with float32 tensors, its float outputs
+        are handed back as float32. Default: none, the keys do not apply (attacks, classic defences)."""
+        return []
 
     def _modules(self) -> list[torch.nn.Module]:
         return [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]

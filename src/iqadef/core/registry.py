@@ -26,6 +26,7 @@ from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
 from .errors import ConfigError
 from .plugins import PluginRegistry, get_registry
+from .precision import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics
 from .suggest import did_you_mean
 from .weights import explicit_weight_files
 
@@ -45,6 +46,7 @@ TOP_KEYS = {
     "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
     "unit_timeout": "seconds one work unit (metric x attack x batch) may take; null: no limit",
 }
+TOP_KEYS.update(NUMERICS_KEYS)  # precision, compile, channels_last (core/precision.py)
 DATASET_KEYS = {"images", "mos", "max_side"}
 #: Keys of an entry that are not plugin parameters.
 ENTRY_KEYS = {"name", "params", "sweep"}
@@ -169,6 +171,8 @@ class RunConfig:
     dataset: DatasetConfig | None = None
     #: certified defences (``iqadef.MetricSmoothing``): cells beside the defences' (docs/certified.md)
     certified: list = field(default_factory=list)
+    #: ``precision``/``compile``/``channels_last`` of the metrics' and neural defences' networks
+    numerics: Numerics = field(default_factory=Numerics)
 
     def open_dataset(self, limit: int | None = None) -> Dataset:
         """The run's images (a dataset plugin's split and sample, or the ``images`` folder and ``mos``)."""
@@ -461,6 +465,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
             numbers[key] = _int(data, key, default, where, low=low)
     with errors.check():
         numbers["unit_timeout"] = _unit_timeout(data, where)
+    numerics = Numerics()
+    with errors.check():
+        numerics = parse_numerics(data, where, device)
+        assign_numerics([*metrics, *defences], numerics)  # part of their identity when not the default
     errors.raise_any()
     return RunConfig(
         source=source, images=images, mos=mos, max_side=max_side, output=output, device=device,
@@ -468,6 +476,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
         batch_size=numbers["batch_size"], seed=seed,
         examples=numbers["examples"], metrics=metrics, attacks=attacks, defences=defences,
         executor=executor, ray=ray, raw=data, unit_timeout=numbers["unit_timeout"], certified=built["certified"],
+        numerics=numerics,
     )
 
 

@@ -64,6 +64,9 @@ class DiffPure(Defence):
     """
 
     name = "diffpure"
+    #: The guided UNet casts its own activations (``self.dtype``, float32 norms): a run-level ``precision``
+    #: runs it under torch.autocast; ``fp16: true`` is the reference's own recipe (torso in float16).
+    precision_style = "autocast"
     randomized = True
     differentiable = True
     params = (
@@ -170,6 +173,10 @@ class DiffPure(Defence):
             learned = unet.config.out_channels == 6
             scheduler = DDPMScheduler(variance_type="learned_range" if learned else "fixed_small")
         return unet, scheduler
+
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.unet]
 
     # -- purification ----------------------------------------------------------------------------
     def _predict(self, x: torch.Tensor, step: int) -> torch.Tensor:

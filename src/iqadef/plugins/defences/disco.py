@@ -87,6 +87,10 @@ class DiscoDefence(Defence):
         load_state_dict_strict(network, state, label)
         self.network = network
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.network]
+
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         rendered = self.network(images * 2.0 - 1.0, chunk=self.query_chunk)
         return (rendered * 0.5 + 0.5).clamp(0.0, 1.0)

@@ -106,6 +106,10 @@ class FCNDefence(Defence):
         load_state_dict_strict(network, unwrap_fcn_checkpoint(load_checkpoint(path), str(path)), str(path))
         self.network = network
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.network]
+
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         return self.network(images).clamp(0.0, 1.0)
 

@@ -78,6 +78,10 @@ class MPRNetDefence(Defence):
         load_state_dict_strict(network, unwrap_mprnet_checkpoint(checkpoint, label), label)
         self.network = network
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.network]
+
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         height, width = images.shape[-2:]
         restored = self.network(pad_to_multiple(images, MULTIPLE))

@@ -106,6 +106,10 @@ class RealESRGANDefence(Defence):
         load_state_dict_strict(network, self.blended_state(), f"realesrgan (denoise_strength={self.denoise_strength})")
         self.network = network
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.network]
+
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         size = images.shape[-2:]
         upscaled = self.network(images).clamp(0.0, 1.0)

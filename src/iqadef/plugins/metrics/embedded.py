@@ -168,6 +168,10 @@ class TinyIQA(Metric):
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         load_state_dict_strict(self.net, state, f"tiny-iqa ({label})")
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.net]
+
     def score(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"tiny-iqa expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")

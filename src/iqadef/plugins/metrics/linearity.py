@@ -144,6 +144,10 @@ class Linearity(Metric):
         self.b = mapping_coefficient(checkpoint["b"], "b", label)
         self.net = build_from_state(LinearityNet, state_from_checkpoint(checkpoint, "model", label), label)
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.net]
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """The network's input before normalisation, in [0, 1]."""
         if self.preprocess == "official":

@@ -105,6 +105,10 @@ class MetaIQA(Metric):
         key = "state_dict" if isinstance(checkpoint, dict) and "state_dict" in checkpoint else None
         self.net = build_from_state(MetaIQANet, state_from_checkpoint(checkpoint, key, label), label)
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.net]
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """The network's input before normalisation, in [0, 1]."""
         if self.preprocess == "official":

@@ -105,6 +105,10 @@ class SPAQ(Metric):
         checkpoint = load_weights(BL_RELEASE, self.weights_path, allow_numpy=True)
         self.net = build_from_state(SPAQBaselineNet, state_from_checkpoint(checkpoint, "state_dict", label), label)
 
+    def precision_modules(self) -> list[torch.nn.Module]:
+        """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""
+        return [self.net]
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """The adaptive resize (Image_load.adaptive_resize), plus an upscale for images smaller than one patch."""
         official = self.preprocess == "official"
