@@ -60,8 +60,8 @@ def pages(tmp_path_factory):
     png = run_dir / "examples" / "x.png"
     figures = ReportFigures(gain=[(METRIC, png)], srocc=[(METRIC, png)], bins=[(METRIC, png)], examples=png)
     files = ReportFiles(run_dir)
-    return (write_html(run_dir, run_info, tables, figures, files).read_text(encoding="utf-8"),
-            write_markdown(run_dir, run_info, tables, figures, files).read_text(encoding="utf-8"))
+    return (write_html(run_dir, run_info, tables, figures, files, df).read_text(encoding="utf-8"),
+            write_markdown(run_dir, run_info, tables, figures, files, df).read_text(encoding="utf-8"))
 
 
 def test_labels_are_escaped_in_the_html_page_as_html_escape_does(pages):
@@ -69,11 +69,15 @@ def test_labels_are_escaped_in_the_html_page_as_html_escape_does(pages):
     metric, defence = html.escape(METRIC), html.escape(DEFENCE)
     assert metric == "a&lt;b&amp;c&quot;&#x27;"  # quotes as &quot; and &#x27; (not markupsafe's &#34; &#39;)
     assert "<h1>iqadef report: run&amp;&lt;x&gt;</h1>" in page
-    assert f"<li>metric {metric}: range [0, 100], higher is better</li>" in page
-    assert "<li>images: /data/&lt;imgs&gt;</li>" in page
+    assert f"<tr><th>metric {metric}</th><td>range [0, 100], higher is better</td></tr>" in page
+    assert "<tr><th>images</th><td>/data/&lt;imgs&gt;</td></tr>" in page
     # under each of Figures 3, 4 and 5: the metric's heading, then its embedded PNG
     assert page.count(f"<h3>{metric}</h3><img class='fig' alt='x.png' src='data:image/png;base64,") == 3
-    assert f"<tr><td>i0 / {metric} / fgsm / {defence}</td><td><img src='data:image/png;base64," in page
+    # the image comparison's JSON: no "<", ">" or "&" that could end the script element; labels as they are
+    raw_json = page.split("<script type='application/json' id='comparison-data'>")[1].split("</script>")[0]
+    assert not set("<>&") & set(raw_json)
+    cells = json.loads(raw_json)["cells"]
+    assert {(c["m"], c["d"]) for c in cells} == {(METRIC, "no-defence"), (METRIC, DEFENCE)}
     assert "the &#x27;clean&#x27; row" in page  # a note with quotes
     # the tables: pandas escapes cells (quotes need none in element text), and nothing twice
     assert "<td>a&lt;b&amp;c\"'</td>" in page and "<td>&lt;i&gt;jpeg&lt;/i&gt;</td>" in page

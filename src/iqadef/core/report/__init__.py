@@ -2,8 +2,8 @@
 
 The flow of :func:`write_report`: load the results (:mod:`.files`: ``results.parquet`` or
 ``results.csv`` and ``run.json``) -> tables (:mod:`.tables`, pandas only; ``summary.csv``) -> figures
-(:mod:`.figures`, matplotlib Agg; ``figures/*.png``) -> page (:mod:`.page`: ``report.html``,
-self-contained, and ``report.md`` from the jinja2 templates in ``templates/``). Every file is written to a
+(:mod:`.figures`, matplotlib Agg; ``figures/*.png``) -> page (:mod:`.page`: ``report.html``, one offline
+file, and ``report.md`` from the jinja2 templates in ``templates/``). Every file is written to a
 temporary name and renamed and listed in the run folder's manifest (:class:`.files.ReportFiles`).
 :func:`summary_table` is also the short table the runner prints at the end of a run.
 """
@@ -13,17 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .figures import draw_figures, figure_file_name
+from .figures import ImageLocator, draw_figures, figure_file_name
 from .files import ReportFiles, load_results
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
 from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
-                     has_mos, key_scores, markdown_table, ranking_table, report_tables, split_adaptive_label,
-                     srocc_matrix, summary_table, with_ci)
+                     has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
+                     split_adaptive_label, srocc_matrix, summary_table, with_ci)
 
-__all__ = ["ADAPTIVE_NOTE", "ADAPTIVE_TITLE", "CLEAN_ROW", "KEY_SCORES", "NOTES", "adaptive_table", "binned_gain",
-           "example_rows", "figure4_title", "figure_file_name", "gain_matrix", "has_adaptive", "has_mos",
-           "key_scores", "load_results", "markdown_table", "ranking_table", "split_adaptive_label",
-           "srocc_matrix", "summary_table", "with_ci", "write_report"]
+__all__ = ["ADAPTIVE_NOTE", "ADAPTIVE_TITLE", "CLEAN_ROW", "KEY_SCORES", "NOTES", "ImageLocator", "adaptive_table",
+           "binned_gain", "example_rows", "figure4_title", "figure_file_name", "gain_matrix", "has_adaptive",
+           "has_mos", "key_findings", "key_scores", "load_results", "markdown_table", "ranking_table",
+           "split_adaptive_label", "srocc_matrix", "summary_table", "with_ci", "write_report"]
 
 
 def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
@@ -38,8 +38,9 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     tables = report_tables(df, run_info, registry=registry)
     written = {"summary_csv": files.write(run_dir / "summary.csv",
                                           tables.aggregated.to_csv(index=False).encode("utf-8"))}
-    figures = draw_figures(df, run_dir, tables.examples, tables.mos, files)
+    locate = ImageLocator(run_dir, run_info)
+    figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
     written.update(figures.written())
-    written["html"] = write_html(run_dir, run_info, tables, figures, files)
-    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files)
+    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate)
+    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df)
     return written

@@ -24,7 +24,8 @@ from .tables import CLEAN_ROW, binned_gain, gain_matrix, srocc_matrix
 
 MAX_EXAMPLE_DEFENCES = 8
 MAX_LINES = 8
-THUMBNAIL_SIZE = 160
+THUMBNAIL_SIZE = 192
+THUMBNAIL_QUALITY = 80
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ReportFigures:
 
 
 def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: bool,
-                 files: ReportFiles) -> ReportFigures:
+                 files: ReportFiles, locate: ImageLocator | None = None) -> ReportFigures:
     """Figures 3 (gain), 4 (SROCC with MOS, else with f(x)) and 5 (binned gain) per metric, then the
     example images, written under ``run_dir/figures``."""
     figures_dir = run_dir / "figures"
@@ -71,7 +72,7 @@ def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: b
             _lines(fig.add_subplot(1, 2, 2), by_value, f"f(x_a) bin ({metric})")
             fig.suptitle(f"Gain against attack visibility and attacked score ({metric})", fontsize=10)
             drawn.bins.append((metric, save_figure(fig, figures_dir / figure_file_name("gain_bins", metric), files)))
-    drawn.examples = examples_figure(run_dir, examples, figures_dir / "examples.png", files)
+    drawn.examples = examples_figure(run_dir, examples, figures_dir / "examples.png", files, locate)
     return drawn
 
 
@@ -139,27 +140,61 @@ def figure_file_name(kind: str, label: str) -> str:
     return f"{kind}_{_slug(label)[:60]}-{digest}.png"
 
 
+class ImageLocator:
+    """Finds the image files a result table names.
+
+    ``adv_path`` and ``example_path`` are relative to the run folder. ``image_path`` is the dataset file as
+    the run saw it: absolute, or, when ``dataset.images`` was a relative path, relative to the folder the
+    run was started from, which the report does not know. Such a path is looked up in the dataset folder
+    as the registry names it (``run.json``: the registry file's folder + ``dataset.images`` + the image's
+    name), then from the current folder, then from the run folder.
+    """
+
+    def __init__(self, run_dir: Path, run_info: dict | None = None):
+        self.run_dir = run_dir
+        self.dataset_dir: Path | None = None
+        info = run_info or {}
+        raw = ((info.get("registry") or {}).get("dataset") or {})
+        raw = raw.get("images") if isinstance(raw, dict) else raw
+        source = info.get("registry_file")
+        if isinstance(raw, str) and raw and raw != "builtin" and isinstance(source, str) and source:
+            self.dataset_dir = (Path(source).parent / Path(raw).expanduser())
+        elif isinstance((info.get("dataset") or {}).get("images"), str):
+            self.dataset_dir = Path(info["dataset"]["images"])
+
+    def find(self, value: str, column: str = "adv_path", image: str = "") -> Path | None:
+        """The file ``value`` of ``column`` names, if it exists (``image``: the row's image name)."""
+        if not value:
+            return None
+        path = Path(value)
+        if path.is_absolute():
+            candidates = [path]
+        elif column == "image_path":
+            candidates = ([self.dataset_dir / image] if self.dataset_dir is not None and image else [])
+            candidates += [Path.cwd() / path, self.run_dir / path]
+        else:
+            candidates = [self.run_dir / path]
+        return next((c for c in candidates if c.is_file()), None)
+
+
 def resolve_image(run_dir: Path, value: str) -> Path | None:
     """An image path of the result table (relative to the run folder, or absolute), if the file exists."""
-    if not value:
-        return None
-    path = Path(value)
-    path = path if path.is_absolute() else run_dir / path
-    return path if path.exists() else None
+    return ImageLocator(run_dir).find(value)
 
 
-def examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path, files: ReportFiles) -> Path | None:
+def examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path, files: ReportFiles,
+                    locate: ImageLocator | None = None) -> Path | None:
     """The first example image: clean, attacked, and D(x_a) for up to MAX_EXAMPLE_DEFENCES defences."""
+    locate = locate or ImageLocator(run_dir)
     if examples.empty:
         return None
     first = examples.iloc[0]
     pick = examples[(examples["image"] == first["image"]) & (examples["metric"] == first["metric"])
                     & (examples["attack"] == first["attack"])].drop_duplicates("defence")
     pick = pick.head(MAX_EXAMPLE_DEFENCES)
-    panels = [("clean", resolve_image(run_dir, str(first.get("image_path", "")))),
-              (f"attacked ({first['attack']})", resolve_image(run_dir, str(first.get("adv_path", ""))))]
-    panels += [(f"D(x_a): {row['defence']}", resolve_image(run_dir, str(row["example_path"])))
-               for _, row in pick.iterrows()]
+    panels = [("clean", locate.find(str(first.get("image_path", "")), "image_path", str(first["image"]))),
+              (f"attacked ({first['attack']})", locate.find(str(first.get("adv_path", ""))))]
+    panels += [(f"D(x_a): {row['defence']}", locate.find(str(row["example_path"]))) for _, row in pick.iterrows()]
     fig = new_figure(2.2 * len(panels), 2.6)
     for k, (title, file) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
@@ -179,11 +214,18 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def thumbnail_data_uri(path: Path | None, files: ReportFiles) -> str:
-    """A THUMBNAIL_SIZE-pixel PNG thumbnail of ``path`` as a ``data:`` URI; "" when it cannot be read."""
-    image = files.image(path, size=THUMBNAIL_SIZE) if path is not None else None
+def thumbnail_data_uri(path: Path | None, files: ReportFiles, size: int = THUMBNAIL_SIZE) -> str:
+    """A ``size``-pixel thumbnail of ``path`` as a ``data:`` URI (WebP, else JPEG); "" when unreadable.
+
+    Lossy and small on purpose: a few KB per image is what lets the page carry every example of the
+    default run (hundreds) and stay near 2 MB; the full-size PNGs stay in the run folder.
+    """
+    from PIL import features
+
+    image = files.image(path, size=size) if path is not None else None
     if image is None:
         return ""
+    kind = "WEBP" if features.check("webp") else "JPEG"
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.save(buffer, format=kind, quality=THUMBNAIL_QUALITY)
+    return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

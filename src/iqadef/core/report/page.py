@@ -1,30 +1,39 @@
-"""``report.html`` (self-contained) and ``report.md`` from the jinja2 templates in ``templates/``.
+"""``report.html`` (one offline file) and ``report.md`` from the jinja2 templates in ``templates/``.
+
+The page reads top-down: the run and its dataset's problems, the key findings, the rankings per metric,
+the paper's Figures 3-5, an image comparison (clean / attacked / defended with their scores; the reader
+picks metric, image, attack and defence), then the full tables (sortable, filterable), failed cells and
+notes, with a table of contents. Everything is embedded (figures as PNG, thumbnails as WebP/JPEG data
+URIs, the comparison's data as JSON); the page's only script is a few lines of vanilla JS in the template.
 
 The HTML environment autoescapes every value. Plain strings are escaped by the standard library's
-``html.escape`` (quotes as ``&quot;``/``&#x27;``), as the page was escaped before it came from templates,
-rather than by markupsafe's ``&#34;``/``&#39;``: the page stays byte-identical. Only the tables pass as
-:class:`~markupsafe.Markup`, built here by pandas' ``to_html`` with its escaping on. The markdown
-environment escapes nothing: labels appear there as they are.
+``html.escape`` (quotes as ``&quot;``/``&#x27;``) rather than by markupsafe's ``&#34;``/``&#39;``. Only
+the tables pass as :class:`~markupsafe.Markup`, built here by pandas' ``to_html`` with its escaping on,
+and the comparison's JSON, in which ``<``, ``>`` and ``&`` are written as ``\\u003c`` etc. so that no
+label can close the script element. The markdown environment escapes nothing: labels appear as they are.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from ..scores import CONFIDENCE
-from .figures import ReportFigures, png_data_uri, resolve_image, thumbnail_data_uri
+from ..scores import CONFIDENCE, metric_info, metric_span, score_warnings
+from .figures import ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
 from .files import ReportFiles
-from .tables import ReportTables, fmt, key_scores, markdown_table, with_ci
+from .tables import ReportTables, fmt, key_findings, key_scores, markdown_table, with_ci
 
 TEMPLATES = Path(__file__).parent / "templates"
-MAX_GALLERY_ROWS = 24
 MAX_FAILED_ROWS = 200
 
 ADAPTIVE_TITLE = "Adaptive attacks: gain without and with attacking through the defence"
@@ -38,13 +47,20 @@ ADAPTIVE_NOTE = ("Each adaptive attack `X@mode` attacks f(D(x)) through the defe
 
 NOTES = [
     f"Confidence intervals: two-sided {int(CONFIDENCE * 100)}% Student-t interval of the mean over images "
-    "(as the MSU robustness benchmark); SROCC intervals by the Fisher z-transform with variance 1.06/(n-3).",
+    "(as the MSU robustness benchmark); SROCC intervals by the Fisher z-transform with variance 1.06/(n-3); "
+    "the rankings' intervals are BCa bootstrap intervals over images (scipy.stats.bootstrap).",
     "Gain = |f(x) - f(D(x_a))| / f(x) (lower is better); the 'clean' row is |f(x) - f(D(x))| / f(x).",
+    "Rankings use the normalised gain |f(x) - f(D(x_a))| / (high - low) of the metric's range: unlike the gain "
+    "it is valid for metrics whose scores reach 0 or below and comparable between metrics.",
     "PSNR uses data range 1; identical images give +inf (scikit-image, as the reference), which means leave "
     "out and count in the column's _n_inf.",
     "Defended images compared with x or x_a are first resized to x's size (bilinear, as the reference).",
     "Failed cells are excluded from every score and counted in n_failed.",
 ]
+
+#: The comparison's per-cell values: JSON key -> result-table column.
+COMPARISON_VALUES = {"f_x": "f_clean", "f_xa": "f_adv", "f_dxa": "f_def_adv", "psnr_xa": "psnr_x_xa",
+                     "ssim_xa": "ssim_x_xa", "psnr_dxa": "psnr_x_dxa", "ssim_dxa": "ssim_x_dxa", "gain": "gain"}
 
 
 def figure4_title(mos: bool) -> str:
@@ -54,8 +70,56 @@ def figure4_title(mos: bool) -> str:
             "the metric's own ranking of the images)")
 
 
+# -- the run header -------------------------------------------------------------------------------
+def _count(values: pd.Series | None) -> int:
+    return 0 if values is None else int(len(dict.fromkeys(values)))
+
+
+def run_facts(run_dir: Path, run_info: dict[str, Any], df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, text) pairs of the header: grid, device, time, seed, dataset, MOS, metrics."""
+    dataset = run_info.get("dataset", {}) or {}
+    registry = run_info.get("registry", {}) or {}
+    col = (lambda c: df[c] if c in df.columns else None)  # noqa: E731
+    n_img, n_met, n_att, n_def = (_count(col(c)) for c in ("image", "metric", "attack", "defence"))
+    ok = int((df["status"].astype(str) == "ok").sum()) if "status" in df.columns else len(df)
+    facts = [("grid", f"{n_img} images × {n_met} metrics × {n_att} attacks × {n_def} defences = "
+                      f"{n_img * n_met * n_att * n_def} cells; {len(df)} in the table: {ok} ok, {len(df) - ok} failed")]
+    device = run_info.get("device") or (f"{registry['device']} (as configured)" if registry.get("device") else "?")
+    threads = run_info.get("torch_threads")
+    facts.append(("device", f"{device}" + (f", {threads} torch threads" if threads else "")))
+    table = next((run_dir / n for n in ("results.parquet", "results.csv") if (run_dir / n).exists()), None)
+    when = [f"started {run_info['started']}"] if run_info.get("started") else []
+    if isinstance(run_info.get("seconds"), (int, float)):
+        when.append(f"took {run_info['seconds']:.0f} s")
+    if table is not None:
+        stamp = datetime.fromtimestamp(table.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when.append(f"results written {stamp}")
+    facts.append(("time", "; ".join(when) or "?"))
+    facts.append(("seed", str(run_info.get("seed", "?"))))
+    count = dataset.get("count")
+    facts.append(("images", f"{dataset.get('images', '?')}" + (f" ({count} images)" if count is not None else "")))
+    facts.append(("MOS", str(dataset.get("mos") or "none")))
+    for label, m in (run_info.get("metrics", {}) or {}).items():
+        facts.append((f"metric {label}", f"range {m.get('range')}, "
+                                         f"{'higher' if m.get('higher_is_better', True) else 'lower'} is better"))
+    return facts
+
+
+def dataset_problems(run_info: dict[str, Any], df: pd.DataFrame) -> list[str]:
+    """Files the run left out (``run.json``) and, with a MOS file, the images that have no MOS."""
+    dataset = run_info.get("dataset", {}) or {}
+    problems = [str(p) for p in dataset.get("problems", []) or []]
+    if dataset.get("mos") and {"image", "mos"} <= set(df.columns):
+        per_image = df.drop_duplicates("image")
+        missing = per_image[~np.isfinite(pd.to_numeric(per_image["mos"], errors="coerce"))]["image"].tolist()
+        if missing and not any("no MOS for" in p for p in problems):
+            problems.append(f"{len(missing)} image(s) without MOS, e.g. {missing[0]!r}: left out of the SROCC "
+                            f"with MOS")
+    return problems
+
+
 def run_header(run_info: dict[str, Any]) -> list[str]:
-    """The lines under the title: seed, images, MOS file, and each metric's range and direction."""
+    """The lines under the title of report.md: seed, images, MOS file, and each metric's range and direction."""
     dataset = run_info.get("dataset", {}) or {}
     lines = [f"seed: {run_info.get('seed', '?')}", f"images: {dataset.get('images', '?')}",
              f"MOS: {dataset.get('mos') or 'none'}"]
@@ -65,6 +129,7 @@ def run_header(run_info: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- jinja2 ---------------------------------------------------------------------------------------
 def _escape_as_html_escape(value: Any) -> Any:
     """The HTML environment's ``finalize``: a plain value escaped by ``html.escape`` (autoescaping then
     leaves the Markup alone); Markup passes as it is."""
@@ -83,24 +148,94 @@ def _environment(kind: str) -> jinja2.Environment:
     return jinja2.Environment(autoescape=False, **options)
 
 
-def html_table(table: pd.DataFrame, css_class: str) -> Markup:
-    """``table`` as HTML in a scrolling box; pandas escapes every cell and header (``escape=True``)."""
+def html_table(table: pd.DataFrame, css_class: str, table_id: str | None = None) -> Markup:
+    """``table`` as HTML in a scrolling box; pandas escapes every cell and header (``escape=True``).
+
+    ``sortable`` tables get a filter box (``data-filter``) above them; the page's script sorts a table
+    when a header is clicked and hides the rows that do not contain the filter's text.
+    """
     if table.empty:
         return Markup("<p><em>(empty)</em></p>")
-    return Markup('<div class="scroll">' + table.to_html(index=False, classes=css_class, border=0, escape=True,
-                                                         float_format=lambda v: fmt(v), na_rep="–")
-                  + "</div>")
+    body = table.to_html(index=False, classes=f"{css_class} sortable", border=0, escape=True,
+                         float_format=lambda v: fmt(v), na_rep="–", table_id=table_id)
+    box = (f"<input type='search' class='filter' placeholder='filter rows…' aria-label='filter {css_class} rows'>"
+           if len(table) > 8 else "")
+    return Markup(f"<div class='table-box'>{box}<div class='scroll'>{body}</div></div>")
 
 
+def _json_for_script(value: Any) -> Markup:
+    """JSON that is safe inside a ``<script>`` element (no ``<``, ``>``, ``&``; NaN as null)."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _number(value: Any) -> float | str | None:
+    """A finite float, "∞"/"-∞" (PSNR of identical images), or None (no value)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    return None if math.isnan(v) else v
+
+
+def _slug(text: str, taken: set[str]) -> str:
+    base = "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-") or "metric"
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    taken.add(slug)
+    return slug
+
+
+# -- the sections ---------------------------------------------------------------------------------
 def _figure_sections(figures: ReportFigures, mos: bool, data_uris: bool) -> list[dict[str, Any]]:
-    """Figures 3-5: title, the text shown when a section has no figure, and each figure's label and file."""
-    sections = [("Figure 3: gain heatmap", figures.gain, "no successful cells"),
-                (figure4_title(mos), figures.srocc, "not enough images for SROCC"),
-                ("Figure 5: gain against SSIM(x, x_a) and attacked metric value", figures.bins, "no data")]
-    return [{"title": title, "empty": empty,
+    """Figures 3-5: id, title, the text shown when a section has no figure, and each figure's label and file."""
+    sections = [("fig3", "Figure 3: gain heatmap", figures.gain, "no successful cells"),
+                ("fig4", figure4_title(mos), figures.srocc, "not enough images for SROCC"),
+                ("fig5", "Figure 5: gain against SSIM(x, x_a) and attacked metric value", figures.bins, "no data")]
+    return [{"id": sid, "title": title, "empty": empty,
              "figures": [{"label": label, "name": path.name, "uri": png_data_uri(path) if data_uris else None}
-                       for label, path in items]}
-            for title, items, empty in sections]
+                         for label, path in items]}
+            for sid, title, items, empty in sections]
+
+
+def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, files: ReportFiles,
+                    locate: ImageLocator) -> dict[str, Any]:
+    """Every saved example as the picker shows it: thumbnails (each image once) and the cell's values.
+
+    ``thumbs`` holds the data URIs ("" for a file that is missing or unreadable); a cell names its clean,
+    attacked and defended thumbnails by index, with f(x), f(x_a), f(D(x_a)), PSNR/SSIM of x_a and D(x_a)
+    against x, the gain and the normalised gain (null where the table has no value).
+    """
+    thumbs: list[str] = []
+    index: dict[tuple[str, str], int] = {}
+
+    def thumb(column: str, value: str, image: str) -> int:
+        key = (column, value if column != "image_path" else f"{value}\0{image}")
+        if key not in index:
+            index[key] = len(thumbs)
+            thumbs.append(thumbnail_data_uri(locate.find(value, column, image), files))
+        return index[key]
+
+    cells = []
+    for row in tables.examples.to_dict("records"):
+        image = str(row.get("image", ""))
+        span = metric_span(metric_info(run_info, str(row["metric"])))
+        cell = {"m": str(row["metric"]), "i": image, "a": str(row["attack"]), "d": str(row["defence"]),
+                "x": thumb("image_path", str(row.get("image_path", "")), image),
+                "xa": thumb("adv_path", str(row.get("adv_path", "")), image),
+                "dxa": thumb("example_path", str(row.get("example_path", "")), image)}
+        for key, column in COMPARISON_VALUES.items():
+            cell[key] = _number(row.get(column))
+        f_x, f_dxa = cell["f_x"], cell["f_dxa"]
+        finite = isinstance(f_x, float) and isinstance(f_dxa, float)
+        cell["norm_gain"] = abs(f_x - f_dxa) / span if finite else None
+        if cell["gain"] is None and finite and f_x != 0.0:
+            cell["gain"] = abs(f_x - f_dxa) / f_x  # the gain plugin is off: the formula of summary_table
+        cells.append(cell)
+    return {"thumbs": thumbs, "cells": cells}
 
 
 def _notes(files: ReportFiles) -> list[str]:
@@ -108,38 +243,59 @@ def _notes(files: ReportFiles) -> list[str]:
     return list(NOTES) + ([extra] if extra else [])
 
 
+def _findings_html(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Key findings with each value as "m [lo, hi]" text."""
+    def text(m, lo, hi):
+        return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else fmt(m)
+    return [{"metric": f["metric"], "by_gain": [(d, text(m, lo, hi)) for d, m, lo, hi in f["by_gain"]],
+             "by_quality": [(d, text(m, lo, hi)) for d, m, lo, hi in f["by_quality"]]} for f in findings]
+
+
 def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-               files: ReportFiles) -> Path:
-    """``report.html``: every table, the figures and example thumbnails embedded as data URIs."""
-    gallery = []
-    if figures.examples is not None:
-        for _, row in tables.examples.head(MAX_GALLERY_ROWS).iterrows():
-            thumbnails = [thumbnail_data_uri(resolve_image(run_dir, str(row.get(key, ""))), files)
-                          for key in ("image_path", "adv_path", "example_path")]
-            gallery.append({"caption": [str(row[c]) for c in ("image", "metric", "attack", "defence")],
-                            "thumbnails": thumbnails})
+               files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None) -> Path:
+    """``report.html``: one offline file, sections in reading order with a table of contents."""
+    df = df if df is not None else pd.DataFrame()
+    locate = locate or ImageLocator(run_dir, run_info)
+    taken: set[str] = set()
+    rankings = [{"metric": m, "id": "ranking-" + _slug(m, taken), "table": html_table(with_ci(t), "ranking")}
+                for m, t in tables.rankings.items()]
     adaptive = tables.adaptive
+    figure_sections = _figure_sections(figures, tables.mos, data_uris=True)
+    data = comparison_data(run_dir, run_info, tables, files, locate)
+    toc = [("run", "The run"), ("findings", "Key findings"), ("rankings", "Rankings")]
+    toc += [(r["id"], f"Ranking: {r['metric']}") for r in rankings] + [("ranking-pooled", "Ranking: all metrics")]
+    toc += [(s["id"], s["title"].split(" (")[0]) for s in figure_sections]
+    toc += [("comparison", "Image comparison"), ("tables", "Full tables"), ("summary", "Summary")]
+    toc += [("adaptive", "Adaptive attacks")] if adaptive is not None else []
+    toc += [("key-scores", "Key scores"), ("all-scores", "All aggregated scores"), ("failed", "Failed cells"),
+            ("notes", "Notes")]
     page = _environment("html").get_template("report.html.j2").render(
-        run_name=run_dir.name, header=run_header(run_info),
-        summary=html_table(with_ci(tables.short), "summary"), ranking=html_table(tables.ranking, "ranking"),
+        run_name=run_dir.name, facts=run_facts(run_dir, run_info, df), problems=dataset_problems(run_info, df),
+        warnings=score_warnings(run_info.get("metrics", {}) or {}, df), toc=toc,
+        findings=_findings_html(key_findings(tables.rankings)), rankings=rankings,
+        pooled=html_table(with_ci(tables.ranking), "ranking"),
+        summary=html_table(with_ci(tables.short), "summary"),
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": html_table(with_ci(adaptive), "adaptive")},
         key_scores=html_table(key_scores(tables.formatted), "scores"),
-        all_scores=html_table(tables.formatted, "all-scores"),
-        figure_sections=_figure_sections(figures, tables.mos, data_uris=True),
-        examples_uri=None if figures.examples is None else png_data_uri(figures.examples), gallery=gallery,
+        all_scores=html_table(tables.formatted, "all-scores"), figure_sections=figure_sections,
+        comparison=_json_for_script(data), n_examples=len(data["cells"]),
         failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
-        notes=_notes(files))
+        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files))
     return files.write(run_dir / "report.html", page.encode("utf-8"))
 
 
 def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-                   files: ReportFiles) -> Path:
-    """``report.md``: the summary, ranking and key scores; figures linked from ``figures/``."""
+                   files: ReportFiles, df: pd.DataFrame | None = None) -> Path:
+    """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
+    df = df if df is not None else pd.DataFrame()
     adaptive = tables.adaptive
     page = _environment("md").get_template("report.md.j2").render(
-        run_name=run_dir.name, header=run_header(run_info),
-        summary=markdown_table(with_ci(tables.short)), ranking=markdown_table(tables.ranking),
+        run_name=run_dir.name, header=run_header(run_info), problems=dataset_problems(run_info, df),
+        warnings=score_warnings(run_info.get("metrics", {}) or {}, df),
+        findings=_findings_html(key_findings(tables.rankings)),
+        rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
+        ranking=markdown_table(with_ci(tables.ranking)), summary=markdown_table(with_ci(tables.short)),
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": markdown_table(with_ci(adaptive))},
         key_scores=markdown_table(key_scores(tables.formatted)),

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..scores import GROUP_COLUMNS, aggregate, mean_ci, metric_info, metric_span, ok_rows
+from ..scores import (GROUP_COLUMNS, aggregate, bootstrap_ci, mean_ci, metric_info, metric_span, normalised_gain,
+                      ok_rows)
 
 CLEAN_ROW = "clean"
 N_BINS = 5
@@ -197,22 +198,76 @@ def srocc_matrix(df: pd.DataFrame, metric: str, reference: str = "mos") -> pd.Da
     return matrix[order]
 
 
-def ranking_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Defences ranked by mean gain over all metric × attack groups (lower = better purification)."""
-    if agg.empty:
-        return pd.DataFrame(columns=["rank", "defence", "gain", "quality_score", "similarity_score"])
-    source = agg if "gain_mean" in agg.columns else agg.assign(gain_mean=np.nan)
-    cols = {"gain": "gain_mean", "quality_score": "quality_score_mean",
-            "similarity_score": "similarity_score_mean"}
-    table = pd.DataFrame({"defence": list(dict.fromkeys(source["defence"]))})
-    for out, col in cols.items():
-        if col in source.columns:
-            means = source.groupby("defence", sort=False)[col].mean()
-            table[out] = table["defence"].map(means)
-    table["groups"] = table["defence"].map(source.groupby("defence", sort=False).size())
-    table = table.sort_values("gain", kind="stable", na_position="last").reset_index(drop=True)
+RANKING_COLUMNS = ("rank", "defence", "norm_gain", "norm_gain_ci_low", "norm_gain_ci_high", "gain",
+                   "quality_score", "quality_score_ci_low", "quality_score_ci_high", "similarity_score",
+                   "n_images", "n_cells")
+#: How many defences the key findings name per metric and measure.
+TOP_FINDINGS = 3
+
+
+def _finite_mean(values: pd.Series) -> float:
+    arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metric: str | None = None,
+                  seed: int = 0) -> pd.DataFrame:
+    """Defences ranked by the range-normalised gain |f(x) - f(D(x_a))| / (high - low), lower first.
+
+    One metric (``metric``) or all of them pooled (None: the normalised gain is comparable between
+    metrics, the paper's gain is not). Each image counts once per defence: its cells (attacks, metrics)
+    are averaged first, then the mean over images gets a BCa bootstrap interval
+    (:func:`~iqadef.core.scores.bootstrap_ci`); cells of one image are not independent draws. Beside it:
+    the paper's ``gain`` (mean over cells, the reference's number), ``quality_score`` (mean over images
+    with its bootstrap interval, higher is better) and ``similarity_score`` when the table has them.
+    """
+    good = ok_rows(df if metric is None else df[df["metric"] == metric])
+    if good.empty or not {"f_clean", "f_def_adv", "defence", "metric"} <= set(good.columns):
+        return pd.DataFrame(columns=list(RANKING_COLUMNS))
+    span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m))).to_numpy(dtype=float)
+    good = good.assign(_norm=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
+                       _gain=_gain(good["f_clean"], good["f_def_adv"]))
+    measures = ["_norm"] + [c for c in ("quality_score", "similarity_score") if c in good.columns]
+    for col in measures[1:]:
+        good[col] = pd.to_numeric(good[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    rows = []
+    cluster = "image" if "image" in good.columns else None
+    for defence in dict.fromkeys(good["defence"]):
+        mine = good[good["defence"] == defence]
+        per_image = mine.groupby(cluster, sort=False)[measures].mean() if cluster else mine[measures]
+        row: dict[str, Any] = {"defence": defence}
+        row["norm_gain"], row["norm_gain_ci_low"], row["norm_gain_ci_high"], _ = bootstrap_ci(per_image["_norm"],
+                                                                                              seed=seed)
+        row["gain"] = _finite_mean(mine["_gain"])
+        if "quality_score" in per_image.columns:
+            (row["quality_score"], row["quality_score_ci_low"], row["quality_score_ci_high"],
+             _) = bootstrap_ci(per_image["quality_score"], seed=seed)
+        if "similarity_score" in per_image.columns:
+            row["similarity_score"] = _finite_mean(per_image["similarity_score"])
+        row["n_images"], row["n_cells"] = int(len(per_image)), int(len(mine))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table = table.sort_values("norm_gain", kind="stable", na_position="last").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
-    return table
+    return table[[c for c in RANKING_COLUMNS if c in table.columns]]
+
+
+def key_findings(rankings: dict[str, pd.DataFrame], top: int = TOP_FINDINGS) -> list[dict[str, Any]]:
+    """Per metric: the ``top`` defences by normalised gain (lowest) and by quality score (highest)."""
+    out = []
+    for metric, table in rankings.items():
+        if table.empty:
+            continue
+        by_gain = table.head(top)
+        by_quality = (table.sort_values("quality_score", ascending=False, kind="stable", na_position="last").head(top)
+                      if "quality_score" in table.columns else table.iloc[0:0])
+        out.append({"metric": metric,
+                    "by_gain": [(r.defence, r.norm_gain, r.norm_gain_ci_low, r.norm_gain_ci_high)
+                                for r in by_gain.itertuples()],
+                    "by_quality": [(r.defence, r.quality_score, r.quality_score_ci_low, r.quality_score_ci_high)
+                                   for r in by_quality.itertuples() if np.isfinite(r.quality_score)]})
+    return out
 
 
 def binned_gain(df: pd.DataFrame, metric: str, column: str) -> pd.DataFrame:
@@ -315,7 +370,8 @@ class ReportTables:
     aggregated: pd.DataFrame  # every score per group, as summary.csv holds it
     short: pd.DataFrame  # summary_table
     formatted: pd.DataFrame  # with_ci(aggregated)
-    ranking: pd.DataFrame
+    ranking: pd.DataFrame  # pooled over metrics (ranking_table)
+    rankings: dict[str, pd.DataFrame]  # per metric label, in the run's order
     adaptive: pd.DataFrame | None  # None when the run has no adaptive attack
     examples: pd.DataFrame  # rows with an example D(x_a) image
     failed: pd.DataFrame
@@ -327,10 +383,11 @@ def report_tables(df: pd.DataFrame, run_info: dict[str, Any], registry: Any = No
     agg = aggregate(df, run_info, registry=registry)
     short = summary_table(df, run_info)
     formatted = with_ci(agg)
-    ranked = agg
-    if "gain_mean" not in agg.columns and len(agg):  # the gain plugin is off: use the f values
-        ranked = agg.merge(short[[*GROUP_COLUMNS, "gain"]].rename(columns={"gain": "gain_mean"}),
-                           on=list(GROUP_COLUMNS), how="left")
-    return ReportTables(aggregated=agg, short=short, formatted=formatted, ranking=ranking_table(ranked),
+    metrics = _run_order(df["metric"], list((run_info or {}).get("metrics", {}) or {})) if "metric" in df.columns else []
+    seed = (run_info or {}).get("seed", 0)
+    seed = seed if isinstance(seed, int) else 0
+    return ReportTables(aggregated=agg, short=short, formatted=formatted,
+                        ranking=ranking_table(df, run_info, seed=seed),
+                        rankings={m: ranking_table(df, run_info, metric=m, seed=seed) for m in metrics},
                         adaptive=adaptive_table(df, run_info) if has_adaptive(df) else None,
                         examples=example_rows(df), failed=failed_rows(df), mos=has_mos(df))
