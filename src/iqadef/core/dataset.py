@@ -23,6 +23,7 @@ import csv
 import codecs
 import hashlib
 import io
+import json
 import math
 import os
 import random
@@ -601,3 +602,92 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
     plugin = cls((base / root).expanduser() if root else None, base=base, where=where, **data)
     plugin.check()
     return DatasetConfig(plugin, split=split, sample=sample, seed=seed, max_side=max_side, raw=dict(value))
+
+
+# -- fetching -----------------------------------------------------------------------------------------------
+
+#: In a dataset's folder: which remote files were fetched (and unpacked), with their size and sha256.
+FETCHED = ".iqadef-fetched.json"
+#: In a dataset's folder: where archives are downloaded before they are unpacked.
+DOWNLOADS = ".downloads"
+
+
+def fetched(root: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((root / FETCHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives: bool = False,
+                  retries: int = 2, say=print) -> Path:
+    """Download ``plugin``'s remote files into its folder and unpack its archives; returns the folder.
+
+    Each file goes through :func:`iqadef.core.fetch.fetch` (resumable, verified, refused on a mismatch);
+    an archive lands in ``<root>/.downloads`` first and is unpacked safely (:func:`~iqadef.core.fetch.extract`),
+    then deleted unless ``keep_archives``. A file with no direct URL (a login, a request form) that is already
+    in ``.downloads`` is unpacked; otherwise fetch says where to get it and where to put it. What was fetched
+    is recorded in ``<root>/.iqadef-fetched.json``, so a second fetch does nothing.
+    """
+    from .fetch import FetchError, extract, fetch, matches, offline, sha256_of
+
+    if not plugin.fetchable:
+        raise FetchError(f"dataset {plugin.name!r} is not fetched (it is {plugin.title or 'local'}); nothing to do")
+    root = plugin.root
+    root.mkdir(parents=True, exist_ok=True)
+    done = fetched(root)
+    manual_needed = []
+    for remote in plugin.remote_files():
+        if remote.filename in done:
+            say(f"{remote.filename}: already fetched")
+            continue
+        if remote.archive is None:
+            target = root / remote.filename
+        else:
+            target = root / DOWNLOADS / remote.filename
+        if target.is_file():
+            digest = sha256_of(target)
+            if not matches(digest, remote.sha256) or (remote.size is not None and target.stat().st_size != remote.size):
+                raise FetchError(f"{target}: sha256 {digest} / {target.stat().st_size} bytes do not match the pinned "
+                                 f"{remote.sha256} / {remote.size} for {remote.filename}; delete it and fetch again")
+        elif remote.manual or not remote.urls:
+            if not plugin.missing():
+                continue  # the layout is complete: the files were put in place by hand
+            manual_needed.append(f"{remote.filename} ({remote.manual or 'no download URL'}; put it at {target})")
+            continue
+        else:
+            if offline():
+                raise FetchError(f"{remote.filename}: downloads are disabled (IQADEF_OFFLINE is set); download "
+                                 f"{', '.join(remote.urls)} and put it at {target}, then run `iqadef data fetch "
+                                 f"{plugin.name}` again")
+            say(f"{remote.filename}: downloading from {remote.urls[0]}")
+            fetch(remote, target, progress=progress, retries=retries)
+        record = {"size": target.stat().st_size, "sha256": sha256_of(target), "archive": remote.archive}
+        if remote.archive is not None:
+            say(f"{remote.filename}: unpacking into {root}")
+            record["members"] = len(extract(target, root, remote.archive))
+            if not keep_archives:
+                target.unlink()
+        done[remote.filename] = record
+        tmp = root / f".{FETCHED}.tmp"
+        tmp.write_text(json.dumps(done, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, root / FETCHED)
+    if manual_needed:
+        raise FetchError(f"dataset {plugin.name}: {len(manual_needed)} file(s) cannot be downloaded automatically: "
+                         + "; ".join(manual_needed) + f"; then run `iqadef data fetch {plugin.name}` again")
+    absent = plugin.missing()
+    if absent:
+        raise FetchError(f"dataset {plugin.name}: fetched, but {root} still lacks {', '.join(absent)}; the archive "
+                         f"layout may have changed: check {plugin.homepage or 'the publisher'}")
+    return root
+
+
+def dataset_status(plugin: DatasetPlugin) -> dict[str, Any]:
+    """What ``iqadef data`` shows for one dataset: present or not, where, what is missing, where it comes from."""
+    absent = plugin.missing() if plugin.fetchable else []
+    return {"name": plugin.name, "title": plugin.title, "root": str(plugin.root), "present": not absent,
+            "missing": absent, "fetchable": plugin.fetchable, "licence": plugin.licence, "homepage": plugin.homepage,
+            "files": [{"filename": r.filename, "urls": list(r.urls), "size": r.size, "sha256": r.sha256,
+                       "archive": r.archive, "manual": r.manual,
+                       "fetched": r.filename in fetched(plugin.root)} for r in plugin.remote_files()]}
