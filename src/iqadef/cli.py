@@ -1,4 +1,4 @@
-"""Command line: ``iqadef run | plugins | list | report | weights | verify``, plus the commands plugins register
+"""Command line: ``iqadef run | plan | plugins | list | report | weights | verify``, plus the commands plugins register
 (``iqadef_register_commands``; e.g. ``train-fcn`` from the fcn defence).
 
 User mistakes (:class:`~iqadef.core.errors.IqadefError`) print one line and exit with status 2;
@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
 
+    plan = sub.add_parser("plan", help="the grid of a registry, its size, cells already stored and its cost, "
+                                       "without running it")
+    plan.add_argument("registry", type=Path, help="registry YAML file")
+    plan.add_argument("--limit", type=int, help="only the first N images")
+    plan.add_argument("--output", help="run directory (overrides the registry)")
+    plan.add_argument("--measure", action="store_true",
+                      help="time one unit per metric x attack (computed in a temporary folder) and extrapolate")
+    plan.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the registry; for --measure)")
+    plan.add_argument("--json", action="store_true")
+
     plugins = sub.add_parser("plugins", help="installed plugins and what they register")
     plugins.add_argument("--json", action="store_true")
 
@@ -68,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights = sub.add_parser("weights", help="model weights each plugin needs, and whether they are present")
     weights.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
     weights.add_argument("name", nargs="?", help="plugin name (for fetch)")
+    weights.add_argument("--all", action="store_true", help="fetch: every weight file of every installed plugin")
+    weights.add_argument("--registry", type=Path, help="fetch: the weight files the plugins of this registry load")
     weights.add_argument("--json", action="store_true")
 
     verify = sub.add_parser("verify", help="recompute random stored cells from scratch and compare (exit 1: differ)")
@@ -122,6 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished cells are kept, run again to resume", file=sys.stderr)
         return _exit_code(130)
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``iqadef list ... | head``): stop quietly. Python would print a
+    traceback, and another when it flushes stdout at exit; stdout now goes to /dev/null instead."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return _exit_code(EXIT_OK)
 
 
 def _print_error(exc: BaseException) -> None:
@@ -168,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.ray["address"] = args.ray_address
     if args.limit is not None and args.limit < 1:
         raise IqadefError("--limit must be at least 1")
-    summary = run_grid(config, fresh=args.fresh, limit=args.limit, progress=args.progress)
+    summary = run_grid(config, fresh=args.fresh, limit=args.limit, progress=args.progress,
+                       announce=lambda line: print(line, flush=True))
     _print_summary(summary)
     if not args.no_report:
         try:
@@ -179,6 +205,82 @@ def cmd_run(args: argparse.Namespace) -> int:
             files = write_report(summary.run_dir)
             print(f"report: {files.get('html', summary.run_dir / 'report.html')}")
     return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
+
+
+def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``iqadef plan`` shows: the grid, its size, the cells already in the store, the cost."""
+    from .core.dataset import Dataset
+    from .core.registry import load_run_config
+    from .core.run.plan import plan_units, plugin_calls
+    from .core.store import ResultStore
+
+    config = load_run_config(args.registry, registry=_registry(), overrides={"device": args.device})
+    if args.output:
+        config.output = Path(args.output).expanduser().resolve()
+    if args.limit is not None and args.limit < 1:
+        raise IqadefError("--limit must be at least 1")
+    dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=args.limit)
+    finished: set = set()
+    if (config.output / "results.sqlite").is_file():  # a run folder: what it holds counts as done
+        store = ResultStore(config.output)
+        try:
+            finished = store.finished()
+        finally:
+            store.close()
+    units = plan_units(config, dataset, finished)
+    batches = dataset.batches(config.batch_size)
+    todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+    total = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
+    out: dict[str, Any] = {
+        "registry": str(args.registry), "output": str(config.output), "device": config.device,
+        "images": len(dataset), "dataset_problems": list(dataset.problems),
+        "metrics": [m.label for m in config.metrics], "attacks": [a.label for a in config.attacks],
+        "defences": [d.label for d in config.defences],
+        "cells": total, "cells_done": total - todo, "cells_to_do": todo, "units_to_do": len(units),
+        "batch_size": config.batch_size,
+        "plugin_calls": plugin_calls(config, dataset, units),
+        "measured": None,
+    }
+    if args.measure and units:
+        from .core.run.driver import measure_units
+
+        out["measured"] = measure_units(config, dataset, units, registry=_registry())
+    return out
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = plan_grid(args)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return EXIT_OK
+    print(f"grid: {plan['images']} images x {len(plan['metrics'])} metrics x {len(plan['attacks'])} attacks x "
+          f"{len(plan['defences'])} defences = {plan['cells']} cells")
+    for kind in ("metrics", "attacks", "defences"):
+        print(f"  {kind} ({len(plan[kind])}): {', '.join(plan[kind])}")
+    for problem in plan["dataset_problems"]:
+        print(f"  dataset: {problem}")
+    stored = f"{plan['cells_done']} already in {plan['output']}" if plan["cells_done"] else "none stored yet"
+    print(f"cells: {plan['cells_to_do']} to do in {plan['units_to_do']} units (metric x attack x batch of "
+          f"{plan['batch_size']}); {stored}")
+    calls = plan["plugin_calls"]
+    print(f"cost (plugin calls, not time): {calls['attack_runs']} attack runs of one image with "
+          f"{calls['attack_steps']} gradient steps in all, {calls['metric_scores']} metric scores, "
+          f"{calls['defence_calls']} defence calls")
+    measured = plan["measured"]
+    if measured:
+        print(f"time: about {_duration(measured['seconds'])} on {measured['device']} (timed {measured['timed_units']} "
+              f"unit(s), one per metric x attack, and scaled by defences and images; loading plugins not included)")
+    elif plan["units_to_do"]:
+        print("time: `iqadef plan --measure` times one unit per metric x attack and extrapolates")
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001
@@ -246,13 +348,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     table.add_column("description")
     for d in items:
         params = "\n".join(
-            f"{p['name']}: {p['type']} = {p['default']!r}" + (f"; presets {p['presets']}" if p["presets"] else "")
+            f"{p['name']}: {p['type']} = {show_value(p['default'])}"
+            + (f"; presets {show_value(p['presets'])}" if p["presets"] else "")
             for p in d["params"]) or "-"
         flags = {k: d[k] for k in ("randomized", "differentiable", "higher_is_better", "range", "norm") if k in d}
-        flags_text = ", ".join(f"{k}={v}" for k, v in flags.items())
+        flags_text = ", ".join(f"{k}={show_value(v, quote=False)}" for k, v in flags.items())
         table.add_row(*(Text(v) for v in (d["name"], params, flags_text, (d["doc"].splitlines() or [""])[0])))
     _console().print(table)
     return EXIT_OK
+
+
+def show_value(value: Any, quote: bool = True) -> str:
+    """A parameter value as a reader writes it: ``10/255`` for a float that is k/255 (the study's pixel
+    steps; Python keeps only the float), else at most 4 significant digits (``25.78``, ``0.0003922``);
+    exact values stay in ``--json``."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show_value(v, quote) for v in value) + "]"
+    if isinstance(value, float):
+        if value.is_integer():
+            return f"{value:g}" if abs(value) < 1e15 else repr(value)
+        short = f"{value:.4g}"
+        if float(short) == value:
+            return short
+        steps = value * 255
+        if round(steps) != 0 and abs(steps - round(steps)) < 1e-6 * max(1.0, abs(steps)):
+            return f"{round(steps)}/255"
+        return short
+    if isinstance(value, str) and quote:
+        return repr(value)
+    return str(value)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -269,42 +395,84 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _weight_rows() -> list[tuple[str, str, Any]]:
+    """``(kind, plugin, WeightSpec)`` for every weight file of every installed plugin."""
+    registry = _registry()
+    return [(kind, name, spec) for kind in ("metrics", "attacks", "defences") for name in registry.names(kind)
+            for spec in registry.get(kind, name).weights]
+
+
+def _registry_weights(path: Path) -> list[tuple[str, str, Any]]:
+    """The weight files the plugins of a registry load (``weights_in_use``; files given by path left out)."""
+    from .core.registry import load_run_config
+    from .core.weights import WeightSpec
+
+    config = load_run_config(path, registry=_registry())
+    rows = []
+    for plugin in config.plugins():
+        for source in plugin.weights_in_use():
+            if isinstance(source, WeightSpec) and not plugin.config.get(source.param):
+                rows.append((plugin.kind + "s", plugin.name, source))
+    return rows
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     from .core.weights import resolve_weights
 
-    registry = _registry()
-    rows = []
-    for kind in ("metrics", "attacks", "defences"):
-        for name in registry.names(kind):
-            cls = registry.get(kind, name)
-            for spec in cls.weights:
-                rows.append((kind, name, spec))
     if args.action == "fetch":
-        if not args.name:
-            raise IqadefError("usage: iqadef weights fetch NAME (a plugin name from `iqadef weights`)")
-        chosen = [r for r in rows if r[1] == args.name]
-        if not chosen:
-            from .core.suggest import did_you_mean
+        if sum(bool(x) for x in (args.name, args.all, args.registry)) != 1:
+            raise IqadefError("usage: iqadef weights fetch NAME | --all | --registry REGISTRY "
+                              "(NAME: a plugin from `iqadef weights`)")
+        if args.registry:
+            chosen = _registry_weights(args.registry)
+        else:
+            rows = _weight_rows()
+            chosen = rows if args.all else [r for r in rows if r[1] == args.name]
+            if not chosen and args.name:
+                from .core.suggest import did_you_mean
 
-            raise IqadefError(f"no plugin {args.name!r} with weights{did_you_mean(args.name, {r[1] for r in rows})}")
-        for _, name, spec in chosen:
-            print(f"{name}: {resolve_weights(spec, download=True)}")
-        return EXIT_OK
-    described = [{"kind": k, "plugin": n, **spec.describe()} for k, n, spec in rows]
+                raise IqadefError(f"no plugin {args.name!r} with weights"
+                                  f"{did_you_mean(args.name, {r[1] for r in rows})}")
+        done: dict[str, Path | None] = {}
+        failed = 0
+        for _, name, spec in chosen:  # every file is tried; each failure is one line
+            if spec.filename not in done:  # one file shared by several plugins is fetched once
+                try:
+                    done[spec.filename] = resolve_weights(spec, download=True)
+                except IqadefError as exc:
+                    done[spec.filename] = None
+                    failed += 1
+                    _print_error(exc)
+            if done[spec.filename] is not None:
+                print(f"{name}: {done[spec.filename]}", flush=True)
+        if not chosen:
+            print("nothing to fetch: no plugin of this registry loads weight files")
+        return EXIT_USER_ERROR if failed else EXIT_OK
+    described = [{"kind": k, "plugin": n, **spec.describe()} for k, n, spec in _weight_rows()]
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="model weights")
-    for col in ("plugin", "file", "present", "expected at"):
-        table.add_column(col)
+    table = Table(title="model weights (`iqadef weights fetch NAME | --all | --registry R` downloads them)")
+    for col in ("plugin", "file", "size", "present", "url", "expected at"):
+        table.add_column(col, overflow="fold")
     for d in described:
-        table.add_row(Text(f"{d['kind'][:-1]} {d['plugin']}"), Text(d["filename"]),
+        table.add_row(Text(f"{d['kind'][:-1]} {d['plugin']}"), Text(d["filename"]), Text(_size(d.get("size"))),
                       Text(d["present"] or "missing", style="green" if d["present"] else "red"),
-                      Text("\n".join(d["expected_at"])))
-    _console().print(table)
+                      Text("\n".join(d["urls"]) or "-"), Text("\n".join(d["expected_at"])))
+    _console(width=1000).print(table)
     return EXIT_OK
 
 
@@ -320,5 +488,5 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if verdict.ok else EXIT_CELLS_FAILED
 
 
-COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "list": cmd_list, "report": cmd_report,
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "plugins": cmd_plugins, "list": cmd_list, "report": cmd_report,
             "weights": cmd_weights, "verify": cmd_verify}

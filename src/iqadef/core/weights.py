@@ -50,12 +50,16 @@ class WeightSpec:
     description: str = ""
     #: The plugin parameter that gives an explicit path for this file.
     param: str = "weights_path"
+    #: The file's size in bytes, when the plugin knows it (``iqadef weights`` shows it for missing files).
+    size: int | None = None
 
     def describe(self) -> dict[str, Any]:
+        """For ``iqadef weights``: ``size`` is the present file's, else the declared one (None: unknown)."""
         found = find_weights(self)
         return {"filename": self.filename, "urls": list(self.urls), "sha256": self.sha256,
                 "description": self.description, "expected_at": [str(p) for p in candidate_paths(self)],
-                "present": str(found) if found else None}
+                "present": str(found) if found else None,
+                "size": found.stat().st_size if found else self.size}
 
 
 def cache_dir() -> Path:

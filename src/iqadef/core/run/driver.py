@@ -157,3 +157,33 @@ def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
     out = ok.assign(gain=gain).groupby(["metric", "attack", "defence"], sort=False).agg(
         gain=("gain", "mean"), cells=("gain", "size")).reset_index()
     return out
+
+
+def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
+                  registry: PluginRegistry | None = None) -> dict[str, Any]:
+    """``iqadef plan --measure``: time the first unit of each metric x attack, computed in a temporary
+    folder (the run folder is not touched, no cache is used), and scale each unit still to do by its share
+    of defences and images. A rough estimate: plugins are loaded before the clock starts (a run loads each
+    once more), the clean side of a batch is timed with the first attack as in a run, and a batch's cost
+    grows with its images' sizes, not only with their number."""
+    import tempfile
+
+    device = config.torch_device()
+    batches = dataset.batches(config.batch_size)
+    first: dict[tuple[int, int], Any] = {}
+    for unit in units:
+        first.setdefault((unit.metric, unit.attack), unit)
+    timed: dict[tuple[int, int], float] = {}
+    with tempfile.TemporaryDirectory(prefix="iqadef-plan-") as tmp:
+        worker = Worker(config, dataset, Path(tmp), lambda key: None, device, registry)
+        for pair, unit in first.items():
+            for plugin in (config.metrics[unit.metric], config.attacks[unit.attack].attack,
+                           *(config.defences[d] for d in unit.defences)):
+                plugin.load(device)
+            started = time.perf_counter()
+            worker.compute(unit)
+            timed[pair] = (time.perf_counter() - started) / (len(unit.defences) * len(batches[unit.batch]))
+    seconds = sum(timed[(u.metric, u.attack)] * len(u.defences) * len(batches[u.batch]) for u in units)
+    return {"seconds": seconds, "timed_units": len(first), "device": str(device),
+            "seconds_per_cell": {f"{config.metrics[m].label} x {config.attacks[a].label}": t
+                                 for (m, a), t in timed.items()}}

@@ -215,3 +215,28 @@ def _defence_params(defence: Defence) -> dict[str, Any]:
     if stages:
         return {"stages": [{"name": s.name, **s.config} for s in stages]}
     return defence.config
+
+
+def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict[str, int]:
+    """What the units still to do will ask of the plugins, per image: the cost of a plan in counts, exact by
+    construction but not a time (a DiffPure call costs 10^4 JPEG calls). ``attack_steps`` is the attacks'
+    gradient steps (their ``iters`` or ``steps`` parameter, else 1, times ``eot_samples``); an
+    adaptive attack runs once per defence. Values reused from the cache of an earlier run count too."""
+    batches = dataset.batches(config.batch_size)
+    calls = {"attack_runs": 0, "attack_steps": 0, "metric_scores": 0, "defence_calls": 0}
+    clean_done: set[tuple[int, int]] = set()
+    for unit in units:
+        n = len(batches[unit.batch])
+        entry = config.attacks[unit.attack]
+        runs = len(unit.defences) if entry.adaptive != "none" else 1
+        params = entry.attack.config
+        steps = int(params.get("iters", params.get("steps", 1))) * max(1, entry.eot_samples)
+        calls["attack_runs"] += runs * n
+        calls["attack_steps"] += runs * n * steps
+        calls["metric_scores"] += n * (runs + len(unit.defences))  # f(x_a), f(D(x_a))
+        calls["defence_calls"] += n * len(unit.defences)  # D(x_a)
+        if (unit.metric, unit.batch) not in clean_done:  # f(x), D(x) and f(D(x)): once per metric x batch
+            clean_done.add((unit.metric, unit.batch))
+            calls["metric_scores"] += n * (1 + len(config.defences))
+            calls["defence_calls"] += n * len(config.defences)
+    return calls
