@@ -115,3 +115,80 @@ def test_full_reference_columns_and_values_with_a_size_changing_defence(metric):
     assert out["mae_xa_dxa"].tolist() == pytest.approx([0.05, 0.05])
     assert out["linf_dx_dxa"].tolist() == pytest.approx([0.05, 0.05])
     assert out["psnr_dx_dxa"][0].item() == pytest.approx(10 * math.log10(1 / 0.0025))
+
+
+def test_diff_measures_equal_the_float64_ones():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(3, 3, 20, 17, generator=g)
+    b = (a + 0.05 * torch.randn(3, 3, 20, 17, generator=g)).clamp(0, 1)
+    b[1] = a[1]
+    out = m.diff_measures(a, b)
+    torch.testing.assert_close(out["mse"], m.mse(a, b), rtol=1e-9, atol=0)
+    torch.testing.assert_close(out["mae"], m.mae(a, b), rtol=1e-9, atol=0)
+    torch.testing.assert_close(out["linf"], m.linf(a, b), rtol=1e-7, atol=0)
+    assert out["mse"][1] == 0 and math.isinf(m.psnr_from_mse(out["mse"])[1])
+
+
+def _unit(metric, sizes=((32, 32), (16, 16), (32, 32), (40, 40)), batch=2, seed=0):
+    """Cell batches of one unit: the same x and x_a, one defence per size (resizing ones among them)."""
+    from iqadef.core.cells import CellBatch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, 32, 32, generator=g)
+    xa = (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    memo: dict = {}
+    members = []
+    for h, w in sizes:
+        dx = torch.rand(batch, 3, h, w, generator=g)
+        dxa = (dx + 0.02 * torch.randn(dx.shape, generator=g)).clamp(0, 1)
+        f = torch.zeros(batch)
+        members.append(CellBatch(x, xa, dx, dxa, f, f, f, f, metric, memo))
+    return members
+
+
+def test_full_reference_of_a_group_equals_each_defence_alone_and_measures_shared_pairs_once(metric, monkeypatch):
+    from iqadef.core.cells import CellGroup
+    from iqadef.plugins.scores.quality import QualityScore
+
+    alone = [FullReferenceMeasures().compute(c) | QualityScore().compute(c) for c in _unit(metric)]
+    calls = []
+    real_ssim = m.ssim
+    monkeypatch.setattr(m, "ssim", lambda a, b: calls.append(a.shape) or real_ssim(a, b))
+    members = _unit(metric)
+    CellGroup(members)
+    grouped = [FullReferenceMeasures().compute(c) | QualityScore().compute(c) for c in members]
+    # 4 defences x 4 pairs of their own + x vs x_a once; quality finds its SSIMs in the memo
+    assert len(calls) == 4 * 4 + 1
+    for one, together in zip(alone, grouped):
+        assert sorted(one) == sorted(together)
+        for name in one:
+            torch.testing.assert_close(together[name], one[name], rtol=1e-12, atol=0, msg=name)
+    assert all(not c.changed_measures() for c in members)
+
+
+def test_a_group_whose_batched_call_fails_computes_each_batch_alone(metric):
+    from iqadef.core.cells import CellGroup
+
+    members = _unit(metric, sizes=((32, 32), (16, 16)))
+    CellGroup(members)
+    seen = []
+
+    def compute(batches):
+        seen.append(len(batches))
+        if len(batches) > 1:
+            raise RuntimeError("batched path broken")
+        return [batches[0].def_adv.shape[-1]]
+
+    assert [c.batched("probe", compute) for c in members] == [32, 16]
+    assert seen == [2, 1, 1]
+
+
+def test_an_in_place_change_of_a_group_result_is_reported(metric):
+    from iqadef.core.cells import CellGroup
+
+    members = _unit(metric, sizes=((32, 32), (32, 32)))
+    CellGroup(members)
+    values = members[0].batched("probe", lambda batches: [torch.zeros(2) for _ in batches])
+    assert members[1].changed_measures() == []
+    values += 1
+    assert "probe" in members[1].changed_measures()

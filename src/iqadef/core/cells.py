@@ -31,6 +31,31 @@ class CellBatch:
     metric: Metric
     #: Results shared between scores (and, in the runner, between the cells of one image batch).
     memo: dict = field(default_factory=dict)
+    #: The cell batches of the other defences of the same unit, when the runner computes them together.
+    group: "CellGroup | None" = field(default=None, repr=False, compare=False)
+
+    def batched(self, name: str, compute: Callable[[list["CellBatch"]], list[Any]]) -> Any:
+        """This batch's item of ``compute(batches)``, computed once for all the batches of its group (the
+        unit's defences, whose pairs can then be stacked and their shared pairs measured once).
+
+        Without a group, ``compute([self])[0]``. If the group's call raises, every batch computes its own
+        value alone, so that an error fails only the cells it belongs to."""
+        group = self.group
+        index = group.index(self) if group is not None else None
+        if index is None:
+            return compute([self])[0]
+        hit = group.results.get(name)
+        if hit is None:
+            try:
+                values = list(compute(group.members))
+                if len(values) != len(group.members):
+                    raise ValueError(f"{name}: {len(values)} results for {len(group.members)} batches")
+                hit = group.results[name] = [(v, _versions(v)) for v in values]
+            except Exception:  # noqa: BLE001 - each batch tries alone
+                hit = group.results[name] = False
+        if hit is False:
+            return compute([self])[0]
+        return hit[index][0]
 
     def pair_measure(self, name: str, a: torch.Tensor, b: torch.Tensor,
                      compute: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
@@ -43,13 +68,35 @@ class CellBatch:
         self.memo[key] = (a, b, value, _versions(value))
         return value
 
+    def cached_measure(self, name: str, a: torch.Tensor, b: torch.Tensor) -> Any:
+        """The value :meth:`pair_measure` holds for (name, a, b), or None."""
+        hit = self.memo.get((name, id(a), id(b)))
+        return hit[2] if hit is not None and hit[0] is a and hit[1] is b else None
+
     def changed_measures(self) -> list[str]:
         """Names of memoised measures changed in place since they were computed (``ssim *= 2`` on a value
         :meth:`pair_measure` returned would change it for every later cell; the runner fails the score)."""
-        return [key[0] for key, hit in self.memo.items() if len(hit) > 3 and _versions(hit[2]) != hit[3]]
+        changed = [key[0] for key, hit in self.memo.items() if len(hit) > 3 and _versions(hit[2]) != hit[3]]
+        if self.group is not None:
+            changed += [name for name, hits in self.group.results.items()
+                        if hits and any(_versions(v) != versions for v, versions in hits)]
+        return changed
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
+
+
+class CellGroup:
+    """The cell batches of one unit's defences, computed together (:meth:`CellBatch.batched`)."""
+
+    def __init__(self, members: list[CellBatch]):
+        self.members = members
+        self.results: dict[str, Any] = {}
+        for member in members:
+            member.group = self
+
+    def index(self, cells: CellBatch) -> int | None:
+        return next((i for i, m in enumerate(self.members) if m is cells), None)
 
 
 def _versions(value: Any) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ import torch
 
 from iqadef import ImageScore, hookimpl
 
-from ._measures import PAIRS, pair_images, psnr_from_mse, ssim
+from ._measures import PAIRS, measure_batches
 
 
 class FullReferenceMeasures(ImageScore):
@@ -20,17 +20,9 @@ class FullReferenceMeasures(ImageScore):
     name = "full-reference"
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+        # Computed for all the defences of the unit at once when the runner groups them (shared pairs once).
         with torch.no_grad():
-            for pair, (a, b) in pair_images(cells).items():
-                diff = (a.detach().to(torch.float64) - b.detach().to(torch.float64)).flatten(1)
-                err = diff.pow(2).mean(dim=1)
-                out[f"psnr_{pair}"] = psnr_from_mse(err)
-                out[f"ssim_{pair}"] = cells.pair_measure("ssim", a, b, ssim)
-                out[f"mse_{pair}"] = err
-                out[f"mae_{pair}"] = diff.abs().mean(dim=1)
-                out[f"linf_{pair}"] = diff.abs().amax(dim=1)
-        return {k: v.cpu() for k, v in out.items()}
+            return dict(cells.batched("full-reference", measure_batches))
 
     @staticmethod
     def columns() -> list[str]:

@@ -6,7 +6,7 @@ import torch
 
 from iqadef import ImageScore, hookimpl
 
-from ._measures import STUDY_IDENTICAL_PSNR_DB, match_size, mse, psnr, ssim
+from ._measures import STUDY_IDENTICAL_PSNR_DB, matched, mse, psnr_from_mse, ssim
 
 
 class QualityScore(ImageScore):
@@ -24,11 +24,13 @@ class QualityScore(ImageScore):
     def compute(self, cells) -> dict[str, torch.Tensor]:
         x = cells.clean
         with torch.no_grad():
-            dxa = match_size(cells.def_adv, x)
-            dx = match_size(cells.def_clean, x)
-            s_adv, p_adv = cells.pair_measure("ssim", x, dxa, ssim), psnr(x, dxa)
-            s_clean, p_clean = cells.pair_measure("ssim", x, dx, ssim), psnr(x, dx)
-            unattacked = mse(x, match_size(cells.adv, x)) == 0
+            dxa = matched(cells, cells.def_adv, x)
+            dx = matched(cells, cells.def_clean, x)
+            # SSIM and MSE of these pairs are memoised by the full-reference score when it runs first
+            s_adv, p_adv = cells.pair_measure("ssim", x, dxa, ssim), psnr_from_mse(cells.pair_measure("mse", x, dxa, mse))
+            s_clean = cells.pair_measure("ssim", x, dx, ssim)
+            p_clean = psnr_from_mse(cells.pair_measure("mse", x, dx, mse))
+            unattacked = cells.pair_measure("mse", x, matched(cells, cells.adv, x), mse) == 0
             p_study = torch.where(unattacked, torch.full_like(p_adv, STUDY_IDENTICAL_PSNR_DB), p_adv)
         return {"quality_score": 0.5 * (s_adv + p_study / 80.0),
                 "similarity_score": s_adv + p_adv / 40.0,
