@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import toy_plugins  # noqa: E402
+
+from iqadef.core.plugins import PluginRegistry  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry() -> PluginRegistry:
+    return PluginRegistry(extra=[toy_plugins], entry_points=False)
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch):
+    """Every test gets its own data dir and no ambient offline setting."""
+    monkeypatch.setenv("IQADEF_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("IQADEF_OFFLINE", raising=False)
+    return tmp_path / "data"
