@@ -654,6 +654,7 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
         elif remote.manual or not remote.urls:
             if not plugin.missing():
                 continue  # the layout is complete: the files were put in place by hand
+            target.parent.mkdir(parents=True, exist_ok=True)  # the folder to drop the file into
             manual_needed.append(f"{remote.filename} ({remote.manual or 'no download URL'}; put it at {target})")
             continue
         else:
