@@ -34,7 +34,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iqadef", description="Attacks and purification defences for NR-IQA metrics.")
+    parser = argparse.ArgumentParser(prog="iqadef", description="Attacks and purification defences for NR-IQA metrics.",
+                                     epilog="`python -m iqadef ...` is the same command (e.g. in a virtualenv "
+                                            "whose scripts are not on PATH).")
     parser.add_argument("--version", action="version", version=f"iqadef {__version__}")
     parser.add_argument("--strict-plugins", action="store_true", help="fail if any plugin fails to load")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
