@@ -211,7 +211,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     """What ``iqadef plan`` shows: the grid, its size, the cells already in the store, the cost."""
-    from .core.dataset import Dataset
     from .core.registry import load_run_config
     from .core.run.plan import plan_units, plugin_calls
     from .core.store import ResultStore
@@ -221,7 +220,7 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
         config.output = Path(args.output).expanduser().resolve()
     if args.limit is not None and args.limit < 1:
         raise IqadefError("--limit must be at least 1")
-    dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=args.limit)
+    dataset = config.open_dataset(args.limit)  # as the run opens it (dataset plugins, splits, samples)
     finished: set = set()
     if (config.output / "results.sqlite").is_file():  # a run folder: what it holds counts as done
         store = ResultStore(config.output)
