@@ -67,3 +67,53 @@ def test_on_cells_counts_every_cell_when_the_attack_fails(tmp_path, image_dir, t
     result = worker.compute(units[0])
     assert all(r["status"] == "failed" for r in result.rows)
     assert sum(seen) == len(result.rows) == 2 * 2
+
+
+def _table(tmp_path, image_dir, registry, output, extra="", monkeypatch=None, alone=False, calls=None):
+    import pandas as pd
+
+    from iqadef.core.run import run_grid
+
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(GRID.format(images=image_dir, output=output,
+                                defences="[no-defence, toy-blur, toy-noise-defence, toy-explode, toy-blur-2]")
+                    .replace("toy-blur-2", "{name: toy-noise-defence, params: {sigma: 0.05}}")
+                    .replace("attacks: [toy-sign]", "attacks: [toy-sign, toy-noise]") + extra)
+    cfg = load_run_config(path, registry=registry)
+    if alone:
+        monkeypatch.setattr(Worker, "_groupable", lambda self, unit, todo, shared: [])
+    if calls is not None:
+        metric = cfg.metrics[0]
+        real = type(metric).score
+        monkeypatch.setattr(type(metric), "score", lambda self, images: calls.append(images.shape[0]) or real(self, images))
+    summary = run_grid(cfg, registry=registry, progress=False)
+    monkeypatch.undo()
+    df = pd.read_parquet(summary.run_dir / "results.parquet").drop(columns=["image_path"])
+    return df.sort_values(["attack", "defence", "image"]).reset_index(drop=True)
+
+
+def test_defences_computed_together_give_the_table_of_one_by_one(tmp_path, image_dir, toy_registry, monkeypatch):
+    import pandas as pd
+
+    one_by_one = _table(tmp_path, image_dir, toy_registry, "alone", monkeypatch=monkeypatch, alone=True)
+    calls: list[int] = []
+    grouped = _table(tmp_path, image_dir, toy_registry, "grouped", monkeypatch=monkeypatch, calls=calls)
+    assert (one_by_one["status"] == "failed").sum() == (grouped["status"] == "failed").sum() == 6 * 2
+    pd.testing.assert_frame_equal(one_by_one, grouped)
+    assert max(calls) == 2  # metric_batch null: one defence's batch per call
+    calls_batched: list[int] = []
+    batched = _table(tmp_path, image_dir, toy_registry, "batched", "metric_batch: 6\n", monkeypatch=monkeypatch,
+                     calls=calls_batched)
+    pd.testing.assert_frame_equal(one_by_one, batched, check_exact=False, rtol=1e-6, atol=1e-7)
+    assert max(calls_batched) == 6 and len(calls_batched) < len(calls)
+
+
+def test_metric_batch_is_validated(tmp_path, image_dir, toy_registry):
+    import pytest
+
+    from iqadef.core.errors import ConfigError
+
+    worker, _ = make_worker(tmp_path, image_dir, toy_registry, output="ok", extra="metric_batch: 32\n")
+    assert worker.config.metric_batch == 32
+    with pytest.raises(ConfigError, match="metric_batch"):
+        make_worker(tmp_path, image_dir, toy_registry, output="bad", extra="metric_batch: 0\n")

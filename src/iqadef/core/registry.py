@@ -45,6 +45,7 @@ TOP_KEYS = {
     "ray": "Ray options (address, num_cpus, num_gpus)",
     "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
     "unit_timeout": "seconds one work unit (metric x attack x batch) may take; null: no limit",
+    "metric_batch": "most images per metric call, several defences' batches together (GPU speed); null: one defence's batch per call",
 }
 TOP_KEYS.update(NUMERICS_KEYS)  # precision, compile, channels_last (core/precision.py)
 DATASET_KEYS = {"images", "mos", "max_side"}
@@ -55,6 +56,10 @@ ADAPTIVE_MODES = ("none", "bpda", "eot", "bpda+eot")
 #: Default of ``max_cells``: 70x the paper grid (3 x 10 x 47 = 1410 per image), far below what
 #: expanding it costs (about 2 KB per plugin configuration).
 DEFAULT_MAX_CELLS = 100_000
+#: Default of ``metric_batch``: None, one defence's batch per metric call, bit-identical to scoring each
+#: defence alone (a CPU gains nothing from larger calls, and float results depend on the batch size in
+#: the last bits: benchmarks/metric_batch.py).
+DEFAULT_METRIC_BATCH: int | None = None
 #: Default of ``unit_timeout`` (s): generous, for a unit of the paper grid's slowest plugins on a CPU.
 DEFAULT_UNIT_TIMEOUT = 3600.0
 #: Most values a registry document may hold once its YAML aliases are expanded.
@@ -173,6 +178,8 @@ class RunConfig:
     certified: list = field(default_factory=list)
     #: ``precision``/``compile``/``channels_last`` of the metrics' and neural defences' networks
     numerics: Numerics = field(default_factory=Numerics)
+    #: most images per metric call when the worker scores a unit's defences together (same results)
+    metric_batch: int | None = DEFAULT_METRIC_BATCH
 
     def open_dataset(self, limit: int | None = None) -> Dataset:
         """The run's images (a dataset plugin's split and sample, or the ``images`` folder and ``mos``)."""
@@ -465,6 +472,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
             numbers[key] = _int(data, key, default, where, low=low)
     with errors.check():
         numbers["unit_timeout"] = _unit_timeout(data, where)
+    numbers["metric_batch"] = DEFAULT_METRIC_BATCH
+    with errors.check():
+        if data.get("metric_batch") is not None:
+            numbers["metric_batch"] = _int(data, "metric_batch", 1, where, low=1)
     numerics = Numerics()
     with errors.check():
         numerics = parse_numerics(data, where, device)
@@ -476,7 +487,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
         batch_size=numbers["batch_size"], seed=seed,
         examples=numbers["examples"], metrics=metrics, attacks=attacks, defences=defences,
         executor=executor, ray=ray, raw=data, unit_timeout=numbers["unit_timeout"], certified=built["certified"],
-        numerics=numerics,
+        numerics=numerics, metric_batch=numbers["metric_batch"],
     )
 
 

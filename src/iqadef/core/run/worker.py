@@ -36,7 +36,7 @@ import torch
 
 from ..adaptive import DefendedMetric
 from ..base import Metric
-from ..cells import CellBatch
+from ..cells import CellBatch, CellGroup
 from ..dataset import Dataset
 from ..guard import (
     CellFailure,
@@ -224,7 +224,7 @@ class Worker:
         f_clean = self._score(metric, x, seal)
         self._clean_key = (m, b)
         self._clean = {"x": x, "seal": seal, "f": f_clean, "f_seal": self._seal(f_clean, "f(x)"),
-                       "defended": {}, "memo": {}}
+                       "dx": {}, "defended": {}, "memo": {}}
         return self._clean
 
     def _defended_clean(self, m: int, b: int, d: int) -> tuple[torch.Tensor, torch.Tensor, Seal | None, Seal | None]:
@@ -236,22 +236,33 @@ class Worker:
         if d in failures:
             raise CellFailure(failures[d])
         if d not in clean["defended"]:
-            entry = self.config.defences[d]
-            who = f"defence {entry.label!r}"
             try:
-                defence = self._load(who, entry)
-                x = clean["x"]
-                with torch.no_grad():
-                    dx = self._call(who, "purify", lambda: defence.purify(x, seed=self.defence_seed(d, b)),
-                                    [clean["seal"]])
-                dx = _check_images(dx, x, who, defence.preserves_size)
-                dx_seal = self._seal(dx, "D(x)")
+                dx, dx_seal = self._defended_image(m, b, d)
                 f_dx = self._score(self.config.metrics[m], dx, dx_seal)
             except CellFailure as exc:
                 failures[d] = str(exc)
                 raise
-            clean["defended"][d] = (dx, f_dx, dx_seal, self._seal(f_dx, "f(D(x))"))
+            self._set_defended(clean, d, f_dx)
         return clean["defended"][d]
+
+    def _defended_image(self, m: int, b: int, d: int) -> tuple[torch.Tensor, Seal | None]:
+        """D(x) and its seal, computed once per (metric, batch, defence) (failures: :meth:`_defended_clean`)."""
+        clean = self._clean_side(m, b)
+        if d not in clean["dx"]:
+            entry = self.config.defences[d]
+            who = f"defence {entry.label!r}"
+            defence = self._load(who, entry)
+            x = clean["x"]
+            with torch.no_grad():
+                dx = self._call(who, "purify", lambda: defence.purify(x, seed=self.defence_seed(d, b)),
+                                [clean["seal"]])
+            dx = _check_images(dx, x, who, defence.preserves_size)
+            clean["dx"][d] = (dx, self._seal(dx, "D(x)"))
+        return clean["dx"][d]
+
+    def _set_defended(self, clean: dict[str, Any], d: int, f_dx: torch.Tensor) -> None:
+        dx, dx_seal = clean["dx"][d]
+        clean["defended"][d] = (dx, f_dx, dx_seal, self._seal(f_dx, "f(D(x))"))
 
     def defence_seed(self, d: int, b: int) -> int:
         return _seed("defence", self.config.seed, self.config.defences[d].key(), [i.sha256 for i in self.batches[b]])
@@ -337,6 +348,7 @@ class Worker:
         self._unit_pngs = {}
         shared: tuple | None = None
         todo = list(unit.defences)
+        alone = 0  # how many of todo's first defences are computed one by one (their group failed)
         while todo:
             d = todo[0]
             if self._tainted:  # a plugin wrote into a shared tensor: rebuild them from their sources
@@ -349,6 +361,17 @@ class Worker:
                 result.rows.extend(failed)
                 self._progress(len(failed))
                 break
+            group = self._groupable(unit, todo, shared[0]) if not alone else []
+            if len(group) > 1:
+                done = self._group(unit, group, shared[0], result)
+                if done is None:  # a defence or the metric failed: compute the group one by one, as before
+                    alone = len(group)
+                for rows in done or ():
+                    result.rows.extend(rows)
+                    self._progress(len(rows))
+                    todo.pop(0)
+                continue
+            alone = max(0, alone - 1)
             try:
                 rows = self._cells(unit, d, shared[0], result)
             except _Unattributed:
@@ -362,6 +385,118 @@ class Worker:
             self._tainted, self._clean_key = False, None
         self._unit_pngs = {}
         return result
+
+    # -- a unit's defences together ------------------------------------------------------------
+    def _groupable(self, unit: Unit, todo: list[int], shared: tuple | None) -> list[int]:
+        """The first defences of ``todo`` that can be computed together: all but after an adaptive attack
+        (x_a per defence), a certified defence, or a defence whose D(x) or f(D(x)) already failed."""
+        if shared is None:
+            return []
+        key, failures = self._defence_failures
+        failed = failures if key == (unit.metric, unit.batch) else {}
+        group = []
+        for d in todo:
+            if is_certified(self.config, d) or d in failed:
+                break
+            group.append(d)
+        return group
+
+    def _group(self, unit: Unit, ds: list[int], shared: tuple, result: UnitResult) -> list[list[dict[str, Any]]] | None:
+        """The rows of defences ``ds`` (a prefix of them if a score broke a seal: the rest are computed again
+        from rebuilt tensors), with D(x), D(x_a) of each, the metric on all of them in as few calls as
+        ``metric_batch`` allows, and the per-image scores of every defence in one :class:`CellGroup`.
+
+        None if a defence or the metric failed: the caller computes these defences one by one (the path of
+        an adaptive attack), which fails exactly the cells it did before batching and names the plugin."""
+        cfg = self.config
+        m, b = unit.metric, unit.batch
+        metric = cfg.metrics[m]
+        clean = self._clean_side(m, b)
+        x_adv, adv_paths, adv_seal, f_adv, f_adv_seal = shared
+        try:
+            images = {}
+            for d in ds:
+                dx, dx_seal = self._defended_image(m, b, d)
+                entry = cfg.defences[d]
+                who = f"defence {entry.label!r}"
+                defence = self._load(who, entry)
+                with torch.no_grad():
+                    dxa = self._call(who, "purify", lambda: defence.purify(x_adv, seed=self.defence_seed(d, b)),
+                                     [adv_seal])
+                dxa = _check_images(dxa, x_adv, who, defence.preserves_size)
+                images[d] = (dxa, self._seal(dxa, "D(x_a)"))
+            pieces = [("dx", d, *clean["dx"][d]) for d in ds if d not in clean["defended"]]
+            pieces += [("dxa", d, *images[d]) for d in ds]
+            scored = self._score_pieces(metric, pieces)
+        except CellFailure:  # (a broken seal has set _tainted: the caller rebuilds the shared tensors first)
+            return None
+        for (kind, d, _, _), f in zip(pieces, scored):  # f(D(x)) kept for the batch's other attacks
+            if kind == "dx":
+                self._set_defended(clean, d, f)
+        cells = {}
+        for (kind, d, dxa, _), f_dxa in zip(pieces, scored):
+            if kind == "dxa":
+                dx, f_dx, _, _ = clean["defended"][d]
+                cells[d] = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric, clean["memo"])
+        CellGroup([cells[d] for d in ds])
+        done: list[list[dict[str, Any]]] = []
+        try:
+            for d in ds:
+                dxa, dxa_seal = images[d]
+                dx, f_dx, dx_seal, f_dx_seal = clean["defended"][d]
+                seals = [clean["seal"], adv_seal, dx_seal, dxa_seal, clean["f_seal"], f_adv_seal, f_dx_seal,
+                         self._seal(cells[d].f_def_adv, "f(D(x_a))")]
+                try:
+                    scores = self._image_scores(cells[d], seals, False)
+                    if self.guard_inputs:
+                        bad = broken([s for s in seals if s is not None], deep=True)
+                        if bad is not None:
+                            self._tainted = True
+                            raise _Unattributed(bad.name)
+                    done.append(self._rows(unit, d, clean, x_adv, adv_paths, f_adv, f_dx, cells[d].f_def_adv,
+                                           dxa, scores, result))
+                except _Unattributed:
+                    done.append(self._diagnose(unit, d, result))
+                except CellFailure as exc:
+                    done.append(failed_rows(self.config, self.batches, unit, d, str(exc)))
+                if self._tainted:  # the shared tensors are rebuilt before the group's other defences
+                    break
+        finally:
+            _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
+        return done
+
+    def _score_pieces(self, metric: Metric, pieces: list[tuple]) -> list[torch.Tensor]:
+        """f of each ``(kind, d, images, seal)`` piece, pieces of one shape scored together in calls of at most
+        ``metric_batch`` images (never splitting a piece), in order; results as from one call per piece."""
+        limit = self.config.metric_batch or 0
+        out: list[torch.Tensor | None] = [None] * len(pieces)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, piece in enumerate(pieces):
+            by_shape.setdefault((tuple(piece[2].shape[1:]), piece[2].dtype), []).append(i)
+        for members in by_shape.values():
+            calls: list[list[int]] = []
+            for i in members:
+                n = pieces[i][2].shape[0]
+                if calls and sum(pieces[j][2].shape[0] for j in calls[-1]) + n <= limit:
+                    calls[-1].append(i)
+                else:
+                    calls.append([i])
+            for call in calls:
+                if len(call) == 1:
+                    _, _, images, seal = pieces[call[0]]
+                    # fingerprinted now, not only after the defence's scores: an identity defence hands
+                    # the metric x_a itself, which every defence of the group shares
+                    out[call[0]] = self._score(metric, images, seal, deep=True)
+                    continue
+                images = torch.cat([pieces[i][2] for i in call])
+                names = sorted({"D(x)" if pieces[i][0] == "dx" else "D(x_a)" for i in call})
+                values = self._score(metric, images, self._seal(images, " and ".join(names)), deep=True)
+                start = 0
+                for i in call:
+                    n = pieces[i][2].shape[0]
+                    out[i] = values[start:start + n].clone()
+                    start += n
+        return out  # type: ignore[return-value]
 
     def _progress(self, cells: int) -> None:
         if self.on_cells is not None and cells:
@@ -399,7 +534,6 @@ class Worker:
             return smoothed_cells(self, unit, d, shared, result, check_images=_check_images)
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.defences[d]
-        items = self.batches[unit.batch]
         clean = self._clean_side(unit.metric, unit.batch)
         if shared is None:
             x_adv, adv_paths = self._adversarial(unit, d, result)
@@ -429,6 +563,14 @@ class Worker:
             if bad is not None:
                 self._tainted = True
                 raise _Unattributed(bad.name)
+        return self._rows(unit, d, clean, x_adv, adv_paths, f_adv, f_dx, f_dxa, dxa, scores, result)
+
+    def _rows(self, unit: Unit, d: int, clean: dict[str, Any], x_adv: torch.Tensor, adv_paths: list[str],
+              f_adv: torch.Tensor, f_dx: torch.Tensor, f_dxa: torch.Tensor, dxa: torch.Tensor,
+              scores: dict[str, torch.Tensor], result: UnitResult) -> list[dict[str, Any]]:
+        cfg = self.config
+        metric = cfg.metrics[unit.metric]
+        items = self.batches[unit.batch]
         rows = []
         for i, (item, key) in enumerate(zip(items, self.batch_keys[unit.batch])):
             values = [float(v[i]) for v in (clean["f"], f_adv, f_dx, f_dxa)]
