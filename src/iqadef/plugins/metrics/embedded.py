@@ -129,6 +129,10 @@ class TinyIQA(Metric):
 
     name = "tiny-iqa"
     version = "1"
+    #: The MSCN map (a local variance, E[x^2] - E[x]^2) cancels catastrophically with bf16 weights and
+    #: activations (scores off by half the range, benchmarks/precision.py); under autocast the variance and
+    #: the pooling stay float32.
+    precision_style = "autocast"
     higher_is_better = True
     #: Span of the scores over the 14 bundled images and their training distortions (tiny_iqa.json).
     range = (-6.0, 86.0)
