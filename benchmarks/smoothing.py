@@ -1,0 +1,79 @@
+"""Cost of certified defences against n (docs/certified.md): median smoothing of the embedded metric.
+
+    python benchmarks/smoothing.py [--quick] [--threads 2] [--device cpu] [--out benchmarks/results/smoothing.json]
+
+A smoothed score costs n metric forwards per image. For each n (and each noise batch, the copies per
+forward) this times ``MedianSmoothing.smooth`` on a batch of images and the plain metric on the same batch,
+interleaved and repeated (median), and reports seconds per image and the ratio to one plain forward. It
+also records the certified interval's median width at each n: more samples, tighter order statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bench import interleaved, load_batch, load_metric, machine, med, set_threads, synthetic_images, tiny_iqa_weights  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; figures mean little)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "smoothing.json")
+    args = parser.parse_args(argv)
+    from iqadef.plugins.certified.median_smoothing import MedianSmoothing
+
+    threads = set_threads(args.threads)
+    ns, batches = ((4, 8), (1, 8)) if args.quick else ((8, 32, 128, 512), (1, 8, 32, 128))
+    repeats = 1 if args.quick else args.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        weights, weights_note = tiny_iqa_weights(work)
+        metric = load_metric(weights, args.device)
+        x = load_batch(synthetic_images(work / "img", args.images, args.size)).to(args.device)
+
+        def plain():
+            with torch.no_grad():
+                out = metric.score(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        rows = []
+        for n in ns:
+            for batch in batches:
+                if batch > n * args.images or (batch == 1 and n > 32):  # one copy per forward: only small n
+                    continue
+                smoothing = MedianSmoothing(n=n, batch=batch, sigma=0.1, eps=0.1, alpha=0.001)
+                outputs: dict = {}
+                times = interleaved({"plain": plain, "smoothed": lambda s=smoothing: s.smooth(metric, x, seed=0)},
+                                    repeats, warmup=1, outputs=outputs)
+                out = outputs["smoothed"]
+                width = (out.upper - out.lower).float()
+                rows.append({"n": n, "batch": batch, "seconds_per_image": med(times["smoothed"]) / args.images,
+                             "plain_seconds_per_image": med(times["plain"]) / args.images,
+                             "ratio_to_plain": med(times["smoothed"]) / med(times["plain"]),
+                             "median_width": float(width.median()) if torch.isfinite(width).all() else None})
+                print(json.dumps(rows[-1]), flush=True)
+    result = {"benchmark": "smoothing", "metric": "tiny-iqa", "weights": weights_note, "device": args.device,
+              "threads": threads, "images": args.images, "size": args.size, "repeats": repeats, "quick": args.quick,
+              "sigma": 0.1, "eps": 0.1, "alpha": 0.001, "machine": machine(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
