@@ -137,7 +137,10 @@ def test_html_is_self_contained_with_tables_and_images(report):
     data = json.loads(text.split("<script type='application/json' id='comparison-data'>")[1].split("</script>")[0])
     assert len(data["cells"]) == 2 * len(ATTACKS) * len(DEFENCES) - 0  # img0 and img1 keep examples
     assert all(uri.startswith(("data:image/webp;base64,", "data:image/jpeg;base64,")) for uri in data["thumbs"])
-    assert len(data["thumbs"]) == 2 + 2 * len(ATTACKS) + len(data["cells"])  # each file once
+    assert len(set(data["thumbs"])) == len(data["thumbs"])  # each image once
+    no_defence = [c for c in data["cells"] if c["d"] == "no-defence"]
+    assert no_defence and all(c["dxa"] == c["xa"] for c in no_defence)  # D(x_a) = x_a: the same thumbnail
+    assert len({c["dxa"] for c in data["cells"]}) == len(data["cells"]) - len(no_defence) + len(no_defence)
     for pattern in ("src='figures/", "src=\"figures/", "file://", "http://", "https://"):
         assert pattern not in text, pattern  # nothing linked from outside
 

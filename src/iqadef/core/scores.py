@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 from typing import Any, ClassVar, Iterable
 
 import numpy as np
@@ -70,8 +71,14 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
     sem = float(arr.std(ddof=1) / math.sqrt(n))
     if sem == 0.0:
         return mean, mean, mean, n
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    half = _t_quantile(0.5 + confidence / 2, n - 1) * sem
     return mean, mean - half, mean + half, n
+
+
+@lru_cache(maxsize=4096)
+def _t_quantile(q: float, dof: int) -> float:
+    """``stats.t.ppf`` once per (q, dof): a report asks for the same few thousands of times."""
+    return float(stats.t.ppf(q, dof))
 
 
 def correlation_ci(rho: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -24,8 +24,8 @@ from .tables import CLEAN_ROW, binned_gain, gain_matrix, srocc_matrix
 
 MAX_EXAMPLE_DEFENCES = 8
 MAX_LINES = 8
-THUMBNAIL_SIZE = 192
-THUMBNAIL_QUALITY = 80
+THUMBNAIL_SIZE = 160
+THUMBNAIL_QUALITY = 60
 
 
 @dataclass
@@ -209,9 +209,22 @@ def examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path, files: Re
     return save_figure(fig, path, files)
 
 
-def png_data_uri(path: Path) -> str:
-    """The PNG file as a ``data:`` URI (base64: no character that HTML would need escaped)."""
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def png_data_uri(path: Path, colours: int | None = 256) -> str:
+    """The PNG file as a ``data:`` URI (base64: no character that HTML would need escaped).
+
+    With ``colours``, the embedded copy is a palette PNG of that many colours: a plot has few, and the
+    page's figures shrink to a third (the file in ``figures/`` stays as drawn).
+    """
+    data = path.read_bytes()
+    if colours:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            buffer = io.BytesIO()
+            im.convert("RGB").quantize(colours, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG",
+                                                                                      optimize=True)
+        data = buffer.getvalue() if buffer.tell() < len(data) else data
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def thumbnail_data_uri(path: Path | None, files: ReportFiles, size: int = THUMBNAIL_SIZE) -> str:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -84,7 +87,7 @@ def run_facts(run_dir: Path, run_info: dict[str, Any], df: pd.DataFrame) -> list
     ok = int((df["status"].astype(str) == "ok").sum()) if "status" in df.columns else len(df)
     facts = [("grid", f"{n_img} images × {n_met} metrics × {n_att} attacks × {n_def} defences = "
                       f"{n_img * n_met * n_att * n_def} cells; {len(df)} in the table: {ok} ok, {len(df) - ok} failed")]
-    device = run_info.get("device") or (f"{registry['device']} (as configured)" if registry.get("device") else "?")
+    device = run_info.get("device") or f"{registry.get('device', 'auto')} (as configured)"
     threads = run_info.get("torch_threads")
     facts.append(("device", f"{device}" + (f", {threads} torch threads" if threads else "")))
     table = next((run_dir / n for n in ("results.parquet", "results.csv") if (run_dir / n).exists()), None)
@@ -151,15 +154,15 @@ def _environment(kind: str) -> jinja2.Environment:
 def html_table(table: pd.DataFrame, css_class: str, table_id: str | None = None) -> Markup:
     """``table`` as HTML in a scrolling box; pandas escapes every cell and header (``escape=True``).
 
-    ``sortable`` tables get a filter box (``data-filter``) above them; the page's script sorts a table
-    when a header is clicked and hides the rows that do not contain the filter's text.
+    A filter box goes above it; the page's script sorts the table when a header is clicked and hides the
+    rows that do not contain the filter's text.
     """
     if table.empty:
         return Markup("<p><em>(empty)</em></p>")
     body = table.to_html(index=False, classes=f"{css_class} sortable", border=0, escape=True,
                          float_format=lambda v: fmt(v), na_rep="–", table_id=table_id)
-    box = (f"<input type='search' class='filter' placeholder='filter rows…' aria-label='filter {css_class} rows'>"
-           if len(table) > 8 else "")
+    body = re.sub(r">\s+<", "><", body)  # pandas indents every cell: a third of a wide table's bytes
+    box = f"<input type='search' class='filter' placeholder='filter rows…' aria-label='filter {css_class} rows'>"
     return Markup(f"<div class='table-box'>{box}<div class='scroll'>{body}</div></div>")
 
 
@@ -201,6 +204,10 @@ def _figure_sections(figures: ReportFigures, mos: bool, data_uris: bool) -> list
             for sid, title, items, empty in sections]
 
 
+def _thumb_key(column: str, value: str, image: str) -> tuple[str, str]:
+    return (column, value if column != "image_path" else f"{value}\0{image}")
+
+
 def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, files: ReportFiles,
                     locate: ImageLocator) -> dict[str, Any]:
     """Every saved example as the picker shows it: thumbnails (each image once) and the cell's values.
@@ -209,18 +216,29 @@ def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTable
     attacked and defended thumbnails by index, with f(x), f(x_a), f(D(x_a)), PSNR/SSIM of x_a and D(x_a)
     against x, the gain and the normalised gain (null where the table has no value).
     """
+    rows = tables.examples.to_dict("records")
+    wanted: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for row in rows:
+        image = str(row.get("image", ""))
+        for column in ("image_path", "adv_path", "example_path"):
+            value = str(row.get(column, ""))
+            wanted.setdefault(_thumb_key(column, value, image), (value, column, image))
+    # decoding and encoding release the GIL: threads make the few hundred thumbnails several times faster
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        uris = list(pool.map(lambda job: thumbnail_data_uri(locate.find(*job), files), wanted.values()))
     thumbs: list[str] = []
+    by_uri: dict[str, int] = {}  # the same pixels once (no-defence's D(x_a) is x_a)
     index: dict[tuple[str, str], int] = {}
+    for key, uri in zip(wanted, uris):
+        index[key] = by_uri.setdefault(uri, len(by_uri))
+        if index[key] == len(thumbs):
+            thumbs.append(uri)
 
     def thumb(column: str, value: str, image: str) -> int:
-        key = (column, value if column != "image_path" else f"{value}\0{image}")
-        if key not in index:
-            index[key] = len(thumbs)
-            thumbs.append(thumbnail_data_uri(locate.find(value, column, image), files))
-        return index[key]
+        return index[_thumb_key(column, value, image)]
 
     cells = []
-    for row in tables.examples.to_dict("records"):
+    for row in rows:
         image = str(row.get("image", ""))
         span = metric_span(metric_info(run_info, str(row["metric"])))
         cell = {"m": str(row["metric"]), "i": image, "a": str(row["attack"]), "d": str(row["defence"]),
