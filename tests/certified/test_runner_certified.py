@@ -131,3 +131,11 @@ def test_summary_scores_of_certified_defences(tmp_path, image_dir, toy_registry)
     inside = ((rows["f_adv"] >= rows["cert_lower_clean"]) & (rows["f_adv"] <= rows["cert_upper_clean"])).mean()
     assert median["cert_f_adv_inside_share"] == pytest.approx(inside)
     assert "cert_width_clean_mean" in table.columns  # per-image columns are averaged like any other
+
+
+def test_verify_recomputes_certified_cells(tmp_path, image_dir, toy_registry):
+    from iqadef.core.run.verify import verify_run
+
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "ver"), registry=toy_registry, progress=False)
+    verdict = verify_run(summary.run_dir, cells=18, seed=0, registry=toy_registry)
+    assert verdict.checked == 18 and verdict.matched == 18, verdict.mismatches

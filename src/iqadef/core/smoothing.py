@@ -123,7 +123,7 @@ def smoothing_params(sigma: float = 0.25, n: int = 100, eps: float = 0.25, alpha
         Param("sigma", float, sigma, "standard deviation of the Gaussian noise added to the pixels ([0, 1] scale)",
               low=1e-6, presets=(0.12, 0.25, 0.5)),
         Param("n", int, n, "noisy copies per image (n metric forwards per image)", low=1,
-              presets=(32, 100, 300, 1000)),
+              presets=(64, 100, 300, 1000)),
         Param("eps", float, eps, "L2 radius (over all 3*H*W values) of the perturbations the interval covers",
               low=0.0, presets=(0.1, 0.25, 0.5, 1.0)),
         Param("alpha", float, alpha, "the certificate holds with probability >= 1 - alpha over the noise",

@@ -112,7 +112,7 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
     """Recompute ``cells`` random stored cells of ``run_dir`` and compare them (see the module docstring)."""
     from ..weights import fetch_missing
     from .local import execute_local
-    from .plan import Unit, batch_keys
+    from .plan import Unit, batch_keys, grid_defences
     from .worker import UnitResult, Worker
 
     run_dir = Path(run_dir)
@@ -127,7 +127,7 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
     dataset = config.open_dataset(limit=info.get("limit"))
 
     index = {kind: {p.key(): i for i, p in enumerate(plugins)} for kind, plugins in
-             (("metric", config.metrics), ("attack", config.attacks), ("defence", config.defences))}
+             (("metric", config.metrics), ("attack", config.attacks), ("defence", grid_defences(config)))}
     rows = [r for r in _stored_rows(run_dir / "results.sqlite")
             if r["metric_key"] in index["metric"] and r["attack_key"] in index["attack"]
             and r["defence_key"] in index["defence"]]

@@ -46,9 +46,10 @@ class Denoiser(nn.Module):
 
 
 class DMSIQA(MetricSmoothing):
-    """Median of f(D(x + N(0, sigma^2 I))) over n copies, D a denoiser trained for `sigma` (`weights_path`, from
-    `iqadef train-dms`); the certified interval of median-smoothing (Chiang et al. 2020), with probability
-    >= 1 - alpha. Shumitskaya et al. 2024 (DMS-IQA)."""
+    """Median of f(denoiser(noisy copy)) over n copies, certified like median-smoothing (Shumitskaya et al. 2024).
+
+    The denoiser (`weights_path`) is trained for `sigma` by `iqadef train-dms`; the certificate of
+    median-smoothing (Chiang et al. 2020) holds unchanged, with probability >= 1 - alpha."""
 
     name = "dms-iqa"
     version = "1"

@@ -9,8 +9,9 @@ from iqadef.core.smoothing import mean_certificate, smoothing_params
 
 
 class MeanSmoothing(MetricSmoothing):
-    """Mean of clip(f(x + N(0, sigma^2 I)), low, high) over n copies; certified interval for ||delta||_2 <= eps:
-    [low + (high-low) Phi(Phi^-1(g-) - eps/sigma), low + (high-low) Phi(Phi^-1(g+) + eps/sigma)], g-+ the
+    """Mean of the clipped f over n noisy copies, certified for ||delta||_2 <= eps (Salman et al. 2019).
+
+    Interval: [low + (high-low) Phi(Phi^-1(g-) - eps/sigma), low + (high-low) Phi(Phi^-1(g+) + eps/sigma)], g-+ the
     mean -+ the Hoeffding radius, scaled to [0, 1]; holds with probability >= 1 - alpha. The bounds
     [low, high] default to the metric's `range` (its scores are clipped to them)."""
 

@@ -8,9 +8,10 @@ from iqadef.core.smoothing import median_certificate
 
 
 class MedianSmoothing(MetricSmoothing):
-    """Median of f(x + N(0, sigma^2 I)) over n copies; certified interval for ||delta||_2 <= eps from the order
-    statistics at the percentiles Phi(-eps/sigma), Phi(eps/sigma) with a binomial confidence correction
-    (Chiang et al. 2020): holds with probability >= 1 - alpha, for any metric."""
+    """Median of f over n noisy copies, certified for ||delta||_2 <= eps (Chiang et al. 2020).
+
+    The interval comes from the order statistics at the percentiles Phi(-eps/sigma), Phi(eps/sigma) with a
+    binomial confidence correction: it holds with probability >= 1 - alpha, for any metric."""
 
     name = "median-smoothing"
     version = "1"
