@@ -8,9 +8,10 @@
 For each metric, f of the bundled images under each variant against fp32: max and mean |diff|, both also over
 the metric's range, the Spearman correlation of the scores with fp32's, and (tiny-iqa, metaiqa) the cosine
 between the gradients w.r.t. the image (what an attack follows). Variants: ``bf16`` and ``fp16`` the way the
-registry key applies them (``precision_style`` cast: weights and inputs cast, float32 outputs),
-``bf16-autocast`` / ``fp16-autocast`` (torch.autocast around the network, weights float32) for comparison,
-``channels_last`` and ``compile`` (tiny-iqa only: compiling a ResNe(X)t on a small CPU takes minutes).
+registry key applies them (the plugin's ``precision_style``: ``cast``, weights and inputs cast, float32
+outputs; tiny-iqa: ``autocast``, torch.autocast around the network, weights float32), the other style for
+comparison (``bf16-autocast`` or ``bf16-cast``, ...), ``channels_last`` and ``compile`` (tiny-iqa only:
+compiling a ResNe(X)t on a small CPU takes minutes).
 
 tiny-iqa uses its packaged weights; linearity, metaiqa and spaq get random weights in their official file
 layout (benchmarks/gpu.py writes them; tame statistics): the differences then say how much each network's
@@ -39,7 +40,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CAST = ["bf16", "fp16"]
-AUTOCAST = ["bf16-autocast", "fp16-autocast"]
 
 
 def _gpu_helpers():
@@ -119,24 +119,25 @@ def measure_metric(name: str, params: dict[str, Any], x: torch.Tensor, device: t
         return runs[-1][0], runs[-1][1], statistics.median(times)
 
     base_metric = build(name, params, device)
-    span = base_metric.span
+    span, style = base_metric.span, base_metric.precision_style
     base = best(base_metric)
-    record: dict[str, Any] = {"images": int(x.shape[0]), "size": list(x.shape[-2:]), "range": list(base_metric.range),
+    record: dict[str, Any] = {"precision_style": style, "images": int(x.shape[0]), "size": list(x.shape[-2:]), "range": list(base_metric.range),
                               "fp32_seconds": base[2], "fp32_scores": [round(float(v), 5) for v in base[0]],
                               "variants": {}}
     del base_metric
-    variants: dict[str, Any] = {p: {"precision": p} for p in CAST}
-    variants.update({v: "autocast" for v in AUTOCAST})
+    variants: dict[str, Any] = {p: {"precision": p} for p in CAST}   # as the registry key applies them
+    other = "cast" if style == "autocast" else "autocast"
+    variants.update({f"{p}-{other}": other for p in CAST})           # the other style, for comparison
     if "channels_last" in extra:
         variants["channels_last"] = {"channels_last": True}
     if "compile" in extra:
         variants["compile"] = {"compile": True}
     for label, how in variants.items():
         try:
-            if how == "autocast":
+            if how in ("cast", "autocast"):
                 metric = build(name, params, device)
                 for module in metric.precision_modules():
-                    prepare_module(module, Numerics(label.split("-")[0]), "autocast", device)
+                    prepare_module(module, Numerics(label.split("-")[0]), how, device)
             else:
                 metric = build(name, params, device, **how)
             result = compare(base, best(metric), span)
