@@ -24,8 +24,8 @@ from .tables import CLEAN_ROW, binned_gain, gain_matrix, srocc_matrix
 
 MAX_EXAMPLE_DEFENCES = 8
 MAX_LINES = 8
-THUMBNAIL_SIZE = 160
-THUMBNAIL_QUALITY = 60
+THUMBNAIL_SIZE = 144
+THUMBNAIL_QUALITY = 50
 
 
 @dataclass

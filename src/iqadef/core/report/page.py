@@ -166,6 +166,13 @@ def html_table(table: pd.DataFrame, css_class: str, table_id: str | None = None)
     return Markup(f"<div class='table-box'>{box}<div class='scroll'>{body}</div></div>")
 
 
+def means_only(agg: pd.DataFrame) -> pd.DataFrame:
+    """The aggregated table with its means alone (``x_mean`` shown as ``x``): the page's widest table at a
+    third of the bytes; the intervals are in the key-score table and summary.csv."""
+    keep = agg.drop(columns=[c for c in agg.columns if c.endswith(("_ci_low", "_ci_high"))])
+    return keep.rename(columns={c: c[:-5] for c in keep.columns if c.endswith("_mean")})
+
+
 def _json_for_script(value: Any) -> Markup:
     """JSON that is safe inside a ``<script>`` element (no ``<``, ``>``, ``&``; NaN as null)."""
     text = json.dumps(value, separators=(",", ":"), allow_nan=False)
@@ -296,7 +303,7 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": html_table(with_ci(adaptive), "adaptive")},
         key_scores=html_table(key_scores(tables.formatted), "scores"),
-        all_scores=html_table(tables.formatted, "all-scores"), figure_sections=figure_sections,
+        all_scores=html_table(means_only(tables.aggregated), "all-scores"), figure_sections=figure_sections,
         comparison=_json_for_script(data), n_examples=len(data["cells"]),
         failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
         failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files))
