@@ -195,6 +195,7 @@ def ray_vs_local(folder: Path, n: int, threads: int, quick: bool) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
+    global ATTACKS, DEFENCES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=None, help="image counts (default 14 56 224)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -206,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", nargs=3, metavar=("IMAGES", "OUTPUT", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global ATTACKS, DEFENCES
     ATTACKS, DEFENCES = ATTACKS[: args.attacks], DEFENCES[: args.defences]
     if args.child:
         images, output, threads = args.child
