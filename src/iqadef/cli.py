@@ -25,9 +25,10 @@ EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
     from .core.dataset import ImageWarning
     from .core.plugins import PluginLoadWarning
+    from .core.scores import ScoreWarning
     from .core.store import StorageWarning
 
-    if issubclass(category, (PluginLoadWarning, ImageWarning, StorageWarning)):
+    if issubclass(category, (PluginLoadWarning, ImageWarning, StorageWarning, ScoreWarning)):
         print(f"warning: {message}", file=sys.stderr)
     else:
         print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")

@@ -77,3 +77,11 @@ def test_the_run_warns_and_the_report_says_so(tmp_path, image_dir, toy_registry)
     info = json.loads((summary.run_dir / "run.json").read_text())
     (expected,) = score_warnings(info["metrics"], pd.read_parquet(summary.run_dir / "results.parquet"))
     assert "images have a clean score f(x) &lt;= 0" in page and f"> **Warning:** {expected}" in md
+
+
+def test_the_cli_prints_a_score_warning_as_one_line(capsys):
+    from iqadef.cli import _show_warning
+
+    _show_warning(ScoreWarning("metric m: its range (-1, 1) goes below 0"), ScoreWarning, "x.py", 1)
+    err = capsys.readouterr().err
+    assert err == "warning: metric m: its range (-1, 1) goes below 0\n"
