@@ -67,8 +67,10 @@ def parse_numerics(data: dict[str, Any], where: str, device: str | torch.device 
             device = resolve_device(device)
         except ConfigError:
             device = None  # the `device:` check reports it
+    if not isinstance(device, torch.device):
+        device = None
     precision = data.get("precision", "fp32")
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ConfigError(f"{where}precision: {precision!r} must be one of {', '.join(PRECISIONS)} (default fp32)")
     flags = {}
     for key in ("compile", "channels_last"):
