@@ -40,3 +40,17 @@ def test_clean_images_of_a_relative_dataset_folder_are_found(tmp_path, image_dir
     clean = {c["x"] for c in data["cells"]}
     assert len(clean) == 2 and all(data["thumbs"][k].startswith("data:image/") for k in clean)
     assert "could not be read" not in page
+
+
+def test_run_json_records_the_device_and_the_dataset_and_the_report_shows_the_device(tmp_path, image_dir,
+                                                                                    toy_registry):
+    (tmp_path / "grid.yaml").write_text(f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\n"
+                                        f"device: cpu\nbatch_size: 6\nexamples: 1\nmetrics: [toy-metric]\n"
+                                        f"attacks: [toy-sign]\ndefences: [no-defence]\n")
+    config = load_run_config(tmp_path / "grid.yaml", registry=toy_registry)
+    summary = run_grid(config, registry=toy_registry, progress=False)
+    info = json.loads((summary.run_dir / "run.json").read_text())
+    assert info["device"] == "cpu"
+    assert info["dataset"]["source"]["name"] == "folder"
+    page = write_report(summary.run_dir)["html"].read_text()
+    assert "(as configured)" not in page  # the device the run used, not the registry's setting
