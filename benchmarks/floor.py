@@ -218,7 +218,11 @@ def measure(config, limit: int | None, registry) -> dict[str, Any]:
         load_before = os.getloadavg()
         start, start_cpu = time.perf_counter(), time.process_time()
         summary = driver.run_grid(config, fresh=True, limit=limit, progress=False)
-        report_pkg.write_report(summary.run_dir)
+        report_error = None
+        try:  # a broken report must not throw away the grid's split (its time is still counted)
+            report_pkg.write_report(summary.run_dir)
+        except Exception as exc:  # noqa: BLE001 - recorded in the JSON
+            report_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         total = time.perf_counter() - start
         total_cpu = time.process_time() - start_cpu
         load_after = os.getloadavg()
@@ -243,7 +247,7 @@ def measure(config, limit: int | None, registry) -> dict[str, Any]:
                                        key=lambda kv: -kv[1])) for p in PARTS if p in split.by_owner},
         "ratios": ratios, "goals": GOALS,
         "met": {k: ratios[k] <= v for k, v in GOALS.items()},
-        "loadavg_before": load_before, "loadavg_after": load_after,
+        "loadavg_before": load_before, "loadavg_after": load_after, "report_error": report_error,
     }
 
 
