@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
-from scipy import stats
 
 from .base import Metric, Plugin
 from .params import Param
@@ -49,6 +48,7 @@ def percentile_shift(eps: float, sigma: float, p: float = 0.5) -> tuple[float, f
 
     Chiang et al. (2020), Theorem 1: the ``p``-th percentile of ``f(x' + N(0, sigma^2 I))`` for any
     ``||x' - x||_2 <= eps`` lies between the ``p_lower``-th and the ``p_upper``-th percentiles at ``x``."""
+    from scipy import stats  # lazily: `import iqadef` should not load scipy.stats (~1 s)
     z = float(stats.norm.ppf(p))
     return float(stats.norm.cdf(z - eps / sigma)), float(stats.norm.cdf(z + eps / sigma))
 
@@ -61,6 +61,7 @@ def order_statistic_ranks(n: int, p_lower: float, p_upper: float, alpha: float) 
     Binomial(n, >= p), so ``P(X_(k) <= q_p) >= 1 - BinomCDF(k - 1; n, p)``: ``k_l`` is the largest ``k`` with
     ``BinomCDF(k - 1; n, p_lower) <= alpha/2``. Symmetrically ``k_u`` is the smallest ``k`` with
     ``BinomCDF(k - 1; n, p_upper) >= 1 - alpha/2``. None when no rank qualifies (too few samples)."""
+    from scipy import stats  # lazily: `import iqadef` should not load scipy.stats (~1 s)
     half = alpha / 2
     ks = torch.arange(1, n + 1, dtype=torch.float64).numpy()
     cdf_low = stats.binom.cdf(ks - 1, n, p_lower)

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 import kornia
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from iqadef import Attack, ConfigError, Metric, Param, WeightsError, attack_loss
@@ -95,6 +94,7 @@ def vgg16_features(backbone_path: str | Path | None = None) -> nn.Sequential:
     The checkpoint is torchvision's own file (keys ``features.N.weight/bias``, ``classifier.*``);
     the classifier is not needed and its keys are skipped.
     """
+    import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
     with torch.device("meta"):  # no memory for the 120M classifier parameters we throw away
         features = torchvision.models.vgg16(weights=None).features[:30]
     features = features.to_empty(device="cpu")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 #: Kernel sizes the reference sweeps for its blur defences.
 KERNEL_PRESETS = (3, 5, 7, 9, 11)
@@ -17,6 +16,7 @@ def opencv_sigma(kernel_size: int) -> float:
 
 def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding (torchvision's ``GaussianBlur``, as the reference uses)."""
+    import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
     return TF.gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
 
 
@@ -40,6 +40,7 @@ def resize(images: torch.Tensor, size: list[int], antialias: bool = False) -> to
     meant no antialiasing for tensors; torchvision 0.17+ antialiases by default. ``antialias=True`` low-pass
     filters before shrinking (the newer default, and what PIL does).
     """
+    import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
     return TF.resize(images, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=antialias)
 
 

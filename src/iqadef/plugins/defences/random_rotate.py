@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from iqadef import Defence, Param, hookimpl
 
@@ -32,6 +31,7 @@ class RandomRotate(Defence):
     )
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
         angles = uniform_per_image(self.generator(seed, images.device), images, -self.angle_limit, self.angle_limit)
         mode = TF.InterpolationMode(self.interpolation)
         turned = [TF.rotate(image, angle, interpolation=mode, fill=[0.0])

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from iqadef import WeightsError
@@ -59,6 +58,7 @@ def resize(images: torch.Tensor, size: Sequence[int] | int) -> torch.Tensor:
 
     ``size`` is ``(H, W)``, or one int for the shorter side (aspect ratio kept, as ``transforms.Resize``).
     """
+    import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
     size = [int(size)] if isinstance(size, int) else [int(s) for s in size]
     if len(size) == 2 and tuple(images.shape[-2:]) == tuple(size):
         return images

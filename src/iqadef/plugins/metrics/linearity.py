@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from iqadef import ConfigError, Metric, Param, WeightsError, hookimpl
@@ -64,6 +63,7 @@ class LinearityNet(nn.Module):
     uncalibrated score ``[B]`` of the final ``regression`` layer for ImageNet-normalised input."""
 
     def __init__(self):
+        import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
         super().__init__()
         backbone = torchvision.models.resnext101_32x8d(weights=None)
         self.features = nn.Sequential(*list(backbone.children())[:-2])

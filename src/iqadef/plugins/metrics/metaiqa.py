@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from iqadef import Metric, Param, hookimpl
@@ -67,6 +66,7 @@ class MetaIQANet(nn.Module):
     """ResNet-18 (with its ImageNet fc) followed by :class:`MetaIQAHead`; returns ``[B]`` in [0, 1]."""
 
     def __init__(self):
+        import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
         super().__init__()
         self.resnet_layer = torchvision.models.resnet18(weights=None)
         self.net = MetaIQAHead()

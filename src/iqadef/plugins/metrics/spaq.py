@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from iqadef import ConfigError, Metric, Param, hookimpl
@@ -48,6 +47,7 @@ class SPAQBaselineNet(nn.Module):
     """The official ``Baseline``: ResNet-50 whose fc gives one score per (patch) image, ``[N]``."""
 
     def __init__(self):
+        import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
         super().__init__()
         self.backbone = torchvision.models.resnet50(weights=None)
         self.backbone.fc = nn.Linear(self.backbone.fc.in_features, 1, bias=True)
