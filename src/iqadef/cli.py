@@ -267,7 +267,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     calls = plan["plugin_calls"]
     print(f"cost (plugin calls, not time): {calls['attack_runs']} attack runs of one image with "
           f"{calls['attack_steps']} gradient steps in all, {calls['metric_scores']} metric scores, "
-          f"{calls['defence_calls']} defence calls")
+          f"{calls['defence_calls']} defence calls"
+          + (f" ({calls['smoothing_samples']} of the metric scores are certified defences' noisy copies)"
+             if calls.get("smoothing_samples") else ""))
     measured = plan["measured"]
     if measured:
         print(f"time: about {_duration(measured['seconds'])} on {measured['device']} (timed {measured['timed_units']} "

@@ -139,3 +139,17 @@ def test_verify_recomputes_certified_cells(tmp_path, image_dir, toy_registry):
     summary = run_grid(config(tmp_path, image_dir, toy_registry, "ver"), registry=toy_registry, progress=False)
     verdict = verify_run(summary.run_dir, cells=18, seed=0, registry=toy_registry)
     assert verdict.checked == 18 and verdict.matched == 18, verdict.mismatches
+
+
+def test_plan_counts_the_noisy_copies_of_every_certified_defence(tmp_path, image_dir, toy_registry):
+    from iqadef.core.run.plan import plan_units, plugin_calls
+
+    cfg = config(tmp_path, image_dir, toy_registry, "run")
+    dataset = cfg.open_dataset()
+    units = plan_units(cfg, dataset, set())
+    calls = plugin_calls(cfg, dataset, units)
+    # 6 images in 3 batches of 2; toy-sign: 2 steps per image; certified n = 24 + 16 per image, for x once and
+    # for each x_a; no-defence: f(D(x)) and f(D(x_a))
+    assert calls["smoothing_samples"] == 6 * 40 * 2
+    assert calls["metric_scores"] == 6 * (1 + 1 + 40) + 6 * (1 + 1 + 40)
+    assert calls["defence_calls"] == 6 * 2 and calls["attack_runs"] == 6 and calls["attack_steps"] == 12

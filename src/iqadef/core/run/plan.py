@@ -223,22 +223,30 @@ def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict
     """What the units still to do will ask of the plugins, per image: the cost of a plan in counts, exact by
     construction but not a time (a DiffPure call costs 10^4 JPEG calls). ``attack_steps`` is the attacks'
     gradient steps (their ``iters`` or ``steps`` parameter, else 1, times ``eot_samples``); an
-    adaptive attack runs once per defence. Values reused from the cache of an earlier run count too."""
+    adaptive attack runs once per defence. A certified defence scores ``n`` noisy copies of each image
+    (``smoothing_samples``, also counted in ``metric_scores``), for x once per metric x batch and for each x_a.
+    Values reused from the cache of an earlier run count too."""
     batches = dataset.batches(config.batch_size)
-    calls = {"attack_runs": 0, "attack_steps": 0, "metric_scores": 0, "defence_calls": 0}
+    calls = {"attack_runs": 0, "attack_steps": 0, "metric_scores": 0, "defence_calls": 0, "smoothing_samples": 0}
     clean_done: set[tuple[int, int]] = set()
+    purifiers = len(config.defences)
+    samples_per_image = sum(int(c.n) for c in config.certified)  # f_s of one image, every certified defence
     for unit in units:
         n = len(batches[unit.batch])
         entry = config.attacks[unit.attack]
         runs = len(unit.defences) if entry.adaptive != "none" else 1
         params = entry.attack.config
         steps = int(params.get("iters", params.get("steps", 1))) * max(1, entry.eot_samples)
+        purified = [d for d in unit.defences if d < purifiers]
+        smoothed = sum(int(config.certified[d - purifiers].n) for d in unit.defences if d >= purifiers)
         calls["attack_runs"] += runs * n
         calls["attack_steps"] += runs * n * steps
-        calls["metric_scores"] += n * (runs + len(unit.defences))  # f(x_a), f(D(x_a))
-        calls["defence_calls"] += n * len(unit.defences)  # D(x_a)
-        if (unit.metric, unit.batch) not in clean_done:  # f(x), D(x) and f(D(x)): once per metric x batch
+        calls["metric_scores"] += n * (runs + len(purified) + smoothed)  # f(x_a), f(D(x_a)), f_s(x_a)
+        calls["smoothing_samples"] += n * smoothed
+        calls["defence_calls"] += n * len(purified)  # D(x_a)
+        if (unit.metric, unit.batch) not in clean_done:  # f(x), D(x), f(D(x)), f_s(x): once per metric x batch
             clean_done.add((unit.metric, unit.batch))
-            calls["metric_scores"] += n * (1 + len(config.defences))
-            calls["defence_calls"] += n * len(config.defences)
+            calls["metric_scores"] += n * (1 + purifiers + samples_per_image)
+            calls["smoothing_samples"] += n * samples_per_image
+            calls["defence_calls"] += n * purifiers
     return calls
