@@ -138,7 +138,9 @@ def instrument(patches: Patches, registry) -> None:
     from iqadef.core.rundir import RunFolder
     from iqadef.core.run import artifacts, driver, plan
 
-    classes = {kind: [registry.get(kind, n) for n in registry.names(kind)]
+    # every class on the way up (zhang-ssim's `run` lives in a base class no registry entry names)
+    classes = {kind: list(dict.fromkeys(k for n in registry.names(kind) for k in registry.get(kind, n).__mro__
+                                        if k is not object))
                for kind in ("metrics", "attacks", "defences", "scores")}
     for cls in classes["metrics"] + [base.Metric]:
         patches.method(cls, "score", "metric")
