@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import Defence, Metric
+from .base import Defence, Metric, answer_for
 from .guard import Tripwire, checked_call
 
 
@@ -43,10 +43,7 @@ class DefendedMetric(Metric):
         self.seed = seed
         self.tripwire = tripwire
         self.calls = 0
-        self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
-        self.range = metric.range  # type: ignore[misc]
-        self.input_policy = metric.input_policy  # type: ignore[misc]
-        self.device = metric.device
+        answer_for(self, metric)
 
     @property
     def label(self) -> str:

@@ -293,3 +293,13 @@ class ImageScore(Plugin):
 
     def compute(self, cells: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def answer_for(wrapper: "Metric", metric: "Metric") -> None:
+    """A metric that wraps ``metric`` (a defence or a smoothing in front of it, a guard around it) answers
+    for it: the attacks read its direction, range and input policy, and put their images on its device."""
+    wrapper.higher_is_better = metric.higher_is_better  # type: ignore[misc]
+    wrapper.range = metric.range  # type: ignore[misc]
+    wrapper.input_policy = metric.input_policy  # type: ignore[misc]
+    wrapper.device = metric.device
+

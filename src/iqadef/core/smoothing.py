@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from .base import Metric, Plugin
+from .base import Metric, Plugin, answer_for
 from .params import Param
 
 
@@ -225,10 +225,7 @@ class SmoothedMetric(Metric):
         super().__init__()
         self.metric, self.smoothing, self.samples, self.seed = metric, smoothing, max(1, int(samples)), seed
         self.calls = 0
-        self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
-        self.range = metric.range  # type: ignore[misc]
-        self.input_policy = metric.input_policy  # type: ignore[misc]
-        self.device = metric.device
+        answer_for(self, metric)
 
     @property
     def label(self) -> str:

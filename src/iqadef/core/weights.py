@@ -355,3 +355,24 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label
 
         raise WeightsError(f"{label}: checkpoint does not fit the model: missing keys [{show(result.missing_keys)}], "
                            f"unexpected keys [{show(result.unexpected_keys)}]; is it the right file?")
+
+
+def save_trained_weights(out: Path, checkpoint: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write a trained checkpoint to ``out`` and its training record to ``out`` with ``.json``, each
+    atomically (a killed training leaves no half file); what ``train-fcn`` and ``train-dms`` write."""
+    import io
+    import json
+
+    from .errors import IqadefError
+    from .store import atomic_write_bytes
+
+    out = Path(out)
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, buf.getvalue())
+        atomic_write_bytes(out.with_suffix(".json"), json.dumps(record, indent=2, default=float).encode())
+    except OSError as exc:
+        raise IqadefError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+

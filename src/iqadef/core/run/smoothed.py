@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..base import Metric
+from ..base import Metric, answer_for
 from ..cells import CellBatch
 from ..guard import CellFailure, GuardedMetric, InputModified, Tripwire
 from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores
@@ -56,10 +56,7 @@ class _CheckedMetric(Metric):
     def __init__(self, worker: Any, metric: Metric):
         super().__init__()
         self.worker, self.metric = worker, metric
-        self.higher_is_better = metric.higher_is_better  # type: ignore[misc]
-        self.range = metric.range  # type: ignore[misc]
-        self.input_policy = metric.input_policy  # type: ignore[misc]
-        self.device = metric.device
+        answer_for(self, metric)
 
     @property
     def label(self) -> str:

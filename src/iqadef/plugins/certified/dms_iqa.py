@@ -12,7 +12,6 @@ training scheme. Not the paper's network: a small residual CNN (docs/certified.m
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from torch import nn
 
 from iqadef import Command, ConfigError, IqadefError, MetricSmoothing, Param, WeightsError, hookimpl
 from iqadef.core.smoothing import median_certificate, smoothing_params
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict
+from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights
 
 TRAIN_COMMAND = "iqadef train-dms RUN_DIR --out dms.pt"
 
@@ -147,7 +146,6 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
     """Train on the clean images of a run (its registry's dataset) against one of its metrics; write
     ``{model, sigma, width, depth}`` to ``out`` and the record to ``out`` with ``.json``."""
     from iqadef.core.registry import parse_run_config
-    from iqadef.core.store import atomic_write_bytes
 
     run_dir = Path(run_dir)
     info_file = run_dir / "run.json"
@@ -175,15 +173,8 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
     record = {**record, "sigma": sigma, "metric": chosen.label, "images": len(images), "lr": lr,
               "batch_size": batch_size, "rank_weight": rank_weight, "target_weight": target_weight, "seed": seed,
               "run_dir": str(run_dir)}
-    buf = io.BytesIO()
-    torch.save({"model": state, "sigma": float(sigma), "width": record["width"], "depth": record["depth"]}, buf)
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out, buf.getvalue())
-        atomic_write_bytes(out.with_suffix(".json"), json.dumps(record, indent=2, default=float).encode())
-    except OSError as exc:
-        raise IqadefError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    save_trained_weights(Path(out), {"model": state, "sigma": float(sigma), "width": record["width"],
+                                     "depth": record["depth"]}, record)
     return record
 
 

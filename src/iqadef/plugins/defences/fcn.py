@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.resources
-import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -25,8 +24,7 @@ from torch import nn
 
 from iqadef import Command, ConfigError, Defence, IqadefError, Param, WeightsError, hookimpl
 from iqadef.core.dataset import read_image
-from iqadef.core.store import atomic_write_bytes
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict
+from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights
 
 #: File name of the weights shipped inside the package (``iqadef/data/weights/``).
 PACKAGED_WEIGHTS = "fcn_tiny-iqa.pt"
@@ -282,15 +280,7 @@ def train_fcn_from_run(run_dir: Path, out: Path, *, epochs: int = 200, batch_siz
     record = {**record, "pairs": len(pairs), "metrics": sorted(df["metric"].unique()),
               "attacks": sorted(df["attack"].unique()), "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "seed": seed, "crop": crop, "run_dir": str(run_dir)}
-    out = Path(out)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out, buf.getvalue())
-        atomic_write_bytes(out.with_suffix(".json"), json.dumps(record, indent=2, default=float).encode())
-    except OSError as exc:
-        raise IqadefError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    save_trained_weights(Path(out), {k: v.detach().cpu() for k, v in state.items()}, record)
     return record
 
 
