@@ -195,3 +195,20 @@ def test_cli_lists_and_runs_a_grid_with_pyiqa_metrics(weights, tmp_path):
     table = pd.read_csv(tmp_path / "run" / "results.csv")
     assert set(table["metric"]) == {"pyiqa-cnniqa", "pyiqa-niqe"} and len(table) == 8
     assert table["error"].isna().all()
+
+
+def test_the_built_distribution_ships_its_file_catalogue(tmp_path):
+    """`pip install -e ".[pyiqa]"` installs the adapter as a wheel (not editable): known_files.json must be in it."""
+    import zipfile
+
+    import shutil
+
+    # a copy as a clean clone has it: an egg-info left by an editable install would list the file itself
+    adapter = tmp_path / "iqadef-pyiqa"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "plugins" / "iqadef-pyiqa", adapter,
+                    ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(adapter)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("iqadef_pyiqa-*.whl")
+    assert "iqadef_pyiqa/known_files.json" in zipfile.ZipFile(wheel).namelist()
