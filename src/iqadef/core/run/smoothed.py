@@ -18,17 +18,16 @@ and reused by every attack. An adaptive attack (``adaptive: eot``) targets
 
 from __future__ import annotations
 
-import hashlib
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..base import Metric, answer_for
 from ..cells import CellBatch
-from ..guard import CellFailure, GuardedMetric, InputModified, Tripwire
+from ..guard import CellFailure, GuardedMetric, Tripwire
 from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores
-from .artifacts import _hash, _seed, example_name, png_bytes, quantize
+from .artifacts import _seed, example_name, png_bytes
 from .plan import Unit, cell_row, grid_defences
 
 #: The score columns a certified cell adds (docs/certified.md).
@@ -124,52 +123,30 @@ def smoothed_clean(worker: Any, m: int, b: int, d: int) -> SmoothedScores:
     return cache[d]
 
 
-def adversarial_through(worker: Any, unit: Unit, d: int, result: Any,
-                        check_images: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+def adversarial_through(worker: Any, unit: Unit, d: int, result: Any) -> tuple[torch.Tensor, list[str]]:
     """x_a of an adaptive attack on the smoothed metric (EOT over the noise), cached as PNGs under a key
     that names the certified defence."""
     cfg = worker.config
     metric, entry, smoothing = cfg.metrics[unit.metric], cfg.attacks[unit.attack], grid_defences(cfg)[d]
-    items = worker.batches[unit.batch]
     seed = worker.attack_seed(unit.metric, unit.attack, unit.batch)
-    keys, seen = [], {}
-    for item in items:
-        copy = seen[item.sha256] = seen.get(item.sha256, -1) + 1
-        keys.append(_hash("adv", metric.identity(), entry.attack.identity(), entry.adaptive, entry.eot_samples,
-                          "certified", smoothing.key(), item.sha256, seed, *([copy] if copy else [])))
-    paths = [f"cache/adv/{k[:2]}/{k}.png" for k in keys]
-    cached = [worker._cached(k, item.size) for k, item in zip(keys, items)]
-    if all(c is not None for c in cached):
-        return torch.stack(cached).to(worker.device), paths
-    x = worker._clean_side(unit.metric, unit.batch)["x"]
-    tripwire = Tripwire()
-    base: Metric = GuardedMetric(metric, tripwire) if worker.guard_inputs else metric
-    smoothing = worker._load(f"certified defence {smoothing.label!r}", smoothing)
-    target = SmoothedMetric(base, smoothing, samples=entry.eot_samples if "eot" in entry.adaptive else 1, seed=seed)
-    who = f"attack {entry.label!r}"
-    attack = worker._load(who, entry.attack)
-    x_adv = worker._call(who, "run", lambda: attack.run(target, x.clone(), seed=seed))
-    if tripwire.message is not None:
-        raise InputModified(tripwire.message)
-    x_adv = quantize(check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
-    for k, rel, img in zip(keys, paths, x_adv):
-        data = png_bytes(img)
-        worker._unit_pngs[k] = data
-        result.files.append((rel, data))
-        result.artifacts.append((k, rel, hashlib.sha256(data).hexdigest()))
-    return x_adv, paths
+
+    def target(tripwire: Tripwire) -> Metric:
+        base: Metric = GuardedMetric(metric, tripwire) if worker.guard_inputs else metric
+        loaded = worker._load(f"certified defence {smoothing.label!r}", smoothing)
+        return SmoothedMetric(base, loaded, samples=entry.eot_samples if "eot" in entry.adaptive else 1, seed=seed)
+
+    return worker.attack_cached(unit, worker.adv_keys(unit, "certified", smoothing.key()), target, result)
 
 
-def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result: Any, *,
-                   check_images: Callable[..., torch.Tensor]) -> list[dict[str, Any]]:
+def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result: Any) -> list[dict[str, Any]]:
     """The rows of certified defence ``d`` (a grid defence index) of ``unit``. ``shared`` is the unit's
     ``(x_a, paths, seal, f(x_a), f(x_a) seal)``, or None when the attack is adaptive (x_a is then computed
-    through the smoothing); ``check_images`` is the worker's attack-output check."""
+    through the smoothing)."""
     cfg = worker.config
     metric, smoothing = cfg.metrics[unit.metric], grid_defences(cfg)[d]
     clean = worker._clean_side(unit.metric, unit.batch)
     if shared is None:
-        x_adv, adv_paths = adversarial_through(worker, unit, d, result, check_images)
+        x_adv, adv_paths = adversarial_through(worker, unit, d, result)
         adv_seal = worker._seal(x_adv, "x_a")
         f_adv = worker._score(metric, x_adv, adv_seal)
         f_adv_seal = worker._seal(f_adv, "f(x_a)")

@@ -272,45 +272,56 @@ class Worker:
                      [i.sha256 for i in self.batches[b]])
 
     # -- adversarial images ---------------------------------------------------------------------
-    def adv_keys(self, unit: Unit, d: int | None) -> list[str]:
-        """Cache keys of x_a for the unit's images (per defence when the attack is adaptive).
+    def adv_keys(self, unit: Unit, *scope: Any) -> list[str]:
+        """Cache keys of x_a for the unit's images; ``scope`` names what an adaptive attack went through
+        (a defence's key; ``"certified"`` and a smoothing's key), ``None`` for a plain attack.
 
         The image's file hash and the attack's seed (drawn from the batch) are in the key; the same file
         twice in one batch gets its occurrence number too (their noise differs)."""
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.attacks[unit.attack]
-        items = self.batches[unit.batch]
         seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
-        defence_key = cfg.defences[d].key() if d is not None else None
         keys, seen = [], {}
-        for item in items:
+        for item in self.batches[unit.batch]:
             copy = seen[item.sha256] = seen.get(item.sha256, -1) + 1
             extra = [copy] if copy else []
             keys.append(_hash("adv", metric.identity(), entry.attack.identity(), entry.adaptive, entry.eot_samples,
-                              defence_key, item.sha256, seed, *extra))
+                              *scope, item.sha256, seed, *extra))
         return keys
 
     def _adversarial(self, unit: Unit, d: int | None, result: UnitResult) -> tuple[torch.Tensor, list[str]]:
         """x_a for the unit's batch (per defence when the attack is adaptive), cached as PNGs."""
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.attacks[unit.attack]
+        seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
+
+        def target(tripwire: Tripwire) -> Metric:
+            if d is None:
+                return GuardedMetric(metric, tripwire) if self.guard_inputs else metric
+            defence = self._load(f"defence {cfg.defences[d].label!r}", cfg.defences[d])
+            return DefendedMetric(metric, defence, samples=entry.eot_samples if "eot" in entry.adaptive else 1,
+                                  seed=seed, tripwire=tripwire if self.guard_inputs else None)
+
+        return self.attack_cached(unit, self.adv_keys(unit, cfg.defences[d].key() if d is not None else None),
+                                  target, result)
+
+    def attack_cached(self, unit: Unit, keys: list[str], target: Callable[[Tripwire], Metric],
+                      result: UnitResult) -> tuple[torch.Tensor, list[str]]:
+        """x_a under cache ``keys``: read back when every image's PNG is cached, else the unit's attack run on
+        ``target(tripwire)`` (the metric, or what wraps it), checked, quantised to 8 bits and stored as PNGs."""
+        entry = self.config.attacks[unit.attack]
         items = self.batches[unit.batch]
         seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
-        keys = self.adv_keys(unit, d)
         paths = [f"cache/adv/{k[:2]}/{k}.png" for k in keys]
         cached = [self._cached(k, item.size) for k, item in zip(keys, items)]
         if all(c is not None for c in cached):
             return torch.stack(cached).to(self.device), paths  # type: ignore[arg-type]
         x = self._clean_side(unit.metric, unit.batch)["x"]
         tripwire = Tripwire()
-        target: Metric = GuardedMetric(metric, tripwire) if self.guard_inputs else metric
-        if d is not None:
-            defence = self._load(f"defence {cfg.defences[d].label!r}", cfg.defences[d])
-            target = DefendedMetric(metric, defence, samples=entry.eot_samples if "eot" in entry.adaptive else 1,
-                                    seed=seed, tripwire=tripwire if self.guard_inputs else None)
+        attacked = target(tripwire)
         who = f"attack {entry.label!r}"
         attack = self._load(who, entry.attack)
-        x_adv = self._call(who, "run", lambda: attack.run(target, x.clone(), seed=seed))
+        x_adv = self._call(who, "run", lambda: attack.run(attacked, x.clone(), seed=seed))
         if tripwire.message is not None:  # a metric or defence wrote into the attack's images
             raise InputModified(tripwire.message)
         x_adv = quantize(_check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
@@ -531,7 +542,7 @@ class Worker:
         """The rows of defence ``d`` of ``unit``. Seals are checked by version after every call and by
         fingerprint at the end (``diagnose``: by fingerprint after every call)."""
         if is_certified(self.config, d):  # a certified defence (docs/certified.md): core/run/smoothed.py
-            return smoothed_cells(self, unit, d, shared, result, check_images=_check_images)
+            return smoothed_cells(self, unit, d, shared, result)
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.defences[d]
         clean = self._clean_side(unit.metric, unit.batch)
