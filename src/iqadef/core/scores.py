@@ -53,15 +53,20 @@ class SummaryScore(Plugin):
 
 
 # -- statistics ----------------------------------------------------------------------------------
+
+def _finite(values: Iterable[float] | np.ndarray | pd.Series) -> np.ndarray:
+    """The finite values of ``values`` as a float array (NaN and ±inf are left out of means and intervals)."""
+    arr = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=float)
+    return arr[np.isfinite(arr)]
+
+
 def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
     """Mean and two-sided Student-t confidence interval of the mean, ignoring NaN/inf.
 
     Returns ``(mean, low, high, n)``; the interval is NaN with fewer than two finite values, and
     collapses to the mean when all values are equal.
     """
-    arr = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values,
-                     dtype=float)
-    arr = arr[np.isfinite(arr)]
+    arr = _finite(values)
     n = int(arr.size)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
@@ -284,8 +289,7 @@ def bootstrap_ci(values: Iterable[float], confidence: float = CONFIDENCE, seed: 
     Returns ``(mean, low, high, n)`` over the finite values; NaN interval below two values, the mean
     itself when all values are equal (BCa is undefined there).
     """
-    arr = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=float)
-    arr = arr[np.isfinite(arr)]
+    arr = _finite(values)
     n = int(arr.size)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
