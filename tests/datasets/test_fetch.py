@@ -4,9 +4,7 @@ offline mode, unsafe archives, and a whole dataset fetched and unpacked."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
-import threading
 import zipfile
 
 import pytest
@@ -14,59 +12,9 @@ import pytest
 from iqadef.core.dataset import DatasetPlugin, Entry, fetch_dataset, fetched
 from iqadef.core.fetch import FetchError, Interrupted, RemoteFile, download, extract, part_path
 
+from ds_helpers import Server
+
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes
-
-
-class Server:
-    """Serves ``files``; ``cut_once`` names files whose first full response stops halfway (connection closed)."""
-
-    def __init__(self, files: dict[str, bytes], cut_once: set[str] = frozenset()):
-        self.files, self.cut = dict(files), set(cut_once)
-        self.ranges: list[str | None] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                data = outer.files[name]
-                header = self.headers.get("Range")
-                outer.ranges.append(header)
-                start = int(header.split("=")[1].split("-")[0]) if header else 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if name in outer.cut and not start:
-                    outer.cut.discard(name)
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def sha(data: bytes) -> str:
@@ -141,7 +89,8 @@ class Mini(DatasetPlugin):
 
 
 def test_fetch_dataset_downloads_unpacks_records_and_respects_offline(tmp_path, monkeypatch):
-    data = archive({"mini/scores.csv": b"image,mos\na.png,1\n", "mini/a.png": b"A" * 50000})
+    data = archive({"mini/scores.csv": b"image,mos\na.png,1\nb.png,2\n", "mini/a.png": b"A" * 50000,
+                    "mini/b.png": b"B"})
     with Server({"mini.zip": data}, cut_once={"mini.zip"}) as server:
         remote = RemoteFile("mini.zip", (server.url("mini.zip"),), sha256=sha(data), archive="zip")
         monkeypatch.setattr(Mini, "remote", (remote,))
@@ -167,6 +116,6 @@ def test_a_manual_file_says_where_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(FetchError, match=r"mini.zip \(log in at https://x; put it at .*root/.downloads/mini.zip\)"):
         fetch_dataset(plugin, progress=False, say=lambda _: None)
     placed = tmp_path / "root" / ".downloads" / "mini.zip"
-    placed.write_bytes(archive({"mini/scores.csv": b"image,mos\n"}))
+    placed.write_bytes(archive({"mini/scores.csv": b"image,mos\n", "mini/a.png": b"A", "mini/b.png": b"B"}))
     fetch_dataset(plugin, progress=False, say=lambda _: None)
     assert (tmp_path / "root" / "mini" / "scores.csv").is_file()

@@ -29,7 +29,7 @@ import os
 import random
 import stat
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ConfigError
+from .errors import ConfigError, IqadefError
 from .fetch import RemoteFile
 from .params import Param, resolve
 
@@ -452,6 +452,32 @@ class DatasetPlugin:
         """The files to fetch for this configuration (default :attr:`remote`; a release option may choose)."""
         return self.remote
 
+    def expected_count(self) -> int | None:
+        """How many entries the publisher's release has in this configuration (None: not known). A fetch
+        whose files yield another number is refused (a truncated score file parses, but is short)."""
+        return None
+
+    def layout_problems(self) -> list[str]:
+        """What is wrong with the files once fetched, beyond presence (:meth:`missing`): the score file read
+        whole (every value a number), the entry count the release has, every listed image file there.
+        Empty: the dataset is present. A plugin may add checks of its own."""
+        absent = self.missing()
+        if absent:
+            return [f"missing {', '.join(absent)}"]
+        try:
+            entries = self.entries()
+        except IqadefError as exc:
+            return [str(exc)]
+        problems = []
+        expected = self.expected_count()
+        if expected is not None and len(entries) != expected:
+            problems.append(f"its files list {len(entries)} images, the release has {expected} (a truncated or "
+                            f"replaced file?)")
+        lost = [e for e in entries if not e.path.is_file()]
+        if lost:
+            problems.append(f"{len(lost)} of the {len(entries)} listed image files are absent, e.g. {lost[0].path}")
+        return problems
+
     # -- shared behaviour ----------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse, before any work, a dataset whose files are not where they should be; say how to get them."""
@@ -620,37 +646,86 @@ def fetched(root: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+#: In a dataset's folder: held (``flock``) while a fetch runs, so two fetches of one dataset do not interleave.
+FETCH_LOCK = ".iqadef-fetch.lock"
+
+
 def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives: bool = False,
                   retries: int = 2, say=print) -> Path:
     """Download ``plugin``'s remote files into its folder and unpack its archives; returns the folder.
 
-    Each file goes through :func:`iqadef.core.fetch.fetch` (resumable, verified, refused on a mismatch);
-    an archive lands in ``<root>/.downloads`` first and is unpacked safely (:func:`~iqadef.core.fetch.extract`),
-    then deleted unless ``keep_archives``. A file with no direct URL (a login, a request form) that is already
-    in ``.downloads`` is unpacked; otherwise fetch says where to get it and where to put it. What was fetched
-    is recorded in ``<root>/.iqadef-fetched.json``, so a second fetch does nothing.
+    Each file goes through :func:`iqadef.core.fetch.fetch` (resumable, verified, refused on a mismatch, and
+    refused when its content is not what it should be: :func:`iqadef.core.sniff.wrong_content`); an archive
+    lands in ``<root>/.downloads`` first and is unpacked safely (:func:`~iqadef.core.fetch.extract`), then
+    deleted unless ``keep_archives``. A file with no direct URL (a login, a request form) that is already in
+    ``.downloads`` is unpacked; otherwise fetch says where to get it and where to put it.
+
+    The dataset is present only when its layout checks out (:meth:`DatasetPlugin.layout_problems`); only then
+    is what was fetched recorded in ``<root>/.iqadef-fetched.json`` with its sha256. A file is "already
+    fetched" when it is recorded and the layout still checks out (and a kept file still has its recorded
+    sha256: a changed one is refused); else it is fetched again, and its recorded sha256, if any, is the pin
+    the new download must match. One fetch of a folder at a time (an ``flock`` on ``<root>/.iqadef-fetch.lock``).
     """
-    from .fetch import FetchError, extract, fetch, matches, offline, sha256_of
+    import fcntl
+
+    from .fetch import FetchError
 
     if not plugin.fetchable:
         raise FetchError(f"dataset {plugin.name!r} is not fetched (it is {plugin.title or 'local'}); nothing to do")
     root = plugin.root
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise FetchError(f"dataset {plugin.name}: {root} is a file, not a folder; give --root (or `root:`) a folder, "
+                         f"or move the file")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(root / FETCH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise FetchError(f"dataset {plugin.name}: cannot create {root} ({exc.strerror or exc}); give --root (or "
+                         f"`root:`) a folder you can write") from None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FetchError(f"dataset {plugin.name}: another `iqadef data fetch` into {root} is running; wait for it "
+                             f"to finish, then run this again") from None
+        return _fetch_locked(plugin, root, progress=progress, keep_archives=keep_archives, retries=retries, say=say)
+    finally:
+        os.close(lock)
+
+
+def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_archives: bool, retries: int,
+                  say) -> Path:
+    from .fetch import FetchError, extract, fetch, matches, offline, sha256_of
+
     done = fetched(root)
+    present = not plugin.layout_problems()
     manual_needed = []
+    downloaded: list[Path] = []  # what this fetch wrote and keeps: removed again if the layout is refused
+    records = {}
     for remote in plugin.remote_files():
-        if remote.filename in done:
-            say(f"{remote.filename}: already fetched")
-            continue
         if remote.archive is None:
             target = root / remote.filename
         else:
             target = root / DOWNLOADS / remote.filename
+        record = done.get(remote.filename)
+        recorded = record.get("sha256") if isinstance(record, dict) else None
+        if record is not None and remote.archive is None and target.is_file() and recorded \
+                and sha256_of(target) != recorded:
+            raise FetchError(f"{target}: its sha256 {sha256_of(target)} is not the {recorded} recorded when it was "
+                             f"fetched ({root / FETCHED}); it was changed since: delete it and fetch again")
+        if record is not None and present and (remote.archive is not None or target.is_file()):
+            say(f"{remote.filename}: already fetched")
+            continue
+        pin, pinned_by = remote.sha256, "the pinned"
+        if pin is None and recorded:  # first fetch's sha256: a later download must be the same file
+            pin, pinned_by = recorded, (f"the sha256 recorded at its first fetch (to accept a new version, delete "
+                                        f"{root / FETCHED}):")
         if target.is_file():
             digest = sha256_of(target)
-            if not matches(digest, remote.sha256) or (remote.size is not None and target.stat().st_size != remote.size):
-                raise FetchError(f"{target}: sha256 {digest} / {target.stat().st_size} bytes do not match the pinned "
-                                 f"{remote.sha256} / {remote.size} for {remote.filename}; delete it and fetch again")
+            if not matches(digest, pin) or (remote.size is not None and target.stat().st_size != remote.size):
+                raise FetchError(f"{target}: sha256 {digest} / {target.stat().st_size} bytes do not match "
+                                 f"{pinned_by} {pin} / {remote.size} for {remote.filename}; delete it and fetch again")
+            _check_content(remote, target, placed=True)
         elif remote.manual or not remote.urls:
             if not plugin.missing():
                 continue  # the layout is complete: the files were put in place by hand
@@ -663,25 +738,51 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
                                  f"{', '.join(remote.urls)} and put it at {target}, then run `iqadef data fetch "
                                  f"{plugin.name}` again")
             say(f"{remote.filename}: downloading from {remote.urls[0]}")
-            fetch(remote, target, progress=progress, retries=retries)
-        record = {"size": target.stat().st_size, "sha256": sha256_of(target), "archive": remote.archive}
+            fetch(replace(remote, sha256=pin), target, progress=progress, retries=retries, pinned_by=pinned_by,
+                  check=lambda part, remote=remote: _check_content(remote, part))
+            if remote.archive is None:
+                downloaded.append(target)
+        records[remote.filename] = {"size": target.stat().st_size, "sha256": sha256_of(target),
+                                    "archive": remote.archive}
         if remote.archive is not None:
             say(f"{remote.filename}: unpacking into {root}")
-            record["members"] = len(extract(target, root, remote.archive))
+            records[remote.filename]["members"] = len(extract(target, root, remote.archive))
             if not keep_archives:
                 target.unlink()
-        done[remote.filename] = record
-        tmp = root / f".{FETCHED}.tmp"
-        tmp.write_text(json.dumps(done, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, root / FETCHED)
     if manual_needed:
         raise FetchError(f"dataset {plugin.name}: {len(manual_needed)} file(s) cannot be downloaded automatically: "
                          + "; ".join(manual_needed) + f"; then run `iqadef data fetch {plugin.name}` again")
-    absent = plugin.missing()
-    if absent:
-        raise FetchError(f"dataset {plugin.name}: fetched, but {root} still lacks {', '.join(absent)}; the archive "
-                         f"layout may have changed: check {plugin.homepage or 'the publisher'}")
+    problems = plugin.layout_problems()
+    if problems:
+        for path in downloaded:
+            path.unlink(missing_ok=True)
+        removed = f" ({', '.join(p.name for p in downloaded)} removed again)" if downloaded else ""
+        raise FetchError(f"dataset {plugin.name}: fetched, but {root} is not the published layout: "
+                         f"{'; '.join(' '.join(p.split()) for p in problems[:2])}{removed}; fetch again, and if it "
+                         f"persists the publisher's files may have changed: check {plugin.homepage or 'the publisher'}")
+    if records:
+        done.update(records)
+        tmp = root / f".{FETCHED}.tmp"
+        tmp.write_text(json.dumps(done, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, root / FETCHED)
     return root
+
+
+def _check_content(remote: RemoteFile, path: Path, placed: bool = False) -> None:
+    """Refuse a file whose first bytes cannot start what ``remote`` is (an archive of its kind, a CSV...)."""
+    from .fetch import FetchError
+    from .sniff import wrong_content
+
+    expected = remote.archive or Path(remote.filename).suffix.lstrip(".").lower()
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    what = wrong_content(head, expected)
+    if what is not None:
+        if placed:
+            raise FetchError(f"{path}: is {what}, not {expected.upper()} data for {remote.filename}; delete it and "
+                             f"fetch again")
+        raise FetchError(f"{remote.filename}: the file received is {what}, not {expected.upper()} data; nothing "
+                         f"was saved")
 
 
 def dataset_status(plugin: DatasetPlugin) -> dict[str, Any]:

@@ -51,3 +51,62 @@ def looks_like_text(head: bytes) -> bool:
             return False
         text = head[: exc.start].decode("utf-8")
     return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+#: How a web page starts (a login form or an error page saved in place of the file asked for).
+_WEB_PAGE = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"{\"error")
+
+
+def looks_like_web_page(head: bytes) -> bool:
+    """Whether ``head`` is the start of an HTML/XML page or a JSON error (what servers send instead of a
+    file when a login is needed or the link expired)."""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_WEB_PAGE)
+
+
+#: Leading bytes of each archive kind iqadef unpacks (``tar``: ``ustar`` at offset 257, checked apart).
+_ARCHIVE_MAGIC = {
+    "zip": (b"PK\x03\x04", b"PK\x05\x06"),
+    "tar.gz": (b"\x1f\x8b",), "tgz": (b"\x1f\x8b",),
+    "tar.bz2": (b"BZh",),
+    "tar.xz": (b"\xfd7zXZ\x00",),
+}
+#: Suffixes of files that must be text, and of MATLAB files (whose 128-byte header starts with ``MATLAB``).
+_TEXT_SUFFIXES = {"csv", "tsv", "txt", "json", "yaml", "yml"}
+
+
+def _is_tar(head: bytes) -> bool:
+    """A tar header: the POSIX/GNU ``ustar`` magic, or (old v7 archives) a header whose checksum adds up."""
+    if head[257:262] == b"ustar":
+        return True
+    if len(head) < 512:
+        return False
+    try:
+        stored = int(head[148:156].strip(b" \x00") or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == sum(head[:148]) + 8 * 32 + sum(head[156:512])
+
+
+def wrong_content(head: bytes, expected: str) -> str | None:
+    """Why ``head`` (the first 512+ bytes of a file) cannot be the start of a file of kind ``expected`` (an
+    archive kind of :mod:`iqadef.core.fetch`, else the file's suffix: ``csv``, ``mat``...); None when it can.
+
+    The phrase names what the file is instead (a web page, a PNG image...), for one-line refusals.
+    """
+    if not head:
+        return "an empty file"
+    if looks_like_web_page(head):
+        return "a web page (HTML), not the file itself: the server may want a login or the link may have expired"
+    if expected in _ARCHIVE_MAGIC:
+        if head.startswith(_ARCHIVE_MAGIC[expected]):
+            return None
+        return binary_kind(head) or "text"
+    if expected == "tar":
+        return None if _is_tar(head) else binary_kind(head) or "text"
+    if expected in _TEXT_SUFFIXES:
+        if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+            return None
+        return binary_kind(head)
+    if expected == "mat":
+        return None if head.startswith(b"MATLAB") else binary_kind(head) or "text"
+    return None

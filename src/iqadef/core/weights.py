@@ -34,7 +34,7 @@ from .errors import WeightsError
 from .fetch import FetchError, offline
 from .fetch import download as _download
 from .fetch import sha256_of as sha256_of
-from .sniff import binary_kind, looks_like_text
+from .sniff import binary_kind, looks_like_text, looks_like_web_page
 
 @dataclass(frozen=True)
 class WeightSpec:
@@ -71,7 +71,11 @@ def candidate_paths(spec: WeightSpec) -> list[Path]:
     """Where ``spec`` is looked for, in order (explicit paths aside)."""
     paths = []
     if os.environ.get("IQADEF_WEIGHTS_DIR"):
-        paths.append(Path(os.environ["IQADEF_WEIGHTS_DIR"]).expanduser() / spec.filename)
+        folder = Path(os.environ["IQADEF_WEIGHTS_DIR"]).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise WeightsError(f"IQADEF_WEIGHTS_DIR={os.environ['IQADEF_WEIGHTS_DIR']}: {folder} is a file, not a "
+                               f"folder; set it to the folder holding the weight files (or unset it)")
+        paths.append(folder / spec.filename)
     paths.append(cache_dir() / spec.filename)
     return paths
 
@@ -225,8 +229,7 @@ def check_checkpoint_file(path: Path, label: str | None = None) -> None:
         raise WeightsError(f"{label}: cannot be read ({exc.strerror or exc})") from None
     if not head:
         raise WeightsError(f"{label}: the file is empty, not a checkpoint; delete it and download it again")
-    text = head.lstrip().lower()
-    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"{\"error")):
+    if looks_like_web_page(head):
         raise WeightsError(f"{label}: this is a web page, not a checkpoint (a failed download?); "
                            f"delete {path} and download the file again")
 

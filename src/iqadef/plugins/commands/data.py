@@ -18,7 +18,12 @@ def _options(pairs: list[str]) -> dict[str, object]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise IqadefError(f"--option {pair!r}: write KEY=VALUE (e.g. --option resolution=512x384)")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise IqadefError(f"--option {pair!r}: the value is not valid YAML ({why}); quote it, e.g. "
+                              f"--option '{key.strip()}=\"...\"'") from None
     return out
 
 

@@ -57,6 +57,10 @@ class KonIQ10k(DatasetPlugin):
     def images_dir(self):
         return self.root / self.config["resolution"]
 
+    def expected_count(self) -> int:
+        """The release's 10,073 images (one score row each, in either resolution)."""
+        return 10073
+
     def _score_file(self):
         for name in (SCORES, SETS):  # the sets file carries the same columns
             if (self.root / name).is_file():

@@ -38,6 +38,10 @@ class LIVEChallenge(DatasetPlugin):
     def images_dir(self):
         return self.base_dir / "Images"
 
+    def expected_count(self) -> int:
+        """1,162 test images, plus the 7 training images with `training_images: true`."""
+        return 1169 if self.config["training_images"] else 1162
+
     def missing(self) -> list[str]:
         rel = "ChallengeDB_release/" if self.base_dir != self.root else ""
         need = ("Images/", "Data/AllImages_release.mat", "Data/AllMOS_release.mat")

@@ -40,6 +40,10 @@ class NIPS2017(DatasetPlugin):
     def images_dir(self):
         return self.root / "images"
 
+    def expected_count(self) -> int:
+        """The development set's 1000 images."""
+        return 1000
+
     def _table(self):
         return next((self.root / t for t in TABLES if (self.root / t).is_file()), None)
 
