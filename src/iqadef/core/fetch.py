@@ -331,9 +331,8 @@ def _record_validator(path: Path, url: str, validator: str | None, total: int | 
     if validator is None:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"url": url, "validator": validator, "total": total}), encoding="utf-8")
-    os.replace(tmp, path)
+    # written in place: a torn write is unreadable JSON, read as "no validator" (the part is then started over)
+    path.write_text(json.dumps({"url": url, "validator": validator, "total": total}), encoding="utf-8")
 
 
 def _interrupted(url: str, written: int, total: int | None, part: Path, exc: BaseException | None) -> str:
