@@ -115,9 +115,9 @@ def test_a_second_fetch_of_one_folder_is_refused_while_the_first_runs(tmp_path, 
 
 def test_a_full_disk_while_unpacking(tmp_path, capsys, monkeypatch):
     root = placed(tmp_path, zip_bytes({"1024x768/a.jpg": b"x" * 5000, "1024x768/b.jpg": b"y" * 5000}))
-    import iqadef.core.fetch as fetch_module
+    import builtins
 
-    real_open, calls = open, []
+    real_open, calls = builtins.open, []
 
     def full_disk(path, mode="r", *args, **kwargs):  # the second member's file cannot be written
         if "w" in mode and ".iqadef-extract-" in str(path):
@@ -126,7 +126,7 @@ def test_a_full_disk_while_unpacking(tmp_path, capsys, monkeypatch):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(fetch_module, "open", full_disk, raising=False)
+    monkeypatch.setattr(builtins, "open", full_disk)
     assert_one_line(capsys, fetch(root), "the disk is full while unpacking", "nothing was unpacked")
     assert untouched(root) and len(calls) == 2
 

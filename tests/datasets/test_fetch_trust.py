@@ -109,6 +109,25 @@ def test_the_sha256_of_the_first_fetch_is_the_pin_of_the_next(tmp_path, monkeypa
         assert not (plugin.root / "mini").exists()
 
 
+def test_a_kept_file_changed_after_its_fetch_is_refused(tmp_path, monkeypatch):
+    csv = b"image,mos\na.png,1.5\n"
+
+    class Flat(Plain):
+        def missing(self):
+            return [] if (self.root / "scores.csv").is_file() else ["scores.csv"]
+
+        def entries(self):
+            return [Entry(n, self.root / "scores.csv", v) for n, v in read_mos(self.root / "scores.csv").items()]
+
+    with Server({"scores.csv": csv}) as server:
+        monkeypatch.setattr(Flat, "remote", (RemoteFile("scores.csv", (server.url("scores.csv"),)),))
+        plugin = Flat(tmp_path / "root")
+        fetch_dataset(plugin, **QUIET)
+        (plugin.root / "scores.csv").write_bytes(b"image,mos\na.png,1\n")
+        with pytest.raises(FetchError, match=r"scores.csv: its sha256 \w+ is not the \w+ recorded when it was fetched"):
+            fetch_dataset(plugin, **QUIET)
+
+
 # -- 2. the downloader ----------------------------------------------------------------------------------------
 
 def test_a_206_from_another_offset_is_not_appended(tmp_path):
@@ -117,8 +136,8 @@ def test_a_206_from_another_offset_is_not_appended(tmp_path):
     target = tmp_path / "f.bin"
     with Server({"f.bin": PAYLOAD}, cut_once={"f.bin"}, range_from=1000) as server:
         download(server.url("f.bin"), target, progress=False)
+        assert target.read_bytes() == PAYLOAD
         assert server.ranges == [None, f"bytes={len(PAYLOAD) // 2}-", None]
-    assert target.read_bytes() == PAYLOAD
 
 
 def test_a_file_changed_between_attempts_is_downloaded_again_not_joined(tmp_path):
@@ -130,11 +149,10 @@ def test_a_file_changed_between_attempts_is_downloaded_again_not_joined(tmp_path
     with Server(files, cut_once={"f.bin"}) as server:
         with pytest.raises(FetchError):
             download(server.url("f.bin"), target, progress=False, retries=0)
-        assert fetch_module.validator_path(target).is_file()
         files["f.bin"] = version2
         download(server.url("f.bin"), target, progress=False)
+        assert target.read_bytes() == version2
         assert server.if_ranges[1] is not None and server.if_ranges[1].startswith('"')
-    assert target.read_bytes() == version2
     assert not part_path(target).exists() and not fetch_module.validator_path(target).exists()
 
 

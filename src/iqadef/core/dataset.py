@@ -688,7 +688,12 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
         except BlockingIOError:
             raise FetchError(f"dataset {plugin.name}: another `iqadef data fetch` into {root} is running; wait for it "
                              f"to finish, then run this again") from None
-        return _fetch_locked(plugin, root, progress=progress, keep_archives=keep_archives, retries=retries, say=say)
+        try:
+            return _fetch_locked(plugin, root, progress=progress, keep_archives=keep_archives, retries=retries,
+                                 say=say)
+        except OSError as exc:  # writing the record, removing an archive: one line, not a traceback
+            where = exc.filename or root
+            raise FetchError(f"dataset {plugin.name}: {where}: {exc.strerror or exc}; fix it and fetch again") from None
     finally:
         os.close(lock)
 
