@@ -21,16 +21,18 @@ class Server:
     as RFC 9110 says. Faults on demand: ``cut_once`` names files whose first full response stops halfway
     (connection closed); ``range_from`` answers every range request with a 206 from that offset instead of
     the one asked; ``no_length`` names files sent without ``Content-Length`` (the end is the connection's
-    close); ``pages`` maps a path to ``(status, headers)`` sent instead of a file (a redirect)."""
+    close); ``pages`` maps a path to ``(status, headers)`` sent instead of a file (a redirect);
+    ``ignore_if_range`` sends the range asked for whatever ``If-Range`` says (a non-conforming server)."""
 
     def __init__(self, files: dict[str, bytes], cut_once=frozenset(), *, range_from: int | None = None,
-                 no_length=frozenset(), pages: dict | None = None):
+                 no_length=frozenset(), pages: dict | None = None, ignore_if_range: bool = False):
         import hashlib
         import http.server
         import threading
 
         self.files, self.cut = files if isinstance(files, dict) else dict(files), set(cut_once)
         self.range_from, self.no_length, self.pages = range_from, set(no_length), dict(pages or {})
+        self.ignore_if_range = ignore_if_range
         self.ranges: list[str | None] = []
         self.if_ranges: list[str | None] = []
         outer = self
@@ -63,7 +65,7 @@ class Server:
                 outer.ranges.append(header)
                 outer.if_ranges.append(if_range)
                 start = int(header.split("=")[1].split("-")[0]) if header else 0
-                if if_range is not None and if_range != etag(data):
+                if if_range is not None and if_range != etag(data) and not outer.ignore_if_range:
                     start = 0  # the validator names another version: the whole file (RFC 9110 13.1.5)
                 if start and outer.range_from is not None:
                     start = outer.range_from

@@ -156,6 +156,20 @@ def test_a_file_changed_between_attempts_is_downloaded_again_not_joined(tmp_path
     assert not part_path(target).exists() and not fetch_module.validator_path(target).exists()
 
 
+def test_a_server_ignoring_if_range_is_caught_by_its_etag(tmp_path):
+    """The server sends the range of its new version despite If-Range: the reply's ETag is not the one the
+    part was started with, so the part is dropped and the file fetched whole."""
+    target = tmp_path / "f.bin"
+    files = {"f.bin": PAYLOAD}
+    with Server(files, cut_once={"f.bin"}, ignore_if_range=True) as server:
+        with pytest.raises(FetchError):
+            download(server.url("f.bin"), target, progress=False, retries=0)
+        files["f.bin"] = bytes(reversed(PAYLOAD))
+        download(server.url("f.bin"), target, progress=False)
+        assert target.read_bytes() == files["f.bin"]
+        assert server.ranges == [None, f"bytes={len(PAYLOAD) // 2}-", None]
+
+
 def test_a_part_without_a_validator_is_not_resumed(tmp_path):
     """A part whose version is unknown (no validator recorded) is started over, never joined blindly."""
     target = tmp_path / "f.bin"

@@ -322,9 +322,8 @@ def _continues(response, start: int, validator: str | None, recorded_total: int 
         return False
     if recorded_total is not None and content_range[1] is not None and content_range[1] != recorded_total:
         return False
-    now = _validator_of(response)
-    return now is None or now == validator or (response.headers.get("ETag") or "").strip() == validator \
-        or (response.headers.get("Last-Modified") or "").strip() == validator
+    named = {(response.headers.get(h) or "").strip() for h in ("ETag", "Last-Modified")} - {""}
+    return not named or validator in named
 
 
 def _record_validator(path: Path, url: str, validator: str | None, total: int | None) -> None:
