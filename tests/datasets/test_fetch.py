@@ -8,11 +8,17 @@ import io
 import zipfile
 
 import pytest
+from ds_helpers import Server
 
 from iqadef.core.dataset import DatasetPlugin, Entry, fetch_dataset, fetched
-from iqadef.core.fetch import FetchError, Interrupted, RemoteFile, download, extract, part_path
-
-from ds_helpers import Server
+from iqadef.core.fetch import (
+    FetchError,
+    Interrupted,
+    RemoteFile,
+    download,
+    extract,
+    part_path,
+)
 
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes
 

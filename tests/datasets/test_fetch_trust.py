@@ -13,12 +13,11 @@ import tarfile
 import zipfile
 
 import pytest
-
-from iqadef.core.dataset import DatasetPlugin, Entry, fetch_dataset, fetched, read_mos
-import iqadef.core.fetch as fetch_module
-from iqadef.core.fetch import FetchError, RemoteFile, download, extract, part_path
-
 from ds_helpers import Server
+
+import iqadef.core.fetch as fetch_module
+from iqadef.core.dataset import DatasetPlugin, Entry, fetch_dataset, fetched, read_mos
+from iqadef.core.fetch import FetchError, RemoteFile, download, extract, part_path
 
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes
 QUIET = {"progress": False, "say": lambda _: None}
@@ -234,11 +233,9 @@ def test_a_csv_cut_short_without_content_length_is_refused(tmp_path, monkeypatch
 
 
 def test_a_refused_redirect_leaves_no_part_file(tmp_path):
-    with Server({}, pages={"f.bin": (302, {"Location": "file:///etc/passwd"})}) as server:
-        with pytest.raises(FetchError, match="download failed"):
-            from iqadef.core.fetch import fetch
-
-            fetch(RemoteFile("f.bin", (server.url("f.bin"),)), tmp_path / "f.bin", progress=False)
+    redirect = {"f.bin": (302, {"Location": "file:///etc/passwd"})}
+    with Server({}, pages=redirect) as server, pytest.raises(FetchError, match="download failed"):
+        fetch_module.fetch(RemoteFile("f.bin", (server.url("f.bin"),)), tmp_path / "f.bin", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
