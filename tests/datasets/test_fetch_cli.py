@@ -135,3 +135,19 @@ def test_weights_dir_naming_a_file(tmp_path, capsys, monkeypatch):
     (tmp_path / "weights").write_text("x")
     monkeypatch.setenv("IQADEF_WEIGHTS_DIR", str(tmp_path / "weights"))
     assert_one_line(capsys, main(["weights"]), "IQADEF_WEIGHTS_DIR", "is a file, not a folder")
+
+
+def test_data_says_present_only_when_the_layout_checks_out(tmp_path, capsys):
+    """A KonIQ-10k folder whose score file lists 2 images (the release has 10,073) is not "present"."""
+    import json
+
+    from ds_helpers import image
+
+    root = tmp_path / "koniq"
+    for name in ("a.jpg", "b.jpg"):
+        image(root / "1024x768" / name, fmt="JPEG")
+    (root / "koniq10k_scores_and_distributions.csv").write_text("image_name,MOS\na.jpg,3.1\nb.jpg,2.7\n")
+    assert main(["data", "list", "koniq10k", "--root", str(root), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["datasets"][0]
+    assert row["present"] is False and row["missing"] == []
+    assert "its files list 2 images, the release has 10073" in row["problems"][0]

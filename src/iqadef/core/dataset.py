@@ -791,10 +791,13 @@ def _check_content(remote: RemoteFile, path: Path, placed: bool = False) -> None
 
 
 def dataset_status(plugin: DatasetPlugin) -> dict[str, Any]:
-    """What ``iqadef data`` shows for one dataset: present or not, where, what is missing, where it comes from."""
+    """What ``iqadef data`` shows for one dataset: present (:meth:`DatasetPlugin.layout_problems` finds nothing)
+    or not, where, what is missing or wrong, where it comes from."""
     absent = plugin.missing() if plugin.fetchable else []
-    return {"name": plugin.name, "title": plugin.title, "root": str(plugin.root), "present": not absent,
-            "missing": absent, "fetchable": plugin.fetchable, "licence": plugin.licence, "homepage": plugin.homepage,
+    problems = plugin.layout_problems() if plugin.fetchable and not absent else []
+    return {"name": plugin.name, "title": plugin.title, "root": str(plugin.root),
+            "present": not absent and not problems, "missing": absent, "problems": problems,
+            "fetchable": plugin.fetchable, "licence": plugin.licence, "homepage": plugin.homepage,
             "files": [{"filename": r.filename, "urls": list(r.urls), "size": r.size, "sha256": r.sha256,
                        "archive": r.archive, "manual": r.manual,
                        "fetched": r.filename in fetched(plugin.root)} for r in plugin.remote_files()]}

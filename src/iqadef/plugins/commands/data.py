@@ -83,7 +83,8 @@ class DataCommand(Command):
         for row in rows:
             files = "\n".join(f"{f['filename']}: " + (f["manual"] or ", ".join(f["urls"]) or "no URL")
                               for f in row["files"])
-            state = "yes" if row["present"] else "missing " + ", ".join(row["missing"])
+            state = ("yes" if row["present"] else "missing " + ", ".join(row["missing"]) if row["missing"]
+                     else "not as published: " + "; ".join(row["problems"]))
             table.add_row(Text(row["name"]), Text(state, style="green" if row["present"] else "red"),
                           Text(row["root"]), Text(files))
         Console(width=None if sys.stdout.isatty() else 200).print(table)
