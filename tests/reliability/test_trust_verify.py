@@ -60,9 +60,14 @@ def execute(db: Path, sql: str, *params) -> None:
 
 
 def test_every_stored_cell_recomputed_from_scratch_matches(run_dir, registry):
-    shutil.rmtree(run_dir / "cache")  # nothing is read from the cache: x_a is recomputed by the attack
     verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
     assert verdict.ok and verdict.checked == verdict.matched == verdict.candidates == CELLS
+    shutil.rmtree(run_dir / "cache")  # nothing is read from the cache: x_a is recomputed by the attack
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    assert len(verdict.mismatches) == CELLS and verdict.matched == 0
+    # the only difference found is the missing file: every recomputed value still equals the stored one
+    assert all(problem.startswith("adv_path 'cache/adv/") and problem.endswith("does not exist; resume the run to "
+               "write it again") and ";" not in problem.split("does not exist")[0] for _, problem in verdict.mismatches)
     assert not (run_dir / "cache").exists()  # and nothing is written
 
 
@@ -122,7 +127,8 @@ def test_cli_exit_status_0_1_2(run_dir, registry, monkeypatch, capsys):
     execute(run_dir / "results.sqlite", "UPDATE cells SET f_clean = f_clean + 1")
     assert cli.main(["verify", str(run_dir), "--cells", "3", "--seed", "2"]) == 1
     out = capsys.readouterr().out
-    assert out.count("MISMATCH toy-metric / ") == 3 and "f_clean: stored" in out and "3 differ" in out
+    assert out.count("MISMATCH toy-metric / ") == 36 and out.count("f_clean: stored") == 3 and "0 match, 3 differ" in out
+    assert out.count("the row fails its checksum") == 36 and "33 other stored cell(s) fail the checks" in out
     assert cli.main(["verify", str(run_dir / "nothing-here")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert cli.main(["verify", str(run_dir), "--cells", "0"]) == 2
