@@ -38,6 +38,7 @@ import torch
 from ..errors import IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..store import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored_form
+from .artifacts import adv_file
 from .recorded import open_grid, read_run_info
 
 DEFAULT_CELLS = 20
@@ -120,7 +121,7 @@ class _FileCheck:
         if rel not in self.recorded:
             return f"adv_path {rel!r}: no file of that name is recorded in the store's artifacts"
         key, sha = self.recorded[rel]
-        if rel != f"cache/adv/{key[:2]}/{key}.png":
+        if rel != adv_file(key):
             return f"adv_path {rel!r}: is not the file name of its recorded key {key[:12]}..."
         why = self._regular(rel)
         if why is not None:
