@@ -202,8 +202,8 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
         for column in DESCRIBED_COLUMNS:
             if row.get(column) != described[column]:
                 source = "the dataset" if column == "mos" else "run.json's registry"
-                found.append(f"{column}: stored {row.get(column)!r}, {source} gives {described[column]!r} for its "
-                             f"keys")
+                what = "this image" if column == "mos" else "its keys"
+                found.append(f"{column}: stored {row.get(column)!r}, {source} gives {described[column]!r} for {what}")
         if row.get("image_sha256") and row["image_sha256"] != item.sha256:
             found.append(f"the image file changed since this cell was computed (stored sha256 "
                          f"{row['image_sha256'][:12]}..., file now {item.sha256[:12]}...): the stored values are "
