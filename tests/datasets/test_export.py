@@ -72,4 +72,4 @@ def test_export_then_reimport_gives_the_same_f_of_x_a(tmp_path, registry):
     with pytest.raises(IqadefError, match="a run folder"):
         export_run(tmp_path / "run1", tmp_path / "run2", registry=registry)
     header = json.loads((tmp_path / "export" / MARKER).read_text().splitlines()[0])
-    assert header["iqadef_export"] == 1
+    assert header["iqadef_export"] == 2

@@ -60,9 +60,14 @@ def execute(db: Path, sql: str, *params) -> None:
 
 
 def test_every_stored_cell_recomputed_from_scratch_matches(run_dir, registry):
-    shutil.rmtree(run_dir / "cache")  # nothing is read from the cache: x_a is recomputed by the attack
     verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
     assert verdict.ok and verdict.checked == verdict.matched == verdict.candidates == CELLS
+    shutil.rmtree(run_dir / "cache")  # nothing is read from the cache: x_a is recomputed by the attack
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    assert len(verdict.mismatches) == CELLS and verdict.matched == 0
+    # the only difference found is the missing file: every recomputed value still equals the stored one
+    assert all(problem.startswith("adv_path 'cache/adv/") and problem.endswith("does not exist; resume the run to "
+               "write it again") and ";" not in problem.split("does not exist")[0] for _, problem in verdict.mismatches)
     assert not (run_dir / "cache").exists()  # and nothing is written
 
 
@@ -122,7 +127,8 @@ def test_cli_exit_status_0_1_2(run_dir, registry, monkeypatch, capsys):
     execute(run_dir / "results.sqlite", "UPDATE cells SET f_clean = f_clean + 1")
     assert cli.main(["verify", str(run_dir), "--cells", "3", "--seed", "2"]) == 1
     out = capsys.readouterr().out
-    assert out.count("MISMATCH toy-metric / ") == 3 and "f_clean: stored" in out and "3 differ" in out
+    assert out.count("MISMATCH toy-metric / ") == 36 and out.count("f_clean: stored") == 3 and "0 match, 3 differ" in out
+    assert out.count("the row fails its checksum") == 36 and "33 other stored cell(s) fail the checks" in out
     assert cli.main(["verify", str(run_dir / "nothing-here")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert cli.main(["verify", str(run_dir), "--cells", "0"]) == 2
@@ -135,3 +141,69 @@ def test_cli_exit_status_0_1_2(run_dir, registry, monkeypatch, capsys):
 def test_an_empty_or_foreign_folder_is_refused(tmp_path, registry):
     with pytest.raises(IqadefError, match=r"run.json: missing; is .* a run folder"):
         verify_run(tmp_path, registry=registry)
+
+
+# -- rows that are wrong without their values being wrong (issue "Trust, round 3", case 5) -------------------
+def edit_row(db: Path, where: str, reseal: bool, **values) -> None:
+    """Change one stored row; ``reseal``: recompute its checksum too (an edit made to look written)."""
+    from iqadef.core.store import CELL_COLUMNS, row_checksum
+
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    with con:
+        row = dict(con.execute(f"SELECT * FROM cells WHERE {where}").fetchone())
+        row.update(values)
+        checksum = row_checksum({c: row[c] for c in CELL_COLUMNS}) if reseal else row["checksum"]
+        con.execute(f"UPDATE cells SET {', '.join(f'{c} = ?' for c in values)}, checksum = ? WHERE {where}",
+                    (*values.values(), checksum))
+    con.close()
+
+
+ONE = "image = 'img1.png' AND attack = 'toy-sign' AND defence = 'toy-blur'"
+ONE_LABEL = "toy-metric / toy-sign / toy-blur / img1.png"
+
+
+def test_an_edited_mos_is_found_in_a_cell_not_recomputed(run_dir, registry):
+    edit_row(run_dir / "results.sqlite", ONE, reseal=False, mos=4.5)
+    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    [(label, problem)] = verdict.mismatches
+    assert label == ONE_LABEL
+    assert "the row fails its checksum" in problem and "mos: stored 4.5, the dataset gives None" in problem
+    assert verdict.checked == 1 and verdict.unsampled == 1  # found without recomputing it
+
+
+def test_a_row_relabelled_with_its_checksum_recomputed_is_a_mismatch(run_dir, registry):
+    edit_row(run_dir / "results.sqlite", ONE, reseal=True, defence="toy-noise-defence")
+    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    [(label, problem)] = verdict.mismatches
+    assert label == "toy-metric / toy-sign / toy-noise-defence / img1.png"
+    assert problem == ("defence: stored 'toy-noise-defence', run.json's registry gives 'toy-blur' for its keys")
+
+
+def test_a_changed_adv_path_is_a_mismatch(run_dir, registry, monkeypatch, capsys):
+    db = run_dir / "results.sqlite"
+    con = sqlite3.connect(db)
+    (other,) = con.execute("SELECT adv_path FROM cells WHERE image = 'img0.png' AND attack = 'toy-sign'").fetchone()
+    con.close()
+    edit_row(db, ONE, reseal=True, adv_path=other)  # another cached x_a, intact and recorded: only its key differs
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    [(label, problem)] = verdict.mismatches
+    assert label == ONE_LABEL and problem.startswith(f"adv_path: stored {other!r}, its keys give 'cache/adv/")
+    edit_row(db, ONE, reseal=True, adv_path="cache/adv/00/nothing.png")  # a path the store never recorded
+    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    assert [label for label, _ in verdict.mismatches] == [ONE_LABEL]
+    assert "no file of that name is recorded in the store's artifacts" in verdict.mismatches[0][1]
+    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    assert cli.main(["verify", str(run_dir), "--cells", "1", "--seed", "0"]) == 1
+    assert "1 other stored cell(s) fail the checks" in capsys.readouterr().out
+
+
+def test_a_replaced_x_a_file_is_a_mismatch(run_dir, registry):
+    con = sqlite3.connect(run_dir / "results.sqlite")
+    (rel,) = con.execute(f"SELECT adv_path FROM cells WHERE {ONE}").fetchone()
+    con.close()
+    path = run_dir / rel
+    Image.fromarray(np.asarray(Image.open(path))[::-1].copy()).save(path)  # a valid PNG, other pixels
+    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    bad = {label for label, problem in verdict.mismatches if "its sha256 is not the one the store recorded" in problem}
+    assert ONE_LABEL in bad and len(bad) == len(verdict.mismatches) == 3  # x_a of a plain attack serves 3 defences

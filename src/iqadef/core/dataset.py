@@ -294,12 +294,14 @@ def read_mos(path: Path, what: str = "dataset.mos", *, name_column: str | None =
 @dataclass(frozen=True)
 class Entry:
     """One image a dataset plugin yields: its name in the run (a relative path), its file, its MOS (or DMOS)
-    from the dataset's own score file, and its split."""
+    from the dataset's own score file, and its split. ``sha256``: the content the dataset promises (its
+    index records it); a file with other content is left out as a dataset problem."""
 
     name: str
     path: Path
     mos: float | None = None
     split: str | None = None
+    sha256: str | None = None
 
 
 class Dataset:
@@ -312,6 +314,7 @@ class Dataset:
         self.max_side = max_side
         self.problems: list[str] = []
         label = label or str(self.folder)
+        promised: dict[str, str] = {}  # name -> the sha256 a dataset plugin's index records
         if entries is None:
             if not self.folder.is_dir():
                 raise ConfigError(f"dataset.images: {self.folder} is not a folder of images")
@@ -338,6 +341,7 @@ class Dataset:
             if not named:
                 raise ConfigError(f"dataset: {label} yields no image files")
             mos_values = {e.name: e.mos for e in entries if e.mos is not None}
+            promised = {e.name: e.sha256 for e in entries if e.sha256}
             mos_label = label
         items = []
         for name, path in named:
@@ -349,7 +353,12 @@ class Dataset:
             except Exception as exc:  # noqa: BLE001 - any decoder error means "unreadable image"
                 self._left_out(f"{path}: not a readable image ({type(exc).__name__}: {exc}); left out")
                 continue
-            items.append(ImageItem(name, path, _file_sha256(path), size, mos_values.get(name)))
+            digest = _file_sha256(path)
+            if promised.get(name, digest) != digest:
+                self._left_out(f"{path}: its sha256 {digest[:12]}... is not the {promised[name][:12]}... that "
+                               f"{label} records for {name!r} (replaced or damaged); left out")
+                continue
+            items.append(ImageItem(name, path, digest, size, mos_values.get(name)))
         if mos_values:
             names = {i.name for i in items}
             missing = sorted(n for n in names if n not in mos_values)

@@ -188,22 +188,31 @@ class RunFolder:
 
     def remove_stale_temp_files(self) -> int:
         """Temporary files of iqadef processes that are gone (a killed run); nothing else. Returns the count."""
-        removed = 0
-        for folder in [self.path, *self._own_folders()]:
-            if not folder.is_dir() or folder.is_symlink():
-                continue
-            for entry in folder.iterdir():
-                if _is_stale_temp(entry.name) and entry.is_file():
-                    entry.unlink(missing_ok=True)
-                    removed += 1
-        return removed
+        return remove_stale_temp_files([self.path, *self._own_folders()], older_names=True)
 
 
-def _is_stale_temp(name: str) -> bool:
+def remove_stale_temp_files(folders: Iterable[Path], *, older_names: bool = False) -> int:
+    """Delete, directly in each of ``folders``, the temporary files (:func:`temp_prefix`) of iqadef processes
+    that are gone, and with ``older_names`` those of earlier versions (a run folder's own names). Symbolic
+    links and what they point to are never touched. Returns the count."""
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for entry in folder.iterdir():
+            if is_stale_temp(entry.name, older_names=older_names) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def is_stale_temp(name: str, *, older_names: bool = True) -> bool:
+    """``name`` is a temporary file of an iqadef process no longer alive (or, with ``older_names``, a
+    temporary name of an earlier version for a file a run folder holds)."""
     found = _TEMP.match(name)
     if found:
         return not _alive(int(found["pid"]))
-    old = _OLD_TEMP.match(name)
+    old = _OLD_TEMP.match(name) if older_names else None
     return bool(old) and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
 
 
@@ -292,4 +301,5 @@ def prepare_run_dir(output: Path) -> RunFolder:
     return folder
 
 
-__all__ = ["FIXED_NAMES", "MARKER", "RunFolder", "prepare_run_dir", "temp_prefix"]
+__all__ = ["FIXED_NAMES", "MARKER", "RunFolder", "is_stale_temp", "prepare_run_dir", "remove_stale_temp_files",
+           "temp_prefix"]

@@ -25,6 +25,7 @@ import os
 import sqlite3
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -110,23 +111,45 @@ def corrupt_store_error(path: Path, exc: BaseException) -> CorruptStoreError:
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two processes never write the same store."""
+    """An exclusive lock on a run directory, so two processes never write the same store.
 
-    def __init__(self, run_dir: Path):
+    ``shared=True``: a reader's lock (``iqadef export``), held with other readers but never while a run
+    writes, so a reader never takes a run's half-written state for its result. A folder where the lock file
+    can be neither opened nor created (read-only) cannot be written by a run either: it is read unlocked.
+    """
+
+    def __init__(self, run_dir: Path, *, shared: bool = False):
         self.path = Path(run_dir) / ".lock"
+        self.shared = shared
         self._fd: int | None = None
 
+    def _open(self) -> int | None:
+        if not self.shared:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        for flags in (os.O_RDONLY, os.O_RDWR | os.O_CREAT):
+            try:
+                return os.open(self.path, flags, 0o644)
+            except OSError:
+                continue
+        return None
+
     def __enter__(self) -> "RunLock":
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = self._open()
+        if self._fd is None:
+            return self
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
+            if self.shared:
+                raise RunLockedError(f"{self.path.parent}: an iqadef run is writing this run folder; wait for it "
+                                     f"to finish, then try again") from None
             raise RunLockedError(f"{self.path.parent}: another iqadef process is running in this run directory; "
                                  f"wait for it to finish or use another `output`") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, str(os.getpid()).encode())
+        if not self.shared:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, str(os.getpid()).encode())
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -179,6 +202,20 @@ def row_checksum(values: Mapping[str, Any]) -> str:
     """
     blob = "\x1e".join(f"{c}\x1f{v!r}" for c, v in sorted(values.items()) if v is not None)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def stored_form(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` (:data:`CELL_COLUMNS`) as the store holds it: what a freshly computed row is compared to."""
+    return {c: _stored(c, row.get(c)) for c in CELL_COLUMNS}
+
+
+def _select_cells(db: sqlite3.Connection) -> tuple[list[str], list[tuple], list[bool]]:
+    """Every row of ``cells`` (the :data:`CELL_COLUMNS` the table has, in order) and whether its checksum holds."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(cells)")}
+    columns = [c for c in CELL_COLUMNS if c in present]
+    rows = db.execute(f"SELECT {', '.join(columns)}, checksum FROM cells").fetchall()
+    intact = [row[-1] == row_checksum(dict(zip(columns, row[:-1]))) for row in rows]
+    return columns, [row[:-1] for row in rows], intact
 
 
 def _readable_png(path: Path) -> bool:
@@ -259,11 +296,7 @@ class ResultStore:
     def _rows(self) -> tuple[list[str], list[tuple], list[bool]]:
         """Every stored row (CELL_COLUMNS in order) and whether its checksum holds."""
         with self._errors():
-            present = {row[1] for row in self.db.execute("PRAGMA table_info(cells)")}
-            columns = [c for c in CELL_COLUMNS if c in present]
-            rows = self.db.execute(f"SELECT {', '.join(columns)}, checksum FROM cells").fetchall()
-        intact = [row[-1] == row_checksum(dict(zip(columns, row[:-1]))) for row in rows]
-        return columns, [row[:-1] for row in rows], intact
+            return _select_cells(self.db)
 
     def finished(self) -> set[tuple[str, ...]]:
         """:data:`IDENTITY_COLUMNS` of cells finished successfully and intact; the others are (re)computed
@@ -297,7 +330,7 @@ class ResultStore:
         """Insert (or replace failed) rows, each with its checksum, and artifact records in one transaction."""
         values = []
         for r in rows:
-            stored = {c: _stored(c, r.get(c)) for c in CELL_COLUMNS}
+            stored = stored_form(r)
             values.append((*stored.values(), row_checksum(stored)))
         placeholders = ", ".join("?" for _ in range(len(CELL_COLUMNS) + 1))
         with self._errors():
@@ -354,6 +387,54 @@ class ResultStore:
         df = pd.concat([df, scores], axis=1)
         df = df.sort_values(["metric", "attack", "defence", "image"], kind="stable").reset_index(drop=True)
         return df.drop(columns=["unit"])
+
+
+@dataclass
+class StoredCells:
+    """What :func:`read_cells` found in a run's store, read at one moment."""
+
+    #: Every stored row, column -> value as stored (parameters and scores as JSON text).
+    rows: list[dict[str, Any]]
+    #: Per row: whether its checksum holds (a row that fails it changed after it was written).
+    intact: list[bool]
+    #: The cached files: artifact key -> (path relative to the run folder, sha256 recorded when written).
+    artifacts: dict[str, tuple[str, str]]
+
+    def usable(self) -> list[dict[str, Any]]:
+        """The successful rows whose checksum holds: what a table may show as ok (``dataframe``'s rule)."""
+        return [row for row, ok in zip(self.rows, self.intact) if ok and row.get("status") == "ok"]
+
+    def sha256_of(self) -> dict[str, str]:
+        """Recorded sha256 per cached file (relative path)."""
+        return {path: sha for path, sha in self.artifacts.values()}
+
+
+def read_cells(run_dir: Path) -> StoredCells:
+    """The rows and artifact records of ``run_dir``'s store, read-only (nothing is created or repaired).
+
+    The one reader for tools that inspect a finished run (``iqadef export``, ``iqadef verify``): both
+    tables are read in one transaction, and each row comes with whether its checksum holds, as
+    :meth:`ResultStore.dataframe` judges it. A missing or damaged store is one line (:class:`IqadefError`).
+    """
+    path = Path(run_dir) / "results.sqlite"
+    if not path.is_file():
+        raise IqadefError(f"{path}: no result store; run `iqadef run` first")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            con.text_factory = lambda raw: raw.decode("utf-8", "replace")  # as ResultStore: fails its checksum
+            con.execute("BEGIN")  # one snapshot of both tables
+            columns, rows, intact = _select_cells(con)
+            artifacts = {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
+            con.execute("COMMIT")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and any(
+                sign in str(exc).lower() for sign in ("locked", "unable to open", "readonly", "busy")):
+            raise IqadefError(f"{path}: cannot be read ({exc})") from None
+        raise corrupt_store_error(path, exc) from None
+    return StoredCells([dict(zip(columns, row)) for row in rows], intact, artifacts)
 
 
 def _cells(rows: list[tuple], at: Mapping[str, int], limit: int = 5) -> str:

@@ -60,6 +60,11 @@ class ArtifactReader:
         return (row[0], row[1]) if row else None
 
 
+def adv_file(key: str) -> str:
+    """Where the x_a cached under ``key`` lives, relative to the run folder (sharded by the key's first byte)."""
+    return f"cache/adv/{key[:2]}/{key}.png"
+
+
 def example_name(row: dict[str, Any]) -> str:
     """File name of a cell's example D(x_a): its plugins and its content (batch key), not its image's name,
     so a renamed image's copied row and a fresh run's row name the same file."""

@@ -1,35 +1,45 @@
-"""``iqadef verify RUN_DIR``: recompute stored cells from scratch and compare them with what is stored.
+"""``iqadef verify RUN_DIR``: check every stored cell against the run's config, dataset and files, and
+recompute a sample of them from scratch.
 
-A result table is worth what it takes to reproduce it. This picks ``cells`` stored successful cells at
-random (``seed``), rebuilds the grid from the registry the run recorded in ``run.json`` and computes
-those cells again with nothing reused: the images are read from the dataset folder, x_a is computed by
-the attack again (``cache/adv`` is not read), the seeds are the run's (they follow from the config, the
-plugins and the batch's files, so randomised plugins repeat their draws). Nothing in the run folder is
-written. A cell *matches* when every f value and every per-image score agrees within a float32
-tolerance (``rtol``, ``atol``); otherwise it is listed with the size of each difference.
+A result table is worth what it takes to reproduce it. Every successful stored cell of the registry recorded
+in ``run.json`` is read through the store's reader (:func:`~iqadef.core.store.read_cells`, as ``iqadef
+export`` reads them) and checked without recomputing:
 
-Before recomputing, each cell's image is checked against what was stored with it: an image file replaced
-under the same name (its sha256 differs) or a batch that changed (images added, removed or replaced
-before it) means the stored cell is not what the folder gives now; both are mismatches.
+* its row checksum (a value edited after it was written fails it);
+* its labels, parameters and attack mode against what the config gives for its plugin keys, and its MOS
+  against the dataset's (a row relabelled to another defence, with its checksum recomputed, is caught);
+* its image: still in the dataset folder, same sha256, same batch (else the stored cell is not what the
+  folder gives now);
+* its files: the x_a file is one the store recorded, inside the run folder, a regular file whose sha256 is
+  the recorded one; the example image, when it has one, exists.
+
+Then ``cells`` of them, picked at random (``seed``), are computed again with nothing reused: the images are
+read from the dataset folder, x_a is computed by the attack again (``cache/adv`` is not read), the seeds are
+the run's (they follow from the config, the plugins and the batch's files, so randomised plugins repeat their
+draws). Nothing in the run folder is written. A recomputed cell *matches* when every f value and every
+per-image score agrees within a float32 tolerance (``rtol``, ``atol``), its x_a and example paths are the
+ones its keys give, and it passed the checks above; otherwise it is listed with what differs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import secrets
-import sqlite3
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..dataset import Dataset
 from ..errors import IqadefError
 from ..plugins import PluginRegistry, get_registry
-from ..registry import parse_run_config
+from ..store import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored_form
+from .artifacts import adv_file
+from .recorded import open_grid, read_run_info
 
 DEFAULT_CELLS = 20
 #: Relative and absolute tolerance: a recomputation on the same machine is bit-identical; these leave
@@ -37,6 +47,11 @@ DEFAULT_CELLS = 20
 RTOL = 1e-4
 ATOL = 1e-6
 VALUE_COLUMNS = ("f_clean", "f_adv", "f_def_clean", "f_def_adv")
+#: What a cell's config and dataset determine without computing anything (plan.cell_row).
+DESCRIBED_COLUMNS = ("metric", "attack", "defence", "metric_params", "attack_params", "defence_params",
+                     "adaptive", "mos")
+#: Files a recomputed cell names by its keys.
+PATH_COLUMNS = ("adv_path", "example_path")
 
 
 @dataclass
@@ -49,6 +64,8 @@ class Verdict:
     matched: int = 0
     #: One entry per differing cell: (``metric / attack / defence / image``, what differs).
     mismatches: list[tuple[str, str]] = field(default_factory=list)
+    #: How many of :attr:`mismatches` are cells that were not recomputed (found by the checks of every row).
+    unsampled: int = 0
 
     @property
     def ok(self) -> bool:
@@ -76,43 +93,62 @@ def _difference(name: str, stored: Any, recomputed: Any) -> str:
         return f"{name}: stored {stored!r}, recomputed {recomputed!r}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IqadefError(f"{path}: missing; is {path.parent} a run folder of `iqadef run`?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IqadefError(f"{path}: cannot be read ({exc}); run the registry again to write it") from None
-    if not isinstance(data, dict) or not isinstance(data.get("registry"), dict):
-        raise IqadefError(f"{path}: holds no registry; run the registry again with this iqadef to write it")
-    if not data.get("registry_file"):
-        raise IqadefError(f"{path}: written by an older iqadef (no `registry_file`); run the registry again "
-                          f"with this iqadef (it recomputes cells that lack an image hash), then verify")
-    return data
+class _FileCheck:
+    """The run folder's cached files as the store recorded them; each file hashed once."""
 
+    def __init__(self, run_dir: Path, stored: StoredCells):
+        self.root = run_dir.resolve()
+        self.run_dir = run_dir
+        self.recorded = {path: (key, sha) for key, (path, sha) in stored.artifacts.items()}
+        self._digest: dict[str, str | None] = {}
 
-def _stored_rows(path: Path) -> list[dict[str, Any]]:
-    """Every successful stored row, read-only (a run may be writing beside us)."""
-    if not path.is_file():
-        raise IqadefError(f"{path}: no result store; run `iqadef run` first")
-    try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    def _regular(self, rel: str) -> str | None:
+        """Why ``rel`` is not a regular file inside the run folder, or None."""
+        path = self.run_dir / rel
         try:
-            con.row_factory = sqlite3.Row
-            rows = [dict(r) for r in con.execute("SELECT * FROM cells WHERE status = 'ok'")]
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise IqadefError(f"{path}: cannot be read ({exc}); see `iqadef run`'s advice for a damaged store") from None
-    return rows
+            if not path.resolve().is_relative_to(self.root) or Path(rel).is_absolute():
+                return "leads out of the run folder"
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            return "does not exist"
+        except (OSError, RuntimeError) as exc:
+            return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+        return None if stat.S_ISREG(mode) else "is not a regular file"
+
+    def adv_problem(self, rel: str | None) -> str | None:
+        if not rel:
+            return "adv_path: empty (a successful cell names its x_a file)"
+        if rel not in self.recorded:
+            return f"adv_path {rel!r}: no file of that name is recorded in the store's artifacts"
+        key, sha = self.recorded[rel]
+        if rel != adv_file(key):
+            return f"adv_path {rel!r}: is not the file name of its recorded key {key[:12]}..."
+        why = self._regular(rel)
+        if why is not None:
+            return f"adv_path {rel!r}: {why}; resume the run to write it again"
+        if rel not in self._digest:
+            try:
+                self._digest[rel] = hashlib.sha256((self.run_dir / rel).read_bytes()).hexdigest()
+            except OSError:
+                self._digest[rel] = None
+        if self._digest[rel] != sha:
+            return (f"adv_path {rel!r}: its sha256 is not the one the store recorded (the file was replaced or "
+                    f"damaged); resume the run to recompute it")
+        return None
+
+    def example_problem(self, rel: str | None) -> str | None:
+        if not rel:
+            return None
+        why = self._regular(rel)
+        return None if why is None else f"example_path {rel!r}: {why}; resume the run to write it again"
 
 
 def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = None, *,
                registry: PluginRegistry | None = None, rtol: float = RTOL, atol: float = ATOL) -> Verdict:
-    """Recompute ``cells`` random stored cells of ``run_dir`` and compare them (see the module docstring)."""
+    """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring)."""
     from ..weights import fetch_missing
     from .local import execute_local
-    from .plan import Unit, batch_keys, grid_defences
+    from .plan import Unit, batch_keys, cell_row, grid_defences
     from .worker import UnitResult, Worker
 
     run_dir = Path(run_dir)
@@ -120,52 +156,68 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
         raise IqadefError(f"{run_dir}: not a folder; give the run folder of `iqadef run` (its `output`)")
     if cells < 1:
         raise IqadefError(f"--cells {cells}: must be at least 1")
-    info = _read_json(run_dir / "run.json")
+    info = read_run_info(run_dir)
     registry = registry or get_registry()
-    config = parse_run_config(dict(info["registry"]), Path(info["registry_file"]), registry=registry)
-    config.output, config.executor = run_dir, "local"
-    dataset = config.open_dataset(limit=info.get("limit"))
+    config, dataset = open_grid(run_dir, info, registry)
+    stored = read_cells(run_dir)
 
     index = {kind: {p.key(): i for i, p in enumerate(plugins)} for kind, plugins in
              (("metric", config.metrics), ("attack", config.attacks), ("defence", grid_defences(config)))}
-    rows = [r for r in _stored_rows(run_dir / "results.sqlite")
-            if r["metric_key"] in index["metric"] and r["attack_key"] in index["attack"]
-            and r["defence_key"] in index["defence"]]
-    if not rows:
+    candidates = [(row, ok) for row, ok in zip(stored.rows, stored.intact)
+                  if row.get("status") == "ok" and row.get("metric_key") in index["metric"]
+                  and row.get("attack_key") in index["attack"] and row.get("defence_key") in index["defence"]]
+    if not candidates:
         raise IqadefError(f"{run_dir}: no successful cell of the registry in run.json is stored; nothing to verify")
-    rows.sort(key=lambda r: (r["metric"], r["attack"], r["defence"], r["image"]))
+    candidates.sort(key=lambda c: tuple(str(c[0].get(k)) for k in ("metric", "attack", "defence", "image")))
     seed = secrets.randbelow(2**31) if seed is None else seed
-    chosen = random.Random(seed).sample(rows, min(cells, len(rows)))
-    verdict = Verdict(seed=seed, candidates=len(rows), checked=len(chosen))
+    chosen = {id(row) for row, _ in random.Random(seed).sample(candidates, min(cells, len(candidates)))}
 
     batches = dataset.batches(config.batch_size)
     where = {item.name: (b, i, key) for b, items in enumerate(batches)
              for i, (item, key) in enumerate(zip(items, batch_keys(items)))}
+    files = _FileCheck(run_dir, stored)
+    problems: dict[tuple[str, ...], list[str]] = {}  # per cell (its keys): what is wrong with it
+    labels: dict[tuple[str, ...], str] = {}
     todo: dict[tuple[int, int, int], set[int]] = {}
     expected: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for row in chosen:
-        label = " / ".join(str(row[c]) for c in ("metric", "attack", "defence", "image"))
-        found = where.get(row["image"])
-        if found is None:
-            verdict.mismatches.append((label, f"image {row['image']!r} is no longer in {config.images}"))
-            continue
-        b, i, key = found
-        item = batches[b][i]
-        if row.get("image_sha256") and row["image_sha256"] != item.sha256:
-            verdict.mismatches.append((label, f"the image file changed since this cell was computed (stored sha256 "
-                                              f"{row['image_sha256'][:12]}..., file now {item.sha256[:12]}...): the "
-                                              f"stored values are of the old image; run the registry again"))
-            continue
-        if row.get("batch_key") and row["batch_key"] != key:
-            verdict.mismatches.append((label, "the images batched with it changed since it was computed (added, "
-                                              "removed or replaced before it), so its seeds differ now; run the "
-                                              "registry again to recompute it"))
-            continue
+    for row, intact in candidates:
+        cell = tuple(row[c] for c in KEY_COLUMNS)
+        labels[cell] = " / ".join(str(row.get(c)) for c in ("metric", "attack", "defence", "image"))
+        found = problems.setdefault(cell, [])
+        if not intact:
+            found.append(f"the row fails its checksum: {CHECKSUM_ERROR}; run the registry again (resume) to "
+                         f"recompute it")
+        for problem in (files.adv_problem(row.get("adv_path")), files.example_problem(row.get("example_path"))):
+            if problem:
+                found.append(problem)
         m, a = index["metric"][row["metric_key"]], index["attack"][row["attack_key"]]
         d = index["defence"][row["defence_key"]]
-        todo.setdefault((m, a, b), set()).add(d)
-        expected[(row["metric_key"], row["attack_key"], row["defence_key"], row["image"])] = {**row, "label": label}
+        place = where.get(row["image"])
+        if place is None:
+            found.append(f"image {row['image']!r} is no longer in {config.images}")
+            continue
+        b, i, key = place
+        item = batches[b][i]
+        described = stored_form(cell_row(config, Unit(m, a, b, ()), d, item, key))
+        for column in DESCRIBED_COLUMNS:
+            if row.get(column) != described[column]:
+                source = "the dataset" if column == "mos" else "run.json's registry"
+                what = "this image" if column == "mos" else "its keys"
+                found.append(f"{column}: stored {row.get(column)!r}, {source} gives {described[column]!r} for {what}")
+        if row.get("image_sha256") and row["image_sha256"] != item.sha256:
+            found.append(f"the image file changed since this cell was computed (stored sha256 "
+                         f"{row['image_sha256'][:12]}..., file now {item.sha256[:12]}...): the stored values are "
+                         f"of the old image; run the registry again")
+            continue
+        if row.get("batch_key") and row["batch_key"] != key:
+            found.append("the images batched with it changed since it was computed (added, removed or replaced "
+                         "before it), so its seeds differ now; run the registry again to recompute it")
+            continue
+        if id(row) in chosen:
+            todo.setdefault((m, a, b), set()).add(d)
+            expected[cell] = row
 
+    recomputed: set[tuple[str, ...]] = set()
     if todo:
         units = [Unit(m, a, b, tuple(sorted(ds))) for (m, a, b), ds in sorted(todo.items())]
         fetch_missing(config.plugins())
@@ -179,16 +231,23 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
             torch.set_num_threads(threads)
         for result in results:
             for new in result.rows:
-                old = expected.pop((new["metric_key"], new["attack_key"], new["defence_key"], new["image"]), None)
+                cell = tuple(new[c] for c in KEY_COLUMNS)
+                old = expected.pop(cell, None)
                 if old is None:
                     continue  # a cell of the same batch that was not chosen
-                problems = _compare(old, new, rtol, atol)
-                if problems:
-                    verdict.mismatches.append((old["label"], "; ".join(problems)))
-                else:
-                    verdict.matched += 1
-        for old in expected.values():
-            verdict.mismatches.append((old["label"], "not recomputed (its unit returned no row for it)"))
+                recomputed.add(cell)
+                problems[cell][:0] = _compare(old, new, rtol, atol)  # the values first, then the row's checks
+        for cell in expected:
+            problems[cell].insert(0, "not recomputed (its unit returned no row for it)")
+
+    sampled = {tuple(row[c] for c in KEY_COLUMNS) for row, _ in candidates if id(row) in chosen}
+    verdict = Verdict(seed=seed, candidates=len(candidates), checked=len(sampled))
+    for cell, found in problems.items():
+        if found:
+            verdict.mismatches.append((labels[cell], "; ".join(found)))
+            verdict.unsampled += cell not in sampled
+        elif cell in recomputed:
+            verdict.matched += 1
     return verdict
 
 
@@ -196,6 +255,8 @@ def _compare(stored: dict[str, Any], new: dict[str, Any], rtol: float, atol: flo
     if new["status"] != "ok":
         return [f"recomputing it failed: {new['error']}"]
     problems = [_difference(c, stored[c], new[c]) for c in VALUE_COLUMNS if not close(stored[c], new[c], rtol, atol)]
+    problems += [f"{c}: stored {stored.get(c)!r}, its keys give {new.get(c) or ''!r}" for c in PATH_COLUMNS
+                 if (stored.get(c) or "") != (new.get(c) or "")]
     try:
         old_scores = json.loads(stored.get("scores") or "{}")
     except json.JSONDecodeError:

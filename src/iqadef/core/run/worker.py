@@ -51,7 +51,7 @@ from ..plugins import PluginRegistry, get_registry
 from ..registry import RunConfig
 from ..scores import image_score_classes
 from ..store import CELL_COLUMNS
-from .artifacts import _hash, _seed, example_name, png_bytes, quantize, read_png
+from .artifacts import _hash, _seed, adv_file, example_name, png_bytes, quantize, read_png
 from .plan import Unit, batch_keys, cell_row, failed_rows
 from .smoothed import is_certified, smoothed_cells
 
@@ -312,7 +312,7 @@ class Worker:
         entry = self.config.attacks[unit.attack]
         items = self.batches[unit.batch]
         seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
-        paths = [f"cache/adv/{k[:2]}/{k}.png" for k in keys]
+        paths = [adv_file(k) for k in keys]
         cached = [self._cached(k, item.size) for k, item in zip(keys, items)]
         if all(c is not None for c in cached):
             return torch.stack(cached).to(self.device), paths  # type: ignore[arg-type]

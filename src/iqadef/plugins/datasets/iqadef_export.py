@@ -4,6 +4,7 @@ published set of adversarial images without running the attacks (core/export.py)
 from __future__ import annotations
 
 import math
+from pathlib import Path, PurePosixPath
 
 from iqadef import ConfigError, Param, hookimpl
 from iqadef.core.dataset import DatasetPlugin, Entry
@@ -37,9 +38,21 @@ class IqadefExport(DatasetPlugin):
                               f"(no {MARKER} and index.parquet); export a run there first")
 
     def entries(self) -> list[Entry]:
+        """The index's rows of the chosen kind, each with the sha256 the index records: a file replaced or
+        damaged since the export is left out as a dataset problem (``Dataset`` compares the hashes). A row
+        naming a file outside the export folder (absolute, ``..``, a symbolic link leading out) means the
+        index is not what ``iqadef export`` wrote: the dataset is refused."""
         import pandas as pd
 
-        index = pd.read_parquet(self.root / "index.parquet")
+        try:
+            index = pd.read_parquet(self.root / "index.parquet")
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors have no common base: all mean "unreadable"
+            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} cannot be read "
+                              f"({type(exc).__name__}); export the run there again") from None
+        missing = {"file", "kind", "mos", "sha256", "metric", "attack"} - set(index.columns)
+        if missing:
+            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} lacks {', '.join(sorted(missing))}; "
+                              f"export the run there again with this iqadef")
         index = index[index["kind"] == self.config["kind"]]
         for key in ("metric", "attack"):
             if self.config[key] is not None:
@@ -48,11 +61,29 @@ class IqadefExport(DatasetPlugin):
                     known = ", ".join(sorted(index[key].unique()))
                     raise ConfigError(f"{self.where}.{key}: {self.config[key]!r} is not in {self.root}; it has {known}")
                 index = chosen
+        root = self.root.resolve()
         out = []
         for row in index.itertuples(index=False):
+            path = self._inside(root, row.file)
+            if not isinstance(row.sha256, str) or len(row.sha256) != 64:
+                raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} gives no sha256 for {row.file!r}; "
+                                  f"export the run there again")
             mos = None if row.mos is None or (isinstance(row.mos, float) and math.isnan(row.mos)) else float(row.mos)
-            out.append(Entry(row.file, self.root / row.file, mos))
+            out.append(Entry(row.file, path, mos, sha256=row.sha256))
         return sorted(out, key=lambda e: e.name)
+
+    def _inside(self, root: Path, rel: object) -> Path:
+        """``rel`` as a file under the export folder, or a ConfigError when it leads out of it."""
+        text = rel if isinstance(rel, str) else ""
+        parts = PurePosixPath(text).parts
+        if not text or PurePosixPath(text).is_absolute() or "\\" in text or ".." in parts or ":" in text.split("/")[0]:
+            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} names {rel!r}, which is not a "
+                              f"file inside {self.root}; the index is damaged or not iqadef's: export the run again")
+        path = self.root.joinpath(*parts)
+        if not path.resolve().is_relative_to(root):
+            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} names {rel!r}, which leads out of "
+                              f"{self.root} through a symbolic link; remove the link or export the run again")
+        return path
 
 
 @hookimpl
