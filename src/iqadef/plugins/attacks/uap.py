@@ -154,18 +154,80 @@ def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
 
 
 def save_perturbation(perturbation: torch.Tensor, path: Path) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves a half file."""
+    """Write a perturbation file (atomically, see :func:`save_tensors`)."""
+    save_tensors({"perturbation": perturbation.detach().cpu()}, path)
+
+
+def save_tensors(state: dict, path: Path) -> None:
+    """Write a dict of tensors via a temporary file and a rename, so a crash never leaves a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        torch.save({"perturbation": perturbation.detach().cpu()}, tmp)
+        torch.save(state, tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-class UAP(Attack):
+class TrainedAttack(Attack):
+    """An attack whose preparation is a training run against the metric (UAPs, the FACPA generator).
+
+    The training result (a dict of tensors) is cached by content: its path hashes the metric's
+    identity, :meth:`training_recipe`, the training images' names and contents and the plugin's
+    version, so a changed parameter or image retrains and anything else reuses it. Training is
+    resumable: a trainer may call ``checkpoint(state)`` after each epoch; the state is written next to
+    the cache entry (``.partial.pt``) and passed back as ``resume`` when a killed run starts again.
+    Subclasses define :meth:`training_recipe` and :meth:`train`.
+    """
+
+    #: The subfolder of the cache (default: the plugin's name).
+    cache_folder: str = ""
+
+    def __init__(self, where: str | None = None, **values: Any):
+        super().__init__(where, **values)
+        self._trained: dict[tuple[str, str], dict] = {}
+
+    def training_recipe(self) -> dict:
+        """The parameters that determine the training result (hashed into the cache path)."""
+        raise NotImplementedError
+
+    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None,
+              checkpoint: Any) -> dict:
+        """Train against ``metric`` on ``images`` ``[N, 3, H, W]``; return a dict of tensors."""
+        raise NotImplementedError
+
+    def training_images(self) -> torch.Tensor:
+        folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
+        return load_folder(folder, self.size)
+
+    def cache_path(self, metric: Metric) -> Path:
+        """Where the training result for ``metric`` with these parameters is cached."""
+        folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
+        recipe = {"metric": metric.identity(), **self.training_recipe(),
+                  "images": folder_fingerprint(folder), "version": self.version}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return cache_dir() / (self.cache_folder or self.name) / f"{metric.name}-{metric.key()}-{digest}.pt"
+
+    def trained_state(self, metric: Metric) -> dict:
+        """The training result for ``metric``: from memory, the cache, or trained now (and cached)."""
+        memo = (metric.key(), str(metric.device))
+        if memo not in self._trained:
+            path = self.cache_path(metric)
+            if path.is_file():
+                state = load_checkpoint(path)
+            else:
+                partial = path.with_name(path.stem + ".partial.pt")
+                resume = load_checkpoint(partial) if partial.is_file() else None
+                state = self.train(metric, self.training_images(), resume=resume,
+                                   checkpoint=lambda s: save_tensors(s, partial))
+                save_tensors(state, path)
+                partial.unlink(missing_ok=True)
+            self._trained[memo] = state
+        return self._trained[memo]
+
+
+class UAP(TrainedAttack):
     """UAP: a universal perturbation (256x256, +-0.1, Adam) trained per metric, tiled and added with an amplitude.
 
     Reference: ``methods/uap/train.py`` and ``utils/uap_evaluate.py`` of adversarial-defenses-for-iqa /
@@ -192,40 +254,26 @@ class UAP(Attack):
         Param("train_seed", int, 0, help="seed of the training order"),
     )
 
-    def __init__(self, where: str | None = None, **values: Any):
-        super().__init__(where, **values)
-        self._perturbations: dict[tuple[str, str], torch.Tensor] = {}
-
     def bound(self) -> float:
         return self.eps * self.amplitude
 
-    def cache_path(self, metric: Metric) -> Path:
-        """Where the perturbation trained for ``metric`` with these parameters is cached."""
-        folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
-        recipe = {"metric": metric.identity(), "size": self.size, "eps": self.eps, "lr": self.lr,
-                  "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.train_seed,
-                  "images": folder_fingerprint(folder), "version": self.version}
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return cache_dir() / "uap" / f"{metric.name}-{metric.key()}-{digest}.pt"
+    def training_recipe(self) -> dict:
+        return {"size": self.size, "eps": self.eps, "lr": self.lr, "epochs": self.epochs,
+                "batch_size": self.batch_size, "seed": self.train_seed}
+
+    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
+              checkpoint: Any = None) -> dict:
+        return {"perturbation": train_uap(metric, images, size=self.size, eps=self.eps, lr=self.lr,
+                                          epochs=self.epochs, seed=self.train_seed,
+                                          batch_size=self.batch_size)}
 
     def perturbation(self, metric: Metric) -> torch.Tensor:
         """The perturbation ``[3, h, w]`` for ``metric``: from the given file, the cache, or trained now."""
-        memo = (metric.key(), str(metric.device))
-        if memo not in self._perturbations:
-            if self.perturbation_path is not None:
-                uap = load_perturbation(self.perturbation_path)
-            else:
-                path = self.cache_path(metric)
-                if path.is_file():
-                    uap = load_perturbation(path)
-                else:
-                    folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
-                    images = load_folder(folder, self.size)
-                    uap = train_uap(metric, images, size=self.size, eps=self.eps, lr=self.lr,
-                                    epochs=self.epochs, seed=self.train_seed, batch_size=self.batch_size)
-                    save_perturbation(uap, path)
-            self._perturbations[memo] = uap.clamp(-self.eps, self.eps)
-        return self._perturbations[memo]
+        if self.perturbation_path is not None:
+            uap = load_perturbation(self.perturbation_path)
+        else:
+            uap = self.trained_state(metric)["perturbation"]
+        return uap.float().clamp(-self.eps, self.eps)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         uap = self.perturbation(metric).to(device=images.device, dtype=images.dtype)
