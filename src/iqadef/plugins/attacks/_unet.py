@@ -12,11 +12,19 @@ multiple of 256 (eight halvings).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-#: The reference's ``normalize_and_scale``: the generator's tanh output times 10/255.
+#: The bound of :func:`normalize_and_scale`'s output.
 OUTPUT_SCALE = 10.0 / 255.0
+
+
+def normalize_and_scale(delta: torch.Tensor) -> torch.Tensor:
+    """The reference's scaling of the generator's tanh output: ``delta * 10.0 / 255.0`` (two roundings,
+    as written there)."""
+    return delta * 10.0 / 255.0
 
 
 class UnetGenerator(nn.Module):
@@ -55,3 +63,26 @@ class UnetGenerator(nn.Module):
         d = torch.cat((self.norm2(self.dconv6(self.act(d))), e2), 1)
         d = torch.cat((self.norm(self.dconv7(self.act(d))), e1), 1)
         return self.tanh(self.dconv8(self.act(d)))
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device):
+    """Dropout draws from torch's global generator (as in the reference): seed it for this block only and
+    restore the caller's state afterwards. Yields a function giving the block's current state (for a
+    checkpoint); :func:`restore_global_rng` sets a saved one."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+
+        def current() -> dict:
+            out = {"cpu": torch.get_rng_state()}
+            if devices:
+                out["cuda"] = torch.cuda.get_rng_state(device)
+            return out
+        yield current
+
+
+def restore_global_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -12,7 +12,15 @@ from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 from torch import nn
 
-from iqadef import Attack, ConfigError, Metric, Param, WeightsError, attack_loss, hookimpl
+from iqadef import (
+    Attack,
+    ConfigError,
+    Metric,
+    Param,
+    WeightsError,
+    attack_loss,
+    hookimpl,
+)
 from iqadef.core.weights import WeightSpec, load_state_dict_strict, load_weights
 
 COLORIZATION_WEIGHTS = WeightSpec(

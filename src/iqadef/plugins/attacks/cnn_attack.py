@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +12,14 @@ import torch.nn.functional as F
 from iqadef import ConfigError, Metric, Param, WeightsError, attack_loss, hookimpl
 from iqadef.core.weights import load_checkpoint, load_state_dict_strict
 
-from ._unet import OUTPUT_SCALE, UnetGenerator
-from .cumulative_uap import AMPLITUDE_PRESETS
-from .generative_uap import seeded_global_rng
-from .uap import TrainedAttack, _batches, fit_to_size, tile_to
+from ._unet import (
+    OUTPUT_SCALE,
+    UnetGenerator,
+    normalize_and_scale,
+    restore_global_rng,
+    seeded_global_rng,
+)
+from .uap import BENCHMARK_AMPLITUDES, TrainedAttack, _batches, fit_to_size, tile_to
 
 #: The side the reference crops test images to (a multiple of it) and trains on.
 TILE = 256
@@ -35,7 +40,7 @@ def train_facpa(metric: Metric, images: torch.Tensor, *, size: int = TILE, lr: f
         raise ConfigError(f"cnn-attack.size: {size} is not a multiple of {TILE} (the U-Net halves it 8 times)")
     device = metric.device
     order = torch.Generator().manual_seed(int(seed))
-    with seeded_global_rng(seed, device, resume["dropout_rng"] if resume is not None else None) as rng_state:
+    with seeded_global_rng(seed, device) as rng_state:
         net = UnetGenerator(3, 3, ngf, norm_type="instance", act_type="relu").to(device).train()
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         start = 0
@@ -44,12 +49,13 @@ def train_facpa(metric: Metric, images: torch.Tensor, *, size: int = TILE, lr: f
             optimizer.load_state_dict(resume["optimizer"])
             order.set_state(resume["rng"])
             start = int(resume["epoch"])
+            restore_global_rng(resume["dropout_rng"], device)
         steps = 0
         for epoch in range(start, epochs):
             for batch in _batches(images, batch_size, order):
                 batch = fit_to_size(batch.to(device=device, dtype=torch.float32), size)
                 with torch.enable_grad():
-                    attacked = batch + net(batch) * OUTPUT_SCALE
+                    attacked = batch + normalize_and_scale(net(batch))
                     attacked = attacked + (attacked.clamp(0.0, 1.0) - attacked).detach()
                     loss = attack_loss(metric, attacked).mean()
                     optimizer.zero_grad()
@@ -77,7 +83,7 @@ def facpa_perturbation(net: UnetGenerator, images: torch.Tensor) -> torch.Tensor
     crop = images[..., :ch or h, :cw or w]
     crop = F.pad(crop, (0, max(0, TILE - crop.shape[-1]), 0, max(0, TILE - crop.shape[-2])))
     with torch.no_grad():
-        delta = net(crop) * OUTPUT_SCALE
+        delta = normalize_and_scale(net(crop))
     delta = delta[..., :ch or h, :cw or w]
     return torch.stack([tile_to(d, h, w) for d in delta])
 
@@ -96,7 +102,7 @@ class CnnAttack(TrainedAttack):
     norm = "linf"
     params = (
         Param("amplitude", float, 0.2, help="factor on the generator's output (times 10, as the reference)",
-              low=0.0, presets=AMPLITUDE_PRESETS),
+              low=0.0, presets=BENCHMARK_AMPLITUDES),
         Param("weights_path", Path, None, help="a trained generator state dict (the reference's or this "
                                                "plugin's); null = train"),
         Param("train_dir", Path, None, help="folder of training images; null = the bundled images"),

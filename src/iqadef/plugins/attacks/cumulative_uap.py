@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from iqadef import ConfigError, Metric, Param, attack_loss, hookimpl
 
-from .uap import UAP, _batches, fit_to_size
-
-#: The amplitudes the benchmark sweeps (ADI ``metrics/methods/utils/attack_presets.json``, presets -3..9).
-AMPLITUDE_PRESETS = (0.005, 0.01, 0.05, 0.1, 0.18889, 0.27778, 0.36667, 0.45556, 0.54444, 0.63333, 0.72222,
-                     0.81111, 0.9)
+from .uap import BENCHMARK_AMPLITUDES, UAP, _batches, fit_to_size
 
 
 def train_cumulative_uap(metric: Metric, images: torch.Tensor, *, size: int = 256, eps: float = 0.1,
@@ -64,7 +61,7 @@ class CumulativeUAP(UAP):
     name = "cumulative-uap"
     params = tuple(p for p in UAP.params if p.name not in ("amplitude", "lr")) + (
         Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-              presets=AMPLITUDE_PRESETS),
+              presets=BENCHMARK_AMPLITUDES),
         Param("lr", float, 1.0, help="factor on the gradient step (the reference: 1)", low=0.0),
     )
 

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from iqadef import ConfigError, Metric, Param, attack_loss, hookimpl
 
-from ._unet import OUTPUT_SCALE, UnetGenerator
-from .cumulative_uap import AMPLITUDE_PRESETS
-from .uap import UAP, _batches, fit_to_size, load_perturbation
-
-
-@contextlib.contextmanager
-def seeded_global_rng(seed: int, device: torch.device, state: dict | None = None):
-    """Dropout draws from torch's global generator (as in the reference): seed it for this block only,
-    restore the caller's state afterwards, and yield a function returning the block's current state."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        if state is not None:
-            torch.set_rng_state(state["cpu"])
-            if devices and "cuda" in state:
-                torch.cuda.set_rng_state(state["cuda"], device)
-        def current() -> dict:
-            out = {"cpu": torch.get_rng_state()}
-            if devices:
-                out["cuda"] = torch.cuda.get_rng_state(device)
-            return out
-        yield current
+from ._unet import (
+    OUTPUT_SCALE,
+    UnetGenerator,
+    normalize_and_scale,
+    restore_global_rng,
+    seeded_global_rng,
+)
+from .uap import BENCHMARK_AMPLITUDES, UAP, _batches, fit_to_size, load_perturbation
 
 
 def train_generative_uap(metric: Metric, images: torch.Tensor, *, size: int = 256, eps: float = 10 / 255,
@@ -52,7 +38,7 @@ def train_generative_uap(metric: Metric, images: torch.Tensor, *, size: int = 25
     device = metric.device
     order = torch.Generator().manual_seed(int(seed))
     z = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(int(seed))).to(device)
-    with seeded_global_rng(seed, device, resume["dropout_rng"] if resume is not None else None) as rng_state:
+    with seeded_global_rng(seed, device) as rng_state:
         net = UnetGenerator(3, 3, ngf, norm_type="instance", act_type="relu").to(device).train()
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         start = 0
@@ -62,12 +48,13 @@ def train_generative_uap(metric: Metric, images: torch.Tensor, *, size: int = 25
             z = resume["z"].to(device)
             order.set_state(resume["rng"])
             start = int(resume["epoch"])
+            restore_global_rng(resume["dropout_rng"], device)
         steps = 0
         for epoch in range(start, epochs):
             for batch in _batches(images, batch_size, order):
                 batch = fit_to_size(batch.to(device=device, dtype=z.dtype), size)
                 with torch.enable_grad():
-                    attacked = batch + net(z) * OUTPUT_SCALE
+                    attacked = batch + normalize_and_scale(net(z))
                     attacked = attacked + (attacked.clamp(0.0, 1.0) - attacked).detach()
                     loss = attack_loss(metric, attacked).mean()
                     optimizer.zero_grad()
@@ -81,7 +68,7 @@ def train_generative_uap(metric: Metric, images: torch.Tensor, *, size: int = 25
         if steps == 0 and start < epochs:
             raise ConfigError("generative-uap: no training images were given")
         with torch.no_grad():
-            return (net(z) * OUTPUT_SCALE)[0]
+            return (normalize_and_scale(net(z)))[0]
 
 
 class GenerativeUAP(UAP):
@@ -95,7 +82,7 @@ class GenerativeUAP(UAP):
     name = "generative-uap"
     params = tuple(p for p in UAP.params if p.name not in ("amplitude", "eps", "lr", "epochs")) + (
         Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-              presets=AMPLITUDE_PRESETS),
+              presets=BENCHMARK_AMPLITUDES),
         Param("eps", float, 10 / 255, help="clip of the generator's input noise (the output is bounded "
                                            "by 10/255 through tanh)", low=0.0),
         Param("lr", float, 1e-3, help="Adam learning rate of the generator", low=0.0),

@@ -33,7 +33,7 @@ def flow_warp(images: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
     b = torch.arange(images.shape[0], device=images.device).view(-1, 1, 1)
 
     def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return images[b, :, y, x].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+        return images[b, :, y, x].permute(0, 3, 1, 2).contiguous()  # [B, H, W, C] -> [B, C, H, W]
 
     x0f, x1f, y0f, y1f = x0.float(), x1.float(), y0.float(), y1.float()
     wa = ((x1f - gx) * (y1f - gy)).unsqueeze(1)

@@ -19,6 +19,13 @@ from PIL import Image
 from iqadef import Attack, ConfigError, Metric, Param, attack_loss, hookimpl
 from iqadef.core.weights import cache_dir, load_checkpoint
 
+#: The amplitudes the benchmark sweeps for its trained attacks (ADI
+#: ``metrics/methods/utils/attack_presets.json``, presets -3..9).
+BENCHMARK_AMPLITUDES = (
+    0.005, 0.01, 0.05, 0.1, 0.18889, 0.27778, 0.36667, 0.45556, 0.54444, 0.63333, 0.72222,
+    0.81111, 0.9)
+
+
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 

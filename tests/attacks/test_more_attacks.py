@@ -1,0 +1,259 @@
+"""The benchmark's spatial, colour and trained attacks: stadv, cadv, cnn-attack, cumulative-uap, generative-uap.
+
+Each is compared with a loop written here in its reference runner's own style (adversarial-defenses-for-iqa
+``metrics/methods/{stadv,cadv,cnn-attack}/``, MSU_Metrics_Robustness_Benchmark
+``robustness_benchmark/methods/{cumulative,generative}-uap/train.py``): ``.backward()``, in-place ``.data``
+updates, numpy where the reference uses it. Two pieces are shared with the plugins and tested on their own:
+the networks' architectures (their key layouts against the reference's) and, for cadv, scipy's k-means
+(the reference calls scikit-learn's ``KMeans``, which is not installed; both draw from a seeded generator).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from scipy.cluster.vq import kmeans2
+
+from iqadef import ConfigError
+from iqadef.core.plugins import PluginRegistry
+from iqadef.plugins.attacks import cadv as cadv_module
+from iqadef.plugins.attacks import cnn_attack as cnn_module
+from iqadef.plugins.attacks import cumulative_uap as cumulative_module
+from iqadef.plugins.attacks import generative_uap as generative_module
+from iqadef.plugins.attacks._unet import UnetGenerator
+
+from .test_attacks import assert_bound, mean_gain, write_pngs
+
+NEW_ATTACKS = ["stadv", "cadv", "cnn-attack", "cumulative-uap", "generative-uap"]
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    return PluginRegistry()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def per_image(reference, images, *args, **kwargs):
+    return torch.cat([reference(images[i:i + 1], *args, **kwargs) for i in range(images.shape[0])])
+
+
+def test_listed_with_their_presets(registry):
+    for name in NEW_ATTACKS:
+        described = registry.get("attacks", name).describe()
+        assert any(p.get("presets") for p in described["params"]), name
+
+
+# == stadv (ADI metrics/methods/stadv/run.py) ==========================================================
+def reference_flow_st(images, flows):
+    H, W = images.size()[2], images.size()[3]
+    basegrid = torch.stack(torch.meshgrid(torch.arange(0, H), torch.arange(0, W), indexing="ij"))
+    sampling_grid = basegrid.unsqueeze(0).type(torch.float32) + flows
+    sampling_grid_x = torch.clamp(sampling_grid[:, 1], 0.0, W - 1.0).type(torch.float32)
+    sampling_grid_y = torch.clamp(sampling_grid[:, 0], 0.0, H - 1.0).type(torch.float32)
+    x0 = torch.floor(sampling_grid_x).type(torch.int64)
+    x1 = x0 + 1
+    y0 = torch.floor(sampling_grid_y).type(torch.int64)
+    y1 = y0 + 1
+    x0, x1 = torch.clamp(x0, 0, W - 2), torch.clamp(x1, 0, W - 1)
+    y0, y1 = torch.clamp(y0, 0, H - 2), torch.clamp(y1, 0, H - 1)
+    Ia = images[:, :, y0[0, :, :], x0[0, :, :]]
+    Ib = images[:, :, y1[0, :, :], x0[0, :, :]]
+    Ic = images[:, :, y0[0, :, :], x1[0, :, :]]
+    Id = images[:, :, y1[0, :, :], x1[0, :, :]]
+    x0, x1, y0, y1 = x0.type(torch.float32), x1.type(torch.float32), y0.type(torch.float32), y1.type(torch.float32)
+    wa = (x1 - sampling_grid_x) * (y1 - sampling_grid_y)
+    wb = (x1 - sampling_grid_x) * (sampling_grid_y - y0)
+    wc = (sampling_grid_x - x0) * (y1 - sampling_grid_y)
+    wd = (sampling_grid_x - x0) * (sampling_grid_y - y0)
+    return (wa.unsqueeze(0) * Ia + wb.unsqueeze(0) * Ib + wc.unsqueeze(0) * Ic + wd.unsqueeze(0) * Id).type(torch.float32)
+
+
+def reference_flow_loss(flows, epsilon=1e-8):
+    padded_flows = F.pad(flows, (1, 1, 1, 1), mode="constant", value=0)
+    shifted_flows = [padded_flows[:, :, 2:, 2:], padded_flows[:, :, 2:, :-2], padded_flows[:, :, :-2, 2:],
+                     padded_flows[:, :, :-2, :-2]]
+    loss = 0
+    for shifted_flow in shifted_flows:
+        loss += torch.sum(torch.square(flows[:, 1] - shifted_flow[:, 1]) + torch.square(flows[:, 0] - shifted_flow[:, 0])
+                          + epsilon)
+    return loss.type(torch.float32)
+
+
+def reference_stadv(image, model, lr=2.5):
+    metric_range = model.span
+    flows = torch.from_numpy(np.zeros((1, 2) + image.size()[2:]))
+    flows.requires_grad = True
+    opt = torch.optim.LBFGS([flows], lr=lr, max_iter=1, max_eval=25)
+
+    def closure():
+        opt.zero_grad()
+        pert_out = reference_flow_st(image, flows)
+        s_adv, s_other = model(pert_out), metric_range * 1.5
+        if not model.higher_is_better:
+            s_adv = metric_range - s_adv
+            s_other = metric_range * 0.1
+        L_final = 50 * (s_other / (s_adv + s_other)) + 1e-5 * reference_flow_loss(flows)
+        L_final.backward()
+        return L_final
+
+    for _ in range(3):
+        opt.step(closure)
+    return reference_flow_st(image.clone(), flows).detach()
+
+
+@pytest.mark.parametrize("metric_name", ["cnn_metric", "lower_metric"])
+def test_stadv_matches_the_reference_loop(registry, request, small_images, metric_name):
+    metric = request.getfixturevalue(metric_name)
+    images = small_images[:2, :, :32, :24]  # not square: rows and columns must not be swapped
+    got = registry.get("attacks", "stadv")().run(metric, images)
+    expected = per_image(reference_stadv, images, metric)
+    assert not torch.equal(got, images)
+    torch.testing.assert_close(got, expected.clamp(0, 1), atol=0, rtol=0)
+
+
+def test_stadv_raises_tiny_iqa_and_only_moves_pixels(registry, tiny_iqa, bundled_images):
+    adv = registry.get("attacks", "stadv")().run(tiny_iqa, bundled_images)
+    assert_bound(registry.get("attacks", "stadv")(), bundled_images, adv)
+    assert mean_gain(tiny_iqa, bundled_images, adv) > 0
+    # A warp: every output value lies between the smallest and largest input value of its channel.
+    lo = bundled_images.amin(dim=(2, 3), keepdim=True)
+    hi = bundled_images.amax(dim=(2, 3), keepdim=True)
+    assert (adv >= lo - 1e-6).all() and (adv <= hi + 1e-6).all()
+
+
+# == cumulative-uap (MRB robustness_benchmark/methods/cumulative-uap/train.py) ===========================
+def test_cumulative_uap_training_matches_the_reference_loop(cnn_metric, small_images):
+    batches = [small_images[:2], small_images[2:], small_images[1:3]]  # the same batches for both
+    universal_noise = torch.zeros((1, 3, 64, 64)) + 0.0001
+    universal_noise.requires_grad_(True)
+    for _ in range(2):
+        for y in batches:
+            res = y + universal_noise
+            a = 1 - cnn_metric(res).mean() / cnn_metric.span
+            a.backward()
+            delta = universal_noise.grad.clone()
+            universal_noise.grad.data.zero_()
+            universal_noise = universal_noise - delta
+            universal_noise.data.clamp_(min=-0.1, max=0.1)
+            universal_noise = universal_noise.detach().requires_grad_(True)
+    got = cumulative_module.train_cumulative_uap(cnn_metric, batches, size=64, epochs=2)
+    assert (got - 1e-4).abs().min() > 0  # every pixel moved (the raw gradient of a 64x64 mean is ~1e-7)
+    torch.testing.assert_close(got, universal_noise.detach()[0], atol=0, rtol=0)
+
+
+# == generative-uap (MRB robustness_benchmark/methods/generative-uap/train.py) ===========================
+def big(images):
+    """The generators need sides that are multiples of 256."""
+    return F.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def test_generative_uap_training_matches_the_reference_loop(cnn_metric, small_images):
+    images = big(small_images[:3])
+    batches = [images[:2], images[2:]]
+    eps = 10.0 / 255.0
+    universal_noise = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(5))
+    universal_noise.requires_grad_(True)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        netG = UnetGenerator(3, 3, 4, norm_type="instance", act_type="relu")
+        optimizer = torch.optim.Adam(netG.parameters(), lr=0.001)
+        for _ in range(2):
+            for y in batches:
+                delta_im = netG(universal_noise) * 10.0 / 255.0
+                res = y + delta_im
+                res.data.clamp_(min=0.0, max=1.0)
+                a = 1 - cnn_metric(res).mean() / cnn_metric.span
+                optimizer.zero_grad()
+                a.backward()
+                optimizer.step()
+                universal_noise.data.clamp_(min=-eps, max=eps)
+        expected = (netG(universal_noise) * 10.0 / 255.0).squeeze().data
+    got = generative_module.train_generative_uap(cnn_metric, batches, epochs=2, seed=5, ngf=4)
+    assert got.abs().max() > 1e-3 and got.abs().max() <= eps
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+# == cnn-attack / FACPA (ADI metrics/methods/cnn-attack/train.py, utils/cnn_evaluate.py) =================
+def test_unet_has_the_reference_key_layout():
+    """The reference's UnetGenerator(3, 3, 64, 'instance', 'relu'): conv1..8 (4x4, stride 2) and
+    dconv1..8 with the skip concatenations' input widths; instance norms have no parameters."""
+    state = UnetGenerator(3, 3, 64).state_dict()
+    convs = [(3, 64), (64, 128), (128, 256), (256, 512)] + [(512, 512)] * 4
+    dconvs = [(512, 512), (1024, 512), (1024, 512), (1024, 512), (1024, 256), (512, 128), (256, 64), (128, 3)]
+    expected = {}
+    for i, (cin, cout) in enumerate(convs, 1):
+        expected[f"conv{i}.weight"], expected[f"conv{i}.bias"] = (cout, cin, 4, 4), (cout,)
+    for i, (cin, cout) in enumerate(dconvs, 1):
+        expected[f"dconv{i}.weight"], expected[f"dconv{i}.bias"] = (cin, cout, 4, 4), (cout,)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+def reference_cnn_train(metric_model, batches, ngf, lr=0.001, n_epoch=2):
+    netG = UnetGenerator(3, 3, ngf, norm_type="instance", act_type="relu")
+    optimizer = torch.optim.Adam(netG.parameters(), lr=lr)
+    for _ in range(n_epoch):
+        for y in batches:
+            delta_im = netG(y) * 10.0 / 255.0
+            res = y + delta_im
+            res.data.clamp_(min=0.0, max=1.0)
+            a = 1 - metric_model(res).mean() / metric_model.span
+            optimizer.zero_grad()
+            a.backward()
+            for p in netG.parameters():
+                p.grad = torch.nan_to_num(p.grad)
+            optimizer.step()
+    return netG.state_dict()
+
+
+def reference_cnn_run(netG, orig_images, k):
+    """cnn_evaluate.run for one image: numpy HxWx3, crop to multiples of 256, tile, ``+ delta * k * 10``."""
+    h, w = orig_images[0].shape[:2]
+    h, w = (h // 256) * 256, (w // 256) * 256
+    timage = torch.from_numpy(orig_images[:, :h, :w, :]).permute(0, 3, 1, 2).float()
+    delta_im = (netG(timage) * 10.0 / 255.0).data.cpu().numpy().transpose(0, 2, 3, 1)
+    delta = np.tile(delta_im, (1, orig_images.shape[1] // h + 1, orig_images.shape[2] // w + 1, 1))[
+        :, :orig_images.shape[1], :orig_images.shape[2], :]
+    return np.clip(orig_images + delta * k * 10, 0, 1)
+
+
+def test_cnn_attack_matches_the_reference_training_and_run(cnn_metric, small_images):
+    images = big(small_images[:3])
+    batches = [images[:2], images[2:]]
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        expected_state = reference_cnn_train(cnn_metric, batches, ngf=4)
+    got_state = cnn_module.train_facpa(cnn_metric, batches, epochs=2, seed=3, ngf=4)
+    assert got_state.keys() == expected_state.keys()
+    for key in got_state:
+        torch.testing.assert_close(got_state[key], expected_state[key], atol=0, rtol=0)
+
+    # Run: a 300x520 image (crop 256x512, tiled), float64 numpy in the reference.
+    net = UnetGenerator(3, 3, 4)
+    net.load_state_dict(got_state)
+    net.eval()
+    image = F.interpolate(small_images[:1], size=(300, 520), mode="bilinear", align_corners=False).clamp(0, 1)
+    expected = reference_cnn_run(net, image.permute(0, 2, 3, 1).double().numpy(), 0.5)
+    got = image + cnn_module.facpa_perturbation(net, image) * 0.5 * 10
+    got = got.clamp(0, 1)
+    expected = torch.from_numpy(expected).permute(0, 3, 1, 2)
+    assert (expected - image.double()).abs().max() > 0.05
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)  # float32 vs float64 arithmetic
+
+
+def test_cnn_attack_pads_images_smaller_than_the_tile(cnn_metric, small_images):
+    net = UnetGenerator(3, 3, 4).eval()
+    delta = cnn_module.facpa_perturbation(net, small_images[:2])
+    padded = F.pad(small_images[:2], (0, 192, 0, 192))
+    with torch.no_grad():
+        expected = net(padded)[..., :64, :64] * 10 / 255
+    torch.testing.assert_close(delta, expected, atol=1e-7, rtol=0)
