@@ -257,3 +257,149 @@ def test_cnn_attack_pads_images_smaller_than_the_tile(cnn_metric, small_images):
     with torch.no_grad():
         expected = net(padded)[..., :64, :64] * 10 / 255
     torch.testing.assert_close(delta, expected, atol=1e-7, rtol=0)
+
+
+# == cadv (ADI metrics/methods/cadv/run.py) ==============================================================
+def test_colorization_net_has_the_reference_key_layout():
+    state = cadv_module.ColorizationNet().state_dict()
+    assert len(state) == 107  # 36 convolutions (weight, bias) + 7 batch norms (5 entries each)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for key, shape in {"model1.0.weight": (64, 4, 3, 3), "model1.4.running_var": (64,),
+                       "model3.6.weight": (256,), "model4.6.num_batches_tracked": (),
+                       "model5.4.weight": (512, 512, 3, 3), "model7.6.bias": (512,),
+                       "model8up.0.weight": (512, 256, 4, 4), "model3short8.0.weight": (256, 256, 3, 3),
+                       "model8.1.weight": (256, 256, 3, 3), "model8.5.running_mean": (256,),
+                       "model9up.0.weight": (256, 128, 4, 4), "model2short9.0.weight": (128, 128, 3, 3),
+                       "model9.1.weight": (128, 128, 3, 3), "model9.3.weight": (128,),
+                       "model10up.0.weight": (128, 128, 4, 4), "model1short10.0.weight": (128, 64, 3, 3),
+                       "model10.1.weight": (128, 128, 3, 3), "model_class.0.weight": (529, 256, 1, 1),
+                       "model_out.0.weight": (2, 128, 1, 1)}.items():
+        assert shapes[key] == shape, key
+
+
+@pytest.fixture(scope="module")
+def colorization_weights(tmp_path_factory):
+    """Random weights in the official key layout (the real file cannot be downloaded here)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        state = cadv_module.ColorizationNet().state_dict()
+    path = tmp_path_factory.mktemp("cadv") / "cadv-colorization-model.pth"
+    torch.save(state, path)
+    return path
+
+
+def ref_rgb2lab(rgb):
+    mask = (rgb > .04045).type(torch.FloatTensor)
+    rgb = (((rgb + .055) / 1.055) ** 2.4) * mask + rgb / 12.92 * (1 - mask)
+    x = .412453 * rgb[:, 0, :, :] + .357580 * rgb[:, 1, :, :] + .180423 * rgb[:, 2, :, :]
+    y = .212671 * rgb[:, 0, :, :] + .715160 * rgb[:, 1, :, :] + .072169 * rgb[:, 2, :, :]
+    z = .019334 * rgb[:, 0, :, :] + .119193 * rgb[:, 1, :, :] + .950227 * rgb[:, 2, :, :]
+    xyz = torch.cat((x[:, None, :, :], y[:, None, :, :], z[:, None, :, :]), dim=1)
+    xyz_scale = xyz / torch.Tensor((0.95047, 1., 1.08883))[None, :, None, None]
+    mask = (xyz_scale > .008856).type(torch.FloatTensor)
+    xyz_int = xyz_scale ** (1 / 3.) * mask + (7.787 * xyz_scale + 16. / 116.) * (1 - mask)
+    L = 116. * xyz_int[:, 1, :, :] - 16.
+    a = 500. * (xyz_int[:, 0, :, :] - xyz_int[:, 1, :, :])
+    b = 200. * (xyz_int[:, 1, :, :] - xyz_int[:, 2, :, :])
+    lab = torch.cat((L[:, None, :, :], a[:, None, :, :], b[:, None, :, :]), dim=1)
+    return torch.cat(((lab[:, [0], :, :] - 50.) / 100., lab[:, 1:, :, :] / 110.), dim=1)
+
+
+def ref_lab2rgb(lab_rs):
+    lab = torch.cat((lab_rs[:, [0], :, :] * 100. + 50., lab_rs[:, 1:, :, :] * 110.), dim=1)
+    y_int = (lab[:, 0, :, :] + 16.) / 116.
+    x_int = (lab[:, 1, :, :] / 500.) + y_int
+    z_int = torch.max(torch.Tensor((0,)), y_int - (lab[:, 2, :, :] / 200.))
+    out = torch.cat((x_int[:, None, :, :], y_int[:, None, :, :], z_int[:, None, :, :]), dim=1)
+    mask = (out > .2068966).type(torch.FloatTensor)
+    out = (out ** 3.) * mask + (out - 16. / 116.) / 7.787 * (1 - mask)
+    xyz = out * torch.Tensor((0.95047, 1., 1.08883))[None, :, None, None]
+    r = 3.24048134 * xyz[:, 0, :, :] - 1.53715152 * xyz[:, 1, :, :] - 0.49853633 * xyz[:, 2, :, :]
+    g = -0.96925495 * xyz[:, 0, :, :] + 1.87599 * xyz[:, 1, :, :] + .04155593 * xyz[:, 2, :, :]
+    b = .05564664 * xyz[:, 0, :, :] - .20404134 * xyz[:, 1, :, :] + 1.05731107 * xyz[:, 2, :, :]
+    rgb = torch.cat((r[:, None, :, :], g[:, None, :, :], b[:, None, :, :]), dim=1)
+    rgb = torch.max(rgb, torch.zeros_like(rgb))
+    mask = (rgb > .0031308).type(torch.FloatTensor)
+    return (1.055 * (rgb ** (1. / 2.4)) - 0.055) * mask + 12.92 * rgb * (1 - mask)
+
+
+def reference_cadv(compress_image, model, color_model, rng, lr=0.0005):
+    """run.py's get_colorization_data + attack; KMeans and np.random replaced by kmeans2 and ``rng``."""
+    old_compress_image = compress_image.clone()
+    w, h = (compress_image.shape[2] // 4) * 4, (compress_image.shape[3] // 4) * 4
+    compress_image = compress_image[:, :, :w, :h]
+    data_lab = ref_rgb2lab(compress_image)
+    data = {"L": data_lab[:, [0, ], :, :], "AB": data_lab[:, 1:, :, :]}
+    hints = data["AB"].clone()
+    mask = torch.full_like(data["L"], -.5)
+    with torch.no_grad():
+        N, C, H, W = hints.shape
+        np_hints = ndimage.gaussian_filter(hints.squeeze(0).cpu().numpy(), 3).reshape([2, -1]).T
+        hints_q = kmeans2(np_hints.astype(np.float64), 8, minit="++", seed=int(rng.integers(2**31 - 1)))[1]
+        logits, reg = color_model(data["L"], torch.zeros_like(hints), torch.full_like(mask, -.5))
+        hints_distr = F.softmax(logits, dim=1).clamp(1e-8).squeeze(0)
+        entropy = (-1 * hints_distr * torch.log(hints_distr)).sum(0)
+        entropy = F.interpolate(entropy[None, None, ...], scale_factor=4, mode="nearest").squeeze().view(-1)
+        entropy_cluster = np.zeros(8)
+        for i in range(8):
+            entropy_cluster[i] = entropy[(hints_q == i).nonzero()].mean()
+        idx = np.isin(hints_q, np.argsort(entropy_cluster)[:4]).nonzero()[0]
+        idx_rand = idx[rng.choice(idx.shape[0], 50, replace=False)]
+        chosen_hints = hints.view(N, C, -1)[..., idx_rand].clone()
+        hints.fill_(0)
+        hints.view(N, C, -1)[..., idx_rand] = chosen_hints
+        mask.view(N, 1, -1)[..., idx_rand] = .5
+    data["hints"], data["mask"] = hints, mask
+    optimizer = torch.optim.Adam([data["hints"].requires_grad_(), data["mask"].requires_grad_()], lr=lr,
+                                 betas=(0.9, 0.999))
+    for _ in range(10):
+        out_class, out_reg = color_model(data["L"], data["hints"].clamp(-1, 1), data["mask"].clamp(-.5, .5))
+        compress_image = ref_lab2rgb(torch.cat((data["L"], out_reg), dim=1)).clamp(0, 1)
+        score = model(compress_image)
+        sign = 1 if model.higher_is_better else -1
+        loss = 1 - score * sign / model.span
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        compress_image.data.clamp_(min=0, max=1)
+    old_compress_image[:, :, :w, :h] = compress_image
+    return old_compress_image.data.clamp_(min=0, max=1)
+
+
+def test_cadv_matches_the_reference_loop(registry, cnn_metric, small_images, colorization_weights):
+    images = small_images[1:2, :, :34, :43]  # cropped to 32x40 inside; the rest is kept (one image: 1M-weight layers)
+    attack = registry.get("attacks", "cadv")(weights_path=str(colorization_weights))
+    got = attack.run(cnn_metric, images, seed=7)
+    rng = np.random.default_rng(7)
+    expected = per_image(reference_cadv, images, cnn_metric, attack.network, rng)
+    assert (got[..., :32, :40] - images[..., :32, :40]).abs().max() > 0.01
+    torch.testing.assert_close(got[..., 32:, :], images[..., 32:, :], atol=0, rtol=0)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_cadv_keeps_the_lightness_and_raises_tiny_iqa(registry, tiny_iqa, bundled_images, colorization_weights):
+    """With random colourisation weights the recolouring itself is arbitrary (it scores below the clean
+    image); what the attack controls is the hints: the optimised result must score above the
+    recolouring with the initial hints (one forward pass, same seed, so the same hints)."""
+    images = bundled_images[:2]
+    attack = registry.get("attacks", "cadv")(weights_path=str(colorization_weights), lr=0.05)
+    adv = attack.run(tiny_iqa, images, seed=0)
+    start = registry.get("attacks", "cadv")(weights_path=str(colorization_weights), iters=1).run(tiny_iqa, images, seed=0)
+    assert_bound(attack, images, adv)
+    lightness = cadv_module.rgb_to_lab_scaled(images)[:, 0]
+    recoloured = cadv_module.rgb_to_lab_scaled(adv)[:, 0]
+    assert (adv - start).abs().max() > 0.005
+    assert (lightness - recoloured).abs().mean() < 0.02  # L is the input's (up to gamut clipping)
+    gain = mean_gain(tiny_iqa, start, adv)
+    print(f"tiny-iqa mean score gain of cadv over its initial recolouring (random weights): {gain:+.4f}")
+    assert gain > 0
+
+
+def test_cadv_needs_its_weights(registry, cnn_metric, small_images, tmp_path, torch_home):
+    from iqadef import WeightsError
+
+    with pytest.raises((WeightsError, ConfigError), match="cadv-colorization-model.pth"):
+        registry.get("attacks", "cadv")().run(cnn_metric, small_images)
+    torch.save({"model1.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match="does not fit"):
+        registry.get("attacks", "cadv")(weights_path=str(tmp_path / "bad.pth")).run(cnn_metric, small_images)

@@ -135,9 +135,9 @@ def choose_hints(net: ColorizationNet, lab: torch.Tensor, rng: np.random.Generat
         logits, _ = net(lightness, torch.zeros_like(ab), torch.full_like(lightness, -0.5))
         distribution = F.softmax(logits, dim=1).clamp(1e-8).squeeze(0)
         entropy = (-1 * distribution * torch.log(distribution)).sum(0)
-        entropy = F.interpolate(entropy[None, None], scale_factor=4, mode="nearest").view(-1).cpu().numpy()
-    with np.errstate(invalid="ignore"):
-        means = np.array([entropy[labels == i].mean() if (labels == i).any() else np.nan for i in range(clusters)])
+        entropy = F.interpolate(entropy[None, None], scale_factor=4, mode="nearest").view(-1).cpu()
+    # Means in torch float32 as the reference takes them: a near-uniform network ties them to the last bit.
+    means = np.array([entropy[torch.from_numpy(labels == i)].mean().item() for i in range(clusters)])
     pixels = np.isin(labels, np.argsort(means)[:chosen_clusters]).nonzero()[0]
     if pixels.shape[0] < count:
         raise ConfigError(f"cadv: only {pixels.shape[0]} pixels in the chosen colour clusters, fewer than "
