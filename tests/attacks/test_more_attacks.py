@@ -403,3 +403,101 @@ def test_cadv_needs_its_weights(registry, cnn_metric, small_images, tmp_path, to
     torch.save({"model1.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(WeightsError, match="does not fit"):
         registry.get("attacks", "cadv")(weights_path=str(tmp_path / "bad.pth")).run(cnn_metric, small_images)
+
+
+# == the trained attacks: cache, reuse, retraining, resumption ============================================
+#: name -> (module, training function, small settings, a changed setting)
+TRAINED = {
+    "cumulative-uap": (cumulative_module, "train_cumulative_uap", {"size": 64, "epochs": 2, "batch_size": 1,
+                                                                   "amplitude": 0.8}, {"lr": 2.0}),
+    "generative-uap": (generative_module, "train_generative_uap", {"ngf": 4, "epochs": 2, "batch_size": 1,
+                                                                   "amplitude": 0.8}, {"ngf": 8}),
+    "cnn-attack": (cnn_module, "train_facpa", {"ngf": 4, "epochs": 2, "batch_size": 1, "amplitude": 0.5},
+                   {"epochs": 3}),
+}
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("the cached training should have been used")
+
+
+@pytest.mark.parametrize("name", list(TRAINED))
+def test_training_is_cached_reused_and_redone_when_a_parameter_changes(registry, name, cnn_metric, small_images,
+                                                                      tmp_path, torch_home, monkeypatch):
+    module, function, small, changed = TRAINED[name]
+    write_pngs(small_images[:2], tmp_path / "train")
+    make = registry.get("attacks", name)
+    attack = make(train_dir=str(tmp_path / "train"), **small)
+    out = attack.run(cnn_metric, small_images)
+    assert_bound(attack, small_images, out)
+    assert (out - small_images).abs().max() > 0
+    cached = list((torch_home / "hub" / "iqadef" / name).iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith(cnn_metric.name) and cached[0].suffix == ".pt"
+    assert ".partial" not in cached[0].name
+
+    monkeypatch.setattr(module, function, no_training)
+    again = make(train_dir=str(tmp_path / "train"), **small).run(cnn_metric, small_images)
+    assert torch.equal(out, again)
+    with pytest.raises(AssertionError, match="cached"):
+        make(train_dir=str(tmp_path / "train"), **{**small, **changed}).run(cnn_metric, small_images)
+    (tmp_path / "train" / "img1.png").unlink()  # other training images: another entry
+    with pytest.raises(AssertionError, match="cached"):
+        make(train_dir=str(tmp_path / "train"), **small).run(cnn_metric, small_images)
+
+
+@pytest.mark.parametrize("name", list(TRAINED))
+def test_a_killed_training_resumes_from_its_last_epoch(registry, name, cnn_metric, small_images, tmp_path,
+                                                       monkeypatch):
+    module, function, small, _ = TRAINED[name]
+    write_pngs(small_images[:2], tmp_path / "train")
+    make = registry.get("attacks", name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "uninterrupted"))
+    expected = make(train_dir=str(tmp_path / "train"), **small).run(cnn_metric, small_images)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "interrupted"))
+    real = getattr(module, function)
+    epochs_run = []
+
+    def killed_after_one_epoch(*args, checkpoint=None, **kwargs):
+        def save_then_die(state):
+            checkpoint(state)
+            raise KeyboardInterrupt
+        return real(*args, checkpoint=save_then_die, **kwargs)
+
+    monkeypatch.setattr(module, function, killed_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        make(train_dir=str(tmp_path / "train"), **small).run(cnn_metric, small_images)
+    folder = tmp_path / "interrupted" / "hub" / "iqadef" / name
+    assert [p.name.endswith(".partial.pt") for p in folder.iterdir()] == [True]
+
+    def resumed(*args, resume=None, checkpoint=None, **kwargs):
+        def record(state):
+            epochs_run.append(int(state["epoch"]))
+            checkpoint(state)
+        return real(*args, resume=resume, checkpoint=record, **kwargs)
+
+    monkeypatch.setattr(module, function, resumed)
+    got = make(train_dir=str(tmp_path / "train"), **small).run(cnn_metric, small_images)
+    assert epochs_run == [2]  # only the second epoch was trained again
+    assert torch.equal(got, expected)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".partial.pt")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, params", [
+    ("cumulative-uap", {"epochs": 3, "batch_size": 4, "amplitude": 0.9}),
+    ("generative-uap", {"ngf": 8, "epochs": 3, "lr": 0.01, "batch_size": 4, "amplitude": 0.9}),
+    ("cnn-attack", {"ngf": 8, "epochs": 3, "lr": 0.01, "batch_size": 4, "amplitude": 0.5}),
+])
+def test_trained_attack_raises_tiny_iqa_within_its_bound(registry, tiny_iqa, name, params, torch_home):
+    """Trained on the bundled images (the default training set, 256x256) and applied to four of them;
+    small generators (ngf 8) and few epochs so that training takes seconds."""
+    from .conftest import _load_png, bundled_pngs
+
+    images = torch.cat([_load_png(p, 256) for p in bundled_pngs()[:4]])
+    attack = registry.get("attacks", name)(**params)
+    adv = attack.run(tiny_iqa, images)
+    assert_bound(attack, images, adv)
+    gain = mean_gain(tiny_iqa, images, adv)
+    print(f"tiny-iqa mean score gain of {name}: {gain:+.4f}")
+    assert gain > 0
