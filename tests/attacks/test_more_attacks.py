@@ -501,3 +501,14 @@ def test_trained_attack_raises_tiny_iqa_within_its_bound(registry, tiny_iqa, nam
     gain = mean_gain(tiny_iqa, images, adv)
     print(f"tiny-iqa mean score gain of {name}: {gain:+.4f}")
     assert gain > 0
+
+
+@pytest.mark.parametrize("name", ["uap", *TRAINED])
+def test_cached_results_follow_the_training_images(registry, name, small_images, tmp_path):
+    """The attack's key (which keys every cached x_a) changes with the training images' content."""
+    write_pngs(small_images[:2], tmp_path / "train")
+    make = registry.get("attacks", name)
+    before = make(train_dir=str(tmp_path / "train")).key()
+    assert make(train_dir=str(tmp_path / "train")).key() == before
+    write_pngs(small_images[2:], tmp_path / "train")  # same names, other content
+    assert make(train_dir=str(tmp_path / "train")).key() != before

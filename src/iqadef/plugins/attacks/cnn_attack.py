@@ -99,6 +99,7 @@ class CnnAttack(TrainedAttack):
     """
 
     name = "cnn-attack"
+    result_param = "weights_path"
     norm = "linf"
     params = (
         Param("amplitude", float, 0.2, help="factor on the generator's output (times 10, as the reference)",

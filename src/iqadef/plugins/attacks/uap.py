@@ -190,6 +190,8 @@ class TrainedAttack(Attack):
 
     #: The subfolder of the cache (default: the plugin's name).
     cache_folder: str = ""
+    #: The parameter naming a ready training result (a file), which replaces training.
+    result_param: str = ""
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)
@@ -203,6 +205,18 @@ class TrainedAttack(Attack):
               checkpoint: Any) -> dict:
         """Train against ``metric`` on ``images`` ``[N, 3, H, W]``; return a dict of tensors."""
         raise NotImplementedError
+
+    def weights_in_use(self) -> tuple:
+        """The files this attack's output depends on (their content enters :meth:`identity`, so cached
+        x_a are not reused after a retraining): the given training result, else the training images."""
+        given = self.config.get(self.result_param) if self.result_param else None
+        if given:
+            return (Path(given).expanduser(),)
+        try:
+            folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
+            return tuple(Path(str(entry)) for entry in _image_entries(folder))
+        except ConfigError:
+            return ()  # reported with its fix when training starts
 
     def training_images(self) -> torch.Tensor:
         folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
@@ -247,6 +261,7 @@ class UAP(TrainedAttack):
 
     name = "uap"
     norm = "linf"
+    result_param = "perturbation_path"
     params = (
         Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
               presets=(0.2, 0.4, 0.8)),
