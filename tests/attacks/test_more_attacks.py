@@ -10,8 +10,6 @@ the networks' architectures (their key layouts against the reference's) and, for
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -333,10 +331,10 @@ def reference_cadv(compress_image, model, color_model, rng, lr=0.0005):
     hints = data["AB"].clone()
     mask = torch.full_like(data["L"], -.5)
     with torch.no_grad():
-        N, C, H, W = hints.shape
+        N, C = hints.shape[:2]
         np_hints = ndimage.gaussian_filter(hints.squeeze(0).cpu().numpy(), 3).reshape([2, -1]).T
         hints_q = kmeans2(np_hints.astype(np.float64), 8, minit="++", seed=int(rng.integers(2**31 - 1)))[1]
-        logits, reg = color_model(data["L"], torch.zeros_like(hints), torch.full_like(mask, -.5))
+        logits, _reg = color_model(data["L"], torch.zeros_like(hints), torch.full_like(mask, -.5))
         hints_distr = F.softmax(logits, dim=1).clamp(1e-8).squeeze(0)
         entropy = (-1 * hints_distr * torch.log(hints_distr)).sum(0)
         entropy = F.interpolate(entropy[None, None, ...], scale_factor=4, mode="nearest").squeeze().view(-1)
@@ -353,7 +351,7 @@ def reference_cadv(compress_image, model, color_model, rng, lr=0.0005):
     optimizer = torch.optim.Adam([data["hints"].requires_grad_(), data["mask"].requires_grad_()], lr=lr,
                                  betas=(0.9, 0.999))
     for _ in range(10):
-        out_class, out_reg = color_model(data["L"], data["hints"].clamp(-1, 1), data["mask"].clamp(-.5, .5))
+        _out_class, out_reg = color_model(data["L"], data["hints"].clamp(-1, 1), data["mask"].clamp(-.5, .5))
         compress_image = ref_lab2rgb(torch.cat((data["L"], out_reg), dim=1)).clamp(0, 1)
         score = model(compress_image)
         sign = 1 if model.higher_is_better else -1

@@ -59,11 +59,11 @@ class CumulativeUAP(UAP):
     """
 
     name = "cumulative-uap"
-    params = tuple(p for p in UAP.params if p.name not in ("amplitude", "lr")) + (
-        Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-              presets=BENCHMARK_AMPLITUDES),
-        Param("lr", float, 1.0, help="factor on the gradient step (the reference: 1)", low=0.0),
-    )
+    params = tuple({
+        "amplitude": Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
+                           presets=BENCHMARK_AMPLITUDES),
+        "lr": Param("lr", float, 1.0, help="factor on the gradient step (the reference: 1)", low=0.0),
+    }.get(p.name, p) for p in UAP.params)
 
     def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
               checkpoint: Any = None) -> dict:

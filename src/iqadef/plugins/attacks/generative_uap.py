@@ -80,13 +80,14 @@ class GenerativeUAP(UAP):
     """
 
     name = "generative-uap"
-    params = tuple(p for p in UAP.params if p.name not in ("amplitude", "eps", "lr", "epochs")) + (
-        Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-              presets=BENCHMARK_AMPLITUDES),
-        Param("eps", float, 10 / 255, help="clip of the generator's input noise (the output is bounded "
-                                           "by 10/255 through tanh)", low=0.0),
-        Param("lr", float, 1e-3, help="Adam learning rate of the generator", low=0.0),
-        Param("epochs", int, 1, help="training epochs", low=1),
+    params = tuple({
+        "amplitude": Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
+                           presets=BENCHMARK_AMPLITUDES),
+        "eps": Param("eps", float, 10 / 255, help="clip of the generator's input noise (the output is bounded "
+                                                  "by 10/255 through tanh)", low=0.0),
+        "lr": Param("lr", float, 1e-3, help="Adam learning rate of the generator", low=0.0),
+        "epochs": Param("epochs", int, 1, help="training epochs", low=1),
+    }.get(p.name, p) for p in UAP.params) + (
         Param("ngf", int, 64, help="generator width (the reference: 64)", low=1),
     )
 
