@@ -510,3 +510,20 @@ def test_cached_results_follow_the_training_images(registry, name, small_images,
     assert make(train_dir=str(tmp_path / "train")).key() == before
     write_pngs(small_images[2:], tmp_path / "train")  # same names, other content
     assert make(train_dir=str(tmp_path / "train")).key() != before
+
+
+def test_training_on_a_named_dataset(registry, cnn_metric, small_images, tmp_path, torch_home):
+    """`train_dataset` takes a dataset as the registry's `dataset:` does; `builtin` is the default set."""
+    make = registry.get("attacks", "cumulative-uap")
+    small = TRAINED["cumulative-uap"][2]
+    by_name = make(train_dataset="builtin", **small)
+    default = make(**small)
+    assert by_name.cache_path(cnn_metric) == default.cache_path(cnn_metric)
+    assert by_name.weights_in_use() == default.weights_in_use() and len(default.weights_in_use()) >= 4
+    write_pngs(small_images[:2], tmp_path / "mine")
+    folder = make(train_dataset=str(tmp_path / "mine"), **small)
+    assert [p.name for p in folder.weights_in_use()] == ["img0.png", "img1.png"]
+    assert torch.equal(folder.run(cnn_metric, small_images),
+                       make(train_dir=str(tmp_path / "mine"), **small).run(cnn_metric, small_images))
+    with pytest.raises(ConfigError, match="train_dataset"):
+        make(train_dataset="no-such-dataset", **small).run(cnn_metric, small_images)

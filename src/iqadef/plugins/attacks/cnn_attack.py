@@ -107,6 +107,8 @@ class CnnAttack(TrainedAttack):
         Param("weights_path", Path, None, help="a trained generator state dict (the reference's or this "
                                                "plugin's); null = train"),
         Param("train_dir", Path, None, help="folder of training images; null = the bundled images"),
+        Param("train_dataset", str, None, help="train on a dataset instead (as the registry's `dataset:`, "
+                                               "e.g. koniq10k, nips2017, builtin); overrides train_dir"),
         Param("size", int, TILE, help="side of the training crops (a multiple of 256)", low=TILE),
         Param("lr", float, 1e-3, help="Adam learning rate", low=0.0),
         Param("epochs", int, 5, help="training epochs", low=1),

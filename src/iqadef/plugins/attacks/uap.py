@@ -121,10 +121,21 @@ def _image_entries(folder: Any) -> list:
     return entries
 
 
+def dataset_files(name: str) -> list[Path]:
+    """The image files of a dataset given by name as in the registry's ``dataset:`` (``builtin``,
+    ``koniq10k``, ``nips2017``, a folder, ...; docs/datasets.md), for training on it."""
+    from iqadef.core.dataset import parse_dataset
+    from iqadef.core.plugins import PluginRegistry
+
+    config = parse_dataset(name, Path.cwd(), PluginRegistry(), where="train_dataset")
+    return [entry.path for entry in config.entries()]
+
+
 def load_folder(folder: Any, size: int) -> torch.Tensor:
-    """All images of ``folder`` as ``[N, 3, size, size]`` in [0, 1] (see :func:`fit_to_size`)."""
+    """All images of ``folder`` (or of a list of files) as ``[N, 3, size, size]`` in [0, 1] (see
+    :func:`fit_to_size`)."""
     out = []
-    for entry in _image_entries(folder):
+    for entry in (folder if isinstance(folder, list) else _image_entries(folder)):
         with Image.open(io.BytesIO(entry.read_bytes())) as im:
             array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
         out.append(fit_to_size(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0), size))
@@ -132,8 +143,9 @@ def load_folder(folder: Any, size: int) -> torch.Tensor:
 
 
 def folder_fingerprint(folder: Any) -> list:
-    """Names and contents' hashes of the images in ``folder`` (part of the cache key)."""
-    return [[e.name, hashlib.sha256(e.read_bytes()).hexdigest()[:16]] for e in _image_entries(folder)]
+    """Names and contents' hashes of the images in ``folder`` or a list of files (part of the cache key)."""
+    entries = folder if isinstance(folder, list) else _image_entries(folder)
+    return [[e.name, hashlib.sha256(e.read_bytes()).hexdigest()[:16]] for e in entries]
 
 
 # -- perturbation files --------------------------------------------------------------------------------
@@ -196,6 +208,7 @@ class TrainedAttack(Attack):
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)
         self._trained: dict[tuple[str, str], dict] = {}
+        self._dataset_files: list[Path] | None = None
 
     def training_recipe(self) -> dict:
         """The parameters that determine the training result (hashed into the cache path)."""
@@ -206,6 +219,15 @@ class TrainedAttack(Attack):
         """Train against ``metric`` on ``images`` ``[N, 3, H, W]``; return a dict of tensors."""
         raise NotImplementedError
 
+    def training_source(self) -> Any:
+        """The training images: the files of ``train_dataset``, else the folder ``train_dir``, else the
+        bundled images."""
+        if getattr(self, "train_dataset", None):
+            if self._dataset_files is None:  # scanned once: the identity and the cache path need it too
+                self._dataset_files = dataset_files(self.train_dataset)
+            return self._dataset_files
+        return self.train_dir if self.train_dir is not None else bundled_images_dir()
+
     def weights_in_use(self) -> tuple:
         """The files this attack's output depends on (their content enters :meth:`identity`, so cached
         x_a are not reused after a retraining): the given training result, else the training images."""
@@ -213,20 +235,18 @@ class TrainedAttack(Attack):
         if given:
             return (Path(given).expanduser(),)
         try:
-            folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
-            return tuple(Path(str(entry)) for entry in _image_entries(folder))
+            source = self.training_source()
+            return tuple(Path(str(e)) for e in (source if isinstance(source, list) else _image_entries(source)))
         except ConfigError:
             return ()  # reported with its fix when training starts
 
     def training_images(self) -> torch.Tensor:
-        folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
-        return load_folder(folder, self.size)
+        return load_folder(self.training_source(), self.size)
 
     def cache_path(self, metric: Metric) -> Path:
         """Where the training result for ``metric`` with these parameters is cached."""
-        folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
         recipe = {"metric": metric.identity(), **self.training_recipe(),
-                  "images": folder_fingerprint(folder), "version": self.version}
+                  "images": folder_fingerprint(self.training_source()), "version": self.version}
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return cache_dir() / (self.cache_folder or self.name) / f"{metric.name}-{metric.key()}-{digest}.pt"
 
@@ -268,6 +288,8 @@ class UAP(TrainedAttack):
         Param("perturbation_path", Path, None,
               help="a trained perturbation (.pt from this plugin, or the reference's .npy); null = train"),
         Param("train_dir", Path, None, help="folder of training images; null = the bundled images"),
+        Param("train_dataset", str, None, help="train on a dataset instead (as the registry's `dataset:`, "
+                                               "e.g. koniq10k, nips2017, builtin); overrides train_dir"),
         Param("eps", float, 0.1, help="L-inf bound of the trained perturbation (before amplitude)", low=0.0),
         Param("size", int, 256, help="side of the trained perturbation", low=1),
         Param("lr", float, 1e-3, help="Adam learning rate", low=0.0),
