@@ -375,6 +375,7 @@ def test_cadv_matches_the_reference_loop(registry, cnn_metric, small_images, col
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_cadv_keeps_the_lightness_and_raises_tiny_iqa(registry, tiny_iqa, bundled_images, colorization_weights):
     """With random colourisation weights the recolouring itself is arbitrary (it scores below the clean
     image); what the attack controls is the hints: the optimised result must score above the
