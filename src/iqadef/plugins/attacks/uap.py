@@ -19,6 +19,13 @@ from PIL import Image
 from iqadef import Attack, ConfigError, Metric, Param, attack_loss, hookimpl
 from iqadef.core.weights import cache_dir, load_checkpoint
 
+#: The amplitudes the benchmark sweeps for its trained attacks (ADI
+#: ``metrics/methods/utils/attack_presets.json``, presets -3..9).
+BENCHMARK_AMPLITUDES = (
+    0.005, 0.01, 0.05, 0.1, 0.18889, 0.27778, 0.36667, 0.45556, 0.54444, 0.63333, 0.72222,
+    0.81111, 0.9)
+
+
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -114,10 +121,21 @@ def _image_entries(folder: Any) -> list:
     return entries
 
 
+def dataset_files(name: str) -> list[Path]:
+    """The image files of a dataset given by name as in the registry's ``dataset:`` (``builtin``,
+    ``koniq10k``, ``nips2017``, a folder, ...; docs/datasets.md), for training on it."""
+    from iqadef.core.dataset import parse_dataset
+    from iqadef.core.plugins import PluginRegistry
+
+    config = parse_dataset(name, Path.cwd(), PluginRegistry(), where="train_dataset")
+    return [entry.path for entry in config.entries()]
+
+
 def load_folder(folder: Any, size: int) -> torch.Tensor:
-    """All images of ``folder`` as ``[N, 3, size, size]`` in [0, 1] (see :func:`fit_to_size`)."""
+    """All images of ``folder`` (or of a list of files) as ``[N, 3, size, size]`` in [0, 1] (see
+    :func:`fit_to_size`)."""
     out = []
-    for entry in _image_entries(folder):
+    for entry in (folder if isinstance(folder, list) else _image_entries(folder)):
         with Image.open(io.BytesIO(entry.read_bytes())) as im:
             array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
         out.append(fit_to_size(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0), size))
@@ -125,8 +143,9 @@ def load_folder(folder: Any, size: int) -> torch.Tensor:
 
 
 def folder_fingerprint(folder: Any) -> list:
-    """Names and contents' hashes of the images in ``folder`` (part of the cache key)."""
-    return [[e.name, hashlib.sha256(e.read_bytes()).hexdigest()[:16]] for e in _image_entries(folder)]
+    """Names and contents' hashes of the images in ``folder`` or a list of files (part of the cache key)."""
+    entries = folder if isinstance(folder, list) else _image_entries(folder)
+    return [[e.name, hashlib.sha256(e.read_bytes()).hexdigest()[:16]] for e in entries]
 
 
 # -- perturbation files --------------------------------------------------------------------------------
@@ -154,18 +173,102 @@ def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
 
 
 def save_perturbation(perturbation: torch.Tensor, path: Path) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves a half file."""
+    """Write a perturbation file (atomically, see :func:`save_tensors`)."""
+    save_tensors({"perturbation": perturbation.detach().cpu()}, path)
+
+
+def save_tensors(state: dict, path: Path) -> None:
+    """Write a dict of tensors via a temporary file and a rename, so a crash never leaves a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        torch.save({"perturbation": perturbation.detach().cpu()}, tmp)
+        torch.save(state, tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-class UAP(Attack):
+class TrainedAttack(Attack):
+    """An attack whose preparation is a training run against the metric (UAPs, the FACPA generator).
+
+    The training result (a dict of tensors) is cached by content: its path hashes the metric's
+    identity, :meth:`training_recipe`, the training images' names and contents and the plugin's
+    version, so a changed parameter or image retrains and anything else reuses it. Training is
+    resumable: a trainer may call ``checkpoint(state)`` after each epoch; the state is written next to
+    the cache entry (``.partial.pt``) and passed back as ``resume`` when a killed run starts again.
+    Subclasses define :meth:`training_recipe` and :meth:`train`.
+    """
+
+    #: The subfolder of the cache (default: the plugin's name).
+    cache_folder: str = ""
+    #: The parameter naming a ready training result (a file), which replaces training.
+    result_param: str = ""
+
+    def __init__(self, where: str | None = None, **values: Any):
+        super().__init__(where, **values)
+        self._trained: dict[tuple[str, str], dict] = {}
+        self._dataset_files: list[Path] | None = None
+
+    def training_recipe(self) -> dict:
+        """The parameters that determine the training result (hashed into the cache path)."""
+        raise NotImplementedError
+
+    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None,
+              checkpoint: Any) -> dict:
+        """Train against ``metric`` on ``images`` ``[N, 3, H, W]``; return a dict of tensors."""
+        raise NotImplementedError
+
+    def training_source(self) -> Any:
+        """The training images: the files of ``train_dataset``, else the folder ``train_dir``, else the
+        bundled images."""
+        if getattr(self, "train_dataset", None):
+            if self._dataset_files is None:  # scanned once: the identity and the cache path need it too
+                self._dataset_files = dataset_files(self.train_dataset)
+            return self._dataset_files
+        return self.train_dir if self.train_dir is not None else bundled_images_dir()
+
+    def weights_in_use(self) -> tuple:
+        """The files this attack's output depends on (their content enters :meth:`identity`, so cached
+        x_a are not reused after a retraining): the given training result, else the training images."""
+        given = self.config.get(self.result_param) if self.result_param else None
+        if given:
+            return (Path(given).expanduser(),)
+        try:
+            source = self.training_source()
+            return tuple(Path(str(e)) for e in (source if isinstance(source, list) else _image_entries(source)))
+        except ConfigError:
+            return ()  # reported with its fix when training starts
+
+    def training_images(self) -> torch.Tensor:
+        return load_folder(self.training_source(), self.size)
+
+    def cache_path(self, metric: Metric) -> Path:
+        """Where the training result for ``metric`` with these parameters is cached."""
+        recipe = {"metric": metric.identity(), **self.training_recipe(),
+                  "images": folder_fingerprint(self.training_source()), "version": self.version}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return cache_dir() / (self.cache_folder or self.name) / f"{metric.name}-{metric.key()}-{digest}.pt"
+
+    def trained_state(self, metric: Metric) -> dict:
+        """The training result for ``metric``: from memory, the cache, or trained now (and cached)."""
+        memo = (metric.key(), str(metric.device))
+        if memo not in self._trained:
+            path = self.cache_path(metric)
+            if path.is_file():
+                state = load_checkpoint(path)
+            else:
+                partial = path.with_name(path.stem + ".partial.pt")
+                resume = load_checkpoint(partial) if partial.is_file() else None
+                state = self.train(metric, self.training_images(), resume=resume,
+                                   checkpoint=lambda s: save_tensors(s, partial))
+                save_tensors(state, path)
+                partial.unlink(missing_ok=True)
+            self._trained[memo] = state
+        return self._trained[memo]
+
+
+class UAP(TrainedAttack):
     """UAP: a universal perturbation (256x256, +-0.1, Adam) trained per metric, tiled and added with an amplitude.
 
     Reference: ``methods/uap/train.py`` and ``utils/uap_evaluate.py`` of adversarial-defenses-for-iqa /
@@ -178,12 +281,15 @@ class UAP(Attack):
 
     name = "uap"
     norm = "linf"
+    result_param = "perturbation_path"
     params = (
         Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
               presets=(0.2, 0.4, 0.8)),
         Param("perturbation_path", Path, None,
               help="a trained perturbation (.pt from this plugin, or the reference's .npy); null = train"),
         Param("train_dir", Path, None, help="folder of training images; null = the bundled images"),
+        Param("train_dataset", str, None, help="train on a dataset instead (as the registry's `dataset:`, "
+                                               "e.g. koniq10k, nips2017, builtin); overrides train_dir"),
         Param("eps", float, 0.1, help="L-inf bound of the trained perturbation (before amplitude)", low=0.0),
         Param("size", int, 256, help="side of the trained perturbation", low=1),
         Param("lr", float, 1e-3, help="Adam learning rate", low=0.0),
@@ -192,40 +298,26 @@ class UAP(Attack):
         Param("train_seed", int, 0, help="seed of the training order"),
     )
 
-    def __init__(self, where: str | None = None, **values: Any):
-        super().__init__(where, **values)
-        self._perturbations: dict[tuple[str, str], torch.Tensor] = {}
-
     def bound(self) -> float:
         return self.eps * self.amplitude
 
-    def cache_path(self, metric: Metric) -> Path:
-        """Where the perturbation trained for ``metric`` with these parameters is cached."""
-        folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
-        recipe = {"metric": metric.identity(), "size": self.size, "eps": self.eps, "lr": self.lr,
-                  "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.train_seed,
-                  "images": folder_fingerprint(folder), "version": self.version}
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return cache_dir() / "uap" / f"{metric.name}-{metric.key()}-{digest}.pt"
+    def training_recipe(self) -> dict:
+        return {"size": self.size, "eps": self.eps, "lr": self.lr, "epochs": self.epochs,
+                "batch_size": self.batch_size, "seed": self.train_seed}
+
+    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
+              checkpoint: Any = None) -> dict:
+        return {"perturbation": train_uap(metric, images, size=self.size, eps=self.eps, lr=self.lr,
+                                          epochs=self.epochs, seed=self.train_seed,
+                                          batch_size=self.batch_size)}
 
     def perturbation(self, metric: Metric) -> torch.Tensor:
         """The perturbation ``[3, h, w]`` for ``metric``: from the given file, the cache, or trained now."""
-        memo = (metric.key(), str(metric.device))
-        if memo not in self._perturbations:
-            if self.perturbation_path is not None:
-                uap = load_perturbation(self.perturbation_path)
-            else:
-                path = self.cache_path(metric)
-                if path.is_file():
-                    uap = load_perturbation(path)
-                else:
-                    folder = self.train_dir if self.train_dir is not None else bundled_images_dir()
-                    images = load_folder(folder, self.size)
-                    uap = train_uap(metric, images, size=self.size, eps=self.eps, lr=self.lr,
-                                    epochs=self.epochs, seed=self.train_seed, batch_size=self.batch_size)
-                    save_perturbation(uap, path)
-            self._perturbations[memo] = uap.clamp(-self.eps, self.eps)
-        return self._perturbations[memo]
+        if self.perturbation_path is not None:
+            uap = load_perturbation(self.perturbation_path)
+        else:
+            uap = self.trained_state(metric)["perturbation"]
+        return uap.float().clamp(-self.eps, self.eps)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         uap = self.perturbation(metric).to(device=images.device, dtype=images.dtype)
