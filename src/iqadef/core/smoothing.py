@@ -233,6 +233,10 @@ class MetricSmoothing(Plugin):
         return metric.score(noisy.clamp(0.0, 1.0))
 
     # -- shared machinery ------------------------------------------------------------------------------
+    def samples_per_image(self) -> int:
+        """Metric forwards of one :meth:`smooth` per image (``iqadef plan`` counts them)."""
+        return int(self.n)
+
     def noise_sigma(self) -> float:
         """The standard deviation of the noise actually added (``sigma``; a plugin whose base function fixes it
         otherwise, like a diffusion model's discrete noise levels, says so here)."""
@@ -311,6 +315,9 @@ class BinnedSmoothing(MetricSmoothing):
     noise only makes that radius conservative."""
 
     params = binned_params()
+
+    def samples_per_image(self) -> int:
+        return int(self.n0) + int(self.n)
 
     def smooth(self, metric: Metric, images: torch.Tensor, *, seed: int) -> SmoothedScores:
         low, high = (float(v) for v in metric.range)
