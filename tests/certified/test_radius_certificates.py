@@ -173,3 +173,31 @@ def test_rs_values_do_not_depend_on_the_noise_batch():
     a = RandomizedSmoothing(n=60, n0=10, batch=7).smooth(metric, x, seed=5)
     b = RandomizedSmoothing(n=60, n0=10, batch=500).smooth(metric, x, seed=5)
     assert torch.equal(a.bin, b.bin) and torch.equal(a.radius, b.radius) and torch.equal(a.value, b.value)
+
+
+@pytest.mark.slow
+def test_rs_guarantee_on_the_embedded_metric():
+    """tiny-iqa with its declared range in 10 bins: random directions and PGD-L2 at 0.9 x each image's
+    certified radius keep the smoothed bin (or abstain)."""
+    from iqadef.plugins.metrics.embedded import TinyIQA
+
+    metric = TinyIQA().load("cpu")
+    x = images(2, 32)
+    rs = RandomizedSmoothing(sigma=0.05, n=200, n0=20, alpha=1e-3, batch=110)
+    cert = rs.smooth(metric, x, seed=0)
+    certified = [i for i in range(x.shape[0]) if int(cert.bin[i]) >= 0 and float(cert.radius[i]) > 0]
+    assert certified, (cert.bin, cert.radius)
+    for i in certified:
+        r = 0.9 * float(cert.radius[i])
+        xi = x[i:i + 1]
+        g = torch.Generator().manual_seed(20 + i)
+        moved = []
+        for _ in range(2):
+            d = torch.randn(xi.shape, generator=g)
+            moved.append((xi + d / d.norm() * r).clamp(0, 1))
+        attacked = PGDL2(eps=r, steps=5).run(metric, xi, seed=0)
+        assert float(metric.score(attacked)) > float(metric.score(xi))  # the attack moves the plain metric
+        moved.append(attacked)
+        for k, x2 in enumerate(moved):
+            other = rs.smooth(metric, x2, seed=200 + k)
+            assert int(other.bin) in (int(cert.bin[i]), -1), (i, k, other.bin, cert.bin[i])
