@@ -19,6 +19,9 @@ in time: once a check has used its budget no further repeats are started; once t
 * ``diffpure.load``, ``.purify`` (t=5, one 256x256 image, the real 553M-parameter guided-diffusion UNet),
   ``.precision``, ``.fp16_option`` (the plugin's own ``fp16: true``, as the reference runs it; CUDA only);
 * ``mprnet`` and ``realesrgan``: ``.load``, ``.purify`` (one 299x299 image), ``.precision``;
+* ``certified.rs``: randomized smoothing of tiny-iqa at the reference's n0 = 100 + n = 1000 (one 256x256 image):
+  seconds per image; ``certified.ddrs``: diffusion-denoised smoothing with the real-size guided-diffusion UNet
+  (random weights), a few noisy copies timed and the reference's 1100 per image extrapolated;
 * ``grid``: ``iqadef run registry.yaml`` (the default grid) into a temporary folder, in a child process.
 
 Timings are CUDA-synchronised, the median of ``--repeats`` runs after ``--warmup`` runs; peak memory is
@@ -62,7 +65,7 @@ import _bench as B  # noqa: E402
 
 METRICS = ("linearity", "spaq", "metaiqa")
 DEFENCES = ("diffpure", "mprnet", "realesrgan")
-GROUPS = (*METRICS, *DEFENCES, "grid")
+GROUPS = (*METRICS, *DEFENCES, "certified", "grid")
 #: The quick run's stand-in for guided-diffusion's 256x256 UNet (the same code path, a tiny configuration).
 QUICK_GUIDED_NAME = "bench-guided-tiny"
 #: torch's default fp32 (cuDNN may use TF32), strict IEEE fp32 (CUDA only), and the two autocast types.
@@ -662,6 +665,43 @@ def defence_checks(bench: Bench, name: str, folder: Path) -> None:
     held.clear()
 
 
+def certified_checks(bench: Bench, folder: Path) -> None:
+    """rs (tiny-iqa, the reference's n0 + n) and ddrs (the guided-diffusion UNet, random weights) per image."""
+    from iqadef.plugins.certified.ddrs import DiffusionDenoisedSmoothing
+    from iqadef.plugins.certified.rs import RandomizedSmoothing
+    from iqadef.plugins.metrics.embedded import TinyIQA
+
+    s, device = bench.settings, bench.device
+    sync = synchronizer(device)
+    size = s.diffpure_size
+    metric = TinyIQA().load(device)
+
+    def smoothed(smoothing: Any, copies: int) -> dict[str, Any]:
+        x = smooth_images(1, size, size, 7, device)
+
+        def run():
+            with torch.no_grad():
+                return smoothing.smooth(metric, x, seed=0)
+        r = timed(run, repeats=max(1, s.repeats // 2), warmup=min(1, s.warmup), budget_s=s.check_budget_s, sync=sync)
+        out = r.pop("output")
+        return {**r, "input_size": [size, size], "noisy_copies": copies, "seconds_per_copy": r["wall_s"] / copies,
+                "seconds_per_image_at_n1100": r["wall_s"] / copies * 1100, "bin": int(out.bin[0]),
+                "radius": float(out.radius[0])}
+
+    def rs() -> dict[str, Any]:
+        n0, n = (2, 8) if s.quick else (100, 1000)
+        return smoothed(RandomizedSmoothing(n0=n0, n=n, batch=8 if s.quick else 256).load(device), n0 + n)
+
+    def ddrs() -> dict[str, Any]:
+        files = write_defence_checkpoints("diffpure", folder, device, s.quick)
+        n0, n = (1, 3) if s.quick else (4, 28)
+        smoothing = DiffusionDenoisedSmoothing(n0=n0, n=n, batch=4 if s.quick else 16, **files).load(device)
+        return smoothed(smoothing, n0 + n)
+
+    bench.check("certified.rs", rs)
+    bench.check("certified.ddrs", ddrs)
+
+
 _SUMMARY = re.compile(r"(\d+) cells: (\d+) computed, (\d+) already done, (\d+) failed")
 
 
@@ -835,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
                 metric_checks(bench, name, group_folder)
             elif name in DEFENCES:
                 defence_checks(bench, name, group_folder)
+            elif name == "certified":
+                certified_checks(bench, group_folder)
             else:
                 grid_check(bench, group_folder)
             shutil.rmtree(group_folder, ignore_errors=True)
