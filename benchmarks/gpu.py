@@ -19,6 +19,13 @@ in time: once a check has used its budget no further repeats are started; once t
 * ``diffpure.load``, ``.purify`` (t=5, one 256x256 image, the real 553M-parameter guided-diffusion UNet),
   ``.precision``, ``.fp16_option`` (the plugin's own ``fp16: true``, as the reference runs it; CUDA only);
 * ``mprnet`` and ``realesrgan``: ``.load``, ``.purify`` (one 299x299 image), ``.precision``;
+* ``certified.rs``: randomized smoothing of tiny-iqa at the reference's n0 = 100 + n = 1000 (one 256x256 image):
+  seconds per image; ``certified.ddrs``: diffusion-denoised smoothing with the real-size guided-diffusion UNet
+  (random weights), a few noisy copies timed and the reference's 1100 per image extrapolated;
+* ``protocol.apgd_eot_diffpure``, ``protocol.apgd_bpda_jpeg``, ``protocol.square_queries``: the robustness
+  protocol's attacks (docs/evaluation.md) at their real size: APGD through DiffPure (t=5, the real-size UNet,
+  EOT 8 draws stacked in one batch) and through JPEG (BPDA, batch 7) on SPAQ's network at 224x224, and the
+  Square attack's score queries per second through JPEG;
 * ``grid``: ``iqadef run registry.yaml`` (the default grid) into a temporary folder, in a child process.
 
 Timings are CUDA-synchronised, the median of ``--repeats`` runs after ``--warmup`` runs; peak memory is
@@ -62,7 +69,7 @@ import _bench as B  # noqa: E402
 
 METRICS = ("linearity", "spaq", "metaiqa")
 DEFENCES = ("diffpure", "mprnet", "realesrgan")
-GROUPS = (*METRICS, *DEFENCES, "grid")
+GROUPS = (*METRICS, *DEFENCES, "certified", "protocol", "grid")
 #: The quick run's stand-in for guided-diffusion's 256x256 UNet (the same code path, a tiny configuration).
 QUICK_GUIDED_NAME = "bench-guided-tiny"
 #: torch's default fp32 (cuDNN may use TF32), strict IEEE fp32 (CUDA only), and the two autocast types.
@@ -662,6 +669,106 @@ def defence_checks(bench: Bench, name: str, folder: Path) -> None:
     held.clear()
 
 
+def certified_checks(bench: Bench, folder: Path) -> None:
+    """rs (tiny-iqa, the reference's n0 + n) and ddrs (the guided-diffusion UNet, random weights) per image."""
+    from iqadef.plugins.certified.ddrs import DiffusionDenoisedSmoothing
+    from iqadef.plugins.certified.rs import RandomizedSmoothing
+    from iqadef.plugins.metrics.embedded import TinyIQA
+
+    s, device = bench.settings, bench.device
+    sync = synchronizer(device)
+    size = s.diffpure_size
+    metric = TinyIQA().load(device)
+
+    def smoothed(smoothing: Any, copies: int) -> dict[str, Any]:
+        x = smooth_images(1, size, size, 7, device)
+
+        def run():
+            with torch.no_grad():
+                return smoothing.smooth(metric, x, seed=0)
+        r = timed(run, repeats=max(1, s.repeats // 2), warmup=min(1, s.warmup), budget_s=s.check_budget_s, sync=sync)
+        out = r.pop("output")
+        return {**r, "input_size": [size, size], "noisy_copies": copies, "seconds_per_copy": r["wall_s"] / copies,
+                "seconds_per_image_at_n1100": r["wall_s"] / copies * 1100, "bin": int(out.bin[0]),
+                "radius": float(out.radius[0])}
+
+    def rs() -> dict[str, Any]:
+        n0, n = (2, 8) if s.quick else (100, 1000)
+        return smoothed(RandomizedSmoothing(n0=n0, n=n, batch=8 if s.quick else 256).load(device), n0 + n)
+
+    def ddrs() -> dict[str, Any]:
+        files = write_defence_checkpoints("diffpure", folder, device, s.quick)
+        n0, n = (1, 3) if s.quick else (4, 28)
+        smoothing = DiffusionDenoisedSmoothing(n0=n0, n=n, batch=4 if s.quick else 16, **files).load(device)
+        return smoothed(smoothing, n0 + n)
+
+    bench.check("certified.rs", rs)
+    bench.check("certified.ddrs", ddrs)
+
+
+def protocol_checks(bench: Bench, folder: Path) -> None:
+    """The protocol's attacks at real size: seconds per APGD step through DiffPure (EOT 8) and JPEG (BPDA), and
+    the Square attack's queries per second (docs/evaluation.md, 'Cost')."""
+    from iqadef.core.adaptive import DefendedMetric
+    from iqadef.core.plugins import get_registry
+
+    s, device = bench.settings, bench.device
+    sync = synchronizer(device)
+    registry = get_registry()
+    held: dict[str, Any] = {}
+    size = 16 if s.quick else 224
+
+    def metric():
+        if "metric" not in held:
+            files = {"weights_path": str(write_metric_checkpoint("spaq", folder, device))}
+            params, _ = plugin_params(registry.get("metrics", "spaq"),
+                                      {**files, "resize": None, **({"patch_size": 16, "stride": 16} if s.quick else {})})
+            held["metric"] = registry.get("metrics", "spaq")(**params).load(device)
+        return held["metric"]
+
+    def attack_through(defence, samples: int, batch: int, steps: int) -> dict[str, Any]:
+        apgd = registry.get("attacks", "apgd")(eps=8 / 255, norm="linf", steps=steps)
+        x = smooth_images(batch, size, size, 8, device)
+
+        def run():
+            target = DefendedMetric(metric(), defence, samples=samples, seed=0)
+            return apgd.run(target, x, seed=0)
+        r = timed(run, repeats=1, warmup=0, budget_s=s.check_budget_s * 4, sync=sync)
+        out = r.pop("output")
+        return {**r, "batch": batch, "input_size": [size, size], "steps": steps, "eot_samples": samples,
+                "seconds_per_step": r["wall_s"] / steps, "linf": float((out - x).abs().max())}
+
+    def apgd_eot_diffpure() -> dict[str, Any]:
+        files = write_defence_checkpoints("diffpure", folder, device, s.quick)
+        defence = registry.get("defences", "diffpure")(t=s.diffpure_t, **files).load(device)
+        return attack_through(defence, samples=2 if s.quick else 8, batch=1, steps=2 if s.quick else 10)
+
+    def apgd_bpda_jpeg() -> dict[str, Any]:
+        defence = registry.get("defences", "jpeg")().load(device)
+        return attack_through(defence, samples=1, batch=2 if s.quick else 7, steps=2 if s.quick else 20)
+
+    def square_queries() -> dict[str, Any]:
+        from iqadef.core.query import QueryMetric
+
+        defence = registry.get("defences", "jpeg")().load(device)
+        queries = 10 if s.quick else 200
+        square = registry.get("attacks", "square-attack")(eps=8 / 255, queries=queries)
+        batch = 2 if s.quick else 7
+        x = smooth_images(batch, size, size, 9, device)
+
+        def run():
+            return square.run(QueryMetric(DefendedMetric(metric(), defence, seed=0)), x, seed=0)
+        r = timed(run, repeats=1, warmup=0, budget_s=s.check_budget_s * 4, sync=sync)
+        r.pop("output")
+        return {**r, "batch": batch, "input_size": [size, size], "queries_per_image": queries,
+                "queries_per_s": batch * queries / r["wall_s"]}
+
+    bench.check("protocol.apgd_eot_diffpure", apgd_eot_diffpure)
+    bench.check("protocol.apgd_bpda_jpeg", apgd_bpda_jpeg)
+    bench.check("protocol.square_queries", square_queries)
+    held.clear()
+
+
 _SUMMARY = re.compile(r"(\d+) cells: (\d+) computed, (\d+) already done, (\d+) failed")
 
 
@@ -835,6 +942,10 @@ def main(argv: list[str] | None = None) -> int:
                 metric_checks(bench, name, group_folder)
             elif name in DEFENCES:
                 defence_checks(bench, name, group_folder)
+            elif name == "certified":
+                certified_checks(bench, group_folder)
+            elif name == "protocol":
+                protocol_checks(bench, group_folder)
             else:
                 grid_check(bench, group_folder)
             shutil.rmtree(group_folder, ignore_errors=True)

@@ -30,12 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "smoothing.json")
+    parser.add_argument("--method", choices=("median", "rs"), default="median",
+                        help="median smoothing (interval) or rs (binned, radius; n0 = n/10 selection copies on top)")
+    parser.add_argument("--ns", type=int, nargs="+", help="values of n (default 8 32 128 512)")
+    parser.add_argument("--batches", type=int, nargs="+", help="noise batches (default 1 8 32 128)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     from iqadef.plugins.certified.median_smoothing import MedianSmoothing
+    from iqadef.plugins.certified.rs import RandomizedSmoothing
+
+    if args.out is None:
+        name = "smoothing.json" if args.method == "median" else f"smoothing_{args.method}.json"
+        args.out = Path(__file__).parent / "results" / name
 
     threads = set_threads(args.threads)
     ns, batches = ((4, 8), (1, 8)) if args.quick else ((8, 32, 128, 512), (1, 8, 32, 128))
+    ns, batches = tuple(args.ns or ns), tuple(args.batches or batches)
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -55,18 +65,26 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:
                 if batch > n * args.images or (batch == 1 and n > 32):  # one copy per forward: only small n
                     continue
-                smoothing = MedianSmoothing(n=n, batch=batch, sigma=0.1, eps=0.1, alpha=0.001)
+                if args.method == "rs":
+                    smoothing = RandomizedSmoothing(n=n, n0=max(1, n // 10), batch=batch, sigma=0.1, eps=0.1,
+                                                    alpha=0.001)
+                else:
+                    smoothing = MedianSmoothing(n=n, batch=batch, sigma=0.1, eps=0.1, alpha=0.001)
                 outputs: dict = {}
                 times = interleaved({"plain": plain, "smoothed": lambda s=smoothing: s.smooth(metric, x, seed=0)},
                                     repeats, warmup=1, outputs=outputs)
                 out = outputs["smoothed"]
                 width = (out.upper - out.lower).float()
+                extra = ({"forwards_per_image": smoothing.samples_per_image(),
+                          "median_radius": float(out.radius.float().median()),
+                          "abstained": int((out.bin < 0).sum())} if args.method == "rs" else {})
                 rows.append({"n": n, "batch": batch, "seconds_per_image": med(times["smoothed"]) / args.images,
                              "plain_seconds_per_image": med(times["plain"]) / args.images,
                              "ratio_to_plain": med(times["smoothed"]) / med(times["plain"]),
-                             "median_width": float(width.median()) if torch.isfinite(width).all() else None})
+                             "median_width": float(width.median()) if torch.isfinite(width).all() else None,
+                             **extra})
                 print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "smoothing", "metric": "tiny-iqa", "weights": weights_note, "device": args.device,
+    result = {"benchmark": "smoothing", "method": args.method, "metric": "tiny-iqa", "weights": weights_note, "device": args.device,
               "threads": threads, "images": args.images, "size": args.size, "repeats": repeats, "quick": args.quick,
               "sigma": 0.1, "eps": 0.1, "alpha": 0.001, "machine": machine(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

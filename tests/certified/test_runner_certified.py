@@ -153,3 +153,63 @@ def test_plan_counts_the_noisy_copies_of_every_certified_defence(tmp_path, image
     assert calls["smoothing_samples"] == 6 * 40 * 2
     assert calls["metric_scores"] == 6 * (1 + 1 + 40) + 6 * (1 + 1 + 40)
     assert calls["defence_calls"] == 6 * 2 and calls["attack_runs"] == 6 and calls["attack_steps"] == 12
+
+
+RADIUS_GRID = """
+dataset: {{images: {images}}}
+output: {output}
+batch_size: 2
+seed: 3
+metrics: [toy-metric]
+attacks: [toy-sign]
+defences: [no-defence]
+certified:
+  - {{name: rs, n: 60, n0: 10, sigma: 0.02, eps: 0.01, bins: 2, batch: 64}}
+"""
+
+
+def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir, toy_registry):
+    """rs rows carry bins, radii and abstentions; the summary and the report's certified-accuracy curve read
+    them; a resumed run equals a fresh one; plan counts n0 + n noisy copies."""
+    from iqadef.core.report.certified import certified_curve
+    from iqadef.core.run.plan import plan_units, plugin_calls
+    from iqadef.core.scores import aggregate
+    from iqadef.plugins.scores.certified import CertifiedSummary
+
+    path = tmp_path / "rs.yaml"
+    path.write_text(RADIUS_GRID.format(images=image_dir, output=tmp_path / "rs"))
+    cfg = load_run_config(path, registry=toy_registry)
+    summary = run_grid(cfg, registry=toy_registry, progress=False)
+    df = frame(summary.run_dir)
+    assert summary.failed == 0
+    rs = df[df["defence"].str.startswith("rs")]
+    assert len(rs) == 6
+    assert set(rs["cert_bin_clean"].dropna()) <= {-1.0, 0.0, 1.0, 2.0, 3.0}
+    assert ((rs["cert_radius_clean"] >= 0) & ((rs["cert_bin_clean"] >= 0) | (rs["cert_radius_clean"] == 0))).all()
+    assert (rs["cert_abstain_clean"] == (rs["cert_bin_clean"] < 0)).all()
+    covered = (rs["cert_bin_clean"] >= 0) & (rs["adv_l2"] < rs["cert_radius_clean"])
+    assert rs.loc[covered, "cert_bin_kept"].notna().all() and rs.loc[~covered, "cert_bin_kept"].isna().all()
+    # f_s is the bin's midpoint; the interval is the bin's edges where the radius covers eps
+    inside = rs["cert_radius_clean"] >= 0.01
+    assert (rs.loc[inside, "cert_lower_clean"] <= rs.loc[inside, "f_def_clean"]).all()
+    table = aggregate(pd.read_parquet(summary.run_dir / "results.parquet"),
+                      {"metrics": {"toy-metric": {"range": [0, 1]}}}, summaries=[CertifiedSummary()])
+    row = table.set_index("defence").loc[rs["defence"].iloc[0]]
+    assert row["cert_radius_median"] == pytest.approx(rs["cert_radius_clean"].median())
+    want = ((rs["cert_bin_clean"] >= 0) & (rs["cert_bin_clean"] == rs["cert_bin_f_clean"])
+            & (rs["cert_radius_clean"] >= 0.01)).mean()
+    assert row["cert_accuracy"] == pytest.approx(want)
+    curve = certified_curve(df, "toy-metric", rs["defence"].iloc[0], [0.0, 1e9])
+    assert curve["certified_share"].tolist() == [float((rs["cert_bin_clean"] >= 0).mean()), 0.0]
+    assert (curve["certified_accuracy"] <= curve["certified_share"]).all()
+    from iqadef.core.report import write_report
+
+    written = write_report(summary.run_dir, registry=toy_registry)
+    assert any(k.startswith("figure:certified_radius_toy-metric") for k in written)
+    assert "Certified accuracy against radius" in written["html"].read_text()
+    units = plan_units(cfg, cfg.open_dataset(), set())
+    calls = plugin_calls(cfg, cfg.open_dataset(), units)
+    assert calls["smoothing_samples"] == 6 * 70 * 2
+    again = run_grid(cfg, registry=toy_registry, progress=False)
+    assert again.computed == 0
+    pd.testing.assert_frame_equal(df, frame(again.run_dir))

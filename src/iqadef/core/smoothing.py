@@ -35,11 +35,17 @@ class SmoothedScores:
     ``value`` the smoothed score ``f_s(x)`` (``[B]``); ``lower``/``upper`` the certified interval of the
     smoothed score over the L2 ball of radius ``eps`` around each image (``[B]``, ``-inf``/``inf`` where
     the samples are too few to certify), or None when the smoothing certifies nothing.
+
+    Radius-type certificates (randomized smoothing of a binned score, Cohen et al. 2019) also give ``bin``,
+    the smoothed class of each image (``-1``: abstained), and ``radius``, the L2 radius within which that
+    class cannot change (0 where abstained).
     """
 
     value: torch.Tensor
     lower: torch.Tensor | None = None
     upper: torch.Tensor | None = None
+    bin: torch.Tensor | None = None
+    radius: torch.Tensor | None = None
 
 
 # -- the certificates --------------------------------------------------------------------------------
@@ -116,6 +122,67 @@ def mean_certificate(samples: torch.Tensor, eps: float, sigma: float, alpha: flo
     return value, lower.to(value.dtype), upper.to(value.dtype)
 
 
+def score_bins(scores: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
+    """The class of each score when ``[low, high]`` is cut into ``bins`` equal bins, as the reference's
+    ``MetricClassifier`` does (``katiashh/certified-iqa-defenses`` ``ccrf/calc_rs_*.py``): class 0 for
+    ``s <= low``, ``k`` (1..bins) for ``e_(k-1) < s <= e_k``, ``bins + 1`` above the last edge (and for NaN,
+    which none of the reference's comparisons accept). The edges are accumulated ``low + d + d + ...`` in
+    Python floats and compared in the scores' dtype, as the reference's loop over a tensor does."""
+    width = (high - low) / bins
+    edges, edge = [float(low)], float(low)
+    for _ in range(bins):
+        edge += width
+        edges.append(edge)
+    dtype = scores.dtype if scores.dtype.is_floating_point else torch.float32
+    values = scores.to(dtype)
+    index = torch.searchsorted(torch.tensor(edges, dtype=dtype, device=values.device), values.contiguous())
+    return torch.where(torch.isnan(values), torch.full_like(index, bins + 1), index).long()
+
+
+def bin_edges(label: torch.Tensor, low: float, high: float, bins: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor]:
+    """``(lower, representative, upper)`` score of each class of :func:`score_bins`: the bin's edges and its
+    midpoint (``low`` for class 0, whose lower edge is ``-inf``; ``high`` for the top class)."""
+    width = (high - low) / bins
+    k = label.double()
+    lower = torch.where(k <= 0, torch.full_like(k, -math.inf), low + (k - 1) * width)
+    upper = torch.where(k >= bins + 1, torch.full_like(k, math.inf), low + k * width)
+    middle = torch.where(k <= 0, torch.full_like(k, low),
+                         torch.where(k >= bins + 1, torch.full_like(k, high), low + (k - 0.5) * width))
+    return lower, middle, upper
+
+
+def clopper_pearson_lower(successes: int, n: int, alpha: float) -> float:
+    """One-sided ``1 - alpha`` lower confidence bound of a binomial proportion (Clopper-Pearson): the
+    reference's ``proportion_confint(k, n, alpha=2 * alpha, method="beta")[0]``."""
+    if successes <= 0:
+        return 0.0
+    from scipy import stats  # lazily: `import iqadef` should not load scipy.stats (~1 s)
+    return float(stats.beta.ppf(alpha, successes, n - successes + 1))
+
+
+def rs_certificate(selection: torch.Tensor, estimation: torch.Tensor, sigma: float, alpha: float,
+                   classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cohen et al. (ICML 2019) ``CERTIFY`` for each image: the top class of the ``n0`` selection samples
+    (``[B, n0]`` class indices; ties to the lowest class, as numpy's argmax), its count among the ``n``
+    estimation samples (``[B, n]``), the Clopper-Pearson lower bound ``pA`` of its probability; abstain
+    (class -1, radius 0) when ``pA < 0.5``, else radius ``sigma * Phi^-1(pA)``. Returns ``(class, radius,
+    chosen)``: ``chosen`` is the selected class also where the certificate abstains."""
+    from scipy import stats  # lazily
+    chosen = torch.stack([torch.bincount(row, minlength=classes).argmax() for row in selection.long()])
+    n = estimation.shape[1]
+    label = torch.empty_like(chosen)
+    radius = torch.zeros(chosen.shape[0], dtype=torch.float64)
+    for i, c in enumerate(chosen.tolist()):
+        p_a = clopper_pearson_lower(int((estimation[i] == c).sum()), n, alpha)
+        if p_a < 0.5:
+            label[i] = -1
+        else:
+            label[i] = c
+            radius[i] = sigma * float(stats.norm.ppf(p_a))
+    return label, radius, chosen
+
+
 # -- the contract ------------------------------------------------------------------------------------
 def smoothing_params(sigma: float = 0.25, n: int = 100, eps: float = 0.25, alpha: float = 0.001,
                      batch: int = 32) -> tuple[Param, ...]:
@@ -166,18 +233,29 @@ class MetricSmoothing(Plugin):
         return metric.score(noisy.clamp(0.0, 1.0))
 
     # -- shared machinery ------------------------------------------------------------------------------
+    def samples_per_image(self) -> int:
+        """Metric forwards of one :meth:`smooth` per image (``iqadef plan`` counts them)."""
+        return int(self.n)
+
+    def noise_sigma(self) -> float:
+        """The standard deviation of the noise actually added (``sigma``; a plugin whose base function fixes it
+        otherwise, like a diffusion model's discrete noise levels, says so here)."""
+        return float(self.sigma)
+
     def noise(self, images: torch.Tensor, seed: int) -> Callable[[int, int], torch.Tensor]:
-        """``draw(i, k)``: the next ``k`` noise tensors of image ``i`` (``[k, 3, H, W]``, already times sigma)."""
+        """``draw(i, k)``: the next ``k`` noise tensors of image ``i`` (``[k, 3, H, W]``, already times
+        :meth:`noise_sigma`)."""
         gens = []
         for i in range(images.shape[0]):
             g = torch.Generator(device=images.device)
             g.manual_seed((int(seed) * 1_000_003 + i) % (2**63))
             gens.append(g)
         shape = tuple(images.shape[1:])
+        std = self.noise_sigma()
 
         def draw(i: int, k: int) -> torch.Tensor:
             return torch.stack([torch.randn(shape, generator=gens[i], device=images.device, dtype=images.dtype)
-                                for _ in range(k)]) * self.sigma
+                                for _ in range(k)]) * std
 
         return draw
 
@@ -212,6 +290,50 @@ class MetricSmoothing(Plugin):
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
         return {"certifies": cls.certifies}
+
+
+def binned_params(sigma: float = 0.12, n: int = 1000, n0: int = 100, eps: float = 0.05, alpha: float = 0.001,
+                  bins: int = 10, batch: int = 32) -> tuple[Param, ...]:
+    """The parameters of a binned (radius-certifying) smoothing; defaults are the reference's
+    (``ccrf/calc_rs_*.py``: sigma 0.12, n 1000 estimation + 100 selection samples, alpha 0.001, 10 bins)."""
+    return smoothing_params(sigma=sigma, n=n, eps=eps, alpha=alpha, batch=batch) + (
+        Param("n0", int, n0, "noisy copies per image that select the class (Cohen et al.'s n0), drawn "
+              "before and apart from the n that certify it", low=1),
+        Param("bins", int, bins, "equal bins the metric's range is cut into (plus one below and one above)",
+              low=1),
+    )
+
+
+class BinnedSmoothing(MetricSmoothing):
+    """Randomized smoothing of a *binned* score (Cohen et al., ICML 2019, as the reference applies it to IQA
+    metrics in ``katiashh/certified-iqa-defenses`` ``ccrf/calc_rs_*.py``): the metric's range ``[low, high]``
+    is cut into ``bins`` classes, the smoothed class is the most probable class under Gaussian noise, and
+    the certificate is an L2 radius within which it cannot change (with probability ``>= 1 - alpha``), or
+    an abstention. ``value`` is the class's midpoint score; ``lower``/``upper`` its edges where the radius
+    covers ``eps`` (``-inf``/``inf`` otherwise). The radius uses ``sigma`` even where the noise actually
+    added is larger (:meth:`noise_sigma`, diffusion-denoised smoothing): as the reference does; a larger
+    noise only makes that radius conservative."""
+
+    params = binned_params()
+
+    def samples_per_image(self) -> int:
+        return int(self.n0) + int(self.n)
+
+    def smooth(self, metric: Metric, images: torch.Tensor, *, seed: int) -> SmoothedScores:
+        low, high = (float(v) for v in metric.range)
+        if not high > low:
+            raise ValueError(f"{self.name}: the metric's range {metric.range} is empty; binning needs low < high")
+        samples = self.noisy_scores(metric, images, seed=seed, samples=self.n0 + self.n)
+        classes = score_bins(samples, low, high, self.bins)
+        label, radius, chosen = rs_certificate(classes[:, :self.n0], classes[:, self.n0:], float(self.sigma),
+                                               self.alpha, self.bins + 2)
+        lower, value, upper = bin_edges(chosen, low, high, self.bins)
+        covered = (label >= 0) & (radius >= self.eps)
+        lower = torch.where(covered, lower, torch.full_like(lower, -math.inf))
+        upper = torch.where(covered, upper, torch.full_like(upper, math.inf))
+        dtype = images.dtype if images.dtype.is_floating_point else torch.float32
+        return SmoothedScores(value.to(dtype), lower.to(dtype), upper.to(dtype), bin=label,
+                              radius=radius.to(dtype))
 
 
 class SmoothedMetric(Metric):

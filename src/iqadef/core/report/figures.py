@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .certified import certified_curve, radius_defences, radius_grid
 from .files import ReportFiles
 from .tables import CLEAN_ROW, binned_gain, gain_matrix, srocc_matrix
 
@@ -35,11 +36,12 @@ class ReportFigures:
     gain: list[tuple[str, Path]] = field(default_factory=list)  # Figure 3
     srocc: list[tuple[str, Path]] = field(default_factory=list)  # Figure 4
     bins: list[tuple[str, Path]] = field(default_factory=list)  # Figure 5
+    certified: list[tuple[str, Path]] = field(default_factory=list)  # certified accuracy against radius
     examples: Path | None = None
 
     def written(self) -> dict[str, Path]:
         """``figure:<stem>`` -> path, as :func:`~iqadef.core.report.write_report` returns them."""
-        out = {f"figure:{path.stem}": path for _, path in (*self.gain, *self.srocc, *self.bins)}
+        out = {f"figure:{path.stem}": path for _, path in (*self.gain, *self.srocc, *self.bins, *self.certified)}
         if self.examples is not None:
             out[f"figure:{self.examples.stem}"] = self.examples
         return out
@@ -72,6 +74,9 @@ def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: b
             _lines(fig.add_subplot(1, 2, 2), by_value, f"f(x_a) bin ({metric})")
             fig.suptitle(f"Gain against attack visibility and attacked score ({metric})", fontsize=10)
             drawn.bins.append((metric, save_figure(fig, figures_dir / figure_file_name("gain_bins", metric), files)))
+        curves = draw_certified_curves(df, metric, figures_dir / figure_file_name("certified_radius", metric), files)
+        if curves is not None:
+            drawn.certified.append((metric, curves))
     drawn.examples = examples_figure(run_dir, examples, figures_dir / "examples.png", files, locate)
     return drawn
 
@@ -127,6 +132,29 @@ def _lines(ax, table: pd.DataFrame, xlabel: str) -> None:  # noqa: ANN001 - a ma
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("mean gain", fontsize=9)
     ax.legend(fontsize=7)
+
+
+def draw_certified_curves(df: pd.DataFrame, metric: str, path: Path, files: ReportFiles) -> Path | None:
+    """Certified accuracy (solid) and certified share (dashed) against the L2 radius, one colour per certified
+    defence of ``metric``; None when no defence of ``metric`` certifies a radius."""
+    defences = radius_defences(df, metric)
+    if not defences:
+        return None
+    radii = radius_grid(df, metric)
+    fig = new_figure(6.5, 3.8)
+    ax = fig.add_subplot()
+    for k, defence in enumerate(defences):
+        curve = certified_curve(df, metric, defence, radii)
+        colour = f"C{k % 10}"
+        ax.plot(curve["radius"], curve["certified_accuracy"], color=colour, label=f"{defence}: certified accuracy")
+        ax.plot(curve["radius"], curve["certified_share"], color=colour, linestyle="--",
+                label=f"{defence}: certified (any bin)")
+    ax.set_xlabel("L2 radius r (images in [0, 1])", fontsize=9)
+    ax.set_ylabel("share of clean images", fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Certified accuracy against radius ({metric}): bin of f(x) kept within r", fontsize=10)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path, files)
 
 
 def _slug(text: str) -> str:

@@ -205,6 +205,9 @@ def _figure_sections(figures: ReportFigures, mos: bool, data_uris: bool) -> list
     sections = [("fig3", "Figure 3: gain heatmap", figures.gain, "no successful cells"),
                 ("fig4", figure4_title(mos), figures.srocc, "not enough images for SROCC"),
                 ("fig5", "Figure 5: gain against SSIM(x, x_a) and attacked metric value", figures.bins, "no data")]
+    if figures.certified:
+        sections.append(("certified-radius", "Certified accuracy against radius (rs, drs, ddrs)", figures.certified,
+                         "no radius certificates"))
     return [{"id": sid, "title": title, "empty": empty,
              "figures": [{"label": label, "name": path.name, "uri": png_data_uri(path) if data_uris else None}
                          for label, path in items]}

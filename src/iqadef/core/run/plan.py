@@ -230,7 +230,7 @@ def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict
     calls = {"attack_runs": 0, "attack_steps": 0, "metric_scores": 0, "defence_calls": 0, "smoothing_samples": 0}
     clean_done: set[tuple[int, int]] = set()
     purifiers = len(config.defences)
-    samples_per_image = sum(int(c.n) for c in config.certified)  # f_s of one image, every certified defence
+    samples_per_image = sum(c.samples_per_image() for c in config.certified)  # f_s of one image, every certified defence
     for unit in units:
         n = len(batches[unit.batch])
         entry = config.attacks[unit.attack]
@@ -238,7 +238,7 @@ def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict
         params = entry.attack.config
         steps = int(params.get("iters", params.get("steps", 1))) * max(1, entry.eot_samples)
         purified = [d for d in unit.defences if d < purifiers]
-        smoothed = sum(int(config.certified[d - purifiers].n) for d in unit.defences if d >= purifiers)
+        smoothed = sum(config.certified[d - purifiers].samples_per_image() for d in unit.defences if d >= purifiers)
         calls["attack_runs"] += runs * n
         calls["attack_steps"] += runs * n * steps
         calls["metric_scores"] += n * (runs + len(purified) + smoothed)  # f(x_a), f(D(x_a)), f_s(x_a)

@@ -33,6 +33,9 @@ from .plan import Unit, cell_row, grid_defences
 #: The score columns a certified cell adds (docs/certified.md).
 CERT_COLUMNS = ("cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
                 "cert_width_clean", "adv_l2", "cert_applies", "cert_fs_adv_inside", "cert_f_adv_inside")
+#: The columns a radius-type certificate (binned smoothing: ``rs``, ``drs``, ``ddrs``) adds (docs/certified.md).
+RADIUS_COLUMNS = ("cert_bin_clean", "cert_bin_adv", "cert_bin_f_clean", "cert_radius_clean", "cert_radius_adv",
+                  "cert_abstain_clean", "cert_abstain_adv", "cert_bin_kept")
 
 
 def is_certified(config: Any, d: int) -> bool:
@@ -96,7 +99,17 @@ def check_smoothed(out: Any, n: int, who: str, certifies: bool) -> SmoothedScore
     tol = 1e-5 * (1.0 + value.abs())
     if (lower > value + tol).any() or (upper < value - tol).any():
         raise CellFailure(f"{who} returned a certified interval that does not contain its smoothed value")
-    return SmoothedScores(value, lower, upper)
+    if out.bin is None and out.radius is None:
+        return SmoothedScores(value, lower, upper)
+    if out.bin is None or out.radius is None:
+        raise CellFailure(f"{who} returned a {'bin' if out.radius is None else 'radius'} without its "
+                          f"{'radius' if out.radius is None else 'bin'}: a radius certificate needs both")
+    label, radius = vector(out.bin, "bin"), vector(out.radius, "radius")
+    if (label != label.round()).any() or (label < -1).any():
+        raise CellFailure(f"{who} returned a bin that is not a class index (-1 for abstain, else >= 0)")
+    if not torch.isfinite(radius).all() or (radius < 0).any() or (radius[label < 0] != 0).any():
+        raise CellFailure(f"{who} returned a radius that is negative, infinite, or non-zero where it abstains")
+    return SmoothedScores(value, lower, upper, bin=label, radius=radius)
 
 
 def _smooth(worker: Any, d: int, m: int, b: int, images: torch.Tensor, seal: Any) -> SmoothedScores:
@@ -158,7 +171,8 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
     cells = CellBatch(clean["x"], x_adv, clean["x"], x_adv, clean["f"], f_adv, s_clean.value, s_adv.value, metric,
                       clean["memo"])
     scores = worker._image_scores(cells, seals, False)
-    extra = _certificate_columns(smoothing, clean["x"], x_adv, f_adv, s_clean, s_adv)
+    extra = _certificate_columns(smoothing, clean["x"], x_adv, f_adv, s_clean, s_adv, metric,
+                                 clean["f"])
     rows = []
     items = worker.batches[unit.batch]
     seed = smoothing_seed(worker, d, unit.batch)
@@ -181,12 +195,15 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
 
 
 def _certificate_columns(smoothing: MetricSmoothing, x: torch.Tensor, x_adv: torch.Tensor, f_adv: torch.Tensor,
-                         clean: SmoothedScores, adv: SmoothedScores) -> dict[str, list[float]]:
+                         clean: SmoothedScores, adv: SmoothedScores, metric: Metric,
+                         f_clean: torch.Tensor) -> dict[str, list[float]]:
     n = x.shape[0]
     l2 = (x_adv.float() - x.float()).flatten(1).norm(dim=1).cpu()
     eps = float(smoothing.eps)
     out: dict[str, list[float]] = {"cert_radius": [eps] * n, "adv_l2": l2.tolist(),
                                    "cert_applies": [float(v <= eps) for v in l2.tolist()]}
+    if clean.bin is not None and adv.bin is not None:
+        out.update(_radius_columns(smoothing, l2, clean, adv, metric, f_clean))
     if clean.lower is None or adv.lower is None:
         return out
     lo, hi = clean.lower, clean.upper
@@ -195,3 +212,22 @@ def _certificate_columns(smoothing: MetricSmoothing, x: torch.Tensor, x_adv: tor
                cert_fs_adv_inside=((adv.value >= lo) & (adv.value <= hi)).float().tolist(),
                cert_f_adv_inside=((f_adv.cpu() >= lo) & (f_adv.cpu() <= hi)).float().tolist())
     return out
+
+
+def _radius_columns(smoothing: MetricSmoothing, l2: torch.Tensor, clean: SmoothedScores, adv: SmoothedScores,
+                    metric: Metric, f_clean: torch.Tensor) -> dict[str, list[float]]:
+    """The bin of each image, clean and attacked, its certified radius, the bin of the plain metric's f(x) (the
+    "correct" class of certified accuracy) and whether the attacked image kept the clean bin where the
+    certificate covers it (``adv_l2 < radius``, not abstained; NaN elsewhere)."""
+    from ..smoothing import score_bins
+
+    low, high = (float(v) for v in metric.range)
+    bins = getattr(smoothing, "bins", None)
+    truth = score_bins(f_clean.detach().float().cpu(), low, high, int(bins)).float() if bins else \
+        torch.full_like(clean.bin, math.nan)
+    covered = (clean.bin >= 0) & (l2 < clean.radius)
+    kept = torch.where(covered, (adv.bin == clean.bin).float(), torch.full_like(clean.radius, math.nan))
+    return {"cert_bin_clean": clean.bin.tolist(), "cert_bin_adv": adv.bin.tolist(), "cert_bin_f_clean": truth.tolist(),
+            "cert_radius_clean": clean.radius.tolist(), "cert_radius_adv": adv.radius.tolist(),
+            "cert_abstain_clean": (clean.bin < 0).float().tolist(), "cert_abstain_adv": (adv.bin < 0).float().tolist(),
+            "cert_bin_kept": kept.tolist()}

@@ -216,6 +216,23 @@ class DiffPure(Defence):
         return x.clamp(0.0, 1.0).to(images.dtype)
 
 
+def alphas_cumprod(model: str) -> torch.Tensor:
+    """The cumulative noise schedule (``alpha_bar_t``, float64, one per training step) of a ``model`` value,
+    without loading its network: the linear DDPM schedule of a guided-diffusion checkpoint, or the scheduler
+    config of a diffusers folder (the standard linear schedule for a bare UNet)."""
+    from diffusers import DDPMScheduler
+
+    entry = GUIDED_MODELS.get(model)
+    if entry is not None:
+        betas = torch.linspace(entry.beta_start, entry.beta_end, entry.num_train_timesteps, dtype=torch.float64)
+        return torch.cumprod(1.0 - betas, 0)
+    root = _diffusers_directory(model, "model", sorted(GUIDED_MODELS))
+    folder = next((d for d in (root / "scheduler", root) if (d / "scheduler_config.json").is_file()), None)
+    scheduler = (DDPMScheduler.from_config(DDPMScheduler.load_config(folder)) if folder is not None
+                 else DDPMScheduler())
+    return scheduler.alphas_cumprod.double()
+
+
 def _diffusers_directory(source: str, where: str, guided_names: list[str]) -> Path:
     """A local directory, or the snapshot of a hub id in the local Hugging Face cache (never downloaded)."""
     path = Path(source).expanduser()

@@ -26,7 +26,11 @@ class CertifiedSummary(SummaryScore):
     ``cert_f_adv_inside_share`` (f(x_a) of the plain metric inside the clean image's interval);
     ``cert_holds_share`` (f_s(x_a) inside it, among the images within the radius: the guarantee says >= 1 -
     alpha); ``smoothing_cost`` (mean |f_s(x) - f(x)|, score units) and ``smoothing_cost_norm`` (over the
-    range). Groups without certificate columns (the purifiers') get none of these."""
+    range). Radius certificates (rs, drs, ddrs) add ``cert_radius_median`` (median certified radius of the
+    clean images, 0 where abstained), ``cert_abstain_share``, ``cert_accuracy`` (share whose smoothed bin is the
+    bin of f(x), certified at radius >= eps) and ``cert_bin_kept_share`` (attacked images within the clean
+    image's radius whose smoothed bin stayed: the guarantee says >= 1 - alpha). Groups without certificate
+    columns (the purifiers') get none of these."""
 
     name = "certified"
 
@@ -45,6 +49,15 @@ class CertifiedSummary(SummaryScore):
             out["cert_f_adv_inside_share"] = _share(group["cert_f_adv_inside"])
             within = group["cert_applies"] == 1.0
             out["cert_holds_share"] = _share(group.loc[within, "cert_fs_adv_inside"]) if within.any() else math.nan
+        if "cert_radius_clean" in group.columns and group["cert_radius_clean"].notna().any():
+            radius = group["cert_radius_clean"].to_numpy(dtype=float)
+            label = group["cert_bin_clean"].to_numpy(dtype=float)
+            truth = group["cert_bin_f_clean"].to_numpy(dtype=float)
+            eps = group["cert_radius"].to_numpy(dtype=float)
+            out["cert_radius_median"] = float(np.nanmedian(radius))
+            out["cert_abstain_share"] = _share(group["cert_abstain_clean"])
+            out["cert_accuracy"] = float(np.mean((label >= 0) & (label == truth) & (radius >= eps)))
+            out["cert_bin_kept_share"] = _share(group["cert_bin_kept"])
         return out
 
 
