@@ -33,7 +33,8 @@ def estimate_gradients(metric: Metric, images: torch.Tensor, generators: list[to
                                   for _ in range(samples)]) for g in generators]).to(images.device)
     plus = add_tiled(images.repeat_interleave(samples, 0), sigma * u.flatten(0, 1))
     minus = add_tiled(images.repeat_interleave(samples, 0), -sigma * u.flatten(0, 1))
-    scores = query_scores(metric, torch.stack((plus, minus), 1).flatten(0, 1), query_batch)
+    owners = torch.arange(b).repeat_interleave(2 * samples)
+    scores = query_scores(metric, torch.stack((plus, minus), 1).flatten(0, 1), query_batch, owners)
     scores = scores.view(b, samples, 2)
     g = torch.zeros((b, 3, tile, tile), device=images.device)
     for i in range(samples):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.optimize import differential_evolution
 
 from iqadef import Attack, Metric, Param, hookimpl
 
-from ._blackbox import image_seeds, query_batch_param, query_scores, score_sign
+from ._blackbox import (
+    image_seeds,
+    query_batch_param,
+    query_scores,
+    score_sign,
+    take_aliases,
+)
 
 #: The benchmark's ``PIXEL_COUNT`` sweep (attack_presets.json, presets 0..9).
 PIXEL_PRESETS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
@@ -41,9 +49,9 @@ def population_size(pixels: int, popsize: int) -> int:
     return max(1, popsize // dims) * dims
 
 
-def onepixel_one(metric: Metric, image: torch.Tensor, rng: np.random.Generator, *, pixels: int, iters: int,
+def onepixel_one(metric: Metric, image: torch.Tensor, index: int, rng: np.random.Generator, *, pixels: int, iters: int,
                  popsize: int, query_batch: int) -> torch.Tensor:
-    """``attack_main`` of ``metrics/methods/onepixel/run.py`` for one ``[3, H, W]`` image.
+    """``attack_main`` of ``metrics/methods/onepixel/run.py`` for image ``index`` (``[3, H, W]``) of the batch.
 
     scipy's ``differential_evolution`` (best1bin, recombination 1, ``atol`` -1, no polishing) maximises
     ``sign * f`` over ``pixels`` (row, column, r, g, b) quintuples; the whole population of a generation
@@ -56,8 +64,8 @@ def onepixel_one(metric: Metric, image: torch.Tensor, rng: np.random.Generator, 
 
     def objective(xs: np.ndarray) -> np.ndarray:  # xs: [dims, S]; scipy minimises
         batch = torch.from_numpy(paint_pixels(xs.T, base)).permute(0, 3, 1, 2).type(torch.FloatTensor).div_(255)
-        scores = query_scores(metric, batch.to(image.device), query_batch).cpu().numpy().astype(np.float64)
-        return -sign * scores
+        scores = query_scores(metric, batch.to(image.device), query_batch, [index] * len(batch))
+        return -sign * scores.cpu().numpy().astype(np.float64)
 
     result = differential_evolution(objective, bounds, maxiter=iters, popsize=max(1, popsize // len(bounds)),
                                     recombination=1, atol=-1, polish=False, vectorized=True, updating="deferred",
@@ -87,6 +95,9 @@ class OnePixel(Attack):
         query_batch_param(32),
     )
 
+    def __init__(self, where: str | None = None, **values: Any):
+        super().__init__(where, **take_aliases(values, {"PIXEL_COUNT": "pixels", "POPSIZE": "popsize", "batch_size": "query_batch"}, where or self.name))
+
     def bound(self) -> float:
         """The L0 size: pixels changed."""
         return float(self.pixels)
@@ -100,9 +111,9 @@ class OnePixel(Attack):
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
-        out = [onepixel_one(metric, image, np.random.default_rng(s), pixels=self.pixels, iters=self.generations,
+        out = [onepixel_one(metric, image, i, np.random.default_rng(s), pixels=self.pixels, iters=self.generations,
                             popsize=self.popsize, query_batch=self.query_batch)
-               for image, s in zip(images, image_seeds(seed, images.shape[0]))]
+               for i, (image, s) in enumerate(zip(images, image_seeds(seed, images.shape[0])))]
         return torch.stack(out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,13 @@ import torch.nn.functional as F
 
 from iqadef import Attack, Metric, Param, hookimpl
 
-from ._blackbox import image_generators, query_batch_param, query_scores, score_sign
+from ._blackbox import (
+    image_generators,
+    query_batch_param,
+    query_scores,
+    score_sign,
+    take_aliases,
+)
 
 #: The benchmark's ``epsilon`` sweep (attack_presets.json, presets 0..9).
 EPS_PRESETS = (0.01, 0.01395, 0.01946, 0.02714, 0.03786, 0.05282, 0.07368, 0.10278, 0.14337, 0.2)
@@ -41,6 +48,10 @@ def apply_noise(image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return (image + resized).clamp(0.0, 1.0)
 
 
+class _BudgetSpent(Exception):
+    """The next score call would pass the query budget."""
+
+
 class _LocalSearch:
     """One call of the reference's ``LocalSearchHelper.perturb`` (with ``max_iters`` = 1 round).
 
@@ -50,16 +61,20 @@ class _LocalSearch:
     it); True sets it to that block's score, as Moon et al.'s code does.
     """
 
-    def __init__(self, metric: Metric, image: torch.Tensor, *, query_batch: int, exact_loss: bool):
-        self.metric, self.image = metric, image
+    def __init__(self, metric: Metric, image: torch.Tensor, index: int, *, budget: int, query_batch: int,
+                 exact_loss: bool):
+        self.metric, self.image, self.index, self.budget = metric, image, index, budget
         self.sign = score_sign(metric)
         self.query_batch, self.exact_loss = query_batch, exact_loss
         self.queries = 0
 
     def scores(self, noises: list[torch.Tensor]) -> np.ndarray:
+        if self.queries + len(noises) > self.budget:
+            raise _BudgetSpent
         self.queries += len(noises)
         stacked = apply_noise(self.image, torch.stack(noises))
-        return (self.sign * query_scores(self.metric, stacked, self.query_batch)).cpu().numpy()
+        scores = query_scores(self.metric, stacked, self.query_batch, [self.index] * len(noises))
+        return (self.sign * scores).cpu().numpy()
 
     def phase(self, noise: torch.Tensor, blocks: list[Block], active: np.ndarray, insert: bool,
               curr: np.float32, first: np.ndarray | None = None) -> tuple[torch.Tensor, np.float32]:
@@ -101,24 +116,27 @@ class _LocalSearch:
         return noise
 
 
-def parsimonious_one(metric: Metric, image: torch.Tensor, generator: torch.Generator, *, eps: float,
+def parsimonious_one(metric: Metric, image: torch.Tensor, index: int, generator: torch.Generator, *, eps: float,
                      queries: int, block_size: int, blocks_per_search: int, query_batch: int,
                      exact_loss: bool) -> tuple[torch.Tensor, int]:
-    """The reference's ``attack`` for one image ``[1, 3, H, W]``: returns x_a and the queries spent.
+    """The reference's ``attack`` for image ``index`` of the batch (``[1, 3, H, W]``): x_a and the queries spent.
 
     The noise starts at -eps everywhere; blocks are visited in a random order, ``blocks_per_search`` at a
     time, each group improved by one local search; after a pass the blocks are halved (down to 1 pixel
-    of the grid). When the queries spent exceed ``queries`` the image of the previous search is kept.
+    of the grid). A search that would pass the budget of ``queries`` is abandoned and the image of the
+    previous one returned: the reference's x_a (it finishes that search, then discards it) without the
+    queries it throws away.
     """
     noise = torch.full((3, GRID, GRID), -eps, dtype=image.dtype, device=image.device)
-    search = _LocalSearch(metric, image, query_batch=query_batch, exact_loss=exact_loss)
+    search = _LocalSearch(metric, image, index, budget=queries, query_batch=query_batch, exact_loss=exact_loss)
     adv = image.clone()
     blocks = split_blocks(block_size)
     order = torch.randperm(len(blocks), generator=generator).tolist()
     while True:
         for start in range(0, len(blocks), blocks_per_search):
-            noise = search.perturb(noise, [blocks[k] for k in order[start:start + blocks_per_search]])
-            if search.queries > queries:
+            try:
+                noise = search.perturb(noise, [blocks[k] for k in order[start:start + blocks_per_search]])
+            except _BudgetSpent:
                 return adv, search.queries
             adv = apply_noise(image, noise[None])
         if block_size >= 2:
@@ -149,11 +167,14 @@ class Parsimonious(Attack):
         query_batch_param(),
     )
 
+    def __init__(self, where: str | None = None, **values: Any):
+        super().__init__(where, **take_aliases(values, {"epsilon": "eps", "max_queries": "queries"}, where or self.name))
+
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
         out = []
-        for image, generator in zip(images, image_generators(seed, images.shape[0])):
-            adv, _ = parsimonious_one(metric, image[None], generator, eps=self.eps, queries=self.queries,
+        for index, (image, generator) in enumerate(zip(images, image_generators(seed, images.shape[0]))):
+            adv, _ = parsimonious_one(metric, image[None], index, generator, eps=self.eps, queries=self.queries,
                                       block_size=self.block_size, blocks_per_search=self.blocks_per_search,
                                       query_batch=self.query_batch, exact_loss=self.exact_loss)
             out.append(adv)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from iqadef import Attack, Metric, Param, hookimpl
 
-from ._blackbox import image_generators, query_batch_param, query_scores, score_sign
+from ._blackbox import (
+    image_generators,
+    query_batch_param,
+    query_scores,
+    score_sign,
+    take_aliases,
+)
 
 #: The benchmark's ``eps`` sweep, patch areas in pixels (attack_presets.json, presets 0..9).
 AREA_PRESETS = (49, 64, 81, 121, 169, 225, 289, 361, 484, 625)
@@ -120,7 +127,7 @@ def patch_rs(metric: Metric, images: torch.Tensor, generators: list[torch.Genera
     iteration proposes a change of a square of the patch (or, every ``update_loc_period``-th one, a move of
     the patch) and keeps it if the score strictly rises. ``queries`` scores per image in all.
     """
-    side = int(math.ceil(area ** .5))
+    side = math.ceil(area ** .5)
     sign = score_sign(metric)
     schedule = _Schedule(queries, p_init, side)
     searches = [_PatchSearch(img, side, g) for img, g in zip(images, generators)]
@@ -155,6 +162,9 @@ class PatchRS(Attack):
         Param("update_loc_period", int, 4, help="every this many iterations the patch moves instead", low=2),
         query_batch_param(),
     )
+
+    def __init__(self, where: str | None = None, **values: Any):
+        super().__init__(where, **take_aliases(values, {"n_queries": "queries"}, where or self.name))
 
     def bound(self) -> float:
         """The L0 size: pixels the patch covers (all channels)."""
