@@ -80,7 +80,7 @@ class BudgetedAttack(Attack):
         self.config = {**fixed, "budget": {norm: target}}
         #: The native value chosen for each image of the last :meth:`run` (the runner's ``native_value`` column).
         self.chosen_values: list[float] = []
-        self._found: dict[str, tuple[float, torch.Tensor]] = {}
+        self._found: dict[str, float] = {}  # image content, metric, seed -> chosen value
 
     @property
     def label(self) -> str:
@@ -126,8 +126,9 @@ class BudgetedAttack(Attack):
         """The native value and x_a for one image ``[1, 3, H, W]`` (bisection on a log scale)."""
         key = hashlib.sha256(repr((metric.key(), self.key(), seed)).encode()
                              + image.detach().cpu().numpy().tobytes()).hexdigest()
-        if key in self._found:
-            return self._found[key]
+        if key in self._found:  # searched before in this process: one run at the value found
+            value = self._found[key]
+            return value, self._attack_with(value, metric, image, seed)
         stronger_is_larger = self.budget_norm == "linf"
         lo, hi = self._search_range()
         tried: list[tuple[float, float]] = []
@@ -135,14 +136,14 @@ class BudgetedAttack(Attack):
             if self.param.type is int:
                 if hi - lo <= 1 and tried:
                     break
-                value: float = (lo + hi) // 2 if tried else int(round(math.sqrt(lo * hi)))
+                value: float = (lo + hi) // 2 if tried else round(math.sqrt(lo * hi))
             else:
                 value = math.sqrt(lo * hi)
             adv = self._attack_with(value, metric, image, seed)
             size = achieved(self.budget_norm, image[0], adv[0])
             tried.append((value, size))
             if abs(size - self.target) <= TOLERANCE * self.target:
-                self._found[key] = (value, adv)
+                self._found[key] = value
                 return value, adv
             too_weak = size < self.target if stronger_is_larger else size > self.target
             if too_weak:
