@@ -51,7 +51,7 @@ TOP_KEYS.update(NUMERICS_KEYS)  # precision, compile, channels_last (core/precis
 DATASET_KEYS = {"images", "mos", "max_side"}
 #: Keys of an entry that are not plugin parameters.
 ENTRY_KEYS = {"name", "params", "sweep"}
-ATTACK_ENTRY_KEYS = ENTRY_KEYS | {"adaptive", "eot_samples"}
+ATTACK_ENTRY_KEYS = ENTRY_KEYS | {"adaptive", "eot_samples", "budget"}
 ADAPTIVE_MODES = ("none", "bpda", "eot", "bpda+eot")
 #: Default of ``max_cells``: 70x the paper grid (3 x 10 x 47 = 1410 per image), far below what
 #: expanding it costs (about 2 KB per plugin configuration).
@@ -669,8 +669,20 @@ def _plan_attack(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
         eot = entry.get("eot_samples", 8 if "eot" in adaptive else 1)
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise ConfigError(f"{where}.eot_samples: {eot!r} must be an integer >= 1")
-    return _Plan(where, sets.cls.name, sets.count,
-                 lambda: _each(sets.expand(), lambda pw: AttackEntry(_make(sets.cls, *pw), adaptive, eot)), _sizes(sets))
+    if isinstance(entry, dict) and entry.get("budget") is not None:  # equal budgets (core/budget.py)
+        from .budget import BudgetedAttack, parse_budget, strength_param
+
+        norm, target = parse_budget(entry["budget"], sets.cls, where)
+        native = strength_param(sets.cls, where).name
+        if any(native in params for params, _ in sets.sets) or any(axis[0][0] == native for axis in sets.axes):
+            raise ConfigError(f"{where}.{native}: a budget entry searches {native} itself; remove {native} or the budget")
+
+        def make(pw):
+            return AttackEntry(BudgetedAttack(_make(sets.cls, *pw), norm, target, pw[1]), adaptive, eot)
+    else:
+        def make(pw):
+            return AttackEntry(_make(sets.cls, *pw), adaptive, eot)
+    return _Plan(where, sets.cls.name, sets.count, lambda: _each(sets.expand(), make), _sizes(sets))
 
 
 def _plan_defence(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
