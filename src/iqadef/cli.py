@@ -94,20 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
-    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``."""
+    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``.
+
+    A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
+    a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
+    plugin must not take ``--help`` and every other command down with it."""
     from .core.errors import PluginError
+    from .core.plugins import PluginLoadWarning, _describe, _env_flag
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     registry = _registry()
     for name in registry.names("commands"):
+        owner = registry.registration("commands", name).plugin
+        problem = None
         if name in COMMANDS:
-            owner = registry.registration("commands", name).plugin
-            raise PluginError(f"plugin {owner.name!r} (distribution {owner.distribution!r}) registers the command "
-                              f"{name!r}, which is a built-in iqadef command; rename it")
-        command = registry.get("commands", name)()
-        command_parser = sub.add_parser(name, help=command.help)
-        command.configure(command_parser)
-        command_parser.set_defaults(plugin_command=command)
+            problem = f"registers the command {name!r}, which is a built-in iqadef command; rename it"
+        else:
+            try:
+                command = registry.get("commands", name)()
+                command_parser = sub.add_parser(name, help=command.help)
+                command.configure(command_parser)
+                command_parser.set_defaults(plugin_command=command)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit from argparse in configure() included
+                problem = f"its command {name!r} failed to set up: {_describe(exc)}"
+                sub._name_parser_map.pop(name, None)  # noqa: SLF001 - drop the half-configured subcommand
+                sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != name]  # noqa: SLF001
+        if problem is None:
+            continue
+        message = f"plugin {owner.name!r} (distribution {owner.distribution!r}) {problem}"
+        if registry.strict or _env_flag("IQADEF_STRICT_PLUGINS"):
+            raise PluginError(message + " (strict plugin mode: IQADEF_STRICT_PLUGINS / --strict-plugins)")
+        warnings.warn(message + "; the command is left out", PluginLoadWarning, stacklevel=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

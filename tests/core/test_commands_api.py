@@ -79,3 +79,88 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "private.csv").stat().st_mode) == 0o600
+
+
+# -- a broken plugin command disables only itself ---------------------------------------------------------
+
+def _command_plugins():
+    import types
+
+    from iqadef import Command, hookimpl
+
+    class BadInit(Command):
+        name, help = "bad-init", "raises in its constructor"
+
+        def __init__(self):
+            raise RuntimeError("no GPU driver")
+
+    class BadConfigure(Command):
+        name, help = "bad-configure", "raises in configure()"
+
+        def configure(self, parser):
+            parser.add_argument("--x")
+            parser.add_argument("--x")  # argparse: conflicting option string
+
+    class Clash(Command):
+        name, help = "report", "takes a built-in's name"
+
+    class Good(Command):
+        name, help = "good", "works"
+
+        def run(self, args):
+            print("good ran")
+            return 0
+
+    module = types.ModuleType("iqadef_broken_commands")
+
+    @hookimpl
+    def iqadef_register_commands(register):
+        for cls in (BadInit, BadConfigure, Clash, Good):
+            register(cls)
+
+    module.iqadef_register_commands = iqadef_register_commands
+    return module
+
+
+@pytest.fixture()
+def broken_command_registry(monkeypatch):
+    import iqadef.cli as cli
+    from iqadef.core.plugins import PluginRegistry
+
+    registry = PluginRegistry(extra=[_command_plugins()], entry_points=False, strict=False)
+    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "0")  # restored after the test (main() sets it for --strict)
+    return registry
+
+
+def test_a_plugin_command_that_fails_to_set_up_disables_only_itself(broken_command_registry, capsys, recwarn):
+    assert main(["good"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "good ran"
+    said = captured.err + "\n".join(str(w.message) for w in recwarn)
+    for name in ("bad-init", "bad-configure", "report"):
+        assert f"plugin 'iqadef_broken_commands' (distribution '<local>')" in said and repr(name) in said
+    assert "RuntimeError: no GPU driver" in said and "Traceback" not in said
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    listed = capsys.readouterr().out
+    assert "train-dms" in listed and "good" in listed and "export" in listed
+    assert "bad-init" not in listed and "bad-configure" not in listed and "takes a built-in's name" not in listed
+    with pytest.raises(SystemExit) as done:
+        main(["bad-init"])
+    assert done.value.code == 2
+
+
+def test_the_builtin_keeps_working_beside_a_plugin_command_of_its_name(broken_command_registry, tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2  # the built-in report, not the plugin's
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--help"])  # a plugin command of the built-in plugins still works
+    assert done.value.code == 0
+
+
+def test_strict_plugins_makes_a_broken_plugin_command_fatal(broken_command_registry, monkeypatch, capsys):
+    assert main(["--strict-plugins", "good"]) == 2
+    line = _one_error_line(capsys)
+    assert "iqadef_broken_commands" in line and "strict plugin mode" in line
