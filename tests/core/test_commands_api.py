@@ -164,3 +164,72 @@ def test_strict_plugins_makes_a_broken_plugin_command_fatal(broken_command_regis
     assert main(["--strict-plugins", "good"]) == 2
     line = _one_error_line(capsys)
     assert "iqadef_broken_commands" in line and "strict plugin mode" in line
+
+
+# -- the Python API ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=-1, **kw), "limit=-1"),
+    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=0, **kw), "limit=0"),
+    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit="2", **kw), "limit='2'"),
+    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=True, **kw), "limit=True"),
+    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, fresh="yes", **kw), "fresh='yes'"),
+    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, device=0, **kw), "device=0"),
+    (lambda cfg, **kw: __import__("iqadef").run_grid(42, **kw), "config=42"),
+])
+def test_run_grid_refuses_bad_arguments_naming_them(tmp_path, image_dir, toy_registry, call, argument):
+    import yaml
+
+    from toy_plugins import SMALL_GRID
+
+    config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output=str(tmp_path / "run")))
+    with pytest.raises(ConfigError) as refused:
+        call(config, registry=toy_registry, verbose=False)
+    assert str(refused.value).startswith(f"run_grid: {argument} ") and "\n" not in str(refused.value)
+    assert not (tmp_path / "run" / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda: __import__("iqadef").load_attack("ifgsm", preset=[1]), "load_attack: preset=[1]"),
+    (lambda: __import__("iqadef").load_metric(None), "load_metric: name=None"),
+    (lambda: __import__("iqadef").load_defence("jpeg", device=3), "load_defence: device=3"),
+    (lambda: __import__("iqadef").load_defence([1, 2]), "load_defence: name=[1, 2]"),
+])
+def test_load_functions_refuse_bad_arguments_naming_them(call, argument):
+    with pytest.raises(ConfigError) as refused:
+        call()
+    assert str(refused.value).startswith(argument)
+
+
+def test_run_grid_states_and_returns_where_the_results_and_report_are(tmp_path, image_dir, toy_registry, capsys):
+    import yaml
+
+    import iqadef
+    from toy_plugins import SMALL_GRID
+
+    config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output="ignored"))
+    df = iqadef.run_grid(config, out=tmp_path / "run", registry=toy_registry, limit=2, report=True)
+    assert df["image"].nunique() == 2
+    report = Path(df.attrs["files"]["report.html"])
+    assert report.is_file() and report.parent == tmp_path / "run" == Path(df.attrs["run_dir"])
+    assert f"report: {report}" in capsys.readouterr().out
+
+
+def test_load_images_reads_a_file_a_folder_or_the_bundled_set(tmp_path, image_dir):
+    import iqadef
+
+    builtin = iqadef.load_images("builtin", limit=3)
+    assert builtin.shape[0] == 3 and builtin.shape[1] == 3 and 0 <= builtin.min() and builtin.max() <= 1
+    folder = iqadef.load_images(image_dir, limit=4)  # img0..img3: 24x24
+    with pytest.raises(ConfigError, match="2 sizes .* pass stack=False"):
+        iqadef.load_images(image_dir)
+    first = sorted(p for p in image_dir.rglob("*.png"))[0]
+    one = iqadef.load_images(first)
+    assert one.shape[0] == 1 and torch.equal(one[0], folder[0])
+    listed = iqadef.load_images(image_dir, stack=False, limit=2)
+    assert isinstance(listed, list) and len(listed) == 2 and listed[0].dim() == 3
+    with pytest.raises(ConfigError, match="does not exist"):
+        iqadef.load_images(tmp_path / "nowhere")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match="bad.png: not a readable image"):
+        iqadef.load_images(tmp_path / "bad.png")
