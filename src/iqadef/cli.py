@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="installed plugins and what they register")
     plugins.add_argument("--json", action="store_true")
 
-    lst = sub.add_parser("list", help="metrics, attacks, defences or scores with their parameters")
-    lst.add_argument("kind", choices=KINDS)
+    kinds_text = ", ".join(KINDS[:-1]) + " or " + KINDS[-1]  # from core/kinds.py: a new kind is listed too
+    lst = sub.add_parser("list", help=f"{kinds_text} with their parameters",
+                         description=f"The installed {kinds_text}, with their parameters (default; presets).")
+    lst.add_argument("kind", choices=KINDS, help=f"what to list: {kinds_text}")
     lst.add_argument("--json", action="store_true")
 
     report = sub.add_parser("report", help="write report.html and report.md for a run directory")

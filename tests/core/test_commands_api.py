@@ -233,3 +233,35 @@ def test_load_images_reads_a_file_a_folder_or_the_bundled_set(tmp_path, image_di
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ConfigError, match="bad.png: not a readable image"):
         iqadef.load_images(tmp_path / "bad.png")
+
+
+# -- config-time checks ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("entry, key", [("{name: mean-smoothing, low: 5, high: 1}", "certified[0].low"),
+                                        ("{name: mean-smoothing, low: 3, high: 3}", "certified[0].low"),
+                                        ("{name: mean-smoothing, low: 1000}", "certified[0].low"),
+                                        ("{name: mean-smoothing, high: -1000}", "certified[0].high")])
+def test_mean_smoothing_bounds_are_checked_when_the_registry_is_read(tmp_path, image_dir, toy_registry, entry, key):
+    from iqadef.core.registry import load_run_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset: {{images: {image_dir}}}\noutput: out\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+                    f"certified: [{entry}]\n")
+    with pytest.raises(ConfigError) as refused:
+        load_run_config(path, registry=toy_registry)
+    assert key in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_list_help_names_every_kind(capsys):
+    from iqadef.core.kinds import LISTED
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    overview = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("list "))
+    with pytest.raises(SystemExit):
+        main(["list", "--help"])
+    own = " ".join(capsys.readouterr().out.split())
+    named = ", ".join(LISTED[:-1]) + " or " + LISTED[-1]
+    assert "certified" in LISTED and "datasets" in LISTED
+    assert named in overview and f"The installed {named}" in own

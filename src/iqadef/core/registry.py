@@ -461,6 +461,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
         with errors.check():
             _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
+        for i, smoothing in enumerate(built["certified"]):  # e.g. mean-smoothing's low/high against a range
+            for metric in metrics:
+                with errors.check():
+                    smoothing.check_metric(metric, f"{where}certified[{i}]")
 
     seed = data.get("seed", 0)
     with errors.check():
