@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
     run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar (default: when stderr is a terminal)")
+                     help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
 
     plan = sub.add_parser("plan", help="the grid of a registry, its size, cells already stored and its cost, "
                                        "without running it")
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("run_dir", type=Path, help="a run folder (the `output` of `iqadef run`)")
     verify.add_argument("--cells", type=int, default=20, help="how many stored cells to recompute (default 20)")
     verify.add_argument("--seed", type=int, default=None, help="which cells (default: random, printed)")
+    verify.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
 
     return parser
 
@@ -505,7 +507,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/run/verify.py)."""
     from .core.run.verify import verify_run
 
-    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry())
+    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry(), progress=args.progress)
     for label, problem in verdict.mismatches:
         print(f"MISMATCH {label}: {problem}")
     print(f"{verdict.checked} of {verdict.candidates} stored cell(s) recomputed from scratch (--seed {verdict.seed}): "

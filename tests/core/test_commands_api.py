@@ -265,3 +265,53 @@ def test_list_help_names_every_kind(capsys):
     named = ", ".join(LISTED[:-1]) + " or " + LISTED[-1]
     assert "certified" in LISTED and "datasets" in LISTED
     assert named in overview and f"The installed {named}" in own
+
+
+# -- progress without a terminal ------------------------------------------------------------------------------
+
+def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, image_dir, toy_registry,
+                                                                                    monkeypatch, capsys):
+    import re
+    import time
+
+    import iqadef.cli as cli
+    import iqadef.core.run.local as local
+    import iqadef.core.run.progress as progress
+    from toy_plugins import small_grid_config
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.02)
+    real = local.execute_local
+
+    def slow(*args, **kwargs):  # each unit takes at least 0.1 s: several intervals pass
+        for item in real(*args, **kwargs):
+            time.sleep(0.1)
+            yield item
+
+    monkeypatch.setattr(local, "execute_local", slow)
+    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    small_grid_config(tmp_path, image_dir, toy_registry, "run")
+    assert cli.main(["run", str(tmp_path / "run.yaml"), "--no-report"]) == 0  # stderr is captured: not a tty
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
+    assert lines, "no progress line"
+    pattern = r"progress: (\d)/3 units, (\d+)/12 cells( \(\d+%\))?, \d+ s elapsed, eta (\d+ s|unknown)"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert int(re.fullmatch(pattern, lines[-1]).group(1)) >= 2  # it moves
+    assert cli.main(["verify", str(tmp_path / "run"), "--cells", "4", "--seed", "1"]) == 0
+    verify_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("verify: ")]
+    assert verify_lines and re.fullmatch(r"verify: \d/\d units, \d+/\d+ cells.*", verify_lines[-1])
+    assert cli.main(["verify", str(tmp_path / "run"), "--cells", "4", "--seed", "1", "--no-progress"]) == 0
+    assert "verify: " not in capsys.readouterr().err
+
+
+def test_the_plain_line_estimates_the_rest_from_the_cells_rate():
+    from iqadef.core.run.progress import _progress
+
+    lines = _progress(None, 10, 120)
+    lines.bar = None
+    assert lines.plain_line(5.0) == "progress: 0/10 units, 0/120 cells (0%), 5 s elapsed, eta unknown"
+    with _progress(False, 10, 120) as bar:
+        bar.cell(30)
+        bar.unit(30)
+    off = _progress(None, 10, 120)
+    off.bar = bar
+    assert off.plain_line(60.0) == "progress: 1/10 units, 30/120 cells (25%), 60 s elapsed, eta 3 min"
