@@ -489,18 +489,38 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="model weights (`iqadef weights fetch NAME | --all | --registry R` downloads them)")
-    for col in ("plugin", "file", "size", "present", "url", "expected at"):
-        table.add_column(col, overflow="fold")
-    for d in described:
-        table.add_row(Text(f"{d['kind'][:-1]} {d['plugin']}"), Text(d["filename"]), Text(_size(d.get("size"))),
-                      Text(d["present"] or "missing", style="green" if d["present"] else "red"),
-                      Text("\n".join(d["urls"]) or "-"), Text("\n".join(d["expected_at"])))
-    _console(width=1000).print(table)
+    for line in weights_listing(described):
+        print(line)
     return EXIT_OK
+
+
+def weights_listing(described: list[dict[str, Any]]) -> list[str]:
+    """``iqadef weights`` as plain lines: one heading per file, then each URL or path alone on its line (so a
+    URL is copied whole, never folded or cut by a table border), short enough for 100 columns."""
+    lines = ["model weights: `iqadef weights fetch NAME | --all | --registry R` downloads them", ""]
+    for d in described:
+        state = "present" if d["present"] else "missing"
+        lines.append(f"{d['kind'][:-1]} {d['plugin']}: {d['filename']}, {state}, size {_size(d.get('size'))}")
+        if d["present"]:
+            lines.append(f"  {d['present']}")
+            continue
+        lines.extend(f"  {url}" for url in d["urls"])
+        if d.get("mirrors"):
+            lines.append("  the authors' copies (download by hand):")
+            lines.extend(f"  {mirror}" for mirror in d["mirrors"])
+        if not d["urls"] and not d.get("mirrors"):
+            lines.append("  (no download URL known)")
+        places = [f"  put it at {d['expected_at'][0]}", *(f"  or at {p}" for p in d["expected_at"][1:])]
+        if max(map(len, places)) <= LISTING_WIDTH:
+            lines.extend(places)
+        else:  # a long path alone on its line
+            lines.append("  put it at:")
+            lines.extend(f"  {place}" for place in d["expected_at"])
+    return lines
+
+
+#: ``iqadef weights`` keeps its lines within this many columns (a URL or path longer than that stays whole).
+LISTING_WIDTH = 100
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

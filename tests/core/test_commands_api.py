@@ -315,3 +315,30 @@ def test_the_plain_line_estimates_the_rest_from_the_cells_rate():
     off = _progress(None, 10, 120)
     off.bar = bar
     assert off.plain_line(60.0) == "progress: 1/10 units, 30/120 cells (25%), 60 s elapsed, eta 3 min"
+
+
+# -- iqadef weights ---------------------------------------------------------------------------------------------
+
+def test_weights_listing_fits_100_columns_with_sizes_and_the_authors_copies(monkeypatch, capsys, home):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    for line in out.splitlines():  # a URL or path longer than that stays whole, alone on its line
+        assert len(line) <= 100 or (line.startswith("  ") and " " not in line.strip()), line
+    assert "│" not in out and "┃" not in out
+    entries = out.split("\n" + "attack zhang-lpips: vgg16-397923af.pth")
+    assert len(entries) == 2 and entries[1].split("\n")[0] == ", missing, size 553.4 MB"
+    linearity = out.split("metric linearity: p1q2.pth")[1].split("\nmetric ")[0]
+    assert "https://pan.baidu.com/s/1MRamimHWX8F-SOQ_QsIrvg (code 4z7z)" in linearity
+    assert "https://drive.google.com/drive/folders/1H79ptqjcR4NH6HP4wLsEmqwhNqNNqXwh" in linearity
+
+
+def test_the_missing_weights_error_names_the_authors_copies(offline_home):
+    from iqadef.core.errors import WeightsError
+    from iqadef.core.weights import resolve_weights
+    from iqadef.plugins.metrics.spaq import BL_RELEASE
+
+    with pytest.raises(WeightsError) as missing:
+        resolve_weights(BL_RELEASE)
+    assert "https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view" in str(missing.value)
+    assert "by hand" in str(missing.value) and "\n" not in str(missing.value)

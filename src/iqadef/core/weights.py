@@ -52,11 +52,15 @@ class WeightSpec:
     param: str = "weights_path"
     #: The file's size in bytes, when the plugin knows it (``iqadef weights`` shows it for missing files).
     size: int | None = None
+    #: The authors' own copies that only a person can download (Google Drive folders, Baidu with a code):
+    #: shown by ``iqadef weights`` and in the missing-file error, never fetched.
+    mirrors: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """For ``iqadef weights``: ``size`` is the present file's, else the declared one (None: unknown)."""
         found = find_weights(self)
-        return {"filename": self.filename, "urls": list(self.urls), "sha256": self.sha256,
+        return {"filename": self.filename, "urls": list(self.urls), "mirrors": list(self.mirrors),
+                "sha256": self.sha256,
                 "description": self.description, "expected_at": [str(p) for p in candidate_paths(self)],
                 "present": str(found) if found else None,
                 "size": found.stat().st_size if found else self.size}
@@ -198,7 +202,8 @@ def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
 def _missing_message(spec: WeightSpec, why: str) -> str:
     places = " or ".join(str(p) for p in candidate_paths(spec))
     urls = ", ".join(spec.urls) or "(no URL known)"
-    return (f"weights {spec.filename!r} not found and {why}. Download it from {urls} and put it at {places} "
+    by_hand = f" (or by hand from the authors' copies: {', '.join(spec.mirrors)})" if spec.mirrors else ""
+    return (f"weights {spec.filename!r} not found and {why}. Download it from {urls}{by_hand} and put it at {places} "
             f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights_path: /path/to/{spec.filename}`)")
 
 
