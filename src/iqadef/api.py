@@ -18,6 +18,7 @@ from .core.base import Attack, Defence, Metric, Plugin
 from .core.compose import Compose
 from .core.dataset import DEFAULT_MAX_SIDE, Dataset, builtin_images_dir, read_image
 from .core.errors import ConfigError
+from .core.params import canonical_params
 from .core.plugins import PluginRegistry, get_registry
 from .core.registry import _make, load_run_config, parse_run_config, resolve_device
 from .core.weights import fetch_missing
@@ -54,8 +55,9 @@ def _load(kind: str, name: str, device: str | torch.device, registry: PluginRegi
     where = f"{kind[:-1]} {name!r}"
     cls = registry.get(kind, name, where)
     declared = {p.name: p for p in cls.params}
-    values = dict(params)
-    for key, index in (preset or {}).items():
+    aliases = getattr(cls, "param_aliases", ())
+    values = canonical_params(dict(params), declared, aliases, where)
+    for key, index in canonical_params(dict(preset or {}), declared, aliases, f"{where}: preset").items():
         if key not in declared or not declared[key].presets:
             has = [p.name for p in cls.params if p.presets]
             raise ConfigError(f"{where}: preset={{{key!r}: ...}}: {name!r} has no presets for {key!r}; "

@@ -342,3 +342,34 @@ def test_the_missing_weights_error_names_the_authors_copies(offline_home):
         resolve_weights(BL_RELEASE)
     assert "https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view" in str(missing.value)
     assert "by hand" in str(missing.value) and "\n" not in str(missing.value)
+
+
+# -- attack parameter aliases --------------------------------------------------------------------------------
+
+def test_torchattacks_style_names_reach_each_attacks_canonical_parameter(tmp_path, image_dir):
+    import iqadef
+    from iqadef.core.registry import load_run_config
+
+    plain = iqadef.load_attack("ifgsm", eps="4/255", iters=3, alpha="1/255", device="cpu")
+    aliased = iqadef.load_attack("ifgsm", eps="4/255", steps=3, step_size="1/255", device="cpu")
+    assert aliased.config == plain.config and aliased.label == plain.label and aliased.key() == plain.key()
+    pgd = iqadef.load_attack("pgd-linf", iters=4, alpha="2/255", device="cpu")
+    assert (pgd.steps, pgd.step_size) == (4, pytest.approx(2 / 255)) and "iters" not in pgd.config
+    assert iqadef.load_attack("zhang-ssim", steps=3, device="cpu").iterations == 3
+    assert iqadef.load_attack("ifgsm", preset={"step_size": 2}).alpha == iqadef.load_attack(
+        "ifgsm", preset={"alpha": 2}).alpha
+    with pytest.raises(ConfigError, match=r"'iters' and 'steps' are the same parameter \('iters'\)"):
+        iqadef.load_attack("ifgsm", iters=3, steps=4)
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [tiny-iqa]\n"
+                    f"attacks: [{{name: pgd-linf, iters: 2, alpha: 1/255}}, {{name: ifgsm, sweep: {{steps: [1, 2]}}}}]\n")
+    config = load_run_config(path)
+    assert [a.label for a in config.attacks] == ["pgd-linf[steps=2,step_size=0.00392157]", "ifgsm[iters=1]",
+                                                  "ifgsm[iters=2]"]
+
+
+def test_aliases_stay_with_attacks():
+    from iqadef.plugins.certified.median_smoothing import MedianSmoothing
+
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        MedianSmoothing(step_size=0.01)  # `alpha` of a smoothing is a confidence level, not a step

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from .errors import ConfigError
-from .params import Param, resolve
+from .params import ATTACK_ALIASES, Param, resolve
 
 
 def _canonical(value: Any) -> Any:
@@ -38,6 +38,8 @@ class Plugin:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     params: ClassVar[tuple[Param, ...]] = ()
+    #: Groups of parameter names that stand for the one this plugin declares (attacks: ``ATTACK_ALIASES``).
+    param_aliases: ClassVar[tuple[frozenset[str], ...]] = ()
     #: Weight files this plugin needs (``iqadef.core.weights.WeightSpec``), listed by ``iqadef weights``.
     weights: ClassVar[tuple] = ()
     #: How the run-level ``precision`` reaches :meth:`precision_modules` (core/precision.py): ``"cast"`` the
@@ -55,7 +57,7 @@ class Plugin:
 
     def __init__(self, where: str | None = None, **values: Any):
         where = where or self.name or type(self).__name__
-        self.config: dict[str, Any] = resolve(self.params, values, where)
+        self.config: dict[str, Any] = resolve(self.params, values, where, self.param_aliases)
         for key, value in self.config.items():
             setattr(self, key, value)
         self.device = torch.device("cpu")
@@ -215,6 +217,7 @@ class Attack(Plugin):
 
     kind = "attack"
     norm: ClassVar[str | None] = None
+    param_aliases = ATTACK_ALIASES  # `steps`/`iters`/`iterations`, `alpha`/`step_size` (core/params.py)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError

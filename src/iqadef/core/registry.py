@@ -25,6 +25,7 @@ from .base import Attack, Defence, Metric, Plugin
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
 from .errors import ConfigError
+from .params import canonical_params
 from .plugins import PluginRegistry, get_registry
 from .precision import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics
 from .suggest import did_you_mean
@@ -619,7 +620,8 @@ def _param_sets(registry: PluginRegistry, kind: str, entry: Any, where: str,
         if not isinstance(sweep, dict) or not sweep:
             raise ConfigError(f"{where}.sweep: must map parameter names to lists of values (or `presets`)")
         axes = []
-        for key, values in sweep.items():
+        aliases = getattr(cls, "param_aliases", ())
+        for key, values in canonical_params(sweep, declared, aliases, f"{where}.sweep").items():
             if key not in declared:
                 raise ConfigError(f"{where}.sweep.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
                                   f"allowed: {', '.join(declared) or '(none)'}")
