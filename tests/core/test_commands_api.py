@@ -364,7 +364,7 @@ def test_torchattacks_style_names_reach_each_attacks_canonical_parameter(tmp_pat
     path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [tiny-iqa]\n"
                     f"attacks: [{{name: pgd-linf, iters: 2, alpha: 1/255}}, {{name: ifgsm, sweep: {{steps: [1, 2]}}}}]\n")
     config = load_run_config(path)
-    assert [a.label for a in config.attacks] == ["pgd-linf[steps=2,step_size=0.00392157]", "ifgsm[iters=1]",
+    assert [a.label for a in config.attacks] == ["pgd-linf[steps=2,step_size=1/255]", "ifgsm[iters=1]",
                                                   "ifgsm[iters=2]"]
 
 
@@ -373,3 +373,56 @@ def test_aliases_stay_with_attacks():
 
     with pytest.raises(ConfigError, match="unknown parameter"):
         MedianSmoothing(step_size=0.01)  # `alpha` of a smoothing is a confidence level, not a step
+
+
+# -- labels are for reading; cells are keyed by identity ----------------------------------------------------
+
+LABELLED_GRID = """
+dataset: {{images: {images}}}
+output: {output}
+batch_size: 2
+metrics: [toy-metric]
+attacks: [{{name: toy-sign, eps: 2/255}}]
+defences: [no-defence, {{name: toy-noise-defence, sweep: {{sigma: [0.01, 0.02]}}}}]
+"""
+
+
+def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_them(tmp_path, image_dir,
+                                                                                     toy_registry, monkeypatch):
+    import iqadef.core.base as base
+    from iqadef.core.registry import load_run_config
+    from iqadef.core.run import run_grid
+
+    path = tmp_path / "r.yaml"
+    path.write_text(LABELLED_GRID.format(images=image_dir, output=tmp_path / "run"))
+    config = load_run_config(path, registry=toy_registry)
+    assert [a.label for a in config.attacks] == ["toy-sign[eps=2/255]"]
+    assert [d.label for d in config.defences] == ["no-defence", "toy-noise-defence[sigma=0.01]",
+                                                  "toy-noise-defence[sigma=0.02]"]  # 0.02: the default
+    plain = toy_registry.get("defences", "toy-noise-defence")()
+    assert plain.label == "toy-noise-defence" and plain.key() == config.defences[2].key()
+    assert plain.identity() == config.defences[2].identity()
+
+    # an older iqadef labelled the same cells `toy-sign[eps=0.00784314]` and `toy-noise-defence`
+    with monkeypatch.context() as old:
+        old.setattr(base, "_fmt", lambda v: f"{v:.6g}" if isinstance(v, float) else str(v))
+        old.setattr(base.Plugin, "label_params", property(lambda self: frozenset(), lambda self, v: None))
+        first = run_grid(load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False)
+        assert set(first.table["attack"]) == {"toy-sign[eps=0.00784314]"}
+    again = run_grid(load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False)
+    assert (again.computed, again.skipped) == (0, 18)  # nothing recomputed: same keys
+    import pandas as pd
+
+    df = pd.read_parquet(again.files["results.parquet"])
+    assert set(df["attack"]) == {"toy-sign[eps=2/255]"}
+    assert set(df["defence"]) == {"no-defence", "toy-noise-defence[sigma=0.01]", "toy-noise-defence[sigma=0.02]"}
+
+
+def test_a_configuration_listed_plainly_and_as_a_sweeps_default_is_listed_twice(tmp_path, image_dir, toy_registry):
+    from iqadef.core.registry import load_run_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+                    f"defences: [toy-noise-defence, {{name: toy-noise-defence, sweep: {{sigma: presets}}}}]\n")
+    with pytest.raises(ConfigError, match=r"'toy-noise-defence\[sigma=0.02\]' is listed twice"):
+        load_run_config(path, registry=toy_registry)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from .errors import ConfigError
-from .params import ATTACK_ALIASES, Param, resolve
+from .params import ATTACK_ALIASES, Param, pixel_fraction, resolve
 
 
 def _canonical(value: Any) -> Any:
@@ -64,10 +64,16 @@ class Plugin:
         self._loaded_on: torch.device | None = None
 
     # -- identity --------------------------------------------------------------------------
+    #: Parameters the label shows even at their default (a registry's sweep: ``jpeg[quality=50]`` beside
+    #: ``jpeg[quality=10]``). Labels are for reading only: cache keys come from :meth:`identity`.
+    label_params: frozenset[str] = frozenset()
+
     @property
     def label(self) -> str:
-        """Short readable id: the name plus the parameters that differ from their defaults."""
-        changed = {p.name: self.config[p.name] for p in self.params if self.config[p.name] != p.default}
+        """Short readable id: the name plus the parameters that differ from their defaults (and those of
+        :attr:`label_params`)."""
+        changed = {p.name: self.config[p.name] for p in self.params
+                   if self.config[p.name] != p.default or p.name in self.label_params}
         if not changed:
             return self.name
         inner = ",".join(f"{k}={_fmt(v)}" for k, v in changed.items())
@@ -157,7 +163,8 @@ class Plugin:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.6g}"
+        short = f"{v:.6g}"
+        return short if float(short) == v else (pixel_fraction(v) or short)  # eps=4/255, not 0.0156863
     if isinstance(v, (list, tuple)):
         return "+".join(_fmt(x) for x in v)
     return str(v)

@@ -165,6 +165,17 @@ def canonical_params(given: dict[str, Any], declared: Iterable[str], aliases: It
     return out
 
 
+def pixel_fraction(value: float) -> str | None:
+    """``"4/255"`` for a float that is k/255 to rounding (the study's pixel steps, as a registry writes them:
+    ``eps: 4/255``); None otherwise (``0.0156863`` typed as a decimal is not k/255 to 1e-9)."""
+    if not math.isfinite(value) or value.is_integer():
+        return None
+    steps = value * 255
+    if round(steps) != 0 and abs(steps - round(steps)) < 1e-9 * max(1.0, abs(steps)):
+        return f"{round(steps)}/255"
+    return None
+
+
 def resolve(params: Iterable[Param], given: dict[str, Any], where: str,
             aliases: Iterable[frozenset[str]] = ()) -> dict[str, Any]:
     """Validate ``given`` against ``params``; fill defaults; refuse unknown keys with a did-you-mean.
