@@ -70,14 +70,19 @@ def test_train_dms_names_a_run_json_that_is_not_json(tmp_path, capsys):
 # -- files follow the umask ---------------------------------------------------------------------------------
 
 def test_atomic_writes_follow_the_umask(tmp_path):
+    from iqadef.plugins.attacks.uap import save_perturbation
+
     old = os.umask(0o022)
     try:
         atomic_write_bytes(tmp_path / "report.html", b"<html>")
+        save_perturbation(torch.zeros(3, 4, 4), tmp_path / "uap.pt")  # the UAP cache: the same helper
         os.umask(0o077)
         atomic_write_bytes(tmp_path / "private.csv", b"a,b")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "uap.pt").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private.csv", "report.html", "uap.pt"]  # no temp left
     assert stat.S_IMODE((tmp_path / "private.csv").stat().st_mode) == 0o600
 
 
@@ -139,7 +144,7 @@ def test_a_plugin_command_that_fails_to_set_up_disables_only_itself(broken_comma
     assert captured.out.strip() == "good ran"
     said = captured.err + "\n".join(str(w.message) for w in recwarn)
     for name in ("bad-init", "bad-configure", "report"):
-        assert f"plugin 'iqadef_broken_commands' (distribution '<local>')" in said and repr(name) in said
+        assert "plugin 'iqadef_broken_commands' (distribution '<local>')" in said and repr(name) in said
     assert "RuntimeError: no GPU driver" in said and "Traceback" not in said
     with pytest.raises(SystemExit) as done:
         main(["--help"])
@@ -361,8 +366,8 @@ def test_torchattacks_style_names_reach_each_attacks_canonical_parameter(tmp_pat
     with pytest.raises(ConfigError, match=r"'iters' and 'steps' are the same parameter \('iters'\)"):
         iqadef.load_attack("ifgsm", iters=3, steps=4)
     path = tmp_path / "r.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [tiny-iqa]\n"
-                    f"attacks: [{{name: pgd-linf, iters: 2, alpha: 1/255}}, {{name: ifgsm, sweep: {{steps: [1, 2]}}}}]\n")
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [tiny-iqa]\nattacks: [{{name: pgd-linf, iters: 2, "
+                    f"alpha: 1/255}}, {{name: ifgsm, sweep: {{steps: [1, 2]}}}}]\n")
     config = load_run_config(path)
     assert [a.label for a in config.attacks] == ["pgd-linf[steps=2,step_size=1/255]", "ifgsm[iters=1]",
                                                   "ifgsm[iters=2]"]
