@@ -17,12 +17,12 @@ __all__ = [
     "Attack", "BinnedSmoothing", "Command", "ConfigError", "DatasetPlugin", "Defence", "GradientRequested", "ImageScore",
     "IqadefError", "Metric", "MetricSmoothing", "Param", "PluginError", "QueryMetric", "SmoothedScores", "WeightsError",
     "__version__", "attack_loss", "hookimpl",
-    "load_attack", "load_defence", "load_metric", "run_grid",
+    "load_attack", "load_defence", "load_images", "load_metric", "run_grid",
 ]
 
 #: The Python API (docs/python.md), imported on first use so that ``import iqadef`` (and a plugin's
 #: ``from iqadef import Metric``) does not load pandas and the registry.
-_API = ("load_attack", "load_defence", "load_metric", "run_grid")
+_API = ("load_attack", "load_defence", "load_images", "load_metric", "run_grid")
 
 
 def __getattr__(name: str):

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
     run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar (default: when stderr is a terminal)")
+                     help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
 
     plan = sub.add_parser("plan", help="the grid of a registry, its size, cells already stored and its cost, "
                                        "without running it")
@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="installed plugins and what they register")
     plugins.add_argument("--json", action="store_true")
 
-    lst = sub.add_parser("list", help="metrics, attacks, defences or scores with their parameters")
-    lst.add_argument("kind", choices=KINDS)
+    kinds_text = ", ".join(KINDS[:-1]) + " or " + KINDS[-1]  # from core/kinds.py: a new kind is listed too
+    lst = sub.add_parser("list", help=f"{kinds_text} with their parameters",
+                         description=f"The installed {kinds_text}, with their parameters (default; presets).")
+    lst.add_argument("kind", choices=KINDS, help=f"what to list: {kinds_text}")
     lst.add_argument("--json", action="store_true")
 
     report = sub.add_parser("report", help="write report.html and report.md for a run directory")
@@ -89,25 +91,46 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("run_dir", type=Path, help="a run folder (the `output` of `iqadef run`)")
     verify.add_argument("--cells", type=int, default=20, help="how many stored cells to recompute (default 20)")
     verify.add_argument("--seed", type=int, default=None, help="which cells (default: random, printed)")
+    verify.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
 
     return parser
 
 
 def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
-    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``."""
+    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``.
+
+    A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
+    a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
+    plugin must not take ``--help`` and every other command down with it."""
     from .core.errors import PluginError
+    from .core.plugins import PluginLoadWarning, _describe, _env_flag
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     registry = _registry()
     for name in registry.names("commands"):
+        owner = registry.registration("commands", name).plugin
+        problem = None
         if name in COMMANDS:
-            owner = registry.registration("commands", name).plugin
-            raise PluginError(f"plugin {owner.name!r} (distribution {owner.distribution!r}) registers the command "
-                              f"{name!r}, which is a built-in iqadef command; rename it")
-        command = registry.get("commands", name)()
-        command_parser = sub.add_parser(name, help=command.help)
-        command.configure(command_parser)
-        command_parser.set_defaults(plugin_command=command)
+            problem = f"registers the command {name!r}, which is a built-in iqadef command; rename it"
+        else:
+            try:
+                command = registry.get("commands", name)()
+                command_parser = sub.add_parser(name, help=command.help)
+                command.configure(command_parser)
+                command_parser.set_defaults(plugin_command=command)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit from argparse in configure() included
+                problem = f"its command {name!r} failed to set up: {_describe(exc)}"
+                sub._name_parser_map.pop(name, None)  # noqa: SLF001 - drop the half-configured subcommand
+                sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != name]  # noqa: SLF001
+        if problem is None:
+            continue
+        message = f"plugin {owner.name!r} (distribution {owner.distribution!r}) {problem}"
+        if registry.strict or _env_flag("IQADEF_STRICT_PLUGINS"):
+            raise PluginError(message + " (strict plugin mode: IQADEF_STRICT_PLUGINS / --strict-plugins)")
+        warnings.warn(message + "; the command is left out", PluginLoadWarning, stacklevel=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -466,25 +489,45 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="model weights (`iqadef weights fetch NAME | --all | --registry R` downloads them)")
-    for col in ("plugin", "file", "size", "present", "url", "expected at"):
-        table.add_column(col, overflow="fold")
-    for d in described:
-        table.add_row(Text(f"{d['kind'][:-1]} {d['plugin']}"), Text(d["filename"]), Text(_size(d.get("size"))),
-                      Text(d["present"] or "missing", style="green" if d["present"] else "red"),
-                      Text("\n".join(d["urls"]) or "-"), Text("\n".join(d["expected_at"])))
-    _console(width=1000).print(table)
+    for line in weights_listing(described):
+        print(line)
     return EXIT_OK
+
+
+def weights_listing(described: list[dict[str, Any]]) -> list[str]:
+    """``iqadef weights`` as plain lines: one heading per file, then each URL or path alone on its line (so a
+    URL is copied whole, never folded or cut by a table border), short enough for 100 columns."""
+    lines = ["model weights: `iqadef weights fetch NAME | --all | --registry R` downloads them", ""]
+    for d in described:
+        state = "present" if d["present"] else "missing"
+        lines.append(f"{d['kind'][:-1]} {d['plugin']}: {d['filename']}, {state}, size {_size(d.get('size'))}")
+        if d["present"]:
+            lines.append(f"  {d['present']}")
+            continue
+        lines.extend(f"  {url}" for url in d["urls"])
+        if d.get("mirrors"):
+            lines.append("  the authors' copies (download by hand):")
+            lines.extend(f"  {mirror}" for mirror in d["mirrors"])
+        if not d["urls"] and not d.get("mirrors"):
+            lines.append("  (no download URL known)")
+        places = [f"  put it at {d['expected_at'][0]}", *(f"  or at {p}" for p in d["expected_at"][1:])]
+        if max(map(len, places)) <= LISTING_WIDTH:
+            lines.extend(places)
+        else:  # a long path alone on its line
+            lines.append("  put it at:")
+            lines.extend(f"  {place}" for place in d["expected_at"])
+    return lines
+
+
+#: ``iqadef weights`` keeps its lines within this many columns (a URL or path longer than that stays whole).
+LISTING_WIDTH = 100
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/run/verify.py)."""
     from .core.run.verify import verify_run
 
-    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry())
+    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry(), progress=args.progress)
     for label, problem in verdict.mismatches:
         print(f"MISMATCH {label}: {problem}")
     print(f"{verdict.checked} of {verdict.candidates} stored cell(s) recomputed from scratch (--seed {verdict.seed}): "

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from .errors import ConfigError
-from .params import Param, resolve
+from .params import ATTACK_ALIASES, Param, pixel_fraction, resolve
 
 
 def _canonical(value: Any) -> Any:
@@ -38,6 +38,8 @@ class Plugin:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     params: ClassVar[tuple[Param, ...]] = ()
+    #: Groups of parameter names that stand for the one this plugin declares (attacks: ``ATTACK_ALIASES``).
+    param_aliases: ClassVar[tuple[frozenset[str], ...]] = ()
     #: Weight files this plugin needs (``iqadef.core.weights.WeightSpec``), listed by ``iqadef weights``.
     weights: ClassVar[tuple] = ()
     #: How the run-level ``precision`` reaches :meth:`precision_modules` (core/precision.py): ``"cast"`` the
@@ -55,17 +57,23 @@ class Plugin:
 
     def __init__(self, where: str | None = None, **values: Any):
         where = where or self.name or type(self).__name__
-        self.config: dict[str, Any] = resolve(self.params, values, where)
+        self.config: dict[str, Any] = resolve(self.params, values, where, self.param_aliases)
         for key, value in self.config.items():
             setattr(self, key, value)
         self.device = torch.device("cpu")
         self._loaded_on: torch.device | None = None
 
     # -- identity --------------------------------------------------------------------------
+    #: Parameters the label shows even at their default (a registry's sweep: ``jpeg[quality=50]`` beside
+    #: ``jpeg[quality=10]``). Labels are for reading only: cache keys come from :meth:`identity`.
+    label_params: frozenset[str] = frozenset()
+
     @property
     def label(self) -> str:
-        """Short readable id: the name plus the parameters that differ from their defaults."""
-        changed = {p.name: self.config[p.name] for p in self.params if self.config[p.name] != p.default}
+        """Short readable id: the name plus the parameters that differ from their defaults (and those of
+        :attr:`label_params`)."""
+        changed = {p.name: self.config[p.name] for p in self.params
+                   if self.config[p.name] != p.default or p.name in self.label_params}
         if not changed:
             return self.name
         inner = ",".join(f"{k}={_fmt(v)}" for k, v in changed.items())
@@ -155,7 +163,8 @@ class Plugin:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.6g}"
+        short = f"{v:.6g}"
+        return short if float(short) == v else (pixel_fraction(v) or short)  # eps=4/255, not 0.0156863
     if isinstance(v, (list, tuple)):
         return "+".join(_fmt(x) for x in v)
     return str(v)
@@ -217,6 +226,7 @@ class Attack(Plugin):
     kind = "attack"
     norm: ClassVar[str | None] = None
     black_box: ClassVar[bool] = False
+    param_aliases = ATTACK_ALIASES  # `steps`/`iters`/`iterations`, `alpha`/`step_size` (core/params.py)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError

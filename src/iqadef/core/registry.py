@@ -25,6 +25,7 @@ from .base import Attack, Defence, Metric, Plugin
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
 from .errors import ConfigError
+from .params import canonical_params
 from .plugins import PluginRegistry, get_registry
 from .precision import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics
 from .suggest import did_you_mean
@@ -461,6 +462,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
         with errors.check():
             _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
+        for i, smoothing in enumerate(built["certified"]):  # e.g. mean-smoothing's low/high against a range
+            for metric in metrics:
+                with errors.check():
+                    smoothing.check_metric(metric, f"{where}certified[{i}]")
 
     seed = data.get("seed", 0)
     with errors.check():
@@ -526,13 +531,25 @@ def _section(data: dict, key: str, where: str, required: bool) -> list:
 
 
 def _no_duplicates(items: list, where: str) -> None:
-    seen: dict[str, int] = {}
+    seen: dict[Any, int] = {}
     for i, item in enumerate(items):
-        label = item.label
-        if label in seen:
-            raise ConfigError(f"{where}: {label!r} is listed twice (entries {seen[label]} and {i} after sweeps); "
-                              f"remove one")
-        seen[label] = i
+        for same in (item.label, ("configuration", _unmarked(item))):  # jpeg and a sweep's jpeg[quality=50]
+            if same in seen:
+                raise ConfigError(f"{where}: {item.label!r} is listed twice (entries {seen[same]} and {i} after "
+                                  f"sweeps); remove one")
+        seen[item.label] = seen[("configuration", _unmarked(item))] = i
+
+
+def _unmarked(item: Any) -> Any:
+    """What an item's label would be without a sweep's marks (``label_params``): one configuration, listed
+    once plainly and once in a sweep at its default, gives the same value."""
+    if isinstance(item, AttackEntry):
+        return (_unmarked(item.attack), item.adaptive, item.eot_samples)
+    if isinstance(item, Compose):
+        return tuple(_unmarked(stage) for stage in item.stages)
+    if isinstance(item, Plugin):
+        return (item.kind, item.name, tuple(sorted((k, repr(v)) for k, v in item.config.items())))
+    return item.label
 
 
 @dataclass
@@ -547,8 +564,11 @@ class _ParamSets:
     def count(self) -> int:
         return len(self.sets) * math.prod(len(axis) for axis in self.axes)
 
-    def expand(self) -> list[tuple[dict, str]]:
-        return [({**params, **dict(combo)}, w) for params, w in self.sets for combo in itertools.product(*self.axes)]
+    def expand(self) -> list[tuple[dict, str, frozenset[str]]]:
+        """``(params, where, swept names)``: a swept parameter shows in the label even at its default."""
+        swept = frozenset(axis[0][0] for axis in self.axes)
+        return [({**params, **dict(combo)}, w, swept) for params, w in self.sets
+                for combo in itertools.product(*self.axes)]
 
 
 @dataclass
@@ -615,7 +635,8 @@ def _param_sets(registry: PluginRegistry, kind: str, entry: Any, where: str,
         if not isinstance(sweep, dict) or not sweep:
             raise ConfigError(f"{where}.sweep: must map parameter names to lists of values (or `presets`)")
         axes = []
-        for key, values in sweep.items():
+        aliases = getattr(cls, "param_aliases", ())
+        for key, values in canonical_params(sweep, declared, aliases, f"{where}.sweep").items():
             if key not in declared:
                 raise ConfigError(f"{where}.sweep.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
                                   f"allowed: {', '.join(declared) or '(none)'}")
@@ -636,8 +657,10 @@ def _sizes(plan: _ParamSets) -> str:
     return " x ".join(parts) if len(parts) > 1 or plan.axes else ""
 
 
-def _make(cls: type, params: dict, where: str) -> Plugin:
+def _make(cls: type, params: dict, where: str, label_params: frozenset[str] = frozenset()) -> Plugin:
     plugin = cls(where=where, **params)
+    if label_params:
+        plugin.label_params = label_params
     _check_weight_files(plugin, where)
     return plugin
 

@@ -159,6 +159,21 @@ class RunLock:
             self._fd = None
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``/proc/self/status``); else
+    set and restored at once (``os.umask`` has no read-only form)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, advice: str = RESUME_ADVICE) -> str:
     """Write ``data`` to ``path`` via a temporary file + rename; return its sha256.
 
@@ -170,6 +185,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, advice: str = RESUME_ADVICE) 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a file iqadef writes follows the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

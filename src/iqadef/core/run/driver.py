@@ -109,7 +109,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             everything = store.dataframe()
             current = GridIndex(config, dataset)
             in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
-            df = everything[in_grid].reset_index(drop=True)
+            df = current_labels(everything[in_grid].reset_index(drop=True), config)
             other = len(everything) - len(df)
         finally:
             store.close()
@@ -118,6 +118,19 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         table = summary_table(df, info)
     return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
                       time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled)
+
+
+def current_labels(df: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """The run's rows under the labels of the run's configuration (found by key): a cell stored under a
+    label of an older iqadef (``eps=0.0156863`` for ``eps=4/255``, ``jpeg`` for a sweep's
+    ``jpeg[quality=50]``) is the same cell, and shows as the rest of the run does. The store keeps what it
+    stored; only the exported tables are relabelled."""
+    plugins = {"metric": config.metrics, "attack": config.attacks, "defence": grid_defences(config)}
+    for column, items in plugins.items():
+        if len(df) and f"{column}_key" in df.columns:
+            by_key = {item.key(): item.label for item in items}
+            df[column] = df[f"{column}_key"].map(by_key).fillna(df[column])
+    return df
 
 
 def _report_cells(bar: Any, on_cells: Callable[[int], None] | None) -> Callable[[int], None]:

@@ -144,11 +144,14 @@ class _FileCheck:
 
 
 def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = None, *,
-               registry: PluginRegistry | None = None, rtol: float = RTOL, atol: float = ATOL) -> Verdict:
-    """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring)."""
+               registry: PluginRegistry | None = None, rtol: float = RTOL, atol: float = ATOL,
+               progress: bool | None = False) -> Verdict:
+    """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring).
+    ``progress``: as for ``iqadef run`` (a bar on a terminal, plain lines otherwise; False: none)."""
     from ..weights import fetch_missing
     from .local import execute_local
     from .plan import Unit, batch_keys, cell_row, grid_defences
+    from .progress import _progress
     from .worker import UnitResult, Worker
 
     run_dir = Path(run_dir)
@@ -226,7 +229,14 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
             torch.set_num_threads(int(info["torch_threads"]))  # sums in the run's order
         try:
             worker = Worker(config, dataset, run_dir, lambda key: None, config.torch_device(), registry)
-            results: list[UnitResult] = [result for _, result in execute_local(worker, units, config.unit_timeout)]
+            results: list[UnitResult] = []
+            cells_todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+            with _progress(progress, len(units), cells_todo, what="verify",
+                           cell_label="cells recomputed") as bar:
+                worker.on_cells = bar.cell
+                for _, result in execute_local(worker, units, config.unit_timeout):
+                    bar.unit(len(result.rows))
+                    results.append(result)
         finally:
             torch.set_num_threads(threads)
         for result in results:
