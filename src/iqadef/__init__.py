@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .core.base import Attack, Defence, ImageScore, Metric, attack_loss  # noqa: E402
-from .core.commands import Command  # noqa: E402
-from .core.dataset import DatasetPlugin  # noqa: E402
-from .core.errors import ConfigError, IqadefError, PluginError, WeightsError  # noqa: E402
-from .core.hookspecs import hookimpl  # noqa: E402
-from .core.params import Param  # noqa: E402
-from .core.smoothing import MetricSmoothing, SmoothedScores  # noqa: E402
+from ._version import __version__
+from .core.base import Attack, Defence, ImageScore, Metric, attack_loss
+from .core.commands import Command
+from .core.dataset import DatasetPlugin
+from .core.errors import ConfigError, IqadefError, PluginError, WeightsError
+from .core.hookspecs import hookimpl
+from .core.params import Param
+from .core.smoothing import MetricSmoothing, SmoothedScores
 
 __all__ = [
     "Attack", "Command", "ConfigError", "DatasetPlugin", "Defence", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",

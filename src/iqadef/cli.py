@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .core.errors import IqadefError
+from .core.errors import IqadefError, PluginError
 from .core.kinds import LISTED as KINDS
+from .core.suggest import did_you_mean
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
@@ -95,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
     """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``."""
-    from .core.errors import PluginError
-
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     registry = _registry()
     for name in registry.names("commands"):
@@ -443,8 +442,6 @@ def cmd_weights(args: argparse.Namespace) -> int:
             rows = _weight_rows()
             chosen = rows if args.all else [r for r in rows if r[1] == args.name]
             if not chosen and args.name:
-                from .core.suggest import did_you_mean
-
                 raise IqadefError(f"no plugin {args.name!r} with weights"
                                   f"{did_you_mean(args.name, {r[1] for r in rows})}")
         done: dict[str, Path | None] = {}

@@ -39,8 +39,11 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import ConfigError
-from .fetch import RemoteFile
+from .fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
+from .files import atomic_write_bytes
 from .params import Param, resolve
+from .sniff import BINARY, binary_kind
+from .suggest import did_you_mean
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 #: Largest image side kept as is; larger images are downscaled to this (override: dataset.max_side).
@@ -207,8 +210,6 @@ def read_text(path: Path, what: str) -> tuple[str, str]:
     write); else UTF-8; else cp1252, the Windows superset of Latin-1 (every file that is not UTF-8 decodes
     in one of the two). A file that is not text (an image, a workbook) is refused, naming what it is.
     """
-    from .sniff import BINARY, binary_kind
-
     data = path.read_bytes()
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -577,8 +578,6 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
         allowed.pop("root")
     for key in data:
         if key not in allowed:
-            from .suggest import did_you_mean
-
             raise ConfigError(f"{where}.{key}: unknown key for dataset {name!r}{did_you_mean(str(key), allowed)}; "
                               f"allowed: {', '.join(sorted(allowed))}")
     if "root" in common and not cls.fetchable:
@@ -630,8 +629,6 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
     in ``.downloads`` is unpacked; otherwise fetch says where to get it and where to put it. What was fetched
     is recorded in ``<root>/.iqadef-fetched.json``, so a second fetch does nothing.
     """
-    from .fetch import FetchError, extract, fetch, matches, offline, sha256_of
-
     if not plugin.fetchable:
         raise FetchError(f"dataset {plugin.name!r} is not fetched (it is {plugin.title or 'local'}); nothing to do")
     root = plugin.root
@@ -671,9 +668,7 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
             if not keep_archives:
                 target.unlink()
         done[remote.filename] = record
-        tmp = root / f".{FETCHED}.tmp"
-        tmp.write_text(json.dumps(done, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, root / FETCHED)
+        atomic_write_bytes(root / FETCHED, json.dumps(done, indent=2, sort_keys=True).encode("utf-8"))
     if manual_needed:
         raise FetchError(f"dataset {plugin.name}: {len(manual_needed)} file(s) cannot be downloaded automatically: "
                          + "; ".join(manual_needed) + f"; then run `iqadef data fetch {plugin.name}` again")

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from .._version import __version__
 from .errors import IqadefError
 from .rundir import MARKER as RUN_MARKER
 from .store import CELL_COLUMNS, atomic_write_bytes, row_checksum
@@ -102,8 +103,6 @@ def _prepare_out(out: Path, run_dir: Path) -> list[str]:
 
 def export_run(run_dir: str | Path, out: str | Path, *, defended: bool = False, registry: Any = None) -> ExportSummary:
     """Write the export of ``run_dir`` into ``out`` (see the module docstring)."""
-    from .. import __version__
-
     run_dir, out = Path(run_dir), Path(out).expanduser()
     if not run_dir.is_dir():
         raise IqadefError(f"{run_dir}: not a folder; give the run folder of `iqadef run` (its `output`)")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import IqadefError
+from .files import atomic_write_bytes, temp_prefix, write_error
 
 MARKER = ".iqadef-run"
 LOCK = ".lock"
@@ -42,11 +43,6 @@ _OLD_TEMP = re.compile(r"^\.(?P<name>.+?)(\.[a-z0-9_]{8})?\.tmp$")
 _OWN_NAME = re.compile(r"^([0-9a-f]{64}|[0-9a-f]{24})\.png$")
 # Figure names of versions before figure names carried a hash of the label (report/figures.py, figure_file_name).
 _OLD_FIGURE = re.compile(r"^((gain_heatmap|srocc_heatmap|gain_bins)_[A-Za-z0-9._-]+|examples)\.png$")
-
-
-def temp_prefix() -> str:
-    """Prefix of this process's temporary files (``atomic_write_bytes``): iqadef's, and whose."""
-    return f".iqadef-tmp-{os.getpid()}-"
 
 
 def _refuse(message: str) -> IqadefError:
@@ -127,8 +123,6 @@ class RunFolder:
         known.update(new)
 
     def _write_manifest(self, rels: Iterable[str], legacy: bool) -> None:
-        from .store import atomic_write_bytes
-
         header = {"iqadef_run_folder": FORMAT, "legacy": legacy,
                   "note": "written by iqadef: the files below are the ones it wrote here (--fresh deletes only those)"}
         lines = [json.dumps(header)] + [json.dumps(rel) for rel in rels]
@@ -241,9 +235,7 @@ def _store_paths(db: Path) -> set[str]:
 
 
 def _write_error(exc: OSError, path: Path) -> IqadefError:
-    from .store import _storage_error
-
-    return _storage_error(exc, path)
+    return write_error(exc, path)
 
 
 def _is_home_or_root(path: Path) -> str | None:

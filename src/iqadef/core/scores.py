@@ -24,6 +24,8 @@ import pandas as pd
 from scipy import stats
 
 from .base import ImageScore, Plugin
+from .errors import ConfigError
+from .plugins import get_registry
 
 #: Columns of the result table that identify a cell or describe it; never averaged.
 ID_COLUMNS = (
@@ -120,8 +122,6 @@ def metric_span(info: dict[str, Any]) -> float:
 def summary_score_classes(registry: Any = None) -> list[type]:
     """Registered summary-score classes (those with ``summarise`` that are not ImageScores), by name."""
     if registry is None:
-        from .plugins import get_registry
-
         registry = get_registry()
     table = registry.by_kind.get("scores", {})
     out = []
@@ -135,8 +135,6 @@ def summary_score_classes(registry: Any = None) -> list[type]:
 def image_score_classes(registry: Any = None) -> list[type]:
     """Registered per-image score classes, by name (what the runner instantiates and calls)."""
     if registry is None:
-        from .plugins import get_registry
-
         registry = get_registry()
     table = registry.by_kind.get("scores", {})
     return [table[n].cls for n in sorted(table) if issubclass(table[n].cls, ImageScore)]
@@ -178,8 +176,6 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
     summaries = list(summaries)
     missing = [c for c in GROUP_COLUMNS if c not in df.columns]
     if missing:
-        from .errors import ConfigError
-
         raise ConfigError(f"result table lacks the column(s) {missing}; it needs {list(GROUP_COLUMNS)}")
     columns = measure_columns(df)
     ok = ok_rows(df)

@@ -15,7 +15,6 @@ full disk are reported in one line that names the file and what to do (:class:`C
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -23,7 +22,6 @@ import json
 import math
 import os
 import sqlite3
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -31,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import pandas as pd
 
 from .errors import IqadefError, RunLockedError
-from .rundir import temp_prefix
+from .files import RESUME_ADVICE, DiskFullError, atomic_write_bytes, write_error
 
 CELL_COLUMNS = (
     "metric_key", "attack_key", "defence_key", "image",
@@ -59,12 +57,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 #: A disk with less free space than this, when SQLite says "disk I/O error", is a full disk.
 _NEARLY_FULL = 1 << 20
-RESUME_ADVICE = "free space and run again with --resume (finished cells are kept)"
 CHECKSUM_ERROR = "stored values fail their checksum (changed after they were written)"
-
-
-class DiskFullError(IqadefError):
-    """Writing to the run directory failed for lack of space."""
 
 
 class CorruptStoreError(IqadefError):
@@ -87,8 +80,6 @@ def _nearly_full(path: Path) -> bool:
 
 def _storage_error(exc: BaseException, path: Path, advice: str = RESUME_ADVICE) -> IqadefError:
     """One line for a failed write: disk full (with ``advice``), a damaged store, or the OS's reason."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{path}: disk full while writing; {advice}")
     if isinstance(exc, sqlite3.DatabaseError):
         text = str(exc).lower()
         if "full" in text or ("disk i/o error" in text and _nearly_full(path)):
@@ -96,8 +87,7 @@ def _storage_error(exc: BaseException, path: Path, advice: str = RESUME_ADVICE) 
         if not isinstance(exc, sqlite3.OperationalError) or any(
                 sign in text for sign in ("malformed", "not a database", "corrupt", "no such", "decode")):
             return corrupt_store_error(path, exc)
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-    return IqadefError(f"{path}: cannot write: {reason}")
+    return write_error(exc, path, advice)
 
 
 def corrupt_store_error(path: Path, exc: BaseException) -> CorruptStoreError:
@@ -134,29 +124,6 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, advice: str = RESUME_ADVICE) -> str:
-    """Write ``data`` to ``path`` via a temporary file + rename; return its sha256.
-
-    The temporary name (``.iqadef-tmp-<pid>-*.tmp``, :func:`~iqadef.core.rundir.temp_prefix`) says that
-    iqadef made it and which process, so a resume sweeps only its own leftovers. On a full disk the
-    error says so and gives ``advice``.
-    """
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise _storage_error(exc, path, advice) from None
-    return hashlib.sha256(data).hexdigest()
 
 
 def _stored(column: str, value: Any) -> Any:

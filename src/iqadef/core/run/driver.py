@@ -4,6 +4,7 @@ folder and the result store; then exports the tables. Entry point: :func:`run_gr
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,6 @@ def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
     of defences and images. A rough estimate: plugins are loaded before the clock starts (a run loads each
     once more), the clean side of a batch is timed with the first attack as in a run, and a batch's cost
     grows with its images' sizes, not only with their number."""
-    import tempfile
-
     device = config.torch_device()
     batches = dataset.batches(config.batch_size)
     first: dict[tuple[int, int], Any] = {}

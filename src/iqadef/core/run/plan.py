@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..._version import __version__
 from ..base import Defence
 from ..dataset import Dataset, ImageItem
 from ..registry import RunConfig
@@ -149,8 +150,6 @@ def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finis
 def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
     """``run.json``: what the report needs, and what ``iqadef verify`` needs to recompute a cell (the raw
     registry, the registry file it was read from, ``--limit``, torch's thread count)."""
-    from ... import __version__
-
     return {
         "iqadef_version": __version__,
         "metrics": {m.label: {"name": m.name, "range": list(m.range), "higher_is_better": m.higher_is_better}

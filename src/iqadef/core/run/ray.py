@@ -50,7 +50,10 @@ from ..dataset import Dataset
 from ..errors import ConfigError, IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import RayOptions, RunConfig
+from ..scores import image_score_classes
 from ..weights import fetch_missing
+from .plan import describe_unit, failed_rows
+from .worker import UnitResult, Worker
 
 
 def import_ray() -> Any:
@@ -84,8 +87,6 @@ def check_picklable(config: RunConfig) -> None:
 
 
 def score_classes(registry: PluginRegistry | None) -> list[type]:
-    from ..scores import image_score_classes
-
     return image_score_classes(registry or get_registry())
 
 
@@ -131,8 +132,6 @@ class UnitActor:
                 sys.path.append(entry)
         torch.set_num_threads(torch_threads)
         from ray import cloudpickle
-
-        from .worker import Worker
 
         try:
             config, dataset, run_dir, scores, artifacts = cloudpickle.loads(payload)
@@ -203,9 +202,6 @@ def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, 
     timeout = getattr(config, "unit_timeout", None)
 
     def timed_out(unit: Any) -> Any:
-        from .plan import describe_unit, failed_rows
-        from .worker import UnitResult
-
         batches = dataset.batches(config.batch_size)
         reason = (f"{describe_unit(config, batches, unit)} did not finish within unit_timeout: {timeout:g} s on its "
                   f"Ray worker, which was stopped; run it with `executor: local` to see which plugin call hangs")

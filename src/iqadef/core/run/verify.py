@@ -30,6 +30,10 @@ from ..dataset import Dataset
 from ..errors import IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import parse_run_config
+from ..weights import fetch_missing
+from .local import execute_local
+from .plan import Unit, batch_keys, grid_defences
+from .worker import UnitResult, Worker
 
 DEFAULT_CELLS = 20
 #: Relative and absolute tolerance: a recomputation on the same machine is bit-identical; these leave
@@ -110,11 +114,6 @@ def _stored_rows(path: Path) -> list[dict[str, Any]]:
 def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = None, *,
                registry: PluginRegistry | None = None, rtol: float = RTOL, atol: float = ATOL) -> Verdict:
     """Recompute ``cells`` random stored cells of ``run_dir`` and compare them (see the module docstring)."""
-    from ..weights import fetch_missing
-    from .local import execute_local
-    from .plan import Unit, batch_keys, grid_defences
-    from .worker import UnitResult, Worker
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise IqadefError(f"{run_dir}: not a folder; give the run folder of `iqadef run` (its `output`)")

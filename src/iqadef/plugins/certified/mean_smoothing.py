@@ -4,7 +4,7 @@ Gaussian-noised copies), certified with the expectation bound of Salman et al. (
 
 from __future__ import annotations
 
-from iqadef import MetricSmoothing, Param, hookimpl
+from iqadef import ConfigError, MetricSmoothing, Param, hookimpl
 from iqadef.core.smoothing import mean_certificate, smoothing_params
 
 
@@ -26,8 +26,6 @@ class MeanSmoothing(MetricSmoothing):
         low = metric.range[0] if self.low is None else self.low
         high = metric.range[1] if self.high is None else self.high
         if not high > low:
-            from iqadef import ConfigError
-
             raise ConfigError(f"mean-smoothing: low {low!r} must be below high {high!r} (params `low`, `high`)")
         return float(low), float(high)
 
