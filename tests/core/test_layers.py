@@ -94,7 +94,7 @@ PLUGIN_ALLOWED: dict[str, str] = {
     "iqadef.core.weights": "WeightSpec, load_weights, load_checkpoint, load_state_dict_strict",
     "iqadef.core.files": "atomic_write_bytes: UAP caches its trained perturbation",
     "iqadef.core.smoothing": "the certified plugins' certificates and shared parameters",
-    "iqadef.core.scores": "SummaryScore and its interval helpers",
+    "iqadef.core.scores": "SummaryScore, its interval helpers, paper_gain (the one gain formula)",
     "iqadef.core.plugins": "get_registry: commands list plugins; diffpure+unsharp composes a registered defence",
     "iqadef.core.export": "the export command and the export dataset (its marker)",
     "iqadef.core.registry": "train-dms reads a registry file",

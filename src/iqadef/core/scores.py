@@ -222,6 +222,21 @@ class ScoreWarning(UserWarning):
 NEAR_ZERO_SHARE = 0.01
 
 
+def paper_gain(f_ref: Any, f_other: Any) -> np.ndarray:
+    """The paper's gain |f(x) - f(D(x_a))| / f(x) per image, NaN where f(x) = 0.
+
+    adversarial_purification ``test.py`` divides by the clean score itself (not its absolute value), so a
+    metric whose scores reach 0 or below gets negative or exploding gains (:func:`score_warnings`;
+    :func:`normalised_gain` is valid for every metric). The one formula: the ``gain`` score plugin stores
+    it per cell, the report's tables and the end-of-run summary average it.
+    """
+    ref = np.asarray(f_ref, dtype=float)
+    other = np.asarray(f_other, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.abs(ref - other) / ref
+    return np.where(ref == 0, np.nan, out)
+
+
 def normalised_gain(f_ref: Any, f_other: Any, span: float) -> np.ndarray:
     """|f_ref - f_other| / span: the gain as a share of the metric's range (high - low).
 

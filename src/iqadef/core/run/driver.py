@@ -144,20 +144,11 @@ def opening_line(config: RunConfig, images: int, total: int, todo: int, device: 
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
-    """Mean gain |f(x) - f(D(x_a))| / |f(x)| per metric x attack x defence (the short end-of-run table)."""
-    try:
-        from ..report import summary_table as full_summary
-    except ImportError:
-        full_summary = None
-    if full_summary is not None:
-        return full_summary(df, info)
-    ok = df[df["status"] == "ok"] if len(df) else df
-    if not len(ok):
-        return pd.DataFrame(columns=["metric", "attack", "defence", "gain", "cells"])
-    gain = (ok["f_clean"] - ok["f_def_adv"]).abs() / ok["f_clean"].abs().clip(lower=1e-12)
-    out = ok.assign(gain=gain).groupby(["metric", "attack", "defence"], sort=False).agg(
-        gain=("gain", "mean"), cells=("gain", "size")).reset_index()
-    return out
+    """The short end-of-run table: the report's mean gain |f(x) - f(D(x_a))| / f(x) per metric x attack x
+    defence, with its interval (core/report/tables.py, :func:`~iqadef.core.scores.paper_gain`)."""
+    from ..report import summary_table as report_summary
+
+    return report_summary(df, info)
 
 
 def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
