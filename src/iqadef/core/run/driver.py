@@ -27,7 +27,7 @@ from ..store import (
 from ..weights import fetch_missing
 from .artifacts import ArtifactReader
 from .local import execute_local
-from .plan import GridIndex, grid_defences, plan_units, reuse_renamed, run_info
+from .plan import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
 from .progress import _progress
 from .worker import Worker
 
@@ -77,9 +77,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             finished = store.finished()
             relabelled = reuse_renamed(store, config, dataset, finished)
             units = plan_units(config, dataset, finished)
-            total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(grid_defences(config))
-            batches = dataset.batches(config.batch_size)
-            todo_cells = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+            size = grid_size(config, dataset, units)
+            total_cells, todo_cells = size.cells, size.todo
             computed = 0
             executor = executor or config.executor
             if announce is not None:
@@ -164,11 +163,12 @@ def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
     for unit in units:
         first.setdefault((unit.metric, unit.attack), unit)
     timed: dict[tuple[int, int], float] = {}
+    defences = grid_defences(config)  # a unit's defence indices count the certified defences too
     with tempfile.TemporaryDirectory(prefix="iqadef-plan-") as tmp:
         worker = Worker(config, dataset, Path(tmp), lambda key: None, device, registry)
         for pair, unit in first.items():
             for plugin in (config.metrics[unit.metric], config.attacks[unit.attack].attack,
-                           *(config.defences[d] for d in unit.defences)):
+                           *(defences[d] for d in unit.defences)):
                 plugin.load(device)
             started = time.perf_counter()
             worker.compute(unit)

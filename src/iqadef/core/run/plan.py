@@ -43,6 +43,33 @@ def grid_defences(config: RunConfig) -> list:
     return [*config.defences, *config.certified]
 
 
+@dataclass(frozen=True)
+class GridSize:
+    """The grid's axes, its cells and how many of them the planned units compute: what ``iqadef plan`` and
+    the run's opening line report (one count for both, certified defences on the defence axis)."""
+
+    images: int
+    metrics: int
+    attacks: int
+    defences: int  #: the defence axis (grid_defences): the defences, then the certified defences
+    todo: int
+
+    @property
+    def cells(self) -> int:
+        return self.images * self.metrics * self.attacks * self.defences
+
+    @property
+    def done(self) -> int:
+        return self.cells - self.todo
+
+
+def grid_size(config: RunConfig, dataset: Dataset, units: list[Unit]) -> GridSize:
+    """The size of the grid of ``config`` over ``dataset``, and the cells of ``units`` (plan_units) to do."""
+    batches = dataset.batches(config.batch_size)
+    todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+    return GridSize(len(dataset), len(config.metrics), len(config.attacks), len(grid_defences(config)), todo)
+
+
 def batch_keys(items: list[ImageItem]) -> list[str]:
     """Per image of a batch: ``<digest of the batch's files and sizes>:<position>``.
 
