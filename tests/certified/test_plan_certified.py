@@ -61,7 +61,7 @@ def test_plan_totals_equal_the_runs(tmp_path, image_dir, toy_registry, monkeypat
     assert main(["plan", str(path)]) == 0  # the text form says the same
     text = capsys.readouterr().out
     assert f"x {defences} defences = {6 * defences} cells" in text
-    assert f"cells: 0 to do in 0 units" in text and f"{6 * defences} already in" in text
+    assert "cells: 0 to do in 0 units" in text and f"{6 * defences} already in" in text
 
 
 def test_plan_measure_times_a_grid_with_certified_defences(tmp_path, image_dir, toy_registry, monkeypatch, capsys):

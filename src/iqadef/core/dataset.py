@@ -461,7 +461,7 @@ class DatasetPlugin:
             return
         shown = ", ".join(absent[:3]) + (f" (+{len(absent) - 3} more)" if len(absent) > 3 else "")
         how = (f"run `iqadef data fetch {self.name}`" if self.fetchable and self.remote_files() else
-               f"see `iqadef data` for where to get it")
+               "see `iqadef data` for where to get it")
         raise ConfigError(f"{self.where}: {self.name} is not in {self.root} (missing {shown}); {how}, or set "
                           f"`root:` (or IQADEF_DATA) to the folder that holds it")
 

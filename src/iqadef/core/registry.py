@@ -24,7 +24,7 @@ import yaml
 from .base import Attack, Defence, Metric, Plugin
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
-from .devices import DEVICE_FORMS, resolve_device
+from .devices import DEVICE_FORMS as DEVICE_FORMS, resolve_device
 from .errors import ConfigError
 from .plugins import PluginRegistry, get_registry
 from .precision import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics

@@ -198,7 +198,7 @@ def _is_stale_temp(name: str) -> bool:
     if found:
         return not _alive(int(found["pid"]))
     old = _OLD_TEMP.match(name)
-    return bool(old) and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
+    return old is not None and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
 
 
 def _alive(pid: int) -> bool:

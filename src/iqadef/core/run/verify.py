@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from ..dataset import Dataset
 from ..errors import IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import parse_run_config
