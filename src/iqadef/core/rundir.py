@@ -20,12 +20,12 @@ import errno
 import json
 import os
 import re
-import sqlite3
 from pathlib import Path
 from typing import Iterable
 
 from .errors import IqadefError
 from .files import atomic_write_bytes, temp_prefix, write_error
+from .store import listed_files
 
 MARKER = ".iqadef-run"
 LOCK = ".lock"
@@ -144,7 +144,7 @@ class RunFolder:
 
     def own_files(self) -> set[str]:
         """Everything iqadef wrote here: fixed names, the manifest, and what the store lists."""
-        own = set(FIXED_NAMES) | self.recorded() | _store_paths(self.path / "results.sqlite")
+        own = set(FIXED_NAMES) | self.recorded() | listed_files(self.path / "results.sqlite")
         if self._header().get("legacy"):  # files of an older version, written before the manifest
             figures = self.path / "figures"
             if figures.is_dir():
@@ -213,25 +213,6 @@ def _alive(pid: int) -> bool:
     except OverflowError:
         return False
     return True
-
-
-def _store_paths(db: Path) -> set[str]:
-    """Cache and example paths the result store lists (read-only; a damaged store lists nothing)."""
-    if not db.is_file():
-        return set()
-    paths: set[str] = set()
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            for (rel,) in con.execute("SELECT path FROM artifacts"):
-                paths.add(str(rel))
-            for (rel,) in con.execute("SELECT DISTINCT example_path FROM cells WHERE example_path != ''"):
-                paths.add(str(rel))
-        finally:
-            con.close()
-    except sqlite3.Error:
-        pass
-    return {p for p in paths if p and p != "None"}
 
 
 def _write_error(exc: OSError, path: Path) -> IqadefError:

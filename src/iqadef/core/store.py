@@ -340,3 +340,60 @@ def export_tables(df: pd.DataFrame, run_dir: Path) -> dict[str, Path]:
         atomic_write_bytes(target, data)
         out[name] = target
     return out
+
+
+# -- read-only access for other threads and for the run folder -------------------------------------------
+def _read_only(db: Path, timeout: float) -> sqlite3.Connection:
+    return sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+
+
+def listed_files(db: Path) -> set[str]:
+    """Cache and example paths the result store ``db`` lists (read-only; a damaged store lists nothing): files
+    of the run folder that iqadef wrote (rundir's ``--fresh``)."""
+    if not db.is_file():
+        return set()
+    paths: set[str] = set()
+    try:
+        con = _read_only(db, timeout=5)
+        try:
+            for (rel,) in con.execute("SELECT path FROM artifacts"):
+                paths.add(str(rel))
+            for (rel,) in con.execute("SELECT DISTINCT example_path FROM cells WHERE example_path != ''"):
+                paths.add(str(rel))
+        finally:
+            con.close()
+    except sqlite3.Error:
+        pass
+    return {p for p in paths if p and p != "None"}
+
+
+def artifact_table(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """The store's artifact table (key -> (relative path, sha256)) as it is now; empty without a store."""
+    path = Path(run_dir) / "results.sqlite"
+    if not path.exists():
+        return {}
+    con = _read_only(path, timeout=30)
+    try:
+        return {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        con.close()
+
+
+class ArtifactReader:
+    """``ResultStore.artifact`` for the unit thread: its own read-only connection to ``results.sqlite``
+    (a SQLite connection belongs to the thread that opened it). A read error counts as a cache miss."""
+
+    def __init__(self, path: Path):
+        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+        self._db: sqlite3.Connection | None = None
+
+    def __call__(self, key: str) -> tuple[str, str] | None:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(self.uri, uri=True, timeout=30, check_same_thread=False)
+            row = self._db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (row[0], row[1]) if row else None

@@ -36,7 +36,6 @@ nodes (otherwise a node that cannot read them recomputes them - same result, mor
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 from collections import deque
@@ -51,6 +50,7 @@ from ..errors import ConfigError, IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import RayOptions, RunConfig
 from ..scores import image_score_classes
+from ..store import artifact_table
 from ..weights import fetch_missing
 from .plan import describe_unit, failed_rows
 from .worker import UnitResult, Worker
@@ -99,16 +99,7 @@ class ScoreTable:
 
 def artifact_snapshot(run_dir: Path) -> dict[str, tuple[str, str]]:
     """The store's artifact table (key -> (relative path, sha256)) as it is when the run starts."""
-    path = Path(run_dir) / "results.sqlite"
-    if not path.exists():
-        return {}
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        return {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        con.close()
+    return artifact_table(run_dir)
 
 
 def actor_device(device: str) -> torch.device:
