@@ -52,7 +52,9 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("iqadef.api", "iqadef.core.run"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
     ("iqadef.core.export", "iqadef.core.registry"): "cost: only --defended rebuilds the defences (torch, plugins)",
     ("iqadef.core.export", "iqadef.core.run.artifacts"): "cost: only --defended re-reads images (torch)",
-    ("iqadef.core.run.driver", "iqadef.core.report"): "cost: matplotlib and jinja2 only when a report is written",
+    ("iqadef.core.run.driver", "iqadef.core.report"): "cost: `iqadef plan --measure` imports the driver without "
+                                                       "the report stack (jinja2, the page); a run loads it for "
+                                                       "its closing summary table",
     ("iqadef.core.run.driver", "iqadef.core.run.ray"): "optional dependency: only `executor: ray` needs Ray",
     ("iqadef.cli", "iqadef.core.dataset"): "the warning printer imports the warning classes where it runs, "
                                            "with those of scores and store (scipy, pandas)",
