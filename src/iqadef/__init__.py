@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .core.base import Attack, Defence, ImageScore, Metric, attack_loss  # noqa: E402
-from .core.commands import Command  # noqa: E402
-from .core.dataset import DatasetPlugin  # noqa: E402
-from .core.errors import ConfigError, IqadefError, PluginError, WeightsError  # noqa: E402
-from .core.hookspecs import hookimpl  # noqa: E402
-from .core.params import Param  # noqa: E402
-from .core.query import GradientRequested, QueryMetric  # noqa: E402
-from .core.smoothing import BinnedSmoothing, MetricSmoothing, SmoothedScores  # noqa: E402
+from ._version import __version__
+from .core.base import Attack, Defence, ImageScore, Metric, attack_loss
+from .core.commands import Command
+from .core.dataset import DatasetPlugin
+from .core.errors import ConfigError, IqadefError, PluginError, WeightsError
+from .core.hookspecs import hookimpl
+from .core.params import Param
+from .core.query import GradientRequested, QueryMetric
+from .core.smoothing import BinnedSmoothing, MetricSmoothing, SmoothedScores
 
 __all__ = [
     "Attack", "BinnedSmoothing", "Command", "ConfigError", "DatasetPlugin", "Defence", "GradientRequested", "ImageScore",

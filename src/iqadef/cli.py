@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .core.errors import IqadefError
+from .core.errors import IqadefError, PluginError
 from .core.kinds import LISTED as KINDS
+from .core.suggest import did_you_mean
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
@@ -103,7 +104,6 @@ def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
     A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
     a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
     plugin must not take ``--help`` and every other command down with it."""
-    from .core.errors import PluginError
     from .core.plugins import PluginLoadWarning, _describe, _env_flag
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
@@ -236,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     """What ``iqadef plan`` shows: the grid, its size, the cells already in the store, the cost."""
     from .core.registry import load_run_config
-    from .core.run.plan import plan_units, plugin_calls
+    from .core.run.plan import grid_size, plan_units, plugin_calls
     from .core.store import ResultStore
 
     config = load_run_config(args.registry, registry=_registry(), overrides={"device": args.device})
@@ -253,15 +253,13 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             store.close()
     units = plan_units(config, dataset, finished)
-    batches = dataset.batches(config.batch_size)
-    todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
-    total = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
+    size = grid_size(config, dataset, units)
     out: dict[str, Any] = {
         "registry": str(args.registry), "output": str(config.output), "device": config.device,
         "images": len(dataset), "dataset_problems": list(dataset.problems),
         "metrics": [m.label for m in config.metrics], "attacks": [a.label for a in config.attacks],
-        "defences": [d.label for d in config.defences],
-        "cells": total, "cells_done": total - todo, "cells_to_do": todo, "units_to_do": len(units),
+        "defences": [d.label for d in config.defences], "certified": [c.label for c in config.certified],
+        "cells": size.cells, "cells_done": size.done, "cells_to_do": size.todo, "units_to_do": len(units),
         "batch_size": config.batch_size,
         "plugin_calls": plugin_calls(config, dataset, units),
         "measured": None,
@@ -279,8 +277,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan, indent=2))
         return EXIT_OK
     print(f"grid: {plan['images']} images x {len(plan['metrics'])} metrics x {len(plan['attacks'])} attacks x "
-          f"{len(plan['defences'])} defences = {plan['cells']} cells")
-    for kind in ("metrics", "attacks", "defences"):
+          f"{len(plan['defences']) + len(plan['certified'])} defences = {plan['cells']} cells")
+    for kind in ("metrics", "attacks", "defences", "certified"):
+        if kind == "certified" and not plan[kind]:
+            continue
         print(f"  {kind} ({len(plan[kind])}): {', '.join(plan[kind])}")
     for problem in plan["dataset_problems"]:
         print(f"  dataset: {problem}")
@@ -466,8 +466,6 @@ def cmd_weights(args: argparse.Namespace) -> int:
             rows = _weight_rows()
             chosen = rows if args.all else [r for r in rows if r[1] == args.name]
             if not chosen and args.name:
-                from .core.suggest import did_you_mean
-
                 raise IqadefError(f"no plugin {args.name!r} with weights"
                                   f"{did_you_mean(args.name, {r[1] for r in rows})}")
         done: dict[str, Path | None] = {}

@@ -103,8 +103,8 @@ def test_an_older_store_without_checksums_is_migrated(tmp_path):
     con = sqlite3.connect(tmp_path / "results.sqlite")
     columns = [c for c in CELL_COLUMNS if c not in ("image_sha256", "batch_key")]
     con.execute(f"CREATE TABLE cells ({', '.join(columns)}, PRIMARY KEY (metric_key, attack_key, defence_key, image))")
-    con.execute(f"INSERT INTO cells (metric_key, attack_key, defence_key, image, metric, attack, defence, status, "
-                f"f_clean) VALUES ('m', 'a', 'd', 'i.png', 'toy', 'atk', 'def', 'ok', 1.5)")
+    con.execute("INSERT INTO cells (metric_key, attack_key, defence_key, image, metric, attack, defence, status, "
+                "f_clean) VALUES ('m', 'a', 'd', 'i.png', 'toy', 'atk', 'def', 'ok', 1.5)")
     con.commit()
     con.close()
     store = ResultStore(tmp_path)

@@ -19,6 +19,8 @@ import torch
 
 from .errors import ConfigError
 from .params import ATTACK_ALIASES, Param, pixel_fraction, resolve
+from .precision import apply_precision, declares_no_networks
+from .weights import fingerprint
 
 
 def _canonical(value: Any) -> Any:
@@ -85,8 +87,6 @@ class Plugin:
         ident = {"kind": self.kind, "name": self.name, "version": self.version, "params": _canonical(self.config)}
         sources = self.weights_in_use()
         if sources:
-            from .weights import fingerprint
-
             ident["weights"] = [fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param))
                                 for s in sources]
         if self.numerics is not None and not self.numerics.is_default:
@@ -115,14 +115,13 @@ class Plugin:
                 module.eval().requires_grad_(False).to(device)
             self._loaded_on = device
             if self.numerics is not None:  # the run's precision/compile/channels_last (core/precision.py)
-                from .precision import apply_precision
-
                 apply_precision(self)
         return self
 
     def setup(self, device: torch.device) -> None:
         """Build models and load weights. Nothing to do for plugins without weights."""
 
+    @declares_no_networks
     def precision_modules(self) -> list[torch.nn.Module]:
         """The loaded torch networks that the run-level ``precision``, ``compile`` and ``channels_last`` apply
         to (core/precision.py). Each must be called as ``module(...)`` with float32 tensors, its float outputs

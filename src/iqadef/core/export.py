@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from .._version import __version__
 from .errors import IqadefError
 from .rundir import MARKER as RUN_MARKER
 from .rundir import is_stale_temp, remove_stale_temp_files

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ConfigError
+from .suggest import did_you_mean
 
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 #: A plain decimal number written as a string (``"1e9"``, ``"0.5"``, ``".5"``); not ``inf``/``nan``.
@@ -180,8 +181,6 @@ def resolve(params: Iterable[Param], given: dict[str, Any], where: str,
             aliases: Iterable[frozenset[str]] = ()) -> dict[str, Any]:
     """Validate ``given`` against ``params``; fill defaults; refuse unknown keys with a did-you-mean.
     ``aliases``: groups of names that stand for the one declared (:data:`ATTACK_ALIASES`)."""
-    from .suggest import did_you_mean  # local: keeps this module import-light
-
     declared = {p.name: p for p in params}
     if not isinstance(given, dict):
         raise ConfigError(f"{where}: parameters must be a mapping of name: value, got {type(given).__name__}")

@@ -24,6 +24,7 @@ import yaml
 from .base import Attack, Defence, Metric, Plugin
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
+from .devices import DEVICE_FORMS as DEVICE_FORMS, resolve_device
 from .errors import ConfigError
 from .params import canonical_params
 from .plugins import PluginRegistry, get_registry
@@ -65,7 +66,6 @@ DEFAULT_METRIC_BATCH: int | None = None
 DEFAULT_UNIT_TIMEOUT = 3600.0
 #: Most values a registry document may hold once its YAML aliases are expanded.
 MAX_YAML_VALUES = 1_000_000
-DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
@@ -199,30 +199,6 @@ class RunConfig:
 
         return ([*self.metrics] + [e.attack for e in self.attacks]
                 + [p for d in self.defences for p in expand(d)] + [*self.certified])
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device for a ``device:`` value; only devices a run can use (``meta`` holds no data,
-    ``cuda:3`` on a two-GPU machine would fail every cell), checked before any work."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    form = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", device)
-    if form is None or (form.group(1) == "mps" and form.group(2) is not None):
-        raise ConfigError(f"device: {device!r} is not a device iqadef can run on; use {DEVICE_FORMS}")
-    kind, index = form.group(1), int(form.group(2) or 0)
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {device!r} was asked for but CUDA is not available here; use `auto` or `cpu`")
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise ConfigError(f"device: {device!r}: this machine has {count} CUDA device(s), "
-                              f"cuda:0 to cuda:{count - 1}; use one of them or `auto`")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device: {device!r} was asked for but Apple's MPS backend is not available here; "
-                          f"use `auto` or `cpu`")
-    if kind == "cpu" and index != 0:
-        raise ConfigError(f"device: {device!r}: there is one CPU device; use `cpu`")
-    return torch.device(device)
 
 
 class _RegistryLoader(yaml.SafeLoader):

@@ -18,6 +18,8 @@ by allow-listing the numeric numpy types only (never arbitrary classes or functi
 from __future__ import annotations
 
 import http.client
+import io
+import json
 import os
 import pickle
 import shutil
@@ -30,10 +32,11 @@ from typing import Any
 
 import torch
 
-from .errors import WeightsError
+from .errors import IqadefError, WeightsError
 from .fetch import FetchError, offline
 from .fetch import download as _download
 from .fetch import sha256_of as sha256_of
+from .files import atomic_write_bytes
 from .sniff import binary_kind, looks_like_text, looks_like_web_page
 
 @dataclass(frozen=True)
@@ -383,12 +386,6 @@ def save_trained_weights(out: Path, checkpoint: dict[str, Any], record: dict[str
     """Write a trained checkpoint to ``out`` and its training record to :func:`trained_record_path`, each
     atomically (a killed training leaves no half file); what ``train-fcn`` and ``train-dms`` write. A
     checkpoint holding NaN or infinite values (a diverged training) is refused, not saved."""
-    import io
-    import json
-
-    from .errors import IqadefError
-    from .store import atomic_write_bytes
-
     out = Path(out)
     record_path = trained_record_path(out)
     bad = [name for name, value in _tensors(checkpoint) if value.is_floating_point()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from ..store import ArtifactReader as ArtifactReader  # its home is the store (the one owner of SQL)
 
 
 def _hash(*parts: Any) -> str:
@@ -71,24 +72,6 @@ def read_png(path: Path | io.BytesIO) -> torch.Tensor:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-class ArtifactReader:
-    """``ResultStore.artifact`` for the unit thread: its own read-only connection to ``results.sqlite``
-    (a SQLite connection belongs to the thread that opened it). A read error counts as a cache miss."""
-
-    def __init__(self, path: Path):
-        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-        self._db: sqlite3.Connection | None = None
-
-    def __call__(self, key: str) -> tuple[str, str] | None:
-        try:
-            if self._db is None:
-                self._db = sqlite3.connect(self.uri, uri=True, timeout=30, check_same_thread=False)
-            row = self._db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
-        except sqlite3.Error:
-            return None
-        return (row[0], row[1]) if row else None
 
 
 def adv_file(key: str) -> str:

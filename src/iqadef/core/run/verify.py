@@ -40,6 +40,11 @@ from ..plugins import PluginRegistry, get_registry
 from ..store import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored_form
 from .artifacts import adv_file
 from .recorded import open_grid, read_run_info
+from ..weights import fetch_missing
+from .local import execute_local
+from .plan import Unit, batch_keys, cell_row, grid_defences
+from .progress import _progress
+from .worker import UnitResult, Worker
 
 DEFAULT_CELLS = 20
 #: Relative and absolute tolerance: a recomputation on the same machine is bit-identical; these leave
@@ -148,12 +153,6 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
                progress: bool | None = False) -> Verdict:
     """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring).
     ``progress``: as for ``iqadef run`` (a bar on a terminal, plain lines otherwise; False: none)."""
-    from ..weights import fetch_missing
-    from .local import execute_local
-    from .plan import Unit, batch_keys, cell_row, grid_defences
-    from .progress import _progress
-    from .worker import UnitResult, Worker
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise IqadefError(f"{run_dir}: not a folder; give the run folder of `iqadef run` (its `output`)")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from iqadef import Attack, ConfigError, Metric, Param, attack_loss, hookimpl
-from iqadef.core.store import atomic_write_bytes
+from iqadef.core.files import atomic_write_bytes
 from iqadef.core.weights import cache_dir, load_checkpoint
 
 #: The amplitudes the benchmark sweeps for its trained attacks (ADI
