@@ -33,7 +33,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
     ("contract", ("iqadef.core", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
                   "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.kinds", "iqadef.core.plugins",
-                  "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive")),
+                  "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
+                  "iqadef.core.query", "iqadef.core.budget")),
     ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores")),
     ("report", ("iqadef.core.report", "iqadef.core.report.*")),
     ("config", ("iqadef.core.registry",)),
@@ -50,7 +51,14 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("iqadef", "iqadef.api"): "cost: `from iqadef import Metric` (every plugin) does not load pandas and the "
                               "registry; the Python API is imported on first use (module __getattr__)",
     ("iqadef.api", "iqadef.core.run"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
-    ("iqadef.core.export", "iqadef.core.registry"): "cost: only --defended rebuilds the defences (torch, plugins)",
+    ("iqadef.core.export", "iqadef.core.plugins"): "cost: the export dataset plugin imports this module for its "
+                                                   "marker at every plugin load; only `iqadef export` needs the "
+                                                   "plugins and the run read back",
+    ("iqadef.core.export", "iqadef.core.run.recorded"): "cost: as above (the registry, the dataset, the store)",
+    ("iqadef.api", "iqadef.core.report"): "cost: only run_grid(report=True) writes the report (jinja2, matplotlib)",
+    ("iqadef.plugins.attacks.uap", "iqadef.core.dataset"): "cost: only a trained attack given `train_dataset` "
+                                                            "opens a dataset plugin",
+    ("iqadef.plugins.attacks.uap", "iqadef.core.plugins"): "cost: as above (the plugin registry, for the dataset)",
     ("iqadef.core.export", "iqadef.core.run.artifacts"): "cost: only --defended re-reads images (torch)",
     ("iqadef.core.run.driver", "iqadef.core.report"): "cost: `iqadef plan --measure` imports the driver without "
                                                        "the report stack (jinja2, the page); a run loads it for "
@@ -105,6 +113,11 @@ PLUGIN_ALLOWED: dict[str, str] = {
 PLUGIN_SIBLINGS: dict[tuple[str, str], str] = {
     ("iqadef.plugins.attacks.mifgsm", "iqadef.plugins.attacks.ifgsm"): "MI-FGSM is I-FGSM with momentum",
     ("iqadef.plugins.defences.diffpure_unsharp", "iqadef.plugins.defences.diffpure"): "DiffPure, then unsharp",
+    **{(f"iqadef.plugins.attacks.{m}", "iqadef.plugins.attacks.uap"): "trained attacks share UAP's cached, "
+       "resumable training (TrainedAttack) and its image helpers" for m in ("cnn_attack", "cumulative_uap",
+                                                                          "generative_uap")},
+    ("iqadef.plugins.certified.ddrs", "iqadef.plugins.defences.diffpure"): "DDRS denoises with DiffPure's model",
+    ("iqadef.plugins.certified.drs", "iqadef.plugins.certified.dms_iqa"): "DRS smooths after dms-iqa's denoiser",
 }
 
 

@@ -22,6 +22,7 @@ import torch
 from .base import Attack, Metric, _fmt
 from .errors import ConfigError
 from .params import Param
+from .query import QueryMetric
 
 #: The sizes a budget can name: (measure of x vs x_a, whether a larger value is a stronger attack).
 BUDGET_NORMS = {"linf": "largest absolute pixel difference (pixels in [0, 1])", "psnr": "PSNR in dB, data range 1"}
@@ -157,7 +158,6 @@ class BudgetedAttack(Attack):
             f"other parameters may cap it (e.g. its eps)")
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        from .query import QueryMetric
 
         out, chosen = [], []
         for i in range(images.shape[0]):

@@ -42,6 +42,7 @@ from PIL import Image, ImageOps
 from .errors import ConfigError, IqadefError
 from .fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
 from .files import atomic_write_bytes
+from .sniff import wrong_content
 from .params import Param, resolve
 from .sniff import BINARY, binary_kind
 from .suggest import did_you_mean
@@ -705,8 +706,6 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
 
 def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_archives: bool, retries: int,
                   say) -> Path:
-    from .fetch import FetchError, extract, fetch, matches, offline, sha256_of
-
     done = fetched(root)
     present = not plugin.layout_problems()
     manual_needed = []
@@ -778,8 +777,6 @@ def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_arc
 
 def _check_content(remote: RemoteFile, path: Path, placed: bool = False) -> None:
     """Refuse a file whose first bytes cannot start what ``remote`` is (an archive of its kind, a CSV...)."""
-    from .fetch import FetchError
-    from .sniff import wrong_content
 
     expected = remote.archive or Path(remote.filename).suffix.lstrip(".").lower()
     with open(path, "rb") as f:

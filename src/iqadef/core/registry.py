@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from .base import Attack, Defence, Metric, Plugin
+from .budget import BudgetedAttack, parse_budget, strength_param
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
 from .devices import DEVICE_FORMS as DEVICE_FORMS, resolve_device
@@ -669,7 +670,6 @@ def _plan_attack(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise ConfigError(f"{where}.eot_samples: {eot!r} must be an integer >= 1")
     if isinstance(entry, dict) and entry.get("budget") is not None:  # equal budgets (core/budget.py)
-        from .budget import BudgetedAttack, parse_budget, strength_param
 
         norm, target = parse_budget(entry["budget"], sets.cls, where)
         native = strength_param(sets.cls, where).name

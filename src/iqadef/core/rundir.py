@@ -207,7 +207,7 @@ def is_stale_temp(name: str, *, older_names: bool = True) -> bool:
     if found:
         return not _alive(int(found["pid"]))
     old = _OLD_TEMP.match(name) if older_names else None
-    return bool(old) and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
+    return old is not None and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
 
 
 def _alive(pid: int) -> bool:

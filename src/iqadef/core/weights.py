@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .errors import IqadefError, WeightsError
+from .errors import ConfigError, IqadefError, WeightsError
 from .fetch import FetchError, offline
 from .fetch import download as _download
 from .fetch import sha256_of as sha256_of
@@ -372,7 +372,6 @@ def trained_record_path(out: Path) -> Path:
     """Where a trainer writes the training record of the checkpoint ``out``: ``out`` with ``.json``. An
     ``out`` that already ends in ``.json`` would be overwritten by its own record (no weights left): refused,
     so a trainer calls this before it trains."""
-    from .errors import ConfigError
 
     out = Path(out)
     record = out.with_suffix(".json")

@@ -26,7 +26,7 @@ import torch
 from ..base import Metric, answer_for
 from ..cells import CellBatch
 from ..guard import CellFailure, GuardedMetric, Tripwire
-from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores
+from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores, score_bins
 from .artifacts import _seed, example_name, png_bytes
 from .plan import Unit, cell_row, grid_defences
 
@@ -219,8 +219,6 @@ def _radius_columns(smoothing: MetricSmoothing, l2: torch.Tensor, clean: Smoothe
     """The bin of each image, clean and attacked, its certified radius, the bin of the plain metric's f(x) (the
     "correct" class of certified accuracy) and whether the attacked image kept the clean bin where the
     certificate covers it (``adv_l2 < radius``, not abstained; NaN elsewhere)."""
-    from ..smoothing import score_bins
-
     low, high = (float(v) for v in metric.range)
     bins = getattr(smoothing, "bins", None)
     truth = score_bins(f_clean.detach().float().cpu(), low, high, int(bins)).float() if bins else \
