@@ -716,13 +716,13 @@ def protocol_checks(bench: Bench, folder: Path) -> None:
     sync = synchronizer(device)
     registry = get_registry()
     held: dict[str, Any] = {}
-    size = 16 if s.quick else 224
+    size = 32 if s.quick else 224
 
     def metric():
         if "metric" not in held:
             files = {"weights_path": str(write_metric_checkpoint("spaq", folder, device))}
             params, _ = plugin_params(registry.get("metrics", "spaq"),
-                                      {**files, "resize": None, **({"patch_size": 16, "stride": 16} if s.quick else {})})
+                                      {**files, "resize": None, **({"patch_size": 32, "stride": 32} if s.quick else {})})
             held["metric"] = registry.get("metrics", "spaq")(**params).load(device)
         return held["metric"]
 
@@ -757,7 +757,7 @@ def protocol_checks(bench: Bench, folder: Path) -> None:
         x = smooth_images(batch, size, size, 9, device)
 
         def run():
-            return square.run(QueryMetric(DefendedMetric(metric(), defence, seed=0)), x, seed=0)
+            return square.run(QueryMetric(DefendedMetric(metric(), defence, seed=0), x.shape[0]), x, seed=0)
         r = timed(run, repeats=1, warmup=0, budget_s=s.check_budget_s * 4, sync=sync)
         r.pop("output")
         return {**r, "batch": batch, "input_size": [size, size], "queries_per_image": queries,
