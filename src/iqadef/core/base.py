@@ -249,6 +249,9 @@ class Defence(Plugin):
     differentiable: ClassVar[bool] = False
     #: Whether the output has the input's size (crop and resize do not).
     preserves_size: ClassVar[bool] = True
+    #: Whether it moves pixels (flip, rotate, crop): a pixel-wise comparison of D(x_a) with x (PSNR, SSIM,
+    #: ``quality_score``) then measures the displacement, not damage; the report says so beside such values.
+    geometric: ClassVar[bool] = False
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         raise NotImplementedError

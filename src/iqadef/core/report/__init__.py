@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .figures import ImageLocator, draw_figures, figure_file_name
+from .figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_name
 from .files import ReportFiles, load_results
+from .glance import tradeoff_points
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
 from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
                      has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
@@ -40,6 +41,8 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
                                           tables.aggregated.to_csv(index=False).encode("utf-8"))}
     locate = ImageLocator(run_dir, run_info)
     figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
+    figures.tradeoff = draw_tradeoffs({m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()},
+                                      run_dir, files)
     written.update(figures.written())
     written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate)
     written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df)
