@@ -81,6 +81,15 @@ def test_the_best_defence_per_attack_is_the_lowest_normalised_gain_with_its_qual
     assert report["md"].index("Best defence per attack") < report["md"].index("## Key findings")
 
 
+def test_no_defence_is_not_among_the_highest_quality(report):
+    line = next(line for line in report["md"].splitlines() if line.startswith("Highest quality score"))
+    named = line.split("): ", 1)[1]
+    assert "toy-blur" in named and "no-defence" not in named and "median-smoothing" not in named
+    findings = report["html"][report["html"].index("<section id='findings'>"):]
+    findings = findings[findings.index("highest quality score</strong>"):findings.index("</section>")]
+    assert "toy-blur" in findings and "<li>no-defence" not in findings and "<li>median-smoothing" not in findings
+
+
 def test_geometric_defences_are_declared_by_the_plugin_and_marked(report):
     info = report["info"]
     assert info["defence_plugins"]["flip"] == {"name": "flip", "geometric": True}

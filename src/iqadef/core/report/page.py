@@ -34,7 +34,7 @@ from markupsafe import Markup
 from ..scores import CONFIDENCE, metric_info, metric_span, score_warnings
 from .certified import certified_table, certified_warnings
 from .figures import MAX_LINES, ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
-from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, best_per_attack, geometric_defences
+from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
 from .files import ReportFiles
 from .tables import ReportTables, fmt, key_findings, key_scores, markdown_table, with_ci
 
@@ -308,6 +308,13 @@ def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTable
     return {"thumbs": thumbs, "cells": cells}
 
 
+def _baselines(df: pd.DataFrame, run_info: dict[str, Any]) -> tuple[str, ...]:
+    """Defences whose D(x_a) is x_a itself (no-defence; certified defences smooth the metric, not the image):
+    their quality score is the attacked image's, so they are not named among the highest quality."""
+    labels = list(dict.fromkeys(df["defence"])) if "defence" in df.columns else []
+    return tuple(baseline_defences(labels, run_info)) + tuple((run_info.get("certified") or {}))
+
+
 def _notes(files: ReportFiles) -> list[str]:
     extra = files.unreadable_note()
     return list(NOTES) + ([extra] if extra else [])
@@ -348,7 +355,7 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     page = _environment("html").get_template("report.html.j2").render(
         run_name=run_dir.name, facts=run_facts(run_dir, run_info, df), problems=dataset_problems(run_info, df),
         warnings=score_warnings(run_info.get("metrics", {}) or {}, df), toc=toc,
-        findings=_findings_html(key_findings(tables.rankings)), rankings=rankings,
+        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))), rankings=rankings,
         pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
         glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance], geometric_note=GEOMETRIC_NOTE,
         certified=None if certified is None else dict(certified, table=html_table(with_ci(certified["table"]),
@@ -376,7 +383,7 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
     page = _environment("md").get_template("report.md.j2").render(
         run_name=run_dir.name, header=run_header(run_info), problems=dataset_problems(run_info, df),
         warnings=score_warnings(run_info.get("metrics", {}) or {}, df),
-        findings=_findings_html(key_findings(tables.rankings)),
+        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))),
         rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
         ranking=markdown_table(with_ci(tables.ranking)) if len(tables.rankings) > 1 else None,
         summary=markdown_table(with_ci(tables.short)),
