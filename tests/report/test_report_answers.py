@@ -196,3 +196,17 @@ def test_figure_5_says_which_defences_it_shows_and_the_pooled_ranking_needs_two_
     _, written = _run(tmp, report["images"], toy_registry, metrics="[toy-metric, toy-shifted]")
     assert "id='ranking-pooled'" in written["html"].read_text()
     assert "### All metrics pooled" in written["markdown"].read_text()
+
+
+def test_geometric_is_declared_by_flip_rotate_crop_and_inherited_by_a_composition(tmp_path, image_dir, toy_registry):
+    from iqadef.core.run.plan import run_info
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+                    f"defences: [no-defence, toy-blur, flip, random-rotate, random-crop, [toy-blur, flip], "
+                    f"[toy-blur, toy-blur]]\n")
+    config = load_run_config(path, registry=toy_registry)
+    info = run_info(config, config.open_dataset())
+    flags = {label: entry["geometric"] for label, entry in info["defence_plugins"].items()}
+    assert [flags[d] for d in info["defences"]] == [False, False, True, True, True, True, False]
+    assert info["defence_plugins"]["no-defence"]["name"] == "no-defence"
