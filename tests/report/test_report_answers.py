@@ -210,3 +210,10 @@ def test_geometric_is_declared_by_flip_rotate_crop_and_inherited_by_a_compositio
     flags = {label: entry["geometric"] for label, entry in info["defence_plugins"].items()}
     assert [flags[d] for d in info["defences"]] == [False, False, True, True, True, True, False]
     assert info["defence_plugins"]["no-defence"]["name"] == "no-defence"
+
+
+def test_the_geometric_flag_is_described(toy_registry):
+    described = {name: toy_registry.get("defences", name).describe()["geometric"]
+                 for name in ("flip", "random-rotate", "random-crop", "jpeg", "median-blur", "resize", "no-defence")}
+    assert described == {"flip": True, "random-rotate": True, "random-crop": True, "jpeg": False,
+                         "median-blur": False, "resize": False, "no-defence": False}

@@ -282,7 +282,7 @@ class Defence(Plugin):
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
         return {"randomized": cls.randomized, "differentiable": cls.differentiable,
-                "preserves_size": cls.preserves_size}
+                "preserves_size": cls.preserves_size, "geometric": cls.geometric}
 
 
 class ImageScore(Plugin):
