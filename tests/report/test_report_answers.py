@@ -217,3 +217,17 @@ def test_the_geometric_flag_is_described(toy_registry):
                  for name in ("flip", "random-rotate", "random-crop", "jpeg", "median-blur", "resize", "no-defence")}
     assert described == {"flip": True, "random-rotate": True, "random-crop": True, "jpeg": False,
                          "median-blur": False, "resize": False, "no-defence": False}
+
+
+def test_a_run_written_before_run_json_named_its_defences_plugins_still_marks_flip(report, toy_registry, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(report["dir"], run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    del info["defence_plugins"]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    html = write_report(run_dir, registry=toy_registry)["html"].read_text()
+    assert "moves pixels (flip, rotate, crop" in html
+    highest = html[html.index("highest quality score</strong>"):]
+    assert "<li>no-defence" not in highest[:highest.index("</section>")]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_name
 from .files import ReportFiles, load_results
-from .glance import tradeoff_points
+from .glance import tradeoff_points, with_defence_plugins
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
 from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
                      has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
@@ -35,6 +35,7 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     """
     run_dir = Path(run_dir)
     df, run_info = load_results(run_dir)
+    run_info = with_defence_plugins(run_info, registry)  # runs written before run.json recorded them
     files = ReportFiles(run_dir)
     tables = report_tables(df, run_info, registry=registry)
     written = {"summary_csv": files.write(run_dir / "summary.csv",

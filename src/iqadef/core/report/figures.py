@@ -171,7 +171,7 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
     if len(front):
         ax.plot(front["quality_score"], front["norm_gain"], color="C3", linewidth=1.2, zorder=1,
                 label="Pareto front (no better defence on both)")
-    for row in finite.itertuples(index=False):
+    for k, row in enumerate(finite.sort_values("norm_gain").itertuples(index=False)):
         if row.baseline:
             style = {"marker": "X", "color": "grey", "s": 60}
         elif row.geometric:
@@ -183,11 +183,15 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
         name += GEOMETRIC_MARK if row.geometric else ""
         right = row.quality_score > middle  # label towards the inside, so it is not cut at the edge
         ax.annotate(name, (row.quality_score, row.norm_gain), textcoords="offset points",
-                    xytext=(-5 if right else 5, 3), ha="right" if right else "left", fontsize=7)
+                    xytext=(-5 if right else 5, 3 if k % 2 == 0 else -9), ha="right" if right else "left",
+                    fontsize=7)  # neighbours by gain alternate above and below, so close points stay readable
     ax.set_xlabel("quality score ½(SSIM + PSNR/80) of D(x_a) against x  (higher is better)", fontsize=8)
     ax.set_ylabel("normalised gain (lower is better)", fontsize=8)
     ax.set_title(f"Gain against quality ({metric}): best defences at the bottom right", fontsize=10)
-    if len(front):
+    if finite["geometric"].any():
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="C1",
+                   label=f"{GEOMETRIC_MARK} moves pixels: its quality is not comparable")
+    if len(front) or finite["geometric"].any():
         ax.legend(fontsize=7, loc="upper left")
     return save_figure(fig, path, files)
 

@@ -33,6 +33,27 @@ def defence_plugins(run_info: dict[str, Any] | None) -> dict[str, dict[str, Any]
     return dict((run_info or {}).get("defence_plugins") or {})
 
 
+def with_defence_plugins(run_info: dict[str, Any], registry: Any = None) -> dict[str, Any]:
+    """``run_info`` with ``defence_plugins`` filled in for a run written before ``run.json`` recorded it: each
+    label of ``defences`` read as the run labels them (``name[params]``, a composition's stages joined by
+    ``+``) and looked up in the installed plugins (``registry``, else the global one); a label that is not
+    found stays out (no mark: nothing is claimed about it)."""
+    if run_info.get("defence_plugins") or not run_info.get("defences"):
+        return run_info
+    if registry is None:
+        from ..plugins import get_registry
+
+        registry = get_registry()
+    known = set(registry.names("defences"))
+    found = {}
+    for label in run_info["defences"]:
+        names = [part.split("[", 1)[0] for part in str(label).split("+")]
+        if names and all(n in known for n in names):
+            found[label] = {"name": names[0] if len(names) == 1 else "+".join(names),
+                            "geometric": any(getattr(registry.get("defences", n), "geometric", False) for n in names)}
+    return dict(run_info, defence_plugins=found)
+
+
 def baseline_defences(labels: list[str], run_info: dict[str, Any] | None) -> list[str]:
     """The labels of the no-defence baseline (by plugin name; by label for runs that did not record names)."""
     plugins = defence_plugins(run_info)
