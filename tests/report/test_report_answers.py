@@ -231,3 +231,14 @@ def test_a_run_written_before_run_json_named_its_defences_plugins_still_marks_fl
     assert "moves pixels (flip, rotate, crop" in html
     highest = html[html.index("highest quality score</strong>"):]
     assert "<li>no-defence" not in highest[:highest.index("</section>")]
+
+
+def test_the_drawn_figures_3_and_4_share_their_columns(report, monkeypatch):
+    from iqadef.core.report import figures
+
+    drawn = []
+    real = figures.heatmap
+    monkeypatch.setattr(figures, "heatmap", lambda matrix, *a, **k: drawn.append(list(matrix.columns)) or
+                        real(matrix, *a, **k))
+    write_report(report["dir"])
+    assert len(drawn) == 2 and drawn[0] == drawn[1]
