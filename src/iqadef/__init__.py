@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .core.base import Attack, Defence, ImageScore, Metric, attack_loss  # noqa: E402
-from .core.commands import Command  # noqa: E402
-from .core.dataset import DatasetPlugin  # noqa: E402
-from .core.errors import ConfigError, IqadefError, PluginError, WeightsError  # noqa: E402
-from .core.hookspecs import hookimpl  # noqa: E402
-from .core.params import Param  # noqa: E402
-from .core.smoothing import BinnedSmoothing, MetricSmoothing, SmoothedScores  # noqa: E402
+from ._version import __version__
+from .core.base import Attack, Defence, ImageScore, Metric, attack_loss
+from .core.commands import Command
+from .core.dataset import DatasetPlugin
+from .core.errors import ConfigError, IqadefError, PluginError, WeightsError
+from .core.hookspecs import hookimpl
+from .core.params import Param
+from .core.query import GradientRequested, QueryMetric
+from .core.smoothing import BinnedSmoothing, MetricSmoothing, SmoothedScores
 
 __all__ = [
-    "Attack", "BinnedSmoothing", "Command", "ConfigError", "DatasetPlugin", "Defence", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",
-    "PluginError", "SmoothedScores", "WeightsError", "__version__", "attack_loss", "hookimpl",
-    "load_attack", "load_defence", "load_metric", "run_grid",
+    "Attack", "BinnedSmoothing", "Command", "ConfigError", "DatasetPlugin", "Defence", "GradientRequested", "ImageScore",
+    "IqadefError", "Metric", "MetricSmoothing", "Param", "PluginError", "QueryMetric", "SmoothedScores", "WeightsError",
+    "__version__", "attack_loss", "hookimpl",
+    "load_attack", "load_defence", "load_images", "load_metric", "run_grid",
 ]
 
 #: The Python API (docs/python.md), imported on first use so that ``import iqadef`` (and a plugin's
 #: ``from iqadef import Metric``) does not load pandas and the registry.
-_API = ("load_attack", "load_defence", "load_metric", "run_grid")
+_API = ("load_attack", "load_defence", "load_images", "load_metric", "run_grid")
 
 
 def __getattr__(name: str):

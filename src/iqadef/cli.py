@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .core.errors import IqadefError
+from .core.errors import IqadefError, PluginError
 from .core.kinds import LISTED as KINDS
+from .core.suggest import did_you_mean
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
     run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar (default: when stderr is a terminal)")
+                     help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
 
     plan = sub.add_parser("plan", help="the grid of a registry, its size, cells already stored and its cost, "
                                        "without running it")
@@ -71,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="installed plugins and what they register")
     plugins.add_argument("--json", action="store_true")
 
-    lst = sub.add_parser("list", help="metrics, attacks, defences or scores with their parameters")
-    lst.add_argument("kind", choices=KINDS)
+    kinds_text = ", ".join(KINDS[:-1]) + " or " + KINDS[-1]  # from core/kinds.py: a new kind is listed too
+    lst = sub.add_parser("list", help=f"{kinds_text} with their parameters",
+                         description=f"The installed {kinds_text}, with their parameters (default; presets).")
+    lst.add_argument("kind", choices=KINDS, help=f"what to list: {kinds_text}")
     lst.add_argument("--json", action="store_true")
 
     report = sub.add_parser("report", help="write report.html and report.md for a run directory")
@@ -89,25 +92,45 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("run_dir", type=Path, help="a run folder (the `output` of `iqadef run`)")
     verify.add_argument("--cells", type=int, default=20, help="how many stored cells to recompute (default 20)")
     verify.add_argument("--seed", type=int, default=None, help="which cells (default: random, printed)")
+    verify.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
 
     return parser
 
 
 def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
-    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``."""
-    from .core.errors import PluginError
+    """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``.
+
+    A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
+    a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
+    plugin must not take ``--help`` and every other command down with it."""
+    from .core.plugins import PluginLoadWarning, _describe, _env_flag
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     registry = _registry()
     for name in registry.names("commands"):
+        owner = registry.registration("commands", name).plugin
+        problem = None
         if name in COMMANDS:
-            owner = registry.registration("commands", name).plugin
-            raise PluginError(f"plugin {owner.name!r} (distribution {owner.distribution!r}) registers the command "
-                              f"{name!r}, which is a built-in iqadef command; rename it")
-        command = registry.get("commands", name)()
-        command_parser = sub.add_parser(name, help=command.help)
-        command.configure(command_parser)
-        command_parser.set_defaults(plugin_command=command)
+            problem = f"registers the command {name!r}, which is a built-in iqadef command; rename it"
+        else:
+            try:
+                command = registry.get("commands", name)()
+                command_parser = sub.add_parser(name, help=command.help)
+                command.configure(command_parser)
+                command_parser.set_defaults(plugin_command=command)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit from argparse in configure() included
+                problem = f"its command {name!r} failed to set up: {_describe(exc)}"
+                sub._name_parser_map.pop(name, None)  # noqa: SLF001 - drop the half-configured subcommand
+                sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != name]  # noqa: SLF001
+        if problem is None:
+            continue
+        message = f"plugin {owner.name!r} (distribution {owner.distribution!r}) {problem}"
+        if registry.strict or _env_flag("IQADEF_STRICT_PLUGINS"):
+            raise PluginError(message + " (strict plugin mode: IQADEF_STRICT_PLUGINS / --strict-plugins)")
+        warnings.warn(message + "; the command is left out", PluginLoadWarning, stacklevel=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     """What ``iqadef plan`` shows: the grid, its size, the cells already in the store, the cost."""
     from .core.registry import load_run_config
-    from .core.run.plan import plan_units, plugin_calls
+    from .core.run.plan import grid_size, plan_units, plugin_calls
     from .core.store import ResultStore
 
     config = load_run_config(args.registry, registry=_registry(), overrides={"device": args.device})
@@ -230,15 +253,13 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             store.close()
     units = plan_units(config, dataset, finished)
-    batches = dataset.batches(config.batch_size)
-    todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
-    total = len(dataset) * len(config.metrics) * len(config.attacks) * len(config.defences)
+    size = grid_size(config, dataset, units)
     out: dict[str, Any] = {
         "registry": str(args.registry), "output": str(config.output), "device": config.device,
         "images": len(dataset), "dataset_problems": list(dataset.problems),
         "metrics": [m.label for m in config.metrics], "attacks": [a.label for a in config.attacks],
-        "defences": [d.label for d in config.defences],
-        "cells": total, "cells_done": total - todo, "cells_to_do": todo, "units_to_do": len(units),
+        "defences": [d.label for d in config.defences], "certified": [c.label for c in config.certified],
+        "cells": size.cells, "cells_done": size.done, "cells_to_do": size.todo, "units_to_do": len(units),
         "batch_size": config.batch_size,
         "plugin_calls": plugin_calls(config, dataset, units),
         "measured": None,
@@ -275,8 +296,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan, indent=2))
         return EXIT_USER_ERROR if plan["weights_blocking"] else EXIT_OK
     print(f"grid: {plan['images']} images x {len(plan['metrics'])} metrics x {len(plan['attacks'])} attacks x "
-          f"{len(plan['defences'])} defences = {plan['cells']} cells")
-    for kind in ("metrics", "attacks", "defences"):
+          f"{len(plan['defences']) + len(plan['certified'])} defences = {plan['cells']} cells")
+    for kind in ("metrics", "attacks", "defences", "certified"):
+        if kind == "certified" and not plan[kind]:
+            continue
         print(f"  {kind} ({len(plan[kind])}): {', '.join(plan[kind])}")
     for problem in plan["dataset_problems"]:
         print(f"  dataset: {problem}")
@@ -472,8 +495,6 @@ def cmd_weights(args: argparse.Namespace) -> int:
             rows = _weight_rows()
             chosen = rows if args.all else [r for r in rows if r[1] == args.name]
             if not chosen and args.name:
-                from .core.suggest import did_you_mean
-
                 raise IqadefError(f"no plugin {args.name!r} with weights"
                                   f"{did_you_mean(args.name, {r[1] for r in rows})}")
         done: dict[str, Path | None] = {}
@@ -495,25 +516,45 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="model weights (`iqadef weights fetch NAME | --all | --registry R` downloads them)")
-    for col in ("plugin", "file", "size", "present", "url", "expected at"):
-        table.add_column(col, overflow="fold")
-    for d in described:
-        table.add_row(Text(f"{d['kind'][:-1]} {d['plugin']}"), Text(d["filename"]), Text(_size(d.get("size"))),
-                      Text(d["present"] or "missing", style="green" if d["present"] else "red"),
-                      Text("\n".join(d["urls"]) or "-"), Text("\n".join(d["expected_at"])))
-    _console(width=1000).print(table)
+    for line in weights_listing(described):
+        print(line)
     return EXIT_OK
+
+
+def weights_listing(described: list[dict[str, Any]]) -> list[str]:
+    """``iqadef weights`` as plain lines: one heading per file, then each URL or path alone on its line (so a
+    URL is copied whole, never folded or cut by a table border), short enough for 100 columns."""
+    lines = ["model weights: `iqadef weights fetch NAME | --all | --registry R` downloads them", ""]
+    for d in described:
+        state = "present" if d["present"] else "missing"
+        lines.append(f"{d['kind'][:-1]} {d['plugin']}: {d['filename']}, {state}, size {_size(d.get('size'))}")
+        if d["present"]:
+            lines.append(f"  {d['present']}")
+            continue
+        lines.extend(f"  {url}" for url in d["urls"])
+        if d.get("mirrors"):
+            lines.append("  the authors' copies (download by hand):")
+            lines.extend(f"  {mirror}" for mirror in d["mirrors"])
+        if not d["urls"] and not d.get("mirrors"):
+            lines.append("  (no download URL known)")
+        places = [f"  put it at {d['expected_at'][0]}", *(f"  or at {p}" for p in d["expected_at"][1:])]
+        if max(map(len, places)) <= LISTING_WIDTH:
+            lines.extend(places)
+        else:  # a long path alone on its line
+            lines.append("  put it at:")
+            lines.extend(f"  {place}" for place in d["expected_at"])
+    return lines
+
+
+#: ``iqadef weights`` keeps its lines within this many columns (a URL or path longer than that stays whole).
+LISTING_WIDTH = 100
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/run/verify.py)."""
     from .core.run.verify import verify_run
 
-    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry())
+    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry(), progress=args.progress)
     for label, problem in verdict.mismatches:
         print(f"MISMATCH {label}: {problem}")
     print(f"{verdict.checked} of {verdict.candidates} stored cell(s) recomputed from scratch (--seed {verdict.seed}): "

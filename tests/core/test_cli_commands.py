@@ -106,11 +106,17 @@ def _weighted_registry(base_url: str) -> PluginRegistry:
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:
-    rows = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
-        if len(cells) == 6 and cells[0].startswith("metric toy-"):
-            rows[cells[0]] = cells
+    """``iqadef weights``' entries of the toy plugins: [plugin, file, size, present path or "missing", first
+    URL] (a heading ``metric NAME: FILE, STATE, size SIZE``, then the path or the URLs, one per line)."""
+    rows: dict[str, list[str]] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        head = re.fullmatch(r"(metric toy-[\w-]+): (\S+), (present|missing), size (.+)", line)
+        if head:
+            plugin, filename, state, size = head.groups()
+            below = lines[i + 1].strip()
+            rows[plugin] = [plugin, filename, size, below if state == "present" else "missing",
+                            below if state == "missing" else ""]
     return rows
 
 
@@ -128,7 +134,7 @@ def test_weights_table_and_json_agree_then_fetch_for_a_registry(tmp_path, home, 
         for name, d in described.items():
             row = rows[f"metric {name}"]
             assert (row[3] == "missing") == (d["present"] is None) and (d["present"] is None or row[3] == d["present"])
-            assert row[4] == d["urls"][0]
+            assert d["present"] is not None or row[4] == d["urls"][0]
         return described, rows
 
     described, rows = listed()

@@ -78,7 +78,7 @@ defences: [no-defence, {{name: bit-depth, sweep: {{bits: [3, 5]}}}}]
                               "--no-progress"], capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr
         df = pd.read_parquet(tmp_path / "run" / "results.parquet")
-        assert set(df["defence"]) == {"no-defence", "bit-depth[bits=3]", "bit-depth"}
+        assert set(df["defence"]) == {"no-defence", "bit-depth[bits=3]", "bit-depth[bits=5]"}  # a sweep names its default
         assert set(df["metric"]) == {"tiny-iqa", "colourfulness"} and set(df["attack"]) == {"ifgsm", "l2-step[eps=0.5]"}
         assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "error"].unique()
         pushed = df[(df["metric"] == "colourfulness") & (df["attack"] == "l2-step[eps=0.5]")]

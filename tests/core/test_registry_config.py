@@ -33,9 +33,10 @@ defences:
     sweep: {{sigma: presets}}
   - [toy-blur, toy-noise-defence]
 """, toy_registry)
-    assert [a.label for a in cfg.attacks] == ["toy-sign", "toy-sign[eps=0.00784314]", "toy-sign[eps=0.0313725,steps=3]"]
-    assert [d.label for d in cfg.defences][:4] == ["no-defence", "toy-noise-defence[sigma=0.01]", "toy-noise-defence",
-                                                 "toy-noise-defence[sigma=0.05]"]
+    # fractions of 255 as written; a sweep names its default too (labels only: keys come from identity())
+    assert [a.label for a in cfg.attacks] == ["toy-sign", "toy-sign[eps=2/255]", "toy-sign[eps=8/255,steps=3]"]
+    assert [d.label for d in cfg.defences][:4] == ["no-defence", "toy-noise-defence[sigma=0.01]",
+                                                 "toy-noise-defence[sigma=0.02]", "toy-noise-defence[sigma=0.05]"]
     composed = cfg.defences[-1]
     assert isinstance(composed, Compose) and composed.label == "toy-blur+toy-noise-defence"
     assert composed.randomized and composed.differentiable

@@ -198,7 +198,7 @@ def test_cli_lists_and_runs_a_grid_with_pyiqa_metrics(weights, tmp_path):
 
 
 def test_the_built_distribution_ships_its_file_catalogue(tmp_path):
-    """`pip install -e ".[pyiqa]"` installs the adapter as a wheel (not editable): known_files.json must be in it."""
+    """`pip install ./plugins/iqadef-pyiqa` installs the adapter as a wheel (not editable): known_files.json must be in it."""
     import zipfile
 
     import shutil

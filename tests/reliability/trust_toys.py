@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from iqadef import Defence, ImageScore, Metric, Param, hookimpl
+from iqadef import Defence, ImageScore, Param, hookimpl
 from toy_plugins import ToyMetric
 
 #: Set by a test to release every hanging plugin (so no thread outlives the test for long).

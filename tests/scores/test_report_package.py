@@ -66,7 +66,7 @@ def pages(tmp_path_factory):
 
 def test_labels_are_escaped_in_the_html_page_as_html_escape_does(pages):
     page, _ = pages
-    metric, defence = html.escape(METRIC), html.escape(DEFENCE)
+    metric = html.escape(METRIC)
     assert metric == "a&lt;b&amp;c&quot;&#x27;"  # quotes as &quot; and &#x27; (not markupsafe's &#34; &#39;)
     assert "<h1>iqadef report: run&amp;&lt;x&gt;</h1>" in page
     assert f"<tr><th>metric {metric}</th><td>range [0, 100], higher is better</td></tr>" in page

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 import torch
 
 from .errors import ConfigError
-from .params import Param, resolve
+from .params import ATTACK_ALIASES, Param, pixel_fraction, resolve
+from .precision import apply_precision, declares_no_networks
+from .weights import fingerprint
 
 
 def _canonical(value: Any) -> Any:
@@ -38,6 +40,8 @@ class Plugin:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     params: ClassVar[tuple[Param, ...]] = ()
+    #: Groups of parameter names that stand for the one this plugin declares (attacks: ``ATTACK_ALIASES``).
+    param_aliases: ClassVar[tuple[frozenset[str], ...]] = ()
     #: Weight files this plugin needs (``iqadef.core.weights.WeightSpec``), listed by ``iqadef weights``.
     weights: ClassVar[tuple] = ()
     #: How the run-level ``precision`` reaches :meth:`precision_modules` (core/precision.py): ``"cast"`` the
@@ -55,17 +59,23 @@ class Plugin:
 
     def __init__(self, where: str | None = None, **values: Any):
         where = where or self.name or type(self).__name__
-        self.config: dict[str, Any] = resolve(self.params, values, where)
+        self.config: dict[str, Any] = resolve(self.params, values, where, self.param_aliases)
         for key, value in self.config.items():
             setattr(self, key, value)
         self.device = torch.device("cpu")
         self._loaded_on: torch.device | None = None
 
     # -- identity --------------------------------------------------------------------------
+    #: Parameters the label shows even at their default (a registry's sweep: ``jpeg[quality=50]`` beside
+    #: ``jpeg[quality=10]``). Labels are for reading only: cache keys come from :meth:`identity`.
+    label_params: frozenset[str] = frozenset()
+
     @property
     def label(self) -> str:
-        """Short readable id: the name plus the parameters that differ from their defaults."""
-        changed = {p.name: self.config[p.name] for p in self.params if self.config[p.name] != p.default}
+        """Short readable id: the name plus the parameters that differ from their defaults (and those of
+        :attr:`label_params`)."""
+        changed = {p.name: self.config[p.name] for p in self.params
+                   if self.config[p.name] != p.default or p.name in self.label_params}
         if not changed:
             return self.name
         inner = ",".join(f"{k}={_fmt(v)}" for k, v in changed.items())
@@ -77,8 +87,6 @@ class Plugin:
         ident = {"kind": self.kind, "name": self.name, "version": self.version, "params": _canonical(self.config)}
         sources = self.weights_in_use()
         if sources:
-            from .weights import fingerprint
-
             ident["weights"] = [fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param))
                                 for s in sources]
         if self.numerics is not None and not self.numerics.is_default:
@@ -107,14 +115,13 @@ class Plugin:
                 module.eval().requires_grad_(False).to(device)
             self._loaded_on = device
             if self.numerics is not None:  # the run's precision/compile/channels_last (core/precision.py)
-                from .precision import apply_precision
-
                 apply_precision(self)
         return self
 
     def setup(self, device: torch.device) -> None:
         """Build models and load weights. Nothing to do for plugins without weights."""
 
+    @declares_no_networks
     def precision_modules(self) -> list[torch.nn.Module]:
         """The loaded torch networks that the run-level ``precision``, ``compile`` and ``channels_last`` apply
         to (core/precision.py). Each must be called as ``module(...)`` with float32 tensors, its float outputs
@@ -155,7 +162,8 @@ class Plugin:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.6g}"
+        short = f"{v:.6g}"
+        return short if float(short) == v else (pixel_fraction(v) or short)  # eps=4/255, not 0.0156863
     if isinstance(v, (list, tuple)):
         return "+".join(_fmt(x) for x in v)
     return str(v)
@@ -210,11 +218,14 @@ class Attack(Plugin):
     """An attack: ``run(metric, images, seed=...) -> adversarial images`` (same shape, in [0, 1]).
 
     ``norm`` names the bound the attack keeps (``"linf"``, ``"l2"``, ``"rmse"``, or None for
-    unbounded/semantic attacks); :meth:`bound` gives its size.
+    unbounded/semantic attacks); :meth:`bound` gives its size. A ``black_box`` attack gets the metric as a
+    :class:`~iqadef.core.query.QueryMetric` (scores only, no gradient, queries counted per image).
     """
 
     kind = "attack"
     norm: ClassVar[str | None] = None
+    black_box: ClassVar[bool] = False
+    param_aliases = ATTACK_ALIASES  # `steps`/`iters`/`iterations`, `alpha`/`step_size` (core/params.py)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError
@@ -232,7 +243,7 @@ class Attack(Plugin):
 
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
-        return {"norm": cls.norm}
+        return {"norm": cls.norm, "black_box": cls.black_box}
 
 
 class Defence(Plugin):
@@ -266,6 +277,8 @@ class Defence(Plugin):
             return self.purify(images, seed=seed)
         with torch.no_grad():
             real = self.purify(images.detach(), seed=seed)
+        if not (torch.is_grad_enabled() and images.requires_grad):  # no gradient wanted (a black-box query):
+            return real                                             # the surrogate's cost buys nothing
         surrogate = self.backward_estimate(images)
         if surrogate.shape != real.shape:
             raise ConfigError(

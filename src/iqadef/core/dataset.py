@@ -23,6 +23,7 @@ import csv
 import codecs
 import hashlib
 import io
+import fcntl
 import json
 import math
 import os
@@ -39,8 +40,12 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import ConfigError, IqadefError
-from .fetch import RemoteFile
+from .fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
+from .files import atomic_write_bytes
+from .sniff import wrong_content
 from .params import Param, resolve
+from .sniff import BINARY, binary_kind
+from .suggest import did_you_mean
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 #: Largest image side kept as is; larger images are downscaled to this (override: dataset.max_side).
@@ -207,8 +212,6 @@ def read_text(path: Path, what: str) -> tuple[str, str]:
     write); else UTF-8; else cp1252, the Windows superset of Latin-1 (every file that is not UTF-8 decodes
     in one of the two). A file that is not text (an image, a workbook) is refused, naming what it is.
     """
-    from .sniff import BINARY, binary_kind
-
     data = path.read_bytes()
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -495,7 +498,7 @@ class DatasetPlugin:
             return
         shown = ", ".join(absent[:3]) + (f" (+{len(absent) - 3} more)" if len(absent) > 3 else "")
         how = (f"run `iqadef data fetch {self.name}`" if self.fetchable and self.remote_files() else
-               f"see `iqadef data` for where to get it")
+               "see `iqadef data` for where to get it")
         raise ConfigError(f"{self.where}: {self.name} is not in {self.root} (missing {shown}); {how}, or set "
                           f"`root:` (or IQADEF_DATA) to the folder that holds it")
 
@@ -612,8 +615,6 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
         allowed.pop("root")
     for key in data:
         if key not in allowed:
-            from .suggest import did_you_mean
-
             raise ConfigError(f"{where}.{key}: unknown key for dataset {name!r}{did_you_mean(str(key), allowed)}; "
                               f"allowed: {', '.join(sorted(allowed))}")
     if "root" in common and not cls.fetchable:
@@ -675,10 +676,6 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
     sha256: a changed one is refused); else it is fetched again, and its recorded sha256, if any, is the pin
     the new download must match. One fetch of a folder at a time (an ``flock`` on ``<root>/.iqadef-fetch.lock``).
     """
-    import fcntl
-
-    from .fetch import FetchError
-
     if not plugin.fetchable:
         raise FetchError(f"dataset {plugin.name!r} is not fetched (it is {plugin.title or 'local'}); nothing to do")
     root = plugin.root
@@ -709,8 +706,6 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
 
 def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_archives: bool, retries: int,
                   say) -> Path:
-    from .fetch import FetchError, extract, fetch, matches, offline, sha256_of
-
     done = fetched(root)
     present = not plugin.layout_problems()
     manual_needed = []
@@ -776,16 +771,12 @@ def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_arc
                          f"persists the publisher's files may have changed: check {plugin.homepage or 'the publisher'}")
     if records:
         done.update(records)
-        tmp = root / f".{FETCHED}.tmp"
-        tmp.write_text(json.dumps(done, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, root / FETCHED)
+        atomic_write_bytes(root / FETCHED, json.dumps(done, indent=2, sort_keys=True).encode("utf-8"))
     return root
 
 
 def _check_content(remote: RemoteFile, path: Path, placed: bool = False) -> None:
     """Refuse a file whose first bytes cannot start what ``remote`` is (an archive of its kind, a CSV...)."""
-    from .fetch import FetchError
-    from .sniff import wrong_content
 
     expected = remote.archive or Path(remote.filename).suffix.lstrip(".").lower()
     with open(path, "rb") as f:

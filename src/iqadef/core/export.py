@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from .._version import __version__
 from .errors import IqadefError
 from .rundir import MARKER as RUN_MARKER
 from .rundir import is_stale_temp, remove_stale_temp_files
@@ -144,7 +145,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, defended: bool = False, 
 
 
 def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSummary:
-    from .. import __version__
     from .plugins import get_registry
     from .run.recorded import current_rows, open_grid, read_run_info
 

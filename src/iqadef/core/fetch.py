@@ -47,7 +47,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable, Literal
 
 from .errors import IqadefError
 
@@ -541,8 +541,10 @@ def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Pat
 
 #: tarfile's mode for each kind: explicit, so a damaged file is reported for what it is, not as four
 #: failed guesses.
-_TAR_MODES = {"tar": "r:", "tar.gz": "r:gz", "tgz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
-_DECOMPRESS = {"tar.gz": gzip.open, "tgz": gzip.open, "tar.bz2": bz2.open, "tar.xz": lzma.open}
+_TAR_MODES: dict[str, Literal["r:", "r:gz", "r:bz2", "r:xz"]] = {
+    "tar": "r:", "tar.gz": "r:gz", "tgz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
+_DECOMPRESS: dict[str, Callable[..., Any]] = {
+    "tar.gz": gzip.open, "tgz": gzip.open, "tar.bz2": bz2.open, "tar.xz": lzma.open}
 #: What the decompressors raise on damaged data.
 _DAMAGED = (gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, tarfile.ReadError)
 

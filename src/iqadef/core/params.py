@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ConfigError
+from .suggest import did_you_mean
 
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 #: A plain decimal number written as a string (``"1e9"``, ``"0.5"``, ``".5"``); not ``inf``/``nan``.
@@ -129,13 +130,61 @@ class Param:
         raise bad
 
 
-def resolve(params: Iterable[Param], given: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate ``given`` against ``params``; fill defaults; refuse unknown keys with a did-you-mean."""
-    from .suggest import did_you_mean  # local: keeps this module import-light
+#: Names an attack's parameter is also known by: the built-ins say ``iters`` (``iterations`` in the Zhang et al.
+#: attacks, ``steps`` in PGD) and ``alpha`` (``step_size`` in PGD); torchattacks writes ``eps``, ``alpha``,
+#: ``steps``. A name of a group stands for the member the attack declares (its one canonical name, which is
+#: what labels, cache keys and stored rows use). Attacks only: elsewhere ``alpha`` is a confidence level.
+ATTACK_ALIASES: tuple[frozenset[str], ...] = (frozenset({"iters", "steps", "iterations"}),
+                                              frozenset({"alpha", "step_size"}))
 
+
+def canonical_name(key: Any, declared: Iterable[str], aliases: Iterable[frozenset[str]] = ()) -> Any:
+    """``key``, or the declared parameter it is an alias of (one declared member of its alias group)."""
+    declared = set(declared)
+    if key in declared:
+        return key
+    for group in aliases:
+        if key in group:
+            members = sorted(group & declared)
+            if len(members) == 1:
+                return members[0]
+    return key
+
+
+def canonical_params(given: dict[str, Any], declared: Iterable[str], aliases: Iterable[frozenset[str]],
+                     where: str) -> dict[str, Any]:
+    """``given`` with aliases replaced by the declared names; one parameter given twice is refused."""
+    declared, aliases = set(declared), tuple(aliases)
+    out: dict[str, Any] = {}
+    written: dict[str, Any] = {}
+    for key, value in given.items():
+        name = canonical_name(key, declared, aliases)
+        if name in out:
+            raise ConfigError(f"{where}.{key}: {written[name]!r} and {key!r} are the same parameter "
+                              f"({name!r}); give it once")
+        out[name], written[name] = value, key
+    return out
+
+
+def pixel_fraction(value: float) -> str | None:
+    """``"4/255"`` for a float that is k/255 to rounding (the study's pixel steps, as a registry writes them:
+    ``eps: 4/255``); None otherwise (``0.0156863`` typed as a decimal is not k/255 to 1e-9)."""
+    if not math.isfinite(value) or value.is_integer():
+        return None
+    steps = value * 255
+    if round(steps) != 0 and abs(steps - round(steps)) < 1e-9 * max(1.0, abs(steps)):
+        return f"{round(steps)}/255"
+    return None
+
+
+def resolve(params: Iterable[Param], given: dict[str, Any], where: str,
+            aliases: Iterable[frozenset[str]] = ()) -> dict[str, Any]:
+    """Validate ``given`` against ``params``; fill defaults; refuse unknown keys with a did-you-mean.
+    ``aliases``: groups of names that stand for the one declared (:data:`ATTACK_ALIASES`)."""
     declared = {p.name: p for p in params}
     if not isinstance(given, dict):
         raise ConfigError(f"{where}: parameters must be a mapping of name: value, got {type(given).__name__}")
+    given = canonical_params(given, declared, aliases, where)
     unknown = [k for k in given if k not in declared]
     if unknown:
         key = unknown[0]

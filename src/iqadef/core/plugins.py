@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import importlib_metadata
 import pluggy
 
+from .._version import __version__
 from . import hookspecs
 from .errors import ConfigError, PluginError
 from .kinds import KINDS
@@ -117,8 +118,6 @@ class PluginRegistry:
         self.plugins[info.name] = info
 
     def _load_builtins(self) -> None:
-        from .. import __version__
-
         for modname in _builtin_modules():
             info = PluginInfo(modname, BUILTIN_DISTRIBUTION, __version__, builtin=True)
             try:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .devices import resolve_device
 from .errors import ConfigError
 
 #: ``precision:`` values and their dtypes.
@@ -61,8 +62,6 @@ class Numerics:
 def parse_numerics(data: dict[str, Any], where: str, device: str | torch.device | None = None) -> Numerics:
     """The three registry keys, validated; ``device`` (the registry's ``device:``) must run the precision."""
     if isinstance(device, str):
-        from .registry import resolve_device
-
         try:
             device = resolve_device(device)
         except ConfigError:
@@ -84,12 +83,17 @@ def parse_numerics(data: dict[str, Any], where: str, device: str | torch.device 
     return Numerics(precision, flags["compile"], flags["channels_last"])
 
 
+def declares_no_networks(method: Any) -> Any:
+    """Marks the contract's default ``precision_modules`` (core/base.py: no networks), so that
+    :func:`takes_numerics` tells an override from it without importing the plugin base class."""
+    method.declares_no_networks = True
+    return method
+
+
 def takes_numerics(plugin: Any) -> bool:
     """Whether ``plugin`` declares networks for the run-level numerics (overrides ``precision_modules``)."""
-    from .base import Plugin
-
     method = getattr(type(plugin), "precision_modules", None)
-    return method is not None and method is not Plugin.precision_modules
+    return method is not None and not getattr(method, "declares_no_networks", False)
 
 
 def assign_numerics(plugins: list[Any], numerics: Numerics) -> None:

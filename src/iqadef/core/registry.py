@@ -22,9 +22,12 @@ import torch
 import yaml
 
 from .base import Attack, Defence, Metric, Plugin
+from .budget import BudgetedAttack, parse_budget, strength_param
 from .compose import Compose
 from .dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
+from .devices import DEVICE_FORMS as DEVICE_FORMS, resolve_device
 from .errors import ConfigError
+from .params import canonical_params
 from .plugins import PluginRegistry, get_registry
 from .precision import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics
 from .suggest import did_you_mean
@@ -51,7 +54,7 @@ TOP_KEYS.update(NUMERICS_KEYS)  # precision, compile, channels_last (core/precis
 DATASET_KEYS = {"images", "mos", "max_side"}
 #: Keys of an entry that are not plugin parameters.
 ENTRY_KEYS = {"name", "params", "sweep"}
-ATTACK_ENTRY_KEYS = ENTRY_KEYS | {"adaptive", "eot_samples"}
+ATTACK_ENTRY_KEYS = ENTRY_KEYS | {"adaptive", "eot_samples", "budget"}
 ADAPTIVE_MODES = ("none", "bpda", "eot", "bpda+eot")
 #: Default of ``max_cells``: 70x the paper grid (3 x 10 x 47 = 1410 per image), far below what
 #: expanding it costs (about 2 KB per plugin configuration).
@@ -64,7 +67,6 @@ DEFAULT_METRIC_BATCH: int | None = None
 DEFAULT_UNIT_TIMEOUT = 3600.0
 #: Most values a registry document may hold once its YAML aliases are expanded.
 MAX_YAML_VALUES = 1_000_000
-DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
@@ -198,30 +200,6 @@ class RunConfig:
 
         return ([*self.metrics] + [e.attack for e in self.attacks]
                 + [p for d in self.defences for p in expand(d)] + [*self.certified])
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device for a ``device:`` value; only devices a run can use (``meta`` holds no data,
-    ``cuda:3`` on a two-GPU machine would fail every cell), checked before any work."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    form = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", device)
-    if form is None or (form.group(1) == "mps" and form.group(2) is not None):
-        raise ConfigError(f"device: {device!r} is not a device iqadef can run on; use {DEVICE_FORMS}")
-    kind, index = form.group(1), int(form.group(2) or 0)
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {device!r} was asked for but CUDA is not available here; use `auto` or `cpu`")
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise ConfigError(f"device: {device!r}: this machine has {count} CUDA device(s), "
-                              f"cuda:0 to cuda:{count - 1}; use one of them or `auto`")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device: {device!r} was asked for but Apple's MPS backend is not available here; "
-                          f"use `auto` or `cpu`")
-    if kind == "cpu" and index != 0:
-        raise ConfigError(f"device: {device!r}: there is one CPU device; use `cpu`")
-    return torch.device(device)
 
 
 class _RegistryLoader(yaml.SafeLoader):
@@ -461,6 +439,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
         with errors.check():
             _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
+        for i, smoothing in enumerate(built["certified"]):  # e.g. mean-smoothing's low/high against a range
+            for metric in metrics:
+                with errors.check():
+                    smoothing.check_metric(metric, f"{where}certified[{i}]")
 
     seed = data.get("seed", 0)
     with errors.check():
@@ -526,13 +508,25 @@ def _section(data: dict, key: str, where: str, required: bool) -> list:
 
 
 def _no_duplicates(items: list, where: str) -> None:
-    seen: dict[str, int] = {}
+    seen: dict[Any, int] = {}
     for i, item in enumerate(items):
-        label = item.label
-        if label in seen:
-            raise ConfigError(f"{where}: {label!r} is listed twice (entries {seen[label]} and {i} after sweeps); "
-                              f"remove one")
-        seen[label] = i
+        for same in (item.label, ("configuration", _unmarked(item))):  # jpeg and a sweep's jpeg[quality=50]
+            if same in seen:
+                raise ConfigError(f"{where}: {item.label!r} is listed twice (entries {seen[same]} and {i} after "
+                                  f"sweeps); remove one")
+        seen[item.label] = seen[("configuration", _unmarked(item))] = i
+
+
+def _unmarked(item: Any) -> Any:
+    """What an item's label would be without a sweep's marks (``label_params``): one configuration, listed
+    once plainly and once in a sweep at its default, gives the same value."""
+    if isinstance(item, AttackEntry):
+        return (_unmarked(item.attack), item.adaptive, item.eot_samples)
+    if isinstance(item, Compose):
+        return tuple(_unmarked(stage) for stage in item.stages)
+    if isinstance(item, Plugin):
+        return (item.kind, item.name, tuple(sorted((k, repr(v)) for k, v in item.config.items())))
+    return item.label
 
 
 @dataclass
@@ -547,8 +541,11 @@ class _ParamSets:
     def count(self) -> int:
         return len(self.sets) * math.prod(len(axis) for axis in self.axes)
 
-    def expand(self) -> list[tuple[dict, str]]:
-        return [({**params, **dict(combo)}, w) for params, w in self.sets for combo in itertools.product(*self.axes)]
+    def expand(self) -> list[tuple[dict, str, frozenset[str]]]:
+        """``(params, where, swept names)``: a swept parameter shows in the label even at its default."""
+        swept = frozenset(axis[0][0] for axis in self.axes)
+        return [({**params, **dict(combo)}, w, swept) for params, w in self.sets
+                for combo in itertools.product(*self.axes)]
 
 
 @dataclass
@@ -615,7 +612,8 @@ def _param_sets(registry: PluginRegistry, kind: str, entry: Any, where: str,
         if not isinstance(sweep, dict) or not sweep:
             raise ConfigError(f"{where}.sweep: must map parameter names to lists of values (or `presets`)")
         axes = []
-        for key, values in sweep.items():
+        aliases = getattr(cls, "param_aliases", ())
+        for key, values in canonical_params(sweep, declared, aliases, f"{where}.sweep").items():
             if key not in declared:
                 raise ConfigError(f"{where}.sweep.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
                                   f"allowed: {', '.join(declared) or '(none)'}")
@@ -636,8 +634,10 @@ def _sizes(plan: _ParamSets) -> str:
     return " x ".join(parts) if len(parts) > 1 or plan.axes else ""
 
 
-def _make(cls: type, params: dict, where: str) -> Plugin:
+def _make(cls: type, params: dict, where: str, label_params: frozenset[str] = frozenset()) -> Plugin:
     plugin = cls(where=where, **params)
+    if label_params:
+        plugin.label_params = label_params
     _check_weight_files(plugin, where)
     return plugin
 
@@ -669,8 +669,19 @@ def _plan_attack(registry: PluginRegistry, entry: Any, where: str) -> _Plan:
         eot = entry.get("eot_samples", 8 if "eot" in adaptive else 1)
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise ConfigError(f"{where}.eot_samples: {eot!r} must be an integer >= 1")
-    return _Plan(where, sets.cls.name, sets.count,
-                 lambda: _each(sets.expand(), lambda pw: AttackEntry(_make(sets.cls, *pw), adaptive, eot)), _sizes(sets))
+    if isinstance(entry, dict) and entry.get("budget") is not None:  # equal budgets (core/budget.py)
+
+        norm, target = parse_budget(entry["budget"], sets.cls, where)
+        native = strength_param(sets.cls, where).name
+        if any(native in params for params, _ in sets.sets) or any(axis[0][0] == native for axis in sets.axes):
+            raise ConfigError(f"{where}.{native}: a budget entry searches {native} itself; remove {native} or the budget")
+
+        def make(pw):
+            return AttackEntry(BudgetedAttack(_make(sets.cls, *pw), norm, target, pw[1]), adaptive, eot)
+    else:
+        def make(pw):
+            return AttackEntry(_make(sets.cls, *pw), adaptive, eot)
+    return _Plan(where, sets.cls.name, sets.count, lambda: _each(sets.expand(), make), _sizes(sets))
 
 
 def _plan_defence(registry: PluginRegistry, entry: Any, where: str) -> _Plan:

@@ -20,11 +20,12 @@ import errno
 import json
 import os
 import re
-import sqlite3
 from pathlib import Path
 from typing import Iterable
 
 from .errors import IqadefError
+from .files import atomic_write_bytes, temp_prefix, write_error
+from .store import listed_files
 
 MARKER = ".iqadef-run"
 LOCK = ".lock"
@@ -42,11 +43,6 @@ _OLD_TEMP = re.compile(r"^\.(?P<name>.+?)(\.[a-z0-9_]{8})?\.tmp$")
 _OWN_NAME = re.compile(r"^([0-9a-f]{64}|[0-9a-f]{24})\.png$")
 # Figure names of versions before figure names carried a hash of the label (report/figures.py, figure_file_name).
 _OLD_FIGURE = re.compile(r"^((gain_heatmap|srocc_heatmap|gain_bins)_[A-Za-z0-9._-]+|examples)\.png$")
-
-
-def temp_prefix() -> str:
-    """Prefix of this process's temporary files (``atomic_write_bytes``): iqadef's, and whose."""
-    return f".iqadef-tmp-{os.getpid()}-"
 
 
 def _refuse(message: str) -> IqadefError:
@@ -127,8 +123,6 @@ class RunFolder:
         known.update(new)
 
     def _write_manifest(self, rels: Iterable[str], legacy: bool) -> None:
-        from .store import atomic_write_bytes
-
         header = {"iqadef_run_folder": FORMAT, "legacy": legacy,
                   "note": "written by iqadef: the files below are the ones it wrote here (--fresh deletes only those)"}
         lines = [json.dumps(header)] + [json.dumps(rel) for rel in rels]
@@ -150,7 +144,7 @@ class RunFolder:
 
     def own_files(self) -> set[str]:
         """Everything iqadef wrote here: fixed names, the manifest, and what the store lists."""
-        own = set(FIXED_NAMES) | self.recorded() | _store_paths(self.path / "results.sqlite")
+        own = set(FIXED_NAMES) | self.recorded() | listed_files(self.path / "results.sqlite")
         if self._header().get("legacy"):  # files of an older version, written before the manifest
             figures = self.path / "figures"
             if figures.is_dir():
@@ -213,7 +207,7 @@ def is_stale_temp(name: str, *, older_names: bool = True) -> bool:
     if found:
         return not _alive(int(found["pid"]))
     old = _OLD_TEMP.match(name) if older_names else None
-    return bool(old) and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
+    return old is not None and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
 
 
 def _alive(pid: int) -> bool:
@@ -230,29 +224,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _store_paths(db: Path) -> set[str]:
-    """Cache and example paths the result store lists (read-only; a damaged store lists nothing)."""
-    if not db.is_file():
-        return set()
-    paths: set[str] = set()
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            for (rel,) in con.execute("SELECT path FROM artifacts"):
-                paths.add(str(rel))
-            for (rel,) in con.execute("SELECT DISTINCT example_path FROM cells WHERE example_path != ''"):
-                paths.add(str(rel))
-        finally:
-            con.close()
-    except sqlite3.Error:
-        pass
-    return {p for p in paths if p and p != "None"}
-
-
 def _write_error(exc: OSError, path: Path) -> IqadefError:
-    from .store import _storage_error
-
-    return _storage_error(exc, path)
+    return write_error(exc, path)
 
 
 def _is_home_or_root(path: Path) -> str | None:

@@ -24,6 +24,8 @@ import pandas as pd
 from scipy import stats
 
 from .base import ImageScore, Plugin
+from .errors import ConfigError
+from .plugins import get_registry
 
 #: Columns of the result table that identify a cell or describe it; never averaged.
 ID_COLUMNS = (
@@ -120,8 +122,6 @@ def metric_span(info: dict[str, Any]) -> float:
 def summary_score_classes(registry: Any = None) -> list[type]:
     """Registered summary-score classes (those with ``summarise`` that are not ImageScores), by name."""
     if registry is None:
-        from .plugins import get_registry
-
         registry = get_registry()
     table = registry.by_kind.get("scores", {})
     out = []
@@ -135,8 +135,6 @@ def summary_score_classes(registry: Any = None) -> list[type]:
 def image_score_classes(registry: Any = None) -> list[type]:
     """Registered per-image score classes, by name (what the runner instantiates and calls)."""
     if registry is None:
-        from .plugins import get_registry
-
         registry = get_registry()
     table = registry.by_kind.get("scores", {})
     return [table[n].cls for n in sorted(table) if issubclass(table[n].cls, ImageScore)]
@@ -178,8 +176,6 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
     summaries = list(summaries)
     missing = [c for c in GROUP_COLUMNS if c not in df.columns]
     if missing:
-        from .errors import ConfigError
-
         raise ConfigError(f"result table lacks the column(s) {missing}; it needs {list(GROUP_COLUMNS)}")
     columns = measure_columns(df)
     ok = ok_rows(df)
@@ -224,6 +220,21 @@ class ScoreWarning(UserWarning):
 
 #: |f(x)| below this share of the metric's range makes the paper's gain |f(x) - f(D(x_a))| / f(x) explode.
 NEAR_ZERO_SHARE = 0.01
+
+
+def paper_gain(f_ref: Any, f_other: Any) -> np.ndarray:
+    """The paper's gain |f(x) - f(D(x_a))| / f(x) per image, NaN where f(x) = 0.
+
+    adversarial_purification ``test.py`` divides by the clean score itself (not its absolute value), so a
+    metric whose scores reach 0 or below gets negative or exploding gains (:func:`score_warnings`;
+    :func:`normalised_gain` is valid for every metric). The one formula: the ``gain`` score plugin stores
+    it per cell, the report's tables and the end-of-run summary average it.
+    """
+    ref = np.asarray(f_ref, dtype=float)
+    other = np.asarray(f_other, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.abs(ref - other) / ref
+    return np.where(ref == 0, np.nan, out)
 
 
 def normalised_gain(f_ref: Any, f_other: Any, span: float) -> np.ndarray:

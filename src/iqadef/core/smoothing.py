@@ -216,6 +216,10 @@ class MetricSmoothing(Plugin):
     params = smoothing_params()
 
     # -- what a plugin implements -------------------------------------------------------------------
+    def check_metric(self, metric: Metric, where: str) -> None:
+        """Raise ConfigError (naming ``where`` and the key) when this configuration cannot smooth ``metric``;
+        the registry calls it for each metric of a run before any work. Default: every metric will do."""
+
     def smooth(self, metric: Metric, images: torch.Tensor, *, seed: int) -> SmoothedScores:
         """``f_s`` and its certified interval for ``images`` ``[B, 3, H, W]``; all noise drawn from ``seed``."""
         samples = self.noisy_scores(metric, images, seed=seed)

@@ -15,7 +15,6 @@ full disk are reported in one line that names the file and what to do (:class:`C
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -23,7 +22,6 @@ import json
 import math
 import os
 import sqlite3
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +30,13 @@ from typing import Any, Iterable, Iterator, Mapping
 import pandas as pd
 
 from .errors import IqadefError, RunLockedError
-from .rundir import temp_prefix
+from .files import RESUME_ADVICE, DiskFullError, atomic_write_bytes, write_error
 
 CELL_COLUMNS = (
     "metric_key", "attack_key", "defence_key", "image",
     "metric", "attack", "defence", "metric_params", "attack_params", "defence_params", "adaptive",
     "image_path", "image_sha256", "batch_key", "status", "error", "f_clean", "f_adv", "f_def_clean",
-    "f_def_adv", "mos", "adv_path", "example_path", "scores", "unit",
+    "f_def_adv", "mos", "queries", "adv_path", "example_path", "scores", "unit",
 )
 KEY_COLUMNS = ("metric_key", "attack_key", "defence_key", "image")
 #: What a cell was computed from besides its plugins: the image file's sha256 and its batch (the runner's
@@ -47,7 +45,7 @@ IDENTITY_COLUMNS = (*KEY_COLUMNS, "image_sha256", "batch_key")
 
 
 def _is_real(column: str) -> bool:
-    return column.startswith("f_") or column == "mos"
+    return column.startswith("f_") or column in ("mos", "queries")
 
 
 _SCHEMA = f"""
@@ -60,12 +58,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 #: A disk with less free space than this, when SQLite says "disk I/O error", is a full disk.
 _NEARLY_FULL = 1 << 20
-RESUME_ADVICE = "free space and run again with --resume (finished cells are kept)"
 CHECKSUM_ERROR = "stored values fail their checksum (changed after they were written)"
-
-
-class DiskFullError(IqadefError):
-    """Writing to the run directory failed for lack of space."""
 
 
 class CorruptStoreError(IqadefError):
@@ -88,8 +81,6 @@ def _nearly_full(path: Path) -> bool:
 
 def _storage_error(exc: BaseException, path: Path, advice: str = RESUME_ADVICE) -> IqadefError:
     """One line for a failed write: disk full (with ``advice``), a damaged store, or the OS's reason."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{path}: disk full while writing; {advice}")
     if isinstance(exc, sqlite3.DatabaseError):
         text = str(exc).lower()
         if "full" in text or ("disk i/o error" in text and _nearly_full(path)):
@@ -97,8 +88,7 @@ def _storage_error(exc: BaseException, path: Path, advice: str = RESUME_ADVICE) 
         if not isinstance(exc, sqlite3.OperationalError) or any(
                 sign in text for sign in ("malformed", "not a database", "corrupt", "no such", "decode")):
             return corrupt_store_error(path, exc)
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-    return IqadefError(f"{path}: cannot write: {reason}")
+    return write_error(exc, path, advice)
 
 
 def corrupt_store_error(path: Path, exc: BaseException) -> CorruptStoreError:
@@ -157,29 +147,6 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, advice: str = RESUME_ADVICE) -> str:
-    """Write ``data`` to ``path`` via a temporary file + rename; return its sha256.
-
-    The temporary name (``.iqadef-tmp-<pid>-*.tmp``, :func:`~iqadef.core.rundir.temp_prefix`) says that
-    iqadef made it and which process, so a resume sweeps only its own leftovers. On a full disk the
-    error says so and gives ``advice``.
-    """
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise _storage_error(exc, path, advice) from None
-    return hashlib.sha256(data).hexdigest()
 
 
 def _stored(column: str, value: Any) -> Any:
@@ -454,3 +421,60 @@ def export_tables(df: pd.DataFrame, run_dir: Path) -> dict[str, Path]:
         atomic_write_bytes(target, data)
         out[name] = target
     return out
+
+
+# -- read-only access for other threads and for the run folder -------------------------------------------
+def _read_only(db: Path, timeout: float) -> sqlite3.Connection:
+    return sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+
+
+def listed_files(db: Path) -> set[str]:
+    """Cache and example paths the result store ``db`` lists (read-only; a damaged store lists nothing): files
+    of the run folder that iqadef wrote (rundir's ``--fresh``)."""
+    if not db.is_file():
+        return set()
+    paths: set[str] = set()
+    try:
+        con = _read_only(db, timeout=5)
+        try:
+            for (rel,) in con.execute("SELECT path FROM artifacts"):
+                paths.add(str(rel))
+            for (rel,) in con.execute("SELECT DISTINCT example_path FROM cells WHERE example_path != ''"):
+                paths.add(str(rel))
+        finally:
+            con.close()
+    except sqlite3.Error:
+        pass
+    return {p for p in paths if p and p != "None"}
+
+
+def artifact_table(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """The store's artifact table (key -> (relative path, sha256)) as it is now; empty without a store."""
+    path = Path(run_dir) / "results.sqlite"
+    if not path.exists():
+        return {}
+    con = _read_only(path, timeout=30)
+    try:
+        return {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        con.close()
+
+
+class ArtifactReader:
+    """``ResultStore.artifact`` for the unit thread: its own read-only connection to ``results.sqlite``
+    (a SQLite connection belongs to the thread that opened it). A read error counts as a cache miss."""
+
+    def __init__(self, path: Path):
+        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+        self._db: sqlite3.Connection | None = None
+
+    def __call__(self, key: str) -> tuple[str, str] | None:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(self.uri, uri=True, timeout=30, check_same_thread=False)
+            row = self._db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (row[0], row[1]) if row else None

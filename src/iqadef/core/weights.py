@@ -18,6 +18,8 @@ by allow-listing the numeric numpy types only (never arbitrary classes or functi
 from __future__ import annotations
 
 import http.client
+import io
+import json
 import os
 import pickle
 import shutil
@@ -31,10 +33,11 @@ from typing import Any
 
 import torch
 
-from .errors import WeightsError
+from .errors import ConfigError, IqadefError, WeightsError
 from .fetch import FetchError, offline
 from .fetch import download as _download
 from .fetch import sha256_of as sha256_of
+from .files import atomic_write_bytes
 from .sniff import binary_kind, looks_like_text, looks_like_web_page
 
 @dataclass(frozen=True)
@@ -53,11 +56,15 @@ class WeightSpec:
     param: str = "weights_path"
     #: The file's size in bytes, when the plugin knows it (``iqadef weights`` shows it for missing files).
     size: int | None = None
+    #: The authors' own copies that only a person can download (Google Drive folders, Baidu with a code):
+    #: shown by ``iqadef weights`` and in the missing-file error, never fetched.
+    mirrors: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """For ``iqadef weights``: ``size`` is the present file's, else the declared one (None: unknown)."""
         found = find_weights(self)
-        return {"filename": self.filename, "urls": list(self.urls), "sha256": self.sha256,
+        return {"filename": self.filename, "urls": list(self.urls), "mirrors": list(self.mirrors),
+                "sha256": self.sha256,
                 "description": self.description, "expected_at": [str(p) for p in candidate_paths(self)],
                 "present": str(found) if found else None,
                 "size": found.stat().st_size if found else self.size}
@@ -165,7 +172,7 @@ def weight_problems(plugins: Any, *, download: bool | None = None) -> Iterator[t
                     yield plugin, source, exc
 
 
-def fetch_missing(plugins: "Any") -> None:
+def fetch_missing(plugins: Any) -> None:
     """Resolve (download if allowed) every weight file the plugins will load, before any work starts.
 
     A missing file then stops the run at once with the message of :func:`resolve_weights` (where to put
@@ -220,7 +227,8 @@ def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
 def _missing_message(spec: WeightSpec, why: str) -> str:
     places = " or ".join(str(p) for p in candidate_paths(spec))
     urls = ", ".join(spec.urls) or "(no URL known)"
-    return (f"weights {spec.filename!r} not found and {why}. Download it from {urls} and put it at {places} "
+    by_hand = f" (or by hand from the authors' copies: {', '.join(spec.mirrors)})" if spec.mirrors else ""
+    return (f"weights {spec.filename!r} not found and {why}. Download it from {urls}{by_hand} and put it at {places} "
             f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights_path: /path/to/{spec.filename}`)")
 
 
@@ -378,22 +386,47 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label
                            f"unexpected keys [{show(result.unexpected_keys)}]; is it the right file?")
 
 
-def save_trained_weights(out: Path, checkpoint: dict[str, Any], record: dict[str, Any]) -> None:
-    """Write a trained checkpoint to ``out`` and its training record to ``out`` with ``.json``, each
-    atomically (a killed training leaves no half file); what ``train-fcn`` and ``train-dms`` write."""
-    import io
-    import json
-
-    from .errors import IqadefError
-    from .store import atomic_write_bytes
+def trained_record_path(out: Path) -> Path:
+    """Where a trainer writes the training record of the checkpoint ``out``: ``out`` with ``.json``. An
+    ``out`` that already ends in ``.json`` would be overwritten by its own record (no weights left): refused,
+    so a trainer calls this before it trains."""
 
     out = Path(out)
+    record = out.with_suffix(".json")
+    if record == out:
+        raise ConfigError(f"--out {out}: the training record is written to `<out without suffix>.json`, which is "
+                          f"this very file; give the checkpoint another suffix, e.g. --out {out.with_suffix('.pt')}")
+    return record
+
+
+def save_trained_weights(out: Path, checkpoint: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write a trained checkpoint to ``out`` and its training record to :func:`trained_record_path`, each
+    atomically (a killed training leaves no half file); what ``train-fcn`` and ``train-dms`` write. A
+    checkpoint holding NaN or infinite values (a diverged training) is refused, not saved."""
+    out = Path(out)
+    record_path = trained_record_path(out)
+    bad = [name for name, value in _tensors(checkpoint) if value.is_floating_point()
+           and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise IqadefError(f"--out {out}: not written: the trained weights hold NaN or infinite values "
+                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the training diverged: lower "
+                          f"--lr or check the other parameters")
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, buf.getvalue())
-        atomic_write_bytes(out.with_suffix(".json"), json.dumps(record, indent=2, default=float).encode())
+        atomic_write_bytes(record_path, json.dumps(record, indent=2, default=float).encode())
     except OSError as exc:
         raise IqadefError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
 
+
+def _tensors(tree: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` for every tensor in a checkpoint's nested dicts and lists."""
+    if isinstance(tree, torch.Tensor):
+        return [(prefix or "tensor", tree)]
+    if isinstance(tree, dict):
+        return [t for k, v in tree.items() for t in _tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(tree, (list, tuple)):
+        return [t for i, v in enumerate(tree) for t in _tensors(v, f"{prefix}[{i}]")]
+    return []

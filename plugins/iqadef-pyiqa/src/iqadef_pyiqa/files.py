@@ -8,24 +8,56 @@ iqadef's cache, then a verified download unless ``IQADEF_OFFLINE=1`` (:mod:`iqad
 A torch checkpoint is then opened once with ``weights_only=True``: a file holding code is refused before
 pyiqa's own loader sees it. pyiqa's other cache uses (``DEFAULT_CACHE_DIR`` in TOPIQ and LIQE) point at
 ``<iqadef cache>/pyiqa``. Backbones that pyiqa takes from torchvision (``<torch hub>/checkpoints``), timm
-or Hugging Face (the HF cache) are not pyiqa's files: they follow those libraries' rules.
+or Hugging Face (the HF cache) are found where those libraries look; but whoever opens a checkpoint while
+a metric is built (torchvision's ``load_state_dict_from_url`` passes ``weights_only=False``), ``torch.load``
+is iqadef's weights-only load (:func:`weights_only_load`): a file holding code is refused, never run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
+
+from iqadef import WeightsError
 from iqadef.core.weights import WeightSpec, cache_dir, load_checkpoint, resolve_weights
+from iqadef.core.weights import _numpy_safe_globals as numpy_safe_globals  # noqa: PLC2701 - the one list
 
 #: Extensions pyiqa reads with torch.load.
 TORCH_FILES = (".pth", ".pt", ".pkl", ".ckpt", ".bin", ".tar")
 
 _LOCK = threading.RLock()
+_TORCH_LOAD = torch.load  # the real one, whatever routed() puts in its place
+_INSIDE = threading.local()
+
+
+def weights_only_load(f, map_location=None, *args, **kwargs):
+    """``torch.load`` while a metric is built: always ``weights_only=True`` (numpy numbers and arrays
+    allowed), whatever the caller asked for; a path goes through :func:`iqadef.core.weights.load_checkpoint`
+    (its clear errors). Other arguments (``pickle_module``, ``mmap``, ``weights_only``) are ignored."""
+    if getattr(_INSIDE, "active", False):  # load_checkpoint's own torch.load call
+        return _TORCH_LOAD(f, map_location, *args, **kwargs)
+    _INSIDE.active = True
+    try:
+        if isinstance(f, (str, os.PathLike)):
+            return load_checkpoint(f, "cpu" if map_location is None else map_location, allow_numpy=True)
+        name = getattr(f, "name", "a checkpoint stream")
+        try:
+            with torch.serialization.safe_globals(numpy_safe_globals()):
+                return _TORCH_LOAD(f, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise WeightsError(f"{name}: refused to load: the checkpoint holds objects other than tensors, numbers "
+                               f"and plain containers (loaded with weights_only=True, so nothing in it was run); "
+                               f"details: {first}") from None
+    finally:
+        _INSIDE.active = False
 
 
 def spec_for(url: str, file_name: str | None = None, description: str = "") -> WeightSpec:
@@ -56,8 +88,9 @@ def _pyiqa_modules() -> list:
 
 @contextlib.contextmanager
 def routed(loader=resolve):
-    """While inside, every pyiqa module's ``load_file_from_url`` is ``loader`` and its ``DEFAULT_CACHE_DIR``
-    is :func:`pyiqa_cache_dir`; both are put back on exit."""
+    """While inside, every pyiqa module's ``load_file_from_url`` is ``loader``, its ``DEFAULT_CACHE_DIR``
+    is :func:`pyiqa_cache_dir` and ``torch.load`` is :func:`weights_only_load` (for every loader: pyiqa,
+    torchvision, timm, Hugging Face); all are put back on exit."""
     import pyiqa  # noqa: F401  (imports every architecture module, so all their references are seen)
     from pyiqa.utils import download_util
 
@@ -71,6 +104,8 @@ def routed(loader=resolve):
                 if attr in module.__dict__ and (attr != "load_file_from_url" or current is original):
                     saved.append((module, attr, current))
                     setattr(module, attr, value)
+        saved.append((torch, "load", torch.load))
+        torch.load = weights_only_load
         try:
             yield
         finally:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from ..scores import CONFIDENCE, metric_info, metric_span, score_warnings
+from ..scores import CONFIDENCE, metric_info, metric_span, paper_gain, score_warnings
 from .certified import certified_table, certified_warnings
 from .figures import MAX_LINES, ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
 from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
@@ -303,7 +303,7 @@ def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTable
         finite = isinstance(f_x, float) and isinstance(f_dxa, float)
         cell["norm_gain"] = abs(f_x - f_dxa) / span if finite else None
         if cell["gain"] is None and finite and f_x != 0.0:
-            cell["gain"] = abs(f_x - f_dxa) / f_x  # the gain plugin is off: the formula of summary_table
+            cell["gain"] = float(paper_gain(f_x, f_dxa))  # the gain plugin is off
         cells.append(cell)
     return {"thumbs": thumbs, "cells": cells}
 

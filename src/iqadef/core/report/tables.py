@@ -18,22 +18,13 @@ import pandas as pd
 from scipy import stats
 
 from ..scores import (GROUP_COLUMNS, aggregate, bootstrap_ci, mean_ci, metric_info, metric_span, normalised_gain,
-                      ok_rows)
+                      ok_rows, paper_gain)
 
 CLEAN_ROW = "clean"
 N_BINS = 5
 
 
 # -- the short table -----------------------------------------------------------------------------
-def _gain(f_ref: pd.Series, f_other: pd.Series) -> np.ndarray:
-    ref = f_ref.to_numpy(dtype=float)
-    other = f_other.to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.abs(ref - other) / ref
-    out[ref == 0] = np.nan
-    return out
-
-
 def summary_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> pd.DataFrame:
     """Mean gain |f(x) - f(D(x_a))| / f(x) with its 95% CI per metric × attack × defence.
 
@@ -45,7 +36,7 @@ def summary_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> p
         good = ok_rows(group)
         row = dict(zip(GROUP_COLUMNS, keys))
         row["n_images"], row["n_failed"] = int(len(good)), int(len(group) - len(good))
-        gains = _gain(good["f_clean"], good["f_def_adv"]) if len(good) else np.array([])
+        gains = paper_gain(good["f_clean"], good["f_def_adv"]) if len(good) else np.array([])
         row["gain"], row["gain_ci_low"], row["gain_ci_high"], _ = mean_ci(gains)
         if "quality_score" in good.columns:
             row["quality_score"] = mean_ci(good["quality_score"].to_numpy(dtype=float))[0]
@@ -102,7 +93,7 @@ def adaptive_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> 
     if not len(df) or not {"attack", "defence", "metric", "image"} <= set(df.columns):
         return pd.DataFrame(columns=list(ADAPTIVE_COLUMNS))
     good = ok_rows(df).copy()
-    good["_gain"] = _gain(good["f_clean"], good["f_def_adv"])
+    good["_gain"] = paper_gain(good["f_clean"], good["f_def_adv"])
     sign = good["metric"].map(lambda m: 1.0 if metric_info(run_info, m)["higher_is_better"] else -1.0)
     span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m)))
     good["_rise"] = sign * (good["f_def_adv"].astype(float) - good["f_def_clean"].astype(float)) / span
@@ -150,8 +141,8 @@ def gain_matrix(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     good = ok_rows(df[df["metric"] == metric]).copy()
     if good.empty:
         return pd.DataFrame()
-    good["_gain"] = _gain(good["f_clean"], good["f_def_adv"])
-    good["_gain_clean"] = _gain(good["f_clean"], good["f_def_clean"])
+    good["_gain"] = paper_gain(good["f_clean"], good["f_def_adv"])
+    good["_gain_clean"] = paper_gain(good["f_clean"], good["f_def_clean"])
     matrix = good.pivot_table(index="attack", columns="defence", values="_gain", aggfunc="mean",
                               sort=False, dropna=False)
     # D(x) does not depend on the attack: one value per image and defence.
@@ -227,7 +218,7 @@ def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metr
         return pd.DataFrame(columns=list(RANKING_COLUMNS))
     span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m))).to_numpy(dtype=float)
     good = good.assign(_norm=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
-                       _gain=_gain(good["f_clean"], good["f_def_adv"]))
+                       _gain=paper_gain(good["f_clean"], good["f_def_adv"]))
     measures = ["_norm"] + [c for c in ("quality_score", "similarity_score") if c in good.columns]
     for col in measures[1:]:
         good[col] = pd.to_numeric(good[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
@@ -278,7 +269,7 @@ def binned_gain(df: pd.DataFrame, metric: str, column: str) -> pd.DataFrame:
     good = ok_rows(df[df["metric"] == metric]).copy()
     if good.empty or column not in good.columns:
         return pd.DataFrame()
-    good["_gain"] = _gain(good["f_clean"], good["f_def_adv"])
+    good["_gain"] = paper_gain(good["f_clean"], good["f_def_adv"])
     values = pd.to_numeric(good[column], errors="coerce")
     good = good[np.isfinite(values)]
     values = values[np.isfinite(values)]

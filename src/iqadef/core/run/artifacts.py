@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ..store import ArtifactReader as ArtifactReader  # its home is the store (the one owner of SQL)
 
 
 def _hash(*parts: Any) -> str:
@@ -29,35 +31,47 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images.clamp(0, 1) * 255.0) / 255.0
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
+#: The PNG text chunk of a cached x_a that records a black-box attack's queries for it.
+QUERIES_CHUNK = "iqadef:queries"
+#: The PNG text chunk of a cached x_a that records the native value a budget search chose (core/budget.py).
+NATIVE_CHUNK = "iqadef:native_value"
+
+
+def png_bytes(image: torch.Tensor, queries: int | None = None, native: float | None = None) -> bytes:
+    """``image`` as an 8-bit PNG; ``queries`` (a black-box attack's count for it) and ``native`` (the value a
+    budget search chose for it) go into text chunks, so a cached x_a read back by a later unit or a resumed
+    run still knows what it cost and how it was made."""
     arr = (quantize(image.detach().cpu()) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr), mode="RGB").save(buf, format="PNG", compress_level=1)
+    info = None
+    if queries is not None or native is not None:
+        info = PngInfo()
+        if queries is not None:
+            info.add_text(QUERIES_CHUNK, str(int(queries)))
+        if native is not None:
+            info.add_text(NATIVE_CHUNK, repr(float(native)))
+    Image.fromarray(np.ascontiguousarray(arr), mode="RGB").save(buf, format="PNG", compress_level=1, pnginfo=info)
     return buf.getvalue()
+
+
+def png_queries(data: bytes) -> int | None:
+    """The queries recorded by :func:`png_bytes` in a PNG, None when it records none."""
+    with Image.open(io.BytesIO(data)) as img:
+        value = getattr(img, "text", {}).get(QUERIES_CHUNK)
+    return int(value) if value is not None else None
+
+
+def png_native(data: bytes) -> float | None:
+    """The native value recorded by :func:`png_bytes` in a PNG, None when it records none."""
+    with Image.open(io.BytesIO(data)) as img:
+        value = getattr(img, "text", {}).get(NATIVE_CHUNK)
+    return float(value) if value is not None else None
 
 
 def read_png(path: Path | io.BytesIO) -> torch.Tensor:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-class ArtifactReader:
-    """``ResultStore.artifact`` for the unit thread: its own read-only connection to ``results.sqlite``
-    (a SQLite connection belongs to the thread that opened it). A read error counts as a cache miss."""
-
-    def __init__(self, path: Path):
-        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-        self._db: sqlite3.Connection | None = None
-
-    def __call__(self, key: str) -> tuple[str, str] | None:
-        try:
-            if self._db is None:
-                self._db = sqlite3.connect(self.uri, uri=True, timeout=30, check_same_thread=False)
-            row = self._db.execute("SELECT path, sha256 FROM artifacts WHERE key = ?", (key,)).fetchone()
-        except sqlite3.Error:
-            return None
-        return (row[0], row[1]) if row else None
 
 
 def adv_file(key: str) -> str:

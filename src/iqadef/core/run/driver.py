@@ -4,6 +4,7 @@ folder and the result store; then exports the tables. Entry point: :func:`run_gr
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..store import (
 from ..weights import fetch_missing
 from .artifacts import ArtifactReader
 from .local import execute_local
-from .plan import GridIndex, grid_defences, plan_units, reuse_renamed, run_info
+from .plan import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
 from .progress import _progress
 from .worker import Worker
 
@@ -76,9 +77,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             finished = store.finished()
             relabelled = reuse_renamed(store, config, dataset, finished)
             units = plan_units(config, dataset, finished)
-            total_cells = len(dataset) * len(config.metrics) * len(config.attacks) * len(grid_defences(config))
-            batches = dataset.batches(config.batch_size)
-            todo_cells = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+            size = grid_size(config, dataset, units)
+            total_cells, todo_cells = size.cells, size.todo
             computed = 0
             executor = executor or config.executor
             if announce is not None:
@@ -109,7 +109,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             everything = store.dataframe()
             current = GridIndex(config, dataset)
             in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
-            df = everything[in_grid].reset_index(drop=True)
+            df = current_labels(everything[in_grid].reset_index(drop=True), config)
             other = len(everything) - len(df)
         finally:
             store.close()
@@ -118,6 +118,19 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         table = summary_table(df, info)
     return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
                       time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled)
+
+
+def current_labels(df: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """The run's rows under the labels of the run's configuration (found by key): a cell stored under a
+    label of an older iqadef (``eps=0.0156863`` for ``eps=4/255``, ``jpeg`` for a sweep's
+    ``jpeg[quality=50]``) is the same cell, and shows as the rest of the run does. The store keeps what it
+    stored; only the exported tables are relabelled."""
+    plugins = {"metric": config.metrics, "attack": config.attacks, "defence": grid_defences(config)}
+    for column, items in plugins.items():
+        if len(df) and f"{column}_key" in df.columns:
+            by_key = {item.key(): item.label for item in items}
+            df[column] = df[f"{column}_key"].map(by_key).fillna(df[column])
+    return df
 
 
 def _report_cells(bar: Any, on_cells: Callable[[int], None] | None) -> Callable[[int], None]:
@@ -143,20 +156,11 @@ def opening_line(config: RunConfig, images: int, total: int, todo: int, device: 
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
-    """Mean gain |f(x) - f(D(x_a))| / |f(x)| per metric x attack x defence (the short end-of-run table)."""
-    try:
-        from ..report import summary_table as full_summary
-    except ImportError:
-        full_summary = None
-    if full_summary is not None:
-        return full_summary(df, info)
-    ok = df[df["status"] == "ok"] if len(df) else df
-    if not len(ok):
-        return pd.DataFrame(columns=["metric", "attack", "defence", "gain", "cells"])
-    gain = (ok["f_clean"] - ok["f_def_adv"]).abs() / ok["f_clean"].abs().clip(lower=1e-12)
-    out = ok.assign(gain=gain).groupby(["metric", "attack", "defence"], sort=False).agg(
-        gain=("gain", "mean"), cells=("gain", "size")).reset_index()
-    return out
+    """The short end-of-run table: the report's mean gain |f(x) - f(D(x_a))| / f(x) per metric x attack x
+    defence, with its interval (core/report/tables.py, :func:`~iqadef.core.scores.paper_gain`)."""
+    from ..report import summary_table as report_summary
+
+    return report_summary(df, info)
 
 
 def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
@@ -166,19 +170,18 @@ def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
     of defences and images. A rough estimate: plugins are loaded before the clock starts (a run loads each
     once more), the clean side of a batch is timed with the first attack as in a run, and a batch's cost
     grows with its images' sizes, not only with their number."""
-    import tempfile
-
     device = config.torch_device()
     batches = dataset.batches(config.batch_size)
     first: dict[tuple[int, int], Any] = {}
     for unit in units:
         first.setdefault((unit.metric, unit.attack), unit)
     timed: dict[tuple[int, int], float] = {}
+    defences = grid_defences(config)  # a unit's defence indices count the certified defences too
     with tempfile.TemporaryDirectory(prefix="iqadef-plan-") as tmp:
         worker = Worker(config, dataset, Path(tmp), lambda key: None, device, registry)
         for pair, unit in first.items():
             for plugin in (config.metrics[unit.metric], config.attacks[unit.attack].attack,
-                           *(config.defences[d] for d in unit.defences)):
+                           *(defences[d] for d in unit.defences)):
                 plugin.load(device)
             started = time.perf_counter()
             worker.compute(unit)

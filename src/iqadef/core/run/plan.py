@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..._version import __version__
 from ..base import Defence
 from ..dataset import Dataset, ImageItem
 from ..registry import RunConfig
@@ -40,6 +41,33 @@ def grid_defences(config: RunConfig) -> list:
     A unit's defence index ``d`` at or past ``len(config.defences)`` is certified defence
     ``d - len(config.defences)``."""
     return [*config.defences, *config.certified]
+
+
+@dataclass(frozen=True)
+class GridSize:
+    """The grid's axes, its cells and how many of them the planned units compute: what ``iqadef plan`` and
+    the run's opening line report (one count for both, certified defences on the defence axis)."""
+
+    images: int
+    metrics: int
+    attacks: int
+    defences: int  #: the defence axis (grid_defences): the defences, then the certified defences
+    todo: int
+
+    @property
+    def cells(self) -> int:
+        return self.images * self.metrics * self.attacks * self.defences
+
+    @property
+    def done(self) -> int:
+        return self.cells - self.todo
+
+
+def grid_size(config: RunConfig, dataset: Dataset, units: list[Unit]) -> GridSize:
+    """The size of the grid of ``config`` over ``dataset``, and the cells of ``units`` (plan_units) to do."""
+    batches = dataset.batches(config.batch_size)
+    todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+    return GridSize(len(dataset), len(config.metrics), len(config.attacks), len(grid_defences(config)), todo)
 
 
 def batch_keys(items: list[ImageItem]) -> list[str]:
@@ -149,8 +177,6 @@ def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finis
 def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
     """``run.json``: what the report needs, and what ``iqadef verify`` needs to recompute a cell (the raw
     registry, the registry file it was read from, ``--limit``, torch's thread count)."""
-    from ... import __version__
-
     return {
         "iqadef_version": __version__,
         "metrics": {m.label: {"name": m.name, "range": list(m.range), "higher_is_better": m.higher_is_better}

@@ -36,7 +36,6 @@ nodes (otherwise a node that cannot read them recomputes them - same result, mor
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 from collections import deque
@@ -50,7 +49,11 @@ from ..dataset import Dataset
 from ..errors import ConfigError, IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import RayOptions, RunConfig
+from ..scores import image_score_classes
+from ..store import artifact_table
 from ..weights import fetch_missing
+from .plan import describe_unit, failed_rows
+from .worker import UnitResult, Worker
 
 
 def import_ray() -> Any:
@@ -84,8 +87,6 @@ def check_picklable(config: RunConfig) -> None:
 
 
 def score_classes(registry: PluginRegistry | None) -> list[type]:
-    from ..scores import image_score_classes
-
     return image_score_classes(registry or get_registry())
 
 
@@ -98,16 +99,7 @@ class ScoreTable:
 
 def artifact_snapshot(run_dir: Path) -> dict[str, tuple[str, str]]:
     """The store's artifact table (key -> (relative path, sha256)) as it is when the run starts."""
-    path = Path(run_dir) / "results.sqlite"
-    if not path.exists():
-        return {}
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        return {k: (p, s) for k, p, s in con.execute("SELECT key, path, sha256 FROM artifacts")}
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        con.close()
+    return artifact_table(run_dir)
 
 
 def actor_device(device: str) -> torch.device:
@@ -131,8 +123,6 @@ class UnitActor:
                 sys.path.append(entry)
         torch.set_num_threads(torch_threads)
         from ray import cloudpickle
-
-        from .worker import Worker
 
         try:
             config, dataset, run_dir, scores, artifacts = cloudpickle.loads(payload)
@@ -203,9 +193,6 @@ def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, 
     timeout = getattr(config, "unit_timeout", None)
 
     def timed_out(unit: Any) -> Any:
-        from .plan import describe_unit, failed_rows
-        from .worker import UnitResult
-
         batches = dataset.batches(config.batch_size)
         reason = (f"{describe_unit(config, batches, unit)} did not finish within unit_timeout: {timeout:g} s on its "
                   f"Ray worker, which was stopped; run it with `executor: local` to see which plugin call hangs")

@@ -26,7 +26,7 @@ import torch
 from ..base import Metric, answer_for
 from ..cells import CellBatch
 from ..guard import CellFailure, GuardedMetric, Tripwire
-from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores
+from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores, score_bins
 from .artifacts import _seed, example_name, png_bytes
 from .plan import Unit, cell_row, grid_defences
 
@@ -180,7 +180,7 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
         values = [float(clean["f"][i]), float(f_adv[i]), float(s_clean.value[i]), float(s_adv.value[i])]
         row = cell_row(cfg, unit, d, item, key)
         row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
-                   adv_path=adv_paths[i],
+                   adv_path=adv_paths[i], queries=worker.queries_of(adv_paths[i]),
                    scores={**{k: float(v[i]) for k, v in scores.items()}, **{k: v[i] for k, v in extra.items()}})
         bad = [n for n, v in zip(("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"), values) if not math.isfinite(v)]
         if bad:
@@ -219,8 +219,6 @@ def _radius_columns(smoothing: MetricSmoothing, l2: torch.Tensor, clean: Smoothe
     """The bin of each image, clean and attacked, its certified radius, the bin of the plain metric's f(x) (the
     "correct" class of certified accuracy) and whether the attacked image kept the clean bin where the
     certificate covers it (``adv_l2 < radius``, not abstained; NaN elsewhere)."""
-    from ..smoothing import score_bins
-
     low, high = (float(v) for v in metric.range)
     bins = getattr(smoothing, "bins", None)
     truth = score_bins(f_clean.detach().float().cpu(), low, high, int(bins)).float() if bins else \

@@ -40,6 +40,11 @@ from ..plugins import PluginRegistry, get_registry
 from ..store import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored_form
 from .artifacts import adv_file
 from .recorded import open_grid, read_run_info
+from ..weights import fetch_missing
+from .local import execute_local
+from .plan import Unit, batch_keys, cell_row, grid_defences
+from .progress import _progress
+from .worker import UnitResult, Worker
 
 DEFAULT_CELLS = 20
 #: Relative and absolute tolerance: a recomputation on the same machine is bit-identical; these leave
@@ -144,13 +149,10 @@ class _FileCheck:
 
 
 def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = None, *,
-               registry: PluginRegistry | None = None, rtol: float = RTOL, atol: float = ATOL) -> Verdict:
-    """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring)."""
-    from ..weights import fetch_missing
-    from .local import execute_local
-    from .plan import Unit, batch_keys, cell_row, grid_defences
-    from .worker import UnitResult, Worker
-
+               registry: PluginRegistry | None = None, rtol: float = RTOL, atol: float = ATOL,
+               progress: bool | None = False) -> Verdict:
+    """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring).
+    ``progress``: as for ``iqadef run`` (a bar on a terminal, plain lines otherwise; False: none)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise IqadefError(f"{run_dir}: not a folder; give the run folder of `iqadef run` (its `output`)")
@@ -226,7 +228,14 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
             torch.set_num_threads(int(info["torch_threads"]))  # sums in the run's order
         try:
             worker = Worker(config, dataset, run_dir, lambda key: None, config.torch_device(), registry)
-            results: list[UnitResult] = [result for _, result in execute_local(worker, units, config.unit_timeout)]
+            results: list[UnitResult] = []
+            cells_todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
+            with _progress(progress, len(units), cells_todo, what="verify",
+                           cell_label="cells recomputed") as bar:
+                worker.on_cells = bar.cell
+                for _, result in execute_local(worker, units, config.unit_timeout):
+                    bar.unit(len(result.rows))
+                    results.append(result)
         finally:
             torch.set_num_threads(threads)
         for result in results:

@@ -40,6 +40,7 @@ VGG16_BACKBONE = WeightSpec(
     sha256="397923af",  # the prefix torchvision's file name carries (and torchvision checks)
     description="torchvision VGG16 ImageNet weights (only the features.* convolutions are used)",
     param="backbone_path",
+    size=553_433_881,  # torchvision's VGG16_Weights.IMAGENET1K_V1 meta: _file_size 527.796 (MiB)
 )
 LPIPS_VGG_LIN = WeightSpec(
     filename="lpips_v0.1_vgg.pth",

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from iqadef import Attack, ConfigError, Metric, Param, attack_loss, hookimpl
+from iqadef.core.files import atomic_write_bytes
 from iqadef.core.weights import cache_dir, load_checkpoint
 
 #: The amplitudes the benchmark sweeps for its trained attacks (ADI
@@ -178,15 +178,11 @@ def save_perturbation(perturbation: torch.Tensor, path: Path) -> None:
 
 
 def save_tensors(state: dict, path: Path) -> None:
-    """Write a dict of tensors via a temporary file and a rename, so a crash never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write a dict of tensors through the one atomic-write helper (temporary file + rename, the umask's
+    mode), so a crash never leaves a half file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 class TrainedAttack(Attack):

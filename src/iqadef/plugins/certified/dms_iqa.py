@@ -21,7 +21,7 @@ from torch import nn
 
 from iqadef import Command, ConfigError, IqadefError, MetricSmoothing, Param, WeightsError, hookimpl
 from iqadef.core.smoothing import median_certificate, smoothing_params
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights
+from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
 
 TRAIN_COMMAND = "iqadef train-dms RUN_DIR --out dms.pt"
 
@@ -148,12 +148,20 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
     from iqadef.core.registry import parse_run_config
 
     run_dir = Path(run_dir)
+    values = {"sigma": sigma, "epochs": epochs, "batch_size": batch_size, "lr": lr, "rank_weight": rank_weight,
+              "target_weight": target_weight, "seed": seed}
+    for param in TRAIN_PARAMS:  # as a registry validates: finite, in range, one line naming the option
+        param.validate(values[param.name], "--" + param.name.replace("_", "-"))
+    trained_record_path(Path(out))  # an --out its own record would overwrite: refused before training
     info_file = run_dir / "run.json"
     if not info_file.is_file():
         raise IqadefError(f"{run_dir}: no run.json; give the folder of a finished `iqadef run` (its `output`)")
-    if not sigma > 0:
-        raise IqadefError(f"--sigma {sigma}: must be > 0 (the noise of the dms-iqa entry it is for)")
-    info = json.loads(info_file.read_text())
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise IqadefError(f"{info_file}: cannot be read ({exc}); run the registry again to write it") from None
+    if not isinstance(info, dict) or not isinstance(info.get("registry"), dict) or not info.get("registry_file"):
+        raise IqadefError(f"{info_file}: holds no registry; run the registry again with this iqadef to write it")
     config = parse_run_config(dict(info["registry"]), Path(info["registry_file"]))
     labels = [m.label for m in config.metrics]
     chosen = config.metrics[labels.index(metric)] if metric in labels else None
@@ -176,6 +184,15 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
     save_trained_weights(Path(out), {"model": state, "sigma": float(sigma), "width": record["width"],
                                      "depth": record["depth"]}, record)
     return record
+
+
+#: What ``train-dms`` accepts (validated like registry parameters, so ``--sigma inf`` or ``--batch-size 0``
+#: is one line naming the option, not a traceback or NaN weights).
+TRAIN_PARAMS = (
+    Param("sigma", float, 0.25, low=1e-6), Param("epochs", int, 50, low=1), Param("batch_size", int, 4, low=1),
+    Param("lr", float, 1e-3, low=1e-12), Param("rank_weight", float, 1.0, low=0.0),
+    Param("target_weight", float, 1.0, low=0.0), Param("seed", int, 0),
+)
 
 
 class TrainDMSCommand(Command):

@@ -4,7 +4,7 @@ Gaussian-noised copies), certified with the expectation bound of Salman et al. (
 
 from __future__ import annotations
 
-from iqadef import MetricSmoothing, Param, hookimpl
+from iqadef import ConfigError, MetricSmoothing, Param, hookimpl
 from iqadef.core.smoothing import mean_certificate, smoothing_params
 
 
@@ -22,13 +22,23 @@ class MeanSmoothing(MetricSmoothing):
         Param("high", float, None, "upper bound of the clipped metric; null: the metric's range", nullable=True),
     )
 
-    def bounds(self, metric) -> tuple[float, float]:
+    def __init__(self, where: str | None = None, **values):
+        super().__init__(where, **values)
+        if self.low is not None and self.high is not None and not self.high > self.low:
+            raise ConfigError(f"{where or self.name}.low: {self.low!r} must be below high ({self.high!r}); "
+                              f"swap them, or leave both out for the metric's range")
+
+    def check_metric(self, metric, where: str) -> None:
+        """A bound given on one side only must still leave an interval with the metric's range."""
+        self.bounds(metric, where)
+
+    def bounds(self, metric, where: str = "mean-smoothing") -> tuple[float, float]:
         low = metric.range[0] if self.low is None else self.low
         high = metric.range[1] if self.high is None else self.high
         if not high > low:
-            from iqadef import ConfigError
-
-            raise ConfigError(f"mean-smoothing: low {low!r} must be below high {high!r} (params `low`, `high`)")
+            key = "low" if self.low is not None else "high"
+            raise ConfigError(f"{where}.{key}: low {low!r} must be below high {high!r} (with metric "
+                              f"{metric.label!r}, whose range is {list(metric.range)}); give both `low` and `high`")
         return float(low), float(high)
 
     def aggregate(self, samples, metric):

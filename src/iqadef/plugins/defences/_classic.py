@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from iqadef import ConfigError
+
+from ._jpeg_codec import diff_jpeg_255
+
 #: Kernel sizes the reference sweeps for its blur defences.
 KERNEL_PRESETS = (3, 5, 7, 9, 11)
 
@@ -70,8 +74,6 @@ def differentiable_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     Hard rounding forward, the reference's surrogate gradient backward (see ``_jpeg_codec``); the result is
     cropped back to the input size and lies in [0, 1].
     """
-    from ._jpeg_codec import diff_jpeg_255
-
     height, width = images.shape[-2:]
     bottom, right = reference_jpeg_padding(height, width)
     padded = pad_reflect(images, 0, right, 0, bottom)
@@ -80,8 +82,6 @@ def differentiable_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
 
 def require_odd_kernel(plugin, where: str | None = None) -> None:
     """Refuse an even ``kernel_size`` with a ConfigError naming the key (blur windows need a centre pixel)."""
-    from iqadef.core.errors import ConfigError
-
     if plugin.kernel_size % 2 == 0:
         place = where or plugin.name
         raise ConfigError(f"{place}.kernel_size: {plugin.kernel_size} is even; use an odd size such as "

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from iqadef import Param, hookimpl
-from iqadef.core.errors import ConfigError
+from iqadef import ConfigError, Param, hookimpl
+from iqadef.core.plugins import get_registry
 
 from .diffpure import DiffPure
 
@@ -42,8 +42,6 @@ class DiffPureUnsharp(DiffPure):
 
 
 def _unsharp_class() -> type:
-    from iqadef.core.plugins import get_registry
-
     try:
         return get_registry().get("defences", "unsharp")
     except ConfigError as exc:

@@ -24,7 +24,7 @@ from torch import nn
 
 from iqadef import Command, ConfigError, Defence, IqadefError, Param, WeightsError, hookimpl
 from iqadef.core.dataset import read_image
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights
+from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
 
 #: File name of the weights shipped inside the package (``iqadef/data/weights/``).
 PACKAGED_WEIGHTS = "fcn_tiny-iqa.pt"
@@ -168,7 +168,7 @@ def train_fcn(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, epochs: int
     ``best_epoch``, ``best_val_ssim``, and for the best weights ``val_psnr_input`` (attacked vs clean)
     and ``val_psnr_output`` (purified vs clean), plus the split sizes.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
         raise ConfigError(f"train_fcn: epochs ({epochs}) and batch_size ({batch_size}) must be >= 1, lr ({lr}) > 0")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"train_fcn: val_fraction must be in (0, 1), got {val_fraction}")
@@ -273,6 +273,7 @@ def train_fcn_from_run(run_dir: Path, out: Path, *, epochs: int = 200, batch_siz
                        seed: int = 0, crop: int | None = None, metric: str | None = None,
                        attack: str | None = None) -> dict[str, Any]:
     """Train on a run's pairs and write the weights to ``out`` (plus ``out`` with ``.json``: the record)."""
+    trained_record_path(Path(out))  # an --out its own record would overwrite: refused before training
     pairs, df = collect_pairs(Path(run_dir), metric=metric, attack=attack)
     # split by image (the reference's 80/20 split of images), so no image is on both sides
     state, record = train_fcn(pairs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop,

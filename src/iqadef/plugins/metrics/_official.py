@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iqadef import WeightsError
-from iqadef.core.params import Param
+from iqadef import Param, WeightsError
 from iqadef.core.weights import load_state_dict_strict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -48,6 +48,8 @@ P1Q2 = WeightSpec(
                  "metrics/subjects/linearity/Dockerfile). The authors share it via Baidu "
                  "(https://pan.baidu.com/s/1MRamimHWX8F-SOQ_QsIrvg, code 4z7z) and Google Drive "
                  "(https://drive.google.com/drive/folders/1H79ptqjcR4NH6HP4wLsEmqwhNqNNqXwh)"),
+    mirrors=("https://pan.baidu.com/s/1MRamimHWX8F-SOQ_QsIrvg (code 4z7z)",
+             "https://drive.google.com/drive/folders/1H79ptqjcR4NH6HP4wLsEmqwhNqNNqXwh"),  # lidq92/LinearityIQA README
 )
 
 

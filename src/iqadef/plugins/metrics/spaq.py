@@ -40,6 +40,7 @@ BL_RELEASE = WeightSpec(
                  "benchmark downloads (msu-video-group/adversarial-defenses-for-iqa, metrics/subjects/spaq). "
                  "The authors share it on Google Drive: "
                  "https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view"),
+    mirrors=("https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view",),  # h4nwei/SPAQ README
 )
 
 

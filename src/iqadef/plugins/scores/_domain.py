@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from iqadef.core.errors import ConfigError
+from iqadef import ConfigError
 
 #: Noise of the reference's stochastic map (NOT.py: ``Z_STD``, ``Z_SIZE``).
 Z_STD = 0.1

@@ -8,7 +8,6 @@ valid region and over the RGB channels).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -217,9 +216,3 @@ def _chunks(keys: list, todo: dict) -> list[list]:
 
 def as_float_tensor(values) -> torch.Tensor:
     return torch.as_tensor(values).detach().to(torch.float64).cpu().reshape(-1)
-
-
-def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``num / den`` with NaN where ``den`` is 0 (instead of ±inf)."""
-    out = num / den
-    return torch.where(den == 0, torch.full_like(out, math.nan), out)

@@ -5,25 +5,26 @@ from __future__ import annotations
 import torch
 
 from iqadef import ImageScore, hookimpl
+from iqadef.core.scores import paper_gain
 
-from ._measures import as_float_tensor, safe_ratio
+from ._measures import as_float_tensor
 
 
 class GainScore(ImageScore):
     """Gain |f(x) - f(D(x_a))| / f(x) (lower is better), and its clean-image twin |f(x) - f(D(x))| / f(x).
 
     Column ``gain`` is the paper's score (adversarial_purification ``test.py``); ``gain_clean`` is the
-    same for the defence applied to the clean image (the "clean" row of Figure 3). NaN when f(x) = 0.
+    same for the defence applied to the clean image (the "clean" row of Figure 3). NaN when f(x) = 0
+    (:func:`iqadef.core.scores.paper_gain`, the formula the report averages).
     """
 
     name = "gain"
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
-        f_x = as_float_tensor(cells.f_clean)
-        f_dxa = as_float_tensor(cells.f_def_adv)
-        f_dx = as_float_tensor(cells.f_def_clean)
-        return {"gain": safe_ratio((f_x - f_dxa).abs(), f_x),
-                "gain_clean": safe_ratio((f_x - f_dx).abs(), f_x)}
+        f_x = as_float_tensor(cells.f_clean).numpy()
+        f_dxa = as_float_tensor(cells.f_def_adv).numpy()
+        f_dx = as_float_tensor(cells.f_def_clean).numpy()
+        return {"gain": torch.from_numpy(paper_gain(f_x, f_dxa)), "gain_clean": torch.from_numpy(paper_gain(f_x, f_dx))}
 
 
 @hookimpl

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from iqadef import Param, hookimpl
-from iqadef.core.errors import ConfigError
+from iqadef import ConfigError, Param, hookimpl
 from iqadef.core.scores import SummaryScore, mean_ci
 
 from ._domain import load_domain_maps, metric_key
