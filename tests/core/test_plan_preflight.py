@@ -8,7 +8,10 @@ import json
 import iqadef.cli as cli
 from iqadef.cli import main
 
-from test_cli_commands import _checkpoint, _weighted_registry, server  # noqa: F401 - server is a fixture
+import test_cli_commands
+from test_cli_commands import _checkpoint, _weighted_registry
+
+server = test_cli_commands.server  # the local HTTP server fixture
 
 
 def _registry_file(tmp_path, images, metric: str = "toy-scaled"):
