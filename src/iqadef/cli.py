@@ -264,18 +264,37 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
         "plugin_calls": plugin_calls(config, dataset, units),
         "measured": None,
     }
-    if args.measure and units:
+    out.update(missing_weights(config))
+    if args.measure and units and not out["weights_blocking"]:
         from .core.run.driver import measure_units
 
         out["measured"] = measure_units(config, dataset, units, registry=_registry())
     return out
 
 
+def missing_weights(config) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001 - a RunConfig
+    """The pre-flight half of ``iqadef plan``: the weight files the grid's plugins load and that are not here,
+    checked by the code ``iqadef run`` checks them with before any work (``core.weights.weight_problems``),
+    without downloading. ``weights_to_download``: ``run`` will download them (a URL, not offline);
+    ``weights_blocking``: ``run`` would stop at once, with this message (where to put the file)."""
+    from .core.fetch import offline
+    from .core.weights import find_weights, weight_problems
+
+    to_download, blocking = [], []
+    for plugin, spec, error in weight_problems(config.plugins(), download=False):  # absent, or corrupt
+        row = {"plugin": f"{plugin.kind} {plugin.label}", "file": spec.filename if spec else None}
+        if spec is not None and spec.urls and not offline() and find_weights(spec) is None:
+            to_download.append(dict(row, url=spec.urls[0], size=spec.size))
+        else:
+            blocking.append(dict(row, fix=str(error)))
+    return {"weights_to_download": to_download, "weights_blocking": blocking}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     plan = plan_grid(args)
     if args.json:
         print(json.dumps(plan, indent=2))
-        return EXIT_OK
+        return EXIT_USER_ERROR if plan["weights_blocking"] else EXIT_OK
     print(f"grid: {plan['images']} images x {len(plan['metrics'])} metrics x {len(plan['attacks'])} attacks x "
           f"{len(plan['defences']) + len(plan['certified'])} defences = {plan['cells']} cells")
     for kind in ("metrics", "attacks", "defences", "certified"):
@@ -297,8 +316,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if measured:
         print(f"time: about {_duration(measured['seconds'])} on {measured['device']} (timed {measured['timed_units']} "
               f"unit(s), one per metric x attack, and scaled by defences and images; loading plugins not included)")
-    elif plan["units_to_do"]:
+    elif plan["units_to_do"] and not plan["weights_blocking"]:
         print("time: `iqadef plan --measure` times one unit per metric x attack and extrapolates")
+    for row in plan["weights_to_download"]:
+        size = f", {_size(row['size'])}" if row["size"] else ""
+        print(f"weights: {row['plugin']}: {row['file']} is not here yet; `iqadef run` downloads it from "
+              f"{row['url']}{size} (now: `iqadef weights fetch --registry {args.registry}`)")
+    for row in plan["weights_blocking"]:
+        print(f"error: {row['plugin']}: {row['fix']}", file=sys.stderr)
+    if plan["weights_blocking"]:
+        return EXIT_USER_ERROR
+    print("ready: the dataset and every weight file the grid loads are in place"
+          + (" or will be downloaded" if plan["weights_to_download"] else ""))
     return EXIT_OK
 
 

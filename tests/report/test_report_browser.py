@@ -94,7 +94,7 @@ def test_report_works_in_headless_chromium(report_page, tmp_path):
                 assert -2 <= top < 900, (anchor, top)  # at the top, or as far as the page scrolls
 
             # clicking a header sorts the rows by that column, clicking again reverses them
-            table = "h3#ranking-pooled + div table"  # the pooled ranking
+            table = "h3#ranking-toy-metric + div table"  # the metric's ranking (one metric: no pooled one)
             before = _first_column(page, table)
             assert len(before) == 2
             header = page.locator(f"{table} thead th", has_text="defence").first
@@ -132,6 +132,22 @@ def test_report_works_in_headless_chromium(report_page, tmp_path):
             # the filter box hides the rows without its text
             page.fill("#tables .table-box:has(table.summary) input.filter", "toy-blur")
             assert page.eval_on_selector_all("table.summary tbody tr", "rs => rs.filter(r => !r.hidden).length") == 1
+
+            # above the fold: the best defence per attack and the gain-quality figure, drawn
+            page.evaluate("window.scrollTo(0, 0)")
+            top = page.evaluate("document.getElementById('glance').getBoundingClientRect().top")
+            assert top < 900, top
+            assert page.locator("#glance table.best tbody tr").count() == 1
+            assert page.eval_on_selector("#glance img.tradeoff", "i => i.complete && i.naturalWidth > 300")
+            assert page.locator("nav.toc a[href='#ranking-pooled']").count() == 0
+
+            # a wide table scrolls inside its box; the page itself does not scroll sideways
+            page.set_viewport_size({"width": 600, "height": 900})  # a narrow window
+            box = "#all-scores + div .scroll"
+            assert page.eval_on_selector(box, "b => b.scrollWidth > b.clientWidth + 50")
+            assert page.eval_on_selector(box, "b => getComputedStyle(b).overflowX") == "auto"
+            assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth + 1")
+            page.set_viewport_size({"width": 1400, "height": 900})
 
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)

@@ -109,7 +109,7 @@ def test_summary_table_counts_failures_and_averages_gain(report):
 
 def test_write_report_writes_html_markdown_and_figures(report):
     run_dir, _, _, written = report
-    figures = [figure_file_name(kind, "toy") for kind in ("gain_heatmap", "srocc_heatmap", "gain_bins")]
+    figures = [figure_file_name(kind, "toy") for kind in ("gain_heatmap", "srocc_heatmap", "gain_bins", "tradeoff")]
     for key in ("html", "markdown", "summary_csv", "figure:examples", *(f"figure:{Path(f).stem}" for f in figures)):
         assert written[key].exists(), key
     for path in (run_dir / "figures").glob("*.png"):
@@ -121,7 +121,8 @@ def test_write_report_writes_html_markdown_and_figures(report):
 def test_html_is_self_contained_with_tables_and_images(report):
     run_dir, _, _, written = report
     text = written["html"].read_text()
-    for heading in ("Summary: gain", "Ranking: toy", "Ranking: all metrics pooled", "Key findings", "Key scores",
+    assert "Ranking: all metrics pooled" not in text  # one metric: nothing to pool
+    for heading in ("Summary: gain", "Ranking: toy", "Key findings", "Key scores",
                     "All aggregated scores", "Figure 3", "Figure 4", "Figure 5", "Image comparison",
                     "Failed cells (1)"):
         assert heading in text, heading
@@ -132,7 +133,8 @@ def test_html_is_self_contained_with_tables_and_images(report):
     for column in ("robustness_score", "srocc_mos_def_adv", "psnr_x_dxa", "quality_score"):
         assert f"<th>{column}</th>" in text, column
     uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(uris) == 3  # Figures 3, 4 and 5 (the example strip is in report.md; the page has the picker)
+    assert len(uris) == 4  # gain against quality, Figures 3, 4 and 5 (the example strip is in report.md; the page
+    # has the picker)
     assert base64.b64decode(uris[0])[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(text.split("<script type='application/json' id='comparison-data'>")[1].split("</script>")[0])
     assert len(data["cells"]) == 2 * len(ATTACKS) * len(DEFENCES) - 0  # img0 and img1 keep examples
@@ -167,7 +169,7 @@ def test_summary_csv_has_every_aggregated_score(report):
 def test_ranking_puts_the_lowest_normalised_gain_first(report):
     run_dir, df, _, written = report
     md = written["markdown"].read_text()
-    section = md.split("### toy")[1].split("###")[0]
+    section = md.split("## Defence ranking per metric")[1].split("### toy")[1].split("###")[0]
     ranked = [line.split("|")[2].strip() for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
     ok = df[df["status"] == "ok"].assign(norm=lambda t: (t["f_clean"] - t["f_def_adv"]).abs() / 100)
     per_image = ok.groupby(["defence", "image"])["norm"].mean()  # each image once per defence
@@ -207,7 +209,7 @@ def test_report_of_a_minimal_table_with_an_all_failed_group(tmp_path):
     written = write_report(tmp_path)  # no run.json: defaults
     text = written["html"].read_text()
     assert "Failed cells (4)" in text and "No example images were saved." in text
-    ranking = text.split("id='ranking-pooled'")[1].split("<h2>")[0]
+    ranking = text.split("id='ranking-lin'")[1].split("<h2>")[0]  # one metric: its ranking, none pooled
     assert "no-defence" in ranking and "0.1943" in ranking  # mean of 10/50 .. 10/53
     agg = pd.read_csv(tmp_path / "summary.csv")
     blur = agg[agg["defence"] == "median-blur"].iloc[0]

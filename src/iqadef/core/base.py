@@ -260,6 +260,9 @@ class Defence(Plugin):
     differentiable: ClassVar[bool] = False
     #: Whether the output has the input's size (crop and resize do not).
     preserves_size: ClassVar[bool] = True
+    #: Whether it moves pixels (flip, rotate, crop): a pixel-wise comparison of D(x_a) with x (PSNR, SSIM,
+    #: ``quality_score``) then measures the displacement, not damage; the report says so beside such values.
+    geometric: ClassVar[bool] = False
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -292,7 +295,7 @@ class Defence(Plugin):
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
         return {"randomized": cls.randomized, "differentiable": cls.differentiable,
-                "preserves_size": cls.preserves_size}
+                "preserves_size": cls.preserves_size, "geometric": cls.geometric}
 
 
 class ImageScore(Plugin):

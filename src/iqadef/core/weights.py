@@ -26,6 +26,7 @@ import shutil
 import time
 import urllib.error
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,30 @@ def explicit_weight_files(plugin: Any) -> list[tuple[str, Path]]:
     return out
 
 
-def fetch_missing(plugins: "Any") -> None:
+def weight_problems(plugins: Any, *, download: bool | None = None) -> Iterator[tuple[Any, WeightSpec | None,
+                                                                                  WeightsError]]:
+    """``(plugin, spec, error)`` for each weight file the plugins will load that is not usable: an explicit
+    path (``weights_path:``, spec None) that is not a file, or a packaged file that :func:`resolve_weights`
+    cannot resolve (``download``: as there; False only looks). The error says where to put the file.
+
+    One owner for what ``iqadef run`` checks before any work (:func:`fetch_missing`, the first problem stops
+    it) and what ``iqadef plan`` lists (every problem, nothing downloaded).
+    """
+    for plugin in plugins:
+        for param, path in explicit_weight_files(plugin):
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                yield plugin, None, WeightsError(f"{plugin.kind} {plugin.label!r}: weights file {path} (given as "
+                                                 f"`{param}:`) {what}")
+        for source in plugin.weights_in_use():
+            if isinstance(source, WeightSpec) and not plugin.config.get(source.param):
+                try:
+                    resolve_weights(source, download=download)
+                except WeightsError as exc:
+                    yield plugin, source, exc
+
+
+def fetch_missing(plugins: Any) -> None:
     """Resolve (download if allowed) every weight file the plugins will load, before any work starts.
 
     A missing file then stops the run at once with the message of :func:`resolve_weights` (where to put
@@ -156,14 +180,8 @@ def fetch_missing(plugins: "Any") -> None:
     Explicit paths (``weights_path:``) are checked too (the registry loader already did, for configs
     written by hand in code it is here).
     """
-    for plugin in plugins:
-        for param, path in explicit_weight_files(plugin):
-            if not path.is_file():
-                what = "is not a file" if path.exists() else "does not exist"
-                raise WeightsError(f"{plugin.kind} {plugin.label!r}: weights file {path} (given as `{param}:`) {what}")
-        for source in plugin.weights_in_use():
-            if isinstance(source, WeightSpec) and not plugin.config.get(source.param):
-                resolve_weights(source)
+    for _plugin, _spec, error in weight_problems(plugins):
+        raise error
 
 
 def verify(path: Path, spec: WeightSpec) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .figures import ImageLocator, draw_figures, figure_file_name
+from .figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_name
 from .files import ReportFiles, load_results
+from .glance import tradeoff_points, with_defence_plugins
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
 from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
                      has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
@@ -34,12 +35,15 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     """
     run_dir = Path(run_dir)
     df, run_info = load_results(run_dir)
+    run_info = with_defence_plugins(run_info, registry)  # runs written before run.json recorded them
     files = ReportFiles(run_dir)
     tables = report_tables(df, run_info, registry=registry)
     written = {"summary_csv": files.write(run_dir / "summary.csv",
                                           tables.aggregated.to_csv(index=False).encode("utf-8"))}
     locate = ImageLocator(run_dir, run_info)
     figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
+    figures.tradeoff = draw_tradeoffs({m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()},
+                                      run_dir, files)
     written.update(figures.written())
     written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate)
     written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df)

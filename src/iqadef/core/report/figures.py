@@ -37,11 +37,13 @@ class ReportFigures:
     srocc: list[tuple[str, Path]] = field(default_factory=list)  # Figure 4
     bins: list[tuple[str, Path]] = field(default_factory=list)  # Figure 5
     certified: list[tuple[str, Path]] = field(default_factory=list)  # certified accuracy against radius
+    tradeoff: list[tuple[str, Path]] = field(default_factory=list)  # gain against quality, Pareto front
     examples: Path | None = None
 
     def written(self) -> dict[str, Path]:
         """``figure:<stem>`` -> path, as :func:`~iqadef.core.report.write_report` returns them."""
-        out = {f"figure:{path.stem}": path for _, path in (*self.gain, *self.srocc, *self.bins, *self.certified)}
+        out = {f"figure:{path.stem}": path
+               for _, path in (*self.gain, *self.srocc, *self.bins, *self.certified, *self.tradeoff)}
         if self.examples is not None:
             out[f"figure:{self.examples.stem}"] = self.examples
         return out
@@ -60,7 +62,7 @@ def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: b
             drawn.gain.append((metric, heatmap(matrix, f"Gain ({metric}): attacks × defences, lower is better",
                                                "RdYlGn_r", figures_dir / figure_file_name("gain_heatmap", metric),
                                                files)))
-        smatrix = srocc_matrix(df, metric, "mos" if mos else "f_clean")
+        smatrix = same_columns(srocc_matrix(df, metric, "mos" if mos else "f_clean"), matrix)
         if not smatrix.empty:
             against = "MOS" if mos else "f(x), no MOS given"
             drawn.srocc.append((metric, heatmap(smatrix, f"SROCC with {against} ({metric}) after defence", "RdYlGn",
@@ -107,15 +109,101 @@ def heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, files: Repo
     image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(cols), [str(c) for c in matrix.columns], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(rows), [str(r) for r in matrix.index], fontsize=8)
+    size = cell_font_size(fig, rows, cols)
     for i in range(rows):
         for j in range(cols):
             v = matrix.iat[i, j]
-            ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=size,
+                    color=text_colour(image.cmap(image.norm(v))) if np.isfinite(v) else "black")
     if rows > 1 and matrix.index[-1] == CLEAN_ROW:
         ax.axhline(rows - 1.5, color="black", linewidth=1.5)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return save_figure(fig, path, files)
+
+
+def same_columns(matrix: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """``matrix`` with its columns in ``reference``'s order (Figure 4 in Figure 3's defence order, so one
+    column is one defence in both); columns ``reference`` lacks follow in their own order."""
+    if matrix.empty or reference.empty:
+        return matrix
+    first = [c for c in reference.columns if c in matrix.columns]
+    return matrix[first + [c for c in matrix.columns if c not in first]]
+
+
+def cell_font_size(fig, rows: int, cols: int) -> float:  # noqa: ANN001 - a matplotlib Figure
+    """A font size (points) at which "0.123" fits a heatmap cell: from the cell's width and height in points
+    (the axes' share of the figure), between 5 and 10."""
+    width, height = fig.get_size_inches()
+    cell_w = width * 72 * 0.75 / max(cols, 1)  # the axes take about three quarters of the width
+    cell_h = height * 72 * 0.7 / max(rows, 1)
+    return float(np.clip(min(cell_w / 3.6, cell_h * 0.6), 5, 10))
+
+
+def text_colour(rgba) -> str:  # noqa: ANN001 - a colour tuple
+    """Black or white, whichever contrasts more with the cell's colour (WCAG relative luminance)."""
+    channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+    return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
+
+
+def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFiles) -> Path | None:
+    """Normalised gain (lower is better) against quality score (higher is better), one point per defence,
+    the Pareto front of the non-geometric defences as a line; geometric defences hollow and marked,
+    the no-defence baseline grey. None when no defence has both values. Drawn without constrained layout
+    (``subplots_adjust``): one axes needs no layout engine."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .glance import GEOMETRIC_MARK
+
+    finite = points[np.isfinite(points["norm_gain"].to_numpy(dtype=float))
+                    & np.isfinite(points["quality_score"].to_numpy(dtype=float))]
+    if finite.empty:
+        return None
+    fig = Figure(figsize=(6.5, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.9)
+    ax = fig.add_subplot()
+    middle = float(finite["quality_score"].min() + finite["quality_score"].max()) / 2
+    ax.margins(x=0.08, y=0.1)
+    front = finite[finite["pareto"]].sort_values("quality_score")
+    if len(front):
+        ax.plot(front["quality_score"], front["norm_gain"], color="C3", linewidth=1.2, zorder=1,
+                label="Pareto front (no better defence on both)")
+    for k, row in enumerate(finite.sort_values("norm_gain").itertuples(index=False)):
+        if row.baseline:
+            style = {"marker": "X", "color": "grey", "s": 60}
+        elif row.geometric:
+            style = {"marker": "o", "facecolors": "none", "edgecolors": "C1", "s": 40}
+        else:
+            style = {"marker": "o", "color": "C3" if row.pareto else "C0", "s": 40}
+        ax.scatter([row.quality_score], [row.norm_gain], zorder=2, **style)
+        name = str(row.defence) if len(str(row.defence)) <= 28 else str(row.defence)[:27] + "…"
+        name += GEOMETRIC_MARK if row.geometric else ""
+        right = row.quality_score > middle  # label towards the inside, so it is not cut at the edge
+        ax.annotate(name, (row.quality_score, row.norm_gain), textcoords="offset points",
+                    xytext=(-5 if right else 5, 3 if k % 2 == 0 else -9), ha="right" if right else "left",
+                    fontsize=7)  # neighbours by gain alternate above and below, so close points stay readable
+    ax.set_xlabel("quality score ½(SSIM + PSNR/80) of D(x_a) against x  (higher is better)", fontsize=8)
+    ax.set_ylabel("normalised gain (lower is better)", fontsize=8)
+    ax.set_title(f"Gain against quality ({metric}): best defences at the bottom right", fontsize=10)
+    if finite["geometric"].any():
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="C1",
+                   label=f"{GEOMETRIC_MARK} moves pixels: its quality is not comparable")
+    if len(front) or finite["geometric"].any():
+        ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, path, files)
+
+
+def draw_tradeoffs(tradeoffs: dict[str, pd.DataFrame], run_dir: Path, files: ReportFiles) -> list[tuple[str, Path]]:
+    """:func:`draw_tradeoff` per metric (``tradeoffs``: metric -> :func:`~.glance.tradeoff_points`)."""
+    drawn = []
+    for metric, points in tradeoffs.items():
+        path = draw_tradeoff(points, metric, run_dir / "figures" / figure_file_name("tradeoff", metric), files)
+        if path is not None:
+            drawn.append((metric, path))
+    return drawn
 
 
 def _lines(ax, table: pd.DataFrame, xlabel: str) -> None:  # noqa: ANN001 - a matplotlib Axes
@@ -125,13 +213,15 @@ def _lines(ax, table: pd.DataFrame, xlabel: str) -> None:  # noqa: ANN001 - a ma
         ax.set_axis_off()
         return
     order = list(table.mean(axis=0).sort_values(kind="stable").index)[:MAX_LINES]
+    shown = (f"all {len(order)} defences" if len(order) == table.shape[1] else
+             f"the {len(order)} of {table.shape[1]} defences with the lowest mean gain")
     x = np.arange(len(table.index))
     for defence in order:
         ax.plot(x, table[defence].to_numpy(dtype=float), marker="o", label=str(defence))
     ax.set_xticks(x, [str(i) for i in table.index], rotation=30, ha="right", fontsize=7)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("mean gain", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title=shown, title_fontsize=7)
 
 
 def draw_certified_curves(df: pd.DataFrame, metric: str, path: Path, files: ReportFiles) -> Path | None:

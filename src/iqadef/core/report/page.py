@@ -32,7 +32,9 @@ import pandas as pd
 from markupsafe import Markup
 
 from ..scores import CONFIDENCE, metric_info, metric_span, paper_gain, score_warnings
-from .figures import ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
+from .certified import certified_table, certified_warnings
+from .figures import MAX_LINES, ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
+from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
 from .files import ReportFiles
 from .tables import ReportTables, fmt, key_findings, key_scores, markdown_table, with_ci
 
@@ -202,16 +204,56 @@ def _slug(text: str, taken: set[str]) -> str:
 # -- the sections ---------------------------------------------------------------------------------
 def _figure_sections(figures: ReportFigures, mos: bool, data_uris: bool) -> list[dict[str, Any]]:
     """Figures 3-5: id, title, the text shown when a section has no figure, and each figure's label and file."""
-    sections = [("fig3", "Figure 3: gain heatmap", figures.gain, "no successful cells"),
-                ("fig4", figure4_title(mos), figures.srocc, "not enough images for SROCC"),
-                ("fig5", "Figure 5: gain against SSIM(x, x_a) and attacked metric value", figures.bins, "no data")]
-    if figures.certified:
-        sections.append(("certified-radius", "Certified accuracy against radius (rs, drs, ddrs)", figures.certified,
-                         "no radius certificates"))
-    return [{"id": sid, "title": title, "empty": empty,
-             "figures": [{"label": label, "name": path.name, "uri": png_data_uri(path) if data_uris else None}
-                         for label, path in items]}
-            for sid, title, items, empty in sections]
+    sections = [("fig3", "Figure 3: gain heatmap", figures.gain, "no successful cells",
+                 "Defences (columns) sorted by mean gain over the attacks, lowest first."),
+                ("fig4", figure4_title(mos), figures.srocc, "not enough images for SROCC",
+                 "Columns in Figure 3's order: one column is one defence in both."),
+                ("fig5", "Figure 5: gain against SSIM(x, x_a) and attacked metric value", figures.bins, "no data",
+                 f"One line per defence, at most the {MAX_LINES} with the lowest mean gain over the bins (the "
+                 f"legend says which, and how many of the run's defences), so the lines stay readable; every "
+                 f"defence's gains are in the summary table and summary.csv.")]
+    return [{"id": sid, "title": title, "empty": empty, "note": note, "figures": _figure_list(items, data_uris)}
+            for sid, title, items, empty, note in sections]
+
+
+def _figure_list(items: list[tuple[str, Path]], data_uris: bool) -> list[dict[str, Any]]:
+    return [{"label": label, "name": path.name, "uri": png_data_uri(path) if data_uris else None}
+            for label, path in items]
+
+
+# -- the answer at a glance (per attack the best defence, the trade-off figure) and the certified section ---
+BEST_HEADERS = {"attack": "attack", "best_defence": "best defence", "norm_gain": "normalised gain",
+                "norm_gain_no_defence": "no-defence's normalised gain", "quality_score": "quality score",
+                "quality_no_defence": "no-defence's quality", "quality_change": "quality − no-defence's",
+                "n_images": "images"}
+
+
+def glance_sections(df: pd.DataFrame, run_info: dict[str, Any], figures: ReportFigures,
+                    data_uris: bool) -> list[dict[str, Any]]:
+    """Per metric: the best defence per attack (geometric ones marked) and the gain-quality figure."""
+    drawn = dict(figures.tradeoff)
+    out = []
+    for metric in dict.fromkeys(df["metric"]) if "metric" in df.columns else []:
+        best = best_per_attack(df, run_info, metric)
+        if best.empty:
+            continue
+        marked = set(geometric_defences(list(dict.fromkeys(df["defence"])), run_info))
+        best["best_defence"] = [f"{d}{GEOMETRIC_MARK}" if d in marked else d for d in best["best_defence"]]
+        figure = _figure_list([(metric, drawn[metric])], data_uris)[0] if metric in drawn else None
+        out.append({"metric": metric, "best": best.rename(columns=BEST_HEADERS), "figure": figure,
+                    "geometric": sorted(marked)})
+    return out
+
+
+def certified_section(df: pd.DataFrame, run_info: dict[str, Any], figures: ReportFigures,
+                      data_uris: bool) -> dict[str, Any] | None:
+    """The certified defences' table and warnings (:mod:`.certified`) and the radius figures; None when the
+    run has no certified defence."""
+    table = certified_table(df, run_info)
+    if table.empty and not figures.certified:
+        return None
+    return {"table": table, "warnings": certified_warnings(table, run_info),
+            "figures": _figure_list(figures.certified, data_uris)}
 
 
 def _thumb_key(column: str, value: str, image: str) -> tuple[str, str]:
@@ -266,6 +308,13 @@ def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTable
     return {"thumbs": thumbs, "cells": cells}
 
 
+def _baselines(df: pd.DataFrame, run_info: dict[str, Any]) -> tuple[str, ...]:
+    """Defences whose D(x_a) is x_a itself (no-defence; certified defences smooth the metric, not the image):
+    their quality score is the attacked image's, so they are not named among the highest quality."""
+    labels = list(dict.fromkeys(df["defence"])) if "defence" in df.columns else []
+    return tuple(baseline_defences(labels, run_info)) + tuple((run_info.get("certified") or {}))
+
+
 def _notes(files: ReportFiles) -> list[str]:
     extra = files.unreadable_note()
     return list(NOTES) + ([extra] if extra else [])
@@ -290,9 +339,15 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     adaptive = tables.adaptive
     figure_sections = _figure_sections(figures, tables.mos, data_uris=True)
     data = comparison_data(run_dir, run_info, tables, files, locate)
-    toc = [("run", "The run"), ("findings", "Key findings"), ("rankings", "Rankings")]
-    toc += [(r["id"], f"Ranking: {r['metric']}") for r in rankings] + [("ranking-pooled", "Ranking: all metrics")]
+    glance = glance_sections(df, run_info, figures, data_uris=True)
+    certified = certified_section(df, run_info, figures, data_uris=True)
+    pooled = len(tables.rankings) > 1
+    toc = [("run", "The run")] + ([("glance", "Best defence per attack")] if glance else [])
+    toc += [("findings", "Key findings"), ("rankings", "Rankings")]
+    toc += [(r["id"], f"Ranking: {r['metric']}") for r in rankings]
+    toc += [("ranking-pooled", "Ranking: all metrics")] if pooled else []
     toc += [(s["id"], s["title"].split(" (")[0]) for s in figure_sections]
+    toc += [("certified", "Certified defences")] if certified else []
     toc += [("comparison", "Image comparison"), ("tables", "Full tables"), ("summary", "Summary")]
     toc += [("adaptive", "Adaptive attacks")] if adaptive is not None else []
     toc += [("key-scores", "Key scores"), ("all-scores", "All aggregated scores"), ("failed", "Failed cells"),
@@ -300,8 +355,11 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     page = _environment("html").get_template("report.html.j2").render(
         run_name=run_dir.name, facts=run_facts(run_dir, run_info, df), problems=dataset_problems(run_info, df),
         warnings=score_warnings(run_info.get("metrics", {}) or {}, df), toc=toc,
-        findings=_findings_html(key_findings(tables.rankings)), rankings=rankings,
-        pooled=html_table(with_ci(tables.ranking), "ranking"),
+        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))), rankings=rankings,
+        pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
+        glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance], geometric_note=GEOMETRIC_NOTE,
+        certified=None if certified is None else dict(certified, table=html_table(with_ci(certified["table"]),
+                                                                                  "certified")),
         summary=html_table(with_ci(tables.short), "summary"),
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": html_table(with_ci(adaptive), "adaptive")},
@@ -313,6 +371,10 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     return files.write(run_dir / "report.html", page.encode("utf-8"))
 
 
+def _markdown_certified(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if section is None else dict(section, table=markdown_table(with_ci(section["table"])))
+
+
 def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
                    files: ReportFiles, df: pd.DataFrame | None = None) -> Path:
     """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
@@ -321,9 +383,13 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
     page = _environment("md").get_template("report.md.j2").render(
         run_name=run_dir.name, header=run_header(run_info), problems=dataset_problems(run_info, df),
         warnings=score_warnings(run_info.get("metrics", {}) or {}, df),
-        findings=_findings_html(key_findings(tables.rankings)),
+        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))),
         rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
-        ranking=markdown_table(with_ci(tables.ranking)), summary=markdown_table(with_ci(tables.short)),
+        ranking=markdown_table(with_ci(tables.ranking)) if len(tables.rankings) > 1 else None,
+        summary=markdown_table(with_ci(tables.short)),
+        glance=[dict(g, best=markdown_table(with_ci(g["best"])))
+                for g in glance_sections(df, run_info, figures, data_uris=False)], geometric_note=GEOMETRIC_NOTE,
+        certified=_markdown_certified(certified_section(df, run_info, figures, data_uris=False)),
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": markdown_table(with_ci(adaptive))},
         key_scores=markdown_table(key_scores(tables.formatted)),

@@ -244,14 +244,17 @@ def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metr
     return table[[c for c in RANKING_COLUMNS if c in table.columns]]
 
 
-def key_findings(rankings: dict[str, pd.DataFrame], top: int = TOP_FINDINGS) -> list[dict[str, Any]]:
-    """Per metric: the ``top`` defences by normalised gain (lowest) and by quality score (highest)."""
+def key_findings(rankings: dict[str, pd.DataFrame], top: int = TOP_FINDINGS,
+                 baselines: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Per metric: the ``top`` defences by normalised gain (lowest) and by quality score (highest); the
+    ``baselines`` (no-defence: its quality is the attacked image's, not a defence's) are left out of the
+    quality list."""
     out = []
     for metric, table in rankings.items():
         if table.empty:
             continue
         by_gain = table.head(top)
-        by_quality = (table.sort_values("quality_score", ascending=False, kind="stable", na_position="last").head(top)
+        by_quality = (table[~table["defence"].isin(baselines)].sort_values("quality_score", ascending=False, kind="stable", na_position="last").head(top)
                       if "quality_score" in table.columns else table.iloc[0:0])
         out.append({"metric": metric,
                     "by_gain": [(r.defence, r.norm_gain, r.norm_gain_ci_low, r.norm_gain_ci_high)

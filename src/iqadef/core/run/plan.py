@@ -183,6 +183,7 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
                     for m in config.metrics},
         "attacks": [e.label for e in config.attacks],
         "defences": [d.label for d in grid_defences(config)],
+        "defence_plugins": {d.label: {"name": d.name, "geometric": _geometric(d)} for d in grid_defences(config)},
         "certified": {c.label: {"name": c.name, "eps": c.eps, "sigma": c.sigma, "n": c.n, "alpha": c.alpha}
                       for c in config.certified},
         "seed": config.seed,
@@ -196,6 +197,12 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
         "limit": limit,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _geometric(defence: Any) -> bool:
+    """A defence that moves pixels (``Defence.geometric``), or a composed one with such a stage."""
+    stages = getattr(defence, "stages", None)
+    return any(_geometric(s) for s in stages) if stages else bool(getattr(defence, "geometric", False))
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,6 +18,7 @@ class Flip(Defence):
 
     name = "flip"
     differentiable = True
+    geometric = True
     params = (
         Param("axes", str, "hw", choices=tuple(_DIMS),
               help="axes to flip: 'hw' both (reference), 'h' upside down, 'w' left-right"),

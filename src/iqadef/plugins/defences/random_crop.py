@@ -20,6 +20,7 @@ class RandomCrop(Defence):
 
     name = "random-crop"
     randomized = True
+    geometric = True
     differentiable = True
     preserves_size = False
     params = (

@@ -21,6 +21,7 @@ class RandomRotate(Defence):
 
     name = "random-rotate"
     randomized = True
+    geometric = True
     differentiable = True
     params = (
         Param("angle_limit", int, 15, low=0, high=180, presets=(10, 15, 20, 30, 50),
