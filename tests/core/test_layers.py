@@ -55,6 +55,9 @@ DEFERRED: dict[tuple[str, str], str] = {
                                                    "marker at every plugin load; only `iqadef export` needs the "
                                                    "plugins and the run read back",
     ("iqadef.core.export", "iqadef.core.run.recorded"): "cost: as above (the registry, the dataset, the store)",
+    ("iqadef.core.report.glance", "iqadef.core.plugins"): "only for runs written before run.json recorded its "
+                                                          "defences' plugins: their `geometric` flags are looked "
+                                                          "up in the installed plugins (loads every plugin)",
     ("iqadef.api", "iqadef.core.report"): "cost: only run_grid(report=True) writes the report (jinja2, matplotlib)",
     ("iqadef.plugins.attacks.uap", "iqadef.core.dataset"): "cost: only a trained attack given `train_dataset` "
                                                             "opens a dataset plugin",
@@ -67,7 +70,7 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("iqadef.cli", "iqadef.core.dataset"): "the warning printer imports the warning classes where it runs, "
                                            "with those of scores and store (scipy, pandas)",
     **{("iqadef.cli", module): _CLI_START for module in (
-        "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.report", "iqadef.core.run",
+        "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.report", "iqadef.core.run",
         "iqadef.core.run.driver", "iqadef.core.run.plan", "iqadef.core.run.verify", "iqadef.core.scores",
         "iqadef.core.store", "iqadef.core.weights")},
     # command plugins are imported at every CLI start to add their subcommands

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..scores import metric_info, metric_span
+
 RADIUS_COLUMNS = ("cert_radius_clean", "cert_bin_clean", "cert_bin_f_clean")
 
 
@@ -91,7 +93,6 @@ def certified_table(df: pd.DataFrame, run_info: dict | None) -> pd.DataFrame:
     share of images whose f_s(x) leaves the metric's declared range, the attacks' L2 distances, and the eps
     (their maximum) and sigma (:func:`sigma_to_cover`) a certificate at the run's n would need to cover
     them all."""
-    from ..scores import metric_info, metric_span
 
     certified = (run_info or {}).get("certified") or {}
     if not certified or "defence" not in df.columns or "cert_radius" not in df.columns:
@@ -144,7 +145,6 @@ def certified_warnings(table: pd.DataFrame, run_info: dict | None) -> list[str]:
     """One line per certified defence whose certificate covers few of the attacks, or whose f_s(x) leaves
     the metric's declared range (then the certified interval, clipped or binned to that range, and the gain
     describe another score than the metric's)."""
-    from ..scores import metric_info
 
     out = []
     for row in table.itertuples(index=False):

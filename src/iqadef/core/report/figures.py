@@ -21,6 +21,7 @@ import pandas as pd
 
 from .certified import certified_curve, radius_defences, radius_grid
 from .files import ReportFiles
+from .glance import GEOMETRIC_MARK
 from .tables import CLEAN_ROW, binned_gain, gain_matrix, srocc_matrix
 
 MAX_EXAMPLE_DEFENCES = 8
@@ -155,7 +156,6 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .glance import GEOMETRIC_MARK
 
     finite = points[np.isfinite(points["norm_gain"].to_numpy(dtype=float))
                     & np.isfinite(points["quality_score"].to_numpy(dtype=float))]
