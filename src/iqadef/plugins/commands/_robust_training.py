@@ -77,10 +77,13 @@ def iqa_loss(pred: torch.Tensor, target: torch.Tensor, gamma: float = 0.0) -> to
 
 # -- the attack that makes training examples (metric_at/attacks/fgsm.py) -----------------------------------
 def fgsm_examples(score: Score, images: torch.Tensor, target: torch.Tensor, *, eps: float, step: float,
-                  init: str = "zero", generator: torch.Generator | None = None, gamma: float = 0.0) -> torch.Tensor:
-    """One signed step that *raises the training loss* (not the score: the reference attacks its own loss):
-    start at ``x + noise`` (zero, or uniform in [-eps, eps] for ``init="uniform"``, metrics_at's "free" mode),
-    step ``step * sign(grad)``, clamp to ``noise-start +- eps`` and to [0, 1]."""
+                  init: str = "zero", generator: torch.Generator | None = None, gamma: float = 0.0,
+                  objective: str = "loss", direction: float = 1.0) -> torch.Tensor:
+    """One signed step from ``x + noise`` (zero, or uniform in [-eps, eps] for ``init="uniform"``, metrics_at's
+    "free" mode): ``step * sign(grad)``, clamped to ``noise-start +- eps`` and to [0, 1]. ``objective="loss"``
+    (the reference) raises the training loss against the targets; ``"score"`` moves the score in its "better"
+    ``direction`` (+1 higher is better), the attacks' goal, needed for self-distillation, where the loss is
+    exactly 0 at the start (targets = the metric's own scores) and has no gradient."""
     if init == "uniform":
         noise = (torch.rand(images.shape, generator=generator, device="cpu").to(images) * 2 - 1) * eps
     elif init == "zero":
@@ -88,7 +91,12 @@ def fgsm_examples(score: Score, images: torch.Tensor, target: torch.Tensor, *, e
     else:
         raise IqadefError(f"--init {init!r}: use zero or uniform")
     start = (images + noise).detach().requires_grad_(True)
-    loss = iqa_loss(score(start), target, gamma)
+    if objective == "loss":
+        loss = iqa_loss(score(start), target, gamma)
+    elif objective == "score":
+        loss = direction * score(start).sum()
+    else:
+        raise IqadefError(f"--attack-objective {objective!r}: use loss or score")
     grad, = torch.autograd.grad(loss, [start])
     adv = start.detach() + step * grad.sign()
     return torch.min(torch.max(adv, start.detach() - eps), start.detach() + eps).clamp(0.0, 1.0)
@@ -130,11 +138,11 @@ def corrected_targets(target: torch.Tensor, clean: torch.Tensor, adversarial: to
 
 def at_loss(score: Score, images: torch.Tensor, target: torch.Tensor, *, eps: float, step: float, low: float,
             high: float, init: str = "zero", penalty: float = 1.0, correction: str = "ssim", gamma: float = 0.0,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            generator: torch.Generator | None = None, objective: str = "loss", direction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One AT step's loss (metric_at/trainer.py ``_train_step``): the FGSM examples, their corrected targets,
     the batch ``[adversarial, clean]`` and the loss on it. Returns ``(loss, adversarial images, their targets)``."""
     adversarial = fgsm_examples(score, images, target, eps=eps, step=step, init=init, generator=generator,
-                                gamma=gamma)
+                                gamma=gamma, objective=objective, direction=direction)
     adv_target = corrected_targets(target, images, adversarial, low=low, high=high, penalty=penalty,
                                    correction=correction)
     batch = torch.cat([adversarial, images])
@@ -187,6 +195,8 @@ class RobustConfig:
     freeze_bn: bool = False
     seed: int = 0
     fit_mapping: bool | None = None
+    #: what the training attack raises: "loss" (metrics_at) or "score"; None: loss with MOS, score without
+    attack_objective: str | None = None
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "RobustConfig":
@@ -339,6 +349,8 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
     else:
         low, high = (float(v) for v in metric.range)
     score = metric.score
+    objective = config.attack_objective or ("loss" if mos is not None else "score")
+    direction = 1.0 if metric.higher_is_better else -1.0
     bar = Progress(config.epochs, first) if progress else None
     for epoch in range(first, config.epochs):
         gen = _epoch_generator(config.seed, epoch)
@@ -362,13 +374,14 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
                 if config.method == "at":
                     opt.zero_grad(set_to_none=True)
                     loss, _, adv_target = at_loss(score, x, y, eps=config.eps, step=config.step, low=low, high=high,
-                                      init=config.init, penalty=config.penalty, correction=config.correction,
-                                      gamma=config.gamma, generator=gen)
+                                                  init=config.init, penalty=config.penalty,
+                                                  correction=config.correction, gamma=config.gamma, generator=gen,
+                                                  objective=objective, direction=direction)
                     loss.backward()
                     opt.step()
                     extra = float((y - adv_target).mean())
                 elif config.method == "free-at":
-                    loss, extra = _free_at_minibatch(score, opt, x, y, config, low, high)
+                    loss, extra = _free_at_minibatch(score, opt, x, y, config, low, high, objective, direction)
                 else:
                     opt.zero_grad(set_to_none=True)
                     loss, penalty = nt_loss(score, x, y, weight=config.nt_weight, h=config.nt_h)
@@ -393,10 +406,12 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
 
 
 def _free_at_minibatch(score: Score, opt, x: torch.Tensor, y: torch.Tensor, config: RobustConfig, low: float,
-                       high: float) -> tuple[torch.Tensor, float]:
+                       high: float, objective: str = "loss", direction: float = 1.0) -> tuple[torch.Tensor, float]:
     """Free AT (Shafahi et al. 2019, Alg. 1): the minibatch replayed ``replays`` times; each replay's one
     backward pass gives the weights' gradient *and* the input gradient that updates the perturbation
-    (``delta += eps * sign(grad)``, clipped to the eps-ball). Targets and batch as in :func:`at_loss`."""
+    (``delta += step * sign(grad)``, clipped to the eps-ball). Targets and batch as in :func:`at_loss`. With
+    ``objective="score"`` the perturbation follows the gradient of the score instead (one more backward
+    through the adversarial half: the training loss has no gradient under self-distillation at the start)."""
     delta = torch.zeros_like(x)
     loss = torch.zeros(())
     gaps = 0.0
@@ -405,10 +420,16 @@ def _free_at_minibatch(score: Score, opt, x: torch.Tensor, y: torch.Tensor, conf
         adv_target = corrected_targets(y, x, adversarial, low=low, high=high, penalty=config.penalty,
                                        correction=config.correction)
         opt.zero_grad(set_to_none=True)
-        loss = iqa_loss(score(torch.cat([adversarial, x])), torch.cat([adv_target, y]), config.gamma)
-        loss.backward()
+        scores = score(torch.cat([adversarial, x]))
+        loss = iqa_loss(scores, torch.cat([adv_target, y]), config.gamma)
+        if objective == "score":
+            input_grad, = torch.autograd.grad(direction * scores[:len(x)].sum(), [adversarial], retain_graph=True)
+            loss.backward()
+        else:
+            loss.backward()
+            input_grad = adversarial.grad
         opt.step()
-        delta = (delta + config.step * adversarial.grad.detach().sign()).clamp(-config.eps, config.eps)
+        delta = (delta + config.step * input_grad.detach().sign()).clamp(-config.eps, config.eps)
         gaps += float((y - adv_target).mean())
     return loss.detach(), gaps / config.replays
 

@@ -100,7 +100,8 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
                           step=None if args.step is None else args.step / 255, init=args.init, replays=args.replays,
                           penalty=args.penalty, correction=args.correction, gamma=args.gamma,
                           nt_weight=args.nt_weight, nt_h=args.nt_h, crop=args.crop,
-                          crops_per_image=args.crops_per_image, freeze_bn=args.freeze_bn, seed=args.seed).resolved()
+                          crops_per_image=args.crops_per_image, freeze_bn=args.freeze_bn, seed=args.seed,
+                          attack_objective=args.attack_objective).resolved()
     device = resolve_device(args.device)
     dataset, items = open_training_data(args)
     use_mos = bool(dataset.has_mos) and all(item.mos is not None for item in items) and not args.self_distill
@@ -178,6 +179,9 @@ class TrainRobustCommand(Command):
         parser.add_argument("--step", type=float, help="attack step in /255 (default: at 1.25*eps, free-at eps)")
         parser.add_argument("--init", choices=("zero", "uniform"), default="zero",
                             help="at: FGSM start (uniform = metrics_at's 'free_fgsm' mode)")
+        parser.add_argument("--attack-objective", choices=("loss", "score"),
+                            help="what the training attack raises: the training loss (metrics_at; default with "
+                                 "MOS) or the score (default under self-distillation)")
         parser.add_argument("--replays", type=int, default=4, help="free-at: replays per minibatch (m)")
         parser.add_argument("--penalty", type=float, default=1.0, help="score correction strength (metrics_at)")
         parser.add_argument("--correction", choices=("ssim", "none"), default="ssim")
