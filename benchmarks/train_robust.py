@@ -51,6 +51,16 @@ def evaluate(metric, crops: torch.Tensor, eps: float, batch: int = 8) -> dict[st
     return {"clean": torch.cat(clean).numpy(), "attacked": torch.cat(attacked).numpy()}
 
 
+def input_gradient_l1(metric, crops: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """||grad_x f(x)||_1 per crop: what NT penalises (its square, halved), on held-out data."""
+    out = []
+    for i in range(0, len(crops), batch):
+        x = crops[i:i + batch].clone().requires_grad_(True)
+        grad, = torch.autograd.grad(metric.score(x).sum(), [x])
+        out.append(grad.flatten(1).abs().sum(1))
+    return torch.cat(out).numpy()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["nt", "at"], choices=["at", "free-at", "nt"])
@@ -58,6 +68,7 @@ def main() -> int:
     parser.add_argument("--crops-per-image", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--method-lr", nargs="*", default=[], metavar="METHOD=LR", help="a method's own lr")
     parser.add_argument("--nt-weight", type=float, default=1e-3)
     parser.add_argument("--eval-crops", type=int, default=4, help="random 224-px crops per held-out image")
     parser.add_argument("--eps", type=float, default=4.0, help="/255, the evaluation attack's and AT's budget")
@@ -78,7 +89,9 @@ def main() -> int:
     base = evaluate(original, crops, eps)
     span = original.span
     base_gain = (base["attacked"] - base["clean"]) / span
-    result["original"] = {"gain_mean": float(base_gain.mean()), "gain_ci95": interval(base_gain)}
+    result["original"] = {"gain_mean": float(base_gain.mean()), "gain_ci95": interval(base_gain),
+                          "input_grad_l1_mean": float(input_gradient_l1(original, crops).mean())}
+    method_lr = {k: float(v) for k, _, v in (pair.partition("=") for pair in args.method_lr)}
     sub = argparse.ArgumentParser()
     TrainRobustCommand().configure(sub)
     try:
@@ -86,7 +99,7 @@ def main() -> int:
             out = work / f"{method}.pt"
             argv = ["tiny-iqa", "--method", method, "--out", str(out), "--epochs", str(args.epochs),
                     "--crops-per-image", str(args.crops_per_image), "--batch-size", str(args.batch_size),
-                    "--lr", str(args.lr), "--nt-weight", str(args.nt_weight), "--eps", str(args.eps),
+                    "--lr", str(method_lr.get(method, args.lr)), "--nt-weight", str(args.nt_weight), "--eps", str(args.eps),
                     "--device", "cpu", "--quiet", *sum((["--exclude", n] for n in held_out), []), *args.extra]
             started = time.monotonic()
             record = run_training(sub.parse_args(argv))
@@ -97,7 +110,8 @@ def main() -> int:
             ci, base_ci = interval(gain), result["original"]["gain_ci95"]
             result["methods"][method] = {
                 "train_seconds": round(seconds, 1), "under_10_minutes": seconds < 600,
-                "final_losses": record["final_losses"], "mapping": record["mapping"],
+                "final_losses": record["final_losses"], "history": record["history"], "mapping": record["mapping"],
+                "input_grad_l1_mean": float(input_gradient_l1(robust, crops).mean()),
                 "gain_mean": float(gain.mean()), "gain_ci95": ci,
                 "gain_lower_disjoint": ci[1] < base_ci[0],
                 "clean_pearson_with_original": float(stats.pearsonr(res["clean"], base["clean"])[0]),
