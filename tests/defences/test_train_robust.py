@@ -95,7 +95,7 @@ def test_nt_penalty_is_the_finite_difference_gradient_norm():
     w = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     penalty = nt_penalty(lambda t: (t * w).flatten(1).sum(1), x, h=0.01)
-    assert float(penalty) == pytest.approx(float(w.abs().sum()) ** 2 / 2, rel=1e-9)
+    assert float(penalty.detach()) == pytest.approx(float(w.abs().sum()) ** 2 / 2, rel=1e-9)
     # tiny-iqa: the same quantity computed by hand (gradient by autograd, then the two scores)
     metric = TinyIQA().load("cpu")
     x = _batch(2)
@@ -141,6 +141,8 @@ def test_resumed_training_equals_an_uninterrupted_one(tmp_path, image_dir):
     assert record["method"] == "at" and record["epochs"] == 2 and len(record["history"]) == 2
     assert len(record["data"]["images"]) == 6 and all(len(i["sha256"]) == 64 for i in record["data"]["images"])
     assert record["data"]["targets"].startswith("self-distillation")
+    assert main(["train-robust", "--show", str(whole)]) == 0
+    assert _train(tmp_path, image_dir, whole) == 0                          # already trained: nothing to do
 
 
 def test_a_resume_file_from_other_arguments_is_refused(tmp_path, image_dir, capsys):
@@ -170,3 +172,29 @@ def test_the_checkpoint_is_a_grid_metric(tmp_path, image_dir):
     again = run_grid(load_run_config(registry), progress=False)
     assert again.computed == 0 and again.failed == 0                     # resumes: nothing left to do
     assert main(["verify", str(summary.run_dir), "--cells", "4", "--seed", "0"]) == 0
+
+
+@pytest.mark.slow
+def test_a_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, image_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train-robust", "tiny-iqa", "--method", "nt", "--images", str(image_dir), "--epochs", "3",
+            "--batch-size", "3", "--crop", "16", "--lr", "1e-3", "--quiet", "--device", "cpu"]
+    whole, killed = tmp_path / "whole.pt", tmp_path / "killed.pt"
+    assert main([*args, "--out", str(whole)]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "iqadef", *args, "--out", str(killed)], env=env)
+    state = tmp_path / "killed.pt.resume"
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not killed.exists()              # killed after an epoch, before the end
+    assert main([*args, "--out", str(killed)]) == 0
+    a, b = torch.load(whole, weights_only=True), torch.load(killed, weights_only=True)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

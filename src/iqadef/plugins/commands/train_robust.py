@@ -151,6 +151,27 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def training_record(checkpoint: Path) -> dict[str, Any]:
+    """The record of a checkpoint: its ``.json`` beside it, else the ``iqadef_training`` key inside it."""
+    from iqadef.core.weights import load_checkpoint
+
+    sidecar = Path(checkpoint).with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            record = json.loads(sidecar.read_text())
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("kind") == "iqadef train-robust":
+            return record
+    if not Path(checkpoint).is_file():
+        raise IqadefError(f"--show {checkpoint}: no such file")
+    data = load_checkpoint(checkpoint, allow_numpy=True)
+    if isinstance(data, dict) and isinstance(data.get(RECORD_KEY), str):
+        return json.loads(data[RECORD_KEY])
+    raise IqadefError(f"--show {checkpoint}: no training record (neither {sidecar.name} from train-robust nor an "
+                      f"`{RECORD_KEY}` entry in the checkpoint)")
+
+
 class TrainRobustCommand(Command):
     """``iqadef train-robust METRIC --method at|free-at|nt --out robust.pt``: fine-tune a metric to resist attacks."""
 
@@ -158,9 +179,11 @@ class TrainRobustCommand(Command):
     help = "fine-tune a metric against attacks (adversarial training, free AT, or gradient-norm regularisation)"
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("metric", help="metric name or YAML mapping, e.g. tiny-iqa or '{name: linearity}'")
+        parser.add_argument("metric", nargs="?", help="metric name or YAML mapping, e.g. tiny-iqa or '{name: linearity}'")
+        parser.add_argument("--show", type=Path, metavar="CHECKPOINT",
+                            help="print the training record of a checkpoint this command wrote, and exit")
         parser.add_argument("--method", choices=("at", "free-at", "nt"), default="at")
-        parser.add_argument("--out", type=Path, required=True, help="the checkpoint to write (.pt; record in .json)")
+        parser.add_argument("--out", type=Path, help="the checkpoint to write (.pt; record in .json)")
         parser.add_argument("--dataset", help="a dataset name or YAML mapping as in a registry (default builtin)")
         parser.add_argument("--images", type=Path, help="a folder of images instead of --dataset")
         parser.add_argument("--mos", type=Path, help="with --images: a CSV of MOS (else self-distillation)")
@@ -197,6 +220,12 @@ class TrainRobustCommand(Command):
         parser.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.show is not None:
+            print(json.dumps(training_record(args.show), indent=2, default=float))
+            return 0
+        if not args.metric or args.out is None:
+            raise IqadefError("usage: iqadef train-robust METRIC --out robust.pt [--method at|free-at|nt] "
+                              "(or --show robust.pt)")
         record = run_training(args)
         shown = {k: v for k, v in record.items() if k not in ("history", "metric_identity", "config")}
         if "data" in shown:
