@@ -120,29 +120,30 @@ def test_fold_mapping_puts_the_linear_map_in_the_last_layer():
         assert torch.allclose(metric.score(x), 1.3 * before - 2.0, atol=1e-3)
 
 
-def _train(tmp_path, image_dir, out, *extra):
-    return main(["train-robust", "tiny-iqa", "--method", "at", "--out", str(out), "--images", str(image_dir),
+def _train(tmp_path, image_dir, out, *extra, method="at"):
+    return main(["train-robust", "tiny-iqa", "--method", method, "--out", str(out), "--images", str(image_dir),
                  "--epochs", "2", "--batch-size", "3", "--crop", "16", "--lr", "1e-3", "--quiet", "--device", "cpu",
                  *extra])
 
 
-def test_resumed_training_equals_an_uninterrupted_one(tmp_path, image_dir):
+@pytest.mark.parametrize("method", ["at", "free-at"])
+def test_resumed_training_equals_an_uninterrupted_one(tmp_path, image_dir, method):
     whole, resumed = tmp_path / "whole.pt", tmp_path / "resumed.pt"
-    assert _train(tmp_path, image_dir, whole) == 0
-    assert _train(tmp_path, image_dir, resumed, "--stop-after-epoch", "1") == 0
+    assert _train(tmp_path, image_dir, whole, method=method) == 0
+    assert _train(tmp_path, image_dir, resumed, "--stop-after-epoch", "1", method=method) == 0
     assert not resumed.exists() and (tmp_path / "resumed.pt.resume").is_file()
-    assert _train(tmp_path, image_dir, resumed) == 0                       # the same arguments: continues
+    assert _train(tmp_path, image_dir, resumed, method=method) == 0       # the same arguments: continues
     assert not (tmp_path / "resumed.pt.resume").exists()
     a, b = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     original = TinyIQA().load("cpu").net.state_dict()
     assert any(not torch.equal(a[k], original[k]) for k in a)             # it did train
     record = json.loads(whole.with_suffix(".json").read_text())
-    assert record["method"] == "at" and record["epochs"] == 2 and len(record["history"]) == 2
+    assert record["method"] == method and record["epochs"] == 2 and len(record["history"]) == 2
     assert len(record["data"]["images"]) == 6 and all(len(i["sha256"]) == 64 for i in record["data"]["images"])
     assert record["data"]["targets"].startswith("self-distillation")
     assert main(["train-robust", "--show", str(whole)]) == 0
-    assert _train(tmp_path, image_dir, whole) == 0                          # already trained: nothing to do
+    assert _train(tmp_path, image_dir, whole, method=method) == 0         # already trained: nothing to do
 
 
 def test_a_resume_file_from_other_arguments_is_refused(tmp_path, image_dir, capsys):
@@ -198,3 +199,43 @@ def test_a_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, im
     assert main([*args, "--out", str(killed)]) == 0
     a, b = torch.load(whole, weights_only=True), torch.load(killed, weights_only=True)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_free_at_keeps_its_perturbation_in_the_ball_and_trains(monkeypatch):
+    from iqadef.plugins.commands import _robust_training as rt
+
+    metric = TinyIQA().load("cpu")
+    rt.set_training([metric.net], True)
+    before = {k: v.clone() for k, v in metric.net.state_dict().items()}
+    opt = torch.optim.Adam(metric.net.parameters(), lr=1e-3)
+    seen = []
+    real = rt.corrected_targets
+
+    def spy(target, clean, adversarial, **kw):
+        seen.append((adversarial - clean).abs().max().item())
+        return real(target, clean, adversarial, **kw)
+
+    monkeypatch.setattr(rt, "corrected_targets", spy)
+    x = _batch(4)
+    y = torch.tensor([60.0, 40.0, 55.0, 20.0])
+    config = rt.RobustConfig(method="free-at", replays=3).resolved()
+    loss, drop, delta = rt._free_at_minibatch(metric.score, opt, x, y, config, -6.0, 86.0)
+    assert len(seen) == 3 and seen[0] == 0 and 0 < seen[1] <= config.eps + 1e-6 and seen[2] <= config.eps + 1e-6
+    assert drop > 0 and torch.isfinite(loss) and 0 < delta.abs().max() <= config.eps + 1e-6
+    # the next minibatch starts from the carried perturbation (Shafahi et al., Alg. 1), not from zero
+    rt._free_at_minibatch(metric.score, opt, x, y, config, -6.0, 86.0, delta=delta)
+    assert seen[3] > 0
+    assert any(not torch.equal(v, before[k]) for k, v in metric.net.state_dict().items())
+
+
+def test_with_mos_the_targets_are_the_mos(tmp_path, image_dir):
+    mos = tmp_path / "mos.csv"
+    mos.write_text("image,mos\n" + "".join(f"img{i}.png,{10 + 12 * i}\n" for i in range(6)))
+    out = tmp_path / "mos.pt"
+    assert main(["train-robust", "tiny-iqa", "--method", "at", "--out", str(out), "--images", str(image_dir),
+                 "--mos", str(mos), "--epochs", "1", "--batch-size", "3", "--crop", "16", "--quiet",
+                 "--device", "cpu"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["data"]["targets"] == "mos"
+    assert sorted(i["mos"] for i in record["data"]["images"]) == [10 + 12 * i for i in range(6)]
+    assert record["final_losses"]["target_drop"] > 0      # score correction lowered the adversarial targets

@@ -331,6 +331,7 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, float]] = []
     first = 0
+    free_delta: torch.Tensor | None = None  # free-at's perturbation, carried across minibatches and epochs
     state_file = resume_path(out)
     if state_file.is_file():
         from iqadef.core.weights import load_checkpoint
@@ -343,6 +344,7 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
             module.load_state_dict(state)
         opt.load_state_dict(saved["optimizer"])
         history, first = list(saved["history"]), int(saved["epoch"])
+        free_delta = saved.get("free_delta")
     if mos is not None:
         mos_t = torch.tensor(list(mos), dtype=torch.float32)
         low, high = float(mos_t.min()), float(mos_t.max())
@@ -381,7 +383,8 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
                     opt.step()
                     extra = float((y - adv_target).mean())
                 elif config.method == "free-at":
-                    loss, extra = _free_at_minibatch(score, opt, x, y, config, low, high, objective, direction)
+                    loss, extra, free_delta = _free_at_minibatch(score, opt, x, y, config, low, high, objective,
+                                                                 direction, free_delta)
                 else:
                     opt.zero_grad(set_to_none=True)
                     loss, penalty = nt_loss(score, x, y, weight=config.nt_weight, h=config.nt_h)
@@ -398,7 +401,8 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
         if bar:
             bar.update(epoch, len(batches), len(batches), history[-1]["loss"], end=True)
         _save_atomic(state_file, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
-                                  "modules": _states(modules), "optimizer": opt.state_dict()})
+                                  "modules": _states(modules), "optimizer": opt.state_dict(),
+                                  **({"free_delta": free_delta.cpu()} if free_delta is not None else {})})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return {"stopped_after_epoch": epoch + 1, "history": history}
     mapping = fit_mapping(metric, reference, images, mos, config, device) if config.fit_mapping else (1.0, 0.0)
@@ -406,13 +410,20 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
 
 
 def _free_at_minibatch(score: Score, opt, x: torch.Tensor, y: torch.Tensor, config: RobustConfig, low: float,
-                       high: float, objective: str = "loss", direction: float = 1.0) -> tuple[torch.Tensor, float]:
+                       high: float, objective: str = "loss", direction: float = 1.0,
+                       delta: torch.Tensor | None = None) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Free AT (Shafahi et al. 2019, Alg. 1): the minibatch replayed ``replays`` times; each replay's one
     backward pass gives the weights' gradient *and* the input gradient that updates the perturbation
     (``delta += step * sign(grad)``, clipped to the eps-ball). Targets and batch as in :func:`at_loss`. With
     ``objective="score"`` the perturbation follows the gradient of the score instead (one more backward
-    through the adversarial half: the training loss has no gradient under self-distillation at the start)."""
-    delta = torch.zeros_like(x)
+    through the adversarial half: the training loss has no gradient under self-distillation at the start).
+    ``delta`` is the perturbation carried over from the previous minibatch (Alg. 1 initialises it once, to 0);
+    returns ``(loss, mean target drop, delta)``."""
+    if delta is None or delta.shape[1:] != x.shape[1:]:
+        delta = torch.zeros_like(x)
+    elif len(delta) < len(x):  # after a short last batch: the missing images start from zero
+        delta = torch.cat([delta.to(x), torch.zeros_like(x[len(delta):])])
+    delta = delta[:len(x)].to(x)
     loss = torch.zeros(())
     gaps = 0.0
     for _ in range(config.replays):
@@ -431,7 +442,7 @@ def _free_at_minibatch(score: Score, opt, x: torch.Tensor, y: torch.Tensor, conf
         opt.step()
         delta = (delta + config.step * input_grad.detach().sign()).clamp(-config.eps, config.eps)
         gaps += float((y - adv_target).mean())
-    return loss.detach(), gaps / config.replays
+    return loss.detach(), gaps / config.replays, delta.detach()
 
 
 def fit_mapping(metric, reference, images, mos, config: RobustConfig, device) -> tuple[float, float]:
