@@ -92,6 +92,7 @@ def _fingerprint(metric, config: RobustConfig, items, use_mos: bool) -> str:
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
     from iqadef.core.registry import resolve_device
+    from iqadef.core.run.trained import TRAINING_RECORD_KIND
     from iqadef.core.weights import save_trained_weights
 
     make_metric = metric_from_argument(args.metric)
@@ -130,7 +131,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint, mapped = checkpoint_for(metric, tuple(summary["mapping"]), probe)
     history = summary["history"]
     record = {
-        "kind": "iqadef train-robust", "method": config.method, "metric": metric.label,
+        "kind": TRAINING_RECORD_KIND, "method": config.method, "metric": metric.label,
         "metric_identity": metric.identity(),
         "data": {"source": args.dataset or (str(args.images) if args.images else "builtin"),
                  "targets": "mos" if use_mos else "self-distillation (the original metric's clean scores)",
@@ -153,6 +154,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
 def training_record(checkpoint: Path) -> dict[str, Any]:
     """The record of a checkpoint: its ``.json`` beside it, else the ``iqadef_training`` key inside it."""
+    from iqadef.core.run.trained import TRAINING_RECORD_KIND
     from iqadef.core.weights import load_checkpoint
 
     sidecar = Path(checkpoint).with_suffix(".json")
@@ -161,7 +163,7 @@ def training_record(checkpoint: Path) -> dict[str, Any]:
             record = json.loads(sidecar.read_text())
         except ValueError:
             record = None
-        if isinstance(record, dict) and record.get("kind") == "iqadef train-robust":
+        if isinstance(record, dict) and record.get("kind") == TRAINING_RECORD_KIND:
             return record
     if not Path(checkpoint).is_file():
         raise IqadefError(f"--show {checkpoint}: no such file")
