@@ -73,11 +73,13 @@ def main() -> int:
     parser.add_argument("--eval-crops", type=int, default=4, help="random 224-px crops per held-out image")
     parser.add_argument("--eps", type=float, default=4.0, help="/255, the evaluation attack's and AT's budget")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train-robust arguments")
+    parser.add_argument("--train-offset", type=int, choices=(0, 1), default=0,
+                        help="0: even positions train, odd held out; 1: the other way round")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     names = sorted(p.name for p in builtin_images_dir().glob("*.png"))
-    train, held_out = names[0::2], names[1::2]
+    train, held_out = names[args.train_offset::2], names[1 - args.train_offset::2]
     work = Path(tempfile.mkdtemp(prefix="iqadef-train-robust-"))
     result = {"benchmark": "train_robust", "python": platform.python_version(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "train_images": train,
