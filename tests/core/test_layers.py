@@ -79,6 +79,11 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("iqadef.plugins.commands.export", "iqadef.core.export"): _CLI_START,
     ("iqadef.plugins.commands.export", "iqadef.core.plugins"): _CLI_START,
     ("iqadef.plugins.certified.dms_iqa", "iqadef.core.registry"): _CLI_START + " (train-dms)",
+    **{("iqadef.plugins.commands.train_robust", m): _CLI_START + " (train-robust)" for m in (
+        "iqadef.core.dataset", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.run.trained",
+        "iqadef.core.weights")},
+    ("iqadef.plugins.commands._robust_training", "iqadef.core.files"): _CLI_START + " (train-robust)",
+    ("iqadef.plugins.commands._robust_training", "iqadef.core.weights"): _CLI_START + " (train-robust)",
     ("iqadef.plugins.certified.dms_iqa", "iqadef.core.dataset"): _CLI_START + " (train-dms)",
 }
 
@@ -111,6 +116,7 @@ PLUGIN_ALLOWED: dict[str, str] = {
     "iqadef.core.plugins": "get_registry: commands list plugins; diffpure+unsharp composes a registered defence",
     "iqadef.core.export": "the export command and the export dataset (its marker)",
     "iqadef.core.registry": "train-dms reads a registry file",
+    "iqadef.core.run.trained": "train-robust writes the training record whose images a run flags",
 }
 #: Public plugin modules that other built-in plugins build on.
 PLUGIN_SIBLINGS: dict[tuple[str, str], str] = {

@@ -29,6 +29,7 @@ from .artifacts import ArtifactReader
 from .local import execute_local
 from .plan import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
 from .progress import _progress
+from .trained import mark_trained_cells, overlap_problems, trained_images_by_metric
 from .worker import Worker
 
 
@@ -74,6 +75,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
             warn_scores(info["metrics"])  # a metric whose scores reach 0 or below: its gain misleads
             fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
+            trained = trained_images_by_metric(config.metrics)  # fine-tuned metrics scoring their training images
+            dataset.problems.extend(overlap_problems(trained, dataset))
             finished = store.finished()
             relabelled = reuse_renamed(store, config, dataset, finished)
             units = plan_units(config, dataset, finished)
@@ -109,7 +112,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             everything = store.dataframe()
             current = GridIndex(config, dataset)
             in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
-            df = current_labels(everything[in_grid].reset_index(drop=True), config)
+            df = mark_trained_cells(current_labels(everything[in_grid].reset_index(drop=True), config), trained)
             other = len(everything) - len(df)
         finally:
             store.close()
