@@ -169,7 +169,7 @@ def test_the_checkpoint_is_a_grid_metric(tmp_path, image_dir):
     # the robust metric was trained on these very images: its cells are flagged, the original's are not
     robust = df["metric"] != "tiny-iqa"
     assert df.loc[robust, "trained_on_image"].all() and not df.loc[~robust, "trained_on_image"].any()
-    assert any("fine-tuned on 6 of this run's images" in p for p in summary.problems)
+    assert any("was trained on 6 of this run's images" in p for p in summary.problems)
     again = run_grid(load_run_config(registry), progress=False)
     assert again.computed == 0 and again.failed == 0                     # resumes: nothing left to do
     assert main(["verify", str(summary.run_dir), "--cells", "4", "--seed", "0"]) == 0

@@ -201,6 +201,20 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
+
+def trained_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per metric or defence evaluated on images it was trained on (``trained_on_image``, from the
+    training records of fcn, dms-iqa, drs and train-robust checkpoints): those cells are not held out."""
+    if "trained_on_image" not in df.columns:
+        return []
+    marked = df[df["trained_on_image"].fillna(False).astype(bool)]
+    lines = []
+    for (metric, defence), cells in marked.groupby(["metric", "defence"], sort=False):
+        lines.append(f"{metric} × {defence}: {cells['image'].nunique()} of the images were in the training data of "
+                     f"the metric or the defence ({len(cells)} cells marked trained_on_image): not held-out results; "
+                     f"train on other images to compare it fairly")
+    return lines
+
 # -- the sections ---------------------------------------------------------------------------------
 def _figure_sections(figures: ReportFigures, mos: bool, data_uris: bool) -> list[dict[str, Any]]:
     """Figures 3-5: id, title, the text shown when a section has no figure, and each figure's label and file."""
@@ -354,7 +368,7 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
             ("notes", "Notes")]
     page = _environment("html").get_template("report.html.j2").render(
         run_name=run_dir.name, facts=run_facts(run_dir, run_info, df), problems=dataset_problems(run_info, df),
-        warnings=score_warnings(run_info.get("metrics", {}) or {}, df), toc=toc,
+        warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df), toc=toc,
         findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))), rankings=rankings,
         pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
         glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance], geometric_note=GEOMETRIC_NOTE,
@@ -382,7 +396,7 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
     adaptive = tables.adaptive
     page = _environment("md").get_template("report.md.j2").render(
         run_name=run_dir.name, header=run_header(run_info), problems=dataset_problems(run_info, df),
-        warnings=score_warnings(run_info.get("metrics", {}) or {}, df),
+        warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df),
         findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))),
         rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
         ranking=markdown_table(with_ci(tables.ranking)) if len(tables.rankings) > 1 else None,

@@ -29,7 +29,7 @@ from .artifacts import ArtifactReader
 from .local import execute_local
 from .plan import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
 from .progress import _progress
-from .trained import mark_trained_cells, overlap_problems, trained_images_by_metric
+from .trained import mark_trained_cells, overlap_problems, trained_images
 from .worker import Worker
 
 
@@ -71,12 +71,14 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         dataset = config.open_dataset(limit=limit)
         store = ResultStore(output)
         try:
+            trained = trained_images(config.metrics)  # trained artefacts meeting their own training images
+            trained_defences = trained_images(grid_defences(config))
+            dataset.problems.extend(overlap_problems(trained, dataset)
+                                    + overlap_problems(trained_defences, dataset, "defence"))
             info = run_info(config, dataset, limit)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
             warn_scores(info["metrics"])  # a metric whose scores reach 0 or below: its gain misleads
             fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
-            trained = trained_images_by_metric(config.metrics)  # fine-tuned metrics scoring their training images
-            dataset.problems.extend(overlap_problems(trained, dataset))
             finished = store.finished()
             relabelled = reuse_renamed(store, config, dataset, finished)
             units = plan_units(config, dataset, finished)
@@ -112,7 +114,8 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             everything = store.dataframe()
             current = GridIndex(config, dataset)
             in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
-            df = mark_trained_cells(current_labels(everything[in_grid].reset_index(drop=True), config), trained)
+            df = mark_trained_cells(current_labels(everything[in_grid].reset_index(drop=True), config), trained,
+                                    trained_defences)
             other = len(everything) - len(df)
         finally:
             store.close()

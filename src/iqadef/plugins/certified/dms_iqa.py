@@ -180,7 +180,9 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
                                    rank_weight=rank_weight, target_weight=target_weight, seed=seed)
     record = {**record, "sigma": sigma, "metric": chosen.label, "images": len(images), "lr": lr,
               "batch_size": batch_size, "rank_weight": rank_weight, "target_weight": target_weight, "seed": seed,
-              "run_dir": str(run_dir)}
+              "run_dir": str(run_dir),
+              "data": {"images": [{"name": item.name, "sha256": item.sha256, "role": "train"}
+                                  for item in dataset.items]}}
     save_trained_weights(Path(out), {"model": state, "sigma": float(sigma), "width": record["width"],
                                      "depth": record["depth"]}, record)
     return record

@@ -269,6 +269,16 @@ def collect_pairs(run_dir: Path, *, metric: str | None = None, attack: str | Non
     return pairs, df
 
 
+def seen_images(df: Any, val_fraction: float = 0.2) -> list[dict[str, str]]:
+    """The images a training on ``df``'s pairs saw, with their sha256 and role (``train``, or ``validation``:
+    these chose the kept epoch, so they are not held out either); what a run checks its images against."""
+    train_idx, _ = _split(len(df), val_fraction, list(df["image"]))
+    train = {df["image"].iloc[i] for i in train_idx}
+    firsts = df.drop_duplicates("image")
+    return [{"name": str(name), "sha256": str(sha), "role": "train" if name in train else "validation"}
+            for name, sha in zip(firsts["image"], firsts.get("image_sha256", [""] * len(firsts))) if sha]
+
+
 def train_fcn_from_run(run_dir: Path, out: Path, *, epochs: int = 200, batch_size: int = 4, lr: float = 1e-3,
                        seed: int = 0, crop: int | None = None, metric: str | None = None,
                        attack: str | None = None) -> dict[str, Any]:
@@ -280,7 +290,7 @@ def train_fcn_from_run(run_dir: Path, out: Path, *, epochs: int = 200, batch_siz
                               groups=list(df["image"]))
     record = {**record, "pairs": len(pairs), "metrics": sorted(df["metric"].unique()),
               "attacks": sorted(df["attack"].unique()), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "seed": seed, "crop": crop, "run_dir": str(run_dir)}
+              "seed": seed, "crop": crop, "run_dir": str(run_dir), "data": {"images": seen_images(df)}}
     save_trained_weights(Path(out), {k: v.detach().cpu() for k, v in state.items()}, record)
     return record
 
