@@ -151,7 +151,7 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
     registry, the registry file it was read from, ``--limit``, torch's thread count)."""
     from ... import __version__
 
-    return {
+    info = {
         "iqadef_version": __version__,
         "metrics": {m.label: {"name": m.name, "range": list(m.range), "higher_is_better": m.higher_is_better}
                     for m in config.metrics},
@@ -170,6 +170,9 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
         "limit": limit,
         "torch_threads": torch.get_num_threads(),
     }
+    if config.protocol is not None:  # the robustness protocol's roles and budgets (core/protocol.py)
+        info["protocol"] = config.protocol
+    return info
 
 
 def _jsonable(value: Any) -> Any:

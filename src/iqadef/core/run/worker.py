@@ -53,6 +53,7 @@ from ..scores import image_score_classes
 from ..store import CELL_COLUMNS
 from .artifacts import _hash, _seed, example_name, png_bytes, quantize, read_png
 from .plan import Unit, batch_keys, cell_row, failed_rows
+from .redraw import redraw_scores, wants_redraws
 from .smoothed import is_certified, smoothed_cells
 
 
@@ -459,6 +460,8 @@ class Worker:
                          self._seal(cells[d].f_def_adv, "f(D(x_a))")]
                 try:
                     scores = self._image_scores(cells[d], seals, False)
+                    if wants_redraws(cfg, unit, d):  # the robustness protocol's flag (e): fresh draws of D
+                        scores.update(redraw_scores(self, unit, d, x_adv, clean["f"], cells[d].f_def_adv, adv_seal))
                     if self.guard_inputs:
                         bad = broken([s for s in seals if s is not None], deep=True)
                         if bad is not None:
@@ -569,6 +572,8 @@ class Worker:
             scores = self._image_scores(cells, seals, diagnose)
         finally:
             _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
+        if wants_redraws(cfg, unit, d):  # the robustness protocol's flag (e): fresh draws of D
+            scores.update(redraw_scores(self, unit, d, x_adv, clean["f"], f_dxa, adv_seal))
         if self.guard_inputs and not diagnose:
             bad = broken([s for s in seals if s is not None], deep=True)
             if bad is not None:
