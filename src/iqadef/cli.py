@@ -307,6 +307,8 @@ def _print_summary(summary) -> None:  # noqa: ANN001
             for defence, row in pivot.iterrows():
                 table.add_row(escape(str(defence)), *[f"{v:.3f}" if v == v else "-" for v in row.tolist()])
             console.print(table)
+    if getattr(summary, "verdict", None) is not None:
+        _print_verdict(console, summary.verdict)
     console.print(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "
                   f"{summary.failed} failed; {summary.seconds:.1f} s; results in {summary.run_dir}")
     for name, path in summary.files.items():
@@ -316,6 +318,27 @@ def _print_summary(summary) -> None:  # noqa: ANN001
     if summary.other_cells:
         console.print(f"{summary.other_cells} cell(s) of earlier runs in this folder with other plugins, parameters, "
                       f"weights or images are kept in results.sqlite and left out of the exported tables")
+
+
+def _print_verdict(console, verdict) -> None:  # noqa: ANN001
+    """The protocol's worst-case ranking per metric (the report's key finding), flags and the study's rank."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .core.report.verdict_section import flag_legend, ranking_lines
+
+    console.print(escape(verdict.protocol.get("threat_model", "")))
+    for metric, lines in ranking_lines(verdict).items():
+        budget = lines[0]["budget"] if lines else ""
+        table = Table(title=f"{escape(str(metric))}: worst-case normalised gain at {escape(budget)} "
+                            f"(lower = more robust; the study's non-adaptive ranking beside it)")
+        for column in ("#", "defence", "worst-case gain [95% CI]", "flags", "study's ranking"):
+            table.add_column(column)
+        for line in lines:
+            table.add_row(str(line["rank"]), escape(str(line["defence"])), line["value"], line["flags"],
+                          escape(line["study"].replace("study's non-adaptive ranking: ", "")))
+        console.print(table)
+    console.print("flags: " + "; ".join(flag_legend()) + " (evidence in verdict.csv and the report)")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

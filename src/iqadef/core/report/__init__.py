@@ -16,6 +16,8 @@ from typing import Any
 from .figures import ImageLocator, draw_figures, figure_file_name
 from .files import ReportFiles, load_results
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
+from ..verdict import study_rows, write_verdict
+from .verdict_section import curve_figures, page_view, protocol_verdict
 from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
                      has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
                      split_adaptive_label, srocc_matrix, summary_table, with_ci)
@@ -35,12 +37,20 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     run_dir = Path(run_dir)
     df, run_info = load_results(run_dir)
     files = ReportFiles(run_dir)
+    result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
+    df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
     tables = report_tables(df, run_info, registry=registry)
     written = {"summary_csv": files.write(run_dir / "summary.csv",
                                           tables.aggregated.to_csv(index=False).encode("utf-8"))}
     locate = ImageLocator(run_dir, run_info)
     figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
     written.update(figures.written())
-    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate)
-    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df)
+    views: dict[str, Any] = {"html": None, "md": None}
+    if result is not None:
+        written.update(write_verdict(result, run_dir, files.write))
+        curves = curve_figures(result, run_dir, files)
+        written.update({f"figure:{path.stem}": path for _, path in curves})
+        views = {kind: page_view(result, curves, kind) for kind in views}
+    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"])
+    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df, verdict=views["md"])
     return written

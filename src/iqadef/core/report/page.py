@@ -277,7 +277,8 @@ def _findings_html(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-               files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None) -> Path:
+               files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None,
+               verdict: dict[str, Any] | None = None) -> Path:
     """``report.html``: one offline file, sections in reading order with a table of contents."""
     df = df if df is not None else pd.DataFrame()
     locate = locate or ImageLocator(run_dir, run_info)
@@ -287,7 +288,9 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     adaptive = tables.adaptive
     figure_sections = _figure_sections(figures, tables.mos, data_uris=True)
     data = comparison_data(run_dir, run_info, tables, files, locate)
-    toc = [("run", "The run"), ("findings", "Key findings"), ("rankings", "Rankings")]
+    toc = [("run", "The run"), ("findings", "Key findings")]
+    toc += [("verdict", "Robustness verdict")] if verdict else []  # a protocol run (verdict_section.py)
+    toc += [("rankings", "Rankings")]
     toc += [(r["id"], f"Ranking: {r['metric']}") for r in rankings] + [("ranking-pooled", "Ranking: all metrics")]
     toc += [(s["id"], s["title"].split(" (")[0]) for s in figure_sections]
     toc += [("comparison", "Image comparison"), ("tables", "Full tables"), ("summary", "Summary")]
@@ -306,12 +309,12 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
         all_scores=html_table(means_only(tables.aggregated), "all-scores"), figure_sections=figure_sections,
         comparison=_json_for_script(data), n_examples=len(data["cells"]),
         failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
-        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files))
+        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files), verdict=verdict)
     return files.write(run_dir / "report.html", page.encode("utf-8"))
 
 
 def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-                   files: ReportFiles, df: pd.DataFrame | None = None) -> Path:
+                   files: ReportFiles, df: pd.DataFrame | None = None, verdict: dict[str, Any] | None = None) -> Path:
     """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
     df = df if df is not None else pd.DataFrame()
     adaptive = tables.adaptive
@@ -327,5 +330,5 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
         figure_sections=_figure_sections(figures, tables.mos, data_uris=False),
         examples_name=None if figures.examples is None else figures.examples.name,
         failed_count=len(tables.failed), failed=markdown_table(tables.failed.head(MAX_FAILED_ROWS)),
-        notes=_notes(files))
+        notes=_notes(files), verdict=verdict)
     return files.write(run_dir / "report.md", page.encode("utf-8"))
