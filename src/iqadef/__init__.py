@@ -10,11 +10,12 @@ from .core.dataset import DatasetPlugin  # noqa: E402
 from .core.errors import ConfigError, IqadefError, PluginError, WeightsError  # noqa: E402
 from .core.hookspecs import hookimpl  # noqa: E402
 from .core.params import Param  # noqa: E402
+from .core.query import GradientRequested, QueryMetric  # noqa: E402
 from .core.smoothing import MetricSmoothing, SmoothedScores  # noqa: E402
 
 __all__ = [
-    "Attack", "Command", "ConfigError", "DatasetPlugin", "Defence", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",
-    "PluginError", "SmoothedScores", "WeightsError", "__version__", "attack_loss", "hookimpl",
+    "Attack", "Command", "ConfigError", "DatasetPlugin", "Defence", "GradientRequested", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",
+    "PluginError", "QueryMetric", "SmoothedScores", "WeightsError", "__version__", "attack_loss", "hookimpl",
     "load_attack", "load_defence", "load_metric", "run_grid",
 ]
 

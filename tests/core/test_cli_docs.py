@@ -34,4 +34,4 @@ def test_plugins_md_states_every_contract_attribute():
     text = (DOCS / "plugins.md").read_text()
     rows = {m.group(1) for m in re.finditer(r"^\| `(\w+)` \| `?(?:Metric|Attack|Defence|all)", text, re.M)}
     assert {"range", "higher_is_better", "input_policy", "randomized", "differentiable", "preserves_size",
-            "norm", "name", "version", "params", "weights"} <= rows
+            "norm", "black_box", "name", "version", "params", "weights"} <= rows

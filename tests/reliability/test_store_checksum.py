@@ -25,7 +25,7 @@ def checkpoint(db) -> None:
 
 
 def row(**values):
-    base = {c: "" for c in CELL_COLUMNS if not (c.startswith("f_") or c == "mos")}
+    base = {c: "" for c in CELL_COLUMNS if not (c.startswith("f_") or c in ("mos", "queries"))}
     base.update(metric_key="m", attack_key="a", defence_key="d", image="i.png", metric="toy", attack="atk",
                 defence="def", status="ok", f_clean=50.0, f_adv=60.0, f_def_clean=51.0, f_def_adv=55.0,
                 mos=float("nan"), scores={"gain": 0.1, "psnr_x_xa": 30.0})
@@ -72,7 +72,7 @@ def test_a_change_in_any_column_fails_the_checksum(tmp_path, column):
     store = ResultStore(tmp_path)
     status = "failed" if column == "status" else "ok"  # a failed cell turned "ok" must not count as done
     store.write_cells([row(image_path="/x/i.png", unit="0/0/0", adv_path="cache/adv/ab/x.png", status=status)])
-    real = column.startswith("f_") or column == "mos"
+    real = column.startswith("f_") or column in ("mos", "queries")
     store.db.execute(f"UPDATE cells SET {column} = ?", (7.25 if real else "ok" if column == "status" else "changed",))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StorageWarning)

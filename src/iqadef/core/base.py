@@ -210,11 +210,13 @@ class Attack(Plugin):
     """An attack: ``run(metric, images, seed=...) -> adversarial images`` (same shape, in [0, 1]).
 
     ``norm`` names the bound the attack keeps (``"linf"``, ``"l2"``, ``"rmse"``, or None for
-    unbounded/semantic attacks); :meth:`bound` gives its size.
+    unbounded/semantic attacks); :meth:`bound` gives its size. A ``black_box`` attack gets the metric as a
+    :class:`~iqadef.core.query.QueryMetric` (scores only, no gradient, queries counted per image).
     """
 
     kind = "attack"
     norm: ClassVar[str | None] = None
+    black_box: ClassVar[bool] = False
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError
@@ -232,7 +234,7 @@ class Attack(Plugin):
 
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
-        return {"norm": cls.norm}
+        return {"norm": cls.norm, "black_box": cls.black_box}
 
 
 class Defence(Plugin):

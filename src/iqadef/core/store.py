@@ -37,7 +37,7 @@ CELL_COLUMNS = (
     "metric_key", "attack_key", "defence_key", "image",
     "metric", "attack", "defence", "metric_params", "attack_params", "defence_params", "adaptive",
     "image_path", "image_sha256", "batch_key", "status", "error", "f_clean", "f_adv", "f_def_clean",
-    "f_def_adv", "mos", "adv_path", "example_path", "scores", "unit",
+    "f_def_adv", "mos", "queries", "adv_path", "example_path", "scores", "unit",
 )
 KEY_COLUMNS = ("metric_key", "attack_key", "defence_key", "image")
 #: What a cell was computed from besides its plugins: the image file's sha256 and its batch (the runner's
@@ -46,7 +46,7 @@ IDENTITY_COLUMNS = (*KEY_COLUMNS, "image_sha256", "batch_key")
 
 
 def _is_real(column: str) -> bool:
-    return column.startswith("f_") or column == "mos"
+    return column.startswith("f_") or column in ("mos", "queries")
 
 
 _SCHEMA = f"""

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def _hash(*parts: Any) -> str:
@@ -29,11 +30,28 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images.clamp(0, 1) * 255.0) / 255.0
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
+#: The PNG text chunk of a cached x_a that records a black-box attack's queries for it.
+QUERIES_CHUNK = "iqadef:queries"
+
+
+def png_bytes(image: torch.Tensor, queries: int | None = None) -> bytes:
+    """``image`` as an 8-bit PNG; ``queries`` (a black-box attack's count for it) goes into a text chunk, so
+    a cached x_a read back by a later unit or a resumed run still knows what it cost."""
     arr = (quantize(image.detach().cpu()) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr), mode="RGB").save(buf, format="PNG", compress_level=1)
+    info = None
+    if queries is not None:
+        info = PngInfo()
+        info.add_text(QUERIES_CHUNK, str(int(queries)))
+    Image.fromarray(np.ascontiguousarray(arr), mode="RGB").save(buf, format="PNG", compress_level=1, pnginfo=info)
     return buf.getvalue()
+
+
+def png_queries(data: bytes) -> int | None:
+    """The queries recorded by :func:`png_bytes` in a PNG, None when it records none."""
+    with Image.open(io.BytesIO(data)) as img:
+        value = getattr(img, "text", {}).get(QUERIES_CHUNK)
+    return int(value) if value is not None else None
 
 
 def read_png(path: Path | io.BytesIO) -> torch.Tensor:

@@ -166,7 +166,7 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
         values = [float(clean["f"][i]), float(f_adv[i]), float(s_clean.value[i]), float(s_adv.value[i])]
         row = cell_row(cfg, unit, d, item, key)
         row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
-                   adv_path=adv_paths[i],
+                   adv_path=adv_paths[i], queries=worker.queries_of(adv_paths[i]),
                    scores={**{k: float(v[i]) for k, v in scores.items()}, **{k: v[i] for k, v in extra.items()}})
         bad = [n for n, v in zip(("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"), values) if not math.isfinite(v)]
         if bad:

@@ -48,10 +48,11 @@ from ..guard import (
     modified_message,
 )
 from ..plugins import PluginRegistry, get_registry
+from ..query import QueryMetric
 from ..registry import RunConfig
 from ..scores import image_score_classes
 from ..store import CELL_COLUMNS
-from .artifacts import _hash, _seed, example_name, png_bytes, quantize, read_png
+from .artifacts import _hash, _seed, example_name, png_bytes, png_queries, quantize, read_png
 from .plan import Unit, batch_keys, cell_row, failed_rows
 from .redraw import redraw_scores, wants_redraws
 from .smoothed import is_certified, smoothed_cells
@@ -172,6 +173,7 @@ class Worker:
         #: Defences whose D(x) failed for the current (metric, batch): the same reason for every attack.
         self._defence_failures: tuple[tuple[int, int] | None, dict[int, str]] = (None, {})
         self._unit_pngs: dict[str, bytes] = {}  # this unit's adversarial PNGs, to rebuild x_a from
+        self._adv_queries: dict[str, int | None] = {}  # adv_path -> a black-box attack's queries of that image
         self._tainted = False  # a plugin wrote into a shared tensor: rebuild before the next cells
         #: Called with the number of cells just finished, from the thread computing the unit, as soon as
         #: they are (per defence or group of defences); over a unit the calls add up to its row count.
@@ -314,7 +316,7 @@ class Worker:
         items = self.batches[unit.batch]
         seed = self.attack_seed(unit.metric, unit.attack, unit.batch)
         paths = [f"cache/adv/{k[:2]}/{k}.png" for k in keys]
-        cached = [self._cached(k, item.size) for k, item in zip(keys, items)]
+        cached = [self._cached(k, rel, item.size) for k, rel, item in zip(keys, paths, items)]
         if all(c is not None for c in cached):
             return torch.stack(cached).to(self.device), paths  # type: ignore[arg-type]
         x = self._clean_side(unit.metric, unit.batch)["x"]
@@ -322,20 +324,25 @@ class Worker:
         attacked = target(tripwire)
         who = f"attack {entry.label!r}"
         attack = self._load(who, entry.attack)
+        if attack.black_box:  # scores only, queries counted (core/query.py)
+            attacked = QueryMetric(attacked, x.shape[0])
         x_adv = self._call(who, "run", lambda: attack.run(attacked, x.clone(), seed=seed))
         if tripwire.message is not None:  # a metric or defence wrote into the attack's images
             raise InputModified(tripwire.message)
         x_adv = quantize(_check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
-        for k, rel, img in zip(keys, paths, x_adv):
-            data = png_bytes(img)
+        queries = attacked.queries.tolist() if isinstance(attacked, QueryMetric) else [None] * len(keys)
+        for k, rel, img, count in zip(keys, paths, x_adv, queries):
+            data = png_bytes(img, queries=count)
+            self._adv_queries[rel] = count
             self._unit_pngs[k] = data
             result.files.append((rel, data))
             result.artifacts.append((k, rel, hashlib.sha256(data).hexdigest()))
         return x_adv, paths
 
-    def _cached(self, key: str, size: tuple[int, int]) -> torch.Tensor | None:
+    def _cached(self, key: str, rel: str, size: tuple[int, int]) -> torch.Tensor | None:
         """A cached x_a: from this unit's PNGs, else the run folder's (sha256 checked); None if absent,
-        corrupted or of another size than the image now loads at (``dataset.max_side`` changed)."""
+        corrupted or of another size than the image now loads at (``dataset.max_side`` changed). The
+        black-box queries the PNG records are kept for the cell's ``queries`` column."""
         data = self._unit_pngs.get(key)
         if data is None:
             found = self.artifact_lookup(key)
@@ -350,6 +357,7 @@ class Worker:
                 return None  # corrupted or half-written: recompute
         try:
             image = read_png(io.BytesIO(data))
+            self._adv_queries[rel] = png_queries(data)
         except Exception:  # noqa: BLE001
             return None
         return image if tuple(image.shape[1:]) == tuple(size) else None
@@ -358,6 +366,7 @@ class Worker:
     def compute(self, unit: Unit) -> UnitResult:
         result = UnitResult(rows=[])
         self._unit_pngs = {}
+        self._adv_queries = {}
         shared: tuple | None = None
         todo = list(unit.defences)
         alone = 0  # how many of todo's first defences are computed one by one (their group failed)
@@ -592,7 +601,8 @@ class Worker:
             values = [float(v[i]) for v in (clean["f"], f_adv, f_dx, f_dxa)]
             row = cell_row(cfg, unit, d, item, key)
             row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
-                       adv_path=adv_paths[i], scores={k: float(v[i]) for k, v in scores.items()})
+                       adv_path=adv_paths[i], queries=self.queries_of(adv_paths[i]),
+                   scores={k: float(v[i]) for k, v in scores.items()})
             bad_values = [n for n, v in zip(("f(x)", "f(x_a)", "f(D(x))", "f(D(x_a))"), values) if not math.isfinite(v)]
             if bad_values:
                 row.update(status="failed",
@@ -604,6 +614,11 @@ class Worker:
                 row["example_path"] = rel
             rows.append(row)
         return rows
+
+    def queries_of(self, adv_path: str) -> float:
+        """The queries a black-box attack made for the x_a at ``adv_path``; NaN for other attacks."""
+        count = self._adv_queries.get(adv_path)
+        return float("nan") if count is None else float(count)
 
     def _image_scores(self, cells: CellBatch, seals: list[Seal | None], deep: bool) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
