@@ -10,7 +10,7 @@ Means over images get the project's BCa bootstrap interval (:func:`~iqadef.core.
 The reliability flags follow Carlini et al. 2019's checklist, each with a rule stated here and in
 docs/evaluation.md and evidence in words: (a) the worst case far above the non-adaptive figure, (b) a
 black-box or non-adaptive attack beating the adaptive white-box one on some images (gradient masking
-suspected), (c) the adaptive attack's gain falling as the budget grows, (d) the unbounded adaptive attack
+suspected), (c) the adaptive attack moving the score less as the budget grows, (d) the unbounded adaptive attack
 not reaching the top of the metric's range through the defence, (e) a randomised defence whose gain on the
 same x_a changes a lot between fresh draws.
 """
@@ -33,12 +33,12 @@ from .scores import bootstrap_ci, metric_info, metric_span, normalised_gain, ok_
 A_MIN_DIFFERENCE = 0.10
 #: ... and is at least this many times as large.
 A_MIN_RATIO = 2.0
-#: (b) an image counts when the best of the non-adaptive and black-box attacks beats the adaptive one by
-#: more than this ...
+#: (b) an image counts when the best of the non-adaptive and black-box attacks moves the defended score
+#: further in the attacker's direction than the adaptive one, by more than this ...
 B_MARGIN = 0.05
 #: ... and the flag fires when, at some budget, at least this share of the images (and at least one) count.
 B_MIN_SHARE = 0.2
-#: (c) fires when the adaptive attack's mean gain at a larger budget is lower than at a smaller one by more.
+#: (c) fires when the adaptive attack's mean rise at a larger budget is lower than at a smaller one by more.
 C_TOLERANCE = 0.02
 #: (d) an image reaches the top when the unbounded attack brings f(D(x_a)) within this share of the range
 #: of the metric's better end (or beyond it) ...
@@ -60,7 +60,8 @@ VERDICT_COLUMNS = ("metric", "defence", "threat", "eps", "budget", "n_images",
                    "gain_nonadaptive", "gain_nonadaptive_ci_low", "gain_nonadaptive_ci_high",
                    "gain_adaptive", "gain_adaptive_ci_low", "gain_adaptive_ci_high",
                    "gain_blackbox", "gain_blackbox_ci_low", "gain_blackbox_ci_high",
-                   "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high", "worst_by", "redraw_spread",
+                   "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high", "worst_by",
+                   "rise_nonadaptive", "rise_adaptive", "rise_blackbox", "redraw_spread",
                    "curve_area", "flags", "evidence")
 RANKING_COLUMNS = ("rank", "metric", "defence", "budget", "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high",
                    "curve_area", "flags", "study_rank", "study_norm_gain", "evidence")
@@ -148,8 +149,11 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
     if good.empty:
         return empty
     span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m))).to_numpy(dtype=float)
+    sign = good["metric"].map(lambda m: 1.0 if metric_info(run_info, m)["higher_is_better"] else -1.0)
     good = good.assign(gain=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
-                       gain_at_zero=normalised_gain(good["f_clean"], good["f_def_clean"], 1.0) / span)
+                       gain_at_zero=normalised_gain(good["f_clean"], good["f_def_clean"], 1.0) / span,
+                       rise=sign.to_numpy(dtype=float) * (good["f_def_adv"] - good["f_def_clean"]).to_numpy(dtype=float)
+                       / span)
     cand = _candidates(good, protocol)
     if cand.empty:
         return empty
@@ -159,6 +163,7 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
         info = metric_info(run_info, metric)
         bounded = mine[mine["role"] != "sanity"]
         per_image = bounded.groupby(["threat", "eps", "image", "role"])["gain"].max().unstack("role")
+        rises = bounded.groupby(["threat", "eps", "image", "role"])["rise"].max().unstack("role")
         at_zero = float(good[(good["metric"] == metric) & (good["defence"] == defence)]
                         .groupby("image")["gain_at_zero"].mean().mean())
         table_rows = []
@@ -177,6 +182,9 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
                     values = at[role] if role in at.columns else pd.Series(dtype=float)
                     row[column], row[f"{column}_ci_low"], row[f"{column}_ci_high"] = _ci(values, seed)
                 row["gain_worst"], row["gain_worst_ci_low"], row["gain_worst_ci_high"] = _ci(worst, seed)
+                rise_at = rises.xs((threat, eps), level=("threat", "eps"))
+                for role in ROLE_COLUMNS:
+                    row[f"rise_{role}"] = float(rise_at[role].mean()) if role in rise_at.columns else math.nan
                 winners = at.idxmax(axis=1).value_counts()
                 row["worst_by"] = ", ".join(f"{r} {n}" for r, n in winners.items())
                 row["redraw_spread"] = _spread(bounded[(bounded["threat"] == threat) & (bounded["eps"] == eps)])
@@ -188,7 +196,7 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
                     row["curve_area"] = area
             curve_rows += [{"metric": metric, "defence": defence, "threat": threat, "eps": e, "gain_worst": g}
                            for e, g in curve]
-        flags[(metric, defence)] = _flags(table_rows, per_image, mine[mine["role"] == "sanity"], info)
+        flags[(metric, defence)] = _flags(table_rows, rises, mine[mine["role"] == "sanity"], info)
         for row in table_rows:
             found = flags[(metric, defence)]
             row["flags"] = ",".join(code for code, _ in found)
@@ -207,9 +215,14 @@ def _area(curve: list[tuple[float, float]]) -> float:
     return float(np.trapezoid(ys, xs) / xs[-1]) if hasattr(np, "trapezoid") else float(np.trapz(ys, xs) / xs[-1])
 
 
-def _flags(rows: list[dict[str, Any]], per_image: pd.DataFrame, sanity: pd.DataFrame,
+def _flags(rows: list[dict[str, Any]], rises: pd.DataFrame, sanity: pd.DataFrame,
            info: dict[str, Any]) -> list[tuple[str, str]]:
-    """The flags that fire for one (metric, defence), each with its evidence (rules: module constants)."""
+    """The flags that fire for one (metric, defence), each with its evidence (rules: module constants).
+
+    (a) compares the gains the verdict reports; (b) and (c) compare how far each attack moved the defended
+    score in the attacker's direction, the *rise* s (f(D(x_a)) - f(D(x))) / range (s = +1 when higher is
+    better): the gain also counts the defence's own change of the score (a blur that lowers it), which an
+    attacker raising the score undoes, so a stronger attack can show a smaller gain."""
     found: list[tuple[str, str]] = []
     # (a) the study's number is not a robustness figure
     gaps = [(r["gain_worst"] - r["gain_nonadaptive"], r) for r in rows
@@ -221,9 +234,9 @@ def _flags(rows: list[dict[str, Any]], per_image: pd.DataFrame, sanity: pd.DataF
                            f"non-adaptive ({r['worst_by']})"))
     # (b) gradient masking: a weaker-informed attack beats the white-box one on some images
     worst_b = None
-    if "adaptive" in per_image.columns:
-        others = [c for c in ("nonadaptive", "blackbox") if c in per_image.columns]
-        for (threat, eps), at in per_image.groupby(level=["threat", "eps"], sort=False):
+    if "adaptive" in rises.columns:
+        others = [c for c in ("nonadaptive", "blackbox") if c in rises.columns]
+        for (threat, eps), at in rises.groupby(level=["threat", "eps"], sort=False):
             if not others:
                 break
             adaptive = at["adaptive"]
@@ -234,19 +247,20 @@ def _flags(rows: list[dict[str, Any]], per_image: pd.DataFrame, sanity: pd.DataF
                 margin = float((best_other - adaptive)[beaten].mean())
                 if worst_b is None or k / n > worst_b[0]:
                     worst_b = (k / n, f"at {threat}={format_eps(threat, eps)} on {k} of {n} images the "
-                                      f"{'/'.join(c for c in others)} attack beats the adaptive one by "
-                                      f"{margin:.3f} on average")
+                                      f"{'/'.join(c for c in others)} attack moves the score further than the "
+                                      f"adaptive one, by {margin:.3f} of the range on average")
     if worst_b is not None:
         found.append(("b", worst_b[1]))
     # (c) gain must grow with eps
     for threat in dict.fromkeys(r["threat"] for r in rows):
-        series = [(r["eps"], r["gain_adaptive"], r["budget"]) for r in rows
-                  if r["threat"] == threat and np.isfinite(r["gain_adaptive"])]
+        series = [(r["eps"], r["rise_adaptive"], r["budget"]) for r in rows
+                  if r["threat"] == threat and np.isfinite(r["rise_adaptive"])]
         series.sort()
         drops = [(a, b) for i, a in enumerate(series) for b in series[i + 1:] if b[1] < a[1] - C_TOLERANCE]
         if drops:
             a, b = max(drops, key=lambda p: p[0][1] - p[1][1])
-            found.append(("c", f"adaptive gain {a[1]:.3f} at {a[2]} but {b[1]:.3f} at {b[2]}"))
+            found.append(("c", f"the adaptive attack moves the score by {a[1]:.3f} of the range at {a[2]} but "
+                               f"{b[1]:.3f} at {b[2]}"))
             break
     # (d) the unbounded attack must reach the top of the range
     if len(sanity):
