@@ -116,9 +116,9 @@ def test_flag_b_fires_when_a_non_adaptive_attack_beats_the_adaptive_one_on_some_
 
 def test_flag_b_counts_the_black_box_attack():
     info = _info()
-    flags = _flags(_rows(info, {**HEALTHY, ("blackbox", 4): 0.5}), info)
+    flags = _flags(_rows(info, {**HEALTHY, ("blackbox", 10): 0.5}), info)
     assert "b" in flags and "on 10 of 10 images the nonadaptive/blackbox attack" in flags["b"]
-    assert "b" not in _flags(_rows(info, {**HEALTHY, ("blackbox", 4): 0.1}), info)
+    assert "b" not in _flags(_rows(info, {**HEALTHY, ("blackbox", 10): 0.28}), info)
 
 
 def test_flag_c_fires_when_the_adaptive_gain_falls_as_the_budget_grows():
@@ -182,3 +182,30 @@ def test_without_protocol_there_is_no_verdict_and_every_row_is_the_studys():
     rows = _rows(info, {**HEALTHY, ("study", 10): 0.5})
     assert set(V.study_rows(rows, info)["attack"]) == {"study-attack"}
     assert not math.isnan(V.verdict(rows, info).table["gain_worst"].iloc[0])
+
+
+def test_certified_defence_shows_the_best_attack_at_its_radius_beside_its_interval():
+    roles = {**ROLE_ATTACKS}
+    specs = protocol_attacks("quick", roles, radii=(0.25,))
+    info = {"seed": 0, "metrics": {"m": {"name": "m", "range": [0, 100], "higher_is_better": True}},
+            "certified": {"ms": {"name": "median-smoothing", "eps": 0.25, "sigma": 0.12, "n": 100, "alpha": 0.001}},
+            "protocol": describe("quick", {s.label: s for s in specs}, [], {s.label: s.attack for s in specs},
+                                 (0.25,))}
+    assert info["protocol"]["budgets"]["l2"] == [0.25] and "0.25" in info["protocol"]["threat_model"]
+    rows = []
+    for label, spec in info["protocol"]["cells"].items():
+        if spec["threat"] != "l2":
+            continue
+        for i in range(N):
+            f_s = 60.0 if spec["role"] == "adaptive" else 55.0  # the adaptive attack goes further
+            f_s += 10.0 if i == 0 else 0.0  # image 0 leaves the interval [40, 62]
+            rows.append({"metric": "m", "defence": "ms", "image": f"i{i}", "attack": label, "status": "ok",
+                         "adaptive": spec["adaptive"], "f_clean": 50.0, "f_def_clean": 50.0, "f_def_adv": f_s,
+                         "cert_lower_clean": 40.0, "cert_upper_clean": 62.0, "cert_applies": float(i != 9)})
+    table = V.verdict(pd.DataFrame(rows), info).table
+    row = table[(table["threat"] == "l2")].iloc[0]
+    assert row["cert_radius"] == 0.25 and row["cert_applies_share"] == pytest.approx(0.9)
+    assert row["cert_inside_share"] == pytest.approx(8 / 9)  # image 0 (70 > 62) is outside; image 9 not covered
+    assert row["cert_room"] == pytest.approx(((62 - 70) + 8 * (62 - 60)) / 9 / 100)
+    plain = V.verdict(_rows(_info(), HEALTHY), _info()).table
+    assert plain["cert_radius"].isna().all()

@@ -43,12 +43,16 @@ class Level:
     queries: int  # black-box attack's queries per image
     redraws: int  # fresh draws of a randomised defence each x_a is scored against (flag e)
     nonadaptive_steps: int = 10  # the study's I-FGSM: 10 iterations
+    #: the budgets the black-box attack runs at (None: every budget of the threat)
+    blackbox_budgets: tuple[float, ...] | None = None
 
 
 LEVEL_SETTINGS: dict[str, Level] = {
     # A 2-core CPU, the default registry (16 defences, 14 images, tiny-iqa) in under 15 minutes
-    # (docs/performance.md): two L-inf budgets, short attacks, no L2 budget.
-    "quick": Level(linf=(4 / 255, STUDY_EPS), l2=(), steps=10, restarts=1, eot=2, queries=60, redraws=3),
+    # (docs/performance.md): two L-inf budgets, short attacks, the black-box check at the study's budget only,
+    # no L2 budget.
+    "quick": Level(linf=(4 / 255, STUDY_EPS), l2=(), steps=10, restarts=1, eot=2, queries=100, redraws=3,
+                   blackbox_budgets=(STUDY_EPS,)),
     # Full strength (a GPU): the four usual budgets, the study's, one L2 budget; APGD's 100 iterations.
     "standard": Level(linf=(2 / 255, 4 / 255, 8 / 255, STUDY_EPS, 16 / 255), l2=(3.0,), steps=100, restarts=2,
                       eot=8, queries=1000, redraws=8),
@@ -104,17 +108,20 @@ class ProtocolAttack:
 def format_eps(threat: str, eps: float) -> str:
     """``8/255`` for an L-inf budget that is a whole number of 8-bit levels, else the number."""
     if threat == "linf":
-        levels = Fraction(eps * 255).limit_denominator(1000)
+        levels = Fraction(eps * 255).limit_denominator(1000)  # exact for the budgets written as k/255
         if levels.denominator == 1:
             return f"{levels.numerator}/255"
     return f"{eps:.6g}"
 
 
-def protocol_attacks(level_name: str, roles: dict[tuple[str, str], RoleSpec] | None = None) -> list[ProtocolAttack]:
+def protocol_attacks(level_name: str, roles: dict[tuple[str, str], RoleSpec] | None = None,
+                     radii: tuple[float, ...] = ()) -> list[ProtocolAttack]:
     """The attack entries of a protocol level, in grid order: per threat and budget the roles, then the
-    unbounded adaptive sanity check."""
+    unbounded adaptive sanity check. ``radii``: the L2 radii of the run's certified defences, added as L2
+    budgets so that the best empirical attack at a certificate's radius stands beside it."""
     roles = ROLE_ATTACKS if roles is None else roles
     level = LEVEL_SETTINGS[level_name]
+    level = Level(**{**level.__dict__, "l2": tuple(sorted(set(level.l2) | {float(r) for r in radii}))})
     out: list[ProtocolAttack] = []
 
     def add(role: str, threat: str, eps: float, spec_role: str | None = None) -> None:
@@ -127,36 +134,42 @@ def protocol_attacks(level_name: str, roles: dict[tuple[str, str], RoleSpec] | N
     for threat, budgets in (("linf", level.linf), ("l2", level.l2)):
         for eps in budgets:
             for role in ("nonadaptive", "adaptive", "blackbox"):
+                if role == "blackbox" and level.blackbox_budgets is not None and eps not in level.blackbox_budgets:
+                    continue
                 add(role, threat, eps)
     add("sanity", "linf", SANITY_EPS, spec_role="adaptive")
     return out
 
 
-def threat_model(level_name: str) -> str:
+def threat_model(level_name: str, radii: tuple[float, ...] = ()) -> str:
     """The threat model in one paragraph, as every output states it."""
     level = LEVEL_SETTINGS[level_name]
+    level = Level(**{**level.__dict__, "l2": tuple(sorted(set(level.l2) | {float(r) for r in radii}))})
     linf = ", ".join(format_eps("linf", e) for e in level.linf)
     l2 = f"; L2 budget {', '.join(format_eps('l2', e) for e in level.l2)} (absolute, over 3xHxW pixel values)" \
         if level.l2 else "; no L2 budget at this level"
+    blackbox = "" if level.blackbox_budgets is None else \
+        f" at {', '.join(format_eps('linf', e) for e in level.blackbox_budgets)} only"
     return (f"protocol {level_name}: L-inf budgets {linf}{l2}. The attacker's goal is to move the defended "
             f"score f(D(x_a)) in the metric's better direction; it knows the defence (adaptive white-box: "
             f"{level.steps} steps x {level.restarts} restart(s), EOT over {level.eot} draws of a randomised "
-            f"defence) or only queries f(D(.)) (black-box: {level.queries} queries); an unbounded adaptive "
+            f"defence) or only queries f(D(.)) (black-box: {level.queries} queries{blackbox}); an unbounded adaptive "
             f"attack (L-inf {format_eps('linf', SANITY_EPS)}) checks the attack itself. Verdict per image: the "
             f"worst case over the ensemble; each x_a is also scored against {level.redraws} fresh draws of a "
             f"randomised defence.")
 
 
 def describe(level_name: str, labels: dict[str, ProtocolAttack | None], study: list[str],
-             attack_labels: dict[str, str]) -> dict[str, Any]:
+             attack_labels: dict[str, str], radii: tuple[float, ...] = ()) -> dict[str, Any]:
     """What run.json records of the protocol: the level, the threat model, each protocol cell's role and
     budget by attack label (``labels``; a role played by an entry of the user's, under its own label), and
     the user's non-adaptive attacks (``study``), which count at the budgets their measured L-inf fits."""
     level = LEVEL_SETTINGS[level_name]
     return {
         "level": level_name,
-        "threat_model": threat_model(level_name),
-        "budgets": {"linf": list(level.linf), "l2": list(level.l2)},
+        "threat_model": threat_model(level_name, radii),
+        "budgets": {"linf": list(level.linf), "l2": sorted(set(level.l2) | {float(r) for r in radii})},
+        "certified_radii": sorted({float(r) for r in radii}),
         "headline": {"threat": HEADLINE[0], "eps": HEADLINE[1]},
         "sanity_eps": SANITY_EPS,
         "redraws": level.redraws,

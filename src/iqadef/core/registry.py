@@ -469,7 +469,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     protocol = None
     if "protocol" in data:
         with errors.check():
-            protocol = _add_protocol(registry, data["protocol"], attacks, where)
+            protocol = _add_protocol(registry, data["protocol"], attacks, where, built["certified"])
     if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
         with errors.check():
             _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
@@ -503,9 +503,11 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
     )
 
 
-def _add_protocol(registry: PluginRegistry, level: Any, attacks: list[AttackEntry], where: str) -> dict:
+def _add_protocol(registry: PluginRegistry, level: Any, attacks: list[AttackEntry], where: str,
+                  certified: list) -> dict:
     """Append the protocol's attack entries to ``attacks`` (an entry equal to one of the user's is not
-    added twice: the user's plays the role) and return what run.json records (core/protocol.py)."""
+    added twice: the user's plays the role) and return what run.json records (core/protocol.py). The
+    certified defences' radii become L2 budgets."""
     if level not in PROTOCOL_LEVELS:
         raise ConfigError(f"{where}protocol: {level!r} must be one of {', '.join(PROTOCOL_LEVELS)} "
                           f"(docs/evaluation.md), or leave the key out")
@@ -513,7 +515,8 @@ def _add_protocol(registry: PluginRegistry, level: Any, attacks: list[AttackEntr
     by_key = {e.key(): e for e in attacks}
     roles: dict[str, ProtocolAttack] = {}
     names: dict[str, str] = {}
-    for spec in protocol_attacks(level):
+    radii = tuple(sorted({float(c.eps) for c in certified}))
+    for spec in protocol_attacks(level, radii=radii):
         cls = registry.get("attacks", spec.attack, f"{where}protocol ({spec.label})")
         entry = AttackEntry(_make(cls, spec.params, f"{where}protocol ({spec.label})"), spec.adaptive,
                             spec.eot_samples, spec)
@@ -523,7 +526,7 @@ def _add_protocol(registry: PluginRegistry, level: Any, attacks: list[AttackEntr
             by_key[entry.key()] = entry
             twin = entry
         roles[twin.label], names[twin.label] = spec, entry.attack.label
-    return describe_protocol(level, roles, study, names)
+    return describe_protocol(level, roles, study, names, radii)
 
 
 def _each(items: list, make: Callable[[Any], Any]) -> list:

@@ -62,6 +62,7 @@ VERDICT_COLUMNS = ("metric", "defence", "threat", "eps", "budget", "n_images",
                    "gain_blackbox", "gain_blackbox_ci_low", "gain_blackbox_ci_high",
                    "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high", "worst_by",
                    "rise_nonadaptive", "rise_adaptive", "rise_blackbox", "redraw_spread",
+                   "cert_radius", "cert_applies_share", "cert_inside_share", "cert_room",
                    "curve_area", "flags", "evidence")
 RANKING_COLUMNS = ("rank", "metric", "defence", "budget", "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high",
                    "curve_area", "flags", "study_rank", "study_norm_gain", "evidence")
@@ -159,6 +160,8 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
         return empty
     rows, curve_rows = [], []
     flags: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    certified = {label: float(c["eps"]) for label, c in (run_info.get("certified") or {}).items()
+                 if isinstance(c, dict) and c.get("eps") is not None}
     for (metric, defence), mine in cand.groupby(["metric", "defence"], sort=False):
         info = metric_info(run_info, metric)
         bounded = mine[mine["role"] != "sanity"]
@@ -187,7 +190,10 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
                     row[f"rise_{role}"] = float(rise_at[role].mean()) if role in rise_at.columns else math.nan
                 winners = at.idxmax(axis=1).value_counts()
                 row["worst_by"] = ", ".join(f"{r} {n}" for r, n in winners.items())
-                row["redraw_spread"] = _spread(bounded[(bounded["threat"] == threat) & (bounded["eps"] == eps)])
+                here = bounded[(bounded["threat"] == threat) & (bounded["eps"] == eps)]
+                row["redraw_spread"] = _spread(here)
+                if threat == "l2" and defence in certified and np.isclose(eps, certified[defence]):
+                    row.update(_certified(here, eps, info))
                 table_rows.append(row)
                 curve.append((eps, row["gain_worst"]))
             area = _area(curve)
@@ -204,6 +210,31 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
         rows += table_rows
     table = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
     return Verdict(table, _ranking(table, protocol, study_ranking or {}), pd.DataFrame(curve_rows), protocol)
+
+
+def _certified(cells: pd.DataFrame, radius: float, info: dict[str, Any]) -> dict[str, float]:
+    """A certified defence at its own radius r: per image the attack that moved f_s(x_a) furthest in the
+    attacker's direction, against the clean image's certified interval [l, u] (docs/certified.md).
+    ``cert_applies_share``: images whose x_a is within r (8-bit storage adds an L2 distance of its own);
+    ``cert_inside_share``: among them, f_s(x_a) inside [l, u] (the guarantee says so with probability
+    >= 1 - alpha); ``cert_room``: mean distance from f_s(x_a) to the interval's end in the attacker's
+    direction, over the range (how much further the certificate would let it go; negative: outside)."""
+    out = {"cert_radius": radius, "cert_applies_share": math.nan, "cert_inside_share": math.nan,
+           "cert_room": math.nan}
+    needed = {"cert_lower_clean", "cert_upper_clean", "cert_applies"}
+    if cells.empty or not needed <= set(cells.columns):
+        return out
+    best = cells.loc[cells.groupby("image")["rise"].idxmax()]
+    low, high = (pd.to_numeric(best[c], errors="coerce") for c in ("cert_lower_clean", "cert_upper_clean"))
+    fs = best["f_def_adv"].astype(float)
+    applies = pd.to_numeric(best["cert_applies"], errors="coerce") == 1.0
+    span = metric_span(info)
+    room = (high - fs) / span if info["higher_is_better"] else (fs - low) / span
+    out["cert_applies_share"] = float(applies.mean())
+    if applies.any():
+        out["cert_inside_share"] = float(((fs >= low) & (fs <= high))[applies].mean())
+        out["cert_room"] = float(room[applies].mean())
+    return out
 
 
 def _area(curve: list[tuple[float, float]]) -> float:
