@@ -8,6 +8,8 @@ over ``samples`` draws (EOT) whose seeds the attacker chooses (it does not know 
 EOT draws fresh randomness on every call of :meth:`DefendedMetric.score` (i.e. every attack step), as
 Athalye et al. do, instead of reusing one fixed set of draws that the attack could overfit. The draws
 follow from ``seed`` and the call count only, so a fresh ``DefendedMetric`` replays the same attack.
+The K draws of a step are scored in one metric call on the stacked ``B*K`` images (one forward and one
+backward of the metric per step, not K), and the spread of the K values is kept (:attr:`draw_variance`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class DefendedMetric(Metric):
     name = "defended-metric"
 
     def __init__(self, metric: Metric, defence: Defence, *, samples: int = 1, seed: int = 0,
-                 tripwire: Tripwire | None = None):
+                 tripwire: Tripwire | None = None, stack: bool = True):
         super().__init__()
         if samples < 1:
             raise ValueError(f"DefendedMetric: samples must be >= 1, got {samples}")
@@ -42,7 +44,11 @@ class DefendedMetric(Metric):
         self.samples = samples if defence.randomized else 1
         self.seed = seed
         self.tripwire = tripwire
+        #: Score the EOT draws of a step in one metric call (False: one call per draw, as before).
+        self.stack = stack
         self.calls = 0
+        #: The K values ``f(D_k(x))`` of the last call, ``[K, B]`` (detached).
+        self.last_draws: torch.Tensor | None = None
         answer_for(self, metric)
 
     @property
@@ -63,13 +69,42 @@ class DefendedMetric(Metric):
         :class:`~iqadef.core.guard.InputModified`, which also trips ``tripwire`` if the attack swallows it)."""
         first = self.calls * self.samples
         self.calls += 1
-        total = None
-        defence, metric = f"defence {self.defence.label!r}", f"metric {self.metric.label!r}"
+        defence = f"defence {self.defence.label!r}"
+        draws = []
         for k in range(self.samples):
             seed = eot_seed(self.seed, first + k) if self.defence.randomized else None
-            defended = checked_call(defence, "the attack's images", images,
-                                    lambda: self.defence.forward(images, seed=seed), self.tripwire)
-            value = checked_call(metric, "the attack's images seen through the defence", defended,
-                                 lambda: self.metric.score(defended), self.tripwire)
-            total = value if total is None else total + value
+            draws.append(checked_call(defence, "the attack's images", images,
+                                      lambda: self.defence.forward(images, seed=seed), self.tripwire))
+        values = self._score_draws(draws)
+        self.last_draws = torch.stack([v.detach().reshape(-1) for v in values])
+        total = values[0]
+        for value in values[1:]:  # summed draw by draw, in order: the values of one call per draw
+            total = total + value
         return total / self.samples
+
+    @property
+    def draw_variance(self) -> torch.Tensor | None:
+        """Per image, the variance over the EOT draws of the last call's ``f(D_k(x))`` (unbiased; ``[B]``);
+        None before the first call or with one draw. Its square root over sqrt(K) is the standard error of
+        the EOT estimate."""
+        if self.last_draws is None or self.last_draws.shape[0] < 2:
+            return None
+        return self.last_draws.var(dim=0)
+
+    def _score_draws(self, draws: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``f`` of each draw; draws of one shape in one call on their stacked images (a defence whose output
+        size varies between draws, such as a random crop of random size, is scored in one call per size)."""
+        metric = f"metric {self.metric.label!r}"
+        what = "the attack's images seen through the defence"
+        if not self.stack or len(draws) == 1:
+            return [checked_call(metric, what, d, lambda d=d: self.metric.score(d), self.tripwire) for d in draws]
+        groups: dict[tuple, list[int]] = {}
+        for k, d in enumerate(draws):
+            groups.setdefault((tuple(d.shape[1:]), d.dtype), []).append(k)
+        values: list[torch.Tensor | None] = [None] * len(draws)
+        for members in groups.values():
+            stacked = torch.cat([draws[k] for k in members]) if len(members) > 1 else draws[members[0]]
+            scores = checked_call(metric, what, stacked, lambda: self.metric.score(stacked), self.tripwire)
+            for k, chunk in zip(members, scores.reshape(len(members), -1, *scores.shape[1:])):
+                values[k] = chunk
+        return values  # type: ignore[return-value]

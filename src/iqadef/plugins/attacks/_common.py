@@ -18,11 +18,6 @@ from iqadef import Metric, attack_loss
 _IMAGE_DIMS = (1, 2, 3)
 
 
-def summed_loss(metric: Metric, images: torch.Tensor) -> torch.Tensor:
-    """The reference loss ``1 - f(x)/range`` summed over the batch (a scalar)."""
-    return attack_loss(metric, images).sum()
-
-
 def loss_gradient(metric: Metric, images: torch.Tensor,
                   extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Gradient of the summed attack loss (plus ``extra(x)``, a scalar, if given) w.r.t. ``images``.
@@ -31,13 +26,21 @@ def loss_gradient(metric: Metric, images: torch.Tensor,
     clamped tensor, which is how the reference code's in-place ``.data.clamp_`` behaves (the clamp
     is invisible to autograd, i.e. a straight-through estimate).
     """
+    return loss_and_gradient(metric, images, extra)[1]
+
+
+def loss_and_gradient(metric: Metric, images: torch.Tensor,
+                      extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-image attack loss ``1 - f(x)/range`` (``[B]``, detached) and the gradient of its sum (plus
+    ``extra(x)``) w.r.t. ``images``, from one forward and backward."""
     with torch.enable_grad():
         x = images.detach().requires_grad_(True)  # autograd.grad does not write to x: no copy needed
-        loss = summed_loss(metric, x)
+        per_image = attack_loss(metric, x)
+        loss = per_image.sum()
         if extra is not None:
             loss = loss + extra(x)
         (grad,) = torch.autograd.grad(loss, x)
-    return grad if torch.isfinite(grad).all() else torch.nan_to_num(grad)
+    return per_image.detach().reshape(-1), (grad if torch.isfinite(grad).all() else torch.nan_to_num(grad))
 
 
 def per_image_norm(t: torch.Tensor) -> torch.Tensor:
