@@ -33,7 +33,7 @@ from .scores import bootstrap_ci, metric_info, metric_span, normalised_gain, ok_
 A_MIN_DIFFERENCE = 0.10
 #: ... and is at least this many times as large.
 A_MIN_RATIO = 2.0
-#: (b) an image counts when the best of the non-adaptive and black-box attacks moves the defended score
+#: (b) an image counts when the best of the non-adaptive (study, transfer) and black-box attacks moves the score
 #: further in the attacker's direction than the adaptive one, by more than this ...
 B_MARGIN = 0.05
 #: ... and the flag fires when, at some budget, at least this share of the images (and at least one) count.
@@ -55,13 +55,15 @@ FLAGS = {"a": "worst case far above the non-adaptive figure",
          "c": "gain not growing with the budget",
          "d": "unbounded attack does not reach the top of the range",
          "e": "verdict depends on the randomised defence's draw"}
-ROLE_COLUMNS = {"nonadaptive": "gain_nonadaptive", "adaptive": "gain_adaptive", "blackbox": "gain_blackbox"}
+ROLE_COLUMNS = {"nonadaptive": "gain_nonadaptive", "transfer": "gain_transfer", "adaptive": "gain_adaptive",
+                "blackbox": "gain_blackbox"}
 VERDICT_COLUMNS = ("metric", "defence", "threat", "eps", "budget", "n_images",
                    "gain_nonadaptive", "gain_nonadaptive_ci_low", "gain_nonadaptive_ci_high",
+                   "gain_transfer", "gain_transfer_ci_low", "gain_transfer_ci_high",
                    "gain_adaptive", "gain_adaptive_ci_low", "gain_adaptive_ci_high",
                    "gain_blackbox", "gain_blackbox_ci_low", "gain_blackbox_ci_high",
                    "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high", "worst_by",
-                   "rise_nonadaptive", "rise_adaptive", "rise_blackbox", "redraw_spread",
+                   "rise_nonadaptive", "rise_transfer", "rise_adaptive", "rise_blackbox", "redraw_spread",
                    "cert_radius", "cert_applies_share", "cert_inside_share", "cert_room",
                    "curve_area", "flags", "evidence")
 RANKING_COLUMNS = ("rank", "metric", "defence", "budget", "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high",
@@ -266,7 +268,7 @@ def _flags(rows: list[dict[str, Any]], rises: pd.DataFrame, sanity: pd.DataFrame
     # (b) gradient masking: a weaker-informed attack beats the white-box one on some images
     worst_b = None
     if "adaptive" in rises.columns:
-        others = [c for c in ("nonadaptive", "blackbox") if c in rises.columns]
+        others = [c for c in ("nonadaptive", "transfer", "blackbox") if c in rises.columns]
         for (threat, eps), at in rises.groupby(level=["threat", "eps"], sort=False):
             if not others:
                 break
