@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="run directory (overrides the registry)")
     run.add_argument("--executor", choices=("local", "ray"), help="where units run (overrides the registry)")
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
+    run.add_argument("--protocol", choices=("quick", "standard"),
+                     help="add the robustness protocol and its worst-case verdict (overrides the registry; "
+                          "docs/evaluation.md)")
     run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
@@ -188,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .core.run import run_grid
 
     # --output is relative to the current directory (the registry's `output` is relative to the registry file)
-    overrides: dict[str, Any] = {"device": args.device, "executor": args.executor}
+    overrides: dict[str, Any] = {"device": args.device, "executor": args.executor, "protocol": args.protocol}
     config = load_run_config(args.registry, registry=_registry(), overrides=overrides)
     if args.output:
         config.output = Path(args.output).expanduser().resolve()
