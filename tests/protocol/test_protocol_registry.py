@@ -75,3 +75,11 @@ def test_format_eps():
     assert format_eps("linf", 8 / 255) == "8/255"
     assert format_eps("linf", 0.01) == "0.01"
     assert format_eps("l2", 3.0) == "3"
+
+
+def test_the_cli_flag_overrides_the_registry(tmp_path, registry):
+    path = tmp_path / "r.yaml"
+    path.write_text(BASE.format(extra=""))
+    config = load_run_config(path, registry=registry, overrides={"protocol": "quick"})
+    assert config.protocol["level"] == "quick" and config.raw["protocol"] == "quick"  # run.json's registry too
+    assert load_run_config(path, registry=registry, overrides={"protocol": None}).protocol is None
