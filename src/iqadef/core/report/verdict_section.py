@@ -75,7 +75,7 @@ def curve_figures(result: Verdict, run_dir: Path, files: ReportFiles) -> list[tu
                         marker="o", label=str(defence))
             ax.set_xlabel("eps (x/255)" if threat == "linf" else "eps (L2)", fontsize=9)
             ax.set_ylabel("worst-case normalised gain", fontsize=9)
-            ax.set_title(f"{threat}", fontsize=9)
+            ax.set_title("L-inf budgets" if threat == "linf" else "L2 budgets", fontsize=9)
             ax.legend(fontsize=6, ncol=2)
         fig.suptitle(f"Robustness against the budget ({metric}), lower is better", fontsize=10)
         out.append((metric, save_figure(fig, run_dir / "figures" / figure_file_name("verdict_curve", metric), files)))
