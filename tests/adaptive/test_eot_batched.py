@@ -75,3 +75,30 @@ def test_draws_of_different_sizes_are_scored_per_size(tiny_metric, small_images)
     single = DefendedMetric(tiny_metric, RandomSizeCrop(), samples=6, seed=1, stack=False)
     torch.testing.assert_close(stacked.score(images), single.score(images), rtol=1e-5, atol=1e-5)
     assert sum(counting.batches) == 12 and 1 < len(counting.batches) <= 3
+
+
+class CountingSurrogate(Defence):
+    """Non-differentiable (BPDA) with a surrogate that counts its calls."""
+
+    name = "counting-surrogate"
+
+    def __init__(self):
+        super().__init__()
+        self.surrogates = 0
+
+    def purify(self, images, *, seed=None):
+        return torch.round(images * 8) / 8
+
+    def backward_estimate(self, images):
+        self.surrogates += 1
+        return images
+
+
+def test_a_query_without_gradient_skips_the_bpda_surrogate(small_images):
+    defence = CountingSurrogate()
+    with torch.no_grad():
+        assert torch.equal(defence.forward(small_images), defence.purify(small_images))
+    assert defence.surrogates == 0  # a black-box query through a BPDA defence pays for the real defence only
+    x = small_images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(defence.forward(x).sum(), x)
+    assert defence.surrogates == 1 and torch.equal(grad, torch.ones_like(grad))

@@ -265,6 +265,8 @@ class Defence(Plugin):
             return self.purify(images, seed=seed)
         with torch.no_grad():
             real = self.purify(images.detach(), seed=seed)
+        if not (torch.is_grad_enabled() and images.requires_grad):  # no gradient wanted (a black-box query):
+            return real                                             # the surrogate's cost buys nothing
         surrogate = self.backward_estimate(images)
         if surrogate.shape != real.shape:
             raise ConfigError(
