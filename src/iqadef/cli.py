@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="run directory (overrides the registry)")
     run.add_argument("--executor", choices=("local", "ray"), help="where units run (overrides the registry)")
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
+    run.add_argument("--protocol", choices=("quick", "standard"),
+                     help="add the robustness protocol and its worst-case verdict (overrides the registry; "
+                          "docs/evaluation.md)")
     run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
@@ -211,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .core.run import run_grid
 
     # --output is relative to the current directory (the registry's `output` is relative to the registry file)
-    overrides: dict[str, Any] = {"device": args.device, "executor": args.executor}
+    overrides: dict[str, Any] = {"device": args.device, "executor": args.executor, "protocol": args.protocol}
     config = load_run_config(args.registry, registry=_registry(), overrides=overrides)
     if args.output:
         config.output = Path(args.output).expanduser().resolve()
@@ -359,6 +362,8 @@ def _print_summary(summary) -> None:  # noqa: ANN001
             for defence, row in pivot.iterrows():
                 table.add_row(escape(str(defence)), *[f"{v:.3f}" if v == v else "-" for v in row.tolist()])
             console.print(table)
+    if getattr(summary, "verdict", None) is not None:
+        _print_verdict(console, summary.verdict)
     console.print(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "
                   f"{summary.failed} failed; {summary.seconds:.1f} s; results in {summary.run_dir}")
     for name, path in summary.files.items():
@@ -368,6 +373,27 @@ def _print_summary(summary) -> None:  # noqa: ANN001
     if summary.other_cells:
         console.print(f"{summary.other_cells} cell(s) of earlier runs in this folder with other plugins, parameters, "
                       f"weights or images are kept in results.sqlite and left out of the exported tables")
+
+
+def _print_verdict(console, verdict) -> None:  # noqa: ANN001
+    """The protocol's worst-case ranking per metric (the report's key finding), flags and the study's rank."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .core.report.verdict_section import flag_legend, ranking_lines
+
+    console.print(escape(verdict.protocol.get("threat_model", "")))
+    for metric, lines in ranking_lines(verdict).items():
+        budget = lines[0]["budget"] if lines else ""
+        table = Table(title=f"{escape(str(metric))}: worst-case normalised gain at {escape(budget)} "
+                            f"(lower = more robust; the study's non-adaptive ranking beside it)")
+        for column in ("#", "defence", "worst-case gain [95% CI]", "flags", "study's ranking"):
+            table.add_column(column)
+        for line in lines:
+            table.add_row(str(line["rank"]), escape(str(line["defence"])), line["value"], line["flags"],
+                          escape(line["study"].replace("study's non-adaptive ranking: ", "")))
+        console.print(table)
+    console.print("flags: " + "; ".join(flag_legend()) + " (evidence in verdict.csv and the report)")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

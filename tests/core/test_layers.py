@@ -35,7 +35,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.kinds", "iqadef.core.plugins",
                   "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
                   "iqadef.core.query", "iqadef.core.budget")),
-    ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores")),
+    ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores",
+                              "iqadef.core.protocol", "iqadef.core.verdict")),
     ("report", ("iqadef.core.report", "iqadef.core.report.*")),
     ("config", ("iqadef.core.registry",)),
     ("run", ("iqadef.core.run", "iqadef.core.run.*", "iqadef.core.export")),
@@ -66,11 +67,13 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("iqadef.core.run.driver", "iqadef.core.report"): "cost: `iqadef plan --measure` imports the driver without "
                                                        "the report stack (jinja2, the page); a run loads it for "
                                                        "its closing summary table",
+    ("iqadef.core.run.driver", "iqadef.core.report.verdict_section"): "cost: as the report above; only a "
+                                                                     "`protocol:` run prints its verdict",
     ("iqadef.core.run.driver", "iqadef.core.run.ray"): "optional dependency: only `executor: ray` needs Ray",
     ("iqadef.cli", "iqadef.core.dataset"): "the warning printer imports the warning classes where it runs, "
                                            "with those of scores and store (scipy, pandas)",
     **{("iqadef.cli", module): _CLI_START for module in (
-        "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.report", "iqadef.core.run",
+        "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.report.verdict_section", "iqadef.core.report", "iqadef.core.run",
         "iqadef.core.run.driver", "iqadef.core.run.plan", "iqadef.core.run.verify", "iqadef.core.scores",
         "iqadef.core.store", "iqadef.core.weights")},
     # command plugins are imported at every CLI start to add their subcommands

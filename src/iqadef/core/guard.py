@@ -168,3 +168,24 @@ def unwrap(metric: Metric) -> Metric:
 
 __all__ = ["CellFailure", "InputModified", "Seal", "GuardedMetric", "Tripwire", "broken", "checked_call",
            "fingerprint", "modified_message"]
+
+
+def check_images(out: Any, like: torch.Tensor | None, who: str, same_size: bool = True) -> torch.Tensor:
+    """An attack's or a defence's output: ``[B,3,H,W]`` float pixels in [0, 1] on the input's device."""
+    expected = f"[B,3,H,W] with B={like.shape[0]}" if like is not None else "[B,3,H,W]"
+    if not isinstance(out, torch.Tensor):
+        raise CellFailure(f"{who} returned {type(out).__name__}, expected a tensor {expected}")
+    if out.dim() != 4 or out.shape[1] != 3 or (like is not None and out.shape[0] != like.shape[0]):
+        raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected {expected}")
+    if same_size and like is not None and out.shape != like.shape:
+        raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
+    if not out.is_floating_point():
+        raise CellFailure(f"{who} returned {out.dtype} pixels, expected floats in [0, 1]")
+    if like is not None and out.device != like.device:
+        raise CellFailure(f"{who} returned a tensor on {out.device}, expected {like.device} (its input's device)")
+    if not torch.isfinite(out).all():
+        raise CellFailure(f"{who} returned NaN or inf pixels")
+    low, high = float(out.min()), float(out.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise CellFailure(f"{who} returned values in [{low:.4g}, {high:.4g}], outside [0, 1]")
+    return out.clamp(0, 1)

@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .params import canonical_params
 from .plugins import PluginRegistry, get_registry
 from .precision import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics
+from .protocol import LEVELS as PROTOCOL_LEVELS, ProtocolAttack, describe as describe_protocol, protocol_attacks
 from .suggest import did_you_mean
 from .weights import explicit_weight_files
 
@@ -49,6 +50,7 @@ TOP_KEYS = {
     "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
     "unit_timeout": "seconds one work unit (metric x attack x batch) may take; null: no limit",
     "metric_batch": "most images per metric call, several defences' batches together (GPU speed); null: one defence's batch per call",
+    "protocol": "quick | standard: add the robustness protocol's attacks and write verdict.csv (docs/evaluation.md)",
 }
 TOP_KEYS.update(NUMERICS_KEYS)  # precision, compile, channels_last (core/precision.py)
 DATASET_KEYS = {"images", "mos", "max_side"}
@@ -76,9 +78,13 @@ class AttackEntry:
     attack: Attack
     adaptive: str = "none"
     eot_samples: int = 1
+    #: the robustness protocol's role and budget of an entry it added (core/protocol.py), else None
+    protocol: ProtocolAttack | None = None
 
     @property
     def label(self) -> str:
+        if self.protocol is not None:
+            return self.protocol.label
         if self.adaptive == "none":
             return self.attack.label
         extra = f",eot={self.eot_samples}" if "eot" in self.adaptive else ""
@@ -182,6 +188,8 @@ class RunConfig:
     numerics: Numerics = field(default_factory=Numerics)
     #: most images per metric call when the worker scores a unit's defences together (same results)
     metric_batch: int | None = DEFAULT_METRIC_BATCH
+    #: ``protocol:`` as run.json records it (core/protocol.py ``describe``); None without the key
+    protocol: dict | None = None
 
     def open_dataset(self, limit: int | None = None) -> Dataset:
         """The run's images (a dataset plugin's split and sample, or the ``images`` folder and ``mos``)."""
@@ -436,6 +444,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
                 with errors.check():
                     _no_duplicates(built[kind], where + kind)
     metrics, attacks, defences = built["metrics"], built["attacks"], built["defences"]
+    protocol = None
+    if "protocol" in data:
+        with errors.check():
+            protocol = _add_protocol(registry, data["protocol"], attacks, where, built["certified"])
     if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
         with errors.check():
             _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
@@ -469,8 +481,34 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: PluginRegi
         batch_size=numbers["batch_size"], seed=seed,
         examples=numbers["examples"], metrics=metrics, attacks=attacks, defences=defences,
         executor=executor, ray=ray, raw=data, unit_timeout=numbers["unit_timeout"], certified=built["certified"],
-        numerics=numerics, metric_batch=numbers["metric_batch"],
+        numerics=numerics, metric_batch=numbers["metric_batch"], protocol=protocol,
     )
+
+
+def _add_protocol(registry: PluginRegistry, level: Any, attacks: list[AttackEntry], where: str,
+                  certified: list) -> dict:
+    """Append the protocol's attack entries to ``attacks`` (an entry equal to one of the user's is not
+    added twice: the user's plays the role) and return what run.json records (core/protocol.py). The
+    certified defences' radii become L2 budgets."""
+    if level not in PROTOCOL_LEVELS:
+        raise ConfigError(f"{where}protocol: {level!r} must be one of {', '.join(PROTOCOL_LEVELS)} "
+                          f"(docs/evaluation.md), or leave the key out")
+    study = [e.label for e in attacks if e.adaptive == "none"]
+    by_key = {e.key(): e for e in attacks}
+    roles: dict[str, ProtocolAttack] = {}
+    names: dict[str, str] = {}
+    radii = tuple(sorted({float(c.eps) for c in certified}))
+    for spec in protocol_attacks(level, radii=radii):
+        cls = registry.get("attacks", spec.attack, f"{where}protocol ({spec.label})")
+        entry = AttackEntry(_make(cls, spec.params, f"{where}protocol ({spec.label})"), spec.adaptive,
+                            spec.eot_samples, spec)
+        twin = by_key.get(entry.key())
+        if twin is None:
+            attacks.append(entry)
+            by_key[entry.key()] = entry
+            twin = entry
+        roles[twin.label], names[twin.label] = spec, entry.attack.label
+    return describe_protocol(level, roles, study, names, radii)
 
 
 def _each(items: list, make: Callable[[Any], Any]) -> list:

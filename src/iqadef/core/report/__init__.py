@@ -17,6 +17,8 @@ from .figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_nam
 from .files import ReportFiles, load_results
 from .glance import tradeoff_points, with_defence_plugins
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
+from ..verdict import study_rows, write_verdict
+from .verdict_section import curve_figures, page_view, protocol_verdict
 from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
                      has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
                      split_adaptive_label, srocc_matrix, summary_table, with_ci)
@@ -37,6 +39,8 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     df, run_info = load_results(run_dir)
     run_info = with_defence_plugins(run_info, registry)  # runs written before run.json recorded them
     files = ReportFiles(run_dir)
+    result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
+    df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
     tables = report_tables(df, run_info, registry=registry)
     written = {"summary_csv": files.write(run_dir / "summary.csv",
                                           tables.aggregated.to_csv(index=False).encode("utf-8"))}
@@ -45,6 +49,12 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     figures.tradeoff = draw_tradeoffs({m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()},
                                       run_dir, files)
     written.update(figures.written())
-    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate)
-    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df)
+    views: dict[str, Any] = {"html": None, "md": None}
+    if result is not None:
+        written.update(write_verdict(result, run_dir, files.write))
+        curves = curve_figures(result, run_dir, files)
+        written.update({f"figure:{path.stem}": path for _, path in curves})
+        views = {kind: page_view(result, curves, kind) for kind in views}
+    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"])
+    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df, verdict=views["md"])
     return written

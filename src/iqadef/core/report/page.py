@@ -343,7 +343,8 @@ def _findings_html(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-               files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None) -> Path:
+               files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None,
+               verdict: dict[str, Any] | None = None) -> Path:
     """``report.html``: one offline file, sections in reading order with a table of contents."""
     df = df if df is not None else pd.DataFrame()
     locate = locate or ImageLocator(run_dir, run_info)
@@ -357,7 +358,9 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     certified = certified_section(df, run_info, figures, data_uris=True)
     pooled = len(tables.rankings) > 1
     toc = [("run", "The run")] + ([("glance", "Best defence per attack")] if glance else [])
-    toc += [("findings", "Key findings"), ("rankings", "Rankings")]
+    toc += [("findings", "Key findings")]
+    toc += [("verdict", "Robustness verdict")] if verdict else []  # a protocol run (verdict_section.py)
+    toc += [("rankings", "Rankings")]
     toc += [(r["id"], f"Ranking: {r['metric']}") for r in rankings]
     toc += [("ranking-pooled", "Ranking: all metrics")] if pooled else []
     toc += [(s["id"], s["title"].split(" (")[0]) for s in figure_sections]
@@ -381,7 +384,7 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
         all_scores=html_table(means_only(tables.aggregated), "all-scores"), figure_sections=figure_sections,
         comparison=_json_for_script(data), n_examples=len(data["cells"]),
         failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
-        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files))
+        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files), verdict=verdict)
     return files.write(run_dir / "report.html", page.encode("utf-8"))
 
 
@@ -390,7 +393,7 @@ def _markdown_certified(section: dict[str, Any] | None) -> dict[str, Any] | None
 
 
 def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-                   files: ReportFiles, df: pd.DataFrame | None = None) -> Path:
+                   files: ReportFiles, df: pd.DataFrame | None = None, verdict: dict[str, Any] | None = None) -> Path:
     """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
     df = df if df is not None else pd.DataFrame()
     adaptive = tables.adaptive
@@ -410,5 +413,5 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
         figure_sections=_figure_sections(figures, tables.mos, data_uris=False),
         examples_name=None if figures.examples is None else figures.examples.name,
         failed_count=len(tables.failed), failed=markdown_table(tables.failed.head(MAX_FAILED_ROWS)),
-        notes=_notes(files))
+        notes=_notes(files), verdict=verdict)
     return files.write(run_dir / "report.md", page.encode("utf-8"))

@@ -29,6 +29,7 @@ from .artifacts import ArtifactReader
 from .local import execute_local
 from .plan import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
 from .progress import _progress
+from ..verdict import study_rows, write_verdict
 from .trained import mark_trained_cells, overlap_problems, trained_images
 from .worker import Worker
 
@@ -49,6 +50,8 @@ class RunSummary:
     other_cells: int = 0
     #: Cells of renamed images whose stored rows were copied to the new name (counted as already done).
     relabelled: int = 0
+    #: A ``protocol:`` run's verdict (core/verdict.py ``Verdict``), also written as verdict.csv/.parquet
+    verdict: Any = None
 
 
 def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None, progress: bool | None = None,
@@ -121,9 +124,17 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             store.close()
         files = export_tables(df, output)
         failed = int((df["status"] != "ok").sum()) if len(df) else 0
+        verdict = None
+        if config.protocol is not None:  # the robustness protocol (docs/evaluation.md)
+            from ..report.verdict_section import protocol_verdict
+
+            verdict = protocol_verdict(df, info)
+            folder.record(["verdict.csv", "verdict.parquet"])
+            files.update(write_verdict(verdict, output, lambda path, data: (atomic_write_bytes(path, data), path)[1]))
+            df = study_rows(df, info)  # the short table: the run's own attacks, as without the protocol
         table = summary_table(df, info)
     return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
-                      time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled)
+                      time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled, verdict)
 
 
 def current_labels(df: pd.DataFrame, config: RunConfig) -> pd.DataFrame:

@@ -177,7 +177,7 @@ def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finis
 def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
     """``run.json``: what the report needs, and what ``iqadef verify`` needs to recompute a cell (the raw
     registry, the registry file it was read from, ``--limit``, torch's thread count)."""
-    return {
+    info = {
         "iqadef_version": __version__,
         "metrics": {m.label: {"name": m.name, "range": list(m.range), "higher_is_better": m.higher_is_better}
                     for m in config.metrics},
@@ -197,6 +197,9 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
         "limit": limit,
         "torch_threads": torch.get_num_threads(),
     }
+    if config.protocol is not None:  # the robustness protocol's roles and budgets (core/protocol.py)
+        info["protocol"] = config.protocol
+    return info
 
 
 def _geometric(defence: Any) -> bool:

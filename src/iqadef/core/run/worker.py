@@ -45,6 +45,7 @@ from ..guard import (
     Seal,
     Tripwire,
     broken,
+    check_images,
     modified_message,
 )
 from ..plugins import PluginRegistry, get_registry
@@ -54,6 +55,7 @@ from ..scores import image_score_classes
 from ..store import CELL_COLUMNS
 from .artifacts import _hash, _seed, adv_file, example_name, png_bytes, png_native, png_queries, quantize, read_png
 from .plan import Unit, batch_keys, cell_row, failed_rows
+from .redraw import redraw_scores, wants_redraws
 from .smoothed import is_certified, smoothed_cells
 
 
@@ -67,27 +69,6 @@ class UnitResult:
 class _Unattributed(CellFailure):
     """A shared tensor changed during one defence's cells without a version bump (``.data`` writes):
     the defence's cells are computed again with a fingerprint after every call, to name the plugin."""
-
-
-def _check_images(out: Any, like: torch.Tensor | None, who: str, same_size: bool = True) -> torch.Tensor:
-    """An attack's or a defence's output: ``[B,3,H,W]`` float pixels in [0, 1] on the input's device."""
-    expected = f"[B,3,H,W] with B={like.shape[0]}" if like is not None else "[B,3,H,W]"
-    if not isinstance(out, torch.Tensor):
-        raise CellFailure(f"{who} returned {type(out).__name__}, expected a tensor {expected}")
-    if out.dim() != 4 or out.shape[1] != 3 or (like is not None and out.shape[0] != like.shape[0]):
-        raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected {expected}")
-    if same_size and like is not None and out.shape != like.shape:
-        raise CellFailure(f"{who} returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
-    if not out.is_floating_point():
-        raise CellFailure(f"{who} returned {out.dtype} pixels, expected floats in [0, 1]")
-    if like is not None and out.device != like.device:
-        raise CellFailure(f"{who} returned a tensor on {out.device}, expected {like.device} (its input's device)")
-    if not torch.isfinite(out).all():
-        raise CellFailure(f"{who} returned NaN or inf pixels")
-    low, high = float(out.min()), float(out.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise CellFailure(f"{who} returned values in [{low:.4g}, {high:.4g}], outside [0, 1]")
-    return out.clamp(0, 1)
 
 
 def _check_scores(out: Any, n: int, who: str) -> torch.Tensor:
@@ -259,7 +240,7 @@ class Worker:
             with torch.no_grad():
                 dx = self._call(who, "purify", lambda: defence.purify(x, seed=self.defence_seed(d, b)),
                                 [clean["seal"]])
-            dx = _check_images(dx, x, who, defence.preserves_size)
+            dx = check_images(dx, x, who, defence.preserves_size)
             clean["dx"][d] = (dx, self._seal(dx, "D(x)"))
         return clean["dx"][d]
 
@@ -329,7 +310,7 @@ class Worker:
         x_adv = self._call(who, "run", lambda: attack.run(attacked, x.clone(), seed=seed))
         if tripwire.message is not None:  # a metric or defence wrote into the attack's images
             raise InputModified(tripwire.message)
-        x_adv = quantize(_check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
+        x_adv = quantize(check_images(x_adv.detach() if isinstance(x_adv, torch.Tensor) else x_adv, x, who))
         queries = attacked.queries.tolist() if isinstance(attacked, QueryMetric) else [None] * len(keys)
         natives = list(getattr(attack, "chosen_values", None) or [None] * len(keys))
         for k, rel, img, count, native in zip(keys, paths, x_adv, queries, natives):
@@ -451,7 +432,7 @@ class Worker:
                 with torch.no_grad():
                     dxa = self._call(who, "purify", lambda: defence.purify(x_adv, seed=self.defence_seed(d, b)),
                                      [adv_seal])
-                dxa = _check_images(dxa, x_adv, who, defence.preserves_size)
+                dxa = check_images(dxa, x_adv, who, defence.preserves_size)
                 images[d] = (dxa, self._seal(dxa, "D(x_a)"))
             pieces = [("dx", d, *clean["dx"][d]) for d in ds if d not in clean["defended"]]
             pieces += [("dxa", d, *images[d]) for d in ds]
@@ -476,6 +457,8 @@ class Worker:
                          self._seal(cells[d].f_def_adv, "f(D(x_a))")]
                 try:
                     scores = self._image_scores(cells[d], seals, False)
+                    if wants_redraws(cfg, unit, d):  # the robustness protocol's flag (e): fresh draws of D
+                        scores.update(redraw_scores(self, unit, d, x_adv, clean["f"], cells[d].f_def_adv, adv_seal))
                     if self.guard_inputs:
                         bad = broken([s for s in seals if s is not None], deep=True)
                         if bad is not None:
@@ -576,7 +559,7 @@ class Worker:
         with torch.no_grad():
             dxa = self._call(who, "purify", lambda: defence.purify(x_adv, seed=self.defence_seed(d, unit.batch)),
                              [adv_seal], diagnose)
-        dxa = _check_images(dxa, x_adv, who, defence.preserves_size)
+        dxa = check_images(dxa, x_adv, who, defence.preserves_size)
         dxa_seal = self._seal(dxa, "D(x_a)")
         f_dxa = self._score(metric, dxa, dxa_seal, diagnose)
         seals = [clean["seal"], adv_seal, dx_seal, dxa_seal, clean["f_seal"], f_adv_seal, f_dx_seal,
@@ -586,6 +569,8 @@ class Worker:
             scores = self._image_scores(cells, seals, diagnose)
         finally:
             _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
+        if wants_redraws(cfg, unit, d):  # the robustness protocol's flag (e): fresh draws of D
+            scores.update(redraw_scores(self, unit, d, x_adv, clean["f"], f_dxa, adv_seal))
         if self.guard_inputs and not diagnose:
             bad = broken([s for s in seals if s is not None], deep=True)
             if bad is not None:
