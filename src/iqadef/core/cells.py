@@ -98,6 +98,14 @@ class CellGroup:
     def index(self, cells: CellBatch) -> int | None:
         return next((i for i, m in enumerate(self.members) if m is cells), None)
 
+    def release(self) -> None:
+        """Break the cycle members <-> group once the group's scores are done: it holds every D(x_a) of a unit
+        and their measures, which a cycle keeps until a full garbage collection (the peak RSS of a run grew by
+        ~20 MB per unit before: docs/performance.md, memory)."""
+        for member in self.members:
+            member.group = None
+        self.members, self.results = [], {}
+
 
 def _versions(value: Any) -> tuple[int, ...]:
     """Version counters of the tensors in ``value`` (a tensor, or a tuple/list/dict of them)."""

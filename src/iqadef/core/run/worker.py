@@ -447,7 +447,7 @@ class Worker:
             if kind == "dxa":
                 dx, f_dx, _, _ = clean["defended"][d]
                 cells[d] = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric, clean["memo"])
-        CellGroup([cells[d] for d in ds])
+        group = CellGroup([cells[d] for d in ds])
         done: list[list[dict[str, Any]]] = []
         try:
             for d in ds:
@@ -473,6 +473,7 @@ class Worker:
                 if self._tainted:  # the shared tensors are rebuilt before the group's other defences
                     break
         finally:
+            group.release()
             _forget(clean["memo"], keep=[clean["x"], x_adv, *(v[0] for v in clean["defended"].values())])
         return done
 
