@@ -117,3 +117,26 @@ def test_metric_batch_is_validated(tmp_path, image_dir, toy_registry):
     assert worker.config.metric_batch == 32
     with pytest.raises(ConfigError, match="metric_batch"):
         make_worker(tmp_path, image_dir, toy_registry, output="bad", extra="metric_batch: 0\n")
+
+
+def test_a_unit_leaves_no_images_in_reference_cycles(tmp_path, image_dir, toy_registry):
+    """A unit's CellGroup and its CellBatches refer to each other; left as a cycle they kept every D(x_a) and
+    its measures until a full garbage collection, and a run's memory grew with every unit."""
+    import gc
+
+    import torch
+
+    worker, units = make_worker(tmp_path, image_dir, toy_registry, defences="[no-defence, toy-blur]")
+    gc.collect()
+    gc.disable()
+    try:
+        for unit in units:
+            assert all(r["status"] == "ok" for r in worker.compute(unit).rows)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, torch.Tensor) or type(o).__name__ in ("CellBatch", "CellGroup")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
