@@ -152,8 +152,9 @@ def test_full_reference_of_a_group_equals_each_defence_alone_and_measures_shared
 
     alone = [FullReferenceMeasures().compute(c) | QualityScore().compute(c) for c in _unit(metric)]
     calls = []
-    real_ssim = m.ssim
+    real_ssim, real_pairs = m.ssim, m.ssim_pairs
     monkeypatch.setattr(m, "ssim", lambda a, b: calls.append(a.shape) or real_ssim(a, b))
+    monkeypatch.setattr(m, "ssim_pairs", lambda pairs: calls.extend(a.shape for a, _ in pairs) or real_pairs(pairs))
     members = _unit(metric)
     CellGroup(members)
     grouped = [FullReferenceMeasures().compute(c) | QualityScore().compute(c) for c in members]
@@ -192,3 +193,29 @@ def test_an_in_place_change_of_a_group_result_is_reported(metric):
     assert members[1].changed_measures() == []
     values += 1
     assert "probe" in members[1].changed_measures()
+
+
+def _builtin_batch(count: int = 4) -> torch.Tensor:
+    from PIL import Image
+
+    from iqadef.core.dataset import builtin_images_dir
+
+    files = sorted(builtin_images_dir().glob("*.png"))[:count]
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((64, 48)), dtype=np.float32) / 255 for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_ssim_pairs_with_shared_moments_equal_ssim_on_real_images():
+    """The grid's SSIM (moments per image, shared between pairs) against the per-pair SSIM: float32 noise."""
+    g = torch.Generator().manual_seed(0)
+    x = _builtin_batch()
+    xa = (x + (8 / 255) * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(xa, 3, stride=1, padding=1, count_include_pad=False)
+    dx = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    small = x[..., 5:12, 3:9]  # under the 7x7 window in one side: a smaller window
+    pairs = [(x, xa), (x, blurred), (xa, blurred), (dx, blurred), (x, dx), (xa, xa), (small, small.flip(-1))]
+    shared = m.ssim_pairs(pairs)
+    for (a, b), value in zip(pairs, shared):
+        assert value.dtype == torch.float64 and value.shape == (x.shape[0],)
+        assert torch.allclose(value, m.ssim(a, b), rtol=0, atol=2e-6)
+    assert torch.allclose(shared[5], torch.ones(x.shape[0], dtype=torch.float64), rtol=0, atol=1e-6)

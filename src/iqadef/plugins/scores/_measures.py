@@ -115,6 +115,65 @@ def _ssim(a: torch.Tensor, b: torch.Tensor, win_size: int, k1: float, k2: float)
     return num.div_(den).mean(dim=(2, 3), dtype=torch.float64).mean(dim=1)
 
 
+def ssim_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]], win_size: int = 7, k1: float = 0.01,
+               k2: float = 0.03) -> list[torch.Tensor]:
+    """:func:`ssim` of each ``(a, b)`` pair (CPU, equal batch sizes), each image's window moments computed once.
+
+    The pairs of a unit share their images (x and x_a with every D(x_a), each D(x_a) with three images), and
+    four of SSIM's five box filters are moments of one image: each image is shifted by its own per-channel
+    mean (the covariance is unchanged by a shift of either image, and the float32 moments stay free of
+    cancellation) and its mean and mean square maps are kept while a pair still needs them; a pair adds one
+    product and one box filter. Image by image, as :func:`ssim` on CPU. Same formula; the values differ from
+    :func:`ssim` (shifted by the pair's common mean) by float32 rounding only: max 5.1e-6 on a unit of the
+    default grid, where both are within 5e-6 of a float64 computation (benchmarks/ssim_shared.py).
+    """
+    if not pairs:
+        return []
+    n = pairs[0][0].shape[0]
+    if any(a.is_cuda or b.is_cuda or a.shape[0] != n or b.shape[0] != n or a.shape != b.shape or a.dim() != 4
+           for a, b in pairs):
+        return [ssim(a, b, win_size, k1, k2) for a, b in pairs]
+    uses: dict[int, int] = {}
+    for a, b in pairs:
+        for t in {id(a): a, id(b): b}:
+            uses[t] = uses.get(t, 0) + 1
+    out = [torch.empty(n, dtype=torch.float64) for _ in pairs]
+    c1, c2 = (k1 * 1.0) ** 2, (k2 * 1.0) ** 2
+    for i in range(n):
+        left = dict(uses)
+        moments: dict[int, tuple] = {}
+
+        def of(t: torch.Tensor) -> tuple:
+            if id(t) not in moments:
+                img = t[i:i + 1].detach().float()
+                win = min(win_size, img.shape[-1], img.shape[-2])
+                win -= 1 if win % 2 == 0 else 0
+                shift = img.mean(dim=(2, 3), keepdim=True)
+                centred = img - shift
+                both = torch.stack((centred, centred * centred), dim=1)
+                maps = both.unfold(-1, win, 1).sum(-1).unfold(-2, win, 1).sum(-1).mul_(1.0 / (win * win))
+                moments[id(t)] = (centred, shift, maps[:, 0], maps[:, 1], win)
+            return moments[id(t)]
+
+        for j, (a, b) in enumerate(pairs):
+            xs, sx, ux, uxx, win = of(a)
+            ys, sy, uy, uyy, _ = of(b)
+            npx = win * win
+            cov_norm = npx / (npx - 1) if npx > 1 else 1.0
+            uxy = (xs * ys).unfold(-1, win, 1).sum(-1).unfold(-2, win, 1).sum(-1).mul_(1.0 / npx)
+            two_vxy_c2 = uxy.addcmul_(ux, uy, value=-1).mul_(2 * cov_norm).add_(c2)
+            vx_vy_c2 = torch.add(uxx, uyy).addcmul_(ux, ux, value=-1).addcmul_(uy, uy, value=-1).mul_(cov_norm).add_(c2)
+            mx, my = torch.add(ux, sx), torch.add(uy, sy)
+            num = torch.mul(mx, my).mul_(2).add_(c1).mul_(two_vxy_c2)
+            den = mx.mul_(mx).addcmul_(my, my).add_(c1).mul_(vx_vy_c2)
+            out[j][i] = num.div_(den).mean(dim=(2, 3), dtype=torch.float64).mean(dim=1)[0]
+            for t in {id(a), id(b)}:
+                left[t] -= 1
+                if not left[t]:
+                    moments.pop(t, None)  # no later pair needs it: at most a unit's shared images are kept
+    return out
+
+
 def diff_measures(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
     """MSE, MAE and L-inf per image, ``[B]`` float64: one float32 difference, reduced in float64.
 
@@ -175,6 +234,8 @@ def measure_batches(batches: list) -> list[dict[str, torch.Tensor]]:
             memo_of[key] = cells
             if cells.cached_measure("pair-measures", a, b) is None:
                 todo[key] = (a, b)
+    cpu_keys = [k for k, (a, b) in todo.items() if not (a.is_cuda or b.is_cuda)]
+    ssim_cpu = dict(zip(cpu_keys, ssim_pairs([todo[k] for k in cpu_keys])))  # moments shared between pairs
     stacks: dict[tuple, list[tuple[int, int]]] = {}
     for key, (a, b) in todo.items():
         stacks.setdefault((a.shape[1:], a.device, b.shape[1:]), []).append(key)
@@ -183,7 +244,7 @@ def measure_batches(batches: list) -> list[dict[str, torch.Tensor]]:
             a = torch.cat([todo[k][0] for k in chunk]) if len(chunk) > 1 else todo[chunk[0]][0]
             b = torch.cat([todo[k][1] for k in chunk]) if len(chunk) > 1 else todo[chunk[0]][1]
             values = diff_measures(a, b)
-            values["ssim"] = ssim(a, b)
+            values["ssim"] = ssim_cpu[chunk[0]] if len(chunk) == 1 and chunk[0] in ssim_cpu else ssim(a, b)
             start = 0
             for k in chunk:
                 n = todo[k][0].shape[0]
