@@ -342,26 +342,60 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: Below this console width the summary prints one line per defence instead of the defence x attack grid.
+NARROW_SUMMARY_BELOW = 100
+
+
+def _summary_console():
+    """The console of the run's summary: the terminal's width, COLUMNS when set, else wide (a file or a pipe)."""
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit():
+        return Console()  # rich takes COLUMNS, else the terminal's size
+    return Console(width=1000)  # a grid table is wide: never squeeze it into 80 columns in a file
+
+
 def _print_summary(summary) -> None:  # noqa: ANN001
-    """Mean gain per defence (rows, best defence first) x attack (columns), one table per metric."""
+    """Per metric, the report's ranking: mean normalised gain per defence (best first) x attack, with the
+    paper's mean gain beside it; one line per defence on a console narrower than NARROW_SUMMARY_BELOW."""
     from rich.markup import escape
     from rich.table import Table
 
-    # a grid table is wide: never squeeze it into 80 columns when the output goes to a file or a pipe
-    console = _console(width=1000)
-    df = summary.table
-    if len(df) and "gain" in df.columns:
-        for metric, group in df.groupby("metric", sort=False):
-            pivot = group.pivot_table(index="defence", columns="attack", values="gain", aggfunc="mean", sort=False)
-            pivot["mean"] = pivot.mean(axis=1)
-            pivot = pivot.sort_values("mean")
-            table = Table(title=f"{escape(str(metric))}: mean gain |f(x) - f(D(x_a))| / f(x) (lower = better defence)")
-            table.add_column("defence \\ attack")
-            for col in pivot.columns:
-                table.add_column(escape(str(col)), justify="right", style="bold" if col == "mean" else None)
-            for defence, row in pivot.iterrows():
-                table.add_row(escape(str(defence)), *[f"{v:.3f}" if v == v else "-" for v in row.tolist()])
-            console.print(table)
+    from .core.report.console_summary import MEAN, PAPER_GAIN, summary_grids
+    from .core.report.files import load_results
+
+    console = _summary_console()
+    grids: dict[str, Any] = {}
+    if len(summary.table):
+        try:
+            grids = summary_grids(*load_results(summary.run_dir))
+        except IqadefError as exc:
+            console.print(f"[yellow]{escape(str(exc))}[/yellow]")
+    narrow = console.width < NARROW_SUMMARY_BELOW
+
+    def cell(value: float) -> str:
+        return f"{value:.3f}" if value == value else "-"
+
+    for metric, grid in grids.items():
+        title = (f"{escape(str(metric))}: mean normalised gain |f(x) - f(D(x_a))| / (high - low), the report's "
+                 f"ranking (lower = better defence); paper gain: |f(x) - f(D(x_a))| / f(x)")
+        attacks = [c for c in grid.columns if c not in (MEAN, PAPER_GAIN)]
+        console.print(title)  # above the table: a table's title wraps at the table's width
+        if narrow:
+            for rank, (defence, row) in enumerate(grid.iterrows(), start=1):
+                per_attack = row[attacks].dropna()
+                extremes = (f"; best {escape(str(per_attack.idxmin()))} {cell(per_attack.min())}, worst "
+                            f"{escape(str(per_attack.idxmax()))} {cell(per_attack.max())}" if len(per_attack) > 1 else "")
+                console.print(f"{rank:>3}. {escape(str(defence))} {cell(row[MEAN])} "
+                              f"(paper gain {cell(row[PAPER_GAIN])}{extremes})")
+            continue
+        table = Table()
+        table.add_column("defence \\ attack")
+        for col in grid.columns:
+            table.add_column(escape(str(col)), justify="right", style="bold" if col == MEAN else None)
+        for defence, row in grid.iterrows():
+            table.add_row(escape(str(defence)), *[cell(v) for v in row.tolist()])
+        console.print(table)
     if getattr(summary, "verdict", None) is not None:
         _print_verdict(console, summary.verdict)
     console.print(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "

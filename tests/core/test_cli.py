@@ -56,7 +56,7 @@ def test_default_registry_runs_end_to_end(tmp_path):
                           "--output", str(tmp_path / "run"), "--no-progress"],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "mean gain" in out.stdout
+    assert "mean normalised gain" in out.stdout
     df = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "error"].unique()
     assert df["image"].nunique() == 2
