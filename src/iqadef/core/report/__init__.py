@@ -50,11 +50,14 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
                                       run_dir, files)
     written.update(figures.written())
     views: dict[str, Any] = {"html": None, "md": None}
+    ranking = None if result is None else result.ranking  # the worst case beside fine-tuned metrics
     if result is not None:
         written.update(write_verdict(result, run_dir, files.write))
         curves = curve_figures(result, run_dir, files)
         written.update({f"figure:{path.stem}": path for _, path in curves})
         views = {kind: page_view(result, curves, kind) for kind in views}
-    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"])
-    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df, verdict=views["md"])
+    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"],
+                                 verdict_ranking=ranking)
+    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df, verdict=views["md"],
+                                         verdict_ranking=ranking)
     return written

@@ -36,6 +36,7 @@ from .certified import certified_table, certified_warnings
 from .figures import MAX_LINES, ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
 from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
 from .files import ReportFiles
+from .robust_metrics import robust_metrics_section
 from .tables import ReportTables, fmt, key_findings, key_scores, markdown_table, with_ci
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -270,6 +271,29 @@ def certified_section(df: pd.DataFrame, run_info: dict[str, Any], figures: Repor
             "figures": _figure_list(figures.certified, data_uris)}
 
 
+ROBUST_METRICS_TITLE = "Fine-tuned metrics beside their originals"
+ROBUST_METRICS_NOTE = (
+    "A fine-tuned metric (its weights carry an `iqadef train-robust` record: run.json's metrics.<label>.trained) "
+    "beside the run's metric of the same plugin without one. Accuracy, over the images both scored: Pearson and "
+    "Spearman correlation of the two metrics' clean scores f(x), and each one's SROCC/PLCC against MOS where the "
+    "run has MOS. Robustness, per attack with no defence: mean normalised gain |f(x) − f(x_a)| / (high − low) of "
+    "each, and gain_change = fine-tuned − original (negative: the fine-tuned metric moves less under attack); "
+    "for a protocol run, the worst-case verdict's gain of the no-defence row at the headline budget. "
+    "The training images are in the training record; cells on them are marked trained_on_image.")
+
+
+def robust_metrics_view(df: pd.DataFrame, run_info: dict[str, Any], verdict_ranking: pd.DataFrame | None,
+                        kind: str) -> dict[str, Any] | None:
+    """The fine-tuned-metric section (:mod:`.robust_metrics`) as the templates show it; None without a pair."""
+    section = robust_metrics_section(df, run_info, verdict_ranking)
+    if section is None:
+        return None
+    table = (lambda t, css: html_table(t, css)) if kind == "html" else (lambda t, css: markdown_table(t))
+    return {"title": ROBUST_METRICS_TITLE, "note": ROBUST_METRICS_NOTE,
+            "accuracy": table(section["accuracy"], "robust-accuracy"),
+            "robustness": table(section["robustness"], "robust-gain")}
+
+
 def _thumb_key(column: str, value: str, image: str) -> tuple[str, str]:
     return (column, value if column != "image_path" else f"{value}\0{image}")
 
@@ -344,7 +368,7 @@ def _findings_html(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
                files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None,
-               verdict: dict[str, Any] | None = None) -> Path:
+               verdict: dict[str, Any] | None = None, verdict_ranking: pd.DataFrame | None = None) -> Path:
     """``report.html``: one offline file, sections in reading order with a table of contents."""
     df = df if df is not None else pd.DataFrame()
     locate = locate or ImageLocator(run_dir, run_info)
@@ -356,10 +380,12 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     data = comparison_data(run_dir, run_info, tables, files, locate)
     glance = glance_sections(df, run_info, figures, data_uris=True)
     certified = certified_section(df, run_info, figures, data_uris=True)
+    robust_metrics = robust_metrics_view(df, run_info, verdict_ranking, "html")
     pooled = len(tables.rankings) > 1
     toc = [("run", "The run")] + ([("glance", "Best defence per attack")] if glance else [])
     toc += [("findings", "Key findings")]
     toc += [("verdict", "Robustness verdict")] if verdict else []  # a protocol run (verdict_section.py)
+    toc += [("robust-metrics", ROBUST_METRICS_TITLE)] if robust_metrics else []
     toc += [("rankings", "Rankings")]
     toc += [(r["id"], f"Ranking: {r['metric']}") for r in rankings]
     toc += [("ranking-pooled", "Ranking: all metrics")] if pooled else []
@@ -384,7 +410,8 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
         all_scores=html_table(means_only(tables.aggregated), "all-scores"), figure_sections=figure_sections,
         comparison=_json_for_script(data), n_examples=len(data["cells"]),
         failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
-        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files), verdict=verdict)
+        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files), verdict=verdict,
+        robust_metrics=robust_metrics)
     return files.write(run_dir / "report.html", page.encode("utf-8"))
 
 
@@ -393,7 +420,8 @@ def _markdown_certified(section: dict[str, Any] | None) -> dict[str, Any] | None
 
 
 def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-                   files: ReportFiles, df: pd.DataFrame | None = None, verdict: dict[str, Any] | None = None) -> Path:
+                   files: ReportFiles, df: pd.DataFrame | None = None, verdict: dict[str, Any] | None = None,
+                   verdict_ranking: pd.DataFrame | None = None) -> Path:
     """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
     df = df if df is not None else pd.DataFrame()
     adaptive = tables.adaptive
@@ -413,5 +441,6 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
         figure_sections=_figure_sections(figures, tables.mos, data_uris=False),
         examples_name=None if figures.examples is None else figures.examples.name,
         failed_count=len(tables.failed), failed=markdown_table(tables.failed.head(MAX_FAILED_ROWS)),
-        notes=_notes(files), verdict=verdict)
+        notes=_notes(files), verdict=verdict,
+        robust_metrics=robust_metrics_view(df, run_info, verdict_ranking, "md"))
     return files.write(run_dir / "report.md", page.encode("utf-8"))

@@ -20,6 +20,7 @@ from ..dataset import Dataset, ImageItem
 from ..registry import RunConfig
 from ..store import KEY_COLUMNS, ResultStore
 from .artifacts import _hash
+from .trained import fine_tuning
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,7 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
     registry, the registry file it was read from, ``--limit``, torch's thread count)."""
     info = {
         "iqadef_version": __version__,
-        "metrics": {m.label: {"name": m.name, "range": list(m.range), "higher_is_better": m.higher_is_better}
-                    for m in config.metrics},
+        "metrics": {m.label: _metric_entry(m) for m in config.metrics},
         "attacks": [e.label for e in config.attacks],
         "defences": [d.label for d in grid_defences(config)],
         "defence_plugins": {d.label: {"name": d.name, "geometric": _geometric(d)} for d in grid_defences(config)},
@@ -200,6 +200,17 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
     if config.protocol is not None:  # the robustness protocol's roles and budgets (core/protocol.py)
         info["protocol"] = config.protocol
     return info
+
+
+def _metric_entry(metric: Any) -> dict[str, Any]:
+    """A metric in ``run.json``: name, range, direction, and ``trained`` (method, training-image count, weight
+    file) where its weights carry a ``train-robust`` record (core/run/trained.py), so the report can set a
+    fine-tuned metric beside its original without loading plugins."""
+    entry = {"name": metric.name, "range": list(metric.range), "higher_is_better": metric.higher_is_better}
+    trained = fine_tuning(metric)
+    if trained is not None:
+        entry["trained"] = trained
+    return entry
 
 
 def _geometric(defence: Any) -> bool:

@@ -21,13 +21,18 @@ from ..weights import WeightSpec
 TRAINING_RECORD_KIND = "iqadef train-robust"
 
 
-def training_images(weights: Path) -> set[str] | None:
-    """The sha256 of the images ``weights`` was trained on, from its record; None without a record."""
-    record_file = Path(weights).with_suffix(".json")
+def _record(weights: Path) -> dict[str, Any] | None:
+    """The record beside ``weights`` (``<weights>.json``) as a dict; None when there is none or it is unreadable."""
     try:
-        record = json.loads(record_file.read_text())
+        record = json.loads(Path(weights).with_suffix(".json").read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def training_images(weights: Path) -> set[str] | None:
+    """The sha256 of the images ``weights`` was trained on, from its record; None without a record."""
+    record = _record(weights)
     data = record.get("data") if isinstance(record, dict) else None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
@@ -58,6 +63,21 @@ def trained_images(plugins: Iterable[Any]) -> dict[str, set[str]]:
             if hashes is not None:
                 out.setdefault(plugin.label, set()).update(hashes)
     return out
+
+
+def fine_tuning(plugin: Any) -> dict[str, Any] | None:
+    """What ``run.json`` records of a metric fine-tuned by ``iqadef train-robust``: the record's ``method``,
+    the number of training images, the weight file and the label of the metric it was trained from
+    (``from``); None when no weight file it loads has such a record (the report pairs a fine-tuned metric
+    with the run's metric of the same plugin that has none)."""
+    for path in weight_files(plugin):
+        record = _record(path)
+        if record is None or record.get("kind") != TRAINING_RECORD_KIND:
+            continue
+        images = training_images(path)
+        return {"method": record.get("method"), "images": len(images) if images is not None else None,
+                "weights": str(path), "from": record.get("metric")}
+    return None
 
 
 def trained_images_by_metric(metrics: list[Any]) -> dict[str, set[str]]:
