@@ -294,6 +294,8 @@ def missing_weights(config) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001 
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .core.run.progress import _duration  # the one formatting of a duration (the progress lines use it)
+
     plan = plan_grid(args)
     if args.json:
         print(json.dumps(plan, indent=2))
@@ -332,14 +334,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print("ready: the dataset and every weight file the grid loads are in place"
           + (" or will be downloaded" if plan["weights_to_download"] else ""))
     return EXIT_OK
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 #: Below this console width the summary prints one line per defence instead of the defence x attack grid.

@@ -74,7 +74,7 @@ DEFERRED: dict[tuple[str, str], str] = {
                                            "with those of scores and store (scipy, pandas)",
     **{("iqadef.cli", module): _CLI_START for module in (
         "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.report.verdict_section",
-        "iqadef.core.report.console_summary", "iqadef.core.report.files", "iqadef.core.report", "iqadef.core.run",
+        "iqadef.core.report.console_summary", "iqadef.core.report.files", "iqadef.core.run.progress", "iqadef.core.report", "iqadef.core.run",
         "iqadef.core.run.driver", "iqadef.core.run.plan", "iqadef.core.run.verify", "iqadef.core.scores",
         "iqadef.core.store", "iqadef.core.weights")},
     # command plugins are imported at every CLI start to add their subcommands
