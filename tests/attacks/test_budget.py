@@ -101,7 +101,7 @@ def test_registry_budget_entries_state_the_chosen_value(tmp_path):
     df = run(tmp_path, attacks)
     assert (df["status"] == "ok").all() and len(df) == 5 * 2
     budgeted = df[df["attack"].str.contains("budget_linf")]
-    assert sorted(budgeted["attack"].unique()) == [f"{n}[budget_linf=0.0313725]" for n in
+    assert sorted(budgeted["attack"].unique()) == [f"{n}[budget_linf=8/255]" for n in
                                                    ("ifgsm", "korhonen", "madc", "ssah")]
     assert ((budgeted["linf_x_xa"] - TARGET).abs() <= TOLERANCE * TARGET).all()
     assert budgeted["native_value"].notna().all() and (budgeted["native_value"] > 0).all()
