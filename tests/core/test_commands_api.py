@@ -283,6 +283,7 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
     import iqadef.core.run.driver as driver
     import iqadef.core.run.local as local
     import iqadef.core.run.progress as progress
+    import iqadef.core.run.verify as verify
     from toy_plugins import small_grid_config
 
     monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.02)
@@ -294,7 +295,8 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
             yield item
 
     monkeypatch.setattr(local, "execute_local", slow)
-    monkeypatch.setattr(driver, "execute_local", slow)  # the driver holds its own reference
+    monkeypatch.setattr(driver, "execute_local", slow)  # the driver and verify hold their own references
+    monkeypatch.setattr(verify, "execute_local", slow)
     monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
     small_grid_config(tmp_path, image_dir, toy_registry, "run")
     assert cli.main(["run", str(tmp_path / "run.yaml"), "--no-report"]) == 0  # stderr is captured: not a tty
