@@ -6,6 +6,8 @@ and repeated (median), so that the load of a shared machine cancels out as far a
 
 from __future__ import annotations
 
+import json
+
 import os
 import statistics
 import time
@@ -165,3 +167,10 @@ def loadavg() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's JSON result to ``out`` (folders made) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")

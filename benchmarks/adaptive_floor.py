@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import (interleaved, load_batch, load_metric, loadavg, machine, med, set_threads,  # noqa: E402
-                    synthetic_images, tiny_iqa_weights)
+                    synthetic_images, tiny_iqa_weights, write_result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
               "repeats": args.repeats, "quick": args.quick, "goal_ratio": 1.10,
               "loadavg_start": load_start, "loadavg_end": loadavg(), "wall_s": round(time.time() - started, 1),
               "machine": machine(), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import interleaved, load_batch, load_metric, machine, med, set_threads, synthetic_images, tiny_iqa_weights  # noqa: E402
+from _bench import (interleaved, load_batch, load_metric, machine, med, set_threads,  # noqa: E402
+                    synthetic_images, tiny_iqa_weights, write_result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "smoothing", "method": args.method, "metric": "tiny-iqa", "weights": weights_note, "device": args.device,
               "threads": threads, "images": args.images, "size": args.size, "repeats": repeats, "quick": args.quick,
               "sigma": 0.1, "eps": 0.1, "alpha": 0.001, "machine": machine(), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

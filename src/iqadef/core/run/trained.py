@@ -80,11 +80,6 @@ def fine_tuning(plugin: Any) -> dict[str, Any] | None:
     return None
 
 
-def trained_images_by_metric(metrics: list[Any]) -> dict[str, set[str]]:
-    """:func:`trained_images` of the metrics (kept for callers that ask for metrics only)."""
-    return trained_images(metrics)
-
-
 def overlap_problems(trained: dict[str, set[str]], dataset, what: str = "metric") -> list[str]:
     """One line per plugin that will meet images it was trained on."""
     lines = []
