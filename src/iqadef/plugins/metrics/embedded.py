@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqadef import Metric, Param, WeightsError, hookimpl
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict
+from iqadef import load_checkpoint, load_state_dict_strict
 
 INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
