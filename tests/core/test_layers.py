@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
     ("contract", ("iqadef.core", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
-                  "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.kinds", "iqadef.core.plugins",
+                  "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.lipschitz", "iqadef.core.kinds", "iqadef.core.plugins",
                   "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
                   "iqadef.core.query", "iqadef.core.budget")),
     ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores",
@@ -115,7 +115,9 @@ PLUGIN_ALLOWED: dict[str, str] = {
     "iqadef.core.fetch": "RemoteFile: where a dataset plugin's files come from",
     "iqadef.core.weights": "WeightSpec, load_weights, load_checkpoint, load_state_dict_strict",
     "iqadef.core.files": "atomic_write_bytes: UAP caches its trained perturbation",
-    "iqadef.core.smoothing": "the certified plugins' certificates and shared parameters",
+    "iqadef.core.smoothing": "the certified plugins' certificates and shared parameters; FeatureSplit, which "
+                             "a metric returns to be smoothed in feature space (fs-iqa)",
+    "iqadef.core.lipschitz": "layer Lipschitz bounds a metric composes into its backbone's (fs-iqa)",
     "iqadef.core.scores": "SummaryScore, its interval helpers, paper_gain (the one gain formula)",
     "iqadef.core.plugins": "get_registry: commands list plugins; diffpure+unsharp composes a registered defence",
     "iqadef.core.export": "the export command and the export dataset (its marker)",
