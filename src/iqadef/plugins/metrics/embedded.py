@@ -236,15 +236,17 @@ class TinyIQA(Metric):
 
     def feature_split(self, size: tuple[int, int]) -> FeatureSplit:
         """Backbone: resize + :meth:`TinyIQANet.features` (the 448 pooled features); head: the 2-layer MLP,
-        scaled to scores. The bound is :meth:`TinyIQANet.features_lipschitz` times the resize's exact norm,
-        computed once per image size (the weights do not change after setup)."""
+        scaled to scores. The bound is :meth:`TinyIQANet.features_lipschitz` (computed once: the weights do not
+        change after setup) times the resize's exact norm for this image size."""
         size = (int(size[0]), int(size[1]))
         cache = self.__dict__.setdefault("_lipschitz", {})
-        if size not in cache:
+        if "net" not in cache:  # the network sees 224x224 whatever the input: its bound is computed once
             was = self.net.training
             self.net.eval()
-            cache[size] = resize_norm(size, (INPUT_SIZE, INPUT_SIZE)) * self.net.features_lipschitz()
+            cache["net"] = self.net.features_lipschitz()
             self.net.train(was)
+        if size not in cache:
+            cache[size] = resize_norm(size, (INPUT_SIZE, INPUT_SIZE)) * cache["net"]
         return FeatureSplit(
             backbone=lambda images: self.net.features(preprocess(images.float())),
             head=lambda features: SCORE_CENTRE + SCORE_SCALE * self.net.head(features).squeeze(1),
