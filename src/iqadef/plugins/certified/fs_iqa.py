@@ -44,9 +44,9 @@ class FeatureSmoothing(MetricSmoothing):
         Param("sigma", float, 0.25, "standard deviation of the Gaussian noise added to the backbone's features "
               "(feature units, not pixels)", low=1e-6, presets=(0.12, 0.25, 0.5)),
         smoothing_params()[1],  # n
-        Param("eps", float, 1e-9, "L2 radius (over all 3*H*W pixel values) the interval covers; the feature "
-              "radius is L * eps, L the backbone's Lipschitz bound (tiny-iqa: ~2e8 at 224x224)", low=0.0,
-              presets=(1e-9, 1e-8, 1e-6)),
+        Param("eps", float, 1e-10, "L2 radius (over all 3*H*W pixel values) the interval covers; the feature "
+              "radius is L * eps, L the backbone's Lipschitz bound (tiny-iqa: 1.8e8 at 224x224, times the "
+              "resize's norm for other sizes)", low=0.0, presets=(1e-10, 1e-9, 1e-8)),
         smoothing_params()[3],  # alpha
         Param("batch", int, 256, "noisy feature vectors per head forward (memory/speed only)", low=1),
     )
