@@ -159,6 +159,7 @@ def tiny():
     return metric
 
 
+@pytest.mark.slow
 def test_tiny_iqa_split_reproduces_the_score_and_bounds_its_backbone(tiny):
     x = torch.rand(2, 3, 224, 224)
     split = tiny.feature_split((224, 224))
@@ -167,6 +168,7 @@ def test_tiny_iqa_split_reproduces_the_score_and_bounds_its_backbone(tiny):
     assert tiny.feature_split((224, 224)).lipschitz == split.lipschitz  # cached per size
 
 
+@pytest.mark.slow
 def test_monte_carlo_smoothed_score_stays_in_its_certificate_on_tiny_iqa(tiny):
     """The certificate at x: [l, u] holds the smoothed median of every image within eps, so of every feature
     point within L * eps of the backbone's output (all an input perturbation can reach). Over random and

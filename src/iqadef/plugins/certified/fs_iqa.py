@@ -32,8 +32,10 @@ def feature_split_of(metric: Any) -> Any:
 
 
 class FeatureSmoothing(MetricSmoothing):
-    """Median of head(backbone(x) + N(0, sigma^2 I)) over n feature-noise draws, certified for ||delta||_2 <=
-    eps through the backbone's Lipschitz bound L: the median-smoothing interval at feature radius L * eps.
+    """Median of head(backbone(x) + N(0, sigma^2 I)): noise on the features, certified via the backbone's bound.
+
+    Certified for ||delta||_2 <= eps through the backbone's Lipschitz bound L: the median-smoothing interval
+    at feature radius L * eps (Chiang et al. 2020; FS-IQA, Shumitskaya et al. 2025).
 
     `sigma` is in feature units (the metric's backbone output), not pixels. Only metrics that expose a
     feature split with a provable bound can be smoothed (tiny-iqa); others are refused at config time."""
