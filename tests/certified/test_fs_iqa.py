@@ -78,6 +78,21 @@ def test_closed_form_interval_on_a_linear_split():
     assert float(metric.score(x[:1] + step) - f[:1]) == pytest.approx(half, rel=1e-4)
 
 
+def test_jacobian_option_is_the_local_norm_and_equals_the_bound_on_a_linear_split():
+    """``bound: jacobian`` (the paper's largest singular value of the Jacobian at x): for a linear backbone it
+    is ||A|| = c everywhere, so the interval is the provable one."""
+    metric = LinearSplit(dim=3 * 4 * 4, features=6, c=2.5)
+    x = torch.rand(2, 3, 4, 4)
+    provable = FeatureSmoothing(sigma=0.5, n=500, eps=0.1, batch=1000).smooth(metric, x, seed=1)
+    local = FeatureSmoothing(sigma=0.5, n=500, eps=0.1, batch=1000, bound="jacobian",
+                             jacobian_iters=50).smooth(metric, x, seed=1)
+    split = metric.feature_split((4, 4))
+    radii = FeatureSmoothing(eps=0.1, bound="jacobian", jacobian_iters=50).jacobian_radii(split, x)
+    assert radii == pytest.approx([0.25, 0.25], rel=1e-3)
+    assert torch.equal(provable.value, local.value)
+    assert torch.allclose(provable.lower, local.lower) and torch.allclose(provable.upper, local.upper)
+
+
 def test_a_metric_without_a_feature_split_is_refused_in_one_line():
     with pytest.raises(ConfigError) as err:
         FeatureSmoothing().check_metric(Plain(), "registry.yaml: certified[0]")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from iqadef import ConfigError, Metric, MetricSmoothing, Param, SmoothedScores, hookimpl
+from iqadef.core.lipschitz import jacobian_norm
 from iqadef.core.smoothing import FeatureSplit, median_certificate, smoothing_params
 
 
@@ -51,6 +52,11 @@ class FeatureSmoothing(MetricSmoothing):
               "resize's norm for other sizes)", low=0.0, presets=(1e-10, 1e-9, 1e-8)),
         smoothing_params()[3],  # alpha
         Param("batch", int, 256, "noisy feature vectors per head forward (memory/speed only)", low=1),
+        Param("bound", str, "provable", "how the feature radius is tied to eps: 'provable' (the metric's global "
+              "Lipschitz bound, a certificate) or 'jacobian' (the paper's largest singular value of the "
+              "backbone's Jacobian at each image, by power iteration: a local estimate, NOT a certificate "
+              "beyond first order)", choices=("provable", "jacobian")),
+        Param("jacobian_iters", int, 20, "power iterations per image for bound: jacobian", low=1),
     )
 
     def check_metric(self, metric: Metric, where: str) -> None:
@@ -77,6 +83,12 @@ class FeatureSmoothing(MetricSmoothing):
     def feature_radius(self, split: FeatureSplit) -> float:
         return float(split.lipschitz) * float(self.eps)
 
+    def jacobian_radii(self, split: FeatureSplit, images: torch.Tensor) -> list[float]:
+        """``bound: jacobian``: eps times the largest singular value of the backbone's Jacobian at each image
+        (secant power iteration, ``core.lipschitz.jacobian_norm``): the paper's relation between the radii."""
+        return [float(self.eps) * jacobian_norm(split.backbone, images[i:i + 1], iters=int(self.jacobian_iters))
+                for i in range(images.shape[0])]
+
     def smooth(self, metric: Metric, images: torch.Tensor, *, seed: int) -> SmoothedScores:
         split = self.split(metric, images)
         with torch.no_grad():
@@ -86,8 +98,13 @@ class FeatureSmoothing(MetricSmoothing):
             samples = self.noisy_scores(metric, features, seed=seed)
         finally:
             del self._head
-        value, lower, upper = median_certificate(samples, self.feature_radius(split), float(self.sigma),
-                                                 float(self.alpha))
+        if self.bound == "jacobian":
+            parts = [median_certificate(samples[i:i + 1], radius, float(self.sigma), float(self.alpha))
+                     for i, radius in enumerate(self.jacobian_radii(split, images))]
+            value, lower, upper = (torch.cat([p[k] for p in parts]) for k in range(3))
+        else:
+            value, lower, upper = median_certificate(samples, self.feature_radius(split), float(self.sigma),
+                                                     float(self.alpha))
         return SmoothedScores(value, lower, upper)
 
     def base(self, metric: Metric, noisy: torch.Tensor) -> torch.Tensor:
