@@ -20,9 +20,10 @@ from .core.errors import ConfigError, IqadefError, PluginError, WeightsError
 from .core.fetch import RemoteFile
 from .core.files import atomic_write_bytes
 from .core.hookspecs import hookimpl
+from .core.lipschitz import conv2d_norm_bound, conv_output_size, folded_conv_bn, jacobian_norm, resize_norm
 from .core.params import Param
 from .core.query import GradientRequested, QueryMetric
-from .core.smoothing import (BinnedSmoothing, MetricSmoothing, SmoothedScores, binned_params, mean_certificate,
+from .core.smoothing import (BinnedSmoothing, FeatureSplit, MetricSmoothing, SmoothedScores, binned_params, mean_certificate,
                              median_certificate, smoothing_params)
 from .core.weights import (WeightSpec, cache_dir, load_checkpoint, load_state_dict_strict, load_weights,
                            numpy_safe_globals, resolve_weights, save_trained_weights, trained_record_path)
@@ -43,6 +44,7 @@ _RENAMED = {"EXPORT_MARKER": "MARKER"}
 
 __all__ = [
     "Attack", "BinnedSmoothing", "CellBatch", "Command", "ConfigError", "Dataset", "DatasetPlugin", "Defence", "Entry",
+    "FeatureSplit", "conv2d_norm_bound", "conv_output_size", "folded_conv_bn", "jacobian_norm", "resize_norm",
     "GradientRequested", "IMAGE_SUFFIXES", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",
     "PluginError", "QueryMetric", "RemoteFile", "SmoothedScores", "WeightSpec", "WeightsError", "__version__",
     "atomic_write_bytes", "attack_loss", "binned_params", "builtin_images_dir", "cache_dir", "data_dir",

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
     ("contract", ("iqadef.core", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
-                  "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.kinds", "iqadef.core.plugins",
+                  "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.lipschitz", "iqadef.core.kinds", "iqadef.core.plugins",
                   "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
                   "iqadef.core.query", "iqadef.core.budget")),
     ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores",
