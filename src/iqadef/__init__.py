@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .core.base import Attack, Defence, ImageScore, Metric, attack_loss
+from .core.columns import ScoreColumn
 from .core.commands import Command
 from .core.dataset import DatasetPlugin
 from .core.errors import ConfigError, IqadefError, PluginError, WeightsError
@@ -14,7 +15,8 @@ from .core.smoothing import BinnedSmoothing, MetricSmoothing, SmoothedScores
 
 __all__ = [
     "Attack", "BinnedSmoothing", "Command", "ConfigError", "DatasetPlugin", "Defence", "GradientRequested", "ImageScore",
-    "IqadefError", "Metric", "MetricSmoothing", "Param", "PluginError", "QueryMetric", "SmoothedScores", "WeightsError",
+    "IqadefError", "Metric", "MetricSmoothing", "Param", "PluginError", "QueryMetric", "ScoreColumn", "SmoothedScores",
+    "WeightsError",
     "__version__", "attack_loss", "hookimpl",
     "load_attack", "load_defence", "load_images", "load_metric", "run_grid",
 ]

@@ -8,7 +8,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -200,6 +200,10 @@ class TrainedAttack(Attack):
     cache_folder: str = ""
     #: The parameter naming a ready training result (a file), which replaces training.
     result_param: str = ""
+    #: Parameters every trained attack declares (their Params are the subclasses').
+    train_dir: str | None
+    train_dataset: str | None
+    size: int
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)
@@ -278,7 +282,7 @@ class UAP(TrainedAttack):
     name = "uap"
     norm = "linf"
     result_param = "perturbation_path"
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
               presets=(0.2, 0.4, 0.8)),
         Param("perturbation_path", Path, None,
@@ -293,6 +297,16 @@ class UAP(TrainedAttack):
         Param("batch_size", int, 8, help="training batch size", low=1),
         Param("train_seed", int, 0, help="seed of the training order"),
     )
+    amplitude: float
+    perturbation_path: str | None
+    train_dir: str | None
+    train_dataset: str | None
+    eps: float
+    size: int
+    lr: float
+    epochs: int
+    batch_size: int
+    train_seed: int
 
     def bound(self) -> float:
         return self.eps * self.amplitude

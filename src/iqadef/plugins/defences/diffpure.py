@@ -78,6 +78,10 @@ class DiffPure(Defence):
               help="explicit path of the guided-diffusion checkpoint (256x256_diffusion_uncond.pt)"),
         Param("fp16", bool, False, help="run the UNet in float16 on CUDA (ignored on CPU)"),
     )
+    t: int
+    model: str
+    weights_path: str | None
+    fp16: bool
     weights = (GUIDED_256_WEIGHTS,)
 
     def weights_in_use(self) -> tuple:

@@ -142,6 +142,7 @@ class TinyIQA(Metric):
         Param("weights_path", Path, None,
               help="a tiny_iqa.pt state dict to use instead of the packaged one (e.g. after retraining)"),
     )
+    weights_path: str | None
 
     def weights_in_use(self) -> tuple[Path, ...]:
         """The file loaded (its sha256 is part of the identity: retrained weights reuse no cached result)."""
