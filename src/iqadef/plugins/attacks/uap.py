@@ -222,9 +222,10 @@ class TrainedAttack(Attack):
     def training_source(self) -> Any:
         """The training images: the files of ``train_dataset``, else the folder ``train_dir``, else the
         bundled images."""
-        if getattr(self, "train_dataset", None):
+        dataset = getattr(self, "train_dataset", None)
+        if dataset:
             if self._dataset_files is None:  # scanned once: the identity and the cache path need it too
-                self._dataset_files = dataset_files(self.train_dataset)
+                self._dataset_files = dataset_files(dataset)
             return self._dataset_files
         return self.train_dir if self.train_dir is not None else bundled_images_dir()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ class DiffPure(Defence):
     precision_style = "autocast"
     randomized = True
     differentiable = True
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("t", int, 5, low=0, high=1000, presets=(5, 10, 20, 30, 50),
               help="diffusion step to noise to (of the model's 1000); as many reverse steps follow; 0 = no-op"),
         Param("model", str, "guided-256",
