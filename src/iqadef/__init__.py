@@ -12,6 +12,7 @@ from importlib import import_module
 from ._version import __version__
 from .core.base import Attack, Defence, ImageScore, Metric, attack_loss
 from .core.cells import CellBatch
+from .core.columns import ScoreColumn
 from .core.commands import Command
 from .core.dataset import (IMAGE_SUFFIXES, Dataset, DatasetPlugin, Entry, builtin_images_dir, data_dir,
                            dataset_status, fetch_dataset, parse_dataset, read_image, read_mos, read_text)
@@ -46,7 +47,7 @@ __all__ = [
     "Attack", "BinnedSmoothing", "CellBatch", "Command", "ConfigError", "Dataset", "DatasetPlugin", "Defence", "Entry",
     "FeatureSplit", "conv2d_norm_bound", "conv_output_size", "folded_conv_bn", "jacobian_norm", "resize_norm",
     "GradientRequested", "IMAGE_SUFFIXES", "ImageScore", "IqadefError", "Metric", "MetricSmoothing", "Param",
-    "PluginError", "QueryMetric", "RemoteFile", "SmoothedScores", "WeightSpec", "WeightsError", "__version__",
+    "PluginError", "QueryMetric", "RemoteFile", "ScoreColumn", "SmoothedScores", "WeightSpec", "WeightsError", "__version__",
     "atomic_write_bytes", "attack_loss", "binned_params", "builtin_images_dir", "cache_dir", "data_dir",
     "dataset_status", "fetch_dataset", "hookimpl", "load_checkpoint", "load_state_dict_strict", "load_weights",
     "mean_certificate", "median_certificate", "numpy_safe_globals", "parse_dataset", "read_image", "read_mos",

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("iqadef._version", "iqadef.core.errors", "iqadef.core.suggest", "iqadef.core.files",
                 "iqadef.core.devices", "iqadef.core.sniff")),
     # declarative parameters: used by every plugin kind and by the dataset plugins' contract
-    ("parameters", ("iqadef.core.params",)),
+    ("parameters", ("iqadef.core.params", "iqadef.core.columns")),
     # files in, below the contract: base.Plugin.identity() fingerprints weight files (weights), kinds names
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),

@@ -107,7 +107,7 @@ def test_full_reference_columns_and_values_with_a_size_changing_defence(metric):
     dxa = const(0.25, size=16, batch=2)
     cells = make_cells(x, xa, dx, dxa, [1, 1], [1, 1], [1, 1], [1, 1], metric)
     out = FullReferenceMeasures().compute(cells)
-    assert sorted(out) == sorted(EXPECTED_COLUMNS) == sorted(FullReferenceMeasures.columns())
+    assert sorted(out) == sorted(EXPECTED_COLUMNS) == sorted(FullReferenceMeasures.column_names())
     assert all(v.shape == (2,) for v in out.values())
     assert out["psnr_x_xa"].tolist() == pytest.approx([20.0, 20.0])            # MSE 0.01
     assert out["psnr_x_dx"].tolist() == [math.inf, math.inf]                      # identical after resize

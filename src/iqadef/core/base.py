@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from .columns import DeclaresColumns
 from .errors import ConfigError
-from .params import ATTACK_ALIASES, Param, pixel_fraction, resolve
+from .params import ATTACK_ALIASES, Param, annotation_problem, pixel_fraction, resolve
 from .precision import apply_precision, declares_no_networks
 from .weights import fingerprint
 
@@ -57,6 +58,10 @@ class Plugin:
         for p in cls.params:
             if hasattr(Plugin, p.name) or p.name in {"config", "device", "label"}:
                 raise TypeError(f"{cls.__name__}: parameter name {p.name!r} clashes with a Plugin attribute")
+            annotation = param_annotation(cls, p.name)
+            problem = None if annotation is None else annotation_problem(p, annotation)
+            if problem:
+                raise TypeError(f"{cls.__module__}.{cls.__qualname__}: {problem}")
 
     def __init__(self, where: str | None = None, **values: Any):
         where = where or self.name or type(self).__name__
@@ -159,6 +164,18 @@ class Plugin:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
+
+
+def param_annotation(cls: type, name: str) -> Any:
+    """The class annotation of parameter ``name`` (``eps: float`` in the plugin's body or a base's), or None.
+
+    The annotation is what a type checker knows of ``self.eps`` (the value :meth:`Plugin.__init__` sets);
+    where present it must agree with the Param (checked when the class is defined)."""
+    for klass in cls.__mro__:
+        annotations = klass.__dict__.get("__annotations__", {})
+        if name in annotations:
+            return annotations[name]
+    return None
 
 
 def _fmt(v: Any) -> str:
@@ -309,14 +326,19 @@ class Defence(Plugin):
                 "preserves_size": cls.preserves_size, "geometric": cls.geometric}
 
 
-class ImageScore(Plugin):
+class ImageScore(DeclaresColumns, Plugin):
     """A per-image measure computed for every grid cell (PSNR, SSIM, gain, ...).
 
     :meth:`compute` receives a :class:`~iqadef.core.cells.CellBatch` and returns named ``[B]`` tensors
-    (or floats per image); each name becomes a column of the result table.
+    (or floats per image); each name becomes a column of the result table, described by a
+    :class:`~iqadef.core.columns.ScoreColumn` in :attr:`columns` (better side, aggregation, main table).
     """
 
     kind = "score"
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return cls.describe_columns()
 
     def compute(self, cells: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -130,6 +130,52 @@ class Param:
         raise bad
 
 
+#: What a parameter's value is on the plugin, by its Param's type (a path is held as a string, ``~`` expanded).
+_HELD_AS = {int: "int", float: "float", bool: "bool", str: "str", Path: "str", list: "list"}
+#: Spellings of the held types an annotation may use.
+_SPELLINGS = {"list": {"list", "List"}, "str": {"str"}}
+
+
+def expected_annotation(param: Param) -> str:
+    """The annotation a plugin class gives ``param`` so a type checker knows its value: ``eps: float``,
+    ``weights: str | None`` (a nullable or None-default parameter, a path)."""
+    held = _HELD_AS.get(param.type, param.type.__name__)
+    return f"{held} | None" if param.allows_none else held
+
+
+def annotation_problem(param: Param, annotation: Any) -> str | None:
+    """Why ``annotation`` (a class annotation, a string under ``from __future__ import annotations``) does not
+    describe ``param``'s value, or None when it does. Read as text: ``float``, ``float | None``,
+    ``Optional[float]``, ``list[float]``, ``ClassVar[str | None]`` (a contract's class attribute the parameter
+    sets per instance, ``Attack.norm``). ``| None`` is needed where the Param allows None, allowed elsewhere."""
+    shown = annotation if isinstance(annotation, str) else \
+        annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    text = re.sub(r"\b(typing|pathlib|builtins)\.", "", shown.replace(" ", ""))
+    text = re.sub(r"^ClassVar\[(.+)\]$", r"\1", text)  # a contract's class default a parameter overrides
+    optional = re.fullmatch(r"Optional\[(.+)\]", text)
+    parts = [optional.group(1), "None"] if optional else _top_level_split(text)
+    nullable = "None" in parts
+    named = [re.sub(r"\[.*\]$", "", t) for t in parts if t != "None"]
+    held = _HELD_AS.get(param.type, param.type.__name__)
+    if len(named) != 1 or named[0] not in _SPELLINGS.get(held, {held}) or (param.allows_none and not nullable):
+        why = " (a path parameter holds a str)" if param.type is Path else ""
+        return (f"parameter {param.name!r} is annotated {shown!r} but its Param holds {expected_annotation(param)}"
+                f"{why}; annotate it `{param.name}: {expected_annotation(param)}`")
+    return None
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``a|b[c|d]`` -> ``["a", "b[c|d]"]``."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 #: Names an attack's parameter is also known by: the built-ins say ``iters`` (``iterations`` in the Zhang et al.
 #: attacks, ``steps`` in PGD) and ``alpha`` (``step_size`` in PGD); torchattacks writes ``eps``, ``alpha``,
 #: ``steps``. A name of a group stands for the member the attack declares (its one canonical name, which is

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import columns as score_columns
 from .base import ImageScore, Plugin
+from .columns import DeclaresColumns
 from .errors import ConfigError
 from .plugins import get_registry
 
@@ -39,10 +41,15 @@ GROUP_COLUMNS = ("metric", "attack", "defence")
 CONFIDENCE = 0.95
 
 
-class SummaryScore(Plugin):
-    """A score computed once per metric × attack × defence group from the result table's rows."""
+class SummaryScore(DeclaresColumns, Plugin):
+    """A score computed once per metric × attack × defence group from the result table's rows; each name it
+    returns is described by a :class:`~iqadef.core.columns.ScoreColumn` in :attr:`columns`."""
 
     kind: ClassVar[str] = "summary_score"
+
+    @classmethod
+    def _describe_extra(cls) -> dict[str, Any]:
+        return cls.describe_columns()
 
     def summarise(self, group: pd.DataFrame, info: dict[str, Any]) -> dict[str, float]:
         """Return named floats for one group.
@@ -140,6 +147,11 @@ def image_score_classes(registry: Any = None) -> list[type]:
     return [table[n].cls for n in sorted(table) if issubclass(table[n].cls, ImageScore)]
 
 
+def recorded_columns(registry: Any = None) -> dict[str, dict[str, Any]]:
+    """``run.json``'s ``score_columns``: what every registered score plugin declares of its columns."""
+    return score_columns.record([*image_score_classes(registry), *summary_score_classes(registry)])
+
+
 def measure_columns(df: pd.DataFrame) -> list[str]:
     """Per-image numeric columns to average: f values and every ImageScore column."""
     out = []
@@ -178,6 +190,7 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
     if missing:
         raise ConfigError(f"result table lacks the column(s) {missing}; it needs {list(GROUP_COLUMNS)}")
     columns = measure_columns(df)
+    medians = {n for n, c in score_columns.read(run_info).items() if c.aggregate == "median"}
     ok = ok_rows(df)
     with_inf = {c for c in columns if np.isinf(ok[c].to_numpy(dtype=float)).any()}
     rows = []
@@ -188,8 +201,12 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
         row["n_failed"] = int(len(group) - len(good))
         for col in columns:
             values = good[col].to_numpy(dtype=float)
-            mean, low, high, _ = mean_ci(values)
-            row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
+            if col in medians:  # declared so (core/columns.py): the median with its bootstrap interval
+                row[f"{col}_median"], row[f"{col}_ci_low"], row[f"{col}_ci_high"], _ = bootstrap_ci(
+                    values, statistic=np.median)
+            else:
+                mean, low, high, _ = mean_ci(values)
+                row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
             if col in with_inf:
                 row[f"{col}_n_inf"] = int(np.isinf(values).sum())
         info = metric_info(run_info, row["metric"])
@@ -294,8 +311,9 @@ BOOTSTRAP_RESAMPLES = 2000
 
 
 def bootstrap_ci(values: Iterable[float], confidence: float = CONFIDENCE, seed: int = 0,
-                 n_resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float, int]:
-    """Mean and its BCa bootstrap interval (``scipy.stats.bootstrap``, seeded: the report repeats).
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, statistic: Any = np.mean) -> tuple[float, float, float, int]:
+    """Mean (or ``statistic``, a numpy reduction taking ``axis``) and its BCa bootstrap interval
+    (``scipy.stats.bootstrap``, seeded: the report repeats).
 
     Returns ``(mean, low, high, n)`` over the finite values; NaN interval below two values, the mean
     itself when all values are equal (BCa is undefined there).
@@ -304,20 +322,20 @@ def bootstrap_ci(values: Iterable[float], confidence: float = CONFIDENCE, seed: 
     n = int(arr.size)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
-    mean = float(arr.mean())
+    mean = float(statistic(arr))
     if n < 2:
         return mean, math.nan, math.nan, n
     if np.ptp(arr) == 0:
         return mean, mean, mean, n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa's degenerate-jackknife warning: the percentile fallback below
-        res = stats.bootstrap((arr,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+        res = stats.bootstrap((arr,), statistic, n_resamples=n_resamples, confidence_level=confidence,
                               method="BCa", vectorized=True, rng=np.random.default_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(low) and np.isfinite(high)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = stats.bootstrap((arr,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+            res = stats.bootstrap((arr,), statistic, n_resamples=n_resamples, confidence_level=confidence,
                                   method="percentile", vectorized=True, rng=np.random.default_rng(seed))
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return mean, low, high, n

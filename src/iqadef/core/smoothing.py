@@ -231,6 +231,11 @@ class MetricSmoothing(Plugin):
     #: whether :meth:`smooth` returns a certified interval (``lower``/``upper``) for the radius ``eps``
     certifies: ClassVar[bool] = True
     params = smoothing_params()
+    sigma: float
+    n: int
+    eps: float
+    alpha: float
+    batch: int
 
     # -- what a plugin implements -------------------------------------------------------------------
     def check_metric(self, metric: Metric, where: str) -> None:
@@ -336,6 +341,8 @@ class BinnedSmoothing(MetricSmoothing):
     noise only makes that radius conservative."""
 
     params = binned_params()
+    n0: int
+    bins: int
 
     def samples_per_image(self) -> int:
         return int(self.n0) + int(self.n)

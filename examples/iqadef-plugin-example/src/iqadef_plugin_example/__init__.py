@@ -44,6 +44,8 @@ class L2Step(Attack):
         Param("eps", float, 1.0, "L2 radius of the perturbation (pixels in [0, 1])", low=0.0),
         Param("steps", int, 5, "number of steps", low=1),
     )
+    eps: float
+    steps: int
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
@@ -65,6 +67,7 @@ class BitDepthReduction(Defence):
     name = "bit-depth"
     version = "1"
     params = (Param("bits", int, 5, "bits kept per channel", low=1, high=8, presets=(1, 2, 3, 4, 5, 6, 7)),)
+    bits: int
     # Rounding has zero gradient almost everywhere, so adaptive attacks use BPDA with identity
     # (the default estimate_forward of iqadef.Defence).
     differentiable = False

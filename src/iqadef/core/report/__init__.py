@@ -19,11 +19,11 @@ from .glance import tradeoff_points, with_defence_plugins
 from .page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
 from ..verdict import study_rows, write_verdict
 from .verdict_section import curve_figures, page_view, protocol_verdict
-from .tables import (CLEAN_ROW, KEY_SCORES, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
+from .tables import (CLEAN_ROW, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
                      has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
                      split_adaptive_label, srocc_matrix, summary_table, with_ci)
 
-__all__ = ["ADAPTIVE_NOTE", "ADAPTIVE_TITLE", "CLEAN_ROW", "KEY_SCORES", "NOTES", "ImageLocator", "adaptive_table",
+__all__ = ["ADAPTIVE_NOTE", "ADAPTIVE_TITLE", "CLEAN_ROW", "NOTES", "ImageLocator", "adaptive_table",
            "binned_gain", "example_rows", "figure4_title", "figure_file_name", "gain_matrix", "has_adaptive",
            "has_mos", "key_findings", "key_scores", "load_results", "markdown_table", "ranking_table",
            "split_adaptive_label", "srocc_matrix", "summary_table", "with_ci", "write_report"]

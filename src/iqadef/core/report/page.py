@@ -37,7 +37,7 @@ from .figures import MAX_LINES, ImageLocator, ReportFigures, png_data_uri, thumb
 from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
 from .files import ReportFiles
 from .robust_metrics import robust_metrics_section
-from .tables import ReportTables, fmt, key_findings, key_scores, markdown_table, with_ci
+from .tables import ReportTables, fmt, key_directions, key_findings, key_scores, markdown_table, with_ci
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_FAILED_ROWS = 200
@@ -173,7 +173,7 @@ def means_only(agg: pd.DataFrame) -> pd.DataFrame:
     """The aggregated table with its means alone (``x_mean`` shown as ``x``): the page's widest table at a
     third of the bytes; the intervals are in the key-score table and summary.csv."""
     keep = agg.drop(columns=[c for c in agg.columns if c.endswith(("_ci_low", "_ci_high"))])
-    return keep.rename(columns={c: c[:-5] for c in keep.columns if c.endswith("_mean")})
+    return keep.rename(columns={c: c.rsplit("_", 1)[0] for c in keep.columns if c.endswith(("_mean", "_median"))})
 
 
 def _json_for_script(value: Any) -> Markup:
@@ -395,10 +395,12 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     toc += [("adaptive", "Adaptive attacks")] if adaptive is not None else []
     toc += [("key-scores", "Key scores"), ("all-scores", "All aggregated scores"), ("failed", "Failed cells"),
             ("notes", "Notes")]
+    key = key_scores(tables.formatted, run_info)
     page = _environment("html").get_template("report.html.j2").render(
         run_name=run_dir.name, facts=run_facts(run_dir, run_info, df), problems=dataset_problems(run_info, df),
         warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df), toc=toc,
-        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))), rankings=rankings,
+        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info), run_info=run_info)),
+        rankings=rankings,
         pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
         glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance], geometric_note=GEOMETRIC_NOTE,
         certified=None if certified is None else dict(certified, table=html_table(with_ci(certified["table"]),
@@ -406,7 +408,7 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
         summary=html_table(with_ci(tables.short), "summary"),
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": html_table(with_ci(adaptive), "adaptive")},
-        key_scores=html_table(key_scores(tables.formatted), "scores"),
+        key_scores=html_table(key, "scores"), key_directions=key_directions(run_info, key),
         all_scores=html_table(means_only(tables.aggregated), "all-scores"), figure_sections=figure_sections,
         comparison=_json_for_script(data), n_examples=len(data["cells"]),
         failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
@@ -425,10 +427,11 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
     """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
     df = df if df is not None else pd.DataFrame()
     adaptive = tables.adaptive
+    key = key_scores(tables.formatted, run_info)
     page = _environment("md").get_template("report.md.j2").render(
         run_name=run_dir.name, header=run_header(run_info), problems=dataset_problems(run_info, df),
         warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df),
-        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info))),
+        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info), run_info=run_info)),
         rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
         ranking=markdown_table(with_ci(tables.ranking)) if len(tables.rankings) > 1 else None,
         summary=markdown_table(with_ci(tables.short)),
@@ -437,7 +440,7 @@ def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables
         certified=_markdown_certified(certified_section(df, run_info, figures, data_uris=False)),
         adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
                                                 "table": markdown_table(with_ci(adaptive))},
-        key_scores=markdown_table(key_scores(tables.formatted)),
+        key_scores=markdown_table(key), key_directions=key_directions(run_info, key),
         figure_sections=_figure_sections(figures, tables.mos, data_uris=False),
         examples_name=None if figures.examples is None else figures.examples.name,
         failed_count=len(tables.failed), failed=markdown_table(tables.failed.head(MAX_FAILED_ROWS)),

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .. import columns as score_columns
+from ..columns import ScoreColumn
 from ..scores import (GROUP_COLUMNS, aggregate, bootstrap_ci, mean_ci, metric_info, metric_span, normalised_gain,
                       ok_rows, paper_gain)
 
@@ -189,9 +191,10 @@ def srocc_matrix(df: pd.DataFrame, metric: str, reference: str = "mos") -> pd.Da
     return matrix[order]
 
 
-RANKING_COLUMNS = ("rank", "defence", "norm_gain", "norm_gain_ci_low", "norm_gain_ci_high", "gain",
-                   "quality_score", "quality_score_ci_low", "quality_score_ci_high", "similarity_score",
-                   "n_images", "n_cells")
+#: The ranking's own columns; the score columns declared ``ranking`` (:mod:`iqadef.core.columns`) stand
+#: between ``gain`` and ``n_images``.
+RANKING_HEAD = ("rank", "defence", "norm_gain", "norm_gain_ci_low", "norm_gain_ci_high", "gain")
+RANKING_TAIL = ("n_images", "n_cells")
 #: How many defences the key findings name per metric and measure.
 TOP_FINDINGS = 3
 
@@ -211,15 +214,21 @@ def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metr
     are averaged first, then the mean over images gets a BCa bootstrap interval
     (:func:`~iqadef.core.scores.bootstrap_ci`); cells of one image are not independent draws. Beside it:
     the paper's ``gain`` (mean over cells, the reference's number), ``quality_score`` (mean over images
-    with its bootstrap interval, higher is better) and ``similarity_score`` when the table has them.
+    with its bootstrap interval, higher is better) and ``similarity_score`` when the table has them: the score
+    columns ``run.json`` declares with a ``ranking`` (:func:`iqadef.core.columns.read`), an ``interval`` one with
+    its bootstrap interval, a ``mean`` one alone.
     """
+    declared = [c for c in score_columns.ranking_columns(score_columns.read(run_info))
+                if c.name not in RANKING_HEAD + RANKING_TAIL]
+    wanted = list(RANKING_HEAD) + [n for c in declared for n in _ranking_names(c)] + list(RANKING_TAIL)
     good = ok_rows(df if metric is None else df[df["metric"] == metric])
     if good.empty or not {"f_clean", "f_def_adv", "defence", "metric"} <= set(good.columns):
-        return pd.DataFrame(columns=list(RANKING_COLUMNS))
+        return pd.DataFrame(columns=wanted)
     span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m))).to_numpy(dtype=float)
     good = good.assign(_norm=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
                        _gain=paper_gain(good["f_clean"], good["f_def_adv"]))
-    measures = ["_norm"] + [c for c in ("quality_score", "similarity_score") if c in good.columns]
+    shown = [c for c in declared if c.name in good.columns]
+    measures = ["_norm"] + [c.name for c in shown]
     for col in measures[1:]:
         good[col] = pd.to_numeric(good[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
     rows = []
@@ -231,36 +240,49 @@ def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metr
         row["norm_gain"], row["norm_gain_ci_low"], row["norm_gain_ci_high"], _ = bootstrap_ci(per_image["_norm"],
                                                                                               seed=seed)
         row["gain"] = _finite_mean(mine["_gain"])
-        if "quality_score" in per_image.columns:
-            (row["quality_score"], row["quality_score_ci_low"], row["quality_score_ci_high"],
-             _) = bootstrap_ci(per_image["quality_score"], seed=seed)
-        if "similarity_score" in per_image.columns:
-            row["similarity_score"] = _finite_mean(per_image["similarity_score"])
+        for column in shown:
+            name = column.name
+            if column.ranking == "interval":
+                row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"], _ = bootstrap_ci(per_image[name], seed=seed)
+            else:
+                row[name] = _finite_mean(per_image[name])
         row["n_images"], row["n_cells"] = int(len(per_image)), int(len(mine))
         rows.append(row)
     table = pd.DataFrame(rows)
     table = table.sort_values("norm_gain", kind="stable", na_position="last").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
-    return table[[c for c in RANKING_COLUMNS if c in table.columns]]
+    return table[[c for c in wanted if c in table.columns]]
+
+
+def _ranking_names(column: ScoreColumn) -> list[str]:
+    name = column.name
+    return [name, f"{name}_ci_low", f"{name}_ci_high"] if column.ranking == "interval" else [name]
 
 
 def key_findings(rankings: dict[str, pd.DataFrame], top: int = TOP_FINDINGS,
-                 baselines: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Per metric: the ``top`` defences by normalised gain (lowest) and by quality score (highest); the
+                 baselines: tuple[str, ...] = (), run_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per metric: the ``top`` defences by normalised gain (lowest) and by the declared quality column (best
+    first on its side; :func:`iqadef.core.columns.finding_column`, ``quality_score`` for the built-ins); the
     ``baselines`` (no-defence: its quality is the attacked image's, not a defence's) are left out of the
     quality list."""
+    column = score_columns.finding_column(score_columns.read(run_info))
     out = []
     for metric, table in rankings.items():
         if table.empty:
             continue
         by_gain = table.head(top)
-        by_quality = (table[~table["defence"].isin(baselines)].sort_values("quality_score", ascending=False, kind="stable", na_position="last").head(top)
-                      if "quality_score" in table.columns else table.iloc[0:0])
+        by_quality: list[tuple[Any, ...]] = []
+        if column is not None and column.name in table.columns:
+            name = column.name
+            best = table[~table["defence"].isin(baselines)].sort_values(
+                name, ascending=column.direction == "lower", kind="stable", na_position="last").head(top)
+            by_quality = [(d, v, lo, hi) for d, v, lo, hi in
+                          zip(best["defence"], best[name], best[f"{name}_ci_low"], best[f"{name}_ci_high"])
+                          if np.isfinite(v)]
         out.append({"metric": metric,
                     "by_gain": [(r.defence, r.norm_gain, r.norm_gain_ci_low, r.norm_gain_ci_high)
                                 for r in by_gain.itertuples()],
-                    "by_quality": [(r.defence, r.quality_score, r.quality_score_ci_low, r.quality_score_ci_high)
-                                   for r in by_quality.itertuples() if np.isfinite(r.quality_score)]})
+                    "by_quality": by_quality})
     return out
 
 
@@ -313,13 +335,13 @@ def fmt(v: Any) -> str:
 
 
 def with_ci(agg: pd.DataFrame) -> pd.DataFrame:
-    """``agg`` with each ``x_mean``/``x_ci_low``/``x_ci_high`` (or ``x``/``x_ci_*``) as "m [lo, hi]"."""
+    """``agg`` with each ``x_mean``/``x_ci_low``/``x_ci_high`` (or ``x_median``, ``x``) as "m [lo, hi]"."""
     out = pd.DataFrame(index=agg.index)
     used: set[str] = set()
     for col in agg.columns:
         if col in used:
             continue
-        base = col[:-5] if col.endswith("_mean") else col
+        base = col[:-5] if col.endswith("_mean") else col[:-7] if col.endswith("_median") else col
         low, high = f"{base}_ci_low", f"{base}_ci_high"
         if low in agg.columns and high in agg.columns and col not in (low, high):
             out[base] = [f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) else fmt(m)
@@ -342,18 +364,23 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-KEY_SCORES = ("gain", "gain_clean", "quality_score", "similarity_score", "similarity_score_clean",
-              "rel_gain_x_dxa", "abs_gain_x_dxa", "rel_gain_x_xa", "abs_gain_x_xa", "rel_gain_dx_dxa",
-              "abs_gain_dx_dxa", "srocc_mos_clean", "srocc_mos_adv", "srocc_mos_def_clean",
-              "srocc_mos_def_adv", "srocc_clean_def_clean", "robustness_score", "normalized_absolute_gain",
-              "normalized_relative_gain", "relative_gain_classic", "wasserstein_score",
-              "energy_distance_score")
-
-
-def key_scores(formatted: pd.DataFrame) -> pd.DataFrame:
-    """The scores the page shows first (the rest are in the full table and summary.csv)."""
-    cols = [c for c in (*GROUP_COLUMNS, "n_images", "n_failed", *KEY_SCORES) if c in formatted.columns]
+def key_scores(formatted: pd.DataFrame, run_info: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The scores the page shows first: the columns ``run.json`` declares ``key``, in their order
+    (:mod:`iqadef.core.columns`); the rest are in the full table and summary.csv."""
+    names = score_columns.key_columns(score_columns.read(run_info))
+    cols = [c for c in (*GROUP_COLUMNS, "n_images", "n_failed", *names) if c in formatted.columns]
     return formatted[cols]
+
+
+def key_directions(run_info: dict[str, Any] | None, shown: pd.DataFrame) -> str:
+    """The key columns ``shown`` by their better side, as the line under the main table ("" when none has one)."""
+    columns = score_columns.read(run_info)
+    sides: dict[str, list[str]] = {"higher": [], "lower": []}
+    for name in shown.columns:
+        column = columns.get(name)
+        if column is not None and column.direction is not None:
+            sides[column.direction].append(column.title or name)
+    return " ".join(f"{side.capitalize()} is better: {', '.join(names)}." for side, names in sides.items() if names)
 
 
 # -- all of a report's tables --------------------------------------------------------------------

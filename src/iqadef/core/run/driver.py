@@ -78,7 +78,7 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             trained_defences = trained_images(grid_defences(config))
             dataset.problems.extend(overlap_problems(trained, dataset)
                                     + overlap_problems(trained_defences, dataset, "defence"))
-            info = run_info(config, dataset, limit)
+            info = run_info(config, dataset, limit, registry)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
             warn_scores(info["metrics"])  # a metric whose scores reach 0 or below: its gain misleads
             fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in

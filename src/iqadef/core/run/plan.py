@@ -18,6 +18,7 @@ from ..._version import __version__
 from ..base import Defence
 from ..dataset import Dataset, ImageItem
 from ..registry import RunConfig
+from ..scores import recorded_columns
 from ..store import KEY_COLUMNS, ResultStore
 from .artifacts import _hash
 from .trained import fine_tuning
@@ -175,9 +176,10 @@ def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finis
     return len(copies)
 
 
-def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> dict[str, Any]:
-    """``run.json``: what the report needs, and what ``iqadef verify`` needs to recompute a cell (the raw
-    registry, the registry file it was read from, ``--limit``, torch's thread count)."""
+def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None, registry: Any = None) -> dict[str, Any]:
+    """``run.json``: what the report needs (the score plugins' columns among it: their better side,
+    aggregation, main table, so the report needs no plugin), and what ``iqadef verify`` needs to recompute a
+    cell (the raw registry, the registry file it was read from, ``--limit``, torch's thread count)."""
     info = {
         "iqadef_version": __version__,
         "metrics": {m.label: _metric_entry(m) for m in config.metrics},
@@ -196,6 +198,7 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None) -> d
         "registry_file": str(Path(config.source).resolve()),
         "limit": limit,
         "torch_threads": torch.get_num_threads(),
+        "score_columns": recorded_columns(registry),
     }
     if config.protocol is not None:  # the robustness protocol's roles and budgets (core/protocol.py)
         info["protocol"] = config.protocol

@@ -281,10 +281,12 @@ class PerceptualAdamAttack(Attack):
     """
 
     norm: ClassVar[str | None] = None
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("lr", float, 0.005, "Adam learning rate on the pixels", low=0.0, presets=LR_PRESETS),
         Param("iterations", int, 10, "number of Adam steps", low=1),
     )
+    lr: float
+    iterations: int
 
     def embed(self, images: torch.Tensor) -> Any:
         return images

@@ -64,6 +64,11 @@ class AdvCF(Attack):
               help="as the reference with batches > 1: average the score term over the batch (regulariser "
                    "summed) and keep, for the whole batch, the iteration whose best image scored best"),
     )
+    iters: int
+    lr: float
+    pieces: int
+    smoothness: float
+    batch_mean: bool
 
     def objective(self, metric: Metric, images: torch.Tensor,
                   weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,6 +26,9 @@ class AMIFGSM(Attack):
         Param("iters", int, 10, help="number of steps", low=1),
         Param("decay", float, 1.0, help="momentum decay factor", low=0.0),
     )
+    eps: float
+    iters: int
+    decay: float
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         step = self.eps / self.iters

@@ -154,6 +154,10 @@ class APGD(Attack):
         Param("rho", float, 0.75, low=0.0, high=1.0,
               help="halve the step when the loss fell in at most this share of the steps since the last checkpoint"),
     )
+    eps: float | None
+    steps: int
+    restarts: int
+    rho: float
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)

@@ -170,6 +170,12 @@ class CAdv(Attack):
         Param("chosen_clusters", int, 4, help="lowest-entropy clusters the hints are drawn from", low=1),
         Param("weights_path", Path, None, help="explicit path to cadv-colorization-model.pth"),
     )
+    lr: float
+    iters: int
+    hints: int
+    clusters: int
+    chosen_clusters: int
+    weights_path: str | None
     weights = (COLORIZATION_WEIGHTS,)
 
     def setup(self, device: torch.device) -> None:

@@ -116,6 +116,16 @@ class CnnAttack(TrainedAttack):
         Param("ngf", int, 64, help="generator width (the reference: 64)", low=1),
         Param("train_seed", int, 0, help="seed of the initial weights, training order and dropout"),
     )
+    amplitude: float
+    weights_path: str | None
+    train_dir: str | None
+    train_dataset: str | None
+    size: int
+    lr: float
+    epochs: int
+    batch_size: int
+    ngf: int
+    train_seed: int
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)

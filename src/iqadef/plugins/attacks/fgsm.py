@@ -23,6 +23,7 @@ class FGSM(Attack):
               presets=(1 / 255, 0.01438, 0.02484, 0.03529, 0.04575, 0.05621, 0.06667, 0.07712, 0.08758,
                        25 / 255)),
     )
+    eps: float
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         grad = loss_gradient(metric, images)

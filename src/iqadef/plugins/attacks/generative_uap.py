@@ -90,6 +90,7 @@ class GenerativeUAP(UAP):
     }.get(p.name, p) for p in UAP.params) + (
         Param("ngf", int, 64, help="generator width (the reference: 64)", low=1),
     )
+    ngf: int
 
     def bound(self) -> float:
         return OUTPUT_SCALE * self.amplitude

@@ -89,6 +89,13 @@ class GradEst(Attack):
               low=1),
         query_batch_param(),
     )
+    eps: float
+    queries: int
+    samples: int
+    sigma: float
+    eta: float
+    tile: int
+    query_batch: int
 
     @property
     def iters(self) -> int:

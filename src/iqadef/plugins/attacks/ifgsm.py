@@ -50,6 +50,9 @@ class IFGSM(Attack):
         Param("iters", int, 10, help="number of steps", low=1),
         Param("alpha", float, 1 / 255, help="step size", low=0.0, presets=ALPHA_PRESETS),
     )
+    eps: float
+    iters: int
+    alpha: float
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         return iterate_sign_steps(metric, images, eps=self.eps, alpha=self.alpha, iters=self.iters)

@@ -65,6 +65,9 @@ class Korhonen(Attack):
               help="mask with the non-negative two-direction Sobel magnitude instead of the reference's "
                    "signed one-direction Sobel (which reverses the gradient where the luma falls)"),
     )
+    lr: float
+    iters: int
+    sobel_magnitude: bool
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         mask = spatial_activity_map(images.detach(), magnitude=self.sobel_magnitude) * REFERENCE_MASK_SCALE

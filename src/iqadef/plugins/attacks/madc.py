@@ -29,6 +29,10 @@ class MADC(Attack):
               presets=(1e-05, 2e-05, 5e-05, 0.0001, 0.00022, 0.00046, 0.001, 0.00215, 0.00464, 0.01)),
         Param("backstep", float, 0.0005, help="step size of the pull back inside the RMSE bound", low=1e-6),
     )
+    eps: float
+    iters: int
+    lr: float
+    backstep: float
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         clean = images.detach()

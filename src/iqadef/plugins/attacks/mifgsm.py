@@ -27,6 +27,11 @@ class MIFGSM(Attack):
         Param("normalize", bool, False,
               help="divide each gradient by its mean absolute value before accumulating (Dong et al.)"),
     )
+    eps: float
+    iters: int
+    alpha: float
+    decay: float
+    normalize: bool
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         return iterate_sign_steps(metric, images, eps=self.eps, alpha=self.alpha, iters=self.iters,

@@ -94,6 +94,11 @@ class OnePixel(Attack):
               "iters = queries // population - 1", low=1),
         query_batch_param(32),
     )
+    pixels: int
+    iters: int
+    popsize: int
+    queries: int | None
+    query_batch: int
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **take_aliases(values, {"PIXEL_COUNT": "pixels", "POPSIZE": "popsize", "batch_size": "query_batch"}, where or self.name))

@@ -166,6 +166,12 @@ class Parsimonious(Attack):
               "lowers it by the gain of the first block taken; docs/fidelity.md)"),
         query_batch_param(),
     )
+    eps: float
+    queries: int
+    block_size: int
+    blocks_per_search: int
+    exact_loss: bool
+    query_batch: int
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **take_aliases(values, {"epsilon": "eps", "max_queries": "queries"}, where or self.name))

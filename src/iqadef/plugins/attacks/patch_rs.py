@@ -162,6 +162,11 @@ class PatchRS(Attack):
         Param("update_loc_period", int, 4, help="every this many iterations the patch moves instead", low=2),
         query_batch_param(),
     )
+    eps: int
+    queries: int
+    p_init: float
+    update_loc_period: int
+    query_batch: int
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **take_aliases(values, {"n_queries": "queries"}, where or self.name))

@@ -27,6 +27,10 @@ class PGDL2(Attack):
               help="step size (L2 length); null means 2.5 * eps / steps"),
         Param("random_start", bool, True, help="start from a random point of the L2 ball"),
     )
+    eps: float
+    steps: int
+    step_size: float | None
+    random_start: bool
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps

@@ -25,6 +25,10 @@ class PGDLinf(Attack):
               help="step size; null means 2.5 * eps / steps"),
         Param("random_start", bool, True, help="start from a uniform random point of the eps-ball"),
     )
+    eps: float
+    steps: int
+    step_size: float | None
+    random_start: bool
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps

@@ -103,6 +103,10 @@ class SquareAttack(Attack):
         Param("init", str, "clean", choices=("clean", "stripes"),
               help="start at x (the reference) or at the paper's vertical +-eps stripes"),
     )
+    eps: float
+    queries: int
+    p_init: float
+    init: str
 
     def __init__(self, where: str | None = None, **values: Any):
         if "n_iters" in values:  # the reference's name of the query budget

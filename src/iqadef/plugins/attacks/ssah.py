@@ -50,6 +50,10 @@ class SSAH(Attack):
               help="odd sizes: optimise and score the image at its own size, padding only inside the "
                    "low-frequency term (the reference scores the zero-padded image)"),
     )
+    lr: float
+    iters: int
+    lambda_lf: float
+    score_unpadded: bool
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         h, w = images.shape[-2:]

@@ -72,6 +72,10 @@ class StAdv(Attack):
         Param("alpha", float, 50.0, help="weight of the adversarial term", low=0.0),
         Param("beta", float, 1e-5, help="weight of the flow smoothness term", low=0.0),
     )
+    lr: float
+    iters: int
+    alpha: float
+    beta: float
 
     def adversarial_term(self, metric: Metric, images: torch.Tensor) -> torch.Tensor:
         score = metric.score(images)

@@ -8,7 +8,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -199,6 +199,10 @@ class TrainedAttack(Attack):
     cache_folder: str = ""
     #: The parameter naming a ready training result (a file), which replaces training.
     result_param: str = ""
+    #: Parameters every trained attack declares (their Params are the subclasses').
+    train_dir: str | None
+    train_dataset: str | None
+    size: int
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)
@@ -217,9 +221,10 @@ class TrainedAttack(Attack):
     def training_source(self) -> Any:
         """The training images: the files of ``train_dataset``, else the folder ``train_dir``, else the
         bundled images."""
-        if getattr(self, "train_dataset", None):
+        dataset = getattr(self, "train_dataset", None)
+        if dataset:
             if self._dataset_files is None:  # scanned once: the identity and the cache path need it too
-                self._dataset_files = dataset_files(self.train_dataset)
+                self._dataset_files = dataset_files(dataset)
             return self._dataset_files
         return self.train_dir if self.train_dir is not None else bundled_images_dir()
 
@@ -277,7 +282,7 @@ class UAP(TrainedAttack):
     name = "uap"
     norm = "linf"
     result_param = "perturbation_path"
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
               presets=(0.2, 0.4, 0.8)),
         Param("perturbation_path", Path, None,
@@ -292,6 +297,16 @@ class UAP(TrainedAttack):
         Param("batch_size", int, 8, help="training batch size", low=1),
         Param("train_seed", int, 0, help="seed of the training order"),
     )
+    amplitude: float
+    perturbation_path: str | None
+    train_dir: str | None
+    train_dataset: str | None
+    eps: float
+    size: int
+    lr: float
+    epochs: int
+    batch_size: int
+    train_seed: int
 
     def bound(self) -> float:
         return self.eps * self.amplitude

@@ -28,6 +28,9 @@ class ZhangDists(NetworkDistanceAttack):
         Param("backbone_path", Path, None, "explicit path to torchvision's vgg16-397923af.pth"),
         Param("calibration_path", Path, None, "explicit path to DISTS' weights.pt (alpha, beta)"),
     )
+    resize: bool
+    backbone_path: str | None
+    calibration_path: str | None
     weights = (VGG16_BACKBONE, DISTS_ALPHA_BETA)
 
     def setup(self, device: torch.device) -> None:

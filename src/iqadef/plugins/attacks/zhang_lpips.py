@@ -25,6 +25,8 @@ class ZhangLpips(NetworkDistanceAttack):
         Param("backbone_path", Path, None, "explicit path to torchvision's vgg16-397923af.pth"),
         Param("calibration_path", Path, None, "explicit path to LPIPS' v0.1 vgg.pth (lin layers)"),
     )
+    backbone_path: str | None
+    calibration_path: str | None
     weights = (VGG16_BACKBONE, LPIPS_VGG_LIN)
 
     def setup(self, device: torch.device) -> None:

@@ -46,6 +46,8 @@ class DiffusionDenoisedSmoothing(BinnedSmoothing):
               help="the diffusion model, as diffpure's `model`: 'guided-256' or a local diffusers DDPM folder"),
         Param("weights_path", Path, None, help="explicit path of the guided-diffusion checkpoint", nullable=True),
     )
+    model: str
+    weights_path: str | None
 
     weights = DiffPure.weights
 

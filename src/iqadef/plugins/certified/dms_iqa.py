@@ -57,6 +57,7 @@ class DMSIQA(MetricSmoothing):
         Param("weights_path", Path, None, help=f"the denoiser's weights, trained for this sigma ({TRAIN_COMMAND})",
               nullable=True),
     )
+    weights_path: str | None
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)

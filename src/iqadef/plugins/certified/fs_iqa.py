@@ -42,6 +42,9 @@ class FeatureSmoothing(MetricSmoothing):
 
     name = "fs-iqa"
     version = "1"
+    batch: int
+    bound: str
+    jacobian_iters: int
     params = (
         Param("sigma", float, 0.25, "standard deviation of the Gaussian noise added to the backbone's features "
               "(feature units, not pixels)", low=1e-6, presets=(0.12, 0.25, 0.5)),
@@ -116,11 +119,9 @@ class FeatureSmoothing(MetricSmoothing):
         split = self.split(metric, images)
         features = split.backbone(images).flatten(1)
         draw = self.noise(features.detach(), seed)
-        total = 0.0
-        for _ in range(samples):
-            noise = torch.cat([draw(i, 1) for i in range(features.shape[0])])
-            total = total + split.head(features + noise)
-        return total / samples
+        heads = [split.head(features + torch.cat([draw(i, 1) for i in range(features.shape[0])]))
+                 for _ in range(samples)]
+        return torch.stack(heads).mean(dim=0)
 
 
 @hookimpl

@@ -21,6 +21,8 @@ class MeanSmoothing(MetricSmoothing):
         Param("low", float, None, "lower bound of the clipped metric; null: the metric's range", nullable=True),
         Param("high", float, None, "upper bound of the clipped metric; null: the metric's range", nullable=True),
     )
+    low: float | None
+    high: float | None
 
     def __init__(self, where: str | None = None, **values):
         super().__init__(where, **values)

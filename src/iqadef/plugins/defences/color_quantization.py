@@ -20,6 +20,7 @@ class ColorQuantization(Defence):
         Param("levels", int, 16, low=2, high=256, presets=(2, 5, 16, 20, 25),
               help="number of levels per channel (reference name: npp)"),
     )
+    levels: int
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         steps = self.levels - 1

@@ -27,6 +27,7 @@ class DiffJpeg(Defence):
         Param("quality", int, 50, low=1, high=100, presets=(10, 30, 50, 70, 90),
               help="JPEG quality factor (libjpeg scale)"),
     )
+    quality: int
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         return differentiable_jpeg(images, self.quality)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ class DiffPure(Defence):
     precision_style = "autocast"
     randomized = True
     differentiable = True
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("t", int, 5, low=0, high=1000, presets=(5, 10, 20, 30, 50),
               help="diffusion step to noise to (of the model's 1000); as many reverse steps follow; 0 = no-op"),
         Param("model", str, "guided-256",
@@ -78,6 +79,10 @@ class DiffPure(Defence):
               help="explicit path of the guided-diffusion checkpoint (256x256_diffusion_uncond.pt)"),
         Param("fp16", bool, False, help="run the UNet in float16 on CUDA (ignored on CPU)"),
     )
+    t: int
+    model: str
+    weights_path: str | None
+    fp16: bool
     weights = (GUIDED_256_WEIGHTS,)
 
     def weights_in_use(self) -> tuple:

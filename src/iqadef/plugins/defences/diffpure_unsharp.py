@@ -25,6 +25,9 @@ class DiffPureUnsharp(DiffPure):
         Param("sigma", float, 1.0, low=1e-3, help="unsharp: standard deviation of the Gaussian in pixels"),
         Param("amount", float, 1.0, low=0.0, help="unsharp: strength of the sharpening"),
     )
+    kernel_size: int
+    sigma: float
+    amount: float
 
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)

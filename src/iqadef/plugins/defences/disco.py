@@ -68,6 +68,8 @@ class DiscoDefence(Defence):
         Param("query_chunk", int, 90000, low=1,
               help="query points decoded at once over the whole batch (memory only; the reference uses 90000)"),
     )
+    weights_path: str | None
+    query_chunk: int
     weights = (DISCO_WEIGHTS,)
     #: Configuration used for checkpoints that hold a bare state dict (no saved model spec).
     arch_config: ClassVar[dict[str, Any]] = OFFICIAL_CONFIG

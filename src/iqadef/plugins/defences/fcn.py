@@ -85,6 +85,7 @@ class FCNDefence(Defence):
         Param("weights_path", Path, None,
               help=f"FCN weights (state dict or {{'model': state dict}}); default: the packaged {PACKAGED_WEIGHTS}"),
     )
+    weights_path: str | None
 
     def weights_in_use(self) -> tuple[Path, ...]:
         """The file loaded (its sha256 is part of the identity: retrained weights reuse no cached result)."""

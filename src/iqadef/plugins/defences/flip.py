@@ -23,6 +23,7 @@ class Flip(Defence):
         Param("axes", str, "hw", choices=tuple(_DIMS),
               help="axes to flip: 'hw' both (reference), 'h' upside down, 'w' left-right"),
     )
+    axes: str
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         return torch.flip(images, _DIMS[self.axes])

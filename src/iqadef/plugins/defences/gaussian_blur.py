@@ -24,6 +24,8 @@ class GaussianBlur(Defence):
         Param("sigma", float, None, low=1e-3,
               help="standard deviation in pixels; null: 0.3*((k-1)*0.5 - 1) + 0.8 (OpenCV's rule)"),
     )
+    kernel_size: int
+    sigma: float | None
 
     def __init__(self, where: str | None = None, **values):
         super().__init__(where, **values)

@@ -24,6 +24,7 @@ class MedianBlur(Defence):
         Param("kernel_size", int, 3, low=1, high=63, presets=KERNEL_PRESETS,
               help="odd window side in pixels"),
     )
+    kernel_size: int
 
     def __init__(self, where: str | None = None, **values):
         super().__init__(where, **values)

@@ -64,6 +64,7 @@ class MPRNetDefence(Defence):
         Param("weights_path", Path, None,
               help="explicit path to model_denoising.pth (else $IQADEF_WEIGHTS_DIR, the cache, or a download)"),
     )
+    weights_path: str | None
     weights = (MPRNET_WEIGHTS,)
     #: Network configuration; tests override it with a tiny one.
     arch_config: ClassVar[dict[str, Any]] = OFFICIAL_CONFIG

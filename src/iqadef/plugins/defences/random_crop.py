@@ -27,6 +27,7 @@ class RandomCrop(Defence):
         Param("size", int, 128, low=1, presets=(32, 64, 128, 256, 288),
               help="side of the square crop in pixels; clipped to the image's sides"),
     )
+    size: int
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         height, width = images.shape[-2:]

@@ -30,6 +30,8 @@ class RandomRotate(Defence):
         Param("interpolation", str, "nearest", choices=("nearest", "bilinear"),
               help="resampling of the rotated image (reference: nearest)"),
     )
+    angle_limit: int
+    interpolation: str
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start

@@ -70,6 +70,10 @@ class RealESRGANDefence(Defence):
         Param("weights_path", Path, None, help="explicit path to realesr-general-x4v3.pth"),
         Param("wdn_weights_path", Path, None, help="explicit path to realesr-general-wdn-x4v3.pth"),
     )
+    denoise_strength: float
+    downscale: str
+    weights_path: str | None
+    wdn_weights_path: str | None
     weights = (GENERAL_WEIGHTS, WDN_WEIGHTS)
     #: Network configuration; tests override it with a tiny one.
     arch_config: ClassVar[dict[str, Any]] = OFFICIAL_CONFIG

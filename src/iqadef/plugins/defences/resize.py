@@ -27,6 +27,8 @@ class Resize(Defence):
         Param("antialias", bool, False,
               help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)"),
     )
+    scale: float
+    antialias: bool
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         return resize(images, scaled_size(images, self.scale), self.antialias).clamp(0.0, 1.0)

@@ -24,6 +24,9 @@ class Unsharp(Defence):
         Param("sigma", float, 1.0, low=1e-3, help="standard deviation of the Gaussian in pixels"),
         Param("amount", float, 1.0, low=0.0, help="strength of the sharpening"),
     )
+    kernel_size: int
+    sigma: float
+    amount: float
 
     def __init__(self, where: str | None = None, **values):
         super().__init__(where, **values)

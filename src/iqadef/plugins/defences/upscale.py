@@ -29,6 +29,9 @@ class Upscale(Defence):
         Param("antialias", bool, False,
               help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)"),
     )
+    scale: float
+    mode: str
+    antialias: bool
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         small = resize(images, scaled_size(images, self.scale), self.antialias)

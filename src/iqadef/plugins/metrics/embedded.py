@@ -12,6 +12,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -156,18 +158,19 @@ class TinyIQANet(nn.Module):
         1-Lipschitz; a stage's mean/log-std pooling of ``N`` positions is ``sqrt((1 + (1/(2 sqrt(floor)))^2)
         / N)``-Lipschitz (the mean ``1/sqrt N``, the log-std ``sqrt(var)/(var + floor)/sqrt N``); the four
         pooled parts are orthogonal: ``L = sqrt(sum_k (P_k L_k)^2)``."""
-        conv, bn = self.stem[0], self.stem[1]
+        conv, bn = cast(nn.Conv2d, self.stem[0]), cast(nn.BatchNorm2d, self.stem[1])
         weight = folded_conv_bn(conv, bn)
         inv_std = torch.tensor(IMAGENET_STD, dtype=torch.float64).reciprocal().view(1, 3, 1, 1)
-        rgb = conv2d_norm_bound(weight[:, :3] * inv_std, size, conv.padding)
+        padding = cast(tuple[int, int], conv.padding)
+        rgb = conv2d_norm_bound(weight[:, :3] * inv_std, size, padding)
         luma_norm = sum(v * v for v in LUMA) ** 0.5
-        lum = conv2d_norm_bound(weight[:, 3:], size, conv.padding) * luma_norm * mscn_lipschitz(*size)
+        lum = conv2d_norm_bound(weight[:, 3:], size, padding) * luma_norm * mscn_lipschitz(*size)
         lip, here = rgb + lum, conv_output_size(conv, size)
         per_stage = {"stem": (lip, here)}
         for name in ("stage1", "stage2", "stage3", "stage4"):
             for block in getattr(self, name):
-                conv, bn = block[0], block[1]
-                lip *= conv2d_norm_bound(folded_conv_bn(conv, bn), here, conv.padding)
+                conv, bn = cast(nn.Conv2d, block[0]), cast(nn.BatchNorm2d, block[1])
+                lip *= conv2d_norm_bound(folded_conv_bn(conv, bn), here, cast(tuple[int, int], conv.padding))
                 here = conv_output_size(conv, here)
             per_stage[name] = (lip, here)
         pool = (1 + (0.5 / LOG_STD_FLOOR ** 0.5) ** 2) ** 0.5
@@ -203,6 +206,7 @@ class TinyIQA(Metric):
         Param("weights_path", Path, None,
               help="a tiny_iqa.pt state dict to use instead of the packaged one (e.g. after retraining)"),
     )
+    weights_path: str | None
 
     def weights_in_use(self) -> tuple[Path, ...]:
         """The file loaded (its sha256 is part of the identity: retrained weights reuse no cached result)."""

@@ -124,6 +124,9 @@ class Linearity(Metric):
         Param("weights_path", Path, None,
               help="explicit path of p1q2.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
     )
+    preprocess: str
+    resize: list | None
+    weights_path: str | None
     weights = (P1Q2,)
 
     def __init__(self, where: str | None = None, **values: Any):

@@ -97,6 +97,9 @@ class MetaIQA(Metric):
         Param("weights_path", Path, None,
               help="explicit path of metaiqa.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
     )
+    preprocess: str
+    resize: int | None
+    weights_path: str | None
     weights = (METAIQA_WEIGHTS,)
 
     def setup(self, device: torch.device) -> None:

@@ -87,6 +87,12 @@ class SPAQ(Metric):
         Param("weights_path", Path, None,
               help="explicit path of BL_release.pt (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
     )
+    preprocess: str
+    resize: int | None
+    patch_size: int
+    stride: int
+    patch_chunk: int
+    weights_path: str | None
     weights = (BL_RELEASE,)
 
     def __init__(self, where: str | None = None, **values: Any):

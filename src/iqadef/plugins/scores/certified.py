@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from iqadef import hookimpl
+from iqadef import ScoreColumn, hookimpl
 from iqadef import SummaryScore, metric_span
 
 
@@ -33,6 +33,12 @@ class CertifiedSummary(SummaryScore):
     columns (the purifiers') get none of these."""
 
     name = "certified"
+    columns = (ScoreColumn("cert_applies_share"), ScoreColumn("smoothing_cost", "lower"),
+               ScoreColumn("smoothing_cost_norm", "lower"), ScoreColumn("cert_width_median", "lower"),
+               ScoreColumn("cert_width_norm", "lower"), ScoreColumn("cert_f_adv_inside_share", "higher"),
+               ScoreColumn("cert_holds_share", "higher"), ScoreColumn("cert_radius_median", "higher"),
+               ScoreColumn("cert_abstain_share", "lower"), ScoreColumn("cert_accuracy", "higher"),
+               ScoreColumn("cert_bin_kept_share", "higher"))
 
     def summarise(self, group: pd.DataFrame, info: dict) -> dict[str, float]:
         if "cert_radius" not in group.columns or group["cert_radius"].isna().all():

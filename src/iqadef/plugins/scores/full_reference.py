@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import ImageScore, hookimpl
+from iqadef import ImageScore, ScoreColumn, hookimpl
 
 from ._measures import PAIRS, measure_batches
 
@@ -18,15 +18,18 @@ class FullReferenceMeasures(ImageScore):
     """
 
     name = "full-reference"
+    #: PSNR and SSIM are higher the closer the pair; MSE, MAE and L-inf lower.
+    columns = tuple(ScoreColumn(f"{m}_{p}", "higher" if m in ("psnr", "ssim") else "lower")
+                    for p in PAIRS for m in ("psnr", "ssim", "mse", "mae", "linf"))
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         # Computed for all the defences of the unit at once when the runner groups them (shared pairs once).
         with torch.no_grad():
             return dict(cells.batched("full-reference", measure_batches))
 
-    @staticmethod
-    def columns() -> list[str]:
-        return [f"{m}_{p}" for p in PAIRS for m in ("psnr", "ssim", "mse", "mae", "linf")]
+    @classmethod
+    def column_names(cls) -> list[str]:
+        return [c.name for c in cls.columns]
 
 
 @hookimpl

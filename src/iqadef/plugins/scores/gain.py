@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import ImageScore, hookimpl
+from iqadef import ImageScore, ScoreColumn, hookimpl
 from iqadef import paper_gain
 
 from ._measures import as_float_tensor
@@ -19,6 +19,8 @@ class GainScore(ImageScore):
     """
 
     name = "gain"
+    report_order = 10
+    columns = (ScoreColumn("gain", "lower", key=True), ScoreColumn("gain_clean", "lower", key=True))
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         f_x = as_float_tensor(cells.f_clean).numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import ImageScore, hookimpl
+from iqadef import ImageScore, ScoreColumn, hookimpl
 
 from ._measures import as_float_tensor
 
@@ -21,6 +21,9 @@ class MsuGain(ImageScore):
     """
 
     name = "msu-gain"
+    report_order = 30
+    columns = tuple(ScoreColumn(f"{kind}_gain_{pair}", "lower", key=True)
+                    for pair in ("x_dxa", "x_xa", "dx_dxa") for kind in ("rel", "abs"))
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         f = {"x": as_float_tensor(cells.f_clean), "xa": as_float_tensor(cells.f_adv),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import ImageScore, hookimpl
+from iqadef import ImageScore, ScoreColumn, hookimpl
 
 from ._measures import diff_measures, matched
 
@@ -18,6 +18,7 @@ class PerturbationL2(ImageScore):
     """``l2_x_xa``: the L2 norm of x_a - x over all pixels and channels, from the pair's memoised MSE."""
 
     name = "perturbation"
+    columns = (ScoreColumn("l2_x_xa"),)  # the attack's size: neither side is better
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         x = cells.clean
@@ -25,10 +26,6 @@ class PerturbationL2(ImageScore):
         with torch.no_grad():  # the MSE that full-reference memoises for the same pair, if it ran first
             mse = cells.pair_measure("mse", x, xa, lambda a, b: diff_measures(a, b)["mse"])
         return {"l2_x_xa": (mse * x[0].numel()).sqrt().cpu()}
-
-    @staticmethod
-    def columns() -> list[str]:
-        return ["l2_x_xa"]
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import ImageScore, hookimpl
+from iqadef import ImageScore, ScoreColumn, hookimpl
 
 from ._measures import STUDY_IDENTICAL_PSNR_DB, matched, mse, psnr_from_mse, ssim
 
@@ -20,6 +20,10 @@ class QualityScore(ImageScore):
     """
 
     name = "quality"
+    report_order = 20
+    columns = (ScoreColumn("quality_score", "higher", key=True, ranking="interval"),
+               ScoreColumn("similarity_score", "higher", key=True, ranking="mean"),
+               ScoreColumn("similarity_score_clean", "higher", key=True))
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         x = cells.clean

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from iqadef import ConfigError, Param, hookimpl
+from iqadef import ConfigError, Param, ScoreColumn, hookimpl
 from iqadef import SummaryScore, mean_ci
 
 from ._domain import load_domain_maps, metric_key
@@ -82,6 +82,12 @@ class MsuRobustness(SummaryScore):
     """
 
     name = "msu-robustness"
+    report_order = 50
+    #: The benchmark's directions: a higher robustness score, lower gains; the signed distances have none.
+    columns = (ScoreColumn("robustness_score", "higher", key=True),
+               *(ScoreColumn(n, "lower", key=True)
+                 for n in ("normalized_absolute_gain", "normalized_relative_gain", "relative_gain_classic")),
+               ScoreColumn("wasserstein_score", key=True), ScoreColumn("energy_distance_score", key=True))
     params = (
         Param("domain", str, "raw", choices=("raw", "mdtvsfa"),
               help="score raw metric values (reference default) or values mapped into MDTVSFA's domain"),
@@ -90,6 +96,9 @@ class MsuRobustness(SummaryScore):
                    "MSU_Metrics_Robustness_Benchmark, or JSON {metric: {x: [...], y: [...]}}"),
         Param("domain_seed", int, 0, help="seed of the benchmark map's noise draw (it averages 512 draws)"),
     )
+    domain: str
+    domain_maps: str | None
+    domain_seed: int
 
     def __init__(self, where: str | None = None, **values):
         super().__init__(where, **values)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from iqadef import hookimpl
+from iqadef import ScoreColumn, hookimpl
 from iqadef import SummaryScore, correlation_ci
 
 #: output name -> (reference column, compared column); names follow adversarial-defenses-for-iqa.
@@ -45,6 +45,8 @@ class Srocc(SummaryScore):
     """
 
     name = "srocc"
+    report_order = 40
+    columns = tuple(ScoreColumn(name, "higher", key=True) for name in PAIRS)
 
     def summarise(self, group: pd.DataFrame, info: dict) -> dict[str, float]:
         out = {}
