@@ -151,7 +151,8 @@ class AdversarialImages:
         cfg = self.config
         metric, entry = cfg.metrics[unit.metric], cfg.attacks[unit.attack]
         seed = attack_seed(cfg, self.batches[unit.batch], unit.metric, unit.attack)
-        keys, seen = [], {}
+        keys: list[str] = []
+        seen: dict[str, int] = {}
         for item in self.batches[unit.batch]:
             copy = seen[item.sha256] = seen.get(item.sha256, -1) + 1
             extra = [copy] if copy else []
