@@ -280,7 +280,7 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
     import time
 
     import iqadef.cli as cli
-    import iqadef.core.run.driver as driver
+    import iqadef.core.run.executors as executors
     import iqadef.core.run.local as local
     import iqadef.core.run.progress as progress
     import iqadef.core.run.verify as verify
@@ -294,9 +294,8 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
             time.sleep(0.1)
             yield item
 
-    monkeypatch.setattr(local, "execute_local", slow)
-    monkeypatch.setattr(driver, "execute_local", slow)  # the driver and verify hold their own references
-    monkeypatch.setattr(verify, "execute_local", slow)
+    monkeypatch.setitem(executors.EXECUTORS, "local", slow)  # the driver looks its executor up in the table
+    monkeypatch.setattr(verify, "execute_local", slow)  # verify holds its own reference
     monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
     small_grid_config(tmp_path, image_dir, toy_registry, "run")
     assert cli.main(["run", str(tmp_path / "run.yaml"), "--no-report"]) == 0  # stderr is captured: not a tty

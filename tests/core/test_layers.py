@@ -68,7 +68,7 @@ DEFERRED: dict[tuple[str, str], str] = {
                                                        "its closing summary table",
     ("iqadef.core.run.driver", "iqadef.core.report.verdict_section"): "cost: as the report above; only a "
                                                                      "`protocol:` run prints its verdict",
-    ("iqadef.core.run.driver", "iqadef.core.run.ray"): "optional dependency: only `executor: ray` needs Ray",
+    ("iqadef.core.run.executors", "iqadef.core.run.ray"): "optional dependency: only `executor: ray` needs Ray",
     ("iqadef.cli", "iqadef.core.dataset"): "the warning printer imports the warning classes where it runs, "
                                            "with those of scores and store (scipy, pandas)",
     **{("iqadef.cli", module): _CLI_START for module in (

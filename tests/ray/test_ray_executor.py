@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from iqadef.core.dataset import Dataset
 from iqadef.core.errors import ConfigError, IqadefError
 from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.core.run import ExecutionContext, UnitTimeout, run_grid
 
 GRID = """
 dataset: {{images: {images}}}
@@ -37,6 +40,10 @@ def config(tmp_path: Path, images: Path, registry, output: str, executor: str, a
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(images=images, output=output, executor=executor, attacks=attacks))
     return load_run_config(path, registry=registry)
+
+
+def context(cfg, registry) -> ExecutionContext:
+    return ExecutionContext(cfg, Dataset(cfg.images), cfg.output, torch.device("cpu"), registry)
 
 
 def table(run_dir: Path) -> pd.DataFrame:
@@ -128,7 +135,10 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_unit_past_unit_timeout_fails_its_cells_and_the_grid_goes_on(tmp_path, image_dir, ray_registry, local_ray):
+def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_table(tmp_path, image_dir, ray_registry,
+                                                                                    local_ray):
+    """``unit_timeout`` means what it means locally (core/run/execution.py): the run stops with one line
+    naming the unit, the units finished before it are kept, the stuck actor is killed."""
     marker = tmp_path / "hung"
     attacks = f"[toy-sign, {{name: toy-hang-once, marker: {marker}}}]"
     marker.write_text("the local run must not hang")
@@ -137,17 +147,16 @@ def test_a_unit_past_unit_timeout_fails_its_cells_and_the_grid_goes_on(tmp_path,
     marker.unlink()
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
     cfg.unit_timeout = 15.0  # far above a toy unit, even on a loaded machine; the hang lasts 600 s
-    remote = run_grid(cfg, registry=ray_registry, progress=False)
+    with pytest.raises(UnitTimeout, match=r"^unit \d/1/\d \(metric 'toy-(?:metric|nan)', attack 'toy-hang-once.*\) "
+                                          r"did not finish within unit_timeout: 15 s; its Ray worker was stopped\. "
+                                          r"The run stopped; the \d+ unit\(s\) finished before it are kept\."):
+        run_grid(cfg, registry=ray_registry, progress=False)
     assert marker.exists(), "the hang-once attack never ran in a Ray worker"
-    b = table(remote.run_dir)
-    hung = b[b["error"].str.contains("did not finish within unit_timeout: 15 s on its Ray worker")]
-    assert len(hung) == 2 * 3 and hung["attack"].str.startswith("toy-hang-once").all()  # one unit: 2 images x 3
-    assert hung["error"].str.contains(r"unit \d/1/\d \(metric 'toy-(?:metric|nan)', attack 'toy-hang-once").all()
-    rest = b.drop(hung.index)
-    a = table(local.run_dir)
-    pd.testing.assert_frame_equal(a.drop(hung.index).reset_index(drop=True), rest.reset_index(drop=True),
-                                  check_exact=True)
-    assert len(b) == CELLS and wait_for_free_cpus(local_ray, 2) == 2  # the stuck actor was killed
+    assert wait_for_free_cpus(local_ray, 2) == 2  # the stuck actor was killed, and the others
+    stored = ok_cells(cfg.output)
+    resumed = run_grid(cfg, registry=ray_registry, progress=False)  # the marker is there: no hang now
+    assert resumed.skipped == stored and resumed.computed == CELLS - stored
+    pd.testing.assert_frame_equal(table(local.run_dir), table(resumed.run_dir), check_exact=True)
 
 
 @pytest.mark.ray
@@ -180,13 +189,47 @@ def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray
 # -- checks done before Ray starts ---------------------------------------------------------------------
 def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_registry):
     pytest.importorskip("ray")
-    from iqadef.core.dataset import Dataset
     from iqadef.core.run.ray import execute_ray
 
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.defences[1].handle = threading.Lock()  # e.g. a lock or open file made in __init__
     with pytest.raises(ConfigError, match=r"defences\[1\] 'toy-blur' cannot be sent to a Ray worker"):
-        execute_ray(cfg, Dataset(cfg.images), cfg.output, [], None, registry=ray_registry)
+        execute_ray(context(cfg, ray_registry), [])
+
+
+def test_an_unpicklable_certified_defence_is_named_in_one_line(tmp_path, image_dir, ray_registry):
+    pytest.importorskip("ray")
+    from iqadef.core.run.ray import execute_ray
+
+    path = tmp_path / "certified.yaml"
+    path.write_text(GRID.format(images=image_dir, output="ray", executor="ray", attacks=ATTACKS)
+                    + "certified: [median-smoothing]\n")
+    cfg = load_run_config(path, registry=ray_registry)
+    cfg.certified[0].handle = threading.Lock()
+    with pytest.raises(ConfigError) as caught:
+        execute_ray(context(cfg, ray_registry), [])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"{re.escape(str(path))}: certified\[0\] 'median-smoothing' cannot be sent to a Ray "
+                        r"worker \(TypeError: .*lock.*\)\. Plugins must be plain picklable objects until load\(\).*",
+                        message)
+
+
+def test_an_unpicklable_score_plugin_is_named(tmp_path, image_dir, ray_registry):
+    pytest.importorskip("ray")
+    from iqadef import ImageScore
+    from iqadef.core.run.ray import check_picklable
+
+    class LockedScore(ImageScore):  # defined in a function: pickled by value, with its class attributes
+        name = "toy-locked-score"
+        lock = threading.Lock()
+
+        def compute(self, cells):
+            return {}
+
+    cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
+    with pytest.raises(ConfigError, match=r"the score plugin 'toy-locked-score' cannot be sent to a Ray worker"):
+        check_picklable(cfg, [LockedScore])
 
 
 @pytest.mark.parametrize("ray_options, message", [
@@ -198,23 +241,21 @@ def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_r
 ])
 def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_registry, ray_options, message):
     pytest.importorskip("ray")
-    from iqadef.core.dataset import Dataset
     from iqadef.core.run.ray import execute_ray
 
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.ray = yaml_mapping(ray_options)
     with pytest.raises(ConfigError, match=message):
-        execute_ray(cfg, Dataset(cfg.images), cfg.output, [], None, registry=ray_registry)
+        execute_ray(context(cfg, ray_registry), [])
 
 
 def test_missing_ray_says_how_to_install_it(tmp_path, image_dir, ray_registry, monkeypatch):
-    from iqadef.core.dataset import Dataset
     from iqadef.core.run.ray import execute_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     with pytest.raises(ConfigError, match=r"pip install iqadef\[ray\]"):
-        execute_ray(cfg, Dataset(cfg.images), cfg.output, [], None, registry=ray_registry)
+        execute_ray(context(cfg, ray_registry), [])
 
 
 def test_fractional_gpus_and_defaults():

@@ -470,6 +470,11 @@ class ArtifactReader:
         self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
         self._db: sqlite3.Connection | None = None
 
+    @classmethod
+    def of_run(cls, run_dir: Path) -> "ArtifactReader":
+        """The reader of run folder ``run_dir``'s store."""
+        return cls(Path(run_dir) / "results.sqlite")
+
     def __call__(self, key: str) -> tuple[str, str] | None:
         try:
             if self._db is None:

@@ -1,5 +1,5 @@
-"""The driver: plans the grid, hands units to an executor (local or Ray) and is the only writer of the run
-folder and the result store; then exports the tables. Entry point: :func:`run_grid`."""
+"""The driver: plans the grid, hands units to an executor (core/run/executors.py, by name) and is the only
+writer of the run folder and the result store; then exports the tables. Entry point: :func:`run_grid`."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from ..store import (
     export_tables,
 )
 from ..weights import fetch_missing
-from .artifacts import ArtifactReader
-from .local import execute_local
+from .execution import ExecutionContext
+from .executors import executor_named
 from .plan import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
 from .progress import _progress
 from ..verdict import study_rows, write_verdict
@@ -92,17 +92,11 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             if announce is not None:
                 announce(opening_line(config, len(dataset), total_cells, todo_cells, device, executor))
             if units:
-                if executor == "ray":
-                    from .ray import execute_ray
-
-                    stream = execute_ray(config, dataset, output, units, device, registry=registry)
-                else:
-                    worker = Worker(config, dataset, output, ArtifactReader(store.path), device, registry)
-                    stream = execute_local(worker, units, config.unit_timeout)
+                cells = _Cells()  # the executor reports cells as they finish; the bar is up from the first unit
+                context = ExecutionContext(config, dataset, output, device, registry, on_cells=cells)
+                stream = executor_named(executor)(context, units)  # its checks (Ray's options, pickling) first
                 with _progress(progress, len(units), todo_cells) as bar:
-                    report_cells = _report_cells(bar, on_cells)
-                    if executor != "ray":
-                        worker.on_cells = report_cells
+                    cells.report = _report_cells(bar, on_cells)
                     for n, (unit, result) in enumerate(stream, start=1):
                         folder.record(rel for rel, _ in result.files)  # listed before written
                         for rel, data in result.files:
@@ -148,6 +142,17 @@ def current_labels(df: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
             by_key = {item.key(): item.label for item in items}
             df[column] = df[f"{column}_key"].map(by_key).fillna(df[column])
     return df
+
+
+class _Cells:
+    """The executor's ``on_cells``: forwards to :attr:`report` once it is set (when the progress bar is up)."""
+
+    def __init__(self) -> None:
+        self.report: Callable[[int], None] | None = None
+
+    def __call__(self, n: int) -> None:
+        if self.report is not None:
+            self.report(n)
 
 
 def _report_cells(bar: Any, on_cells: Callable[[int], None] | None) -> Callable[[int], None]:

@@ -10,14 +10,10 @@ from typing import Iterator
 
 import torch
 
-from ..errors import IqadefError
-from .plan import Unit, describe_unit
+from ..store import ArtifactReader
+from .execution import ExecutionContext, UnitTimeout, timeout_error
+from .plan import Unit
 from .worker import UnitResult, Worker
-
-
-class UnitTimeout(IqadefError):
-    """A unit ran past ``unit_timeout`` (local executor): the run stops; finished units are kept."""
-
 
 #: Unit threads left computing when their run stopped (a unit past ``unit_timeout``, Ctrl-C mid-unit).
 _ABANDONED: list[threading.Thread] = []
@@ -30,8 +26,9 @@ def abandoned_units() -> bool:
     return any(thread.is_alive() for thread in _ABANDONED)
 
 
-def execute_local(worker: Worker, units: list[Unit], timeout: float | None = None) -> Iterator[tuple[Unit, UnitResult]]:
-    """Compute ``units`` one after another in a daemon thread; wait at most ``timeout`` s for each.
+def execute_local(context: ExecutionContext, units: list[Unit]) -> Iterator[tuple[Unit, UnitResult]]:
+    """Compute ``units`` one after another in a daemon thread with one :class:`Worker` (this process's
+    plugins; its clean side is reused by the batch's attacks); wait at most ``unit_timeout`` s for each.
 
     A unit past its time stops the run with :class:`UnitTimeout` naming the unit and the plugin call it
     was in (``Worker.activity``). Python cannot stop a thread, so the stuck one is left behind
@@ -39,6 +36,14 @@ def execute_local(worker: Worker, units: list[Unit], timeout: float | None = Non
     only writer), and every unit yielded before is stored. A thread with no unit to do is joined, so its
     torch state is released before the interpreter exits.
     """
+    lookup = ArtifactReader.of_run(context.run_dir) if context.cached else (lambda key: None)
+    worker = Worker(context.config, context.dataset, context.run_dir, lookup, context.device, context.registry)
+    worker.on_cells = context.on_cells
+    return _serve(worker, units, context)
+
+
+def _serve(worker: Worker, units: list[Unit], context: ExecutionContext) -> Iterator[tuple[Unit, UnitResult]]:
+    timeout = context.timeout
     if not units:
         return
     requests: queue.Queue = queue.Queue()
@@ -67,11 +72,8 @@ def execute_local(worker: Worker, units: list[Unit], timeout: float | None = Non
                     doing = (f"it was running {worker.activity}" if worker.activity else
                              f"last plugin call: {worker.last_activity}" if worker.last_activity else
                              "it had not called a plugin yet")
-                    raise UnitTimeout(
-                        f"{describe_unit(worker.config, worker.batches, unit)} did not finish within unit_timeout: "
-                        f"{timeout:g} s; {doing}. The run stopped; the {done} unit(s) finished before it are kept. "
-                        f"Fix or remove that plugin, or raise `unit_timeout` in the registry (null: no limit), "
-                        f"then run again to resume")
+                    raise timeout_error(context, worker.batches, unit, done, doing,
+                                        "Fix or remove that plugin")
                 try:
                     result, error = replies.get(timeout=0.5 if left is None else min(0.5, left))
                     break
@@ -87,3 +89,6 @@ def execute_local(worker: Worker, units: list[Unit], timeout: float | None = Non
             _ABANDONED.append(thread)
         else:
             thread.join()
+
+
+__all__ = ["UnitTimeout", "abandoned_units", "execute_local"]

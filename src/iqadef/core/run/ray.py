@@ -17,11 +17,11 @@ Why it is built this way:
 * **Fault tolerant.** Actors are created with ``max_restarts`` / ``max_task_retries``: if a worker
   process dies (OOM killer, SIGKILL, node loss) Ray restarts it and re-runs the unit that was in flight;
   units are pure functions of the config, so the retried unit gives the same rows.
-* **A stuck unit does not stall the grid** (``unit_timeout``). An actor runs its units in submission
-  order, so the oldest unfinished unit of an actor is the one running; its clock starts when the actor
-  is ready (``ready()`` answered) or its previous unit came back. Past ``unit_timeout`` its cells are
-  recorded as failed (the error names the unit and the limit), the actor is killed (a stuck thread cannot
-  be stopped otherwise) and a fresh one takes over the units queued on it; the grid goes on.
+* **A stuck unit stops the run** (``unit_timeout``, the same meaning as for the local executor:
+  core/run/execution.py). An actor runs its units in submission order, so the oldest unfinished unit of
+  an actor is the one running; its clock starts when the actor is ready (``ready()`` answered) or its
+  previous unit came back. Past ``unit_timeout`` the run stops with one line naming the unit, every actor
+  is killed (a stuck thread cannot be stopped otherwise) and the units finished before it are kept.
 * **Same plugins in the actor.** Plugins are plain objects until ``load()``, so the config is pickled
   (cloudpickle; classes by reference to their module) and unpickled inside the actor after the
   driver's ``sys.path`` entries have been added there. Third-party plugins must be installed in the
@@ -45,15 +45,14 @@ from typing import Any, Iterator
 
 import torch
 
-from ..dataset import Dataset
 from ..errors import ConfigError, IqadefError
 from ..plugins import PluginRegistry, get_registry
 from ..registry import RayOptions, RunConfig
 from ..scores import image_score_classes
 from ..store import artifact_table
 from ..weights import fetch_missing
-from .plan import describe_unit, failed_rows
-from .worker import UnitResult, Worker
+from .execution import ExecutionContext, UnitTimeout, timeout_error
+from .worker import Worker
 
 
 def import_ray() -> Any:
@@ -66,24 +65,28 @@ def import_ray() -> Any:
 
 
 # -- what is sent to the actors --------------------------------------------------------------------
-def _plugins(config: RunConfig) -> list[tuple[str, Any]]:
+def _plugins(config: RunConfig, scores: list[type]) -> list[tuple[str, Any]]:
+    """What the actors are sent, every plugin kind of the run by the registry key that names it."""
     return ([(f"metrics[{i}] {m.label!r}", m) for i, m in enumerate(config.metrics)]
             + [(f"attacks[{i}] {e.label!r}", e.attack) for i, e in enumerate(config.attacks)]
-            + [(f"defences[{i}] {d.label!r}", d) for i, d in enumerate(config.defences)])
+            + [(f"defences[{i}] {d.label!r}", d) for i, d in enumerate(config.defences)]
+            + [(f"certified[{i}] {c.label!r}", c) for i, c in enumerate(config.certified)]
+            + [(f"the score plugin {cls.name!r}", cls) for cls in scores])
 
 
-def check_picklable(config: RunConfig) -> None:
-    """Every plugin must pickle (it is rebuilt in the Ray worker); name the one that does not."""
+def check_picklable(config: RunConfig, scores: list[type] | None = None) -> None:
+    """Every plugin (metrics, attacks, defences, certified defences and the image-score plugins) must
+    pickle: it is rebuilt in the Ray worker. Name the one that does not."""
     from ray import cloudpickle
 
-    for where, plugin in _plugins(config):
+    for where, plugin in _plugins(config, scores or []):
         try:
             cloudpickle.dumps(plugin)
         except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing to the user
             raise ConfigError(
-                f"{config.source}: {where} cannot be sent to a Ray worker ({type(exc).__name__}: {exc}). "
-                f"Plugins must be plain picklable objects until load(): build models, open files and "
-                f"locks in setup(), or use `executor: local`") from None
+                f"{config.source}: {where} cannot be sent to a Ray worker ({type(exc).__name__}: "
+                f"{_first_line(exc)}). Plugins must be plain picklable objects until load(): build models, "
+                f"open files and locks in setup(), or use `executor: local`") from None
 
 
 def score_classes(registry: PluginRegistry | None) -> list[type]:
@@ -172,33 +175,35 @@ def _check_resources(ray: Any, options: RayOptions, gpus: float) -> None:
                               f"{total.get(key, 0):g}; lower `ray.{name}` or add nodes")
 
 
-def execute_ray(config: RunConfig, dataset: Dataset, output: Path, units: list, device: torch.device | None = None,
-                *, registry: PluginRegistry | None = None,
-                artifacts: dict[str, tuple[str, str]] | None = None) -> Iterator[tuple[Any, Any]]:
+def execute_ray(context: ExecutionContext, units: list) -> Iterator[tuple[Any, Any]]:
     """Compute ``units`` on Ray actors (one per metric); yield ``(unit, UnitResult)`` as they complete.
 
-    ``device`` (the driver's resolved device) is not used: each actor resolves ``config.device`` itself,
-    because the driver may have no GPU while the workers do.
+    The context's device (the driver's) is not used: each actor resolves ``config.device`` itself, because
+    the driver may have no GPU while the workers do. Cells are counted per unit, by the driver.
     """
+    config, dataset, output = context.config, context.dataset, context.run_dir
     ray = import_ray()
     options = RayOptions.parse(config.ray, f"{config.source}: ray")
-    check_picklable(config)
+    scores = score_classes(context.registry)
+    check_picklable(config, scores)
     from ray import cloudpickle
 
-    snapshot = artifact_snapshot(output) if artifacts is None else dict(artifacts)
-    payload = cloudpickle.dumps((config, dataset, str(output), score_classes(registry), snapshot))
+    snapshot = artifact_snapshot(output) if context.cached else {}
+    try:
+        payload = cloudpickle.dumps((config, dataset, str(output), scores, snapshot))
+    except Exception as exc:  # noqa: BLE001 - the plugins pickle (checked above): the dataset or the registry
+        raise ConfigError(f"{config.source}: the run cannot be sent to a Ray worker ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); use `executor: local`") from None
     threads = options.torch_threads or torch.get_num_threads()
     gpus = options.gpus_per_actor(config.device)
     labels = [m.label for m in config.metrics]
-    timeout = getattr(config, "unit_timeout", None)
+    batches = dataset.batches(config.batch_size)
 
-    def timed_out(unit: Any) -> Any:
-        batches = dataset.batches(config.batch_size)
-        reason = (f"{describe_unit(config, batches, unit)} did not finish within unit_timeout: {timeout:g} s on its "
-                  f"Ray worker, which was stopped; run it with `executor: local` to see which plugin call hangs")
-        return UnitResult(rows=[row for d in unit.defences for row in failed_rows(config, batches, unit, d, reason)])
+    def timed_out(unit: Any, done: int) -> UnitTimeout:
+        return timeout_error(context, batches, unit, done, "its Ray worker was stopped",
+                             "Run it with `executor: local` to see which plugin call hangs")
 
-    return _stream(ray, options, payload, units, threads, gpus, labels, forwarded_env(), timeout, timed_out)
+    return _stream(ray, options, payload, units, threads, gpus, labels, forwarded_env(), context.timeout, timed_out)
 
 
 #: Environment variables that change what a plugin does (weights folder, offline mode, plugin
@@ -213,10 +218,11 @@ def forwarded_env() -> dict[str, str]:
 def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int, gpus: float,
             labels: list[str], env: dict[str, str], timeout: float | None = None,
             timed_out: Any = None) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(unit, result)`` as units complete; ``timed_out(unit)`` gives the result of a unit that ran
-    past ``timeout`` seconds (its actor is replaced)."""
+    """Yield ``(unit, result)`` as units complete; a unit that runs past ``timeout`` seconds stops the run
+    with the error ``timed_out(unit, units done)`` (every actor is killed)."""
     started = _start(ray, options)
     actors: dict[tuple[int, int], Any] = {}  # (metric, replica) -> actor
+    finished = 0  # units yielded
     try:
         _check_resources(ray, options, gpus)
         remote = ray.remote(UnitActor).options(
@@ -257,20 +263,8 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
             start_actor(key)
         while pending:
             key = expired()
-            if key is not None:  # the oldest unit of this actor is stuck: record it, replace the actor
-                _, unit = flight[key].popleft()
-                for ref, queued in reversed(flight[key]):
-                    queues[key].appendleft(queued)
-                for ref in [r for r, (k, _) in pending.items() if k == key]:
-                    del pending[ref]
-                flight[key].clear()
-                ray.kill(actors.pop(key), no_restart=True)
-                if queues[key]:
-                    start_actor(key)
-                else:
-                    clock[key] = None
-                yield unit, timed_out(unit)
-                continue
+            if key is not None:  # the oldest unit of this actor is stuck: the run stops (the actors are killed)
+                raise timed_out(flight[key][0][1], finished)
             wait = None
             if timeout is not None:
                 waiting = [t + timeout - time.monotonic() for k, t in clock.items() if t is not None and flight[k]]
@@ -304,6 +298,7 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
                     ray.kill(actors.pop(key))  # frees its CPUs/GPUs for an actor still waiting
                     for ready in [r for r, (k, u) in pending.items() if k == key]:
                         del pending[ready]
+                finished += 1
                 yield unit, result
     finally:
         for actor in actors.values():

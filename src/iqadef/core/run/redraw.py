@@ -29,7 +29,7 @@ def wants_redraws(config: Any, unit: Any, d: int) -> bool:
 def redraw_scores(worker: Any, unit: Any, d: int, x_adv: torch.Tensor, f_clean: torch.Tensor,
                   f_dxa: torch.Tensor, adv_seal: Any) -> dict[str, torch.Tensor]:
     """The :data:`REDRAW_COLUMNS` of defence ``d``'s cells: x_a purified with ``redraws`` fresh seeds and
-    scored; every call goes through the worker's checks (a failure fails the cells, as any plugin call)."""
+    scored; every call goes through the worker's sandbox (a failure fails the cells, as any plugin call)."""
 
     cfg = worker.config
     defence, metric = cfg.defences[d], cfg.metrics[unit.metric]
@@ -41,9 +41,9 @@ def redraw_scores(worker: Any, unit: Any, d: int, x_adv: torch.Tensor, f_clean: 
     for k in range(int(cfg.protocol.get("redraws", 0))):
         seed = _seed("redraw", cfg.seed, defence.key(), k, hashes)
         with torch.no_grad():
-            dxa = worker._call(who, "purify", lambda: defence.purify(x_adv, seed=seed), [adv_seal])
+            dxa = worker.sandbox.call(who, "purify", lambda: defence.purify(x_adv, seed=seed), [adv_seal])
         dxa = check_images(dxa, x_adv, who, defence.preserves_size)
-        f_k = worker._score(metric, dxa, worker._seal(dxa, "D(x_a) of a fresh draw"))
+        f_k = worker.sandbox.score(metric, dxa, worker.sandbox.seal(dxa, "D(x_a) of a fresh draw"))
         gains.append((f_clean - f_k).abs() / span)
     stacked = torch.stack(gains)
     return {"redraw_gain_min": stacked.min(0).values, "redraw_gain_max": stacked.max(0).values,

@@ -9,10 +9,10 @@ the certificate covers it (``cert_applies``: 1 when ``adv_l2 <= eps``). Per-imag
 ``D(x) = x``, ``D(x_a) = x_a`` (smoothing changes no pixel), so ``gain_clean`` = |f(x) - f_s(x)| / f(x) is
 what smoothing costs on clean images.
 
-Every call goes through the worker's ``_call`` (exceptions fail the cells, seals catch writes into shared
-tensors), every metric forward inside the smoothing through the worker's score check, and the smoothing's
-output through :func:`check_smoothed`. ``f_s(x)`` is computed once per (metric, batch, certified defence)
-and reused by every attack. An adaptive attack (``adaptive: eot``) targets
+Every call goes through the worker's sandbox (core/run/sandbox.py: exceptions fail the cells, seals catch
+writes into shared tensors), every metric forward inside the smoothing through its score check, and the
+smoothing's output through :func:`check_smoothed`; the rows come from the one row builder (core/run/rows.py).
+``f_s(x)`` is computed once per (metric, batch, certified defence) and reused by every attack. An adaptive attack (``adaptive: eot``) targets
 :class:`~iqadef.core.smoothing.SmoothedMetric`: the mean of the metric over fresh noise each step.
 """
 
@@ -27,8 +27,9 @@ from ..base import Metric, answer_for
 from ..cells import CellBatch
 from ..guard import CellFailure, GuardedMetric, Tripwire
 from ..smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores, score_bins
-from .artifacts import _seed, example_name, png_bytes
-from .plan import Unit, cell_row, grid_defences
+from .artifacts import _seed
+from .plan import Unit, grid_defences
+from .rows import build_rows
 
 #: The score columns a certified cell adds (docs/certified.md).
 CERT_COLUMNS = ("cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
@@ -68,7 +69,7 @@ class _CheckedMetric(Metric):
         return self.metric.identity()
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        return self.worker._score(self.metric, images, None)
+        return self.worker.sandbox.score(self.metric, images, None)
 
 
 def check_smoothed(out: Any, n: int, who: str, certifies: bool) -> SmoothedScores:
@@ -115,16 +116,16 @@ def check_smoothed(out: Any, n: int, who: str, certifies: bool) -> SmoothedScore
 def _smooth(worker: Any, d: int, m: int, b: int, images: torch.Tensor, seal: Any) -> SmoothedScores:
     smoothing: MetricSmoothing = grid_defences(worker.config)[d]
     who = f"certified defence {smoothing.label!r}"
-    smoothing = worker._load(who, smoothing)
+    smoothing = worker.sandbox.load(who, smoothing)
     metric = _CheckedMetric(worker, worker.config.metrics[m])
     seed = smoothing_seed(worker, d, b)
-    out = worker._call(who, "smooth", lambda: smoothing.smooth(metric, images, seed=seed), [seal])
+    out = worker.sandbox.call(who, "smooth", lambda: smoothing.smooth(metric, images, seed=seed), [seal])
     return check_smoothed(out, images.shape[0], who, smoothing.certifies)
 
 
 def smoothed_clean(worker: Any, m: int, b: int, d: int) -> SmoothedScores:
     """``f_s(x)`` and its interval, computed once per (metric, batch, certified defence)."""
-    clean = worker._clean_side(m, b)
+    clean = worker.clean.get(m, b)
     cache = clean.setdefault("certified", {})
     if d not in cache:
         try:
@@ -145,10 +146,10 @@ def adversarial_through(worker: Any, unit: Unit, d: int, result: Any) -> tuple[t
 
     def target(tripwire: Tripwire) -> Metric:
         base: Metric = GuardedMetric(metric, tripwire) if worker.guard_inputs else metric
-        loaded = worker._load(f"certified defence {smoothing.label!r}", smoothing)
+        loaded = worker.sandbox.load(f"certified defence {smoothing.label!r}", smoothing)
         return SmoothedMetric(base, loaded, samples=entry.eot_samples if "eot" in entry.adaptive else 1, seed=seed)
 
-    return worker.attack_cached(unit, worker.adv_keys(unit, "certified", smoothing.key()), target, result)
+    return worker.adversarial.get(unit, worker.adversarial.keys(unit, "certified", smoothing.key()), target, result)
 
 
 def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result: Any) -> list[dict[str, Any]]:
@@ -157,12 +158,12 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
     through the smoothing)."""
     cfg = worker.config
     metric, smoothing = cfg.metrics[unit.metric], grid_defences(cfg)[d]
-    clean = worker._clean_side(unit.metric, unit.batch)
+    clean = worker.clean.get(unit.metric, unit.batch)
     if shared is None:
         x_adv, adv_paths = adversarial_through(worker, unit, d, result)
-        adv_seal = worker._seal(x_adv, "x_a")
-        f_adv = worker._score(metric, x_adv, adv_seal)
-        f_adv_seal = worker._seal(f_adv, "f(x_a)")
+        adv_seal = worker.sandbox.seal(x_adv, "x_a")
+        f_adv = worker.sandbox.score(metric, x_adv, adv_seal)
+        f_adv_seal = worker.sandbox.seal(f_adv, "f(x_a)")
     else:
         x_adv, adv_paths, adv_seal, f_adv, f_adv_seal = shared
     s_clean = smoothed_clean(worker, unit.metric, unit.batch, d)
@@ -170,28 +171,18 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
     seals = [clean["seal"], adv_seal, clean["f_seal"], f_adv_seal]
     cells = CellBatch(clean["x"], x_adv, clean["x"], x_adv, clean["f"], f_adv, s_clean.value, s_adv.value, metric,
                       clean["memo"])
-    scores = worker._image_scores(cells, seals, False)
+    scores = worker.score_cells(cells, seals, False)
     extra = _certificate_columns(smoothing, clean["x"], x_adv, f_adv, s_clean, s_adv, metric,
                                  clean["f"])
-    rows = []
-    items = worker.batches[unit.batch]
     seed = smoothing_seed(worker, d, unit.batch)
-    for i, (item, key) in enumerate(zip(items, worker.batch_keys[unit.batch])):
-        values = [float(clean["f"][i]), float(f_adv[i]), float(s_clean.value[i]), float(s_adv.value[i])]
-        row = cell_row(cfg, unit, d, item, key)
-        row.update(f_clean=values[0], f_adv=values[1], f_def_clean=values[2], f_def_adv=values[3],
-                   adv_path=adv_paths[i], queries=worker.queries_of(adv_paths[i]),
-                   scores={**{k: float(v[i]) for k, v in scores.items()}, **{k: v[i] for k, v in extra.items()}})
-        bad = [n for n, v in zip(("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"), values) if not math.isfinite(v)]
-        if bad:
-            row.update(status="failed", error=f"metric {metric.label!r} returned NaN/inf for {', '.join(bad)}")
-        if item.name in worker.example_names:  # what the smoothed metric scores: one noisy copy of x_a
-            noisy = (x_adv[i:i + 1] + smoothing.noise(x_adv[i:i + 1], seed)(0, 1)).clamp(0, 1)[0]
-            rel = f"examples/{example_name(row)}.png"
-            result.files.append((rel, png_bytes(noisy)))
-            row["example_path"] = rel
-        rows.append(row)
-    return rows
+
+    def example(i: int) -> torch.Tensor:  # what the smoothed metric scores: one noisy copy of x_a
+        return (x_adv[i:i + 1] + smoothing.noise(x_adv[i:i + 1], seed)(0, 1)).clamp(0, 1)[0]
+
+    return build_rows(cfg, unit, d, worker.batches[unit.batch], worker.batch_keys[unit.batch],
+                      (clean["f"], f_adv, s_clean.value, s_adv.value), adv_paths, worker.adversarial.queries_of,
+                      scores, lambda i: {k: v[i] for k, v in extra.items()}, worker.example_names, example,
+                      result.files, names=("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"))
 
 
 def _certificate_columns(smoothing: MetricSmoothing, x: torch.Tensor, x_adv: torch.Tensor, f_adv: torch.Tensor,

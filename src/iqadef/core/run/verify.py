@@ -41,10 +41,11 @@ from ..store import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored
 from .artifacts import adv_file
 from .recorded import open_grid, read_run_info
 from ..weights import fetch_missing
+from .execution import ExecutionContext
 from .local import execute_local
 from .plan import Unit, batch_keys, cell_row, grid_defences
 from .progress import _progress
-from .worker import UnitResult, Worker
+from .worker import UnitResult
 
 DEFAULT_CELLS = 20
 #: Relative and absolute tolerance: a recomputation on the same machine is bit-identical; these leave
@@ -227,13 +228,13 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
         if info.get("torch_threads"):
             torch.set_num_threads(int(info["torch_threads"]))  # sums in the run's order
         try:
-            worker = Worker(config, dataset, run_dir, lambda key: None, config.torch_device(), registry)
             results: list[UnitResult] = []
             cells_todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
             with _progress(progress, len(units), cells_todo, what="verify",
                            cell_label="cells recomputed") as bar:
-                worker.on_cells = bar.cell
-                for _, result in execute_local(worker, units, config.unit_timeout):
+                context = ExecutionContext(config, dataset, run_dir, config.torch_device(), registry, cached=False,
+                                           on_cells=bar.cell)
+                for _, result in execute_local(context, units):
                     bar.unit(len(result.rows))
                     results.append(result)
         finally:
