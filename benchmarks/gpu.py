@@ -19,9 +19,11 @@ in time: once a check has used its budget no further repeats are started; once t
 * ``diffpure.load``, ``.purify`` (t=5, one 256x256 image, the real 553M-parameter guided-diffusion UNet),
   ``.precision``, ``.fp16_option`` (the plugin's own ``fp16: true``, as the reference runs it; CUDA only);
 * ``mprnet`` and ``realesrgan``: ``.load``, ``.purify`` (one 299x299 image), ``.precision``;
-* ``certified.rs``: randomized smoothing of tiny-iqa at the reference's n0 = 100 + n = 1000 (one 256x256 image):
-  seconds per image; ``certified.ddrs``: diffusion-denoised smoothing with the real-size guided-diffusion UNet
-  (random weights), a few noisy copies timed and the reference's 1100 per image extrapolated;
+* ``certified.ms``, ``.dms``, ``.rs``, ``.drs``: median smoothing and dms-iqa at n = 1000, randomized smoothing and
+  denoised smoothing at the reference's n0 = 100 + n = 1000, of tiny-iqa (one 256x256 image): seconds per image;
+  ``certified.ddrs``, ``.densepure``: diffusion-denoised smoothing and DensePure (2 reverse steps) with the
+  real-size guided-diffusion UNet (random weights), a few noisy copies timed and the reference's 1100 per image
+  extrapolated;
 * ``protocol.apgd_eot_diffpure``, ``protocol.apgd_bpda_jpeg``, ``protocol.square_queries``: the robustness
   protocol's attacks (docs/evaluation.md) at their real size: APGD through DiffPure (t=5, the real-size UNet,
   EOT 8 draws stacked in one batch) and through JPEG (BPDA, batch 7) on SPAQ's network at 224x224, and the
@@ -669,9 +671,29 @@ def defence_checks(bench: Bench, name: str, folder: Path) -> None:
     held.clear()
 
 
+def denoiser_checkpoint(folder: Path, sigma: float) -> str:
+    """A dms-iqa / drs denoiser checkpoint (``iqadef train-dms``'s layout) for ``sigma``, random weights."""
+    from iqadef.plugins.certified.dms_iqa import Denoiser
+
+    torch.manual_seed(0)
+    net = Denoiser()
+    for module in net.net:
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.02)
+    path = folder / f"denoiser_{sigma:g}.pt"
+    torch.save({"model": net.state_dict(), "sigma": sigma, "width": net.width, "depth": net.depth}, path)
+    return str(path)
+
+
 def certified_checks(bench: Bench, folder: Path) -> None:
-    """rs (tiny-iqa, the reference's n0 + n) and ddrs (the guided-diffusion UNet, random weights) per image."""
+    """Every built-in certified defence on tiny-iqa, per image: ms (median smoothing) and dms (dms-iqa) at n 1000,
+    rs and drs at the reference's n0 100 + n 1000, ddrs and densepure with the real-size guided-diffusion UNet
+    (random weights), a few noisy copies timed and the reference's 1100 per image extrapolated."""
     from iqadef.plugins.certified.ddrs import DiffusionDenoisedSmoothing
+    from iqadef.plugins.certified.densepure import DensePure
+    from iqadef.plugins.certified.dms_iqa import DMSIQA
+    from iqadef.plugins.certified.drs import DenoisedRandomizedSmoothing
+    from iqadef.plugins.certified.median_smoothing import MedianSmoothing
     from iqadef.plugins.certified.rs import RandomizedSmoothing
     from iqadef.plugins.metrics.embedded import TinyIQA
 
@@ -680,7 +702,7 @@ def certified_checks(bench: Bench, folder: Path) -> None:
     size = s.diffpure_size
     metric = TinyIQA().load(device)
 
-    def smoothed(smoothing: Any, copies: int) -> dict[str, Any]:
+    def smoothed(smoothing: Any, copies: int, reference_copies: int = 1100) -> dict[str, Any]:
         x = smooth_images(1, size, size, 7, device)
 
         def run():
@@ -688,13 +710,32 @@ def certified_checks(bench: Bench, folder: Path) -> None:
                 return smoothing.smooth(metric, x, seed=0)
         r = timed(run, repeats=max(1, s.repeats // 2), warmup=min(1, s.warmup), budget_s=s.check_budget_s, sync=sync)
         out = r.pop("output")
+        extra = ({"bin": int(out.bin[0]), "radius": float(out.radius[0])} if out.bin is not None else
+                 {"width": float(out.upper[0] - out.lower[0])})
         return {**r, "input_size": [size, size], "noisy_copies": copies, "seconds_per_copy": r["wall_s"] / copies,
-                "seconds_per_image_at_n1100": r["wall_s"] / copies * 1100, "bin": int(out.bin[0]),
-                "radius": float(out.radius[0])}
+                f"seconds_per_image_at_n{reference_copies}": r["wall_s"] / copies * reference_copies, **extra}
+
+    def many(n0: int, n: int) -> tuple[int, int]:
+        return (2, 8) if s.quick else (n0, n)
+
+    def ms() -> dict[str, Any]:
+        _, n = many(0, 1000)
+        return smoothed(MedianSmoothing(n=n, batch=8 if s.quick else 250).load(device), n, 1000)
+
+    def dms() -> dict[str, Any]:
+        _, n = many(0, 1000)
+        smoothing = DMSIQA(n=n, batch=8 if s.quick else 250, weights_path=denoiser_checkpoint(folder, 0.25))
+        return smoothed(smoothing.load(device), n, 1000)
 
     def rs() -> dict[str, Any]:
-        n0, n = (2, 8) if s.quick else (100, 1000)
+        n0, n = many(100, 1000)
         return smoothed(RandomizedSmoothing(n0=n0, n=n, batch=8 if s.quick else 256).load(device), n0 + n)
+
+    def drs() -> dict[str, Any]:
+        n0, n = many(100, 1000)
+        smoothing = DenoisedRandomizedSmoothing(n0=n0, n=n, batch=8 if s.quick else 256,
+                                                weights_path=denoiser_checkpoint(folder, 0.12))
+        return smoothed(smoothing.load(device), n0 + n)
 
     def ddrs() -> dict[str, Any]:
         files = write_defence_checkpoints("diffpure", folder, device, s.quick)
@@ -702,8 +743,15 @@ def certified_checks(bench: Bench, folder: Path) -> None:
         smoothing = DiffusionDenoisedSmoothing(n0=n0, n=n, batch=4 if s.quick else 16, **files).load(device)
         return smoothed(smoothing, n0 + n)
 
-    bench.check("certified.rs", rs)
-    bench.check("certified.ddrs", ddrs)
+    def densepure() -> dict[str, Any]:  # 2 UNet forwards per copy (the reference's num_t_steps), one vote
+        files = write_defence_checkpoints("diffpure", folder, device, s.quick)
+        n0, n = (1, 3) if s.quick else (2, 14)
+        smoothing = DensePure(n0=n0, n=n, batch=4 if s.quick else 16, **files).load(device)
+        return smoothed(smoothing, n0 + n)
+
+    for name, check in (("ms", ms), ("dms", dms), ("rs", rs), ("drs", drs), ("ddrs", ddrs),
+                        ("densepure", densepure)):
+        bench.check(f"certified.{name}", check)
 
 
 def protocol_checks(bench: Bench, folder: Path) -> None:

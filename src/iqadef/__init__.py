@@ -24,8 +24,8 @@ from .core.hookspecs import hookimpl
 from .core.lipschitz import conv2d_norm_bound, conv_output_size, folded_conv_bn, jacobian_norm, resize_norm
 from .core.params import Param
 from .core.query import GradientRequested, QueryMetric
-from .core.smoothing import (BinnedSmoothing, FeatureSplit, MetricSmoothing, SmoothedScores, binned_params, mean_certificate,
-                             median_certificate, smoothing_params)
+from .core.smoothing import (BinnedSmoothing, FeatureSplit, MetricSmoothing, SmoothedScores, binned_params,
+                             mean_certificate, median_certificate, score_bins, smoothing_params)
 from .core.weights import (WeightSpec, cache_dir, load_checkpoint, load_state_dict_strict, load_weights,
                            numpy_safe_globals, resolve_weights, save_trained_weights, trained_record_path)
 
@@ -51,7 +51,7 @@ __all__ = [
     "atomic_write_bytes", "attack_loss", "binned_params", "builtin_images_dir", "cache_dir", "data_dir",
     "dataset_status", "fetch_dataset", "hookimpl", "load_checkpoint", "load_state_dict_strict", "load_weights",
     "mean_certificate", "median_certificate", "numpy_safe_globals", "parse_dataset", "read_image", "read_mos",
-    "read_text", "resolve_device", "resolve_weights", "save_trained_weights", "smoothing_params",
+    "read_text", "resolve_device", "resolve_weights", "save_trained_weights", "score_bins", "smoothing_params",
     "trained_record_path", *_LAZY,
 ]
 

@@ -26,7 +26,8 @@ METRIC_CHECKS = [f"{m}.{c}" for m in ("linearity", "spaq", "metaiqa")
 DEFENCE_CHECKS = ["diffpure.load", "diffpure.purify", "diffpure.precision", "diffpure.fp16_option",
                   "mprnet.load", "mprnet.purify", "mprnet.precision",
                   "realesrgan.load", "realesrgan.purify", "realesrgan.precision"]
-EXPECTED_CHECKS = METRIC_CHECKS + DEFENCE_CHECKS + ["certified.rs", "certified.ddrs", "protocol.apgd_eot_diffpure",
+CERTIFIED_CHECKS = [f"certified.{m}" for m in ("ms", "dms", "rs", "drs", "ddrs", "densepure")]
+EXPECTED_CHECKS = METRIC_CHECKS + DEFENCE_CHECKS + CERTIFIED_CHECKS + ["protocol.apgd_eot_diffpure",
                                                    "protocol.apgd_bpda_jpeg", "protocol.square_queries", "grid"]
 CUDA_ONLY = {"diffpure.fp16_option"}
 

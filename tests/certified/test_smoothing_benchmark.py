@@ -15,14 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_quick_smoothing_benchmark_writes_valid_json(tmp_path):
+@pytest.mark.parametrize("method", ["median", "all"])
+def test_quick_smoothing_benchmark_writes_valid_json(tmp_path, method):
     out = tmp_path / "smoothing.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "smoothing.py"), "--quick", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+                           "--method", method, "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["benchmark"] == "smoothing" and data["rows"]
+    if method == "all":  # every built-in certified defence has a row
+        assert [row["method"] for row in data["rows"]] == ["ms", "dms", "rs", "drs", "ddrs", "densepure"]
     for row in data["rows"]:
         assert row["n"] >= 1 and row["batch"] >= 1
         assert math.isfinite(row["seconds_per_image"]) and row["seconds_per_image"] > 0

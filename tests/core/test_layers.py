@@ -105,7 +105,8 @@ PLUGIN_SIBLINGS: dict[tuple[str, str], str] = {
     **{(f"iqadef.plugins.attacks.{m}", "iqadef.plugins.attacks.uap"): "trained attacks share UAP's cached, "
        "resumable training (TrainedAttack) and its image helpers" for m in ("cnn_attack", "cumulative_uap",
                                                                           "generative_uap")},
-    ("iqadef.plugins.certified.ddrs", "iqadef.plugins.defences.diffpure"): "DDRS denoises with DiffPure's model",
+    ("iqadef.plugins.certified._diffusion", "iqadef.plugins.defences.diffpure"): "DDRS and DensePure denoise "
+    "with DiffPure's model",
     ("iqadef.plugins.certified.drs", "iqadef.plugins.certified.dms_iqa"): "DRS smooths after dms-iqa's denoiser",
 }
 

@@ -258,6 +258,13 @@ class MetricSmoothing(Plugin):
         of the noisy image keeps the certificate valid (DMS-IQA puts a denoiser here)."""
         return metric.score(noisy.clamp(0.0, 1.0))
 
+    def base_sampler(self, images: torch.Tensor, seed: int) -> Callable[[Metric, torch.Tensor, list[int]], torch.Tensor]:
+        """``score(metric, noisy, owners)``: the base function of one call on noisy copies whose row ``r`` is a
+        copy of image ``owners[r]``. Default: :meth:`base` (deterministic). A randomized base function (a
+        reverse diffusion, DensePure) draws its own randomness here, from generators of each image seeded from
+        ``seed``, so its values do not depend on the noise batch nor on the other images either."""
+        return lambda metric, noisy, owners: self.base(metric, noisy)
+
     # -- shared machinery ------------------------------------------------------------------------------
     def samples_per_image(self) -> int:
         """Metric forwards of one :meth:`smooth` per image (``iqadef plan`` counts them)."""
@@ -291,13 +298,14 @@ class MetricSmoothing(Plugin):
         (copies of consecutive images share a forward when ``batch`` exceeds ``n``)."""
         n = self.n if samples is None else samples
         draw = self.noise(images, seed)
+        base = self.base_sampler(images, seed)
         todo = [(i, j) for i in range(images.shape[0]) for j in range(n)]
         out = torch.empty(images.shape[0], n, dtype=torch.float32, device=images.device)
         with torch.no_grad():
             for start in range(0, len(todo), self.batch):
                 chunk = todo[start:start + self.batch]
                 noisy = torch.cat([images[i:i + 1] + draw(i, 1) for i, _ in chunk])
-                scores = self.base(metric, noisy).reshape(-1).float()
+                scores = base(metric, noisy, [i for i, _ in chunk]).reshape(-1).float()
                 for (i, j), v in zip(chunk, scores):
                     out[i, j] = v
         return out
@@ -307,10 +315,12 @@ class MetricSmoothing(Plugin):
         function over ``samples`` noisy copies (the expectation that smoothing estimates; SmoothAdv, Salman
         et al. 2019). Median smoothing has no useful gradient of its own."""
         draw = self.noise(images.detach(), seed)
+        base = self.base_sampler(images.detach(), seed)
+        owners = list(range(images.shape[0]))
         total = 0.0
         for _ in range(samples):
-            noise = torch.cat([draw(i, 1) for i in range(images.shape[0])])
-            total = total + self.base(metric, images + noise)
+            noise = torch.cat([draw(i, 1) for i in owners])
+            total = total + base(metric, images + noise, owners)
         return total / samples
 
     @classmethod

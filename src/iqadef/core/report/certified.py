@@ -1,6 +1,6 @@
 """Certified accuracy against the radius: the standard plot of the randomized-smoothing literature (Cohen et al.
 2019, Fig. 1; the certified-IQA study's radius tables), for the certified defences that certify a radius
-(``rs``, ``drs``, ``ddrs``: the columns ``cert_radius_clean``, ``cert_bin_clean``, ``cert_bin_f_clean``).
+(``rs``, ``drs``, ``ddrs``, ``densepure``: the columns ``cert_radius_clean``, ``cert_bin_clean``, ``cert_bin_f_clean``).
 
 For each metric x radius-type certified defence and each radius r, over the clean images: the share whose
 smoothed bin is the bin of the plain metric's f(x) and is certified at radius >= r (*certified accuracy*),

@@ -34,7 +34,7 @@ from .rows import build_rows
 #: The score columns a certified cell adds (docs/certified.md).
 CERT_COLUMNS = ("cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
                 "cert_width_clean", "adv_l2", "cert_applies", "cert_fs_adv_inside", "cert_f_adv_inside")
-#: The columns a radius-type certificate (binned smoothing: ``rs``, ``drs``, ``ddrs``) adds (docs/certified.md).
+#: The columns a radius-type certificate (binned smoothing: ``rs``, ``drs``, ``ddrs``, ``densepure``) adds (docs/certified.md).
 RADIUS_COLUMNS = ("cert_bin_clean", "cert_bin_adv", "cert_bin_f_clean", "cert_radius_clean", "cert_radius_adv",
                   "cert_abstain_clean", "cert_abstain_adv", "cert_bin_kept")
 

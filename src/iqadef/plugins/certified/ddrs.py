@@ -14,14 +14,12 @@ commented out).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from iqadef import BinnedSmoothing, Param, hookimpl
+from iqadef import hookimpl
 from iqadef import binned_params
-from iqadef.plugins.defences.diffpure import DiffPure, alphas_cumprod
+
+from ._diffusion import MODEL_PARAMS, DiffusionBinnedSmoothing
 
 
 def diffusion_step_for(sigma: float, abar: torch.Tensor) -> int:
@@ -33,7 +31,7 @@ def diffusion_step_for(sigma: float, abar: torch.Tensor) -> int:
     raise ValueError(f"sigma {sigma:g} is above the model's largest noise level ({float(level[-1]) / 2:g})")
 
 
-class DiffusionDenoisedSmoothing(BinnedSmoothing):
+class DiffusionDenoisedSmoothing(DiffusionBinnedSmoothing):
     """rs after one diffusion denoising step at the noise level of sigma (Carlini et al. 2023; DiffPure's model).
 
     x_t = sqrt(abar_t)(2(x + noise) - 1), x_0 = clip((x_t - sqrt(1 - abar_t) eps(x_t, t)) / sqrt(abar_t)),
@@ -41,25 +39,11 @@ class DiffusionDenoisedSmoothing(BinnedSmoothing):
 
     name = "ddrs"
     version = "1"
-    params = binned_params() + (
-        Param("model", str, "guided-256",
-              help="the diffusion model, as diffpure's `model`: 'guided-256' or a local diffusers DDPM folder"),
-        Param("weights_path", Path, None, help="explicit path of the guided-diffusion checkpoint", nullable=True),
-    )
-    model: str
-    weights_path: str | None
-
-    weights = DiffPure.weights
-
-    def _diffpure(self) -> DiffPure:
-        return DiffPure(model=self.model, weights_path=self.weights_path, t=0)
-
-    def weights_in_use(self) -> tuple[Any, ...]:
-        return self._diffpure().weights_in_use()
+    params = binned_params() + MODEL_PARAMS
 
     def _step(self) -> tuple[int, float, float]:
         if not hasattr(self, "_step_cache"):
-            abar = alphas_cumprod(self.model)
+            abar = self.schedule()
             t = diffusion_step_for(float(self.sigma), abar)
             self._step_cache = (t, float(abar[t].sqrt()), float((1.0 - abar[t]).sqrt()))
         return self._step_cache
@@ -69,11 +53,8 @@ class DiffusionDenoisedSmoothing(BinnedSmoothing):
         return b / (2.0 * a)
 
     def setup(self, device: torch.device) -> None:
-        self.diffusion = self._diffpure().load(device)
+        super().setup(device)
         self._step()
-
-    def precision_modules(self) -> list[torch.nn.Module]:
-        return self.diffusion.precision_modules() if hasattr(self, "diffusion") else []
 
     def base(self, metric, noisy: torch.Tensor) -> torch.Tensor:
         t, a, b = self._step()

@@ -26,7 +26,7 @@ class CertifiedSummary(SummaryScore):
     ``cert_f_adv_inside_share`` (f(x_a) of the plain metric inside the clean image's interval);
     ``cert_holds_share`` (f_s(x_a) inside it, among the images within the radius: the guarantee says >= 1 -
     alpha); ``smoothing_cost`` (mean |f_s(x) - f(x)|, score units) and ``smoothing_cost_norm`` (over the
-    range). Radius certificates (rs, drs, ddrs) add ``cert_radius_median`` (median certified radius of the
+    range). Radius certificates (rs, drs, ddrs, densepure) add ``cert_radius_median`` (median certified radius of the
     clean images, 0 where abstained), ``cert_abstain_share``, ``cert_accuracy`` (share whose smoothed bin is the
     bin of f(x), certified at radius >= eps) and ``cert_bin_kept_share`` (attacked images within the clean
     image's radius whose smoothed bin stayed: the guarantee says >= 1 - alpha). Groups without certificate
