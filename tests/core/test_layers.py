@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # files in, below the contract: base.Plugin.identity() fingerprints weight files (weights), kinds names
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
-    ("contract", ("iqadef.core", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
+    # core.contract: the torch-free part of the plugin base (summary scores, `iqadef list`, the report)
+    ("contract", ("iqadef.core", "iqadef.core.contract", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
                   "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.kinds", "iqadef.core.plugins",
                   "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
                   "iqadef.core.query", "iqadef.core.budget")),
@@ -51,6 +52,15 @@ _CLI_START = "CLI start: loaded only by the subcommand that runs it, so `iqadef 
 DEFERRED: dict[tuple[str, str], str] = {
     ("iqadef", "iqadef.api"): "cost: `from iqadef import Metric` (every plugin) does not load pandas and the "
                               "registry; the Python API is imported on first use (module __getattr__)",
+    **{("iqadef", module): "cost: `import iqadef` (the command line, the report, a plugin index's `from iqadef "
+                           "import LazyPlugin`) does not import torch; the contracts are imported on first use "
+                           "(module __getattr__)" for module in (
+        "iqadef.core.base", "iqadef.core.dataset", "iqadef.core.query",
+        "iqadef.core.smoothing")},
+    ("iqadef.core.contract", "iqadef.core.precision"): "cost: torch; only loading a plugin's networks applies the "
+                                                       "run's precision",
+    ("iqadef.core.contract", "iqadef.core.weights"): "cost: torch; only a plugin with weight files fingerprints "
+                                                     "them (a summary score in the report has none)",
     ("iqadef.api", "iqadef.core.run"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
     ("iqadef.core.export", "iqadef.core.plugins"): "cost: the export dataset plugin imports this module for its "
                                                    "marker at every plugin load; only `iqadef export` needs the "
@@ -104,7 +114,8 @@ DEFERRED_THIRD_PARTY: dict[str, str] = {
     "ray": "optional dependency: `pip install iqadef[ray]`",
     "diffusers": "optional weights stack: DiffPure's UNet and scheduler, built when the defence loads",
     "huggingface_hub": "optional weights stack: DiffPure's snapshot download",
-    "torch": "cost: `iqadef export` without --defended needs no torch",
+    "torch": "cost: `iqadef export` without --defended, and the report (core.contract, the summary scores), "
+             "need no torch",
     "yaml": "cost: the data command reads YAML only when asked for it",
     "numpy": "the numpy scalar types are allow-listed for torch.load only when a checkpoint needs them",
 }
