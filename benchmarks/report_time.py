@@ -89,7 +89,7 @@ def main() -> None:
                 sys.exit(f"{name}: iqadef report failed:\n{out.stderr[-3000:]}")
             return seconds
 
-        load_before = loadavg()
+        load_before, started = loadavg(), time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         for name in candidates:  # warm-up: file caches, and the thumbnail cache of `after`
             report(name)
         times: dict[str, list[float]] = {name: [] for name in candidates}
@@ -103,7 +103,8 @@ def main() -> None:
         medians = {name: round(statistics.median(t), 3) for name, t in times.items()}
         result = {
             "benchmark": "report_time", "base": args.base, "run": str(args.run), "repeats": args.repeats,
-            "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_before": load_before,
+            "started_utc": started, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "load_before": load_before,
             "load_after": load_after, "machine": machine(), "seconds": times, "median_seconds": medians,
             "speedup": round(medians["before"] / medians["after"], 2),
             "speedup_first_report": round(medians["before"] / medians["after_first"], 2),
