@@ -1,4 +1,4 @@
-"""Cost of certified defences against n (docs/certified.md): median smoothing of the embedded metric.
+"""Cost of certified defences against n (docs/certified.md): median smoothing, rs or fs-iqa of the embedded metric.
 
     python benchmarks/smoothing.py [--quick] [--threads 2] [--device cpu] [--out benchmarks/results/smoothing.json]
 
@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -31,17 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--method", choices=("median", "rs"), default="median",
-                        help="median smoothing (interval) or rs (binned, radius; n0 = n/10 selection copies on top)")
+    parser.add_argument("--method", choices=("median", "rs", "fs-iqa"), default="median",
+                        help="median smoothing (interval), rs (binned, radius; n0 = n/10 selection copies on top) "
+                             "or fs-iqa (noise on the backbone's features: one backbone forward, n head forwards)")
     parser.add_argument("--ns", type=int, nargs="+", help="values of n (default 8 32 128 512)")
     parser.add_argument("--batches", type=int, nargs="+", help="noise batches (default 1 8 32 128)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    from iqadef.core.lipschitz import jacobian_norm
+    from iqadef.plugins.certified.fs_iqa import FeatureSmoothing
     from iqadef.plugins.certified.median_smoothing import MedianSmoothing
     from iqadef.plugins.certified.rs import RandomizedSmoothing
 
     if args.out is None:
-        name = "smoothing.json" if args.method == "median" else f"smoothing_{args.method}.json"
+        name = "smoothing.json" if args.method == "median" else f"smoothing_{args.method.replace('-', '_')}.json"
         args.out = Path(__file__).parent / "results" / name
 
     threads = set_threads(args.threads)
@@ -61,12 +65,23 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
             return out
 
+        lipschitz: dict = {}
+        if args.method == "fs-iqa":  # the bound is computed once per image size (cached): timed apart
+            start = time.perf_counter()
+            split = metric.feature_split(tuple(x.shape[-2:]))
+            lipschitz = {"lipschitz_bound": split.lipschitz, "lipschitz_seconds": time.perf_counter() - start,
+                         "lipschitz_lower": max(jacobian_norm(split.backbone, x[i:i + 1], iters=10)
+                                                for i in range(x.shape[0]))}
+            lipschitz["bound_over_lower"] = lipschitz["lipschitz_bound"] / lipschitz["lipschitz_lower"]
+            print(json.dumps(lipschitz), flush=True)
         rows = []
         for n in ns:
             for batch in batches:
                 if batch > n * args.images or (batch == 1 and n > 32):  # one copy per forward: only small n
                     continue
-                if args.method == "rs":
+                if args.method == "fs-iqa":
+                    smoothing = FeatureSmoothing(n=n, batch=batch, sigma=0.25, eps=1e-9, alpha=0.001)
+                elif args.method == "rs":
                     smoothing = RandomizedSmoothing(n=n, n0=max(1, n // 10), batch=batch, sigma=0.1, eps=0.1,
                                                     alpha=0.001)
                 else:
@@ -87,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "smoothing", "method": args.method, "metric": "tiny-iqa", "weights": weights_note, "device": args.device,
               "threads": threads, "images": args.images, "size": args.size, "repeats": repeats, "quick": args.quick,
-              "sigma": 0.1, "eps": 0.1, "alpha": 0.001, "machine": machine(), "rows": rows}
+              **({"sigma": 0.25, "eps": 1e-9, **lipschitz} if args.method == "fs-iqa" else {"sigma": 0.1, "eps": 0.1}),
+              "alpha": 0.001, "machine": machine(), "rows": rows}
     write_result(args.out, result)
     return 0
 

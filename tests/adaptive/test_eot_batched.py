@@ -57,7 +57,8 @@ def test_stacked_draws_give_the_values_and_gradients_of_one_call_per_draw(defenc
         v1, g1 = _value_and_grad(stacked, images)
         v2, g2 = _value_and_grad(single, images)
         torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+        # batch size changes the CPU's convolution kernels: float noise, scaled to the gradient's size
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4 * float(g2.abs().max()))
     k = 8 if defence.randomized else 1
     assert counting.batches == [2 * k, 2 * k]  # one metric call per step, on B*K images
     if defence.randomized:
@@ -89,7 +90,7 @@ class CountingSurrogate(Defence):
     def purify(self, images, *, seed=None):
         return torch.round(images * 8) / 8
 
-    def backward_estimate(self, images):
+    def estimate_forward(self, images):
         self.surrogates += 1
         return images
 

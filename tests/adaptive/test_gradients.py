@@ -1,5 +1,5 @@
 """Every classic defence passes a usable gradient to adaptive attacks: through ``purify`` when it is
-differentiable, through BPDA (``backward_estimate``) when it is not."""
+differentiable, through BPDA (``estimate_forward``) when it is not."""
 
 from __future__ import annotations
 
@@ -89,3 +89,24 @@ def test_composition_mixes_bpda_and_true_gradients(images, registry):
         expected = compose.purify(images, seed=SEED)
     assert torch.allclose(out, expected, atol=1e-6)
     assert grad.abs().sum() > 0
+
+
+def test_a_defence_written_with_the_old_name_backward_estimate_still_gets_its_surrogate():
+    """Third-party defences written before the rename keep their BPDA surrogate, with a deprecation warning."""
+    import pytest as _pytest
+
+    from iqadef import Defence
+
+    with _pytest.warns(DeprecationWarning, match="estimate_forward"):
+        class Halve(Defence):
+            name = "halve-old-api"
+
+            def purify(self, images, *, seed=None):
+                return (images * 0.5).round()
+
+            def backward_estimate(self, images):
+                return images * 0.5
+
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    Halve().forward(x).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 0.5))

@@ -32,8 +32,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
     # core.contract: the torch-free part of the plugin base (summary scores, `iqadef list`, the report)
-    ("contract", ("iqadef.core", "iqadef.core.contract", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
-                  "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.kinds", "iqadef.core.plugins",
+    ("contract", ("iqadef.core", "iqadef.core.contract", "iqadef.core.precision", "iqadef.core.base",
+                  "iqadef.core.hookspecs", "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.lipschitz",
+                  "iqadef.core.kinds", "iqadef.core.plugins",
                   "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
                   "iqadef.core.query", "iqadef.core.budget")),
     ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores",
@@ -50,13 +51,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _CLI_START = "CLI start: loaded only by the subcommand that runs it, so `iqadef --help` and `iqadef list` stay fast"
 #: Imports of package modules inside functions, (importer, imported) -> why not at module level.
 DEFERRED: dict[tuple[str, str], str] = {
-    ("iqadef", "iqadef.api"): "cost: `from iqadef import Metric` (every plugin) does not load pandas and the "
-                              "registry; the Python API is imported on first use (module __getattr__)",
+    **{("iqadef", module): "cost: the package root's lazy names (`_LAZY`): `from iqadef import Metric` (every "
+                           "plugin) loads neither pandas, scipy nor the run stack; these load on first use"
+       for module in ("iqadef.api", "iqadef.core.scores", "iqadef.core.plugins", "iqadef.core.export",
+                      "iqadef.core.registry", "iqadef.core.run.trained")},
     **{("iqadef", module): "cost: `import iqadef` (the command line, the report, a plugin index's `from iqadef "
-                           "import LazyPlugin`) does not import torch; the contracts are imported on first use "
-                           "(module __getattr__)" for module in (
-        "iqadef.core.base", "iqadef.core.dataset", "iqadef.core.query",
-        "iqadef.core.smoothing")},
+                           "import LazyPlugin`) imports no torch; the contracts and the other names that need it "
+                           "load on first use (`_LAZY`)" for module in (
+        "iqadef.core.base", "iqadef.core.cells", "iqadef.core.dataset", "iqadef.core.devices", "iqadef.core.lipschitz",
+        "iqadef.core.query", "iqadef.core.smoothing", "iqadef.core.weights")},
     ("iqadef.core.contract", "iqadef.core.precision"): "cost: torch; only loading a plugin's networks applies the "
                                                        "run's precision",
     ("iqadef.core.contract", "iqadef.core.weights"): "cost: torch; only a plugin with weight files fingerprints "
@@ -70,9 +73,6 @@ DEFERRED: dict[tuple[str, str], str] = {
                                                           "defences' plugins: their `geometric` flags are looked "
                                                           "up in the installed plugins (loads every plugin)",
     ("iqadef.api", "iqadef.core.report"): "cost: only run_grid(report=True) writes the report (jinja2, matplotlib)",
-    ("iqadef.plugins.attacks.uap", "iqadef.core.dataset"): "cost: only a trained attack given `train_dataset` "
-                                                            "opens a dataset plugin",
-    ("iqadef.plugins.attacks.uap", "iqadef.core.plugins"): "cost: as above (the plugin registry, for the dataset)",
     ("iqadef.core.export", "iqadef.core.run.artifacts"): "cost: only --defended re-reads images (torch)",
     ("iqadef.core.run.driver", "iqadef.core.report"): "cost: `iqadef plan --measure` imports the driver without "
                                                        "the report stack (jinja2, the page); a run loads it for "
@@ -87,18 +87,6 @@ DEFERRED: dict[tuple[str, str], str] = {
         "iqadef.core.report.console_summary", "iqadef.core.report.files", "iqadef.core.run.progress", "iqadef.core.report", "iqadef.core.run",
         "iqadef.core.run.driver", "iqadef.core.run.plan", "iqadef.core.run.verify", "iqadef.core.scores",
         "iqadef.core.store", "iqadef.core.weights")},
-    # command plugins are imported at every CLI start to add their subcommands
-    ("iqadef.plugins.commands.data", "iqadef.core.dataset"): _CLI_START,
-    ("iqadef.plugins.commands.data", "iqadef.core.plugins"): _CLI_START,
-    ("iqadef.plugins.commands.export", "iqadef.core.export"): _CLI_START,
-    ("iqadef.plugins.commands.export", "iqadef.core.plugins"): _CLI_START,
-    ("iqadef.plugins.certified.dms_iqa", "iqadef.core.registry"): _CLI_START + " (train-dms)",
-    **{("iqadef.plugins.commands.train_robust", m): _CLI_START + " (train-robust)" for m in (
-        "iqadef.core.dataset", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.run.trained",
-        "iqadef.core.weights")},
-    ("iqadef.plugins.commands._robust_training", "iqadef.core.files"): _CLI_START + " (train-robust)",
-    ("iqadef.plugins.commands._robust_training", "iqadef.core.weights"): _CLI_START + " (train-robust)",
-    ("iqadef.plugins.certified.dms_iqa", "iqadef.core.dataset"): _CLI_START + " (train-dms)",
 }
 
 #: Distributions imported inside functions (by top-level name) -> why.
@@ -121,18 +109,7 @@ DEFERRED_THIRD_PARTY: dict[str, str] = {
 }
 
 #: Package modules that built-in plugins may import besides ``iqadef``: not yet exported from the package root.
-PLUGIN_ALLOWED: dict[str, str] = {
-    "iqadef.core.dataset": "dataset plugins' building blocks (Entry, read_mos, read_text, IMAGE_SUFFIXES, ...)",
-    "iqadef.core.fetch": "RemoteFile: where a dataset plugin's files come from",
-    "iqadef.core.weights": "WeightSpec, load_weights, load_checkpoint, load_state_dict_strict",
-    "iqadef.core.files": "atomic_write_bytes: UAP caches its trained perturbation",
-    "iqadef.core.smoothing": "the certified plugins' certificates and shared parameters",
-    "iqadef.core.scores": "SummaryScore, its interval helpers, paper_gain (the one gain formula)",
-    "iqadef.core.plugins": "get_registry: commands list plugins; diffpure+unsharp composes a registered defence",
-    "iqadef.core.export": "the export command and the export dataset (its marker)",
-    "iqadef.core.registry": "train-dms reads a registry file",
-    "iqadef.core.run.trained": "train-robust writes the training record whose images a run flags",
-}
+PLUGIN_ALLOWED: dict[str, str] = {}
 #: Public plugin modules that other built-in plugins build on.
 PLUGIN_SIBLINGS: dict[tuple[str, str], str] = {
     ("iqadef.plugins.attacks.mifgsm", "iqadef.plugins.attacks.ifgsm"): "MI-FGSM is I-FGSM with momentum",
@@ -266,7 +243,16 @@ def _is_plugin(module: str) -> bool:
     return module.startswith("iqadef.plugins.")
 
 
+def lazy_edges() -> list[Edge]:
+    """The package root's names loaded on first use (``_LAZY`` in ``iqadef/__init__.py``): imports too."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    modules = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+               and isinstance(node.value, str) and node.value.startswith("iqadef.")}
+    return [Edge("iqadef", m, 0, True) for m in sorted(modules)]
+
+
 EDGES, OUTSIDE = scan(SRC, PACKAGE)
+EDGES += lazy_edges()
 MODULES = {module_name(p, SRC) for p in PACKAGE.rglob("*.py")}
 
 
@@ -355,3 +341,15 @@ def test_the_package_imports_in_a_fresh_interpreter_from_any_module():
         out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                              timeout=300, env={**os.environ, "PYTHONPATH": str(SRC)})
         assert out.returncode == 0, (module, out.stderr[-1500:])
+
+
+def test_the_example_and_the_pyiqa_adapter_import_only_the_package_root():
+    """Third-party plugins need nothing beyond the public API: their imports of iqadef are ``iqadef`` itself."""
+    deep = []
+    for folder in (ROOT / "examples", ROOT / "plugins" / "iqadef-pyiqa" / "src"):
+        for path in sorted(folder.rglob("*.py")):
+            for node, _ in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if not node.level else [])
+                deep += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.startswith("iqadef.")]
+    assert deep == [], "export what they need from `iqadef`"

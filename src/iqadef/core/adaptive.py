@@ -2,7 +2,7 @@
 
 :class:`DefendedMetric` wraps a metric and a defence into a metric ``f(D(x))`` that any attack can
 target unchanged. Differentiable defences are differentiated through; the others go through
-:meth:`Defence.forward`, i.e. BPDA with their ``backward_estimate``; randomised defences are averaged
+:meth:`Defence.forward`, i.e. BPDA with their ``estimate_forward``; randomised defences are averaged
 over ``samples`` draws (EOT) whose seeds the attacker chooses (it does not know the evaluation seed).
 
 EOT draws fresh randomness on every call of :meth:`DefendedMetric.score` (i.e. every attack step), as

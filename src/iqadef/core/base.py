@@ -10,6 +10,7 @@ Images are always float RGB tensors ``[B, 3, H, W]`` with values in ``[0, 1]``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -98,7 +99,8 @@ class Defence(Plugin):
     ``randomized`` defences must draw all their randomness from ``seed`` (the runner passes the same
     seed for the clean and the attacked image of a pair). ``differentiable`` says :meth:`purify` can be
     back-propagated through; for the others, :meth:`forward` uses BPDA: the forward pass is the real
-    purification and the backward pass is that of :meth:`backward_estimate` (identity by default).
+    purification and the backward pass is that of :meth:`estimate_forward` (identity by default; ART's
+    ``BasePreprocessor.estimate_forward``, a differentiable approximation of the forward pass).
     """
 
     kind = "defence"
@@ -113,8 +115,17 @@ class Defence(Plugin):
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def backward_estimate(self, images: torch.Tensor) -> torch.Tensor:
-        """A differentiable stand-in used for gradients of non-differentiable defences (BPDA)."""
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "backward_estimate" in cls.__dict__ and "estimate_forward" not in cls.__dict__:
+            warnings.warn(f"{cls.__name__}: `backward_estimate` is now called `estimate_forward` (it approximates "
+                          "the forward pass; BPDA differentiates it); the old name keeps working for now",
+                          DeprecationWarning, stacklevel=2)
+            cls.estimate_forward = cls.__dict__["backward_estimate"]  # type: ignore[method-assign]
+
+    def estimate_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """A differentiable approximation of :meth:`purify` whose gradient BPDA uses for non-differentiable
+        defences (identity: the straight-through estimator)."""
         return images
 
     def forward(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
@@ -125,10 +136,10 @@ class Defence(Plugin):
             real = self.purify(images.detach(), seed=seed)
         if not (torch.is_grad_enabled() and images.requires_grad):  # no gradient wanted (a black-box query):
             return real                                             # the surrogate's cost buys nothing
-        surrogate = self.backward_estimate(images)
+        surrogate = self.estimate_forward(images)
         if surrogate.shape != real.shape:
             raise ConfigError(
-                f"defence {self.name!r}: its backward_estimate returns shape {tuple(surrogate.shape)} but "
+                f"defence {self.name!r}: its estimate_forward returns shape {tuple(surrogate.shape)} but "
                 f"purify returns {tuple(real.shape)}; BPDA needs them equal")
         return surrogate + (real - surrogate).detach()
 

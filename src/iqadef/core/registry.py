@@ -73,7 +73,7 @@ MAX_YAML_VALUES = 1_000_000
 
 @dataclass
 class AttackEntry:
-    """An attack as configured: the plugin plus how it treats the defence (issue: adaptive attacks)."""
+    """An attack as configured: the plugin plus how it treats the defence."""
 
     attack: Attack
     adaptive: str = "none"

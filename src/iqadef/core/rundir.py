@@ -1,6 +1,6 @@
 """The run folder: which folder a run may write into, and which of its files are iqadef's.
 
-A run only ever deletes what it wrote itself (issue 13, item 6):
+A run only ever deletes what it wrote itself:
 
 * a folder is a *run folder* when it holds the marker ``.iqadef-run`` (or, for folders made before the
   marker existed, a ``results.sqlite`` or a ``run.json`` written by iqadef); a run refuses an existing

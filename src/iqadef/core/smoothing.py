@@ -48,6 +48,23 @@ class SmoothedScores:
     radius: torch.Tensor | None = None
 
 
+@dataclass
+class FeatureSplit:
+    """A metric's score as ``head(backbone(x))``, for smoothing in feature space (``fs-iqa``).
+
+    ``backbone`` maps images ``[B, 3, H, W]`` to features ``[B, d]``; ``head`` maps features ``[k, d]`` to
+    scores ``[k]`` (the metric's own score of ``x`` is ``head(backbone(x))``). ``lipschitz`` is a *provable*
+    upper bound ``L`` of the backbone's L2 Lipschitz constant on images of this size (``||backbone(x + d) -
+    backbone(x)||_2 <= L ||d||_2`` for every x, d): an estimate is not enough, the input-space certificate
+    rests on it. ``how`` says in a line how the bound was computed. A metric opts in with a method
+    ``feature_split(size) -> FeatureSplit`` (``size`` the images' ``(H, W)``)."""
+
+    backbone: Callable[[torch.Tensor], torch.Tensor]
+    head: Callable[[torch.Tensor], torch.Tensor]
+    lipschitz: float
+    how: str = ""
+
+
 # -- the certificates --------------------------------------------------------------------------------
 def percentile_shift(eps: float, sigma: float, p: float = 0.5) -> tuple[float, float]:
     """``(p_lower, p_upper) = (Phi(Phi^-1(p) - eps/sigma), Phi(Phi^-1(p) + eps/sigma))``.

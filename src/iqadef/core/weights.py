@@ -289,7 +289,7 @@ def _first_sentence(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _numpy_safe_globals() -> list:
+def numpy_safe_globals() -> list:
     """The numpy names a checkpoint may use for plain numbers and numeric arrays (nothing callable beyond
     numpy's own reconstructors, no object arrays). Numpy 1.x pickles say ``numpy.core``, 2.x ``numpy._core``."""
     import numpy as np
@@ -317,7 +317,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     check_checkpoint_file(path)
     try:
         if allow_numpy:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
+            with torch.serialization.safe_globals(numpy_safe_globals()):
                 return torch.load(path, map_location=map_location, weights_only=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -430,3 +430,4 @@ def _tensors(tree: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     if isinstance(tree, (list, tuple)):
         return [t for i, v in enumerate(tree) for t in _tensors(v, f"{prefix}[{i}]")]
     return []
+_numpy_safe_globals = numpy_safe_globals  # the name the pyiqa adapter 0.1.0 imports

@@ -66,7 +66,7 @@ class BitDepthReduction(Defence):
     version = "1"
     params = (Param("bits", int, 5, "bits kept per channel", low=1, high=8, presets=(1, 2, 3, 4, 5, 6, 7)),)
     # Rounding has zero gradient almost everywhere, so adaptive attacks use BPDA with identity
-    # (the default backward_estimate of iqadef.Defence).
+    # (the default estimate_forward of iqadef.Defence).
     differentiable = False
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:

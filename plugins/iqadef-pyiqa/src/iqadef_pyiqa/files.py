@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 import torch
 
 from iqadef import WeightsError
-from iqadef.core.weights import WeightSpec, cache_dir, load_checkpoint, resolve_weights
-from iqadef.core.weights import _numpy_safe_globals as numpy_safe_globals  # noqa: PLC2701 - the one list
+from iqadef import WeightSpec, cache_dir, load_checkpoint, resolve_weights
+from iqadef import numpy_safe_globals
 
 #: Extensions pyiqa reads with torch.load.
 TORCH_FILES = (".pth", ".pt", ".pkl", ".ckpt", ".bin", ".tar")

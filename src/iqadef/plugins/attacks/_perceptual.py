@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqadef import Attack, ConfigError, Metric, Param, WeightsError, attack_loss
-from iqadef.core.weights import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import WeightSpec, load_state_dict_strict, load_weights
 
 # -- weight files ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from iqadef import (
     attack_loss,
     hookimpl,
 )
-from iqadef.core.weights import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import WeightSpec, load_state_dict_strict, load_weights
 
 COLORIZATION_WEIGHTS = WeightSpec(
     filename="cadv-colorization-model.pth",

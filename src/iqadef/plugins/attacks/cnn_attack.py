@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from iqadef import ConfigError, Metric, Param, WeightsError, attack_loss, hookimpl
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict
+from iqadef import load_checkpoint, load_state_dict_strict
 
 from ._unet import (
     OUTPUT_SCALE,

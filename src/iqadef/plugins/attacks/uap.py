@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iqadef import Attack, ConfigError, Metric, Param, attack_loss, hookimpl
-from iqadef.core.files import atomic_write_bytes
-from iqadef.core.weights import cache_dir, load_checkpoint
+import iqadef
+from iqadef import Attack, attack_loss, ConfigError, hookimpl, Metric, Param, parse_dataset
+from iqadef import atomic_write_bytes
+from iqadef import cache_dir, load_checkpoint
 
 #: The amplitudes the benchmark sweeps for its trained attacks (ADI
 #: ``metrics/methods/utils/attack_presets.json``, presets -3..9).
@@ -124,10 +125,8 @@ def _image_entries(folder: Any) -> list:
 def dataset_files(name: str) -> list[Path]:
     """The image files of a dataset given by name as in the registry's ``dataset:`` (``builtin``,
     ``koniq10k``, ``nips2017``, a folder, ...; docs/datasets.md), for training on it."""
-    from iqadef.core.dataset import parse_dataset
-    from iqadef.core.plugins import PluginRegistry
 
-    config = parse_dataset(name, Path.cwd(), PluginRegistry(), where="train_dataset")
+    config = parse_dataset(name, Path.cwd(), iqadef.PluginRegistry(), where="train_dataset")
     return [entry.path for entry in config.entries()]
 
 

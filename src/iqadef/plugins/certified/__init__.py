@@ -16,6 +16,7 @@ def iqadef_register_certified(register):
         ("ddrs", "ddrs:DiffusionDenoisedSmoothing"),
         ("dms-iqa", "dms_iqa:DMSIQA"),
         ("drs", "drs:DenoisedRandomizedSmoothing"),
+        ("fs-iqa", "fs_iqa:FeatureSmoothing"),
         ("mean-smoothing", "mean_smoothing:MeanSmoothing"),
         ("median-smoothing", "median_smoothing:MedianSmoothing"),
         ("rs", "rs:RandomizedSmoothing"),

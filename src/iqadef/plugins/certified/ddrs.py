@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from iqadef import BinnedSmoothing, Param, hookimpl
-from iqadef.core.smoothing import binned_params
+from iqadef import binned_params
 from iqadef.plugins.defences.diffpure import DiffPure, alphas_cumprod
 
 

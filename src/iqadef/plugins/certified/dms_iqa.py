@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from iqadef import Command, ConfigError, IqadefError, MetricSmoothing, Param, WeightsError, hookimpl
-from iqadef.core.smoothing import median_certificate, smoothing_params
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
+import iqadef
+from iqadef import Command, ConfigError, Dataset, hookimpl, IqadefError, MetricSmoothing, Param, WeightsError
+from iqadef import median_certificate, smoothing_params
+from iqadef import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
 
 TRAIN_COMMAND = "iqadef train-dms RUN_DIR --out dms.pt"
 
@@ -145,7 +146,6 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
                        metric: str | None = None) -> dict[str, Any]:
     """Train on the clean images of a run (its registry's dataset) against one of its metrics; write
     ``{model, sigma, width, depth}`` to ``out`` and the record to ``out`` with ``.json``."""
-    from iqadef.core.registry import parse_run_config
 
     run_dir = Path(run_dir)
     values = {"sigma": sigma, "epochs": epochs, "batch_size": batch_size, "lr": lr, "rank_weight": rank_weight,
@@ -162,7 +162,7 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
         raise IqadefError(f"{info_file}: cannot be read ({exc}); run the registry again to write it") from None
     if not isinstance(info, dict) or not isinstance(info.get("registry"), dict) or not info.get("registry_file"):
         raise IqadefError(f"{info_file}: holds no registry; run the registry again with this iqadef to write it")
-    config = parse_run_config(dict(info["registry"]), Path(info["registry_file"]))
+    config = iqadef.parse_run_config(dict(info["registry"]), Path(info["registry_file"]))
     labels = [m.label for m in config.metrics]
     chosen = config.metrics[labels.index(metric)] if metric in labels else None
     if metric is not None and chosen is None:
@@ -170,7 +170,6 @@ def train_dms_from_run(run_dir: Path, out: Path, *, sigma: float, epochs: int = 
     chosen = (chosen or config.metrics[0]).load("cpu")
     dataset = config.open_dataset(limit=info.get("limit")) if hasattr(config, "open_dataset") else None
     if dataset is None:
-        from iqadef.core.dataset import Dataset
 
         dataset = Dataset(config.images, config.mos, max_side=config.max_side, limit=info.get("limit"))
     images = [dataset.load([item])[0] for item in dataset.items]

@@ -11,7 +11,7 @@ docs/fidelity.md says so.
 from __future__ import annotations
 
 from iqadef import BinnedSmoothing, hookimpl
-from iqadef.core.smoothing import binned_params
+from iqadef import binned_params
 
 from .dms_iqa import DMSIQA
 

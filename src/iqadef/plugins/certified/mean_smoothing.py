@@ -5,7 +5,7 @@ Gaussian-noised copies), certified with the expectation bound of Salman et al. (
 from __future__ import annotations
 
 from iqadef import ConfigError, MetricSmoothing, Param, hookimpl
-from iqadef.core.smoothing import mean_certificate, smoothing_params
+from iqadef import mean_certificate, smoothing_params
 
 
 class MeanSmoothing(MetricSmoothing):

@@ -23,7 +23,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from iqadef import IqadefError
+from iqadef import atomic_write_bytes, IqadefError, load_checkpoint
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -308,7 +308,6 @@ def resume_path(out: Path) -> Path:
 
 
 def _save_atomic(path: Path, payload: dict[str, Any]) -> None:
-    from iqadef.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -334,7 +333,6 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
     free_delta: torch.Tensor | None = None  # free-at's perturbation, carried across minibatches and epochs
     state_file = resume_path(out)
     if state_file.is_file():
-        from iqadef.core.weights import load_checkpoint
 
         saved = load_checkpoint(state_file)
         if saved.get("fingerprint") != fingerprint:

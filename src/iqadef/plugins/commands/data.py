@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
-from iqadef import Command, IqadefError, hookimpl
+import iqadef
+from iqadef import Command, data_dir, dataset_status, fetch_dataset, hookimpl, IqadefError
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -28,9 +29,8 @@ def _options(pairs: list[str]) -> dict[str, object]:
 
 
 def _plugin(name: str, root: str | None, options: dict[str, object]):
-    from iqadef.core.plugins import get_registry
 
-    cls = get_registry().get("datasets", name, where="iqadef data")
+    cls = iqadef.get_registry().get("datasets", name, where="iqadef data")
     return cls(root, where=f"dataset {name}", **options) if cls.fetchable else None
 
 
@@ -50,8 +50,6 @@ class DataCommand(Command):
         parser.add_argument("--json", action="store_true")
 
     def run(self, args) -> int:
-        from iqadef.core.dataset import data_dir, dataset_status, fetch_dataset
-        from iqadef.core.plugins import get_registry
 
         options = _options(args.option)
         if args.action == "fetch":
@@ -63,7 +61,7 @@ class DataCommand(Command):
             root = fetch_dataset(plugin, progress=sys.stderr.isatty(), keep_archives=args.keep_archives)
             print(f"{plugin.name}: present in {root}")
             return 0
-        registry = get_registry()
+        registry = iqadef.get_registry()
         names = [args.dataset] if args.dataset else registry.names("datasets")
         rows = []
         for name in names:

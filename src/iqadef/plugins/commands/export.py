@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import iqadef
 from iqadef import Command, hookimpl
 
 
@@ -19,10 +20,8 @@ class ExportCommand(Command):
         parser.add_argument("--defended", action="store_true", help="also D(x_a) for each defence (recomputed from x_a)")
 
     def run(self, args) -> int:
-        from iqadef.core.export import export_run
-        from iqadef.core.plugins import get_registry
 
-        summary = export_run(args.run_dir, args.out, defended=args.defended, registry=get_registry())
+        summary = iqadef.export_run(args.run_dir, args.out, defended=args.defended, registry=iqadef.get_registry())
         for problem in summary.skipped:
             print(f"warning: {problem}")
         print(f"{summary.adversarial} adversarial image(s)" + (f", {summary.defended} defended" if args.defended else "")

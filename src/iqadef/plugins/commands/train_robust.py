@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from iqadef import Command, IqadefError, hookimpl
+import iqadef
+from iqadef import Command, hookimpl, IqadefError, load_checkpoint, parse_dataset, resolve_device, save_trained_weights
 
 from ._robust_training import RobustConfig, checkpoint_for, resume_path, train_robust
 
@@ -35,7 +36,6 @@ def metric_from_argument(text: str):
     """``tiny-iqa`` or a YAML mapping as in a registry (``{name: linearity, preprocess: official}``)."""
     import yaml
 
-    from iqadef.core.plugins import get_registry
 
     try:
         entry = yaml.safe_load(text) if text.lstrip().startswith("{") else {"name": text}
@@ -44,7 +44,7 @@ def metric_from_argument(text: str):
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise IqadefError(f"METRIC {text!r}: give a metric name (`iqadef list metrics`) or {{name: ..., key: value}}")
     params = dict(entry)
-    cls = get_registry().get("metrics", params.pop("name"), where="train-robust METRIC")
+    cls = iqadef.get_registry().get("metrics", params.pop("name"), where="train-robust METRIC")
     return lambda: cls(where="train-robust METRIC", **params)
 
 
@@ -52,8 +52,6 @@ def open_training_data(args: argparse.Namespace):
     """The dataset of ``--dataset``/``--images`` (as a registry's ``dataset:``), minus ``--exclude`` names."""
     import yaml
 
-    from iqadef.core.dataset import parse_dataset
-    from iqadef.core.plugins import get_registry
 
     if args.images is not None:
         value: Any = {"images": str(args.images)}
@@ -72,7 +70,7 @@ def open_training_data(args: argparse.Namespace):
         if args.sample:
             value["sample"] = args.sample
         value.setdefault("max_side", args.max_side)
-    dataset = parse_dataset(value, Path.cwd(), get_registry(), where="--dataset").open(limit=args.limit)
+    dataset = parse_dataset(value, Path.cwd(), iqadef.get_registry(), where="--dataset").open(limit=args.limit)
     excluded = set(args.exclude or [])
     unknown = excluded - {item.name for item in dataset.items}
     if unknown:
@@ -91,9 +89,6 @@ def _fingerprint(metric, config: RobustConfig, items, use_mos: bool) -> str:
 
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
-    from iqadef.core.registry import resolve_device
-    from iqadef.core.run.trained import TRAINING_RECORD_KIND
-    from iqadef.core.weights import save_trained_weights
 
     make_metric = metric_from_argument(args.metric)
     config = RobustConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -131,7 +126,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint, mapped = checkpoint_for(metric, tuple(summary["mapping"]), probe)
     history = summary["history"]
     record = {
-        "kind": TRAINING_RECORD_KIND, "method": config.method, "metric": metric.label,
+        "kind": iqadef.TRAINING_RECORD_KIND, "method": config.method, "metric": metric.label,
         "metric_identity": metric.identity(),
         "data": {"source": args.dataset or (str(args.images) if args.images else "builtin"),
                  "targets": "mos" if use_mos else "self-distillation (the original metric's clean scores)",
@@ -154,8 +149,6 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
 def training_record(checkpoint: Path) -> dict[str, Any]:
     """The record of a checkpoint: its ``.json`` beside it, else the ``iqadef_training`` key inside it."""
-    from iqadef.core.run.trained import TRAINING_RECORD_KIND
-    from iqadef.core.weights import load_checkpoint
 
     sidecar = Path(checkpoint).with_suffix(".json")
     if sidecar.is_file():
@@ -163,7 +156,7 @@ def training_record(checkpoint: Path) -> dict[str, Any]:
             record = json.loads(sidecar.read_text())
         except ValueError:
             record = None
-        if isinstance(record, dict) and record.get("kind") == TRAINING_RECORD_KIND:
+        if isinstance(record, dict) and record.get("kind") == iqadef.TRAINING_RECORD_KIND:
             return record
     if not Path(checkpoint).is_file():
         raise IqadefError(f"--show {checkpoint}: no such file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iqadef import hookimpl
-from iqadef.core.dataset import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir
+from iqadef import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir
 
 
 class Builtin(DatasetPlugin):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.dataset import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir, read_mos
+from iqadef import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir, read_mos
 
 
 class Folder(DatasetPlugin):

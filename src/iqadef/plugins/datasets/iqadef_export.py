@@ -7,8 +7,8 @@ import math
 from pathlib import Path, PurePosixPath
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.dataset import DatasetPlugin, Entry
-from iqadef.core.export import MARKER
+from iqadef import DatasetPlugin, Entry
+from iqadef import EXPORT_MARKER as MARKER
 
 
 class IqadefExport(DatasetPlugin):

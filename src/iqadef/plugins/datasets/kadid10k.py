@@ -13,8 +13,8 @@ import csv
 import io
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.dataset import DatasetPlugin, Entry, read_text
-from iqadef.core.fetch import RemoteFile
+from iqadef import DatasetPlugin, Entry, read_text
+from iqadef import RemoteFile
 
 
 class KADID10k(DatasetPlugin):

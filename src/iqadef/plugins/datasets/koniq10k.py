@@ -12,8 +12,8 @@ import csv
 import io
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.dataset import DatasetPlugin, Entry, read_mos, read_text
-from iqadef.core.fetch import RemoteFile
+from iqadef import DatasetPlugin, Entry, read_mos, read_text
+from iqadef import RemoteFile
 
 _ARCHIVES = "https://datasets.vqa.mmsp-kn.de/archives/"
 SCORES = "koniq10k_scores_and_distributions.csv"

@@ -10,8 +10,8 @@ metrics' reference code) uses entries 7..1168, which is the default here.
 from __future__ import annotations
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.dataset import DatasetPlugin, Entry
-from iqadef.core.fetch import RemoteFile
+from iqadef import DatasetPlugin, Entry
+from iqadef import RemoteFile
 
 HOME = "https://live.ece.utexas.edu/research/ChallengeDB/index.html"
 

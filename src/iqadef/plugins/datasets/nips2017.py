@@ -14,8 +14,8 @@ import csv
 import io
 
 from iqadef import ConfigError, hookimpl
-from iqadef.core.dataset import DatasetPlugin, Entry, read_text
-from iqadef.core.fetch import RemoteFile
+from iqadef import DatasetPlugin, Entry, read_text
+from iqadef import RemoteFile
 
 KAGGLE = "https://www.kaggle.com/datasets/google-brain/nips-2017-adversarial-learning-development-set"
 TABLES = ("images.csv", "dev_dataset.csv")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from iqadef import ConfigError, Defence, Param, WeightsError, hookimpl
-from iqadef.core.weights import WeightSpec, load_checkpoint, load_state_dict_strict, resolve_weights
+from iqadef import WeightSpec, load_checkpoint, load_state_dict_strict, resolve_weights
 
 from ._guided_diffusion import IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.plugins import get_registry
+from iqadef import get_registry
 
 from .diffpure import DiffPure
 

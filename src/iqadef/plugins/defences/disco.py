@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from iqadef import Defence, Param, WeightsError, hookimpl
-from iqadef.core.weights import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import WeightSpec, load_state_dict_strict, load_weights
 
 from ._disco_arch import LIIF, OFFICIAL_CONFIG
 

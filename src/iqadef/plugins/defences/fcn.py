@@ -23,8 +23,8 @@ from kornia.metrics import ssim as kornia_ssim
 from torch import nn
 
 from iqadef import Command, ConfigError, Defence, IqadefError, Param, WeightsError, hookimpl
-from iqadef.core.dataset import read_image
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
+from iqadef import read_image
+from iqadef import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
 
 #: File name of the weights shipped inside the package (``iqadef/data/weights/``).
 PACKAGED_WEIGHTS = "fcn_tiny-iqa.pt"

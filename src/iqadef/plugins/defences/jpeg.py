@@ -45,7 +45,7 @@ class Jpeg(Defence):
         with Image.open(buffer) as decoded:
             return np.asarray(decoded.convert("RGB"))
 
-    def backward_estimate(self, images: torch.Tensor) -> torch.Tensor:
+    def estimate_forward(self, images: torch.Tensor) -> torch.Tensor:
         """BPDA's stand-in: the reference's differentiable JPEG (same tables, straight-through rounding)."""
         return differentiable_jpeg(images, self.quality)
 

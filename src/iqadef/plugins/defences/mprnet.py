@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from iqadef import Defence, Param, WeightsError, hookimpl
-from iqadef.core.weights import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import WeightSpec, load_state_dict_strict, load_weights
 
 from ._mprnet_arch import MULTIPLE, OFFICIAL_CONFIG, MPRNet
 

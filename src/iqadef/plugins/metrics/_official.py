@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from iqadef import Param, WeightsError
-from iqadef.core.weights import load_state_dict_strict
+from iqadef import load_state_dict_strict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqadef import Metric, Param, WeightsError, hookimpl
-from iqadef.core.weights import load_checkpoint, load_state_dict_strict
+from iqadef import (FeatureSplit, conv2d_norm_bound, conv_output_size, folded_conv_bn, load_checkpoint,
+                    load_state_dict_strict, resize_norm)
 
 INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,6 +27,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SCORE_CENTRE = 50.0
 SCORE_SCALE = 40.0
 WEIGHTS_FILE = "tiny_iqa.pt"
+#: ``c`` of :func:`mscn` and the floor added to its variance
+MSCN_C, MSCN_FLOOR = 0.01, 1e-6
+#: the floor added to a channel's variance before :func:`_mean_log_std` takes its log
+LOG_STD_FLOOR = 1e-4
+#: the luminance weights of :class:`TinyIQANet` (ITU-R BT.601)
+LUMA = (0.299, 0.587, 0.114)
 
 
 def packaged_weights() -> resources.abc.Traversable:
@@ -52,7 +59,7 @@ def _blur_matrix(n: int, like: torch.Tensor, size: int = 7, sigma: float = 7 / 6
     return F.conv1d(F.pad(basis, (size // 2, size // 2), mode="reflect"), g).squeeze(1)
 
 
-def mscn(luma: torch.Tensor, c: float = 0.01) -> torch.Tensor:
+def mscn(luma: torch.Tensor, c: float = MSCN_C) -> torch.Tensor:
     """Mean-subtracted contrast-normalised luminance (as in BRISQUE, and CNNIQA's local normalisation):
     ``(Y - mu) / (sigma + c)`` over a 7x7 Gaussian window (sigma 7/6). It removes local brightness
     and contrast, so what is left is the local structure that noise, blur and compression change."""
@@ -64,7 +71,32 @@ def mscn(luma: torch.Tensor, c: float = 0.01) -> torch.Tensor:
 
     mu = blur(luma)
     var = blur(luma * luma) - mu * mu
-    return (luma - mu) / (var.clamp_min(0) + 1e-6).sqrt().add(c)
+    return (luma - mu) / (var.clamp_min(0) + MSCN_FLOOR).sqrt().add(c)
+
+
+def mscn_lipschitz(h: int, w: int, c: float = MSCN_C, floor: float = MSCN_FLOOR) -> float:
+    """A provable upper bound of the L2 Lipschitz constant of :func:`mscn` on ``h x w`` maps (any input).
+
+    With ``B`` the blur (rows of weights >= 0 summing to 1), ``mu = B Y``, ``v = B(Y^2) - mu^2``,
+    ``s = sqrt(v + floor) >= sqrt(floor)``, the Jacobian is ``diag(1/(s + c)) (I - B) - diag((Y - mu)/(s + c)^2)
+    Ds``. First term: ``||I - B||_2 / (c + sqrt(floor))``, ``||I - B||_2`` by the Schur test (its row and
+    column sums of absolute values). Second: ``|ds_p| <= sqrt(v_p)/s_p sqrt((B dY^2)_p)`` (Cauchy-Schwarz
+    with weights ``B_p.``) and ``|Y_p - mu_p| <= sqrt(v_p / B_pp)``, so the coefficient times ``|ds_p|`` is at
+    most ``t/(t + c)^2 <= 1/(4c)`` (``t = sqrt(v_p)``) per ``sqrt((B dY^2)_p / B_pp)``; summed over p:
+    ``sqrt(max column sum of B / min B_pp) / (4c)``."""
+    along_w = _blur_matrix(w, torch.zeros((), dtype=torch.float64))  # x @ A: blurred[j] = sum_i x_i A_ij
+    along_h = _blur_matrix(h, torch.zeros((), dtype=torch.float64))
+    diag_min = float(torch.diagonal(along_h).min() * torch.diagonal(along_w).min())
+    # the 2-D blur operator is the Kronecker product of the axes' (A^T); its column sums are A's row sums
+    col_max = float(along_h.sum(1).max() * along_w.sum(1).max())
+    row_max = float(along_h.sum(0).max() * along_w.sum(0).max())
+    diag_max = float(torch.diagonal(along_h).max() * torch.diagonal(along_w).max())
+    # |I - B|: rows 1 - B_pp + (row sum - B_pp); columns alike (B_pp <= 1)
+    rows = max(abs(1 - diag_min) + row_max - diag_min, abs(1 - diag_max) + row_max - diag_max)
+    cols = max(abs(1 - diag_min) + col_max - diag_min, abs(1 - diag_max) + col_max - diag_max)
+    first = (rows * cols) ** 0.5 / (c + floor ** 0.5)
+    second = (col_max / diag_min) ** 0.5 / (4 * c)
+    return first + second
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -81,7 +113,7 @@ def _mean_log_std(features: torch.Tensor) -> torch.Tensor:
     """
     flat = features.flatten(2)
     mean = flat.mean(dim=2)
-    log_std = 0.5 * torch.log(flat.var(dim=2, unbiased=False) + 1e-4)
+    log_std = 0.5 * torch.log(flat.var(dim=2, unbiased=False) + LOG_STD_FLOOR)
     return torch.cat([mean, log_std], dim=1)
 
 
@@ -104,15 +136,44 @@ class TinyIQANet(nn.Module):
                                   nn.Linear(64, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features ``[B, 2 * (w0 + w1 + w2 + w4)]`` that the head reads (the backbone)."""
         mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        luma = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        luma = (LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3])
         s0 = self.stem(torch.cat([(x - mean) / std, mscn(luma)], dim=1))
         s1 = self.stage1(s0)
         s2 = self.stage2(s1)
         s4 = self.stage4(self.stage3(s2))
-        pooled = torch.cat([_mean_log_std(f) for f in (s0, s1, s2, s4)], dim=1)
-        return self.head(pooled).squeeze(1)
+        return torch.cat([_mean_log_std(f) for f in (s0, s1, s2, s4)], dim=1)
+
+    def features_lipschitz(self, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> float:
+        """A provable upper bound of the L2 Lipschitz constant of :meth:`features` on ``size`` inputs (eval
+        mode). Chain: the stem's RGB part (ImageNet scaling folded into its kernel) plus its MSCN part
+        (``||luma|| * mscn_lipschitz``), each convolution with its BatchNorm folded (conv2d_norm_bound), ReLU
+        1-Lipschitz; a stage's mean/log-std pooling of ``N`` positions is ``sqrt((1 + (1/(2 sqrt(floor)))^2)
+        / N)``-Lipschitz (the mean ``1/sqrt N``, the log-std ``sqrt(var)/(var + floor)/sqrt N``); the four
+        pooled parts are orthogonal: ``L = sqrt(sum_k (P_k L_k)^2)``."""
+        conv, bn = self.stem[0], self.stem[1]
+        weight = folded_conv_bn(conv, bn)
+        inv_std = torch.tensor(IMAGENET_STD, dtype=torch.float64).reciprocal().view(1, 3, 1, 1)
+        rgb = conv2d_norm_bound(weight[:, :3] * inv_std, size, conv.padding)
+        luma_norm = sum(v * v for v in LUMA) ** 0.5
+        lum = conv2d_norm_bound(weight[:, 3:], size, conv.padding) * luma_norm * mscn_lipschitz(*size)
+        lip, here = rgb + lum, conv_output_size(conv, size)
+        per_stage = {"stem": (lip, here)}
+        for name in ("stage1", "stage2", "stage3", "stage4"):
+            for block in getattr(self, name):
+                conv, bn = block[0], block[1]
+                lip *= conv2d_norm_bound(folded_conv_bn(conv, bn), here, conv.padding)
+                here = conv_output_size(conv, here)
+            per_stage[name] = (lip, here)
+        pool = (1 + (0.5 / LOG_STD_FLOOR ** 0.5) ** 2) ** 0.5
+        total = sum((pool * lip / (h * w) ** 0.5) ** 2 for key, (lip, (h, w)) in per_stage.items()
+                    if key != "stage3")
+        return float(total ** 0.5)
 
 
 class TinyIQA(Metric):
@@ -171,6 +232,25 @@ class TinyIQA(Metric):
             raise WeightsError(f"tiny-iqa: {label} is not a state dict (got {type(state).__name__})")
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         load_state_dict_strict(self.net, state, f"tiny-iqa ({label})")
+
+    def feature_split(self, size: tuple[int, int]) -> FeatureSplit:
+        """Backbone: resize + :meth:`TinyIQANet.features` (the 448 pooled features); head: the 2-layer MLP,
+        scaled to scores. The bound is :meth:`TinyIQANet.features_lipschitz` (computed once: the weights do not
+        change after setup) times the resize's exact norm for this image size."""
+        size = (int(size[0]), int(size[1]))
+        cache = self.__dict__.setdefault("_lipschitz", {})
+        if "net" not in cache:  # the network sees 224x224 whatever the input: its bound is computed once
+            was = self.net.training
+            self.net.eval()
+            cache["net"] = self.net.features_lipschitz()
+            self.net.train(was)
+        if size not in cache:
+            cache[size] = resize_norm(size, (INPUT_SIZE, INPUT_SIZE)) * cache["net"]
+        return FeatureSplit(
+            backbone=lambda images: self.net.features(preprocess(images.float())),
+            head=lambda features: SCORE_CENTRE + SCORE_SCALE * self.net.head(features).squeeze(1),
+            lipschitz=cache[size],
+            how="exact resize norm x stem (RGB + MSCN) x folded conv-BN symbols x pooling, docs/certified.md")
 
     def precision_modules(self) -> list[torch.nn.Module]:
         """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from iqadef import ConfigError, Metric, Param, WeightsError, hookimpl
-from iqadef.core.weights import WeightSpec, load_weights
+from iqadef import WeightSpec, load_weights
 
 from ._official import (build_from_state, imagenet_normalize, pil_bilinear_resize, preprocess_param, quantize_8bit,
                         ready_input, resize, state_from_checkpoint)

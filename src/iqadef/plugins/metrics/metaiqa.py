@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from iqadef import Metric, Param, hookimpl
-from iqadef.core.weights import WeightSpec, load_weights
+from iqadef import WeightSpec, load_weights
 
 from ._official import (build_from_state, imagenet_normalize, preprocess_param, quantize_8bit, ready_input, resize,
                         skimage_resize, state_from_checkpoint)

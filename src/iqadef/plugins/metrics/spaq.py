@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from iqadef import ConfigError, Metric, Param, hookimpl
-from iqadef.core.weights import WeightSpec, load_weights
+from iqadef import WeightSpec, load_weights
 
 from ._official import (build_from_state, extract_patches, pil_bilinear_resize, preprocess_param, quantize_8bit,
                         ready_input, resize, shorter_side_size, state_from_checkpoint)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from iqadef import hookimpl
-from iqadef.core.scores import SummaryScore, metric_span
+from iqadef import SummaryScore, metric_span
 
 
 def _share(flags: pd.Series) -> float:

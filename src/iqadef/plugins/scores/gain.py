@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from iqadef import ImageScore, hookimpl
-from iqadef.core.scores import paper_gain
+from iqadef import paper_gain
 
 from ._measures import as_float_tensor
 

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef.core.scores import SummaryScore, mean_ci
+from iqadef import SummaryScore, mean_ci
 
 from ._domain import load_domain_maps, metric_key
 

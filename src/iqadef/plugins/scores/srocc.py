@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from iqadef import hookimpl
-from iqadef.core.scores import SummaryScore, correlation_ci
+from iqadef import SummaryScore, correlation_ci
 
 #: output name -> (reference column, compared column); names follow adversarial-defenses-for-iqa.
 PAIRS = {
