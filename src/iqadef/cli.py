@@ -101,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
+def add_plugin_commands(parser: argparse.ArgumentParser, chosen: str | None = None) -> None:
     """Add the subcommands plugins register (``iqadef_register_commands``) to ``parser``.
 
-    A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
+    A command registered lazily (every built-in's) is imported and configured only when it is ``chosen``
+    (the command line names it); otherwise its registered one-line help is all ``iqadef --help`` needs, so
+    the help imports no plugin module (nor torch). A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
     a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
     plugin must not take ``--help`` and every other command down with it."""
     from .core.plugins import PluginLoadWarning, _describe, _env_flag
@@ -112,10 +114,13 @@ def add_plugin_commands(parser: argparse.ArgumentParser) -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     registry = _registry()
     for name in registry.names("commands"):
-        owner = registry.registration("commands", name).plugin
+        registration = registry.registration("commands", name)
+        owner = registration.plugin
         problem = None
         if name in COMMANDS:
             problem = f"registers the command {name!r}, which is a built-in iqadef command; rename it"
+        elif registration.lazy and name != chosen:
+            sub.add_parser(name, help=registration.entry.help)
         else:
             try:
                 command = registry.get("commands", name)()
@@ -145,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first not in COMMANDS and "--version" not in argv:  # a plugin's command, or help: only then load plugins
         try:
-            add_plugin_commands(parser)
+            add_plugin_commands(parser, first)
         except IqadefError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR

@@ -397,7 +397,7 @@ defences: [no-defence, {{name: toy-noise-defence, sweep: {{sigma: [0.01, 0.02]}}
 
 def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_them(tmp_path, image_dir,
                                                                                      toy_registry, monkeypatch):
-    import iqadef.core.base as base
+    import iqadef.core.contract as base  # where Plugin and its label formatting live
     from iqadef.core.registry import load_run_config
     from iqadef.core.run import run_grid
 

@@ -31,8 +31,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # files in, below the contract: base.Plugin.identity() fingerprints weight files (weights), kinds names
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
-    ("contract", ("iqadef.core", "iqadef.core.precision", "iqadef.core.base", "iqadef.core.hookspecs",
-                  "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.lipschitz", "iqadef.core.kinds", "iqadef.core.plugins",
+    # core.contract: the torch-free part of the plugin base (summary scores, `iqadef list`, the report)
+    ("contract", ("iqadef.core", "iqadef.core.contract", "iqadef.core.precision", "iqadef.core.base",
+                  "iqadef.core.hookspecs", "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.lipschitz",
+                  "iqadef.core.kinds", "iqadef.core.plugins",
                   "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
                   "iqadef.core.query", "iqadef.core.budget")),
     ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores",
@@ -53,6 +55,15 @@ DEFERRED: dict[tuple[str, str], str] = {
                            "plugin) loads neither pandas, scipy nor the run stack; these load on first use"
        for module in ("iqadef.api", "iqadef.core.scores", "iqadef.core.plugins", "iqadef.core.export",
                       "iqadef.core.registry", "iqadef.core.run.trained")},
+    **{("iqadef", module): "cost: `import iqadef` (the command line, the report, a plugin index's `from iqadef "
+                           "import LazyPlugin`) imports no torch; the contracts and the other names that need it "
+                           "load on first use (`_LAZY`)" for module in (
+        "iqadef.core.base", "iqadef.core.cells", "iqadef.core.dataset", "iqadef.core.devices", "iqadef.core.lipschitz",
+        "iqadef.core.query", "iqadef.core.smoothing", "iqadef.core.weights")},
+    ("iqadef.core.contract", "iqadef.core.precision"): "cost: torch; only loading a plugin's networks applies the "
+                                                       "run's precision",
+    ("iqadef.core.contract", "iqadef.core.weights"): "cost: torch; only a plugin with weight files fingerprints "
+                                                     "them (a summary score in the report has none)",
     ("iqadef.api", "iqadef.core.run"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
     ("iqadef.core.export", "iqadef.core.plugins"): "cost: the export dataset plugin imports this module for its "
                                                    "marker at every plugin load; only `iqadef export` needs the "
@@ -91,7 +102,8 @@ DEFERRED_THIRD_PARTY: dict[str, str] = {
     "ray": "optional dependency: `pip install iqadef[ray]`",
     "diffusers": "optional weights stack: DiffPure's UNet and scheduler, built when the defence loads",
     "huggingface_hub": "optional weights stack: DiffPure's snapshot download",
-    "torch": "cost: `iqadef export` without --defended needs no torch",
+    "torch": "cost: `iqadef export` without --defended, and the report (core.contract, the summary scores), "
+             "need no torch",
     "yaml": "cost: the data command reads YAML only when asked for it",
     "numpy": "the numpy scalar types are allow-listed for torch.load only when a checkpoint needs them",
 }

@@ -9,7 +9,7 @@ from typing import ClassVar, Optional
 import pytest
 
 from iqadef import Attack, Defence, Param
-from iqadef.core.base import Plugin, param_annotation
+from iqadef.core.contract import Plugin, param_annotation
 from iqadef.core.params import annotation_problem, expected_annotation
 from iqadef.core.plugins import get_registry
 

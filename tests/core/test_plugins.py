@@ -175,3 +175,96 @@ def test_a_plugin_exiting_at_import_on_the_command_line(site):
     assert strict.returncode == 2 and strict.stdout == ""
     assert strict.stderr.startswith("error: plugin 'exits_plugin' from distribution 'iqadef-plugin-exits' failed")
     assert "Traceback" not in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
+
+
+# -- lazy registration (LazyPlugin): the built-ins' indexes and third-party plugins -------------------------
+LAZY = '''
+from iqadef import LazyPlugin, hookimpl
+
+@hookimpl
+def iqadef_register_defences(register):
+    register(LazyPlugin("{defence}", "{target}"))
+'''
+
+
+def _own_hooks(module) -> set[tuple]:
+    """What a built-in module's own hooks register: (kind, name, "module:Class", help, summary)."""
+    from iqadef.core.kinds import KINDS
+    from iqadef.core.plugins import is_summary_score
+
+    out = set()
+    for kind, spec in KINDS.items():
+        hook = getattr(module, spec.hook, None)
+        found: list = []
+        if hook is not None:
+            hook(register=found.append)
+        for cls in found:
+            out.add((kind, cls.name, f"{cls.__module__}:{cls.__qualname__}",
+                     getattr(cls, "help", "") if kind == "commands" else "",
+                     kind == "scores" and is_summary_score(cls)))
+    return out
+
+
+def test_the_builtin_indexes_register_exactly_what_the_modules_own_hooks_register():
+    """The index of each kind's package names every built-in module's classes (a new module added without
+    its index line, a renamed class or a changed command help shows here), attributed to its module."""
+    import importlib
+    import pkgutil
+
+    from iqadef.core.plugins import BUILTIN_PACKAGES
+
+    expected: set[tuple] = set()
+    for package in BUILTIN_PACKAGES:
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                expected |= _own_hooks(importlib.import_module(f"{package}.{info.name}"))
+    registry = PluginRegistry(entry_points=False, strict=True)
+    indexed = set()
+    for kind, table in registry.by_kind.items():
+        for name, reg in table.items():
+            assert reg.lazy and reg.plugin.builtin and reg.plugin.name == reg.entry.module, (kind, name)
+            indexed.add((kind, name, reg.entry.target, reg.entry.help, reg.entry.summary))
+    assert indexed == expected
+
+
+def test_a_lazy_plugin_is_imported_on_first_use_and_checked(site):
+    make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
+    make_dist(site, "iqadef-plugin-lazy", "lazy_plugin", LAZY.format(defence="halve-lazy", target="halve_impl:Halve"))
+    (site / "halve_impl.py").write_text(GOOD.format(defence="halve-lazy").split("@hookimpl")[0])
+    CREATED.add("halve_impl")
+    registry = PluginRegistry()
+    assert "halve-lazy" in registry.names("defences") and "halve_impl" not in sys.modules
+    reg = registry.registration("defences", "halve-lazy")
+    assert reg.plugin.distribution == "iqadef-plugin-lazy" and not reg.loaded
+    assert registry.get("defences", "halve-lazy").__name__ == "Halve" and "halve_impl" in sys.modules
+
+
+@pytest.mark.parametrize("target, problem", [
+    ("missing_module_xyz:Halve", "failed to import: ModuleNotFoundError"),
+    ("halve_plugin:Halve", "does not match its registration: name 'halve', registered as 'other-name'"),
+])
+def test_a_broken_lazy_plugin_fails_where_used_and_is_left_out_of_the_list(site, monkeypatch, capsys, target,
+                                                                           problem):
+    make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
+    make_dist(site, "iqadef-plugin-lazy", "lazy_plugin", LAZY.format(defence="other-name", target=target))
+    registry = PluginRegistry()
+    with pytest.raises(PluginError, match=re.escape(problem)) as info:
+        registry.get("defences", "other-name")
+    assert "iqadef-plugin-lazy" in str(info.value)
+    with pytest.warns(PluginLoadWarning, match=re.escape(problem)):
+        listed = registry.describe("defences")
+    assert "other-name" not in {d["name"] for d in listed} and "no-defence" in {d["name"] for d in listed}
+    monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "1")
+    monkeypatch.setenv("IQADEF_LOAD_PLUGINS", "iqadef-plugin-halve,iqadef-plugin-lazy")  # these, not others installed
+    reset_registry()
+    assert main(["list", "defences"]) == 2
+    err = capsys.readouterr().err
+    assert "iqadef-plugin-lazy" in err and problem in err and "Traceback" not in err
+
+
+def test_two_plugins_with_the_same_name_lazy_or_not_is_an_error_naming_both(site):
+    make_dist(site, "iqadef-plugin-a", "plugin_a", GOOD.format(defence="no-defence"))
+    with pytest.raises(PluginError, match=r"two plugins register the defence 'no-defence'") as info:
+        PluginRegistry()
+    assert "iqadef.plugins.defences.identity" in str(info.value) and "iqadef-plugin-a" in str(info.value)

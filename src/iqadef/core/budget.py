@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Metric, _fmt
+from .base import Attack, Metric
+from .contract import _fmt
 from .errors import ConfigError
 from .params import Param
 from .query import QueryMetric

@@ -8,12 +8,8 @@ to learn the new kind's name.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-
-from .base import Attack, Defence, ImageScore, Metric
-from .commands import Command
-from .dataset import DatasetPlugin
-from .smoothing import MetricSmoothing
 
 
 @dataclass(frozen=True)
@@ -23,8 +19,9 @@ class Kind:
     singular: str
     #: the hook spec (in :mod:`.hookspecs`) through which plugins register classes of this kind
     hook: str
-    #: the classes a registered class must derive from (any one of them)
-    bases: tuple[type, ...]
+    #: the classes a registered class must derive from (any one of them), as ``"module:Class"``: imported only
+    #: when a class is checked, so that listing the kinds (``iqadef --help``) does not import torch
+    bases: tuple[str, ...]
     #: shown by ``iqadef list`` (commands are shown by ``iqadef --help`` instead)
     listed: bool = True
     #: a class attribute that also makes a class acceptable (summary scores are duck-typed by ``summarise``)
@@ -34,22 +31,31 @@ class Kind:
         """Raise TypeError naming the contract when ``cls`` is not a class of this kind."""
         if not isinstance(cls, type):
             raise TypeError(f"register() takes a class, got {cls!r}")
-        if not issubclass(cls, self.bases) and not (self.duck_attribute and hasattr(cls, self.duck_attribute)):
-            names = " or ".join(f"iqadef.{base.__name__}" for base in self.bases)
+        ducked = bool(self.duck_attribute) and hasattr(cls, str(self.duck_attribute))  # first: no import
+        if not ducked and not issubclass(cls, self.base_classes()):
+            names = " or ".join(f"iqadef.{base.rpartition(':')[2]}" for base in self.bases)
             extra = f" (or a class with `{self.duck_attribute}`)" if self.duck_attribute else ""
             raise TypeError(f"{cls.__name__} is not a subclass of {names}{extra}")
         if not getattr(cls, "name", ""):
             raise TypeError(f"{cls.__name__} has no name")
 
+    def base_classes(self) -> tuple[type, ...]:
+        """:attr:`bases`, imported."""
+        out = []
+        for base in self.bases:
+            module, _, name = base.partition(":")
+            out.append(getattr(importlib.import_module(module), name))
+        return tuple(out)
+
 
 KINDS: dict[str, Kind] = {kind.section: kind for kind in (
-    Kind("metrics", "metric", "iqadef_register_metrics", (Metric,)),
-    Kind("attacks", "attack", "iqadef_register_attacks", (Attack,)),
-    Kind("defences", "defence", "iqadef_register_defences", (Defence,)),
-    Kind("scores", "score", "iqadef_register_scores", (ImageScore,), duck_attribute="summarise"),
-    Kind("certified", "certified defence", "iqadef_register_certified", (MetricSmoothing,)),
-    Kind("datasets", "dataset", "iqadef_register_datasets", (DatasetPlugin,)),
-    Kind("commands", "command", "iqadef_register_commands", (Command,), listed=False),
+    Kind("metrics", "metric", "iqadef_register_metrics", ("iqadef.core.base:Metric",)),
+    Kind("attacks", "attack", "iqadef_register_attacks", ("iqadef.core.base:Attack",)),
+    Kind("defences", "defence", "iqadef_register_defences", ("iqadef.core.base:Defence",)),
+    Kind("scores", "score", "iqadef_register_scores", ("iqadef.core.base:ImageScore",), duck_attribute="summarise"),
+    Kind("certified", "certified defence", "iqadef_register_certified", ("iqadef.core.smoothing:MetricSmoothing",)),
+    Kind("datasets", "dataset", "iqadef_register_datasets", ("iqadef.core.dataset:DatasetPlugin",)),
+    Kind("commands", "command", "iqadef_register_commands", ("iqadef.core.commands:Command",), listed=False),
 )}
 
 #: the kinds ``iqadef list`` shows

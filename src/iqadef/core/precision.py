@@ -83,13 +83,6 @@ def parse_numerics(data: dict[str, Any], where: str, device: str | torch.device 
     return Numerics(precision, flags["compile"], flags["channels_last"])
 
 
-def declares_no_networks(method: Any) -> Any:
-    """Marks the contract's default ``precision_modules`` (core/base.py: no networks), so that
-    :func:`takes_numerics` tells an override from it without importing the plugin base class."""
-    method.declares_no_networks = True
-    return method
-
-
 def takes_numerics(plugin: Any) -> bool:
     """Whether ``plugin`` declares networks for the run-level numerics (overrides ``precision_modules``)."""
     method = getattr(type(plugin), "precision_modules", None)

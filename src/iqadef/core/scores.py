@@ -24,10 +24,10 @@ import pandas as pd
 from scipy import stats
 
 from . import columns as score_columns
-from .base import ImageScore, Plugin
 from .columns import DeclaresColumns
+from .contract import Plugin
 from .errors import ConfigError
-from .plugins import get_registry
+from .plugins import get_registry, is_summary_score
 
 #: Columns of the result table that identify a cell or describe it; never averaged.
 ID_COLUMNS = (
@@ -127,16 +127,12 @@ def metric_span(info: dict[str, Any]) -> float:
 
 # -- registry ------------------------------------------------------------------------------------
 def summary_score_classes(registry: Any = None) -> list[type]:
-    """Registered summary-score classes (those with ``summarise`` that are not ImageScores), by name."""
+    """Registered summary-score classes (those with ``summarise`` that are not ImageScores), by name. Only
+    these are imported (a lazy registration says which it is): the report needs no per-image score, nor torch."""
     if registry is None:
         registry = get_registry()
     table = registry.by_kind.get("scores", {})
-    out = []
-    for name in sorted(table):
-        cls = table[name].cls
-        if not (isinstance(cls, type) and issubclass(cls, ImageScore)) and hasattr(cls, "summarise"):
-            out.append(cls)
-    return out
+    return [table[n].cls for n in sorted(table) if _is_summary(table[n])]
 
 
 def image_score_classes(registry: Any = None) -> list[type]:
@@ -144,7 +140,12 @@ def image_score_classes(registry: Any = None) -> list[type]:
     if registry is None:
         registry = get_registry()
     table = registry.by_kind.get("scores", {})
-    return [table[n].cls for n in sorted(table) if issubclass(table[n].cls, ImageScore)]
+    return [table[n].cls for n in sorted(table) if not _is_summary(table[n])]
+
+
+def _is_summary(registration: Any) -> bool:
+    known = getattr(registration, "summary", None)  # a plugins.Registration knows without importing
+    return is_summary_score(registration.cls) if known is None else bool(known)
 
 
 def recorded_columns(registry: Any = None) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,18 +87,21 @@ def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: b
 
 
 def new_figure(width: float, height: float):
-    """A figure of ``width`` × ``height`` inches at 100 dpi with its own Agg canvas (no pyplot)."""
+    """A figure of ``width`` × ``height`` inches at 100 dpi with its own Agg canvas (no pyplot).
+
+    No layout engine: constrained layout lays every figure out several times (most of the figures' time in
+    a report); :func:`save_figure` crops the saved PNG to what was drawn instead, so no label is cut."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
 def save_figure(fig, path: Path, files: ReportFiles) -> Path:  # noqa: ANN001 - a matplotlib Figure
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
     return files.write(path, buffer.getvalue())
 
 
@@ -345,12 +350,16 @@ def png_data_uri(path: Path, colours: int | None = 256) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def thumbnail_data_uri(path: Path | None, files: ReportFiles, size: int = THUMBNAIL_SIZE) -> str:
+def thumbnail_data_uri(path: Path | None, files: ReportFiles, size: int = THUMBNAIL_SIZE,
+                       cache: ThumbnailCache | None = None) -> str:
     """A ``size``-pixel thumbnail of ``path`` as a ``data:`` URI (WebP, else JPEG); "" when unreadable.
 
     Lossy and small on purpose: a few KB per image is what lets the page carry every example of the
-    default run (hundreds) and stay near 2 MB; the full-size PNGs stay in the run folder.
+    default run (hundreds) and stay near 2 MB; the full-size PNGs stay in the run folder. With ``cache``, a
+    file whose bytes were thumbnailed before (by an earlier report) is not decoded again.
     """
+    if cache is not None and path is not None:
+        return cache.get(path, size, lambda: thumbnail_data_uri(path, files, size))
     from PIL import features
 
     image = files.image(path, size=size) if path is not None else None
@@ -360,3 +369,58 @@ def thumbnail_data_uri(path: Path | None, files: ReportFiles, size: int = THUMBN
     buffer = io.BytesIO()
     image.save(buffer, format=kind, quality=THUMBNAIL_QUALITY)
     return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class ThumbnailCache:
+    """The example thumbnails of earlier reports, by the SHA-256 of the image file's bytes (with the size,
+    format and quality): a report written again (after a resumed run, or to change nothing) decodes only
+    the images that are new or changed. Kept in ``cache/report-thumbnails.json`` of the run folder, with
+    the entries the last report used; a file that cannot be read is never cached (it is warned about)."""
+
+    FILE = Path("cache") / "report-thumbnails.json"
+
+    def __init__(self, run_dir: Path, files: ReportFiles):
+        self.path = run_dir / self.FILE
+        self.files = files
+        self.lock = threading.Lock()
+        self.old: dict[str, str] = {}
+        self.used: dict[str, str] = {}
+        self.hits = self.misses = 0
+        from PIL import features
+
+        self.format = "WEBP" if features.check("webp") else "JPEG"  # as thumbnail_data_uri picks it
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict) and loaded.get("version") == 1 and isinstance(loaded.get("thumbnails"), dict):
+                self.old = {k: v for k, v in loaded["thumbnails"].items() if isinstance(v, str) and v}
+        except (OSError, ValueError):
+            pass  # no cache yet, or a damaged one: every thumbnail is made anew
+
+    def key(self, path: Path, size: int) -> str | None:
+        """The cache key of ``path``'s content, or None when it cannot be read (made and warned the usual way)."""
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+        return f"{digest}:{size}:{self.format}:{THUMBNAIL_QUALITY}"
+
+    def get(self, path: Path, size: int, make) -> str:  # noqa: ANN001 - make: () -> str
+        key = self.key(path, size)
+        if key is not None and key in self.old:
+            with self.lock:
+                self.hits += 1
+                self.used[key] = self.old[key]
+            return self.old[key]
+        uri = make()
+        with self.lock:
+            self.misses += 1
+            if key is not None and uri:
+                self.used[key] = uri
+        return uri
+
+    def save(self) -> None:
+        """Write the entries this report used (when they differ from what the file holds)."""
+        if self.used == self.old:
+            return
+        blob = json.dumps({"version": 1, "thumbnails": self.used}, sort_keys=True, separators=(",", ":"))
+        self.files.write(self.path, blob.encode("utf-8"))

@@ -33,7 +33,7 @@ from markupsafe import Markup
 
 from ..scores import CONFIDENCE, metric_info, metric_span, paper_gain, score_warnings
 from .certified import certified_table, certified_warnings
-from .figures import MAX_LINES, ImageLocator, ReportFigures, png_data_uri, thumbnail_data_uri
+from .figures import MAX_LINES, ImageLocator, ReportFigures, ThumbnailCache, png_data_uri, thumbnail_data_uri
 from .glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
 from .files import ReportFiles
 from .robust_metrics import robust_metrics_section
@@ -313,9 +313,11 @@ def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTable
         for column in ("image_path", "adv_path", "example_path"):
             value = str(row.get(column, ""))
             wanted.setdefault(_thumb_key(column, value, image), (value, column, image))
+    cache = ThumbnailCache(run_dir, files)  # images thumbnailed by an earlier report are not decoded again
     # decoding and encoding release the GIL: threads make the few hundred thumbnails several times faster
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        uris = list(pool.map(lambda job: thumbnail_data_uri(locate.find(*job), files), wanted.values()))
+        uris = list(pool.map(lambda job: thumbnail_data_uri(locate.find(*job), files, cache=cache), wanted.values()))
+    cache.save()
     thumbs: list[str] = []
     by_uri: dict[str, int] = {}  # the same pixels once (no-defence's D(x_a) is x_a)
     index: dict[tuple[str, str], int] = {}

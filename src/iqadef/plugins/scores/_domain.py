@@ -27,12 +27,14 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from iqadef import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Noise of the reference's stochastic map (NOT.py: ``Z_STD``, ``Z_SIZE``).
 Z_STD = 0.1
@@ -93,6 +95,8 @@ class NeuralOTMap:
         self.seed = seed
 
     def __call__(self, values) -> np.ndarray:
+        import torch  # here: the report reads the summary scores without torch unless a benchmark map is used
+
         v = np.asarray(values, dtype=float).reshape(-1)
         x = torch.tensor(v * self.scale + self.offset, dtype=torch.float32)  # MinMaxScaler.transform
         generator = torch.Generator().manual_seed(self.seed)
@@ -126,10 +130,14 @@ _STAND_INS = {
 
 def _storage_from_bytes(data: bytes):
     """What ``torch.storage._load_from_bytes`` does, with ``weights_only`` and on the CPU."""
+    import torch
+
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _allowed() -> dict[tuple[str, str], Callable]:
+    import torch
+
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own array rebuilder, whatever its module
     allowed = {
         ("collections", "OrderedDict"): collections.OrderedDict,
