@@ -119,7 +119,7 @@ def load_metric(weights_path: Path | None, device: str = "cpu"):
 def grid_config(images: Path, output: Path, weights_path: Path | None, attacks: list, defences: list,
                 batch_size: int, examples: int = 0):
     """A validated RunConfig (as ``iqadef run`` would build it from a registry file)."""
-    from iqadef.core.registry import parse_run_config
+    from iqadef.config.registry import parse_run_config
 
     data = {
         "dataset": {"images": str(images)},

@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.size, args.steps, args.samples, args.repeats = 2, 32, 2, 2, 1
 
     from iqadef.core.adaptive import DefendedMetric, eot_seed
-    from iqadef.core.plugins import PluginRegistry
+    from iqadef.core.plugins import InstalledPlugins
     from iqadef.core.query import QueryMetric
 
     threads = set_threads(args.threads)
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     started, load_start = time.time(), loadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

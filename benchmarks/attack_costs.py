@@ -44,12 +44,12 @@ def main() -> None:
 
     import os
 
-    from iqadef.core.plugins import PluginRegistry
+    from iqadef.core.plugins import InstalledPlugins
     from iqadef.plugins.attacks.cadv import ColorizationNet
     from iqadef.plugins.attacks.uap import _image_entries, bundled_images_dir
 
     os.environ["TORCH_HOME"] = tempfile.mkdtemp()  # no earlier training is reused
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     metric = registry.get("metrics", "tiny-iqa")().load("cpu")
     paths = [Path(str(e)) for e in _image_entries(bundled_images_dir())]
     images = load_batch(paths[:2])

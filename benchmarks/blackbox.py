@@ -43,9 +43,9 @@ def main() -> None:
     threads = set_threads(args.threads)
 
     from iqadef import QueryMetric
-    from iqadef.core.plugins import PluginRegistry
+    from iqadef.core.plugins import InstalledPlugins
 
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     metric = registry.get("metrics", "tiny-iqa")().load("cpu")
     image = load_batch(synthetic_images(Path(tempfile.mkdtemp()), 1, args.side))
     load_before = loadavg()

@@ -134,9 +134,9 @@ def instrument(patches: Patches, registry) -> None:
 
     from iqadef.core import base, compose, store
     from iqadef.core.dataset import Dataset
-    from iqadef.core.report import write_report
-    from iqadef.core.rundir import RunFolder
-    from iqadef.core.run import artifacts, driver, plan
+    from iqadef.report import write_report
+    from iqadef.store.rundir import RunFolder
+    from iqadef.execute import artifacts, driver, plan
 
     # every class on the way up (zhang-ssim's `run` lives in a base class no registry entry names)
     classes = {kind: list(dict.fromkeys(k for n in registry.names(kind) for k in registry.get(kind, n).__mro__
@@ -189,7 +189,7 @@ def instrument(patches: Patches, registry) -> None:
 
 # ------------------------------------------------------------------------------------------------
 def default_config(output: Path, registry):
-    from iqadef.core.registry import load_run_config
+    from iqadef.config.registry import load_run_config
 
     config = load_run_config(ROOT / "registry.yaml", registry=registry, overrides={"device": "cpu"})
     config.output = output
@@ -198,7 +198,7 @@ def default_config(output: Path, registry):
 
 def quick_config(output: Path, registry):
     """2 images, FGSM and a 2-step I-FGSM, 3 defences (12 cells): seconds; the figures mean nothing."""
-    from iqadef.core.registry import parse_run_config
+    from iqadef.config.registry import parse_run_config
 
     data = {"dataset": {"images": "builtin"}, "device": "cpu", "batch_size": 2, "seed": 0, "examples": 1,
             "metrics": ["tiny-iqa"], "attacks": ["fgsm", {"name": "ifgsm", "iters": 2}],
@@ -207,15 +207,15 @@ def quick_config(output: Path, registry):
 
 
 def measure(config, limit: int | None, registry) -> dict[str, Any]:
-    from iqadef.core.report import write_report
-    from iqadef.core.run import run_grid
+    from iqadef.report import write_report
+    from iqadef.execute import run_grid
 
     split = Split()
     with Patches(split) as patches:
         instrument(patches, registry)
         # look the entry points up after patching, so the driver's own references are the timed ones
         from iqadef.core import report as report_pkg
-        from iqadef.core.run import driver
+        from iqadef.execute import driver
 
         load_before = os.getloadavg()
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -262,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where the run folder goes (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from iqadef.core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
     torch.set_num_threads(args.threads)
-    registry = get_registry()
+    registry = installed_plugins()
     out = args.out or HERE / "results" / ("floor_quick.json" if args.quick else "floor.json")
     with tempfile.TemporaryDirectory(prefix="iqadef-floor-", dir=args.workdir) as tmp:
         make = quick_config if args.quick else default_config

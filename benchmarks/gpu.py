@@ -510,7 +510,7 @@ def precision_check(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 # ------------------------------------------------------------------------------------------------
 # checks
 def metric_checks(bench: Bench, name: str, folder: Path) -> None:
-    from iqadef.core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
     s, device = bench.settings, bench.device
     sync = synchronizer(device)
@@ -518,7 +518,7 @@ def metric_checks(bench: Bench, name: str, folder: Path) -> None:
     held: dict[str, Any] = {}
 
     def load() -> dict[str, Any]:
-        cls = get_registry().get("metrics", name)
+        cls = installed_plugins().get("metrics", name)
         pins = lift_pins(cls)
         t0 = time.perf_counter()
         path = write_metric_checkpoint(name, folder, device)
@@ -546,7 +546,7 @@ def metric_checks(bench: Bench, name: str, folder: Path) -> None:
 
     def ifgsm() -> dict[str, Any]:
         metric = held["metric"]
-        attack = get_registry().get("attacks", "ifgsm")(**s.ifgsm_params)
+        attack = installed_plugins().get("attacks", "ifgsm")(**s.ifgsm_params)
         x = smooth_images(s.batch, height, width, 1, device)
         r = timed(lambda: attack.run(metric, x, seed=0), repeats=max(1, s.repeats - 2), warmup=min(1, s.warmup),
                   budget_s=s.check_budget_s, sync=sync)
@@ -603,7 +603,7 @@ def metric_checks(bench: Bench, name: str, folder: Path) -> None:
 
 
 def defence_checks(bench: Bench, name: str, folder: Path) -> None:
-    from iqadef.core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
     s, device = bench.settings, bench.device
     sync = synchronizer(device)
@@ -612,7 +612,7 @@ def defence_checks(bench: Bench, name: str, folder: Path) -> None:
     held: dict[str, Any] = {}
 
     def load() -> dict[str, Any]:
-        cls = get_registry().get("defences", name)
+        cls = installed_plugins().get("defences", name)
         pins = lift_pins(cls)
         t0 = time.perf_counter()
         files = write_defence_checkpoints(name, folder, device, s.quick)
@@ -648,7 +648,7 @@ def defence_checks(bench: Bench, name: str, folder: Path) -> None:
         """DiffPure's own ``fp16: true`` (the UNet's convolutions in half, as the reference runs it)."""
         if device.type != "cuda":
             return {"status": "skipped", "reason": "CUDA only (the plugin ignores fp16 on a CPU)"}
-        cls = get_registry().get("defences", name)
+        cls = installed_plugins().get("defences", name)
         half = cls(**{**held["params"], "fp16": True}).load(device)
         x = smooth_images(1, size, size, 5, device)
 
@@ -758,11 +758,11 @@ def protocol_checks(bench: Bench, folder: Path) -> None:
     """The protocol's attacks at real size: seconds per APGD step through DiffPure (EOT 8) and JPEG (BPDA), and
     the Square attack's queries per second (docs/evaluation.md, 'Cost')."""
     from iqadef.core.adaptive import DefendedMetric
-    from iqadef.core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
     s, device = bench.settings, bench.device
     sync = synchronizer(device)
-    registry = get_registry()
+    registry = installed_plugins()
     held: dict[str, Any] = {}
     size = 32 if s.quick else 224
 

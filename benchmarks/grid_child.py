@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     import pandas  # noqa: F401 - imported before the peak is reset, as the runner imports it anyway
     import pyarrow  # noqa: F401
 
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     config = grid_config(images, output, weights, attacks=["fgsm"], defences=["no-defence"], batch_size=batch)
     rss_before = _status_mb("VmRSS")

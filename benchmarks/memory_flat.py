@@ -40,8 +40,8 @@ def child(images: Path, output: Path) -> dict:
     sys.path.insert(0, str(HERE))
     import scale
 
-    from iqadef.core.report import write_report
-    from iqadef.core.run import run_grid
+    from iqadef.report import write_report
+    from iqadef.execute import run_grid
 
     config = scale.grid(images, output, ATTACKS, DEFENCES, 7)
     before = scale._status_mb("VmRSS")

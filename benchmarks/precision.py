@@ -59,11 +59,11 @@ def bundled_images(n: int | None = None) -> torch.Tensor:
 
 def build(name: str, params: dict[str, Any], device: torch.device, **numerics: Any):
     """The metric as a registry builds it (so the numerics arrive as in a run), loaded on ``device``."""
-    from iqadef.core.plugins import get_registry
-    from iqadef.core.registry import parse_run_config
+    from iqadef.core.plugins import installed_plugins
+    from iqadef.config.registry import parse_run_config
 
     data = {"metrics": [{"name": name, **params}], "attacks": ["fgsm"], "device": str(device), **numerics}
-    config = parse_run_config(data, ROOT / "precision-bench.yaml", registry=get_registry())
+    config = parse_run_config(data, ROOT / "precision-bench.yaml", registry=installed_plugins())
     return config.metrics[0].load(device)
 
 
@@ -111,7 +111,7 @@ def compare(base: tuple, other: tuple, span: float) -> dict[str, Any]:
 
 def measure_metric(name: str, params: dict[str, Any], x: torch.Tensor, device: torch.device, batch: int,
                    grad: bool, extra: list[str], repeats: int) -> dict[str, Any]:
-    from iqadef.core.precision import Numerics, prepare_module
+    from iqadef.core.numerics import Numerics, prepare_module
 
     def best(metric) -> tuple:
         runs = [scores_and_grad(metric, x, batch, grad) for _ in range(repeats + 1)]  # the first is a warm-up
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.metrics:
             params: dict[str, Any] = {}
             if name != "tiny-iqa":
-                from iqadef.core.plugins import get_registry
+                from iqadef.core.plugins import installed_plugins
 
-                gpu.lift_pins(get_registry().get("metrics", name))
+                gpu.lift_pins(installed_plugins().get("metrics", name))
                 params["weights_path"] = str(gpu.write_metric_checkpoint(name, Path(tmp), torch.device("cpu")))
                 if args.quick and name == "metaiqa":
                     params["resize"] = 48

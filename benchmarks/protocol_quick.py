@@ -62,17 +62,17 @@ def main() -> None:
 
     import tempfile
 
-    from iqadef.core.plugins import get_registry
-    from iqadef.core.registry import load_yaml, parse_run_config
-    from iqadef.core.run import run_grid
-    from iqadef.core.run.plan import plan_units, plugin_calls
-    from iqadef.core.store import ResultStore
+    from iqadef.core.plugins import installed_plugins
+    from iqadef.config.registry import load_yaml, parse_run_config
+    from iqadef.execute import run_grid
+    from iqadef.plan.grid import plan_units, plugin_calls
+    from iqadef.store.results import ResultStore
 
     data = load_yaml(args.registry)
     data["protocol"] = args.level
     with tempfile.TemporaryDirectory(prefix="iqadef-protocol-") as tmp:
         data["output"] = str(args.output or Path(tmp) / "run")
-        config = parse_run_config(data, args.registry, registry=get_registry())
+        config = parse_run_config(data, args.registry, registry=installed_plugins())
         dataset = config.open_dataset()
         finished: set = set()
         if (config.output / "results.sqlite").is_file():

@@ -152,10 +152,10 @@ def defence_own_cost(metric, defences, x: torch.Tensor, x_adv: torch.Tensor, rep
                      warmup: int) -> list[float]:
     """Per defence: what the runner does for it alone (purify x and x_a, score both, per-image scores)."""
     from iqadef.core.cells import CellBatch
-    from iqadef.core.plugins import get_registry
-    from iqadef.core.scores import image_score_classes
+    from iqadef.core.plugins import installed_plugins
+    from iqadef.analysis.scores import image_score_classes
 
-    scores = [cls() for cls in image_score_classes(get_registry())]
+    scores = [cls() for cls in image_score_classes(installed_plugins())]
     with torch.no_grad():
         f_x, f_adv = metric.score(x), metric.score(x_adv)
 
@@ -175,7 +175,7 @@ def defence_own_cost(metric, defences, x: torch.Tensor, x_adv: torch.Tensor, rep
 
 
 def bench_sharing(workdir: Path, images: Path, weights, metric, cfg: dict) -> dict[str, Any]:
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     k = cfg["k"]
     defences = SHARING_DEFENCES[:k]
@@ -424,7 +424,7 @@ def bench_peer(metric, x: torch.Tensor, cfg: dict) -> dict[str, Any]:
 # 6. resume
 def bench_resume(workdir: Path, images: Path, weights, cfg: dict, sharing: dict | None) -> dict[str, Any]:
     """Re-runs a finished grid (the sharing figure's K-defence grid when it ran, else a new one)."""
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     k = cfg["k"]
     attack = [{"name": "ifgsm", "iters": cfg["iters"]}]
@@ -468,7 +468,7 @@ def bench_ray_pool(workdir: Path, images: Path, weights, cfg: dict) -> dict[str,
         return {"skipped": "ray is not installed (pip install iqadef[ray])"}
     import pandas as pd
 
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     pool = cfg["pool"]
     started_here = not ray.is_initialized()
@@ -511,8 +511,8 @@ def bench_guard(workdir: Path, cfg: dict) -> dict[str, Any]:
 
     from iqadef.core import guard
     from iqadef.core.dataset import Dataset, builtin_images_dir
-    from iqadef.core.registry import parse_run_config
-    from iqadef.core.run import Unit, Worker
+    from iqadef.config.registry import parse_run_config
+    from iqadef.execute import Unit, Worker
 
     data = yaml.safe_load((ROOT / "registry.yaml").read_text())
     data.update(output=str(workdir / "guard"), device="cpu", attacks=[{"name": "ifgsm", "iters": cfg["iters"]}])

@@ -80,15 +80,15 @@ def augmented_images(folder: Path, count: int) -> list[Path]:
 
 def grid(images: Path, output: Path, attacks: list, defences: list, batch: int, executor: str = "local",
          ray: dict | None = None):
-    from iqadef.core.plugins import get_registry
-    from iqadef.core.registry import parse_run_config
+    from iqadef.core.plugins import installed_plugins
+    from iqadef.config.registry import parse_run_config
 
     data = {"dataset": {"images": str(images)}, "output": str(output), "device": "cpu", "batch_size": batch,
             "seed": 0, "examples": 2, "metrics": ["tiny-iqa"], "attacks": attacks, "defences": defences,
             "executor": executor}
     if ray:
         data["ray"] = ray
-    return parse_run_config(data, output.parent / "scale.yaml", registry=get_registry())
+    return parse_run_config(data, output.parent / "scale.yaml", registry=installed_plugins())
 
 
 def _status_mb(field: str) -> float | None:
@@ -109,8 +109,8 @@ def child(images: Path, output: Path, threads: int, quick: bool) -> dict[str, An
     import pandas  # noqa: F401 - imported before the peak is reset: the runner imports them anyway
     import pyarrow  # noqa: F401
 
-    from iqadef.core.report import write_report
-    from iqadef.core.run import run_grid
+    from iqadef.report import write_report
+    from iqadef.execute import run_grid
 
     config = grid(images, output, QUICK_ATTACKS if quick else ATTACKS, QUICK_DEFENCES if quick else DEFENCES,
                   2 if quick else 7)
@@ -161,7 +161,7 @@ def ray_vs_local(folder: Path, n: int, threads: int, quick: bool) -> dict[str, A
     import pandas as pd
     import torch
 
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     torch.set_num_threads(threads)
     images = folder / f"images_{n}"

@@ -30,8 +30,8 @@ ROOT = HERE.parent
 
 def unit_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
     from iqadef.core.dataset import Dataset
-    from iqadef.core.registry import load_run_config
-    from iqadef.core.run.artifacts import quantize
+    from iqadef.config.registry import load_run_config
+    from iqadef.store.artifacts import quantize
     from iqadef.plugins.scores._measures import match_size
 
     config = load_run_config(ROOT / "registry.yaml")

@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import interleaved, med, median_ratio  # noqa: E402
 
-from iqadef.core.store import CELL_COLUMNS, KEY_COLUMNS, ResultStore, _readable_png  # noqa: E402
+from iqadef.store.results import CELL_COLUMNS, KEY_COLUMNS, ResultStore, _readable_png  # noqa: E402
 
 DEFAULT_GRID_CELLS = 14 * 10 * 21
 EXAMPLES = 2 * 10 * 21  # examples: 2 images per metric x attack x defence

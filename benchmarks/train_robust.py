@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 
 from iqadef.core.dataset import builtin_images_dir, read_image
-from iqadef.core.plugins import get_registry
+from iqadef.core.plugins import installed_plugins
 from iqadef.plugins.commands._robust_training import sample_crops
 from iqadef.plugins.commands.train_robust import TrainRobustCommand, run_training
 
@@ -39,7 +39,7 @@ def interval(values: np.ndarray) -> list[float]:
 
 
 def evaluate(metric, crops: torch.Tensor, eps: float, batch: int = 8) -> dict[str, np.ndarray]:
-    attack = get_registry().get("attacks", "ifgsm")(eps=eps, iters=10, alpha=1 / 255)
+    attack = installed_plugins().get("attacks", "ifgsm")(eps=eps, iters=10, alpha=1 / 255)
     clean, attacked = [], []
     for i in range(0, len(crops), batch):
         x = crops[i:i + batch]
@@ -87,7 +87,7 @@ def main() -> int:
     images = [read_image(builtin_images_dir() / n, 512) for n in held_out]
     crops, owners = sample_crops(images, 224, args.eval_crops, torch.Generator().manual_seed(12345))
     eps = args.eps / 255
-    original = get_registry().get("metrics", "tiny-iqa")().load("cpu")
+    original = installed_plugins().get("metrics", "tiny-iqa")().load("cpu")
     base = evaluate(original, crops, eps)
     span = original.span
     base_gain = (base["attacked"] - base["clean"]) / span
@@ -106,7 +106,7 @@ def main() -> int:
             started = time.monotonic()
             record = run_training(sub.parse_args(argv))
             seconds = time.monotonic() - started
-            robust = get_registry().get("metrics", "tiny-iqa")(weights_path=str(out)).load("cpu")
+            robust = installed_plugins().get("metrics", "tiny-iqa")(weights_path=str(out)).load("cpu")
             res = evaluate(robust, crops, eps)
             gain = (res["attacked"] - res["clean"]) / span
             ci, base_ci = interval(gain), result["original"]["gain_ci95"]

@@ -12,14 +12,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from ._version import __version__
-from .core.columns import ScoreColumn
-from .core.commands import Command
-from .core.errors import ConfigError, IqadefError, PluginError, WeightsError
-from .core.fetch import RemoteFile
-from .core.files import atomic_write_bytes
-from .core.hookspecs import LazyPlugin, hookimpl
-from .core.params import Param
+from iqadef._version import __version__
+from iqadef.core.columns import ScoreColumn
+from iqadef.core.commands import Command
+from iqadef.core.errors import ConfigError, IqadefError, PluginError, WeightsError
+from iqadef.core.fetch import RemoteFile
+from iqadef.core.files import atomic_write_bytes
+from iqadef.core.hookspecs import LazyPlugin, hookimpl
+from iqadef.core.params import Param
 
 #: name -> module, imported on first use: the contracts and what needs torch (every tensor plugin imports
 #: them, the report and ``iqadef --help`` do not), the Python API (docs/python.md), and what only some plugins
@@ -42,11 +42,11 @@ _LAZY = {
                     "iqadef.core.weights"),
     **dict.fromkeys(("load_attack", "load_defence", "load_images", "load_metric", "run_grid"), "iqadef.api"),
     **dict.fromkeys(("SummaryScore", "paper_gain", "metric_span", "mean_ci", "correlation_ci"),
-                    "iqadef.core.scores"),
-    **dict.fromkeys(("PluginRegistry", "get_registry"), "iqadef.core.plugins"),
-    **dict.fromkeys(("export_run", "EXPORT_MARKER"), "iqadef.core.export"),
-    "parse_run_config": "iqadef.core.registry",
-    "TRAINING_RECORD_KIND": "iqadef.core.run.trained",
+                    "iqadef.analysis.scores"),
+    **dict.fromkeys(("InstalledPlugins", "installed_plugins", "PluginRegistry", "get_registry"), "iqadef.core.plugins"),
+    **dict.fromkeys(("export_run", "EXPORT_MARKER"), "iqadef.export"),
+    "parse_run_config": "iqadef.config.registry",
+    "TRAINING_RECORD_KIND": "iqadef.plan.trained",
 }
 #: names whose attribute in their module differs
 _RENAMED = {"EXPORT_MARKER": "MARKER"}

@@ -14,14 +14,14 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .core.base import Attack, Defence, Metric, Plugin
-from .core.compose import Compose
-from .core.dataset import DEFAULT_MAX_SIDE, Dataset, builtin_images_dir, read_image
-from .core.errors import ConfigError
-from .core.params import canonical_params
-from .core.plugins import PluginRegistry, get_registry
-from .core.registry import _make, load_run_config, parse_run_config, resolve_device
-from .core.weights import fetch_missing
+from iqadef.core.base import Attack, Defence, Metric, Plugin
+from iqadef.core.compose import Compose
+from iqadef.core.dataset import DEFAULT_MAX_SIDE, Dataset, builtin_images_dir, read_image
+from iqadef.core.errors import ConfigError
+from iqadef.core.params import canonical_params
+from iqadef.core.plugins import InstalledPlugins, installed_plugins
+from iqadef.config.registry import _make, load_run_config, parse_run_config, resolve_device
+from iqadef.core.weights import fetch_missing
 
 __all__ = ["load_attack", "load_defence", "load_images", "load_metric", "run_grid"]
 
@@ -35,8 +35,8 @@ def _check(name: str, value: Any, ok: bool, expected: str) -> None:
 def _check_common(where: str, device: Any, registry: Any, preset: Any = None) -> None:
     _check(f"{where}: device", device, isinstance(device, (str, torch.device)),
            "'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device")
-    _check(f"{where}: registry", registry, registry is None or isinstance(registry, PluginRegistry),
-           "None or an iqadef.core.plugins.PluginRegistry")
+    _check(f"{where}: registry", registry, registry is None or isinstance(registry, InstalledPlugins),
+           "None or an iqadef.core.plugins.InstalledPlugins")
     _check(f"{where}: preset", preset, preset is None or (isinstance(preset, Mapping) and all(
         isinstance(k, str) for k in preset)), "None or a dict of parameter name: preset index, e.g. {'alpha': 3}")
 
@@ -46,12 +46,12 @@ def _check_limit(where: str, limit: Any) -> None:
                                                        and limit >= 1), "None or an int >= 1 (the first N images)")
 
 
-def _load(kind: str, name: str, device: str | torch.device, registry: PluginRegistry | None,
+def _load(kind: str, name: str, device: str | torch.device, registry: InstalledPlugins | None,
           preset: Mapping[str, int] | None, params: dict[str, Any]) -> Plugin:
     _check(f"load_{kind[:-1]}: name", name, isinstance(name, str) and bool(name),
            f"the name of a{'n' if kind[0] == 'a' else ''} {kind[:-1]} (`iqadef list {kind}`)")
     _check_common(f"load_{kind[:-1]}", device, registry, preset)
-    registry = registry or get_registry()
+    registry = registry or installed_plugins()
     where = f"{kind[:-1]} {name!r}"
     cls = registry.get(kind, name, where)
     declared = {p.name: p for p in cls.params}
@@ -78,7 +78,7 @@ def _device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
-def load_metric(name: str, *, device: str | torch.device = "auto", registry: PluginRegistry | None = None,
+def load_metric(name: str, *, device: str | torch.device = "auto", registry: InstalledPlugins | None = None,
                 preset: Mapping[str, int] | None = None, **params: Any) -> Metric:
     """A metric by name, its parameters as keywords, loaded on ``device``: ``metric(images) -> [B]`` scores.
 
@@ -86,7 +86,7 @@ def load_metric(name: str, *, device: str | torch.device = "auto", registry: Plu
     return _load("metrics", name, device, registry, preset, params)  # type: ignore[return-value]
 
 
-def load_attack(name: str, *, device: str | torch.device = "auto", registry: PluginRegistry | None = None,
+def load_attack(name: str, *, device: str | torch.device = "auto", registry: InstalledPlugins | None = None,
                 preset: Mapping[str, int] | None = None, **params: Any) -> Attack:
     """An attack by name: ``attack.run(metric, images, seed=0) -> adversarial images``.
 
@@ -95,7 +95,7 @@ def load_attack(name: str, *, device: str | torch.device = "auto", registry: Plu
 
 
 def load_defence(name: str | Sequence[str], *, device: str | torch.device = "auto",
-                 registry: PluginRegistry | None = None, preset: Mapping[str, int] | None = None,
+                 registry: InstalledPlugins | None = None, preset: Mapping[str, int] | None = None,
                  **params: Any) -> Defence:
     """A defence by name: ``defence.purify(images, seed=0) -> purified images``.
 
@@ -149,7 +149,7 @@ def load_images(source: str | Path = "builtin", *, limit: int | None = None, max
 
 def run_grid(config: Mapping[str, Any] | str | Path, *, out: str | Path | None = None,
              device: str | None = None, limit: int | None = None, fresh: bool = False,
-             progress: bool | None = False, registry: PluginRegistry | None = None,
+             progress: bool | None = False, registry: InstalledPlugins | None = None,
              verbose: bool = True, report: bool = False) -> pd.DataFrame:
     """Run (or resume) a grid and return its table (``results.parquet`` as a DataFrame, one row per cell).
 
@@ -159,7 +159,7 @@ def run_grid(config: Mapping[str, Any] | str | Path, *, out: str | Path | None =
     ``report=True`` also writes report.html/report.md. The table's ``attrs`` hold ``run_dir`` and ``files``
     (every file written, the report's included). ``verbose`` prints the opening line (grid size, cells to
     do, device) and where the results and the report are."""
-    from .core.run import run_grid as _run_grid
+    from iqadef.execute import run_grid as _run_grid
 
     _check("run_grid: config", config, isinstance(config, (str, Path, Mapping)),
            "a dict (a registry's content) or the path of a registry file")
@@ -171,9 +171,9 @@ def run_grid(config: Mapping[str, Any] | str | Path, *, out: str | Path | None =
     for flag, value in (("fresh", fresh), ("verbose", verbose), ("report", report)):
         _check(f"run_grid: {flag}", value, isinstance(value, bool), "True or False")
     _check("run_grid: progress", progress, progress is None or isinstance(progress, bool), "True, False or None")
-    _check("run_grid: registry", registry, registry is None or isinstance(registry, PluginRegistry),
-           "None or an iqadef.core.plugins.PluginRegistry")
-    registry = registry or get_registry()
+    _check("run_grid: registry", registry, registry is None or isinstance(registry, InstalledPlugins),
+           "None or an iqadef.core.plugins.InstalledPlugins")
+    registry = registry or installed_plugins()
     overrides = {"device": device}
     if isinstance(config, (str, Path)):
         run_config = load_run_config(config, registry=registry, overrides=overrides)
@@ -187,7 +187,7 @@ def run_grid(config: Mapping[str, Any] | str | Path, *, out: str | Path | None =
                         announce=print if verbose else None)
     files = {name: Path(path) for name, path in summary.files.items()}
     if report:
-        from .core.report import write_report
+        from iqadef.report import write_report
 
         files.update({Path(path).name: Path(path) for path in write_report(summary.run_dir).values()})
     table = pd.read_parquet(files["results.parquet"])

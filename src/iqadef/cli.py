@@ -15,19 +15,19 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .core.errors import IqadefError, PluginError
-from .core.kinds import LISTED as KINDS
-from .core.suggest import did_you_mean
+from iqadef import __version__
+from iqadef.core.errors import IqadefError, PluginError
+from iqadef.core.kinds import LISTED as KINDS
+from iqadef.core.suggest import did_you_mean
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-    from .core.dataset import ImageWarning
-    from .core.plugins import PluginLoadWarning
-    from .core.scores import ScoreWarning
-    from .core.store import StorageWarning
+    from iqadef.core.dataset import ImageWarning
+    from iqadef.core.plugins import PluginLoadWarning
+    from iqadef.analysis.scores import ScoreWarning
+    from iqadef.store.results import StorageWarning
 
     if issubclass(category, (PluginLoadWarning, ImageWarning, StorageWarning, ScoreWarning)):
         print(f"warning: {message}", file=sys.stderr)
@@ -109,7 +109,7 @@ def add_plugin_commands(parser: argparse.ArgumentParser, chosen: str | None = No
     the help imports no plugin module (nor torch). A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
     a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
     plugin must not take ``--help`` and every other command down with it."""
-    from .core.plugins import PluginLoadWarning, _describe, _env_flag
+    from iqadef.core.plugins import PluginLoadWarning, _describe, _env_flag
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     registry = _registry()
@@ -192,8 +192,8 @@ def _print_error(exc: BaseException) -> None:
 def _exit_code(code: int) -> int:
     """``code``; but if a work unit is still computing in its thread (it ran past unit_timeout, or Ctrl-C
     came mid-unit), end the process now: a thread busy in torch while Python shuts down aborts it (exit
-    status 134) instead of exiting with ``code`` (core/run/local.py ``abandoned_units``)."""
-    runner = sys.modules.get("iqadef.core.run.local")
+    status 134) instead of exiting with ``code`` (execute/local.py ``abandoned_units``)."""
+    runner = sys.modules.get("iqadef.execute.local")
     if runner is not None and runner.abandoned_units():
         sys.stdout.flush()
         sys.stderr.flush()
@@ -209,14 +209,14 @@ def _console(width: int = 160):
 
 
 def _registry():
-    from .core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
-    return get_registry()
+    return installed_plugins()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .core.registry import load_run_config
-    from .core.run import run_grid
+    from iqadef.config.registry import load_run_config
+    from iqadef.execute import run_grid
 
     # --output is relative to the current directory (the registry's `output` is relative to the registry file)
     overrides: dict[str, Any] = {"device": args.device, "executor": args.executor, "protocol": args.protocol}
@@ -232,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if not args.no_report:
         try:
-            from .core.report import write_report
+            from iqadef.report import write_report
         except ImportError:
             write_report = None
         if write_report is not None:
@@ -243,9 +243,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     """What ``iqadef plan`` shows: the grid, its size, the cells already in the store, the cost."""
-    from .core.registry import load_run_config
-    from .core.run.plan import grid_size, plan_units, plugin_calls
-    from .core.store import ResultStore
+    from iqadef.config.registry import load_run_config
+    from iqadef.plan.grid import grid_size, plan_units, plugin_calls
+    from iqadef.store.results import ResultStore
 
     config = load_run_config(args.registry, registry=_registry(), overrides={"device": args.device})
     if args.output:
@@ -274,7 +274,7 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     }
     out.update(missing_weights(config))
     if args.measure and units and not out["weights_blocking"]:
-        from .core.run.driver import measure_units
+        from iqadef.execute.driver import measure_units
 
         out["measured"] = measure_units(config, dataset, units, registry=_registry())
     return out
@@ -285,8 +285,8 @@ def missing_weights(config) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001 
     checked by the code ``iqadef run`` checks them with before any work (``core.weights.weight_problems``),
     without downloading. ``weights_to_download``: ``run`` will download them (a URL, not offline);
     ``weights_blocking``: ``run`` would stop at once, with this message (where to put the file)."""
-    from .core.fetch import offline
-    from .core.weights import find_weights, weight_problems
+    from iqadef.core.fetch import offline
+    from iqadef.core.weights import find_weights, weight_problems
 
     to_download, blocking = [], []
     for plugin, spec, error in weight_problems(config.plugins(), download=False):  # absent, or corrupt
@@ -299,7 +299,7 @@ def missing_weights(config) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001 
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .core.run.progress import _duration  # the one formatting of a duration (the progress lines use it)
+    from iqadef.execute.progress import _duration  # the one formatting of a duration (the progress lines use it)
 
     plan = plan_grid(args)
     if args.json:
@@ -360,8 +360,8 @@ def _print_summary(summary) -> None:  # noqa: ANN001
     from rich.markup import escape
     from rich.table import Table
 
-    from .core.report.console_summary import MEAN, PAPER_GAIN, summary_grids
-    from .core.report.files import load_results
+    from iqadef.report.console_summary import MEAN, PAPER_GAIN, summary_grids
+    from iqadef.report.files import load_results
 
     console = _summary_console()
     grids: dict[str, Any] = {}
@@ -413,7 +413,7 @@ def _print_verdict(console, verdict) -> None:  # noqa: ANN001
     from rich.markup import escape
     from rich.table import Table
 
-    from .core.report.verdict_section import flag_legend, ranking_lines
+    from iqadef.report.verdict_section import flag_legend, ranking_lines
 
     console.print(escape(verdict.protocol.get("threat_model", "")))
     for metric, lines in ranking_lines(verdict).items():
@@ -502,7 +502,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise IqadefError(f"{run_dir}: not a run directory")
     if not (run_dir / "results.parquet").exists() and not (run_dir / "results.csv").exists():
         raise IqadefError(f"{run_dir}: no results.parquet or results.csv; run `iqadef run` first")
-    from .core.report import write_report
+    from iqadef.report import write_report
 
     files = write_report(run_dir)
     for name, path in files.items():
@@ -519,8 +519,8 @@ def _weight_rows() -> list[tuple[str, str, Any]]:
 
 def _registry_weights(path: Path) -> list[tuple[str, str, Any]]:
     """The weight files the plugins of a registry load (``weights_in_use``; files given by path left out)."""
-    from .core.registry import load_run_config
-    from .core.weights import WeightSpec
+    from iqadef.config.registry import load_run_config
+    from iqadef.core.weights import WeightSpec
 
     config = load_run_config(path, registry=_registry())
     rows = []
@@ -542,7 +542,7 @@ def _size(n: int | None) -> str:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from .core.weights import resolve_weights
+    from iqadef.core.weights import resolve_weights
 
     if args.action == "fetch":
         if sum(bool(x) for x in (args.name, args.all, args.registry)) != 1:
@@ -610,8 +610,8 @@ LISTING_WIDTH = 100
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (core/run/verify.py)."""
-    from .core.run.verify import verify_run
+    """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (execute/verify.py)."""
+    from iqadef.execute.verify import verify_run
 
     verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry(), progress=args.progress)
     for label, problem in verdict.mismatches:

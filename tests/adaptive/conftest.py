@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from iqadef.core.errors import WeightsError
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plugins.metrics.embedded import TinyIQANet
 
 BUNDLED = Path(__file__).resolve().parents[2] / "src" / "iqadef" / "data" / "images"
@@ -20,8 +20,8 @@ IMAGE_NAMES = ("astronaut", "brick", "coffee", "gravel", "chelsea", "grass")
 
 
 @pytest.fixture(scope="session")
-def registry() -> PluginRegistry:
-    return PluginRegistry()
+def registry() -> InstalledPlugins:
+    return InstalledPlugins()
 
 
 @pytest.fixture(scope="session")

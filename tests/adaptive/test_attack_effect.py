@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iqadef.core.adaptive import DefendedMetric, eot_seed
-from iqadef.core.run.artifacts import quantize
+from iqadef.store.artifacts import quantize
 
 ATTACK_SEED = 1
 EVAL_SEEDS = (987654321, 31337, 2024, 77)  # the defender's seeds, never ones the attacker draws

@@ -9,14 +9,14 @@ import torch
 from iqadef.core.base import Defence
 from iqadef.core.compose import Compose
 from iqadef.core.errors import WeightsError
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 
 SEED = 11
 
 
 def classic_defences() -> list[type]:
     """Registered defences that need no weights (the neural ones are tested with their own checkpoints)."""
-    table = PluginRegistry().by_kind["defences"]
+    table = InstalledPlugins().by_kind["defences"]
     return [table[name].cls for name in sorted(table) if not table[name].cls.weights]
 
 

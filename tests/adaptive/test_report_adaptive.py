@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from iqadef.core.report import ADAPTIVE_TITLE, adaptive_table, has_adaptive, split_adaptive_label, write_report
+from iqadef.report import ADAPTIVE_TITLE, adaptive_table, has_adaptive, split_adaptive_label, write_report
 
 IMAGES = [f"img{i}" for i in range(4)]
 

@@ -9,9 +9,9 @@ import json
 import pandas as pd
 import pytest
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import ADAPTIVE_TITLE, adaptive_table, write_report
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.report import ADAPTIVE_TITLE, adaptive_table, write_report
+from iqadef.execute import run_grid
 
 GRID = """
 dataset: {{images: {images}}}

@@ -80,10 +80,10 @@ def small_images() -> torch.Tensor:
 def tiny_iqa() -> Metric:
     """The embedded default metric; skips only while it (or its packaged weights) does not exist yet."""
     from iqadef import ConfigError
-    from iqadef.core.plugins import PluginRegistry
+    from iqadef.core.plugins import InstalledPlugins
 
     try:
-        cls = PluginRegistry().get("metrics", "tiny-iqa")
+        cls = InstalledPlugins().get("metrics", "tiny-iqa")
         return cls().load("cpu")
     except (ConfigError, WeightsError) as exc:
         pytest.skip(f"tiny-iqa is not available yet: {exc}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from iqadef import Metric, attack_loss
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plugins.attacks.apgd import APGD, checkpoints, image_generator, random_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
@@ -168,7 +168,7 @@ def test_a_stalled_search_halves_its_step(cnn_metric, small_images):
 
 
 def test_defaults_and_registration():
-    attack = PluginRegistry().get("attacks", "apgd")()
+    attack = InstalledPlugins().get("attacks", "apgd")()
     assert (attack.norm, attack.steps, attack.restarts, attack.rho) == ("linf", 100, 1, 0.75)
     assert attack.bound() == pytest.approx(8 / 255) and attack.label == "apgd"
     assert APGD(norm="l2").bound() == 0.5 and APGD(norm="l2", eps=1.5).bound() == 1.5
@@ -189,7 +189,7 @@ def _rise(metric, clean, adv):
 
 def test_apgd_raises_tiny_iqa_within_eps_and_beats_ifgsm(tiny_iqa, bundled_images):
     eps = 10 / 255
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     ifgsm = registry.get("attacks", "ifgsm")(eps=eps)
     for norm, budget in (("linf", eps), ("l2", 2.0)):
         out = APGD(norm=norm, eps=budget, steps=30).run(tiny_iqa, bundled_images, seed=1)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from iqadef import Attack, Metric
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 
 GRADIENT_ATTACKS = ["fgsm", "ifgsm", "mifgsm", "amifgsm", "pgd-linf", "pgd-l2", "korhonen", "madc", "ssah",
                     "advcf"]
@@ -17,11 +17,11 @@ DETERMINISTIC = [a for a in GRADIENT_ATTACKS if a not in RANDOMIZED]
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry()
+def registry() -> InstalledPlugins:
+    return InstalledPlugins()
 
 
-def make(registry: PluginRegistry, name: str, **params) -> Attack:
+def make(registry: InstalledPlugins, name: str, **params) -> Attack:
     return registry.get("attacks", name)(**params)
 
 

@@ -14,9 +14,9 @@ import torch
 import iqadef
 from iqadef import Attack, GradientRequested, Metric, Param, QueryMetric, attack_loss, hookimpl
 from iqadef.core.adaptive import DefendedMetric
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 
 
 class SharpMetric(Metric):
@@ -84,8 +84,8 @@ sys.modules.setdefault("bb_toy_plugins", _plugins)
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry(extra=[_plugins])
+def registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[_plugins])
 
 
 def test_exported_and_default_white_box():
@@ -113,7 +113,7 @@ def test_query_metric_scores_without_gradient_and_counts_per_image():
 
 
 def test_query_metric_through_a_defence_queries_f_of_d():
-    from iqadef.core.plugins import PluginRegistry as Registry
+    from iqadef.core.plugins import InstalledPlugins as Registry
 
     defence = Registry().get("defences", "gaussian-blur")().load("cpu")
     metric = SharpMetric()

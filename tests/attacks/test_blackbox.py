@@ -24,7 +24,7 @@ from scipy import ndimage
 from scipy.optimize import differential_evolution
 
 from iqadef import ConfigError, GradientRequested, Metric, QueryMetric
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 
 from .conftest import RandomCNNMetric
 
@@ -32,8 +32,8 @@ NAMES = ["parsimonious", "patch-rs", "grad-est", "onepixel"]
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry()
+def registry() -> InstalledPlugins:
+    return InstalledPlugins()
 
 
 def make(registry, name, **params):
@@ -585,13 +585,13 @@ def test_cells_record_the_queries(tmp_path, image_dir):
     import types
 
     from iqadef import hookimpl
-    from iqadef.core.registry import load_run_config
-    from iqadef.core.run import run_grid
+    from iqadef.config.registry import load_run_config
+    from iqadef.execute import run_grid
 
     plugins = types.ModuleType("blackbox_test_metric")
     plugins.iqadef_register_metrics = hookimpl(lambda register: register(LaplacianEnergy))
     sys.modules.setdefault("blackbox_test_metric", plugins)
-    registry = PluginRegistry(extra=[plugins])
+    registry = InstalledPlugins(extra=[plugins])
     path = tmp_path / "run.yaml"
     path.write_text(GRID.format(images=image_dir, output=tmp_path / "out"))
     summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)

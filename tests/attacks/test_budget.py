@@ -11,16 +11,16 @@ from PIL import Image
 
 from iqadef import ConfigError
 from iqadef.core.budget import TOLERANCE, BudgetedAttack, achieved
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 
 TARGET = 8 / 255
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry()
+def registry() -> InstalledPlugins:
+    return InstalledPlugins()
 
 
 def test_achieved_size_is_measured_on_the_stored_8_bit_image():

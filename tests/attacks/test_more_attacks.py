@@ -18,7 +18,7 @@ from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 
 from iqadef import ConfigError
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plugins.attacks import cadv as cadv_module
 from iqadef.plugins.attacks import cnn_attack as cnn_module
 from iqadef.plugins.attacks import cumulative_uap as cumulative_module
@@ -31,8 +31,8 @@ NEW_ATTACKS = ["stadv", "cadv", "cnn-attack", "cumulative-uap", "generative-uap"
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry()
+def registry() -> InstalledPlugins:
+    return InstalledPlugins()
 
 
 @pytest.fixture

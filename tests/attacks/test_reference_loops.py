@@ -15,14 +15,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 
 EPS_255 = 10 / 255
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry()
+def registry() -> InstalledPlugins:
+    return InstalledPlugins()
 
 
 def run_plugin(registry, name, metric, images, **params):

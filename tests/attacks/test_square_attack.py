@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iqadef import ConfigError, GradientRequested, Metric, QueryMetric
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plugins.attacks.square_attack import SquareAttack, image_generator
 
 
@@ -90,7 +90,7 @@ def test_p_schedule_matches_the_reference():
 
 
 def test_defaults_are_the_reference_runners():
-    attack = PluginRegistry().get("attacks", "square-attack")()
+    attack = InstalledPlugins().get("attacks", "square-attack")()
     assert (attack.eps, attack.queries, attack.p_init, attack.init) == (0.1, 10000, 0.05, "clean")
     assert attack.black_box and attack.norm == "linf" and attack.bound() == 0.1
     assert SquareAttack(n_iters=50).queries == 50

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from iqadef import IqadefError, Metric, WeightsError
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plugins.attacks import _perceptual as perceptual
 
 PINNED_BACKBONE = perceptual.VGG16_BACKBONE
@@ -118,7 +118,7 @@ def _bundled_images() -> list[Path]:
 @pytest.fixture(scope="module")
 def metric():
     try:
-        return PluginRegistry().get("metrics", "tiny-iqa")().load("cpu")
+        return InstalledPlugins().get("metrics", "tiny-iqa")().load("cpu")
     except IqadefError:  # not there (yet) or its packaged weights are missing: use the local stand-in
         return _TinyCnnMetric().load("cpu")
 
@@ -143,7 +143,7 @@ def images() -> torch.Tensor:
 
 
 def _attack(name: str, **params):
-    return PluginRegistry().get("attacks", name)(**params)
+    return InstalledPlugins().get("attacks", name)(**params)
 
 
 # -- distances -----------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
 
 import toy_plugins  # noqa: E402
 
-from iqadef.core.plugins import PluginRegistry  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def toy_registry() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins], entry_points=False)
+def toy_registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins], entry_points=False)

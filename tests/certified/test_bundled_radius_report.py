@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.report.certified import certified_curve, radius_defences
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.report.certified import certified_curve, radius_defences
+from iqadef.execute import run_grid
 
 REGISTRY = """
 dataset: {{name: builtin, max_side: 32}}

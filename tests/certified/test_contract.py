@@ -10,9 +10,9 @@ import toy_plugins
 import torch
 
 from iqadef import MetricSmoothing, SmoothedScores, hookimpl
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 
 
 class RawMean(MetricSmoothing):
@@ -72,7 +72,7 @@ def iqadef_register_certified(register):
 
 
 def test_broken_certified_defences_fail_their_cells_only(tmp_path, image_dir):
-    registry = PluginRegistry(extra=[toy_plugins, sys.modules[__name__]], entry_points=False)
+    registry = InstalledPlugins(extra=[toy_plugins, sys.modules[__name__]], entry_points=False)
     assert "raw-mean" in registry.names("certified")
     path = tmp_path / "r.yaml"
     path.write_text(f"dataset: {{images: {image_dir}}}\noutput: out\nbatch_size: 3\nmetrics: [toy-metric]\n"

@@ -10,8 +10,8 @@ from toy_plugins import ToyMetric, install_as_distribution
 
 from iqadef.cli import main
 from iqadef.core.errors import ConfigError
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 from iqadef.plugins.certified.dms_iqa import DMSIQA, Denoiser, ranking_loss, train_denoiser
 
 
@@ -63,11 +63,11 @@ def test_train_dms_command_then_a_grid_with_dms(tmp_path, image_dir, toy_registr
     first.write_text(f"dataset: {{images: {image_dir}}}\noutput: first\nmetrics: [toy-metric]\nattacks: [toy-sign]\n")
     cfg = load_run_config(first, registry=toy_registry)
     run_grid(cfg, registry=toy_registry, progress=False)
-    from iqadef.core.plugins import reset_registry
+    from iqadef.core.plugins import reset_installed_plugins
 
     monkeypatch.syspath_prepend(str(install_as_distribution(tmp_path)))  # the command finds the toy plugins
-    reset_registry()
-    request.addfinalizer(reset_registry)  # the next test gets the real registry back
+    reset_installed_plugins()
+    request.addfinalizer(reset_installed_plugins)  # the next test gets the real registry back
     weights = tmp_path / "dms.pt"
     assert main(["train-dms", str(tmp_path / "first"), "--out", str(weights), "--sigma", "0.05",
                  "--epochs", "2"]) == 0

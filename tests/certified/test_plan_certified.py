@@ -11,8 +11,8 @@ import pytest
 
 from iqadef import cli
 from iqadef.cli import main
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
 

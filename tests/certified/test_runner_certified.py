@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from iqadef.core.errors import ConfigError
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
-from iqadef.core.store import ResultStore
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
+from iqadef.store.results import ResultStore
 
 GRID = """
 dataset: {{images: {images}}}
@@ -115,7 +115,7 @@ def test_a_certified_label_may_not_repeat_and_unknown_names_are_named(tmp_path, 
 
 
 def test_summary_scores_of_certified_defences(tmp_path, image_dir, toy_registry):
-    from iqadef.core.scores import aggregate
+    from iqadef.analysis.scores import aggregate
     from iqadef.plugins.scores.certified import CertifiedSummary
 
     summary = run_grid(config(tmp_path, image_dir, toy_registry, "sum"), registry=toy_registry, progress=False)
@@ -134,7 +134,7 @@ def test_summary_scores_of_certified_defences(tmp_path, image_dir, toy_registry)
 
 
 def test_verify_recomputes_certified_cells(tmp_path, image_dir, toy_registry):
-    from iqadef.core.run.verify import verify_run
+    from iqadef.execute.verify import verify_run
 
     summary = run_grid(config(tmp_path, image_dir, toy_registry, "ver"), registry=toy_registry, progress=False)
     verdict = verify_run(summary.run_dir, cells=18, seed=0, registry=toy_registry)
@@ -142,7 +142,7 @@ def test_verify_recomputes_certified_cells(tmp_path, image_dir, toy_registry):
 
 
 def test_plan_counts_the_noisy_copies_of_every_certified_defence(tmp_path, image_dir, toy_registry):
-    from iqadef.core.run.plan import plan_units, plugin_calls
+    from iqadef.plan.grid import plan_units, plugin_calls
 
     cfg = config(tmp_path, image_dir, toy_registry, "run")
     dataset = cfg.open_dataset()
@@ -171,9 +171,9 @@ certified:
 def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir, toy_registry):
     """rs rows carry bins, radii and abstentions; the summary and the report's certified-accuracy curve read
     them; a resumed run equals a fresh one; plan counts n0 + n noisy copies."""
-    from iqadef.core.report.certified import certified_curve
-    from iqadef.core.run.plan import plan_units, plugin_calls
-    from iqadef.core.scores import aggregate
+    from iqadef.report.certified import certified_curve
+    from iqadef.plan.grid import plan_units, plugin_calls
+    from iqadef.analysis.scores import aggregate
     from iqadef.plugins.scores.certified import CertifiedSummary
 
     path = tmp_path / "rs.yaml"
@@ -202,7 +202,7 @@ def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir,
     curve = certified_curve(df, "toy-metric", rs["defence"].iloc[0], [0.0, 1e9])
     assert curve["certified_share"].tolist() == [float((rs["cert_bin_clean"] >= 0).mean()), 0.0]
     assert (curve["certified_accuracy"] <= curve["certified_share"]).all()
-    from iqadef.core.report import write_report
+    from iqadef.report import write_report
 
     written = write_report(summary.run_dir, registry=toy_registry)
     assert any(k.startswith("figure:certified_radius_toy-metric") for k in written)

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 from iqadef.core.dataset import Dataset
-from iqadef.core.registry import load_run_config
-from iqadef.core.run.plan import plan_units
-from iqadef.core.run.worker import Worker
+from iqadef.config.registry import load_run_config
+from iqadef.plan.grid import plan_units
+from iqadef.execute.worker import Worker
 
 GRID = """
 dataset: {{images: {images}}}
@@ -72,7 +72,7 @@ def test_on_cells_counts_every_cell_when_the_attack_fails(tmp_path, image_dir, t
 def _table(tmp_path, image_dir, registry, output, extra="", monkeypatch=None, alone=False, calls=None):
     import pandas as pd
 
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(images=image_dir, output=output,

@@ -17,8 +17,8 @@ import torch
 import iqadef.cli as cli
 from iqadef import Metric, hookimpl
 from iqadef.cli import main
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.run import run_grid
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.execute import run_grid
 from iqadef.core.weights import WeightSpec, load_weights
 
 import toy_plugins
@@ -79,7 +79,7 @@ def server(tmp_path):
     thread.join()
 
 
-def _weighted_registry(base_url: str) -> PluginRegistry:
+def _weighted_registry(base_url: str) -> InstalledPlugins:
     class Scaled(Metric):
         """The mean pixel times a scale read from a checkpoint."""
 
@@ -102,7 +102,7 @@ def _weighted_registry(base_url: str) -> PluginRegistry:
             register(Scaled)
             register(Other)
 
-    return PluginRegistry(extra=[Plugin(), toy_plugins], entry_points=False)
+    return InstalledPlugins(extra=[Plugin(), toy_plugins], entry_points=False)
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:

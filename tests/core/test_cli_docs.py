@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iqadef.core.run import run_grid
+from iqadef.execute import run_grid
 
 from toy_plugins import small_grid_config
 

@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
-import iqadef.core.run.driver as driver
-from iqadef.core.run import run_grid
-from iqadef.core.run.progress import _progress
+import iqadef.execute.driver as driver
+from iqadef.execute import run_grid
+from iqadef.execute.progress import _progress
 
 from toy_plugins import small_grid_config
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from iqadef.core.registry import ConfigErrors, load_run_config
+from iqadef.config.registry import ConfigErrors, load_run_config
 
 THREE_MISTAKES = """
 dataset: {images: builtin}

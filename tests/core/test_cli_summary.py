@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pandas as pd
 
 import iqadef.cli as cli
-from iqadef.core.report.files import load_results
-from iqadef.core.report.tables import ranking_table, report_tables
+from iqadef.report.files import load_results
+from iqadef.report.tables import ranking_table, report_tables
 
 from toy_plugins import small_grid_config
 

@@ -149,6 +149,6 @@ def test_the_core_never_imports_a_plugin_or_the_cli():
 def test_the_import_scan_resolves_relative_imports(tmp_path):
     """The scan above would see `from ..plugins.defences import fcn` written in a core module."""
     fake = tmp_path / "probe.py"
-    fake.write_text("from ..plugins.defences import fcn\nfrom .plugins import get_registry\n")
+    fake.write_text("from ..plugins.defences import fcn\nfrom .plugins import installed_plugins\n")
     names = _imported_modules(fake, "iqadef.core")
-    assert "iqadef.plugins.defences.fcn" in names and "iqadef.core.plugins.get_registry" in names
+    assert "iqadef.plugins.defences.fcn" in names and "iqadef.core.plugins.installed_plugins" in names

@@ -14,7 +14,7 @@ import torch
 
 from iqadef.cli import main
 from iqadef.core.errors import ConfigError, IqadefError
-from iqadef.core.store import atomic_write_bytes
+from iqadef.store.results import atomic_write_bytes
 from iqadef.core.weights import save_trained_weights
 
 
@@ -130,9 +130,9 @@ def _command_plugins():
 @pytest.fixture()
 def broken_command_registry(monkeypatch):
     import iqadef.cli as cli
-    from iqadef.core.plugins import PluginRegistry
+    from iqadef.core.plugins import InstalledPlugins
 
-    registry = PluginRegistry(extra=[_command_plugins()], entry_points=False, strict=False)
+    registry = InstalledPlugins(extra=[_command_plugins()], entry_points=False, strict=False)
     monkeypatch.setattr(cli, "_registry", lambda: registry)
     monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "0")  # restored after the test (main() sets it for --strict)
     return registry
@@ -247,7 +247,7 @@ def test_load_images_reads_a_file_a_folder_or_the_bundled_set(tmp_path, image_di
                                         ("{name: mean-smoothing, low: 1000}", "certified[0].low"),
                                         ("{name: mean-smoothing, high: -1000}", "certified[0].high")])
 def test_mean_smoothing_bounds_are_checked_when_the_registry_is_read(tmp_path, image_dir, toy_registry, entry, key):
-    from iqadef.core.registry import load_run_config
+    from iqadef.config.registry import load_run_config
 
     path = tmp_path / "r.yaml"
     path.write_text(f"dataset: {{images: {image_dir}}}\noutput: out\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
@@ -280,10 +280,10 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
     import time
 
     import iqadef.cli as cli
-    import iqadef.core.run.executors as executors
-    import iqadef.core.run.local as local
-    import iqadef.core.run.progress as progress
-    import iqadef.core.run.verify as verify
+    import iqadef.execute.executors as executors
+    import iqadef.execute.local as local
+    import iqadef.execute.progress as progress
+    import iqadef.execute.verify as verify
     from toy_plugins import small_grid_config
 
     monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.02)
@@ -312,7 +312,7 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
 
 
 def test_the_plain_line_estimates_the_rest_from_the_cells_rate():
-    from iqadef.core.run.progress import _progress
+    from iqadef.execute.progress import _progress
 
     lines = _progress(None, 10, 120)
     lines.bar = None
@@ -356,7 +356,7 @@ def test_the_missing_weights_error_names_the_authors_copies(offline_home):
 
 def test_torchattacks_style_names_reach_each_attacks_canonical_parameter(tmp_path, image_dir):
     import iqadef
-    from iqadef.core.registry import load_run_config
+    from iqadef.config.registry import load_run_config
 
     plain = iqadef.load_attack("ifgsm", eps="4/255", iters=3, alpha="1/255", device="cpu")
     aliased = iqadef.load_attack("ifgsm", eps="4/255", steps=3, step_size="1/255", device="cpu")
@@ -398,8 +398,8 @@ defences: [no-defence, {{name: toy-noise-defence, sweep: {{sigma: [0.01, 0.02]}}
 def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_them(tmp_path, image_dir,
                                                                                      toy_registry, monkeypatch):
     import iqadef.core.contract as base  # where Plugin and its label formatting live
-    from iqadef.core.registry import load_run_config
-    from iqadef.core.run import run_grid
+    from iqadef.config.registry import load_run_config
+    from iqadef.execute import run_grid
 
     path = tmp_path / "r.yaml"
     path.write_text(LABELLED_GRID.format(images=image_dir, output=tmp_path / "run"))
@@ -427,7 +427,7 @@ def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_
 
 
 def test_a_configuration_listed_plainly_and_as_a_sweeps_default_is_listed_twice(tmp_path, image_dir, toy_registry):
-    from iqadef.core.registry import load_run_config
+    from iqadef.config.registry import load_run_config
 
     path = tmp_path / "r.yaml"
     path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from iqadef.core.dataset import Dataset, builtin_images_dir
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "iqadef-plugin-example"
@@ -31,7 +31,7 @@ def example():
 
 
 def test_example_metric_attack_and_defence_keep_their_contracts(example):
-    registry = PluginRegistry(extra=[example], entry_points=False)
+    registry = InstalledPlugins(extra=[example], entry_points=False)
     metric = registry.get("metrics", "colourfulness")().load("cpu")
     attack = registry.get("attacks", "l2-step")(eps=0.5, steps=4)
     defence = registry.get("defences", "bit-depth")(bits=3)

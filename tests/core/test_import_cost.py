@@ -20,8 +20,8 @@ def _modules_after(code: str, watched: tuple[str, ...] = ("torchvision", "scipy.
 
 
 def test_loading_every_plugin_does_not_import_torchvision():
-    assert "torchvision" not in _modules_after("from iqadef.core.plugins import PluginRegistry\n"
-                                               "PluginRegistry(strict=True)")
+    assert "torchvision" not in _modules_after("from iqadef.core.plugins import InstalledPlugins\n"
+                                               "InstalledPlugins(strict=True)")
 
 
 def test_import_iqadef_loads_neither_torchvision_nor_scipy_stats():
@@ -34,7 +34,7 @@ def _cli(*argv: str) -> str:
 
 def test_import_iqadef_and_loading_the_plugins_import_no_torch():
     """Built-ins registered lazily: no plugin module (nor torch) until a class is used."""
-    code = "import iqadef\nfrom iqadef.core.plugins import PluginRegistry\nPluginRegistry(strict=True, entry_points=False)"
+    code = "import iqadef\nfrom iqadef.core.plugins import InstalledPlugins\nInstalledPlugins(strict=True, entry_points=False)"
     assert _modules_after(code, ("torch", "iqadef.plugins.defences.fcn", "iqadef.plugins.metrics.embedded")) == []
 
 

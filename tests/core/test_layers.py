@@ -27,22 +27,21 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("iqadef._version", "iqadef.core.errors", "iqadef.core.suggest", "iqadef.core.files",
                 "iqadef.core.devices", "iqadef.core.sniff")),
     # declarative parameters: used by every plugin kind and by the dataset plugins' contract
-    ("parameters", ("iqadef.core.params", "iqadef.core.columns")),
+    ("parameters", ("iqadef.core.params",)),
     # files in, below the contract: base.Plugin.identity() fingerprints weight files (weights), kinds names
     # DatasetPlugin (dataset); neither imports the contract
     ("inputs", ("iqadef.core.fetch", "iqadef.core.weights", "iqadef.core.dataset")),
-    # core.contract: the torch-free part of the plugin base (summary scores, `iqadef list`, the report)
-    ("contract", ("iqadef.core", "iqadef.core.contract", "iqadef.core.precision", "iqadef.core.base",
-                  "iqadef.core.hookspecs", "iqadef.core.commands", "iqadef.core.smoothing", "iqadef.core.lipschitz",
-                  "iqadef.core.kinds", "iqadef.core.plugins",
-                  "iqadef.core.cells", "iqadef.core.compose", "iqadef.core.guard", "iqadef.core.adaptive",
-                  "iqadef.core.query", "iqadef.core.budget")),
-    ("storage and analysis", ("iqadef.core.store", "iqadef.core.rundir", "iqadef.core.scores",
-                              "iqadef.core.protocol", "iqadef.core.verdict")),
-    ("report", ("iqadef.core.report", "iqadef.core.report.*")),
-    ("config", ("iqadef.core.registry",)),
-    ("run", ("iqadef.core.run", "iqadef.core.run.*", "iqadef.core.export")),
-    ("api", ("iqadef.api",)),
+    # the rest of core/: what a plugin is (base classes, hooks, kinds, the plugin manager, certificates)
+    ("contract", ("iqadef.core", "iqadef.core.*")),
+    # the flow's folders, lowest first: a run writes the store; analysis and the report read it; the
+    # registry file is parsed into plugins (config), planned into units (plan) and executed (execute)
+    ("store", ("iqadef.store", "iqadef.store.*")),
+    ("analysis", ("iqadef.analysis", "iqadef.analysis.*")),
+    ("report", ("iqadef.report", "iqadef.report.*")),
+    ("config", ("iqadef.config", "iqadef.config.*")),
+    ("plan", ("iqadef.plan", "iqadef.plan.*")),
+    ("execute", ("iqadef.execute", "iqadef.execute.*")),
+    ("api", ("iqadef.api", "iqadef.export")),
     ("package root", ("iqadef",)),
     ("plugins", ("iqadef.plugins", "iqadef.plugins.*")),
     ("cli", ("iqadef.cli", "iqadef.__main__")),
@@ -53,40 +52,40 @@ _CLI_START = "CLI start: loaded only by the subcommand that runs it, so `iqadef 
 DEFERRED: dict[tuple[str, str], str] = {
     **{("iqadef", module): "cost: the package root's lazy names (`_LAZY`): `from iqadef import Metric` (every "
                            "plugin) loads neither pandas, scipy nor the run stack; these load on first use"
-       for module in ("iqadef.api", "iqadef.core.scores", "iqadef.core.plugins", "iqadef.core.export",
-                      "iqadef.core.registry", "iqadef.core.run.trained")},
+       for module in ("iqadef.api", "iqadef.analysis.scores", "iqadef.core.plugins", "iqadef.export",
+                      "iqadef.config.registry", "iqadef.plan.trained")},
     **{("iqadef", module): "cost: `import iqadef` (the command line, the report, a plugin index's `from iqadef "
                            "import LazyPlugin`) imports no torch; the contracts and the other names that need it "
                            "load on first use (`_LAZY`)" for module in (
         "iqadef.core.base", "iqadef.core.cells", "iqadef.core.dataset", "iqadef.core.devices", "iqadef.core.lipschitz",
         "iqadef.core.query", "iqadef.core.smoothing", "iqadef.core.weights")},
-    ("iqadef.core.contract", "iqadef.core.precision"): "cost: torch; only loading a plugin's networks applies the "
+    ("iqadef.core.contract", "iqadef.core.numerics"): "cost: torch; only loading a plugin's networks applies the "
                                                        "run's precision",
     ("iqadef.core.contract", "iqadef.core.weights"): "cost: torch; only a plugin with weight files fingerprints "
                                                      "them (a summary score in the report has none)",
-    ("iqadef.api", "iqadef.core.run"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
-    ("iqadef.core.export", "iqadef.core.plugins"): "cost: the export dataset plugin imports this module for its "
+    ("iqadef.api", "iqadef.execute"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
+    ("iqadef.export", "iqadef.core.plugins"): "cost: the export dataset plugin imports this module for its "
                                                    "marker at every plugin load; only `iqadef export` needs the "
                                                    "plugins and the run read back",
-    ("iqadef.core.export", "iqadef.core.run.recorded"): "cost: as above (the registry, the dataset, the store)",
-    ("iqadef.core.report.glance", "iqadef.core.plugins"): "only for runs written before run.json recorded its "
+    ("iqadef.export", "iqadef.execute.recorded"): "cost: as above (the registry, the dataset, the store)",
+    ("iqadef.report.glance", "iqadef.core.plugins"): "only for runs written before run.json recorded its "
                                                           "defences' plugins: their `geometric` flags are looked "
                                                           "up in the installed plugins (loads every plugin)",
-    ("iqadef.api", "iqadef.core.report"): "cost: only run_grid(report=True) writes the report (jinja2, matplotlib)",
-    ("iqadef.core.export", "iqadef.core.run.artifacts"): "cost: only --defended re-reads images (torch)",
-    ("iqadef.core.run.driver", "iqadef.core.report"): "cost: `iqadef plan --measure` imports the driver without "
+    ("iqadef.api", "iqadef.report"): "cost: only run_grid(report=True) writes the report (jinja2, matplotlib)",
+    ("iqadef.export", "iqadef.store.artifacts"): "cost: only --defended re-reads images (torch)",
+    ("iqadef.execute.driver", "iqadef.report"): "cost: `iqadef plan --measure` imports the driver without "
                                                        "the report stack (jinja2, the page); a run loads it for "
                                                        "its closing summary table",
-    ("iqadef.core.run.driver", "iqadef.core.report.verdict_section"): "cost: as the report above; only a "
+    ("iqadef.execute.driver", "iqadef.report.verdict_section"): "cost: as the report above; only a "
                                                                      "`protocol:` run prints its verdict",
-    ("iqadef.core.run.executors", "iqadef.core.run.ray"): "optional dependency: only `executor: ray` needs Ray",
+    ("iqadef.execute.executors", "iqadef.execute.ray"): "optional dependency: only `executor: ray` needs Ray",
     ("iqadef.cli", "iqadef.core.dataset"): "the warning printer imports the warning classes where it runs, "
                                            "with those of scores and store (scipy, pandas)",
     **{("iqadef.cli", module): _CLI_START for module in (
-        "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.core.registry", "iqadef.core.report.verdict_section",
-        "iqadef.core.report.console_summary", "iqadef.core.report.files", "iqadef.core.run.progress", "iqadef.core.report", "iqadef.core.run",
-        "iqadef.core.run.driver", "iqadef.core.run.plan", "iqadef.core.run.verify", "iqadef.core.scores",
-        "iqadef.core.store", "iqadef.core.weights")},
+        "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.config.registry", "iqadef.report.verdict_section",
+        "iqadef.report.console_summary", "iqadef.report.files", "iqadef.execute.progress", "iqadef.report", "iqadef.execute",
+        "iqadef.execute.driver", "iqadef.plan.grid", "iqadef.execute.verify", "iqadef.analysis.scores",
+        "iqadef.store.results", "iqadef.core.weights")},
 }
 
 #: Distributions imported inside functions (by top-level name) -> why.
@@ -259,8 +258,8 @@ MODULES = {module_name(p, SRC) for p in PACKAGE.rglob("*.py")}
 
 def test_the_scan_sees_the_package():
     pairs = {(e.importer, e.imported) for e in EDGES}
-    assert ("iqadef.core.report.page", "iqadef.core.report.tables") in pairs
-    assert ("iqadef.core.run.driver", "iqadef.core.report") in pairs  # inside a function
+    assert ("iqadef.report.page", "iqadef.report.tables") in pairs
+    assert ("iqadef.execute.driver", "iqadef.report") in pairs  # inside a function
     assert len(MODULES) > 100 and len(EDGES) > 300
 
 
@@ -338,7 +337,7 @@ def test_the_scan_counts_function_level_imports_and_skips_type_checking(tmp_path
 
 def test_the_package_imports_in_a_fresh_interpreter_from_any_module():
     """Members of the former circles, each imported first (a circle makes the first import order-dependent)."""
-    for module in ("iqadef.core.precision", "iqadef.core.rundir"):
+    for module in ("iqadef.core.numerics", "iqadef.store.rundir"):
         out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                              timeout=300, env={**os.environ, "PYTHONPATH": str(SRC)})
         assert out.returncode == 0, (module, out.stderr[-1500:])

@@ -1,5 +1,5 @@
 """One gain: the score plugin's stored ``gain`` column, the report's tables and the end-of-run summary use
-the same formula, :func:`iqadef.core.scores.paper_gain` (|f(x) - f(D(x_a))| / f(x), adversarial_purification
+the same formula, :func:`iqadef.analysis.scores.paper_gain` (|f(x) - f(D(x_a))| / f(x), adversarial_purification
 ``test.py``)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from toy_plugins import small_grid_config as config
 
 from iqadef.core.cells import CellBatch
-from iqadef.core.report import summary_table
-from iqadef.core.run import run_grid
-from iqadef.core.scores import paper_gain
+from iqadef.report import summary_table
+from iqadef.execute import run_grid
+from iqadef.analysis.scores import paper_gain
 from iqadef.plugins.scores.gain import GainScore
 
 

@@ -11,11 +11,11 @@ import pytest
 from iqadef import Attack, Defence, Param
 from iqadef.core.contract import Plugin, param_annotation
 from iqadef.core.params import annotation_problem, expected_annotation
-from iqadef.core.plugins import get_registry
+from iqadef.core.plugins import installed_plugins
 
 
 def _builtin_plugin_classes() -> list[type]:
-    registry = get_registry()
+    registry = installed_plugins()
     return [reg.cls for table in registry.by_kind.values() for reg in table.values()
             if isinstance(reg.cls, type) and issubclass(reg.cls, Plugin)]
 

@@ -13,7 +13,7 @@ import pytest
 
 from iqadef import PluginError
 from iqadef.cli import main
-from iqadef.core.plugins import PluginLoadWarning, PluginRegistry, reset_registry
+from iqadef.core.plugins import PluginLoadWarning, InstalledPlugins, reset_installed_plugins
 
 GOOD = '''
 from iqadef import Defence, hookimpl
@@ -51,13 +51,13 @@ def site(tmp_path, monkeypatch):
     monkeypatch.delenv("IQADEF_STRICT_PLUGINS", raising=False)
     monkeypatch.delenv("IQADEF_LOAD_PLUGINS", raising=False)
     yield site
-    reset_registry()
+    reset_installed_plugins()
     for module in CREATED:
         sys.modules.pop(module, None)
 
 
 def test_builtins_register_through_the_same_hooks():
-    registry = PluginRegistry(entry_points=False)
+    registry = InstalledPlugins(entry_points=False)
     assert "no-defence" in registry.names("defences")
     info = registry.registration("defences", "no-defence").plugin
     assert info.builtin and info.distribution == "iqadef"
@@ -66,7 +66,7 @@ def test_builtins_register_through_the_same_hooks():
 
 def test_third_party_plugin_is_found_through_its_entry_point(site):
     make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     reg = registry.registration("defences", "halve")
     assert reg.plugin.distribution == "iqadef-plugin-halve" and reg.plugin.version == "1.2.3"
 
@@ -75,7 +75,7 @@ def test_broken_plugin_is_skipped_with_a_warning_and_others_still_work(site):
     make_dist(site, "iqadef-plugin-broken", "broken_plugin", "raise ImportError('missing dependency xyz')\n")
     make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
     with pytest.warns(PluginLoadWarning, match="iqadef-plugin-broken.*ImportError: missing dependency xyz"):
-        registry = PluginRegistry()
+        registry = InstalledPlugins()
     assert "halve" in registry.names("defences") and "no-defence" in registry.names("defences")
     assert any("iqadef-plugin-broken" in p for p in registry.problems)
 
@@ -84,7 +84,7 @@ def test_plugin_failing_in_its_register_hook_is_skipped(site):
     source = GOOD.format(defence="x") + "\n@hookimpl\ndef iqadef_register_attacks(register):\n    register(42)\n"
     make_dist(site, "iqadef-plugin-odd", "odd_plugin", source)
     with pytest.warns(PluginLoadWarning, match="iqadef-plugin-odd.*failed to register attacks"):
-        registry = PluginRegistry()
+        registry = InstalledPlugins()
     assert "x" in registry.names("defences")
 
 
@@ -92,12 +92,12 @@ def test_strict_mode_makes_a_broken_plugin_fatal(site, monkeypatch):
     make_dist(site, "iqadef-plugin-broken", "broken_plugin", "raise ImportError('missing dependency xyz')\n")
     monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="iqadef-plugin-broken"):
-        PluginRegistry()
+        InstalledPlugins()
 
 
 def test_strict_flag_on_the_cli(site, capsys):
     make_dist(site, "iqadef-plugin-broken", "broken_plugin", "raise ImportError('nope')\n")
-    reset_registry()
+    reset_installed_plugins()
     assert main(["--strict-plugins", "plugins", "--json"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "iqadef-plugin-broken" in err and "Traceback" not in err
@@ -107,7 +107,7 @@ def test_two_plugins_with_the_same_name_is_an_error_naming_both(site):
     make_dist(site, "iqadef-plugin-a", "plugin_a", GOOD.format(defence="same"))
     make_dist(site, "iqadef-plugin-b", "plugin_b", GOOD.format(defence="same"))
     with pytest.raises(PluginError) as info:
-        PluginRegistry()
+        InstalledPlugins()
     assert "iqadef-plugin-a" in str(info.value) and "iqadef-plugin-b" in str(info.value)
 
 
@@ -115,12 +115,12 @@ def test_load_plugins_env_selects_third_party_plugins(site, monkeypatch):
     make_dist(site, "iqadef-plugin-a", "plugin_a", GOOD.format(defence="a-def"))
     make_dist(site, "iqadef-plugin-b", "plugin_b", GOOD.format(defence="b-def"))
     monkeypatch.setenv("IQADEF_LOAD_PLUGINS", "iqadef-plugin-b")
-    names = PluginRegistry().names("defences")
+    names = InstalledPlugins().names("defences")
     assert "b-def" in names and "a-def" not in names and "no-defence" in names
 
 
 def test_plugins_json_lists_builtins(capsys):
-    reset_registry()
+    reset_installed_plugins()
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     names = {p["name"] for p in data["plugins"]}
@@ -138,7 +138,7 @@ def test_a_plugin_exiting_at_import_is_a_broken_plugin(site, source, shown):
     make_dist(site, "iqadef-plugin-exits", "exits_plugin", source)
     make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
     with pytest.warns(PluginLoadWarning, match=rf"iqadef-plugin-exits.*failed to load: {re.escape(shown)}"):
-        registry = PluginRegistry()
+        registry = InstalledPlugins()
     assert "halve" in registry.names("defences") and "no-defence" in registry.names("defences")
 
 
@@ -146,7 +146,7 @@ def test_a_plugin_exiting_in_its_register_hook_is_skipped(site):
     source = GOOD.format(defence="x") + "\n@hookimpl\ndef iqadef_register_attacks(register):\n    raise SystemExit(0)\n"
     make_dist(site, "iqadef-plugin-odd", "odd_plugin", source)
     with pytest.warns(PluginLoadWarning, match=r"iqadef-plugin-odd.*failed to register attacks: SystemExit\(0\)"):
-        registry = PluginRegistry()
+        registry = InstalledPlugins()
     assert "x" in registry.names("defences")
 
 
@@ -154,7 +154,7 @@ def test_a_plugin_exiting_at_import_is_fatal_in_strict_mode(site, monkeypatch):
     make_dist(site, "iqadef-plugin-exits", "exits_plugin", "raise SystemExit(0)\n")
     monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match=r"iqadef-plugin-exits.*SystemExit\(0\).*strict plugin mode"):
-        PluginRegistry()
+        InstalledPlugins()
 
 
 @pytest.mark.slow
@@ -219,7 +219,7 @@ def test_the_builtin_indexes_register_exactly_what_the_modules_own_hooks_registe
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
                 expected |= _own_hooks(importlib.import_module(f"{package}.{info.name}"))
-    registry = PluginRegistry(entry_points=False, strict=True)
+    registry = InstalledPlugins(entry_points=False, strict=True)
     indexed = set()
     for kind, table in registry.by_kind.items():
         for name, reg in table.items():
@@ -233,7 +233,7 @@ def test_a_lazy_plugin_is_imported_on_first_use_and_checked(site):
     make_dist(site, "iqadef-plugin-lazy", "lazy_plugin", LAZY.format(defence="halve-lazy", target="halve_impl:Halve"))
     (site / "halve_impl.py").write_text(GOOD.format(defence="halve-lazy").split("@hookimpl")[0])
     CREATED.add("halve_impl")
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     assert "halve-lazy" in registry.names("defences") and "halve_impl" not in sys.modules
     reg = registry.registration("defences", "halve-lazy")
     assert reg.plugin.distribution == "iqadef-plugin-lazy" and not reg.loaded
@@ -248,7 +248,7 @@ def test_a_broken_lazy_plugin_fails_where_used_and_is_left_out_of_the_list(site,
                                                                            problem):
     make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
     make_dist(site, "iqadef-plugin-lazy", "lazy_plugin", LAZY.format(defence="other-name", target=target))
-    registry = PluginRegistry()
+    registry = InstalledPlugins()
     with pytest.raises(PluginError, match=re.escape(problem)) as info:
         registry.get("defences", "other-name")
     assert "iqadef-plugin-lazy" in str(info.value)
@@ -257,7 +257,7 @@ def test_a_broken_lazy_plugin_fails_where_used_and_is_left_out_of_the_list(site,
     assert "other-name" not in {d["name"] for d in listed} and "no-defence" in {d["name"] for d in listed}
     monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "1")
     monkeypatch.setenv("IQADEF_LOAD_PLUGINS", "iqadef-plugin-halve,iqadef-plugin-lazy")  # these, not others installed
-    reset_registry()
+    reset_installed_plugins()
     assert main(["list", "defences"]) == 2
     err = capsys.readouterr().err
     assert "iqadef-plugin-lazy" in err and problem in err and "Traceback" not in err
@@ -266,5 +266,5 @@ def test_a_broken_lazy_plugin_fails_where_used_and_is_left_out_of_the_list(site,
 def test_two_plugins_with_the_same_name_lazy_or_not_is_an_error_naming_both(site):
     make_dist(site, "iqadef-plugin-a", "plugin_a", GOOD.format(defence="no-defence"))
     with pytest.raises(PluginError, match=r"two plugins register the defence 'no-defence'") as info:
-        PluginRegistry()
+        InstalledPlugins()
     assert "iqadef.plugins.defences.identity" in str(info.value) and "iqadef-plugin-a" in str(info.value)

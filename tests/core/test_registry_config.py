@@ -7,7 +7,7 @@ import pytest
 
 from iqadef import ConfigError
 from iqadef.core.compose import Compose
-from iqadef.core.registry import load_run_config
+from iqadef.config.registry import load_run_config
 
 
 def load(tmp_path: Path, text: str, registry):

@@ -13,10 +13,10 @@ from toy_plugins import small_grid_config
 
 from iqadef.core.dataset import Dataset
 from iqadef.core.errors import ConfigError
-from iqadef.core.run import EXECUTORS, ExecutionContext, execute_local, run_grid
-from iqadef.core.run.executors import executor_named
-from iqadef.core.run.plan import plan_units
-from iqadef.core.run.rows import build_rows
+from iqadef.execute import EXECUTORS, ExecutionContext, execute_local, run_grid
+from iqadef.execute.executors import executor_named
+from iqadef.plan.grid import plan_units
+from iqadef.execute.rows import build_rows
 
 RUN = Path(__file__).resolve().parents[2] / "src" / "iqadef" / "core" / "run"
 

@@ -7,9 +7,9 @@ import pytest
 import toy_plugins
 
 from iqadef.core.errors import RunLockedError
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
-from iqadef.core.store import ResultStore, RunLock
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
+from iqadef.store.results import ResultStore, RunLock
 
 GRID = """
 dataset: {{images: {images}}}

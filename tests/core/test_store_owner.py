@@ -1,4 +1,4 @@
-"""One owner of ``results.sqlite``: only the store module (core/store.py) talks SQL; every other module reads
+"""One owner of ``results.sqlite``: only the store module (store/results.py) talks SQL; every other module reads
 and writes the store through its functions (ResultStore, listed_files, artifact_table, ArtifactReader)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-STORE = "iqadef.core.store"
+STORE = "iqadef.store.results"
 #: Modules that still open the store themselves, and why.
 NOT_YET: dict[str, str] = {}
 SQL = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP|PRAGMA|BEGIN|COMMIT|VACUUM)\b")

@@ -9,10 +9,10 @@ import json
 import pandas as pd
 import torch
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.run import run_grid
-from iqadef.core.run.trained import trained_images
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.execute import run_grid
+from iqadef.plan.trained import trained_images
 from iqadef.plugins.certified.dms_iqa import Denoiser
 from iqadef.plugins.defences.fcn import FCN, seen_images
 

@@ -17,9 +17,9 @@ import toy_plugins
 
 from iqadef import Metric, Param, WeightsError, hookimpl
 from iqadef.core import weights as W
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 from iqadef.core.weights import WeightSpec, fingerprint, load_weights, sha256_of
 
 SPEC = WeightSpec(filename="gain.pth", urls=("https://example.invalid/gain.pth",), description="test weights")
@@ -58,8 +58,8 @@ class WeightedPlugins:
 
 
 @pytest.fixture()
-def registry() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins, WeightedPlugins], entry_points=False)
+def registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins, WeightedPlugins], entry_points=False)
 
 
 def test_key_follows_the_content_of_an_explicit_file(home):
@@ -111,7 +111,7 @@ defences: [no-defence, toy-blur]
 """
 
 
-def run(tmp_path: Path, images: Path, weights: Path, registry: PluginRegistry):
+def run(tmp_path: Path, images: Path, weights: Path, registry: InstalledPlugins):
     path = tmp_path / "grid.yaml"
     path.write_text(GRID.format(images=images, weights=weights))
     return run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)

@@ -1,4 +1,4 @@
-"""Small plugins for the core tests (registered through `PluginRegistry(extra=[this module])`)."""
+"""Small plugins for the core tests (registered through `InstalledPlugins(extra=[this module])`)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ defences: [no-defence, toy-blur]
 
 def small_grid_config(tmp_path: Path, images: Path, registry, output: str):
     """A 1 metric x 1 attack x 2 defences grid of the toy plugins over ``images``, run into ``output``."""
-    from iqadef.core.registry import load_run_config
+    from iqadef.config.registry import load_run_config
 
     path = tmp_path / f"{output}.yaml"
     path.write_text(SMALL_GRID.format(images=images, output=output))

@@ -10,12 +10,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import toy_plugins  # noqa: E402
 
-from iqadef.core.plugins import PluginRegistry  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def registry() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins], entry_points=False)
+def registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins], entry_points=False)
 
 
 @pytest.fixture(autouse=True)

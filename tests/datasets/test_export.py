@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from iqadef import IqadefError
-from iqadef.core.export import MARKER, export_run
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.export import MARKER, export_run
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 
 from ds_helpers import image
 

@@ -20,16 +20,16 @@ import toy_plugins
 from ds_helpers import image
 
 from iqadef import ConfigError, IqadefError
-from iqadef.core.export import MARKER, export_run
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
-from iqadef.core.store import RunLock
+from iqadef.export import MARKER, export_run
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
+from iqadef.store.results import RunLock
 
 
 @pytest.fixture(scope="module")
-def plugins() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins, export_toys], entry_points=False)
+def plugins() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins, export_toys], entry_points=False)
 
 
 def run(tmp_path, registry, text: str, name: str = "run"):

@@ -30,9 +30,9 @@ def make_images():
 
 def defence(name: str, **params):
     """A registered defence by name, built and loaded on CPU."""
-    from iqadef.core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
-    return get_registry().get("defences", name)(**params).load("cpu")
+    return installed_plugins().get("defences", name)(**params).load("cpu")
 
 
 @pytest.fixture

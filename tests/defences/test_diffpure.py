@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iqadef.core.errors import ConfigError, WeightsError
-from iqadef.core.plugins import get_registry
+from iqadef.core.plugins import installed_plugins
 from iqadef.core.weights import WeightSpec
 from iqadef.plugins.defences import diffpure
 from iqadef.plugins.defences._guided_diffusion import IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
@@ -157,7 +157,7 @@ def test_missing_guided_checkpoint_names_file_and_url(offline_home):
 
 
 def test_registered_with_reference_presets():
-    registry = get_registry()
+    registry = installed_plugins()
     cls = registry.get("defences", "diffpure")
     assert cls.randomized and cls.differentiable and cls.preserves_size
     t = next(p for p in cls.params if p.name == "t")
@@ -302,7 +302,7 @@ def test_guided_checkpoint_of_another_architecture_is_refused(tiny_guided, tmp_p
 # -- DiffPure + unsharp ---------------------------------------------------------------------------
 
 def test_diffpure_unsharp_is_diffpure_then_the_registered_unsharp(unet_dir):
-    registry = get_registry()
+    registry = installed_plugins()
     assert "unsharp" in registry.names("defences"), "the `unsharp` defence must be registered for diffpure-unsharp"
     both = registry.get("defences", "diffpure-unsharp")(model=str(unet_dir), t=2, amount=0.5).load("cpu")
     unsharp = registry.get("defences", "unsharp")(kernel_size=5, sigma=1.0, amount=0.5)

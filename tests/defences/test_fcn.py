@@ -134,9 +134,9 @@ def test_shipped_weights_reduce_the_gain_of_ifgsm_on_held_out_images():
     """The packaged FCN (trained on the default grid's pairs) lowers I-FGSM's gain on tiny-iqa on images
     it never saw in training (ihc, retina, rocket: the validation side of its 80/20 split by image)."""
     from iqadef.core.dataset import builtin_images_dir, read_image
-    from iqadef.core.plugins import get_registry
+    from iqadef.core.plugins import installed_plugins
 
-    registry = get_registry()
+    registry = installed_plugins()
     metric = registry.get("metrics", "tiny-iqa")().load("cpu")
     attack = registry.get("attacks", "ifgsm")()
     fcn = registry.get("defences", "fcn")().load("cpu")

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from iqadef.cli import main
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 from iqadef.plugins.commands._robust_training import at_loss, fold_mapping, nt_penalty
 from iqadef.plugins.metrics.embedded import TinyIQA
 

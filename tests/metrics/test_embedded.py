@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from iqadef import WeightsError
-from iqadef.core.plugins import PluginRegistry
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plugins.metrics.embedded import TinyIQA, TinyIQANet, packaged_weights
 
 DATA = resources.files("iqadef").joinpath("data")
@@ -48,7 +48,7 @@ def images() -> dict[str, torch.Tensor]:
 
 
 def test_registered_under_its_name():
-    cls = PluginRegistry().get("metrics", "tiny-iqa")
+    cls = InstalledPlugins().get("metrics", "tiny-iqa")
     assert cls is TinyIQA
     assert cls.higher_is_better is True
     low, high = cls.range

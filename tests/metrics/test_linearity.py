@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from iqadef import ConfigError, WeightsError
-from iqadef.core.plugins import get_registry
+from iqadef.core.plugins import installed_plugins
 from iqadef.plugins.metrics._official import build_from_state
 from iqadef.plugins.metrics.linearity import Linearity, LinearityNet, mapping_coefficient
 
@@ -62,7 +62,7 @@ def test_metadata_and_defaults():
     assert metric.name == "linearity" and metric.higher_is_better
     assert metric.range == pytest.approx((25.78, 83.23), abs=0.01)
     assert metric.preprocess == "msu" and metric.resize is None      # the MSU wrapper: native size
-    assert "linearity" in get_registry().names("metrics")
+    assert "linearity" in installed_plugins().names("metrics")
 
 
 def test_default_input_is_the_image_at_its_own_size():

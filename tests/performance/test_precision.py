@@ -1,4 +1,4 @@
-"""Run-level numerics (core/precision.py): ``precision``, ``compile`` and ``channels_last`` reach the metrics'
+"""Run-level numerics (core/numerics.py): ``precision``, ``compile`` and ``channels_last`` reach the metrics'
 and neural defences' networks after they load, keep gradients flowing, give float32 outputs, leave classic
 defences and attacks alone, are validated with one clear message, and are part of the cells' identity
 (a bf16 run reuses no fp32 row; fp32 keeps today's identities)."""
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from iqadef.core.errors import ConfigError
-from iqadef.core.plugins import get_registry
-from iqadef.core.precision import Numerics, prepare_module
-from iqadef.core.registry import parse_run_config
+from iqadef.core.plugins import installed_plugins
+from iqadef.core.numerics import Numerics, prepare_module
+from iqadef.config.registry import parse_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "src" / "iqadef" / "data" / "images"
@@ -25,7 +25,7 @@ IMAGES = ROOT / "src" / "iqadef" / "data" / "images"
 def config(tmp_path: Path, **extra):
     data = {"metrics": ["tiny-iqa"], "attacks": ["fgsm"], "defences": ["no-defence", "flip", "fcn"],
             "device": "cpu", "output": str(tmp_path / "run"), **extra}
-    return parse_run_config(data, tmp_path / "registry.yaml", registry=get_registry())
+    return parse_run_config(data, tmp_path / "registry.yaml", registry=installed_plugins())
 
 
 def images(n: int = 2, size: int = 64) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_loading_twice_applies_once(tmp_path):
     metric.load("cpu")
     forward = metric.net.forward
     metric.load("cpu")
-    from iqadef.core.precision import apply_precision
+    from iqadef.core.numerics import apply_precision
 
     apply_precision(metric)
     assert metric.net.forward is forward
@@ -140,7 +140,7 @@ def test_autocast_style_keeps_float32_weights_and_gradients():
 
 
 def test_a_run_in_another_precision_reuses_no_fp32_row(tmp_path):
-    from iqadef.core.run import run_grid
+    from iqadef.execute import run_grid
 
     folder = tmp_path / "images"
     folder.mkdir()

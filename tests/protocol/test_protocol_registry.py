@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from iqadef.core.errors import ConfigError
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.protocol import LEVEL_SETTINGS, ROLE_ATTACKS, STUDY_EPS, format_eps, protocol_attacks
-from iqadef.core.registry import load_run_config
-from iqadef.core.run.plan import run_info
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.analysis.protocol import LEVEL_SETTINGS, ROLE_ATTACKS, STUDY_EPS, format_eps, protocol_attacks
+from iqadef.config.registry import load_run_config
+from iqadef.plan.grid import run_info
 
 BASE = """
 dataset: {{images: builtin}}
@@ -22,7 +22,7 @@ defences: [no-defence, flip]
 
 @pytest.fixture(scope="module")
 def registry():
-    return PluginRegistry()
+    return InstalledPlugins()
 
 
 def _config(tmp_path, registry, extra=""):

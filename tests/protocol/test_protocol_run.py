@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from iqadef import Defence, hookimpl
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.run import run_grid
-from iqadef.core.verdict import study_rows
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.execute import run_grid
+from iqadef.analysis.verdict import study_rows
 
 from pathlib import Path
 
@@ -61,7 +61,7 @@ defences: [no-defence, flip, test-gradient-hider, {{name: median-blur, kernel_si
 def registry():
     module = types.ModuleType("iqadef_test_gradient_hider")
     module.iqadef_register_defences = iqadef_register_defences
-    return PluginRegistry(extra=[module])
+    return InstalledPlugins(extra=[module])
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The verdict's worst case and its reliability flags (a)-(e) on synthetic result tables: each flag has a
-table that makes it fire and one that keeps it quiet (rules: iqadef.core.verdict, docs/evaluation.md)."""
+table that makes it fire and one that keeps it quiet (rules: iqadef.analysis.verdict, docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from iqadef.core import verdict as V
-from iqadef.core.protocol import ROLE_ATTACKS, RoleSpec, describe, protocol_attacks
+from iqadef.analysis.protocol import ROLE_ATTACKS, RoleSpec, describe, protocol_attacks
 
 SPAN = 100.0  # metric range 0..100: a normalised gain g is a score change of 100 g
 N = 10

@@ -22,7 +22,7 @@ pyiqa = pytest.importorskip("pyiqa")
 adapter = pytest.importorskip("iqadef_pyiqa")
 
 from iqadef import WeightsError  # noqa: E402
-from iqadef.core.plugins import PluginRegistry  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
 from iqadef_pyiqa import NotDifferentiable, catalog  # noqa: E402
 
 CNNIQA_FILE = "CNNIQA_koniq10k-e6f14c91.pth"
@@ -31,7 +31,7 @@ NIQE_FILE = "niqe_modelparameters.mat"
 
 @pytest.fixture(scope="module")
 def registry():
-    return PluginRegistry()
+    return InstalledPlugins()
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ pyiqa = pytest.importorskip("pyiqa")
 adapter = pytest.importorskip("iqadef_pyiqa")
 
 from iqadef import WeightsError  # noqa: E402
-from iqadef.core.plugins import PluginRegistry  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
 
 
 class _Payload:
@@ -45,7 +45,7 @@ def test_a_torchvision_backbone_holding_code_is_refused_and_never_run(tmp_path, 
     assert not marker.exists()
     load_before = torch.load
     with pytest.raises(WeightsError, match="refused to load"):
-        PluginRegistry().get("metrics", "pyiqa-paq2piq")().load("cpu")
+        InstalledPlugins().get("metrics", "pyiqa-paq2piq")().load("cpu")
     assert not marker.exists(), "the checkpoint's code ran"
     assert torch.load is load_before  # put back after the metric is built
 

@@ -15,12 +15,12 @@ for folder in (HERE, HERE.parent / "core"):  # toy plugins; the actors get the s
 import ray_toy_plugins  # noqa: E402
 import toy_plugins  # noqa: E402
 
-from iqadef.core.plugins import PluginRegistry  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def ray_registry() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins, ray_toy_plugins], entry_points=False)
+def ray_registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins, ray_toy_plugins], entry_points=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from toy_plugins import install_as_distribution
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 
 
 REGISTRY = """

@@ -17,8 +17,8 @@ import torch
 
 from iqadef.core.dataset import Dataset
 from iqadef.core.errors import ConfigError, IqadefError
-from iqadef.core.registry import load_run_config
-from iqadef.core.run import ExecutionContext, UnitTimeout, run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.execute import ExecutionContext, UnitTimeout, run_grid
 
 GRID = """
 dataset: {{images: {images}}}
@@ -137,7 +137,7 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
 @pytest.mark.slow
 def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_table(tmp_path, image_dir, ray_registry,
                                                                                     local_ray):
-    """``unit_timeout`` means what it means locally (core/run/execution.py): the run stops with one line
+    """``unit_timeout`` means what it means locally (execute/execution.py): the run stops with one line
     naming the unit, the units finished before it are kept, the stuck actor is killed."""
     marker = tmp_path / "hung"
     attacks = f"[toy-sign, {{name: toy-hang-once, marker: {marker}}}]"
@@ -189,7 +189,7 @@ def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray
 # -- checks done before Ray starts ---------------------------------------------------------------------
 def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_registry):
     pytest.importorskip("ray")
-    from iqadef.core.run.ray import execute_ray
+    from iqadef.execute.ray import execute_ray
 
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.defences[1].handle = threading.Lock()  # e.g. a lock or open file made in __init__
@@ -199,7 +199,7 @@ def test_unpicklable_plugin_is_named_in_a_clear_error(tmp_path, image_dir, ray_r
 
 def test_an_unpicklable_certified_defence_is_named_in_one_line(tmp_path, image_dir, ray_registry):
     pytest.importorskip("ray")
-    from iqadef.core.run.ray import execute_ray
+    from iqadef.execute.ray import execute_ray
 
     path = tmp_path / "certified.yaml"
     path.write_text(GRID.format(images=image_dir, output="ray", executor="ray", attacks=ATTACKS)
@@ -218,7 +218,7 @@ def test_an_unpicklable_certified_defence_is_named_in_one_line(tmp_path, image_d
 def test_an_unpicklable_score_plugin_is_named(tmp_path, image_dir, ray_registry):
     pytest.importorskip("ray")
     from iqadef import ImageScore
-    from iqadef.core.run.ray import check_picklable
+    from iqadef.execute.ray import check_picklable
 
     class LockedScore(ImageScore):  # defined in a function: pickled by value, with its class attributes
         name = "toy-locked-score"
@@ -241,7 +241,7 @@ def test_an_unpicklable_score_plugin_is_named(tmp_path, image_dir, ray_registry)
 ])
 def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_registry, ray_options, message):
     pytest.importorskip("ray")
-    from iqadef.core.run.ray import execute_ray
+    from iqadef.execute.ray import execute_ray
 
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.ray = yaml_mapping(ray_options)
@@ -250,7 +250,7 @@ def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_regis
 
 
 def test_missing_ray_says_how_to_install_it(tmp_path, image_dir, ray_registry, monkeypatch):
-    from iqadef.core.run.ray import execute_ray
+    from iqadef.execute.ray import execute_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
@@ -260,7 +260,7 @@ def test_missing_ray_says_how_to_install_it(tmp_path, image_dir, ray_registry, m
 
 def test_fractional_gpus_and_defaults():
     pytest.importorskip("ray")
-    from iqadef.core.registry import RayOptions
+    from iqadef.config.registry import RayOptions
 
     opts = RayOptions.parse({"num_gpus": 0.25, "address": "auto"})
     assert opts.gpus_per_actor("cuda") == 0.25 and opts.address == "auto"

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 #: expands a huge grid fails at once with MemoryError instead of taking the machine's memory.
 CAPPED_CLI = """
 import re, resource, sys
-import iqadef.cli, iqadef.core.registry, iqadef.core.plugins
-iqadef.core.plugins.get_registry()
+import iqadef.cli, iqadef.config.registry, iqadef.core.plugins
+iqadef.core.plugins.installed_plugins()
 size = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + 2 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
 sys.exit(iqadef.cli.main(sys.argv[1:]))

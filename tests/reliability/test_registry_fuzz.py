@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iqadef import ConfigError
-from iqadef.core.registry import TOP_KEYS, load_run_config, parse_run_config
+from iqadef.config.registry import TOP_KEYS, load_run_config, parse_run_config
 
 names = st.sampled_from(["toy-metric", "toy-sign", "toy-blur", "no-defence", "jpeg", "ifgsm", "nope", "", "../x"])
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),

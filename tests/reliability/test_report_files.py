@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from iqadef.core.report import figure_file_name, write_report
-from iqadef.core.report.figures import png_data_uri
+from iqadef.report import figure_file_name, write_report
+from iqadef.report.figures import png_data_uri
 
 TWINS = ("lin[weights_path=a b.pt]", "lin[weights_path=a_b.pt]")  # the same once made a file name
 

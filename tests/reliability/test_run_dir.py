@@ -12,10 +12,10 @@ import pytest
 
 from iqadef.cli import main
 from iqadef.core.errors import IqadefError
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.rundir import MARKER, RunFolder, prepare_run_dir
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.store.rundir import MARKER, RunFolder, prepare_run_dir
+from iqadef.execute import run_grid
 
 GRID = """
 dataset: {{images: {images}}}

@@ -18,11 +18,11 @@ from PIL import Image
 from toy_plugins import SMALL_GRID, install_as_distribution
 from toy_plugins import small_grid_config as config
 
-import iqadef.core.run.driver as runner_module
+import iqadef.execute.driver as runner_module
 from iqadef.cli import main
-from iqadef.core.run import run_grid
-from iqadef.core.report import write_report
-from iqadef.core.store import CorruptStoreError, DiskFullError, StorageWarning
+from iqadef.execute import run_grid
+from iqadef.report import write_report
+from iqadef.store.results import CorruptStoreError, DiskFullError, StorageWarning
 
 
 def test_disk_full_gives_a_clear_error_and_the_store_stays_consistent(tmp_path, image_dir, toy_registry, monkeypatch):

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from toy_plugins import small_grid_config as config
 
-from iqadef.core.run import run_grid
-from iqadef.core.store import CELL_COLUMNS, CHECKSUM_ERROR, ResultStore, StorageWarning, row_checksum
+from iqadef.execute import run_grid
+from iqadef.store.results import CELL_COLUMNS, CHECKSUM_ERROR, ResultStore, StorageWarning, row_checksum
 
 
 def checkpoint(db) -> None:

@@ -20,10 +20,10 @@ import toy_plugins  # noqa: E402
 
 from iqadef import cli  # noqa: E402
 from iqadef.core.errors import IqadefError  # noqa: E402
-from iqadef.core.plugins import PluginRegistry  # noqa: E402
-from iqadef.core.registry import load_run_config  # noqa: E402
-from iqadef.core.run import run_grid  # noqa: E402
-from iqadef.core.run.verify import close, verify_run  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
+from iqadef.config.registry import load_run_config  # noqa: E402
+from iqadef.execute import run_grid  # noqa: E402
+from iqadef.execute.verify import close, verify_run  # noqa: E402
 
 GRID = """
 dataset: {{images: {images}}}
@@ -39,8 +39,8 @@ CELLS = 36
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins], entry_points=False)
+def registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins], entry_points=False)
 
 
 @pytest.fixture()
@@ -146,7 +146,7 @@ def test_an_empty_or_foreign_folder_is_refused(tmp_path, registry):
 # -- rows that are wrong without their values being wrong (issue "Trust, round 3", case 5) -------------------
 def edit_row(db: Path, where: str, reseal: bool, **values) -> None:
     """Change one stored row; ``reseal``: recompute its checksum too (an edit made to look written)."""
-    from iqadef.core.store import CELL_COLUMNS, row_checksum
+    from iqadef.store.results import CELL_COLUMNS, row_checksum
 
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row

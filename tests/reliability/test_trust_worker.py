@@ -26,12 +26,12 @@ import trust_toys  # noqa: E402
 import toy_plugins  # noqa: E402
 
 from iqadef.core.errors import ConfigError  # noqa: E402
-from iqadef.core.run.ray import ScoreTable  # noqa: E402
-from iqadef.core.plugins import PluginRegistry, get_registry  # noqa: E402
-from iqadef.core.registry import DEFAULT_UNIT_TIMEOUT, load_run_config  # noqa: E402
-from iqadef.core.run import UnitTimeout, run_grid  # noqa: E402
-from iqadef.core.scores import image_score_classes  # noqa: E402
-from iqadef.core.store import CELL_COLUMNS, ResultStore, row_checksum  # noqa: E402
+from iqadef.execute.ray import ScoreTable  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins, installed_plugins  # noqa: E402
+from iqadef.config.registry import DEFAULT_UNIT_TIMEOUT, load_run_config  # noqa: E402
+from iqadef.execute import UnitTimeout, run_grid  # noqa: E402
+from iqadef.analysis.scores import image_score_classes  # noqa: E402
+from iqadef.store.results import CELL_COLUMNS, ResultStore, row_checksum  # noqa: E402
 
 GRID = """
 dataset: {{images: {images}}}
@@ -48,8 +48,8 @@ DROP = ["image_path"]  # the only column that names the folder
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry(extra=[toy_plugins, trust_toys], entry_points=False)
+def registry() -> InstalledPlugins:
+    return InstalledPlugins(extra=[toy_plugins, trust_toys], entry_points=False)
 
 
 def config(tmp_path, images, registry, output="run", metrics="[toy-metric]", attacks="[toy-sign, toy-noise]",
@@ -83,7 +83,7 @@ def copy_images(src: Path, dst: Path, rename=lambda name: name) -> Path:
 
 def with_scores(*names: str):
     """The built-in per-image scores plus the named toy scores (what the worker computes per cell)."""
-    return ScoreTable([*image_score_classes(get_registry()), *(trust_toys.SCORES[n] for n in names)])
+    return ScoreTable([*image_score_classes(installed_plugins()), *(trust_toys.SCORES[n] for n in names)])
 
 
 # -- 1. the image's content is part of a cell's identity -------------------------------------------------
@@ -325,7 +325,7 @@ def test_the_cli_exits_with_one_line_when_a_unit_hangs(tmp_path, image_dir):
 # -- the guard changes nothing when plugins behave -----------------------------------------------------------
 def test_the_guard_leaves_a_well_behaved_grid_bit_identical(tmp_path, image_dir, registry):
     from iqadef.core.dataset import Dataset
-    from iqadef.core.run import Unit, Worker
+    from iqadef.execute import Unit, Worker
 
     cfg = config(tmp_path, image_dir, registry)
     dataset = Dataset(cfg.images)

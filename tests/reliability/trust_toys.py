@@ -1,5 +1,5 @@
 """Careless plugins for the worker's trust tests: they write into their inputs, break the output contract,
-call sys.exit or hang (registered through `PluginRegistry(extra=[this module])`)."""
+call sys.exit or hang (registered through `InstalledPlugins(extra=[this module])`)."""
 
 from __future__ import annotations
 

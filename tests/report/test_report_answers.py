@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from matplotlib import colormaps
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import gain_matrix, srocc_matrix, write_report
-from iqadef.core.report.certified import certified_table, sigma_to_cover
-from iqadef.core.report.figures import cell_font_size, new_figure, same_columns, text_colour
-from iqadef.core.report.glance import best_per_attack, geometric_defences, pareto_front, tradeoff_points
-from iqadef.core.report.tables import ranking_table
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.report import gain_matrix, srocc_matrix, write_report
+from iqadef.report.certified import certified_table, sigma_to_cover
+from iqadef.report.figures import cell_font_size, new_figure, same_columns, text_colour
+from iqadef.report.glance import best_per_attack, geometric_defences, pareto_front, tradeoff_points
+from iqadef.report.tables import ranking_table
+from iqadef.execute import run_grid
 from iqadef.core.smoothing import order_statistic_ranks, percentile_shift
 
 GRID = """
@@ -101,8 +101,8 @@ def test_geometric_defences_are_declared_by_the_plugin_and_marked(report):
 
 def test_a_geometric_best_defence_is_marked_in_the_table(report, toy_registry):
     """flip made best by hand: its name carries the mark, and its quality never puts it on the front."""
-    from iqadef.core.report.figures import ReportFigures
-    from iqadef.core.report.page import glance_sections
+    from iqadef.report.figures import ReportFigures
+    from iqadef.report.page import glance_sections
 
     df, info = report["df"].copy(), report["info"]
     flip = df["defence"] == "flip"
@@ -199,7 +199,7 @@ def test_figure_5_says_which_defences_it_shows_and_the_pooled_ranking_needs_two_
 
 
 def test_geometric_is_declared_by_flip_rotate_crop_and_inherited_by_a_composition(tmp_path, image_dir, toy_registry):
-    from iqadef.core.run.plan import run_info
+    from iqadef.plan.grid import run_info
 
     path = tmp_path / "g.yaml"
     path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
@@ -234,7 +234,7 @@ def test_a_run_written_before_run_json_named_its_defences_plugins_still_marks_fl
 
 
 def test_the_drawn_figures_3_and_4_share_their_columns(report, monkeypatch):
-    from iqadef.core.report import figures
+    from iqadef.report import figures
 
     drawn = []
     real = figures.heatmap

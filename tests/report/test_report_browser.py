@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from toy_plugins import small_grid_config
 
-from iqadef.core.report import write_report
-from iqadef.core.run import run_grid
+from iqadef.report import write_report
+from iqadef.execute import run_grid
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

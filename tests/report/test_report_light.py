@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.report.figures import THUMBNAIL_SIZE, ThumbnailCache
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.report.figures import THUMBNAIL_SIZE, ThumbnailCache
+from iqadef.execute import run_grid
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

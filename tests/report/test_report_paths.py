@@ -11,9 +11,9 @@ import json
 import shutil
 from pathlib import Path
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.run import run_grid
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.execute import run_grid
 
 
 def comparison(page: str) -> dict:

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import write_report
-from iqadef.core.report.robust_metrics import accuracy_table, metric_pairs, robustness_table
-from iqadef.core.run.plan import run_info
+from iqadef.config.registry import load_run_config
+from iqadef.report import write_report
+from iqadef.report.robust_metrics import accuracy_table, metric_pairs, robustness_table
+from iqadef.plan.grid import run_info
 
 ORIGINAL, TUNED = "tiny-iqa", "tiny-iqa[weights_path=robust.pt]"
 IMAGES = [f"img{i}.png" for i in range(6)]

@@ -14,16 +14,16 @@ import shifted_metric
 import toy_plugins
 from iqadef import ConfigError, ImageScore, ScoreColumn
 from iqadef.core import columns
-from iqadef.core.plugins import PluginRegistry
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import key_findings, ranking_table, write_report
-from iqadef.core.report.tables import key_scores, with_ci
-from iqadef.core.run import run_grid
-from iqadef.core.scores import aggregate, recorded_columns
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.config.registry import load_run_config
+from iqadef.report import key_findings, ranking_table, write_report
+from iqadef.report.tables import key_scores, with_ci
+from iqadef.execute import run_grid
+from iqadef.analysis.scores import aggregate, recorded_columns
 
 
 def test_a_third_party_key_column_reaches_the_main_table_with_its_direction(tmp_path, image_dir):
-    registry = PluginRegistry(extra=[toy_plugins, shifted_metric, change_score], entry_points=False)
+    registry = InstalledPlugins(extra=[toy_plugins, shifted_metric, change_score], entry_points=False)
     path = tmp_path / "run.yaml"
     path.write_text(f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\nexamples: 0\n"
                     f"metrics: [toy-metric]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n")

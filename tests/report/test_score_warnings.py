@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqadef.core.registry import load_run_config
-from iqadef.core.report import ranking_table, write_report
-from iqadef.core.run import run_grid
-from iqadef.core.scores import ScoreWarning, normalised_gain, score_warnings
+from iqadef.config.registry import load_run_config
+from iqadef.report import ranking_table, write_report
+from iqadef.execute import run_grid
+from iqadef.analysis.scores import ScoreWarning, normalised_gain, score_warnings
 
 TINY = {"tiny-iqa": {"name": "tiny-iqa", "range": [-6.0, 86.0], "higher_is_better": True}}
 

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from iqadef.core.plugins import get_registry
-from iqadef.core.scores import SummaryScore, aggregate, correlation_ci, mean_ci, summary_score_classes
+from iqadef.core.plugins import installed_plugins
+from iqadef.analysis.scores import SummaryScore, aggregate, correlation_ci, mean_ci, summary_score_classes
 
 
 def test_mean_ci_is_a_t_interval():
@@ -61,7 +61,7 @@ def test_aggregate_excludes_and_counts_failed_cells():
 
 
 def test_summary_scores_come_from_the_registry():
-    names = {cls.name for cls in summary_score_classes(get_registry())}
+    names = {cls.name for cls in summary_score_classes(installed_plugins())}
     assert {"srocc", "msu-robustness"} <= names
 
     class Plain:  # not a Plugin: only needs name + summarise (what _check_class accepts)

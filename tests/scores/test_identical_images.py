@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from iqadef.core.scores import aggregate
+from iqadef.analysis.scores import aggregate
 from iqadef.plugins.scores.full_reference import FullReferenceMeasures
 from iqadef.plugins.scores.quality import QualityScore
 
@@ -67,7 +67,7 @@ def test_infinite_values_are_left_out_of_means_and_counted():
 
 def test_infinite_psnr_survives_the_store_and_the_exported_tables(tmp_path):
     """Scores go through SQLite (JSON), Parquet and CSV; +inf must come back as +inf, not NaN or a string."""
-    from iqadef.core.store import ResultStore, export_tables
+    from iqadef.store.results import ResultStore, export_tables
 
     x, xa, dxa = _images()
     scores = FullReferenceMeasures().compute(make_cells(x, xa, x, dxa, [1.0], [2.0], [1.0], [1.5]))

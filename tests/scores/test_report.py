@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iqadef.core.report import figure_file_name, load_results, summary_table, write_report
+from iqadef.report import figure_file_name, load_results, summary_table, write_report
 from iqadef.plugins.scores.full_reference import FullReferenceMeasures
 from iqadef.plugins.scores.gain import GainScore
 from iqadef.plugins.scores.msu_gain import MsuGain
@@ -220,7 +220,7 @@ def test_report_of_a_minimal_table_with_an_all_failed_group(tmp_path):
 
 
 def test_figure4_matrix_with_mos_or_with_the_clean_scores_on_hand_made_numbers():
-    from iqadef.core.report import CLEAN_ROW, srocc_matrix
+    from iqadef.report import CLEAN_ROW, srocc_matrix
 
     rows = []
     for d, adv, dclean in (("keeps", [10, 20, 30, 40], [1, 2, 3, 4]), ("flips", [4, 3, 2, 1], [1, 3, 2, 4])):

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from iqadef.core.report.figures import ReportFigures
-from iqadef.core.report.files import ReportFiles, load_results
-from iqadef.core.report.page import write_html, write_markdown
-from iqadef.core.report.tables import report_tables
+from iqadef.report.figures import ReportFigures
+from iqadef.report.files import ReportFiles, load_results
+from iqadef.report.page import write_html, write_markdown
+from iqadef.report.tables import report_tables
 
 METRIC = "a<b&c\"'"
 DEFENCE = "<i>jpeg</i>"

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .base import Defence, Metric, answer_for
-from .guard import Tripwire, checked_call
+from iqadef.core.base import Defence, Metric, answer_for
+from iqadef.core.guard import Tripwire, checked_call
 
 
 def eot_seed(seed: int, index: int) -> int:

@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from .columns import DeclaresColumns
-from .contract import Plugin
-from .errors import ConfigError
-from .params import ATTACK_ALIASES
+from iqadef.core.columns import DeclaresColumns
+from iqadef.core.contract import Plugin
+from iqadef.core.errors import ConfigError
+from iqadef.core.params import ATTACK_ALIASES
 
 __all__ = ["Attack", "Defence", "ImageScore", "Metric", "Plugin", "answer_for", "attack_loss"]
 

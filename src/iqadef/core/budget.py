@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Metric
-from .contract import _fmt
-from .errors import ConfigError
-from .params import Param
-from .query import QueryMetric
+from iqadef.core.base import Attack, Metric
+from iqadef.core.contract import _fmt
+from iqadef.core.errors import ConfigError
+from iqadef.core.params import Param
+from iqadef.core.query import QueryMetric
 
 #: The sizes a budget can name: (measure of x vs x_a, whether a larger value is a stronger attack).
 BUDGET_NORMS = {"linf": "largest absolute pixel difference (pixels in [0, 1])", "psnr": "PSNR in dB, data range 1"}

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Metric
+from iqadef.core.base import Metric
 
 
 @dataclass

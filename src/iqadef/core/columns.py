@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Iterable
 
-from .errors import ConfigError
+from iqadef.core.errors import ConfigError
 
 #: "higher"/"lower" is better; None: neither side is better (a distance, a raw score).
 DIRECTIONS = ("higher", "lower", None)
-#: How the report sums up a column over a group's images, each with its 95% interval (core/scores.py).
+#: How the report sums up a column over a group's images, each with its 95% interval (analysis/scores.py).
 AGGREGATES = ("mean", "median")
 #: A column in the defence ranking: its bootstrap "interval" beside the mean, or the "mean" alone.
 RANKINGS = (None, "mean", "interval")

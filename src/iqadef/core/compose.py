@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import Defence
+from iqadef.core.base import Defence
 
 
 def stage_seed(seed: int | None, index: int) -> int | None:

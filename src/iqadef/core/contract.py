@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .params import Param, annotation_problem, pixel_fraction, resolve
+from iqadef.core.params import Param, annotation_problem, pixel_fraction, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ class Plugin:
     param_aliases: ClassVar[tuple[frozenset[str], ...]] = ()
     #: Weight files this plugin needs (``iqadef.core.weights.WeightSpec``), listed by ``iqadef weights``.
     weights: ClassVar[tuple] = ()
-    #: How the run-level ``precision`` reaches :meth:`precision_modules` (core/precision.py): ``"cast"`` the
+    #: How the run-level ``precision`` reaches :meth:`precision_modules` (core/numerics.py): ``"cast"`` the
     #: networks' weights and inputs, or ``"autocast"`` for networks that manage their dtypes themselves.
     precision_style: ClassVar[str] = "cast"
     #: The run's ``precision``/``compile``/``channels_last`` (``core.precision.Numerics``), set by the registry
@@ -99,7 +99,7 @@ class Plugin:
         ident = {"kind": self.kind, "name": self.name, "version": self.version, "params": _canonical(self.config)}
         sources = self.weights_in_use()
         if sources:
-            from .weights import fingerprint
+            from iqadef.core.weights import fingerprint
 
             ident["weights"] = [fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param))
                                 for s in sources]
@@ -130,8 +130,8 @@ class Plugin:
             for module in self._modules():
                 module.eval().requires_grad_(False).to(device)
             self._loaded_on = device
-            if self.numerics is not None:  # the run's precision/compile/channels_last (core/precision.py)
-                from .precision import apply_precision
+            if self.numerics is not None:  # the run's precision/compile/channels_last (core/numerics.py)
+                from iqadef.core.numerics import apply_precision
 
                 apply_precision(self)
         return self
@@ -141,7 +141,7 @@ class Plugin:
 
     def precision_modules(self) -> list[torch.nn.Module]:
         """The loaded torch networks that the run-level ``precision``, ``compile`` and ``channels_last`` apply
-        to (core/precision.py). Each must be called as ``module(...)`` with float32 tensors, its float outputs
+        to (core/numerics.py). Each must be called as ``module(...)`` with float32 tensors, its float outputs
         are handed back as float32. Default: none, the keys do not apply (attacks, classic defences)."""
         return []
 

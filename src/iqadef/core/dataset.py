@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ConfigError, IqadefError
-from .fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
-from .files import atomic_write_bytes
-from .sniff import wrong_content
-from .params import Param, resolve
-from .sniff import BINARY, binary_kind
-from .suggest import did_you_mean
+from iqadef.core.errors import ConfigError, IqadefError
+from iqadef.core.fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
+from iqadef.core.files import atomic_write_bytes
+from iqadef.core.sniff import wrong_content
+from iqadef.core.params import Param, resolve
+from iqadef.core.sniff import BINARY, binary_kind
+from iqadef.core.suggest import did_you_mean
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 #: Largest image side kept as is; larger images are downscaled to this (override: dataset.max_side).

@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from .errors import ConfigError
+from iqadef.core.errors import ConfigError
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 

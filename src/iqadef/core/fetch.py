@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Literal
 
-from .errors import IqadefError
+from iqadef.core.errors import IqadefError
 
 _CHUNK = 1 << 20
 #: Archive kinds :func:`extract` understands (``None``: a plain file, not unpacked).

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import IqadefError
+from iqadef.core.errors import IqadefError
 
 RESUME_ADVICE = "free space and run again with --resume (finished cells are kept)"
 
@@ -55,7 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, advice: str = RESUME_ADVICE) 
     """Write ``data`` to ``path`` via a temporary file + rename; return its sha256.
 
     The temporary name (``.iqadef-tmp-<pid>-*.tmp``, :func:`temp_prefix`) says that iqadef made it and which
-    process, so a resume sweeps only its own leftovers (core/rundir.py). On a full disk the error says so and
+    process, so a resume sweeps only its own leftovers (store/rundir.py). On a full disk the error says so and
     gives ``advice``.
     """
     path = Path(path)

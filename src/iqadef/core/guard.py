@@ -14,7 +14,7 @@ silently change the cells of every plugin after it. So every tensor handed to a 
 * a **fingerprint** of its content (:func:`fingerprint`), for writes that bypass the counter:
   ``images.data.mul_(0)``, ``images.numpy()[...] = 0`` and raw storage writes do not bump it. It costs one
   pass over the tensor, so the runner takes it where plugins hand tensors on (see
-  :class:`~iqadef.core.run.worker.Worker`), and benchmarks/run_all.py (section ``guard``) measures its cost.
+  :class:`~iqadef.execute.worker.Worker`), and benchmarks/run_all.py (section ``guard``) measures its cost.
 
 A broken seal fails the cells of that call with a message naming the plugin and saying it modified its
 input in place; the runner then rebuilds the tensors from their sources (files, PNG bytes, the
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import Metric
+from iqadef.core.base import Metric
 
 #: Tensors up to this many elements are fingerprinted by an exact copy (scores, small images).
 EXACT_UP_TO = 4096

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError
-from .suggest import did_you_mean
+from iqadef.core.errors import ConfigError
+from iqadef.core.suggest import did_you_mean
 
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 #: A plain decimal number written as a string (``"1e9"``, ``"0.5"``, ``".5"``); not ``inf``/``nan``.

@@ -33,12 +33,12 @@ from typing import Any, Iterable
 import importlib_metadata
 import pluggy
 
-from .._version import __version__
-from . import hookspecs
-from .errors import ConfigError, PluginError
-from .hookspecs import LazyPlugin
-from .kinds import KINDS
-from .suggest import did_you_mean
+from iqadef._version import __version__
+from iqadef.core import hookspecs
+from iqadef.core.errors import ConfigError, PluginError
+from iqadef.core.hookspecs import LazyPlugin
+from iqadef.core.kinds import KINDS
+from iqadef.core.suggest import did_you_mean
 
 ENTRY_POINT_GROUP = "iqadef"
 
@@ -138,7 +138,7 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-class PluginRegistry:
+class InstalledPlugins:
     """All plugins of one process, by kind and name."""
 
     def __init__(self, *, strict: bool | None = None, load: Iterable[str] | None = None,
@@ -298,11 +298,23 @@ def _check_class(cls: Any, kind: str) -> None:
 
 
 @lru_cache(maxsize=1)
-def get_registry() -> PluginRegistry:
+def installed_plugins() -> InstalledPlugins:
     """The process-wide registry (built on first use)."""
-    return PluginRegistry()
+    return InstalledPlugins()
 
 
-def reset_registry() -> None:
+def reset_installed_plugins() -> None:
     """Forget the cached registry (tests, or after installing a plugin)."""
-    get_registry.cache_clear()
+    installed_plugins.cache_clear()
+
+
+#: Names before "registry" came to mean only the registry file (``registry.yaml``); kept for third-party code.
+_DEPRECATED = {"PluginRegistry": "InstalledPlugins", "get_registry": "installed_plugins",
+               "reset_registry": "reset_installed_plugins"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        warnings.warn(f"iqadef: {name} is now {_DEPRECATED[name]}", DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .base import Metric, answer_for
-from .errors import IqadefError
+from iqadef.core.base import Metric, answer_for
+from iqadef.core.errors import IqadefError
 
 
 class GradientRequested(IqadefError):

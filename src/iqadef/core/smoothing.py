@@ -24,8 +24,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from .base import Metric, Plugin, answer_for
-from .params import Param
+from iqadef.core.base import Metric, Plugin, answer_for
+from iqadef.core.params import Param
 
 
 @dataclass

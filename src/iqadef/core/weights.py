@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, IqadefError, WeightsError
-from .fetch import FetchError, offline
-from .fetch import download as _download
-from .fetch import sha256_of as sha256_of
-from .files import atomic_write_bytes
-from .sniff import binary_kind, looks_like_text, looks_like_web_page
+from iqadef.core.errors import ConfigError, IqadefError, WeightsError
+from iqadef.core.fetch import FetchError, offline
+from iqadef.core.fetch import download as _download
+from iqadef.core.fetch import sha256_of as sha256_of
+from iqadef.core.files import atomic_write_bytes
+from iqadef.core.sniff import binary_kind, looks_like_text, looks_like_web_page
 
 @dataclass(frozen=True)
 class WeightSpec:

@@ -126,7 +126,7 @@ def dataset_files(name: str) -> list[Path]:
     """The image files of a dataset given by name as in the registry's ``dataset:`` (``builtin``,
     ``koniq10k``, ``nips2017``, a folder, ...; docs/datasets.md), for training on it."""
 
-    config = parse_dataset(name, Path.cwd(), iqadef.PluginRegistry(), where="train_dataset")
+    config = parse_dataset(name, Path.cwd(), iqadef.InstalledPlugins(), where="train_dataset")
     return [entry.path for entry in config.entries()]
 
 

@@ -30,7 +30,7 @@ def _options(pairs: list[str]) -> dict[str, object]:
 
 def _plugin(name: str, root: str | None, options: dict[str, object]):
 
-    cls = iqadef.get_registry().get("datasets", name, where="iqadef data")
+    cls = iqadef.installed_plugins().get("datasets", name, where="iqadef data")
     return cls(root, where=f"dataset {name}", **options) if cls.fetchable else None
 
 
@@ -61,7 +61,7 @@ class DataCommand(Command):
             root = fetch_dataset(plugin, progress=sys.stderr.isatty(), keep_archives=args.keep_archives)
             print(f"{plugin.name}: present in {root}")
             return 0
-        registry = iqadef.get_registry()
+        registry = iqadef.installed_plugins()
         names = [args.dataset] if args.dataset else registry.names("datasets")
         rows = []
         for name in names:

@@ -1,4 +1,4 @@
-"""``iqadef export RUN_DIR --out DIR [--defended]``: a run's adversarial images as a dataset (core/export.py)."""
+"""``iqadef export RUN_DIR --out DIR [--defended]``: a run's adversarial images as a dataset (export.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class ExportCommand(Command):
 
     def run(self, args) -> int:
 
-        summary = iqadef.export_run(args.run_dir, args.out, defended=args.defended, registry=iqadef.get_registry())
+        summary = iqadef.export_run(args.run_dir, args.out, defended=args.defended, registry=iqadef.installed_plugins())
         for problem in summary.skipped:
             print(f"warning: {problem}")
         print(f"{summary.adversarial} adversarial image(s)" + (f", {summary.defended} defended" if args.defended else "")

@@ -44,7 +44,7 @@ def metric_from_argument(text: str):
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise IqadefError(f"METRIC {text!r}: give a metric name (`iqadef list metrics`) or {{name: ..., key: value}}")
     params = dict(entry)
-    cls = iqadef.get_registry().get("metrics", params.pop("name"), where="train-robust METRIC")
+    cls = iqadef.installed_plugins().get("metrics", params.pop("name"), where="train-robust METRIC")
     return lambda: cls(where="train-robust METRIC", **params)
 
 
@@ -70,7 +70,7 @@ def open_training_data(args: argparse.Namespace):
         if args.sample:
             value["sample"] = args.sample
         value.setdefault("max_side", args.max_side)
-    dataset = parse_dataset(value, Path.cwd(), iqadef.get_registry(), where="--dataset").open(limit=args.limit)
+    dataset = parse_dataset(value, Path.cwd(), iqadef.installed_plugins(), where="--dataset").open(limit=args.limit)
     excluded = set(args.exclude or [])
     unknown = excluded - {item.name for item in dataset.items}
     if unknown:

@@ -1,5 +1,5 @@
 """``iqadef-export``: the folder written by ``iqadef export`` read back as a dataset, so defences run on a
-published set of adversarial images without running the attacks (core/export.py)."""
+published set of adversarial images without running the attacks (export.py)."""
 
 from __future__ import annotations
 

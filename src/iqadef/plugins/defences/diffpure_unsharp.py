@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from iqadef import ConfigError, Param, hookimpl
-from iqadef import get_registry
+from iqadef import installed_plugins
 
 from .diffpure import DiffPure
 
@@ -46,7 +46,7 @@ class DiffPureUnsharp(DiffPure):
 
 def _unsharp_class() -> type:
     try:
-        return get_registry().get("defences", "unsharp")
+        return installed_plugins().get("defences", "unsharp")
     except ConfigError as exc:
         raise ConfigError(f"diffpure-unsharp needs the `unsharp` defence, which is not registered ({exc})") from None
 

@@ -53,7 +53,7 @@ def linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def psnr_from_mse(err: torch.Tensor) -> torch.Tensor:
     """``10 log10(1 / MSE)`` (data range 1); +inf where MSE is 0, as scikit-image gives (the aggregation
-    leaves such values out of means and counts them, see :func:`iqadef.core.scores.aggregate`)."""
+    leaves such values out of means and counts them, see :func:`iqadef.analysis.scores.aggregate`)."""
     return 10.0 * torch.log10(1.0 / err)
 
 

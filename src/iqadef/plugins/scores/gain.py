@@ -15,7 +15,7 @@ class GainScore(ImageScore):
 
     Column ``gain`` is the paper's score (adversarial_purification ``test.py``); ``gain_clean`` is the
     same for the defence applied to the clean image (the "clean" row of Figure 3). NaN when f(x) = 0
-    (:func:`iqadef.core.scores.paper_gain`, the formula the report averages).
+    (:func:`iqadef.analysis.scores.paper_gain`, the formula the report averages).
     """
 
     name = "gain"
