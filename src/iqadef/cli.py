@@ -318,7 +318,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{plan['batch_size']}); {stored}")
     calls = plan["plugin_calls"]
     print(f"cost (plugin calls, not time): {calls['attack_runs']} attack runs of one image with "
-          f"{calls['attack_steps']} gradient steps in all, {calls['metric_scores']} metric scores, "
+          f"{calls['attack_steps']} gradient steps in all, {calls['metric_scores']} metric scores "
+          f"({calls['attack_queries']} of them black-box queries), "
           f"{calls['defence_calls']} defence calls"
           + (f" ({calls['smoothing_samples']} of the metric scores are certified defences' noisy copies)"
              if calls.get("smoothing_samples") else ""))

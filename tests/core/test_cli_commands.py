@@ -36,8 +36,8 @@ def test_plan_shows_the_grid_and_what_a_run_folder_holds(tmp_path, image_dir, to
     assert (plan["cells"], plan["cells_done"], plan["cells_to_do"], plan["units_to_do"]) == (12, 0, 12, 3)
     assert plan["defences"] == ["no-defence", "toy-blur"] and plan["images"] == 6
     # toy-sign: 2 steps per image; f(x), f(x_a) once per image, f(D(x)), f(D(x_a)) per defence
-    assert plan["plugin_calls"] == {"attack_runs": 6, "attack_steps": 12, "metric_scores": 36, "defence_calls": 24,
-                                    "smoothing_samples": 0}
+    assert plan["plugin_calls"] == {"attack_runs": 6, "attack_steps": 12, "attack_queries": 0, "metric_scores": 36,
+                                    "defence_calls": 24, "smoothing_samples": 0}
     assert not (tmp_path / "run").exists()  # planning writes nothing
 
     run_grid(config, progress=False, registry=toy_registry, limit=4)  # the first two batches

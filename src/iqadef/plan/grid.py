@@ -17,7 +17,7 @@ import torch
 from iqadef._version import __version__
 from iqadef.core.base import Defence
 from iqadef.core.dataset import Dataset, ImageItem
-from iqadef.config.registry import RunConfig
+from iqadef.config.registry import AttackEntry, RunConfig
 from iqadef.analysis.scores import recorded_columns
 from iqadef.store.results import KEY_COLUMNS, ResultStore
 from iqadef.store.artifacts import _hash
@@ -269,15 +269,35 @@ def _defence_params(defence: Defence) -> dict[str, Any]:
     return defence.config
 
 
+def attack_work(entry: AttackEntry) -> tuple[int, int]:
+    """What one run of ``entry`` asks of the metric per image: (gradient steps, score queries).
+
+    A gradient attack: its ``iters`` or ``steps`` parameter (else 1) times ``restarts`` (APGD: each restart
+    runs all its steps) times ``eot_samples`` (an EOT attack averages that many draws per step). A black-box
+    attack (``black_box``): its ``queries_per_image()`` if it has one (onepixel: a population per
+    generation), else its ``queries`` budget (else its ``iters``), times ``eot_samples``; no gradient step.
+    A budget search (``budget:``) runs the attack several times per image: not counted here."""
+    attack = getattr(entry.attack, "inner", entry.attack)  # a budget search's attack: the inner one's parameters
+    params = attack.config
+    eot = max(1, entry.eot_samples)
+    if getattr(attack, "black_box", False):
+        counted = getattr(attack, "queries_per_image", None)
+        queries = counted() if callable(counted) else params.get("queries") or params.get("iters") or 1
+        return 0, int(queries) * eot
+    steps = int(params.get("iters", params.get("steps", 1)))
+    return steps * int(params.get("restarts", 1)) * eot, 0
+
+
 def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict[str, int]:
     """What the units still to do will ask of the plugins, per image: the cost of a plan in counts, exact by
-    construction but not a time (a DiffPure call costs 10^4 JPEG calls). ``attack_steps`` is the attacks'
-    gradient steps (their ``iters`` or ``steps`` parameter, else 1, times ``eot_samples``); an
-    adaptive attack runs once per defence. A certified defence scores ``n`` noisy copies of each image
+    construction but not a time (a DiffPure call costs 10^4 JPEG calls). ``attack_steps`` and
+    ``attack_queries`` are the attacks' own work (:func:`attack_work`; the queries also count in
+    ``metric_scores``); an adaptive attack runs once per defence. A certified defence scores ``n`` noisy copies of each image
     (``smoothing_samples``, also counted in ``metric_scores``), for x once per metric x batch and for each x_a.
     Values reused from the cache of an earlier run count too."""
     batches = dataset.batches(config.batch_size)
-    calls = {"attack_runs": 0, "attack_steps": 0, "metric_scores": 0, "defence_calls": 0, "smoothing_samples": 0}
+    calls = {"attack_runs": 0, "attack_steps": 0, "attack_queries": 0, "metric_scores": 0, "defence_calls": 0,
+             "smoothing_samples": 0}
     clean_done: set[tuple[int, int]] = set()
     purifiers = len(config.defences)
     samples_per_image = sum(c.samples_per_image() for c in config.certified)  # f_s of one image, every certified defence
@@ -285,13 +305,13 @@ def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict
         n = len(batches[unit.batch])
         entry = config.attacks[unit.attack]
         runs = len(unit.defences) if entry.adaptive != "none" else 1
-        params = entry.attack.config
-        steps = int(params.get("iters", params.get("steps", 1))) * max(1, entry.eot_samples)
+        steps, queries = attack_work(entry)
         purified = [d for d in unit.defences if d < purifiers]
         smoothed = sum(config.certified[d - purifiers].samples_per_image() for d in unit.defences if d >= purifiers)
         calls["attack_runs"] += runs * n
         calls["attack_steps"] += runs * n * steps
-        calls["metric_scores"] += n * (runs + len(purified) + smoothed)  # f(x_a), f(D(x_a)), f_s(x_a)
+        calls["attack_queries"] += runs * n * queries
+        calls["metric_scores"] += n * (runs * (1 + queries) + len(purified) + smoothed)  # f(x_a), f(D(x_a)), f_s(x_a)
         calls["smoothing_samples"] += n * smoothed
         calls["defence_calls"] += n * len(purified)  # D(x_a)
         if (unit.metric, unit.batch) not in clean_done:  # f(x), D(x), f(D(x)), f_s(x): once per metric x batch

@@ -114,6 +114,10 @@ class OnePixel(Attack):
             return self.iters
         return max(0, self.queries // population_size(self.pixels, self.popsize) - 1)
 
+    def queries_per_image(self) -> int:
+        """What a run costs in scores per image (``iqadef plan``): a population per generation and the first."""
+        return (self.generations + 1) * population_size(self.pixels, self.popsize)
+
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
         out = [onepixel_one(metric, image, i, np.random.default_rng(s), pixels=self.pixels, iters=self.generations,
