@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
 
 @pytest.fixture()
@@ -19,12 +19,10 @@ def image_dir(tmp_path: Path) -> Path:
     for i in range(6):
         h, w = (24, 24) if i < 4 else (16, 20)
         yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([np.sin(xx / (2 + i)) , np.cos(yy / (3 + i)), np.sin((xx + yy) / 5)], -1) * 0.4 + 0.5
+        base = np.stack([np.sin(xx / (2 + i)), np.cos(yy / (3 + i)), np.sin((xx + yy) / 5)], -1) * 0.4 + 0.5
         img = np.clip(base + rng.normal(0, 0.02, base.shape), 0, 1)
         Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img{i}.png")
     return folder
-
-
 
 
 @pytest.fixture()

@@ -24,9 +24,9 @@ EXIT_OK, EXIT_CELLS_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    from iqadef.analysis.scores import ScoreWarning
     from iqadef.core.dataset import ImageWarning
     from iqadef.core.plugins import PluginLoadWarning
-    from iqadef.analysis.scores import ScoreWarning
     from iqadef.store.results import StorageWarning
 
     if issubclass(category, (PluginLoadWarning, ImageWarning, StorageWarning, ScoreWarning)):
@@ -36,9 +36,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iqadef", description="Attacks and purification defences for NR-IQA metrics.",
-                                     epilog="`python -m iqadef ...` is the same command (e.g. in a virtualenv "
-                                            "whose scripts are not on PATH).")
+    parser = argparse.ArgumentParser(
+        prog="iqadef",
+        description="Attacks and purification defences for NR-IQA metrics.",
+        epilog="`python -m iqadef ...` is the same command (e.g. in a virtualenv whose scripts are not on PATH).",
+    )
     parser.add_argument("--version", action="version", version=f"iqadef {__version__}")
     parser.add_argument("--strict-plugins", action="store_true", help="fail if any plugin fails to load")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -46,29 +48,48 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) the grid of a registry file")
     run.add_argument("registry", type=Path, help="registry YAML file")
     group = run.add_mutually_exclusive_group()
-    group.add_argument("--resume", dest="fresh", action="store_false", default=False,
-                       help="keep finished cells and compute the rest (default)")
-    group.add_argument("--fresh", dest="fresh", action="store_true",
-                       help="discard the results, cache and report files iqadef wrote (files of yours stay)")
+    group.add_argument(
+        "--resume",
+        dest="fresh",
+        action="store_false",
+        default=False,
+        help="keep finished cells and compute the rest (default)",
+    )
+    group.add_argument(
+        "--fresh",
+        dest="fresh",
+        action="store_true",
+        help="discard the results, cache and report files iqadef wrote (files of yours stay)",
+    )
     run.add_argument("--device", choices=None, help="auto, cpu, cuda or cuda:N (overrides the registry)")
     run.add_argument("--limit", type=int, help="only the first N images")
     run.add_argument("--output", help="run directory (overrides the registry)")
     run.add_argument("--executor", choices=("local", "ray"), help="where units run (overrides the registry)")
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
-    run.add_argument("--protocol", choices=("quick", "standard"),
-                     help="add the robustness protocol and its worst-case verdict (overrides the registry; "
-                          "docs/evaluation.md)")
+    run.add_argument(
+        "--protocol",
+        choices=("quick", "standard"),
+        help="add the robustness protocol and its worst-case verdict (overrides the registry; docs/evaluation.md)",
+    )
     run.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)",
+    )
 
-    plan = sub.add_parser("plan", help="the grid of a registry, its size, cells already stored and its cost, "
-                                       "without running it")
+    plan = sub.add_parser(
+        "plan", help="the grid of a registry, its size, cells already stored and its cost, without running it"
+    )
     plan.add_argument("registry", type=Path, help="registry YAML file")
     plan.add_argument("--limit", type=int, help="only the first N images")
     plan.add_argument("--output", help="run directory (overrides the registry)")
-    plan.add_argument("--measure", action="store_true",
-                      help="time one unit per metric x attack (computed in a temporary folder) and extrapolate")
+    plan.add_argument(
+        "--measure",
+        action="store_true",
+        help="time one unit per metric x attack (computed in a temporary folder) and extrapolate",
+    )
     plan.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the registry; for --measure)")
     plan.add_argument("--json", action="store_true")
 
@@ -76,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true")
 
     kinds_text = ", ".join(KINDS[:-1]) + " or " + KINDS[-1]  # from core/kinds.py: a new kind is listed too
-    lst = sub.add_parser("list", help=f"{kinds_text} with their parameters",
-                         description=f"The installed {kinds_text}, with their parameters (default; presets).")
+    lst = sub.add_parser(
+        "list",
+        help=f"{kinds_text} with their parameters",
+        description=f"The installed {kinds_text}, with their parameters (default; presets).",
+    )
     lst.add_argument("kind", choices=KINDS, help=f"what to list: {kinds_text}")
     lst.add_argument("--json", action="store_true")
 
@@ -95,8 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("run_dir", type=Path, help="a run folder (the `output` of `iqadef run`)")
     verify.add_argument("--cells", type=int, default=20, help="how many stored cells to recompute (default 20)")
     verify.add_argument("--seed", type=int, default=None, help="which cells (default: random, printed)")
-    verify.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)")
+    verify.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress (default: a bar on a terminal, a plain line every 30 s otherwise)",
+    )
 
     return parser
 
@@ -106,7 +134,8 @@ def add_plugin_commands(parser: argparse.ArgumentParser, chosen: str | None = No
 
     A command registered lazily (every built-in's) is imported and configured only when it is ``chosen``
     (the command line names it); otherwise its registered one-line help is all ``iqadef --help`` needs, so
-    the help imports no plugin module (nor torch). A command that takes a built-in's name, or whose constructor or ``configure()`` raises, is left out with
+    the help imports no plugin module (nor torch). A command that takes a built-in's name, or whose constructor or
+    ``configure()`` raises, is left out with
     a warning naming its plugin (fatal under ``--strict-plugins`` / ``IQADEF_STRICT_PLUGINS=1``): one broken
     plugin must not take ``--help`` and every other command down with it."""
     from iqadef.core.plugins import PluginLoadWarning, _describe, _env_flag
@@ -227,8 +256,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.ray["address"] = args.ray_address
     if args.limit is not None and args.limit < 1:
         raise IqadefError("--limit must be at least 1")
-    summary = run_grid(config, fresh=args.fresh, limit=args.limit, progress=args.progress,
-                       announce=lambda line: print(line, flush=True))
+    summary = run_grid(
+        config,
+        fresh=args.fresh,
+        limit=args.limit,
+        progress=args.progress,
+        announce=lambda line: print(line, flush=True),
+    )
     _print_summary(summary)
     if not args.no_report:
         try:
@@ -263,11 +297,19 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     units = plan_units(config, dataset, finished)
     size = grid_size(config, dataset, units)
     out: dict[str, Any] = {
-        "registry": str(args.registry), "output": str(config.output), "device": config.device,
-        "images": len(dataset), "dataset_problems": list(dataset.problems),
-        "metrics": [m.label for m in config.metrics], "attacks": [a.label for a in config.attacks],
-        "defences": [d.label for d in config.defences], "certified": [c.label for c in config.certified],
-        "cells": size.cells, "cells_done": size.done, "cells_to_do": size.todo, "units_to_do": len(units),
+        "registry": str(args.registry),
+        "output": str(config.output),
+        "device": config.device,
+        "images": len(dataset),
+        "dataset_problems": list(dataset.problems),
+        "metrics": [m.label for m in config.metrics],
+        "attacks": [a.label for a in config.attacks],
+        "defences": [d.label for d in config.defences],
+        "certified": [c.label for c in config.certified],
+        "cells": size.cells,
+        "cells_done": size.done,
+        "cells_to_do": size.todo,
+        "units_to_do": len(units),
         "batch_size": config.batch_size,
         "plugin_calls": plugin_calls(config, dataset, units),
         "measured": None,
@@ -305,8 +347,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan, indent=2))
         return EXIT_USER_ERROR if plan["weights_blocking"] else EXIT_OK
-    print(f"grid: {plan['images']} images x {len(plan['metrics'])} metrics x {len(plan['attacks'])} attacks x "
-          f"{len(plan['defences']) + len(plan['certified'])} defences = {plan['cells']} cells")
+    print(
+        f"grid: {plan['images']} images x {len(plan['metrics'])} metrics x {len(plan['attacks'])} attacks x "
+        f"{len(plan['defences']) + len(plan['certified'])} defences = {plan['cells']} cells"
+    )
     for kind in ("metrics", "attacks", "defences", "certified"):
         if kind == "certified" and not plan[kind]:
             continue
@@ -314,31 +358,44 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for problem in plan["dataset_problems"]:
         print(f"  dataset: {problem}")
     stored = f"{plan['cells_done']} already in {plan['output']}" if plan["cells_done"] else "none stored yet"
-    print(f"cells: {plan['cells_to_do']} to do in {plan['units_to_do']} units (metric x attack x batch of "
-          f"{plan['batch_size']}); {stored}")
+    print(
+        f"cells: {plan['cells_to_do']} to do in {plan['units_to_do']} units (metric x attack x batch of "
+        f"{plan['batch_size']}); {stored}"
+    )
     calls = plan["plugin_calls"]
-    print(f"cost (plugin calls, not time): {calls['attack_runs']} attack runs of one image with "
-          f"{calls['attack_steps']} gradient steps in all, {calls['metric_scores']} metric scores "
-          f"({calls['attack_queries']} of them black-box queries), "
-          f"{calls['defence_calls']} defence calls"
-          + (f" ({calls['smoothing_samples']} of the metric scores are certified defences' noisy copies)"
-             if calls.get("smoothing_samples") else ""))
+    print(
+        f"cost (plugin calls, not time): {calls['attack_runs']} attack runs of one image with "
+        f"{calls['attack_steps']} gradient steps in all, {calls['metric_scores']} metric scores "
+        f"({calls['attack_queries']} of them black-box queries), "
+        f"{calls['defence_calls']} defence calls"
+        + (
+            f" ({calls['smoothing_samples']} of the metric scores are certified defences' noisy copies)"
+            if calls.get("smoothing_samples")
+            else ""
+        )
+    )
     measured = plan["measured"]
     if measured:
-        print(f"time: about {_duration(measured['seconds'])} on {measured['device']} (timed {measured['timed_units']} "
-              f"unit(s), one per metric x attack, and scaled by defences and images; loading plugins not included)")
+        print(
+            f"time: about {_duration(measured['seconds'])} on {measured['device']} (timed {measured['timed_units']} "
+            f"unit(s), one per metric x attack, and scaled by defences and images; loading plugins not included)"
+        )
     elif plan["units_to_do"] and not plan["weights_blocking"]:
         print("time: `iqadef plan --measure` times one unit per metric x attack and extrapolates")
     for row in plan["weights_to_download"]:
         size = f", {_size(row['size'])}" if row["size"] else ""
-        print(f"weights: {row['plugin']}: {row['file']} is not here yet; `iqadef run` downloads it from "
-              f"{row['url']}{size} (now: `iqadef weights fetch --registry {args.registry}`)")
+        print(
+            f"weights: {row['plugin']}: {row['file']} is not here yet; `iqadef run` downloads it from "
+            f"{row['url']}{size} (now: `iqadef weights fetch --registry {args.registry}`)"
+        )
     for row in plan["weights_blocking"]:
         print(f"error: {row['plugin']}: {row['fix']}", file=sys.stderr)
     if plan["weights_blocking"]:
         return EXIT_USER_ERROR
-    print("ready: the dataset and every weight file the grid loads are in place"
-          + (" or will be downloaded" if plan["weights_to_download"] else ""))
+    print(
+        "ready: the dataset and every weight file the grid loads are in place"
+        + (" or will be downloaded" if plan["weights_to_download"] else "")
+    )
     return EXIT_OK
 
 
@@ -377,17 +434,25 @@ def _print_summary(summary) -> None:  # noqa: ANN001
         return f"{value:.3f}" if value == value else "-"
 
     for metric, grid in grids.items():
-        title = (f"{escape(str(metric))}: mean normalised gain |f(x) - f(D(x_a))| / (high - low), the report's "
-                 f"ranking (lower = better defence); paper gain: |f(x) - f(D(x_a))| / f(x)")
+        title = (
+            f"{escape(str(metric))}: mean normalised gain |f(x) - f(D(x_a))| / (high - low), the report's "
+            f"ranking (lower = better defence); paper gain: |f(x) - f(D(x_a))| / f(x)"
+        )
         attacks = [c for c in grid.columns if c not in (MEAN, PAPER_GAIN)]
         console.print(title)  # above the table: a table's title wraps at the table's width
         if narrow:
             for rank, (defence, row) in enumerate(grid.iterrows(), start=1):
                 per_attack = row[attacks].dropna()
-                extremes = (f"; best {escape(str(per_attack.idxmin()))} {cell(per_attack.min())}, worst "
-                            f"{escape(str(per_attack.idxmax()))} {cell(per_attack.max())}" if len(per_attack) > 1 else "")
-                console.print(f"{rank:>3}. {escape(str(defence))} {cell(row[MEAN])} "
-                              f"(paper gain {cell(row[PAPER_GAIN])}{extremes})")
+                extremes = (
+                    f"; best {escape(str(per_attack.idxmin()))} {cell(per_attack.min())}, worst "
+                    f"{escape(str(per_attack.idxmax()))} {cell(per_attack.max())}"
+                    if len(per_attack) > 1
+                    else ""
+                )
+                console.print(
+                    f"{rank:>3}. {escape(str(defence))} {cell(row[MEAN])} "
+                    f"(paper gain {cell(row[PAPER_GAIN])}{extremes})"
+                )
             continue
         table = Table()
         table.add_column("defence \\ attack")
@@ -398,15 +463,19 @@ def _print_summary(summary) -> None:  # noqa: ANN001
         console.print(table)
     if getattr(summary, "verdict", None) is not None:
         _print_verdict(console, summary.verdict)
-    console.print(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "
-                  f"{summary.failed} failed; {summary.seconds:.1f} s; results in {summary.run_dir}")
+    console.print(
+        f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done, "
+        f"{summary.failed} failed; {summary.seconds:.1f} s; results in {summary.run_dir}"
+    )
     for name, path in summary.files.items():
         console.print(f"  {name}: {path}")
     if summary.failed:
         console.print(f"[yellow]{summary.failed} cell(s) failed; see the `error` column of results.csv[/yellow]")
     if summary.other_cells:
-        console.print(f"{summary.other_cells} cell(s) of earlier runs in this folder with other plugins, parameters, "
-                      f"weights or images are kept in results.sqlite and left out of the exported tables")
+        console.print(
+            f"{summary.other_cells} cell(s) of earlier runs in this folder with other plugins, parameters, "
+            f"weights or images are kept in results.sqlite and left out of the exported tables"
+        )
 
 
 def _print_verdict(console, verdict) -> None:  # noqa: ANN001
@@ -419,13 +488,20 @@ def _print_verdict(console, verdict) -> None:  # noqa: ANN001
     console.print(escape(verdict.protocol.get("threat_model", "")))
     for metric, lines in ranking_lines(verdict).items():
         budget = lines[0]["budget"] if lines else ""
-        table = Table(title=f"{escape(str(metric))}: worst-case normalised gain at {escape(budget)} "
-                            f"(lower = more robust; the study's non-adaptive ranking beside it)")
+        table = Table(
+            title=f"{escape(str(metric))}: worst-case normalised gain at {escape(budget)} "
+            f"(lower = more robust; the study's non-adaptive ranking beside it)"
+        )
         for column in ("#", "defence", "worst-case gain [95% CI]", "flags", "study's ranking"):
             table.add_column(column)
         for line in lines:
-            table.add_row(str(line["rank"]), escape(str(line["defence"])), line["value"], line["flags"],
-                          escape(line["study"].replace("study's non-adaptive ranking: ", "")))
+            table.add_row(
+                str(line["rank"]),
+                escape(str(line["defence"])),
+                line["value"],
+                line["flags"],
+                escape(line["study"].replace("study's non-adaptive ranking: ", "")),
+            )
         console.print(table)
     console.print("flags: " + "; ".join(flag_legend()) + " (evidence in verdict.csv and the report)")
 
@@ -463,10 +539,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     table.add_column("flags")
     table.add_column("description")
     for d in items:
-        params = "\n".join(
-            f"{p['name']}: {p['type']} = {show_value(p['default'])}"
-            + (f"; presets {show_value(p['presets'])}" if p["presets"] else "")
-            for p in d["params"]) or "-"
+        params = (
+            "\n".join(
+                f"{p['name']}: {p['type']} = {show_value(p['default'])}"
+                + (f"; presets {show_value(p['presets'])}" if p["presets"] else "")
+                for p in d["params"]
+            )
+            or "-"
+        )
         flags = {k: d[k] for k in ("randomized", "differentiable", "higher_is_better", "range", "norm") if k in d}
         flags_text = ", ".join(f"{k}={show_value(v, quote=False)}" for k, v in flags.items())
         table.add_row(*(Text(v) for v in (d["name"], params, flags_text, (d["doc"].splitlines() or [""])[0])))
@@ -514,8 +594,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _weight_rows() -> list[tuple[str, str, Any]]:
     """``(kind, plugin, WeightSpec)`` for every weight file of every installed plugin."""
     registry = _registry()
-    return [(kind, name, spec) for kind in ("metrics", "attacks", "defences") for name in registry.names(kind)
-            for spec in registry.get(kind, name).weights]
+    return [
+        (kind, name, spec)
+        for kind in ("metrics", "attacks", "defences")
+        for name in registry.names(kind)
+        for spec in registry.get(kind, name).weights
+    ]
 
 
 def _registry_weights(path: Path) -> list[tuple[str, str, Any]]:
@@ -547,16 +631,18 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
     if args.action == "fetch":
         if sum(bool(x) for x in (args.name, args.all, args.registry)) != 1:
-            raise IqadefError("usage: iqadef weights fetch NAME | --all | --registry REGISTRY "
-                              "(NAME: a plugin from `iqadef weights`)")
+            raise IqadefError(
+                "usage: iqadef weights fetch NAME | --all | --registry REGISTRY (NAME: a plugin from `iqadef weights`)"
+            )
         if args.registry:
             chosen = _registry_weights(args.registry)
         else:
             rows = _weight_rows()
             chosen = rows if args.all else [r for r in rows if r[1] == args.name]
             if not chosen and args.name:
-                raise IqadefError(f"no plugin {args.name!r} with weights"
-                                  f"{did_you_mean(args.name, {r[1] for r in rows})}")
+                raise IqadefError(
+                    f"no plugin {args.name!r} with weights{did_you_mean(args.name, {r[1] for r in rows})}"
+                )
         done: dict[str, Path | None] = {}
         failed = 0
         for _, name, spec in chosen:  # every file is tried; each failure is one line
@@ -617,13 +703,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry(), progress=args.progress)
     for label, problem in verdict.mismatches:
         print(f"MISMATCH {label}: {problem}")
-    print(f"{verdict.checked} of {verdict.candidates} stored cell(s) recomputed from scratch (--seed {verdict.seed}): "
-          f"{verdict.matched} match, {len(verdict.mismatches) - verdict.unsampled} differ")
+    print(
+        f"{verdict.checked} of {verdict.candidates} stored cell(s) recomputed from scratch (--seed {verdict.seed}): "
+        f"{verdict.matched} match, {len(verdict.mismatches) - verdict.unsampled} differ"
+    )
     if verdict.unsampled:
-        print(f"{verdict.unsampled} other stored cell(s) fail the checks every cell gets (checksum, labels and MOS, "
-              f"files)")
+        print(
+            f"{verdict.unsampled} other stored cell(s) fail the checks every cell gets (checksum, labels and MOS, "
+            f"files)"
+        )
     return EXIT_OK if verdict.ok else EXIT_CELLS_FAILED
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "plugins": cmd_plugins, "list": cmd_list, "report": cmd_report,
-            "weights": cmd_weights, "verify": cmd_verify}
+COMMANDS = {
+    "run": cmd_run,
+    "plan": cmd_plan,
+    "plugins": cmd_plugins,
+    "list": cmd_list,
+    "report": cmd_report,
+    "weights": cmd_weights,
+    "verify": cmd_verify,
+}

@@ -42,9 +42,9 @@ import pandas as pd
 
 from iqadef._version import __version__
 from iqadef.core.errors import IqadefError
+from iqadef.store.results import RunLock, atomic_write_bytes, read_cells
 from iqadef.store.rundir import MARKER as RUN_MARKER
 from iqadef.store.rundir import is_stale_temp, remove_stale_temp_files
-from iqadef.store.results import RunLock, atomic_write_bytes, read_cells
 
 MARKER = ".iqadef-export"
 #: 2: marker entries are ``[path, sha256]`` (1: bare paths, whose files a re-export leaves in place).
@@ -155,8 +155,10 @@ def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSu
     rows, changed = current_rows(stored, config, dataset)
     summary = ExportSummary(out)
     if changed:
-        summary.skipped.append(f"{changed} cell(s) of the run fail their checksum (changed after they were "
-                               f"written; the tables show them as failed): left out; resume the run to recompute them")
+        summary.skipped.append(
+            f"{changed} cell(s) of the run fail their checksum (changed after they were "
+            f"written; the tables show them as failed): left out; resume the run to recompute them"
+        )
     if not rows:
         raise IqadefError(f"{run_dir}: no successful cell of the run's grid is stored; nothing to export")
     earlier = _prepare_out(out, run_dir)
@@ -185,8 +187,12 @@ def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSu
     if defended:
         defended_data = _defended(run_dir, config, rows, adv_sha, summary)
         for key, (row, _) in defended_data.items():
-            wanted[key] = ["defended", _segment(row["metric"], _RESERVED), _segment(row["attack"]),
-                           _segment(row["defence"])] + _image_parts(row["image"])
+            wanted[key] = [
+                "defended",
+                _segment(row["metric"], _RESERVED),
+                _segment(row["attack"]),
+                _segment(row["defence"]),
+            ] + _image_parts(row["image"])
     names = _unique_paths(wanted)
 
     records, files = [], {}  # files: relative path -> (sha256, where its bytes come from)
@@ -203,8 +209,11 @@ def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSu
     index = pd.DataFrame.from_records(records)
     buffer = io.BytesIO()
     index.to_parquet(buffer, index=False)
-    fixed = {"index.parquet": buffer.getvalue(), "index.csv": index.to_csv(index=False).encode(),
-             "README.md": _datasheet(info, index, defended, __version__, registry).encode()}
+    fixed = {
+        "index.parquet": buffer.getvalue(),
+        "index.csv": index.to_csv(index=False).encode(),
+        "README.md": _datasheet(info, index, defended, __version__, registry).encode(),
+    }
     for name, data in fixed.items():
         files[name] = (hashlib.sha256(data).hexdigest(), data)
 
@@ -212,8 +221,11 @@ def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSu
         _refuse_links(out, rel)  # before anything is written or deleted
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(_folders(out))  # left by a killed export
-    header = {"iqadef_export": FORMAT, "iqadef_version": __version__,
-              "note": "written by iqadef export: the files below, with the sha256 each was written with"}
+    header = {
+        "iqadef_export": FORMAT,
+        "iqadef_version": __version__,
+        "note": "written by iqadef export: the files below, with the sha256 each was written with",
+    }
     stale = {rel: sha for rel, sha in earlier.items() if rel not in files and sha is not None}
     # the marker lists every file before it is written (and the earlier files still to delete), so an export
     # killed at any point is cleaned up by the next one
@@ -228,8 +240,10 @@ def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSu
         atomic_write_bytes(out / rel, data, advice="free space and export again")
     _write_marker(out, header, {rel: sha for rel, (sha, _) in files.items()})
     if kept:
-        summary.skipped.append(f"{kept} file(s) of an older export (its marker records no sha256) were not "
-                               f"written again and are left in {out}")
+        summary.skipped.append(
+            f"{kept} file(s) of an older export (its marker records no sha256) were not "
+            f"written again and are left in {out}"
+        )
     summary.adversarial = sum(1 for key in names if key[0] == "adversarial")
     summary.defended = len(defended_data)
     return summary
@@ -260,14 +274,19 @@ def _refuse_links(out: Path, rel: str) -> None:
             raise IqadefError(f"--out {out}: {path} cannot be read ({exc.strerror or exc})") from None
         last = i == len(parts) - 1
         if stat.S_ISLNK(mode):
-            raise IqadefError(f"--out {out}: {path} is a symbolic link; an export writes only inside its folder: "
-                              f"remove the link or export to a new folder")
+            raise IqadefError(
+                f"--out {out}: {path} is a symbolic link; an export writes only inside its folder: "
+                f"remove the link or export to a new folder"
+            )
         if not last and not stat.S_ISDIR(mode):
-            raise IqadefError(f"--out {out}: {path} is a file where the export needs a folder; move it away or "
-                              f"export to a new folder")
+            raise IqadefError(
+                f"--out {out}: {path} is a file where the export needs a folder; move it away or export to a new folder"
+            )
         if last and stat.S_ISDIR(mode):
-            raise IqadefError(f"--out {out}: {path} is a folder where the export writes a file; move it away or "
-                              f"export to a new folder")
+            raise IqadefError(
+                f"--out {out}: {path} is a folder where the export writes a file; move it away or "
+                f"export to a new folder"
+            )
 
 
 def _remove_own_file(out: Path, rel: str, sha: str) -> bool:
@@ -275,8 +294,7 @@ def _remove_own_file(out: Path, rel: str, sha: str) -> bool:
     a file iqadef wrote and nobody changed since. Folders are opened one by one without following links
     (``O_NOFOLLOW``), so a link swapped in cannot lead the deletion out of ``out``."""
     parts = rel.split("/")
-    if (not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts)
-            or len(sha) != 64):
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts) or len(sha) != 64:
         return False
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -339,21 +357,30 @@ def _checked_png(run_dir: Path, rel: str, recorded: dict[str, str], summary: Exp
 def _record(row: dict[str, Any], rel: str, sha: str, kind: str) -> dict[str, Any]:
     scores = json.loads(row.get("scores") or "{}") if kind == "adversarial" else {}
     return {
-        "file": rel, "kind": kind, "image": row["image"], "metric": row["metric"], "attack": row["attack"],
+        "file": rel,
+        "kind": kind,
+        "image": row["image"],
+        "metric": row["metric"],
+        "attack": row["attack"],
         "adaptive": row.get("adaptive") or "none",
         "defence": row["defence"] if kind == "defended" or row.get("adaptive") not in (None, "", "none") else "",
-        "metric_params": row["metric_params"], "attack_params": row["attack_params"],
+        "metric_params": row["metric_params"],
+        "attack_params": row["attack_params"],
         "defence_params": row["defence_params"] if kind == "defended" else "",
-        "f_clean": row["f_clean"], "f_adv": row["f_adv"],
+        "f_clean": row["f_clean"],
+        "f_adv": row["f_adv"],
         "f_def_adv": row["f_def_adv"] if kind == "defended" else float("nan"),
         "mos": row["mos"] if row.get("mos") is not None else float("nan"),
-        "psnr_x_xa": scores.get("psnr_x_xa", float("nan")), "ssim_x_xa": scores.get("ssim_x_xa", float("nan")),
-        "source_sha256": row["image_sha256"], "sha256": sha,
+        "psnr_x_xa": scores.get("psnr_x_xa", float("nan")),
+        "ssim_x_xa": scores.get("ssim_x_xa", float("nan")),
+        "source_sha256": row["image_sha256"],
+        "sha256": sha,
     }
 
 
-def _defended(run_dir: Path, config: Any, rows: list[dict[str, Any]], adv_sha: dict[str, str],
-              summary: ExportSummary) -> dict[Any, tuple[dict[str, Any], bytes]]:
+def _defended(
+    run_dir: Path, config: Any, rows: list[dict[str, Any]], adv_sha: dict[str, str], summary: ExportSummary
+) -> dict[Any, tuple[dict[str, Any], bytes]]:
     """D(x_a) for every exported cell of a purifying defence, recomputed from the exported x_a."""
     import torch
 
@@ -391,23 +418,34 @@ def _datasheet(info: dict[str, Any], index: pd.DataFrame, defended: bool, versio
         licence, title = cls.licence, cls.title or cls.name
     adv = index[index["kind"] == "adversarial"] if len(index) else index
     lines = [
-        "# Adversarial images exported by iqadef", "",
+        "# Adversarial images exported by iqadef",
+        "",
         f"Made with iqadef {version} from a run of iqadef {info.get('iqadef_version', '?')} "
-        f"(`iqadef export{' --defended' if defended else ''}`).", "",
-        "## Source dataset", "",
+        f"(`iqadef export{' --defended' if defended else ''}`).",
+        "",
+        "## Source dataset",
+        "",
         f"- dataset entry of the registry: `{json.dumps(raw) if raw is not None else 'builtin (default)'}`",
         f"- {title}" if title else f"- images folder: `{dataset.get('images', '?')}`",
         f"- images in the run: {dataset.get('count', '?')}",
         f"- licence of the source images: {licence or 'that of the source dataset (see its terms)'}; these "
-        f"adversarial images are derived from them and inherit those terms.", "",
-        "## How it was made", "",
+        f"adversarial images are derived from them and inherit those terms.",
+        "",
+        "## How it was made",
+        "",
         f"- metrics: {', '.join(sorted(index['metric'].unique())) if len(index) else '-'}",
         f"- attacks: {', '.join(sorted(index['attack'].unique())) if len(index) else '-'}",
         f"- seed of the run: {info.get('seed')}; batch size {info.get('batch_size')}",
         f"- {len(adv)} adversarial images (x_a, 8-bit PNG, exactly the bytes the run cached and scored)"
-        + (f"; {len(index) - len(adv)} defended images D(x_a), recomputed from x_a with the run's defences "
-           f"(randomised defences: seeded from the defence and the image, one sample of their draw)" if defended else ""),
-        "", "## Files", "",
+        + (
+            f"; {len(index) - len(adv)} defended images D(x_a), recomputed from x_a with the run's defences "
+            f"(randomised defences: seeded from the defence and the image, one sample of their draw)"
+            if defended
+            else ""
+        ),
+        "",
+        "## Files",
+        "",
         "- `<metric>/<attack>/<image>.png`: x_a (adaptive attacks: `<metric>/<attack>/<defence>/<image>.png`); "
         "`<image>` is the image's relative path in its dataset",
     ]
@@ -417,10 +455,13 @@ def _datasheet(info: dict[str, Any], index: pd.DataFrame, defended: bool, versio
         "- `index.parquet`, `index.csv`: one row per file: file, kind, image, metric, attack, adaptive, defence, "
         "parameters (JSON), f_clean = f(x), f_adv = f(x_a), f_def_adv = f(D(x_a)) as the run computed it, mos, "
         "psnr_x_xa and ssim_x_xa (when the run computed them), source_sha256 (of x), sha256 (of the file)",
-        "- a label or name that had to be made folder-safe (`/ : ? * [ ] < > | \" \\` become `_`) ends in `-` and "
-        "8 hex digits of the original's sha256, so no two share a folder; the index gives the original labels", "",
-        "## Loading it back", "",
+        '- a label or name that had to be made folder-safe (`/ : ? * [ ] < > | " \\` become `_`) ends in `-` and '
+        "8 hex digits of the original's sha256, so no two share a folder; the index gives the original labels",
+        "",
+        "## Loading it back",
+        "",
         "In an iqadef registry: `dataset: {name: iqadef-export, path: THIS_FOLDER}` (options `metric`, `attack`, "
-        "`kind: defended`), or `dataset: {images: THIS_FOLDER}` for every PNG as a plain folder.", "",
+        "`kind: defended`), or `dataset: {images: THIS_FOLDER}` for every PNG as a plain folder.",
+        "",
     ]
     return "\n".join(lines)

@@ -30,16 +30,17 @@ def plain_and_adaptive(registry, metric, defence, images, samples, **attack_para
     plain = attack.run(metric, images.clone(), seed=ATTACK_SEED)
     target = DefendedMetric(metric, defence, samples=samples, seed=ATTACK_SEED)
     adaptive = attack.run(target, images.clone(), seed=ATTACK_SEED)
-    return (defended_gain(metric, defence, images, plain), defended_gain(metric, defence, images, adaptive),
-            target)
+    return (defended_gain(metric, defence, images, plain), defended_gain(metric, defence, images, adaptive), target)
 
 
 @pytest.mark.slow
 def test_bpda_through_jpeg_beats_the_plain_attack(registry, trained_metric, small_images):
     jpeg = registry.get("defences", "jpeg")(quality=50).load("cpu")
     plain, bpda, _ = plain_and_adaptive(registry, trained_metric, jpeg, small_images, 1)
-    print(f"JPEG q50: plain I-FGSM gain {plain.mean():.3f} {plain.tolist()}, "
-          f"BPDA-I-FGSM gain {bpda.mean():.3f} {bpda.tolist()}")
+    print(
+        f"JPEG q50: plain I-FGSM gain {plain.mean():.3f} {plain.tolist()}, "
+        f"BPDA-I-FGSM gain {bpda.mean():.3f} {bpda.tolist()}"
+    )
     assert bpda.mean() > 1.25 * plain.mean() and bpda.mean() - plain.mean() > 3.0
     assert (bpda > plain).all()
 
@@ -49,8 +50,10 @@ def test_eot_over_random_rotation_beats_the_plain_attack(registry, trained_metri
     rotate = registry.get("defences", "random-rotate")(angle_limit=15.0).load("cpu")
     images = small_images[:3]
     plain, eot, target = plain_and_adaptive(registry, trained_metric, rotate, images, 4)
-    print(f"random-rotate 15: plain I-FGSM gain {plain.mean():.3f} {plain.tolist()}, "
-          f"EOT-I-FGSM gain {eot.mean():.3f} {eot.tolist()}")
+    print(
+        f"random-rotate 15: plain I-FGSM gain {plain.mean():.3f} {plain.tolist()}, "
+        f"EOT-I-FGSM gain {eot.mean():.3f} {eot.tolist()}"
+    )
     attacker_seeds = {eot_seed(ATTACK_SEED, k) for k in range(target.calls * target.samples)}
     assert target.calls == 10 and not attacker_seeds & set(EVAL_SEEDS)
     assert eot.mean() > 1.4 * plain.mean() and eot.mean() - plain.mean() > 3.0

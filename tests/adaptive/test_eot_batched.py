@@ -46,8 +46,9 @@ def _value_and_grad(target, images):
 
 
 @pytest.mark.parametrize("defence_name", ["random-rotate", "jpeg", "random-noise"])
-def test_stacked_draws_give_the_values_and_gradients_of_one_call_per_draw(defence_name, registry, tiny_metric,
-                                                                       small_images):
+def test_stacked_draws_give_the_values_and_gradients_of_one_call_per_draw(
+    defence_name, registry, tiny_metric, small_images
+):
     defence = registry.get("defences", defence_name)().load("cpu")
     images = small_images[:2, :, :64, :64].contiguous()
     counting = CountingMetric(tiny_metric)

@@ -98,6 +98,7 @@ def test_a_defence_written_with_the_old_name_backward_estimate_still_gets_its_su
     from iqadef import Defence
 
     with _pytest.warns(DeprecationWarning, match="estimate_forward"):
+
         class Halve(Defence):
             name = "halve-old-api"
 

@@ -16,18 +16,33 @@ def rows(attack, adaptive, defence, f_def_adv, failed=()):
     out = []
     for i, image in enumerate(IMAGES):
         ok = image not in failed
-        out.append({"image": image, "metric": "toy", "attack": attack, "defence": defence, "adaptive": adaptive,
-                    "status": "ok" if ok else "failed", "error": "" if ok else "boom",
-                    "f_clean": 50.0, "f_adv": 70.0, "f_def_clean": 50.0,
-                    "f_def_adv": f_def_adv + i if ok else np.nan, "mos": np.nan})
+        out.append(
+            {
+                "image": image,
+                "metric": "toy",
+                "attack": attack,
+                "defence": defence,
+                "adaptive": adaptive,
+                "status": "ok" if ok else "failed",
+                "error": "" if ok else "boom",
+                "f_clean": 50.0,
+                "f_adv": 70.0,
+                "f_def_clean": 50.0,
+                "f_def_adv": f_def_adv + i if ok else np.nan,
+                "mos": np.nan,
+            }
+        )
     return out
 
 
 def table() -> pd.DataFrame:
-    data = (rows("ifgsm", "none", "jpeg", 51.0) + rows("ifgsm", "none", "no-defence", 70.0)
-            + rows("ifgsm@bpda", "bpda", "jpeg", 60.0, failed=("img3",))
-            + rows("ifgsm@bpda", "bpda", "no-defence", 70.0)
-            + rows("fgsm@bpda+eot,eot=4", "bpda+eot", "jpeg", 55.0))
+    data = (
+        rows("ifgsm", "none", "jpeg", 51.0)
+        + rows("ifgsm", "none", "no-defence", 70.0)
+        + rows("ifgsm@bpda", "bpda", "jpeg", 60.0, failed=("img3",))
+        + rows("ifgsm@bpda", "bpda", "no-defence", 70.0)
+        + rows("fgsm@bpda+eot,eot=4", "bpda+eot", "jpeg", 55.0)
+    )
     return pd.DataFrame(data)
 
 
@@ -41,7 +56,10 @@ def test_labels_split_into_twin_and_mode():
 def test_table_pairs_each_adaptive_attack_with_its_twin_on_common_images():
     out = adaptive_table(table())
     assert list(out[["attack", "adaptive", "defence"]].itertuples(index=False, name=None)) == [
-        ("ifgsm", "bpda", "jpeg"), ("ifgsm", "bpda", "no-defence"), ("fgsm", "bpda+eot,eot=4", "jpeg")]
+        ("ifgsm", "bpda", "jpeg"),
+        ("ifgsm", "bpda", "no-defence"),
+        ("fgsm", "bpda+eot,eot=4", "jpeg"),
+    ]
     jpeg = out.iloc[0]
     # img3 failed under the adaptive attack: both means over img0..img2
     assert jpeg["n_images"] == 3
@@ -80,4 +98,7 @@ def test_report_has_the_section_only_for_adaptive_runs(tmp_path):
         assert (ADAPTIVE_TITLE in md) == (name == "adaptive") == (ADAPTIVE_TITLE in page)
     md = (tmp_path / "adaptive" / "report.md").read_text()
     section = md.split(ADAPTIVE_TITLE)[1].split("\n## ")[0]
-    assert "| toy | jpeg | ifgsm | bpda | 3 | 0.04 | 0.22 | 0.18 [0.18, 0.18] | 0.02 | 0.11 | 0.09 [0.09, 0.09] |" in section
+    assert (
+        "| toy | jpeg | ifgsm | bpda | 3 | 0.04 | 0.22 | 0.18 [0.18, 0.18] | 0.02 | 0.11 | 0.09 [0.09, 0.09] |"
+        in section
+    )

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from iqadef.config.registry import load_run_config
-from iqadef.report import ADAPTIVE_TITLE, adaptive_table, write_report
 from iqadef.execute import run_grid
+from iqadef.report import ADAPTIVE_TITLE, adaptive_table, write_report
 
 GRID = """
 dataset: {{images: {images}}}

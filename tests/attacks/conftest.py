@@ -26,9 +26,13 @@ class RandomCNNMetric(Metric):
 
     def setup(self, device):
         g = torch.Generator().manual_seed(1234)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(),
-                                 nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Tanh(),
-                                 nn.Conv2d(8, 1, 3, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 1, 3, padding=1),
+        )
         with torch.no_grad():
             for p in self.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
@@ -96,4 +100,3 @@ def bundled_images() -> torch.Tensor:
     if not paths:
         pytest.skip(f"no bundled images in {BUNDLED} yet")
     return torch.cat([_load_png(p, TEST_SIZE) for p in paths[:4]])
-

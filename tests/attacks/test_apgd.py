@@ -17,8 +17,8 @@ from iqadef.plugins.attacks.apgd import APGD, checkpoints, image_generator, rand
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
 from official_layout import random_state  # noqa: E402
 
-
 # -- Algorithm 1, one image at a time, in the paper's notation ------------------------------------------------
+
 
 def paper_checkpoints(n_iter):
     """W = {w_j = ceil(p_j N_iter)}: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
@@ -55,29 +55,29 @@ def reference_apgd(metric, x, x0, eps, norm, n_iter, rho=0.75, alpha=0.75, log=N
     eta = 2 * eps
     fx0, g0 = f_and_grad(metric, x0)
     xs, fs, gs = [x0], [fx0], [g0]
-    x1 = P(x, x0 + eta * step_direction(g0, norm), eps, norm)            # line 2
+    x1 = P(x, x0 + eta * step_direction(g0, norm), eps, norm)  # line 2
     fx1, g1 = f_and_grad(metric, x1)
     xs.append(x1), fs.append(fx1), gs.append(g1)
-    fmax, xmax, gmax = (fx0, x0, g0) if fx0 >= fx1 else (fx1, x1, g1)   # lines 3-4
+    fmax, xmax, gmax = (fx0, x0, g0) if fx0 >= fx1 else (fx1, x1, g1)  # lines 3-4
     last_w, eta_at_last, fmax_at_last = 0, None, None
     for k in range(1, n_iter + 1):
-        if k in W:                                                      # checkpoint w_j = k (after x^(k))
+        if k in W:  # checkpoint w_j = k (after x^(k))
             increases = sum(fs[i + 1] > fs[i] for i in range(last_w, k))
-            condition1 = increases <= rho * (k - last_w)                # autopgd_base: t <= k * rho
+            condition1 = increases <= rho * (k - last_w)  # autopgd_base: t <= k * rho
             condition2 = eta_at_last is not None and eta_at_last == eta and fmax_at_last == fmax
             eta_at_last, fmax_at_last, last_w = eta, fmax, k
             if log is not None:
                 log.append((k, condition1, condition2))
             if condition1 or condition2:
                 eta = eta / 2
-                xs[k], fs[k], gs[k] = xmax, fmax, gmax                  # x^(k) <- x_max
+                xs[k], fs[k], gs[k] = xmax, fmax, gmax  # x^(k) <- x_max
         if k == n_iter:
             break
-        z = P(x, xs[k] + eta * step_direction(gs[k], norm), eps, norm)   # line 6
+        z = P(x, xs[k] + eta * step_direction(gs[k], norm), eps, norm)  # line 6
         nxt = P(x, xs[k] + alpha * (z - xs[k]) + (1 - alpha) * (xs[k] - xs[k - 1]), eps, norm)  # line 7
         fn, gn = f_and_grad(metric, nxt)
         xs.append(nxt), fs.append(fn), gs.append(gn)
-        if fn > fmax:                                                   # lines 8-9
+        if fn > fmax:  # lines 8-9
             fmax, xmax, gmax = fn, nxt, gn
     return xmax, fmax
 
@@ -99,11 +99,11 @@ def test_apgd_matches_algorithm_1(norm, eps, which, cnn_metric, lower_metric, sm
         g = image_generator(7, i)
         best, best_f = None, -math.inf
         for _ in range(2):  # random restarts, the best point kept
-            start = random_start(images[i:i + 1], eps, norm, [g])
-            xmax, fmax = reference_apgd(metric, images[i:i + 1], start, eps, norm, 25)
+            start = random_start(images[i : i + 1], eps, norm, [g])
+            xmax, fmax = reference_apgd(metric, images[i : i + 1], start, eps, norm, 25)
             if fmax > best_f:
                 best, best_f = xmax, fmax
-        assert (out[i:i + 1] - best).abs().max().item() <= 1e-5, i
+        assert (out[i : i + 1] - best).abs().max().item() <= 1e-5, i
     diff = (out - images).flatten(1)
     assert (diff.abs().amax(1) <= eps + 1e-6).all() if norm == "linf" else (diff.norm(dim=1) <= eps + 1e-4).all()
 
@@ -202,6 +202,7 @@ def test_apgd_raises_tiny_iqa_within_eps_and_beats_ifgsm(tiny_iqa, bundled_image
 
 
 # -- every built-in metric (random weights in the official layouts for the three study metrics) -------------
+
 
 def _official(tmp_path, name):
     from iqadef.plugins.metrics.linearity import Linearity, LinearityNet

@@ -10,8 +10,7 @@ from PIL import Image
 from iqadef import Attack, Metric
 from iqadef.core.plugins import InstalledPlugins
 
-GRADIENT_ATTACKS = ["fgsm", "ifgsm", "mifgsm", "amifgsm", "pgd-linf", "pgd-l2", "korhonen", "madc", "ssah",
-                    "advcf"]
+GRADIENT_ATTACKS = ["fgsm", "ifgsm", "mifgsm", "amifgsm", "pgd-linf", "pgd-l2", "korhonen", "madc", "ssah", "advcf"]
 RANDOMIZED = {"pgd-linf", "pgd-l2"}
 DETERMINISTIC = [a for a in GRADIENT_ATTACKS if a not in RANDOMIZED]
 
@@ -27,8 +26,7 @@ def make(registry: InstalledPlugins, name: str, **params) -> Attack:
 
 def uap_params(train_dir) -> dict:
     """A UAP that trains in a second on 64x64 images and is strong enough to show an effect."""
-    return {"train_dir": str(train_dir), "size": 64, "epochs": 5, "lr": 0.02, "batch_size": 4,
-            "amplitude": 0.8}
+    return {"train_dir": str(train_dir), "size": 64, "epochs": 5, "lr": 0.02, "batch_size": 4, "amplitude": 0.8}
 
 
 def write_pngs(images: torch.Tensor, folder) -> None:
@@ -68,8 +66,7 @@ def mean_gain(metric: Metric, clean: torch.Tensor, adv: torch.Tensor) -> float:
 
 # -- the main behaviour test: tiny-iqa on the bundled images ------------------------------------------
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS + [pytest.param("uap", marks=pytest.mark.slow)])
-def test_attack_raises_tiny_iqa_within_its_bound(registry, tiny_iqa, bundled_images, name, tmp_path,
-                                                 monkeypatch):
+def test_attack_raises_tiny_iqa_within_its_bound(registry, tiny_iqa, bundled_images, name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     params = {}
     if name == "uap":  # trains on the bundled images (the default train_dir), fitted to 64x64
@@ -84,8 +81,7 @@ def test_attack_raises_tiny_iqa_within_its_bound(registry, tiny_iqa, bundled_ima
 
 # -- the same on the random CNN (always runs) ---------------------------------------------------------
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS + ["uap"])
-def test_attack_raises_random_cnn_within_its_bound(registry, cnn_metric, small_images, name, tmp_path,
-                                                   monkeypatch):
+def test_attack_raises_random_cnn_within_its_bound(registry, cnn_metric, small_images, name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     params = {}
     if name == "uap":
@@ -115,15 +111,14 @@ def test_same_seed_gives_identical_output(registry, cnn_metric, small_images, na
 @pytest.mark.parametrize("name", sorted(RANDOMIZED))
 def test_random_start_depends_on_the_seed(registry, cnn_metric, small_images, name):
     attack = make(registry, name)
-    assert not torch.equal(attack.run(cnn_metric, small_images, seed=1),
-                           attack.run(cnn_metric, small_images, seed=2))
+    assert not torch.equal(attack.run(cnn_metric, small_images, seed=1), attack.run(cnn_metric, small_images, seed=2))
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_batch_equals_single_runs(registry, cnn_metric, small_images, name):
     attack = make(registry, name)
     batch = attack.run(cnn_metric, small_images, seed=0)
-    singles = torch.cat([attack.run(cnn_metric, small_images[i:i + 1], seed=0) for i in range(len(small_images))])
+    singles = torch.cat([attack.run(cnn_metric, small_images[i : i + 1], seed=0) for i in range(len(small_images))])
     torch.testing.assert_close(batch, singles, atol=1e-5, rtol=0)
 
 

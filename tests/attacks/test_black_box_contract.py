@@ -13,9 +13,9 @@ import torch
 
 import iqadef
 from iqadef import Attack, GradientRequested, Metric, Param, QueryMetric, attack_loss, hookimpl
+from iqadef.config.registry import load_run_config
 from iqadef.core.adaptive import DefendedMetric
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import load_run_config
 from iqadef.execute import run_grid
 
 
@@ -79,7 +79,8 @@ class WhiteSign(Attack):
 _plugins = types.ModuleType("bb_toy_plugins")
 _plugins.iqadef_register_metrics = hookimpl(lambda register: register(SharpMetric))
 _plugins.iqadef_register_attacks = hookimpl(
-    lambda register: [register(c) for c in (CountingSearch, CheatingSearch, WhiteSign)])
+    lambda register: [register(c) for c in (CountingSearch, CheatingSearch, WhiteSign)]
+)
 sys.modules.setdefault("bb_toy_plugins", _plugins)
 
 

@@ -82,12 +82,12 @@ def reference_parsimonious(compress_image, model, seed, epsilon=0.05, max_querie
     def flip_noise(noise, block):
         noise_new = noise.clone()
         upper_left, lower_right, channel = block
-        noise_new[channel, upper_left[0]:lower_right[0], upper_left[1]:lower_right[1]] *= -1
+        noise_new[channel, upper_left[0] : lower_right[0], upper_left[1] : lower_right[1]] *= -1
         return noise_new
 
     def perturb_image(image, noise):
         resize = T.Resize(size=(image.shape[2], image.shape[3]), interpolation=T.InterpolationMode.NEAREST)
-        return torch.clip(image + resize(noise), 0., 1.)
+        return torch.clip(image + resize(noise), 0.0, 1.0)
 
     def split_block(block_size):
         blocks = []
@@ -105,7 +105,7 @@ def reference_parsimonious(compress_image, model, seed, epsilon=0.05, max_querie
         curr_loss = get_loss(perturb_image(image, noise))
         num_queries += 1
         for insert in (True, False):  # lazy greedy insert, then lazy greedy delete
-            indices, = np.where(A == (0 if insert else 1))
+            (indices,) = np.where(A == (0 if insert else 1))
             for idx in indices:
                 losses = get_loss(perturb_image(image, flip_noise(noise, blocks[idx])))
                 num_queries += 1
@@ -142,7 +142,9 @@ def reference_parsimonious(compress_image, model, seed, epsilon=0.05, max_querie
             for i in range(int(math.ceil(num_blocks / batch_size))):
                 bstart = i * batch_size
                 bend = min(bstart + batch_size, num_blocks)
-                noise, queries = local_search(compress_image, noise, [blocks[curr_order[k]] for k in range(bstart, bend)])
+                noise, queries = local_search(
+                    compress_image, noise, [blocks[curr_order[k]] for k in range(bstart, bend)]
+                )
                 num_queries += queries
                 if num_queries > max_queries:
                     return adv_image
@@ -159,8 +161,12 @@ def test_parsimonious_matches_the_reference_loop(registry, raw_metric, images8, 
     """Bit-equal: the candidates of a search are scored in one call, the reference scores them one by one."""
     oracle = QueryMetric(raw_metric, 3)
     out = make(registry, "parsimonious", eps=0.03, queries=queries).run(oracle, images8, seed=5)
-    expected = torch.cat([reference_parsimonious(images8[i:i + 1], raw_metric, s, epsilon=0.03, max_queries=queries)
-                          for i, s in enumerate(seeds(5, 3))])
+    expected = torch.cat(
+        [
+            reference_parsimonious(images8[i : i + 1], raw_metric, s, epsilon=0.03, max_queries=queries)
+            for i, s in enumerate(seeds(5, 3))
+        ]
+    )
     assert torch.equal(out, expected)
     # the reference finishes the search that passes the budget and then discards it; iqadef stops before it
     assert (oracle.queries <= queries).all()
@@ -183,7 +189,7 @@ def test_parsimonious_exact_loss_is_an_option(registry, images8):
 
 
 # -- patch-rs: metrics/methods/patch-rs/run.py (RSAttack, norm 'patches') ----------------------------------
-def reference_patch_rs(x, model, seed, eps=169, n_queries=10000, p_init=.8, update_loc_period=4):
+def reference_patch_rs(x, model, seed, eps=169, n_queries=10000, p_init=0.8, update_loc_period=4):
     torch.random.manual_seed(seed)
     sign = -1 if not model.higher_is_better else 1
 
@@ -216,48 +222,51 @@ def reference_patch_rs(x, model, seed, eps=169, n_queries=10000, p_init=.8, upda
         return p_init
 
     def sh_selection(it):
-        return max((float(n_queries - it) / n_queries - .0) ** 1., 0) * .75
+        return max((float(n_queries - it) / n_queries - 0.0) ** 1.0, 0) * 0.75
 
     def get_init_patch(c, s, n_iter=1000):
         patch_univ = torch.zeros([1, c, s, s])
         for _ in range(n_iter):
-            size_init = torch.randint(low=1, high=math.ceil(s ** .5), size=[1]).item()
+            size_init = torch.randint(low=1, high=math.ceil(s**0.5), size=[1]).item()
             loc_init = torch.randint(s - size_init + 1, size=[2])
-            patch_univ[0, :, loc_init[0]:loc_init[0] + size_init, loc_init[1]:loc_init[1] + size_init] = 0.
-            patch_univ[0, :, loc_init[0]:loc_init[0] + size_init, loc_init[1]:loc_init[1] + size_init
-                       ] += random_choice([c, 1, 1]).clamp(0., 1.)
-        return patch_univ.clamp(0., 1.)
+            patch_univ[0, :, loc_init[0] : loc_init[0] + size_init, loc_init[1] : loc_init[1] + size_init] = 0.0
+            patch_univ[0, :, loc_init[0] : loc_init[0] + size_init, loc_init[1] : loc_init[1] + size_init] += (
+                random_choice([c, 1, 1]).clamp(0.0, 1.0)
+            )
+        return patch_univ.clamp(0.0, 1.0)
 
     with torch.no_grad():
         c, h, w = x.shape[1:]
-        s = int(math.ceil(eps ** .5))
+        s = int(math.ceil(eps**0.5))
         x_best, x_new = x.clone(), x.clone()
-        loc = torch.hstack((torch.randint(h - s, size=[x.shape[0]]),
-                            torch.randint(w - s, size=[x.shape[0]]))).reshape((-1, 2))
+        loc = torch.hstack((torch.randint(h - s, size=[x.shape[0]]), torch.randint(w - s, size=[x.shape[0]]))).reshape(
+            (-1, 2)
+        )
         patches_coll = torch.zeros([x.shape[0], c, s, s])
         loc_t = abs(update_loc_period)
         for it in range(0, n_queries):
-            s_it = int(max(p_selection(it) ** .5 * s, 1))
+            s_it = int(max(p_selection(it) ** 0.5 * s, 1))
             if s_it == 1:
                 break
         it_start_cu = it + (n_queries - it) // 2
         for counter in range(x.shape[0]):
-            patches_coll[counter] += get_init_patch(c, s).squeeze().clamp(0., 1.)
-            x_new[counter, :, loc[counter, 0]:loc[counter, 0] + s, loc[counter, 1]:loc[counter, 1] + s] = \
+            patches_coll[counter] += get_init_patch(c, s).squeeze().clamp(0.0, 1.0)
+            x_new[counter, :, loc[counter, 0] : loc[counter, 0] + s, loc[counter, 1] : loc[counter, 1] + s] = (
                 patches_coll[counter].clone()
+            )
         loss_min = get_score(x_new)
         for it in range(1, n_queries):
             x_curr, patches_curr = x, patches_coll
             loss_min_curr, loc_curr = loss_min.clone(), loc.clone()
-            s_it = int(max(p_selection(it) ** .5 * s, 1))
+            s_it = int(max(p_selection(it) ** 0.5 * s, 1))
             p_it = torch.randint(s - s_it + 1, size=[2])
             sh_it = int(max(sh_selection(it) * h, 0))
             patches_new, x_new, loc_new = patches_curr.clone(), x_curr.clone(), loc_curr.clone()
             update_loc = int((it % loc_t == 0) and (sh_it > 0))
-            update_patch = 1. - update_loc
+            update_patch = 1.0 - update_loc
             for counter in range(x_curr.shape[0]):
                 window = (counter, slice(None), slice(p_it[0], p_it[0] + s_it), slice(p_it[1], p_it[1] + s_it))
-                if update_patch == 1.:
+                if update_patch == 1.0:
                     if it < it_start_cu:
                         if s_it > 1:
                             patches_new[window] += random_choice([c, 1, 1])
@@ -265,27 +274,33 @@ def reference_patch_rs(x, model, seed, eps=169, n_queries=10000, p_init=.8, upda
                             old_clr = patches_new[window].clone()
                             new_clr = old_clr.clone()
                             while (new_clr == old_clr).all().item():
-                                new_clr = random_choice([c, 1, 1]).clone().clamp(0., 1.)
+                                new_clr = random_choice([c, 1, 1]).clone().clamp(0.0, 1.0)
                             patches_new[window] = new_clr.clone()
                     else:
                         assert s_it == 1
                         new_ch = (0 + (3 - 0) * torch.rand([1])).long()
-                        patches_new[counter, new_ch, p_it[0]:p_it[0] + s_it, p_it[1]:p_it[1] + s_it] = 1. - \
-                            patches_new[counter, new_ch, p_it[0]:p_it[0] + s_it, p_it[1]:p_it[1] + s_it]
-                    patches_new[counter].clamp_(0., 1.)
+                        patches_new[counter, new_ch, p_it[0] : p_it[0] + s_it, p_it[1] : p_it[1] + s_it] = (
+                            1.0 - patches_new[counter, new_ch, p_it[0] : p_it[0] + s_it, p_it[1] : p_it[1] + s_it]
+                        )
+                    patches_new[counter].clamp_(0.0, 1.0)
                 if update_loc == 1:
                     loc_new[counter] += torch.randint(low=-sh_it, high=sh_it + 1, size=[2])
                     loc_new[counter, 0].clamp_(0, h - s)
                     loc_new[counter, 1].clamp_(0, w - s)
-                x_new[counter, :, loc_new[counter, 0]:loc_new[counter, 0] + s,
-                      loc_new[counter, 1]:loc_new[counter, 1] + s] = patches_new[counter].clone()
+                x_new[
+                    counter,
+                    :,
+                    loc_new[counter, 0] : loc_new[counter, 0] + s,
+                    loc_new[counter, 1] : loc_new[counter, 1] + s,
+                ] = patches_new[counter].clone()
             loss = get_score(x_new)
             if loss > loss_min_curr:
                 loss_min = loss
                 patches_coll, loc = patches_new.clone(), loc_new.clone()
         for counter in range(x.shape[0]):
-            x_best[counter, :, loc[counter, 0]:loc[counter, 0] + s, loc[counter, 1]:loc[counter, 1] + s] = \
+            x_best[counter, :, loc[counter, 0] : loc[counter, 0] + s, loc[counter, 1] : loc[counter, 1] + s] = (
                 patches_coll[counter].clone()
+            )
     return x_best
 
 
@@ -297,8 +312,12 @@ def test_patch_rs_matches_the_reference_loop(registry, raw_metric, images8, eps,
     (seen with 3 images x 300 queries on one machine and not on another)."""
     oracle = QueryMetric(raw_metric, 3)
     out = make(registry, "patch-rs", eps=eps, queries=queries, query_batch=query_batch).run(oracle, images8, seed=9)
-    expected = torch.cat([reference_patch_rs(images8[i:i + 1], raw_metric, s, eps=eps, n_queries=queries)
-                          for i, s in enumerate(seeds(9, 3))])
+    expected = torch.cat(
+        [
+            reference_patch_rs(images8[i : i + 1], raw_metric, s, eps=eps, n_queries=queries)
+            for i, s in enumerate(seeds(9, 3))
+        ]
+    )
     assert torch.equal(out, expected)
     assert oracle.queries.tolist() == [queries] * 3
     with torch.no_grad():
@@ -311,8 +330,14 @@ def reference_grad_est(compress_image, model, seed, eps=0.1, max_iters=250):
     sigma, N, n, eta = 0.001, 32, 20, 0.1
 
     def get_adv(im, pert):
-        return torch.clamp(im + torch.tile(pert, (1, 1, im.shape[2] // pert.shape[2] + 1, im.shape[
-            3] // pert.shape[3] + 1))[..., :im.shape[2], :im.shape[3]], 0, 1)
+        return torch.clamp(
+            im
+            + torch.tile(pert, (1, 1, im.shape[2] // pert.shape[2] + 1, im.shape[3] // pert.shape[3] + 1))[
+                ..., : im.shape[2], : im.shape[3]
+            ],
+            0,
+            1,
+        )
 
     def grad_est(img):
         g = 0
@@ -339,8 +364,9 @@ def test_grad_est_matches_the_reference_loop(registry, raw_metric, images8, eps)
     """Bit-equal when each candidate is scored alone (``query_batch: 1``, as the runner does). Scored in
     batches, the metric's float rounding differs by ~1e-7, which the 1/(2 n sigma) = 25 of the estimate
     amplifies: measured max 2.8e-5 to 4.5e-5 after 10 steps."""
-    expected = torch.cat([reference_grad_est(images8[i:i + 1], raw_metric, s, eps=eps, max_iters=5)
-                          for i, s in enumerate(seeds(2, 3))])
+    expected = torch.cat(
+        [reference_grad_est(images8[i : i + 1], raw_metric, s, eps=eps, max_iters=5) for i, s in enumerate(seeds(2, 3))]
+    )
     single = make(registry, "grad-est", eps=eps, queries=200, query_batch=1).run(raw_metric, images8, seed=2)
     assert torch.equal(single, expected)
     oracle = QueryMetric(raw_metric, 3)
@@ -388,13 +414,22 @@ def reference_onepixel(compress_image, model, rng, iters=10, PIXEL_COUNT=3, POPS
         predictions = predictions.squeeze()
         return predictions if minimize else -predictions
 
-    img = torch.clamp(compress_image * 255, 0, 255.0).squeeze().permute(1, 2, 0).cpu().numpy().astype('uint8')
+    img = torch.clamp(compress_image * 255, 0, 255.0).squeeze().permute(1, 2, 0).cpu().numpy().astype("uint8")
     bounds = [(0, img.shape[0]), (0, img.shape[1]), (0, 256), (0, 256), (0, 256)] * PIXEL_COUNT
     popmul = max(1, POPSIZE // len(bounds))
     # vectorized=True makes scipy use updating='deferred' (it warns when the default 'immediate' is left on)
-    result = differential_evolution(lambda xs: predict_population(xs, img, not model.higher_is_better), bounds,
-                                    maxiter=iters, popsize=popmul, recombination=1, atol=-1, polish=False,
-                                    vectorized=True, updating="deferred", rng=rng)
+    result = differential_evolution(
+        lambda xs: predict_population(xs, img, not model.higher_is_better),
+        bounds,
+        maxiter=iters,
+        popsize=popmul,
+        recombination=1,
+        atol=-1,
+        polish=False,
+        vectorized=True,
+        updating="deferred",
+        rng=rng,
+    )
     attack_image = perturb_image(result.x, img)[0]
     return T.ToTensor()(attack_image)[None].type(torch.FloatTensor).clamp_(min=0, max=1)
 
@@ -405,10 +440,19 @@ def test_onepixel_matches_the_reference_loop(registry, raw_metric, images8, para
     oracle = QueryMetric(raw_metric, 3)
     attack = make(registry, "onepixel", **params)
     out = attack.run(oracle, images8, seed=4)
-    expected = torch.cat([reference_onepixel(images8[i:i + 1], raw_metric, np.random.default_rng(s),
-                                             iters=params["iters"], PIXEL_COUNT=params.get("pixels", 3),
-                                             POPSIZE=params.get("popsize", 300))
-                          for i, s in enumerate(seeds(4, 3))])
+    expected = torch.cat(
+        [
+            reference_onepixel(
+                images8[i : i + 1],
+                raw_metric,
+                np.random.default_rng(s),
+                iters=params["iters"],
+                PIXEL_COUNT=params.get("pixels", 3),
+                POPSIZE=params.get("popsize", 300),
+            )
+            for i, s in enumerate(seeds(4, 3))
+        ]
+    )
     assert torch.equal(out, expected)
     population = max(1, attack.popsize // (5 * attack.pixels)) * 5 * attack.pixels
     assert oracle.queries.tolist() == [(params["iters"] + 1) * population] * 3
@@ -430,11 +474,15 @@ def test_defaults_are_the_reference_runners(registry):
 
 
 def test_reference_parameter_names_are_aliases(registry):
-    assert make(registry, "parsimonious", epsilon=0.01, max_queries=50).config == \
-        make(registry, "parsimonious", eps=0.01, queries=50).config
+    assert (
+        make(registry, "parsimonious", epsilon=0.01, max_queries=50).config
+        == make(registry, "parsimonious", eps=0.01, queries=50).config
+    )
     assert make(registry, "patch-rs", n_queries=70).queries == 70
-    assert make(registry, "onepixel", PIXEL_COUNT=10, POPSIZE=100).config == \
-        make(registry, "onepixel", pixels=10, popsize=100).config
+    assert (
+        make(registry, "onepixel", PIXEL_COUNT=10, POPSIZE=100).config
+        == make(registry, "onepixel", pixels=10, popsize=100).config
+    )
     with pytest.raises(ConfigError, match="epsilon"):
         make(registry, "parsimonious", epsilon=0.01, eps=0.02)
 
@@ -535,7 +583,7 @@ class LaplacianEnergy(Metric):
 
     def score(self, images):
         luma = (images.detach().cpu().numpy() * 255).round().mean(axis=1)
-        energy = [ndimage.laplace(y).var() / 255 ** 2 for y in luma]
+        energy = [ndimage.laplace(y).var() / 255**2 for y in luma]
         return torch.tensor(energy, dtype=torch.float32)
 
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from iqadef import ConfigError
+from iqadef.config.registry import load_run_config
 from iqadef.core.budget import TOLERANCE, BudgetedAttack, achieved
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import load_run_config
 from iqadef.execute import run_grid
 
 TARGET = 8 / 255
@@ -41,8 +41,8 @@ def test_budget_lands_each_image_within_5_percent_on_tiny_iqa(registry, tiny_iqa
         assert abs(achieved("linf", images[i], adv[i]) - TARGET) <= TOLERANCE * TARGET
     # the x_a is the plain attack's at the chosen value
     for i, value in enumerate(attack.chosen_values):
-        plain = registry.get("attacks", name)(**{native: value}).run(tiny_iqa, images[i:i + 1], seed=i)
-        assert torch.equal(plain, adv[i:i + 1])
+        plain = registry.get("attacks", name)(**{native: value}).run(tiny_iqa, images[i : i + 1], seed=i)
+        assert torch.equal(plain, adv[i : i + 1])
     with torch.no_grad():
         assert (tiny_iqa.score(adv) > tiny_iqa.score(images)).all()
 
@@ -87,8 +87,12 @@ def write_images(folder, n=2, size=32):
 
 def run(tmp_path, attacks, defences="[no-defence]"):
     path = tmp_path / "run.yaml"
-    text = GRID.format(images=tmp_path / "images", output=tmp_path / "out", defences=defences,
-                       attacks="\n".join(f"  - {a}" for a in attacks))
+    text = GRID.format(
+        images=tmp_path / "images",
+        output=tmp_path / "out",
+        defences=defences,
+        attacks="\n".join(f"  - {a}" for a in attacks),
+    )
     path.write_text(text)
     summary = run_grid(load_run_config(path), progress=False)
     return pd.read_parquet(summary.run_dir / "results.parquet")
@@ -96,13 +100,19 @@ def run(tmp_path, attacks, defences="[no-defence]"):
 
 def test_registry_budget_entries_state_the_chosen_value(tmp_path):
     write_images(tmp_path / "images")
-    attacks = ["{name: korhonen, budget: {linf: 8/255}}", "{name: madc, budget: {linf: 8/255}}",
-               "{name: ssah, budget: {linf: 8/255}}", "{name: ifgsm, budget: {linf: 8/255}}", "ifgsm"]
+    attacks = [
+        "{name: korhonen, budget: {linf: 8/255}}",
+        "{name: madc, budget: {linf: 8/255}}",
+        "{name: ssah, budget: {linf: 8/255}}",
+        "{name: ifgsm, budget: {linf: 8/255}}",
+        "ifgsm",
+    ]
     df = run(tmp_path, attacks)
     assert (df["status"] == "ok").all() and len(df) == 5 * 2
     budgeted = df[df["attack"].str.contains("budget_linf")]
-    assert sorted(budgeted["attack"].unique()) == [f"{n}[budget_linf=8/255]" for n in
-                                                   ("ifgsm", "korhonen", "madc", "ssah")]
+    assert sorted(budgeted["attack"].unique()) == [
+        f"{n}[budget_linf=8/255]" for n in ("ifgsm", "korhonen", "madc", "ssah")
+    ]
     assert ((budgeted["linf_x_xa"] - TARGET).abs() <= TOLERANCE * TARGET).all()
     assert budgeted["native_value"].notna().all() and (budgeted["native_value"] > 0).all()
     assert df[df["attack"] == "ifgsm"]["native_value"].isna().all()  # a plain entry: no search
@@ -115,17 +125,23 @@ def test_registry_budget_entries_state_the_chosen_value(tmp_path):
         assert row["native_value"] == first[row["image"]]
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("{name: korhonen, lr: 0.01, budget: {linf: 8/255}}", "searches lr itself"),
-    ("{name: korhonen, budget: {l3: 1}}", "unknown size"),
-    ("{name: korhonen, budget: {linf: 2}}", "too large"),
-    ("{name: korhonen, budget: 8}", "one key"),
-    ("{name: pgd-linf, budget: {linf: 8/255}}", "no single swept parameter"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("{name: korhonen, lr: 0.01, budget: {linf: 8/255}}", "searches lr itself"),
+        ("{name: korhonen, budget: {l3: 1}}", "unknown size"),
+        ("{name: korhonen, budget: {linf: 2}}", "too large"),
+        ("{name: korhonen, budget: 8}", "one key"),
+        ("{name: pgd-linf, budget: {linf: 8/255}}", "no single swept parameter"),
+    ],
+)
 def test_bad_budgets_are_config_errors(tmp_path, entry, message):
     (tmp_path / "images").mkdir()
     path = tmp_path / "run.yaml"
-    path.write_text(GRID.format(images=tmp_path / "images", output=tmp_path / "out", defences="[no-defence]",
-                                attacks=f"  - {entry}"))
+    path.write_text(
+        GRID.format(
+            images=tmp_path / "images", output=tmp_path / "out", defences="[no-defence]", attacks=f"  - {entry}"
+        )
+    )
     with pytest.raises(ConfigError, match=message):
         load_run_config(path)

@@ -42,7 +42,7 @@ def torch_home(tmp_path, monkeypatch):
 
 
 def per_image(reference, images, *args, **kwargs):
-    return torch.cat([reference(images[i:i + 1], *args, **kwargs) for i in range(images.shape[0])])
+    return torch.cat([reference(images[i : i + 1], *args, **kwargs) for i in range(images.shape[0])])
 
 
 def test_listed_with_their_presets(registry):
@@ -73,17 +73,24 @@ def reference_flow_st(images, flows):
     wb = (x1 - sampling_grid_x) * (sampling_grid_y - y0)
     wc = (sampling_grid_x - x0) * (y1 - sampling_grid_y)
     wd = (sampling_grid_x - x0) * (sampling_grid_y - y0)
-    return (wa.unsqueeze(0) * Ia + wb.unsqueeze(0) * Ib + wc.unsqueeze(0) * Ic + wd.unsqueeze(0) * Id).type(torch.float32)
+    return (wa.unsqueeze(0) * Ia + wb.unsqueeze(0) * Ib + wc.unsqueeze(0) * Ic + wd.unsqueeze(0) * Id).type(
+        torch.float32
+    )
 
 
 def reference_flow_loss(flows, epsilon=1e-8):
     padded_flows = F.pad(flows, (1, 1, 1, 1), mode="constant", value=0)
-    shifted_flows = [padded_flows[:, :, 2:, 2:], padded_flows[:, :, 2:, :-2], padded_flows[:, :, :-2, 2:],
-                     padded_flows[:, :, :-2, :-2]]
+    shifted_flows = [
+        padded_flows[:, :, 2:, 2:],
+        padded_flows[:, :, 2:, :-2],
+        padded_flows[:, :, :-2, 2:],
+        padded_flows[:, :, :-2, :-2],
+    ]
     loss = 0
     for shifted_flow in shifted_flows:
-        loss += torch.sum(torch.square(flows[:, 1] - shifted_flow[:, 1]) + torch.square(flows[:, 0] - shifted_flow[:, 0])
-                          + epsilon)
+        loss += torch.sum(
+            torch.square(flows[:, 1] - shifted_flow[:, 1]) + torch.square(flows[:, 0] - shifted_flow[:, 0]) + epsilon
+        )
     return loss.type(torch.float32)
 
 
@@ -220,7 +227,8 @@ def reference_cnn_run(netG, orig_images, k):
     timage = torch.from_numpy(orig_images[:, :h, :w, :]).permute(0, 3, 1, 2).float()
     delta_im = (netG(timage) * 10.0 / 255.0).data.cpu().numpy().transpose(0, 2, 3, 1)
     delta = np.tile(delta_im, (1, orig_images.shape[1] // h + 1, orig_images.shape[2] // w + 1, 1))[
-        :, :orig_images.shape[1], :orig_images.shape[2], :]
+        :, : orig_images.shape[1], : orig_images.shape[2], :
+    ]
     return np.clip(orig_images + delta * k * 10, 0, 1)
 
 
@@ -262,16 +270,27 @@ def test_colorization_net_has_the_reference_key_layout():
     state = cadv_module.ColorizationNet().state_dict()
     assert len(state) == 107  # 36 convolutions (weight, bias) + 7 batch norms (5 entries each)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for key, shape in {"model1.0.weight": (64, 4, 3, 3), "model1.4.running_var": (64,),
-                       "model3.6.weight": (256,), "model4.6.num_batches_tracked": (),
-                       "model5.4.weight": (512, 512, 3, 3), "model7.6.bias": (512,),
-                       "model8up.0.weight": (512, 256, 4, 4), "model3short8.0.weight": (256, 256, 3, 3),
-                       "model8.1.weight": (256, 256, 3, 3), "model8.5.running_mean": (256,),
-                       "model9up.0.weight": (256, 128, 4, 4), "model2short9.0.weight": (128, 128, 3, 3),
-                       "model9.1.weight": (128, 128, 3, 3), "model9.3.weight": (128,),
-                       "model10up.0.weight": (128, 128, 4, 4), "model1short10.0.weight": (128, 64, 3, 3),
-                       "model10.1.weight": (128, 128, 3, 3), "model_class.0.weight": (529, 256, 1, 1),
-                       "model_out.0.weight": (2, 128, 1, 1)}.items():
+    for key, shape in {
+        "model1.0.weight": (64, 4, 3, 3),
+        "model1.4.running_var": (64,),
+        "model3.6.weight": (256,),
+        "model4.6.num_batches_tracked": (),
+        "model5.4.weight": (512, 512, 3, 3),
+        "model7.6.bias": (512,),
+        "model8up.0.weight": (512, 256, 4, 4),
+        "model3short8.0.weight": (256, 256, 3, 3),
+        "model8.1.weight": (256, 256, 3, 3),
+        "model8.5.running_mean": (256,),
+        "model9up.0.weight": (256, 128, 4, 4),
+        "model2short9.0.weight": (128, 128, 3, 3),
+        "model9.1.weight": (128, 128, 3, 3),
+        "model9.3.weight": (128,),
+        "model10up.0.weight": (128, 128, 4, 4),
+        "model1short10.0.weight": (128, 64, 3, 3),
+        "model10.1.weight": (128, 128, 3, 3),
+        "model_class.0.weight": (529, 256, 1, 1),
+        "model_out.0.weight": (2, 128, 1, 1),
+    }.items():
         assert shapes[key] == shape, key
 
 
@@ -287,38 +306,38 @@ def colorization_weights(tmp_path_factory):
 
 
 def ref_rgb2lab(rgb):
-    mask = (rgb > .04045).type(torch.FloatTensor)
-    rgb = (((rgb + .055) / 1.055) ** 2.4) * mask + rgb / 12.92 * (1 - mask)
-    x = .412453 * rgb[:, 0, :, :] + .357580 * rgb[:, 1, :, :] + .180423 * rgb[:, 2, :, :]
-    y = .212671 * rgb[:, 0, :, :] + .715160 * rgb[:, 1, :, :] + .072169 * rgb[:, 2, :, :]
-    z = .019334 * rgb[:, 0, :, :] + .119193 * rgb[:, 1, :, :] + .950227 * rgb[:, 2, :, :]
+    mask = (rgb > 0.04045).type(torch.FloatTensor)
+    rgb = (((rgb + 0.055) / 1.055) ** 2.4) * mask + rgb / 12.92 * (1 - mask)
+    x = 0.412453 * rgb[:, 0, :, :] + 0.357580 * rgb[:, 1, :, :] + 0.180423 * rgb[:, 2, :, :]
+    y = 0.212671 * rgb[:, 0, :, :] + 0.715160 * rgb[:, 1, :, :] + 0.072169 * rgb[:, 2, :, :]
+    z = 0.019334 * rgb[:, 0, :, :] + 0.119193 * rgb[:, 1, :, :] + 0.950227 * rgb[:, 2, :, :]
     xyz = torch.cat((x[:, None, :, :], y[:, None, :, :], z[:, None, :, :]), dim=1)
-    xyz_scale = xyz / torch.Tensor((0.95047, 1., 1.08883))[None, :, None, None]
-    mask = (xyz_scale > .008856).type(torch.FloatTensor)
-    xyz_int = xyz_scale ** (1 / 3.) * mask + (7.787 * xyz_scale + 16. / 116.) * (1 - mask)
-    L = 116. * xyz_int[:, 1, :, :] - 16.
-    a = 500. * (xyz_int[:, 0, :, :] - xyz_int[:, 1, :, :])
-    b = 200. * (xyz_int[:, 1, :, :] - xyz_int[:, 2, :, :])
+    xyz_scale = xyz / torch.Tensor((0.95047, 1.0, 1.08883))[None, :, None, None]
+    mask = (xyz_scale > 0.008856).type(torch.FloatTensor)
+    xyz_int = xyz_scale ** (1 / 3.0) * mask + (7.787 * xyz_scale + 16.0 / 116.0) * (1 - mask)
+    L = 116.0 * xyz_int[:, 1, :, :] - 16.0
+    a = 500.0 * (xyz_int[:, 0, :, :] - xyz_int[:, 1, :, :])
+    b = 200.0 * (xyz_int[:, 1, :, :] - xyz_int[:, 2, :, :])
     lab = torch.cat((L[:, None, :, :], a[:, None, :, :], b[:, None, :, :]), dim=1)
-    return torch.cat(((lab[:, [0], :, :] - 50.) / 100., lab[:, 1:, :, :] / 110.), dim=1)
+    return torch.cat(((lab[:, [0], :, :] - 50.0) / 100.0, lab[:, 1:, :, :] / 110.0), dim=1)
 
 
 def ref_lab2rgb(lab_rs):
-    lab = torch.cat((lab_rs[:, [0], :, :] * 100. + 50., lab_rs[:, 1:, :, :] * 110.), dim=1)
-    y_int = (lab[:, 0, :, :] + 16.) / 116.
-    x_int = (lab[:, 1, :, :] / 500.) + y_int
-    z_int = torch.max(torch.Tensor((0,)), y_int - (lab[:, 2, :, :] / 200.))
+    lab = torch.cat((lab_rs[:, [0], :, :] * 100.0 + 50.0, lab_rs[:, 1:, :, :] * 110.0), dim=1)
+    y_int = (lab[:, 0, :, :] + 16.0) / 116.0
+    x_int = (lab[:, 1, :, :] / 500.0) + y_int
+    z_int = torch.max(torch.Tensor((0,)), y_int - (lab[:, 2, :, :] / 200.0))
     out = torch.cat((x_int[:, None, :, :], y_int[:, None, :, :], z_int[:, None, :, :]), dim=1)
-    mask = (out > .2068966).type(torch.FloatTensor)
-    out = (out ** 3.) * mask + (out - 16. / 116.) / 7.787 * (1 - mask)
-    xyz = out * torch.Tensor((0.95047, 1., 1.08883))[None, :, None, None]
+    mask = (out > 0.2068966).type(torch.FloatTensor)
+    out = (out**3.0) * mask + (out - 16.0 / 116.0) / 7.787 * (1 - mask)
+    xyz = out * torch.Tensor((0.95047, 1.0, 1.08883))[None, :, None, None]
     r = 3.24048134 * xyz[:, 0, :, :] - 1.53715152 * xyz[:, 1, :, :] - 0.49853633 * xyz[:, 2, :, :]
-    g = -0.96925495 * xyz[:, 0, :, :] + 1.87599 * xyz[:, 1, :, :] + .04155593 * xyz[:, 2, :, :]
-    b = .05564664 * xyz[:, 0, :, :] - .20404134 * xyz[:, 1, :, :] + 1.05731107 * xyz[:, 2, :, :]
+    g = -0.96925495 * xyz[:, 0, :, :] + 1.87599 * xyz[:, 1, :, :] + 0.04155593 * xyz[:, 2, :, :]
+    b = 0.05564664 * xyz[:, 0, :, :] - 0.20404134 * xyz[:, 1, :, :] + 1.05731107 * xyz[:, 2, :, :]
     rgb = torch.cat((r[:, None, :, :], g[:, None, :, :], b[:, None, :, :]), dim=1)
     rgb = torch.max(rgb, torch.zeros_like(rgb))
-    mask = (rgb > .0031308).type(torch.FloatTensor)
-    return (1.055 * (rgb ** (1. / 2.4)) - 0.055) * mask + 12.92 * rgb * (1 - mask)
+    mask = (rgb > 0.0031308).type(torch.FloatTensor)
+    return (1.055 * (rgb ** (1.0 / 2.4)) - 0.055) * mask + 12.92 * rgb * (1 - mask)
 
 
 def reference_cadv(compress_image, model, color_model, rng, lr=0.0005):
@@ -327,14 +346,24 @@ def reference_cadv(compress_image, model, color_model, rng, lr=0.0005):
     w, h = (compress_image.shape[2] // 4) * 4, (compress_image.shape[3] // 4) * 4
     compress_image = compress_image[:, :, :w, :h]
     data_lab = ref_rgb2lab(compress_image)
-    data = {"L": data_lab[:, [0, ], :, :], "AB": data_lab[:, 1:, :, :]}
+    data = {
+        "L": data_lab[
+            :,
+            [
+                0,
+            ],
+            :,
+            :,
+        ],
+        "AB": data_lab[:, 1:, :, :],
+    }
     hints = data["AB"].clone()
-    mask = torch.full_like(data["L"], -.5)
+    mask = torch.full_like(data["L"], -0.5)
     with torch.no_grad():
         N, C = hints.shape[:2]
         np_hints = ndimage.gaussian_filter(hints.squeeze(0).cpu().numpy(), 3).reshape([2, -1]).T
         hints_q = kmeans2(np_hints.astype(np.float64), 8, minit="++", seed=int(rng.integers(2**31 - 1)))[1]
-        logits, _reg = color_model(data["L"], torch.zeros_like(hints), torch.full_like(mask, -.5))
+        logits, _reg = color_model(data["L"], torch.zeros_like(hints), torch.full_like(mask, -0.5))
         hints_distr = F.softmax(logits, dim=1).clamp(1e-8).squeeze(0)
         entropy = (-1 * hints_distr * torch.log(hints_distr)).sum(0)
         entropy = F.interpolate(entropy[None, None, ...], scale_factor=4, mode="nearest").squeeze().view(-1)
@@ -346,12 +375,13 @@ def reference_cadv(compress_image, model, color_model, rng, lr=0.0005):
         chosen_hints = hints.view(N, C, -1)[..., idx_rand].clone()
         hints.fill_(0)
         hints.view(N, C, -1)[..., idx_rand] = chosen_hints
-        mask.view(N, 1, -1)[..., idx_rand] = .5
+        mask.view(N, 1, -1)[..., idx_rand] = 0.5
     data["hints"], data["mask"] = hints, mask
-    optimizer = torch.optim.Adam([data["hints"].requires_grad_(), data["mask"].requires_grad_()], lr=lr,
-                                 betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(
+        [data["hints"].requires_grad_(), data["mask"].requires_grad_()], lr=lr, betas=(0.9, 0.999)
+    )
     for _ in range(10):
-        _out_class, out_reg = color_model(data["L"], data["hints"].clamp(-1, 1), data["mask"].clamp(-.5, .5))
+        _out_class, out_reg = color_model(data["L"], data["hints"].clamp(-1, 1), data["mask"].clamp(-0.5, 0.5))
         compress_image = ref_lab2rgb(torch.cat((data["L"], out_reg), dim=1)).clamp(0, 1)
         score = model(compress_image)
         sign = 1 if model.higher_is_better else -1
@@ -383,7 +413,9 @@ def test_cadv_keeps_the_lightness_and_raises_tiny_iqa(registry, tiny_iqa, bundle
     images = bundled_images[:2]
     attack = registry.get("attacks", "cadv")(weights_path=str(colorization_weights), lr=0.05)
     adv = attack.run(tiny_iqa, images, seed=0)
-    start = registry.get("attacks", "cadv")(weights_path=str(colorization_weights), iters=1).run(tiny_iqa, images, seed=0)
+    start = registry.get("attacks", "cadv")(weights_path=str(colorization_weights), iters=1).run(
+        tiny_iqa, images, seed=0
+    )
     assert_bound(attack, images, adv)
     lightness = cadv_module.rgb_to_lab_scaled(images)[:, 0]
     recoloured = cadv_module.rgb_to_lab_scaled(adv)[:, 0]
@@ -407,12 +439,24 @@ def test_cadv_needs_its_weights(registry, cnn_metric, small_images, tmp_path, to
 # == the trained attacks: cache, reuse, retraining, resumption ============================================
 #: name -> (module, training function, small settings, a changed setting)
 TRAINED = {
-    "cumulative-uap": (cumulative_module, "train_cumulative_uap", {"size": 64, "epochs": 2, "batch_size": 1,
-                                                                   "amplitude": 0.8}, {"lr": 2.0}),
-    "generative-uap": (generative_module, "train_generative_uap", {"ngf": 4, "epochs": 2, "batch_size": 1,
-                                                                   "amplitude": 0.8}, {"ngf": 8}),
-    "cnn-attack": (cnn_module, "train_facpa", {"ngf": 4, "epochs": 2, "batch_size": 1, "amplitude": 0.5},
-                   {"epochs": 3}),
+    "cumulative-uap": (
+        cumulative_module,
+        "train_cumulative_uap",
+        {"size": 64, "epochs": 2, "batch_size": 1, "amplitude": 0.8},
+        {"lr": 2.0},
+    ),
+    "generative-uap": (
+        generative_module,
+        "train_generative_uap",
+        {"ngf": 4, "epochs": 2, "batch_size": 1, "amplitude": 0.8},
+        {"ngf": 8},
+    ),
+    "cnn-attack": (
+        cnn_module,
+        "train_facpa",
+        {"ngf": 4, "epochs": 2, "batch_size": 1, "amplitude": 0.5},
+        {"epochs": 3},
+    ),
 }
 
 
@@ -421,8 +465,9 @@ def no_training(*args, **kwargs):
 
 
 @pytest.mark.parametrize("name", list(TRAINED))
-def test_training_is_cached_reused_and_redone_when_a_parameter_changes(registry, name, cnn_metric, small_images,
-                                                                      tmp_path, torch_home, monkeypatch):
+def test_training_is_cached_reused_and_redone_when_a_parameter_changes(
+    registry, name, cnn_metric, small_images, tmp_path, torch_home, monkeypatch
+):
     module, function, small, changed = TRAINED[name]
     write_pngs(small_images[:2], tmp_path / "train")
     make = registry.get("attacks", name)
@@ -445,8 +490,7 @@ def test_training_is_cached_reused_and_redone_when_a_parameter_changes(registry,
 
 
 @pytest.mark.parametrize("name", list(TRAINED))
-def test_a_killed_training_resumes_from_its_last_epoch(registry, name, cnn_metric, small_images, tmp_path,
-                                                       monkeypatch):
+def test_a_killed_training_resumes_from_its_last_epoch(registry, name, cnn_metric, small_images, tmp_path, monkeypatch):
     module, function, small, _ = TRAINED[name]
     write_pngs(small_images[:2], tmp_path / "train")
     make = registry.get("attacks", name)
@@ -461,6 +505,7 @@ def test_a_killed_training_resumes_from_its_last_epoch(registry, name, cnn_metri
         def save_then_die(state):
             checkpoint(state)
             raise KeyboardInterrupt
+
         return real(*args, checkpoint=save_then_die, **kwargs)
 
     monkeypatch.setattr(module, function, killed_after_one_epoch)
@@ -473,6 +518,7 @@ def test_a_killed_training_resumes_from_its_last_epoch(registry, name, cnn_metri
         def record(state):
             epochs_run.append(int(state["epoch"]))
             checkpoint(state)
+
         return real(*args, resume=resume, checkpoint=record, **kwargs)
 
     monkeypatch.setattr(module, function, resumed)
@@ -483,11 +529,14 @@ def test_a_killed_training_resumes_from_its_last_epoch(registry, name, cnn_metri
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, params", [
-    ("cumulative-uap", {"epochs": 3, "batch_size": 4, "amplitude": 0.9}),
-    ("generative-uap", {"ngf": 8, "epochs": 3, "lr": 0.01, "batch_size": 4, "amplitude": 0.9}),
-    ("cnn-attack", {"ngf": 8, "epochs": 3, "lr": 0.01, "batch_size": 4, "amplitude": 0.5}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("cumulative-uap", {"epochs": 3, "batch_size": 4, "amplitude": 0.9}),
+        ("generative-uap", {"ngf": 8, "epochs": 3, "lr": 0.01, "batch_size": 4, "amplitude": 0.9}),
+        ("cnn-attack", {"ngf": 8, "epochs": 3, "lr": 0.01, "batch_size": 4, "amplitude": 0.5}),
+    ],
+)
 def test_trained_attack_raises_tiny_iqa_within_its_bound(registry, tiny_iqa, name, params, torch_home):
     """Trained on the bundled images (the default training set, 256x256) and applied to four of them;
     small generators (ngf 8) and few epochs so that training takes seconds."""
@@ -524,7 +573,9 @@ def test_training_on_a_named_dataset(registry, cnn_metric, small_images, tmp_pat
     write_pngs(small_images[:2], tmp_path / "mine")
     folder = make(train_dataset=str(tmp_path / "mine"), **small)
     assert [p.name for p in folder.weights_in_use()] == ["img0.png", "img1.png"]
-    assert torch.equal(folder.run(cnn_metric, small_images),
-                       make(train_dir=str(tmp_path / "mine"), **small).run(cnn_metric, small_images))
+    assert torch.equal(
+        folder.run(cnn_metric, small_images),
+        make(train_dir=str(tmp_path / "mine"), **small).run(cnn_metric, small_images),
+    )
     with pytest.raises(ConfigError, match="train_dataset"):
         make(train_dataset="no-such-dataset", **small).run(cnn_metric, small_images)

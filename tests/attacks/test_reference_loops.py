@@ -30,7 +30,7 @@ def run_plugin(registry, name, metric, images, **params):
 
 
 def per_image(reference, images, *args, **kwargs):
-    return torch.cat([reference(images[i:i + 1], *args, **kwargs) for i in range(images.shape[0])])
+    return torch.cat([reference(images[i : i + 1], *args, **kwargs) for i in range(images.shape[0])])
 
 
 def assert_same_up_to_rounding(got, expected):
@@ -112,13 +112,16 @@ def reference_madc(image, metric, lr=0.001, eps=EPS_255, iters=8):
     return x.data.clamp(0, 1)
 
 
-@pytest.mark.parametrize("name, reference, params", [
-    ("fgsm", reference_fgsm, {}),
-    ("mifgsm", reference_mifgsm, {}),
-    ("amifgsm", reference_amifgsm, {}),
-    ("madc", reference_madc, {}),
-    ("madc", reference_madc, {"lr": 0.01, "eps": 0.01}),  # the RMSE bound is active
-])
+@pytest.mark.parametrize(
+    "name, reference, params",
+    [
+        ("fgsm", reference_fgsm, {}),
+        ("mifgsm", reference_mifgsm, {}),
+        ("amifgsm", reference_amifgsm, {}),
+        ("madc", reference_madc, {}),
+        ("madc", reference_madc, {"lr": 0.01, "eps": 0.01}),  # the RMSE bound is active
+    ],
+)
 def test_sign_attacks_match_the_reference_loops(registry, cnn_metric, small_images, name, reference, params):
     expected = per_image(reference, small_images, cnn_metric, **params)
     got = run_plugin(registry, name, cnn_metric, small_images, **params)
@@ -218,7 +221,7 @@ def test_activity_map_is_the_references_signed_one_direction_sobel(small_images)
     from iqadef.plugins.attacks.korhonen import spatial_activity_map
 
     got = spatial_activity_map(small_images)
-    expected = np.stack([reference_activity_map(small_images[i:i + 1] * 255) for i in range(len(small_images))])
+    expected = np.stack([reference_activity_map(small_images[i : i + 1] * 255) for i in range(len(small_images))])
     np.testing.assert_allclose(got[:, 0].numpy(), expected, atol=1e-5, rtol=0)
     assert (got < 0).any()  # signed: where the luma falls to the right
 
@@ -229,8 +232,9 @@ def test_activity_map_edge_cases_follow_the_reference():
     falling = torch.linspace(1, 0, 12).expand(1, 3, 10, 12).contiguous()  # every interior value < 0: max is 0
     flat = torch.full((1, 3, 10, 12), 0.3)
     for image in (falling, flat):
-        np.testing.assert_allclose(spatial_activity_map(image)[0, 0].numpy(), reference_activity_map(image * 255),
-                                   atol=1e-5, rtol=1e-6)
+        np.testing.assert_allclose(
+            spatial_activity_map(image)[0, 0].numpy(), reference_activity_map(image * 255), atol=1e-5, rtol=1e-6
+        )
     assert spatial_activity_map(falling).min() < -100  # the max-is-0 branch: 1 + the raw (scaled) Sobel
 
 
@@ -267,7 +271,7 @@ def haar_low_matrix(n: int) -> torch.Tensor:
     """The reference's DWT low-pass matrix for the Haar wavelet (rows of 1/sqrt(2) pairs), n even."""
     matrix = torch.zeros(n // 2, n)
     for i in range(n // 2):
-        matrix[i, 2 * i] = matrix[i, 2 * i + 1] = 2 ** -0.5
+        matrix[i, 2 * i] = matrix[i, 2 * i + 1] = 2**-0.5
     return matrix
 
 
@@ -296,7 +300,7 @@ def reference_ssah(image, metric, lr=0.001, lambda_lf=0.1):
 
 @pytest.mark.parametrize("size", [(63, 64), (64, 63), (63, 63), (64, 64)])
 def test_ssah_matches_the_reference_loop(registry, cnn_metric, small_images, size):
-    images = small_images[:2, :, :size[0], :size[1]].contiguous()
+    images = small_images[:2, :, : size[0], : size[1]].contiguous()
     expected = per_image(reference_ssah, images, cnn_metric)
     got = run_plugin(registry, "ssah", cnn_metric, images)
     assert got.shape == images.shape
@@ -314,8 +318,10 @@ def test_ssah_score_unpadded_option_scores_the_image_at_its_own_size(registry, c
         assert cnn_metric(default).mean() > cnn_metric(images).mean()
     # On even sizes there is nothing to pad: the option changes nothing.
     even = small_images[:2]
-    assert torch.equal(run_plugin(registry, "ssah", cnn_metric, even, score_unpadded=True),
-                       run_plugin(registry, "ssah", cnn_metric, even))
+    assert torch.equal(
+        run_plugin(registry, "ssah", cnn_metric, even, score_unpadded=True),
+        run_plugin(registry, "ssah", cnn_metric, even),
+    )
 
 
 # -- AdvCF (the ``Color`` attacker of the IQA port) -------------------------------------------------
@@ -376,8 +382,9 @@ def test_advcf_gradient_passes_where_the_curve_reaches_zero(registry, cnn_metric
     if batch_mean:  # the reference's code on the batch
         expected = reference_advcf_gradient(images, weights, cnn_metric)
     else:  # the reference as the study ran it, one image at a time
-        expected = torch.cat([reference_advcf_gradient(images[i:i + 1], weights[i:i + 1], cnn_metric)
-                              for i in range(2)])
+        expected = torch.cat(
+            [reference_advcf_gradient(images[i : i + 1], weights[i : i + 1], cnn_metric) for i in range(2)]
+        )
     assert expected[..., :8].abs().min().item() > 0  # the pieces under the zero output do get gradient
     # clamp's zero gradient at 0 changes these pieces' gradients by ~1e-3 (relative); rounding, by ~1e-6.
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())

@@ -55,13 +55,20 @@ def reference_square(model, image, eps, n_iters, p_init, g):
             s = min(max(s, 1), h - 1)
             center_h = int(torch.randint(0, h - s, (1,), generator=g))
             center_w = int(torch.randint(0, w - s, (1,), generator=g))
-            x_curr_window = x_curr[:, :, center_h:center_h + s, center_w:center_w + s]
-            x_best_curr_window = x_best_curr[:, :, center_h:center_h + s, center_w:center_w + s]
-            while torch.sum(torch.abs(torch.clip(x_curr_window + deltas[:, :, center_h:center_h + s,
-                                                                        center_w:center_w + s], 0, 1)
-                                      - x_best_curr_window) < 10 ** -7) == c * s * s:
+            x_curr_window = x_curr[:, :, center_h : center_h + s, center_w : center_w + s]
+            x_best_curr_window = x_best_curr[:, :, center_h : center_h + s, center_w : center_w + s]
+            while (
+                torch.sum(
+                    torch.abs(
+                        torch.clip(x_curr_window + deltas[:, :, center_h : center_h + s, center_w : center_w + s], 0, 1)
+                        - x_best_curr_window
+                    )
+                    < 10**-7
+                )
+                == c * s * s
+            ):
                 choice = (torch.randint(0, 2, (c, 1, 1), generator=g) * 2 - 1).float() * eps
-                deltas[..., center_h:center_h + s, center_w:center_w + s] = choice
+                deltas[..., center_h : center_h + s, center_w : center_w + s] = choice
             x_new = torch.clip(x_curr + deltas, 0, 1)
             loss_new = sign * model.score(x_new)
             if loss < loss_new:
@@ -77,8 +84,8 @@ def test_square_attack_matches_the_reference_loop(which, cnn_metric, lower_metri
     attack = SquareAttack(eps=0.05, queries=300)
     out = attack.run(metric, images, seed=11)
     for i in range(images.shape[0]):
-        ref = reference_square(metric, images[i:i + 1], 0.05, 300, 0.05, image_generator(11, i))
-        assert (out[i:i + 1] - ref).abs().max().item() <= 1e-6
+        ref = reference_square(metric, images[i : i + 1], 0.05, 300, 0.05, image_generator(11, i))
+        assert (out[i : i + 1] - ref).abs().max().item() <= 1e-6
     assert not torch.equal(out, images)
 
 

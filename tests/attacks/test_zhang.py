@@ -25,8 +25,8 @@ PINNED_BACKBONE = perceptual.VGG16_BACKBONE
 ATTACKS = ("zhang-dists", "zhang-lpips", "zhang-ssim")
 
 
-
 # -- official-layout checkpoints -----------------------------------------------------------------
+
 
 def _official_vgg16_shapes() -> dict[str, torch.Size]:
     """Key names and shapes of torchvision's vgg16 state dict (built on the meta device: no memory)."""
@@ -61,13 +61,18 @@ def weights_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("zhang-weights")
     g = torch.Generator().manual_seed(0)
     torch.save(_random_vgg16_state(g), folder / perceptual.VGG16_BACKBONE.filename)
-    lins = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g)
-            for k, c in enumerate(perceptual.VGG_CHANNELS)}
+    lins = {
+        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(perceptual.VGG_CHANNELS)
+    }
     torch.save(lins, folder / perceptual.LPIPS_VGG_LIN.filename)
     n = sum(perceptual.DISTS_CHANNELS)
-    torch.save({"alpha": 0.1 + 0.01 * torch.randn(1, n, 1, 1, generator=g),
-                "beta": 0.1 + 0.01 * torch.randn(1, n, 1, 1, generator=g)},
-               folder / perceptual.DISTS_ALPHA_BETA.filename)
+    torch.save(
+        {
+            "alpha": 0.1 + 0.01 * torch.randn(1, n, 1, 1, generator=g),
+            "beta": 0.1 + 0.01 * torch.randn(1, n, 1, 1, generator=g),
+        },
+        folder / perceptual.DISTS_ALPHA_BETA.filename,
+    )
     return folder
 
 
@@ -90,6 +95,7 @@ def networks(weights_dir):
 
 # -- the target metric ---------------------------------------------------------------------------
 
+
 class _TinyCnnMetric(Metric):
     """A small random CNN (stand-in when the bundled tiny-iqa metric is not available)."""
 
@@ -98,8 +104,15 @@ class _TinyCnnMetric(Metric):
 
     def setup(self, device):
         g = torch.Generator().manual_seed(1)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
-                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 1),
+        )
         with torch.no_grad():
             for p in self.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -128,8 +141,8 @@ def images() -> torch.Tensor:
     """Four 64x64 images: the bundled ones (centre crops) if present, else smooth random images."""
     paths = _bundled_images()
     if paths:
-        from PIL import Image
         import torchvision.transforms.functional as TF
+        from PIL import Image
 
         out = []
         for path in paths[:4]:
@@ -147,6 +160,7 @@ def _attack(name: str, **params):
 
 
 # -- distances -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("which", ["lpips", "dists"])
 def test_network_distance_zero_for_identical_and_positive_otherwise(networks, images, which):
@@ -174,9 +188,15 @@ def test_ssim_distance_matches_skimage_structure(images):
     noisy = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
     ours = 1 - perceptual.ssim_distance(noisy[:1], images[:1]).item()
     _, full = skimage_metrics.structural_similarity(
-        noisy[0].permute(1, 2, 0).double().numpy(), images[0].permute(1, 2, 0).double().numpy(),
-        gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=2,
-        full=True)
+        noisy[0].permute(1, 2, 0).double().numpy(),
+        images[0].permute(1, 2, 0).double().numpy(),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=2,
+        full=True,
+    )
     valid = full[5:-5, 5:-5].mean()  # skimage crops (win-1)/2 = 5 pixels too; no negative values here
     assert ours == pytest.approx(valid, abs=2e-3)
 
@@ -196,6 +216,7 @@ def test_ssim_distance_refuses_images_smaller_than_the_window():
 
 # -- weights ---------------------------------------------------------------------------------------
 
+
 def test_generated_backbone_has_the_official_vgg16_layout(weights_dir):
     official = _official_vgg16_shapes()
     saved = torch.load(weights_dir / perceptual.VGG16_BACKBONE.filename, weights_only=True)
@@ -208,8 +229,10 @@ def test_generated_backbone_has_the_official_vgg16_layout(weights_dir):
 def test_official_layout_checkpoints_load_without_missing_or_unexpected_keys(weights_env):
     """setup() succeeds through IQADEF_WEIGHTS_DIR; load_state_dict_strict would raise on any mismatch."""
     lpips = _attack("zhang-lpips").load("cpu")
-    assert torch.equal(lpips.network.lin2.model[1].weight,
-                       torch.load(weights_env / perceptual.LPIPS_VGG_LIN.filename)["lin2.model.1.weight"])
+    assert torch.equal(
+        lpips.network.lin2.model[1].weight,
+        torch.load(weights_env / perceptual.LPIPS_VGG_LIN.filename)["lin2.model.1.weight"],
+    )
     dists = _attack("zhang-dists").load("cpu")
     saved = torch.load(weights_env / perceptual.DISTS_ALPHA_BETA.filename)
     assert torch.equal(dists.network.weights.beta, saved["beta"])
@@ -218,9 +241,14 @@ def test_official_layout_checkpoints_load_without_missing_or_unexpected_keys(wei
     assert not any(p.requires_grad for p in dists.network.parameters())
 
 
-@pytest.mark.parametrize("name, spec", [("zhang-lpips", perceptual.VGG16_BACKBONE),
-                                        ("zhang-lpips", perceptual.LPIPS_VGG_LIN),
-                                        ("zhang-dists", perceptual.DISTS_ALPHA_BETA)])
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        ("zhang-lpips", perceptual.VGG16_BACKBONE),
+        ("zhang-lpips", perceptual.LPIPS_VGG_LIN),
+        ("zhang-dists", perceptual.DISTS_ALPHA_BETA),
+    ],
+)
 def test_missing_weights_name_the_expected_path(weights_dir, tmp_path, monkeypatch, name, spec):
     partial = tmp_path / "weights"
     partial.mkdir()
@@ -261,12 +289,16 @@ def test_explicit_paths_are_used(weights_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("IQADEF_WEIGHTS_DIR", str(tmp_path))  # empty: only the explicit files can work
     monkeypatch.setenv("IQADEF_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    attack = _attack("zhang-dists", backbone_path=str(weights_dir / perceptual.VGG16_BACKBONE.filename),
-                     calibration_path=str(weights_dir / perceptual.DISTS_ALPHA_BETA.filename))
+    attack = _attack(
+        "zhang-dists",
+        backbone_path=str(weights_dir / perceptual.VGG16_BACKBONE.filename),
+        calibration_path=str(weights_dir / perceptual.DISTS_ALPHA_BETA.filename),
+    )
     assert attack.load("cpu").network is not None
 
 
 # -- the attacks -----------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ATTACKS)
@@ -292,7 +324,7 @@ def test_attack_is_deterministic_and_batch_independent(weights_env, metric, imag
     batch = attack.run(metric, small, seed=0)
     again = attack.run(metric, small, seed=5)
     assert torch.equal(batch, again)
-    singles = torch.cat([attack.run(metric, small[i:i + 1], seed=0) for i in range(2)])
+    singles = torch.cat([attack.run(metric, small[i : i + 1], seed=0) for i in range(2)])
     torch.testing.assert_close(batch, singles, atol=1e-4, rtol=0)
     assert not torch.equal(batch, small)
     assert batch.min() >= 0 and batch.max() <= 1

@@ -21,21 +21,37 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 
-METRIC_CHECKS = [f"{m}.{c}" for m in ("linearity", "spaq", "metaiqa")
-                 for c in ("load", "forward_backward", "ifgsm", "batching", "precision")]
-DEFENCE_CHECKS = ["diffpure.load", "diffpure.purify", "diffpure.precision", "diffpure.fp16_option",
-                  "mprnet.load", "mprnet.purify", "mprnet.precision",
-                  "realesrgan.load", "realesrgan.purify", "realesrgan.precision"]
+METRIC_CHECKS = [
+    f"{m}.{c}"
+    for m in ("linearity", "spaq", "metaiqa")
+    for c in ("load", "forward_backward", "ifgsm", "batching", "precision")
+]
+DEFENCE_CHECKS = [
+    "diffpure.load",
+    "diffpure.purify",
+    "diffpure.precision",
+    "diffpure.fp16_option",
+    "mprnet.load",
+    "mprnet.purify",
+    "mprnet.precision",
+    "realesrgan.load",
+    "realesrgan.purify",
+    "realesrgan.precision",
+]
 CERTIFIED_CHECKS = [f"certified.{m}" for m in ("ms", "dms", "rs", "drs", "ddrs", "densepure")]
-EXPECTED_CHECKS = METRIC_CHECKS + DEFENCE_CHECKS + CERTIFIED_CHECKS + ["protocol.apgd_eot_diffpure",
-                                                   "protocol.apgd_bpda_jpeg", "protocol.square_queries", "grid"]
+EXPECTED_CHECKS = (
+    METRIC_CHECKS
+    + DEFENCE_CHECKS
+    + CERTIFIED_CHECKS
+    + ["protocol.apgd_eot_diffpure", "protocol.apgd_bpda_jpeg", "protocol.square_queries", "grid"]
+)
 CUDA_ONLY = {"diffpure.fp16_option"}
 
 
 def _gpu_module():
     spec = importlib.util.spec_from_file_location("iqadef_bench_gpu", ROOT / "benchmarks" / "gpu.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -97,7 +113,7 @@ def test_a_failing_check_is_recorded_and_the_next_one_runs(tmp_path):
     assert bench.check("a.load", broken) is False
     assert bench.check("a.forward", lambda: {"wall_s": 1.0}, requires="a.load") is False
     assert bench.check("b.forward", lambda: {"wall_s": 2.0, "output": torch.zeros(1)}) is True
-    saved = json.loads((tmp_path / "out.json").read_text())["checks"]   # rewritten after every check
+    saved = json.loads((tmp_path / "out.json").read_text())["checks"]  # rewritten after every check
     assert saved["a.load"]["status"] == "error"
     assert saved["a.load"]["error"] == "RuntimeError: CUDA error: an illegal memory access"
     assert "broken" in saved["a.load"]["traceback"]
@@ -116,7 +132,7 @@ def test_checks_after_the_total_budget_are_skipped(tmp_path):
 def test_non_finite_numbers_are_written_as_null(tmp_path):
     bench = _bench(tmp_path)
     bench.check("nan", lambda: {"wall_s": 1.0, "max_abs_diff": float("nan"), "x": [float("inf"), 1.0]})
-    saved = json.loads((tmp_path / "out.json").read_text())["checks"]["nan"]   # strict JSON parses
+    saved = json.loads((tmp_path / "out.json").read_text())["checks"]["nan"]  # strict JSON parses
     assert saved["max_abs_diff"] is None and saved["x"] == [None, 1.0]
 
 
@@ -161,10 +177,15 @@ def test_the_quick_grid_is_the_default_registry_trimmed(tmp_path):
 @pytest.mark.slow
 def test_quick_mode_on_cpu_records_every_check(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(["bash", str(SCRIPT), "--quick", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--quick", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())   # the JSON path, printed last
+    assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())  # the JSON path, printed last
     results = json.loads(out.read_text())
 
     assert results["quick"] is True and results["device"] == "cpu" and results["device_name"]

@@ -18,9 +18,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_one_epoch_writes_the_figures(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path]), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_robust.py"), "--methods", "nt", "--epochs", "1",
-                    "--crops-per-image", "1", "--eval-crops", "1", "--json", str(out)], check=True, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_robust.py"),
+            "--methods",
+            "nt",
+            "--epochs",
+            "1",
+            "--crops-per-image",
+            "1",
+            "--eval-crops",
+            "1",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     data = json.loads(out.read_text())
     assert len(data["train_images"]) == len(data["held_out_images"]) == 7
     assert not set(data["train_images"]) & set(data["held_out_images"])

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 from iqadef.report import write_report
 from iqadef.report.certified import certified_curve, radius_defences
-from iqadef.execute import run_grid
 
 REGISTRY = """
 dataset: {{name: builtin, max_side: 32}}
@@ -33,9 +33,16 @@ def test_rs_and_ddrs_on_the_bundled_images_draw_the_radius_figure(tmp_path):
     from diffusers import UNet2DModel
 
     model = tmp_path / "ddpm"
-    UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 32),
-                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                norm_num_groups=8).save_pretrained(model)
+    UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ).save_pretrained(model)
     path = tmp_path / "registry.yaml"
     path.write_text(REGISTRY.format(output=tmp_path / "run", model=model))
     summary = run_grid(load_run_config(path), progress=False)
@@ -52,21 +59,24 @@ def test_rs_and_ddrs_on_the_bundled_images_draw_the_radius_figure(tmp_path):
         kept = certified & (clean["cert_bin_clean"] == clean["cert_bin_f_clean"]).to_numpy()
         curve = certified_curve(df, "tiny-iqa", label, np.array([0.0, 0.05, 1.0]))
         assert curve["certified_share"].tolist() == pytest.approx(
-            [float((certified & (radius >= r)).mean()) for r in (0.0, 0.05, 1.0)])
+            [float((certified & (radius >= r)).mean()) for r in (0.0, 0.05, 1.0)]
+        )
         assert curve["certified_accuracy"].tolist() == pytest.approx(
-            [float((kept & (radius >= r)).mean()) for r in (0.0, 0.05, 1.0)])
+            [float((kept & (radius >= r)).mean()) for r in (0.0, 0.05, 1.0)]
+        )
         assert (radius[~certified] == 0).all() and (radius[certified] > 0).all()
     rs = df[df["defence"] == labels[0]].drop_duplicates("image")
     assert (rs["cert_bin_clean"] >= 0).sum() >= 7  # sigma 0.12 on tiny-iqa: most images certify a bin
     ddrs = df[df["defence"] == labels[1]].drop_duplicates("image")
-    assert not np.allclose(ddrs["f_def_clean"].to_numpy(dtype=float), rs["f_def_clean"].to_numpy(dtype=float)) or \
-        not np.allclose(ddrs["cert_radius_clean"].to_numpy(dtype=float), rs["cert_radius_clean"].to_numpy(dtype=float))
+    assert not np.allclose(
+        ddrs["f_def_clean"].to_numpy(dtype=float), rs["f_def_clean"].to_numpy(dtype=float)
+    ) or not np.allclose(ddrs["cert_radius_clean"].to_numpy(dtype=float), rs["cert_radius_clean"].to_numpy(dtype=float))
     written = write_report(summary.run_dir)
     figures = [k for k in written if k.startswith("figure:certified_radius_tiny-iqa")]
     assert len(figures) == 1 and written[figures[0]].stat().st_size > 1000
     html = written["html"].read_text()
-    section = html[html.index("<section id='certified'>"):]
-    section = section[:section.index("</section>")]
+    section = html[html.index("<section id='certified'>") :]
+    section = section[: section.index("</section>")]
     assert "<h3>Certified accuracy against radius: tiny-iqa</h3>" in section
     assert "src='data:image/png;base64," in section
     assert all(label in section for label in labels)  # the certified table names both methods

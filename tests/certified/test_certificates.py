@@ -74,7 +74,8 @@ def test_median_smoothing_of_a_linear_metric_closed_form():
 
 
 def test_mean_smoothing_of_a_linear_metric_closed_form():
-    """No clipping within [-10, 10]: g(x) = f(x); the bound is low + span Phi(Phi^-1((g -+ t - low)/span) -+ eps/sigma)."""
+    """No clipping within [-10, 10]: g(x) = f(x); the bound is low + span Phi(Phi^-1((g -+ t - low)/span) -+
+    eps/sigma)."""
     torch.manual_seed(1)
     shape = (3, 4, 4)
     w = torch.randn(shape) * 0.1

@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
-import toy_plugins
 import torch
+import toy_plugins
 
 from iqadef import MetricSmoothing, SmoothedScores, hookimpl
-from iqadef.core.plugins import InstalledPlugins
 from iqadef.config.registry import load_run_config
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.execute import run_grid
 
 
@@ -75,9 +75,11 @@ def test_broken_certified_defences_fail_their_cells_only(tmp_path, image_dir):
     registry = InstalledPlugins(extra=[toy_plugins, sys.modules[__name__]], entry_points=False)
     assert "raw-mean" in registry.names("certified")
     path = tmp_path / "r.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\noutput: out\nbatch_size: 3\nmetrics: [toy-metric]\n"
-                    f"attacks: [toy-sign]\ncertified: [{{name: raw-mean, n: 4}}, {{name: explodes, n: 4}}, "
-                    f"{{name: wrong-shape, n: 4}}, {{name: inverted, n: 4}}, {{name: writes-input, n: 4}}]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: out\nbatch_size: 3\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ncertified: [{{name: raw-mean, n: 4}}, {{name: explodes, n: 4}}, "
+        f"{{name: wrong-shape, n: 4}}, {{name: inverted, n: 4}}, {{name: writes-input, n: 4}}]\n"
+    )
     summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     by = {d: g for d, g in df.groupby(df["defence"].str.split("[").str[0])}
@@ -88,6 +90,9 @@ def test_broken_certified_defences_fail_their_cells_only(tmp_path, image_dir):
     assert all((by[d]["status"] == "failed").all() for d in errors)
     assert "certified defence 'explodes[n=4]' raised RuntimeError: boom" in errors["explodes"].pop()
     assert {e.split(": one value")[0].split("returned ")[1] for e in errors["wrong-shape"]} == {
-        "value of shape [4], expected [3]", "value of shape [2], expected [1]", "value of shape [3], expected [2]"}
+        "value of shape [4], expected [3]",
+        "value of shape [2], expected [1]",
+        "value of shape [3], expected [2]",
+    }
     assert "does not contain its smoothed value" in next(iter(errors["inverted"]))
     assert "writes-input" in next(iter(errors["writes-input"])) and "clean images" in next(iter(errors["writes-input"]))

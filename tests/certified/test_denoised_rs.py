@@ -18,14 +18,24 @@ from iqadef.plugins.certified.rs import RandomizedSmoothing
 from iqadef.plugins.defences import diffpure
 from iqadef.plugins.defences._guided_diffusion import GuidedUNet, GuidedUNetConfig
 
-TINY = GuidedUNetConfig(image_size=16, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-                        attention_resolutions=(8,), num_head_channels=16)
+TINY = GuidedUNetConfig(
+    image_size=16,
+    model_channels=32,
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    attention_resolutions=(8,),
+    num_head_channels=16,
+)
 
 
 def images(n: int = 2, size: int = 16) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
-    return torch.stack([torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)])
-                        * 0.4 + 0.5 for i in range(n)])
+    return torch.stack(
+        [
+            torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)]) * 0.4 + 0.5
+            for i in range(n)
+        ]
+    )
 
 
 def metric() -> ToyMetric:
@@ -79,12 +89,17 @@ def test_the_diffusion_step_is_the_references():
 def tiny_guided(monkeypatch, tmp_path):
     def install(zero: bool):
         torch.manual_seed(1)
-        state = {k: (torch.zeros_like(v) if zero else torch.randn_like(v) * 0.05)
-                 for k, v in GuidedUNet(TINY).state_dict().items()}
+        state = {
+            k: (torch.zeros_like(v) if zero else torch.randn_like(v) * 0.05)
+            for k, v in GuidedUNet(TINY).state_dict().items()
+        }
         path = tmp_path / f"tiny_{zero}.pt"
         torch.save(state, path)
-        monkeypatch.setitem(diffpure.GUIDED_MODELS, "guided-tiny", diffpure.GuidedModel(TINY, WeightSpec(path.name, ())))
+        monkeypatch.setitem(
+            diffpure.GUIDED_MODELS, "guided-tiny", diffpure.GuidedModel(TINY, WeightSpec(path.name, ()))
+        )
         return path
+
     return install
 
 

@@ -20,8 +20,14 @@ from iqadef.plugins.certified.densepure import DensePure, majority, nearest_step
 from iqadef.plugins.defences import diffpure
 from iqadef.plugins.defences._guided_diffusion import GuidedUNet, GuidedUNetConfig
 
-TINY = GuidedUNetConfig(image_size=16, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-                        attention_resolutions=(8,), num_head_channels=16)
+TINY = GuidedUNetConfig(
+    image_size=16,
+    model_channels=32,
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    attention_resolutions=(8,),
+    num_head_channels=16,
+)
 
 
 class LinearMetric(Metric):
@@ -49,21 +55,31 @@ class ConstantMetric(Metric):
 
 def images(n: int = 2, size: int = 16) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
-    return torch.stack([torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)])
-                        * 0.4 + 0.5 for i in range(n)])
+    return torch.stack(
+        [
+            torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)]) * 0.4 + 0.5
+            for i in range(n)
+        ]
+    )
 
 
 @pytest.fixture
 def tiny_guided(monkeypatch, tmp_path):
     """``guided-tiny``: the tiny UNet with zero weights (epsilon 0, variance value 0) or random ones."""
+
     def install(zero: bool) -> str:
         torch.manual_seed(1)
-        state = {k: (torch.zeros_like(v) if zero else torch.randn_like(v) * 0.05)
-                 for k, v in GuidedUNet(TINY).state_dict().items()}
+        state = {
+            k: (torch.zeros_like(v) if zero else torch.randn_like(v) * 0.05)
+            for k, v in GuidedUNet(TINY).state_dict().items()
+        }
         path = tmp_path / f"tiny_{zero}.pt"
         torch.save(state, path)
-        monkeypatch.setitem(diffpure.GUIDED_MODELS, "guided-tiny", diffpure.GuidedModel(TINY, WeightSpec(path.name, ())))
+        monkeypatch.setitem(
+            diffpure.GUIDED_MODELS, "guided-tiny", diffpure.GuidedModel(TINY, WeightSpec(path.name, ()))
+        )
         return str(path)
+
     return install
 
 
@@ -139,8 +155,9 @@ def test_the_reverse_chain_matches_the_reference_p_sample(tiny_guided, steps):
         return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in gens])
 
     with torch.no_grad():
-        want = reference_reverse(dp.diffusion.unet, noisy, 0.25, steps, diffpure.alphas_cumprod("guided-tiny").numpy(),
-                                 draw)
+        want = reference_reverse(
+            dp.diffusion.unet, noisy, 0.25, steps, diffpure.alphas_cumprod("guided-tiny").numpy(), draw
+        )
     assert torch.allclose(seen, want.float(), atol=2e-5), float((seen - want).abs().max())
     assert torch.allclose(got, metric.score(want.float()), atol=1e-3)
     assert dp.noise_sigma() == 0.25  # the noise is sigma itself (the scale makes it the diffusion's x_t)
@@ -150,8 +167,9 @@ def test_a_constant_metric_is_certified_in_closed_form(tiny_guided):
     """Every copy in one bin: pA = alpha^(1/n) (Clopper-Pearson with n_A = n), radius sigma Phi^-1(alpha^(1/n))."""
     path = tiny_guided(zero=False)
     for votes in (1, 3):
-        dp = DensePure(model="guided-tiny", weights_path=path, n=12, n0=3, alpha=0.01, votes=votes,
-                       batch=16).load("cpu")
+        dp = DensePure(model="guided-tiny", weights_path=path, n=12, n0=3, alpha=0.01, votes=votes, batch=16).load(
+            "cpu"
+        )
         out = dp.smooth(ConstantMetric(), images(2), seed=0)
         assert out.bin.tolist() == [4, 4]  # 3.3 is in (3, 4]: bin 4
         want = 0.12 * stats.norm.ppf(0.01 ** (1 / 12))
@@ -186,7 +204,7 @@ def test_a_linear_metric_after_a_zero_model_is_certified_in_closed_form(tiny_gui
     w = w / w.norm()
     x = torch.full((1, *shape), 0.5)  # x_0 stays far from the clipping at -1 and 1
     # (x_0 + 1)/2 = a (noisy - 0.5) + 0.5 + b z / 2: f ~ N(f(x), ||w||^2 (a^2 sigma^2 + b^2 / 4)), ||w|| = 1
-    spread = math.sqrt((a * sigma) ** 2 + b ** 2 / 4)
+    spread = math.sqrt((a * sigma) ** 2 + b**2 / 4)
     w = w * (0.35 / spread)  # the score's std 0.35: pA = P(|N(0, 0.35^2)| <= 0.5) ~ 0.85
     c = 5.5 - float((x * w).sum())
     out = dp.smooth(LinearMetric(w, c), x, seed=1)
@@ -236,7 +254,7 @@ def test_densepure_guarantee_within_the_radius(tiny_guided):
     assert bool((cert.bin >= 0).all() and (cert.radius > 0).all()), (cert.bin, cert.radius)
     for i in range(x.shape[0]):
         r = 0.9 * float(cert.radius[i])
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         d = torch.randn(xi.shape, generator=torch.Generator().manual_seed(10 + i))
         moved = [(xi + d / d.norm() * r).clamp(0, 1), PGDL2(eps=r, steps=5).run(metric, xi, seed=0)]
         for k, x2 in enumerate(moved):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import torch
 from toy_plugins import ToyMetric, install_as_distribution
 
 from iqadef.cli import main
-from iqadef.core.errors import ConfigError
 from iqadef.config.registry import load_run_config
+from iqadef.core.errors import ConfigError
 from iqadef.execute import run_grid
 from iqadef.plugins.certified.dms_iqa import DMSIQA, Denoiser, ranking_loss, train_denoiser
 
@@ -25,14 +24,17 @@ def test_ranking_loss_is_zero_only_when_the_order_is_kept():
 def test_training_lowers_the_loss_denoises_and_keeps_the_scores():
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
-    images = [torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)]) * 0.4 + 0.5
-              for i in range(4)]
+    images = [
+        torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)]) * 0.4 + 0.5
+        for i in range(4)
+    ]
     x = torch.stack(images)
     noisy = x + 0.1 * torch.randn(x.shape, generator=g)
     metric = ToyMetric()
     # MSE only: a denoiser
-    state, record = train_denoiser(images, metric, sigma=0.1, epochs=15, lr=3e-3, width=16, depth=4,
-                                   rank_weight=0.0, target_weight=0.0)
+    state, record = train_denoiser(
+        images, metric, sigma=0.1, epochs=15, lr=3e-3, width=16, depth=4, rank_weight=0.0, target_weight=0.0
+    )
     model = Denoiser(16, 4)
     model.load_state_dict(state)
     with torch.no_grad():
@@ -69,15 +71,18 @@ def test_train_dms_command_then_a_grid_with_dms(tmp_path, image_dir, toy_registr
     reset_installed_plugins()
     request.addfinalizer(reset_installed_plugins)  # the next test gets the real registry back
     weights = tmp_path / "dms.pt"
-    assert main(["train-dms", str(tmp_path / "first"), "--out", str(weights), "--sigma", "0.05",
-                 "--epochs", "2"]) == 0
+    assert main(["train-dms", str(tmp_path / "first"), "--out", str(weights), "--sigma", "0.05", "--epochs", "2"]) == 0
     assert weights.is_file() and weights.with_suffix(".json").is_file()
     second = tmp_path / "second.yaml"
-    second.write_text(f"dataset: {{images: {image_dir}}}\noutput: second\nmetrics: [toy-metric]\n"
-                      f"attacks: [toy-sign]\ncertified: [{{name: dms-iqa, n: 16, sigma: 0.05, eps: 0.05, "
-                      f"weights_path: {weights}}}]\n")
+    second.write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: second\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ncertified: [{{name: dms-iqa, n: 16, sigma: 0.05, eps: 0.05, "
+        f"weights_path: {weights}}}]\n"
+    )
     summary = run_grid(load_run_config(second, registry=toy_registry), registry=toy_registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     dms = df[df["defence"].str.startswith("dms-iqa")]
     assert summary.failed == 0 and len(dms) == 6
-    assert (dms["cert_lower_clean"] <= dms["f_def_clean"]).all() and (dms["f_def_clean"] <= dms["cert_upper_clean"]).all()
+    assert (dms["cert_lower_clean"] <= dms["f_def_clean"]).all() and (
+        dms["f_def_clean"] <= dms["cert_upper_clean"]
+    ).all()

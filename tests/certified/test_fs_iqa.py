@@ -84,8 +84,9 @@ def test_jacobian_option_is_the_local_norm_and_equals_the_bound_on_a_linear_spli
     metric = LinearSplit(dim=3 * 4 * 4, features=6, c=2.5)
     x = torch.rand(2, 3, 4, 4)
     provable = FeatureSmoothing(sigma=0.5, n=500, eps=0.1, batch=1000).smooth(metric, x, seed=1)
-    local = FeatureSmoothing(sigma=0.5, n=500, eps=0.1, batch=1000, bound="jacobian",
-                             jacobian_iters=50).smooth(metric, x, seed=1)
+    local = FeatureSmoothing(sigma=0.5, n=500, eps=0.1, batch=1000, bound="jacobian", jacobian_iters=50).smooth(
+        metric, x, seed=1
+    )
     split = metric.feature_split((4, 4))
     radii = FeatureSmoothing(eps=0.1, bound="jacobian", jacobian_iters=50).jacobian_radii(split, x)
     assert radii == pytest.approx([0.25, 0.25], rel=1e-3)
@@ -119,8 +120,10 @@ def test_resize_norm_is_exact():
     x = torch.rand(1, 1, 37, 23, dtype=torch.float64)
     y = F.interpolate(x, size=(16, 23), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(y[0, 0], r @ x[0, 0])
-    resize = lambda x: F.interpolate(x, size=(16, 9), mode="bilinear", align_corners=False,  # noqa: E731
-                                     antialias=True)
+
+    def resize(x):
+        return F.interpolate(x, size=(16, 9), mode="bilinear", align_corners=False, antialias=True)
+
     estimate = jacobian_norm(resize, torch.zeros(1, 1, 37, 23, dtype=torch.float64), iters=300)
     assert estimate <= resize_norm((37, 23), (16, 9)) == pytest.approx(estimate, rel=5e-3)
 
@@ -128,8 +131,7 @@ def test_resize_norm_is_exact():
 def test_mscn_bound_is_above_its_steepest_secants():
     """Flat images are where MSCN is steepest (the contrast normaliser is ~c there)."""
     bound = mscn_lipschitz(24, 24)
-    for luma in (torch.full((1, 1, 24, 24), 0.5, dtype=torch.float64),
-                 torch.rand(1, 1, 24, 24, dtype=torch.float64)):
+    for luma in (torch.full((1, 1, 24, 24), 0.5, dtype=torch.float64), torch.rand(1, 1, 24, 24, dtype=torch.float64)):
         found = jacobian_norm(lambda y: mscn(y).flatten(1), luma, iters=40, step=1e-5)
         assert 0 < found <= bound
     assert found < bound  # a random image is far from the worst case
@@ -159,7 +161,7 @@ def test_tiny_iqa_feature_bound_is_an_upper_bound(seed):
             delta.requires_grad_(True)
             gap = (net.features(x + delta) - net.features(x)).norm()
             (grad,) = torch.autograd.grad(gap, delta)
-            delta = (delta.detach() + radius * grad / grad.norm())
+            delta = delta.detach() + radius * grad / grad.norm()
             delta = radius * delta / delta.norm()
         with torch.no_grad():
             ratio = float((net.features(x + delta) - net.features(x)).norm()) / radius
@@ -208,7 +210,7 @@ def test_monte_carlo_smoothed_score_stays_in_its_certificate_on_tiny_iqa(tiny):
             for _ in range(10):
                 d.requires_grad_(True)
                 noise = 0.25 * torch.randn(64, z.shape[1], generator=g)
-                mean = split.head(z[i:i + 1] + d + noise).mean()
+                mean = split.head(z[i : i + 1] + d + noise).mean()
                 (grad,) = torch.autograd.grad(sign * mean, d)
                 d = d.detach() + 0.3 * radius * grad / (grad.norm() + 1e-12)
                 d = d * min(1.0, radius / float(d.norm()))

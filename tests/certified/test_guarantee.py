@@ -16,8 +16,12 @@ from iqadef.plugins.certified.median_smoothing import MedianSmoothing
 
 def images(n: int = 2, size: int = 24) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
-    return torch.stack([torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)])
-                        * 0.4 + 0.5 for i in range(n)])
+    return torch.stack(
+        [
+            torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)]) * 0.4 + 0.5
+            for i in range(n)
+        ]
+    )
 
 
 def perturbations(x: torch.Tensor, eps: float, count: int, seed: int) -> list[torch.Tensor]:
@@ -35,10 +39,14 @@ def inside(value, lower, upper) -> bool:
     return bool(((value >= lower) & (value <= upper)).all())
 
 
-@pytest.mark.parametrize("smoothing", [
-    MedianSmoothing(n=128, sigma=0.1, eps=0.1, alpha=1e-3, batch=128),
-    MeanSmoothing(n=128, sigma=0.1, eps=0.1, alpha=1e-3, batch=128, low=0.0, high=4.0),
-], ids=["median", "mean"])
+@pytest.mark.parametrize(
+    "smoothing",
+    [
+        MedianSmoothing(n=128, sigma=0.1, eps=0.1, alpha=1e-3, batch=128),
+        MeanSmoothing(n=128, sigma=0.1, eps=0.1, alpha=1e-3, batch=128, low=0.0, high=4.0),
+    ],
+    ids=["median", "mean"],
+)
 def test_guarantee_on_a_nonlinear_metric(smoothing):
     metric = ToyMetric()
     x = images(3)

@@ -49,12 +49,14 @@ def test_plan_totals_equal_the_runs(tmp_path, image_dir, toy_registry, monkeypat
     partial = run_grid(config, registry=toy_registry, progress=False, limit=2, announce=lines.append)
     assert (partial.total, partial.computed) == (2 * defences, 2 * defences)
     middle = plan(path, capsys)
-    assert (middle["cells"], middle["cells_done"], middle["cells_to_do"]) == (6 * defences, 2 * defences,
-                                                                             4 * defences)
-    full = run_grid(load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False,
-                    announce=lines.append)
+    assert (middle["cells"], middle["cells_done"], middle["cells_to_do"]) == (6 * defences, 2 * defences, 4 * defences)
+    full = run_grid(
+        load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False, announce=lines.append
+    )
     assert (full.total, full.skipped, full.computed) == (middle["cells"], middle["cells_done"], middle["cells_to_do"])
-    assert f"x {defences} defences = {6 * defences} cells; {4 * defences} to do, {2 * defences} already done" in lines[-1]
+    assert (
+        f"x {defences} defences = {6 * defences} cells; {4 * defences} to do, {2 * defences} already done" in lines[-1]
+    )
     after = plan(path, capsys)
     assert (after["cells"], after["cells_done"], after["cells_to_do"]) == (full.total, full.total, 0)
 

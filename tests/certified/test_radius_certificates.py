@@ -64,8 +64,12 @@ def reference_certify(selection, estimation, sigma, alpha):
 def test_bins_follow_the_reference_classifier():
     low, high = 25.780681610107422, 83.22696685791016  # Linearity's range, as in calc_rs_linearity.py
     g = torch.Generator().manual_seed(0)
-    scores = torch.cat([torch.rand(500, generator=g) * 80 + 15,
-                        torch.tensor([low, high, low + (high - low) / 10, 20.0, 90.0, float("nan")])])
+    scores = torch.cat(
+        [
+            torch.rand(500, generator=g) * 80 + 15,
+            torch.tensor([low, high, low + (high - low) / 10, 20.0, 90.0, float("nan")]),
+        ]
+    )
     got = score_bins(scores, low, high, 10).tolist()
     assert got == reference_bins(scores, low, high)
 
@@ -86,9 +90,15 @@ def test_clopper_pearson_matches_the_reference(n_a, n):
 
 def test_certify_matches_the_reference_loop():
     g = np.random.default_rng(4)
-    cases = [g.choice(12, size=1100, p=p) for p in (
-        np.eye(12)[5] * 0.97 + 0.03 / 12, np.full(12, 1 / 12), np.eye(12)[0] * 0.6 + 0.4 / 12,
-        np.eye(12)[11] * 0.5 + 0.5 / 12)]
+    cases = [
+        g.choice(12, size=1100, p=p)
+        for p in (
+            np.eye(12)[5] * 0.97 + 0.03 / 12,
+            np.full(12, 1 / 12),
+            np.eye(12)[0] * 0.6 + 0.4 / 12,
+            np.eye(12)[11] * 0.5 + 0.5 / 12,
+        )
+    ]
     sel = torch.tensor(np.stack([c[:100] for c in cases]))
     est = torch.tensor(np.stack([c[100:] for c in cases]))
     label, radius, chosen = rs_certificate(sel, est, 0.12, 0.001, 12)
@@ -137,8 +147,12 @@ def test_rs_abstains_on_a_bin_edge():
 
 def images(n: int = 2, size: int = 24) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
-    return torch.stack([torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)])
-                        * 0.4 + 0.5 for i in range(n)])
+    return torch.stack(
+        [
+            torch.stack([torch.sin(xx / (2 + i)), torch.cos(yy / (3 + i)), torch.sin((xx + yy) / 5)]) * 0.4 + 0.5
+            for i in range(n)
+        ]
+    )
 
 
 def test_rs_guarantee_within_the_radius_on_a_nonlinear_metric():
@@ -153,7 +167,7 @@ def test_rs_guarantee_within_the_radius_on_a_nonlinear_metric():
     assert bool((cert.bin >= 0).all() and (cert.radius > 0).all()), (cert.bin, cert.radius)
     for i in range(x.shape[0]):
         r = 0.9 * float(cert.radius[i])
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         g = torch.Generator().manual_seed(10 + i)
         moved = []
         for _ in range(4):
@@ -189,7 +203,7 @@ def test_rs_guarantee_on_the_embedded_metric():
     assert certified, (cert.bin, cert.radius)
     for i in certified:
         r = 0.9 * float(cert.radius[i])
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         g = torch.Generator().manual_seed(20 + i)
         moved = []
         for _ in range(2):

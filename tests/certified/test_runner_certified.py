@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iqadef.core.errors import ConfigError
 from iqadef.config.registry import load_run_config
+from iqadef.core.errors import ConfigError
 from iqadef.execute import run_grid
 from iqadef.store.results import ResultStore
 
@@ -25,8 +25,18 @@ certified:
   - {{name: median-smoothing, n: 24, sigma: 0.05, eps: 0.05, batch: 16}}
   - {{name: mean-smoothing, n: 16, sigma: 0.05, eps: 0.05, low: 0, high: 4}}
 """
-CERT = ["cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
-        "cert_width_clean", "adv_l2", "cert_applies", "cert_fs_adv_inside", "cert_f_adv_inside"]
+CERT = [
+    "cert_lower_clean",
+    "cert_upper_clean",
+    "cert_lower_adv",
+    "cert_upper_adv",
+    "cert_radius",
+    "cert_width_clean",
+    "adv_l2",
+    "cert_applies",
+    "cert_fs_adv_inside",
+    "cert_f_adv_inside",
+]
 
 
 def config(tmp_path: Path, images: Path, registry, output: str, attack: str = "toy-sign"):
@@ -43,8 +53,11 @@ def test_certified_rows_are_stored_and_exported(tmp_path, image_dir, toy_registr
     summary = run_grid(config(tmp_path, image_dir, toy_registry, "run"), registry=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert summary.failed == 0 and len(df) == 6 * 3
-    assert set(df["defence"]) == {"no-defence", "median-smoothing[sigma=0.05,n=24,eps=0.05,batch=16]",
-                                  "mean-smoothing[sigma=0.05,n=16,eps=0.05,low=0,high=4]"}
+    assert set(df["defence"]) == {
+        "no-defence",
+        "median-smoothing[sigma=0.05,n=24,eps=0.05,batch=16]",
+        "mean-smoothing[sigma=0.05,n=16,eps=0.05,low=0,high=4]",
+    }
     cert = df[df["defence"] != "no-defence"]
     assert cert[CERT].notna().all().all()
     assert (cert["cert_lower_clean"] <= cert["f_def_clean"]).all()
@@ -88,8 +101,7 @@ def test_resumed_run_equals_a_fresh_one(tmp_path, image_dir, toy_registry):
 
 def test_an_adaptive_attack_targets_the_smoothed_metric(tmp_path, image_dir, toy_registry):
     attack = "{name: toy-sign, adaptive: eot, eot_samples: 2}"
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, "eot", attack), registry=toy_registry,
-                       progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "eot", attack), registry=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert summary.failed == 0
     paths = df.groupby("defence")["adv_path"].apply(set)
@@ -100,16 +112,21 @@ def test_an_adaptive_attack_targets_the_smoothed_metric(tmp_path, image_dir, toy
 
 def test_a_certified_label_may_not_repeat_and_unknown_names_are_named(tmp_path, image_dir, toy_registry):
     path = tmp_path / "bad.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
-                    f"certified: [median-smoothin]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\ncertified: [median-smoothin]\n"
+    )
     with pytest.raises(ConfigError, match=r"certified\[0\].*median-smoothing"):
         load_run_config(path, registry=toy_registry)
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
-                    f"certified: [median-smoothing, median-smoothing]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+        f"certified: [median-smoothing, median-smoothing]\n"
+    )
     with pytest.raises(ConfigError, match="listed twice"):
         load_run_config(path, registry=toy_registry)
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
-                    f"certified: [{{name: median-smoothing, alpha: 0.9}}]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+        f"certified: [{{name: median-smoothing, alpha: 0.9}}]\n"
+    )
     with pytest.raises(ConfigError, match="alpha"):
         load_run_config(path, registry=toy_registry)
 
@@ -171,10 +188,10 @@ certified:
 def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir, toy_registry):
     """rs rows carry bins, radii and abstentions; the summary and the report's certified-accuracy curve read
     them; a resumed run equals a fresh one; plan counts n0 + n noisy copies."""
-    from iqadef.report.certified import certified_curve
-    from iqadef.plan.grid import plan_units, plugin_calls
     from iqadef.analysis.scores import aggregate
+    from iqadef.plan.grid import plan_units, plugin_calls
     from iqadef.plugins.scores.certified import CertifiedSummary
+    from iqadef.report.certified import certified_curve
 
     path = tmp_path / "rs.yaml"
     path.write_text(RADIUS_GRID.format(images=image_dir, output=tmp_path / "rs"))
@@ -192,12 +209,18 @@ def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir,
     # f_s is the bin's midpoint; the interval is the bin's edges where the radius covers eps
     inside = rs["cert_radius_clean"] >= 0.01
     assert (rs.loc[inside, "cert_lower_clean"] <= rs.loc[inside, "f_def_clean"]).all()
-    table = aggregate(pd.read_parquet(summary.run_dir / "results.parquet"),
-                      {"metrics": {"toy-metric": {"range": [0, 1]}}}, summaries=[CertifiedSummary()])
+    table = aggregate(
+        pd.read_parquet(summary.run_dir / "results.parquet"),
+        {"metrics": {"toy-metric": {"range": [0, 1]}}},
+        summaries=[CertifiedSummary()],
+    )
     row = table.set_index("defence").loc[rs["defence"].iloc[0]]
     assert row["cert_radius_median"] == pytest.approx(rs["cert_radius_clean"].median())
-    want = ((rs["cert_bin_clean"] >= 0) & (rs["cert_bin_clean"] == rs["cert_bin_f_clean"])
-            & (rs["cert_radius_clean"] >= 0.01)).mean()
+    want = (
+        (rs["cert_bin_clean"] >= 0)
+        & (rs["cert_bin_clean"] == rs["cert_bin_f_clean"])
+        & (rs["cert_radius_clean"] >= 0.01)
+    ).mean()
     assert row["cert_accuracy"] == pytest.approx(want)
     curve = certified_curve(df, "toy-metric", rs["defence"].iloc[0], [0.0, 1e9])
     assert curve["certified_share"].tolist() == [float((rs["cert_bin_clean"] >= 0).mean()), 0.0]

@@ -19,9 +19,24 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_smoothing_benchmark_writes_valid_json(tmp_path, method):
     out = tmp_path / "smoothing.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "smoothing.py"), "--quick", "--threads", "1",
-                           "--method", method, "--out", str(out)], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "smoothing.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--method",
+            method,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["benchmark"] == "smoothing" and data["rows"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_plugins import SMALL_GRID
 
 import iqadef
 from iqadef import ConfigError, load_attack, load_defence, load_metric
 from iqadef.core.dataset import Dataset, builtin_images_dir
-
-from toy_plugins import SMALL_GRID
 
 
 def test_an_attack_from_load_attack_raises_the_score_of_a_metric_from_load_metric():

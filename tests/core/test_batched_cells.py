@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from iqadef.core.dataset import Dataset
 from iqadef.config.registry import load_run_config
-from iqadef.plan.grid import plan_units
+from iqadef.core.dataset import Dataset
 from iqadef.execute.worker import Worker
+from iqadef.plan.grid import plan_units
 
 GRID = """
 dataset: {{images: {images}}}
@@ -23,8 +23,14 @@ defences: {defences}
 """
 
 
-def make_worker(tmp_path: Path, image_dir: Path, registry, defences: str = "[no-defence, toy-blur, toy-explode]",
-                output: str = "run", extra: str = ""):
+def make_worker(
+    tmp_path: Path,
+    image_dir: Path,
+    registry,
+    defences: str = "[no-defence, toy-blur, toy-explode]",
+    output: str = "run",
+    extra: str = "",
+):
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(images=image_dir, output=output, defences=defences) + extra)
     cfg = load_run_config(path, registry=registry)
@@ -36,8 +42,9 @@ def make_worker(tmp_path: Path, image_dir: Path, registry, defences: str = "[no-
 def test_on_cells_reports_each_defence_as_it_finishes_from_the_computing_thread(tmp_path, image_dir, toy_registry):
     worker, units = make_worker(tmp_path, image_dir, toy_registry)
     calls: list[tuple[int, int, str]] = []  # (cells, rows already in the result, thread)
-    worker.on_cells = lambda n: calls.append((n, len(current[0].rows) if current else -1,
-                                              threading.current_thread().name))
+    worker.on_cells = lambda n: calls.append(
+        (n, len(current[0].rows) if current else -1, threading.current_thread().name)
+    )
     current: list = []
     total = 0
     for unit in units:
@@ -75,17 +82,25 @@ def _table(tmp_path, image_dir, registry, output, extra="", monkeypatch=None, al
     from iqadef.execute import run_grid
 
     path = tmp_path / f"{output}.yaml"
-    path.write_text(GRID.format(images=image_dir, output=output,
-                                defences="[no-defence, toy-blur, toy-noise-defence, toy-explode, toy-blur-2]")
-                    .replace("toy-blur-2", "{name: toy-noise-defence, params: {sigma: 0.05}}")
-                    .replace("attacks: [toy-sign]", "attacks: [toy-sign, toy-noise]") + extra)
+    path.write_text(
+        GRID.format(
+            images=image_dir,
+            output=output,
+            defences="[no-defence, toy-blur, toy-noise-defence, toy-explode, toy-blur-2]",
+        )
+        .replace("toy-blur-2", "{name: toy-noise-defence, params: {sigma: 0.05}}")
+        .replace("attacks: [toy-sign]", "attacks: [toy-sign, toy-noise]")
+        + extra
+    )
     cfg = load_run_config(path, registry=registry)
     if alone:
         monkeypatch.setattr(Worker, "_groupable", lambda self, unit, todo, shared: [])
     if calls is not None:
         metric = cfg.metrics[0]
         real = type(metric).score
-        monkeypatch.setattr(type(metric), "score", lambda self, images: calls.append(images.shape[0]) or real(self, images))
+        monkeypatch.setattr(
+            type(metric), "score", lambda self, images: calls.append(images.shape[0]) or real(self, images)
+        )
     summary = run_grid(cfg, registry=registry, progress=False)
     monkeypatch.undo()
     df = pd.read_parquet(summary.run_dir / "results.parquet").drop(columns=["image_path"])
@@ -102,8 +117,9 @@ def test_defences_computed_together_give_the_table_of_one_by_one(tmp_path, image
     pd.testing.assert_frame_equal(one_by_one, grouped)
     assert max(calls) == 2  # metric_batch null: one defence's batch per call
     calls_batched: list[int] = []
-    batched = _table(tmp_path, image_dir, toy_registry, "batched", "metric_batch: 6\n", monkeypatch=monkeypatch,
-                     calls=calls_batched)
+    batched = _table(
+        tmp_path, image_dir, toy_registry, "batched", "metric_batch: 6\n", monkeypatch=monkeypatch, calls=calls_batched
+    )
     pd.testing.assert_frame_equal(one_by_one, batched, check_exact=False, rtol=1e-6, atol=1e-7)
     assert max(calls_batched) == 6 and len(calls_batched) < len(calls)
 

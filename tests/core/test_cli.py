@@ -52,9 +52,23 @@ def test_report_of_a_missing_run_dir_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_default_registry_runs_end_to_end(tmp_path):
     """The README's main job on two images: tables, summary and report are written."""
-    out = subprocess.run([sys.executable, "-m", "iqadef", "run", str(ROOT / "registry.yaml"), "--limit", "2",
-                          "--output", str(tmp_path / "run"), "--no-progress"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iqadef",
+            "run",
+            str(ROOT / "registry.yaml"),
+            "--limit",
+            "2",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mean normalised gain" in out.stdout
     df = pd.read_parquet(tmp_path / "run" / "results.parquet")

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import toy_plugins
+from toy_plugins import small_grid_config
 
 import iqadef.cli as cli
 from iqadef import Metric, hookimpl
 from iqadef.cli import main
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.execute import run_grid
 from iqadef.core.weights import WeightSpec, load_weights
-
-import toy_plugins
-from toy_plugins import small_grid_config
+from iqadef.execute import run_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,8 +35,14 @@ def test_plan_shows_the_grid_and_what_a_run_folder_holds(tmp_path, image_dir, to
     assert (plan["cells"], plan["cells_done"], plan["cells_to_do"], plan["units_to_do"]) == (12, 0, 12, 3)
     assert plan["defences"] == ["no-defence", "toy-blur"] and plan["images"] == 6
     # toy-sign: 2 steps per image; f(x), f(x_a) once per image, f(D(x)), f(D(x_a)) per defence
-    assert plan["plugin_calls"] == {"attack_runs": 6, "attack_steps": 12, "attack_queries": 0, "metric_scores": 36,
-                                    "defence_calls": 24, "smoothing_samples": 0}
+    assert plan["plugin_calls"] == {
+        "attack_runs": 6,
+        "attack_steps": 12,
+        "attack_queries": 0,
+        "metric_scores": 36,
+        "defence_calls": 24,
+        "smoothing_samples": 0,
+    }
     assert not (tmp_path / "run").exists()  # planning writes nothing
 
     run_grid(config, progress=False, registry=toy_registry, limit=4)  # the first two batches
@@ -115,8 +120,13 @@ def _table_rows(text: str) -> dict[str, list[str]]:
         if head:
             plugin, filename, state, size = head.groups()
             below = lines[i + 1].strip()
-            rows[plugin] = [plugin, filename, size, below if state == "present" else "missing",
-                            below if state == "missing" else ""]
+            rows[plugin] = [
+                plugin,
+                filename,
+                size,
+                below if state == "present" else "missing",
+                below if state == "missing" else "",
+            ]
     return rows
 
 
@@ -179,8 +189,9 @@ def test_list_shows_fractions_as_written_and_ranges_with_few_digits(capsys):
 
 
 def test_list_json_into_a_closed_pipe_is_quiet():
-    proc = subprocess.Popen([sys.executable, "-m", "iqadef", "list", "attacks", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iqadef", "list", "attacks", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()  # `| head` that has read what it wanted: every write now fails with EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from toy_plugins import small_grid_config
 
 from iqadef.execute import run_grid
-
-from toy_plugins import small_grid_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAIRS = ("x_xa", "x_dx", "x_dxa", "xa_dxa", "dx_dxa")
@@ -33,5 +32,17 @@ def test_every_column_of_results_csv_is_documented(tmp_path, image_dir, toy_regi
 def test_plugins_md_states_every_contract_attribute():
     text = (DOCS / "plugins.md").read_text()
     rows = {m.group(1) for m in re.finditer(r"^\| `(\w+)` \| `?(?:Metric|Attack|Defence|all)", text, re.M)}
-    assert {"range", "higher_is_better", "input_policy", "randomized", "differentiable", "preserves_size",
-            "norm", "black_box", "name", "version", "params", "weights"} <= rows
+    assert {
+        "range",
+        "higher_is_better",
+        "input_policy",
+        "randomized",
+        "differentiable",
+        "preserves_size",
+        "norm",
+        "black_box",
+        "name",
+        "version",
+        "params",
+        "weights",
+    } <= rows

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from toy_plugins import small_grid_config
 
 import iqadef.execute.driver as driver
 from iqadef.execute import run_grid
 from iqadef.execute.progress import _progress
-
-from toy_plugins import small_grid_config
 
 
 def test_cells_bar_counts_per_cell_reports_and_the_rest_of_a_unit():
@@ -36,8 +35,14 @@ def test_run_reports_cells_as_each_defence_finishes(tmp_path, image_dir, toy_reg
     monkeypatch.setattr(driver, "_progress", Recording)
     config = small_grid_config(tmp_path, image_dir, toy_registry, "run")
     calls, units, lines = [], [], []
-    summary = run_grid(config, progress=False, registry=toy_registry, on_cells=calls.append,
-                       after_unit=units.append, announce=lines.append)
+    summary = run_grid(
+        config,
+        progress=False,
+        registry=toy_registry,
+        on_cells=calls.append,
+        after_unit=units.append,
+        announce=lines.append,
+    )
     # 6 images in batches of 2 (three units of 1 metric x 1 attack), 2 defences: one call per defence
     assert len(units) == 3 and calls == [2] * 6 and sum(calls) == summary.computed == 12
     assert (bars[0].units_done, bars[0].cells_done) == (3, 12)
@@ -45,8 +50,9 @@ def test_run_reports_cells_as_each_defence_finishes(tmp_path, image_dir, toy_reg
 
     lines.clear()
     run_grid(config, progress=False, registry=toy_registry, announce=lines.append)
-    assert lines == ["grid: 6 images x 1 metric x 1 attack x 2 defences = 12 cells; 0 to do, "
-                     "12 already done (resumed); device cpu"]
+    assert lines == [
+        "grid: 6 images x 1 metric x 1 attack x 2 defences = 12 cells; 0 to do, 12 already done (resumed); device cpu"
+    ]
 
 
 def test_iqadef_run_prints_the_opening_line_first(tmp_path, image_dir, toy_registry, monkeypatch, capsys):

@@ -26,9 +26,11 @@ def test_three_mistakes_in_one_error(tmp_path):
         load_run_config(path)
     lines = [str(e) for e in info.value.errors]
     assert len(lines) == 3, lines
-    for start in (f"{path}: unknown key 'batch_sise' (did you mean 'batch_size'?)",
-                  f"{path}: attacks[0].eps: 2 is too large",
-                  f"{path}: defences[1]: unknown defence 'jpegg' (did you mean 'jpeg'"):
+    for start in (
+        f"{path}: unknown key 'batch_sise' (did you mean 'batch_size'?)",
+        f"{path}: attacks[0].eps: 2 is too large",
+        f"{path}: defences[1]: unknown defence 'jpegg' (did you mean 'jpeg'",
+    ):
         assert sum(line.startswith(start) for line in lines) == 1, (start, lines)
 
 
@@ -60,8 +62,9 @@ def test_one_mistake_stays_a_plain_config_error(tmp_path):
 def test_cli_prints_each_mistake_on_its_own_line_and_exits_2(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(THREE_MISTAKES)
-    out = subprocess.run([sys.executable, "-m", "iqadef", "run", str(path)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "iqadef", "run", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3 and all(str(path) in line for line in errors), out.stderr

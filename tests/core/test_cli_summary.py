@@ -7,36 +7,56 @@ import re
 from types import SimpleNamespace
 
 import pandas as pd
+from toy_plugins import small_grid_config
 
 import iqadef.cli as cli
 from iqadef.report.files import load_results
 from iqadef.report.tables import ranking_table, report_tables
 
-from toy_plugins import small_grid_config
-
 # tiny-iqa-like range -6..86: an image scored 0.5 makes the paper's gain explode for a defence that is off
 # by 1 there, so the paper's gain ranks `drifts` (off by 20 on the image scored 80) first; the report does not.
 CELLS = [  # image, f_clean, defence, attack, f_def_adv
-    ("a.png", 0.5, "steady", "fgsm", 1.5), ("b.png", 80.0, "steady", "fgsm", 79.0),
-    ("a.png", 0.5, "steady", "pgd", 1.7), ("b.png", 80.0, "steady", "pgd", 79.0),
-    ("a.png", 0.5, "drifts", "fgsm", 0.5), ("b.png", 80.0, "drifts", "fgsm", 60.0),
-    ("a.png", 0.5, "drifts", "pgd", 0.5), ("b.png", 80.0, "drifts", "pgd", 50.0),
+    ("a.png", 0.5, "steady", "fgsm", 1.5),
+    ("b.png", 80.0, "steady", "fgsm", 79.0),
+    ("a.png", 0.5, "steady", "pgd", 1.7),
+    ("b.png", 80.0, "steady", "pgd", 79.0),
+    ("a.png", 0.5, "drifts", "fgsm", 0.5),
+    ("b.png", 80.0, "drifts", "fgsm", 60.0),
+    ("a.png", 0.5, "drifts", "pgd", 0.5),
+    ("b.png", 80.0, "drifts", "pgd", 50.0),
 ]
 
 
 def _run_dir(tmp_path):
-    df = pd.DataFrame([{"image": i, "metric": "tiny", "attack": a, "defence": d, "status": "ok", "f_clean": fc,
-                        "f_def_adv": fd} for i, fc, d, a, fd in CELLS])
+    df = pd.DataFrame(
+        [
+            {"image": i, "metric": "tiny", "attack": a, "defence": d, "status": "ok", "f_clean": fc, "f_def_adv": fd}
+            for i, fc, d, a, fd in CELLS
+        ]
+    )
     df.to_parquet(tmp_path / "results.parquet")
-    info = {"metrics": {"tiny": {"name": "tiny", "range": [-6, 86], "higher_is_better": True}},
-            "attacks": ["fgsm", "pgd"], "defences": ["steady", "drifts"]}
+    info = {
+        "metrics": {"tiny": {"name": "tiny", "range": [-6, 86], "higher_is_better": True}},
+        "attacks": ["fgsm", "pgd"],
+        "defences": ["steady", "drifts"],
+    }
     (tmp_path / "run.json").write_text(json.dumps(info))
     return df, info
 
 
 def _summary(run_dir, table):
-    return SimpleNamespace(run_dir=run_dir, table=table, verdict=None, total=len(table), computed=len(table),
-                           skipped=0, failed=0, seconds=1.0, files={}, other_cells=0)
+    return SimpleNamespace(
+        run_dir=run_dir,
+        table=table,
+        verdict=None,
+        total=len(table),
+        computed=len(table),
+        skipped=0,
+        failed=0,
+        seconds=1.0,
+        files={},
+        other_cells=0,
+    )
 
 
 def _grid_rows(out: str) -> list[list[str]]:
@@ -57,8 +77,12 @@ def test_wide_summary_ranks_like_the_report_with_the_paper_gain_beside(tmp_path,
     report = report_tables(df, info).rankings["tiny"]
     assert [r[0] for r in rows] == list(report["defence"]) == ["steady", "drifts"]
     steady = rows[0]
-    assert steady[1:] == [f"{1 / 92:.3f}", f"{(1 + 1.2) / 2 / 92:.3f}", f"{report['norm_gain'][0]:.3f}",
-                          f"{report['gain'][0]:.3f}"]
+    assert steady[1:] == [
+        f"{1 / 92:.3f}",
+        f"{(1 + 1.2) / 2 / 92:.3f}",
+        f"{report['norm_gain'][0]:.3f}",
+        f"{report['gain'][0]:.3f}",
+    ]
     assert max(len(line) for line in out.splitlines()) <= 200
 
 

@@ -21,7 +21,8 @@ def _install_command_plugin(tmp_path: Path, command_name: str) -> dict[str, str]
     site = tmp_path / "site"
     info = site / "iqadef_hello-0.2.dist-info"
     info.mkdir(parents=True)
-    (site / "iqadef_hello.py").write_text(textwrap.dedent(f'''
+    (site / "iqadef_hello.py").write_text(
+        textwrap.dedent(f'''
         from iqadef import Command, IqadefError, hookimpl
 
         class Hello(Command):
@@ -42,15 +43,15 @@ def _install_command_plugin(tmp_path: Path, command_name: str) -> dict[str, str]
         @hookimpl
         def iqadef_register_commands(register):
             register(Hello)
-    '''))
+    ''')
+    )
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: iqadef-hello\nVersion: 0.2\n")
     (info / "entry_points.txt").write_text("[iqadef]\nhello = iqadef_hello\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
 def _iqadef(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "iqadef", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "iqadef", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_third_party_command_is_listed_parsed_and_run(tmp_path):
@@ -78,12 +79,16 @@ def test_a_plugin_command_may_not_take_a_builtin_name(tmp_path):
 
 def test_builtin_commands_do_not_load_plugins(tmp_path):
     """`iqadef run` etc. parse without importing any plugin; the plugin registry loads only when needed."""
-    code = ("import sys\nfrom iqadef.cli import build_parser\nbuild_parser().parse_args(['report', 'x'])\n"
-            "print(any(m.startswith('iqadef.plugins.') for m in sys.modules))")
+    code = (
+        "import sys\nfrom iqadef.cli import build_parser\nbuild_parser().parse_args(['report', 'x'])\n"
+        "print(any(m.startswith('iqadef.plugins.') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
-    version = ("import sys\nfrom iqadef.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
-               "print(any(m.startswith('iqadef.plugins.') for m in sys.modules))")
+    version = (
+        "import sys\nfrom iqadef.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(any(m.startswith('iqadef.plugins.') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", version], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
 
@@ -93,7 +98,7 @@ def test_train_fcn_command_lives_in_the_fcn_plugin_and_trains_from_a_run(tmp_pat
     registry = tmp_path / "registry.yaml"
     registry.write_text(f"""
 dataset: {{images: builtin}}
-output: {tmp_path / 'run'}
+output: {tmp_path / "run"}
 metrics: [tiny-iqa]
 attacks: [{{name: fgsm}}]
 defences: [no-defence]
@@ -139,8 +144,11 @@ def _imported_modules(path: Path, package: str) -> set[str]:
 def test_the_core_never_imports_a_plugin_or_the_cli():
     offenders = {}
     for path in sorted(CORE.rglob("*.py")):
-        bad = sorted(m for m in _imported_modules(path, _package_of(path))
-                     if m == "iqadef.plugins" or m.startswith("iqadef.plugins.") or m.startswith("iqadef.cli"))
+        bad = sorted(
+            m
+            for m in _imported_modules(path, _package_of(path))
+            if m == "iqadef.plugins" or m.startswith("iqadef.plugins.") or m.startswith("iqadef.cli")
+        )
         if bad:
             offenders[str(path.relative_to(ROOT))] = bad
     assert offenders == {}

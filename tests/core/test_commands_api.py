@@ -14,8 +14,8 @@ import torch
 
 from iqadef.cli import main
 from iqadef.core.errors import ConfigError, IqadefError
-from iqadef.store.results import atomic_write_bytes
 from iqadef.core.weights import save_trained_weights
+from iqadef.store.results import atomic_write_bytes
 
 
 def _one_error_line(capsys) -> str:
@@ -26,6 +26,7 @@ def _one_error_line(capsys) -> str:
 
 
 # -- trainers ---------------------------------------------------------------------------------------------
+
 
 def test_a_checkpoint_named_like_its_own_record_is_refused_not_overwritten(tmp_path):
     out = tmp_path / "dms.json"
@@ -50,8 +51,17 @@ def test_non_finite_trained_weights_are_not_saved(tmp_path):
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
-@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--sigma", "inf"), ("--sigma", "nan"),
-                                           ("--epochs", "0"), ("--lr", "-1"), ("--rank-weight", "inf")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--batch-size", "0"),
+        ("--sigma", "inf"),
+        ("--sigma", "nan"),
+        ("--epochs", "0"),
+        ("--lr", "-1"),
+        ("--rank-weight", "inf"),
+    ],
+)
 def test_train_dms_refuses_bad_parameters_in_one_line(tmp_path, option, value, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text("{}")
@@ -68,6 +78,7 @@ def test_train_dms_names_a_run_json_that_is_not_json(tmp_path, capsys):
 
 
 # -- files follow the umask ---------------------------------------------------------------------------------
+
 
 def test_atomic_writes_follow_the_umask(tmp_path):
     from iqadef.plugins.attacks.uap import save_perturbation
@@ -87,6 +98,7 @@ def test_atomic_writes_follow_the_umask(tmp_path):
 
 
 # -- a broken plugin command disables only itself ---------------------------------------------------------
+
 
 def _command_plugins():
     import types
@@ -173,18 +185,21 @@ def test_strict_plugins_makes_a_broken_plugin_command_fatal(broken_command_regis
 
 # -- the Python API ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call, argument", [
-    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=-1, **kw), "limit=-1"),
-    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=0, **kw), "limit=0"),
-    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit="2", **kw), "limit='2'"),
-    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=True, **kw), "limit=True"),
-    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, fresh="yes", **kw), "fresh='yes'"),
-    (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, device=0, **kw), "device=0"),
-    (lambda cfg, **kw: __import__("iqadef").run_grid(42, **kw), "config=42"),
-])
+
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=-1, **kw), "limit=-1"),
+        (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=0, **kw), "limit=0"),
+        (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit="2", **kw), "limit='2'"),
+        (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, limit=True, **kw), "limit=True"),
+        (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, fresh="yes", **kw), "fresh='yes'"),
+        (lambda cfg, **kw: __import__("iqadef").run_grid(cfg, device=0, **kw), "device=0"),
+        (lambda cfg, **kw: __import__("iqadef").run_grid(42, **kw), "config=42"),
+    ],
+)
 def test_run_grid_refuses_bad_arguments_naming_them(tmp_path, image_dir, toy_registry, call, argument):
     import yaml
-
     from toy_plugins import SMALL_GRID
 
     config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output=str(tmp_path / "run")))
@@ -194,12 +209,15 @@ def test_run_grid_refuses_bad_arguments_naming_them(tmp_path, image_dir, toy_reg
     assert not (tmp_path / "run" / "results.sqlite").exists()
 
 
-@pytest.mark.parametrize("call, argument", [
-    (lambda: __import__("iqadef").load_attack("ifgsm", preset=[1]), "load_attack: preset=[1]"),
-    (lambda: __import__("iqadef").load_metric(None), "load_metric: name=None"),
-    (lambda: __import__("iqadef").load_defence("jpeg", device=3), "load_defence: device=3"),
-    (lambda: __import__("iqadef").load_defence([1, 2]), "load_defence: name=[1, 2]"),
-])
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda: __import__("iqadef").load_attack("ifgsm", preset=[1]), "load_attack: preset=[1]"),
+        (lambda: __import__("iqadef").load_metric(None), "load_metric: name=None"),
+        (lambda: __import__("iqadef").load_defence("jpeg", device=3), "load_defence: device=3"),
+        (lambda: __import__("iqadef").load_defence([1, 2]), "load_defence: name=[1, 2]"),
+    ],
+)
 def test_load_functions_refuse_bad_arguments_naming_them(call, argument):
     with pytest.raises(ConfigError) as refused:
         call()
@@ -208,9 +226,9 @@ def test_load_functions_refuse_bad_arguments_naming_them(call, argument):
 
 def test_run_grid_states_and_returns_where_the_results_and_report_are(tmp_path, image_dir, toy_registry, capsys):
     import yaml
+    from toy_plugins import SMALL_GRID
 
     import iqadef
-    from toy_plugins import SMALL_GRID
 
     config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output="ignored"))
     df = iqadef.run_grid(config, out=tmp_path / "run", registry=toy_registry, limit=2, report=True)
@@ -242,16 +260,24 @@ def test_load_images_reads_a_file_a_folder_or_the_bundled_set(tmp_path, image_di
 
 # -- config-time checks ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("entry, key", [("{name: mean-smoothing, low: 5, high: 1}", "certified[0].low"),
-                                        ("{name: mean-smoothing, low: 3, high: 3}", "certified[0].low"),
-                                        ("{name: mean-smoothing, low: 1000}", "certified[0].low"),
-                                        ("{name: mean-smoothing, high: -1000}", "certified[0].high")])
+
+@pytest.mark.parametrize(
+    "entry, key",
+    [
+        ("{name: mean-smoothing, low: 5, high: 1}", "certified[0].low"),
+        ("{name: mean-smoothing, low: 3, high: 3}", "certified[0].low"),
+        ("{name: mean-smoothing, low: 1000}", "certified[0].low"),
+        ("{name: mean-smoothing, high: -1000}", "certified[0].high"),
+    ],
+)
 def test_mean_smoothing_bounds_are_checked_when_the_registry_is_read(tmp_path, image_dir, toy_registry, entry, key):
     from iqadef.config.registry import load_run_config
 
     path = tmp_path / "r.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\noutput: out\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
-                    f"certified: [{entry}]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: out\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+        f"certified: [{entry}]\n"
+    )
     with pytest.raises(ConfigError) as refused:
         load_run_config(path, registry=toy_registry)
     assert key in str(refused.value) and "\n" not in str(refused.value)
@@ -274,17 +300,20 @@ def test_list_help_names_every_kind(capsys):
 
 # -- progress without a terminal ------------------------------------------------------------------------------
 
-def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, image_dir, toy_registry,
-                                                                                    monkeypatch, capsys):
+
+def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_terminal(
+    tmp_path, image_dir, toy_registry, monkeypatch, capsys
+):
     import re
     import time
+
+    from toy_plugins import small_grid_config
 
     import iqadef.cli as cli
     import iqadef.execute.executors as executors
     import iqadef.execute.local as local
     import iqadef.execute.progress as progress
     import iqadef.execute.verify as verify
-    from toy_plugins import small_grid_config
 
     monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.02)
     real = local.execute_local
@@ -327,6 +356,7 @@ def test_the_plain_line_estimates_the_rest_from_the_cells_rate():
 
 # -- iqadef weights ---------------------------------------------------------------------------------------------
 
+
 def test_weights_listing_fits_100_columns_with_sizes_and_the_authors_copies(monkeypatch, capsys, home):
     monkeypatch.setenv("COLUMNS", "100")
     assert main(["weights"]) == 0
@@ -354,6 +384,7 @@ def test_the_missing_weights_error_names_the_authors_copies(offline_home):
 
 # -- attack parameter aliases --------------------------------------------------------------------------------
 
+
 def test_torchattacks_style_names_reach_each_attacks_canonical_parameter(tmp_path, image_dir):
     import iqadef
     from iqadef.config.registry import load_run_config
@@ -364,16 +395,23 @@ def test_torchattacks_style_names_reach_each_attacks_canonical_parameter(tmp_pat
     pgd = iqadef.load_attack("pgd-linf", iters=4, alpha="2/255", device="cpu")
     assert (pgd.steps, pgd.step_size) == (4, pytest.approx(2 / 255)) and "iters" not in pgd.config
     assert iqadef.load_attack("zhang-ssim", steps=3, device="cpu").iterations == 3
-    assert iqadef.load_attack("ifgsm", preset={"step_size": 2}).alpha == iqadef.load_attack(
-        "ifgsm", preset={"alpha": 2}).alpha
+    assert (
+        iqadef.load_attack("ifgsm", preset={"step_size": 2}).alpha
+        == iqadef.load_attack("ifgsm", preset={"alpha": 2}).alpha
+    )
     with pytest.raises(ConfigError, match=r"'iters' and 'steps' are the same parameter \('iters'\)"):
         iqadef.load_attack("ifgsm", iters=3, steps=4)
     path = tmp_path / "r.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [tiny-iqa]\nattacks: [{{name: pgd-linf, iters: 2, "
-                    f"alpha: 1/255}}, {{name: ifgsm, sweep: {{steps: [1, 2]}}}}]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nmetrics: [tiny-iqa]\nattacks: [{{name: pgd-linf, iters: 2, "
+        f"alpha: 1/255}}, {{name: ifgsm, sweep: {{steps: [1, 2]}}}}]\n"
+    )
     config = load_run_config(path)
-    assert [a.label for a in config.attacks] == ["pgd-linf[steps=2,step_size=1/255]", "ifgsm[iters=1]",
-                                                  "ifgsm[iters=2]"]
+    assert [a.label for a in config.attacks] == [
+        "pgd-linf[steps=2,step_size=1/255]",
+        "ifgsm[iters=1]",
+        "ifgsm[iters=2]",
+    ]
 
 
 def test_aliases_stay_with_attacks():
@@ -395,8 +433,9 @@ defences: [no-defence, {{name: toy-noise-defence, sweep: {{sigma: [0.01, 0.02]}}
 """
 
 
-def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_them(tmp_path, image_dir,
-                                                                                     toy_registry, monkeypatch):
+def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_them(
+    tmp_path, image_dir, toy_registry, monkeypatch
+):
     import iqadef.core.contract as base  # where Plugin and its label formatting live
     from iqadef.config.registry import load_run_config
     from iqadef.execute import run_grid
@@ -405,8 +444,11 @@ def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_
     path.write_text(LABELLED_GRID.format(images=image_dir, output=tmp_path / "run"))
     config = load_run_config(path, registry=toy_registry)
     assert [a.label for a in config.attacks] == ["toy-sign[eps=2/255]"]
-    assert [d.label for d in config.defences] == ["no-defence", "toy-noise-defence[sigma=0.01]",
-                                                  "toy-noise-defence[sigma=0.02]"]  # 0.02: the default
+    assert [d.label for d in config.defences] == [
+        "no-defence",
+        "toy-noise-defence[sigma=0.01]",
+        "toy-noise-defence[sigma=0.02]",
+    ]  # 0.02: the default
     plain = toy_registry.get("defences", "toy-noise-defence")()
     assert plain.label == "toy-noise-defence" and plain.key() == config.defences[2].key()
     assert plain.identity() == config.defences[2].identity()
@@ -430,7 +472,9 @@ def test_a_configuration_listed_plainly_and_as_a_sweeps_default_is_listed_twice(
     from iqadef.config.registry import load_run_config
 
     path = tmp_path / "r.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
-                    f"defences: [toy-noise-defence, {{name: toy-noise-defence, sweep: {{sigma: presets}}}}]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+        f"defences: [toy-noise-defence, {{name: toy-noise-defence, sweep: {{sigma: presets}}}}]\n"
+    )
     with pytest.raises(ConfigError, match=r"'toy-noise-defence\[sigma=0.02\]' is listed twice"):
         load_run_config(path, registry=toy_registry)

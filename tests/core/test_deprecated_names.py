@@ -12,18 +12,30 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-ALIASES = {"iqadef.core.registry": "iqadef.config.registry", "iqadef.core.run": "iqadef.execute",
-           "iqadef.core.scores": "iqadef.analysis.scores", "iqadef.core.precision": "iqadef.core.numerics",
-           "iqadef.core.store": "iqadef.store.results", "iqadef.core.export": "iqadef.export"}
+ALIASES = {
+    "iqadef.core.registry": "iqadef.config.registry",
+    "iqadef.core.run": "iqadef.execute",
+    "iqadef.core.scores": "iqadef.analysis.scores",
+    "iqadef.core.precision": "iqadef.core.numerics",
+    "iqadef.core.store": "iqadef.store.results",
+    "iqadef.core.export": "iqadef.export",
+}
 
 
 @pytest.mark.parametrize("old,new", sorted(ALIASES.items()))
 def test_an_old_module_path_is_the_new_module_with_a_warning(old, new):
-    code = (f"import warnings\nwarnings.simplefilter('error')\ntry:\n    import {old}\nexcept DeprecationWarning as w:\n"
-            f"    print('warned', w)\nwarnings.simplefilter('ignore')\nimport importlib, sys\n"
-            f"print(importlib.import_module({old!r}) is importlib.import_module({new!r}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(SRC), "PATH": ""})
+    code = (
+        f"import warnings\nwarnings.simplefilter('error')\ntry:\n    import {old}\nexcept DeprecationWarning as w:\n"
+        f"    print('warned', w)\nwarnings.simplefilter('ignore')\nimport importlib, sys\n"
+        f"print(importlib.import_module({old!r}) is importlib.import_module({new!r}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(SRC), "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr[-1500:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("warned") and new in lines[0]
@@ -46,8 +58,14 @@ def test_no_module_of_the_package_imports_an_old_path():
         if module in ALIASES:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            found += [f"{module}:{node.lineno} {n}" for n in names if any(n == a or n.startswith(a + ".")
-                                                                          for a in ALIASES)]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            found += [
+                f"{module}:{node.lineno} {n}" for n in names if any(n == a or n.startswith(a + ".") for a in ALIASES)
+            ]
     assert found == []

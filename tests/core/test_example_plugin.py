@@ -59,8 +59,9 @@ def pip(*args: str) -> None:
 def test_example_plugin_install_list_run_uninstall(tmp_path):
     pip("install", "--no-deps", "--no-build-isolation", str(EXAMPLE))
     try:
-        listed = subprocess.run([sys.executable, "-m", "iqadef", "plugins", "--json"], capture_output=True,
-                                text=True, check=True)
+        listed = subprocess.run(
+            [sys.executable, "-m", "iqadef", "plugins", "--json"], capture_output=True, text=True, check=True
+        )
         plugins = json.loads(listed.stdout)["plugins"]
         mine = [p for p in plugins if p["distribution"] == "iqadef-plugin-example"]
         assert mine and mine[0]["version"] == "0.1.0"
@@ -69,16 +70,24 @@ def test_example_plugin_install_list_run_uninstall(tmp_path):
         registry = tmp_path / "registry.yaml"
         registry.write_text(f"""
 dataset: {{images: builtin}}
-output: {tmp_path / 'run'}
+output: {tmp_path / "run"}
 metrics: [tiny-iqa, colourfulness]
 attacks: [ifgsm, {{name: l2-step, eps: 0.5}}]
 defences: [no-defence, {{name: bit-depth, sweep: {{bits: [3, 5]}}}}]
 """)
-        run = subprocess.run([sys.executable, "-m", "iqadef", "run", str(registry), "--limit", "2", "--no-report",
-                              "--no-progress"], capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-m", "iqadef", "run", str(registry), "--limit", "2", "--no-report", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stderr
         df = pd.read_parquet(tmp_path / "run" / "results.parquet")
-        assert set(df["defence"]) == {"no-defence", "bit-depth[bits=3]", "bit-depth[bits=5]"}  # a sweep names its default
+        assert set(df["defence"]) == {
+            "no-defence",
+            "bit-depth[bits=3]",
+            "bit-depth[bits=5]",
+        }  # a sweep names its default
         assert set(df["metric"]) == {"tiny-iqa", "colourfulness"} and set(df["attack"]) == {"ifgsm", "l2-step[eps=0.5]"}
         assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "error"].unique()
         pushed = df[(df["metric"] == "colourfulness") & (df["attack"] == "l2-step[eps=0.5]")]

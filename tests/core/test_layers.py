@@ -24,8 +24,17 @@ PACKAGE = SRC / "iqadef"
 
 #: Lowest first. A module may import modules of its own layer (no circle) and of the layers below.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("leaves", ("iqadef._version", "iqadef.core.errors", "iqadef.core.suggest", "iqadef.core.files",
-                "iqadef.core.devices", "iqadef.core.sniff")),
+    (
+        "leaves",
+        (
+            "iqadef._version",
+            "iqadef.core.errors",
+            "iqadef.core.suggest",
+            "iqadef.core.files",
+            "iqadef.core.devices",
+            "iqadef.core.sniff",
+        ),
+    ),
     # declarative parameters: used by every plugin kind and by the dataset plugins' contract
     ("parameters", ("iqadef.core.params",)),
     # files in, below the contract: base.Plugin.identity() fingerprints weight files (weights), kinds names
@@ -50,42 +59,75 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _CLI_START = "CLI start: loaded only by the subcommand that runs it, so `iqadef --help` and `iqadef list` stay fast"
 #: Imports of package modules inside functions, (importer, imported) -> why not at module level.
 DEFERRED: dict[tuple[str, str], str] = {
-    **{("iqadef", module): "cost: the package root's lazy names (`_LAZY`): `from iqadef import Metric` (every "
-                           "plugin) loads neither pandas, scipy nor the run stack; these load on first use"
-       for module in ("iqadef.api", "iqadef.analysis.scores", "iqadef.core.plugins", "iqadef.export",
-                      "iqadef.config.registry", "iqadef.plan.trained")},
-    **{("iqadef", module): "cost: `import iqadef` (the command line, the report, a plugin index's `from iqadef "
-                           "import LazyPlugin`) imports no torch; the contracts and the other names that need it "
-                           "load on first use (`_LAZY`)" for module in (
-        "iqadef.core.base", "iqadef.core.cells", "iqadef.core.dataset", "iqadef.core.devices", "iqadef.core.lipschitz",
-        "iqadef.core.query", "iqadef.core.smoothing", "iqadef.core.weights")},
+    **{
+        ("iqadef", module): "cost: the package root's lazy names (`_LAZY`): `from iqadef import Metric` (every "
+        "plugin) loads neither pandas, scipy nor the run stack; these load on first use"
+        for module in (
+            "iqadef.api",
+            "iqadef.analysis.scores",
+            "iqadef.core.plugins",
+            "iqadef.export",
+            "iqadef.config.registry",
+            "iqadef.plan.trained",
+        )
+    },
+    **{
+        ("iqadef", module): "cost: `import iqadef` (the command line, the report, a plugin index's `from iqadef "
+        "import LazyPlugin`) imports no torch; the contracts and the other names that need it "
+        "load on first use (`_LAZY`)"
+        for module in (
+            "iqadef.core.base",
+            "iqadef.core.cells",
+            "iqadef.core.dataset",
+            "iqadef.core.devices",
+            "iqadef.core.lipschitz",
+            "iqadef.core.query",
+            "iqadef.core.smoothing",
+            "iqadef.core.weights",
+        )
+    },
     ("iqadef.core.contract", "iqadef.core.numerics"): "cost: torch; only loading a plugin's networks applies the "
-                                                       "run's precision",
+    "run's precision",
     ("iqadef.core.contract", "iqadef.core.weights"): "cost: torch; only a plugin with weight files fingerprints "
-                                                     "them (a summary score in the report has none)",
+    "them (a summary score in the report has none)",
     ("iqadef.api", "iqadef.execute"): "cost: load_metric/load_attack need no runner (worker, store, pandas)",
     ("iqadef.export", "iqadef.core.plugins"): "cost: the export dataset plugin imports this module for its "
-                                                   "marker at every plugin load; only `iqadef export` needs the "
-                                                   "plugins and the run read back",
+    "marker at every plugin load; only `iqadef export` needs the "
+    "plugins and the run read back",
     ("iqadef.export", "iqadef.execute.recorded"): "cost: as above (the registry, the dataset, the store)",
     ("iqadef.report.glance", "iqadef.core.plugins"): "only for runs written before run.json recorded its "
-                                                          "defences' plugins: their `geometric` flags are looked "
-                                                          "up in the installed plugins (loads every plugin)",
+    "defences' plugins: their `geometric` flags are looked "
+    "up in the installed plugins (loads every plugin)",
     ("iqadef.api", "iqadef.report"): "cost: only run_grid(report=True) writes the report (jinja2, matplotlib)",
     ("iqadef.export", "iqadef.store.artifacts"): "cost: only --defended re-reads images (torch)",
     ("iqadef.execute.driver", "iqadef.report"): "cost: `iqadef plan --measure` imports the driver without "
-                                                       "the report stack (jinja2, the page); a run loads it for "
-                                                       "its closing summary table",
+    "the report stack (jinja2, the page); a run loads it for "
+    "its closing summary table",
     ("iqadef.execute.driver", "iqadef.report.verdict_section"): "cost: as the report above; only a "
-                                                                     "`protocol:` run prints its verdict",
+    "`protocol:` run prints its verdict",
     ("iqadef.execute.executors", "iqadef.execute.ray"): "optional dependency: only `executor: ray` needs Ray",
     ("iqadef.cli", "iqadef.core.dataset"): "the warning printer imports the warning classes where it runs, "
-                                           "with those of scores and store (scipy, pandas)",
-    **{("iqadef.cli", module): _CLI_START for module in (
-        "iqadef.core.fetch", "iqadef.core.plugins", "iqadef.config.registry", "iqadef.report.verdict_section",
-        "iqadef.report.console_summary", "iqadef.report.files", "iqadef.execute.progress", "iqadef.report", "iqadef.execute",
-        "iqadef.execute.driver", "iqadef.plan.grid", "iqadef.execute.verify", "iqadef.analysis.scores",
-        "iqadef.store.results", "iqadef.core.weights")},
+    "with those of scores and store (scipy, pandas)",
+    **{
+        ("iqadef.cli", module): _CLI_START
+        for module in (
+            "iqadef.core.fetch",
+            "iqadef.core.plugins",
+            "iqadef.config.registry",
+            "iqadef.report.verdict_section",
+            "iqadef.report.console_summary",
+            "iqadef.report.files",
+            "iqadef.execute.progress",
+            "iqadef.report",
+            "iqadef.execute",
+            "iqadef.execute.driver",
+            "iqadef.plan.grid",
+            "iqadef.execute.verify",
+            "iqadef.analysis.scores",
+            "iqadef.store.results",
+            "iqadef.core.weights",
+        )
+    },
 }
 
 #: Distributions imported inside functions (by top-level name) -> why.
@@ -102,7 +144,7 @@ DEFERRED_THIRD_PARTY: dict[str, str] = {
     "diffusers": "optional weights stack: DiffPure's UNet and scheduler, built when the defence loads",
     "huggingface_hub": "optional weights stack: DiffPure's snapshot download",
     "torch": "cost: `iqadef export` without --defended, and the report (core.contract, the summary scores), "
-             "need no torch",
+    "need no torch",
     "yaml": "cost: the data command reads YAML only when asked for it",
     "numpy": "the numpy scalar types are allow-listed for torch.load only when a checkpoint needs them",
 }
@@ -113,9 +155,11 @@ PLUGIN_ALLOWED: dict[str, str] = {}
 PLUGIN_SIBLINGS: dict[tuple[str, str], str] = {
     ("iqadef.plugins.attacks.mifgsm", "iqadef.plugins.attacks.ifgsm"): "MI-FGSM is I-FGSM with momentum",
     ("iqadef.plugins.defences.diffpure_unsharp", "iqadef.plugins.defences.diffpure"): "DiffPure, then unsharp",
-    **{(f"iqadef.plugins.attacks.{m}", "iqadef.plugins.attacks.uap"): "trained attacks share UAP's cached, "
-       "resumable training (TrainedAttack) and its image helpers" for m in ("cnn_attack", "cumulative_uap",
-                                                                          "generative_uap")},
+    **{
+        (f"iqadef.plugins.attacks.{m}", "iqadef.plugins.attacks.uap"): "trained attacks share UAP's cached, "
+        "resumable training (TrainedAttack) and its image helpers"
+        for m in ("cnn_attack", "cumulative_uap", "generative_uap")
+    },
     ("iqadef.plugins.certified._diffusion", "iqadef.plugins.defences.diffpure"): "DDRS and DensePure denoise "
     "with DiffPure's model",
     ("iqadef.plugins.certified.drs", "iqadef.plugins.certified.dms_iqa"): "DRS smooths after dms-iqa's denoiser",
@@ -140,7 +184,8 @@ def module_name(path: Path, src: Path) -> str:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(node: ast.AST, deferred: bool = False):
@@ -153,8 +198,7 @@ def _imports(node: ast.AST, deferred: bool = False):
             continue
         if isinstance(child, (ast.Import, ast.ImportFrom)):
             yield child, deferred
-        yield from _imports(child, deferred or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                   ast.Lambda)))
+        yield from _imports(child, deferred or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
 
 def scan(src: Path, package_dir: Path) -> tuple[list[Edge], list[tuple[str, int, str]]]:
@@ -246,8 +290,11 @@ def _is_plugin(module: str) -> bool:
 def lazy_edges() -> list[Edge]:
     """The package root's names loaded on first use (``_LAZY`` in ``iqadef/__init__.py``): imports too."""
     tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
-    modules = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
-               and isinstance(node.value, str) and node.value.startswith("iqadef.")}
+    modules = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("iqadef.")
+    }
     return [Edge("iqadef", m, 0, True) for m in sorted(modules)]
 
 
@@ -272,8 +319,11 @@ def test_every_module_has_a_layer():
 
 
 def test_every_import_goes_to_the_same_or_a_lower_layer():
-    upward = [f"{e} ({LAYERS[layer_of(e.importer)][0]} -> {LAYERS[layer_of(e.imported)][0]})"
-              for e in EDGES if layer_of(e.imported) > layer_of(e.importer)]
+    upward = [
+        f"{e} ({LAYERS[layer_of(e.importer)][0]} -> {LAYERS[layer_of(e.imported)][0]})"
+        for e in EDGES
+        if layer_of(e.imported) > layer_of(e.importer)
+    ]
     assert upward == []
 
 
@@ -318,9 +368,11 @@ def test_the_scan_counts_function_level_imports_and_skips_type_checking(tmp_path
     (pkg / "a.py").write_text("from .b import f\n")
     (pkg / "b.py").write_text("import pkg.c\n")
     (pkg / "c.py").write_text("def late():\n    from . import a\n")  # a circle only through a function
-    (pkg / "lazy.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n"
-                                 "else:\n    import json\n"
-                                 "class K:\n    def g(self):\n        import numpy\n        from .sub import x\n")
+    (pkg / "lazy.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n"
+        "else:\n    import json\n"
+        "class K:\n    def g(self):\n        import numpy\n        from .sub import x\n"
+    )
     (pkg / "sub" / "__init__.py").write_text("from .x import y\n")
     (pkg / "sub" / "x.py").write_text("from ..lazy import K\nfrom . import z\ny = 1\n")
     (pkg / "sub" / "z.py").write_text("")
@@ -338,8 +390,13 @@ def test_the_scan_counts_function_level_imports_and_skips_type_checking(tmp_path
 def test_the_package_imports_in_a_fresh_interpreter_from_any_module():
     """Members of the former circles, each imported first (a circle makes the first import order-dependent)."""
     for module in ("iqadef.core.numerics", "iqadef.store.rundir"):
-        out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
-                             timeout=300, env={**os.environ, "PYTHONPATH": str(SRC)})
+        out = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
         assert out.returncode == 0, (module, out.stderr[-1500:])
 
 
@@ -349,7 +406,12 @@ def test_the_example_and_the_pyiqa_adapter_import_only_the_package_root():
     for folder in (ROOT / "examples", ROOT / "plugins" / "iqadef-pyiqa" / "src"):
         for path in sorted(folder.rglob("*.py")):
             for node, _ in _imports(ast.parse(path.read_text(encoding="utf-8"))):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if not node.level else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if not node.level
+                    else []
+                )
                 deep += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.startswith("iqadef.")]
     assert deep == [], "export what they need from `iqadef`"

@@ -13,11 +13,11 @@ import pytest
 import torch
 from toy_plugins import small_grid_config as config
 
-from iqadef.core.cells import CellBatch
-from iqadef.report import summary_table
-from iqadef.execute import run_grid
 from iqadef.analysis.scores import paper_gain
+from iqadef.core.cells import CellBatch
+from iqadef.execute import run_grid
 from iqadef.plugins.scores.gain import GainScore
+from iqadef.report import summary_table
 
 
 def test_the_report_and_the_summary_average_the_stored_gain_column(tmp_path, image_dir, toy_registry):
@@ -35,7 +35,9 @@ def test_the_report_and_the_summary_average_the_stored_gain_column(tmp_path, ima
     assert len(report) == 2  # 1 metric x 1 attack x 2 defences
     for table in (report, summary.table):  # the report's table, and the one the run prints
         for row in table.itertuples():
-            mine = ((ok["metric"] == row.metric) & (ok["attack"] == row.attack) & (ok["defence"] == row.defence)).to_numpy()
+            mine = (
+                (ok["metric"] == row.metric) & (ok["attack"] == row.attack) & (ok["defence"] == row.defence)
+            ).to_numpy()
             stored = ok["gain"].to_numpy()[mine]
             assert len(stored) > 0 and np.isfinite(stored).all()
             assert row.gain == np.mean(exact[mine])
@@ -53,8 +55,9 @@ def test_the_stored_gain_is_the_plugins_earlier_float64_formula_bit_for_bit():
     f_x = torch.cat([torch.randn(200, generator=g) * 30 + 20, torch.tensor([0.0, -0.0, 1e-30, float("nan")])])
     f_dxa = torch.randn(f_x.numel(), generator=g) * 30 + 20
     x = torch.zeros(f_x.numel(), 3, 2, 2)
-    cells = CellBatch(clean=x, adv=x, def_clean=x, def_adv=x, f_clean=f_x, f_adv=f_dxa, f_def_clean=f_x,
-                      f_def_adv=f_dxa, metric=None)
+    cells = CellBatch(
+        clean=x, adv=x, def_clean=x, def_adv=x, f_clean=f_x, f_adv=f_dxa, f_def_clean=f_x, f_def_adv=f_dxa, metric=None
+    )
     ref, other = f_x.to(torch.float64), f_dxa.to(torch.float64)
     earlier = (ref - other).abs() / ref
     earlier = torch.where(ref == 0, torch.full_like(earlier, math.nan), earlier)

@@ -27,8 +27,22 @@ def test_sdist_and_wheel_metadata_hold_no_local_path(tmp_path):
         if (ROOT / name).is_file():
             shutil.copy(ROOT / name, tree / name)
     shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    out = subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--no-isolation", "--outdir",
-                          str(tmp_path / "dist"), str(tree)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--sdist",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(tree),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     (sdist,) = (tmp_path / "dist").glob("iqadef-*.tar.gz")
     (wheel,) = (tmp_path / "dist").glob("iqadef-*.whl")

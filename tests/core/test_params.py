@@ -15,8 +15,13 @@ PARAMS = (
 
 
 def test_defaults_fill_in():
-    assert resolve(PARAMS, {}, "x") == {"quality": 50, "eps": 10 / 255, "mode": "reflect", "flag": False,
-                                         "weights_path": None}
+    assert resolve(PARAMS, {}, "x") == {
+        "quality": 50,
+        "eps": 10 / 255,
+        "mode": "reflect",
+        "flag": False,
+        "weights_path": None,
+    }
 
 
 def test_fraction_strings_and_int_to_float():
@@ -26,16 +31,19 @@ def test_fraction_strings_and_int_to_float():
     assert resolve(PARAMS, {"eps": 1}, "x")["eps"] == 1.0
 
 
-@pytest.mark.parametrize("given, fragment", [
-    ({"quality": 0}, "defences[1].quality: 0 is too small; expected int in [1, 100]"),
-    ({"quality": "high"}, "defences[1].quality: 'high' (str) is not a valid int"),
-    ({"quality": True}, "is not a valid int"),
-    ({"eps": "1/0"}, "is not a valid float"),
-    ({"mode": "wrap"}, "one of 'reflect', 'zeros'"),
-    ({"flag": "yes"}, "is not a valid bool"),
-    ({"qualty": 5}, "defences[1].qualty: unknown parameter (did you mean 'quality'?)"),
-    ({"quality": None}, "null is not allowed"),
-])
+@pytest.mark.parametrize(
+    "given, fragment",
+    [
+        ({"quality": 0}, "defences[1].quality: 0 is too small; expected int in [1, 100]"),
+        ({"quality": "high"}, "defences[1].quality: 'high' (str) is not a valid int"),
+        ({"quality": True}, "is not a valid int"),
+        ({"eps": "1/0"}, "is not a valid float"),
+        ({"mode": "wrap"}, "one of 'reflect', 'zeros'"),
+        ({"flag": "yes"}, "is not a valid bool"),
+        ({"qualty": 5}, "defences[1].qualty: unknown parameter (did you mean 'quality'?)"),
+        ({"quality": None}, "null is not allowed"),
+    ],
+)
 def test_bad_values_name_the_key(given, fragment):
     with pytest.raises(ConfigError) as info:
         resolve(PARAMS, given, "defences[1]")

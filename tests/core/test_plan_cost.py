@@ -7,18 +7,29 @@ from iqadef.plan.grid import attack_work, plan_units, plugin_calls
 
 
 def _config(tmp_path, image_dir, attacks):
-    data = {"dataset": {"images": str(image_dir)}, "output": str(tmp_path / "run"), "device": "cpu",
-            "batch_size": 2, "metrics": ["tiny-iqa"], "attacks": attacks, "defences": ["no-defence", "jpeg"]}
+    data = {
+        "dataset": {"images": str(image_dir)},
+        "output": str(tmp_path / "run"),
+        "device": "cpu",
+        "batch_size": 2,
+        "metrics": ["tiny-iqa"],
+        "attacks": attacks,
+        "defences": ["no-defence", "jpeg"],
+    }
     return parse_run_config(data, tmp_path / "registry.yaml")
 
 
 def test_plan_counts_queries_restarts_and_eot_draws(tmp_path, image_dir):
-    cfg = _config(tmp_path, image_dir, [
-        {"name": "square-attack", "queries": 50},
-        {"name": "apgd", "steps": 5, "restarts": 3},
-        {"name": "pgd-linf", "steps": 2, "adaptive": "eot", "eot_samples": 4},
-        {"name": "onepixel", "pixels": 1, "iters": 2, "popsize": 10},
-    ])
+    cfg = _config(
+        tmp_path,
+        image_dir,
+        [
+            {"name": "square-attack", "queries": 50},
+            {"name": "apgd", "steps": 5, "restarts": 3},
+            {"name": "pgd-linf", "steps": 2, "adaptive": "eot", "eot_samples": 4},
+            {"name": "onepixel", "pixels": 1, "iters": 2, "popsize": 10},
+        ],
+    )
     square, apgd, eot, onepixel = cfg.attacks
     assert attack_work(square) == (0, 50)
     assert attack_work(apgd) == (15, 0)  # every restart runs all its steps

@@ -13,7 +13,7 @@ import pytest
 
 from iqadef import PluginError
 from iqadef.cli import main
-from iqadef.core.plugins import PluginLoadWarning, InstalledPlugins, reset_installed_plugins
+from iqadef.core.plugins import InstalledPlugins, PluginLoadWarning, reset_installed_plugins
 
 GOOD = '''
 from iqadef import Defence, hookimpl
@@ -128,11 +128,14 @@ def test_plugins_json_lists_builtins(capsys):
     assert any("ifgsm" in p["registers"].get("attacks", []) for p in data["plugins"])
 
 
-@pytest.mark.parametrize("source, shown", [
-    ("import sys\nsys.exit(0)\n", "SystemExit(0)"),
-    ("raise SystemExit(3)\n", "SystemExit(3)"),
-    ("raise GeneratorExit('odd')\n", "GeneratorExit: odd"),
-])
+@pytest.mark.parametrize(
+    "source, shown",
+    [
+        ("import sys\nsys.exit(0)\n", "SystemExit(0)"),
+        ("raise SystemExit(3)\n", "SystemExit(3)"),
+        ("raise GeneratorExit('odd')\n", "GeneratorExit: odd"),
+    ],
+)
 def test_a_plugin_exiting_at_import_is_a_broken_plugin(site, source, shown):
     """SystemExit at import used to end every command with status 0 and no output."""
     make_dist(site, "iqadef-plugin-exits", "exits_plugin", source)
@@ -163,28 +166,34 @@ def test_a_plugin_exiting_at_import_on_the_command_line(site):
     make_dist(site, "iqadef-plugin-exits", "exits_plugin", "import sys\nsys.exit(0)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     env.pop("IQADEF_STRICT_PLUGINS", None)
-    listed = subprocess.run([sys.executable, "-m", "iqadef", "plugins", "--json"], capture_output=True, text=True,
-                            env=env, timeout=300)
+    listed = subprocess.run(
+        [sys.executable, "-m", "iqadef", "plugins", "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert listed.returncode == 0, listed.stderr
     report = json.loads(listed.stdout)
     assert any("iqadef-plugin-exits" in p and "SystemExit(0)" in p for p in report["problems"])
     assert any(p["name"] == "iqadef.plugins.defences.identity" for p in report["plugins"])
     assert "warning: plugin 'exits_plugin' from distribution 'iqadef-plugin-exits'" in listed.stderr
-    strict = subprocess.run([sys.executable, "-m", "iqadef", "--strict-plugins", "list", "defences"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    strict = subprocess.run(
+        [sys.executable, "-m", "iqadef", "--strict-plugins", "list", "defences"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert strict.returncode == 2 and strict.stdout == ""
     assert strict.stderr.startswith("error: plugin 'exits_plugin' from distribution 'iqadef-plugin-exits' failed")
     assert "Traceback" not in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
 
 
 # -- lazy registration (LazyPlugin): the built-ins' indexes and third-party plugins -------------------------
-LAZY = '''
+LAZY = """
 from iqadef import LazyPlugin, hookimpl
 
 @hookimpl
 def iqadef_register_defences(register):
     register(LazyPlugin("{defence}", "{target}"))
-'''
+"""
 
 
 def _own_hooks(module) -> set[tuple]:
@@ -199,9 +208,15 @@ def _own_hooks(module) -> set[tuple]:
         if hook is not None:
             hook(register=found.append)
         for cls in found:
-            out.add((kind, cls.name, f"{cls.__module__}:{cls.__qualname__}",
-                     getattr(cls, "help", "") if kind == "commands" else "",
-                     kind == "scores" and is_summary_score(cls)))
+            out.add(
+                (
+                    kind,
+                    cls.name,
+                    f"{cls.__module__}:{cls.__qualname__}",
+                    getattr(cls, "help", "") if kind == "commands" else "",
+                    kind == "scores" and is_summary_score(cls),
+                )
+            )
     return out
 
 
@@ -240,12 +255,14 @@ def test_a_lazy_plugin_is_imported_on_first_use_and_checked(site):
     assert registry.get("defences", "halve-lazy").__name__ == "Halve" and "halve_impl" in sys.modules
 
 
-@pytest.mark.parametrize("target, problem", [
-    ("missing_module_xyz:Halve", "failed to import: ModuleNotFoundError"),
-    ("halve_plugin:Halve", "does not match its registration: name 'halve', registered as 'other-name'"),
-])
-def test_a_broken_lazy_plugin_fails_where_used_and_is_left_out_of_the_list(site, monkeypatch, capsys, target,
-                                                                           problem):
+@pytest.mark.parametrize(
+    "target, problem",
+    [
+        ("missing_module_xyz:Halve", "failed to import: ModuleNotFoundError"),
+        ("halve_plugin:Halve", "does not match its registration: name 'halve', registered as 'other-name'"),
+    ],
+)
+def test_a_broken_lazy_plugin_fails_where_used_and_is_left_out_of_the_list(site, monkeypatch, capsys, target, problem):
     make_dist(site, "iqadef-plugin-halve", "halve_plugin", GOOD.format(defence="halve"))
     make_dist(site, "iqadef-plugin-lazy", "lazy_plugin", LAZY.format(defence="other-name", target=target))
     registry = InstalledPlugins()

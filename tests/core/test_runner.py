@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import toy_plugins
 
-from iqadef.core.errors import RunLockedError
 from iqadef.config.registry import load_run_config
+from iqadef.core.errors import RunLockedError
 from iqadef.execute import run_grid
 from iqadef.store.results import ResultStore, RunLock
 
@@ -101,9 +101,9 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path, image_dir, toy_registry):
 
 
 def test_faulty_plugins_fail_their_cells_only(tmp_path, image_dir, toy_registry):
-    text = GRID.replace("defences: [no-defence, toy-blur, toy-noise-defence]",
-                        "defences: [no-defence, toy-explode, toy-wrong-shape]").replace(
-                        "metrics: [toy-metric]", "metrics: [toy-metric, toy-nan]")
+    text = GRID.replace(
+        "defences: [no-defence, toy-blur, toy-noise-defence]", "defences: [no-defence, toy-explode, toy-wrong-shape]"
+    ).replace("metrics: [toy-metric]", "metrics: [toy-metric, toy-nan]")
     summary = run_grid(config(tmp_path, image_dir, toy_registry, text=text), registry=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert len(df) == 6 * 2 * 2 * 3
@@ -116,7 +116,9 @@ def test_faulty_plugins_fail_their_cells_only(tmp_path, image_dir, toy_registry)
     assert wrong["error"].str.contains("returned shape").all()
     nan = df[(df["metric"] == "toy-nan") & (df["defence"] == "no-defence")]
     assert (nan["status"] == "failed").all() and nan["error"].str.contains("NaN").all()
-    assert summary.failed == int((df["status"] == "failed").sum()) == 6 * 2 * 2 + 6 * 2 * 2 * 1 - 0 or summary.failed > 0
+    assert (
+        summary.failed == int((df["status"] == "failed").sum()) == 6 * 2 * 2 + 6 * 2 * 2 * 1 - 0 or summary.failed > 0
+    )
 
 
 def test_second_process_on_the_same_run_dir_is_refused(tmp_path, image_dir, toy_registry):

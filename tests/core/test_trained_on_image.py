@@ -10,17 +10,19 @@ import pandas as pd
 import torch
 
 from iqadef.config.registry import load_run_config
-from iqadef.report import write_report
 from iqadef.execute import run_grid
 from iqadef.plan.trained import trained_images
 from iqadef.plugins.certified.dms_iqa import Denoiser
 from iqadef.plugins.defences.fcn import FCN, seen_images
+from iqadef.report import write_report
 
 
 def _grid(tmp_path, images: str, defences: str, certified: str = "") -> object:
     path = tmp_path / "grid.yaml"
-    path.write_text(f"dataset: {{images: {images}}}\noutput: {tmp_path / 'run'}\nbatch_size: 2\nexamples: 0\n"
-                    f"metrics: [tiny-iqa]\nattacks: [{{name: fgsm}}]\ndefences: {defences}\n{certified}")
+    path.write_text(
+        f"dataset: {{images: {images}}}\noutput: {tmp_path / 'run'}\nbatch_size: 2\nexamples: 0\n"
+        f"metrics: [tiny-iqa]\nattacks: [{{name: fgsm}}]\ndefences: {defences}\n{certified}"
+    )
     return load_run_config(path)
 
 
@@ -56,9 +58,18 @@ def test_a_checkpoint_trained_elsewhere_is_not_flagged(tmp_path, image_dir):
 
 
 def test_trainers_record_the_images_they_saw():
-    df = pd.DataFrame({"image": ["b.png", "a.png", "c.png", "a.png", "d.png", "e.png"],
-                       "image_sha256": ["B", "A", "C", "A", "D", "E"]})
+    df = pd.DataFrame(
+        {
+            "image": ["b.png", "a.png", "c.png", "a.png", "d.png", "e.png"],
+            "image_sha256": ["B", "A", "C", "A", "D", "E"],
+        }
+    )
     seen = seen_images(df)
-    assert [(s["name"], s["role"]) for s in seen] == [("b.png", "train"), ("a.png", "train"), ("c.png", "train"),
-                                                      ("d.png", "train"), ("e.png", "validation")]
+    assert [(s["name"], s["role"]) for s in seen] == [
+        ("b.png", "train"),
+        ("a.png", "train"),
+        ("c.png", "train"),
+        ("d.png", "train"),
+        ("e.png", "validation"),
+    ]
     assert {s["sha256"] for s in seen} == {"A", "B", "C", "D", "E"}

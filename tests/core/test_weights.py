@@ -17,8 +17,19 @@ from torch import nn
 
 from iqadef import WeightsError
 from iqadef.core import weights as W
-from iqadef.core.weights import (WeightSpec, cache_dir, candidate_paths, find_weights, install_file, load_checkpoint,
-                                 load_state_dict_strict, load_weights, resolve_weights, sha256_of, verify)
+from iqadef.core.weights import (
+    WeightSpec,
+    cache_dir,
+    candidate_paths,
+    find_weights,
+    install_file,
+    load_checkpoint,
+    load_state_dict_strict,
+    load_weights,
+    resolve_weights,
+    sha256_of,
+    verify,
+)
 
 
 def small_checkpoint(path: Path, value: float = 1.0) -> Path:
@@ -31,6 +42,7 @@ def sha(path: Path) -> str:
 
 
 # -- lookup order ------------------------------------------------------------------------------------------
+
 
 def test_cache_follows_torch_home(home):
     assert cache_dir() == home / "torch" / "hub" / "iqadef"
@@ -45,7 +57,7 @@ def test_lookup_order_explicit_then_env_folder_then_cache(home, monkeypatch):
     offline.mkdir()
     monkeypatch.setenv("IQADEF_WEIGHTS_DIR", str(offline))
     assert candidate_paths(spec) == [offline / "m.pth", cached]
-    assert resolve_weights(spec) == cached                    # env folder empty: falls through to the cache
+    assert resolve_weights(spec) == cached  # env folder empty: falls through to the cache
     in_env = small_checkpoint(offline / "m.pth", 2.0)
     assert find_weights(spec) == in_env and resolve_weights(spec) == in_env
     explicit = small_checkpoint(home / "elsewhere.pth", 3.0)
@@ -71,8 +83,14 @@ def test_offline_message_names_expected_paths_and_url(home, monkeypatch):
 
 # -- refusing bad files ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content", [b"<!DOCTYPE html><html><head><title>Google Drive</title>",
-                                     b"\n  <html><body>Too many users have viewed this file</body></html>"])
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"<!DOCTYPE html><html><head><title>Google Drive</title>",
+        b"\n  <html><body>Too many users have viewed this file</body></html>",
+    ],
+)
 def test_web_page_is_refused(tmp_path, content):
     page = tmp_path / "p1q2.pth"
     page.write_bytes(content)
@@ -88,12 +106,17 @@ def test_empty_or_corrupt_file_is_refused(tmp_path, content):
         load_checkpoint(bad)
 
 
-@pytest.mark.parametrize("content, what", [
-    (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
-     "a text file, starting 'root:x:0:0:root:/root:/bin/bash'"),          # what /etc/passwd holds
-    (b"hello, these are my notes\n", "a text file, starting 'hello, these are my notes'"),  # KeyError: 101 before
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "a PNG image"),
-])
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (
+            b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
+            "a text file, starting 'root:x:0:0:root:/root:/bin/bash'",
+        ),  # what /etc/passwd holds
+        (b"hello, these are my notes\n", "a text file, starting 'hello, these are my notes'"),  # KeyError: 101 before
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "a PNG image"),
+    ],
+)
 def test_a_file_that_is_no_checkpoint_says_so(tmp_path, content, what):
     path = tmp_path / "weights.pt"
     path.write_bytes(content)
@@ -119,7 +142,7 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 def test_sha256_mismatch_is_refused(home):
     path = small_checkpoint(home / "m.pth")
     good = WeightSpec("m.pth", urls=(), sha256=sha(path).upper())
-    verify(path, good)                                       # case does not matter
+    verify(path, good)  # case does not matter
     assert sha256_of(path) == sha(path)
     bad = WeightSpec("m.pth", urls=(), sha256="0" * 64)
     with pytest.raises(WeightsError, match=f"sha256 {sha(path)} does not match the pinned {'0' * 64}"):
@@ -145,8 +168,9 @@ class _RunsCode:
 def test_pickle_that_would_run_code_is_refused(tmp_path, legacy, allow_numpy):
     marker = tmp_path / "was_run"
     evil = tmp_path / "evil.pth"
-    torch.save({"model": {"w": torch.zeros(1)}, "k": _RunsCode(marker)}, evil,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"model": {"w": torch.zeros(1)}, "k": _RunsCode(marker)}, evil, _use_new_zipfile_serialization=not legacy
+    )
     with pytest.raises(WeightsError, match=r"refused to load.*os\.makedirs"):
         load_checkpoint(evil, allow_numpy=allow_numpy)
     assert not marker.exists()
@@ -154,11 +178,20 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, legacy, allow_numpy):
 
 # -- numpy values (old checkpoints may store calibration constants as numpy) --------------------------------
 
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_numpy_numbers_need_allow_numpy(tmp_path, legacy):
     path = tmp_path / "np.pth"
-    torch.save({"k": [np.float64(0.5), np.float32(1.5)], "b": np.array([1.0, 2.0]), "n": np.int64(3),
-                "model": {"w": torch.ones(2)}}, path, _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {
+            "k": [np.float64(0.5), np.float32(1.5)],
+            "b": np.array([1.0, 2.0]),
+            "n": np.int64(3),
+            "model": {"w": torch.ones(2)},
+        },
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     with pytest.raises(WeightsError, match="numpy"):
         load_checkpoint(path)
     loaded = load_checkpoint(path, allow_numpy=True)
@@ -174,6 +207,7 @@ def test_allow_numpy_still_refuses_object_arrays(tmp_path):
 
 # -- downloads ---------------------------------------------------------------------------------------------
 
+
 def test_download_from_file_url_lands_by_rename_and_verifies(home, monkeypatch):
     source = small_checkpoint(home / "served.pth", 7.0)
     spec = WeightSpec("m.pth", urls=(source.as_uri(),), sha256=sha(source))
@@ -187,11 +221,11 @@ def test_download_from_file_url_lands_by_rename_and_verifies(home, monkeypatch):
     monkeypatch.setattr(W.os, "replace", spy)
     path = resolve_weights(spec, progress=False)
     assert path == cache_dir() / "m.pth" and path.read_bytes() == source.read_bytes()
-    (tmp, final), = renames
+    ((tmp, final),) = renames
     assert final == path and tmp.parent == path.parent and tmp.name.endswith(".part") and not tmp.exists()
     assert sorted(p.name for p in cache_dir().iterdir()) == ["m.pth"]
     assert load_checkpoint(path)["model"]["weight"][0, 0] == 7.0
-    assert resolve_weights(spec) == path                       # second time: found in the cache
+    assert resolve_weights(spec) == path  # second time: found in the cache
 
 
 def test_download_with_wrong_sha256_leaves_nothing(home):
@@ -240,6 +274,7 @@ def test_download_over_loopback_http_with_progress(home):
 
 # -- strict state-dict loading -----------------------------------------------------------------------------
 
+
 def test_state_dict_mismatches_are_named():
     module = nn.Linear(3, 2)
     with pytest.raises(WeightsError, match=r"missing keys \[bias\], unexpected keys \[extra\]"):
@@ -257,6 +292,7 @@ def test_assign_fills_a_meta_module():
 
 
 # -- explicit paths are checked before any work ------------------------------------------------------------
+
 
 class _WithWeights:
     """The parts of a plugin that weights.py looks at."""
@@ -282,6 +318,9 @@ def test_explicit_weight_files_are_the_paths_the_user_gave(tmp_path):
 
 def test_fetch_missing_refuses_a_missing_explicit_file_before_any_work(offline_home, tmp_path):
     plugin = _WithWeights((WeightSpec("m.pth", urls=()),), weights_path=str(tmp_path / "nope.pt"))
-    with pytest.raises(WeightsError, match=r"metric 'toy': weights file .*nope\.pt \(given as `weights_path:`\) "
-                                           r"does not exist"):
+    with pytest.raises(
+        WeightsError,
+        match=r"metric 'toy': weights file .*nope\.pt \(given as `weights_path:`\) "
+        r"does not exist",
+    ):
         W.fetch_missing([plugin])

@@ -12,15 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 import toy_plugins
 
 from iqadef import Metric, Param, WeightsError, hookimpl
+from iqadef.config.registry import load_run_config
 from iqadef.core import weights as W
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import load_run_config
-from iqadef.execute import run_grid
 from iqadef.core.weights import WeightSpec, fingerprint, load_weights, sha256_of
+from iqadef.execute import run_grid
 
 SPEC = WeightSpec(filename="gain.pth", urls=("https://example.invalid/gain.pth",), description="test weights")
 
@@ -153,8 +152,9 @@ def test_clean_scores_follow_the_new_weights(home, image_dir, registry):
 def test_missing_weights_stop_the_run_before_any_work(home, image_dir, registry, monkeypatch):
     monkeypatch.setenv("IQADEF_OFFLINE", "1")
     path = home / "grid.yaml"
-    path.write_text(GRID.replace("{{name: toy-weighted, weights_path: {weights}}}", "toy-weighted")
-                    .format(images=image_dir))
+    path.write_text(
+        GRID.replace("{{name: toy-weighted, weights_path: {weights}}}", "toy-weighted").format(images=image_dir)
+    )
     calls = []
     monkeypatch.setattr(WeightedMetric, "score", lambda self, x: calls.append(x) or x.mean(dim=(1, 2, 3)))
     with pytest.raises(WeightsError, match=r"gain\.pth.*not found.*IQADEF_WEIGHTS_DIR"):

@@ -35,7 +35,7 @@ class ToySign(Attack):
             x.requires_grad_(True)
             loss = attack_loss(metric, x).sum()
             (grad,) = torch.autograd.grad(loss, x)
-            x = (x.detach() - self.eps / self.steps * grad.sign())
+            x = x.detach() - self.eps / self.steps * grad.sign()
             x = (images + (x - images).clamp(-self.eps, self.eps)).clamp(0, 1)
         return x
 
@@ -154,4 +154,3 @@ def install_as_distribution(tmp_path: Path) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: iqadef-toy-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[iqadef]\ntoy = toy_plugins\n")
     return site
-

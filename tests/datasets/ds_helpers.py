@@ -24,8 +24,16 @@ class Server:
     close); ``pages`` maps a path to ``(status, headers)`` sent instead of a file (a redirect);
     ``ignore_if_range`` sends the range asked for whatever ``If-Range`` says (a non-conforming server)."""
 
-    def __init__(self, files: dict[str, bytes], cut_once=frozenset(), *, range_from: int | None = None,
-                 no_length=frozenset(), pages: dict | None = None, ignore_if_range: bool = False):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        cut_once=frozenset(),
+        *,
+        range_from: int | None = None,
+        no_length=frozenset(),
+        pages: dict | None = None,
+        ignore_if_range: bool = False,
+    ):
         import hashlib
         import http.server
         import threading

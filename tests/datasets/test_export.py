@@ -6,13 +6,12 @@ import json
 
 import pandas as pd
 import pytest
+from ds_helpers import image
 
 from iqadef import IqadefError
-from iqadef.export import MARKER, export_run
 from iqadef.config.registry import load_run_config
 from iqadef.execute import run_grid
-
-from ds_helpers import image
+from iqadef.export import MARKER, export_run
 
 GRID = """
 dataset: {dataset}

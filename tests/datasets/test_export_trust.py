@@ -12,18 +12,17 @@ import os
 import subprocess
 import sys
 
+import export_toys
 import pandas as pd
 import pytest
-
-import export_toys
 import toy_plugins
 from ds_helpers import image
 
 from iqadef import ConfigError, IqadefError
-from iqadef.export import MARKER, export_run
-from iqadef.core.plugins import InstalledPlugins
 from iqadef.config.registry import load_run_config
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.execute import run_grid
+from iqadef.export import MARKER, export_run
 from iqadef.store.results import RunLock
 
 
@@ -43,8 +42,12 @@ def run(tmp_path, registry, text: str, name: str = "run"):
 def small_run(tmp_path, registry, defences: str = "[no-defence, toy-blur]"):
     for i in range(3):
         image(tmp_path / "imgs" / f"im{i}.png", i)
-    return run(tmp_path, registry, f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [toy-metric]\n"
-                                   f"attacks: [toy-sign]\ndefences: {defences}\n")
+    return run(
+        tmp_path,
+        registry,
+        f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ndefences: {defences}\n",
+    )
 
 
 def sha256(path) -> str:
@@ -57,8 +60,10 @@ def pngs(folder) -> list:
 
 def reader(tmp_path, registry, folder: str = "export"):
     path = tmp_path / "reader.yaml"
-    path.write_text(f"dataset: {{name: iqadef-export, path: {folder}}}\noutput: run2\nmetrics: [toy-metric]\n"
-                    f"attacks: [toy-sign]\ndefences: [no-defence]\n")
+    path.write_text(
+        f"dataset: {{name: iqadef-export, path: {folder}}}\noutput: run2\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ndefences: [no-defence]\n"
+    )
     return load_run_config(path, registry=registry)
 
 
@@ -103,8 +108,10 @@ def test_export_after_a_checkpoint_is_replaced_takes_only_the_current_cells(tmp_
     for i in range(3):
         image(tmp_path / "imgs" / f"im{i}.png", i)
     ckpt = tmp_path / "ckpt.txt"
-    grid = (f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [{{name: toy-ckpt, weights_path: {ckpt}}}]\n"
-            f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n")
+    grid = (
+        f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [{{name: toy-ckpt, weights_path: {ckpt}}}]\n"
+        f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
+    )
     ckpt.write_text("1.0")
     run(tmp_path, plugins, grid)
     ckpt.write_text("2.0")  # replaced under the same path: the run recomputes, its tables hold the new cells
@@ -171,8 +178,12 @@ def test_reexport_deletes_only_regular_files_it_wrote_inside_the_folder(tmp_path
     with (out / MARKER).open("a") as f:  # the marker is a plain file in a shared folder: anyone can add lines
         for entry in ("lnk/thesis.tex", "../outside.txt", str(outside), "notes.txt"):  # the old marker format
             f.write(json.dumps(entry) + "\n")
-        for path, rel in ((thesis, "lnk/thesis.tex"), (outside, "../outside.txt"), (outside, str(outside)),
-                          (mine, "lnk/../notes.txt")):  # with the right sha256: still not deleted
+        for path, rel in (
+            (thesis, "lnk/thesis.tex"),
+            (outside, "../outside.txt"),
+            (outside, str(outside)),
+            (mine, "lnk/../notes.txt"),
+        ):  # with the right sha256: still not deleted
             f.write(json.dumps([rel, sha256(path)]) + "\n")
     export_run(tmp_path / "run", out, registry=plugins)  # without --defended: D(x_a) files go
     assert thesis.read_text() == "years of work" and outside.read_text() == "mine" and mine.exists()
@@ -203,8 +214,12 @@ def test_names_are_unique_and_the_index_matches_the_files(tmp_path, plugins):
     image(tmp_path / "imgs" / "x0.png", 21)
     tags = ["a:b", "a?b", "a*b", "a_b", "A_B"]  # the first three were one folder: `/ : ? * ...` -> `_`
     defences = ", ".join(["no-defence", "toy-blur"] + [json.dumps({"name": "toy-tag", "tag": t}) for t in tags])
-    run(tmp_path, plugins, f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [toy-metric]\n"
-                           f"attacks: [toy-sign, {{name: toy-sign, adaptive: bpda}}]\ndefences: [{defences}]\n")
+    run(
+        tmp_path,
+        plugins,
+        f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign, {{name: toy-sign, adaptive: bpda}}]\ndefences: [{defences}]\n",
+    )
     summary = export_run(tmp_path / "run", tmp_path / "export", defended=True, registry=plugins)
     index = pd.read_parquet(tmp_path / "export" / "index.parquet")
     files = pngs(tmp_path / "export")

@@ -29,8 +29,11 @@ def sha(data: bytes) -> str:
 
 def test_checksum_mismatch_is_refused_and_nothing_kept(tmp_path):
     with Server({"f.bin": PAYLOAD}) as server:
-        with pytest.raises(FetchError, match=r"f.bin: the downloaded file's sha256 .* does not match the pinned "
-                                             r"0{64} for f.bin; nothing was saved"):
+        with pytest.raises(
+            FetchError,
+            match=r"f.bin: the downloaded file's sha256 .* does not match the pinned "
+            r"0{64} for f.bin; nothing was saved",
+        ):
             download(server.url("f.bin"), tmp_path / "f.bin", sha256="0" * 64, progress=False)
         with pytest.raises(FetchError, match=r"has 204800 bytes, f.bin should have 5"):
             download(server.url("f.bin"), tmp_path / "f.bin", size=5, progress=False)
@@ -95,15 +98,19 @@ class Mini(DatasetPlugin):
 
 
 def test_fetch_dataset_downloads_unpacks_records_and_respects_offline(tmp_path, monkeypatch):
-    data = archive({"mini/scores.csv": b"image,mos\na.png,1\nb.png,2\n", "mini/a.png": b"A" * 50000,
-                    "mini/b.png": b"B"})
+    data = archive(
+        {"mini/scores.csv": b"image,mos\na.png,1\nb.png,2\n", "mini/a.png": b"A" * 50000, "mini/b.png": b"B"}
+    )
     with Server({"mini.zip": data}, cut_once={"mini.zip"}) as server:
         remote = RemoteFile("mini.zip", (server.url("mini.zip"),), sha256=sha(data), archive="zip")
         monkeypatch.setattr(Mini, "remote", (remote,))
         plugin = Mini(tmp_path / "root")
         monkeypatch.setenv("IQADEF_OFFLINE", "1")
-        with pytest.raises(FetchError, match=r"mini.zip: downloads are disabled \(IQADEF_OFFLINE is set\); download "
-                                             r"http://127.0.0.1:\d+/mini.zip and put it at .*\.downloads/mini.zip"):
+        with pytest.raises(
+            FetchError,
+            match=r"mini.zip: downloads are disabled \(IQADEF_OFFLINE is set\); download "
+            r"http://127.0.0.1:\d+/mini.zip and put it at .*\.downloads/mini.zip",
+        ):
             fetch_dataset(plugin, progress=False, say=lambda _: None)
         assert server.ranges == []
         monkeypatch.delenv("IQADEF_OFFLINE")

@@ -43,8 +43,8 @@ def patch_member(data: bytes, local_offset: int, central_offset: int, value: byt
     out = bytearray(data)
     local = out.find(b"PK\x03\x04")
     central = out.find(b"PK\x01\x02")
-    out[local + local_offset: local + local_offset + len(value)] = value
-    out[central + central_offset: central + central_offset + len(value)] = value
+    out[local + local_offset : local + local_offset + len(value)] = value
+    out[central + central_offset : central + central_offset + len(value)] = value
     return bytes(out)
 
 
@@ -72,7 +72,7 @@ def untouched(root) -> bool:
 def test_damaged_deflate_data(tmp_path, capsys):
     data = bytearray(zip_bytes({"1024x768/a.bin": random.Random(0).randbytes(1000) * 50}, zipfile.ZIP_DEFLATED))
     start = data.find(b"a.bin") + len("a.bin")
-    data[start + 200: start + 600] = b"\xff" * 400
+    data[start + 200 : start + 600] = b"\xff" * 400
     root = placed(tmp_path, bytes(data))
     assert_one_line(capsys, fetch(root), ARCHIVE, "is damaged")
     assert untouched(root)

@@ -47,6 +47,7 @@ def tar_of(members: dict[str, bytes]) -> bytes:
 
 # -- 1. a damaged tar.gz --------------------------------------------------------------------------------------
 
+
 def test_a_tar_gz_whose_compressed_bytes_are_damaged_is_refused(tmp_path):
     """Stored deflate blocks: a flipped byte in the member's data still decodes, only gzip's CRC-32 (in the
     trailer, after tar's end-of-archive blocks) tells; tarfile alone never reads it."""
@@ -63,7 +64,7 @@ def test_a_tar_gz_whose_compressed_bytes_are_damaged_is_refused(tmp_path):
 
 def test_a_corrupt_tar_bz2_is_one_line(tmp_path):
     packed = bytearray(bz2.compress(tar_of({"a.bin": bytes(range(256)) * 400})))
-    packed[len(packed) // 2: len(packed) // 2 + 16] = b"\x00" * 16
+    packed[len(packed) // 2 : len(packed) // 2 + 16] = b"\x00" * 16
     archive = tmp_path / "a.tar.bz2"
     archive.write_bytes(bytes(packed))
     with pytest.raises(FetchError) as caught:
@@ -129,6 +130,7 @@ def test_a_kept_file_changed_after_its_fetch_is_refused(tmp_path, monkeypatch):
 
 # -- 2. the downloader ----------------------------------------------------------------------------------------
 
+
 def test_a_206_from_another_offset_is_not_appended(tmp_path):
     """The server answers the resume with a range from byte 1000 instead of the half asked for: the part is
     not joined to it (before: truncated, and the tail saved as the whole file); the file is fetched whole."""
@@ -192,12 +194,20 @@ def test_a_login_page_instead_of_the_score_csv_is_refused_and_fetched_again(tmp_
             return [Entry(n, self.root / "mini" / n, v) for n, v in sorted(scores.items())]
 
     with Server(files) as server:
-        monkeypatch.setattr(Split, "remote", (
-            RemoteFile("mini.zip", (server.url("mini.zip"),), archive="zip"),
-            RemoteFile("scores.csv", (server.url("scores.csv"),))))
+        monkeypatch.setattr(
+            Split,
+            "remote",
+            (
+                RemoteFile("mini.zip", (server.url("mini.zip"),), archive="zip"),
+                RemoteFile("scores.csv", (server.url("scores.csv"),)),
+            ),
+        )
         plugin = Split(tmp_path / "root")
-        with pytest.raises(FetchError, match=r"scores.csv: the file received is a web page \(HTML\), not the file "
-                                             r"itself: the server may want a login.*nothing was saved"):
+        with pytest.raises(
+            FetchError,
+            match=r"scores.csv: the file received is a web page \(HTML\), not the file "
+            r"itself: the server may want a login.*nothing was saved",
+        ):
             fetch_dataset(plugin, **QUIET)
         assert not (plugin.root / "scores.csv").exists() and "scores.csv" not in fetched(plugin.root)
         files["scores.csv"] = b"image,mos\na.png,3.25\n"
@@ -248,12 +258,15 @@ def test_deleted_data_is_fetched_again_despite_the_marker(tmp_path, monkeypatch)
         (plugin.root / "mini" / "scores.csv").unlink()
         said = []
         fetch_dataset(plugin, progress=False, say=said.append)
-        assert said == ["mini.zip: downloading from " + server.url("mini.zip"), "mini.zip: unpacking into "
-                        + str(plugin.root)]
+        assert said == [
+            "mini.zip: downloading from " + server.url("mini.zip"),
+            "mini.zip: unpacking into " + str(plugin.root),
+        ]
     assert (plugin.root / "mini" / "scores.csv").is_file()
 
 
 # -- 6. unpacking deletes nothing -----------------------------------------------------------------------------
+
 
 def test_a_file_of_the_archive_where_the_user_has_a_folder_is_refused(tmp_path):
     dest = tmp_path / "dest"
@@ -261,8 +274,11 @@ def test_a_file_of_the_archive_where_the_user_has_a_folder_is_refused(tmp_path):
     (dest / "mini" / "a.png" / "thesis.tex").write_text("years of work")
     archive = tmp_path / "a.zip"
     archive.write_bytes(zip_of({"mini/b.png": b"B", "mini/a.png": b"A"}))
-    with pytest.raises(FetchError, match=r"holds a file mini/a.png where .*dest/mini/a.png is a folder; refused, "
-                                         r"nothing was unpacked and nothing deleted"):
+    with pytest.raises(
+        FetchError,
+        match=r"holds a file mini/a.png where .*dest/mini/a.png is a folder; refused, "
+        r"nothing was unpacked and nothing deleted",
+    ):
         extract(archive, dest, "zip")
     assert (dest / "mini" / "a.png" / "thesis.tex").read_text() == "years of work"
     assert not (dest / "mini" / "b.png").exists()
@@ -270,13 +286,17 @@ def test_a_file_of_the_archive_where_the_user_has_a_folder_is_refused(tmp_path):
 
 # -- 10. size limits -------------------------------------------------------------------------------------------
 
+
 def test_a_zip_bomb_is_refused_from_its_declared_sizes_and_the_override_lifts_it(tmp_path, monkeypatch):
     archive = tmp_path / "bomb.zip"
     archive.write_bytes(zip_of({"zeros.bin": bytes(70 * 2**20)}, zipfile.ZIP_DEFLATED))
     assert archive.stat().st_size < 200_000
     dest = tmp_path / "dest"
-    with pytest.raises(FetchError, match=r"declares members of 73.4 MB, over the limit of 100 times the archive's "
-                                         r".*set IQADEF_UNPACK_MAX_RATIO=off"):
+    with pytest.raises(
+        FetchError,
+        match=r"declares members of 73.4 MB, over the limit of 100 times the archive's "
+        r".*set IQADEF_UNPACK_MAX_RATIO=off",
+    ):
         extract(archive, dest, "zip")
     assert list(dest.iterdir()) == []
     monkeypatch.setenv("IQADEF_UNPACK_MAX_RATIO", "off")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.io
+from ds_helpers import image
 
 from iqadef import ConfigError
 from iqadef.core.dataset import parse_dataset
-
-from ds_helpers import image
 
 
 def parse(value, base, registry):
@@ -26,7 +25,8 @@ def koniq(root, n=6):
     (root / "koniq10k_scores_and_distributions.csv").write_text("\n".join([header, *rows]) + "\n")
     sets = ["training", "training", "validation", "test", "test", "test"]
     (root / "koniq10k_distributions_sets.csv").write_text(
-        "\n".join([header + ",set", *(f"{r},{s}" for r, s in zip(rows, sets))]) + "\n")
+        "\n".join([header + ",set", *(f"{r},{s}" for r, s in zip(rows, sets))]) + "\n"
+    )
     return names
 
 
@@ -47,10 +47,15 @@ def test_koniq10k_split_sample_and_mos_from_its_score_file(tmp_path, registry, d
 
 
 def test_a_missing_dataset_says_how_to_fetch_it(tmp_path, registry, data_home):
-    with pytest.raises(ConfigError, match=r"reg.yaml: dataset: koniq10k is not in .*koniq10k \(missing 1024x768/, "
-                                          r"koniq10k_scores_and_distributions.csv\); run `iqadef data fetch koniq10k`"):
+    with pytest.raises(
+        ConfigError,
+        match=r"reg.yaml: dataset: koniq10k is not in .*koniq10k \(missing 1024x768/, "
+        r"koniq10k_scores_and_distributions.csv\); run `iqadef data fetch koniq10k`",
+    ):
         parse({"name": "koniq10k"}, tmp_path, registry)
-    with pytest.raises(ConfigError, match=r"dataset.split: 'tset' is not a split of koniq10k; one of all, train, val, test"):
+    with pytest.raises(
+        ConfigError, match=r"dataset.split: 'tset' is not a split of koniq10k; one of all, train, val, test"
+    ):
         parse({"name": "koniq10k", "split": "tset"}, tmp_path, registry)
     with pytest.raises(ConfigError, match=r"dataset.resolution: '640x480' is not allowed"):
         parse({"name": "koniq10k", "resolution": "640x480"}, tmp_path, registry)
@@ -71,8 +76,12 @@ def test_kadid10k_distorted_with_dmos_or_references(tmp_path, registry, data_hom
             rows.append(f"{name},I{r:02d}.png,{r + d / 10},0.1")
     (root / "dmos.csv").write_text("dist_img,ref_img,dmos,var\n" + "\n".join(rows) + "\n")
     ds = parse({"name": "kadid10k"}, tmp_path, registry).open()
-    assert {i.name: i.mos for i in ds.items} == {"I01_01_01.png": 1.1, "I01_02_01.png": 1.2,
-                                                 "I02_01_01.png": 2.1, "I02_02_01.png": 2.2}
+    assert {i.name: i.mos for i in ds.items} == {
+        "I01_01_01.png": 1.1,
+        "I01_02_01.png": 1.2,
+        "I02_01_01.png": 2.1,
+        "I02_02_01.png": 2.2,
+    }
     refs = parse({"name": "kadid10k", "images": "reference"}, tmp_path, registry).open()
     assert [i.name for i in refs.items] == ["I01.png", "I02.png"] and not refs.has_mos
 
@@ -84,7 +93,8 @@ def test_nips2017_dev_set_layout(tmp_path, registry, data_home):
         image(root / "images" / f"{name}.png", i, size=(29, 29))
     (root / "images.csv").write_text(
         "ImageId,URL,x1,y1,x2,y2,TrueLabel,TargetClass,OriginalLandingURL,License,Author,AuthorProfileURL\n"
-        + "".join(f"{n},https://x/{n}.jpg,0,0,1,1,5,9,https://x,CC BY 2.0,A,https://a\n" for n in ids))
+        + "".join(f"{n},https://x/{n}.jpg,0,0,1,1,5,9,https://x,CC BY 2.0,A,https://a\n" for n in ids)
+    )
     ds = parse("nips2017", tmp_path, registry).open()  # a plain name works when no such folder exists
     assert [i.name for i in ds.items] == [f"{n}.png" for n in ids] and not ds.has_mos
 
@@ -100,19 +110,23 @@ def test_livec_mat_files(tmp_path, registry, data_home):
     for i, n in enumerate(names):
         cells[i, 0] = np.array([n])
     scipy.io.savemat(base / "Data" / "AllImages_release.mat", {"AllImages_release": cells})
-    scipy.io.savemat(base / "Data" / "AllMOS_release.mat",
-                     {"AllMOS_release": np.array([[float(10 * i) for i in range(len(names))]])})
+    scipy.io.savemat(
+        base / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([[float(10 * i) for i in range(len(names))]])}
+    )
     ds = parse({"name": "livec"}, tmp_path, registry).open()
     assert {i.name: i.mos for i in ds.items} == {"10.JPG": 70.0, "100.bmp": 80.0}
     full = parse({"name": "livec", "training_images": True}, tmp_path, registry).open()
     assert len(full) == 9 and "trainingImages/t1.bmp" in {i.name for i in full.items}
 
 
-@pytest.mark.parametrize("text, encoding", [
-    ("image_name;MOS\na.png;3,5\nb.png;4\n", "utf-8"),
-    ("Filename\tScore\na.png\t3.5\nb.png\t4\n", "utf-8-sig"),
-    ("name,dmos,note\na.png,3.5,caf\u00e9\nb.png,4,x\n", "latin-1"),
-])
+@pytest.mark.parametrize(
+    "text, encoding",
+    [
+        ("image_name;MOS\na.png;3,5\nb.png;4\n", "utf-8"),
+        ("Filename\tScore\na.png\t3.5\nb.png\t4\n", "utf-8-sig"),
+        ("name,dmos,note\na.png,3.5,caf\u00e9\nb.png,4,x\n", "latin-1"),
+    ],
+)
 def test_hand_made_mos_csv_forms(tmp_path, registry, text, encoding):
     folder = tmp_path / "imgs"
     image(folder / "a.png", 1)

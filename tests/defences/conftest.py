@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 
-def smooth_images(batch: int = 2, height: int = 48, width: int = 56, seed: int = 0,
-                  low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+def smooth_images(
+    batch: int = 2, height: int = 48, width: int = 56, seed: int = 0, low: float = 0.0, high: float = 1.0
+) -> torch.Tensor:
     """Natural-ish images: coarse random colour fields upsampled, plus a little texture, in [low, high]."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(batch, 3, max(2, height // 8), max(2, width // 8), generator=g)

@@ -22,11 +22,20 @@ EXPECTED = {
     "color-quantization": (False, False, True, {"levels": [2, 5, 16, 20, 25]}),
     "random-noise": (True, True, True, {"sigma": [0.01, 0.025, 0.05, 0.075, 0.1]}),
 }
-DEFAULTS = {"random-rotate": {"angle_limit": 15}, "random-crop": {"size": 128}, "resize": {"scale": 0.5},
-            "upscale": {"scale": 0.5}, "jpeg": {"quality": 50}, "diffjpeg": {"quality": 50},
-            "median-blur": {"kernel_size": 3}, "gaussian-blur": {"kernel_size": 3},
-            "unsharp": {"kernel_size": 5, "sigma": 1.0, "amount": 1.0}, "color-quantization": {"levels": 16},
-            "random-noise": {"sigma": 0.01}, "flip": {"axes": "hw"}}
+DEFAULTS = {
+    "random-rotate": {"angle_limit": 15},
+    "random-crop": {"size": 128},
+    "resize": {"scale": 0.5},
+    "upscale": {"scale": 0.5},
+    "jpeg": {"quality": 50},
+    "diffjpeg": {"quality": 50},
+    "median-blur": {"kernel_size": 3},
+    "gaussian-blur": {"kernel_size": 3},
+    "unsharp": {"kernel_size": 5, "sigma": 1.0, "amount": 1.0},
+    "color-quantization": {"levels": 16},
+    "random-noise": {"sigma": 0.01},
+    "flip": {"axes": "hw"},
+}
 NAMES = sorted(EXPECTED)
 # small enough that random-crop really crops a 48x56 image
 SMALL = {"random-crop": {"size": 24}}
@@ -37,8 +46,11 @@ def test_flags_defaults_and_presets_are_described(name, make_defence):
     cls = type(make_defence(name))
     info = cls.describe()
     randomized, differentiable, preserves_size, presets = EXPECTED[name]
-    assert (info["randomized"], info["differentiable"], info["preserves_size"]) == \
-        (randomized, differentiable, preserves_size)
+    assert (info["randomized"], info["differentiable"], info["preserves_size"]) == (
+        randomized,
+        differentiable,
+        preserves_size,
+    )
     described = {p["name"]: p for p in info["params"]}
     for param, values in presets.items():
         assert described[param]["presets"] == values

@@ -56,7 +56,7 @@ def test_median_blur_border_is_not_zero_padded(make_defence):
 # --- Gaussian blur: kernel from OpenCV's sigma rule, reflect border ----------------------------------
 def _gaussian_kernel_2d(k: int, sigma: float) -> np.ndarray:
     offsets = np.arange(k) - (k - 1) / 2
-    g = np.exp(-(offsets ** 2) / (2 * sigma ** 2))
+    g = np.exp(-(offsets**2) / (2 * sigma**2))
     g /= g.sum()
     return np.outer(g, g)
 
@@ -229,8 +229,12 @@ def test_rotate_limit_is_whole_degrees_as_the_reference_casts_it(make_defence):
 def _find_window(image: np.ndarray, crop: np.ndarray) -> list[tuple[int, int]]:
     ch, cw = crop.shape[-2:]
     h, w = image.shape[-2:]
-    return [(i, j) for i in range(h - ch + 1) for j in range(w - cw + 1)
-            if np.array_equal(image[:, i:i + ch, j:j + cw], crop)]
+    return [
+        (i, j)
+        for i in range(h - ch + 1)
+        for j in range(w - cw + 1)
+        if np.array_equal(image[:, i : i + ch, j : j + cw], crop)
+    ]
 
 
 def test_crop_is_a_window_of_the_image_and_pairs_match(make_defence, make_images):

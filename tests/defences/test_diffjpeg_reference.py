@@ -17,11 +17,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-ANNEX_K_LUMA = torch.tensor([
-    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
-    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
-    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
-    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+ANNEX_K_LUMA = torch.tensor(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ],
+    dtype=torch.float32,
+)
 ANNEX_K_CHROMA = torch.full((8, 8), 99.0)
 ANNEX_K_CHROMA[:4, :4] = torch.tensor([[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]])
 
@@ -54,8 +62,10 @@ class _Clip(torch.autograd.Function):
 def _reference_tables(quality: float) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.tensor([float(quality)])
     scale = torch.floor(torch.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q))
-    return tuple(torch.floor((t[None] * scale[:, None, None] + 50.0) / 100.0).clip(1, 255)[0]
-                 for t in (ANNEX_K_LUMA, ANNEX_K_CHROMA))
+    return tuple(
+        torch.floor((t[None] * scale[:, None, None] + 50.0) / 100.0).clip(1, 255)[0]
+        for t in (ANNEX_K_LUMA, ANNEX_K_CHROMA)
+    )
 
 
 def _dct_tensor(inverse: bool) -> torch.Tensor:
@@ -68,7 +78,7 @@ def _dct_tensor(inverse: bool) -> torch.Tensor:
 
 def _alpha() -> torch.Tensor:
     alpha = torch.ones(8)
-    alpha[0] = 1.0 / 2 ** 0.5
+    alpha[0] = 1.0 / 2**0.5
     return torch.outer(alpha, alpha)
 
 
@@ -92,10 +102,14 @@ def reference_diffjpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     ycbcr = (torch.einsum("...i,ij->...j", x.permute(0, 2, 3, 1), m) + offset).permute(0, 3, 1, 2)
     luma_table, chroma_table = _reference_tables(quality)
     y = _code(ycbcr[:, 0], luma_table)
-    chroma = [rescale(ycbcr[:, c][None], factor=0.5, interpolation="bilinear", align_corners=False,
-                      antialias=True)[0] for c in (1, 2)]
-    chroma = [F.interpolate(_code(c, chroma_table)[:, None], scale_factor=2, mode="bilinear",
-                            align_corners=False)[:, 0] for c in chroma]
+    chroma = [
+        rescale(ycbcr[:, c][None], factor=0.5, interpolation="bilinear", align_corners=False, antialias=True)[0]
+        for c in (1, 2)
+    ]
+    chroma = [
+        F.interpolate(_code(c, chroma_table)[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
+        for c in chroma
+    ]
     stacked = torch.stack((y, *chroma), dim=-1) - offset
     rgb = torch.einsum("...i,ij->...j", stacked, torch.inverse(m)).permute(0, 3, 1, 2)
     return _Clip.apply(rgb, 0, 255)[..., :h, :w] / 255

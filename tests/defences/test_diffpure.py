@@ -21,9 +21,15 @@ def _tiny_unet(zero: bool = False):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
+    unet = UNet2DModel(
+        sample_size=16,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+    )
     if zero:  # predicts epsilon = 0 everywhere: the purification becomes affine in the image
         with torch.no_grad():
             for p in unet.parameters():
@@ -50,8 +56,14 @@ def zero_purifier(tmp_path_factory):
     return DiffPure(model=str(path), t=3).load("cpu")
 
 
-TINY_GUIDED = GuidedUNetConfig(image_size=16, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-                               attention_resolutions=(8,), num_head_channels=16)
+TINY_GUIDED = GuidedUNetConfig(
+    image_size=16,
+    model_channels=32,
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    attention_resolutions=(8,),
+    num_head_channels=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +78,9 @@ def tiny_guided_checkpoint(tmp_path_factory):
 
 @pytest.fixture
 def tiny_guided(monkeypatch, tiny_guided_checkpoint):
-    monkeypatch.setitem(diffpure.GUIDED_MODELS, "guided-tiny",
-                        diffpure.GuidedModel(TINY_GUIDED, WeightSpec("tiny_uncond.pt", ())))
+    monkeypatch.setitem(
+        diffpure.GUIDED_MODELS, "guided-tiny", diffpure.GuidedModel(TINY_GUIDED, WeightSpec("tiny_uncond.pt", ()))
+    )
     return tiny_guided_checkpoint
 
 
@@ -77,6 +90,7 @@ def _images(n=2, size=(16, 16), low=0.0, high=1.0, seed=3):
 
 
 # -- diffusers backend ------------------------------------------------------------------------------
+
 
 def test_output_keeps_shape_and_range_and_changes_the_image(purifier):
     x = _images(size=(20, 24))  # not the model's 16x16: resized there and back
@@ -163,10 +177,12 @@ def test_registered_with_reference_presets():
     t = next(p for p in cls.params if p.name == "t")
     assert t.default == 5 and t.presets == (5, 10, 20, 30, 50)
     assert cls.weights[0].urls == (
-        "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt",)
+        "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt",
+    )
 
 
 # -- guided-diffusion architecture -----------------------------------------------------------------
+
 
 def _expected_tiny_layout() -> dict[str, tuple]:
     """TINY_GUIDED's state-dict layout, written out by hand from guided-diffusion's UNetModel structure."""
@@ -277,8 +293,9 @@ def test_guided_sampler_follows_the_adm_reverse_step(tiny_guided):
         for i in reversed(range(t)):
             eps, v = defence.unet(xt.float(), torch.full((2,), float(i))).double().chunk(2, dim=1)
             x0 = ((xt - (1 - abar[i]).sqrt() * eps) / abar[i].sqrt()).clamp(-1, 1)
-            mean = (betas[i] * abar_prev[i].sqrt() / (1 - abar[i])) * x0 \
-                + ((1 - abar_prev[i]) * (1 - betas[i]).sqrt() / (1 - abar[i])) * xt
+            mean = (betas[i] * abar_prev[i].sqrt() / (1 - abar[i])) * x0 + (
+                (1 - abar_prev[i]) * (1 - betas[i]).sqrt() / (1 - abar[i])
+            ) * xt
             frac = (v + 1) / 2
             logvar = frac * torch.log(betas[i]) + (1 - frac) * post_logvar[i]
             xt = mean + (torch.exp(0.5 * logvar) * draw() if i > 0 else 0)
@@ -300,6 +317,7 @@ def test_guided_checkpoint_of_another_architecture_is_refused(tiny_guided, tmp_p
 
 
 # -- DiffPure + unsharp ---------------------------------------------------------------------------
+
 
 def test_diffpure_unsharp_is_diffpure_then_the_registered_unsharp(unet_dir):
     registry = installed_plugins()

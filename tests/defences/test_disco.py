@@ -18,22 +18,32 @@ TINY = dict(n_resblocks=2, n_feats=8, hidden_list=(16, 16))
 OFFICIAL_LAYOUT_SHA256 = "fbc915466603614b8f3878ab59b03b14fadfb99eecb0312915cfdcf48b4441bf"
 
 
-
 def _spec(n_resblocks=2, n_feats=8, hidden=(16, 16)):
     """The model spec DISCO's train script saves next to the weights (from its yaml config)."""
-    return {"name": "liif", "args": {
-        "encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True, "n_resblocks": n_resblocks,
-                                                          "n_feats": n_feats}},
-        "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": list(hidden)}}}}
+    return {
+        "name": "liif",
+        "args": {
+            "encoder_spec": {
+                "name": "edsr-baseline",
+                "args": {"no_upsampling": True, "n_resblocks": n_resblocks, "n_feats": n_feats},
+            },
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": list(hidden)}},
+        },
+    }
 
 
 def _official_checkpoint(path, *, seed=0):
     """{'model': {name, args, sd}, 'optimizer': {name, args, sd}, 'epoch'} as chihhuiho/disco saves it."""
     torch.manual_seed(seed)
     state = {k: torch.randn_like(v) * 0.1 for k, v in LIIF(**{**OFFICIAL_CONFIG, **TINY}).state_dict().items()}
-    optimizer = {"name": "adam", "args": {"lr": 1e-4},
-                 "sd": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
-                        "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}}
+    optimizer = {
+        "name": "adam",
+        "args": {"lr": 1e-4},
+        "sd": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+            "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}],
+        },
+    }
     torch.save({"model": {**_spec(), "sd": state}, "optimizer": optimizer, "epoch": 3}, path)
     return state
 

@@ -11,7 +11,6 @@ from iqadef.plugins.defences import fcn as fcn_module
 from iqadef.plugins.defences.fcn import FCN, FCNDefence, _split, train_fcn
 
 
-
 def _synthetic_pairs(count: int, size: int = 16, amplitude: float = 0.15, seed: int = 0):
     """Smooth clean images; the "attack" adds one fixed checkerboard (a high-frequency perturbation)."""
     generator = torch.Generator().manual_seed(seed)
@@ -32,8 +31,14 @@ def _psnr(a, b):
 def test_architecture_matches_the_reference_layout():
     state = FCN().state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    assert shapes == {"conv1.weight": (64, 3, 3, 3), "conv1.bias": (64,), "conv2.weight": (16, 64, 3, 3),
-                      "conv2.bias": (16,), "conv3.weight": (3, 16, 3, 3), "conv3.bias": (3,)}
+    assert shapes == {
+        "conv1.weight": (64, 3, 3, 3),
+        "conv1.bias": (64,),
+        "conv2.weight": (16, 64, 3, 3),
+        "conv2.bias": (16,),
+        "conv3.weight": (3, 16, 3, 3),
+        "conv3.bias": (3,),
+    }
 
 
 def test_reference_checkpoint_loads_and_purifies(tmp_path):

@@ -20,7 +20,6 @@ TINY = dict(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reducti
 OFFICIAL_LAYOUT_SHA256 = "3c25cf591d402ee6ce8d93bebbb46f2116619dff433179a502ddf95340611a84"
 
 
-
 class TinyMPRNet(MPRNetDefence):
     arch_config = {**OFFICIAL_CONFIG, **TINY}
 
@@ -55,7 +54,7 @@ def test_official_layout_checkpoint_loads_and_purifies(tmp_path):
     saved = _official_checkpoint(path, {**OFFICIAL_CONFIG, **TINY})
     defence = TinyMPRNet(weights_path=str(path)).load("cpu")
     loaded = defence.network.state_dict()
-    assert set(loaded) == {k[len("module."):] for k in saved}
+    assert set(loaded) == {k[len("module.") :] for k in saved}
     assert torch.equal(loaded["tail.weight"], saved["module.tail.weight"])
 
     images = torch.rand(2, 3, 40, 44)  # 44 is not a multiple of 8: padded to 48 and cropped back

@@ -19,7 +19,6 @@ TINY = dict(num_feat=8, num_conv=2)
 OFFICIAL_LAYOUT_SHA256 = "e265cfe11f87607556f0e2fb718539d9d6f1ffd55a9f61b45b0703b6d36c1f82"
 
 
-
 @pytest.fixture(autouse=True)
 def _offline(offline_home):
     """No download and an empty cache: only the checkpoints the tests write are found."""

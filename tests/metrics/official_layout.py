@@ -20,10 +20,12 @@ def random_state(meta_model: nn.Module, seed: int) -> OrderedDict:
             if name == "num_batches_tracked":
                 value = torch.tensor(100)
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                value = {"weight": torch.rand(t.shape, generator=g) * 0.5 + 0.5,
-                         "bias": torch.randn(t.shape, generator=g) * 0.01,
-                         "running_mean": torch.randn(t.shape, generator=g) * 0.01,
-                         "running_var": torch.rand(t.shape, generator=g) + 0.5}[name]
+                value = {
+                    "weight": torch.rand(t.shape, generator=g) * 0.5 + 0.5,
+                    "bias": torch.randn(t.shape, generator=g) * 0.01,
+                    "running_mean": torch.randn(t.shape, generator=g) * 0.01,
+                    "running_var": torch.rand(t.shape, generator=g) + 0.5,
+                }[name]
             elif isinstance(module, nn.PReLU):
                 value = torch.full(t.shape, 0.25)
             elif name == "weight" and t.dim() >= 2:

@@ -81,7 +81,7 @@ def test_scores_finite_batched_equals_per_image(metric, images):
     batched = metric.score(x)
     assert batched.shape == (4,)
     assert torch.isfinite(batched).all()
-    single = torch.cat([metric.score(x[i:i + 1]) for i in range(4)])
+    single = torch.cat([metric.score(x[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(metric.score(x), batched)  # deterministic (eval mode)
 

@@ -16,6 +16,7 @@ import skimage.data
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
+from official_layout import images, random_state
 from PIL import Image
 from torch import nn
 
@@ -24,17 +25,23 @@ from iqadef.core.plugins import installed_plugins
 from iqadef.plugins.metrics._official import build_from_state
 from iqadef.plugins.metrics.linearity import Linearity, LinearityNet, mapping_coefficient
 
-from official_layout import images, random_state
-
-K = [0.5, 2.0, 3.0]      # [final, layer3 side, layer4 side], Python floats as IQAperformance stores them
+K = [0.5, 2.0, 3.0]  # [final, layer3 side, layer4 side], Python floats as IQAperformance stores them
 B = [50.0, -1.0, -2.0]
 
 
 def official_iqamodel_on_meta() -> nn.Module:
     """The official ``IQAModel(arch='resnext101_32x8d', pool='avg', use_bn_end=False, P6=1, P7=1)`` layout."""
+
     def dr(n):
-        return nn.Sequential(nn.Linear(n, 1024), nn.BatchNorm1d(1024), nn.Linear(1024, 256), nn.BatchNorm1d(256),
-                             nn.Linear(256, 64), nn.BatchNorm1d(64), nn.ReLU())
+        return nn.Sequential(
+            nn.Linear(n, 1024),
+            nn.BatchNorm1d(1024),
+            nn.Linear(1024, 256),
+            nn.BatchNorm1d(256),
+            nn.Linear(256, 64),
+            nn.BatchNorm1d(64),
+            nn.ReLU(),
+        )
 
     with torch.device("meta"):
         model = nn.Module()
@@ -61,7 +68,7 @@ def test_metadata_and_defaults():
     metric = Linearity()
     assert metric.name == "linearity" and metric.higher_is_better
     assert metric.range == pytest.approx((25.78, 83.23), abs=0.01)
-    assert metric.preprocess == "msu" and metric.resize is None      # the MSU wrapper: native size
+    assert metric.preprocess == "msu" and metric.resize is None  # the MSU wrapper: native size
     assert "linearity" in installed_plugins().names("metrics")
 
 
@@ -93,7 +100,7 @@ def test_official_input_is_test_demo_resize_bit_for_bit(array):
 def test_official_input_rounds_the_image_to_8_bits_first():
     """A float image is the 8-bit picture the original loads (nearest level), with a straight-through gradient."""
     array = skimage.data.chelsea()[:64, :80]
-    x = (torch.from_numpy(array).permute(2, 0, 1)[None].float() + 0.3) / 255      # off the 8-bit grid
+    x = (torch.from_numpy(array).permute(2, 0, 1)[None].float() + 0.3) / 255  # off the 8-bit grid
     x.requires_grad_(True)
     ours = Linearity(preprocess="official", resize=[40, 50]).prepare(x)
     assert torch.equal((ours.detach() * 255).round(), (official_demo_input(array, (40, 50)) * 255).round())
@@ -107,8 +114,19 @@ def test_resize_must_be_two_integers(bad):
         Linearity(resize=bad)
 
 
-@pytest.mark.parametrize("stored", [K, tuple(K), np.array(K), np.float64(K[0]), torch.tensor(K), K[0],
-                                    [np.float32(K[0]), 1.0, 1.0], [torch.tensor(K[0]), 1.0, 1.0]])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        K,
+        tuple(K),
+        np.array(K),
+        np.float64(K[0]),
+        torch.tensor(K),
+        K[0],
+        [np.float32(K[0]), 1.0, 1.0],
+        [torch.tensor(K[0]), 1.0, 1.0],
+    ],
+)
 def test_mapping_coefficient_accepts_lists_numpy_and_tensors(stored):
     assert mapping_coefficient(stored, "k", "test") == pytest.approx(K[0])
 
@@ -120,14 +138,14 @@ def test_mapping_coefficient_refuses_other_things(stored):
 
 
 def test_missing_key_is_named():
-    state = random_state(official_iqamodel_on_meta().dr6, 0)   # only dr6: everything else is missing
+    state = random_state(official_iqamodel_on_meta().dr6, 0)  # only dr6: everything else is missing
     with pytest.raises(WeightsError, match="missing keys.*features.0.weight"):
         build_from_state(LinearityNet, {f"dr6.{k}": v for k, v in state.items()}, "p1q2")
 
 
 def test_checkpoint_without_k_and_b_is_refused(tmp_path):
     path = tmp_path / "p1q2.pth"
-    torch.save({"state_dict": {"features.0.weight": torch.zeros(1)}}, path)   # e.g. a SPAQ-style file
+    torch.save({"state_dict": {"features.0.weight": torch.zeros(1)}}, path)  # e.g. a SPAQ-style file
     with pytest.raises(WeightsError, match=r"official layout \{'model', 'k', 'b'\}.*state_dict"):
         Linearity(weights_path=str(path)).load("cpu")
 
@@ -142,15 +160,33 @@ def test_offline_error_names_the_expected_path(offline_home):
 
 # -- heavy: one full-size random checkpoint per module -----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("linearity") / "p1q2.pth"
     state = random_state(official_iqamodel_on_meta(), seed=0)
-    torch.save({"model": state,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8,
-                                                             "weight_decay": 0.0, "amsgrad": False, "params": [0, 1]}]},
-                "amp": OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 0}),
-                "k": list(K), "b": list(B)}, path)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": {
+                "state": {},
+                "param_groups": [
+                    {
+                        "lr": 1e-4,
+                        "betas": (0.9, 0.999),
+                        "eps": 1e-8,
+                        "weight_decay": 0.0,
+                        "amsgrad": False,
+                        "params": [0, 1],
+                    }
+                ],
+            },
+            "amp": OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 0}),
+            "k": list(K),
+            "b": list(B),
+        },
+        path,
+    )
     del state
     return path
 
@@ -168,10 +204,13 @@ def test_official_checkpoint_loads_and_is_calibrated_with_k0_b0(metric):
     scores = metric.score(x)
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     with torch.no_grad():
-        raw = metric.net((torch.nn.functional.interpolate(x, size=(32, 48), mode="bilinear", antialias=True,
-                                                          align_corners=False)
-                          - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-                         / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        raw = metric.net(
+            (
+                torch.nn.functional.interpolate(x, size=(32, 48), mode="bilinear", antialias=True, align_corners=False)
+                - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            )
+            / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        )
     torch.testing.assert_close(scores, raw * K[0] + B[0], rtol=1e-5, atol=1e-4)
     assert not torch.allclose(scores[0], scores[1])
 
@@ -181,7 +220,7 @@ def test_batch_scores_like_single_images_and_is_deterministic(metric):
     x = images(2, seed=1)
     with torch.no_grad():
         batched = metric.score(x)
-        single = torch.cat([metric.score(x[i:i + 1]) for i in range(2)])
+        single = torch.cat([metric.score(x[i : i + 1]) for i in range(2)])
         again = metric.score(x)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
     assert torch.equal(batched, again)

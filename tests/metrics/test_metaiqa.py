@@ -12,13 +12,12 @@ import pytest
 import skimage.data
 import torch
 import torchvision
+from official_layout import images, random_state
 from skimage import transform
 from torch import nn
 
 from iqadef import WeightsError
 from iqadef.plugins.metrics.metaiqa import MetaIQA, MetaIQANet
-
-from official_layout import images, random_state
 
 
 def official_net_on_meta() -> nn.Module:
@@ -51,7 +50,7 @@ def test_official_key_names_and_shapes_match_the_network():
     with torch.device("meta"):
         ours = {k: tuple(v.shape) for k, v in MetaIQANet().state_dict().items()}
     assert ours == official
-    assert official["resnet_layer.fc.weight"] == (1000, 512)       # the ImageNet fc is kept
+    assert official["resnet_layer.fc.weight"] == (1000, 512)  # the ImageNet fc is kept
     assert official["net.fc1.weight"] == (1024, 1000) and official["net.relu1.weight"] == (1,)
     assert official["net.fc3.weight"] == (1, 512)
 
@@ -59,7 +58,7 @@ def test_official_key_names_and_shapes_match_the_network():
 def test_metadata():
     metric = MetaIQA()
     assert metric.name == "metaiqa" and metric.higher_is_better and metric.range == (0.0, 1.0)
-    assert metric.preprocess == "msu" and metric.resize is None      # the MSU wrapper: native size
+    assert metric.preprocess == "msu" and metric.resize is None  # the MSU wrapper: native size
     assert MetaIQA().key() != MetaIQA(preprocess="official").key()
 
 
@@ -103,15 +102,15 @@ def test_loads_scores_in_unit_interval_and_dropout_is_off(metric):
         first, second = metric.score(x), metric.score(x)
     assert first.shape == (3,) and torch.isfinite(first).all()
     assert ((first >= 0) & (first <= 1)).all()
-    assert torch.equal(first, second)                          # no dropout randomness
-    assert first.max() - first.min() > 1e-6                    # the score depends on the image
+    assert torch.equal(first, second)  # no dropout randomness
+    assert first.max() - first.min() > 1e-6  # the score depends on the image
 
 
 def test_batch_scores_like_single_images(metric):
     x = images(3, seed=1, size=(50, 45))
     with torch.no_grad():
         batched = metric.score(x)
-        single = torch.cat([metric.score(x[i:i + 1]) for i in range(3)])
+        single = torch.cat([metric.score(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
 
 

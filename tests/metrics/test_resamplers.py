@@ -13,17 +13,22 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from skimage.transform import resize as skimage_reference
 
-from iqadef.plugins.metrics._official import (pil_bilinear_resize, quantize_8bit, resize, shorter_side_size,
-                                              skimage_resize)
+from iqadef.plugins.metrics._official import (
+    pil_bilinear_resize,
+    quantize_8bit,
+    resize,
+    shorter_side_size,
+    skimage_resize,
+)
 
 SIZES = [  # (H, W) in -> (H, W) out
-    ((37, 53), (20, 31)),      # shrink, odd sizes
-    ((17, 13), (40, 29)),      # enlarge
-    ((61, 47), (23, 80)),      # shrink one side, enlarge the other
-    ((40, 56), (40, 23)),      # one side only
-    ((41, 9), (12, 9)),        # the other side only
-    ((10, 10), (1, 1)),        # the Gaussian reaches past the image several times (mirror boundary)
-    ((1, 7), (3, 2)),          # a one-pixel side
+    ((37, 53), (20, 31)),  # shrink, odd sizes
+    ((17, 13), (40, 29)),  # enlarge
+    ((61, 47), (23, 80)),  # shrink one side, enlarge the other
+    ((40, 56), (40, 23)),  # one side only
+    ((41, 9), (12, 9)),  # the other side only
+    ((10, 10), (1, 1)),  # the Gaussian reaches past the image several times (mirror boundary)
+    ((1, 7), (3, 2)),  # a one-pixel side
     ((300, 451), (224, 224)),  # MetaIQA's test size from an image of natural size
 ]
 
@@ -60,10 +65,11 @@ def pil_horizontal_then_vertical(array: np.ndarray, size: tuple[int, int]) -> np
 
 # -- scikit-image ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("size_in", "size_out"), SIZES)
 def test_skimage_resize_matches_scikit_image_on_random_images(size_in, size_out):
     array = random_uint8(*size_in, seed=sum(size_in))
-    expected = skimage_reference(array, size_out)               # uint8 in, as MetaIQA passes it
+    expected = skimage_reference(array, size_out)  # uint8 in, as MetaIQA passes it
     for dtype, tolerance in [(torch.float64, 1e-12), (torch.float32, 1e-5)]:
         ours = skimage_resize(as_batch(array, dtype), size_out)[0].permute(1, 2, 0).double().numpy()
         assert ours.shape == expected.shape
@@ -99,6 +105,7 @@ def test_skimage_resize_treats_each_image_of_a_batch_alone():
 
 # -- PIL -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("size_in", "size_out"), SIZES + [((768, 1024), (498, 664)), ((512, 512), (498, 664))])
 def test_pil_bilinear_resize_is_pil_bit_for_bit(size_in, size_out):
     for seed in range(3):
@@ -107,12 +114,14 @@ def test_pil_bilinear_resize_is_pil_bit_for_bit(size_in, size_out):
         assert np.array_equal(ours, pil_horizontal_then_vertical(array, size_out))
 
 
-@pytest.mark.parametrize(("size_in", "size_out"), [((300, 451), (498, 664)), ((400, 600), (498, 664)),
-                                                   ((512, 512), (224, 224)), ((300, 451), (40, 23))])
+@pytest.mark.parametrize(
+    ("size_in", "size_out"),
+    [((300, 451), (498, 664)), ((400, 600), (498, 664)), ((512, 512), (224, 224)), ((300, 451), (40, 23))],
+)
 def test_pil_bilinear_resize_equals_image_resize_on_photographs(size_in, size_out):
     """``Image.resize`` itself (every Pillow agrees on these: both sides shrink or grow alike)."""
     for array in natural_uint8():
-        array = np.ascontiguousarray(array[:size_in[0], :size_in[1]])
+        array = np.ascontiguousarray(array[: size_in[0], : size_in[1]])
         expected = np.asarray(Image.fromarray(array).resize(size_out[::-1], Image.BILINEAR)).astype(np.int64)
         assert np.array_equal(as_levels(pil_bilinear_resize(as_batch(array), size_out)), expected)
 
@@ -120,7 +129,7 @@ def test_pil_bilinear_resize_equals_image_resize_on_photographs(size_in, size_ou
 def test_pil_bilinear_resize_as_torchvision_calls_it():
     """``torchvision.transforms.functional.resize`` on a PIL image (LinearityIQA's test_demo.py, SPAQ's
     ``Resize(512)``) is ``Image.resize(BILINEAR)``; the shorter-side size is torchvision's."""
-    array = skimage.data.coffee()                                      # 400 x 600
+    array = skimage.data.coffee()  # 400 x 600
     image = Image.fromarray(array)
     for size, ours in [((498, 664), (498, 664)), (512, shorter_side_size(400, 600, 512))]:
         expected = np.asarray(TF.resize(image, size if isinstance(size, tuple) else [size])).astype(np.int64)
@@ -132,14 +141,16 @@ def test_pil_bilinear_resize_as_torchvision_calls_it():
 
 def test_pil_bilinear_resize_keeps_the_size_unchanged():
     x = as_batch(random_uint8(9, 7, seed=0))
-    assert pil_bilinear_resize(x, (9, 7)) is x                          # PIL returns a copy
+    assert pil_bilinear_resize(x, (9, 7)) is x  # PIL returns a copy
 
 
 def pil_float_resize(x: torch.Tensor, size) -> torch.Tensor:
     """PIL's mode 'F' resize (float32 planes: the same normalised weights, no fixed point, no rounding)."""
     out_h, out_w = size
-    planes = [np.asarray(Image.fromarray(x[0, c].numpy().astype(np.float32)).resize((out_w, out_h), Image.BILINEAR))
-              for c in range(x.shape[1])]
+    planes = [
+        np.asarray(Image.fromarray(x[0, c].numpy().astype(np.float32)).resize((out_w, out_h), Image.BILINEAR))
+        for c in range(x.shape[1])
+    ]
     return torch.from_numpy(np.stack(planes)).double()[None]
 
 
@@ -159,7 +170,7 @@ def test_pil_bilinear_resize_gradient_is_pil_float_resize(size_in, size_out):
     x = as_batch(random_uint8(*size_in, seed=1), torch.float64).requires_grad_(True)
     weights = torch.randn(1, 3, *size_out, dtype=torch.float64)
     (pil_bilinear_resize(x, size_out) * weights).sum().backward()
-    probe = torch.rand_like(x)                                  # <L^T w, p> = <w, L p>
+    probe = torch.rand_like(x)  # <L^T w, p> = <w, L p>
     through_pil = (pil_float_resize(probe, size_out) * weights).sum()
     torch.testing.assert_close((x.grad * probe).sum(), through_pil, rtol=1e-5, atol=1e-5)
 

@@ -11,13 +11,12 @@ import skimage.data
 import torch
 import torchvision
 import torchvision.transforms as T
+from official_layout import images, random_state
 from PIL import Image
 from torch import nn
 
 from iqadef import ConfigError, WeightsError
 from iqadef.plugins.metrics.spaq import SPAQ, SPAQBaselineNet
-
-from official_layout import images, random_state
 
 
 def official_baseline_on_meta() -> nn.Module:
@@ -40,15 +39,16 @@ def original_patch_loop(net: nn.Module, image: torch.Tensor, patch: int) -> torc
     w_idx = [i * stride for i in range(int((width - patch) / stride) + 1)]
     if width - patch != w_idx[-1]:
         w_idx.append(width - patch)
-    scores = [net(image[None, :, h:h + patch, w:w + patch]) for h in h_idx for w in w_idx]
+    scores = [net(image[None, :, h : h + patch, w : w + patch]) for h in h_idx for w in w_idx]
     return torch.stack(scores).mean(), len(scores)
 
 
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("spaq") / "BL_release.pt"
-    torch.save({"state_dict": random_state(official_baseline_on_meta(), seed=0)}, path,
-               _use_new_zipfile_serialization=False)          # PyTorch 1.1 wrote the legacy format
+    torch.save(
+        {"state_dict": random_state(official_baseline_on_meta(), seed=0)}, path, _use_new_zipfile_serialization=False
+    )  # PyTorch 1.1 wrote the legacy format
     return path
 
 
@@ -76,12 +76,15 @@ def test_metadata_and_defaults():
 
 
 @pytest.mark.parametrize("preprocess", ["official", "msu-resize-512"])
-@pytest.mark.parametrize(("size", "expected"), [
-    ((600, 800), (512, 682)),      # both sides >= 512: shorter side to 512 (as transforms.Resize(512))
-    ((500, 800), (500, 800)),      # one side < 512: kept, as Image_load.adaptive_resize
-    ((512, 300), (512, 300)),
-    ((100, 300), (224, 672)),      # smaller than a patch: brought up to one patch (the original would fail)
-])
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((600, 800), (512, 682)),  # both sides >= 512: shorter side to 512 (as transforms.Resize(512))
+        ((500, 800), (500, 800)),  # one side < 512: kept, as Image_load.adaptive_resize
+        ((512, 300), (512, 300)),
+        ((100, 300), (224, 672)),  # smaller than a patch: brought up to one patch (the original would fail)
+    ],
+)
 def test_adaptive_resize(size, expected, preprocess):
     metric = SPAQ(preprocess="official") if preprocess == "official" else SPAQ(resize=512)
     assert tuple(metric.prepare(torch.zeros(1, 3, *size)).shape[-2:]) == expected
@@ -106,7 +109,7 @@ def test_official_resize_is_image_load_bit_for_bit():
 
 def test_checkpoint_without_state_dict_key_is_refused(tmp_path):
     path = tmp_path / "BL_release.pt"
-    torch.save({"backbone.fc.weight": torch.zeros(1, 2048)}, path)       # a bare state dict, not the release file
+    torch.save({"backbone.fc.weight": torch.zeros(1, 2048)}, path)  # a bare state dict, not the release file
     with pytest.raises(WeightsError, match="key 'state_dict'.*backbone.fc.weight"):
         SPAQ(weights_path=str(path)).load("cpu")
 
@@ -114,7 +117,7 @@ def test_checkpoint_without_state_dict_key_is_refused(tmp_path):
 def test_official_preprocess_is_8_bit_with_a_straight_through_gradient():
     x = torch.rand(1, 3, 520, 530, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     out = SPAQ(preprocess="official").prepare(x)
-    assert out.shape[-2:] == (512, 521)                   # int(512 * 530 / 520)
+    assert out.shape[-2:] == (512, 521)  # int(512 * 530 / 520)
     assert torch.equal(out.detach() * 255, (out.detach() * 255).round())
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and (x.grad > 0).all()
@@ -122,7 +125,7 @@ def test_official_preprocess_is_8_bit_with_a_straight_through_gradient():
 
 @pytest.mark.slow
 def test_loads_and_matches_the_original_per_patch_loop(metric):
-    x = images(2, size=(40, 56))                  # rows [0, 8], cols [0, 16, 24] (edge-flush ones included)
+    x = images(2, size=(40, 56))  # rows [0, 8], cols [0, 16, 24] (edge-flush ones included)
     with torch.no_grad():
         batched = metric.score(x)
         expected = [original_patch_loop(metric.net, x[i], 32) for i in range(2)]
@@ -136,7 +139,7 @@ def test_batch_scores_like_single_images(metric):
     x = images(3, seed=1, size=(40, 40))
     with torch.no_grad():
         batched = metric.score(x)
-        single = torch.cat([metric.score(x[i:i + 1]) for i in range(3)])
+        single = torch.cat([metric.score(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
 
 

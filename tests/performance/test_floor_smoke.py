@@ -39,7 +39,7 @@ def test_split_nests_and_undoes():
         patches.method(Box, "outer", "attack")
         patches.method(Box, "inner", "metric")
         assert Box().outer() == 2 and Box().inner() == 1
-    assert split.calls == {"attack": 1, "metric": 1}   # inner inside outer counted for outer only
+    assert split.calls == {"attack": 1, "metric": 1}  # inner inside outer counted for outer only
     assert not getattr(Box.outer, "__floor_timed__", False) and not getattr(Box.inner, "__floor_timed__", False)
 
 
@@ -49,8 +49,21 @@ def test_quick_run_writes_a_split_that_adds_up(tmp_path):
     out = tmp_path / "floor.json"
     assert floor.main(["--quick", "--threads", "1", "--out", str(out), "--workdir", str(tmp_path)]) == 0
     result = json.loads(out.read_text())
-    for key in ("cells", "total_s", "floor_s", "parts_s", "parts_share", "calls", "ratios", "goals", "met",
-                "loadavg_before", "loadavg_after", "date", "machine"):
+    for key in (
+        "cells",
+        "total_s",
+        "floor_s",
+        "parts_s",
+        "parts_share",
+        "calls",
+        "ratios",
+        "goals",
+        "met",
+        "loadavg_before",
+        "loadavg_after",
+        "date",
+        "machine",
+    ):
         assert key in result, key
     assert set(result["parts_s"]) == set(floor.PARTS) | {"other"}
     assert set(result["ratios"]) >= {"total_over_floor", "measures_share", "storage_io_share"}
@@ -61,8 +74,8 @@ def test_quick_run_writes_a_split_that_adds_up(tmp_path):
     # the named parts never overlap (at most the total) and account for at least 90% of it
     assert 0.9 * result["total_s"] <= named <= result["total_s"] * 1.001
     assert result["floor_s"] == pytest.approx(parts["attack"] + parts["defence"] + parts["metric"])
-    assert result["calls"]["attack"] == 2   # x_a once per (metric, attack, batch), whatever the defences
+    assert result["calls"]["attack"] == 2  # x_a once per (metric, attack, batch), whatever the defences
     assert result["calls"]["measures"] > 0 and result["calls"]["storage"] > 0 and result["calls"]["png_io"] > 0
     from iqadef.plugins.metrics.embedded import TinyIQA
 
-    assert not getattr(TinyIQA.score, "__floor_timed__", False)   # the timers are gone after the run
+    assert not getattr(TinyIQA.score, "__floor_timed__", False)  # the timers are gone after the run

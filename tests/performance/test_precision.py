@@ -13,18 +13,24 @@ import pytest
 import torch
 from torch import nn
 
-from iqadef.core.errors import ConfigError
-from iqadef.core.plugins import installed_plugins
-from iqadef.core.numerics import Numerics, prepare_module
 from iqadef.config.registry import parse_run_config
+from iqadef.core.errors import ConfigError
+from iqadef.core.numerics import Numerics, prepare_module
+from iqadef.core.plugins import installed_plugins
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "src" / "iqadef" / "data" / "images"
 
 
 def config(tmp_path: Path, **extra):
-    data = {"metrics": ["tiny-iqa"], "attacks": ["fgsm"], "defences": ["no-defence", "flip", "fcn"],
-            "device": "cpu", "output": str(tmp_path / "run"), **extra}
+    data = {
+        "metrics": ["tiny-iqa"],
+        "attacks": ["fgsm"],
+        "defences": ["no-defence", "flip", "fcn"],
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+        **extra,
+    }
     return parse_run_config(data, tmp_path / "registry.yaml", registry=installed_plugins())
 
 
@@ -34,11 +40,16 @@ def images(n: int = 2, size: int = 64) -> torch.Tensor:
     return nn.functional.interpolate(base, size=(size, size), mode="bilinear").clamp(0, 1)
 
 
-@pytest.mark.parametrize("key,value,needle", [("precision", "fp64", "precision: 'fp64' must be one of fp32, bf16, fp16"),
-                                              ("compile", "yes", "compile: 'yes' must be true or false"),
-                                              ("channels_last", 1, "channels_last: 1 must be true or false"),
-                                              ("precision", ["bf16"], "precision: ['bf16'] must be one of"),
-                                              ("precision", {"a": 1}, "precision: {'a': 1} must be one of")])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("precision", "fp64", "precision: 'fp64' must be one of fp32, bf16, fp16"),
+        ("compile", "yes", "compile: 'yes' must be true or false"),
+        ("channels_last", 1, "channels_last: 1 must be true or false"),
+        ("precision", ["bf16"], "precision: ['bf16'] must be one of"),
+        ("precision", {"a": 1}, "precision: {'a': 1} must be one of"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(tmp_path, key, value, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         config(tmp_path, **{key: value})
@@ -53,9 +64,9 @@ def test_fp32_keeps_identities_and_other_numerics_change_only_networks(tmp_path)
     assert keys(plain) == keys(explicit)
     for other in (bf16, last):
         k0, k1 = keys(plain), keys(other)
-        assert k1[0] != k0[0]                   # tiny-iqa's network
-        assert k1[4] != k0[4]                   # fcn's network
-        assert k1[1:4] == k0[1:4]               # the attack, no-defence and flip ignore the keys
+        assert k1[0] != k0[0]  # tiny-iqa's network
+        assert k1[4] != k0[4]  # fcn's network
+        assert k1[1:4] == k0[1:4]  # the attack, no-defence and flip ignore the keys
     assert bf16.attacks[0].attack.numerics is None and bf16.defences[1].numerics is None
 
 
@@ -77,14 +88,14 @@ def test_low_precision_metric_scores_float32_and_keeps_gradients(tmp_path, preci
     ref_metric = config(tmp_path).metrics[0].load("cpu")
     metric = config(tmp_path, precision=precision).metrics[0].load("cpu")
     assert metric.net._iqadef_numerics == Numerics(precision)
-    assert {p.dtype for p in metric.net.parameters()} == {torch.float32}   # tiny-iqa: autocast style
+    assert {p.dtype for p in metric.net.parameters()} == {torch.float32}  # tiny-iqa: autocast style
     xg = x.clone().requires_grad_(True)
     scores = metric.score(xg)
     assert scores.dtype == torch.float32 and scores.shape == (2,)
     (grad,) = torch.autograd.grad(scores.sum(), xg)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
     expected = ref_metric.score(x)
-    assert 0 < (scores.detach() - expected).abs().max() < tol   # it did run in low precision, and stays close
+    assert 0 < (scores.detach() - expected).abs().max() < tol  # it did run in low precision, and stays close
     # an attack runs through it: FGSM moves the image
     from iqadef.plugins.attacks.fgsm import FGSM
 
@@ -151,7 +162,7 @@ def test_a_run_in_another_precision_reuses_no_fp32_row(tmp_path):
     bf16 = run_grid(config(tmp_path, **grid, precision="bf16"), progress=False)
     assert bf16.computed == 2 and bf16.skipped == 0 and bf16.other_cells == 2
     assert not set(bf16.table.get("metric_key", [])) & set(first.table.get("metric_key", []))
-    again = run_grid(config(tmp_path, **grid), progress=False)   # back to fp32: the stored rows are reused
+    again = run_grid(config(tmp_path, **grid), progress=False)  # back to fp32: the stored rows are reused
     assert again.computed == 0 and again.skipped == 2
     import pandas as pd
 
@@ -176,4 +187,4 @@ def test_compile_on_cpu_matches_eager(tmp_path):
     # fused kernels round differently: the gradient an attack follows stays the same direction
     cosine = torch.nn.functional.cosine_similarity(grad.flatten(1), grad_ref.flatten(1), dim=1)
     assert (cosine > 0.999).all()
-    assert metric.net._compiled_call_impl is not None   # it did compile (nn.Module.compile)
+    assert metric.net._compiled_call_impl is not None  # it did compile (nn.Module.compile)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from iqadef.core.errors import ConfigError
-from iqadef.core.plugins import InstalledPlugins
 from iqadef.analysis.protocol import LEVEL_SETTINGS, ROLE_ATTACKS, STUDY_EPS, format_eps, protocol_attacks
 from iqadef.config.registry import load_run_config
+from iqadef.core.errors import ConfigError
+from iqadef.core.plugins import InstalledPlugins
 from iqadef.plan.grid import run_info
 
 BASE = """
@@ -59,8 +59,11 @@ def test_quick_adds_the_ensemble_labelled_by_role_and_budget(tmp_path, registry)
 
 def test_standard_has_the_four_budgets_the_studys_and_one_l2(tmp_path, registry):
     config = _config(tmp_path, registry, "protocol: standard")
-    budgets = {(c["threat"], format_eps(c["threat"], c["eps"])) for c in config.protocol["cells"].values()
-               if c["role"] != "sanity"}
+    budgets = {
+        (c["threat"], format_eps(c["threat"], c["eps"]))
+        for c in config.protocol["cells"].values()
+        if c["role"] != "sanity"
+    }
     assert {b for t, b in budgets if t == "linf"} == {"2/255", "4/255", "8/255", "10/255", "16/255"}
     assert len({b for t, b in budgets if t == "l2"}) == 1
     assert STUDY_EPS in LEVEL_SETTINGS["standard"].linf

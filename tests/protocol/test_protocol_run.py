@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,13 +15,11 @@ import torch
 from PIL import Image
 
 from iqadef import Defence, hookimpl
-from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import load_run_config
-from iqadef.report import write_report
-from iqadef.execute import run_grid
 from iqadef.analysis.verdict import study_rows
-
-from pathlib import Path
+from iqadef.config.registry import load_run_config
+from iqadef.core.plugins import InstalledPlugins
+from iqadef.execute import run_grid
+from iqadef.report import write_report
 
 BUNDLED = Path(__file__).resolve().parents[2] / "src" / "iqadef" / "data" / "images"
 IMAGES = ("astronaut", "brick", "coffee", "chelsea")
@@ -87,14 +86,26 @@ def test_protocol_ranks_flip_with_no_defence_and_flags_the_gradient_hider(protoc
     summary = protocol_run
     assert summary.failed == 0
     table = pd.read_csv(summary.run_dir / "verdict.csv", keep_default_na=False, na_values=[""])
-    assert {"metric", "defence", "threat", "eps", "gain_nonadaptive", "gain_adaptive", "gain_blackbox",
-            "gain_worst", "flags"} <= set(table.columns)
+    assert {
+        "metric",
+        "defence",
+        "threat",
+        "eps",
+        "gain_nonadaptive",
+        "gain_adaptive",
+        "gain_blackbox",
+        "gain_worst",
+        "flags",
+    } <= set(table.columns)
     assert pd.read_parquet(summary.run_dir / "verdict.parquet").shape == table.shape
     head = table[table["budget"] == "linf=10/255"].set_index("defence")
     none = head.loc["no-defence"]
     # flip is no defence against an attacker who knows it: its worst case overlaps no-defence's interval
     flip = head.loc["flip"]
-    assert flip["gain_worst_ci_low"] <= none["gain_worst_ci_high"] and none["gain_worst_ci_low"] <= flip["gain_worst_ci_high"]
+    assert (
+        flip["gain_worst_ci_low"] <= none["gain_worst_ci_high"]
+        and none["gain_worst_ci_low"] <= flip["gain_worst_ci_high"]
+    )
     assert abs(flip["gain_worst"] - none["gain_worst"]) < 0.1
     assert "a" in flip["flags"]  # its non-adaptive figure was no robustness figure
     hider = head.loc["test-gradient-hider"]

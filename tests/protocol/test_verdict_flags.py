@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqadef.core import verdict as V
 from iqadef.analysis.protocol import ROLE_ATTACKS, RoleSpec, describe, protocol_attacks
+from iqadef.core import verdict as V
 
 SPAN = 100.0  # metric range 0..100: a normalised gain g is a score change of 100 g
 N = 10
@@ -20,12 +20,21 @@ def _info(level: str = "quick") -> dict:
     roles = {**ROLE_ATTACKS, ("blackbox", "linf"): RoleSpec("some-black-box", lambda eps, lv: {"eps": eps})}
     specs = protocol_attacks(level, roles)
     labels = {s.label: s for s in specs}
-    return {"seed": 0, "metrics": {"m": {"name": "m", "range": [0, 100], "higher_is_better": True}},
-            "protocol": describe(level, labels, ["study-attack"], {s.label: s.attack for s in specs})}
+    return {
+        "seed": 0,
+        "metrics": {"m": {"name": "m", "range": [0, 100], "higher_is_better": True}},
+        "protocol": describe(level, labels, ["study-attack"], {s.label: s.attack for s in specs}),
+    }
 
 
-def _rows(info: dict, gains: dict, defence: str = "d", sanity_f: float = 100.0, redraw: float | None = None,
-          study_linf: float = 10 / 255) -> pd.DataFrame:
+def _rows(
+    info: dict,
+    gains: dict,
+    defence: str = "d",
+    sanity_f: float = 100.0,
+    redraw: float | None = None,
+    study_linf: float = 10 / 255,
+) -> pd.DataFrame:
     """One row per protocol cell and image: ``gains[(role, eps)]`` is a normalised gain (a number or a list
     per image); missing roles get none. f(x) = 50; the sanity cell ends at ``sanity_f``."""
     rows = []
@@ -41,18 +50,38 @@ def _rows(info: dict, gains: dict, defence: str = "d", sanity_f: float = 100.0, 
             continue
         for i, g in enumerate(values):
             f_adv = sanity_f if spec["role"] == "sanity" else 50 + SPAN * g
-            row = {"metric": "m", "defence": defence, "image": f"i{i}", "attack": label, "status": "ok",
-                   "adaptive": spec["adaptive"], "f_clean": 50.0, "f_def_clean": 50.0, "f_def_adv": f_adv,
-                   "linf_x_xa": spec["eps"]}
+            row = {
+                "metric": "m",
+                "defence": defence,
+                "image": f"i{i}",
+                "attack": label,
+                "status": "ok",
+                "adaptive": spec["adaptive"],
+                "f_clean": 50.0,
+                "f_def_clean": 50.0,
+                "f_def_adv": f_adv,
+                "linf_x_xa": spec["eps"],
+            }
             if redraw is not None:
                 base = (f_adv - 50) / SPAN
                 row.update(redraw_gain_min=base - redraw / 2, redraw_gain_max=base + redraw / 2, redraw_gain_sd=0.0)
             rows.append(row)
     if ("study", 10) in gains:
         for i in range(N):
-            rows.append({"metric": "m", "defence": defence, "image": f"i{i}", "attack": "study-attack",
-                         "status": "ok", "adaptive": "none", "f_clean": 50.0, "f_def_clean": 50.0,
-                         "f_def_adv": 50 + SPAN * gains[("study", 10)], "linf_x_xa": study_linf})
+            rows.append(
+                {
+                    "metric": "m",
+                    "defence": defence,
+                    "image": f"i{i}",
+                    "attack": "study-attack",
+                    "status": "ok",
+                    "adaptive": "none",
+                    "f_clean": 50.0,
+                    "f_def_clean": 50.0,
+                    "f_def_adv": 50 + SPAN * gains[("study", 10)],
+                    "linf_x_xa": study_linf,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -68,8 +97,12 @@ HEALTHY = {("nonadaptive", 4): 0.10, ("adaptive", 4): 0.15, ("nonadaptive", 10):
 
 def test_worst_case_is_the_highest_gain_per_image_and_grows_with_the_budget():
     info = _info()
-    gains = {("nonadaptive", 4): [0.3] * 5 + [0.0] * 5, ("adaptive", 4): [0.0] * 5 + [0.2] * 5,
-             ("nonadaptive", 10): 0.1, ("adaptive", 10): 0.1}
+    gains = {
+        ("nonadaptive", 4): [0.3] * 5 + [0.0] * 5,
+        ("adaptive", 4): [0.0] * 5 + [0.2] * 5,
+        ("nonadaptive", 10): 0.1,
+        ("adaptive", 10): 0.1,
+    }
     table = V.verdict(_rows(info, gains), info).table.set_index("budget")
     assert table.loc["linf=4/255", "gain_worst"] == pytest.approx(0.25)  # per image: max(0.3, 0) / max(0, 0.2)
     assert table.loc["linf=4/255", "gain_nonadaptive"] == pytest.approx(0.15)
@@ -153,8 +186,12 @@ def test_flag_e_fires_when_fresh_draws_of_the_defence_change_the_gain():
 
 def test_ranking_puts_the_headline_budget_first_and_keeps_the_study_rank():
     info = _info()
-    df = pd.concat([_rows(info, HEALTHY, defence="robust"),
-                    _rows(info, {**HEALTHY, ("nonadaptive", 10): 0.01, ("adaptive", 10): 0.7}, defence="masked")])
+    df = pd.concat(
+        [
+            _rows(info, HEALTHY, defence="robust"),
+            _rows(info, {**HEALTHY, ("nonadaptive", 10): 0.01, ("adaptive", 10): 0.7}, defence="masked"),
+        ]
+    )
     study = {"m": pd.DataFrame({"defence": ["masked", "robust"], "rank": [1, 2], "norm_gain": [0.01, 0.2]})}
     ranking = V.verdict(df, info, study).ranking
     assert list(ranking["defence"]) == ["robust", "masked"]
@@ -187,10 +224,12 @@ def test_without_protocol_there_is_no_verdict_and_every_row_is_the_studys():
 def test_certified_defence_shows_the_best_attack_at_its_radius_beside_its_interval():
     roles = {**ROLE_ATTACKS}
     specs = protocol_attacks("quick", roles, radii=(0.25,))
-    info = {"seed": 0, "metrics": {"m": {"name": "m", "range": [0, 100], "higher_is_better": True}},
-            "certified": {"ms": {"name": "median-smoothing", "eps": 0.25, "sigma": 0.12, "n": 100, "alpha": 0.001}},
-            "protocol": describe("quick", {s.label: s for s in specs}, [], {s.label: s.attack for s in specs},
-                                 (0.25,))}
+    info = {
+        "seed": 0,
+        "metrics": {"m": {"name": "m", "range": [0, 100], "higher_is_better": True}},
+        "certified": {"ms": {"name": "median-smoothing", "eps": 0.25, "sigma": 0.12, "n": 100, "alpha": 0.001}},
+        "protocol": describe("quick", {s.label: s for s in specs}, [], {s.label: s.attack for s in specs}, (0.25,)),
+    }
     assert info["protocol"]["budgets"]["l2"] == [0.25] and "0.25" in info["protocol"]["threat_model"]
     rows = []
     for label, spec in info["protocol"]["cells"].items():
@@ -199,9 +238,22 @@ def test_certified_defence_shows_the_best_attack_at_its_radius_beside_its_interv
         for i in range(N):
             f_s = 60.0 if spec["role"] == "adaptive" else 55.0  # the adaptive attack goes further
             f_s += 10.0 if i == 0 else 0.0  # image 0 leaves the interval [40, 62]
-            rows.append({"metric": "m", "defence": "ms", "image": f"i{i}", "attack": label, "status": "ok",
-                         "adaptive": spec["adaptive"], "f_clean": 50.0, "f_def_clean": 50.0, "f_def_adv": f_s,
-                         "cert_lower_clean": 40.0, "cert_upper_clean": 62.0, "cert_applies": float(i != 9)})
+            rows.append(
+                {
+                    "metric": "m",
+                    "defence": "ms",
+                    "image": f"i{i}",
+                    "attack": label,
+                    "status": "ok",
+                    "adaptive": spec["adaptive"],
+                    "f_clean": 50.0,
+                    "f_def_clean": 50.0,
+                    "f_def_adv": f_s,
+                    "cert_lower_clean": 40.0,
+                    "cert_upper_clean": 62.0,
+                    "cert_applies": float(i != 9),
+                }
+            )
     table = V.verdict(pd.DataFrame(rows), info).table
     row = table[(table["threat"] == "l2")].iloc[0]
     assert row["cert_radius"] == 0.25 and row["cert_applies_share"] == pytest.approx(0.9)

@@ -162,8 +162,9 @@ def test_pyiqa_is_left_as_it_was_after_loading(registry, weights):
 
 
 def _cli(*args, env, cwd=None):
-    return subprocess.run([sys.executable, "-m", "iqadef", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "iqadef", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -187,7 +188,8 @@ def test_cli_lists_and_runs_a_grid_with_pyiqa_metrics(weights, tmp_path):
     (tmp_path / "grid.yaml").write_text(
         f"dataset: {{images: {folder}}}\noutput: {tmp_path / 'run'}\ndevice: cpu\nbatch_size: 2\n"
         "metrics: [pyiqa-cnniqa, pyiqa-niqe]\nattacks: [{name: ifgsm, params: {iters: 2}}]\n"
-        "defences: [no-defence, median-blur]\n")
+        "defences: [no-defence, median-blur]\n"
+    )
     run = _cli("run", str(tmp_path / "grid.yaml"), env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     import pandas as pd
@@ -198,17 +200,35 @@ def test_cli_lists_and_runs_a_grid_with_pyiqa_metrics(weights, tmp_path):
 
 
 def test_the_built_distribution_ships_its_file_catalogue(tmp_path):
-    """`pip install ./plugins/iqadef-pyiqa` installs the adapter as a wheel (not editable): known_files.json must be in it."""
-    import zipfile
-
+    """`pip install ./plugins/iqadef-pyiqa` installs the adapter as a wheel (not editable): known_files.json must be
+    in it."""
     import shutil
+    import zipfile
 
     # a copy as a clean clone has it: an egg-info left by an editable install would list the file itself
     adapter = tmp_path / "iqadef-pyiqa"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "plugins" / "iqadef-pyiqa", adapter,
-                    ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path / "dist"), str(adapter)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        Path(__file__).resolve().parents[2] / "plugins" / "iqadef-pyiqa",
+        adapter,
+        ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"),
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(adapter),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("iqadef_pyiqa-*.whl")
     assert "iqadef_pyiqa/known_files.json" in zipfile.ZipFile(wheel).namelist()

@@ -59,10 +59,28 @@ def test_the_adapters_metadata_states_pyiqas_non_commercial_licences(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     adapter_dir = tmp_path / "iqadef-pyiqa"
-    shutil.copytree(root / "plugins" / "iqadef-pyiqa", adapter_dir,
-                    ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path / "dist"), str(adapter_dir)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        root / "plugins" / "iqadef-pyiqa",
+        adapter_dir,
+        ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"),
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(adapter_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("iqadef_pyiqa-*.whl")
     with zipfile.ZipFile(wheel) as z:

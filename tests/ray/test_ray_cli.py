@@ -14,7 +14,6 @@ from toy_plugins import install_as_distribution
 from iqadef.config.registry import load_run_config
 from iqadef.execute import run_grid
 
-
 REGISTRY = """
 dataset: {{images: {images}}}
 output: {output}
@@ -36,15 +35,30 @@ def test_cli_executor_flag_runs_the_grid_on_a_ray_instance_it_starts(tmp_path, i
         (tmp_path / f"{name}.yaml").write_text(REGISTRY.format(images=image_dir, output=name))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(install_as_distribution(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "iqadef", "run", "--no-report", "--no-progress",
-                           "--executor", "ray", str(tmp_path / "cli.yaml")],
-                          env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iqadef",
+            "run",
+            "--no-report",
+            "--no-progress",
+            "--executor",
+            "ray",
+            str(tmp_path / "cli.yaml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((tmp_path / "cli" / "run.json").read_text())
     assert info["registry"]["executor"] == "ray"  # the registry said local; the flag won
     assert "Started a local Ray instance" in done.stderr  # no address: Ray was started here
-    local = run_grid(load_run_config(tmp_path / "local.yaml", registry=ray_registry), registry=ray_registry,
-                     progress=False)
+    local = run_grid(
+        load_run_config(tmp_path / "local.yaml", registry=ray_registry), registry=ray_registry, progress=False
+    )
     a = pd.read_parquet(local.run_dir / "results.parquet")
     b = pd.read_parquet(tmp_path / "cli" / "results.parquet")
     assert len(b) == 6 * 2 * 2 and (b["status"] == "ok").all()

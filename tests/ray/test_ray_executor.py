@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
+from iqadef.config.registry import load_run_config
 from iqadef.core.dataset import Dataset
 from iqadef.core.errors import ConfigError, IqadefError
-from iqadef.config.registry import load_run_config
 from iqadef.execute import ExecutionContext, UnitTimeout, run_grid
 
 GRID = """
@@ -78,10 +78,8 @@ def ok_cells(run_dir: Path) -> int:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_table_equals_the_local_table_row_for_row(tmp_path, image_dir, ray_registry, local_ray):
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry,
-                     progress=False)
-    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray"), registry=ray_registry,
-                      progress=False)
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry, progress=False)
+    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray"), registry=ray_registry, progress=False)
     a, b = table(local.run_dir), table(remote.run_dir)
     assert len(b) == CELLS == remote.computed and remote.failed == local.failed > 0  # toy-nan fails its cells
     assert (b.loc[b["metric"] == "toy-metric", "status"] == "ok").all()
@@ -92,13 +90,15 @@ def test_ray_table_equals_the_local_table_row_for_row(tmp_path, image_dir, ray_r
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_pool_of_actors_per_metric_shares_the_units_and_gives_the_local_table(tmp_path, image_dir, ray_registry,
-                                                                              local_ray):
+def test_a_pool_of_actors_per_metric_shares_the_units_and_gives_the_local_table(
+    tmp_path, image_dir, ray_registry, local_ray
+):
     folder = tmp_path / "pids"
     folder.mkdir()
     attacks = f"[toy-sign, {{name: toy-pid-note, folder: {folder}}}]"
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry,
-                     progress=False)
+    local = run_grid(
+        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry, progress=False
+    )
     for note in folder.iterdir():
         note.unlink()
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
@@ -108,8 +108,9 @@ def test_a_pool_of_actors_per_metric_shares_the_units_and_gives_the_local_table(
     workers = {int(note.name) for note in folder.iterdir()}
     assert len(workers) == 2 and os.getpid() not in workers  # both actors of the pool computed units
     a = table(local.run_dir)
-    pd.testing.assert_frame_equal(a[a["metric"] == "toy-metric"].reset_index(drop=True), table(remote.run_dir),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        a[a["metric"] == "toy-metric"].reset_index(drop=True), table(remote.run_dir), check_exact=True
+    )
     assert wait_for_free_cpus(local_ray, 2) == 2
 
 
@@ -119,11 +120,13 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
     marker = tmp_path / "crashed"
     attacks = f"[toy-sign, {{name: toy-crash-once, marker: {marker}}}]"
     marker.write_text("the local run must not crash")
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry,
-                     progress=False)
+    local = run_grid(
+        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry, progress=False
+    )
     marker.unlink()
-    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks), registry=ray_registry,
-                      progress=False)
+    remote = run_grid(
+        config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks), registry=ray_registry, progress=False
+    )
     assert marker.exists(), "the crash-once attack never ran in a Ray worker"
     crashed_pid = int(marker.read_text())
     assert crashed_pid != os.getpid()  # it killed a worker, not the driver
@@ -135,21 +138,26 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_table(tmp_path, image_dir, ray_registry,
-                                                                                    local_ray):
+def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_table(
+    tmp_path, image_dir, ray_registry, local_ray
+):
     """``unit_timeout`` means what it means locally (execute/execution.py): the run stops with one line
     naming the unit, the units finished before it are kept, the stuck actor is killed."""
     marker = tmp_path / "hung"
     attacks = f"[toy-sign, {{name: toy-hang-once, marker: {marker}}}]"
     marker.write_text("the local run must not hang")
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry,
-                     progress=False)
+    local = run_grid(
+        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry, progress=False
+    )
     marker.unlink()
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
     cfg.unit_timeout = 15.0  # far above a toy unit, even on a loaded machine; the hang lasts 600 s
-    with pytest.raises(UnitTimeout, match=r"^unit \d/1/\d \(metric 'toy-(?:metric|nan)', attack 'toy-hang-once.*\) "
-                                          r"did not finish within unit_timeout: 15 s; its Ray worker was stopped\. "
-                                          r"The run stopped; the \d+ unit\(s\) finished before it are kept\."):
+    with pytest.raises(
+        UnitTimeout,
+        match=r"^unit \d/1/\d \(metric 'toy-(?:metric|nan)', attack 'toy-hang-once.*\) "
+        r"did not finish within unit_timeout: 15 s; its Ray worker was stopped\. "
+        r"The run stopped; the \d+ unit\(s\) finished before it are kept\.",
+    ):
         run_grid(cfg, registry=ray_registry, progress=False)
     assert marker.exists(), "the hang-once attack never ran in a Ray worker"
     assert wait_for_free_cpus(local_ray, 2) == 2  # the stuck actor was killed, and the others
@@ -162,8 +170,7 @@ def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_tab
 @pytest.mark.ray
 @pytest.mark.slow
 def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray_registry, local_ray):
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry,
-                     progress=False)
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry, progress=False)
 
     class Stop(Exception):
         pass
@@ -202,17 +209,20 @@ def test_an_unpicklable_certified_defence_is_named_in_one_line(tmp_path, image_d
     from iqadef.execute.ray import execute_ray
 
     path = tmp_path / "certified.yaml"
-    path.write_text(GRID.format(images=image_dir, output="ray", executor="ray", attacks=ATTACKS)
-                    + "certified: [median-smoothing]\n")
+    path.write_text(
+        GRID.format(images=image_dir, output="ray", executor="ray", attacks=ATTACKS) + "certified: [median-smoothing]\n"
+    )
     cfg = load_run_config(path, registry=ray_registry)
     cfg.certified[0].handle = threading.Lock()
     with pytest.raises(ConfigError) as caught:
         execute_ray(context(cfg, ray_registry), [])
     message = str(caught.value)
     assert "\n" not in message
-    assert re.fullmatch(rf"{re.escape(str(path))}: certified\[0\] 'median-smoothing' cannot be sent to a Ray "
-                        r"worker \(TypeError: .*lock.*\)\. Plugins must be plain picklable objects until load\(\).*",
-                        message)
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: certified\[0\] 'median-smoothing' cannot be sent to a Ray "
+        r"worker \(TypeError: .*lock.*\)\. Plugins must be plain picklable objects until load\(\).*",
+        message,
+    )
 
 
 def test_an_unpicklable_score_plugin_is_named(tmp_path, image_dir, ray_registry):
@@ -232,13 +242,16 @@ def test_an_unpicklable_score_plugin_is_named(tmp_path, image_dir, ray_registry)
         check_picklable(cfg, [LockedScore])
 
 
-@pytest.mark.parametrize("ray_options, message", [
-    ("{num_gpu: 1}", r"ray.num_gpu: unknown key.*num_gpus"),
-    ("{num_cpus: -1}", r"ray.num_cpus: -1 must be a number >= 0"),
-    ("{in_flight: 0}", r"ray.in_flight: 0 must be an integer >= 1"),
-    ("{actors_per_metric: 1.5}", r"ray.actors_per_metric: 1.5 must be an integer >= 1"),
-    ("{address: 5}", r"ray.address: must be"),
-])
+@pytest.mark.parametrize(
+    "ray_options, message",
+    [
+        ("{num_gpu: 1}", r"ray.num_gpu: unknown key.*num_gpus"),
+        ("{num_cpus: -1}", r"ray.num_cpus: -1 must be a number >= 0"),
+        ("{in_flight: 0}", r"ray.in_flight: 0 must be an integer >= 1"),
+        ("{actors_per_metric: 1.5}", r"ray.actors_per_metric: 1.5 must be an integer >= 1"),
+        ("{address: 5}", r"ray.address: must be"),
+    ],
+)
 def test_bad_ray_options_are_refused_with_the_key(tmp_path, image_dir, ray_registry, ray_options, message):
     pytest.importorskip("ray")
     from iqadef.execute.ray import execute_ray
@@ -278,8 +291,7 @@ def yaml_mapping(text: str) -> dict:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_plugin_the_worker_cannot_import_gives_a_clear_error(tmp_path, image_dir, ray_registry, local_ray,
-                                                            monkeypatch):
+def test_plugin_the_worker_cannot_import_gives_a_clear_error(tmp_path, image_dir, ray_registry, local_ray, monkeypatch):
     import types
 
     import toy_plugins

@@ -80,7 +80,9 @@ def test_tiny_and_huge_images(tmp_path):
     save(tmp_path, "one.png", Image.new("RGB", (1, 1), (10, 20, 30)))
     big = tmp_path / "big.jpg"
     Image.new("RGB", (8000, 8000), (90, 120, 200)).save(big, quality=80)
-    with pytest.warns(ImageWarning, match="big.jpg: 8000x8000 is larger than dataset.max_side=512; downscaled to 512x512"):
+    with pytest.warns(
+        ImageWarning, match="big.jpg: 8000x8000 is larger than dataset.max_side=512; downscaled to 512x512"
+    ):
         ds = Dataset(tmp_path, max_side=512)
     sizes = {i.name: i.size for i in ds.items}
     assert sizes == {"big.jpg": (512, 512), "one.png": (1, 1)}
@@ -153,8 +155,9 @@ def _whole_image_reference(path: Path, max_side: int) -> np.ndarray:
         img = img.convert("RGB")
         scale = max_side / max(img.size)
         if scale < 1:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.Resampling.BOX)
+            img = img.resize(
+                (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX
+            )
         return np.asarray(img)
 
 
@@ -168,8 +171,13 @@ def test_conversion_in_strips_gives_the_pixels_of_a_whole_image_conversion(tmp_p
     palette_alpha = rgb.convert("P")
     palette_alpha.info["transparency"] = 5
     cases = {
-        "rgb.png": rgb, "grey.png": rgb.convert("L"), "bits.png": rgb.convert("1"), "palette.png": rgb.convert("P"),
-        "palette_alpha.png": palette_alpha, "rgba.png": rgba, "la.png": rgba.convert("LA"),
+        "rgb.png": rgb,
+        "grey.png": rgb.convert("L"),
+        "bits.png": rgb.convert("1"),
+        "palette.png": rgb.convert("P"),
+        "palette_alpha.png": palette_alpha,
+        "rgba.png": rgba,
+        "la.png": rgba.convert("LA"),
         "deep.png": Image.fromarray(rng.integers(0, 65536, (83, 97), dtype=np.uint16)),
         "shallow16.png": Image.fromarray(rng.integers(0, 200, (83, 97), dtype=np.uint16)),
         "cmyk.tif": rgb.convert("CMYK"),
@@ -189,16 +197,20 @@ def test_huge_png_is_loaded_without_full_size_copies(tmp_path):
     1.6 GB above the decode's 0.55 GB; benchmarks/image_memory.py has the figures)."""
     side = 6000
     path = tmp_path / "huge.png"
-    make = ("import sys, numpy as np; from PIL import Image; n = int(sys.argv[1]); r = (np.arange(n) % 256)"
-            ".astype(np.uint8); a = np.empty((n, n, 3), np.uint8); a[..., 0] = r[None]; a[..., 1] = r[:, None]; "
-            "a[..., 2] = 9; Image.fromarray(a).save(sys.argv[2], compress_level=1)")
+    make = (
+        "import sys, numpy as np; from PIL import Image; n = int(sys.argv[1]); r = (np.arange(n) % 256)"
+        ".astype(np.uint8); a = np.empty((n, n, 3), np.uint8); a[..., 0] = r[None]; a[..., 1] = r[:, None]; "
+        "a[..., 2] = 9; Image.fromarray(a).save(sys.argv[2], compress_level=1)"
+    )
     subprocess.run([sys.executable, "-c", make, str(side), str(path)], check=True)
     # VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's peak (kept across fork + exec)
-    measure = ("import re, sys, warnings; from pathlib import Path; import torch; "
-               "from iqadef.core.dataset import read_image; warnings.simplefilter('ignore'); "
-               "peak = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
-               "before = peak(); x = read_image(Path(sys.argv[1]), max_side=512); assert x.shape == (3, 512, 512); "
-               "print((peak() - before) * 1024)")
+    measure = (
+        "import re, sys, warnings; from pathlib import Path; import torch; "
+        "from iqadef.core.dataset import read_image; warnings.simplefilter('ignore'); "
+        "peak = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+        "before = peak(); x = read_image(Path(sys.argv[1]), max_side=512); assert x.shape == (3, 512, 512); "
+        "print((peak() - before) * 1024)"
+    )
     done = subprocess.run([sys.executable, "-c", measure, str(path)], check=True, capture_output=True, text=True)
     decoded = side * side * 4
     assert int(done.stdout) < 1.4 * decoded, f"peak grew by {int(done.stdout) / 2**20:.0f} MB"
@@ -242,12 +254,15 @@ def test_mos_file_in_common_encodings(tmp_path, encoding):
     assert read_mos(mos) == {name: 3.5, "b.png": 4.0}
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "is not a text file (it is a PNG image)"),
-    (b"PK\x03\x04" + b"\x00" * 40, "zip archive (an .xlsx workbook is one: export it as CSV)"),
-    ("image,mos\na.png,1\n".encode("utf-16-le"), "if it is UTF-16 text, save it with a byte-order mark"),
-    (codecs.BOM_UTF8 + b"image,mos\n\xff\xfe,1\n", "starts with a UTF-8 byte-order mark but byte"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "is not a text file (it is a PNG image)"),
+        (b"PK\x03\x04" + b"\x00" * 40, "zip archive (an .xlsx workbook is one: export it as CSV)"),
+        ("image,mos\na.png,1\n".encode("utf-16-le"), "if it is UTF-16 text, save it with a byte-order mark"),
+        (codecs.BOM_UTF8 + b"image,mos\n\xff\xfe,1\n", "starts with a UTF-8 byte-order mark but byte"),
+    ],
+)
 def test_mos_file_that_is_not_text_is_named(tmp_path, content, fragment):
     mos = tmp_path / "mos.csv"
     mos.write_bytes(content)

@@ -71,24 +71,39 @@ defences: [no-defence]
     assert len(text) < 1400
     registry = write(tmp_path, text)
     done = cli("run", str(registry), cwd=tmp_path, capped=True, timeout=120)
-    assert_one_line_error(done, "registry.yaml: the grid has 200,000,000 metric x attack x defence combinations "
-                                "per image (1 x 200,000,000 x 1), more than max_cells: 100,000",
-                          "the largest entry, attacks[0] (uap), expands to 200,000,000 (amplitude: 10 values x eps: "
-                          "10 values x lr: 10 values x epochs: 10 values x batch_size: 10 values x train_seed: 100 "
-                          "values x size: 20 values)", "raise `max_cells`")
+    assert_one_line_error(
+        done,
+        "registry.yaml: the grid has 200,000,000 metric x attack x defence combinations "
+        "per image (1 x 200,000,000 x 1), more than max_cells: 100,000",
+        "the largest entry, attacks[0] (uap), expands to 200,000,000 (amplitude: 10 values x eps: "
+        "10 values x lr: 10 values x epochs: 10 values x batch_size: 10 values x train_seed: 100 "
+        "values x size: 20 values)",
+        "raise `max_cells`",
+    )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("text, fragments", [
-    ("metrics: [tiny-iqa]\nattacks: [fgsm]\nattacks: [ifgsm]\n",
-     ["registry.yaml: line 5, column 1: invalid YAML: key 'attacks' appears twice (first at line 4)"]),
-    ("metrics: [tiny-iqa]\nattacks: [fgsm]\ndevice: meta\n",
-     ["registry.yaml: device: 'meta' is not a device iqadef can run on; use auto, cpu, cuda, cuda:N or mps"]),
-    ("metrics: [{name: tiny-iqa, weights_path: retrained.pt}]\nattacks: [fgsm]\n",
-     ["registry.yaml: metrics[0].weights_path: ", "retrained.pt does not exist", "remove `weights_path`"]),
-    ("metrics: [tiny-iqa]\nattacks: [{name: fgsm, sweep: {eps: [1/255, 2/255, 3/255]}}]\nmax_cells: 2\n",
-     ["the grid has 3 metric x attack x defence combinations per image", "more than max_cells: 2"]),
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        (
+            "metrics: [tiny-iqa]\nattacks: [fgsm]\nattacks: [ifgsm]\n",
+            ["registry.yaml: line 5, column 1: invalid YAML: key 'attacks' appears twice (first at line 4)"],
+        ),
+        (
+            "metrics: [tiny-iqa]\nattacks: [fgsm]\ndevice: meta\n",
+            ["registry.yaml: device: 'meta' is not a device iqadef can run on; use auto, cpu, cuda, cuda:N or mps"],
+        ),
+        (
+            "metrics: [{name: tiny-iqa, weights_path: retrained.pt}]\nattacks: [fgsm]\n",
+            ["registry.yaml: metrics[0].weights_path: ", "retrained.pt does not exist", "remove `weights_path`"],
+        ),
+        (
+            "metrics: [tiny-iqa]\nattacks: [{name: fgsm, sweep: {eps: [1/255, 2/255, 3/255]}}]\nmax_cells: 2\n",
+            ["the grid has 3 metric x attack x defence combinations per image", "more than max_cells: 2"],
+        ),
+    ],
+)
 def test_registry_mistakes_stop_before_any_work(tmp_path, text, fragments):
     """Before, `device: meta` and a missing `weights_path` were found only after every cell had failed,
     and a duplicated key silently replaced the first."""
@@ -98,12 +113,16 @@ def test_registry_mistakes_stop_before_any_work(tmp_path, text, fragments):
 
 
 def test_a_png_given_as_the_mos_file(tmp_path):
-    (tmp_path / "mos.csv").write_bytes(Path(__file__).resolve().parents[2].joinpath(
-        "src/iqadef/data/images/coins.png").read_bytes())
-    registry = write(tmp_path, "dataset: {images: builtin, mos: mos.csv}\noutput: out\nmetrics: [tiny-iqa]\n"
-                               "attacks: [fgsm]\n")
-    assert_one_line_error(cli("run", str(registry), "--limit", "1", cwd=tmp_path),
-                          "mos.csv is not a text file (it is a PNG image); give a CSV file")
+    (tmp_path / "mos.csv").write_bytes(
+        Path(__file__).resolve().parents[2].joinpath("src/iqadef/data/images/coins.png").read_bytes()
+    )
+    registry = write(
+        tmp_path, "dataset: {images: builtin, mos: mos.csv}\noutput: out\nmetrics: [tiny-iqa]\nattacks: [fgsm]\n"
+    )
+    assert_one_line_error(
+        cli("run", str(registry), "--limit", "1", cwd=tmp_path),
+        "mos.csv is not a text file (it is a PNG image); give a CSV file",
+    )
 
 
 def test_utf16_mos_and_a_text_file_as_weights_in_one_run(tmp_path):
@@ -112,8 +131,11 @@ def test_utf16_mos_and_a_text_file_as_weights_in_one_run(tmp_path):
     text = "image,mos\nastronaut.png,3.5\nbrick.png,2.5\n"
     (tmp_path / "mos.csv").write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
     (tmp_path / "notes.txt").write_text("my notes\n")
-    registry = write(tmp_path, "dataset: {images: builtin, mos: mos.csv}\noutput: out\nmetrics: [tiny-iqa]\n"
-                               "attacks: [fgsm]\ndefences: [no-defence, {name: fcn, weights_path: notes.txt}]\n")
+    registry = write(
+        tmp_path,
+        "dataset: {images: builtin, mos: mos.csv}\noutput: out\nmetrics: [tiny-iqa]\n"
+        "attacks: [fgsm]\ndefences: [no-defence, {name: fcn, weights_path: notes.txt}]\n",
+    )
     done = cli("run", str(registry), "--limit", "1", "--no-report", "--no-progress", cwd=tmp_path, timeout=600)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     df = pd.read_csv(tmp_path / "out" / "results.csv").set_index("defence")

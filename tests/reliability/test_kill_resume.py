@@ -15,7 +15,6 @@ import pytest
 from toy_plugins import install_as_distribution
 
 
-
 def registry(tmp_path: Path, images: Path, name: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""

@@ -20,10 +20,24 @@ def table(metrics: tuple[str, ...]) -> pd.DataFrame:
         for i in range(4):
             for d, defence in enumerate(("no-defence", "jpeg")):
                 f_x = 50.0 + i
-                rows.append({"image": f"i{i}", "metric": metric, "attack": "fgsm", "defence": defence,
-                             "status": "ok", "error": "", "f_clean": f_x, "f_adv": f_x + 10,
-                             "f_def_clean": f_x + d, "f_def_adv": f_x + 10 - (5 + 3 * m) * d + i % 2,
-                             "mos": float(i), "adv_path": "", "example_path": "", "image_path": ""})
+                rows.append(
+                    {
+                        "image": f"i{i}",
+                        "metric": metric,
+                        "attack": "fgsm",
+                        "defence": defence,
+                        "status": "ok",
+                        "error": "",
+                        "f_clean": f_x,
+                        "f_adv": f_x + 10,
+                        "f_def_clean": f_x + d,
+                        "f_def_adv": f_x + 10 - (5 + 3 * m) * d + i % 2,
+                        "mos": float(i),
+                        "adv_path": "",
+                        "example_path": "",
+                        "image_path": "",
+                    }
+                )
     return pd.DataFrame(rows)
 
 

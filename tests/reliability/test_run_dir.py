@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from iqadef.cli import main
-from iqadef.core.errors import IqadefError
 from iqadef.config.registry import load_run_config
+from iqadef.core.errors import IqadefError
+from iqadef.execute import run_grid
 from iqadef.report import write_report
 from iqadef.store.rundir import MARKER, RunFolder, prepare_run_dir
-from iqadef.execute import run_grid
 
 GRID = """
 dataset: {{images: {images}}}
@@ -51,11 +51,13 @@ def test_root_and_home_folder_are_refused(tmp_path, image_dir, monkeypatch, caps
     with pytest.raises(IqadefError, match=r"^output: / is the root folder"):
         prepare_run_dir(Path("/"))
     registry = tmp_path / "r.yaml"
-    registry.write_text(f"dataset: {{images: {image_dir}}}\noutput: \"~\"\nmetrics: [tiny-iqa]\nattacks: [fgsm]\n")
+    registry.write_text(f'dataset: {{images: {image_dir}}}\noutput: "~"\nmetrics: [tiny-iqa]\nattacks: [fgsm]\n')
     assert main(["run", str(registry), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: output: {home} is your home folder; a run writes and deletes files in its folder, so " \
-                  "give it a folder of its own (e.g. runs/NAME)\n"
+    assert (
+        err == f"error: output: {home} is your home folder; a run writes and deletes files in its folder, so "
+        "give it a folder of its own (e.g. runs/NAME)\n"
+    )
     assert list(home.iterdir()) == [] and not (tmp_path / "~").exists()  # nothing written anywhere
     assert main(["run", str(registry), "--no-progress", "--output", "~"]) == 2
     assert "is your home folder" in capsys.readouterr().err
@@ -106,9 +108,15 @@ def test_fresh_deletes_only_what_iqadef_wrote(tmp_path, image_dir, toy_registry)
     write_report(cfg.output)
     before = files_under(cfg.output)
     assert any(f.startswith("figures/") for f in before) and any(f.startswith("examples/") for f in before)
-    users = {"examples/mine.png": b"a user's picture", "figures/plot.png": b"a user's plot",
-             "cache/notes.txt": b"notes", "my-results.csv": b"a,b", "draft.tmp": b"x", ".draft.tmp": b"x",
-             "sub/.half.png.abcd1234.tmp": b"x"}
+    users = {
+        "examples/mine.png": b"a user's picture",
+        "figures/plot.png": b"a user's plot",
+        "cache/notes.txt": b"notes",
+        "my-results.csv": b"a,b",
+        "draft.tmp": b"x",
+        ".draft.tmp": b"x",
+        "sub/.half.png.abcd1234.tmp": b"x",
+    }
     for rel, data in users.items():
         (cfg.output / rel).parent.mkdir(parents=True, exist_ok=True)
         (cfg.output / rel).write_bytes(data)
@@ -149,12 +157,19 @@ def test_a_resume_sweeps_only_iqadef_temporary_files_of_processes_that_are_gone(
     run_grid(cfg, registry=toy_registry, progress=False)
     shard = next((cfg.output / "cache" / "adv").iterdir())
     gone, alive = dead_pid(), os.getppid()
-    stale = [shard / f".iqadef-tmp-{gone}-k3j4l5m6.tmp", cfg.output / f".iqadef-tmp-{gone}-abc_1234.tmp",
-             shard / f".{'ab' * 32}.png.x1y2z3w4.tmp",  # an older version's temporary name for a cache file
-             cfg.output / ".results.parquet.tmp"]
-    kept = [shard / f".iqadef-tmp-{alive}-k3j4l5m6.tmp",  # another live iqadef process is writing it
-            cfg.output / ".draft.tmp", cfg.output / "notes" / ".x.tmp", shard / ".mine.tmp",
-            cfg.output / f"notes/.iqadef-tmp-{gone}-abcdefgh.tmp"]  # not in a folder iqadef writes into
+    stale = [
+        shard / f".iqadef-tmp-{gone}-k3j4l5m6.tmp",
+        cfg.output / f".iqadef-tmp-{gone}-abc_1234.tmp",
+        shard / f".{'ab' * 32}.png.x1y2z3w4.tmp",  # an older version's temporary name for a cache file
+        cfg.output / ".results.parquet.tmp",
+    ]
+    kept = [
+        shard / f".iqadef-tmp-{alive}-k3j4l5m6.tmp",  # another live iqadef process is writing it
+        cfg.output / ".draft.tmp",
+        cfg.output / "notes" / ".x.tmp",
+        shard / ".mine.tmp",
+        cfg.output / f"notes/.iqadef-tmp-{gone}-abcdefgh.tmp",
+    ]  # not in a folder iqadef writes into
     for path in stale + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")

@@ -43,8 +43,10 @@ def test_disk_full_gives_a_clear_error_and_the_store_stays_consistent(tmp_path, 
     monkeypatch.setattr(runner_module, "atomic_write_bytes", real_write)
     resumed = run_grid(cfg, registry=toy_registry, progress=False)
     assert resumed.skipped > 0
-    pd.testing.assert_frame_equal(pd.read_parquet(full.run_dir / "results.parquet").drop(columns="image_path"),
-                                  pd.read_parquet(resumed.run_dir / "results.parquet").drop(columns="image_path"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(full.run_dir / "results.parquet").drop(columns="image_path"),
+        pd.read_parquet(resumed.run_dir / "results.parquet").drop(columns="image_path"),
+    )
 
 
 def test_enospc_from_the_os_becomes_disk_full_error(tmp_path, monkeypatch):
@@ -75,8 +77,10 @@ def test_odd_image_names_cannot_escape_the_run_directory(tmp_path, toy_registry)
         assert not os.path.isabs(rel) and ".." not in Path(rel).parts
         assert (run_dir / rel).resolve().is_relative_to(run_dir)
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert all(p.resolve().is_relative_to(run_dir) or p.resolve().is_relative_to(images.resolve())
-               or p.suffix == ".yaml" for p in written)
+    assert all(
+        p.resolve().is_relative_to(run_dir) or p.resolve().is_relative_to(images.resolve()) or p.suffix == ".yaml"
+        for p in written
+    )
 
 
 def test_unwritable_output_directory_is_a_clear_error(tmp_path, image_dir, capsys):
@@ -169,8 +173,9 @@ def test_a_damaged_result_store_is_one_clear_line(tmp_path, image_dir, toy_regis
     assert fresh.computed == fresh.total
 
 
-def test_disk_full_while_the_report_is_written_keeps_the_results_and_says_so(tmp_path, image_dir, toy_registry,
-                                                                             monkeypatch, capsys):
+def test_disk_full_while_the_report_is_written_keeps_the_results_and_says_so(
+    tmp_path, image_dir, toy_registry, monkeypatch, capsys
+):
     from iqadef.core import store
 
     cfg = config(tmp_path, image_dir, toy_registry, "run")
@@ -228,8 +233,13 @@ def test_disk_full_when_the_store_is_created_does_not_advise_fresh(tmp_path, ima
 def test_a_really_full_disk_gives_one_clear_line(tmp_path, image_dir):
     """On a tiny tmpfs (a user and mount namespace, where the system allows one): the first unit, and the
     report of a finished run, each stop with one line that says the disk is full."""
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {tmp_path}"],
-                           capture_output=True) if shutil.which("unshare") else None
+    probe = (
+        subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {tmp_path}"], capture_output=True
+        )
+        if shutil.which("unshare")
+        else None
+    )
     if probe is None or probe.returncode != 0:
         pytest.skip("no unprivileged mount namespace here to make a small file system")
     env = {**os.environ, "PYTHONPATH": str(install_as_distribution(tmp_path)), "OMP_NUM_THREADS": "1"}
@@ -237,20 +247,41 @@ def test_a_really_full_disk_gives_one_clear_line(tmp_path, image_dir):
     small.mkdir()
     registry = tmp_path / "grid.yaml"
     registry.write_text(SMALL_GRID.format(images=image_dir, output=small / "run"))
-    done = subprocess.run([sys.executable, "-m", "iqadef", "run", str(registry), "--no-progress", "--output",
-                           str(tmp_path / "done"), "--no-report"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iqadef",
+            "run",
+            str(registry),
+            "--no-progress",
+            "--output",
+            str(tmp_path / "done"),
+            "--no-report",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     used_kb = sum(p.stat().st_size for p in (tmp_path / "done").rglob("*") if p.is_file()) // 1024 + 64
-    script = (f"mount -t tmpfs -o size={{size}}k none {small} && {{command}}")
+    script = f"mount -t tmpfs -o size={{size}}k none {small} && {{command}}"
     steps = {
         "store": (24, f"{sys.executable} -m iqadef run {registry} --no-progress"),
-        "report": (used_kb, f"cp -r {tmp_path / 'done'} {small / 'run'} && {sys.executable} -m iqadef report "
-                            f"{small / 'run'}"),
+        "report": (
+            used_kb,
+            f"cp -r {tmp_path / 'done'} {small / 'run'} && {sys.executable} -m iqadef report {small / 'run'}",
+        ),
     }
     for step, (size, command) in steps.items():
-        out = subprocess.run(["unshare", "-rm", "sh", "-c", script.format(size=size, command=command)], env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", script.format(size=size, command=command)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 2, (step, out.stdout, out.stderr)
         lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and "disk full" in lines[0] and "--fresh" not in lines[0], (step, out.stderr)

@@ -26,9 +26,22 @@ def checkpoint(db) -> None:
 
 def row(**values):
     base = {c: "" for c in CELL_COLUMNS if not (c.startswith("f_") or c in ("mos", "queries"))}
-    base.update(metric_key="m", attack_key="a", defence_key="d", image="i.png", metric="toy", attack="atk",
-                defence="def", status="ok", f_clean=50.0, f_adv=60.0, f_def_clean=51.0, f_def_adv=55.0,
-                mos=float("nan"), scores={"gain": 0.1, "psnr_x_xa": 30.0})
+    base.update(
+        metric_key="m",
+        attack_key="a",
+        defence_key="d",
+        image="i.png",
+        metric="toy",
+        attack="atk",
+        defence="def",
+        status="ok",
+        f_clean=50.0,
+        f_adv=60.0,
+        f_def_clean=51.0,
+        f_def_adv=55.0,
+        mos=float("nan"),
+        scores={"gain": 0.1, "psnr_x_xa": 30.0},
+    )
     base.update(values)
     return base
 
@@ -46,8 +59,9 @@ def test_a_flipped_bit_inside_results_sqlite_is_found_and_recomputed(tmp_path, i
     data[data.index(stored) + 7] ^= 0x01  # the lowest bit of the mantissa: a change a reader cannot see
     db.write_bytes(bytes(data))
 
-    with pytest.warns(StorageWarning, match="1 stored cell.* fail their checksum.*toy-metric / toy-sign / "
-                                            "toy-blur / img3.png"):
+    with pytest.warns(
+        StorageWarning, match="1 stored cell.* fail their checksum.*toy-metric / toy-sign / toy-blur / img3.png"
+    ):
         again = run_grid(cfg, registry=toy_registry, progress=False)
     assert again.computed == 2 and again.failed == 0  # the cell's batch of two images, for that defence
     after = pd.read_parquet(again.run_dir / "results.parquet")
@@ -82,8 +96,18 @@ def test_a_change_in_any_column_fails_the_checksum(tmp_path, column):
 def test_values_read_back_exactly_keep_their_checksum(tmp_path):
     """NaN (stored as NULL), -0.0 (read back as 0.0), inf, long floats and unicode all verify."""
     store = ResultStore(tmp_path)
-    store.write_cells([row(f_clean=-0.0, f_adv=float("inf"), f_def_clean=0.1 + 0.2, mos=float("nan"),
-                           error="ü — \u2603", scores={"gain": -0.0, "psnr": float("nan")})])
+    store.write_cells(
+        [
+            row(
+                f_clean=-0.0,
+                f_adv=float("inf"),
+                f_def_clean=0.1 + 0.2,
+                mos=float("nan"),
+                error="ü — \u2603",
+                scores={"gain": -0.0, "psnr": float("nan")},
+            )
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", StorageWarning)
         assert len(store.finished()) == 1
@@ -103,8 +127,10 @@ def test_an_older_store_without_checksums_is_migrated(tmp_path):
     con = sqlite3.connect(tmp_path / "results.sqlite")
     columns = [c for c in CELL_COLUMNS if c not in ("image_sha256", "batch_key")]
     con.execute(f"CREATE TABLE cells ({', '.join(columns)}, PRIMARY KEY (metric_key, attack_key, defence_key, image))")
-    con.execute("INSERT INTO cells (metric_key, attack_key, defence_key, image, metric, attack, defence, status, "
-                "f_clean) VALUES ('m', 'a', 'd', 'i.png', 'toy', 'atk', 'def', 'ok', 1.5)")
+    con.execute(
+        "INSERT INTO cells (metric_key, attack_key, defence_key, image, metric, attack, defence, status, "
+        "f_clean) VALUES ('m', 'a', 'd', 'i.png', 'toy', 'atk', 'def', 'ok', 1.5)"
+    )
     con.commit()
     con.close()
     store = ResultStore(tmp_path)

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toy_plugins  # noqa: E402
 
 from iqadef import cli  # noqa: E402
+from iqadef.config.registry import load_run_config  # noqa: E402
 from iqadef.core.errors import IqadefError  # noqa: E402
 from iqadef.core.plugins import InstalledPlugins  # noqa: E402
-from iqadef.config.registry import load_run_config  # noqa: E402
 from iqadef.execute import run_grid  # noqa: E402
 from iqadef.execute.verify import close, verify_run  # noqa: E402
 
@@ -66,8 +66,12 @@ def test_every_stored_cell_recomputed_from_scratch_matches(run_dir, registry):
     verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
     assert len(verdict.mismatches) == CELLS and verdict.matched == 0
     # the only difference found is the missing file: every recomputed value still equals the stored one
-    assert all(problem.startswith("adv_path 'cache/adv/") and problem.endswith("does not exist; resume the run to "
-               "write it again") and ";" not in problem.split("does not exist")[0] for _, problem in verdict.mismatches)
+    assert all(
+        problem.startswith("adv_path 'cache/adv/")
+        and problem.endswith("does not exist; resume the run to write it again")
+        and ";" not in problem.split("does not exist")[0]
+        for _, problem in verdict.mismatches
+    )
     assert not (run_dir / "cache").exists()  # and nothing is written
 
 
@@ -84,8 +88,11 @@ def test_an_image_replaced_under_its_name_is_a_mismatch(run_dir, image_dir, regi
 
 def test_a_wrong_value_in_the_store_is_found_with_its_size(run_dir, registry):
     # what a defence writing into x left behind before the guard existed: a wrong f(D(x_a)), marked ok
-    execute(run_dir / "results.sqlite", "UPDATE cells SET f_def_adv = f_def_adv * 0.5 "
-            "WHERE image = 'img4.png' AND defence = 'toy-blur' AND attack = 'toy-sign'")
+    execute(
+        run_dir / "results.sqlite",
+        "UPDATE cells SET f_def_adv = f_def_adv * 0.5 "
+        "WHERE image = 'img4.png' AND defence = 'toy-blur' AND attack = 'toy-sign'",
+    )
     verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
     assert verdict.matched == CELLS - 1 and len(verdict.mismatches) == 1
     label, problem = verdict.mismatches[0]
@@ -96,13 +103,17 @@ def test_a_wrong_value_in_the_store_is_found_with_its_size(run_dir, registry):
 def test_a_flipped_score_in_results_sqlite_is_found(run_dir, registry):
     db = run_dir / "results.sqlite"
     con = sqlite3.connect(db)
-    (scores,) = con.execute("SELECT scores FROM cells WHERE image = 'img0.png' AND defence = 'no-defence' "
-                            "AND attack = 'toy-noise'").fetchone()
+    (scores,) = con.execute(
+        "SELECT scores FROM cells WHERE image = 'img0.png' AND defence = 'no-defence' AND attack = 'toy-noise'"
+    ).fetchone()
     con.close()
     values = json.loads(scores)
     values["psnr_x_xa"] = -values["psnr_x_xa"]  # a flipped sign bit
-    execute(db, "UPDATE cells SET scores = ? WHERE image = 'img0.png' AND defence = 'no-defence' "
-            "AND attack = 'toy-noise'", json.dumps(values, sort_keys=True))
+    execute(
+        db,
+        "UPDATE cells SET scores = ? WHERE image = 'img0.png' AND defence = 'no-defence' AND attack = 'toy-noise'",
+        json.dumps(values, sort_keys=True),
+    )
     verdict = verify_run(run_dir, cells=CELLS, seed=1, registry=registry)
     assert [label for label, _ in verdict.mismatches] == ["toy-metric / toy-noise / no-defence / img0.png"]
     assert verdict.mismatches[0][1].startswith("psnr_x_xa: stored -")
@@ -127,7 +138,9 @@ def test_cli_exit_status_0_1_2(run_dir, registry, monkeypatch, capsys):
     execute(run_dir / "results.sqlite", "UPDATE cells SET f_clean = f_clean + 1")
     assert cli.main(["verify", str(run_dir), "--cells", "3", "--seed", "2"]) == 1
     out = capsys.readouterr().out
-    assert out.count("MISMATCH toy-metric / ") == 36 and out.count("f_clean: stored") == 3 and "0 match, 3 differ" in out
+    assert (
+        out.count("MISMATCH toy-metric / ") == 36 and out.count("f_clean: stored") == 3 and "0 match, 3 differ" in out
+    )
     assert out.count("the row fails its checksum") == 36 and "33 other stored cell(s) fail the checks" in out
     assert cli.main(["verify", str(run_dir / "nothing-here")]) == 2
     assert "not a folder" in capsys.readouterr().err
@@ -154,8 +167,10 @@ def edit_row(db: Path, where: str, reseal: bool, **values) -> None:
         row = dict(con.execute(f"SELECT * FROM cells WHERE {where}").fetchone())
         row.update(values)
         checksum = row_checksum({c: row[c] for c in CELL_COLUMNS}) if reseal else row["checksum"]
-        con.execute(f"UPDATE cells SET {', '.join(f'{c} = ?' for c in values)}, checksum = ? WHERE {where}",
-                    (*values.values(), checksum))
+        con.execute(
+            f"UPDATE cells SET {', '.join(f'{c} = ?' for c in values)}, checksum = ? WHERE {where}",
+            (*values.values(), checksum),
+        )
     con.close()
 
 

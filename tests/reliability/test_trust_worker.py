@@ -22,15 +22,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import trust_toys  # noqa: E402
 import toy_plugins  # noqa: E402
+import trust_toys  # noqa: E402
 
-from iqadef.core.errors import ConfigError  # noqa: E402
-from iqadef.execute.ray import ScoreTable  # noqa: E402
-from iqadef.core.plugins import InstalledPlugins, installed_plugins  # noqa: E402
-from iqadef.config.registry import DEFAULT_UNIT_TIMEOUT, load_run_config  # noqa: E402
-from iqadef.execute import UnitTimeout, run_grid  # noqa: E402
 from iqadef.analysis.scores import image_score_classes  # noqa: E402
+from iqadef.config.registry import DEFAULT_UNIT_TIMEOUT, load_run_config  # noqa: E402
+from iqadef.core.errors import ConfigError  # noqa: E402
+from iqadef.core.plugins import InstalledPlugins, installed_plugins  # noqa: E402
+from iqadef.execute import UnitTimeout, run_grid  # noqa: E402
+from iqadef.execute.ray import ScoreTable  # noqa: E402
 from iqadef.store.results import CELL_COLUMNS, ResultStore, row_checksum  # noqa: E402
 
 GRID = """
@@ -52,11 +52,20 @@ def registry() -> InstalledPlugins:
     return InstalledPlugins(extra=[toy_plugins, trust_toys], entry_points=False)
 
 
-def config(tmp_path, images, registry, output="run", metrics="[toy-metric]", attacks="[toy-sign, toy-noise]",
-           defences="[no-defence, toy-blur, toy-noise-defence]", extra=""):
+def config(
+    tmp_path,
+    images,
+    registry,
+    output="run",
+    metrics="[toy-metric]",
+    attacks="[toy-sign, toy-noise]",
+    defences="[no-defence, toy-blur, toy-noise-defence]",
+    extra="",
+):
     path = tmp_path / f"{output}.yaml"
-    path.write_text(GRID.format(images=images, output=output, metrics=metrics, attacks=attacks,
-                                defences=defences, extra=extra))
+    path.write_text(
+        GRID.format(images=images, output=output, metrics=metrics, attacks=attacks, defences=defences, extra=extra)
+    )
     return load_run_config(path, registry=registry)
 
 
@@ -146,8 +155,10 @@ def test_a_store_from_before_image_hashes_is_recomputed(tmp_path, image_dir, reg
     con.execute("UPDATE cells SET image_sha256 = NULL, batch_key = NULL")  # what an older store holds,
     columns = [c for c in CELL_COLUMNS]
     for rowid, *values in con.execute(f"SELECT rowid, {', '.join(columns)} FROM cells").fetchall():
-        con.execute("UPDATE cells SET checksum = ? WHERE rowid = ?",  # sealed as an older store's rows are
-                    (row_checksum(dict(zip(columns, values))), rowid))
+        con.execute(
+            "UPDATE cells SET checksum = ? WHERE rowid = ?",  # sealed as an older store's rows are
+            (row_checksum(dict(zip(columns, values))), rowid),
+        )
     con.commit()
     con.close()
     store = ResultStore(cfg.output)
@@ -159,10 +170,17 @@ def test_a_store_from_before_image_hashes_is_recomputed(tmp_path, image_dir, reg
 
 # -- 2. plugins that write into their inputs ----------------------------------------------------------------
 @pytest.mark.parametrize("how", ["mul_", "data", "numpy"])
-def test_a_defence_writing_into_its_input_fails_its_cells_and_later_cells_are_right(tmp_path, image_dir,
-                                                                                    registry, how):
-    bad = run(config(tmp_path, image_dir, registry, "bad",
-                     defences=f"[{{name: toy-inplace, how: {how}}}, toy-blur, toy-noise-defence]"), registry)
+def test_a_defence_writing_into_its_input_fails_its_cells_and_later_cells_are_right(tmp_path, image_dir, registry, how):
+    bad = run(
+        config(
+            tmp_path,
+            image_dir,
+            registry,
+            "bad",
+            defences=f"[{{name: toy-inplace, how: {how}}}, toy-blur, toy-noise-defence]",
+        ),
+        registry,
+    )
     good = run(config(tmp_path, image_dir, registry, "good", defences="[toy-blur, toy-noise-defence]"), registry)
     df = table(bad)
     offender = df[df["defence"].str.startswith("toy-inplace")]
@@ -175,8 +193,12 @@ def test_a_defence_writing_into_its_input_fails_its_cells_and_later_cells_are_ri
 
 @pytest.mark.parametrize("how", ["mul_", "data"])
 def test_a_metric_normalising_its_input_in_place_fails_its_cells_only(tmp_path, image_dir, registry, how):
-    bad = run(config(tmp_path, image_dir, registry, "bad",
-                     metrics=f"[{{name: toy-normalise-inplace, how: {how}}}, toy-metric]"), registry)
+    bad = run(
+        config(
+            tmp_path, image_dir, registry, "bad", metrics=f"[{{name: toy-normalise-inplace, how: {how}}}, toy-metric]"
+        ),
+        registry,
+    )
     good = run(config(tmp_path, image_dir, registry, "good"), registry)
     df = table(bad)
     offender = df[df["metric"].str.startswith("toy-normalise-inplace")]
@@ -186,58 +208,103 @@ def test_a_metric_normalising_its_input_in_place_fails_its_cells_only(tmp_path, 
 
 
 def test_a_metric_writing_into_the_attacks_images_fails_the_attacks_cells(tmp_path, image_dir, registry):
-    df = table(run(config(tmp_path, image_dir, registry, metrics="[toy-grad-inplace-metric]",
-                          attacks="[toy-sign]"), registry))
+    df = table(
+        run(config(tmp_path, image_dir, registry, metrics="[toy-grad-inplace-metric]", attacks="[toy-sign]"), registry)
+    )
     assert (df["status"] == "failed").all()
-    assert df["error"].str.contains(
-        r"metric 'toy-grad-inplace-metric' modified its input \(the attack's images\)").all()
+    assert (
+        df["error"].str.contains(r"metric 'toy-grad-inplace-metric' modified its input \(the attack's images\)").all()
+    )
 
 
 def test_a_defence_writing_into_an_adaptive_attacks_images_fails_its_cells(tmp_path, image_dir, registry):
-    df = table(run(config(tmp_path, image_dir, registry, attacks="[{name: toy-sign, adaptive: bpda}]",
-                          defences="[no-defence, toy-grad-inplace]"), registry))
+    df = table(
+        run(
+            config(
+                tmp_path,
+                image_dir,
+                registry,
+                attacks="[{name: toy-sign, adaptive: bpda}]",
+                defences="[no-defence, toy-grad-inplace]",
+            ),
+            registry,
+        )
+    )
     offender = df[df["defence"] == "toy-grad-inplace"]
     assert (offender["status"] == "failed").all()
     assert offender["error"].str.contains("defence 'toy-grad-inplace' modified its input").all()
     assert (df.loc[df["defence"] == "no-defence", "status"] == "ok").all()
 
 
-@pytest.mark.parametrize("score, message", [
-    ("toy-score-inplace", r"score 'toy-score-inplace' modified its input \(f\(x\)\) in place"),
-    ("toy-score-data", r"score 'toy-score-data' modified its input \(the clean images x\) in place"),
-    ("toy-score-memo", r"score 'toy-score-memo' modified its input \(the shared pair measure 'toy-mse'\)"),
-])
+@pytest.mark.parametrize(
+    "score, message",
+    [
+        ("toy-score-inplace", r"score 'toy-score-inplace' modified its input \(f\(x\)\) in place"),
+        ("toy-score-data", r"score 'toy-score-data' modified its input \(the clean images x\) in place"),
+        ("toy-score-memo", r"score 'toy-score-memo' modified its input \(the shared pair measure 'toy-mse'\)"),
+    ],
+)
 def test_a_score_writing_into_the_cells_fails_them_naming_it(tmp_path, image_dir, registry, score, message):
-    df = table(run(config(tmp_path, image_dir, registry, attacks="[toy-sign]", defences="[no-defence, toy-blur]"),
-                   with_scores(score)))
+    df = table(
+        run(
+            config(tmp_path, image_dir, registry, attacks="[toy-sign]", defences="[no-defence, toy-blur]"),
+            with_scores(score),
+        )
+    )
     assert (df["status"] == "failed").all() and df["error"].str.contains(message).all()
 
 
 # -- 3. the output contract --------------------------------------------------------------------------------
 def test_a_metric_returning_one_score_per_pixel_fails_with_what_was_expected(tmp_path, image_dir, registry):
-    df = table(run(config(tmp_path, image_dir, registry, metrics="[toy-per-pixel, toy-column]",
-                          attacks="[toy-noise]", defences="[no-defence]"), registry))
+    df = table(
+        run(
+            config(
+                tmp_path,
+                image_dir,
+                registry,
+                metrics="[toy-per-pixel, toy-column]",
+                attacks="[toy-noise]",
+                defences="[no-defence]",
+            ),
+            registry,
+        )
+    )
     pixel = df[df["metric"] == "toy-per-pixel"]
     assert (pixel["status"] == "failed").all()
-    assert pixel["error"].str.contains(r"metric 'toy-per-pixel' returned shape \[2, (?:24, 24|16, 20)\], "
-                                       r"expected \[2\]").all()
+    assert (
+        pixel["error"]
+        .str.contains(
+            r"metric 'toy-per-pixel' returned shape \[2, (?:24, 24|16, 20)\], "
+            r"expected \[2\]"
+        )
+        .all()
+    )
     assert (df.loc[df["metric"] == "toy-column", "status"] == "ok").all()  # [B, 1] is accepted
 
 
-@pytest.mark.parametrize("score, message", [
-    ("toy-score-wide", r"score 'toy-score-wide' returned shape \[2, 2\] for 'toy_wide', expected 2 value"),
-    ("toy-score-reserved", r"score 'toy-score-reserved' returned a column named 'status'"),
-])
-def test_a_score_breaking_the_output_contract_fails_with_what_was_expected(tmp_path, image_dir, registry, score,
-                                                                           message):
-    df = table(run(config(tmp_path, image_dir, registry, attacks="[toy-noise]", defences="[no-defence]"),
-                   with_scores(score)))
+@pytest.mark.parametrize(
+    "score, message",
+    [
+        ("toy-score-wide", r"score 'toy-score-wide' returned shape \[2, 2\] for 'toy_wide', expected 2 value"),
+        ("toy-score-reserved", r"score 'toy-score-reserved' returned a column named 'status'"),
+    ],
+)
+def test_a_score_breaking_the_output_contract_fails_with_what_was_expected(
+    tmp_path, image_dir, registry, score, message
+):
+    df = table(
+        run(config(tmp_path, image_dir, registry, attacks="[toy-noise]", defences="[no-defence]"), with_scores(score))
+    )
     assert (df["status"] == "failed").all() and df["error"].str.contains(message).all()
 
 
 def test_a_score_returning_a_list_of_floats_is_stored(tmp_path, image_dir, registry):
-    df = table(run(config(tmp_path, image_dir, registry, attacks="[toy-noise]", defences="[no-defence]"),
-                   with_scores("toy-score-list")))
+    df = table(
+        run(
+            config(tmp_path, image_dir, registry, attacks="[toy-noise]", defences="[no-defence]"),
+            with_scores("toy-score-list"),
+        )
+    )
     assert (df["status"] == "ok").all()
     assert sorted(df["toy_list"].unique()) == [0.0, 1.0]
 
@@ -253,26 +320,48 @@ def test_sys_exit_in_purify_fails_that_defences_cells_and_the_grid_goes_on(tmp_p
 
 
 def test_sys_exit_in_a_metric_or_a_score_fails_their_cells(tmp_path, image_dir, registry):
-    df = table(run(config(tmp_path, image_dir, registry, metrics="[toy-exit-metric, toy-metric]",
-                          attacks="[toy-noise]", defences="[no-defence]"), registry))
-    assert df.loc[df["metric"] == "toy-exit-metric", "error"].str.contains(
-        "metric 'toy-exit-metric' raised SystemExit: 3").all()
+    df = table(
+        run(
+            config(
+                tmp_path,
+                image_dir,
+                registry,
+                metrics="[toy-exit-metric, toy-metric]",
+                attacks="[toy-noise]",
+                defences="[no-defence]",
+            ),
+            registry,
+        )
+    )
+    assert (
+        df.loc[df["metric"] == "toy-exit-metric", "error"]
+        .str.contains("metric 'toy-exit-metric' raised SystemExit: 3")
+        .all()
+    )
     assert (df.loc[df["metric"] == "toy-metric", "status"] == "ok").all()
-    scored = table(run(config(tmp_path, image_dir, registry, "scored", attacks="[toy-noise]", defences="[no-defence]"),
-                       with_scores("toy-score-exit")))
+    scored = table(
+        run(
+            config(tmp_path, image_dir, registry, "scored", attacks="[toy-noise]", defences="[no-defence]"),
+            with_scores("toy-score-exit"),
+        )
+    )
     assert scored["error"].str.contains("score 'toy-score-exit' raised SystemExit: 3").all()
 
 
 # -- 11. unit_timeout -------------------------------------------------------------------------------------
 def test_a_hanging_plugin_stops_the_run_naming_it_and_finished_units_are_kept(tmp_path, image_dir, registry):
     trust_toys.RELEASE.clear()
-    cfg = config(tmp_path, image_dir, registry, attacks="[toy-noise]", defences="[no-defence, toy-hang]",
-                 extra="unit_timeout: 1")
+    cfg = config(
+        tmp_path, image_dir, registry, attacks="[toy-noise]", defences="[no-defence, toy-hang]", extra="unit_timeout: 1"
+    )
     start = time.monotonic()
     try:
-        with pytest.raises(UnitTimeout, match=r"unit 0/0/2 \(metric 'toy-metric', attack 'toy-noise', 2 image\(s\) "
-                                              r"img4.png .. img5.png\) did not finish within unit_timeout: 1 s; it was "
-                                              r"running defence 'toy-hang' \(purify\)\. .*the 2 unit\(s\) finished"):
+        with pytest.raises(
+            UnitTimeout,
+            match=r"unit 0/0/2 \(metric 'toy-metric', attack 'toy-noise', 2 image\(s\) "
+            r"img4.png .. img5.png\) did not finish within unit_timeout: 1 s; it was "
+            r"running defence 'toy-hang' \(purify\)\. .*the 2 unit\(s\) finished",
+        ):
             run(cfg, registry)
         assert time.monotonic() - start < 30
     finally:
@@ -284,8 +373,10 @@ def test_a_hanging_plugin_stops_the_run_naming_it_and_finished_units_are_kept(tm
     assert resumed.computed == 4 and resumed.skipped == 8
 
 
-@pytest.mark.parametrize("value, ok", [("null", None), ("7200", 7200.0), ("0.5", 0.5), ("0", False),
-                                       ("-1", False), ("an hour", False), ("true", False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [("null", None), ("7200", 7200.0), ("0.5", 0.5), ("0", False), ("-1", False), ("an hour", False), ("true", False)],
+)
 def test_unit_timeout_is_validated(tmp_path, image_dir, registry, value, ok):
     if ok is False:
         with pytest.raises(ConfigError, match=r"unit_timeout: .* must be a number of seconds > 0, or null"):
@@ -308,12 +399,24 @@ def test_the_cli_exits_with_one_line_when_a_unit_hangs(tmp_path, image_dir):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: iqadef-trust-toys\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[iqadef]\ntrust = trust_toys\n")
     registry_file = tmp_path / "hang.yaml"
-    registry_file.write_text(GRID.format(images=image_dir, output="run", metrics="[toy-metric]",
-                                         attacks="[toy-noise]", defences="[{name: toy-hang, busy: true}]",
-                                         extra="unit_timeout: 2"))
+    registry_file.write_text(
+        GRID.format(
+            images=image_dir,
+            output="run",
+            metrics="[toy-metric]",
+            attacks="[toy-noise]",
+            defences="[{name: toy-hang, busy: true}]",
+            extra="unit_timeout: 2",
+        )
+    )
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-m", "iqadef", "run", str(registry_file), "--no-report"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iqadef", "run", str(registry_file), "--no-report"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: unit 0/0/2") and "defence 'toy-hang[busy=True]' (purify)" in lines[-1]

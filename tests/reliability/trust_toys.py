@@ -7,9 +7,9 @@ import threading
 import time
 
 import torch
+from toy_plugins import ToyMetric
 
 from iqadef import Defence, ImageScore, Param, hookimpl
-from toy_plugins import ToyMetric
 
 #: Set by a test to release every hanging plugin (so no thread outlives the test for long).
 RELEASE = threading.Event()
@@ -195,8 +195,10 @@ class ExitingScore(ImageScore):
 
 
 #: Score classes by name, for tests that add one of them to the built-in scores.
-SCORES = {cls.name: cls for cls in (InPlaceScore, DataWriteScore, MemoWriteScore, WideScore, ListScore,
-                                    ReservedScore, ExitingScore)}
+SCORES = {
+    cls.name: cls
+    for cls in (InPlaceScore, DataWriteScore, MemoWriteScore, WideScore, ListScore, ReservedScore, ExitingScore)
+}
 
 
 @hookimpl

@@ -13,13 +13,13 @@ import pytest
 from matplotlib import colormaps
 
 from iqadef.config.registry import load_run_config
+from iqadef.core.smoothing import order_statistic_ranks, percentile_shift
+from iqadef.execute import run_grid
 from iqadef.report import gain_matrix, srocc_matrix, write_report
 from iqadef.report.certified import certified_table, sigma_to_cover
 from iqadef.report.figures import cell_font_size, new_figure, same_columns, text_colour
 from iqadef.report.glance import best_per_attack, geometric_defences, pareto_front, tradeoff_points
 from iqadef.report.tables import ranking_table
-from iqadef.execute import run_grid
-from iqadef.core.smoothing import order_statistic_ranks, percentile_shift
 
 GRID = """
 dataset: {{images: {images}}}
@@ -54,8 +54,16 @@ def report(tmp_path_factory, toy_registry):
     run_dir, written = _run(tmp, images, toy_registry)
     df = pd.read_parquet(run_dir / "results.parquet")
     info = json.loads((run_dir / "run.json").read_text())
-    return {"dir": run_dir, "written": written, "df": df, "info": info, "html": written["html"].read_text(),
-            "md": written["markdown"].read_text(), "images": images, "tmp": tmp}
+    return {
+        "dir": run_dir,
+        "written": written,
+        "df": df,
+        "info": info,
+        "html": written["html"].read_text(),
+        "md": written["markdown"].read_text(),
+        "images": images,
+        "tmp": tmp,
+    }
 
 
 # -- item 6: the best defence per attack, its quality cost, the trade-off, geometric defences -------------------
@@ -73,7 +81,7 @@ def test_the_best_defence_per_attack_is_the_lowest_normalised_gain_with_its_qual
     # the page shows it above the key findings, with the trade-off figure embedded
     html = report["html"]
     assert html.index("id='glance'") < html.index("id='findings'") < html.index("id='rankings'")
-    glance = html[html.index("id='glance'"):html.index("id='findings'")]
+    glance = html[html.index("id='glance'") : html.index("id='findings'")]
     assert f"<td>{best['best_defence']}</td>" in glance and "<th>quality − no-defence" in glance
     assert "<img class='fig tradeoff'" in glance and "src='data:image/png;base64," in glance
     assert any(k.startswith("figure:tradeoff_toy-metric") for k in report["written"])
@@ -85,8 +93,8 @@ def test_no_defence_is_not_among_the_highest_quality(report):
     line = next(line for line in report["md"].splitlines() if line.startswith("Highest quality score"))
     named = line.split("): ", 1)[1]
     assert "toy-blur" in named and "no-defence" not in named and "median-smoothing" not in named
-    findings = report["html"][report["html"].index("<section id='findings'>"):]
-    findings = findings[findings.index("highest quality score</strong>"):findings.index("</section>")]
+    findings = report["html"][report["html"].index("<section id='findings'>") :]
+    findings = findings[findings.index("highest quality score</strong>") : findings.index("</section>")]
     assert "toy-blur" in findings and "<li>no-defence" not in findings and "<li>median-smoothing" not in findings
 
 
@@ -135,8 +143,8 @@ def test_certified_section_counts_coverage_and_says_what_would_cover_the_attacks
     outside = ((clean["f_def_clean"] < 0) | (clean["f_def_clean"] > 1)).mean()
     assert row["fs_outside_share"] == pytest.approx(outside)
     html = report["html"]
-    section = html[html.index("<section id='certified'>"):]
-    section = section[:section.index("</section>")]
+    section = html[html.index("<section id='certified'>") :]
+    section = section[: section.index("</section>")]
     assert f"covers {row['covered']} of {row['cells']} cells" in section
     assert f"needs sigma &gt;= {row['sigma_to_cover']:.4g} at n = 24" in section
     if outside > 0:
@@ -187,8 +195,8 @@ def test_heatmap_numbers_contrast_with_their_cell_and_grow_with_it():
 
 def test_figure_5_says_which_defences_it_shows_and_the_pooled_ranking_needs_two_metrics(report, toy_registry):
     html, md = report["html"], report["md"]
-    fig5 = html[html.index("<section id='fig5'>"):]
-    assert "the 8 with the lowest mean gain" in fig5[:fig5.index("</section>")]
+    fig5 = html[html.index("<section id='fig5'>") :]
+    assert "the 8 with the lowest mean gain" in fig5[: fig5.index("</section>")]
     assert "at most the 8 with the lowest mean gain" in md
     assert "ranking-pooled" not in html and "All metrics pooled" not in md  # one metric: nothing to pool
     tmp = report["tmp"] / "two"
@@ -202,9 +210,11 @@ def test_geometric_is_declared_by_flip_rotate_crop_and_inherited_by_a_compositio
     from iqadef.plan.grid import run_info
 
     path = tmp_path / "g.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
-                    f"defences: [no-defence, toy-blur, flip, random-rotate, random-crop, [toy-blur, flip], "
-                    f"[toy-blur, toy-blur]]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
+        f"defences: [no-defence, toy-blur, flip, random-rotate, random-crop, [toy-blur, flip], "
+        f"[toy-blur, toy-blur]]\n"
+    )
     config = load_run_config(path, registry=toy_registry)
     info = run_info(config, config.open_dataset())
     flags = {label: entry["geometric"] for label, entry in info["defence_plugins"].items()}
@@ -213,10 +223,19 @@ def test_geometric_is_declared_by_flip_rotate_crop_and_inherited_by_a_compositio
 
 
 def test_the_geometric_flag_is_described(toy_registry):
-    described = {name: toy_registry.get("defences", name).describe()["geometric"]
-                 for name in ("flip", "random-rotate", "random-crop", "jpeg", "median-blur", "resize", "no-defence")}
-    assert described == {"flip": True, "random-rotate": True, "random-crop": True, "jpeg": False,
-                         "median-blur": False, "resize": False, "no-defence": False}
+    described = {
+        name: toy_registry.get("defences", name).describe()["geometric"]
+        for name in ("flip", "random-rotate", "random-crop", "jpeg", "median-blur", "resize", "no-defence")
+    }
+    assert described == {
+        "flip": True,
+        "random-rotate": True,
+        "random-crop": True,
+        "jpeg": False,
+        "median-blur": False,
+        "resize": False,
+        "no-defence": False,
+    }
 
 
 def test_a_run_written_before_run_json_named_its_defences_plugins_still_marks_flip(report, toy_registry, tmp_path):
@@ -229,8 +248,8 @@ def test_a_run_written_before_run_json_named_its_defences_plugins_still_marks_fl
     (run_dir / "run.json").write_text(json.dumps(info))
     html = write_report(run_dir, registry=toy_registry)["html"].read_text()
     assert "moves pixels (flip, rotate, crop" in html
-    highest = html[html.index("highest quality score</strong>"):]
-    assert "<li>no-defence" not in highest[:highest.index("</section>")]
+    highest = html[html.index("highest quality score</strong>") :]
+    assert "<li>no-defence" not in highest[: highest.index("</section>")]
 
 
 def test_the_drawn_figures_3_and_4_share_their_columns(report, monkeypatch):
@@ -238,7 +257,8 @@ def test_the_drawn_figures_3_and_4_share_their_columns(report, monkeypatch):
 
     drawn = []
     real = figures.heatmap
-    monkeypatch.setattr(figures, "heatmap", lambda matrix, *a, **k: drawn.append(list(matrix.columns)) or
-                        real(matrix, *a, **k))
+    monkeypatch.setattr(
+        figures, "heatmap", lambda matrix, *a, **k: drawn.append(list(matrix.columns)) or real(matrix, *a, **k)
+    )
     write_report(report["dir"])
     assert len(drawn) == 2 and drawn[0] == drawn[1]

@@ -15,11 +15,19 @@ from pathlib import Path
 import pytest
 from toy_plugins import small_grid_config
 
-from iqadef.report import write_report
 from iqadef.execute import run_grid
+from iqadef.report import write_report
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str:
@@ -45,8 +53,9 @@ def report_page(tmp_path_factory, toy_registry):
     images = tmp / "images"
     images.mkdir()
     _images(images)
-    summary = run_grid(small_grid_config(tmp, images, toy_registry, str(tmp / "run")), registry=toy_registry,
-                       progress=False)
+    summary = run_grid(
+        small_grid_config(tmp, images, toy_registry, str(tmp / "run")), registry=toy_registry, progress=False
+    )
     return write_report(summary.run_dir)["html"]
 
 
@@ -64,8 +73,9 @@ def _images(folder: Path) -> None:
 
 
 def _first_column(page, table_selector: str) -> list[str]:
-    return page.eval_on_selector_all(f"{table_selector} tbody tr",
-                                     "rows => rows.filter(r => !r.hidden).map(r => r.cells[1].textContent.trim())")
+    return page.eval_on_selector_all(
+        f"{table_selector} tbody tr", "rows => rows.filter(r => !r.hidden).map(r => r.cells[1].textContent.trim())"
+    )
 
 
 def test_report_works_in_headless_chromium(report_page, tmp_path):
@@ -79,8 +89,14 @@ def test_report_works_in_headless_chromium(report_page, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("request", lambda req: None if req.url.startswith(("file:", "data:")) else
-                    errors.append(f"request outside the file: {req.url}"))
+            page.on(
+                "request",
+                lambda req: (
+                    None
+                    if req.url.startswith(("file:", "data:"))
+                    else errors.append(f"request outside the file: {req.url}")
+                ),
+            )
             page.goto(report_page.as_uri())
             page.wait_for_load_state("load")
 
@@ -110,9 +126,12 @@ def test_report_works_in_headless_chromium(report_page, tmp_path):
 
             # the picker: another defence shows another defended image and its scores, the clean one stays
             def shown():
-                return {k: page.eval_on_selector(f"#panel-{k}", "f => [f.querySelector('img').src, "
-                                                                "f.querySelector('figcaption').textContent]")
-                        for k in ("x", "xa", "dxa")}
+                return {
+                    k: page.eval_on_selector(
+                        f"#panel-{k}", "f => [f.querySelector('img').src, f.querySelector('figcaption').textContent]"
+                    )
+                    for k in ("x", "xa", "dxa")
+                }
 
             first = shown()
             assert all(src.startswith("data:image/") for src, _ in first.values())

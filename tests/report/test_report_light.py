@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 from iqadef.report import write_report
 from iqadef.report.figures import THUMBNAIL_SIZE, ThumbnailCache
-from iqadef.execute import run_grid
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -28,17 +28,21 @@ def comparison(page: str) -> dict:
 
 @pytest.fixture()
 def run_dir(tmp_path, image_dir, toy_registry) -> Path:
-    (tmp_path / "grid.yaml").write_text(f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\n"
-                                        f"device: cpu\nbatch_size: 6\nexamples: 2\nmetrics: [toy-metric]\n"
-                                        f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n")
+    (tmp_path / "grid.yaml").write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\n"
+        f"device: cpu\nbatch_size: 6\nexamples: 2\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
+    )
     config = load_run_config(tmp_path / "grid.yaml", registry=toy_registry)
     return run_grid(config, registry=toy_registry, progress=False).run_dir
 
 
 def test_iqadef_report_in_a_subprocess_imports_no_torch(run_dir):
-    probe = ("import sys\nfrom iqadef.cli import main\n"
-             f"code = main(['report', {str(run_dir)!r}])\n"
-             "print(code, sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
+    probe = (
+        "import sys\nfrom iqadef.cli import main\n"
+        f"code = main(['report', {str(run_dir)!r}])\n"
+        "print(code, sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC), "IQADEF_LOAD_PLUGINS": ""}  # built-ins only
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from iqadef.config.registry import load_run_config
-from iqadef.report import write_report
 from iqadef.execute import run_grid
+from iqadef.report import write_report
 
 
 def comparison(page: str) -> dict:
@@ -24,9 +24,11 @@ def test_clean_images_of_a_relative_dataset_folder_are_found(tmp_path, image_dir
     project = tmp_path / "project"
     project.mkdir()
     shutil.copytree(image_dir, project / "pictures")
-    (project / "grid.yaml").write_text(f"dataset: {{images: pictures}}\noutput: {tmp_path / 'run'}\n"
-                                       f"batch_size: 6\nexamples: 2\nmetrics: [toy-metric]\n"
-                                       f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n")
+    (project / "grid.yaml").write_text(
+        f"dataset: {{images: pictures}}\noutput: {tmp_path / 'run'}\n"
+        f"batch_size: 6\nexamples: 2\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
+    )
     monkeypatch.chdir(project)  # `iqadef run grid.yaml` from the project folder
     config = load_run_config(Path("grid.yaml"), registry=toy_registry)
     assert not config.images.is_absolute()  # the case of the bug: the stored paths are relative
@@ -42,11 +44,12 @@ def test_clean_images_of_a_relative_dataset_folder_are_found(tmp_path, image_dir
     assert "could not be read" not in page
 
 
-def test_run_json_records_the_device_and_the_dataset_and_the_report_shows_the_device(tmp_path, image_dir,
-                                                                                    toy_registry):
-    (tmp_path / "grid.yaml").write_text(f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\n"
-                                        f"device: cpu\nbatch_size: 6\nexamples: 1\nmetrics: [toy-metric]\n"
-                                        f"attacks: [toy-sign]\ndefences: [no-defence]\n")
+def test_run_json_records_the_device_and_the_dataset_and_the_report_shows_the_device(tmp_path, image_dir, toy_registry):
+    (tmp_path / "grid.yaml").write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\n"
+        f"device: cpu\nbatch_size: 6\nexamples: 1\nmetrics: [toy-metric]\n"
+        f"attacks: [toy-sign]\ndefences: [no-defence]\n"
+    )
     config = load_run_config(tmp_path / "grid.yaml", registry=toy_registry)
     summary = run_grid(config, registry=toy_registry, progress=False)
     info = json.loads((summary.run_dir / "run.json").read_text())

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from iqadef.config.registry import load_run_config
+from iqadef.plan.grid import run_info
 from iqadef.report import write_report
 from iqadef.report.robust_metrics import accuracy_table, metric_pairs, robustness_table
-from iqadef.plan.grid import run_info
 
 ORIGINAL, TUNED = "tiny-iqa", "tiny-iqa[weights_path=robust.pt]"
 IMAGES = [f"img{i}.png" for i in range(6)]
@@ -24,11 +24,19 @@ MOS = F_ORIGINAL * 10 + 1
 
 def _info() -> dict:
     entry = {"name": "tiny-iqa", "range": [0.0, 1.0], "higher_is_better": True}
-    return {"metrics": {ORIGINAL: entry, TUNED: dict(entry, trained={"method": "pgd-at", "images": 40,
-                                                                     "weights": "robust.pt"})},
-            "attacks": ["fgsm", "pgd"], "defences": ["no-defence", "jpeg"],
-            "defence_plugins": {"no-defence": {"name": "no-defence", "geometric": False},
-                                "jpeg": {"name": "jpeg", "geometric": False}}, "seed": 0}
+    return {
+        "metrics": {
+            ORIGINAL: entry,
+            TUNED: dict(entry, trained={"method": "pgd-at", "images": 40, "weights": "robust.pt"}),
+        },
+        "attacks": ["fgsm", "pgd"],
+        "defences": ["no-defence", "jpeg"],
+        "defence_plugins": {
+            "no-defence": {"name": "no-defence", "geometric": False},
+            "jpeg": {"name": "jpeg", "geometric": False},
+        },
+        "seed": 0,
+    }
 
 
 def _table() -> pd.DataFrame:
@@ -41,9 +49,20 @@ def _table() -> pd.DataFrame:
             for defence in ("no-defence", "jpeg"):
                 for image, f_x, mos in zip(IMAGES, clean, MOS):
                     f_adv = f_x + gains[(metric, attack)]
-                    rows.append({"metric": metric, "attack": attack, "defence": defence, "image": image,
-                                 "status": "ok", "f_clean": f_x, "f_adv": f_adv, "f_def_clean": f_x,
-                                 "f_def_adv": f_adv if defence == "no-defence" else f_x + 0.01, "mos": mos})
+                    rows.append(
+                        {
+                            "metric": metric,
+                            "attack": attack,
+                            "defence": defence,
+                            "image": image,
+                            "status": "ok",
+                            "f_clean": f_x,
+                            "f_adv": f_adv,
+                            "f_def_clean": f_x,
+                            "f_def_adv": f_adv if defence == "no-defence" else f_x + 0.01,
+                            "mos": mos,
+                        }
+                    )
     rows.append(dict(rows[0], image="broken.png", status="failed", f_clean=0.9, f_adv=0.0, f_def_adv=0.0))
     return pd.DataFrame(rows)
 
@@ -59,8 +78,12 @@ def test_pairs_are_fine_tuned_metrics_with_an_untrained_metric_of_the_same_plugi
 
 def test_accuracy_correlates_the_clean_scores_and_each_metric_with_mos():
     row = accuracy_table(_table(), _info()).iloc[0]
-    assert (row["original"], row["fine_tuned"], row["method"], row["training_images"]) == (ORIGINAL, TUNED,
-                                                                                           "pgd-at", 40)
+    assert (row["original"], row["fine_tuned"], row["method"], row["training_images"]) == (
+        ORIGINAL,
+        TUNED,
+        "pgd-at",
+        40,
+    )
     assert row["n_images"] == 6  # the failed cell's image is not counted
     assert row["spearman_clean"] == pytest.approx(1 - 6 * 2 / (6 * 35))
     assert row["pearson_clean"] == pytest.approx(np.corrcoef(F_ORIGINAL, F_TUNED)[0, 1])
@@ -76,9 +99,15 @@ def test_without_mos_only_the_agreement_with_the_original_is_given():
 
 
 def test_robustness_sets_the_undefended_gains_side_by_side_with_the_worst_case():
-    ranking = pd.DataFrame({"rank": [1, 2, 1], "metric": [ORIGINAL, ORIGINAL, TUNED],
-                            "defence": ["jpeg", "no-defence", "no-defence"], "budget": ["linf 8/255"] * 3,
-                            "gain_worst": [0.01, 0.4, 0.15]})
+    ranking = pd.DataFrame(
+        {
+            "rank": [1, 2, 1],
+            "metric": [ORIGINAL, ORIGINAL, TUNED],
+            "defence": ["jpeg", "no-defence", "no-defence"],
+            "budget": ["linf 8/255"] * 3,
+            "gain_worst": [0.01, 0.4, 0.15],
+        }
+    )
     table = robustness_table(_table(), _info(), ranking).set_index("attack")
     assert table.loc["fgsm", "norm_gain_original"] == pytest.approx(0.3)
     assert table.loc["fgsm", "norm_gain_fine_tuned"] == pytest.approx(0.1)
@@ -110,15 +139,20 @@ def test_run_json_records_the_training_of_a_metric_whose_weights_have_a_train_ro
     weights = tmp_path / "robust.pt"
     weights.write_bytes(b"not loaded by run_info")
     images = [{"name": f"t{i}.png", "sha256": f"{i:064x}"} for i in range(3)]
-    weights.with_suffix(".json").write_text(json.dumps({"kind": "iqadef train-robust", "method": "trades",
-                                                        "metric": "tiny-iqa", "data": {"images": images}}))
+    weights.with_suffix(".json").write_text(
+        json.dumps(
+            {"kind": "iqadef train-robust", "method": "trades", "metric": "tiny-iqa", "data": {"images": images}}
+        )
+    )
     other = tmp_path / "fcn_like.pt"  # a record of another trainer (no train-robust kind): not a fine-tuned metric
     other.write_bytes(b"x")
     other.with_suffix(".json").write_text(json.dumps({"data": {"images": images}}))
     path = tmp_path / "g.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\nattacks: [fgsm]\ndefences: [no-defence]\n"
-                    f"metrics: [tiny-iqa, {{name: tiny-iqa, weights_path: {weights}}}, "
-                    f"{{name: tiny-iqa, weights_path: {other}}}]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\nattacks: [fgsm]\ndefences: [no-defence]\n"
+        f"metrics: [tiny-iqa, {{name: tiny-iqa, weights_path: {weights}}}, "
+        f"{{name: tiny-iqa, weights_path: {other}}}]\n"
+    )
     config = load_run_config(path)
     metrics = run_info(config, config.open_dataset())["metrics"]
     original, tuned, other_label = (m.label for m in config.metrics)

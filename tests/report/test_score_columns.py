@@ -5,40 +5,50 @@ from __future__ import annotations
 
 import json
 
+import change_score
 import numpy as np
 import pandas as pd
 import pytest
-
-import change_score
 import shifted_metric
 import toy_plugins
+
 from iqadef import ConfigError, ImageScore, ScoreColumn
+from iqadef.analysis.scores import aggregate, recorded_columns
+from iqadef.config.registry import load_run_config
 from iqadef.core import columns
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
 from iqadef.report import key_findings, ranking_table, write_report
 from iqadef.report.tables import key_scores, with_ci
-from iqadef.execute import run_grid
-from iqadef.analysis.scores import aggregate, recorded_columns
 
 
 def test_a_third_party_key_column_reaches_the_main_table_with_its_direction(tmp_path, image_dir):
     registry = InstalledPlugins(extra=[toy_plugins, shifted_metric, change_score], entry_points=False)
     path = tmp_path / "run.yaml"
-    path.write_text(f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\nexamples: 0\n"
-                    f"metrics: [toy-metric]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n")
+    path.write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\nexamples: 0\n"
+        f"metrics: [toy-metric]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
+    )
     summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
     info = json.loads((summary.run_dir / "run.json").read_text())
     assert info["score_columns"]["defence_change"] == {
-        "name": "defence_change", "direction": "lower", "aggregate": "mean", "key": True, "ranking": "interval",
-        "title": "change of x", "plugin": "defence-change", "order": 100}
+        "name": "defence_change",
+        "direction": "lower",
+        "aggregate": "mean",
+        "key": True,
+        "ranking": "interval",
+        "title": "change of x",
+        "plugin": "defence-change",
+        "order": 100,
+    }
     md = write_report(summary.run_dir, registry=registry)["markdown"].read_text()
     key_section = md.split("## Key scores")[1].split("## Failed cells")[0]
     header = next(line for line in key_section.splitlines() if line.startswith("| metric"))
     assert header.split(" | ")[-1] == "defence_change |"  # after the built-ins' key columns (report_order 100)
     assert "Lower is better: gain, gain_clean, " in key_section and key_section.count("change of x") == 1
-    ranking_header = next(line for line in md.split("## Defence ranking per metric")[1].splitlines()
-                          if line.startswith("| rank"))
+    ranking_header = next(
+        line for line in md.split("## Defence ranking per metric")[1].splitlines() if line.startswith("| rank")
+    )
     assert " | quality_score | similarity_score | defence_change | n_images |" in ranking_header
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     ranking = ranking_table(df, info, metric="toy-metric").set_index("defence")
@@ -50,16 +60,29 @@ def _two_defences() -> pd.DataFrame:
     rows = []
     for i in range(6):
         for defence, gain, damage in (("sharp", 0.1, 0.9), ("soft", 0.2, 0.1)):
-            rows.append({"image": f"i{i}", "metric": "m", "attack": "a", "defence": defence, "status": "ok",
-                         "f_clean": 1.0, "f_adv": 2.0, "f_def_clean": 1.0, "f_def_adv": 1.0 + gain + 0.01 * i,
-                         "damage": damage + 0.01 * i})
+            rows.append(
+                {
+                    "image": f"i{i}",
+                    "metric": "m",
+                    "attack": "a",
+                    "defence": defence,
+                    "status": "ok",
+                    "f_clean": 1.0,
+                    "f_adv": 2.0,
+                    "f_def_clean": 1.0,
+                    "f_def_adv": 1.0 + gain + 0.01 * i,
+                    "damage": damage + 0.01 * i,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("direction, best", [("lower", "soft"), ("higher", "sharp")])
 def test_a_declared_direction_decides_the_best_defences(direction, best):
-    info = {"metrics": {"m": {"range": [0, 4]}},
-            "score_columns": recorded_columns_of(ScoreColumn("damage", direction, key=True, ranking="interval"))}
+    info = {
+        "metrics": {"m": {"range": [0, 4]}},
+        "score_columns": recorded_columns_of(ScoreColumn("damage", direction, key=True, ranking="interval")),
+    }
     table = ranking_table(_two_defences(), info, metric="m")
     assert list(table["defence"]) == ["sharp", "soft"]  # the ranking itself is by normalised gain
     assert table.columns[6:9].tolist() == ["damage", "damage_ci_low", "damage_ci_high"]
@@ -79,14 +102,20 @@ def test_a_column_without_a_direction_names_no_best_defences():
 
 
 def test_a_bad_direction_is_one_clear_error():
-    with pytest.raises(ConfigError, match=r"^score column 'damage': direction 'up' is not allowed; expected one "
-                                          r"of 'higher', 'lower', None$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^score column 'damage': direction 'up' is not allowed; expected one "
+        r"of 'higher', 'lower', None$",
+    ):
         ScoreColumn("damage", "up")
     with pytest.raises(ConfigError, match=r"score plugin Twice: score column\(s\) \['x'\] declared twice"):
         type("Twice", (ImageScore,), {"name": "twice", "columns": (ScoreColumn("x"), ScoreColumn("x"))})
     info = {"score_columns": {"damage": {"name": "damage", "direction": "down"}}}
-    with pytest.raises(ConfigError, match=r"^run.json: score_columns.damage: score column 'damage': direction "
-                                          r"'down' is not allowed"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^run.json: score_columns.damage: score column 'damage': direction "
+        r"'down' is not allowed",
+    ):
         ranking_table(_two_defences(), info)
 
 
@@ -98,8 +127,7 @@ def test_the_builtins_declare_what_the_report_showed_before():
     assert columns.key_columns(recorded) == columns.key_columns(legacy)
     assert columns.ranking_columns(recorded) == columns.ranking_columns(legacy)
     assert columns.finding_column(recorded) == columns.finding_column(legacy) == legacy["quality_score"]
-    assert {n: c.direction for n, c in recorded.items() if n in legacy} == \
-        {n: c.direction for n, c in legacy.items()}
+    assert {n: c.direction for n, c in recorded.items() if n in legacy} == {n: c.direction for n, c in legacy.items()}
 
 
 def test_a_median_column_is_summed_up_by_its_median():

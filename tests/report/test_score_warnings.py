@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqadef.config.registry import load_run_config
-from iqadef.report import ranking_table, write_report
-from iqadef.execute import run_grid
 from iqadef.analysis.scores import ScoreWarning, normalised_gain, score_warnings
+from iqadef.config.registry import load_run_config
+from iqadef.execute import run_grid
+from iqadef.report import ranking_table, write_report
 
 TINY = {"tiny-iqa": {"name": "tiny-iqa", "range": [-6.0, 86.0], "higher_is_better": True}}
 
@@ -29,8 +29,15 @@ def test_a_range_below_zero_warns_before_any_cell_and_a_range_from_zero_does_not
 
 
 def test_the_table_adds_how_many_clean_scores_are_at_or_below_zero_or_near_it():
-    df = pd.DataFrame({"image": ["a", "a", "b", "c", "d"], "metric": "m", "status": "ok",
-                       "f_clean": [-2.0, -2.0, 0.0, 0.5, 50.0], "f_def_adv": 1.0})
+    df = pd.DataFrame(
+        {
+            "image": ["a", "a", "b", "c", "d"],
+            "metric": "m",
+            "status": "ok",
+            "f_clean": [-2.0, -2.0, 0.0, 0.5, 50.0],
+            "f_def_adv": 1.0,
+        }
+    )
     (line,) = score_warnings({"m": {"range": [0, 100]}}, df)
     assert "2 of 4 images have a clean score f(x) <= 0" in line  # "a" counts once, "b" is exactly 0
     assert "1 of 4 images have f(x) within 1% of the range above 0" in line  # 0.5 < 1
@@ -42,9 +49,19 @@ def _cells(f_clean, deviations):
     for defence, dev in deviations.items():
         for i, f_x in enumerate(f_clean):
             for attack in ("a1", "a2"):
-                rows.append({"image": f"i{i}", "metric": "tiny-iqa", "attack": attack, "defence": defence,
-                             "status": "ok", "f_clean": f_x, "f_adv": f_x + 10, "f_def_clean": f_x,
-                             "f_def_adv": f_x + dev[i]})
+                rows.append(
+                    {
+                        "image": f"i{i}",
+                        "metric": "tiny-iqa",
+                        "attack": attack,
+                        "defence": defence,
+                        "status": "ok",
+                        "f_clean": f_x,
+                        "f_adv": f_x + 10,
+                        "f_def_clean": f_x,
+                        "f_def_adv": f_x + dev[i],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -65,8 +82,10 @@ def test_ranking_by_normalised_gain_is_not_fooled_by_negative_clean_scores():
 
 def test_the_run_warns_and_the_report_says_so(tmp_path, image_dir, toy_registry):
     registry = tmp_path / "shifted.yaml"
-    registry.write_text(f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\n"
-                        f"examples: 0\nmetrics: [toy-shifted]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n")
+    registry.write_text(
+        f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\n"
+        f"examples: 0\nmetrics: [toy-shifted]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
+    )
     config = load_run_config(registry, registry=toy_registry)
     with pytest.warns(ScoreWarning, match=r"metric toy-shifted: its range \(-1, 1\) goes below 0"):
         summary = run_grid(config, registry=toy_registry, progress=False)

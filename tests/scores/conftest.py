@@ -21,9 +21,17 @@ class RangeMetric(Metric):
 
 def make_cells(clean, adv, def_clean, def_adv, f_clean, f_adv, f_def_clean, f_def_adv, metric=None):
     t = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
-    return CellBatch(clean=clean, adv=adv, def_clean=def_clean, def_adv=def_adv, f_clean=t(f_clean),
-                     f_adv=t(f_adv), f_def_clean=t(f_def_clean), f_def_adv=t(f_def_adv),
-                     metric=metric or RangeMetric())
+    return CellBatch(
+        clean=clean,
+        adv=adv,
+        def_clean=def_clean,
+        def_adv=def_adv,
+        f_clean=t(f_clean),
+        f_adv=t(f_adv),
+        f_def_clean=t(f_def_clean),
+        f_def_adv=t(f_def_adv),
+        metric=metric or RangeMetric(),
+    )
 
 
 @pytest.fixture

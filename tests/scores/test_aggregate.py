@@ -1,14 +1,13 @@
 """Aggregation per metric x attack x defence, confidence intervals, pluggable summary scores."""
 
-from types import SimpleNamespace
-
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from iqadef.core.plugins import installed_plugins
 from iqadef.analysis.scores import SummaryScore, aggregate, correlation_ci, mean_ci, summary_score_classes
+from iqadef.core.plugins import installed_plugins
 
 
 def test_mean_ci_is_a_t_interval():
@@ -37,14 +36,22 @@ class CountBig(SummaryScore):
 
 
 def table():
-    return pd.DataFrame({
-        "image": ["a", "b", "c", "a"],
-        "metric": ["m"] * 4, "attack": ["ifgsm"] * 4, "defence": ["jpeg", "jpeg", "jpeg", "flip"],
-        "status": ["ok", "ok", "failed", "ok"], "error": ["", "", "boom", ""],
-        "f_clean": [40.0, 60.0, float("nan"), 40.0], "f_adv": [1.0, 2.0, float("nan"), 1.0],
-        "f_def_clean": [40.0, 60.0, float("nan"), 40.0], "f_def_adv": [50.0, 70.0, float("nan"), 44.0],
-        "mos": [float("nan")] * 4, "gain": [1.0, 2.0, 99.0, 3.0],
-    })
+    return pd.DataFrame(
+        {
+            "image": ["a", "b", "c", "a"],
+            "metric": ["m"] * 4,
+            "attack": ["ifgsm"] * 4,
+            "defence": ["jpeg", "jpeg", "jpeg", "flip"],
+            "status": ["ok", "ok", "failed", "ok"],
+            "error": ["", "", "boom", ""],
+            "f_clean": [40.0, 60.0, float("nan"), 40.0],
+            "f_adv": [1.0, 2.0, float("nan"), 1.0],
+            "f_def_clean": [40.0, 60.0, float("nan"), 40.0],
+            "f_def_adv": [50.0, 70.0, float("nan"), 44.0],
+            "mos": [float("nan")] * 4,
+            "gain": [1.0, 2.0, 99.0, 3.0],
+        }
+    )
 
 
 def test_aggregate_excludes_and_counts_failed_cells():

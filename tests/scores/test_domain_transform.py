@@ -40,10 +40,14 @@ def benchmark_file(tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16),
-                                torch.nn.ReLU(), torch.nn.Linear(16, 1))
-    content = {"domain": "mdtvsfa", "models": {"meta-iqa": model},
-               "scalers": {"meta-iqa": {"X": MinMaxScaler(1.25, -0.1), "Y": MinMaxScaler(0.01, 0.0)}}}
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+    )
+    content = {
+        "domain": "mdtvsfa",
+        "models": {"meta-iqa": model},
+        "scalers": {"meta-iqa": {"X": MinMaxScaler(1.25, -0.1), "Y": MinMaxScaler(0.01, 0.0)}},
+    }
     path = tmp_path / "models_to_mdtvsfa_1d.pth"
     path.write_bytes(pickle.dumps(content, protocol=4))
     return path, model
@@ -64,8 +68,9 @@ def test_benchmark_maps_are_applied_as_the_benchmark_applies_them(benchmark_file
     path, model = benchmark_file
     score = rb.MsuRobustness(domain="mdtvsfa", domain_maps=path, domain_seed=3)
     values = np.array([0.1, 0.35, 0.5, 0.9, 1.2])
-    np.testing.assert_allclose(score.to_domain(values, INFO), reference_transform(values, model, 1.25, -0.1, 3),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        score.to_domain(values, INFO), reference_transform(values, model, 1.25, -0.1, 3), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_scores_in_the_domain_are_the_raw_scores_of_the_mapped_values(benchmark_file):
@@ -77,8 +82,9 @@ def test_scores_in_the_domain_are_the_raw_scores_of_the_mapped_values(benchmark_
     assert set(mapped) == {f"{k}_mdtvsfa" for k in raw_of_transformed}
     for key, value in raw_of_transformed.items():
         assert mapped[f"{key}_mdtvsfa"] == pytest.approx(value, rel=1e-5, abs=1e-7)
-    assert mapped["robustness_score_mdtvsfa"] != pytest.approx(rb.MsuRobustness().summarise(group, INFO)[
-        "robustness_score"])
+    assert mapped["robustness_score_mdtvsfa"] != pytest.approx(
+        rb.MsuRobustness().summarise(group, INFO)["robustness_score"]
+    )
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
@@ -121,7 +127,7 @@ def test_quantile_map_is_the_monotone_transport_between_two_samples():
     target = rng.uniform(0, 1, 4000) ** 2  # the optimal 1-D map is v -> v^2
     mapping = fit_quantile_map(source, target)
     grid = np.linspace(0.05, 0.95, 10)
-    np.testing.assert_allclose(mapping(grid), grid ** 2, atol=0.03)
+    np.testing.assert_allclose(mapping(grid), grid**2, atol=0.03)
     assert np.all(np.diff(mapping(np.linspace(-1, 2, 50))) >= 0)
     with pytest.raises(ValueError):
         PiecewiseLinearMap([0.0], [1.0])

@@ -51,12 +51,27 @@ def test_quality_scores_as_the_two_reference_codes_compute_them():
 
 def test_infinite_values_are_left_out_of_means_and_counted():
     rows = []
-    for defence, psnrs in (("no-defence", [math.inf, math.inf, math.inf]), ("jpeg", [30.0, math.inf, 34.0]),
-                           ("blur", [20.0, 22.0, 24.0])):
+    for defence, psnrs in (
+        ("no-defence", [math.inf, math.inf, math.inf]),
+        ("jpeg", [30.0, math.inf, 34.0]),
+        ("blur", [20.0, 22.0, 24.0]),
+    ):
         for image, value in zip("abc", psnrs):
-            rows.append({"image": image, "metric": "m", "attack": "ifgsm", "defence": defence, "status": "ok",
-                         "f_clean": 1.0, "f_adv": 2.0, "f_def_clean": 1.0, "f_def_adv": 1.5,
-                         "psnr_x_dx": value, "gain": 0.5})
+            rows.append(
+                {
+                    "image": image,
+                    "metric": "m",
+                    "attack": "ifgsm",
+                    "defence": defence,
+                    "status": "ok",
+                    "f_clean": 1.0,
+                    "f_adv": 2.0,
+                    "f_def_clean": 1.0,
+                    "f_def_adv": 1.5,
+                    "psnr_x_dx": value,
+                    "gain": 0.5,
+                }
+            )
     agg = aggregate(pd.DataFrame(rows), {}, summaries=[]).set_index("defence")
     assert agg.loc["jpeg", "psnr_x_dx_mean"] == pytest.approx(32.0)
     assert agg.loc["jpeg", "psnr_x_dx_n_inf"] == 1
@@ -72,10 +87,23 @@ def test_infinite_psnr_survives_the_store_and_the_exported_tables(tmp_path):
     x, xa, dxa = _images()
     scores = FullReferenceMeasures().compute(make_cells(x, xa, x, dxa, [1.0], [2.0], [1.0], [1.5]))
     assert math.isinf(float(scores["psnr_x_dx"][0]))
-    row = {"metric_key": "k", "attack_key": "a", "defence_key": "d", "image": "img", "metric": "m",
-           "attack": "ifgsm", "defence": "no-defence", "status": "ok", "error": "", "f_clean": 1.0,
-           "f_adv": 2.0, "f_def_clean": 1.0, "f_def_adv": 1.5, "unit": "u",
-           "scores": {k: float(v[0]) for k, v in scores.items()}}
+    row = {
+        "metric_key": "k",
+        "attack_key": "a",
+        "defence_key": "d",
+        "image": "img",
+        "metric": "m",
+        "attack": "ifgsm",
+        "defence": "no-defence",
+        "status": "ok",
+        "error": "",
+        "f_clean": 1.0,
+        "f_adv": 2.0,
+        "f_def_clean": 1.0,
+        "f_def_adv": 1.5,
+        "unit": "u",
+        "scores": {k: float(v[0]) for k, v in scores.items()},
+    }
     store = ResultStore(tmp_path)
     try:
         store.write_cells([row])

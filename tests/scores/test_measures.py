@@ -35,8 +35,11 @@ def test_psnr_is_scikit_images_including_inf_for_identical_images():
     expected = []
     for i in range(3):
         with np.errstate(divide="ignore"):
-            expected.append(skimage_metrics.peak_signal_noise_ratio(a[i].numpy().astype(np.float64),
-                                                                     b[i].numpy().astype(np.float64), data_range=1))
+            expected.append(
+                skimage_metrics.peak_signal_noise_ratio(
+                    a[i].numpy().astype(np.float64), b[i].numpy().astype(np.float64), data_range=1
+                )
+            )
     assert math.isinf(out[0]) and math.isinf(expected[0]) and out[0] > 0
     assert out[1:].tolist() == pytest.approx(expected[1:], rel=1e-9)
 
@@ -73,13 +76,17 @@ def test_ssim_matches_scikit_image_defaults():
     b = (a + 0.1 * torch.randn(2, 3, 24, 20, generator=g)).clamp(0, 1)
     ours = m.ssim(a, b)
     for i in range(2):
-        ref = skimage_metrics.structural_similarity(a[i].permute(1, 2, 0).numpy().astype(np.float64),
-                                                    b[i].permute(1, 2, 0).numpy().astype(np.float64),
-                                                    channel_axis=2, data_range=1)
+        ref = skimage_metrics.structural_similarity(
+            a[i].permute(1, 2, 0).numpy().astype(np.float64),
+            b[i].permute(1, 2, 0).numpy().astype(np.float64),
+            channel_axis=2,
+            data_range=1,
+        )
         assert ours[i].item() == pytest.approx(ref, abs=1e-6)
-        ref_psnr = skimage_metrics.peak_signal_noise_ratio(a[i].numpy().astype(np.float64),
-                                                           b[i].numpy().astype(np.float64), data_range=1)
-        assert m.psnr(a[i:i + 1], b[i:i + 1]).item() == pytest.approx(ref_psnr, rel=1e-6)
+        ref_psnr = skimage_metrics.peak_signal_noise_ratio(
+            a[i].numpy().astype(np.float64), b[i].numpy().astype(np.float64), data_range=1
+        )
+        assert m.psnr(a[i : i + 1], b[i : i + 1]).item() == pytest.approx(ref_psnr, rel=1e-6)
 
 
 def test_ssim_of_tiny_images_uses_a_smaller_window():
@@ -96,22 +103,25 @@ def test_match_size_resizes_bilinearly_to_the_reference():
     assert m.match_size(big, big) is big
 
 
-EXPECTED_COLUMNS = [f"{meas}_{pair}" for pair in ("x_xa", "x_dx", "x_dxa", "xa_dxa", "dx_dxa")
-                    for meas in ("psnr", "ssim", "mse", "mae", "linf")]
+EXPECTED_COLUMNS = [
+    f"{meas}_{pair}"
+    for pair in ("x_xa", "x_dx", "x_dxa", "xa_dxa", "dx_dxa")
+    for meas in ("psnr", "ssim", "mse", "mae", "linf")
+]
 
 
 def test_full_reference_columns_and_values_with_a_size_changing_defence(metric):
     x = const(0.2, size=32, batch=2)
     xa = const(0.3, size=32, batch=2)
-    dx = const(0.2, size=16, batch=2)   # a resize defence: half size
+    dx = const(0.2, size=16, batch=2)  # a resize defence: half size
     dxa = const(0.25, size=16, batch=2)
     cells = make_cells(x, xa, dx, dxa, [1, 1], [1, 1], [1, 1], [1, 1], metric)
     out = FullReferenceMeasures().compute(cells)
     assert sorted(out) == sorted(EXPECTED_COLUMNS) == sorted(FullReferenceMeasures.column_names())
     assert all(v.shape == (2,) for v in out.values())
-    assert out["psnr_x_xa"].tolist() == pytest.approx([20.0, 20.0])            # MSE 0.01
-    assert out["psnr_x_dx"].tolist() == [math.inf, math.inf]                      # identical after resize
-    assert out["mse_x_dxa"].tolist() == pytest.approx([0.0025, 0.0025])        # 0.05^2
+    assert out["psnr_x_xa"].tolist() == pytest.approx([20.0, 20.0])  # MSE 0.01
+    assert out["psnr_x_dx"].tolist() == [math.inf, math.inf]  # identical after resize
+    assert out["mse_x_dxa"].tolist() == pytest.approx([0.0025, 0.0025])  # 0.05^2
     assert out["mae_xa_dxa"].tolist() == pytest.approx([0.05, 0.05])
     assert out["linf_dx_dxa"].tolist() == pytest.approx([0.05, 0.05])
     assert out["psnr_dx_dxa"][0].item() == pytest.approx(10 * math.log10(1 / 0.0025))

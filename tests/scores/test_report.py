@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from iqadef.report import figure_file_name, load_results, summary_table, write_report
 from iqadef.plugins.scores.full_reference import FullReferenceMeasures
 from iqadef.plugins.scores.gain import GainScore
 from iqadef.plugins.scores.msu_gain import MsuGain
 from iqadef.plugins.scores.quality import QualityScore
+from iqadef.report import figure_file_name, load_results, summary_table, write_report
 
 from .conftest import make_cells
 
@@ -48,14 +48,31 @@ def build_run(run_dir, with_mos=True):
             save_png(xa[0], run_dir / adv_rel)
             f_xa = f_x + 20 + 5 * a
             for d, (defence, noise) in enumerate(DEFENCES.items()):
-                row = {"image": image, "metric": "toy", "attack": attack, "defence": defence,
-                       "metric_key": "k1", "attack_key": f"a{a}", "defence_key": f"d{d}",
-                       "metric_params": "{}", "attack_params": "{}", "defence_params": "{}",
-                       "mos": float(i + 1) if with_mos else float("nan"), "adv_path": adv_rel,
-                       "image_path": str(clean_path), "example_path": ""}
+                row = {
+                    "image": image,
+                    "metric": "toy",
+                    "attack": attack,
+                    "defence": defence,
+                    "metric_key": "k1",
+                    "attack_key": f"a{a}",
+                    "defence_key": f"d{d}",
+                    "metric_params": "{}",
+                    "attack_params": "{}",
+                    "defence_params": "{}",
+                    "mos": float(i + 1) if with_mos else float("nan"),
+                    "adv_path": adv_rel,
+                    "image_path": str(clean_path),
+                    "example_path": "",
+                }
                 if attack == "fgsm" and defence.startswith("jpeg") and image == "img3":
-                    row.update(status="failed", error="RuntimeError: out of memory", f_clean=np.nan,
-                               f_adv=np.nan, f_def_clean=np.nan, f_def_adv=np.nan)
+                    row.update(
+                        status="failed",
+                        error="RuntimeError: out of memory",
+                        f_clean=np.nan,
+                        f_adv=np.nan,
+                        f_def_clean=np.nan,
+                        f_def_adv=np.nan,
+                    )
                     rows.append(row)
                     continue
                 if noise is None:
@@ -78,9 +95,12 @@ def build_run(run_dir, with_mos=True):
                 rows.append(row)
     df = pd.DataFrame(rows)
     df.to_parquet(run_dir / "results.parquet")
-    run_info = {"metrics": {"toy": {"name": "toy", "range": [0, 100], "higher_is_better": True}},
-                "seed": 7, "dataset": {"images": "/data/imgs", "mos": "/data/mos.csv" if with_mos else None},
-                "registry": {}}
+    run_info = {
+        "metrics": {"toy": {"name": "toy", "range": [0, 100], "higher_is_better": True}},
+        "seed": 7,
+        "dataset": {"images": "/data/imgs", "mos": "/data/mos.csv" if with_mos else None},
+        "registry": {},
+    }
     (run_dir / "run.json").write_text(json.dumps(run_info))
     return df, run_info
 
@@ -103,8 +123,9 @@ def test_summary_table_counts_failures_and_averages_gain(report):
     assert row["gain"] == pytest.approx(expected)
     assert row["gain_ci_low"] <= row["gain"] <= row["gain_ci_high"]
     no_def = short[(short["attack"] == "ifgsm") & (short["defence"] == "no-defence")].iloc[0]
-    assert no_def["gain"] == pytest.approx(((df.query("attack == 'ifgsm' and defence == 'no-defence'")
-                                             .eval("(f_adv - f_clean) / f_clean")).mean()))
+    assert no_def["gain"] == pytest.approx(
+        ((df.query("attack == 'ifgsm' and defence == 'no-defence'").eval("(f_adv - f_clean) / f_clean")).mean())
+    )
 
 
 def test_write_report_writes_html_markdown_and_figures(report):
@@ -122,9 +143,18 @@ def test_html_is_self_contained_with_tables_and_images(report):
     run_dir, _, _, written = report
     text = written["html"].read_text()
     assert "Ranking: all metrics pooled" not in text  # one metric: nothing to pool
-    for heading in ("Summary: gain", "Ranking: toy", "Key findings", "Key scores",
-                    "All aggregated scores", "Figure 3", "Figure 4", "Figure 5", "Image comparison",
-                    "Failed cells (1)"):
+    for heading in (
+        "Summary: gain",
+        "Ranking: toy",
+        "Key findings",
+        "Key scores",
+        "All aggregated scores",
+        "Figure 3",
+        "Figure 4",
+        "Figure 5",
+        "Image comparison",
+        "Failed cells (1)",
+    ):
         assert heading in text, heading
     assert text.count("<table") >= 6
     for defence in DEFENCES:
@@ -143,7 +173,7 @@ def test_html_is_self_contained_with_tables_and_images(report):
     no_defence = [c for c in data["cells"] if c["d"] == "no-defence"]
     assert no_defence and all(c["dxa"] == c["xa"] for c in no_defence)  # D(x_a) = x_a: the same thumbnail
     assert len({c["dxa"] for c in data["cells"]}) == len(data["cells"]) - len(no_defence) + len(no_defence)
-    for pattern in ("src='figures/", "src=\"figures/", "file://", "http://", "https://"):
+    for pattern in ("src='figures/", 'src="figures/', "file://", "http://", "https://"):
         assert pattern not in text, pattern  # nothing linked from outside
 
 
@@ -151,9 +181,21 @@ def test_summary_csv_has_every_aggregated_score(report):
     run_dir, _, _, _ = report
     agg = pd.read_csv(run_dir / "summary.csv")
     assert len(agg) == len(ATTACKS) * len(DEFENCES)
-    for col in ("gain_mean", "gain_ci_low", "gain_ci_high", "quality_score_mean", "ssim_x_dxa_mean",
-                "psnr_dx_dxa_mean", "rel_gain_x_xa_mean", "robustness_score", "wasserstein_score",
-                "energy_distance_score", "srocc_mos_def_adv", "srocc_clean_def_clean", "n_failed"):
+    for col in (
+        "gain_mean",
+        "gain_ci_low",
+        "gain_ci_high",
+        "quality_score_mean",
+        "ssim_x_dxa_mean",
+        "psnr_dx_dxa_mean",
+        "rel_gain_x_xa_mean",
+        "robustness_score",
+        "wasserstein_score",
+        "energy_distance_score",
+        "srocc_mos_def_adv",
+        "srocc_clean_def_clean",
+        "n_failed",
+    ):
         assert col in agg.columns, col
     crop = agg[agg["defence"] == "random-crop[size=16]"]
     assert np.isfinite(crop["psnr_x_dxa_mean"]).all() and (crop["psnr_x_dxa_mean"] <= 100).all()
@@ -199,12 +241,24 @@ def test_report_of_a_minimal_table_with_an_all_failed_group(tmp_path):
     for i in range(4):
         for defence in ("no-defence", "median-blur"):
             failed = defence == "median-blur"
-            rows.append({"image": f"i{i}", "metric": "lin", "attack": "fgsm", "defence": defence,
-                         "status": "failed" if failed else "ok", "error": "boom" if failed else "",
-                         "f_clean": np.nan if failed else 50.0 + i, "f_adv": np.nan if failed else 60.0 + i,
-                         "f_def_clean": np.nan if failed else 50.0 + i,
-                         "f_def_adv": np.nan if failed else 60.0 + i, "mos": np.nan,
-                         "adv_path": "", "example_path": "", "image_path": ""})
+            rows.append(
+                {
+                    "image": f"i{i}",
+                    "metric": "lin",
+                    "attack": "fgsm",
+                    "defence": defence,
+                    "status": "failed" if failed else "ok",
+                    "error": "boom" if failed else "",
+                    "f_clean": np.nan if failed else 50.0 + i,
+                    "f_adv": np.nan if failed else 60.0 + i,
+                    "f_def_clean": np.nan if failed else 50.0 + i,
+                    "f_def_adv": np.nan if failed else 60.0 + i,
+                    "mos": np.nan,
+                    "adv_path": "",
+                    "example_path": "",
+                    "image_path": "",
+                }
+            )
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     written = write_report(tmp_path)  # no run.json: defaults
     text = written["html"].read_text()
@@ -225,9 +279,19 @@ def test_figure4_matrix_with_mos_or_with_the_clean_scores_on_hand_made_numbers()
     rows = []
     for d, adv, dclean in (("keeps", [10, 20, 30, 40], [1, 2, 3, 4]), ("flips", [4, 3, 2, 1], [1, 3, 2, 4])):
         for i in range(4):
-            rows.append({"metric": "m", "attack": "a", "defence": d, "image": f"i{i}", "status": "ok",
-                         "f_clean": float(i + 1), "f_def_adv": float(adv[i]), "f_def_clean": float(dclean[i]),
-                         "mos": float(4 - i)})
+            rows.append(
+                {
+                    "metric": "m",
+                    "attack": "a",
+                    "defence": d,
+                    "image": f"i{i}",
+                    "status": "ok",
+                    "f_clean": float(i + 1),
+                    "f_def_adv": float(adv[i]),
+                    "f_def_clean": float(dclean[i]),
+                    "mos": float(4 - i),
+                }
+            )
     df = pd.DataFrame(rows)
     clean = srocc_matrix(df, "m", "f_clean")
     assert clean.loc["a", "keeps"] == pytest.approx(1.0) and clean.loc["a", "flips"] == pytest.approx(-1.0)

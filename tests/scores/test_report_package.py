@@ -37,16 +37,30 @@ def build_run(run_dir):
         for d, defence in enumerate(("no-defence", DEFENCE)):
             failed = defence == DEFENCE and image == "i3"
             f_x = 50.0 + i
-            rows.append({"image": image, "metric": METRIC, "attack": "fgsm", "defence": defence,
-                         "status": "failed" if failed else "ok", "error": ERROR if failed else "",
-                         "f_clean": np.nan if failed else f_x, "f_adv": np.nan if failed else f_x + 10,
-                         "f_def_clean": np.nan if failed else f_x + d,
-                         "f_def_adv": np.nan if failed else f_x + 10 - 6 * d + i % 2, "mos": float(i),
-                         "adv_path": "examples/x.png", "example_path": "examples/x.png" if i == 0 else "",
-                         "image_path": "examples/x.png"})
+            rows.append(
+                {
+                    "image": image,
+                    "metric": METRIC,
+                    "attack": "fgsm",
+                    "defence": defence,
+                    "status": "failed" if failed else "ok",
+                    "error": ERROR if failed else "",
+                    "f_clean": np.nan if failed else f_x,
+                    "f_adv": np.nan if failed else f_x + 10,
+                    "f_def_clean": np.nan if failed else f_x + d,
+                    "f_def_adv": np.nan if failed else f_x + 10 - 6 * d + i % 2,
+                    "mos": float(i),
+                    "adv_path": "examples/x.png",
+                    "example_path": "examples/x.png" if i == 0 else "",
+                    "image_path": "examples/x.png",
+                }
+            )
     pd.DataFrame(rows).to_parquet(run_dir / "results.parquet")
-    info = {"metrics": {METRIC: {"name": "toy", "range": [0, 100], "higher_is_better": True}}, "seed": 3,
-            "dataset": {"images": "/data/<imgs>", "mos": None}}
+    info = {
+        "metrics": {METRIC: {"name": "toy", "range": [0, 100], "higher_is_better": True}},
+        "seed": 3,
+        "dataset": {"images": "/data/<imgs>", "mos": None},
+    }
     (run_dir / "run.json").write_text(json.dumps(info))
 
 
@@ -60,8 +74,10 @@ def pages(tmp_path_factory):
     png = run_dir / "examples" / "x.png"
     figures = ReportFigures(gain=[(METRIC, png)], srocc=[(METRIC, png)], bins=[(METRIC, png)], examples=png)
     files = ReportFiles(run_dir)
-    return (write_html(run_dir, run_info, tables, figures, files, df).read_text(encoding="utf-8"),
-            write_markdown(run_dir, run_info, tables, figures, files, df).read_text(encoding="utf-8"))
+    return (
+        write_html(run_dir, run_info, tables, figures, files, df).read_text(encoding="utf-8"),
+        write_markdown(run_dir, run_info, tables, figures, files, df).read_text(encoding="utf-8"),
+    )
 
 
 def test_labels_are_escaped_in_the_html_page_as_html_escape_does(pages):
@@ -88,8 +104,10 @@ def test_labels_are_escaped_in_the_html_page_as_html_escape_does(pages):
 
 def test_labels_appear_as_they_are_in_the_markdown_page(pages):
     _, md = pages
-    assert md.startswith(f"# iqadef report: {RUN_NAME}\n\n- seed: 3\n- images: /data/<imgs>\n- MOS: none\n"
-                         f"- metric {METRIC}: range [0, 100], higher is better\n\n")
+    assert md.startswith(
+        f"# iqadef report: {RUN_NAME}\n\n- seed: 3\n- images: /data/<imgs>\n- MOS: none\n"
+        f"- metric {METRIC}: range [0, 100], higher is better\n\n"
+    )
     assert md.count(f"![{METRIC}](figures/x.png)\n") == 3
     assert f"| {METRIC} | fgsm | {DEFENCE} | 3 | 1 |" in md  # the summary row of the failed group
     assert f"| i3 | {METRIC} | fgsm | {DEFENCE} | {ERROR} |" in md

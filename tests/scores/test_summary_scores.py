@@ -21,9 +21,15 @@ def test_spearman_of_known_rankings():
 
 
 def test_srocc_summary_with_and_without_mos():
-    group = pd.DataFrame({"mos": [1, 2, 3, 4, 5], "f_clean": [10, 20, 30, 40, 50],
-                          "f_adv": [5, 4, 3, 2, 1], "f_def_clean": [1, 3, 2, 4, 5],
-                          "f_def_adv": [1, 3, 2, 4, 5]})
+    group = pd.DataFrame(
+        {
+            "mos": [1, 2, 3, 4, 5],
+            "f_clean": [10, 20, 30, 40, 50],
+            "f_adv": [5, 4, 3, 2, 1],
+            "f_def_clean": [1, 3, 2, 4, 5],
+            "f_def_adv": [1, 3, 2, 4, 5],
+        }
+    )
     out = Srocc().summarise(group, INFO)
     assert out["srocc_mos_clean"] == pytest.approx(1.0)
     assert out["srocc_mos_adv"] == pytest.approx(-1.0)

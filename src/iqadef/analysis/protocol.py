@@ -53,11 +53,28 @@ LEVEL_SETTINGS: dict[str, Level] = {
     # A 2-core CPU, the default registry (16 defences, 14 images, tiny-iqa) in under 15 minutes
     # (docs/performance.md): two L-inf budgets, APGD with 20 steps (with 10 it stays below the study's
     # I-FGSM on some images), a short black-box check at the study's budget only, no L2 budget.
-    "quick": Level(linf=(4 / 255, STUDY_EPS), l2=(), steps=20, restarts=1, eot=2, queries=30, redraws=3,
-                   blackbox_budgets=(STUDY_EPS,), sanity_steps=20),
+    "quick": Level(
+        linf=(4 / 255, STUDY_EPS),
+        l2=(),
+        steps=20,
+        restarts=1,
+        eot=2,
+        queries=30,
+        redraws=3,
+        blackbox_budgets=(STUDY_EPS,),
+        sanity_steps=20,
+    ),
     # Full strength (a GPU): the four usual budgets, the study's, one L2 budget; APGD's 100 iterations.
-    "standard": Level(linf=(2 / 255, 4 / 255, 8 / 255, STUDY_EPS, 16 / 255), l2=(3.0,), steps=100, restarts=2,
-                      eot=8, queries=1000, redraws=8, sanity_steps=20),
+    "standard": Level(
+        linf=(2 / 255, 4 / 255, 8 / 255, STUDY_EPS, 16 / 255),
+        l2=(3.0,),
+        steps=100,
+        restarts=2,
+        eot=8,
+        queries=1000,
+        redraws=8,
+        sanity_steps=20,
+    ),
 }
 
 
@@ -83,7 +100,8 @@ def _apgd(norm: str) -> Callable[[float, Level], dict[str, Any]]:
 
 #: Which attack plays which role, per threat: the study's I-FGSM (PGD-L2 at L2) on f alone; APGD on f alone
 #: (``transfer``: x_a shared by the defences, one run per image; what a defence that hides its gradient
-#: faces); APGD (Croce & Hein 2020) through the defence with BPDA/EOT; the Square attack (Andriushchenko et al. 2020, started at x as
+#: faces); APGD (Croce & Hein 2020) through the defence with BPDA/EOT; the Square attack (Andriushchenko et al. 2020,
+#: started at x as
 #: in the benchmark's code, so it never ends below f(D(x)) of a deterministic defence) through the defence,
 #: scores only (one draw of a randomised defence per query); L-inf only, as the benchmark's Square attack.
 ROLE_ATTACKS: dict[tuple[str, str], RoleSpec] = {
@@ -93,8 +111,9 @@ ROLE_ATTACKS: dict[tuple[str, str], RoleSpec] = {
     ("transfer", "l2"): RoleSpec("apgd", _apgd("l2")),
     ("adaptive", "linf"): RoleSpec("apgd", _apgd("linf"), "bpda+eot", lambda lv: lv.eot),
     ("adaptive", "l2"): RoleSpec("apgd", _apgd("l2"), "bpda+eot", lambda lv: lv.eot),
-    ("blackbox", "linf"): RoleSpec("square-attack", lambda eps, lv: {"eps": eps, "queries": lv.queries},
-                                   "bpda+eot", lambda lv: 1),
+    ("blackbox", "linf"): RoleSpec(
+        "square-attack", lambda eps, lv: {"eps": eps, "queries": lv.queries}, "bpda+eot", lambda lv: 1
+    ),
 }
 
 
@@ -125,8 +144,9 @@ def format_eps(threat: str, eps: float) -> str:
     return f"{eps:.6g}"
 
 
-def protocol_attacks(level_name: str, roles: dict[tuple[str, str], RoleSpec] | None = None,
-                     radii: tuple[float, ...] = ()) -> list[ProtocolAttack]:
+def protocol_attacks(
+    level_name: str, roles: dict[tuple[str, str], RoleSpec] | None = None, radii: tuple[float, ...] = ()
+) -> list[ProtocolAttack]:
     """The attack entries of a protocol level, in grid order: per threat and budget the roles, then the
     unbounded adaptive sanity check. ``radii``: the L2 radii of the run's certified defences, added as L2
     budgets so that the best empirical attack at a certificate's radius stands beside it."""
@@ -139,8 +159,17 @@ def protocol_attacks(level_name: str, roles: dict[tuple[str, str], RoleSpec] | N
         spec = roles.get((spec_role or role, threat))
         if spec is None:
             return
-        out.append(ProtocolAttack(role, threat, eps, spec.attack, spec.params(eps, level), spec.adaptive,
-                                  spec.eot(level) if spec.adaptive != "none" else 1))
+        out.append(
+            ProtocolAttack(
+                role,
+                threat,
+                eps,
+                spec.attack,
+                spec.params(eps, level),
+                spec.adaptive,
+                spec.eot(level) if spec.adaptive != "none" else 1,
+            )
+        )
 
     for threat, budgets in (("linf", level.linf), ("l2", level.l2)):
         for eps in budgets:
@@ -148,8 +177,13 @@ def protocol_attacks(level_name: str, roles: dict[tuple[str, str], RoleSpec] | N
                 if role == "blackbox" and level.blackbox_budgets is not None and eps not in level.blackbox_budgets:
                     continue
                 add(role, threat, eps)
-    add("sanity", "linf", SANITY_EPS, spec_role="adaptive",
-        level=Level(**{**level.__dict__, "steps": level.sanity_steps, "restarts": 1}))
+    add(
+        "sanity",
+        "linf",
+        SANITY_EPS,
+        spec_role="adaptive",
+        level=Level(**{**level.__dict__, "steps": level.sanity_steps, "restarts": 1}),
+    )
     return out
 
 
@@ -158,22 +192,35 @@ def threat_model(level_name: str, radii: tuple[float, ...] = ()) -> str:
     level = LEVEL_SETTINGS[level_name]
     level = Level(**{**level.__dict__, "l2": tuple(sorted(set(level.l2) | {float(r) for r in radii}))})
     linf = ", ".join(format_eps("linf", e) for e in level.linf)
-    l2 = f"; L2 budget {', '.join(format_eps('l2', e) for e in level.l2)} (absolute, over 3xHxW pixel values)" \
-        if level.l2 else "; no L2 budget at this level"
-    blackbox = "" if level.blackbox_budgets is None else \
-        f" at {', '.join(format_eps('linf', e) for e in level.blackbox_budgets)} only"
-    return (f"protocol {level_name}: L-inf budgets {linf}{l2}. The attacker's goal is to move the defended "
-            f"score f(D(x_a)) in the metric's better direction; it knows the defence (adaptive white-box: "
-            f"APGD, {level.steps} steps x {level.restarts} restart(s), EOT over {level.eot} draws of a randomised "
-            f"defence) or only queries f(D(.)) (black-box: Square attack, {level.queries} queries{blackbox}); an "
-            f"unbounded adaptive attack (L-inf {format_eps('linf', SANITY_EPS)}, {level.sanity_steps} steps) checks the "
-            f"attack itself. Verdict per image: the "
-            f"worst case over the ensemble; each x_a is also scored against {level.redraws} fresh draws of a "
-            f"randomised defence.")
+    l2 = (
+        f"; L2 budget {', '.join(format_eps('l2', e) for e in level.l2)} (absolute, over 3xHxW pixel values)"
+        if level.l2
+        else "; no L2 budget at this level"
+    )
+    blackbox = (
+        ""
+        if level.blackbox_budgets is None
+        else f" at {', '.join(format_eps('linf', e) for e in level.blackbox_budgets)} only"
+    )
+    return (
+        f"protocol {level_name}: L-inf budgets {linf}{l2}. The attacker's goal is to move the defended "
+        f"score f(D(x_a)) in the metric's better direction; it knows the defence (adaptive white-box: "
+        f"APGD, {level.steps} steps x {level.restarts} restart(s), EOT over {level.eot} draws of a randomised "
+        f"defence) or only queries f(D(.)) (black-box: Square attack, {level.queries} queries{blackbox}); an "
+        f"unbounded adaptive attack (L-inf {format_eps('linf', SANITY_EPS)}, {level.sanity_steps} steps) checks the "
+        f"attack itself. Verdict per image: the "
+        f"worst case over the ensemble; each x_a is also scored against {level.redraws} fresh draws of a "
+        f"randomised defence."
+    )
 
 
-def describe(level_name: str, labels: dict[str, ProtocolAttack | None], study: list[str],
-             attack_labels: dict[str, str], radii: tuple[float, ...] = ()) -> dict[str, Any]:
+def describe(
+    level_name: str,
+    labels: dict[str, ProtocolAttack | None],
+    study: list[str],
+    attack_labels: dict[str, str],
+    radii: tuple[float, ...] = (),
+) -> dict[str, Any]:
     """What run.json records of the protocol: the level, the threat model, each protocol cell's role and
     budget by attack label (``labels``; a role played by an entry of the user's, under its own label), and
     the user's non-adaptive attacks (``study``), which count at the budgets their measured L-inf fits."""
@@ -186,8 +233,17 @@ def describe(level_name: str, labels: dict[str, ProtocolAttack | None], study: l
         "headline": {"threat": HEADLINE[0], "eps": HEADLINE[1]},
         "sanity_eps": SANITY_EPS,
         "redraws": level.redraws,
-        "cells": {label: {"role": p.role, "threat": p.threat, "eps": p.eps, "attack": attack_labels[label],
-                          "adaptive": p.adaptive, "eot_samples": p.eot_samples}
-                  for label, p in labels.items() if p is not None},
+        "cells": {
+            label: {
+                "role": p.role,
+                "threat": p.threat,
+                "eps": p.eps,
+                "attack": attack_labels[label],
+                "adaptive": p.adaptive,
+                "eot_samples": p.eot_samples,
+            }
+            for label, p in labels.items()
+            if p is not None
+        },
         "study": list(study),
     }

@@ -31,9 +31,23 @@ from iqadef.core.plugins import installed_plugins, is_summary_score
 
 #: Columns of the result table that identify a cell or describe it; never averaged.
 ID_COLUMNS = (
-    "image", "metric", "attack", "defence", "metric_key", "attack_key", "defence_key",
-    "metric_params", "attack_params", "defence_params", "status", "error", "adv_path",
-    "example_path", "image_path", "unit", "adaptive",
+    "image",
+    "metric",
+    "attack",
+    "defence",
+    "metric_key",
+    "attack_key",
+    "defence_key",
+    "metric_params",
+    "attack_params",
+    "defence_params",
+    "status",
+    "error",
+    "adv_path",
+    "example_path",
+    "image_path",
+    "unit",
+    "adaptive",
 )
 #: Numeric columns that are inputs rather than measures (MOS is a property of the image).
 NOT_AVERAGED = ("mos",)
@@ -62,6 +76,7 @@ class SummaryScore(DeclaresColumns, Plugin):
 
 
 # -- statistics ----------------------------------------------------------------------------------
+
 
 def _finite(values: Iterable[float] | np.ndarray | pd.Series) -> np.ndarray:
     """The finite values of ``values`` as a float array (NaN and ±inf are left out of means and intervals)."""
@@ -115,8 +130,12 @@ def metric_info(run_info: dict[str, Any] | None, label: str) -> dict[str, Any]:
     metrics = (run_info or {}).get("metrics", {}) or {}
     entry = dict(metrics.get(label, {}) or {})
     low, high = entry.get("range", (0.0, 1.0)) or (0.0, 1.0)
-    return {"label": label, "name": entry.get("name", label), "range": (float(low), float(high)),
-            "higher_is_better": bool(entry.get("higher_is_better", True))}
+    return {
+        "label": label,
+        "name": entry.get("name", label),
+        "range": (float(low), float(high)),
+        "higher_is_better": bool(entry.get("higher_is_better", True)),
+    }
 
 
 def metric_span(info: dict[str, Any]) -> float:
@@ -172,8 +191,12 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- aggregation ---------------------------------------------------------------------------------
-def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry: Any = None,
-              summaries: Iterable[Any] | None = None) -> pd.DataFrame:
+def aggregate(
+    df: pd.DataFrame,
+    run_info: dict[str, Any] | None = None,
+    registry: Any = None,
+    summaries: Iterable[Any] | None = None,
+) -> pd.DataFrame:
     """One row per metric × attack × defence: counts, mean and 95% CI of each measure, summary scores.
 
     Columns: ``metric``, ``attack``, ``defence``, ``n_images`` (successful cells), ``n_failed``; for
@@ -204,7 +227,8 @@ def aggregate(df: pd.DataFrame, run_info: dict[str, Any] | None = None, registry
             values = good[col].to_numpy(dtype=float)
             if col in medians:  # declared so (core/columns.py): the median with its bootstrap interval
                 row[f"{col}_median"], row[f"{col}_ci_low"], row[f"{col}_ci_high"], _ = bootstrap_ci(
-                    values, statistic=np.median)
+                    values, statistic=np.median
+                )
             else:
                 mean, low, high, _ = mean_ci(values)
                 row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
@@ -225,8 +249,12 @@ def _run_summary(score: Any, group: pd.DataFrame, info: dict[str, Any]) -> dict[
     try:
         values = score.summarise(group, dict(info))
     except Exception as exc:  # noqa: BLE001 - one broken (third-party) score must not sink the report
-        warnings.warn(f"summary score {name!r} failed on {info['label']} / {info['attack']} / "
-                      f"{info['defence']}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"summary score {name!r} failed on {info['label']} / {info['attack']} / "
+            f"{info['defence']}: {type(exc).__name__}: {exc}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return {}
     return {str(k): float(v) for k, v in (values or {}).items()}
 
@@ -294,16 +322,22 @@ def score_warnings(metrics: dict[str, Any], df: pd.DataFrame | None = None) -> l
             negative = int((f_x <= 0).sum())
             tiny = int(((f_x > 0) & (f_x < NEAR_ZERO_SHARE * span)).sum())
             if negative:
-                problems.append(f"{negative} of {len(f_x)} images have a clean score f(x) <= 0 (their gain "
-                                f"is negative or undefined)")
+                problems.append(
+                    f"{negative} of {len(f_x)} images have a clean score f(x) <= 0 (their gain "
+                    f"is negative or undefined)"
+                )
             if tiny:
-                problems.append(f"{tiny} of {len(f_x)} images have f(x) within {NEAR_ZERO_SHARE:.0%} of the "
-                                f"range above 0 (their gain explodes)")
+                problems.append(
+                    f"{tiny} of {len(f_x)} images have f(x) within {NEAR_ZERO_SHARE:.0%} of the "
+                    f"range above 0 (their gain explodes)"
+                )
         if problems:
-            lines.append(f"metric {label}: {'; '.join(problems)}: the paper's gain |f(x) - f(D(x_a))| / f(x) "
-                         f"can be negative or unbounded, so defences are ranked by the range-normalised gain "
-                         f"|f(x) - f(D(x_a))| / (high - low) (docs/scores.md); the gain column is kept as "
-                         f"the reference computes it")
+            lines.append(
+                f"metric {label}: {'; '.join(problems)}: the paper's gain |f(x) - f(D(x_a))| / f(x) "
+                f"can be negative or unbounded, so defences are ranked by the range-normalised gain "
+                f"|f(x) - f(D(x_a))| / (high - low) (docs/scores.md); the gain column is kept as "
+                f"the reference computes it"
+            )
     return lines
 
 
@@ -311,8 +345,13 @@ def score_warnings(metrics: dict[str, Any], df: pd.DataFrame | None = None) -> l
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def bootstrap_ci(values: Iterable[float], confidence: float = CONFIDENCE, seed: int = 0,
-                 n_resamples: int = BOOTSTRAP_RESAMPLES, statistic: Any = np.mean) -> tuple[float, float, float, int]:
+def bootstrap_ci(
+    values: Iterable[float],
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    statistic: Any = np.mean,
+) -> tuple[float, float, float, int]:
     """Mean (or ``statistic``, a numpy reduction taking ``axis``) and its BCa bootstrap interval
     (``scipy.stats.bootstrap``, seeded: the report repeats).
 
@@ -330,14 +369,28 @@ def bootstrap_ci(values: Iterable[float], confidence: float = CONFIDENCE, seed: 
         return mean, mean, mean, n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa's degenerate-jackknife warning: the percentile fallback below
-        res = stats.bootstrap((arr,), statistic, n_resamples=n_resamples, confidence_level=confidence,
-                              method="BCa", vectorized=True, rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (arr,),
+            statistic,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="BCa",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(low) and np.isfinite(high)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = stats.bootstrap((arr,), statistic, n_resamples=n_resamples, confidence_level=confidence,
-                                  method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+            res = stats.bootstrap(
+                (arr,),
+                statistic,
+                n_resamples=n_resamples,
+                confidence_level=confidence,
+                method="percentile",
+                vectorized=True,
+                rng=np.random.default_rng(seed),
+            )
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return mean, low, high, n
 

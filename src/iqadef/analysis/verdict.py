@@ -51,24 +51,69 @@ E_MAX_SPREAD = 0.05
 #: An attack counts at an L-inf budget when its measured distance is within half an 8-bit level of it.
 LINF_TOLERANCE = 0.5 / 255 + 1e-6
 
-FLAGS = {"a": "worst case far above the non-adaptive figure",
-         "b": "gradient masking suspected: black-box or non-adaptive beats the adaptive attack",
-         "c": "gain not growing with the budget",
-         "d": "unbounded attack does not reach the top of the range",
-         "e": "verdict depends on the randomised defence's draw"}
-ROLE_COLUMNS = {"nonadaptive": "gain_nonadaptive", "transfer": "gain_transfer", "adaptive": "gain_adaptive",
-                "blackbox": "gain_blackbox"}
-VERDICT_COLUMNS = ("metric", "defence", "threat", "eps", "budget", "n_images",
-                   "gain_nonadaptive", "gain_nonadaptive_ci_low", "gain_nonadaptive_ci_high",
-                   "gain_transfer", "gain_transfer_ci_low", "gain_transfer_ci_high",
-                   "gain_adaptive", "gain_adaptive_ci_low", "gain_adaptive_ci_high",
-                   "gain_blackbox", "gain_blackbox_ci_low", "gain_blackbox_ci_high",
-                   "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high", "worst_by",
-                   "rise_nonadaptive", "rise_transfer", "rise_adaptive", "rise_blackbox", "redraw_spread",
-                   "cert_radius", "cert_applies_share", "cert_inside_share", "cert_room",
-                   "curve_area", "flags", "evidence")
-RANKING_COLUMNS = ("rank", "metric", "defence", "budget", "gain_worst", "gain_worst_ci_low", "gain_worst_ci_high",
-                   "curve_area", "flags", "study_rank", "study_norm_gain", "evidence")
+FLAGS = {
+    "a": "worst case far above the non-adaptive figure",
+    "b": "gradient masking suspected: black-box or non-adaptive beats the adaptive attack",
+    "c": "gain not growing with the budget",
+    "d": "unbounded attack does not reach the top of the range",
+    "e": "verdict depends on the randomised defence's draw",
+}
+ROLE_COLUMNS = {
+    "nonadaptive": "gain_nonadaptive",
+    "transfer": "gain_transfer",
+    "adaptive": "gain_adaptive",
+    "blackbox": "gain_blackbox",
+}
+VERDICT_COLUMNS = (
+    "metric",
+    "defence",
+    "threat",
+    "eps",
+    "budget",
+    "n_images",
+    "gain_nonadaptive",
+    "gain_nonadaptive_ci_low",
+    "gain_nonadaptive_ci_high",
+    "gain_transfer",
+    "gain_transfer_ci_low",
+    "gain_transfer_ci_high",
+    "gain_adaptive",
+    "gain_adaptive_ci_low",
+    "gain_adaptive_ci_high",
+    "gain_blackbox",
+    "gain_blackbox_ci_low",
+    "gain_blackbox_ci_high",
+    "gain_worst",
+    "gain_worst_ci_low",
+    "gain_worst_ci_high",
+    "worst_by",
+    "rise_nonadaptive",
+    "rise_transfer",
+    "rise_adaptive",
+    "rise_blackbox",
+    "redraw_spread",
+    "cert_radius",
+    "cert_applies_share",
+    "cert_inside_share",
+    "cert_room",
+    "curve_area",
+    "flags",
+    "evidence",
+)
+RANKING_COLUMNS = (
+    "rank",
+    "metric",
+    "defence",
+    "budget",
+    "gain_worst",
+    "gain_worst_ci_low",
+    "gain_worst_ci_high",
+    "curve_area",
+    "flags",
+    "study_rank",
+    "study_norm_gain",
+    "evidence",
+)
 
 
 @dataclass
@@ -133,14 +178,19 @@ def _spread(rows: pd.DataFrame) -> float:
     """Mean over images of (highest - lowest gain over the fresh draws), the largest over the cells' roles."""
     if "redraw_gain_max" not in rows.columns:
         return math.nan
-    spread = pd.to_numeric(rows["redraw_gain_max"], errors="coerce") - pd.to_numeric(rows["redraw_gain_min"],
-                                                                                      errors="coerce")
+    spread = pd.to_numeric(rows["redraw_gain_max"], errors="coerce") - pd.to_numeric(
+        rows["redraw_gain_min"], errors="coerce"
+    )
     by_role = spread.groupby(rows["role"]).mean().dropna()
     return float(by_role.max()) if len(by_role) else math.nan
 
 
-def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str, pd.DataFrame] | None = None,
-            seed: int | None = None) -> Verdict | None:
+def verdict(
+    df: pd.DataFrame,
+    run_info: dict[str, Any],
+    study_ranking: dict[str, pd.DataFrame] | None = None,
+    seed: int | None = None,
+) -> Verdict | None:
     """The verdict of a protocol run (None without ``protocol`` in run.json). ``study_ranking``: the study's
     non-adaptive ranking per metric (report.tables.ranking_table on the user's attacks), shown beside."""
     if not has_protocol(run_info):
@@ -148,30 +198,42 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
     protocol = run_info["protocol"]
     seed = seed if seed is not None else (run_info.get("seed", 0) if isinstance(run_info.get("seed"), int) else 0)
     good = ok_rows(df)
-    empty = Verdict(pd.DataFrame(columns=list(VERDICT_COLUMNS)), pd.DataFrame(columns=list(RANKING_COLUMNS)),
-                    pd.DataFrame(columns=["metric", "defence", "threat", "eps", "gain_worst"]), protocol)
+    empty = Verdict(
+        pd.DataFrame(columns=list(VERDICT_COLUMNS)),
+        pd.DataFrame(columns=list(RANKING_COLUMNS)),
+        pd.DataFrame(columns=["metric", "defence", "threat", "eps", "gain_worst"]),
+        protocol,
+    )
     if good.empty:
         return empty
     span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m))).to_numpy(dtype=float)
     sign = good["metric"].map(lambda m: 1.0 if metric_info(run_info, m)["higher_is_better"] else -1.0)
-    good = good.assign(gain=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
-                       gain_at_zero=normalised_gain(good["f_clean"], good["f_def_clean"], 1.0) / span,
-                       rise=sign.to_numpy(dtype=float) * (good["f_def_adv"] - good["f_def_clean"]).to_numpy(dtype=float)
-                       / span)
+    good = good.assign(
+        gain=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
+        gain_at_zero=normalised_gain(good["f_clean"], good["f_def_clean"], 1.0) / span,
+        rise=sign.to_numpy(dtype=float) * (good["f_def_adv"] - good["f_def_clean"]).to_numpy(dtype=float) / span,
+    )
     cand = _candidates(good, protocol)
     if cand.empty:
         return empty
     rows, curve_rows = [], []
     flags: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    certified = {label: float(c["eps"]) for label, c in (run_info.get("certified") or {}).items()
-                 if isinstance(c, dict) and c.get("eps") is not None}
+    certified = {
+        label: float(c["eps"])
+        for label, c in (run_info.get("certified") or {}).items()
+        if isinstance(c, dict) and c.get("eps") is not None
+    }
     for (metric, defence), mine in cand.groupby(["metric", "defence"], sort=False):
         info = metric_info(run_info, metric)
         bounded = mine[mine["role"] != "sanity"]
         per_image = bounded.groupby(["threat", "eps", "image", "role"])["gain"].max().unstack("role")
         rises = bounded.groupby(["threat", "eps", "image", "role"])["rise"].max().unstack("role")
-        at_zero = float(good[(good["metric"] == metric) & (good["defence"] == defence)]
-                        .groupby("image")["gain_at_zero"].mean().mean())
+        at_zero = float(
+            good[(good["metric"] == metric) & (good["defence"] == defence)]
+            .groupby("image")["gain_at_zero"]
+            .mean()
+            .mean()
+        )
         table_rows = []
         for threat, by_threat in per_image.groupby(level="threat", sort=False):
             budgets = sorted(by_threat.index.get_level_values("eps").unique())
@@ -182,8 +244,14 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
                 best = at.max(axis=1)
                 running = best if running is None else pd.concat([running, best], axis=1).max(axis=1)
                 worst = running.reindex(at.index)
-                row: dict[str, Any] = {"metric": metric, "defence": defence, "threat": threat, "eps": eps,
-                                       "budget": f"{threat}={format_eps(threat, eps)}", "n_images": int(len(at))}
+                row: dict[str, Any] = {
+                    "metric": metric,
+                    "defence": defence,
+                    "threat": threat,
+                    "eps": eps,
+                    "budget": f"{threat}={format_eps(threat, eps)}",
+                    "n_images": int(len(at)),
+                }
                 for role, column in ROLE_COLUMNS.items():
                     values = at[role] if role in at.columns else pd.Series(dtype=float)
                     row[column], row[f"{column}_ci_low"], row[f"{column}_ci_high"] = _ci(values, seed)
@@ -203,8 +271,9 @@ def verdict(df: pd.DataFrame, run_info: dict[str, Any], study_ranking: dict[str,
             for row in table_rows:
                 if row["threat"] == threat:
                     row["curve_area"] = area
-            curve_rows += [{"metric": metric, "defence": defence, "threat": threat, "eps": e, "gain_worst": g}
-                           for e, g in curve]
+            curve_rows += [
+                {"metric": metric, "defence": defence, "threat": threat, "eps": e, "gain_worst": g} for e, g in curve
+            ]
         flags[(metric, defence)] = _flags(table_rows, rises, mine[mine["role"] == "sanity"], info)
         for row in table_rows:
             found = flags[(metric, defence)]
@@ -222,8 +291,7 @@ def _certified(cells: pd.DataFrame, radius: float, info: dict[str, Any]) -> dict
     ``cert_inside_share``: among them, f_s(x_a) inside [l, u] (the guarantee says so with probability
     >= 1 - alpha); ``cert_room``: mean distance from f_s(x_a) to the interval's end in the attacker's
     direction, over the range (how much further the certificate would let it go; negative: outside)."""
-    out = {"cert_radius": radius, "cert_applies_share": math.nan, "cert_inside_share": math.nan,
-           "cert_room": math.nan}
+    out = {"cert_radius": radius, "cert_applies_share": math.nan, "cert_inside_share": math.nan, "cert_room": math.nan}
     needed = {"cert_lower_clean", "cert_upper_clean", "cert_applies"}
     if cells.empty or not needed <= set(cells.columns):
         return out
@@ -249,8 +317,9 @@ def _area(curve: list[tuple[float, float]]) -> float:
     return float(np.trapezoid(ys, xs) / xs[-1]) if hasattr(np, "trapezoid") else float(np.trapz(ys, xs) / xs[-1])
 
 
-def _flags(rows: list[dict[str, Any]], rises: pd.DataFrame, sanity: pd.DataFrame,
-           info: dict[str, Any]) -> list[tuple[str, str]]:
+def _flags(
+    rows: list[dict[str, Any]], rises: pd.DataFrame, sanity: pd.DataFrame, info: dict[str, Any]
+) -> list[tuple[str, str]]:
     """The flags that fire for one (metric, defence), each with its evidence (rules: module constants).
 
     (a) compares the gains the verdict reports; (b) and (c) compare how far each attack moved the defended
@@ -259,13 +328,21 @@ def _flags(rows: list[dict[str, Any]], rises: pd.DataFrame, sanity: pd.DataFrame
     attacker raising the score undoes, so a stronger attack can show a smaller gain."""
     found: list[tuple[str, str]] = []
     # (a) the study's number is not a robustness figure
-    gaps = [(r["gain_worst"] - r["gain_nonadaptive"], r) for r in rows
-            if np.isfinite(r["gain_worst"]) and np.isfinite(r["gain_nonadaptive"])]
+    gaps = [
+        (r["gain_worst"] - r["gain_nonadaptive"], r)
+        for r in rows
+        if np.isfinite(r["gain_worst"]) and np.isfinite(r["gain_nonadaptive"])
+    ]
     gaps = [(g, r) for g, r in gaps if g >= A_MIN_DIFFERENCE and r["gain_worst"] >= A_MIN_RATIO * r["gain_nonadaptive"]]
     if gaps:
         g, r = max(gaps, key=lambda p: p[0])
-        found.append(("a", f"at {r['budget']} the worst case {r['gain_worst']:.3f} against {r['gain_nonadaptive']:.3f} "
-                           f"non-adaptive ({r['worst_by']})"))
+        found.append(
+            (
+                "a",
+                f"at {r['budget']} the worst case {r['gain_worst']:.3f} against {r['gain_nonadaptive']:.3f} "
+                f"non-adaptive ({r['worst_by']})",
+            )
+        )
     # (b) gradient masking: a weaker-informed attack beats the white-box one on some images
     worst_b = None
     if "adaptive" in rises.columns:
@@ -280,42 +357,66 @@ def _flags(rows: list[dict[str, Any]], rises: pd.DataFrame, sanity: pd.DataFrame
             if n and k >= max(1, math.ceil(B_MIN_SHARE * n)):
                 margin = float((best_other - adaptive)[beaten].mean())
                 if worst_b is None or k / n > worst_b[0]:
-                    worst_b = (k / n, f"at {threat}={format_eps(threat, eps)} on {k} of {n} images the "
-                                      f"{'/'.join(c for c in others)} attack moves the score further than the "
-                                      f"adaptive one, by {margin:.3f} of the range on average")
+                    worst_b = (
+                        k / n,
+                        f"at {threat}={format_eps(threat, eps)} on {k} of {n} images the "
+                        f"{'/'.join(c for c in others)} attack moves the score further than the "
+                        f"adaptive one, by {margin:.3f} of the range on average",
+                    )
     if worst_b is not None:
         found.append(("b", worst_b[1]))
     # (c) gain must grow with eps
     for threat in dict.fromkeys(r["threat"] for r in rows):
-        series = [(r["eps"], r["rise_adaptive"], r["budget"]) for r in rows
-                  if r["threat"] == threat and np.isfinite(r["rise_adaptive"])]
+        series = [
+            (r["eps"], r["rise_adaptive"], r["budget"])
+            for r in rows
+            if r["threat"] == threat and np.isfinite(r["rise_adaptive"])
+        ]
         series.sort()
-        drops = [(a, b) for i, a in enumerate(series) for b in series[i + 1:] if b[1] < a[1] - C_TOLERANCE]
+        drops = [(a, b) for i, a in enumerate(series) for b in series[i + 1 :] if b[1] < a[1] - C_TOLERANCE]
         if drops:
             a, b = max(drops, key=lambda p: p[0][1] - p[1][1])
-            found.append(("c", f"the adaptive attack moves the score by {a[1]:.3f} of the range at {a[2]} but "
-                               f"{b[1]:.3f} at {b[2]}"))
+            found.append(
+                (
+                    "c",
+                    f"the adaptive attack moves the score by {a[1]:.3f} of the range at {a[2]} but "
+                    f"{b[1]:.3f} at {b[2]}",
+                )
+            )
             break
     # (d) the unbounded attack must reach the top of the range
     if len(sanity):
         low, high = info["range"]
         span = high - low or 1.0
-        f = sanity.groupby("image")["f_def_adv"].max() if info["higher_is_better"] else \
-            sanity.groupby("image")["f_def_adv"].min()
+        f = (
+            sanity.groupby("image")["f_def_adv"].max()
+            if info["higher_is_better"]
+            else sanity.groupby("image")["f_def_adv"].min()
+        )
         reached = f >= high - D_TOP_SHARE * span if info["higher_is_better"] else f <= low + D_TOP_SHARE * span
         share = float(reached.mean()) if len(reached) else math.nan
         if np.isfinite(share) and share < D_MIN_REACHED:
             end = "top" if info["higher_is_better"] else "bottom"
-            found.append(("d", f"the unbounded attack reached the {end} of the range [{low:g}, {high:g}] on "
-                               f"{int(reached.sum())} of {len(reached)} images (median f(D(x_a)) "
-                               f"{float(f.median()):.4g})"))
+            found.append(
+                (
+                    "d",
+                    f"the unbounded attack reached the {end} of the range [{low:g}, {high:g}] on "
+                    f"{int(reached.sum())} of {len(reached)} images (median f(D(x_a)) "
+                    f"{float(f.median()):.4g})",
+                )
+            )
     # (e) randomised defence: the verdict depends on the draw
     spreads = [(r["redraw_spread"], r["budget"]) for r in rows if np.isfinite(r.get("redraw_spread", math.nan))]
     if spreads:
         spread, budget = max(spreads)
         if spread > E_MAX_SPREAD:
-            found.append(("e", f"at {budget} the gain on the same x_a varies by {spread:.3f} on average between "
-                               f"fresh draws of the defence"))
+            found.append(
+                (
+                    "e",
+                    f"at {budget} the gain on the same x_a varies by {spread:.3f} on average between "
+                    f"fresh draws of the defence",
+                )
+            )
     return found
 
 
@@ -350,5 +451,7 @@ def write_verdict(result: Verdict, run_dir: Path, write: Any) -> dict[str, Path]
 
     buf = io.BytesIO()
     result.table.to_parquet(buf, index=False)
-    return {"verdict_csv": write(run_dir / "verdict.csv", result.table.to_csv(index=False).encode("utf-8")),
-            "verdict_parquet": write(run_dir / "verdict.parquet", buf.getvalue())}
+    return {
+        "verdict_csv": write(run_dir / "verdict.csv", result.table.to_csv(index=False).encode("utf-8")),
+        "verdict_parquet": write(run_dir / "verdict.parquet", buf.getvalue()),
+    }

@@ -21,21 +21,26 @@ from typing import Any, Callable, Iterator
 import torch
 import yaml
 
+from iqadef.analysis.protocol import LEVELS as PROTOCOL_LEVELS
+from iqadef.analysis.protocol import ProtocolAttack, protocol_attacks
+from iqadef.analysis.protocol import describe as describe_protocol
 from iqadef.core.base import Attack, Defence, Metric, Plugin
 from iqadef.core.budget import BudgetedAttack, parse_budget, strength_param
 from iqadef.core.compose import Compose
 from iqadef.core.dataset import DEFAULT_MAX_SIDE, Dataset, DatasetConfig, builtin_images_dir, parse_dataset
-from iqadef.core.devices import DEVICE_FORMS as DEVICE_FORMS, resolve_device
+from iqadef.core.devices import DEVICE_FORMS as DEVICE_FORMS
+from iqadef.core.devices import resolve_device
 from iqadef.core.errors import ConfigError
+from iqadef.core.numerics import KEYS as NUMERICS_KEYS
+from iqadef.core.numerics import Numerics, assign_numerics, parse_numerics
 from iqadef.core.params import canonical_params
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
-from iqadef.core.numerics import KEYS as NUMERICS_KEYS, Numerics, assign_numerics, parse_numerics
-from iqadef.analysis.protocol import LEVELS as PROTOCOL_LEVELS, ProtocolAttack, describe as describe_protocol, protocol_attacks
 from iqadef.core.suggest import did_you_mean
 from iqadef.core.weights import explicit_weight_files
 
 TOP_KEYS = {
-    "dataset": "a dataset (`{name: koniq10k, split: test, sample: 200}`, docs/datasets.md) or an images folder and MOS CSV",
+    "dataset": "a dataset (`{name: koniq10k, split: test, sample: 200}`, docs/datasets.md) or an images folder and "
+    "MOS CSV",
     "output": "run directory",
     "device": "auto | cpu | cuda | cuda:N",
     "batch_size": "images per batch",
@@ -49,7 +54,8 @@ TOP_KEYS = {
     "ray": "Ray options (address, num_cpus, num_gpus)",
     "max_cells": "most metric x attack x defence combinations (cells per image) the grid may have",
     "unit_timeout": "seconds one work unit (metric x attack x batch) may take; null: no limit",
-    "metric_batch": "most images per metric call, several defences' batches together (GPU speed); null: one defence's batch per call",
+    "metric_batch": "most images per metric call, several defences' batches together (GPU speed); null: one "
+    "defence's batch per call",
     "protocol": "quick | standard: add the robustness protocol's attacks and write verdict.csv (docs/evaluation.md)",
 }
 TOP_KEYS.update(NUMERICS_KEYS)  # precision, compile, channels_last (core/numerics.py)
@@ -128,8 +134,9 @@ class RayOptions:
         data = dict(data or {})
         for key in data:
             if key not in RAY_KEYS:
-                raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), RAY_KEYS)}; "
-                                  f"allowed: {', '.join(RAY_KEYS)}")
+                raise ConfigError(
+                    f"{where}.{key}: unknown key{did_you_mean(str(key), RAY_KEYS)}; allowed: {', '.join(RAY_KEYS)}"
+                )
         address = data.get("address")
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigError(f"{where}.address: must be `auto`, host:port or ray://host:port")
@@ -202,12 +209,17 @@ class RunConfig:
 
     def plugins(self) -> list[Plugin]:
         """Every plugin instance of the grid, the stages of composed defences included."""
+
         def expand(plugin: Plugin) -> list[Plugin]:
             stages = getattr(plugin, "stages", None)
             return [p for s in stages for p in expand(s)] if stages else [plugin]
 
-        return ([*self.metrics] + [e.attack for e in self.attacks]
-                + [p for d in self.defences for p in expand(d)] + [*self.certified])
+        return (
+            [*self.metrics]
+            + [e.attack for e in self.attacks]
+            + [p for d in self.defences for p in expand(d)]
+            + [*self.certified]
+        )
 
 
 class _RegistryLoader(yaml.SafeLoader):
@@ -225,8 +237,11 @@ class _RegistryLoader(yaml.SafeLoader):
                 continue  # an unhashable key: SafeLoader's own error names it
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (first at line {first.line + 1}); keep one of them",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice (first at line {first.line + 1}); keep one of them",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
@@ -235,8 +250,10 @@ class _RegistryLoader(yaml.SafeLoader):
 # `1E-3`, `1.0e9` as floats. Added to a copy of the resolvers so SafeLoader itself is untouched.
 _RegistryLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _RegistryLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 class _RecursiveAlias(Exception):
@@ -279,11 +296,15 @@ def load_yaml(path: Path) -> Any:
             too_big = node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES
         except _RecursiveAlias as exc:
             mark = exc.args[0]
-            raise ConfigError(f"{path}: line {mark.line + 1}: a YAML alias (*name) is used inside its own anchor "
-                              f"(&name), which makes a value contain itself; write the value out") from None
+            raise ConfigError(
+                f"{path}: line {mark.line + 1}: a YAML alias (*name) is used inside its own anchor "
+                f"(&name), which makes a value contain itself; write the value out"
+            ) from None
         if too_big:
-            raise ConfigError(f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
-                              f"write the values out instead of nesting aliases")
+            raise ConfigError(
+                f"{path}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
+                f"write the values out instead of nesting aliases"
+            )
         return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -291,15 +312,17 @@ def load_yaml(path: Path) -> Any:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read (lists or mappings inside each other "
-                          f"hundreds of levels deep)") from None
+        raise ConfigError(
+            f"{path}: nested too deeply to read (lists or mappings inside each other hundreds of levels deep)"
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
 
 
-def load_run_config(path: str | Path, *, registry: InstalledPlugins | None = None,
-                    overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path, *, registry: InstalledPlugins | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
     """Read and validate a registry file. ``overrides`` (from the CLI) replace top-level keys."""
     path = Path(path)
     data = load_yaml(path)
@@ -367,8 +390,9 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
     for key in data:
         if key not in TOP_KEYS:
             with errors.check():
-                raise ConfigError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)}; "
-                                  f"allowed: {', '.join(TOP_KEYS)}")
+                raise ConfigError(
+                    f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}"
+                )
     base = source.parent
 
     images: Path = builtin_images_dir()
@@ -409,17 +433,20 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
         RayOptions.parse(ray, f"{where}ray")
 
     # Count first, build after: a sweep of a few lines can stand for 10^8 configurations.
-    planners = {"metrics": lambda e, w: _plan_entry(registry, "metrics", e, w),
-                "attacks": lambda e, w: _plan_attack(registry, e, w),
-                "defences": lambda e, w: _plan_defence(registry, e, w),
-                "certified": lambda e, w: _plan_entry(registry, "certified", e, w)}
+    planners = {
+        "metrics": lambda e, w: _plan_entry(registry, "metrics", e, w),
+        "attacks": lambda e, w: _plan_attack(registry, e, w),
+        "defences": lambda e, w: _plan_defence(registry, e, w),
+        "certified": lambda e, w: _plan_entry(registry, "certified", e, w),
+    }
     plans: dict[str, list[_Plan]] = {}
     complete = True
     for kind, planner in planners.items():
         entries: list = []
         with errors.check():
             entries = _section(data, kind, where, required=kind not in ("defences", "certified")) or (
-                ["no-defence"] if kind == "defences" else [])
+                ["no-defence"] if kind == "defences" else []
+            )
         plans[kind] = []
         for i, entry in enumerate(entries):
             before = len(errors.errors)
@@ -476,23 +503,41 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
         assign_numerics([*metrics, *defences], numerics)  # part of their identity when not the default
     errors.raise_any()
     return RunConfig(
-        source=source, images=images, mos=mos, max_side=max_side, output=output, device=device,
+        source=source,
+        images=images,
+        mos=mos,
+        max_side=max_side,
+        output=output,
+        device=device,
         dataset=dataset_config,
-        batch_size=numbers["batch_size"], seed=seed,
-        examples=numbers["examples"], metrics=metrics, attacks=attacks, defences=defences,
-        executor=executor, ray=ray, raw=data, unit_timeout=numbers["unit_timeout"], certified=built["certified"],
-        numerics=numerics, metric_batch=numbers["metric_batch"], protocol=protocol,
+        batch_size=numbers["batch_size"],
+        seed=seed,
+        examples=numbers["examples"],
+        metrics=metrics,
+        attacks=attacks,
+        defences=defences,
+        executor=executor,
+        ray=ray,
+        raw=data,
+        unit_timeout=numbers["unit_timeout"],
+        certified=built["certified"],
+        numerics=numerics,
+        metric_batch=numbers["metric_batch"],
+        protocol=protocol,
     )
 
 
-def _add_protocol(registry: InstalledPlugins, level: Any, attacks: list[AttackEntry], where: str,
-                  certified: list) -> dict:
+def _add_protocol(
+    registry: InstalledPlugins, level: Any, attacks: list[AttackEntry], where: str, certified: list
+) -> dict:
     """Append the protocol's attack entries to ``attacks`` (an entry equal to one of the user's is not
     added twice: the user's plays the role) and return what run.json records (analysis/protocol.py). The
     certified defences' radii become L2 budgets."""
     if level not in PROTOCOL_LEVELS:
-        raise ConfigError(f"{where}protocol: {level!r} must be one of {', '.join(PROTOCOL_LEVELS)} "
-                          f"(docs/evaluation.md), or leave the key out")
+        raise ConfigError(
+            f"{where}protocol: {level!r} must be one of {', '.join(PROTOCOL_LEVELS)} "
+            f"(docs/evaluation.md), or leave the key out"
+        )
     study = [e.label for e in attacks if e.adaptive == "none"]
     by_key = {e.key(): e for e in attacks}
     roles: dict[str, ProtocolAttack] = {}
@@ -500,8 +545,9 @@ def _add_protocol(registry: InstalledPlugins, level: Any, attacks: list[AttackEn
     radii = tuple(sorted({float(c.eps) for c in certified}))
     for spec in protocol_attacks(level, radii=radii):
         cls = registry.get("attacks", spec.attack, f"{where}protocol ({spec.label})")
-        entry = AttackEntry(_make(cls, spec.params, f"{where}protocol ({spec.label})"), spec.adaptive,
-                            spec.eot_samples, spec)
+        entry = AttackEntry(
+            _make(cls, spec.params, f"{where}protocol ({spec.label})"), spec.adaptive, spec.eot_samples, spec
+        )
         twin = by_key.get(entry.key())
         if twin is None:
             attacks.append(entry)
@@ -550,8 +596,9 @@ def _no_duplicates(items: list, where: str) -> None:
     for i, item in enumerate(items):
         for same in (item.label, ("configuration", _unmarked(item))):  # jpeg and a sweep's jpeg[quality=50]
             if same in seen:
-                raise ConfigError(f"{where}: {item.label!r} is listed twice (entries {seen[same]} and {i} after "
-                                  f"sweeps); remove one")
+                raise ConfigError(
+                    f"{where}: {item.label!r} is listed twice (entries {seen[same]} and {i} after sweeps); remove one"
+                )
         seen[item.label] = seen[("configuration", _unmarked(item))] = i
 
 
@@ -582,8 +629,9 @@ class _ParamSets:
     def expand(self) -> list[tuple[dict, str, frozenset[str]]]:
         """``(params, where, swept names)``: a swept parameter shows in the label even at its default."""
         swept = frozenset(axis[0][0] for axis in self.axes)
-        return [({**params, **dict(combo)}, w, swept) for params, w in self.sets
-                for combo in itertools.product(*self.axes)]
+        return [
+            ({**params, **dict(combo)}, w, swept) for params, w in self.sets for combo in itertools.product(*self.axes)
+        ]
 
 
 @dataclass
@@ -617,11 +665,13 @@ def _check_grid_size(plans: dict[str, list[_Plan]], max_cells: int, where: str) 
         f"{where}the grid has {total:,} metric x attack x defence combinations per image ({counts['metrics']:,} x "
         f"{counts['attacks']:,} x {counts['defences']:,}), more than max_cells: {max_cells:,}; the largest entry, "
         f"{culprit.where.removeprefix(where)} ({culprit.name}), expands to {culprit.count:,}{sizes}. "
-        f"Sweep fewer values, or raise `max_cells` if you mean it")
+        f"Sweep fewer values, or raise `max_cells` if you mean it"
+    )
 
 
-def _param_sets(registry: InstalledPlugins, kind: str, entry: Any, where: str,
-                extra_keys: set[str] = ENTRY_KEYS) -> _ParamSets:
+def _param_sets(
+    registry: InstalledPlugins, kind: str, entry: Any, where: str, extra_keys: set[str] = ENTRY_KEYS
+) -> _ParamSets:
     """One entry as (class, params sets, sweep axes) — a sweep or a params list gives several; nothing expanded."""
     if isinstance(entry, str):
         return _ParamSets(registry.get(kind, entry, where), [({}, where)])
@@ -653,8 +703,10 @@ def _param_sets(registry: InstalledPlugins, kind: str, entry: Any, where: str,
         aliases = getattr(cls, "param_aliases", ())
         for key, values in canonical_params(sweep, declared, aliases, f"{where}.sweep").items():
             if key not in declared:
-                raise ConfigError(f"{where}.sweep.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
-                                  f"allowed: {', '.join(declared) or '(none)'}")
+                raise ConfigError(
+                    f"{where}.sweep.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
+                    f"allowed: {', '.join(declared) or '(none)'}"
+                )
             if values == "presets":
                 values = list(declared[key].presets)
                 if not values:
@@ -684,17 +736,20 @@ def _check_weight_files(plugin: Plugin, where: str) -> None:
     """An explicit weights path (``weights_path:``) must name a file now, not when every cell has failed."""
     for param, path in explicit_weight_files(plugin):
         if not path.exists():
-            raise ConfigError(f"{where}.{param}: {path} does not exist; give the path of the weights file "
-                              f"(a relative path is relative to the current folder), or remove `{param}` "
-                              f"for the default weights")
+            raise ConfigError(
+                f"{where}.{param}: {path} does not exist; give the path of the weights file "
+                f"(a relative path is relative to the current folder), or remove `{param}` "
+                f"for the default weights"
+            )
         if not path.is_file():
             raise ConfigError(f"{where}.{param}: {path} is not a file (a folder?); give the path of the weights file")
 
 
 def _plan_entry(registry: InstalledPlugins, kind: str, entry: Any, where: str) -> _Plan:
     sets = _param_sets(registry, kind, entry, where)
-    return _Plan(where, sets.cls.name, sets.count, lambda: _each(sets.expand(), lambda pw: _make(sets.cls, *pw)),
-                 _sizes(sets))
+    return _Plan(
+        where, sets.cls.name, sets.count, lambda: _each(sets.expand(), lambda pw: _make(sets.cls, *pw)), _sizes(sets)
+    )
 
 
 def _plan_attack(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
@@ -708,17 +763,20 @@ def _plan_attack(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise ConfigError(f"{where}.eot_samples: {eot!r} must be an integer >= 1")
     if isinstance(entry, dict) and entry.get("budget") is not None:  # equal budgets (core/budget.py)
-
         norm, target = parse_budget(entry["budget"], sets.cls, where)
         native = strength_param(sets.cls, where).name
         if any(native in params for params, _ in sets.sets) or any(axis[0][0] == native for axis in sets.axes):
-            raise ConfigError(f"{where}.{native}: a budget entry searches {native} itself; remove {native} or the budget")
+            raise ConfigError(
+                f"{where}.{native}: a budget entry searches {native} itself; remove {native} or the budget"
+            )
 
         def make(pw):
             return AttackEntry(BudgetedAttack(_make(sets.cls, *pw), norm, target, pw[1]), adaptive, eot)
     else:
+
         def make(pw):
             return AttackEntry(_make(sets.cls, *pw), adaptive, eot)
+
     return _Plan(where, sets.cls.name, sets.count, lambda: _each(sets.expand(), make), _sizes(sets))
 
 
@@ -737,6 +795,7 @@ def _plan_defence(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
             if stage.count != 1:
                 raise ConfigError(f"{where}[{j}]: sweeps are not allowed inside a composition")
             stages.append(stage)
-        return _Plan(where, "+".join(s.name for s in stages), 1,
-                     lambda: [Compose(_each(stages, lambda s: s.build()[0]))])
+        return _Plan(
+            where, "+".join(s.name for s in stages), 1, lambda: [Compose(_each(stages, lambda s: s.build()[0]))]
+        )
     return _plan_entry(registry, "defences", entry, where)

@@ -34,8 +34,16 @@ class DefendedMetric(Metric):
 
     name = "defended-metric"
 
-    def __init__(self, metric: Metric, defence: Defence, *, samples: int = 1, seed: int = 0,
-                 tripwire: Tripwire | None = None, stack: bool = True):
+    def __init__(
+        self,
+        metric: Metric,
+        defence: Defence,
+        *,
+        samples: int = 1,
+        seed: int = 0,
+        tripwire: Tripwire | None = None,
+        stack: bool = True,
+    ):
         super().__init__()
         if samples < 1:
             raise ValueError(f"DefendedMetric: samples must be >= 1, got {samples}")
@@ -59,9 +67,14 @@ class DefendedMetric(Metric):
         """The wrapped metric, the defence and the EOT size: attacks that cache per metric (UAP) must
         not share one entry between defences. The attacker's seed is left out on purpose: with EOT the
         target is the expectation over the defence's randomness, which does not depend on it."""
-        return {"kind": self.kind, "name": self.name, "version": self.version,
-                "metric": self.metric.identity(), "defence": self.defence.identity(),
-                "samples": self.samples}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "metric": self.metric.identity(),
+            "defence": self.defence.identity(),
+            "samples": self.samples,
+        }
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Mean of ``f(D(images))`` over the EOT draws. Neither plugin may write into the attack's images
@@ -73,8 +86,15 @@ class DefendedMetric(Metric):
         draws = []
         for k in range(self.samples):
             seed = eot_seed(self.seed, first + k) if self.defence.randomized else None
-            draws.append(checked_call(defence, "the attack's images", images,
-                                      lambda: self.defence.forward(images, seed=seed), self.tripwire))
+            draws.append(
+                checked_call(
+                    defence,
+                    "the attack's images",
+                    images,
+                    lambda: self.defence.forward(images, seed=seed),
+                    self.tripwire,
+                )
+            )
         values = self._score_draws(draws)
         self.last_draws = torch.stack([v.detach().reshape(-1) for v in values])
         total = values[0]

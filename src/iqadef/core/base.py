@@ -48,8 +48,7 @@ class Metric(Plugin):
 
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
-        return {"higher_is_better": cls.higher_is_better, "range": list(cls.range),
-                "input_policy": cls.input_policy}
+        return {"higher_is_better": cls.higher_is_better, "range": list(cls.range), "input_policy": cls.input_policy}
 
 
 def attack_loss(metric: Metric, images: torch.Tensor) -> torch.Tensor:
@@ -119,9 +118,12 @@ class Defence(Plugin):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "backward_estimate" in cls.__dict__ and "estimate_forward" not in cls.__dict__:
-            warnings.warn(f"{cls.__name__}: `backward_estimate` is now called `estimate_forward` (it approximates "
-                          "the forward pass; BPDA differentiates it); the old name keeps working for now",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{cls.__name__}: `backward_estimate` is now called `estimate_forward` (it approximates "
+                "the forward pass; BPDA differentiates it); the old name keeps working for now",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             cls.estimate_forward = cls.__dict__["backward_estimate"]  # type: ignore[method-assign]
 
     def estimate_forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,12 +138,13 @@ class Defence(Plugin):
         with torch.no_grad():
             real = self.purify(images.detach(), seed=seed)
         if not (torch.is_grad_enabled() and images.requires_grad):  # no gradient wanted (a black-box query):
-            return real                                             # the surrogate's cost buys nothing
+            return real  # the surrogate's cost buys nothing
         surrogate = self.estimate_forward(images)
         if surrogate.shape != real.shape:
             raise ConfigError(
                 f"defence {self.name!r}: its estimate_forward returns shape {tuple(surrogate.shape)} but "
-                f"purify returns {tuple(real.shape)}; BPDA needs them equal")
+                f"purify returns {tuple(real.shape)}; BPDA needs them equal"
+            )
         return surrogate + (real - surrogate).detach()
 
     @staticmethod
@@ -152,8 +155,12 @@ class Defence(Plugin):
 
     @classmethod
     def _describe_extra(cls) -> dict[str, Any]:
-        return {"randomized": cls.randomized, "differentiable": cls.differentiable,
-                "preserves_size": cls.preserves_size, "geometric": cls.geometric}
+        return {
+            "randomized": cls.randomized,
+            "differentiable": cls.differentiable,
+            "preserves_size": cls.preserves_size,
+            "geometric": cls.geometric,
+        }
 
 
 class ImageScore(DeclaresColumns, Plugin):
@@ -181,4 +188,3 @@ def answer_for(wrapper: "Metric", metric: "Metric") -> None:
     wrapper.range = metric.range  # type: ignore[misc]
     wrapper.input_policy = metric.input_policy  # type: ignore[misc]
     wrapper.device = metric.device
-

@@ -37,8 +37,10 @@ def strength_param(cls: type[Attack], where: str) -> Param:
     """The parameter the benchmark sweeps for ``cls`` (the one with presets): what a budget search sets."""
     swept = [p for p in cls.params if p.presets and p.type in (int, float)]
     if len(swept) != 1:
-        raise ConfigError(f"{where}.budget: attack {cls.name!r} has no single swept parameter (one with presets) "
-                          f"to search; give its parameters instead of a budget")
+        raise ConfigError(
+            f"{where}.budget: attack {cls.name!r} has no single swept parameter (one with presets) "
+            f"to search; give its parameters instead of a budget"
+        )
     return swept[0]
 
 
@@ -86,15 +88,22 @@ class BudgetedAttack(Attack):
 
     @property
     def label(self) -> str:
-        changed = [f"{p.name}={_fmt(self.inner.config[p.name])}" for p in self.inner.params
-                   if p.name != self.param.name and self.inner.config[p.name] != p.default]
+        changed = [
+            f"{p.name}={_fmt(self.inner.config[p.name])}"
+            for p in self.inner.params
+            if p.name != self.param.name and self.inner.config[p.name] != p.default
+        ]
         return f"{self.name}[{','.join(changed + [f'budget_{self.budget_norm}={_fmt(self.target)}'])}]"
 
     def identity(self) -> dict[str, Any]:
         ident = self.inner.identity()
         ident["params"] = {k: v for k, v in ident["params"].items() if k != self.param.name}
-        ident["budget"] = {"norm": self.budget_norm, "target": float(f"{self.target:.12g}"),
-                           "param": self.param.name, "tolerance": TOLERANCE}
+        ident["budget"] = {
+            "norm": self.budget_norm,
+            "target": float(f"{self.target:.12g}"),
+            "param": self.param.name,
+            "tolerance": TOLERANCE,
+        }
         return ident
 
     def weights_in_use(self) -> tuple:
@@ -126,8 +135,9 @@ class BudgetedAttack(Attack):
 
     def search(self, metric: Metric, image: torch.Tensor, seed: int) -> tuple[float, torch.Tensor]:
         """The native value and x_a for one image ``[1, 3, H, W]`` (bisection on a log scale)."""
-        key = hashlib.sha256(repr((metric.key(), self.key(), seed)).encode()
-                             + image.detach().cpu().numpy().tobytes()).hexdigest()
+        key = hashlib.sha256(
+            repr((metric.key(), self.key(), seed)).encode() + image.detach().cpu().numpy().tobytes()
+        ).hexdigest()
         if key in self._found:  # searched before in this process: one run at the value found
             value = self._found[key]
             return value, self._attack_with(value, metric, image, seed)
@@ -156,7 +166,8 @@ class BudgetedAttack(Attack):
         raise RuntimeError(
             f"budget {self.budget_norm}={_fmt(self.target)}: no value of {self.param.name} lands this image within "
             f"{TOLERANCE:.0%} (closest: {self.param.name}={_fmt(closest[0])} gives {_fmt(closest[1])}); the attack's "
-            f"other parameters may cap it (e.g. its eps)")
+            f"other parameters may cap it (e.g. its eps)"
+        )
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
 
@@ -164,7 +175,7 @@ class BudgetedAttack(Attack):
         for i in range(images.shape[0]):
             # A black-box attack's oracle counts per image of the batch: each image gets its own, added back.
             oracle = QueryMetric(metric._target, 1) if isinstance(metric, QueryMetric) else metric
-            value, adv = self.search(oracle, images[i:i + 1], (int(seed) + i) % (2**63))
+            value, adv = self.search(oracle, images[i : i + 1], (int(seed) + i) % (2**63))
             if oracle is not metric:
                 metric.queries[i] += oracle.queries[0]
             out.append(adv)

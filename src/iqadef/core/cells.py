@@ -57,8 +57,9 @@ class CellBatch:
             return compute([self])[0]
         return hit[index][0]
 
-    def pair_measure(self, name: str, a: torch.Tensor, b: torch.Tensor,
-                     compute: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
+    def pair_measure(
+        self, name: str, a: torch.Tensor, b: torch.Tensor, compute: Callable[[torch.Tensor, torch.Tensor], Any]
+    ) -> Any:
         """``compute(a, b)``, computed once per (name, a, b): SSIM of x vs x_a is the same for every defence."""
         key = (name, id(a), id(b))
         hit = self.memo.get(key)
@@ -78,8 +79,11 @@ class CellBatch:
         :meth:`pair_measure` returned would change it for every later cell; the runner fails the score)."""
         changed = [key[0] for key, hit in self.memo.items() if len(hit) > 3 and _versions(hit[2]) != hit[3]]
         if self.group is not None:
-            changed += [name for name, hits in self.group.results.items()
-                        if hits and any(_versions(v) != versions for v, versions in hits)]
+            changed += [
+                name
+                for name, hits in self.group.results.items()
+                if hits and any(_versions(v) != versions for v, versions in hits)
+            ]
         return changed
 
     def __len__(self) -> int:

@@ -43,12 +43,15 @@ class ScoreColumn:
         where = f"score column {self.name!r}"
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"{where}: the name must be a column name (letters, digits, _)")
-        for field, value, allowed in (("direction", self.direction, DIRECTIONS),
-                                      ("aggregate", self.aggregate, AGGREGATES),
-                                      ("ranking", self.ranking, RANKINGS)):
+        for field, value, allowed in (
+            ("direction", self.direction, DIRECTIONS),
+            ("aggregate", self.aggregate, AGGREGATES),
+            ("ranking", self.ranking, RANKINGS),
+        ):
             if value not in allowed:
-                raise ConfigError(f"{where}: {field} {value!r} is not allowed; expected one of "
-                                  f"{', '.join(repr(a) for a in allowed)}")
+                raise ConfigError(
+                    f"{where}: {field} {value!r} is not allowed; expected one of {', '.join(repr(a) for a in allowed)}"
+                )
         if not isinstance(self.key, bool):
             raise ConfigError(f"{where}: key {self.key!r} is not allowed; expected true or false")
 
@@ -96,7 +99,9 @@ def record(classes: Iterable[type]) -> dict[str, dict[str, Any]]:
     for cls in classes:
         order = int(getattr(cls, "report_order", DEFAULT_ORDER))
         for position, column in enumerate(getattr(cls, "columns", ())):
-            entries.append(((order, getattr(cls, "name", ""), position), column.to_json(getattr(cls, "name", ""), order)))
+            entries.append(
+                ((order, getattr(cls, "name", ""), position), column.to_json(getattr(cls, "name", ""), order))
+            )
     return {entry["name"]: entry for _, entry in sorted(entries, key=lambda e: e[0])}
 
 
@@ -141,14 +146,23 @@ def _legacy() -> dict[str, ScoreColumn]:
     """The built-in plugins' columns as the report showed them before ``run.json`` recorded any."""
     lower, higher = "lower", "higher"
     spec: list[tuple[str, str | None, str | None]] = [
-        ("gain", lower, None), ("gain_clean", lower, None), ("quality_score", higher, "interval"),
-        ("similarity_score", higher, "mean"), ("similarity_score_clean", higher, None),
+        ("gain", lower, None),
+        ("gain_clean", lower, None),
+        ("quality_score", higher, "interval"),
+        ("similarity_score", higher, "mean"),
+        ("similarity_score_clean", higher, None),
         *((f"{kind}_gain_{pair}", lower, None) for pair in ("x_dxa", "x_xa", "dx_dxa") for kind in ("rel", "abs")),
-        *((f"srocc_{name}", higher, None) for name in ("mos_clean", "mos_adv", "mos_def_clean", "mos_def_adv",
-                                                      "clean_def_clean")),
-        ("robustness_score", higher, None), ("normalized_absolute_gain", lower, None),
-        ("normalized_relative_gain", lower, None), ("relative_gain_classic", lower, None),
-        ("wasserstein_score", None, None), ("energy_distance_score", None, None)]
+        *(
+            (f"srocc_{name}", higher, None)
+            for name in ("mos_clean", "mos_adv", "mos_def_clean", "mos_def_adv", "clean_def_clean")
+        ),
+        ("robustness_score", higher, None),
+        ("normalized_absolute_gain", lower, None),
+        ("normalized_relative_gain", lower, None),
+        ("relative_gain_classic", lower, None),
+        ("wasserstein_score", None, None),
+        ("energy_distance_score", None, None),
+    ]
     return {name: ScoreColumn(name, direction, key=True, ranking=ranking) for name, direction, ranking in spec}
 
 

@@ -27,5 +27,4 @@ class Command:
 
     @classmethod
     def describe(cls) -> dict:
-        return {"name": cls.name, "kind": cls.kind, "doc": (cls.__doc__ or "").strip(), "params": [],
-                "help": cls.help}
+        return {"name": cls.name, "kind": cls.kind, "doc": (cls.__doc__ or "").strip(), "params": [], "help": cls.help}

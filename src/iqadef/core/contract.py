@@ -86,8 +86,11 @@ class Plugin:
     def label(self) -> str:
         """Short readable id: the name plus the parameters that differ from their defaults (and those of
         :attr:`label_params`)."""
-        changed = {p.name: self.config[p.name] for p in self.params
-                   if self.config[p.name] != p.default or p.name in self.label_params}
+        changed = {
+            p.name: self.config[p.name]
+            for p in self.params
+            if self.config[p.name] != p.default or p.name in self.label_params
+        }
         if not changed:
             return self.name
         inner = ",".join(f"{k}={_fmt(v)}" for k, v in changed.items())
@@ -101,8 +104,9 @@ class Plugin:
         if sources:
             from iqadef.core.weights import fingerprint
 
-            ident["weights"] = [fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param))
-                                for s in sources]
+            ident["weights"] = [
+                fingerprint(s, None if isinstance(s, Path) else self.config.get(s.param)) for s in sources
+            ]
         if self.numerics is not None and not self.numerics.is_default:
             ident["numerics"] = self.numerics.identity()  # bf16/fp16 scores differ: no fp32 result is reused
         return ident
@@ -164,8 +168,14 @@ class Plugin:
             "version": cls.version,
             "doc": doc,
             "params": [
-                {"name": p.name, "type": p.type_name, "default": _jsonable(p.default), "allowed": p.allowed(),
-                 "help": p.help, "presets": [_jsonable(v) for v in p.presets]}
+                {
+                    "name": p.name,
+                    "type": p.type_name,
+                    "default": _jsonable(p.default),
+                    "allowed": p.allowed(),
+                    "help": p.help,
+                    "presets": [_jsonable(v) for v in p.presets],
+                }
                 for p in cls.params
             ],
         }
@@ -207,5 +217,3 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, tuple):
         return list(v)
     return v
-
-

@@ -19,11 +19,11 @@ opened) and animations / multi-page files (which frame would be meant is unclear
 
 from __future__ import annotations
 
-import csv
 import codecs
+import csv
+import fcntl
 import hashlib
 import io
-import fcntl
 import json
 import math
 import os
@@ -42,9 +42,8 @@ from PIL import Image, ImageOps
 from iqadef.core.errors import ConfigError, IqadefError
 from iqadef.core.fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
 from iqadef.core.files import atomic_write_bytes
-from iqadef.core.sniff import wrong_content
 from iqadef.core.params import Param, resolve
-from iqadef.core.sniff import BINARY, binary_kind
+from iqadef.core.sniff import BINARY, binary_kind, wrong_content
 from iqadef.core.suggest import did_you_mean
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -134,12 +133,15 @@ def _strip_converter(img: Image.Image):
         def convert(part: Image.Image) -> Image.Image:
             arr = np.asarray(part, dtype=np.float64)
             return Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
         return "L", convert
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+
         def convert(part: Image.Image) -> Image.Image:
             rgba = part.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
+
         return "RGB", convert
     if img.mode == "1":
         return "L", lambda part: part.convert("L")
@@ -188,21 +190,31 @@ def _probe(path: Path, max_side: int) -> tuple[int, int]:
     with Image.open(path) as img:
         frames = getattr(img, "n_frames", 1)
         if frames > 1 and img.format != "MPO":  # MPO: a camera JPEG with extra pictures; frame 0 is the photo
-            raise NotAStillImage(f"has {frames} frames (an animation or a multi-page {img.format}); iqadef reads "
-                                 f"still images only: save the frame you want as its own file")
+            raise NotAStillImage(
+                f"has {frames} frames (an animation or a multi-page {img.format}); iqadef reads "
+                f"still images only: save the frame you want as its own file"
+            )
         size = _oriented_size(img)
         img.draft("RGB", _fit(img.size, max_side))
         img.load()
     w, h = _fit(size, max_side)
     if (w, h) != size:
-        warnings.warn(f"{path}: {size[0]}x{size[1]} is larger than dataset.max_side={max_side}; "
-                      f"downscaled to {w}x{h}", ImageWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: {size[0]}x{size[1]} is larger than dataset.max_side={max_side}; downscaled to {w}x{h}",
+            ImageWarning,
+            stacklevel=2,
+        )
     return h, w
 
 
 #: Byte-order marks, longest first (UTF-32-LE's begins with UTF-16-LE's).
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def read_text(path: Path, what: str) -> tuple[str, str]:
@@ -219,8 +231,10 @@ def read_text(path: Path, what: str) -> tuple[str, str]:
                 return data.decode(encoding), encoding
             except UnicodeDecodeError as exc:
                 shown = encoding.removesuffix("-sig").upper()
-                raise ConfigError(f"{what}: {path} starts with a {shown} byte-order mark but byte {exc.start} is "
-                                  f"not {shown}; save it again as UTF-8") from None
+                raise ConfigError(
+                    f"{what}: {path} starts with a {shown} byte-order mark but byte {exc.start} is "
+                    f"not {shown}; save it again as UTF-8"
+                ) from None
     kind = binary_kind(data[:4096])
     if kind is not None:
         hint = "; if it is UTF-16 text, save it with a byte-order mark or as UTF-8" if kind == BINARY else ""
@@ -237,8 +251,21 @@ def read_text(path: Path, what: str) -> tuple[str, str]:
 
 #: Header names (lower case) taken as the image column and as the score column of a MOS file, in order
 #: of preference (KonIQ-10k's ``image_name``/``MOS``, KADID-10k's ``dist_img``/``dmos``, SPAQ's ``Image name``).
-NAME_COLUMNS = ("image", "name", "file", "filename", "file_name", "image_name", "image name", "img_name", "img",
-                "path", "dist_img", "imageid", "image_id")
+NAME_COLUMNS = (
+    "image",
+    "name",
+    "file",
+    "filename",
+    "file_name",
+    "image_name",
+    "image name",
+    "img_name",
+    "img",
+    "path",
+    "dist_img",
+    "imageid",
+    "image_id",
+)
 SCORE_COLUMNS = ("mos", "dmos", "score", "mos_score", "mean_score", "mos score", "quality", "rating")
 #: Delimiters a MOS file may use (comma, semicolon as Excel writes in many locales, tab).
 DELIMITERS = ",;\t"
@@ -253,8 +280,9 @@ def _delimiter(text: str) -> str:
         return next((d for d in DELIMITERS if d in header), ",")
 
 
-def read_mos(path: Path, what: str = "dataset.mos", *, name_column: str | None = None,
-             score_column: str | None = None) -> dict[str, float]:
+def read_mos(
+    path: Path, what: str = "dataset.mos", *, name_column: str | None = None, score_column: str | None = None
+) -> dict[str, float]:
     """A CSV with a header naming an image column and a score column (:data:`NAME_COLUMNS`,
     :data:`SCORE_COLUMNS`, any case; or the columns given), separated by ``,``, ``;`` or a tab.
 
@@ -268,10 +296,16 @@ def read_mos(path: Path, what: str = "dataset.mos", *, name_column: str | None =
         reader = csv.DictReader(f, delimiter=_delimiter(text))
         fields = [c.strip().lower() for c in (reader.fieldnames or [])]
         lookup = dict(zip(fields, reader.fieldnames or []))
-        name_col = lookup.get(name_column.lower()) if name_column else \
-            next((lookup[c] for c in NAME_COLUMNS if c in lookup), None)
-        mos_col = lookup.get(score_column.lower()) if score_column else \
-            next((lookup[c] for c in SCORE_COLUMNS if c in lookup), None)
+        name_col = (
+            lookup.get(name_column.lower())
+            if name_column
+            else next((lookup[c] for c in NAME_COLUMNS if c in lookup), None)
+        )
+        mos_col = (
+            lookup.get(score_column.lower())
+            if score_column
+            else next((lookup[c] for c in SCORE_COLUMNS if c in lookup), None)
+        )
         if name_col is None or mos_col is None:
             names = f"`{name_column}`" if name_column else "an image column (image/name/file/filename/image_name)"
             scores = f"`{score_column}`" if score_column else "a `mos` column (mos/dmos/score)"
@@ -311,8 +345,16 @@ class Dataset:
     """A folder of images (recursively), optionally with MOS values; or the ``entries`` a dataset plugin
     yields (names, files and MOS chosen by the plugin; the folder is then only their common root)."""
 
-    def __init__(self, folder: Path, mos: Path | None = None, *, max_side: int = DEFAULT_MAX_SIDE,
-                 limit: int | None = None, entries: Sequence[Entry] | None = None, label: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        mos: Path | None = None,
+        *,
+        max_side: int = DEFAULT_MAX_SIDE,
+        limit: int | None = None,
+        entries: Sequence[Entry] | None = None,
+        label: str | None = None,
+    ):
         self.folder = Path(folder)
         self.max_side = max_side
         self.problems: list[str] = []
@@ -329,8 +371,9 @@ class Dataset:
                 else:
                     self._left_out(f"{path}: {reason}; left out")
             if not named:
-                raise ConfigError(f"dataset.images: {self.folder} holds no images "
-                                  f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise ConfigError(
+                    f"dataset.images: {self.folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             mos_values = read_mos(Path(mos)) if mos else {}
             mos_label = str(mos)
         else:
@@ -358,8 +401,10 @@ class Dataset:
                 continue
             digest = _file_sha256(path)
             if promised.get(name, digest) != digest:
-                self._left_out(f"{path}: its sha256 {digest[:12]}... is not the {promised[name][:12]}... that "
-                               f"{label} records for {name!r} (replaced or damaged); left out")
+                self._left_out(
+                    f"{path}: its sha256 {digest[:12]}... is not the {promised[name][:12]}... that "
+                    f"{label} records for {name!r} (replaced or damaged); left out"
+                )
                 continue
             items.append(ImageItem(name, path, digest, size, mos_values.get(name)))
         if mos_values:
@@ -367,8 +412,10 @@ class Dataset:
             missing = sorted(n for n in names if n not in mos_values)
             extra = sorted(n for n in mos_values if n not in names and not (self.folder / n).is_file())
             if missing:
-                self.problems.append(f"{mos_label}: no MOS for {len(missing)} image(s), e.g. {missing[0]!r}; "
-                                     f"their SROCC entries are left out")
+                self.problems.append(
+                    f"{mos_label}: no MOS for {len(missing)} image(s), e.g. {missing[0]!r}; "
+                    f"their SROCC entries are left out"
+                )
             if extra and entries is None:
                 self.problems.append(f"{mos_label}: {len(extra)} name(s) match no image, e.g. {extra[0]!r}; ignored")
             for msg in self.problems[-2:]:
@@ -396,7 +443,7 @@ class Dataset:
         out = []
         for size in sorted(groups, key=lambda s: groups[s][0].name):
             group = groups[size]
-            out.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+            out.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
         return out
 
     def load(self, batch: Sequence[ImageItem]) -> torch.Tensor:
@@ -407,6 +454,7 @@ class Dataset:
 
 
 # -- dataset plugins ----------------------------------------------------------------------------------------
+
 
 def data_dir() -> Path:
     """Where fetched datasets live: ``$IQADEF_DATA``, else ``$XDG_CACHE_HOME/iqadef/data`` (``~/.cache/...``).
@@ -444,8 +492,7 @@ class DatasetPlugin:
     #: False: the dataset's files are not fetched into the data dir (``folder``, ``builtin``): no ``root``.
     fetchable: ClassVar[bool] = True
 
-    def __init__(self, root: Path | None = None, *, base: Path | None = None, where: str = "dataset",
-                 **values: Any):
+    def __init__(self, root: Path | None = None, *, base: Path | None = None, where: str = "dataset", **values: Any):
         self.where = where
         self.base = Path(base) if base is not None else Path.cwd()
         self.config: dict[str, Any] = resolve(self.params, values, where)
@@ -483,8 +530,9 @@ class DatasetPlugin:
         problems = []
         expected = self.expected_count()
         if expected is not None and len(entries) != expected:
-            problems.append(f"its files list {len(entries)} images, the release has {expected} (a truncated or "
-                            f"replaced file?)")
+            problems.append(
+                f"its files list {len(entries)} images, the release has {expected} (a truncated or replaced file?)"
+            )
         lost = [e for e in entries if not e.path.is_file()]
         if lost:
             problems.append(f"{len(lost)} of the {len(entries)} listed image files are absent, e.g. {lost[0].path}")
@@ -497,22 +545,51 @@ class DatasetPlugin:
         if not absent:
             return
         shown = ", ".join(absent[:3]) + (f" (+{len(absent) - 3} more)" if len(absent) > 3 else "")
-        how = (f"run `iqadef data fetch {self.name}`" if self.fetchable and self.remote_files() else
-               "see `iqadef data` for where to get it")
-        raise ConfigError(f"{self.where}: {self.name} is not in {self.root} (missing {shown}); {how}, or set "
-                          f"`root:` (or IQADEF_DATA) to the folder that holds it")
+        how = (
+            f"run `iqadef data fetch {self.name}`"
+            if self.fetchable and self.remote_files()
+            else "see `iqadef data` for where to get it"
+        )
+        raise ConfigError(
+            f"{self.where}: {self.name} is not in {self.root} (missing {shown}); {how}, or set "
+            f"`root:` (or IQADEF_DATA) to the folder that holds it"
+        )
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """For ``iqadef list datasets`` and ``iqadef data``."""
         return {
-            "name": cls.name, "kind": cls.kind, "version": cls.version, "doc": (cls.__doc__ or "").strip(),
-            "title": cls.title, "homepage": cls.homepage, "licence": cls.licence, "splits": ["all", *cls.splits],
+            "name": cls.name,
+            "kind": cls.kind,
+            "version": cls.version,
+            "doc": (cls.__doc__ or "").strip(),
+            "title": cls.title,
+            "homepage": cls.homepage,
+            "licence": cls.licence,
+            "splits": ["all", *cls.splits],
             "scores": cls.scores,
-            "params": [{"name": p.name, "type": p.type_name, "default": p.default, "allowed": p.allowed(),
-                        "help": p.help, "presets": list(p.presets)} for p in cls.params],
-            "remote": [{"filename": r.filename, "urls": list(r.urls), "size": r.size, "sha256": r.sha256,
-                        "archive": r.archive, "manual": r.manual} for r in cls.remote],
+            "params": [
+                {
+                    "name": p.name,
+                    "type": p.type_name,
+                    "default": p.default,
+                    "allowed": p.allowed(),
+                    "help": p.help,
+                    "presets": list(p.presets),
+                }
+                for p in cls.params
+            ],
+            "remote": [
+                {
+                    "filename": r.filename,
+                    "urls": list(r.urls),
+                    "size": r.size,
+                    "sha256": r.sha256,
+                    "archive": r.archive,
+                    "manual": r.manual,
+                }
+                for r in cls.remote
+            ],
         }
 
     def __repr__(self) -> str:
@@ -556,12 +633,16 @@ class DatasetConfig:
         if self.split != "all":
             entries = [e for e in entries if e.split == self.split]
             if not entries:
-                raise ConfigError(f"{self.plugin.where}.split: {self.plugin.name} has no image in split "
-                                  f"{self.split!r} under {self.plugin.root}")
+                raise ConfigError(
+                    f"{self.plugin.where}.split: {self.plugin.name} has no image in split "
+                    f"{self.split!r} under {self.plugin.root}"
+                )
         if self.sample is not None:
             if self.sample > len(entries):
-                raise ConfigError(f"{self.plugin.where}.sample: {self.sample} is more than the {len(entries)} images "
-                                  f"of {self.plugin.name} (split {self.split}); lower it or remove it")
+                raise ConfigError(
+                    f"{self.plugin.where}.sample: {self.sample} is more than the {len(entries)} images "
+                    f"of {self.plugin.name} (split {self.split}); lower it or remove it"
+                )
             chosen = random.Random(self.seed).sample(range(len(entries)), self.sample)
             entries = [entries[i] for i in sorted(chosen)]
         return entries
@@ -570,15 +651,28 @@ class DatasetConfig:
         """The :class:`Dataset` of the run (``--limit`` keeps the first ``limit`` images)."""
         if getattr(self.plugin, "plain_folder", False) and self.split == "all" and self.sample is None:
             return Dataset(self.images, self.mos, max_side=self.max_side, limit=limit)  # today's folder scan
-        return Dataset(self.images, max_side=self.max_side, limit=limit, entries=self.entries(),
-                       label=f"{self.plugin.where} {self.plugin.name} ({self.plugin.root})")
+        return Dataset(
+            self.images,
+            max_side=self.max_side,
+            limit=limit,
+            entries=self.entries(),
+            label=f"{self.plugin.where} {self.plugin.name} ({self.plugin.root})",
+        )
 
     def describe(self) -> dict[str, Any]:
         """What ``run.json`` and an export's datasheet say about the data."""
         cls = type(self.plugin)
-        return {"name": cls.name, "title": cls.title, "homepage": cls.homepage, "licence": cls.licence,
-                "root": str(self.plugin.root), "split": self.split, "sample": self.sample, "seed": self.seed,
-                "options": self.plugin.config}
+        return {
+            "name": cls.name,
+            "title": cls.title,
+            "homepage": cls.homepage,
+            "licence": cls.licence,
+            "root": str(self.plugin.root),
+            "split": self.split,
+            "sample": self.sample,
+            "seed": self.seed,
+            "options": self.plugin.config,
+        }
 
 
 def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset") -> DatasetConfig:
@@ -598,8 +692,10 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
         else:
             value = {"images": value}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be a mapping with `name` (a dataset, `iqadef list datasets`) or `images` "
-                          f"(a folder or `builtin`) and optional `mos`")
+        raise ConfigError(
+            f"{where}: must be a mapping with `name` (a dataset, `iqadef list datasets`) or `images` "
+            f"(a folder or `builtin`) and optional `mos`"
+        )
     data = dict(value)
     name = data.pop("name", None)
     if name is None:
@@ -615,8 +711,10 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
         allowed.pop("root")
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown key for dataset {name!r}{did_you_mean(str(key), allowed)}; "
-                              f"allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"{where}.{key}: unknown key for dataset {name!r}{did_you_mean(str(key), allowed)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
     if "root" in common and not cls.fetchable:
         raise ConfigError(f"{where}.root: dataset {name!r} takes no `root`; allowed: {', '.join(sorted(allowed))}")
     root = common.get("root")
@@ -660,8 +758,9 @@ def fetched(root: Path) -> dict[str, Any]:
 FETCH_LOCK = ".iqadef-fetch.lock"
 
 
-def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives: bool = False,
-                  retries: int = 2, say=print) -> Path:
+def fetch_dataset(
+    plugin: DatasetPlugin, *, progress: bool = True, keep_archives: bool = False, retries: int = 2, say=print
+) -> Path:
     """Download ``plugin``'s remote files into its folder and unpack its archives; returns the folder.
 
     Each file goes through :func:`iqadef.core.fetch.fetch` (resumable, verified, refused on a mismatch, and
@@ -680,23 +779,28 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
         raise FetchError(f"dataset {plugin.name!r} is not fetched (it is {plugin.title or 'local'}); nothing to do")
     root = plugin.root
     if root.exists() and not root.is_dir():
-        raise FetchError(f"dataset {plugin.name}: {root} is a file, not a folder; give --root (or `root:`) a folder, "
-                         f"or move the file")
+        raise FetchError(
+            f"dataset {plugin.name}: {root} is a file, not a folder; give --root (or `root:`) a folder, "
+            f"or move the file"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = os.open(root / FETCH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise FetchError(f"dataset {plugin.name}: cannot create {root} ({exc.strerror or exc}); give --root (or "
-                         f"`root:`) a folder you can write") from None
+        raise FetchError(
+            f"dataset {plugin.name}: cannot create {root} ({exc.strerror or exc}); give --root (or "
+            f"`root:`) a folder you can write"
+        ) from None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FetchError(f"dataset {plugin.name}: another `iqadef data fetch` into {root} is running; wait for it "
-                             f"to finish, then run this again") from None
+            raise FetchError(
+                f"dataset {plugin.name}: another `iqadef data fetch` into {root} is running; wait for it "
+                f"to finish, then run this again"
+            ) from None
         try:
-            return _fetch_locked(plugin, root, progress=progress, keep_archives=keep_archives, retries=retries,
-                                 say=say)
+            return _fetch_locked(plugin, root, progress=progress, keep_archives=keep_archives, retries=retries, say=say)
         except OSError as exc:  # writing the record, removing an archive: one line, not a traceback
             where = exc.filename or root
             raise FetchError(f"dataset {plugin.name}: {where}: {exc.strerror or exc}; fix it and fetch again") from None
@@ -704,8 +808,7 @@ def fetch_dataset(plugin: DatasetPlugin, *, progress: bool = True, keep_archives
         os.close(lock)
 
 
-def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_archives: bool, retries: int,
-                  say) -> Path:
+def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_archives: bool, retries: int, say) -> Path:
     done = fetched(root)
     present = not plugin.layout_problems()
     manual_needed = []
@@ -718,22 +821,33 @@ def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_arc
             target = root / DOWNLOADS / remote.filename
         record = done.get(remote.filename)
         recorded = record.get("sha256") if isinstance(record, dict) else None
-        if record is not None and remote.archive is None and target.is_file() and recorded \
-                and sha256_of(target) != recorded:
-            raise FetchError(f"{target}: its sha256 {sha256_of(target)} is not the {recorded} recorded when it was "
-                             f"fetched ({root / FETCHED}); it was changed since: delete it and fetch again")
+        if (
+            record is not None
+            and remote.archive is None
+            and target.is_file()
+            and recorded
+            and sha256_of(target) != recorded
+        ):
+            raise FetchError(
+                f"{target}: its sha256 {sha256_of(target)} is not the {recorded} recorded when it was "
+                f"fetched ({root / FETCHED}); it was changed since: delete it and fetch again"
+            )
         if record is not None and present and (remote.archive is not None or target.is_file()):
             say(f"{remote.filename}: already fetched")
             continue
         pin, pinned_by = remote.sha256, "the pinned"
         if pin is None and recorded:  # first fetch's sha256: a later download must be the same file
-            pin, pinned_by = recorded, (f"the sha256 recorded at its first fetch (to accept a new version, delete "
-                                        f"{root / FETCHED}):")
+            pin, pinned_by = (
+                recorded,
+                (f"the sha256 recorded at its first fetch (to accept a new version, delete {root / FETCHED}):"),
+            )
         if target.is_file():
             digest = sha256_of(target)
             if not matches(digest, pin) or (remote.size is not None and target.stat().st_size != remote.size):
-                raise FetchError(f"{target}: sha256 {digest} / {target.stat().st_size} bytes do not match "
-                                 f"{pinned_by} {pin} / {remote.size} for {remote.filename}; delete it and fetch again")
+                raise FetchError(
+                    f"{target}: sha256 {digest} / {target.stat().st_size} bytes do not match "
+                    f"{pinned_by} {pin} / {remote.size} for {remote.filename}; delete it and fetch again"
+                )
             _check_content(remote, target, placed=True)
         elif remote.manual or not remote.urls:
             if not plugin.missing():
@@ -743,32 +857,48 @@ def _fetch_locked(plugin: DatasetPlugin, root: Path, *, progress: bool, keep_arc
             continue
         else:
             if offline():
-                raise FetchError(f"{remote.filename}: downloads are disabled (IQADEF_OFFLINE is set); download "
-                                 f"{', '.join(remote.urls)} and put it at {target}, then run `iqadef data fetch "
-                                 f"{plugin.name}` again")
+                raise FetchError(
+                    f"{remote.filename}: downloads are disabled (IQADEF_OFFLINE is set); download "
+                    f"{', '.join(remote.urls)} and put it at {target}, then run `iqadef data fetch "
+                    f"{plugin.name}` again"
+                )
             say(f"{remote.filename}: downloading from {remote.urls[0]}")
-            fetch(replace(remote, sha256=pin), target, progress=progress, retries=retries, pinned_by=pinned_by,
-                  check=lambda part, remote=remote: _check_content(remote, part))
+            fetch(
+                replace(remote, sha256=pin),
+                target,
+                progress=progress,
+                retries=retries,
+                pinned_by=pinned_by,
+                check=lambda part, remote=remote: _check_content(remote, part),
+            )
             if remote.archive is None:
                 downloaded.append(target)
-        records[remote.filename] = {"size": target.stat().st_size, "sha256": sha256_of(target),
-                                    "archive": remote.archive}
+        records[remote.filename] = {
+            "size": target.stat().st_size,
+            "sha256": sha256_of(target),
+            "archive": remote.archive,
+        }
         if remote.archive is not None:
             say(f"{remote.filename}: unpacking into {root}")
             records[remote.filename]["members"] = len(extract(target, root, remote.archive))
             if not keep_archives:
                 target.unlink()
     if manual_needed:
-        raise FetchError(f"dataset {plugin.name}: {len(manual_needed)} file(s) cannot be downloaded automatically: "
-                         + "; ".join(manual_needed) + f"; then run `iqadef data fetch {plugin.name}` again")
+        raise FetchError(
+            f"dataset {plugin.name}: {len(manual_needed)} file(s) cannot be downloaded automatically: "
+            + "; ".join(manual_needed)
+            + f"; then run `iqadef data fetch {plugin.name}` again"
+        )
     problems = plugin.layout_problems()
     if problems:
         for path in downloaded:
             path.unlink(missing_ok=True)
         removed = f" ({', '.join(p.name for p in downloaded)} removed again)" if downloaded else ""
-        raise FetchError(f"dataset {plugin.name}: fetched, but {root} is not the published layout: "
-                         f"{'; '.join(' '.join(p.split()) for p in problems[:2])}{removed}; fetch again, and if it "
-                         f"persists the publisher's files may have changed: check {plugin.homepage or 'the publisher'}")
+        raise FetchError(
+            f"dataset {plugin.name}: fetched, but {root} is not the published layout: "
+            f"{'; '.join(' '.join(p.split()) for p in problems[:2])}{removed}; fetch again, and if it "
+            f"persists the publisher's files may have changed: check {plugin.homepage or 'the publisher'}"
+        )
     if records:
         done.update(records)
         atomic_write_bytes(root / FETCHED, json.dumps(done, indent=2, sort_keys=True).encode("utf-8"))
@@ -784,10 +914,12 @@ def _check_content(remote: RemoteFile, path: Path, placed: bool = False) -> None
     what = wrong_content(head, expected)
     if what is not None:
         if placed:
-            raise FetchError(f"{path}: is {what}, not {expected.upper()} data for {remote.filename}; delete it and "
-                             f"fetch again")
-        raise FetchError(f"{remote.filename}: the file received is {what}, not {expected.upper()} data; nothing "
-                         f"was saved")
+            raise FetchError(
+                f"{path}: is {what}, not {expected.upper()} data for {remote.filename}; delete it and fetch again"
+            )
+        raise FetchError(
+            f"{remote.filename}: the file received is {what}, not {expected.upper()} data; nothing was saved"
+        )
 
 
 def dataset_status(plugin: DatasetPlugin) -> dict[str, Any]:
@@ -795,9 +927,26 @@ def dataset_status(plugin: DatasetPlugin) -> dict[str, Any]:
     or not, where, what is missing or wrong, where it comes from."""
     absent = plugin.missing() if plugin.fetchable else []
     problems = plugin.layout_problems() if plugin.fetchable and not absent else []
-    return {"name": plugin.name, "title": plugin.title, "root": str(plugin.root),
-            "present": not absent and not problems, "missing": absent, "problems": problems,
-            "fetchable": plugin.fetchable, "licence": plugin.licence, "homepage": plugin.homepage,
-            "files": [{"filename": r.filename, "urls": list(r.urls), "size": r.size, "sha256": r.sha256,
-                       "archive": r.archive, "manual": r.manual,
-                       "fetched": r.filename in fetched(plugin.root)} for r in plugin.remote_files()]}
+    return {
+        "name": plugin.name,
+        "title": plugin.title,
+        "root": str(plugin.root),
+        "present": not absent and not problems,
+        "missing": absent,
+        "problems": problems,
+        "fetchable": plugin.fetchable,
+        "licence": plugin.licence,
+        "homepage": plugin.homepage,
+        "files": [
+            {
+                "filename": r.filename,
+                "urls": list(r.urls),
+                "size": r.size,
+                "sha256": r.sha256,
+                "archive": r.archive,
+                "manual": r.manual,
+                "fetched": r.filename in fetched(plugin.root),
+            }
+            for r in plugin.remote_files()
+        ],
+    }

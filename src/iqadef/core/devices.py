@@ -26,11 +26,14 @@ def resolve_device(device: str) -> torch.device:
             raise ConfigError(f"device: {device!r} was asked for but CUDA is not available here; use `auto` or `cpu`")
         count = torch.cuda.device_count()
         if index >= count:
-            raise ConfigError(f"device: {device!r}: this machine has {count} CUDA device(s), "
-                              f"cuda:0 to cuda:{count - 1}; use one of them or `auto`")
+            raise ConfigError(
+                f"device: {device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}; use one of them or `auto`"
+            )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device: {device!r} was asked for but Apple's MPS backend is not available here; "
-                          f"use `auto` or `cpu`")
+        raise ConfigError(
+            f"device: {device!r} was asked for but Apple's MPS backend is not available here; use `auto` or `cpu`"
+        )
     if kind == "cpu" and index != 0:
         raise ConfigError(f"device: {device!r}: there is one CPU device; use `cpu`")
     return torch.device(device)

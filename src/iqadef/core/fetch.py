@@ -167,9 +167,19 @@ def _total(response, kept: int) -> int | None:
     return kept + int(length)
 
 
-def download(url: str, target: Path, *, sha256: str | None = None, size: int | None = None,
-             progress: bool = True, label: str | None = None, check: Callable[[Path], None] | None = None,
-             timeout: float = 60.0, retries: int = 2, pinned_by: str = "the pinned") -> Path:
+def download(
+    url: str,
+    target: Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    label: str | None = None,
+    check: Callable[[Path], None] | None = None,
+    timeout: float = 60.0,
+    retries: int = 2,
+    pinned_by: str = "the pinned",
+) -> Path:
     """Download ``url`` to ``target`` (see the module docstring); returns ``target``.
 
     ``check(part)`` may refuse the finished file (raise an IqadefError): it is then deleted. ``retries``:
@@ -247,8 +257,9 @@ def _read_validator(path: Path, url: str) -> tuple[str | None, int | None]:
     return data["validator"], total if isinstance(total, int) else None
 
 
-def _transfer(url: str, fd: int, part: Path, validator_file: Path, size: int | None, progress: bool, label: str,
-              timeout: float) -> None:
+def _transfer(
+    url: str, fd: int, part: Path, validator_file: Path, size: int | None, progress: bool, label: str, timeout: float
+) -> None:
     """Append the rest of ``url`` to the ``.part`` file, or rewrite it from byte 0, with a progress bar.
 
     The part is resumed only when it is a prefix of the very file the server has now: a validator was
@@ -275,9 +286,11 @@ def _transfer(url: str, fd: int, part: Path, validator_file: Path, size: int | N
         response = _open(url, 0, timeout)
     if not start and _status(response) == 206:
         response.close()
-        raise FetchError(f"{url}: the server sent part of the file (206, {response.headers.get('Content-Range')!r}) "
-                         f"when the whole file was asked for; nothing was saved. Try again later or download it "
-                         f"by hand")
+        raise FetchError(
+            f"{url}: the server sent part of the file (206, {response.headers.get('Content-Range')!r}) "
+            f"when the whole file was asked for; nothing was saved. Try again later or download it "
+            f"by hand"
+        )
     with response:
         kept = start if _status(response) == 206 else 0
         os.ftruncate(fd, kept)
@@ -336,38 +349,63 @@ def _record_validator(path: Path, url: str, validator: str | None, total: int | 
 
 def _interrupted(url: str, written: int, total: int | None, part: Path, exc: BaseException | None) -> str:
     why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-    return (f"{url}: the download stopped after {_size(written)} of {_size(total)}{why}; the part is kept in "
-            f"{part}: run the same command again to resume it")
+    return (
+        f"{url}: the download stopped after {_size(written)} of {_size(total)}{why}; the part is kept in "
+        f"{part}: run the same command again to resume it"
+    )
 
 
-def _verify(part: Path, url: str, label: str, sha256: str | None, size: int | None,
-            pinned_by: str = "the pinned") -> None:
+def _verify(
+    part: Path, url: str, label: str, sha256: str | None, size: int | None, pinned_by: str = "the pinned"
+) -> None:
     actual_size = part.stat().st_size
     if size is not None and actual_size != size:
-        raise FetchError(f"{url}: the downloaded file has {actual_size} bytes, {label} should have {size}; "
-                         f"nothing was saved. The server may have changed the file: download it by hand and check it")
+        raise FetchError(
+            f"{url}: the downloaded file has {actual_size} bytes, {label} should have {size}; "
+            f"nothing was saved. The server may have changed the file: download it by hand and check it"
+        )
     if sha256 is not None:
         actual = sha256_of(part)
         if not matches(actual, sha256):
-            raise FetchError(f"{url}: the downloaded file's sha256 {actual} does not match {pinned_by} {sha256} for "
-                             f"{label}; nothing was saved. The server may have changed the file: download it by "
-                             f"hand and check it")
+            raise FetchError(
+                f"{url}: the downloaded file's sha256 {actual} does not match {pinned_by} {sha256} for "
+                f"{label}; nothing was saved. The server may have changed the file: download it by "
+                f"hand and check it"
+            )
 
 
-def fetch(remote: RemoteFile, target: Path, *, progress: bool = True, check: Callable[[Path], None] | None = None,
-          retries: int = 2, pinned_by: str = "the pinned") -> Path:
+def fetch(
+    remote: RemoteFile,
+    target: Path,
+    *,
+    progress: bool = True,
+    check: Callable[[Path], None] | None = None,
+    retries: int = 2,
+    pinned_by: str = "the pinned",
+) -> Path:
     """Download ``remote`` to ``target`` from the first of its URLs that works."""
     if offline():
-        raise FetchError(f"{remote.filename}: downloads are disabled (IQADEF_OFFLINE is set); download it from "
-                         f"{', '.join(remote.urls) or remote.manual or '(no URL known)'} and put it at {target}")
+        raise FetchError(
+            f"{remote.filename}: downloads are disabled (IQADEF_OFFLINE is set); download it from "
+            f"{', '.join(remote.urls) or remote.manual or '(no URL known)'} and put it at {target}"
+        )
     if remote.manual or not remote.urls:
         how = remote.manual or "it has no download URL"
         raise FetchError(f"{remote.filename}: cannot be downloaded automatically ({how}); put it at {target}")
     errors = []
     for url in remote.urls:
         try:
-            return download(url, target, sha256=remote.sha256, size=remote.size, progress=progress,
-                            label=remote.filename, check=check, retries=retries, pinned_by=pinned_by)
+            return download(
+                url,
+                target,
+                sha256=remote.sha256,
+                size=remote.size,
+                progress=progress,
+                label=remote.filename,
+                check=check,
+                retries=retries,
+                pinned_by=pinned_by,
+            )
         except Interrupted:
             raise
         except IqadefError:
@@ -378,6 +416,7 @@ def fetch(remote: RemoteFile, target: Path, *, progress: bool = True, check: Cal
 
 
 # -- extraction ----------------------------------------------------------------------------------------------
+
 
 def _unsafe(name: str) -> bool:
     path = PurePosixPath(name.replace("\\", "/"))
@@ -416,9 +455,13 @@ class _Budget:
         most = _limit("IQADEF_UNPACK_MAX_BYTES", _DEFAULT_MAX_BYTES, sizes=True)
         self.limits = []
         if ratio is not None:
-            self.limits.append((max(_RATIO_FLOOR, ratio * archive.stat().st_size),
-                                f"{ratio:g} times the archive's {_size(archive.stat().st_size)}",
-                                "IQADEF_UNPACK_MAX_RATIO"))
+            self.limits.append(
+                (
+                    max(_RATIO_FLOOR, ratio * archive.stat().st_size),
+                    f"{ratio:g} times the archive's {_size(archive.stat().st_size)}",
+                    "IQADEF_UNPACK_MAX_RATIO",
+                )
+            )
         if most is not None:
             self.limits.append((most, f"{_size(int(most))}", "IQADEF_UNPACK_MAX_BYTES"))
         self.used = 0
@@ -427,9 +470,11 @@ class _Budget:
         for limit, what, variable in self.limits:
             if total > limit:
                 how = "declares members of" if declared else "unpacks to more than"
-                raise FetchError(f"{self.archive}: {how} {_size(total)}, over the limit of {what}; refused, nothing "
-                                 f"was unpacked. If you trust this archive, set {variable}=off (or a larger value) "
-                                 f"and fetch again")
+                raise FetchError(
+                    f"{self.archive}: {how} {_size(total)}, over the limit of {what}; refused, nothing "
+                    f"was unpacked. If you trust this archive, set {variable}=off (or a larger value) "
+                    f"and fetch again"
+                )
 
     def add(self, n: int) -> None:
         self.used += n
@@ -437,8 +482,10 @@ class _Budget:
 
 
 def _disk_full(archive: Path, dest: Path) -> FetchError:
-    return FetchError(f"{archive}: the disk is full while unpacking into {dest}; nothing was unpacked: free space "
-                      f"(or set --root to a larger disk) and fetch again")
+    return FetchError(
+        f"{archive}: the disk is full while unpacking into {dest}; nothing was unpacked: free space "
+        f"(or set --root to a larger disk) and fetch again"
+    )
 
 
 def extract(archive: Path, dest: Path, kind: str) -> list[str]:
@@ -465,16 +512,19 @@ def extract(archive: Path, dest: Path, kind: str) -> list[str]:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise _disk_full(archive, dest) from None
-            raise FetchError(f"{archive}: cannot unpack into {dest} ({exc.strerror or exc}); nothing was "
-                             f"unpacked") from None
+            raise FetchError(
+                f"{archive}: cannot unpack into {dest} ({exc.strerror or exc}); nothing was unpacked"
+            ) from None
         tops = sorted(os.listdir(staging))
         for top in tops:
             conflict = _conflict(staging / top, dest / top)
             if conflict is not None:
                 kind_src, where = conflict
-                raise FetchError(f"{archive}: holds a {kind_src} {where.relative_to(dest)} where {where} is "
-                                 f"{'a folder' if kind_src == 'file' else 'a file'}; refused, nothing was unpacked "
-                                 f"and nothing deleted: move {where} aside and fetch again")
+                raise FetchError(
+                    f"{archive}: holds a {kind_src} {where.relative_to(dest)} where {where} is "
+                    f"{'a folder' if kind_src == 'file' else 'a file'}; refused, nothing was unpacked "
+                    f"and nothing deleted: move {where} aside and fetch again"
+                )
         for top in tops:
             _merge(staging / top, dest / top)
         return names
@@ -494,14 +544,19 @@ def _extract_zip(archive: Path, staging: Path, budget: _Budget) -> list[str]:
             for info in members:
                 mode = info.external_attr >> 16
                 if _unsafe(info.filename):
-                    raise FetchError(f"{archive}: member {info.filename!r} would be written outside the data "
-                                     f"folder; refused (nothing was extracted)")
+                    raise FetchError(
+                        f"{archive}: member {info.filename!r} would be written outside the data "
+                        f"folder; refused (nothing was extracted)"
+                    )
                 if stat.S_ISLNK(mode):
-                    raise FetchError(f"{archive}: member {info.filename!r} is a symbolic link; refused "
-                                     f"(nothing was extracted)")
+                    raise FetchError(
+                        f"{archive}: member {info.filename!r} is a symbolic link; refused (nothing was extracted)"
+                    )
                 if info.flag_bits & 0x1:
-                    raise FetchError(f"{archive}: member {info.filename!r} is encrypted (a password is needed); "
-                                     f"unpack it yourself into {staging.parent} (nothing was extracted)")
+                    raise FetchError(
+                        f"{archive}: member {info.filename!r} is encrypted (a password is needed); "
+                        f"unpack it yourself into {staging.parent} (nothing was extracted)"
+                    )
             budget.check(sum(info.file_size for info in members), declared=True)
             for info in members:
                 _extract_zip_member(zf, info, archive, staging, budget)
@@ -510,8 +565,9 @@ def _extract_zip(archive: Path, staging: Path, budget: _Budget) -> list[str]:
         raise FetchError(f"{archive}: not a readable zip archive ({exc}); delete it and fetch again") from None
 
 
-def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path, staging: Path,
-                        budget: _Budget) -> None:
+def _extract_zip_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path, staging: Path, budget: _Budget
+) -> None:
     """Write one member, counting its bytes against ``budget``; its CRC-32 is checked at its end (zipfile)."""
     path = _member_path(staging, info.filename)
     if path is None:
@@ -529,22 +585,37 @@ def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Pat
                 budget.add(len(block))
                 out.write(block)
     except (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError) as exc:
-        raise FetchError(f"{archive}: member {info.filename!r} is damaged ({type(exc).__name__}: {exc}); the "
-                         f"archive is corrupt: delete it and fetch again (nothing was extracted)") from None
+        raise FetchError(
+            f"{archive}: member {info.filename!r} is damaged ({type(exc).__name__}: {exc}); the "
+            f"archive is corrupt: delete it and fetch again (nothing was extracted)"
+        ) from None
     except NotImplementedError as exc:
-        raise FetchError(f"{archive}: member {info.filename!r} uses a compression method Python cannot read "
-                         f"({exc}); unpack it with another tool into {staging.parent} (nothing was extracted)") from None
+        raise FetchError(
+            f"{archive}: member {info.filename!r} uses a compression method Python cannot read "
+            f"({exc}); unpack it with another tool into {staging.parent} (nothing was extracted)"
+        ) from None
     except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required for extraction"
-        raise FetchError(f"{archive}: member {info.filename!r} cannot be read ({exc}); unpack it yourself into "
-                         f"{staging.parent} (nothing was extracted)") from None
+        raise FetchError(
+            f"{archive}: member {info.filename!r} cannot be read ({exc}); unpack it yourself into "
+            f"{staging.parent} (nothing was extracted)"
+        ) from None
 
 
 #: tarfile's mode for each kind: explicit, so a damaged file is reported for what it is, not as four
 #: failed guesses.
 _TAR_MODES: dict[str, Literal["r:", "r:gz", "r:bz2", "r:xz"]] = {
-    "tar": "r:", "tar.gz": "r:gz", "tgz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
+    "tar": "r:",
+    "tar.gz": "r:gz",
+    "tgz": "r:gz",
+    "tar.bz2": "r:bz2",
+    "tar.xz": "r:xz",
+}
 _DECOMPRESS: dict[str, Callable[..., Any]] = {
-    "tar.gz": gzip.open, "tgz": gzip.open, "tar.bz2": bz2.open, "tar.xz": lzma.open}
+    "tar.gz": gzip.open,
+    "tgz": gzip.open,
+    "tar.bz2": bz2.open,
+    "tar.xz": lzma.open,
+}
 #: What the decompressors raise on damaged data.
 _DAMAGED = (gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, tarfile.ReadError)
 
@@ -583,8 +654,10 @@ def _extract_tar(archive: Path, staging: Path, kind: str, budget: _Budget) -> li
             members = tf.getmembers()
             for member in members:
                 if _unsafe(member.name):
-                    raise FetchError(f"{archive}: member {member.name!r} would be written outside the data "
-                                     f"folder; refused (nothing was extracted)")
+                    raise FetchError(
+                        f"{archive}: member {member.name!r} would be written outside the data "
+                        f"folder; refused (nothing was extracted)"
+                    )
             budget.check(sum(m.size for m in members if m.isfile()), declared=True)
             try:
                 tf.extractall(staging, filter="data")

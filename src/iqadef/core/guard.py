@@ -43,8 +43,10 @@ class InputModified(CellFailure):
 
 
 def modified_message(who: str, what: str) -> str:
-    return (f"{who} modified its input ({what}) in place; plugins must return new tensors and leave their "
-            f"inputs as they are (use e.g. `images = images.clone()` or out-of-place operations)")
+    return (
+        f"{who} modified its input ({what}) in place; plugins must return new tensors and leave their "
+        f"inputs as they are (use e.g. `images = images.clone()` or out-of-place operations)"
+    )
 
 
 def fingerprint(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,8 +105,7 @@ class Tripwire:
         raise InputModified(message)
 
 
-def checked_call(who: str, what: str, tensor: torch.Tensor, call: Callable[[], Any],
-                 tripwire: Tripwire | None) -> Any:
+def checked_call(who: str, what: str, tensor: torch.Tensor, call: Callable[[], Any], tripwire: Tripwire | None) -> Any:
     """``call()``, then fail if it bumped ``tensor``'s version counter (used inside attacks: free)."""
     before = tensor._version
     out = call()
@@ -157,8 +158,13 @@ class GuardedMetric(Metric):
         return self
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        return checked_call(f"metric {self._metric.label!r}", "the attack's images", images,
-                            lambda: self._metric.score(images), self._tripwire)
+        return checked_call(
+            f"metric {self._metric.label!r}",
+            "the attack's images",
+            images,
+            lambda: self._metric.score(images),
+            self._tripwire,
+        )
 
 
 def unwrap(metric: Metric) -> Metric:
@@ -166,8 +172,17 @@ def unwrap(metric: Metric) -> Metric:
     return metric.__dict__.get("_metric", metric) if isinstance(metric, GuardedMetric) else metric
 
 
-__all__ = ["CellFailure", "InputModified", "Seal", "GuardedMetric", "Tripwire", "broken", "checked_call",
-           "fingerprint", "modified_message"]
+__all__ = [
+    "CellFailure",
+    "InputModified",
+    "Seal",
+    "GuardedMetric",
+    "Tripwire",
+    "broken",
+    "checked_call",
+    "fingerprint",
+    "modified_message",
+]
 
 
 def check_images(out: Any, like: torch.Tensor | None, who: str, same_size: bool = True) -> torch.Tensor:

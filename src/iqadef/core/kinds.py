@@ -48,15 +48,18 @@ class Kind:
         return tuple(out)
 
 
-KINDS: dict[str, Kind] = {kind.section: kind for kind in (
-    Kind("metrics", "metric", "iqadef_register_metrics", ("iqadef.core.base:Metric",)),
-    Kind("attacks", "attack", "iqadef_register_attacks", ("iqadef.core.base:Attack",)),
-    Kind("defences", "defence", "iqadef_register_defences", ("iqadef.core.base:Defence",)),
-    Kind("scores", "score", "iqadef_register_scores", ("iqadef.core.base:ImageScore",), duck_attribute="summarise"),
-    Kind("certified", "certified defence", "iqadef_register_certified", ("iqadef.core.smoothing:MetricSmoothing",)),
-    Kind("datasets", "dataset", "iqadef_register_datasets", ("iqadef.core.dataset:DatasetPlugin",)),
-    Kind("commands", "command", "iqadef_register_commands", ("iqadef.core.commands:Command",), listed=False),
-)}
+KINDS: dict[str, Kind] = {
+    kind.section: kind
+    for kind in (
+        Kind("metrics", "metric", "iqadef_register_metrics", ("iqadef.core.base:Metric",)),
+        Kind("attacks", "attack", "iqadef_register_attacks", ("iqadef.core.base:Attack",)),
+        Kind("defences", "defence", "iqadef_register_defences", ("iqadef.core.base:Defence",)),
+        Kind("scores", "score", "iqadef_register_scores", ("iqadef.core.base:ImageScore",), duck_attribute="summarise"),
+        Kind("certified", "certified defence", "iqadef_register_certified", ("iqadef.core.smoothing:MetricSmoothing",)),
+        Kind("datasets", "dataset", "iqadef_register_datasets", ("iqadef.core.dataset:DatasetPlugin",)),
+        Kind("commands", "command", "iqadef_register_commands", ("iqadef.core.commands:Command",), listed=False),
+    )
+}
 
 #: the kinds ``iqadef list`` shows
 LISTED = tuple(section for section, kind in KINDS.items() if kind.listed)

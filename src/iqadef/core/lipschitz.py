@@ -37,8 +37,11 @@ def conv2d_norm_bound(weight: torch.Tensor, size: tuple[int, int], padding: int 
     th, tw = max(th, kh), max(tw, kw)
     spectrum = torch.fft.rfft2(weight.detach().double().cpu(), s=(th, tw))  # [out, in, th, tw//2 + 1]
     per_frequency = spectrum.permute(2, 3, 0, 1)  # W_hat(-k) = conj W_hat(k): the half grid has every value
-    gram = (per_frequency.mH @ per_frequency if per_frequency.shape[-1] <= per_frequency.shape[-2]
-            else per_frequency @ per_frequency.mH)
+    gram = (
+        per_frequency.mH @ per_frequency
+        if per_frequency.shape[-1] <= per_frequency.shape[-2]
+        else per_frequency @ per_frequency.mH
+    )
     return float(gram_iteration_bound(gram).max().sqrt())
 
 
@@ -54,7 +57,7 @@ def gram_iteration_bound(gram: torch.Tensor, steps: int = 8) -> torch.Tensor:
         log_c = 2 * (log_c + f.log())
         g = g @ g
     log_norm = torch.linalg.matrix_norm(g).clamp_min(1e-300).log() + log_c
-    return torch.exp(log_norm / 2 ** steps)
+    return torch.exp(log_norm / 2**steps)
 
 
 def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
@@ -65,8 +68,9 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
     weight = conv.weight.detach().double()
     if bn is not None:
         if bn.training or bn.running_var is None:
-            raise ValueError("a BatchNorm in training mode (batch statistics) has no fixed Lipschitz constant; "
-                             "call .eval() first")
+            raise ValueError(
+                "a BatchNorm in training mode (batch statistics) has no fixed Lipschitz constant; call .eval() first"
+            )
         scale = bn.running_var.detach().double().add(bn.eps).rsqrt()
         if bn.weight is not None:
             scale = scale * bn.weight.detach().double()
@@ -76,8 +80,10 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
 
 def conv_output_size(conv: nn.Conv2d, size: tuple[int, int]) -> tuple[int, int]:
     """Spatial size of ``conv``'s output for an input of ``size`` (PyTorch's formula, dilation 1)."""
-    return tuple((n + 2 * p - k) // s + 1 for n, p, k, s in  # type: ignore[return-value]
-                 zip(size, conv.padding, conv.kernel_size, conv.stride))
+    return tuple(
+        (n + 2 * p - k) // s + 1
+        for n, p, k, s in zip(size, conv.padding, conv.kernel_size, conv.stride)  # type: ignore[return-value]
+    )
 
 
 def resize_matrix(n_in: int, n_out: int, *, antialias: bool = True) -> torch.Tensor:
@@ -94,8 +100,10 @@ def resize_norm(size_in: tuple[int, int], size_out: tuple[int, int], *, antialia
     ``||A (x) B||_2 = ||A||_2 ||B||_2``."""
     if tuple(size_in) == tuple(size_out):
         return 1.0
-    return float(torch.linalg.matrix_norm(resize_matrix(size_in[0], size_out[0], antialias=antialias), ord=2)
-                 * torch.linalg.matrix_norm(resize_matrix(size_in[1], size_out[1], antialias=antialias), ord=2))
+    return float(
+        torch.linalg.matrix_norm(resize_matrix(size_in[0], size_out[0], antialias=antialias), ord=2)
+        * torch.linalg.matrix_norm(resize_matrix(size_in[1], size_out[1], antialias=antialias), ord=2)
+    )
 
 
 def linear_norm(layer: nn.Linear) -> float:
@@ -103,8 +111,9 @@ def linear_norm(layer: nn.Linear) -> float:
     return float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2))
 
 
-def jacobian_norm(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, iters: int = 20,
-                  step: float = 1e-3, seed: int = 0) -> float:
+def jacobian_norm(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, iters: int = 20, step: float = 1e-3, seed: int = 0
+) -> float:
     """An empirical *lower* bound of the Lipschitz constant of ``fn`` near ``x``: power iteration on ``J^T J``
     at ``x`` (the largest singular value of the Jacobian), with ``J v`` taken as the secant
     ``(fn(x + h v) - fn(x - h v)) / 2h`` (``||v|| = 1``, ``h = step``) and ``J^T`` by autograd. Every secant

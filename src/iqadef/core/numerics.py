@@ -78,8 +78,10 @@ def parse_numerics(data: dict[str, Any], where: str, device: str | torch.device 
             raise ConfigError(f"{where}{key}: {value!r} must be true or false (default false)")
         flags[key] = value
     if device is not None and device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"{where}precision: bf16 is not supported by this GPU ({torch.cuda.get_device_name(device)}); "
-                          f"use fp16 or fp32")
+        raise ConfigError(
+            f"{where}precision: bf16 is not supported by this GPU ({torch.cuda.get_device_name(device)}); "
+            f"use fp16 or fp32"
+        )
     return Numerics(precision, flags["compile"], flags["channels_last"])
 
 
@@ -124,8 +126,9 @@ def apply_precision(plugin: Any, config: Any = None) -> Any:
     return plugin
 
 
-def prepare_module(module: torch.nn.Module, numerics: Numerics, style: str = "cast",
-                   device: torch.device | str = "cpu") -> torch.nn.Module:
+def prepare_module(
+    module: torch.nn.Module, numerics: Numerics, style: str = "cast", device: torch.device | str = "cpu"
+) -> torch.nn.Module:
     """Change ``module`` in place for ``numerics`` (once; a second call with the same numerics does nothing)."""
     if getattr(module, "_iqadef_numerics", None) == numerics:
         return module

@@ -83,8 +83,9 @@ class Param:
         return converted
 
     def _convert(self, value: Any, where: str) -> Any:
-        bad = ConfigError(f"{where}: {value!r} ({type(value).__name__}) is not a valid {self.type_name}; "
-                          f"expected {self.allowed()}")
+        bad = ConfigError(
+            f"{where}: {value!r} ({type(value).__name__}) is not a valid {self.type_name}; expected {self.allowed()}"
+        )
         t = self.type
         if t is bool:
             if isinstance(value, bool):
@@ -148,8 +149,13 @@ def annotation_problem(param: Param, annotation: Any) -> str | None:
     describe ``param``'s value, or None when it does. Read as text: ``float``, ``float | None``,
     ``Optional[float]``, ``list[float]``, ``ClassVar[str | None]`` (a contract's class attribute the parameter
     sets per instance, ``Attack.norm``). ``| None`` is needed where the Param allows None, allowed elsewhere."""
-    shown = annotation if isinstance(annotation, str) else \
-        annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    shown = (
+        annotation
+        if isinstance(annotation, str)
+        else annotation.__name__
+        if isinstance(annotation, type)
+        else str(annotation)
+    )
     text = re.sub(r"\b(typing|pathlib|builtins)\.", "", shown.replace(" ", ""))
     text = re.sub(r"^ClassVar\[(.+)\]$", r"\1", text)  # a contract's class default a parameter overrides
     optional = re.fullmatch(r"Optional\[(.+)\]", text)
@@ -159,8 +165,10 @@ def annotation_problem(param: Param, annotation: Any) -> str | None:
     held = _HELD_AS.get(param.type, param.type.__name__)
     if len(named) != 1 or named[0] not in _SPELLINGS.get(held, {held}) or (param.allows_none and not nullable):
         why = " (a path parameter holds a str)" if param.type is Path else ""
-        return (f"parameter {param.name!r} is annotated {shown!r} but its Param holds {expected_annotation(param)}"
-                f"{why}; annotate it `{param.name}: {expected_annotation(param)}`")
+        return (
+            f"parameter {param.name!r} is annotated {shown!r} but its Param holds {expected_annotation(param)}"
+            f"{why}; annotate it `{param.name}: {expected_annotation(param)}`"
+        )
     return None
 
 
@@ -180,8 +188,10 @@ def _top_level_split(text: str) -> list[str]:
 #: attacks, ``steps`` in PGD) and ``alpha`` (``step_size`` in PGD); torchattacks writes ``eps``, ``alpha``,
 #: ``steps``. A name of a group stands for the member the attack declares (its one canonical name, which is
 #: what labels, cache keys and stored rows use). Attacks only: elsewhere ``alpha`` is a confidence level.
-ATTACK_ALIASES: tuple[frozenset[str], ...] = (frozenset({"iters", "steps", "iterations"}),
-                                              frozenset({"alpha", "step_size"}))
+ATTACK_ALIASES: tuple[frozenset[str], ...] = (
+    frozenset({"iters", "steps", "iterations"}),
+    frozenset({"alpha", "step_size"}),
+)
 
 
 def canonical_name(key: Any, declared: Iterable[str], aliases: Iterable[frozenset[str]] = ()) -> Any:
@@ -197,8 +207,9 @@ def canonical_name(key: Any, declared: Iterable[str], aliases: Iterable[frozense
     return key
 
 
-def canonical_params(given: dict[str, Any], declared: Iterable[str], aliases: Iterable[frozenset[str]],
-                     where: str) -> dict[str, Any]:
+def canonical_params(
+    given: dict[str, Any], declared: Iterable[str], aliases: Iterable[frozenset[str]], where: str
+) -> dict[str, Any]:
     """``given`` with aliases replaced by the declared names; one parameter given twice is refused."""
     declared, aliases = set(declared), tuple(aliases)
     out: dict[str, Any] = {}
@@ -206,8 +217,9 @@ def canonical_params(given: dict[str, Any], declared: Iterable[str], aliases: It
     for key, value in given.items():
         name = canonical_name(key, declared, aliases)
         if name in out:
-            raise ConfigError(f"{where}.{key}: {written[name]!r} and {key!r} are the same parameter "
-                              f"({name!r}); give it once")
+            raise ConfigError(
+                f"{where}.{key}: {written[name]!r} and {key!r} are the same parameter ({name!r}); give it once"
+            )
         out[name], written[name] = value, key
     return out
 
@@ -223,8 +235,9 @@ def pixel_fraction(value: float) -> str | None:
     return None
 
 
-def resolve(params: Iterable[Param], given: dict[str, Any], where: str,
-            aliases: Iterable[frozenset[str]] = ()) -> dict[str, Any]:
+def resolve(
+    params: Iterable[Param], given: dict[str, Any], where: str, aliases: Iterable[frozenset[str]] = ()
+) -> dict[str, Any]:
     """Validate ``given`` against ``params``; fill defaults; refuse unknown keys with a did-you-mean.
     ``aliases``: groups of names that stand for the one declared (:data:`ATTACK_ALIASES`)."""
     declared = {p.name: p for p in params}
@@ -235,8 +248,7 @@ def resolve(params: Iterable[Param], given: dict[str, Any], where: str,
     if unknown:
         key = unknown[0]
         allowed = ", ".join(declared) or "(this plugin takes no parameters)"
-        raise ConfigError(f"{where}.{key}: unknown parameter{did_you_mean(str(key), declared)}; "
-                          f"allowed: {allowed}")
+        raise ConfigError(f"{where}.{key}: unknown parameter{did_you_mean(str(key), declared)}; allowed: {allowed}")
     out = {}
     for name, p in declared.items():
         out[name] = p.validate(given[name], f"{where}.{name}") if name in given else p.default

@@ -65,8 +65,13 @@ class PluginInfo:
     registers: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "distribution": self.distribution, "version": self.version,
-                "builtin": self.builtin, "registers": {k: v for k, v in self.registers.items() if v}}
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "registers": {k: v for k, v in self.registers.items() if v},
+        }
 
 
 class Registration:
@@ -111,8 +116,10 @@ def is_summary_score(cls: Any) -> bool:
 
 def _import_lazy(kind: str, entry: LazyPlugin, plugin: PluginInfo) -> type:
     """The class ``entry`` names, checked against what it was registered as."""
-    where = (f"plugin {plugin.name!r} (distribution {plugin.distribution!r}): {SINGULAR[kind]} {entry.name!r} "
-             f"({entry.target})")
+    where = (
+        f"plugin {plugin.name!r} (distribution {plugin.distribution!r}): {SINGULAR[kind]} {entry.name!r} "
+        f"({entry.target})"
+    )
     module, _, attribute = entry.target.partition(":")
     try:
         cls = getattr(importlib.import_module(module), attribute)
@@ -124,9 +131,11 @@ def _import_lazy(kind: str, entry: LazyPlugin, plugin: PluginInfo) -> type:
         _check_class(cls, kind)
     except TypeError as exc:
         raise PluginError(f"{where}: {exc}") from None
-    wrong = [f"{field} {getattr(cls, field, None)!r}, registered as {value!r}" for field, value in (
-        ("name", entry.name), *((("help", entry.help),) if kind == "commands" else ()))
-        if getattr(cls, field, None) != value]
+    wrong = [
+        f"{field} {getattr(cls, field, None)!r}, registered as {value!r}"
+        for field, value in (("name", entry.name), *((("help", entry.help),) if kind == "commands" else ()))
+        if getattr(cls, field, None) != value
+    ]
     if kind == "scores" and is_summary_score(cls) != entry.summary:
         wrong.append(f"summary score {is_summary_score(cls)}, registered as {entry.summary}")
     if wrong:
@@ -141,8 +150,14 @@ def _env_flag(name: str) -> bool:
 class InstalledPlugins:
     """All plugins of one process, by kind and name."""
 
-    def __init__(self, *, strict: bool | None = None, load: Iterable[str] | None = None,
-                 entry_points: bool = True, extra: Iterable[Any] = ()):
+    def __init__(
+        self,
+        *,
+        strict: bool | None = None,
+        load: Iterable[str] | None = None,
+        entry_points: bool = True,
+        extra: Iterable[Any] = (),
+    ):
         self.strict = _env_flag("IQADEF_STRICT_PLUGINS") if strict is None else strict
         if load is None and "IQADEF_LOAD_PLUGINS" in os.environ:
             load = [s.strip() for s in os.environ["IQADEF_LOAD_PLUGINS"].split(",") if s.strip()]
@@ -186,8 +201,9 @@ class InstalledPlugins:
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
-                self._skip(f"plugin {package!r} (distribution {BUILTIN_DISTRIBUTION!r}) failed to import: "
-                           f"{_describe(exc)}")
+                self._skip(
+                    f"plugin {package!r} (distribution {BUILTIN_DISTRIBUTION!r}) failed to import: {_describe(exc)}"
+                )
 
     def _load_entry_points(self) -> None:
         for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -217,13 +233,16 @@ class InstalledPlugins:
                         if not isinstance(entry, LazyPlugin):
                             _check_class(entry, kind)
                         elif not (entry.name and entry.module and entry.target.partition(":")[2]):
-                            raise TypeError(f"LazyPlugin({entry.name!r}, {entry.target!r}): give a name and "
-                                            f"'module:Class'")
+                            raise TypeError(
+                                f"LazyPlugin({entry.name!r}, {entry.target!r}): give a name and 'module:Class'"
+                            )
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - SystemExit in a hook included
-                    self._skip(f"plugin {info.name!r} (distribution {info.distribution!r}) failed to "
-                               f"register {kind}: {_describe(exc)}")
+                    self._skip(
+                        f"plugin {info.name!r} (distribution {info.distribution!r}) failed to "
+                        f"register {kind}: {_describe(exc)}"
+                    )
                     continue
                 for entry in found:
                     self._register(kind, entry, self._owner(entry, info))
@@ -244,7 +263,8 @@ class InstalledPlugins:
             raise PluginError(
                 f"two plugins register the {SINGULAR[kind]} {name!r}: {other.name!r} (distribution "
                 f"{other.distribution!r}) and {info.name!r} (distribution {info.distribution!r}); "
-                f"uninstall one, or load only one with IQADEF_LOAD_PLUGINS")
+                f"uninstall one, or load only one with IQADEF_LOAD_PLUGINS"
+            )
         table[name] = Registration(kind, entry, info)
         info.registers.setdefault(kind, []).append(name)
 
@@ -258,8 +278,10 @@ class InstalledPlugins:
         if name in table:
             return table[name].cls
         where = f"{where}: " if where else ""
-        raise ConfigError(f"{where}unknown {SINGULAR[kind]} {name!r}{did_you_mean(str(name), table)}; "
-                          f"`iqadef list {kind}` shows the {len(table)} available")
+        raise ConfigError(
+            f"{where}unknown {SINGULAR[kind]} {name!r}{did_you_mean(str(name), table)}; "
+            f"`iqadef list {kind}` shows the {len(table)} available"
+        )
 
     def registration(self, kind: str, name: str) -> Registration:
         return self.by_kind[kind][name]
@@ -278,8 +300,12 @@ class InstalledPlugins:
             if hasattr(reg.cls, "describe"):
                 d = reg.cls.describe()
             else:  # a plain summary-score class that is not an iqadef.Plugin
-                d = {"name": reg.cls.name, "kind": getattr(reg.cls, "kind", SINGULAR[kind]),
-                     "doc": (reg.cls.__doc__ or "").strip(), "params": []}
+                d = {
+                    "name": reg.cls.name,
+                    "kind": getattr(reg.cls, "kind", SINGULAR[kind]),
+                    "doc": (reg.cls.__doc__ or "").strip(),
+                    "params": [],
+                }
             d["plugin"] = reg.plugin.name
             d["distribution"] = reg.plugin.distribution
             out.append(d)
@@ -309,8 +335,11 @@ def reset_installed_plugins() -> None:
 
 
 #: Names before "registry" came to mean only the registry file (``registry.yaml``); kept for third-party code.
-_DEPRECATED = {"PluginRegistry": "InstalledPlugins", "get_registry": "installed_plugins",
-               "reset_registry": "reset_installed_plugins"}
+_DEPRECATED = {
+    "PluginRegistry": "InstalledPlugins",
+    "get_registry": "installed_plugins",
+    "reset_registry": "reset_installed_plugins",
+}
 
 
 def __getattr__(name: str):

@@ -60,12 +60,15 @@ class QueryMetric(Metric):
         if images.requires_grad:
             raise GradientRequested(
                 f"black-box attack asked for a gradient of metric {self.label!r} (its images require grad); "
-                f"a black-box attack may only query scores")
+                f"a black-box attack may only query scores"
+            )
         n = images.shape[0]
         if which is None:
             if n != self.batch_size:
-                raise ValueError(f"QueryMetric: {n} images for a batch of {self.batch_size}; pass which= (the "
-                                 f"batch indices of the images scored)")
+                raise ValueError(
+                    f"QueryMetric: {n} images for a batch of {self.batch_size}; pass which= (the "
+                    f"batch indices of the images scored)"
+                )
             index = torch.arange(n)
         else:
             index = torch.as_tensor(which, dtype=torch.int64).reshape(-1).cpu()

@@ -72,6 +72,7 @@ def percentile_shift(eps: float, sigma: float, p: float = 0.5) -> tuple[float, f
     Chiang et al. (2020), Theorem 1: the ``p``-th percentile of ``f(x' + N(0, sigma^2 I))`` for any
     ``||x' - x||_2 <= eps`` lies between the ``p_lower``-th and the ``p_upper``-th percentiles at ``x``."""
     from scipy import stats  # lazily: `import iqadef` should not load scipy.stats (~1 s)
+
     z = float(stats.norm.ppf(p))
     return float(stats.norm.cdf(z - eps / sigma)), float(stats.norm.cdf(z + eps / sigma))
 
@@ -85,6 +86,7 @@ def order_statistic_ranks(n: int, p_lower: float, p_upper: float, alpha: float) 
     ``BinomCDF(k - 1; n, p_lower) <= alpha/2``. Symmetrically ``k_u`` is the smallest ``k`` with
     ``BinomCDF(k - 1; n, p_upper) >= 1 - alpha/2``. None when no rank qualifies (too few samples)."""
     from scipy import stats  # lazily: `import iqadef` should not load scipy.stats (~1 s)
+
     half = alpha / 2
     ks = torch.arange(1, n + 1, dtype=torch.float64).numpy()
     cdf_low = stats.binom.cdf(ks - 1, n, p_lower)
@@ -94,8 +96,9 @@ def order_statistic_ranks(n: int, p_lower: float, p_upper: float, alpha: float) 
     return (max(ok_low) if ok_low else None), (min(ok_up) if ok_up else None)
 
 
-def median_certificate(samples: torch.Tensor, eps: float, sigma: float,
-                       alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def median_certificate(
+    samples: torch.Tensor, eps: float, sigma: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Median smoothing of ``samples`` (``[B, n]``: f of n noisy copies per image): the empirical median
     and the certified interval from the order statistics at ``Phi(-+eps/sigma)`` (Chiang et al. 2020).
 
@@ -116,8 +119,9 @@ def hoeffding_radius(n: int, span: float, alpha: float) -> float:
     return span * math.sqrt(math.log(2.0 / alpha) / (2.0 * n))
 
 
-def mean_certificate(samples: torch.Tensor, eps: float, sigma: float, alpha: float,
-                     low: float, high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mean_certificate(
+    samples: torch.Tensor, eps: float, sigma: float, alpha: float, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean smoothing of ``samples`` (``[B, n]``) of a regressor bounded in ``[low, high]`` (values outside
     are clipped to it first: the certified function is the clipped one).
 
@@ -156,16 +160,18 @@ def score_bins(scores: torch.Tensor, low: float, high: float, bins: int) -> torc
     return torch.where(torch.isnan(values), torch.full_like(index, bins + 1), index).long()
 
 
-def bin_edges(label: torch.Tensor, low: float, high: float, bins: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                 torch.Tensor]:
+def bin_edges(
+    label: torch.Tensor, low: float, high: float, bins: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(lower, representative, upper)`` score of each class of :func:`score_bins`: the bin's edges and its
     midpoint (``low`` for class 0, whose lower edge is ``-inf``; ``high`` for the top class)."""
     width = (high - low) / bins
     k = label.double()
     lower = torch.where(k <= 0, torch.full_like(k, -math.inf), low + (k - 1) * width)
     upper = torch.where(k >= bins + 1, torch.full_like(k, math.inf), low + k * width)
-    middle = torch.where(k <= 0, torch.full_like(k, low),
-                         torch.where(k >= bins + 1, torch.full_like(k, high), low + (k - 0.5) * width))
+    middle = torch.where(
+        k <= 0, torch.full_like(k, low), torch.where(k >= bins + 1, torch.full_like(k, high), low + (k - 0.5) * width)
+    )
     return lower, middle, upper
 
 
@@ -175,17 +181,20 @@ def clopper_pearson_lower(successes: int, n: int, alpha: float) -> float:
     if successes <= 0:
         return 0.0
     from scipy import stats  # lazily: `import iqadef` should not load scipy.stats (~1 s)
+
     return float(stats.beta.ppf(alpha, successes, n - successes + 1))
 
 
-def rs_certificate(selection: torch.Tensor, estimation: torch.Tensor, sigma: float, alpha: float,
-                   classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rs_certificate(
+    selection: torch.Tensor, estimation: torch.Tensor, sigma: float, alpha: float, classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cohen et al. (ICML 2019) ``CERTIFY`` for each image: the top class of the ``n0`` selection samples
     (``[B, n0]`` class indices; ties to the lowest class, as numpy's argmax), its count among the ``n``
     estimation samples (``[B, n]``), the Clopper-Pearson lower bound ``pA`` of its probability; abstain
     (class -1, radius 0) when ``pA < 0.5``, else radius ``sigma * Phi^-1(pA)``. Returns ``(class, radius,
     chosen)``: ``chosen`` is the selected class also where the certificate abstains."""
     from scipy import stats  # lazily
+
     chosen = torch.stack([torch.bincount(row, minlength=classes).argmax() for row in selection.long()])
     n = estimation.shape[1]
     label = torch.empty_like(chosen)
@@ -201,20 +210,37 @@ def rs_certificate(selection: torch.Tensor, estimation: torch.Tensor, sigma: flo
 
 
 # -- the contract ------------------------------------------------------------------------------------
-def smoothing_params(sigma: float = 0.25, n: int = 100, eps: float = 0.25, alpha: float = 0.001,
-                     batch: int = 32) -> tuple[Param, ...]:
+def smoothing_params(
+    sigma: float = 0.25, n: int = 100, eps: float = 0.25, alpha: float = 0.001, batch: int = 32
+) -> tuple[Param, ...]:
     """The parameters every built-in smoothing takes (a plugin may add its own after them)."""
     return (
-        Param("sigma", float, sigma, "standard deviation of the Gaussian noise added to the pixels ([0, 1] scale)",
-              low=1e-6, presets=(0.12, 0.25, 0.5)),
-        Param("n", int, n, "noisy copies per image (n metric forwards per image)", low=1,
-              presets=(64, 100, 300, 1000)),
-        Param("eps", float, eps, "L2 radius (over all 3*H*W values) of the perturbations the interval covers",
-              low=0.0, presets=(0.1, 0.25, 0.5, 1.0)),
-        Param("alpha", float, alpha, "the certificate holds with probability >= 1 - alpha over the noise",
-              low=1e-12, high=0.5),
-        Param("batch", int, batch, "noisy copies per metric forward (memory/speed only; values do not change)",
-              low=1),
+        Param(
+            "sigma",
+            float,
+            sigma,
+            "standard deviation of the Gaussian noise added to the pixels ([0, 1] scale)",
+            low=1e-6,
+            presets=(0.12, 0.25, 0.5),
+        ),
+        Param("n", int, n, "noisy copies per image (n metric forwards per image)", low=1, presets=(64, 100, 300, 1000)),
+        Param(
+            "eps",
+            float,
+            eps,
+            "L2 radius (over all 3*H*W values) of the perturbations the interval covers",
+            low=0.0,
+            presets=(0.1, 0.25, 0.5, 1.0),
+        ),
+        Param(
+            "alpha",
+            float,
+            alpha,
+            "the certificate holds with probability >= 1 - alpha over the noise",
+            low=1e-12,
+            high=0.5,
+        ),
+        Param("batch", int, batch, "noisy copies per metric forward (memory/speed only; values do not change)", low=1),
     )
 
 
@@ -258,7 +284,9 @@ class MetricSmoothing(Plugin):
         of the noisy image keeps the certificate valid (DMS-IQA puts a denoiser here)."""
         return metric.score(noisy.clamp(0.0, 1.0))
 
-    def base_sampler(self, images: torch.Tensor, seed: int) -> Callable[[Metric, torch.Tensor, list[int]], torch.Tensor]:
+    def base_sampler(
+        self, images: torch.Tensor, seed: int
+    ) -> Callable[[Metric, torch.Tensor, list[int]], torch.Tensor]:
         """``score(metric, noisy, owners)``: the base function of one call on noisy copies whose row ``r`` is a
         copy of image ``owners[r]``. Default: :meth:`base` (deterministic). A randomized base function (a
         reverse diffusion, DensePure) draws its own randomness here, from generators of each image seeded from
@@ -287,13 +315,18 @@ class MetricSmoothing(Plugin):
         std = self.noise_sigma()
 
         def draw(i: int, k: int) -> torch.Tensor:
-            return torch.stack([torch.randn(shape, generator=gens[i], device=images.device, dtype=images.dtype)
-                                for _ in range(k)]) * std
+            return (
+                torch.stack(
+                    [torch.randn(shape, generator=gens[i], device=images.device, dtype=images.dtype) for _ in range(k)]
+                )
+                * std
+            )
 
         return draw
 
-    def noisy_scores(self, metric: Metric, images: torch.Tensor, *, seed: int,
-                     samples: int | None = None) -> torch.Tensor:
+    def noisy_scores(
+        self, metric: Metric, images: torch.Tensor, *, seed: int, samples: int | None = None
+    ) -> torch.Tensor:
         """``[B, n]``: the base function of ``n`` noisy copies of each image, ``batch`` copies per forward
         (copies of consecutive images share a forward when ``batch`` exceeds ``n``)."""
         n = self.n if samples is None else samples
@@ -303,8 +336,8 @@ class MetricSmoothing(Plugin):
         out = torch.empty(images.shape[0], n, dtype=torch.float32, device=images.device)
         with torch.no_grad():
             for start in range(0, len(todo), self.batch):
-                chunk = todo[start:start + self.batch]
-                noisy = torch.cat([images[i:i + 1] + draw(i, 1) for i, _ in chunk])
+                chunk = todo[start : start + self.batch]
+                noisy = torch.cat([images[i : i + 1] + draw(i, 1) for i, _ in chunk])
                 scores = base(metric, noisy, [i for i, _ in chunk]).reshape(-1).float()
                 for (i, j), v in zip(chunk, scores):
                     out[i, j] = v
@@ -328,15 +361,27 @@ class MetricSmoothing(Plugin):
         return {"certifies": cls.certifies}
 
 
-def binned_params(sigma: float = 0.12, n: int = 1000, n0: int = 100, eps: float = 0.05, alpha: float = 0.001,
-                  bins: int = 10, batch: int = 32) -> tuple[Param, ...]:
+def binned_params(
+    sigma: float = 0.12,
+    n: int = 1000,
+    n0: int = 100,
+    eps: float = 0.05,
+    alpha: float = 0.001,
+    bins: int = 10,
+    batch: int = 32,
+) -> tuple[Param, ...]:
     """The parameters of a binned (radius-certifying) smoothing; defaults are the reference's
     (``ccrf/calc_rs_*.py``: sigma 0.12, n 1000 estimation + 100 selection samples, alpha 0.001, 10 bins)."""
     return smoothing_params(sigma=sigma, n=n, eps=eps, alpha=alpha, batch=batch) + (
-        Param("n0", int, n0, "noisy copies per image that select the class (Cohen et al.'s n0), drawn "
-              "before and apart from the n that certify it", low=1),
-        Param("bins", int, bins, "equal bins the metric's range is cut into (plus one below and one above)",
-              low=1),
+        Param(
+            "n0",
+            int,
+            n0,
+            "noisy copies per image that select the class (Cohen et al.'s n0), drawn "
+            "before and apart from the n that certify it",
+            low=1,
+        ),
+        Param("bins", int, bins, "equal bins the metric's range is cut into (plus one below and one above)", low=1),
     )
 
 
@@ -363,15 +408,15 @@ class BinnedSmoothing(MetricSmoothing):
             raise ValueError(f"{self.name}: the metric's range {metric.range} is empty; binning needs low < high")
         samples = self.noisy_scores(metric, images, seed=seed, samples=self.n0 + self.n)
         classes = score_bins(samples, low, high, self.bins)
-        label, radius, chosen = rs_certificate(classes[:, :self.n0], classes[:, self.n0:], float(self.sigma),
-                                               self.alpha, self.bins + 2)
+        label, radius, chosen = rs_certificate(
+            classes[:, : self.n0], classes[:, self.n0 :], float(self.sigma), self.alpha, self.bins + 2
+        )
         lower, value, upper = bin_edges(chosen, low, high, self.bins)
         covered = (label >= 0) & (radius >= self.eps)
         lower = torch.where(covered, lower, torch.full_like(lower, -math.inf))
         upper = torch.where(covered, upper, torch.full_like(upper, math.inf))
         dtype = images.dtype if images.dtype.is_floating_point else torch.float32
-        return SmoothedScores(value.to(dtype), lower.to(dtype), upper.to(dtype), bin=label,
-                              radius=radius.to(dtype))
+        return SmoothedScores(value.to(dtype), lower.to(dtype), upper.to(dtype), bin=label, radius=radius.to(dtype))
 
 
 class SmoothedMetric(Metric):
@@ -392,8 +437,14 @@ class SmoothedMetric(Metric):
         return f"{self.metric.label}|{self.smoothing.label}"
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "version": self.version, "metric": self.metric.identity(),
-                "smoothing": self.smoothing.identity(), "samples": self.samples}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "metric": self.metric.identity(),
+            "smoothing": self.smoothing.identity(),
+            "samples": self.samples,
+        }
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         seed = (int(self.seed) * 7919 + self.calls) % (2**62)

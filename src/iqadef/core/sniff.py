@@ -54,7 +54,7 @@ def looks_like_text(head: bytes) -> bool:
 
 
 #: How a web page starts (a login form or an error page saved in place of the file asked for).
-_WEB_PAGE = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"{\"error")
+_WEB_PAGE = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b'{"error')
 
 
 def looks_like_web_page(head: bytes) -> bool:
@@ -66,7 +66,8 @@ def looks_like_web_page(head: bytes) -> bool:
 #: Leading bytes of each archive kind iqadef unpacks (``tar``: ``ustar`` at offset 257, checked apart).
 _ARCHIVE_MAGIC = {
     "zip": (b"PK\x03\x04", b"PK\x05\x06"),
-    "tar.gz": (b"\x1f\x8b",), "tgz": (b"\x1f\x8b",),
+    "tar.gz": (b"\x1f\x8b",),
+    "tgz": (b"\x1f\x8b",),
     "tar.bz2": (b"BZh",),
     "tar.xz": (b"\xfd7zXZ\x00",),
 }

@@ -40,6 +40,7 @@ from iqadef.core.fetch import sha256_of as sha256_of
 from iqadef.core.files import atomic_write_bytes
 from iqadef.core.sniff import binary_kind, looks_like_text, looks_like_web_page
 
+
 @dataclass(frozen=True)
 class WeightSpec:
     """A weight file a plugin needs: its file name, where to download it, and its sha256 (if pinned).
@@ -63,11 +64,16 @@ class WeightSpec:
     def describe(self) -> dict[str, Any]:
         """For ``iqadef weights``: ``size`` is the present file's, else the declared one (None: unknown)."""
         found = find_weights(self)
-        return {"filename": self.filename, "urls": list(self.urls), "mirrors": list(self.mirrors),
-                "sha256": self.sha256,
-                "description": self.description, "expected_at": [str(p) for p in candidate_paths(self)],
-                "present": str(found) if found else None,
-                "size": found.stat().st_size if found else self.size}
+        return {
+            "filename": self.filename,
+            "urls": list(self.urls),
+            "mirrors": list(self.mirrors),
+            "sha256": self.sha256,
+            "description": self.description,
+            "expected_at": [str(p) for p in candidate_paths(self)],
+            "present": str(found) if found else None,
+            "size": found.stat().st_size if found else self.size,
+        }
 
 
 def cache_dir() -> Path:
@@ -81,8 +87,10 @@ def candidate_paths(spec: WeightSpec) -> list[Path]:
     if os.environ.get("IQADEF_WEIGHTS_DIR"):
         folder = Path(os.environ["IQADEF_WEIGHTS_DIR"]).expanduser()
         if folder.exists() and not folder.is_dir():
-            raise WeightsError(f"IQADEF_WEIGHTS_DIR={os.environ['IQADEF_WEIGHTS_DIR']}: {folder} is a file, not a "
-                               f"folder; set it to the folder holding the weight files (or unset it)")
+            raise WeightsError(
+                f"IQADEF_WEIGHTS_DIR={os.environ['IQADEF_WEIGHTS_DIR']}: {folder} is a file, not a "
+                f"folder; set it to the folder holding the weight files (or unset it)"
+            )
         paths.append(folder / spec.filename)
     paths.append(cache_dir() / spec.filename)
     return paths
@@ -149,8 +157,9 @@ def explicit_weight_files(plugin: Any) -> list[tuple[str, Path]]:
     return out
 
 
-def weight_problems(plugins: Any, *, download: bool | None = None) -> Iterator[tuple[Any, WeightSpec | None,
-                                                                                  WeightsError]]:
+def weight_problems(
+    plugins: Any, *, download: bool | None = None
+) -> Iterator[tuple[Any, WeightSpec | None, WeightsError]]:
     """``(plugin, spec, error)`` for each weight file the plugins will load that is not usable: an explicit
     path (``weights_path:``, spec None) that is not a file, or a packaged file that :func:`resolve_weights`
     cannot resolve (``download``: as there; False only looks). The error says where to put the file.
@@ -162,8 +171,11 @@ def weight_problems(plugins: Any, *, download: bool | None = None) -> Iterator[t
         for param, path in explicit_weight_files(plugin):
             if not path.is_file():
                 what = "is not a file" if path.exists() else "does not exist"
-                yield plugin, None, WeightsError(f"{plugin.kind} {plugin.label!r}: weights file {path} (given as "
-                                                 f"`{param}:`) {what}")
+                yield (
+                    plugin,
+                    None,
+                    WeightsError(f"{plugin.kind} {plugin.label!r}: weights file {path} (given as `{param}:`) {what}"),
+                )
         for source in plugin.weights_in_use():
             if isinstance(source, WeightSpec) and not plugin.config.get(source.param):
                 try:
@@ -192,11 +204,13 @@ def verify(path: Path, spec: WeightSpec) -> None:
     if not actual.lower().startswith(spec.sha256.lower()):
         raise WeightsError(
             f"{path}: sha256 {actual} does not match the pinned {spec.sha256} for {spec.filename}; "
-            f"the file is corrupt or not the expected release: delete it and download it again")
+            f"the file is corrupt or not the expected release: delete it and download it again"
+        )
 
 
-def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None, *,
-                    download: bool | None = None, progress: bool = True) -> Path:
+def resolve_weights(
+    spec: WeightSpec, explicit: str | os.PathLike | None = None, *, download: bool | None = None, progress: bool = True
+) -> Path:
     """The local path of ``spec``'s file, downloading it if needed. See the module docstring."""
     if explicit:
         path = Path(explicit).expanduser()
@@ -211,8 +225,9 @@ def resolve_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
     if download is None:
         download = not offline()
     if not download or not spec.urls:
-        raise WeightsError(_missing_message(spec, "downloads are disabled (IQADEF_OFFLINE)" if spec.urls
-                                            else "it has no download URL"))
+        raise WeightsError(
+            _missing_message(spec, "downloads are disabled (IQADEF_OFFLINE)" if spec.urls else "it has no download URL")
+        )
     errors = []
     for url in spec.urls:
         try:
@@ -228,8 +243,10 @@ def _missing_message(spec: WeightSpec, why: str) -> str:
     places = " or ".join(str(p) for p in candidate_paths(spec))
     urls = ", ".join(spec.urls) or "(no URL known)"
     by_hand = f" (or by hand from the authors' copies: {', '.join(spec.mirrors)})" if spec.mirrors else ""
-    return (f"weights {spec.filename!r} not found and {why}. Download it from {urls}{by_hand} and put it at {places} "
-            f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights_path: /path/to/{spec.filename}`)")
+    return (
+        f"weights {spec.filename!r} not found and {why}. Download it from {urls}{by_hand} and put it at {places} "
+        f"(or set IQADEF_WEIGHTS_DIR to the folder holding it, or pass `weights_path: /path/to/{spec.filename}`)"
+    )
 
 
 def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> Path:
@@ -237,8 +254,14 @@ def download_to_cache(spec: WeightSpec, url: str, *, progress: bool = True) -> P
     ``.part`` file beside it, resumed when a transfer was cut short, verified, then renamed into place)."""
     target = cache_dir() / spec.filename
     try:
-        return _download(url, target, sha256=spec.sha256, progress=progress, label=spec.filename,
-                        check=lambda part: check_checkpoint_file(part, label=url))
+        return _download(
+            url,
+            target,
+            sha256=spec.sha256,
+            progress=progress,
+            label=spec.filename,
+            check=lambda part: check_checkpoint_file(part, label=url),
+        )
     except FetchError as exc:
         raise WeightsError(str(exc)) from None
 
@@ -256,8 +279,10 @@ def check_checkpoint_file(path: Path, label: str | None = None) -> None:
     if not head:
         raise WeightsError(f"{label}: the file is empty, not a checkpoint; delete it and download it again")
     if looks_like_web_page(head):
-        raise WeightsError(f"{label}: this is a web page, not a checkpoint (a failed download?); "
-                           f"delete {path} and download the file again")
+        raise WeightsError(
+            f"{label}: this is a web page, not a checkpoint (a failed download?); "
+            f"delete {path} and download the file again"
+        )
 
 
 #: How the files ``torch.load`` reads begin: a zip archive (torch >= 1.6) or a pickle (protocol 2+).
@@ -278,8 +303,10 @@ def _not_a_checkpoint(path: Path, exc: BaseException) -> WeightsError:
         what = f"a text file, starting {first!r}"
     else:
         what = binary_kind(head) or "neither a zip archive nor a pickle"
-    return WeightsError(f"{path} is not a PyTorch checkpoint ({what}; torch.load: {_first_sentence(exc)}); give "
-                        f"the path of a .pt/.pth file written by torch.save")
+    return WeightsError(
+        f"{path} is not a PyTorch checkpoint ({what}; torch.load: {_first_sentence(exc)}); give "
+        f"the path of a .pt/.pth file written by torch.save"
+    )
 
 
 def _first_sentence(exc: BaseException) -> str:
@@ -296,17 +323,42 @@ def numpy_safe_globals() -> list:
 
     core = getattr(np, "_core", None) or np.core
     scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
-    dtype_names = ("Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Int8DType", "Int16DType",
-                   "Int32DType", "Int64DType", "LongDType", "LongLongDType", "UInt8DType", "UInt16DType",
-                   "UInt32DType", "UInt64DType", "ULongDType", "ULongLongDType", "BoolDType")
+    dtype_names = (
+        "Float16DType",
+        "Float32DType",
+        "Float64DType",
+        "LongDoubleDType",
+        "Int8DType",
+        "Int16DType",
+        "Int32DType",
+        "Int64DType",
+        "LongDType",
+        "LongLongDType",
+        "UInt8DType",
+        "UInt16DType",
+        "UInt32DType",
+        "UInt64DType",
+        "ULongDType",
+        "ULongLongDType",
+        "BoolDType",
+    )
     dtypes = [getattr(np.dtypes, n) for n in dtype_names if hasattr(np.dtypes, n)]
-    return [scalar, reconstruct, np.ndarray, np.dtype, *dtypes,
-            (scalar, "numpy.core.multiarray.scalar"), (reconstruct, "numpy.core.multiarray._reconstruct"),
-            (scalar, "numpy._core.multiarray.scalar"), (reconstruct, "numpy._core.multiarray._reconstruct")]
+    return [
+        scalar,
+        reconstruct,
+        np.ndarray,
+        np.dtype,
+        *dtypes,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                    allow_numpy: bool = False) -> Any:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, allow_numpy: bool = False
+) -> Any:
     """``torch.load(path, weights_only=True)`` with clear errors for files that are not checkpoints.
 
     A pickle that would run code (anything beyond tensors and plain containers) is refused.
@@ -324,16 +376,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if not _is_checkpoint_format(path):
             raise _not_a_checkpoint(path, exc) from None
         detail = _unpickling_detail(str(exc))
-        raise WeightsError(f"{path}: refused to load: the checkpoint holds objects other than tensors, numbers and "
-                           f"plain containers (loaded with weights_only=True, so nothing in it was run); "
-                           f"details: {detail}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError, LookupError,
-            OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(
+            f"{path}: refused to load: the checkpoint holds objects other than tensors, numbers and "
+            f"plain containers (loaded with weights_only=True, so nothing in it was run); "
+            f"details: {detail}"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        TypeError,
+        AttributeError,
+        LookupError,
+        OSError,
+        UnicodeDecodeError,
+    ) as exc:
         # a text file or /etc/passwd makes torch's pickle reader fail with KeyError: 101 or IndexError
         if not _is_checkpoint_format(path):
             raise _not_a_checkpoint(path, exc) from None
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); it may be truncated "
-                           f"or corrupt: delete it and download it again") from None
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)}); it may be truncated "
+            f"or corrupt: delete it and download it again"
+        ) from None
 
 
 def _unpickling_detail(message: str) -> str:
@@ -343,13 +408,23 @@ def _unpickling_detail(message: str) -> str:
         for line in lines:
             if needle in line:
                 return line
-    useful = [line for line in lines if not line.startswith(("Check the documentation", "Weights only load failed",
-                                                             "(1)", "(2)", "Please file an issue"))]
+    useful = [
+        line
+        for line in lines
+        if not line.startswith(
+            ("Check the documentation", "Weights only load failed", "(1)", "(2)", "Please file an issue")
+        )
+    ]
     return useful[0] if useful else (lines[0] if lines else message)
 
 
-def load_weights(spec: WeightSpec, explicit: str | os.PathLike | None = None,
-                 map_location: str | torch.device = "cpu", *, allow_numpy: bool = False) -> Any:
+def load_weights(
+    spec: WeightSpec,
+    explicit: str | os.PathLike | None = None,
+    map_location: str | torch.device = "cpu",
+    *,
+    allow_numpy: bool = False,
+) -> Any:
     """Resolve then load ``spec`` (the one call most plugins need)."""
     return load_checkpoint(resolve_weights(spec, explicit), map_location=map_location, allow_numpy=allow_numpy)
 
@@ -365,8 +440,7 @@ def install_file(src: str | os.PathLike, spec: WeightSpec) -> Path:
     return target
 
 
-def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label: str, *,
-                           assign: bool = False) -> None:
+def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label: str, *, assign: bool = False) -> None:
     """Load ``state`` into ``module``; a clear WeightsError lists missing/unexpected keys and wrong shapes.
 
     ``assign=True`` makes the module use the checkpoint's tensors instead of copying into its own, so a
@@ -376,14 +450,18 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, Any], label
         result = module.load_state_dict(state, strict=False, assign=assign)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "copying" in line]
-        raise WeightsError(f"{label}: checkpoint does not fit the model: {'; '.join(lines[:3]) or str(exc)}; "
-                           f"is it the right file?") from None
+        raise WeightsError(
+            f"{label}: checkpoint does not fit the model: {'; '.join(lines[:3]) or str(exc)}; is it the right file?"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
-        raise WeightsError(f"{label}: checkpoint does not fit the model: missing keys [{show(result.missing_keys)}], "
-                           f"unexpected keys [{show(result.unexpected_keys)}]; is it the right file?")
+        raise WeightsError(
+            f"{label}: checkpoint does not fit the model: missing keys [{show(result.missing_keys)}], "
+            f"unexpected keys [{show(result.unexpected_keys)}]; is it the right file?"
+        )
 
 
 def trained_record_path(out: Path) -> Path:
@@ -394,8 +472,10 @@ def trained_record_path(out: Path) -> Path:
     out = Path(out)
     record = out.with_suffix(".json")
     if record == out:
-        raise ConfigError(f"--out {out}: the training record is written to `<out without suffix>.json`, which is "
-                          f"this very file; give the checkpoint another suffix, e.g. --out {out.with_suffix('.pt')}")
+        raise ConfigError(
+            f"--out {out}: the training record is written to `<out without suffix>.json`, which is "
+            f"this very file; give the checkpoint another suffix, e.g. --out {out.with_suffix('.pt')}"
+        )
     return record
 
 
@@ -405,12 +485,17 @@ def save_trained_weights(out: Path, checkpoint: dict[str, Any], record: dict[str
     checkpoint holding NaN or infinite values (a diverged training) is refused, not saved."""
     out = Path(out)
     record_path = trained_record_path(out)
-    bad = [name for name, value in _tensors(checkpoint) if value.is_floating_point()
-           and not bool(torch.isfinite(value).all())]
+    bad = [
+        name
+        for name, value in _tensors(checkpoint)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
     if bad:
-        raise IqadefError(f"--out {out}: not written: the trained weights hold NaN or infinite values "
-                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the training diverged: lower "
-                          f"--lr or check the other parameters")
+        raise IqadefError(
+            f"--out {out}: not written: the trained weights hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the training diverged: lower "
+            f"--lr or check the other parameters"
+        )
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     try:
@@ -430,4 +515,6 @@ def _tensors(tree: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     if isinstance(tree, (list, tuple)):
         return [t for i, v in enumerate(tree) for t in _tensors(v, f"{prefix}[{i}]")]
     return []
+
+
 _numpy_safe_globals = numpy_safe_globals  # the name the pyiqa adapter 0.1.0 imports

@@ -17,9 +17,24 @@ from iqadef.execute.driver import RunSummary, run_grid, summary_table
 from iqadef.execute.execution import ExecutionContext, UnitTimeout
 from iqadef.execute.executors import EXECUTORS
 from iqadef.execute.local import abandoned_units, execute_local
-from iqadef.plan.grid import GridIndex, Unit, batch_keys, grid_keys, plan_units
 from iqadef.execute.worker import CellFailure, UnitResult, Worker
+from iqadef.plan.grid import GridIndex, Unit, batch_keys, grid_keys, plan_units
 
-__all__ = ["EXECUTORS", "CellFailure", "ExecutionContext", "GridIndex", "RunSummary", "Unit", "UnitResult",
-           "UnitTimeout", "Worker", "abandoned_units", "batch_keys", "execute_local", "grid_keys", "plan_units",
-           "run_grid", "summary_table"]
+__all__ = [
+    "EXECUTORS",
+    "CellFailure",
+    "ExecutionContext",
+    "GridIndex",
+    "RunSummary",
+    "Unit",
+    "UnitResult",
+    "UnitTimeout",
+    "Worker",
+    "abandoned_units",
+    "batch_keys",
+    "execute_local",
+    "grid_keys",
+    "plan_units",
+    "run_grid",
+    "summary_table",
+]

@@ -23,9 +23,9 @@ from iqadef.core.base import Metric
 from iqadef.core.dataset import Dataset, ImageItem
 from iqadef.core.guard import CellFailure, InputModified, Seal, Tripwire, check_images
 from iqadef.core.query import QueryMetric
-from iqadef.store.artifacts import _hash, _seed, adv_file, png_bytes, png_native, png_queries, quantize, read_png
-from iqadef.plan.grid import Unit
 from iqadef.execute.sandbox import Sandbox
+from iqadef.plan.grid import Unit
+from iqadef.store.artifacts import _hash, _seed, adv_file, png_bytes, png_native, png_queries, quantize, read_png
 
 
 def defence_seed(config: Any, items: Sequence[ImageItem], d: int) -> int:
@@ -67,8 +67,15 @@ class CleanSide:
         seal = self.sandbox.seal(x, "the clean images x")
         f_clean = self.sandbox.score(metric, x, seal)
         self._key = (m, b)
-        self._state = {"x": x, "seal": seal, "f": f_clean, "f_seal": self.sandbox.seal(f_clean, "f(x)"),
-                       "dx": {}, "defended": {}, "memo": {}}
+        self._state = {
+            "x": x,
+            "seal": seal,
+            "f": f_clean,
+            "f_seal": self.sandbox.seal(f_clean, "f(x)"),
+            "dx": {},
+            "defended": {},
+            "memo": {},
+        }
         return self._state
 
     def failed_defences(self, m: int, b: int) -> dict[int, str]:
@@ -103,8 +110,12 @@ class CleanSide:
             defence = self.sandbox.load(who, entry)
             x = clean["x"]
             with torch.no_grad():
-                dx = self.sandbox.call(who, "purify", lambda: defence.purify(
-                    x, seed=defence_seed(self.config, self.batches[b], d)), [clean["seal"]])
+                dx = self.sandbox.call(
+                    who,
+                    "purify",
+                    lambda: defence.purify(x, seed=defence_seed(self.config, self.batches[b], d)),
+                    [clean["seal"]],
+                )
             dx = check_images(dx, x, who, defence.preserves_size)
             clean["dx"][d] = (dx, self.sandbox.seal(dx, "D(x)"))
         return clean["dx"][d]
@@ -120,8 +131,15 @@ class AdversarialImages:
     folder's cache (``artifact_lookup``: key -> (relative path, sha256)), else computed and returned as PNGs
     in the unit's result. Also what each PNG records: a black-box attack's queries, a budget search's value."""
 
-    def __init__(self, config: Any, batches: list[list[ImageItem]], run_dir: Path,
-                 artifact_lookup: Callable[[str], tuple[str, str] | None], sandbox: Sandbox, clean: CleanSide):
+    def __init__(
+        self,
+        config: Any,
+        batches: list[list[ImageItem]],
+        run_dir: Path,
+        artifact_lookup: Callable[[str], tuple[str, str] | None],
+        sandbox: Sandbox,
+        clean: CleanSide,
+    ):
         self.config = config
         self.batches = batches
         self.run_dir = run_dir
@@ -156,12 +174,24 @@ class AdversarialImages:
         for item in self.batches[unit.batch]:
             copy = seen[item.sha256] = seen.get(item.sha256, -1) + 1
             extra = [copy] if copy else []
-            keys.append(_hash("adv", metric.identity(), entry.attack.identity(), entry.adaptive, entry.eot_samples,
-                              *scope, item.sha256, seed, *extra))
+            keys.append(
+                _hash(
+                    "adv",
+                    metric.identity(),
+                    entry.attack.identity(),
+                    entry.adaptive,
+                    entry.eot_samples,
+                    *scope,
+                    item.sha256,
+                    seed,
+                    *extra,
+                )
+            )
         return keys
 
-    def get(self, unit: Unit, keys: list[str], target: Callable[[Tripwire], Metric],
-            result: Any) -> tuple[torch.Tensor, list[str]]:
+    def get(
+        self, unit: Unit, keys: list[str], target: Callable[[Tripwire], Metric], result: Any
+    ) -> tuple[torch.Tensor, list[str]]:
         """x_a under cache ``keys``: read back when every image's PNG is cached, else the unit's attack run on
         ``target(tripwire)`` (the metric, or what wraps it), checked, quantised to 8 bits and stored as PNGs
         (in ``result.files`` and ``result.artifacts``)."""

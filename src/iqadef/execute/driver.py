@@ -12,11 +12,18 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from iqadef.analysis.scores import warn_scores
+from iqadef.analysis.verdict import study_rows, write_verdict
+from iqadef.config.registry import RunConfig
 from iqadef.core.dataset import Dataset
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import RunConfig
-from iqadef.store.rundir import prepare_run_dir
-from iqadef.analysis.scores import warn_scores
+from iqadef.core.weights import fetch_missing
+from iqadef.execute.execution import ExecutionContext
+from iqadef.execute.executors import executor_named
+from iqadef.execute.progress import _progress
+from iqadef.execute.worker import Worker
+from iqadef.plan.grid import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
+from iqadef.plan.trained import mark_trained_cells, overlap_problems, trained_images
 from iqadef.store.results import (
     IDENTITY_COLUMNS,
     ResultStore,
@@ -24,14 +31,7 @@ from iqadef.store.results import (
     atomic_write_bytes,
     export_tables,
 )
-from iqadef.core.weights import fetch_missing
-from iqadef.execute.execution import ExecutionContext
-from iqadef.execute.executors import executor_named
-from iqadef.plan.grid import GridIndex, grid_defences, grid_size, plan_units, reuse_renamed, run_info
-from iqadef.execute.progress import _progress
-from iqadef.analysis.verdict import study_rows, write_verdict
-from iqadef.plan.trained import mark_trained_cells, overlap_problems, trained_images
-from iqadef.execute.worker import Worker
+from iqadef.store.rundir import prepare_run_dir
 
 
 # ------------------------------------------------------------------------------------------------
@@ -54,10 +54,18 @@ class RunSummary:
     verdict: Any = None
 
 
-def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None, progress: bool | None = None,
-             executor: str | None = None, after_unit: Callable[[int], None] | None = None,
-             registry: InstalledPlugins | None = None, announce: Callable[[str], None] | None = None,
-             on_cells: Callable[[int], None] | None = None) -> RunSummary:
+def run_grid(
+    config: RunConfig,
+    *,
+    fresh: bool = False,
+    limit: int | None = None,
+    progress: bool | None = None,
+    executor: str | None = None,
+    after_unit: Callable[[int], None] | None = None,
+    registry: InstalledPlugins | None = None,
+    announce: Callable[[str], None] | None = None,
+    on_cells: Callable[[int], None] | None = None,
+) -> RunSummary:
     """Run (or resume) the grid of ``config``; returns the summary. See the module docstring.
 
     ``announce`` receives the opening line (grid size, cells to do and already done, device) once the
@@ -76,8 +84,9 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
         try:
             trained = trained_images(config.metrics)  # trained artefacts meeting their own training images
             trained_defences = trained_images(grid_defences(config))
-            dataset.problems.extend(overlap_problems(trained, dataset)
-                                    + overlap_problems(trained_defences, dataset, "defence"))
+            dataset.problems.extend(
+                overlap_problems(trained, dataset) + overlap_problems(trained_defences, dataset, "defence")
+            )
             info = run_info(config, dataset, limit, registry)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
             warn_scores(info["metrics"])  # a metric whose scores reach 0 or below: its gain misleads
@@ -111,8 +120,9 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             everything = store.dataframe()
             current = GridIndex(config, dataset)
             in_grid = [key in current for key in everything[list(IDENTITY_COLUMNS)].itertuples(index=False, name=None)]
-            df = mark_trained_cells(current_labels(everything[in_grid].reset_index(drop=True), config), trained,
-                                    trained_defences)
+            df = mark_trained_cells(
+                current_labels(everything[in_grid].reset_index(drop=True), config), trained, trained_defences
+            )
             other = len(everything) - len(df)
         finally:
             store.close()
@@ -127,8 +137,20 @@ def run_grid(config: RunConfig, *, fresh: bool = False, limit: int | None = None
             files.update(write_verdict(verdict, output, lambda path, data: (atomic_write_bytes(path, data), path)[1]))
             df = study_rows(df, info)  # the short table: the run's own attacks, as without the protocol
         table = summary_table(df, info)
-    return RunSummary(output, total_cells, computed, total_cells - todo_cells, failed,
-                      time.perf_counter() - start, table, files, list(dataset.problems), other, relabelled, verdict)
+    return RunSummary(
+        output,
+        total_cells,
+        computed,
+        total_cells - todo_cells,
+        failed,
+        time.perf_counter() - start,
+        table,
+        files,
+        list(dataset.problems),
+        other,
+        relabelled,
+        verdict,
+    )
 
 
 def current_labels(df: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
@@ -157,6 +179,7 @@ class _Cells:
 
 def _report_cells(bar: Any, on_cells: Callable[[int], None] | None) -> Callable[[int], None]:
     """The worker's ``on_cells``: the bar, then the caller's callback."""
+
     def report(n: int) -> None:
         bar.cell(n)
         if on_cells is not None:
@@ -167,14 +190,17 @@ def _report_cells(bar: Any, on_cells: Callable[[int], None] | None) -> Callable[
 
 def opening_line(config: RunConfig, images: int, total: int, todo: int, device: Any, executor: str) -> str:
     """``grid: 7 images x 1 metric x 2 attacks x 16 defences = 224 cells; 224 to do; device cpu``."""
+
     def n(count: int, word: str) -> str:
         return f"{count} {word}" + ("" if count == 1 else "s")
 
     done = total - todo
     state = f"{todo} to do" + (f", {done} already done (resumed)" if done else "")
     where = f"; executor {executor}" if executor != "local" else ""
-    return (f"grid: {n(images, 'image')} x {n(len(config.metrics), 'metric')} x {n(len(config.attacks), 'attack')} "
-            f"x {n(len(grid_defences(config)), 'defence')} = {total} cells; {state}; device {device}{where}")
+    return (
+        f"grid: {n(images, 'image')} x {n(len(config.metrics), 'metric')} x {n(len(config.attacks), 'attack')} "
+        f"x {n(len(grid_defences(config)), 'defence')} = {total} cells; {state}; device {device}{where}"
+    )
 
 
 def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
@@ -185,8 +211,9 @@ def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
     return report_summary(df, info)
 
 
-def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
-                  registry: InstalledPlugins | None = None) -> dict[str, Any]:
+def measure_units(
+    config: RunConfig, dataset: Dataset, units: list, *, registry: InstalledPlugins | None = None
+) -> dict[str, Any]:
     """``iqadef plan --measure``: time the first unit of each metric x attack, computed in a temporary
     folder (the run folder is not touched, no cache is used), and scale each unit still to do by its share
     of defences and images. A rough estimate: plugins are loaded before the clock starts (a run loads each
@@ -202,13 +229,21 @@ def measure_units(config: RunConfig, dataset: Dataset, units: list, *,
     with tempfile.TemporaryDirectory(prefix="iqadef-plan-") as tmp:
         worker = Worker(config, dataset, Path(tmp), lambda key: None, device, registry)
         for pair, unit in first.items():
-            for plugin in (config.metrics[unit.metric], config.attacks[unit.attack].attack,
-                           *(defences[d] for d in unit.defences)):
+            for plugin in (
+                config.metrics[unit.metric],
+                config.attacks[unit.attack].attack,
+                *(defences[d] for d in unit.defences),
+            ):
                 plugin.load(device)
             started = time.perf_counter()
             worker.compute(unit)
             timed[pair] = (time.perf_counter() - started) / (len(unit.defences) * len(batches[unit.batch]))
     seconds = sum(timed[(u.metric, u.attack)] * len(u.defences) * len(batches[u.batch]) for u in units)
-    return {"seconds": seconds, "timed_units": len(first), "device": str(device),
-            "seconds_per_cell": {f"{config.metrics[m].label} x {config.attacks[a].label}": t
-                                 for (m, a), t in timed.items()}}
+    return {
+        "seconds": seconds,
+        "timed_units": len(first),
+        "device": str(device),
+        "seconds_per_cell": {
+            f"{config.metrics[m].label} x {config.attacks[a].label}": t for (m, a), t in timed.items()
+        },
+    }

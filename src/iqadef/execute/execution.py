@@ -20,12 +20,12 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from iqadef.config.registry import RunConfig
 from iqadef.core.dataset import Dataset, ImageItem
 from iqadef.core.errors import IqadefError
 from iqadef.core.plugins import InstalledPlugins
-from iqadef.config.registry import RunConfig
-from iqadef.plan.grid import Unit, describe_unit
 from iqadef.execute.worker import UnitResult
+from iqadef.plan.grid import Unit, describe_unit
 
 
 class UnitTimeout(IqadefError):
@@ -60,14 +60,16 @@ class Executor(Protocol):
     def __call__(self, context: ExecutionContext, units: list[Unit]) -> Iterator[tuple[Unit, UnitResult]]: ...
 
 
-def timeout_error(context: ExecutionContext, batches: list[list[ImageItem]], unit: Unit, done: int,
-                  doing: str, how: str) -> UnitTimeout:
+def timeout_error(
+    context: ExecutionContext, batches: list[list[ImageItem]], unit: Unit, done: int, doing: str, how: str
+) -> UnitTimeout:
     """The one line of a unit past ``unit_timeout``: which unit, what it was doing, what was kept and
     ``how`` to find or fix the plugin."""
     return UnitTimeout(
         f"{describe_unit(context.config, batches, unit)} did not finish within unit_timeout: {context.timeout:g} s; "
         f"{doing}. The run stopped; the {done} unit(s) finished before it are kept. {how}, or raise "
-        f"`unit_timeout` in the registry (null: no limit), then run again to resume")
+        f"`unit_timeout` in the registry (null: no limit), then run again to resume"
+    )
 
 
 Stream = Iterator[tuple[Unit, UnitResult]]

@@ -11,8 +11,8 @@ from typing import Iterator
 from iqadef.core.errors import ConfigError
 from iqadef.execute.execution import ExecutionContext, Executor
 from iqadef.execute.local import execute_local
-from iqadef.plan.grid import Unit
 from iqadef.execute.worker import UnitResult
+from iqadef.plan.grid import Unit
 
 
 def _execute_ray(context: ExecutionContext, units: list[Unit]) -> Iterator[tuple[Unit, UnitResult]]:

@@ -10,10 +10,10 @@ from typing import Iterator
 
 import torch
 
-from iqadef.store.results import ArtifactReader
 from iqadef.execute.execution import ExecutionContext, UnitTimeout, timeout_error
-from iqadef.plan.grid import Unit
 from iqadef.execute.worker import UnitResult, Worker
+from iqadef.plan.grid import Unit
+from iqadef.store.results import ArtifactReader
 
 #: Unit threads left computing when their run stopped (a unit past ``unit_timeout``, Ctrl-C mid-unit).
 _ABANDONED: list[threading.Thread] = []
@@ -69,11 +69,14 @@ def _serve(worker: Worker, units: list[Unit], context: ExecutionContext) -> Iter
             while True:
                 left = None if timeout is None else timeout - (time.monotonic() - started)
                 if left is not None and left <= 0:
-                    doing = (f"it was running {worker.activity}" if worker.activity else
-                             f"last plugin call: {worker.last_activity}" if worker.last_activity else
-                             "it had not called a plugin yet")
-                    raise timeout_error(context, worker.batches, unit, done, doing,
-                                        "Fix or remove that plugin")
+                    doing = (
+                        f"it was running {worker.activity}"
+                        if worker.activity
+                        else f"last plugin call: {worker.last_activity}"
+                        if worker.last_activity
+                        else "it had not called a plugin yet"
+                    )
+                    raise timeout_error(context, worker.batches, unit, done, doing, "Fix or remove that plugin")
                 try:
                     result, error = replies.get(timeout=0.5 if left is None else min(0.5, left))
                     break

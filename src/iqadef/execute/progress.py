@@ -63,8 +63,17 @@ class _progress:
     ``enabled`` False: nothing. True or None: rich bars on a terminal (or on ``console``: tests), plain lines
     every :data:`PLAIN_INTERVAL` seconds otherwise. ``what`` starts each plain line (``run``, ``verify``)."""
 
-    def __init__(self, enabled: bool | None, units: int, cells: int, console: Any = None, *, what: str = "progress",
-                 unit_label: str = "attacks (metric x attack x batch)", cell_label: str = "cells (defences + scores)"):
+    def __init__(
+        self,
+        enabled: bool | None,
+        units: int,
+        cells: int,
+        console: Any = None,
+        *,
+        what: str = "progress",
+        unit_label: str = "attacks (metric x attack x batch)",
+        cell_label: str = "cells (defences + scores)",
+    ):
         self.enabled = enabled is not False
         self.plain = self.enabled and console is None and not sys.stderr.isatty()
         self.units, self.cells = units, cells
@@ -79,8 +88,9 @@ class _progress:
         if not self.enabled or self.plain:
             self.bar = _Bar()
             if self.plain:
-                self._lines = threading.Thread(target=self._print_lines, args=(time.monotonic(),), daemon=True,
-                                               name="iqadef-progress")
+                self._lines = threading.Thread(
+                    target=self._print_lines, args=(time.monotonic(),), daemon=True, name="iqadef-progress"
+                )
                 self._lines.start()
             return self.bar
         from rich.console import Console
@@ -94,10 +104,17 @@ class _progress:
         )
 
         # speed_estimate_period: the estimate follows the last 10 minutes of cells, not rich's 30 s
-        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self.console or Console(stderr=True), transient=False,
-                                 speed_estimate_period=600.0)
+        self.progress = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console or Console(stderr=True),
+            transient=False,
+            speed_estimate_period=600.0,
+        )
         self.progress.__enter__()
         units = self.progress.add_task(self.unit_label, total=self.units)
         cells = self.progress.add_task(self.cell_label, total=self.cells)
@@ -114,8 +131,10 @@ class _progress:
         done, total = bar.cells_done, self.cells
         share = f" ({100 * done / total:.0f}%)" if total else ""
         eta = _duration(elapsed / done * (total - done)) if done else "unknown"
-        return (f"{self.what}: {bar.units_done}/{self.units} units, {done}/{total} cells{share}, "
-                f"{_duration(elapsed)} elapsed, eta {eta}")
+        return (
+            f"{self.what}: {bar.units_done}/{self.units} units, {done}/{total} cells{share}, "
+            f"{_duration(elapsed)} elapsed, eta {eta}"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()

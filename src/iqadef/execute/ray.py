@@ -45,33 +45,37 @@ from typing import Any, Iterator
 
 import torch
 
+from iqadef.analysis.scores import image_score_classes
+from iqadef.config.registry import RayOptions, RunConfig
 from iqadef.core.errors import ConfigError, IqadefError
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
-from iqadef.config.registry import RayOptions, RunConfig
-from iqadef.analysis.scores import image_score_classes
-from iqadef.store.results import artifact_table
 from iqadef.core.weights import fetch_missing
 from iqadef.execute.execution import ExecutionContext, UnitTimeout, timeout_error
 from iqadef.execute.worker import Worker
+from iqadef.store.results import artifact_table
 
 
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError("executor: ray needs Ray; install it with `pip install iqadef[ray]` "
-                          "(or `pip install \"ray>=2.9\"`), or use `executor: local`") from None
+        raise ConfigError(
+            "executor: ray needs Ray; install it with `pip install iqadef[ray]` "
+            '(or `pip install "ray>=2.9"`), or use `executor: local`'
+        ) from None
     return ray
 
 
 # -- what is sent to the actors --------------------------------------------------------------------
 def _plugins(config: RunConfig, scores: list[type]) -> list[tuple[str, Any]]:
     """What the actors are sent, every plugin kind of the run by the registry key that names it."""
-    return ([(f"metrics[{i}] {m.label!r}", m) for i, m in enumerate(config.metrics)]
-            + [(f"attacks[{i}] {e.label!r}", e.attack) for i, e in enumerate(config.attacks)]
-            + [(f"defences[{i}] {d.label!r}", d) for i, d in enumerate(config.defences)]
-            + [(f"certified[{i}] {c.label!r}", c) for i, c in enumerate(config.certified)]
-            + [(f"the score plugin {cls.name!r}", cls) for cls in scores])
+    return (
+        [(f"metrics[{i}] {m.label!r}", m) for i, m in enumerate(config.metrics)]
+        + [(f"attacks[{i}] {e.label!r}", e.attack) for i, e in enumerate(config.attacks)]
+        + [(f"defences[{i}] {d.label!r}", d) for i, d in enumerate(config.defences)]
+        + [(f"certified[{i}] {c.label!r}", c) for i, c in enumerate(config.certified)]
+        + [(f"the score plugin {cls.name!r}", cls) for cls in scores]
+    )
 
 
 def check_picklable(config: RunConfig, scores: list[type] | None = None) -> None:
@@ -86,7 +90,8 @@ def check_picklable(config: RunConfig, scores: list[type] | None = None) -> None
             raise ConfigError(
                 f"{config.source}: {where} cannot be sent to a Ray worker ({type(exc).__name__}: "
                 f"{_first_line(exc)}). Plugins must be plain picklable objects until load(): build models, "
-                f"open files and locks in setup(), or use `executor: local`") from None
+                f"open files and locks in setup(), or use `executor: local`"
+            ) from None
 
 
 def score_classes(registry: InstalledPlugins | None) -> list[type]:
@@ -111,8 +116,10 @@ def actor_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise IqadefError(f"device: {device!r} but this Ray worker sees no GPU; give each actor one "
-                              f"with `ray: {{num_gpus: 1}}` (fractions such as 0.5 share a GPU)")
+            raise IqadefError(
+                f"device: {device!r} but this Ray worker sees no GPU; give each actor one "
+                f"with `ray: {{num_gpus: 1}}` (fractions such as 0.5 share a GPU)"
+            )
         return torch.device("cuda")
     return torch.device(device)
 
@@ -133,10 +140,12 @@ class UnitActor:
             raise IqadefError(
                 f"the Ray worker on {os.uname().nodename} cannot rebuild the plugins "
                 f"({type(exc).__name__}: {exc}); install the same iqadef and plugin packages in the "
-                f"environment of every node") from None
+                f"environment of every node"
+            ) from None
         fetch_missing(config.plugins())  # a node without the driver's weight cache fetches them first
-        self.worker = Worker(config, dataset, Path(run_dir), artifacts.get, actor_device(config.device),
-                             registry=ScoreTable(scores))  # type: ignore[arg-type]
+        self.worker = Worker(
+            config, dataset, Path(run_dir), artifacts.get, actor_device(config.device), registry=ScoreTable(scores)
+        )  # type: ignore[arg-type]
 
     def ready(self) -> bool:
         """Answered once the actor is built: the driver starts its first unit's clock then."""
@@ -159,10 +168,12 @@ def _start(ray: Any, options: RayOptions) -> bool:
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
-        raise IqadefError(f"ray.address: cannot connect to the Ray cluster at {options.address!r} ({exc}); "
-                          f"check the address (`ray status` on the head node prints it), that this machine has the "
-                          f"cluster's auth token if Ray token authentication is on, or remove `address` to run "
-                          f"Ray here") from None
+        raise IqadefError(
+            f"ray.address: cannot connect to the Ray cluster at {options.address!r} ({exc}); "
+            f"check the address (`ray status` on the head node prints it), that this machine has the "
+            f"cluster's auth token if Ray token authentication is on, or remove `address` to run "
+            f"Ray here"
+        ) from None
     return True
 
 
@@ -171,8 +182,10 @@ def _check_resources(ray: Any, options: RayOptions, gpus: float) -> None:
     for key, need in (("CPU", options.num_cpus), ("GPU", gpus)):
         if need > total.get(key, 0):
             name = "num_cpus" if key == "CPU" else "num_gpus"
-            raise ConfigError(f"ray.{name}: each actor asks for {need:g} {key}, but the Ray cluster has "
-                              f"{total.get(key, 0):g}; lower `ray.{name}` or add nodes")
+            raise ConfigError(
+                f"ray.{name}: each actor asks for {need:g} {key}, but the Ray cluster has "
+                f"{total.get(key, 0):g}; lower `ray.{name}` or add nodes"
+            )
 
 
 def execute_ray(context: ExecutionContext, units: list) -> Iterator[tuple[Any, Any]]:
@@ -192,16 +205,24 @@ def execute_ray(context: ExecutionContext, units: list) -> Iterator[tuple[Any, A
     try:
         payload = cloudpickle.dumps((config, dataset, str(output), scores, snapshot))
     except Exception as exc:  # noqa: BLE001 - the plugins pickle (checked above): the dataset or the registry
-        raise ConfigError(f"{config.source}: the run cannot be sent to a Ray worker ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); use `executor: local`") from None
+        raise ConfigError(
+            f"{config.source}: the run cannot be sent to a Ray worker ({type(exc).__name__}: "
+            f"{_first_line(exc)}); use `executor: local`"
+        ) from None
     threads = options.torch_threads or torch.get_num_threads()
     gpus = options.gpus_per_actor(config.device)
     labels = [m.label for m in config.metrics]
     batches = dataset.batches(config.batch_size)
 
     def timed_out(unit: Any, done: int) -> UnitTimeout:
-        return timeout_error(context, batches, unit, done, "its Ray worker was stopped",
-                             "Run it with `executor: local` to see which plugin call hangs")
+        return timeout_error(
+            context,
+            batches,
+            unit,
+            done,
+            "its Ray worker was stopped",
+            "Run it with `executor: local` to see which plugin call hangs",
+        )
 
     return _stream(ray, options, payload, units, threads, gpus, labels, forwarded_env(), context.timeout, timed_out)
 
@@ -215,9 +236,18 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
 
-def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads: int, gpus: float,
-            labels: list[str], env: dict[str, str], timeout: float | None = None,
-            timed_out: Any = None) -> Iterator[tuple[Any, Any]]:
+def _stream(
+    ray: Any,
+    options: RayOptions,
+    payload: bytes,
+    units: list,
+    threads: int,
+    gpus: float,
+    labels: list[str],
+    env: dict[str, str],
+    timeout: float | None = None,
+    timed_out: Any = None,
+) -> Iterator[tuple[Any, Any]]:
     """Yield ``(unit, result)`` as units complete; a unit that runs past ``timeout`` seconds stops the run
     with the error ``timed_out(unit, units done)`` (every actor is killed)."""
     started = _start(ray, options)
@@ -226,9 +256,13 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
     try:
         _check_resources(ray, options, gpus)
         remote = ray.remote(UnitActor).options(
-            num_cpus=options.num_cpus, num_gpus=gpus, max_restarts=options.max_restarts,
-            max_task_retries=options.max_task_retries, max_concurrency=1,
-            **({"runtime_env": {"env_vars": env}} if env else {}))
+            num_cpus=options.num_cpus,
+            num_gpus=gpus,
+            max_restarts=options.max_restarts,
+            max_task_retries=options.max_task_retries,
+            max_concurrency=1,
+            **({"runtime_env": {"env_vars": env}} if env else {}),
+        )
         queues: dict[tuple[int, int], deque] = {}
         for unit in units:  # a batch always goes to the same replica, so its clean side is computed once
             queues.setdefault((unit.metric, unit.batch % options.actors_per_metric), deque()).append(unit)
@@ -256,8 +290,7 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
             if timeout is None:
                 return None
             now = time.monotonic()
-            return next((key for key, t in clock.items() if t is not None and flight[key] and now - t > timeout),
-                        None)
+            return next((key for key, t in clock.items() if t is not None and flight[key] and now - t > timeout), None)
 
         for key in queues:  # actors that do not fit yet wait for a finished one's resources
             start_actor(key)
@@ -280,11 +313,13 @@ def _stream(ray: Any, options: RayOptions, payload: bytes, units: list, threads:
                         f"the Ray actor of metric {label!r} is dead: {_first_line(exc)} (a killed worker "
                         f"is restarted {options.max_restarts} times, a unit retried {options.max_task_retries} "
                         f"times: `ray.max_restarts`, `ray.max_task_retries`); finished units are stored, run "
-                        f"again to resume") from None
+                        f"again to resume"
+                    ) from None
                 except ray.exceptions.RayTaskError as exc:
                     what = f"unit {unit.id}" if unit is not None else "the actor's start"
-                    raise IqadefError(f"{what} (metric {label!r}) failed in its Ray worker: "
-                                      f"{_first_line(exc)}") from None
+                    raise IqadefError(
+                        f"{what} (metric {label!r}) failed in its Ray worker: {_first_line(exc)}"
+                    ) from None
                 if unit is None:  # the actor is built (ready() answered): its first unit starts now
                     clock[key] = time.monotonic()
                     continue

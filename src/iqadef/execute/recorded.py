@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from iqadef.config.registry import RunConfig, parse_run_config
 from iqadef.core.dataset import Dataset
 from iqadef.core.errors import IqadefError
-from iqadef.config.registry import RunConfig, parse_run_config
-from iqadef.store.results import IDENTITY_COLUMNS, StoredCells
 from iqadef.plan.grid import GridIndex
+from iqadef.store.results import IDENTITY_COLUMNS, StoredCells
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -28,8 +28,10 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("registry"), dict):
         raise IqadefError(f"{path}: holds no registry; run the registry again with this iqadef to write it")
     if not data.get("registry_file"):
-        raise IqadefError(f"{path}: written by an older iqadef (no `registry_file`); run the registry again "
-                          f"with this iqadef (it recomputes cells that lack an image hash)")
+        raise IqadefError(
+            f"{path}: written by an older iqadef (no `registry_file`); run the registry again "
+            f"with this iqadef (it recomputes cells that lack an image hash)"
+        )
     return data
 
 
@@ -40,8 +42,10 @@ def open_grid(run_dir: Path, info: dict[str, Any], registry: Any) -> tuple[RunCo
     try:
         dataset = config.open_dataset(limit=info.get("limit"))
     except IqadefError as exc:
-        raise IqadefError(f"{run_dir}: the run's dataset cannot be opened ({exc}); it is needed to tell the run's "
-                          f"current cells from older ones in its store") from None
+        raise IqadefError(
+            f"{run_dir}: the run's dataset cannot be opened ({exc}); it is needed to tell the run's "
+            f"current cells from older ones in its store"
+        ) from None
     return config, dataset
 
 
@@ -50,8 +54,9 @@ def current_rows(stored: StoredCells, config: RunConfig, dataset: Dataset) -> tu
     selection, :class:`GridIndex`), successful, checksum intact. Also the number of the grid's rows left
     out because their checksum fails (the table shows those as failed)."""
     index = GridIndex(config, dataset)
-    in_grid = [(row, ok) for row, ok in zip(stored.rows, stored.intact)
-               if tuple(row.get(c) for c in IDENTITY_COLUMNS) in index]
+    in_grid = [
+        (row, ok) for row, ok in zip(stored.rows, stored.intact) if tuple(row.get(c) for c in IDENTITY_COLUMNS) in index
+    ]
     return [row for row, ok in in_grid if ok and row.get("status") == "ok"], sum(not ok for _, ok in in_grid)
 
 

@@ -22,12 +22,17 @@ REDRAW_COLUMNS = ("redraw_gain_min", "redraw_gain_max", "redraw_gain_sd", "redra
 def wants_redraws(config: Any, unit: Any, d: int) -> bool:
     """Protocol cells of a randomised purifier (not a certified defence) get the re-draws."""
     entry = config.attacks[unit.attack]
-    return (config.protocol is not None and getattr(entry, "protocol", None) is not None
-            and d < len(config.defences) and bool(config.defences[d].randomized))
+    return (
+        config.protocol is not None
+        and getattr(entry, "protocol", None) is not None
+        and d < len(config.defences)
+        and bool(config.defences[d].randomized)
+    )
 
 
-def redraw_scores(worker: Any, unit: Any, d: int, x_adv: torch.Tensor, f_clean: torch.Tensor,
-                  f_dxa: torch.Tensor, adv_seal: Any) -> dict[str, torch.Tensor]:
+def redraw_scores(
+    worker: Any, unit: Any, d: int, x_adv: torch.Tensor, f_clean: torch.Tensor, f_dxa: torch.Tensor, adv_seal: Any
+) -> dict[str, torch.Tensor]:
     """The :data:`REDRAW_COLUMNS` of defence ``d``'s cells: x_a purified with ``redraws`` fresh seeds and
     scored; every call goes through the worker's sandbox (a failure fails the cells, as any plugin call)."""
 
@@ -46,6 +51,9 @@ def redraw_scores(worker: Any, unit: Any, d: int, x_adv: torch.Tensor, f_clean: 
         f_k = worker.sandbox.score(metric, dxa, worker.sandbox.seal(dxa, "D(x_a) of a fresh draw"))
         gains.append((f_clean - f_k).abs() / span)
     stacked = torch.stack(gains)
-    return {"redraw_gain_min": stacked.min(0).values, "redraw_gain_max": stacked.max(0).values,
-            "redraw_gain_sd": stacked.std(0, unbiased=True) if len(gains) > 1 else torch.zeros_like(f_clean),
-            "redraw_draws": torch.full_like(f_clean, float(len(gains)))}
+    return {
+        "redraw_gain_min": stacked.min(0).values,
+        "redraw_gain_max": stacked.max(0).values,
+        "redraw_gain_sd": stacked.std(0, unbiased=True) if len(gains) > 1 else torch.zeros_like(f_clean),
+        "redraw_draws": torch.full_like(f_clean, float(len(gains))),
+    }

@@ -13,18 +13,29 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from iqadef.core.dataset import ImageItem
-from iqadef.store.artifacts import example_name, png_bytes
 from iqadef.plan.grid import Unit, cell_row
+from iqadef.store.artifacts import example_name, png_bytes
 
 #: How a row's four metric values are named in its error message when one is NaN/inf.
 VALUE_NAMES = ("f(x)", "f(x_a)", "f(D(x))", "f(D(x_a))")
 
 
-def build_rows(config: Any, unit: Unit, d: int, items: Sequence[ImageItem], keys: Sequence[str],
-               values: Sequence[torch.Tensor], adv_paths: Sequence[str], queries: Callable[[str], float],
-               scores: Mapping[str, torch.Tensor], extra: Callable[[int], Mapping[str, Any]],
-               examples: set[str], example: Callable[[int], torch.Tensor], files: list[tuple[str, bytes]],
-               names: Sequence[str] = VALUE_NAMES) -> list[dict[str, Any]]:
+def build_rows(
+    config: Any,
+    unit: Unit,
+    d: int,
+    items: Sequence[ImageItem],
+    keys: Sequence[str],
+    values: Sequence[torch.Tensor],
+    adv_paths: Sequence[str],
+    queries: Callable[[str], float],
+    scores: Mapping[str, torch.Tensor],
+    extra: Callable[[int], Mapping[str, Any]],
+    examples: set[str],
+    example: Callable[[int], torch.Tensor],
+    files: list[tuple[str, bytes]],
+    names: Sequence[str] = VALUE_NAMES,
+) -> list[dict[str, Any]]:
     """One row per image of the batch.
 
     ``values`` are f(x), f(x_a), f(D(x)), f(D(x_a)) (``names`` in messages); ``queries(adv_path)`` the
@@ -36,9 +47,15 @@ def build_rows(config: Any, unit: Unit, d: int, items: Sequence[ImageItem], keys
     for i, (item, key) in enumerate(zip(items, keys)):
         numbers = [float(v[i]) for v in values]
         row = cell_row(config, unit, d, item, key)
-        row.update(f_clean=numbers[0], f_adv=numbers[1], f_def_clean=numbers[2], f_def_adv=numbers[3],
-                   adv_path=adv_paths[i], queries=queries(adv_paths[i]),
-                   scores={**{k: float(v[i]) for k, v in scores.items()}, **extra(i)})
+        row.update(
+            f_clean=numbers[0],
+            f_adv=numbers[1],
+            f_def_clean=numbers[2],
+            f_def_adv=numbers[3],
+            adv_path=adv_paths[i],
+            queries=queries(adv_paths[i]),
+            scores={**{k: float(v[i]) for k, v in scores.items()}, **extra(i)},
+        )
         bad = [n for n, v in zip(names, numbers) if not math.isfinite(v)]
         if bad:
             row.update(status="failed", error=f"metric {metric.label!r} returned NaN/inf for {', '.join(bad)}")

@@ -32,8 +32,9 @@ def check_scores(out: Any, n: int, who: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise CellFailure(f"{who} returned {type(out).__name__}, expected a tensor of {n} scores (shape [{n}])")
     if tuple(out.shape) not in ((n,), (n, 1)):
-        raise CellFailure(f"{who} returned shape {list(out.shape)}, expected [{n}]: one score per image "
-                          f"([{n}, 1] is accepted)")
+        raise CellFailure(
+            f"{who} returned shape {list(out.shape)}, expected [{n}]: one score per image ([{n}, 1] is accepted)"
+        )
     if out.is_complex() or out.dtype == torch.bool:
         raise CellFailure(f"{who} returned {out.dtype} scores, expected real numbers")
     return out.detach().float().reshape(-1).clone()
@@ -48,16 +49,18 @@ def check_score_values(values: Any, n: int, who: str) -> dict[str, torch.Tensor]
         if not isinstance(name, str) or not name:
             raise CellFailure(f"{who} returned the column name {name!r}, expected a non-empty string")
         if name in RESERVED_COLUMNS:
-            raise CellFailure(f"{who} returned a column named {name!r}, which the result table uses itself; "
-                              f"rename it")
+            raise CellFailure(f"{who} returned a column named {name!r}, which the result table uses itself; rename it")
         try:
             tensor = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value.detach()
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise CellFailure(f"{who} returned {type(value).__name__} for {name!r}, expected {n} numbers "
-                              f"({describe_exc(exc)})") from None
+            raise CellFailure(
+                f"{who} returned {type(value).__name__} for {name!r}, expected {n} numbers ({describe_exc(exc)})"
+            ) from None
         if tuple(tensor.shape) not in ((n,), (n, 1)) and not (n == 1 and tensor.dim() == 0):
-            raise CellFailure(f"{who} returned shape {list(tensor.shape)} for {name!r}, expected {n} value(s), "
-                              f"one per image (shape [{n}])")
+            raise CellFailure(
+                f"{who} returned shape {list(tensor.shape)} for {name!r}, expected {n} value(s), "
+                f"one per image (shape [{n}])"
+            )
         if tensor.is_complex():
             raise CellFailure(f"{who} returned complex values for {name!r}, expected real numbers")
         out[name] = tensor.float().reshape(-1).cpu().clone()
@@ -86,8 +89,9 @@ class Sandbox:
         """A seal on ``tensor`` (None when the guard is off); ``name`` is what a broken seal's message says."""
         return Seal(tensor, name) if self.guard_inputs else None
 
-    def call(self, who: str, method: str, call: Callable[[], Any], seals: Sequence[Seal | None] = (),
-             deep: bool = True) -> Any:
+    def call(
+        self, who: str, method: str, call: Callable[[], Any], seals: Sequence[Seal | None] = (), deep: bool = True
+    ) -> Any:
         """``call()`` (one plugin method); its exceptions and writes into ``seals`` become a CellFailure."""
         self.activity = self.last_activity = f"{who} ({method})"
         error: BaseException | None = None
@@ -121,8 +125,9 @@ class Sandbox:
             out = self.call(who, "score", lambda: metric.score(images), [seal], deep)
         return check_scores(out, images.shape[0], who)
 
-    def image_scores(self, scores: Sequence[Any], cells: CellBatch, seals: list[Seal | None],
-                     deep: bool) -> dict[str, torch.Tensor]:
+    def image_scores(
+        self, scores: Sequence[Any], cells: CellBatch, seals: list[Seal | None], deep: bool
+    ) -> dict[str, torch.Tensor]:
         """Every per-image score plugin of ``scores`` on ``cells``: their columns, checked, none twice."""
         out: dict[str, torch.Tensor] = {}
         owner: dict[str, str] = {}
@@ -135,8 +140,10 @@ class Sandbox:
                 raise InputModified(modified_message(who, f"the shared pair measure {changed[0]!r}"))
             for name, value in check_score_values(values, len(cells), who).items():
                 if name in owner:
-                    raise CellFailure(f"{who} returned the column {name!r}, which score {owner[name]!r} returns "
-                                      f"too; one of them must rename it")
+                    raise CellFailure(
+                        f"{who} returned the column {name!r}, which score {owner[name]!r} returns "
+                        f"too; one of them must rename it"
+                    )
                 out[name], owner[name] = value, score.name
         return out
 

@@ -12,7 +12,8 @@ what smoothing costs on clean images.
 Every call goes through the worker's sandbox (execute/sandbox.py: exceptions fail the cells, seals catch
 writes into shared tensors), every metric forward inside the smoothing through its score check, and the
 smoothing's output through :func:`check_smoothed`; the rows come from the one row builder (execute/rows.py).
-``f_s(x)`` is computed once per (metric, batch, certified defence) and reused by every attack. An adaptive attack (``adaptive: eot``) targets
+``f_s(x)`` is computed once per (metric, batch, certified defence) and reused by every attack. An adaptive attack
+(``adaptive: eot``) targets
 :class:`~iqadef.core.smoothing.SmoothedMetric`: the mean of the metric over fresh noise each step.
 """
 
@@ -27,16 +28,35 @@ from iqadef.core.base import Metric, answer_for
 from iqadef.core.cells import CellBatch
 from iqadef.core.guard import CellFailure, GuardedMetric, Tripwire
 from iqadef.core.smoothing import MetricSmoothing, SmoothedMetric, SmoothedScores, score_bins
-from iqadef.store.artifacts import _seed
-from iqadef.plan.grid import Unit, grid_defences
 from iqadef.execute.rows import build_rows
+from iqadef.plan.grid import Unit, grid_defences
+from iqadef.store.artifacts import _seed
 
 #: The score columns a certified cell adds (docs/certified.md).
-CERT_COLUMNS = ("cert_lower_clean", "cert_upper_clean", "cert_lower_adv", "cert_upper_adv", "cert_radius",
-                "cert_width_clean", "adv_l2", "cert_applies", "cert_fs_adv_inside", "cert_f_adv_inside")
-#: The columns a radius-type certificate (binned smoothing: ``rs``, ``drs``, ``ddrs``, ``densepure``) adds (docs/certified.md).
-RADIUS_COLUMNS = ("cert_bin_clean", "cert_bin_adv", "cert_bin_f_clean", "cert_radius_clean", "cert_radius_adv",
-                  "cert_abstain_clean", "cert_abstain_adv", "cert_bin_kept")
+CERT_COLUMNS = (
+    "cert_lower_clean",
+    "cert_upper_clean",
+    "cert_lower_adv",
+    "cert_upper_adv",
+    "cert_radius",
+    "cert_width_clean",
+    "adv_l2",
+    "cert_applies",
+    "cert_fs_adv_inside",
+    "cert_f_adv_inside",
+)
+#: The columns a radius-type certificate (binned smoothing: ``rs``, ``drs``, ``ddrs``, ``densepure``) adds
+#: (docs/certified.md).
+RADIUS_COLUMNS = (
+    "cert_bin_clean",
+    "cert_bin_adv",
+    "cert_bin_f_clean",
+    "cert_radius_clean",
+    "cert_radius_adv",
+    "cert_abstain_clean",
+    "cert_abstain_adv",
+    "cert_bin_kept",
+)
 
 
 def is_certified(config: Any, d: int) -> bool:
@@ -103,8 +123,10 @@ def check_smoothed(out: Any, n: int, who: str, certifies: bool) -> SmoothedScore
     if out.bin is None and out.radius is None:
         return SmoothedScores(value, lower, upper)
     if out.bin is None or out.radius is None:
-        raise CellFailure(f"{who} returned a {'bin' if out.radius is None else 'radius'} without its "
-                          f"{'radius' if out.radius is None else 'bin'}: a radius certificate needs both")
+        raise CellFailure(
+            f"{who} returned a {'bin' if out.radius is None else 'radius'} without its "
+            f"{'radius' if out.radius is None else 'bin'}: a radius certificate needs both"
+        )
     label, radius = vector(out.bin, "bin"), vector(out.radius, "radius")
     if (label != label.round()).any() or (label < -1).any():
         raise CellFailure(f"{who} returned a bin that is not a class index (-1 for abstain, else >= 0)")
@@ -169,54 +191,96 @@ def smoothed_cells(worker: Any, unit: Unit, d: int, shared: tuple | None, result
     s_clean = smoothed_clean(worker, unit.metric, unit.batch, d)
     s_adv = _smooth(worker, d, unit.metric, unit.batch, x_adv, adv_seal)
     seals = [clean["seal"], adv_seal, clean["f_seal"], f_adv_seal]
-    cells = CellBatch(clean["x"], x_adv, clean["x"], x_adv, clean["f"], f_adv, s_clean.value, s_adv.value, metric,
-                      clean["memo"])
+    cells = CellBatch(
+        clean["x"], x_adv, clean["x"], x_adv, clean["f"], f_adv, s_clean.value, s_adv.value, metric, clean["memo"]
+    )
     scores = worker.score_cells(cells, seals, False)
-    extra = _certificate_columns(smoothing, clean["x"], x_adv, f_adv, s_clean, s_adv, metric,
-                                 clean["f"])
+    extra = _certificate_columns(smoothing, clean["x"], x_adv, f_adv, s_clean, s_adv, metric, clean["f"])
     seed = smoothing_seed(worker, d, unit.batch)
 
     def example(i: int) -> torch.Tensor:  # what the smoothed metric scores: one noisy copy of x_a
-        return (x_adv[i:i + 1] + smoothing.noise(x_adv[i:i + 1], seed)(0, 1)).clamp(0, 1)[0]
+        return (x_adv[i : i + 1] + smoothing.noise(x_adv[i : i + 1], seed)(0, 1)).clamp(0, 1)[0]
 
-    return build_rows(cfg, unit, d, worker.batches[unit.batch], worker.batch_keys[unit.batch],
-                      (clean["f"], f_adv, s_clean.value, s_adv.value), adv_paths, worker.adversarial.queries_of,
-                      scores, lambda i: {k: v[i] for k, v in extra.items()}, worker.example_names, example,
-                      result.files, names=("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"))
+    return build_rows(
+        cfg,
+        unit,
+        d,
+        worker.batches[unit.batch],
+        worker.batch_keys[unit.batch],
+        (clean["f"], f_adv, s_clean.value, s_adv.value),
+        adv_paths,
+        worker.adversarial.queries_of,
+        scores,
+        lambda i: {k: v[i] for k, v in extra.items()},
+        worker.example_names,
+        example,
+        result.files,
+        names=("f(x)", "f(x_a)", "f_s(x)", "f_s(x_a)"),
+    )
 
 
-def _certificate_columns(smoothing: MetricSmoothing, x: torch.Tensor, x_adv: torch.Tensor, f_adv: torch.Tensor,
-                         clean: SmoothedScores, adv: SmoothedScores, metric: Metric,
-                         f_clean: torch.Tensor) -> dict[str, list[float]]:
+def _certificate_columns(
+    smoothing: MetricSmoothing,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    f_adv: torch.Tensor,
+    clean: SmoothedScores,
+    adv: SmoothedScores,
+    metric: Metric,
+    f_clean: torch.Tensor,
+) -> dict[str, list[float]]:
     n = x.shape[0]
     l2 = (x_adv.float() - x.float()).flatten(1).norm(dim=1).cpu()
     eps = float(smoothing.eps)
-    out: dict[str, list[float]] = {"cert_radius": [eps] * n, "adv_l2": l2.tolist(),
-                                   "cert_applies": [float(v <= eps) for v in l2.tolist()]}
+    out: dict[str, list[float]] = {
+        "cert_radius": [eps] * n,
+        "adv_l2": l2.tolist(),
+        "cert_applies": [float(v <= eps) for v in l2.tolist()],
+    }
     if clean.bin is not None and adv.bin is not None:
         out.update(_radius_columns(smoothing, l2, clean, adv, metric, f_clean))
     if clean.lower is None or adv.lower is None:
         return out
     lo, hi = clean.lower, clean.upper
-    out.update(cert_lower_clean=lo.tolist(), cert_upper_clean=hi.tolist(), cert_lower_adv=adv.lower.tolist(),
-               cert_upper_adv=adv.upper.tolist(), cert_width_clean=(hi - lo).tolist(),
-               cert_fs_adv_inside=((adv.value >= lo) & (adv.value <= hi)).float().tolist(),
-               cert_f_adv_inside=((f_adv.cpu() >= lo) & (f_adv.cpu() <= hi)).float().tolist())
+    out.update(
+        cert_lower_clean=lo.tolist(),
+        cert_upper_clean=hi.tolist(),
+        cert_lower_adv=adv.lower.tolist(),
+        cert_upper_adv=adv.upper.tolist(),
+        cert_width_clean=(hi - lo).tolist(),
+        cert_fs_adv_inside=((adv.value >= lo) & (adv.value <= hi)).float().tolist(),
+        cert_f_adv_inside=((f_adv.cpu() >= lo) & (f_adv.cpu() <= hi)).float().tolist(),
+    )
     return out
 
 
-def _radius_columns(smoothing: MetricSmoothing, l2: torch.Tensor, clean: SmoothedScores, adv: SmoothedScores,
-                    metric: Metric, f_clean: torch.Tensor) -> dict[str, list[float]]:
+def _radius_columns(
+    smoothing: MetricSmoothing,
+    l2: torch.Tensor,
+    clean: SmoothedScores,
+    adv: SmoothedScores,
+    metric: Metric,
+    f_clean: torch.Tensor,
+) -> dict[str, list[float]]:
     """The bin of each image, clean and attacked, its certified radius, the bin of the plain metric's f(x) (the
     "correct" class of certified accuracy) and whether the attacked image kept the clean bin where the
     certificate covers it (``adv_l2 < radius``, not abstained; NaN elsewhere)."""
     low, high = (float(v) for v in metric.range)
     bins = getattr(smoothing, "bins", None)
-    truth = score_bins(f_clean.detach().float().cpu(), low, high, int(bins)).float() if bins else \
-        torch.full_like(clean.bin, math.nan)
+    truth = (
+        score_bins(f_clean.detach().float().cpu(), low, high, int(bins)).float()
+        if bins
+        else torch.full_like(clean.bin, math.nan)
+    )
     covered = (clean.bin >= 0) & (l2 < clean.radius)
     kept = torch.where(covered, (adv.bin == clean.bin).float(), torch.full_like(clean.radius, math.nan))
-    return {"cert_bin_clean": clean.bin.tolist(), "cert_bin_adv": adv.bin.tolist(), "cert_bin_f_clean": truth.tolist(),
-            "cert_radius_clean": clean.radius.tolist(), "cert_radius_adv": adv.radius.tolist(),
-            "cert_abstain_clean": (clean.bin < 0).float().tolist(), "cert_abstain_adv": (adv.bin < 0).float().tolist(),
-            "cert_bin_kept": kept.tolist()}
+    return {
+        "cert_bin_clean": clean.bin.tolist(),
+        "cert_bin_adv": adv.bin.tolist(),
+        "cert_bin_f_clean": truth.tolist(),
+        "cert_radius_clean": clean.radius.tolist(),
+        "cert_radius_adv": adv.radius.tolist(),
+        "cert_abstain_clean": (clean.bin < 0).float().tolist(),
+        "cert_abstain_adv": (adv.bin < 0).float().tolist(),
+        "cert_bin_kept": kept.tolist(),
+    }

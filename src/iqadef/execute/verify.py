@@ -37,15 +37,15 @@ import torch
 
 from iqadef.core.errors import IqadefError
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
-from iqadef.store.results import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored_form
-from iqadef.store.artifacts import adv_file
-from iqadef.execute.recorded import open_grid, read_run_info
 from iqadef.core.weights import fetch_missing
 from iqadef.execute.execution import ExecutionContext
 from iqadef.execute.local import execute_local
-from iqadef.plan.grid import Unit, batch_keys, cell_row, grid_defences
 from iqadef.execute.progress import _progress
+from iqadef.execute.recorded import open_grid, read_run_info
 from iqadef.execute.worker import UnitResult
+from iqadef.plan.grid import Unit, batch_keys, cell_row, grid_defences
+from iqadef.store.artifacts import adv_file
+from iqadef.store.results import CHECKSUM_ERROR, KEY_COLUMNS, StoredCells, read_cells, stored_form
 
 DEFAULT_CELLS = 20
 #: Relative and absolute tolerance: a recomputation on the same machine is bit-identical; these leave
@@ -54,8 +54,16 @@ RTOL = 1e-4
 ATOL = 1e-6
 VALUE_COLUMNS = ("f_clean", "f_adv", "f_def_clean", "f_def_adv")
 #: What a cell's config and dataset determine without computing anything (plan.cell_row).
-DESCRIBED_COLUMNS = ("metric", "attack", "defence", "metric_params", "attack_params", "defence_params",
-                     "adaptive", "mos")
+DESCRIBED_COLUMNS = (
+    "metric",
+    "attack",
+    "defence",
+    "metric_params",
+    "attack_params",
+    "defence_params",
+    "adaptive",
+    "mos",
+)
 #: Files a recomputed cell names by its keys.
 PATH_COLUMNS = ("adv_path", "example_path")
 
@@ -138,8 +146,10 @@ class _FileCheck:
             except OSError:
                 self._digest[rel] = None
         if self._digest[rel] != sha:
-            return (f"adv_path {rel!r}: its sha256 is not the one the store recorded (the file was replaced or "
-                    f"damaged); resume the run to recompute it")
+            return (
+                f"adv_path {rel!r}: its sha256 is not the one the store recorded (the file was replaced or "
+                f"damaged); resume the run to recompute it"
+            )
         return None
 
     def example_problem(self, rel: str | None) -> str | None:
@@ -149,9 +159,16 @@ class _FileCheck:
         return None if why is None else f"example_path {rel!r}: {why}; resume the run to write it again"
 
 
-def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = None, *,
-               registry: InstalledPlugins | None = None, rtol: float = RTOL, atol: float = ATOL,
-               progress: bool | None = False) -> Verdict:
+def verify_run(
+    run_dir: Path,
+    cells: int = DEFAULT_CELLS,
+    seed: int | None = None,
+    *,
+    registry: InstalledPlugins | None = None,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    progress: bool | None = False,
+) -> Verdict:
     """Check every stored cell of ``run_dir`` and recompute ``cells`` random ones (see the module docstring).
     ``progress``: as for ``iqadef run`` (a bar on a terminal, plain lines otherwise; False: none)."""
     run_dir = Path(run_dir)
@@ -164,11 +181,22 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
     config, dataset = open_grid(run_dir, info, registry)
     stored = read_cells(run_dir)
 
-    index = {kind: {p.key(): i for i, p in enumerate(plugins)} for kind, plugins in
-             (("metric", config.metrics), ("attack", config.attacks), ("defence", grid_defences(config)))}
-    candidates = [(row, ok) for row, ok in zip(stored.rows, stored.intact)
-                  if row.get("status") == "ok" and row.get("metric_key") in index["metric"]
-                  and row.get("attack_key") in index["attack"] and row.get("defence_key") in index["defence"]]
+    index = {
+        kind: {p.key(): i for i, p in enumerate(plugins)}
+        for kind, plugins in (
+            ("metric", config.metrics),
+            ("attack", config.attacks),
+            ("defence", grid_defences(config)),
+        )
+    }
+    candidates = [
+        (row, ok)
+        for row, ok in zip(stored.rows, stored.intact)
+        if row.get("status") == "ok"
+        and row.get("metric_key") in index["metric"]
+        and row.get("attack_key") in index["attack"]
+        and row.get("defence_key") in index["defence"]
+    ]
     if not candidates:
         raise IqadefError(f"{run_dir}: no successful cell of the registry in run.json is stored; nothing to verify")
     candidates.sort(key=lambda c: tuple(str(c[0].get(k)) for k in ("metric", "attack", "defence", "image")))
@@ -176,8 +204,11 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
     chosen = {id(row) for row, _ in random.Random(seed).sample(candidates, min(cells, len(candidates)))}
 
     batches = dataset.batches(config.batch_size)
-    where = {item.name: (b, i, key) for b, items in enumerate(batches)
-             for i, (item, key) in enumerate(zip(items, batch_keys(items)))}
+    where = {
+        item.name: (b, i, key)
+        for b, items in enumerate(batches)
+        for i, (item, key) in enumerate(zip(items, batch_keys(items)))
+    }
     files = _FileCheck(run_dir, stored)
     problems: dict[tuple[str, ...], list[str]] = {}  # per cell (its keys): what is wrong with it
     labels: dict[tuple[str, ...], str] = {}
@@ -188,8 +219,9 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
         labels[cell] = " / ".join(str(row.get(c)) for c in ("metric", "attack", "defence", "image"))
         found = problems.setdefault(cell, [])
         if not intact:
-            found.append(f"the row fails its checksum: {CHECKSUM_ERROR}; run the registry again (resume) to "
-                         f"recompute it")
+            found.append(
+                f"the row fails its checksum: {CHECKSUM_ERROR}; run the registry again (resume) to recompute it"
+            )
         for problem in (files.adv_problem(row.get("adv_path")), files.example_problem(row.get("example_path"))):
             if problem:
                 found.append(problem)
@@ -208,13 +240,17 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
                 what = "this image" if column == "mos" else "its keys"
                 found.append(f"{column}: stored {row.get(column)!r}, {source} gives {described[column]!r} for {what}")
         if row.get("image_sha256") and row["image_sha256"] != item.sha256:
-            found.append(f"the image file changed since this cell was computed (stored sha256 "
-                         f"{row['image_sha256'][:12]}..., file now {item.sha256[:12]}...): the stored values are "
-                         f"of the old image; run the registry again")
+            found.append(
+                f"the image file changed since this cell was computed (stored sha256 "
+                f"{row['image_sha256'][:12]}..., file now {item.sha256[:12]}...): the stored values are "
+                f"of the old image; run the registry again"
+            )
             continue
         if row.get("batch_key") and row["batch_key"] != key:
-            found.append("the images batched with it changed since it was computed (added, removed or replaced "
-                         "before it), so its seeds differ now; run the registry again to recompute it")
+            found.append(
+                "the images batched with it changed since it was computed (added, removed or replaced "
+                "before it), so its seeds differ now; run the registry again to recompute it"
+            )
             continue
         if id(row) in chosen:
             todo.setdefault((m, a, b), set()).add(d)
@@ -230,10 +266,10 @@ def verify_run(run_dir: Path, cells: int = DEFAULT_CELLS, seed: int | None = Non
         try:
             results: list[UnitResult] = []
             cells_todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
-            with _progress(progress, len(units), cells_todo, what="verify",
-                           cell_label="cells recomputed") as bar:
-                context = ExecutionContext(config, dataset, run_dir, config.torch_device(), registry, cached=False,
-                                           on_cells=bar.cell)
+            with _progress(progress, len(units), cells_todo, what="verify", cell_label="cells recomputed") as bar:
+                context = ExecutionContext(
+                    config, dataset, run_dir, config.torch_device(), registry, cached=False, on_cells=bar.cell
+                )
                 for _, result in execute_local(context, units):
                     bar.unit(len(result.rows))
                     results.append(result)
@@ -265,8 +301,11 @@ def _compare(stored: dict[str, Any], new: dict[str, Any], rtol: float, atol: flo
     if new["status"] != "ok":
         return [f"recomputing it failed: {new['error']}"]
     problems = [_difference(c, stored[c], new[c]) for c in VALUE_COLUMNS if not close(stored[c], new[c], rtol, atol)]
-    problems += [f"{c}: stored {stored.get(c)!r}, its keys give {new.get(c) or ''!r}" for c in PATH_COLUMNS
-                 if (stored.get(c) or "") != (new.get(c) or "")]
+    problems += [
+        f"{c}: stored {stored.get(c)!r}, its keys give {new.get(c) or ''!r}"
+        for c in PATH_COLUMNS
+        if (stored.get(c) or "") != (new.get(c) or "")
+    ]
     try:
         old_scores = json.loads(stored.get("scores") or "{}")
     except json.JSONDecodeError:

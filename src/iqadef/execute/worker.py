@@ -34,20 +34,20 @@ from typing import Any, Callable
 
 import torch
 
+from iqadef.analysis.scores import image_score_classes
+from iqadef.config.registry import RunConfig
 from iqadef.core.adaptive import DefendedMetric
 from iqadef.core.base import Metric
 from iqadef.core.cells import CellBatch, CellGroup
 from iqadef.core.dataset import Dataset
 from iqadef.core.guard import CellFailure, GuardedMetric, Seal, Tripwire, broken, check_images
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
-from iqadef.config.registry import RunConfig
-from iqadef.analysis.scores import image_score_classes
 from iqadef.execute.caches import AdversarialImages, CleanSide, attack_seed, defence_seed
-from iqadef.plan.grid import Unit, batch_keys, rows_of_failed_unit
 from iqadef.execute.redraw import redraw_scores, wants_redraws
 from iqadef.execute.rows import build_rows
 from iqadef.execute.sandbox import Sandbox
 from iqadef.execute.smoothed import is_certified, smoothed_cells
+from iqadef.plan.grid import Unit, batch_keys, rows_of_failed_unit
 
 
 @dataclass
@@ -77,9 +77,17 @@ class Worker:
     * rows come from :func:`~iqadef.execute.rows.build_rows`, as certified cells' do (execute/smoothed.py).
     """
 
-    def __init__(self, config: RunConfig, dataset: Dataset, run_dir: Path,
-                 artifact_lookup: Callable[[str], tuple[str, str] | None], device: torch.device,
-                 registry: InstalledPlugins | None = None, *, guard_inputs: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        dataset: Dataset,
+        run_dir: Path,
+        artifact_lookup: Callable[[str], tuple[str, str] | None],
+        device: torch.device,
+        registry: InstalledPlugins | None = None,
+        *,
+        guard_inputs: bool = True,
+    ):
         self.config = config
         self.dataset = dataset
         self.batches = dataset.batches(config.batch_size)
@@ -121,8 +129,13 @@ class Worker:
             if d is None:
                 return GuardedMetric(metric, tripwire) if self.guard_inputs else metric
             defence = self.sandbox.load(f"defence {cfg.defences[d].label!r}", cfg.defences[d])
-            return DefendedMetric(metric, defence, samples=entry.eot_samples if "eot" in entry.adaptive else 1,
-                                  seed=seed, tripwire=tripwire if self.guard_inputs else None)
+            return DefendedMetric(
+                metric,
+                defence,
+                samples=entry.eot_samples if "eot" in entry.adaptive else 1,
+                seed=seed,
+                tripwire=tripwire if self.guard_inputs else None,
+            )
 
         keys = self.adversarial.keys(unit, cfg.defences[d].key() if d is not None else None)
         return self.adversarial.get(unit, keys, target, result)
@@ -207,8 +220,9 @@ class Worker:
                 who = f"defence {entry.label!r}"
                 defence = self.sandbox.load(who, entry)
                 with torch.no_grad():
-                    dxa = self.sandbox.call(who, "purify",
-                                            lambda: defence.purify(x_adv, seed=self.defence_seed(d, b)), [adv_seal])
+                    dxa = self.sandbox.call(
+                        who, "purify", lambda: defence.purify(x_adv, seed=self.defence_seed(d, b)), [adv_seal]
+                    )
                 dxa = check_images(dxa, x_adv, who, defence.preserves_size)
                 images[d] = (dxa, self.sandbox.seal(dxa, "D(x_a)"))
             pieces = [("dx", d, *clean["dx"][d]) for d in ds if d not in clean["defended"]]
@@ -230,8 +244,16 @@ class Worker:
             for d in ds:
                 dxa, dxa_seal = images[d]
                 dx, f_dx, dx_seal, f_dx_seal = clean["defended"][d]
-                seals = [clean["seal"], adv_seal, dx_seal, dxa_seal, clean["f_seal"], f_adv_seal, f_dx_seal,
-                         self.sandbox.seal(cells[d].f_def_adv, "f(D(x_a))")]
+                seals = [
+                    clean["seal"],
+                    adv_seal,
+                    dx_seal,
+                    dxa_seal,
+                    clean["f_seal"],
+                    f_adv_seal,
+                    f_dx_seal,
+                    self.sandbox.seal(cells[d].f_def_adv, "f(D(x_a))"),
+                ]
                 try:
                     scores = self.score_cells(cells[d], seals, False)
                     if wants_redraws(cfg, unit, d):  # the robustness protocol's flag (e): fresh draws of D
@@ -241,8 +263,11 @@ class Worker:
                         if bad is not None:
                             self.sandbox.tainted = True
                             raise _Unattributed(bad.name)
-                    done.append(self._rows(unit, d, clean, x_adv, adv_paths, f_adv, f_dx, cells[d].f_def_adv,
-                                           dxa, scores, result))
+                    done.append(
+                        self._rows(
+                            unit, d, clean, x_adv, adv_paths, f_adv, f_dx, cells[d].f_def_adv, dxa, scores, result
+                        )
+                    )
                 except _Unattributed:
                     done.append(self._diagnose(unit, d, result))
                 except CellFailure as exc:
@@ -279,12 +304,11 @@ class Worker:
                     continue
                 images = torch.cat([pieces[i][2] for i in call])
                 names = sorted({"D(x)" if pieces[i][0] == "dx" else "D(x_a)" for i in call})
-                values = self.sandbox.score(metric, images, self.sandbox.seal(images, " and ".join(names)),
-                                            deep=True)
+                values = self.sandbox.score(metric, images, self.sandbox.seal(images, " and ".join(names)), deep=True)
                 start = 0
                 for i in call:
                     n = pieces[i][2].shape[0]
-                    out[i] = values[start:start + n].clone()
+                    out[i] = values[start : start + n].clone()
                     start += n
         return out  # type: ignore[return-value]
 
@@ -307,8 +331,10 @@ class Worker:
         from rebuilt tensors with a fingerprint after every call, to name the plugin; they fail either way."""
         self.sandbox.tainted = False
         self.clean.forget()
-        reason = ("a plugin of these cells (the defence, the metric or a score) modified a shared tensor in place "
-                  "(not reproduced when computed again)")
+        reason = (
+            "a plugin of these cells (the defence, the metric or a score) modified a shared tensor in place "
+            "(not reproduced when computed again)"
+        )
         try:
             shared = self._unit_state(unit, UnitResult(rows=[]))
             self._cells(unit, d, shared[0], UnitResult(rows=[]), diagnose=True)
@@ -317,8 +343,9 @@ class Worker:
         self.sandbox.tainted = True
         return rows_of_failed_unit(self.config, self.batches, unit, d, reason)
 
-    def _cells(self, unit: Unit, d: int, shared: tuple | None, result: UnitResult,
-               diagnose: bool = False) -> list[dict[str, Any]]:
+    def _cells(
+        self, unit: Unit, d: int, shared: tuple | None, result: UnitResult, diagnose: bool = False
+    ) -> list[dict[str, Any]]:
         """The rows of defence ``d`` of ``unit``. Seals are checked by version after every call and by
         fingerprint at the end (``diagnose``: by fingerprint after every call)."""
         if is_certified(self.config, d):  # a certified defence (docs/certified.md): execute/smoothed.py
@@ -337,14 +364,26 @@ class Worker:
         who = f"defence {entry.label!r}"
         defence = self.sandbox.load(who, entry)
         with torch.no_grad():
-            dxa = self.sandbox.call(who, "purify",
-                                    lambda: defence.purify(x_adv, seed=self.defence_seed(d, unit.batch)),
-                                    [adv_seal], diagnose)
+            dxa = self.sandbox.call(
+                who,
+                "purify",
+                lambda: defence.purify(x_adv, seed=self.defence_seed(d, unit.batch)),
+                [adv_seal],
+                diagnose,
+            )
         dxa = check_images(dxa, x_adv, who, defence.preserves_size)
         dxa_seal = self.sandbox.seal(dxa, "D(x_a)")
         f_dxa = self.sandbox.score(metric, dxa, dxa_seal, diagnose)
-        seals = [clean["seal"], adv_seal, dx_seal, dxa_seal, clean["f_seal"], f_adv_seal, f_dx_seal,
-                 self.sandbox.seal(f_dxa, "f(D(x_a))")]
+        seals = [
+            clean["seal"],
+            adv_seal,
+            dx_seal,
+            dxa_seal,
+            clean["f_seal"],
+            f_adv_seal,
+            f_dx_seal,
+            self.sandbox.seal(f_dxa, "f(D(x_a))"),
+        ]
         cells = CellBatch(clean["x"], x_adv, dx, dxa, clean["f"], f_adv, f_dx, f_dxa, metric, clean["memo"])
         try:
             scores = self.score_cells(cells, seals, diagnose)
@@ -359,13 +398,35 @@ class Worker:
                 raise _Unattributed(bad.name)
         return self._rows(unit, d, clean, x_adv, adv_paths, f_adv, f_dx, f_dxa, dxa, scores, result)
 
-    def _rows(self, unit: Unit, d: int, clean: dict[str, Any], x_adv: torch.Tensor, adv_paths: list[str],
-              f_adv: torch.Tensor, f_dx: torch.Tensor, f_dxa: torch.Tensor, dxa: torch.Tensor,
-              scores: dict[str, torch.Tensor], result: UnitResult) -> list[dict[str, Any]]:
-        return build_rows(self.config, unit, d, self.batches[unit.batch], self.batch_keys[unit.batch],
-                          (clean["f"], f_adv, f_dx, f_dxa), adv_paths, self.adversarial.queries_of, scores,
-                          lambda i: self.adversarial.native_of(adv_paths[i]), self.example_names,
-                          lambda i: dxa[i], result.files)
+    def _rows(
+        self,
+        unit: Unit,
+        d: int,
+        clean: dict[str, Any],
+        x_adv: torch.Tensor,
+        adv_paths: list[str],
+        f_adv: torch.Tensor,
+        f_dx: torch.Tensor,
+        f_dxa: torch.Tensor,
+        dxa: torch.Tensor,
+        scores: dict[str, torch.Tensor],
+        result: UnitResult,
+    ) -> list[dict[str, Any]]:
+        return build_rows(
+            self.config,
+            unit,
+            d,
+            self.batches[unit.batch],
+            self.batch_keys[unit.batch],
+            (clean["f"], f_adv, f_dx, f_dxa),
+            adv_paths,
+            self.adversarial.queries_of,
+            scores,
+            lambda i: self.adversarial.native_of(adv_paths[i]),
+            self.example_names,
+            lambda i: dxa[i],
+            result.files,
+        )
 
     def score_cells(self, cells: CellBatch, seals: list[Seal | None], deep: bool) -> dict[str, torch.Tensor]:
         """The per-image score columns of ``cells``, every score plugin called in the sandbox."""

@@ -15,13 +15,13 @@ from typing import Any, Iterator
 import torch
 
 from iqadef._version import __version__
+from iqadef.analysis.scores import recorded_columns
+from iqadef.config.registry import AttackEntry, RunConfig
 from iqadef.core.base import Defence
 from iqadef.core.dataset import Dataset, ImageItem
-from iqadef.config.registry import AttackEntry, RunConfig
-from iqadef.analysis.scores import recorded_columns
-from iqadef.store.results import KEY_COLUMNS, ResultStore
-from iqadef.store.artifacts import _hash
 from iqadef.plan.trained import fine_tuning
+from iqadef.store.artifacts import _hash
+from iqadef.store.results import KEY_COLUMNS, ResultStore
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,14 @@ class GridIndex:
     grid's now (store.IDENTITY_COLUMNS). Membership is tested per part, so the grid is never expanded."""
 
     def __init__(self, config: RunConfig, dataset: Dataset):
-        self.plugins = [{p.key() for p in plugins} for plugins in (config.metrics, config.attacks, grid_defences(config))]
-        self.images = {(item.name, item.sha256, key) for items in dataset.batches(config.batch_size)
-                       for item, key in zip(items, batch_keys(items))}
+        self.plugins = [
+            {p.key() for p in plugins} for plugins in (config.metrics, config.attacks, grid_defences(config))
+        ]
+        self.images = {
+            (item.name, item.sha256, key)
+            for items in dataset.batches(config.batch_size)
+            for item, key in zip(items, batch_keys(items))
+        }
 
     def __contains__(self, identity: tuple) -> bool:
         mk, ak, dk, *image = identity
@@ -104,8 +109,9 @@ def grid_keys(config: RunConfig, dataset: Dataset) -> set[tuple[str, ...]]:
     return {(mk, ak, dk, *image) for mk, ak, dk in itertools.product(*index.plugins) for image in index.images}
 
 
-def _cells_by_unit(config: RunConfig,
-                   dataset: Dataset) -> Iterator[tuple[Unit, list[tuple[int, str, ImageItem, tuple]]]]:
+def _cells_by_unit(
+    config: RunConfig, dataset: Dataset
+) -> Iterator[tuple[Unit, list[tuple[int, str, ImageItem, tuple]]]]:
     """For every (metric, batch, attack), in execution order: the unit (all defences) and its cells as
     ``(defence, defence key, image, identity)``."""
     batches = dataset.batches(config.batch_size)
@@ -116,8 +122,9 @@ def _cells_by_unit(config: RunConfig,
         for b, items in enumerate(batches):
             images = [(item, (item.name, item.sha256, key)) for item, key in zip(items, batch_keys(items))]
             for a, ak in enumerate(attack_keys):
-                cells = [(d, dk, item, (mk, ak, dk, *image))
-                         for d, dk in enumerate(defence_keys) for item, image in images]
+                cells = [
+                    (d, dk, item, (mk, ak, dk, *image)) for d, dk in enumerate(defence_keys) for item, image in images
+                ]
                 yield Unit(m, a, b, tuple(range(len(defence_keys)))), cells
 
 
@@ -139,8 +146,11 @@ def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finis
     file hash and batch key under another name holds exactly the new cell's values. Its row is copied
     (new name, path, MOS, unit; values as stored); ``finished`` gains the copies. Returns their number.
     """
-    current = {item.name: (item.sha256, key) for items in dataset.batches(config.batch_size)
-               for item, key in zip(items, batch_keys(items))}
+    current = {
+        item.name: (item.sha256, key)
+        for items in dataset.batches(config.batch_size)
+        for item, key in zip(items, batch_keys(items))
+    }
     by_content: dict[tuple, str] = {}
     for mk, ak, dk, name, sha, key in finished:
         if sha is not None and key is not None and current.get(name) != (sha, key):  # a name that moved on
@@ -186,13 +196,19 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None, regi
         "attacks": [e.label for e in config.attacks],
         "defences": [d.label for d in grid_defences(config)],
         "defence_plugins": {d.label: {"name": d.name, "geometric": _geometric(d)} for d in grid_defences(config)},
-        "certified": {c.label: {"name": c.name, "eps": c.eps, "sigma": c.sigma, "n": c.n, "alpha": c.alpha}
-                      for c in config.certified},
+        "certified": {
+            c.label: {"name": c.name, "eps": c.eps, "sigma": c.sigma, "n": c.n, "alpha": c.alpha}
+            for c in config.certified
+        },
         "seed": config.seed,
         "batch_size": config.batch_size,
-        "dataset": {"images": str(config.images), "mos": str(config.mos) if config.mos else None,
-                    "count": len(dataset), "problems": dataset.problems,
-                    "source": config.dataset.describe() if config.dataset is not None else None},
+        "dataset": {
+            "images": str(config.images),
+            "mos": str(config.mos) if config.mos else None,
+            "count": len(dataset),
+            "problems": dataset.problems,
+            "source": config.dataset.describe() if config.dataset is not None else None,
+        },
         "device": str(config.torch_device()),
         "registry": _jsonable(config.raw),
         "registry_file": str(Path(config.source).resolve()),
@@ -229,27 +245,43 @@ def _jsonable(value: Any) -> Any:
 def describe_unit(config: RunConfig, batches: list[list[ImageItem]], unit: Unit) -> str:
     items = batches[unit.batch]
     images = items[0].name if len(items) == 1 else f"{items[0].name} .. {items[-1].name}"
-    return (f"unit {unit.id} (metric {config.metrics[unit.metric].label!r}, attack "
-            f"{config.attacks[unit.attack].label!r}, {len(items)} image(s) {images})")
+    return (
+        f"unit {unit.id} (metric {config.metrics[unit.metric].label!r}, attack "
+        f"{config.attacks[unit.attack].label!r}, {len(items)} image(s) {images})"
+    )
 
 
 def cell_row(config: RunConfig, unit: Unit, d: int, item: ImageItem, batch_key: str) -> dict[str, Any]:
     """A result row's identity and description (status ok, no values yet)."""
     metric, entry, defence = config.metrics[unit.metric], config.attacks[unit.attack], grid_defences(config)[d]
     return {
-        "metric_key": metric.key(), "attack_key": entry.key(), "defence_key": defence.key(),
-        "image": item.name, "metric": metric.label, "attack": entry.label, "defence": defence.label,
-        "metric_params": metric.config, "attack_params": entry.attack.config,
-        "defence_params": _defence_params(defence), "adaptive": entry.adaptive,
-        "image_path": str(item.path), "image_sha256": item.sha256, "batch_key": batch_key,
-        "status": "ok", "error": "",
+        "metric_key": metric.key(),
+        "attack_key": entry.key(),
+        "defence_key": defence.key(),
+        "image": item.name,
+        "metric": metric.label,
+        "attack": entry.label,
+        "defence": defence.label,
+        "metric_params": metric.config,
+        "attack_params": entry.attack.config,
+        "defence_params": _defence_params(defence),
+        "adaptive": entry.adaptive,
+        "image_path": str(item.path),
+        "image_sha256": item.sha256,
+        "batch_key": batch_key,
+        "status": "ok",
+        "error": "",
         "mos": item.mos if item.mos is not None else float("nan"),
-        "adv_path": "", "example_path": "", "scores": {}, "unit": unit.id,
+        "adv_path": "",
+        "example_path": "",
+        "scores": {},
+        "unit": unit.id,
     }
 
 
-def rows_of_failed_unit(config: RunConfig, batches: list[list[ImageItem]], unit: Unit, d: int,
-                reason: str) -> list[dict[str, Any]]:
+def rows_of_failed_unit(
+    config: RunConfig, batches: list[list[ImageItem]], unit: Unit, d: int, reason: str
+) -> list[dict[str, Any]]:
     """The rows of defence ``d`` of ``unit``, all failed with ``reason``."""
     items = batches[unit.batch]
     rows = []
@@ -292,15 +324,24 @@ def plugin_calls(config: RunConfig, dataset: Dataset, units: list[Unit]) -> dict
     """What the units still to do will ask of the plugins, per image: the cost of a plan in counts, exact by
     construction but not a time (a DiffPure call costs 10^4 JPEG calls). ``attack_steps`` and
     ``attack_queries`` are the attacks' own work (:func:`attack_work`; the queries also count in
-    ``metric_scores``); an adaptive attack runs once per defence. A certified defence scores ``n`` noisy copies of each image
+    ``metric_scores``); an adaptive attack runs once per defence. A certified defence scores ``n`` noisy copies of
+    each image
     (``smoothing_samples``, also counted in ``metric_scores``), for x once per metric x batch and for each x_a.
     Values reused from the cache of an earlier run count too."""
     batches = dataset.batches(config.batch_size)
-    calls = {"attack_runs": 0, "attack_steps": 0, "attack_queries": 0, "metric_scores": 0, "defence_calls": 0,
-             "smoothing_samples": 0}
+    calls = {
+        "attack_runs": 0,
+        "attack_steps": 0,
+        "attack_queries": 0,
+        "metric_scores": 0,
+        "defence_calls": 0,
+        "smoothing_samples": 0,
+    }
     clean_done: set[tuple[int, int]] = set()
     purifiers = len(config.defences)
-    samples_per_image = sum(c.samples_per_image() for c in config.certified)  # f_s of one image, every certified defence
+    samples_per_image = sum(
+        c.samples_per_image() for c in config.certified
+    )  # f_s of one image, every certified defence
     for unit in units:
         n = len(batches[unit.batch])
         entry = config.attacks[unit.attack]

@@ -75,8 +75,12 @@ def fine_tuning(plugin: Any) -> dict[str, Any] | None:
         if record is None or record.get("kind") != TRAINING_RECORD_KIND:
             continue
         images = training_images(path)
-        return {"method": record.get("method"), "images": len(images) if images is not None else None,
-                "weights": str(path), "from": record.get("metric")}
+        return {
+            "method": record.get("method"),
+            "images": len(images) if images is not None else None,
+            "weights": str(path),
+            "from": record.get("metric"),
+        }
     return None
 
 
@@ -86,18 +90,23 @@ def overlap_problems(trained: dict[str, set[str]], dataset, what: str = "metric"
     for label, hashes in trained.items():
         seen = [item.name for item in dataset.items if item.sha256 in hashes]
         if seen:
-            lines.append(f"{what} {label!r} was trained on {len(seen)} of this run's images (e.g. {seen[0]!r}); "
-                         f"its cells on them are marked trained_on_image and are not held-out results")
+            lines.append(
+                f"{what} {label!r} was trained on {len(seen)} of this run's images (e.g. {seen[0]!r}); "
+                f"its cells on them are marked trained_on_image and are not held-out results"
+            )
     return lines
 
 
-def mark_trained_cells(df: pd.DataFrame, trained: dict[str, set[str]],
-                       trained_defences: dict[str, set[str]] | None = None) -> pd.DataFrame:
+def mark_trained_cells(
+    df: pd.DataFrame, trained: dict[str, set[str]], trained_defences: dict[str, set[str]] | None = None
+) -> pd.DataFrame:
     """Add ``trained_on_image``: True where the cell's metric or defence was trained on the cell's image."""
     defences = trained_defences or {}
     if not (trained or defences) or df.empty or "metric" not in df or "image_sha256" not in df:
         return df
     df = df.copy()
-    df["trained_on_image"] = [sha in trained.get(m, ()) or sha in defences.get(d, ())
-                              for m, d, sha in zip(df["metric"], df["defence"], df["image_sha256"])]
+    df["trained_on_image"] = [
+        sha in trained.get(m, ()) or sha in defences.get(d, ())
+        for m, d, sha in zip(df["metric"], df["defence"], df["image_sha256"])
+    ]
     return df

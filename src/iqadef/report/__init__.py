@@ -13,20 +13,56 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from iqadef.analysis.verdict import study_rows, write_verdict
 from iqadef.report.figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_name
 from iqadef.report.files import ReportFiles, load_results
 from iqadef.report.glance import tradeoff_points, with_defence_plugins
 from iqadef.report.page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
-from iqadef.analysis.verdict import study_rows, write_verdict
+from iqadef.report.tables import (
+    CLEAN_ROW,
+    adaptive_table,
+    binned_gain,
+    example_rows,
+    gain_matrix,
+    has_adaptive,
+    has_mos,
+    key_findings,
+    key_scores,
+    markdown_table,
+    ranking_table,
+    report_tables,
+    split_adaptive_label,
+    srocc_matrix,
+    summary_table,
+    with_ci,
+)
 from iqadef.report.verdict_section import curve_figures, page_view, protocol_verdict
-from iqadef.report.tables import (CLEAN_ROW, adaptive_table, binned_gain, example_rows, gain_matrix, has_adaptive,
-                     has_mos, key_findings, key_scores, markdown_table, ranking_table, report_tables,
-                     split_adaptive_label, srocc_matrix, summary_table, with_ci)
 
-__all__ = ["ADAPTIVE_NOTE", "ADAPTIVE_TITLE", "CLEAN_ROW", "NOTES", "ImageLocator", "adaptive_table",
-           "binned_gain", "example_rows", "figure4_title", "figure_file_name", "gain_matrix", "has_adaptive",
-           "has_mos", "key_findings", "key_scores", "load_results", "markdown_table", "ranking_table",
-           "split_adaptive_label", "srocc_matrix", "summary_table", "with_ci", "write_report"]
+__all__ = [
+    "ADAPTIVE_NOTE",
+    "ADAPTIVE_TITLE",
+    "CLEAN_ROW",
+    "NOTES",
+    "ImageLocator",
+    "adaptive_table",
+    "binned_gain",
+    "example_rows",
+    "figure4_title",
+    "figure_file_name",
+    "gain_matrix",
+    "has_adaptive",
+    "has_mos",
+    "key_findings",
+    "key_scores",
+    "load_results",
+    "markdown_table",
+    "ranking_table",
+    "split_adaptive_label",
+    "srocc_matrix",
+    "summary_table",
+    "with_ci",
+    "write_report",
+]
 
 
 def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
@@ -42,12 +78,14 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
     df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
     tables = report_tables(df, run_info, registry=registry)
-    written = {"summary_csv": files.write(run_dir / "summary.csv",
-                                          tables.aggregated.to_csv(index=False).encode("utf-8"))}
+    written = {
+        "summary_csv": files.write(run_dir / "summary.csv", tables.aggregated.to_csv(index=False).encode("utf-8"))
+    }
     locate = ImageLocator(run_dir, run_info)
     figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
-    figures.tradeoff = draw_tradeoffs({m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()},
-                                      run_dir, files)
+    figures.tradeoff = draw_tradeoffs(
+        {m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()}, run_dir, files
+    )
     written.update(figures.written())
     views: dict[str, Any] = {"html": None, "md": None}
     ranking = None if result is None else result.ranking  # the worst case beside fine-tuned metrics
@@ -56,8 +94,10 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
         curves = curve_figures(result, run_dir, files)
         written.update({f"figure:{path.stem}": path for _, path in curves})
         views = {kind: page_view(result, curves, kind) for kind in views}
-    written["html"] = write_html(run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"],
-                                 verdict_ranking=ranking)
-    written["markdown"] = write_markdown(run_dir, run_info, tables, figures, files, df, verdict=views["md"],
-                                         verdict_ranking=ranking)
+    written["html"] = write_html(
+        run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"], verdict_ranking=ranking
+    )
+    written["markdown"] = write_markdown(
+        run_dir, run_info, tables, figures, files, df, verdict=views["md"], verdict_ranking=ranking
+    )
     return written

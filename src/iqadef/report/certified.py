@@ -35,11 +35,17 @@ def certified_curve(df: pd.DataFrame, metric: str, defence: str, radii: np.ndarr
     clean = rows.drop_duplicates("image")
     radius = clean["cert_radius_clean"].to_numpy(dtype=float)
     certified = clean["cert_bin_clean"].to_numpy(dtype=float) >= 0
-    correct = certified & (clean["cert_bin_clean"].to_numpy(dtype=float) == clean["cert_bin_f_clean"].to_numpy(dtype=float))
+    correct = certified & (
+        clean["cert_bin_clean"].to_numpy(dtype=float) == clean["cert_bin_f_clean"].to_numpy(dtype=float)
+    )
     n = max(len(clean), 1)
-    return pd.DataFrame({"radius": radii,
-                         "certified_accuracy": [float((correct & (radius >= r)).sum()) / n for r in radii],
-                         "certified_share": [float((certified & (radius >= r)).sum()) / n for r in radii]})
+    return pd.DataFrame(
+        {
+            "radius": radii,
+            "certified_accuracy": [float((correct & (radius >= r)).sum()) / n for r in radii],
+            "certified_share": [float((certified & (radius >= r)).sum()) / n for r in radii],
+        }
+    )
 
 
 def radius_grid(df: pd.DataFrame, metric: str, points: int = 60) -> np.ndarray:
@@ -50,9 +56,29 @@ def radius_grid(df: pd.DataFrame, metric: str, points: int = 60) -> np.ndarray:
 
 
 # -- the certified section's table: coverage, width, cost, and what would cover the run's attacks -------------
-CERTIFIED_COLUMNS = ("metric", "defence", "kind", "eps", "sigma", "n", "cells", "covered", "covered_share",
-                     "uncertified_share", "width_norm", "smoothing_cost_norm", "fs_min", "fs_max", "fs_outside_share", "f_outside_share", "adv_l2_median",
-                     "adv_l2_q90", "adv_l2_max", "eps_to_cover", "sigma_to_cover")
+CERTIFIED_COLUMNS = (
+    "metric",
+    "defence",
+    "kind",
+    "eps",
+    "sigma",
+    "n",
+    "cells",
+    "covered",
+    "covered_share",
+    "uncertified_share",
+    "width_norm",
+    "smoothing_cost_norm",
+    "fs_min",
+    "fs_max",
+    "fs_outside_share",
+    "f_outside_share",
+    "adv_l2_median",
+    "adv_l2_q90",
+    "adv_l2_max",
+    "eps_to_cover",
+    "sigma_to_cover",
+)
 #: The quantile of the attacks' L2 distance that the suggested eps covers beside their maximum.
 COVER_QUANTILE = 0.9
 
@@ -116,28 +142,39 @@ def certified_table(df: pd.DataFrame, run_info: dict | None) -> pd.DataFrame:
             f_s = clean["f_def_clean"].to_numpy(dtype=float)
             f_s = f_s[np.isfinite(f_s)]
             cost = np.abs(clean["f_def_clean"].to_numpy(dtype=float) - clean["f_clean"].to_numpy(dtype=float))
-            width = (clean["cert_width_clean"].to_numpy(dtype=float) if "cert_width_clean" in clean.columns
-                     else np.array([]))
+            width = (
+                clean["cert_width_clean"].to_numpy(dtype=float) if "cert_width_clean" in clean.columns else np.array([])
+            )
             # an infinite width: no interval at this n (the order statistic does not exist), no certificate
             uncertified = float(np.mean(~np.isfinite(width))) if kind == "interval" and width.size else math.nan
             width = width[np.isfinite(width)]
             eps, sigma, n, alpha = (_float(entry.get(k)) for k in ("eps", "sigma", "n", "alpha"))
             eps_needed = float(l2.max()) if l2.size else math.nan
-            rows.append({
-                "metric": metric, "defence": label, "kind": kind, "eps": eps, "sigma": sigma, "n": n,
-                "cells": int(np.isfinite(applies).sum()), "covered": int(np.nansum(applies == 1.0)),
-                "covered_share": float(np.nanmean(applies)) if np.isfinite(applies).any() else math.nan,
-                "uncertified_share": uncertified,
-                "width_norm": float(width.mean()) / span if kind == "interval" and width.size else math.nan,
-                "smoothing_cost_norm": float(np.nanmean(cost)) / span if np.isfinite(cost).any() else math.nan,
-                "fs_min": float(f_s.min()) if f_s.size else math.nan,
-                "fs_max": float(f_s.max()) if f_s.size else math.nan,
-                "fs_outside_share": _outside(f_s, low, high),
-                "f_outside_share": _outside(clean["f_clean"].to_numpy(dtype=float), low, high),
-                "adv_l2_median": float(np.median(l2)) if l2.size else math.nan,
-                "adv_l2_q90": float(np.quantile(l2, COVER_QUANTILE)) if l2.size else math.nan,
-                "adv_l2_max": eps_needed, "eps_to_cover": eps_needed,
-                "sigma_to_cover": sigma_to_cover(eps_needed, n, _float(entry.get("alpha", 0.001)), kind)})
+            rows.append(
+                {
+                    "metric": metric,
+                    "defence": label,
+                    "kind": kind,
+                    "eps": eps,
+                    "sigma": sigma,
+                    "n": n,
+                    "cells": int(np.isfinite(applies).sum()),
+                    "covered": int(np.nansum(applies == 1.0)),
+                    "covered_share": float(np.nanmean(applies)) if np.isfinite(applies).any() else math.nan,
+                    "uncertified_share": uncertified,
+                    "width_norm": float(width.mean()) / span if kind == "interval" and width.size else math.nan,
+                    "smoothing_cost_norm": float(np.nanmean(cost)) / span if np.isfinite(cost).any() else math.nan,
+                    "fs_min": float(f_s.min()) if f_s.size else math.nan,
+                    "fs_max": float(f_s.max()) if f_s.size else math.nan,
+                    "fs_outside_share": _outside(f_s, low, high),
+                    "f_outside_share": _outside(clean["f_clean"].to_numpy(dtype=float), low, high),
+                    "adv_l2_median": float(np.median(l2)) if l2.size else math.nan,
+                    "adv_l2_q90": float(np.quantile(l2, COVER_QUANTILE)) if l2.size else math.nan,
+                    "adv_l2_max": eps_needed,
+                    "eps_to_cover": eps_needed,
+                    "sigma_to_cover": sigma_to_cover(eps_needed, n, _float(entry.get("alpha", 0.001)), kind),
+                }
+            )
     return pd.DataFrame(rows, columns=list(CERTIFIED_COLUMNS))
 
 
@@ -150,18 +187,27 @@ def certified_warnings(table: pd.DataFrame, run_info: dict | None) -> list[str]:
     for row in table.itertuples(index=False):
         low, high = metric_info(run_info, row.metric)["range"]
         if row.cells and row.covered_share < 0.5:
-            out.append(f"{row.defence} ({row.metric}): the certificate covers {row.covered} of {row.cells} cells "
-                       f"(eps {row.eps:.4g}, the attacks' L2 distance is {row.adv_l2_median:.4g} median, "
-                       f"{row.adv_l2_max:.4g} max): a certificate for eps >= {row.eps_to_cover:.4g} needs "
-                       f"sigma >= {row.sigma_to_cover:.4g} at n = {row.n:.0f}.")
+            out.append(
+                f"{row.defence} ({row.metric}): the certificate covers {row.covered} of {row.cells} cells "
+                f"(eps {row.eps:.4g}, the attacks' L2 distance is {row.adv_l2_median:.4g} median, "
+                f"{row.adv_l2_max:.4g} max): a certificate for eps >= {row.eps_to_cover:.4g} needs "
+                f"sigma >= {row.sigma_to_cover:.4g} at n = {row.n:.0f}."
+            )
         if np.isfinite(row.uncertified_share) and row.uncertified_share > 0:
-            out.append(f"{row.defence} ({row.metric}): no certified interval for {row.uncertified_share:.0%} of the "
-                       f"clean images (the interval is infinite: n = {row.n:.0f} is too small for eps/sigma = "
-                       f"{row.eps / row.sigma:.3g}; docs/certified.md).")
+            out.append(
+                f"{row.defence} ({row.metric}): no certified interval for {row.uncertified_share:.0%} of the "
+                f"clean images (the interval is infinite: n = {row.n:.0f} is too small for eps/sigma = "
+                f"{row.eps / row.sigma:.3g}; docs/certified.md)."
+            )
         if np.isfinite(row.fs_outside_share) and row.fs_outside_share > 0:
-            cause = (": the noise drives the metric off its scale" if row.fs_outside_share > (row.f_outside_share or 0)
-                     else "")
-            out.append(f"{row.defence} ({row.metric}): the smoothed score f_s(x) leaves the metric's range "
-                       f"{low:g}..{high:g} on {row.fs_outside_share:.0%} of the images (from {row.fs_min:.4g} to "
-                       f"{row.fs_max:.4g}; the plain f(x) on {row.f_outside_share:.0%}){cause}.")
+            cause = (
+                ": the noise drives the metric off its scale"
+                if row.fs_outside_share > (row.f_outside_share or 0)
+                else ""
+            )
+            out.append(
+                f"{row.defence} ({row.metric}): the smoothed score f_s(x) leaves the metric's range "
+                f"{low:g}..{high:g} on {row.fs_outside_share:.0%} of the images (from {row.fs_min:.4g} to "
+                f"{row.fs_max:.4g}; the plain f(x) on {row.f_outside_share:.0%}){cause}."
+            )
     return out

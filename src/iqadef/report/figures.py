@@ -45,15 +45,23 @@ class ReportFigures:
 
     def written(self) -> dict[str, Path]:
         """``figure:<stem>`` -> path, as :func:`~iqadef.report.write_report` returns them."""
-        out = {f"figure:{path.stem}": path
-               for _, path in (*self.gain, *self.srocc, *self.bins, *self.certified, *self.tradeoff)}
+        out = {
+            f"figure:{path.stem}": path
+            for _, path in (*self.gain, *self.srocc, *self.bins, *self.certified, *self.tradeoff)
+        }
         if self.examples is not None:
             out[f"figure:{self.examples.stem}"] = self.examples
         return out
 
 
-def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: bool,
-                 files: ReportFiles, locate: ImageLocator | None = None) -> ReportFigures:
+def draw_figures(
+    df: pd.DataFrame,
+    run_dir: Path,
+    examples: pd.DataFrame,
+    mos: bool,
+    files: ReportFiles,
+    locate: ImageLocator | None = None,
+) -> ReportFigures:
     """Figures 3 (gain), 4 (SROCC with MOS, else with f(x)) and 5 (binned gain) per metric, then the
     example images, written under ``run_dir/figures``."""
     figures_dir = run_dir / "figures"
@@ -62,15 +70,35 @@ def draw_figures(df: pd.DataFrame, run_dir: Path, examples: pd.DataFrame, mos: b
     for metric in metrics:
         matrix = gain_matrix(df, metric)
         if not matrix.empty:
-            drawn.gain.append((metric, heatmap(matrix, f"Gain ({metric}): attacks × defences, lower is better",
-                                               "RdYlGn_r", figures_dir / figure_file_name("gain_heatmap", metric),
-                                               files)))
+            drawn.gain.append(
+                (
+                    metric,
+                    heatmap(
+                        matrix,
+                        f"Gain ({metric}): attacks × defences, lower is better",
+                        "RdYlGn_r",
+                        figures_dir / figure_file_name("gain_heatmap", metric),
+                        files,
+                    ),
+                )
+            )
         smatrix = same_columns(srocc_matrix(df, metric, "mos" if mos else "f_clean"), matrix)
         if not smatrix.empty:
             against = "MOS" if mos else "f(x), no MOS given"
-            drawn.srocc.append((metric, heatmap(smatrix, f"SROCC with {against} ({metric}) after defence", "RdYlGn",
-                                                figures_dir / figure_file_name("srocc_heatmap", metric), files,
-                                                vmin=-1, vmax=1)))
+            drawn.srocc.append(
+                (
+                    metric,
+                    heatmap(
+                        smatrix,
+                        f"SROCC with {against} ({metric}) after defence",
+                        "RdYlGn",
+                        figures_dir / figure_file_name("srocc_heatmap", metric),
+                        files,
+                        vmin=-1,
+                        vmax=1,
+                    ),
+                )
+            )
         by_ssim = binned_gain(df, metric, "ssim_x_xa")
         by_value = binned_gain(df, metric, "f_adv")
         if not (by_ssim.empty and by_value.empty):
@@ -105,8 +133,7 @@ def save_figure(fig, path: Path, files: ReportFiles) -> Path:  # noqa: ANN001 - 
     return files.write(path, buffer.getvalue())
 
 
-def heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, files: ReportFiles, vmin=None,
-            vmax=None) -> Path:
+def heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, files: ReportFiles, vmin=None, vmax=None) -> Path:
     """``matrix`` as a coloured grid with each value written in its cell; a line above the clean row."""
     rows, cols = matrix.shape
     fig = new_figure(max(4.0, 1.0 + 0.9 * cols), max(2.5, 1.0 + 0.5 * rows))
@@ -119,8 +146,15 @@ def heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, files: Repo
     for i in range(rows):
         for j in range(cols):
             v = matrix.iat[i, j]
-            ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=size,
-                    color=text_colour(image.cmap(image.norm(v))) if np.isfinite(v) else "black")
+            ax.text(
+                j,
+                i,
+                "–" if not np.isfinite(v) else f"{v:.3f}",
+                ha="center",
+                va="center",
+                fontsize=size,
+                color=text_colour(image.cmap(image.norm(v))) if np.isfinite(v) else "black",
+            )
     if rows > 1 and matrix.index[-1] == CLEAN_ROW:
         ax.axhline(rows - 1.5, color="black", linewidth=1.5)
     ax.set_title(title, fontsize=10)
@@ -161,9 +195,10 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-
-    finite = points[np.isfinite(points["norm_gain"].to_numpy(dtype=float))
-                    & np.isfinite(points["quality_score"].to_numpy(dtype=float))]
+    finite = points[
+        np.isfinite(points["norm_gain"].to_numpy(dtype=float))
+        & np.isfinite(points["quality_score"].to_numpy(dtype=float))
+    ]
     if finite.empty:
         return None
     fig = Figure(figsize=(6.5, 4.2), dpi=100)
@@ -174,8 +209,14 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
     ax.margins(x=0.08, y=0.1)
     front = finite[finite["pareto"]].sort_values("quality_score")
     if len(front):
-        ax.plot(front["quality_score"], front["norm_gain"], color="C3", linewidth=1.2, zorder=1,
-                label="Pareto front (no better defence on both)")
+        ax.plot(
+            front["quality_score"],
+            front["norm_gain"],
+            color="C3",
+            linewidth=1.2,
+            zorder=1,
+            label="Pareto front (no better defence on both)",
+        )
     for k, row in enumerate(finite.sort_values("norm_gain").itertuples(index=False)):
         if row.baseline:
             style = {"marker": "X", "color": "grey", "s": 60}
@@ -187,15 +228,26 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
         name = str(row.defence) if len(str(row.defence)) <= 28 else str(row.defence)[:27] + "…"
         name += GEOMETRIC_MARK if row.geometric else ""
         right = row.quality_score > middle  # label towards the inside, so it is not cut at the edge
-        ax.annotate(name, (row.quality_score, row.norm_gain), textcoords="offset points",
-                    xytext=(-5 if right else 5, 3 if k % 2 == 0 else -9), ha="right" if right else "left",
-                    fontsize=7)  # neighbours by gain alternate above and below, so close points stay readable
+        ax.annotate(
+            name,
+            (row.quality_score, row.norm_gain),
+            textcoords="offset points",
+            xytext=(-5 if right else 5, 3 if k % 2 == 0 else -9),
+            ha="right" if right else "left",
+            fontsize=7,
+        )  # neighbours by gain alternate above and below, so close points stay readable
     ax.set_xlabel("quality score ½(SSIM + PSNR/80) of D(x_a) against x  (higher is better)", fontsize=8)
     ax.set_ylabel("normalised gain (lower is better)", fontsize=8)
     ax.set_title(f"Gain against quality ({metric}): best defences at the bottom right", fontsize=10)
     if finite["geometric"].any():
-        ax.scatter([], [], marker="o", facecolors="none", edgecolors="C1",
-                   label=f"{GEOMETRIC_MARK} moves pixels: its quality is not comparable")
+        ax.scatter(
+            [],
+            [],
+            marker="o",
+            facecolors="none",
+            edgecolors="C1",
+            label=f"{GEOMETRIC_MARK} moves pixels: its quality is not comparable",
+        )
     if len(front) or finite["geometric"].any():
         ax.legend(fontsize=7, loc="upper left")
     return save_figure(fig, path, files)
@@ -218,8 +270,11 @@ def _lines(ax, table: pd.DataFrame, xlabel: str) -> None:  # noqa: ANN001 - a ma
         ax.set_axis_off()
         return
     order = list(table.mean(axis=0).sort_values(kind="stable").index)[:MAX_LINES]
-    shown = (f"all {len(order)} defences" if len(order) == table.shape[1] else
-             f"the {len(order)} of {table.shape[1]} defences with the lowest mean gain")
+    shown = (
+        f"all {len(order)} defences"
+        if len(order) == table.shape[1]
+        else f"the {len(order)} of {table.shape[1]} defences with the lowest mean gain"
+    )
     x = np.arange(len(table.index))
     for defence in order:
         ax.plot(x, table[defence].to_numpy(dtype=float), marker="o", label=str(defence))
@@ -242,8 +297,13 @@ def draw_certified_curves(df: pd.DataFrame, metric: str, path: Path, files: Repo
         curve = certified_curve(df, metric, defence, radii)
         colour = f"C{k % 10}"
         ax.plot(curve["radius"], curve["certified_accuracy"], color=colour, label=f"{defence}: certified accuracy")
-        ax.plot(curve["radius"], curve["certified_share"], color=colour, linestyle="--",
-                label=f"{defence}: certified (any bin)")
+        ax.plot(
+            curve["radius"],
+            curve["certified_share"],
+            color=colour,
+            linestyle="--",
+            label=f"{defence}: certified (any bin)",
+        )
     ax.set_xlabel("L2 radius r (images in [0, 1])", fontsize=9)
     ax.set_ylabel("share of clean images", fontsize=9)
     ax.set_ylim(-0.02, 1.02)
@@ -277,11 +337,11 @@ class ImageLocator:
         self.run_dir = run_dir
         self.dataset_dir: Path | None = None
         info = run_info or {}
-        raw = ((info.get("registry") or {}).get("dataset") or {})
+        raw = (info.get("registry") or {}).get("dataset") or {}
         raw = raw.get("images") if isinstance(raw, dict) else raw
         source = info.get("registry_file")
         if isinstance(raw, str) and raw and raw != "builtin" and isinstance(source, str) and source:
-            self.dataset_dir = (Path(source).parent / Path(raw).expanduser())
+            self.dataset_dir = Path(source).parent / Path(raw).expanduser()
         elif isinstance((info.get("dataset") or {}).get("images"), str):
             self.dataset_dir = Path(info["dataset"]["images"])
 
@@ -293,7 +353,7 @@ class ImageLocator:
         if path.is_absolute():
             candidates = [path]
         elif column == "image_path":
-            candidates = ([self.dataset_dir / image] if self.dataset_dir is not None and image else [])
+            candidates = [self.dataset_dir / image] if self.dataset_dir is not None and image else []
             candidates += [Path.cwd() / path, self.run_dir / path]
         else:
             candidates = [self.run_dir / path]
@@ -305,18 +365,24 @@ def resolve_image(run_dir: Path, value: str) -> Path | None:
     return ImageLocator(run_dir).find(value)
 
 
-def examples_figure(run_dir: Path, examples: pd.DataFrame, path: Path, files: ReportFiles,
-                    locate: ImageLocator | None = None) -> Path | None:
+def examples_figure(
+    run_dir: Path, examples: pd.DataFrame, path: Path, files: ReportFiles, locate: ImageLocator | None = None
+) -> Path | None:
     """The first example image: clean, attacked, and D(x_a) for up to MAX_EXAMPLE_DEFENCES defences."""
     locate = locate or ImageLocator(run_dir)
     if examples.empty:
         return None
     first = examples.iloc[0]
-    pick = examples[(examples["image"] == first["image"]) & (examples["metric"] == first["metric"])
-                    & (examples["attack"] == first["attack"])].drop_duplicates("defence")
+    pick = examples[
+        (examples["image"] == first["image"])
+        & (examples["metric"] == first["metric"])
+        & (examples["attack"] == first["attack"])
+    ].drop_duplicates("defence")
     pick = pick.head(MAX_EXAMPLE_DEFENCES)
-    panels = [("clean", locate.find(str(first.get("image_path", "")), "image_path", str(first["image"]))),
-              (f"attacked ({first['attack']})", locate.find(str(first.get("adv_path", ""))))]
+    panels = [
+        ("clean", locate.find(str(first.get("image_path", "")), "image_path", str(first["image"]))),
+        (f"attacked ({first['attack']})", locate.find(str(first.get("adv_path", "")))),
+    ]
     panels += [(f"D(x_a): {row['defence']}", locate.find(str(row["example_path"]))) for _, row in pick.iterrows()]
     fig = new_figure(2.2 * len(panels), 2.6)
     for k, (title, file) in enumerate(panels):
@@ -344,14 +410,16 @@ def png_data_uri(path: Path, colours: int | None = 256) -> str:
 
         with Image.open(io.BytesIO(data)) as im:
             buffer = io.BytesIO()
-            im.convert("RGB").quantize(colours, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG",
-                                                                                      optimize=True)
+            im.convert("RGB").quantize(colours, method=Image.Quantize.MEDIANCUT).save(
+                buffer, format="PNG", optimize=True
+            )
         data = buffer.getvalue() if buffer.tell() < len(data) else data
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def thumbnail_data_uri(path: Path | None, files: ReportFiles, size: int = THUMBNAIL_SIZE,
-                       cache: ThumbnailCache | None = None) -> str:
+def thumbnail_data_uri(
+    path: Path | None, files: ReportFiles, size: int = THUMBNAIL_SIZE, cache: ThumbnailCache | None = None
+) -> str:
     """A ``size``-pixel thumbnail of ``path`` as a ``data:`` URI (WebP, else JPEG); "" when unreadable.
 
     Lossy and small on purpose: a few KB per image is what lets the page carry every example of the

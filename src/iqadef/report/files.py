@@ -16,12 +16,11 @@ from typing import Any
 import pandas as pd
 
 from iqadef.core.errors import ConfigError, IqadefError
-from iqadef.store.rundir import RunFolder
 from iqadef.store.results import StorageWarning, atomic_write_bytes
+from iqadef.store.rundir import RunFolder
 
 #: Text columns: read back as str ("" for missing), whatever pandas guessed from a CSV.
-TEXT_COLUMNS = ("image", "metric", "attack", "defence", "status", "error", "adv_path", "example_path",
-                "image_path")
+TEXT_COLUMNS = ("image", "metric", "attack", "defence", "status", "error", "adv_path", "example_path", "image_path")
 #: How many unreadable images the note names one by one.
 MAX_NAMED_UNREADABLE = 10
 
@@ -39,14 +38,16 @@ def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         else:
             df = pd.read_csv(csv, keep_default_na=False, na_values=["", "NaN", "nan"])
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-        raise IqadefError(f"{table}: cannot be read ({first_line(exc)}); run the registry again to export it "
-                          f"anew from results.sqlite") from None
+        raise IqadefError(
+            f"{table}: cannot be read ({first_line(exc)}); run the registry again to export it anew from results.sqlite"
+        ) from None
     info_path = run_dir / "run.json"
     try:
         run_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     except (OSError, ValueError) as exc:
-        raise IqadefError(f"{info_path}: cannot be read ({first_line(exc)}); run the registry again to write "
-                          f"it anew") from None
+        raise IqadefError(
+            f"{info_path}: cannot be read ({first_line(exc)}); run the registry again to write it anew"
+        ) from None
     for col in TEXT_COLUMNS:
         if col in df.columns:
             df[col] = [("" if pd.isna(v) else str(v)) for v in df[col]]
@@ -68,8 +69,10 @@ class ReportFiles:
         self.folder = RunFolder(run_dir)
         if self.folder.is_run_folder():
             self.folder.adopt()  # a folder of an older version: list the report's files from now on
-        self.advice = (f"the results are kept (results.sqlite, results.parquet, results.csv); free space and "
-                       f"run `iqadef report {run_dir}` to write the report again")
+        self.advice = (
+            f"the results are kept (results.sqlite, results.parquet, results.csv); free space and "
+            f"run `iqadef report {run_dir}` to write the report again"
+        )
         self.unreadable: dict[str, str] = {}
 
     def write(self, path: Path, data: bytes) -> Path:
@@ -89,8 +92,11 @@ class ReportFiles:
         except Exception as exc:  # noqa: BLE001 - truncated, corrupt or vanished: shown as missing
             if str(path) not in self.unreadable:
                 self.unreadable[str(path)] = first_line(exc)
-                warnings.warn(f"{path}: cannot be read ({first_line(exc)}); shown as missing in the report",
-                              StorageWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}: cannot be read ({first_line(exc)}); shown as missing in the report",
+                    StorageWarning,
+                    stacklevel=2,
+                )
             return None
 
     def unreadable_note(self) -> str | None:
@@ -99,8 +105,13 @@ class ReportFiles:
             return None
         shown = list(self.unreadable.items())[:MAX_NAMED_UNREADABLE]
         names = "; ".join(f"{p} ({why})" for p, why in shown)
-        more = (f" and {len(self.unreadable) - MAX_NAMED_UNREADABLE} more"
-                if len(self.unreadable) > MAX_NAMED_UNREADABLE else "")
-        return (f"{len(self.unreadable)} image file(s) could not be read and are shown as missing: "
-                f"{names}{more}. Running the registry again (resume) writes unreadable example "
-                f"images anew; then run `iqadef report` again.")
+        more = (
+            f" and {len(self.unreadable) - MAX_NAMED_UNREADABLE} more"
+            if len(self.unreadable) > MAX_NAMED_UNREADABLE
+            else ""
+        )
+        return (
+            f"{len(self.unreadable)} image file(s) could not be read and are shown as missing: "
+            f"{names}{more}. Running the registry again (resume) writes unreadable example "
+            f"images anew; then run `iqadef report` again."
+        )

@@ -21,11 +21,21 @@ from iqadef.analysis.scores import metric_info, metric_span, normalised_gain, ok
 
 BASELINE_NAME = "no-defence"
 GEOMETRIC_MARK = "†"
-GEOMETRIC_NOTE = (f"{GEOMETRIC_MARK} moves pixels (flip, rotate, crop: the defence's `geometric` attribute): its "
-                  "quality score compares D(x_a) with x pixel by pixel, so a low value is the displacement, not "
-                  "damage to the image.")
-BEST_COLUMNS = ("attack", "best_defence", "norm_gain", "norm_gain_no_defence", "quality_score",
-                "quality_no_defence", "quality_change", "n_images")
+GEOMETRIC_NOTE = (
+    f"{GEOMETRIC_MARK} moves pixels (flip, rotate, crop: the defence's `geometric` attribute): its "
+    "quality score compares D(x_a) with x pixel by pixel, so a low value is the displacement, not "
+    "damage to the image."
+)
+BEST_COLUMNS = (
+    "attack",
+    "best_defence",
+    "norm_gain",
+    "norm_gain_no_defence",
+    "quality_score",
+    "quality_no_defence",
+    "quality_change",
+    "n_images",
+)
 
 
 def defence_plugins(run_info: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -49,8 +59,10 @@ def with_defence_plugins(run_info: dict[str, Any], registry: Any = None) -> dict
     for label in run_info["defences"]:
         names = [part.split("[", 1)[0] for part in str(label).split("+")]
         if names and all(n in known for n in names):
-            found[label] = {"name": names[0] if len(names) == 1 else "+".join(names),
-                            "geometric": any(getattr(registry.get("defences", n), "geometric", False) for n in names)}
+            found[label] = {
+                "name": names[0] if len(names) == 1 else "+".join(names),
+                "geometric": any(getattr(registry.get("defences", n), "geometric", False) for n in names),
+            }
     return dict(run_info, defence_plugins=found)
 
 
@@ -74,13 +86,12 @@ def cell_means(df: pd.DataFrame, run_info: dict[str, Any] | None, metric: str) -
     span = metric_span(metric_info(run_info, metric))
     good = good.assign(norm_gain=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span)
     if "quality_score" in good.columns:
-        good["quality_score"] = pd.to_numeric(good["quality_score"], errors="coerce").replace([np.inf, -np.inf],
-                                                                                             np.nan)
+        good["quality_score"] = pd.to_numeric(good["quality_score"], errors="coerce").replace([np.inf, -np.inf], np.nan)
     else:
         good["quality_score"] = math.nan
-    means = good.groupby(["attack", "defence"], sort=False).agg(norm_gain=("norm_gain", "mean"),
-                                                               quality_score=("quality_score", "mean"),
-                                                               n_images=("norm_gain", "size"))
+    means = good.groupby(["attack", "defence"], sort=False).agg(
+        norm_gain=("norm_gain", "mean"), quality_score=("quality_score", "mean"), n_images=("norm_gain", "size")
+    )
     return means.reset_index()
 
 
@@ -101,10 +112,18 @@ def best_per_attack(df: pd.DataFrame, run_info: dict[str, Any] | None, metric: s
         base = mine[mine["defence"].isin(baseline_defences(list(mine["defence"]), run_info))]
         base_gain = float(base["norm_gain"].iloc[0]) if len(base) else math.nan
         base_quality = float(base["quality_score"].iloc[0]) if len(base) else math.nan
-        rows.append({"attack": attack, "best_defence": best["defence"], "norm_gain": float(best["norm_gain"]),
-                     "norm_gain_no_defence": base_gain, "quality_score": float(best["quality_score"]),
-                     "quality_no_defence": base_quality,
-                     "quality_change": float(best["quality_score"]) - base_quality, "n_images": int(best["n_images"])})
+        rows.append(
+            {
+                "attack": attack,
+                "best_defence": best["defence"],
+                "norm_gain": float(best["norm_gain"]),
+                "norm_gain_no_defence": base_gain,
+                "quality_score": float(best["quality_score"]),
+                "quality_no_defence": base_quality,
+                "quality_change": float(best["quality_score"]) - base_quality,
+                "n_images": int(best["n_images"]),
+            }
+        )
     return pd.DataFrame(rows, columns=list(BEST_COLUMNS))
 
 
@@ -115,8 +134,11 @@ def pareto_front(gain: np.ndarray, quality: np.ndarray) -> np.ndarray:
     finite = np.flatnonzero(np.isfinite(gain) & np.isfinite(quality))
     front = []
     for i in finite:
-        beaten = ((gain[finite] <= gain[i]) & (quality[finite] >= quality[i])
-                  & ((gain[finite] < gain[i]) | (quality[finite] > quality[i])))
+        beaten = (
+            (gain[finite] <= gain[i])
+            & (quality[finite] >= quality[i])
+            & ((gain[finite] < gain[i]) | (quality[finite] > quality[i]))
+        )
         if not beaten.any():
             front.append(i)
     return np.array(sorted(front, key=lambda i: (gain[i], -quality[i])), dtype=int)
@@ -129,8 +151,13 @@ def tradeoff_points(ranking: pd.DataFrame, run_info: dict[str, Any] | None) -> p
     if ranking.empty or "quality_score" not in ranking.columns:
         return pd.DataFrame(columns=["defence", "norm_gain", "quality_score", "geometric", "baseline", "pareto"])
     labels = list(ranking["defence"])
-    points = pd.DataFrame({"defence": labels, "norm_gain": ranking["norm_gain"].to_numpy(dtype=float),
-                           "quality_score": ranking["quality_score"].to_numpy(dtype=float)})
+    points = pd.DataFrame(
+        {
+            "defence": labels,
+            "norm_gain": ranking["norm_gain"].to_numpy(dtype=float),
+            "quality_score": ranking["quality_score"].to_numpy(dtype=float),
+        }
+    )
     points["geometric"] = points["defence"].isin(geometric_defences(labels, run_info))
     points["baseline"] = points["defence"].isin(baseline_defences(labels, run_info))
     points["pareto"] = False

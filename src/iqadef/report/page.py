@@ -33,9 +33,16 @@ from markupsafe import Markup
 
 from iqadef.analysis.scores import CONFIDENCE, metric_info, metric_span, paper_gain, score_warnings
 from iqadef.report.certified import certified_table, certified_warnings
-from iqadef.report.figures import MAX_LINES, ImageLocator, ReportFigures, ThumbnailCache, png_data_uri, thumbnail_data_uri
-from iqadef.report.glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
+from iqadef.report.figures import (
+    MAX_LINES,
+    ImageLocator,
+    ReportFigures,
+    ThumbnailCache,
+    png_data_uri,
+    thumbnail_data_uri,
+)
 from iqadef.report.files import ReportFiles
+from iqadef.report.glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
 from iqadef.report.robust_metrics import robust_metrics_section
 from iqadef.report.tables import ReportTables, fmt, key_directions, key_findings, key_scores, markdown_table, with_ci
 
@@ -43,13 +50,15 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_FAILED_ROWS = 200
 
 ADAPTIVE_TITLE = "Adaptive attacks: gain without and with attacking through the defence"
-ADAPTIVE_NOTE = ("Each adaptive attack `X@mode` attacks f(D(x)) through the defence (BPDA for non-differentiable "
-                 "defences, EOT over randomised ones) and is paired with its non-adaptive twin `X` on the same "
-                 "images. gain_difference = adaptive − non-adaptive gain, with a 95% CI of the paired per-image "
-                 "difference; a clearly positive difference means the defence's gain under the non-adaptive "
-                 "attack overstates its robustness (obfuscated gradients, Athalye et al. 2018). rise = "
-                 "(f(D(x_a)) − f(D(x))) / metric range, signed so that positive is the attacker's direction: "
-                 "unlike the gain it does not count a defence's own change of the score as the attack's.")
+ADAPTIVE_NOTE = (
+    "Each adaptive attack `X@mode` attacks f(D(x)) through the defence (BPDA for non-differentiable "
+    "defences, EOT over randomised ones) and is paired with its non-adaptive twin `X` on the same "
+    "images. gain_difference = adaptive − non-adaptive gain, with a 95% CI of the paired per-image "
+    "difference; a clearly positive difference means the defence's gain under the non-adaptive "
+    "attack overstates its robustness (obfuscated gradients, Athalye et al. 2018). rise = "
+    "(f(D(x_a)) − f(D(x))) / metric range, signed so that positive is the attacker's direction: "
+    "unlike the gain it does not count a defence's own change of the score as the attack's."
+)
 
 NOTES = [
     f"Confidence intervals: two-sided {int(CONFIDENCE * 100)}% Student-t interval of the mean over images "
@@ -65,15 +74,25 @@ NOTES = [
 ]
 
 #: The comparison's per-cell values: JSON key -> result-table column.
-COMPARISON_VALUES = {"f_x": "f_clean", "f_xa": "f_adv", "f_dxa": "f_def_adv", "psnr_xa": "psnr_x_xa",
-                     "ssim_xa": "ssim_x_xa", "psnr_dxa": "psnr_x_dxa", "ssim_dxa": "ssim_x_dxa", "gain": "gain"}
+COMPARISON_VALUES = {
+    "f_x": "f_clean",
+    "f_xa": "f_adv",
+    "f_dxa": "f_def_adv",
+    "psnr_xa": "psnr_x_xa",
+    "ssim_xa": "ssim_x_xa",
+    "psnr_dxa": "psnr_x_dxa",
+    "ssim_dxa": "ssim_x_dxa",
+    "gain": "gain",
+}
 
 
 def figure4_title(mos: bool) -> str:
     if mos:
         return "Figure 4: SROCC with MOS"
-    return ("Figure 4: SROCC with the clean scores f(x) (no MOS file was given: how well each defence keeps "
-            "the metric's own ranking of the images)")
+    return (
+        "Figure 4: SROCC with the clean scores f(x) (no MOS file was given: how well each defence keeps "
+        "the metric's own ranking of the images)"
+    )
 
 
 # -- the run header -------------------------------------------------------------------------------
@@ -85,11 +104,16 @@ def run_facts(run_dir: Path, run_info: dict[str, Any], df: pd.DataFrame) -> list
     """(label, text) pairs of the header: grid, device, time, seed, dataset, MOS, metrics."""
     dataset = run_info.get("dataset", {}) or {}
     registry = run_info.get("registry", {}) or {}
-    col = (lambda c: df[c] if c in df.columns else None)  # noqa: E731
+    col = lambda c: df[c] if c in df.columns else None  # noqa: E731
     n_img, n_met, n_att, n_def = (_count(col(c)) for c in ("image", "metric", "attack", "defence"))
     ok = int((df["status"].astype(str) == "ok").sum()) if "status" in df.columns else len(df)
-    facts = [("grid", f"{n_img} images × {n_met} metrics × {n_att} attacks × {n_def} defences = "
-                      f"{n_img * n_met * n_att * n_def} cells; {len(df)} in the table: {ok} ok, {len(df) - ok} failed")]
+    facts = [
+        (
+            "grid",
+            f"{n_img} images × {n_met} metrics × {n_att} attacks × {n_def} defences = "
+            f"{n_img * n_met * n_att * n_def} cells; {len(df)} in the table: {ok} ok, {len(df) - ok} failed",
+        )
+    ]
     device = run_info.get("device") or f"{registry.get('device', 'auto')} (as configured)"
     threads = run_info.get("torch_threads")
     facts.append(("device", f"{device}" + (f", {threads} torch threads" if threads else "")))
@@ -106,8 +130,12 @@ def run_facts(run_dir: Path, run_info: dict[str, Any], df: pd.DataFrame) -> list
     facts.append(("images", f"{dataset.get('images', '?')}" + (f" ({count} images)" if count is not None else "")))
     facts.append(("MOS", str(dataset.get("mos") or "none")))
     for label, m in (run_info.get("metrics", {}) or {}).items():
-        facts.append((f"metric {label}", f"range {m.get('range')}, "
-                                         f"{'higher' if m.get('higher_is_better', True) else 'lower'} is better"))
+        facts.append(
+            (
+                f"metric {label}",
+                f"range {m.get('range')}, {'higher' if m.get('higher_is_better', True) else 'lower'} is better",
+            )
+        )
     return facts
 
 
@@ -119,19 +147,23 @@ def dataset_problems(run_info: dict[str, Any], df: pd.DataFrame) -> list[str]:
         per_image = df.drop_duplicates("image")
         missing = per_image[~np.isfinite(pd.to_numeric(per_image["mos"], errors="coerce"))]["image"].tolist()
         if missing and not any("no MOS for" in p for p in problems):
-            problems.append(f"{len(missing)} image(s) without MOS, e.g. {missing[0]!r}: left out of the SROCC "
-                            f"with MOS")
+            problems.append(f"{len(missing)} image(s) without MOS, e.g. {missing[0]!r}: left out of the SROCC with MOS")
     return problems
 
 
 def run_header(run_info: dict[str, Any]) -> list[str]:
     """The lines under the title of report.md: seed, images, MOS file, and each metric's range and direction."""
     dataset = run_info.get("dataset", {}) or {}
-    lines = [f"seed: {run_info.get('seed', '?')}", f"images: {dataset.get('images', '?')}",
-             f"MOS: {dataset.get('mos') or 'none'}"]
+    lines = [
+        f"seed: {run_info.get('seed', '?')}",
+        f"images: {dataset.get('images', '?')}",
+        f"MOS: {dataset.get('mos') or 'none'}",
+    ]
     for label, m in (run_info.get("metrics", {}) or {}).items():
-        lines.append(f"metric {label}: range {m.get('range')}, "
-                     f"{'higher' if m.get('higher_is_better', True) else 'lower'} is better")
+        lines.append(
+            f"metric {label}: range {m.get('range')}, "
+            f"{'higher' if m.get('higher_is_better', True) else 'lower'} is better"
+        )
     return lines
 
 
@@ -147,8 +179,13 @@ def _escape_as_html_escape(value: Any) -> Any:
 @lru_cache(maxsize=None)
 def _environment(kind: str) -> jinja2.Environment:
     """``html``: autoescaping; ``md``: none. Block tags on their own lines leave no blank lines."""
-    options: dict[str, Any] = {"loader": jinja2.FileSystemLoader(TEMPLATES), "undefined": jinja2.StrictUndefined,
-                               "trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": False}
+    options: dict[str, Any] = {
+        "loader": jinja2.FileSystemLoader(TEMPLATES),
+        "undefined": jinja2.StrictUndefined,
+        "trim_blocks": True,
+        "lstrip_blocks": True,
+        "keep_trailing_newline": False,
+    }
     if kind == "html":
         return jinja2.Environment(autoescape=True, finalize=_escape_as_html_escape, **options)
     return jinja2.Environment(autoescape=False, **options)
@@ -162,8 +199,15 @@ def html_table(table: pd.DataFrame, css_class: str, table_id: str | None = None)
     """
     if table.empty:
         return Markup("<p><em>(empty)</em></p>")
-    body = table.to_html(index=False, classes=f"{css_class} sortable", border=0, escape=True,
-                         float_format=lambda v: fmt(v), na_rep="–", table_id=table_id)
+    body = table.to_html(
+        index=False,
+        classes=f"{css_class} sortable",
+        border=0,
+        escape=True,
+        float_format=lambda v: fmt(v),
+        na_rep="–",
+        table_id=table_id,
+    )
     body = re.sub(r">\s+<", "><", body)  # pandas indents every cell: a third of a wide table's bytes
     box = f"<input type='search' class='filter' placeholder='filter rows…' aria-label='filter {css_class} rows'>"
     return Markup(f"<div class='table-box'>{box}<div class='scroll'>{body}</div></div>")
@@ -202,7 +246,6 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
-
 def trained_warnings(df: pd.DataFrame) -> list[str]:
     """One line per metric or defence evaluated on images it was trained on (``trained_on_image``, from the
     training records of fcn, dms-iqa, drs and train-robust checkpoints): those cells are not held out."""
@@ -211,40 +254,70 @@ def trained_warnings(df: pd.DataFrame) -> list[str]:
     marked = df[df["trained_on_image"].fillna(False).astype(bool)]
     lines = []
     for (metric, defence), cells in marked.groupby(["metric", "defence"], sort=False):
-        lines.append(f"{metric} × {defence}: {cells['image'].nunique()} of the images were in the training data of "
-                     f"the metric or the defence ({len(cells)} cells marked trained_on_image): not held-out results; "
-                     f"train on other images to compare it fairly")
+        lines.append(
+            f"{metric} × {defence}: {cells['image'].nunique()} of the images were in the training data of "
+            f"the metric or the defence ({len(cells)} cells marked trained_on_image): not held-out results; "
+            f"train on other images to compare it fairly"
+        )
     return lines
+
 
 # -- the sections ---------------------------------------------------------------------------------
 def _figure_sections(figures: ReportFigures, mos: bool, data_uris: bool) -> list[dict[str, Any]]:
     """Figures 3-5: id, title, the text shown when a section has no figure, and each figure's label and file."""
-    sections = [("fig3", "Figure 3: gain heatmap", figures.gain, "no successful cells",
-                 "Defences (columns) sorted by mean gain over the attacks, lowest first."),
-                ("fig4", figure4_title(mos), figures.srocc, "not enough images for SROCC",
-                 "Columns in Figure 3's order: one column is one defence in both."),
-                ("fig5", "Figure 5: gain against SSIM(x, x_a) and attacked metric value", figures.bins, "no data",
-                 f"One line per defence, at most the {MAX_LINES} with the lowest mean gain over the bins (the "
-                 f"legend says which, and how many of the run's defences), so the lines stay readable; every "
-                 f"defence's gains are in the summary table and summary.csv.")]
-    return [{"id": sid, "title": title, "empty": empty, "note": note, "figures": _figure_list(items, data_uris)}
-            for sid, title, items, empty, note in sections]
+    sections = [
+        (
+            "fig3",
+            "Figure 3: gain heatmap",
+            figures.gain,
+            "no successful cells",
+            "Defences (columns) sorted by mean gain over the attacks, lowest first.",
+        ),
+        (
+            "fig4",
+            figure4_title(mos),
+            figures.srocc,
+            "not enough images for SROCC",
+            "Columns in Figure 3's order: one column is one defence in both.",
+        ),
+        (
+            "fig5",
+            "Figure 5: gain against SSIM(x, x_a) and attacked metric value",
+            figures.bins,
+            "no data",
+            f"One line per defence, at most the {MAX_LINES} with the lowest mean gain over the bins (the "
+            f"legend says which, and how many of the run's defences), so the lines stay readable; every "
+            f"defence's gains are in the summary table and summary.csv.",
+        ),
+    ]
+    return [
+        {"id": sid, "title": title, "empty": empty, "note": note, "figures": _figure_list(items, data_uris)}
+        for sid, title, items, empty, note in sections
+    ]
 
 
 def _figure_list(items: list[tuple[str, Path]], data_uris: bool) -> list[dict[str, Any]]:
-    return [{"label": label, "name": path.name, "uri": png_data_uri(path) if data_uris else None}
-            for label, path in items]
+    return [
+        {"label": label, "name": path.name, "uri": png_data_uri(path) if data_uris else None} for label, path in items
+    ]
 
 
 # -- the answer at a glance (per attack the best defence, the trade-off figure) and the certified section ---
-BEST_HEADERS = {"attack": "attack", "best_defence": "best defence", "norm_gain": "normalised gain",
-                "norm_gain_no_defence": "no-defence's normalised gain", "quality_score": "quality score",
-                "quality_no_defence": "no-defence's quality", "quality_change": "quality − no-defence's",
-                "n_images": "images"}
+BEST_HEADERS = {
+    "attack": "attack",
+    "best_defence": "best defence",
+    "norm_gain": "normalised gain",
+    "norm_gain_no_defence": "no-defence's normalised gain",
+    "quality_score": "quality score",
+    "quality_no_defence": "no-defence's quality",
+    "quality_change": "quality − no-defence's",
+    "n_images": "images",
+}
 
 
-def glance_sections(df: pd.DataFrame, run_info: dict[str, Any], figures: ReportFigures,
-                    data_uris: bool) -> list[dict[str, Any]]:
+def glance_sections(
+    df: pd.DataFrame, run_info: dict[str, Any], figures: ReportFigures, data_uris: bool
+) -> list[dict[str, Any]]:
     """Per metric: the best defence per attack (geometric ones marked) and the gain-quality figure."""
     drawn = dict(figures.tradeoff)
     out = []
@@ -255,20 +328,25 @@ def glance_sections(df: pd.DataFrame, run_info: dict[str, Any], figures: ReportF
         marked = set(geometric_defences(list(dict.fromkeys(df["defence"])), run_info))
         best["best_defence"] = [f"{d}{GEOMETRIC_MARK}" if d in marked else d for d in best["best_defence"]]
         figure = _figure_list([(metric, drawn[metric])], data_uris)[0] if metric in drawn else None
-        out.append({"metric": metric, "best": best.rename(columns=BEST_HEADERS), "figure": figure,
-                    "geometric": sorted(marked)})
+        out.append(
+            {"metric": metric, "best": best.rename(columns=BEST_HEADERS), "figure": figure, "geometric": sorted(marked)}
+        )
     return out
 
 
-def certified_section(df: pd.DataFrame, run_info: dict[str, Any], figures: ReportFigures,
-                      data_uris: bool) -> dict[str, Any] | None:
+def certified_section(
+    df: pd.DataFrame, run_info: dict[str, Any], figures: ReportFigures, data_uris: bool
+) -> dict[str, Any] | None:
     """The certified defences' table and warnings (:mod:`.certified`) and the radius figures; None when the
     run has no certified defence."""
     table = certified_table(df, run_info)
     if table.empty and not figures.certified:
         return None
-    return {"table": table, "warnings": certified_warnings(table, run_info),
-            "figures": _figure_list(figures.certified, data_uris)}
+    return {
+        "table": table,
+        "warnings": certified_warnings(table, run_info),
+        "figures": _figure_list(figures.certified, data_uris),
+    }
 
 
 ROBUST_METRICS_TITLE = "Fine-tuned metrics beside their originals"
@@ -279,27 +357,33 @@ ROBUST_METRICS_NOTE = (
     "run has MOS. Robustness, per attack with no defence: mean normalised gain |f(x) − f(x_a)| / (high − low) of "
     "each, and gain_change = fine-tuned − original (negative: the fine-tuned metric moves less under attack); "
     "for a protocol run, the worst-case verdict's gain of the no-defence row at the headline budget. "
-    "The training images are in the training record; cells on them are marked trained_on_image.")
+    "The training images are in the training record; cells on them are marked trained_on_image."
+)
 
 
-def robust_metrics_view(df: pd.DataFrame, run_info: dict[str, Any], verdict_ranking: pd.DataFrame | None,
-                        kind: str) -> dict[str, Any] | None:
+def robust_metrics_view(
+    df: pd.DataFrame, run_info: dict[str, Any], verdict_ranking: pd.DataFrame | None, kind: str
+) -> dict[str, Any] | None:
     """The fine-tuned-metric section (:mod:`.robust_metrics`) as the templates show it; None without a pair."""
     section = robust_metrics_section(df, run_info, verdict_ranking)
     if section is None:
         return None
     table = (lambda t, css: html_table(t, css)) if kind == "html" else (lambda t, css: markdown_table(t))
-    return {"title": ROBUST_METRICS_TITLE, "note": ROBUST_METRICS_NOTE,
-            "accuracy": table(section["accuracy"], "robust-accuracy"),
-            "robustness": table(section["robustness"], "robust-gain")}
+    return {
+        "title": ROBUST_METRICS_TITLE,
+        "note": ROBUST_METRICS_NOTE,
+        "accuracy": table(section["accuracy"], "robust-accuracy"),
+        "robustness": table(section["robustness"], "robust-gain"),
+    }
 
 
 def _thumb_key(column: str, value: str, image: str) -> tuple[str, str]:
     return (column, value if column != "image_path" else f"{value}\0{image}")
 
 
-def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, files: ReportFiles,
-                    locate: ImageLocator) -> dict[str, Any]:
+def comparison_data(
+    run_dir: Path, run_info: dict[str, Any], tables: ReportTables, files: ReportFiles, locate: ImageLocator
+) -> dict[str, Any]:
     """Every saved example as the picker shows it: thumbnails (each image once) and the cell's values.
 
     ``thumbs`` holds the data URIs ("" for a file that is missing or unreadable); a cell names its clean,
@@ -333,10 +417,15 @@ def comparison_data(run_dir: Path, run_info: dict[str, Any], tables: ReportTable
     for row in rows:
         image = str(row.get("image", ""))
         span = metric_span(metric_info(run_info, str(row["metric"])))
-        cell = {"m": str(row["metric"]), "i": image, "a": str(row["attack"]), "d": str(row["defence"]),
-                "x": thumb("image_path", str(row.get("image_path", "")), image),
-                "xa": thumb("adv_path", str(row.get("adv_path", "")), image),
-                "dxa": thumb("example_path", str(row.get("example_path", "")), image)}
+        cell = {
+            "m": str(row["metric"]),
+            "i": image,
+            "a": str(row["attack"]),
+            "d": str(row["defence"]),
+            "x": thumb("image_path", str(row.get("image_path", "")), image),
+            "xa": thumb("adv_path", str(row.get("adv_path", "")), image),
+            "dxa": thumb("example_path", str(row.get("example_path", "")), image),
+        }
         for key, column in COMPARISON_VALUES.items():
             cell[key] = _number(row.get(column))
         f_x, f_dxa = cell["f_x"], cell["f_dxa"]
@@ -362,21 +451,39 @@ def _notes(files: ReportFiles) -> list[str]:
 
 def _findings_html(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Key findings with each value as "m [lo, hi]" text."""
+
     def text(m, lo, hi):
         return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else fmt(m)
-    return [{"metric": f["metric"], "by_gain": [(d, text(m, lo, hi)) for d, m, lo, hi in f["by_gain"]],
-             "by_quality": [(d, text(m, lo, hi)) for d, m, lo, hi in f["by_quality"]]} for f in findings]
+
+    return [
+        {
+            "metric": f["metric"],
+            "by_gain": [(d, text(m, lo, hi)) for d, m, lo, hi in f["by_gain"]],
+            "by_quality": [(d, text(m, lo, hi)) for d, m, lo, hi in f["by_quality"]],
+        }
+        for f in findings
+    ]
 
 
-def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-               files: ReportFiles, df: pd.DataFrame | None = None, locate: ImageLocator | None = None,
-               verdict: dict[str, Any] | None = None, verdict_ranking: pd.DataFrame | None = None) -> Path:
+def write_html(
+    run_dir: Path,
+    run_info: dict[str, Any],
+    tables: ReportTables,
+    figures: ReportFigures,
+    files: ReportFiles,
+    df: pd.DataFrame | None = None,
+    locate: ImageLocator | None = None,
+    verdict: dict[str, Any] | None = None,
+    verdict_ranking: pd.DataFrame | None = None,
+) -> Path:
     """``report.html``: one offline file, sections in reading order with a table of contents."""
     df = df if df is not None else pd.DataFrame()
     locate = locate or ImageLocator(run_dir, run_info)
     taken: set[str] = set()
-    rankings = [{"metric": m, "id": "ranking-" + _slug(m, taken), "table": html_table(with_ci(t), "ranking")}
-                for m, t in tables.rankings.items()]
+    rankings = [
+        {"metric": m, "id": "ranking-" + _slug(m, taken), "table": html_table(with_ci(t), "ranking")}
+        for m, t in tables.rankings.items()
+    ]
     adaptive = tables.adaptive
     figure_sections = _figure_sections(figures, tables.mos, data_uris=True)
     data = comparison_data(run_dir, run_info, tables, files, locate)
@@ -395,27 +502,50 @@ def write_html(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, fi
     toc += [("certified", "Certified defences")] if certified else []
     toc += [("comparison", "Image comparison"), ("tables", "Full tables"), ("summary", "Summary")]
     toc += [("adaptive", "Adaptive attacks")] if adaptive is not None else []
-    toc += [("key-scores", "Key scores"), ("all-scores", "All aggregated scores"), ("failed", "Failed cells"),
-            ("notes", "Notes")]
+    toc += [
+        ("key-scores", "Key scores"),
+        ("all-scores", "All aggregated scores"),
+        ("failed", "Failed cells"),
+        ("notes", "Notes"),
+    ]
     key = key_scores(tables.formatted, run_info)
-    page = _environment("html").get_template("report.html.j2").render(
-        run_name=run_dir.name, facts=run_facts(run_dir, run_info, df), problems=dataset_problems(run_info, df),
-        warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df), toc=toc,
-        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info), run_info=run_info)),
-        rankings=rankings,
-        pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
-        glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance], geometric_note=GEOMETRIC_NOTE,
-        certified=None if certified is None else dict(certified, table=html_table(with_ci(certified["table"]),
-                                                                                  "certified")),
-        summary=html_table(with_ci(tables.short), "summary"),
-        adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
-                                                "table": html_table(with_ci(adaptive), "adaptive")},
-        key_scores=html_table(key, "scores"), key_directions=key_directions(run_info, key),
-        all_scores=html_table(means_only(tables.aggregated), "all-scores"), figure_sections=figure_sections,
-        comparison=_json_for_script(data), n_examples=len(data["cells"]),
-        failed_count=len(tables.failed), failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
-        failed_shown=min(len(tables.failed), MAX_FAILED_ROWS), notes=_notes(files), verdict=verdict,
-        robust_metrics=robust_metrics)
+    page = (
+        _environment("html")
+        .get_template("report.html.j2")
+        .render(
+            run_name=run_dir.name,
+            facts=run_facts(run_dir, run_info, df),
+            problems=dataset_problems(run_info, df),
+            warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df),
+            toc=toc,
+            findings=_findings_html(
+                key_findings(tables.rankings, baselines=_baselines(df, run_info), run_info=run_info)
+            ),
+            rankings=rankings,
+            pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
+            glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance],
+            geometric_note=GEOMETRIC_NOTE,
+            certified=None
+            if certified is None
+            else dict(certified, table=html_table(with_ci(certified["table"]), "certified")),
+            summary=html_table(with_ci(tables.short), "summary"),
+            adaptive=None
+            if adaptive is None
+            else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE, "table": html_table(with_ci(adaptive), "adaptive")},
+            key_scores=html_table(key, "scores"),
+            key_directions=key_directions(run_info, key),
+            all_scores=html_table(means_only(tables.aggregated), "all-scores"),
+            figure_sections=figure_sections,
+            comparison=_json_for_script(data),
+            n_examples=len(data["cells"]),
+            failed_count=len(tables.failed),
+            failed=html_table(tables.failed.head(MAX_FAILED_ROWS), "failed"),
+            failed_shown=min(len(tables.failed), MAX_FAILED_ROWS),
+            notes=_notes(files),
+            verdict=verdict,
+            robust_metrics=robust_metrics,
+        )
+    )
     return files.write(run_dir / "report.html", page.encode("utf-8"))
 
 
@@ -423,29 +553,52 @@ def _markdown_certified(section: dict[str, Any] | None) -> dict[str, Any] | None
     return None if section is None else dict(section, table=markdown_table(with_ci(section["table"])))
 
 
-def write_markdown(run_dir: Path, run_info: dict[str, Any], tables: ReportTables, figures: ReportFigures,
-                   files: ReportFiles, df: pd.DataFrame | None = None, verdict: dict[str, Any] | None = None,
-                   verdict_ranking: pd.DataFrame | None = None) -> Path:
+def write_markdown(
+    run_dir: Path,
+    run_info: dict[str, Any],
+    tables: ReportTables,
+    figures: ReportFigures,
+    files: ReportFiles,
+    df: pd.DataFrame | None = None,
+    verdict: dict[str, Any] | None = None,
+    verdict_ranking: pd.DataFrame | None = None,
+) -> Path:
     """``report.md``: findings, rankings per metric, the summary and key scores; figures linked from ``figures/``."""
     df = df if df is not None else pd.DataFrame()
     adaptive = tables.adaptive
     key = key_scores(tables.formatted, run_info)
-    page = _environment("md").get_template("report.md.j2").render(
-        run_name=run_dir.name, header=run_header(run_info), problems=dataset_problems(run_info, df),
-        warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df),
-        findings=_findings_html(key_findings(tables.rankings, baselines=_baselines(df, run_info), run_info=run_info)),
-        rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
-        ranking=markdown_table(with_ci(tables.ranking)) if len(tables.rankings) > 1 else None,
-        summary=markdown_table(with_ci(tables.short)),
-        glance=[dict(g, best=markdown_table(with_ci(g["best"])))
-                for g in glance_sections(df, run_info, figures, data_uris=False)], geometric_note=GEOMETRIC_NOTE,
-        certified=_markdown_certified(certified_section(df, run_info, figures, data_uris=False)),
-        adaptive=None if adaptive is None else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE,
-                                                "table": markdown_table(with_ci(adaptive))},
-        key_scores=markdown_table(key), key_directions=key_directions(run_info, key),
-        figure_sections=_figure_sections(figures, tables.mos, data_uris=False),
-        examples_name=None if figures.examples is None else figures.examples.name,
-        failed_count=len(tables.failed), failed=markdown_table(tables.failed.head(MAX_FAILED_ROWS)),
-        notes=_notes(files), verdict=verdict,
-        robust_metrics=robust_metrics_view(df, run_info, verdict_ranking, "md"))
+    page = (
+        _environment("md")
+        .get_template("report.md.j2")
+        .render(
+            run_name=run_dir.name,
+            header=run_header(run_info),
+            problems=dataset_problems(run_info, df),
+            warnings=score_warnings(run_info.get("metrics", {}) or {}, df) + trained_warnings(df),
+            findings=_findings_html(
+                key_findings(tables.rankings, baselines=_baselines(df, run_info), run_info=run_info)
+            ),
+            rankings=[{"metric": m, "table": markdown_table(with_ci(t))} for m, t in tables.rankings.items()],
+            ranking=markdown_table(with_ci(tables.ranking)) if len(tables.rankings) > 1 else None,
+            summary=markdown_table(with_ci(tables.short)),
+            glance=[
+                dict(g, best=markdown_table(with_ci(g["best"])))
+                for g in glance_sections(df, run_info, figures, data_uris=False)
+            ],
+            geometric_note=GEOMETRIC_NOTE,
+            certified=_markdown_certified(certified_section(df, run_info, figures, data_uris=False)),
+            adaptive=None
+            if adaptive is None
+            else {"title": ADAPTIVE_TITLE, "note": ADAPTIVE_NOTE, "table": markdown_table(with_ci(adaptive))},
+            key_scores=markdown_table(key),
+            key_directions=key_directions(run_info, key),
+            figure_sections=_figure_sections(figures, tables.mos, data_uris=False),
+            examples_name=None if figures.examples is None else figures.examples.name,
+            failed_count=len(tables.failed),
+            failed=markdown_table(tables.failed.head(MAX_FAILED_ROWS)),
+            notes=_notes(files),
+            verdict=verdict,
+            robust_metrics=robust_metrics_view(df, run_info, verdict_ranking, "md"),
+        )
+    )
     return files.write(run_dir / "report.md", page.encode("utf-8"))

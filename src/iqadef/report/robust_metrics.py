@@ -26,11 +26,28 @@ from scipy import stats
 from iqadef.analysis.scores import metric_info, metric_span, normalised_gain, ok_rows
 from iqadef.report.glance import baseline_defences
 
-ACCURACY_COLUMNS = ("original", "fine_tuned", "method", "training_images", "n_images", "pearson_clean",
-                    "spearman_clean", "srocc_mos_original", "srocc_mos_fine_tuned", "plcc_mos_original",
-                    "plcc_mos_fine_tuned")
-ROBUSTNESS_COLUMNS = ("original", "fine_tuned", "attack", "norm_gain_original", "norm_gain_fine_tuned",
-                      "gain_change", "n_images")
+ACCURACY_COLUMNS = (
+    "original",
+    "fine_tuned",
+    "method",
+    "training_images",
+    "n_images",
+    "pearson_clean",
+    "spearman_clean",
+    "srocc_mos_original",
+    "srocc_mos_fine_tuned",
+    "plcc_mos_original",
+    "plcc_mos_fine_tuned",
+)
+ROBUSTNESS_COLUMNS = (
+    "original",
+    "fine_tuned",
+    "attack",
+    "norm_gain_original",
+    "norm_gain_fine_tuned",
+    "gain_change",
+    "n_images",
+)
 WORST_CASE_ROW = "worst case (verdict)"
 
 
@@ -78,15 +95,25 @@ def accuracy_table(df: pd.DataFrame, run_info: dict[str, Any] | None) -> pd.Data
     metrics = run_info["metrics"]
     rows = []
     for original, tuned in pairs:
-        both = pd.merge(_clean_scores(good, original), _clean_scores(good, tuned), left_index=True,
-                        right_index=True, suffixes=("_o", "_t"))
+        both = pd.merge(
+            _clean_scores(good, original),
+            _clean_scores(good, tuned),
+            left_index=True,
+            right_index=True,
+            suffixes=("_o", "_t"),
+        )
         if both.empty:
             continue
         trained = metrics[tuned].get("trained") or {}
-        row = {"original": original, "fine_tuned": tuned, "method": trained.get("method"),
-               "training_images": trained.get("images"), "n_images": len(both),
-               "pearson_clean": _correlation("pearson", both["f_clean_o"], both["f_clean_t"]),
-               "spearman_clean": _correlation("spearman", both["f_clean_o"], both["f_clean_t"])}
+        row = {
+            "original": original,
+            "fine_tuned": tuned,
+            "method": trained.get("method"),
+            "training_images": trained.get("images"),
+            "n_images": len(both),
+            "pearson_clean": _correlation("pearson", both["f_clean_o"], both["f_clean_t"]),
+            "spearman_clean": _correlation("spearman", both["f_clean_o"], both["f_clean_t"]),
+        }
         mos = both["mos_o"] if "mos_o" in both.columns else pd.Series(math.nan, index=both.index)
         for suffix, who in (("o", "original"), ("t", "fine_tuned")):
             row[f"srocc_mos_{who}"] = _correlation("spearman", mos, both[f"f_clean_{suffix}"])
@@ -104,8 +131,9 @@ def _undefended_gains(good: pd.DataFrame, run_info: dict[str, Any], metric: str)
     return gains.groupby(["attack", "image"], sort=False)["norm_gain"].mean()
 
 
-def robustness_table(df: pd.DataFrame, run_info: dict[str, Any] | None,
-                     verdict_ranking: pd.DataFrame | None = None) -> pd.DataFrame:
+def robustness_table(
+    df: pd.DataFrame, run_info: dict[str, Any] | None, verdict_ranking: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Per pair and attack: each metric's mean normalised gain with no defence over the images both have, and
     the difference (fine-tuned - original); a last row per pair with the worst-case verdict's gain of the
     no-defence row when the run has a verdict (``verdict_ranking``: :class:`~iqadef.analysis.verdict.Verdict`'s
@@ -117,20 +145,33 @@ def robustness_table(df: pd.DataFrame, run_info: dict[str, Any] | None,
     good = ok_rows(df)
     rows = []
     for original, tuned in pairs:
-        both = pd.concat({"o": _undefended_gains(good, run_info, original),
-                          "t": _undefended_gains(good, run_info, tuned)}, axis=1, join="inner").dropna()
+        both = pd.concat(
+            {"o": _undefended_gains(good, run_info, original), "t": _undefended_gains(good, run_info, tuned)},
+            axis=1,
+            join="inner",
+        ).dropna()
         for attack, per_image in both.groupby(level="attack", sort=False):
             o, t = float(per_image["o"].mean()), float(per_image["t"].mean())
-            rows.append({"original": original, "fine_tuned": tuned, "attack": attack, "norm_gain_original": o,
-                         "norm_gain_fine_tuned": t, "gain_change": t - o, "n_images": len(per_image)})
+            rows.append(
+                {
+                    "original": original,
+                    "fine_tuned": tuned,
+                    "attack": attack,
+                    "norm_gain_original": o,
+                    "norm_gain_fine_tuned": t,
+                    "gain_change": t - o,
+                    "n_images": len(per_image),
+                }
+            )
         worst = _worst_case(verdict_ranking, run_info, original, tuned)
         if worst is not None:
             rows.append({"original": original, "fine_tuned": tuned, **worst})
     return pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
 
 
-def _worst_case(ranking: pd.DataFrame | None, run_info: dict[str, Any], original: str,
-                tuned: str) -> dict[str, Any] | None:
+def _worst_case(
+    ranking: pd.DataFrame | None, run_info: dict[str, Any], original: str, tuned: str
+) -> dict[str, Any] | None:
     """The verdict's worst-case gain of each metric's no-defence row at the headline budget, or None."""
     if ranking is None or ranking.empty or not {"metric", "defence", "gain_worst"} <= set(ranking.columns):
         return None
@@ -142,13 +183,18 @@ def _worst_case(ranking: pd.DataFrame | None, run_info: dict[str, Any], original
             return None
         gains[who] = float(base["gain_worst"].iloc[0])
         budget = str(base["budget"].iloc[0]) if "budget" in base.columns else ""
-    return {"attack": f"{WORST_CASE_ROW}{', ' + budget if budget else ''}", "norm_gain_original": gains["original"],
-            "norm_gain_fine_tuned": gains["fine_tuned"], "gain_change": gains["fine_tuned"] - gains["original"],
-            "n_images": None}
+    return {
+        "attack": f"{WORST_CASE_ROW}{', ' + budget if budget else ''}",
+        "norm_gain_original": gains["original"],
+        "norm_gain_fine_tuned": gains["fine_tuned"],
+        "gain_change": gains["fine_tuned"] - gains["original"],
+        "n_images": None,
+    }
 
 
-def robust_metrics_section(df: pd.DataFrame, run_info: dict[str, Any] | None,
-                           verdict_ranking: pd.DataFrame | None = None) -> dict[str, pd.DataFrame] | None:
+def robust_metrics_section(
+    df: pd.DataFrame, run_info: dict[str, Any] | None, verdict_ranking: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame] | None:
     """The section's two tables, or None when the run has no fine-tuned metric beside its original."""
     accuracy = accuracy_table(df, run_info)
     robustness = robustness_table(df, run_info, verdict_ranking)

@@ -17,10 +17,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from iqadef.analysis.scores import (
+    GROUP_COLUMNS,
+    aggregate,
+    bootstrap_ci,
+    mean_ci,
+    metric_info,
+    metric_span,
+    normalised_gain,
+    ok_rows,
+    paper_gain,
+)
 from iqadef.core import columns as score_columns
 from iqadef.core.columns import ScoreColumn
-from iqadef.analysis.scores import (GROUP_COLUMNS, aggregate, bootstrap_ci, mean_ci, metric_info, metric_span, normalised_gain,
-                      ok_rows, paper_gain)
 
 CLEAN_ROW = "clean"
 N_BINS = 5
@@ -50,10 +59,23 @@ def summary_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> p
 
 # -- adaptive attacks (BPDA / EOT) ---------------------------------------------------------------
 ADAPTIVE_LABEL = re.compile(r"^(?P<twin>.+)@(?P<mode>bpda\+eot|bpda|eot)(?P<extra>,eot=\d+)?$")
-ADAPTIVE_COLUMNS = ("metric", "defence", "attack", "adaptive", "n_images", "gain_non_adaptive",
-                    "gain_adaptive", "gain_difference", "gain_difference_ci_low", "gain_difference_ci_high",
-                    "rise_non_adaptive", "rise_adaptive", "rise_difference", "rise_difference_ci_low",
-                    "rise_difference_ci_high")
+ADAPTIVE_COLUMNS = (
+    "metric",
+    "defence",
+    "attack",
+    "adaptive",
+    "n_images",
+    "gain_non_adaptive",
+    "gain_adaptive",
+    "gain_difference",
+    "gain_difference_ci_low",
+    "gain_difference_ci_high",
+    "rise_non_adaptive",
+    "rise_adaptive",
+    "rise_difference",
+    "rise_difference_ci_low",
+    "rise_difference_ci_high",
+)
 
 
 def split_adaptive_label(label: str) -> tuple[str, str] | None:
@@ -127,8 +149,13 @@ def adaptive_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> 
                         row[f"{measure}_non_adaptive"] = mean_ci(p)[0]
                     else:
                         diff = low = high = row[f"{measure}_non_adaptive"] = math.nan
-                    row.update({f"{measure}_difference": diff, f"{measure}_difference_ci_low": low,
-                                f"{measure}_difference_ci_high": high})
+                    row.update(
+                        {
+                            f"{measure}_difference": diff,
+                            f"{measure}_difference_ci_low": low,
+                            f"{measure}_difference_ci_high": high,
+                        }
+                    )
                 rows.append(row)
     return pd.DataFrame(rows, columns=list(ADAPTIVE_COLUMNS))
 
@@ -145,8 +172,9 @@ def gain_matrix(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         return pd.DataFrame()
     good["_gain"] = paper_gain(good["f_clean"], good["f_def_adv"])
     good["_gain_clean"] = paper_gain(good["f_clean"], good["f_def_clean"])
-    matrix = good.pivot_table(index="attack", columns="defence", values="_gain", aggfunc="mean",
-                              sort=False, dropna=False)
+    matrix = good.pivot_table(
+        index="attack", columns="defence", values="_gain", aggfunc="mean", sort=False, dropna=False
+    )
     # D(x) does not depend on the attack: one value per image and defence.
     clean = good.drop_duplicates(["image", "defence"]).groupby("defence", sort=False)["_gain_clean"].mean()
     matrix.loc[CLEAN_ROW] = clean.reindex(matrix.columns)
@@ -178,15 +206,18 @@ def srocc_matrix(df: pd.DataFrame, metric: str, reference: str = "mos") -> pd.Da
     good = ok_rows(df[df["metric"] == metric])
     if good.empty or (reference == "mos" and not has_mos(good)):
         return pd.DataFrame()
-    cells = {(a, d): _spearman(g[reference], g["f_def_adv"])
-             for (a, d), g in good.groupby(["attack", "defence"], sort=False)}
+    cells = {
+        (a, d): _spearman(g[reference], g["f_def_adv"]) for (a, d), g in good.groupby(["attack", "defence"], sort=False)
+    }
     matrix = pd.Series(cells).unstack()
     attacks = list(dict.fromkeys(good["attack"]))
     defences = list(dict.fromkeys(good["defence"]))
     matrix = matrix.reindex(index=attacks, columns=defences)
     unique = good.drop_duplicates(["image", "defence"])
-    matrix.loc[CLEAN_ROW] = [_spearman(g[reference], g["f_def_clean"]) if len(g) else math.nan
-                             for g in (unique[unique["defence"] == d] for d in defences)]
+    matrix.loc[CLEAN_ROW] = [
+        _spearman(g[reference], g["f_def_clean"]) if len(g) else math.nan
+        for g in (unique[unique["defence"] == d] for d in defences)
+    ]
     order = list(matrix.drop(index=CLEAN_ROW).mean(axis=0).sort_values(ascending=False, kind="stable").index)
     return matrix[order]
 
@@ -205,8 +236,9 @@ def _finite_mean(values: pd.Series) -> float:
     return float(arr.mean()) if arr.size else math.nan
 
 
-def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metric: str | None = None,
-                  seed: int = 0) -> pd.DataFrame:
+def ranking_table(
+    df: pd.DataFrame, run_info: dict[str, Any] | None = None, metric: str | None = None, seed: int = 0
+) -> pd.DataFrame:
     """Defences ranked by the range-normalised gain |f(x) - f(D(x_a))| / (high - low), lower first.
 
     One metric (``metric``) or all of them pooled (None: the normalised gain is comparable between
@@ -218,15 +250,20 @@ def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metr
     columns ``run.json`` declares with a ``ranking`` (:func:`iqadef.core.columns.read`), an ``interval`` one with
     its bootstrap interval, a ``mean`` one alone.
     """
-    declared = [c for c in score_columns.ranking_columns(score_columns.read(run_info))
-                if c.name not in RANKING_HEAD + RANKING_TAIL]
+    declared = [
+        c
+        for c in score_columns.ranking_columns(score_columns.read(run_info))
+        if c.name not in RANKING_HEAD + RANKING_TAIL
+    ]
     wanted = list(RANKING_HEAD) + [n for c in declared for n in _ranking_names(c)] + list(RANKING_TAIL)
     good = ok_rows(df if metric is None else df[df["metric"] == metric])
     if good.empty or not {"f_clean", "f_def_adv", "defence", "metric"} <= set(good.columns):
         return pd.DataFrame(columns=wanted)
     span = good["metric"].map(lambda m: metric_span(metric_info(run_info, m))).to_numpy(dtype=float)
-    good = good.assign(_norm=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
-                       _gain=paper_gain(good["f_clean"], good["f_def_adv"]))
+    good = good.assign(
+        _norm=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span,
+        _gain=paper_gain(good["f_clean"], good["f_def_adv"]),
+    )
     shown = [c for c in declared if c.name in good.columns]
     measures = ["_norm"] + [c.name for c in shown]
     for col in measures[1:]:
@@ -237,8 +274,9 @@ def ranking_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None, metr
         mine = good[good["defence"] == defence]
         per_image = mine.groupby(cluster, sort=False)[measures].mean() if cluster else mine[measures]
         row: dict[str, Any] = {"defence": defence}
-        row["norm_gain"], row["norm_gain_ci_low"], row["norm_gain_ci_high"], _ = bootstrap_ci(per_image["_norm"],
-                                                                                              seed=seed)
+        row["norm_gain"], row["norm_gain_ci_low"], row["norm_gain_ci_high"], _ = bootstrap_ci(
+            per_image["_norm"], seed=seed
+        )
         row["gain"] = _finite_mean(mine["_gain"])
         for column in shown:
             name = column.name
@@ -259,8 +297,12 @@ def _ranking_names(column: ScoreColumn) -> list[str]:
     return [name, f"{name}_ci_low", f"{name}_ci_high"] if column.ranking == "interval" else [name]
 
 
-def key_findings(rankings: dict[str, pd.DataFrame], top: int = TOP_FINDINGS,
-                 baselines: tuple[str, ...] = (), run_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def key_findings(
+    rankings: dict[str, pd.DataFrame],
+    top: int = TOP_FINDINGS,
+    baselines: tuple[str, ...] = (),
+    run_info: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Per metric: the ``top`` defences by normalised gain (lowest) and by the declared quality column (best
     first on its side; :func:`iqadef.core.columns.finding_column`, ``quality_score`` for the built-ins); the
     ``baselines`` (no-defence: its quality is the attacked image's, not a defence's) are left out of the
@@ -274,15 +316,25 @@ def key_findings(rankings: dict[str, pd.DataFrame], top: int = TOP_FINDINGS,
         by_quality: list[tuple[Any, ...]] = []
         if column is not None and column.name in table.columns:
             name = column.name
-            best = table[~table["defence"].isin(baselines)].sort_values(
-                name, ascending=column.direction == "lower", kind="stable", na_position="last").head(top)
-            by_quality = [(d, v, lo, hi) for d, v, lo, hi in
-                          zip(best["defence"], best[name], best[f"{name}_ci_low"], best[f"{name}_ci_high"])
-                          if np.isfinite(v)]
-        out.append({"metric": metric,
-                    "by_gain": [(r.defence, r.norm_gain, r.norm_gain_ci_low, r.norm_gain_ci_high)
-                                for r in by_gain.itertuples()],
-                    "by_quality": by_quality})
+            best = (
+                table[~table["defence"].isin(baselines)]
+                .sort_values(name, ascending=column.direction == "lower", kind="stable", na_position="last")
+                .head(top)
+            )
+            by_quality = [
+                (d, v, lo, hi)
+                for d, v, lo, hi in zip(best["defence"], best[name], best[f"{name}_ci_low"], best[f"{name}_ci_high"])
+                if np.isfinite(v)
+            ]
+        out.append(
+            {
+                "metric": metric,
+                "by_gain": [
+                    (r.defence, r.norm_gain, r.norm_gain_ci_low, r.norm_gain_ci_high) for r in by_gain.itertuples()
+                ],
+                "by_quality": by_quality,
+            }
+        )
     return out
 
 
@@ -306,8 +358,7 @@ def binned_gain(df: pd.DataFrame, metric: str, column: str) -> pd.DataFrame:
         good["_bin"] = pd.Categorical(bins, categories=list(dict.fromkeys(order)), ordered=True)
     if "_bin" not in good.columns:
         good["_bin"] = bins
-    return good.pivot_table(index="_bin", columns="defence", values="_gain", aggfunc="mean",
-                            observed=True, sort=True)
+    return good.pivot_table(index="_bin", columns="defence", values="_gain", aggfunc="mean", observed=True, sort=True)
 
 
 def example_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -344,8 +395,10 @@ def with_ci(agg: pd.DataFrame) -> pd.DataFrame:
         base = col[:-5] if col.endswith("_mean") else col[:-7] if col.endswith("_median") else col
         low, high = f"{base}_ci_low", f"{base}_ci_high"
         if low in agg.columns and high in agg.columns and col not in (low, high):
-            out[base] = [f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) else fmt(m)
-                         for m, lo, hi in zip(agg[col], agg[low], agg[high])]
+            out[base] = [
+                f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) else fmt(m)
+                for m, lo, hi in zip(agg[col], agg[low], agg[high])
+            ]
             used.update({col, low, high})
         elif not (col.endswith("_ci_low") or col.endswith("_ci_high")):
             out[col] = [fmt(v) for v in agg[col]]
@@ -404,11 +457,19 @@ def report_tables(df: pd.DataFrame, run_info: dict[str, Any], registry: Any = No
     agg = aggregate(df, run_info, registry=registry)
     short = summary_table(df, run_info)
     formatted = with_ci(agg)
-    metrics = _run_order(df["metric"], list((run_info or {}).get("metrics", {}) or {})) if "metric" in df.columns else []
+    metrics = (
+        _run_order(df["metric"], list((run_info or {}).get("metrics", {}) or {})) if "metric" in df.columns else []
+    )
     seed = (run_info or {}).get("seed", 0)
     seed = seed if isinstance(seed, int) else 0
-    return ReportTables(aggregated=agg, short=short, formatted=formatted,
-                        ranking=ranking_table(df, run_info, seed=seed),
-                        rankings={m: ranking_table(df, run_info, metric=m, seed=seed) for m in metrics},
-                        adaptive=adaptive_table(df, run_info) if has_adaptive(df) else None,
-                        examples=example_rows(df), failed=failed_rows(df), mos=has_mos(df))
+    return ReportTables(
+        aggregated=agg,
+        short=short,
+        formatted=formatted,
+        ranking=ranking_table(df, run_info, seed=seed),
+        rankings={m: ranking_table(df, run_info, metric=m, seed=seed) for m in metrics},
+        adaptive=adaptive_table(df, run_info) if has_adaptive(df) else None,
+        examples=example_rows(df),
+        failed=failed_rows(df),
+        mos=has_mos(df),
+    )

@@ -21,11 +21,13 @@ from iqadef.report.page import html_table
 from iqadef.report.tables import fmt, markdown_table, ranking_table, with_ci
 
 TITLE = "Robustness verdict: worst case over the protocol's attacks"
-NOTE = ("Per image the verdict is the worst case (highest normalised gain |f(x) − f(D(x_a))| / (high − low)) over "
-        "the ensemble within the budget: the non-adaptive attacks (the study's protocol, x_a shared by every "
-        "defence), the adaptive white-box attack through the defence (BPDA/EOT) and the black-box attack through "
-        "it. Means over images with 95% BCa bootstrap intervals. The study's ranking (non-adaptive attacks only, "
-        "all of the run's own attacks pooled) is shown beside it for comparison and is not a robustness figure.")
+NOTE = (
+    "Per image the verdict is the worst case (highest normalised gain |f(x) − f(D(x_a))| / (high − low)) over "
+    "the ensemble within the budget: the non-adaptive attacks (the study's protocol, x_a shared by every "
+    "defence), the adaptive white-box attack through the defence (BPDA/EOT) and the black-box attack through "
+    "it. Means over images with 95% BCa bootstrap intervals. The study's ranking (non-adaptive attacks only, "
+    "all of the run's own attacks pooled) is shown beside it for comparison and is not a robustness figure."
+)
 
 
 def protocol_verdict(df: pd.DataFrame, run_info: dict[str, Any]) -> Verdict | None:
@@ -48,13 +50,27 @@ def ranking_lines(result: Verdict) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for row in result.ranking.itertuples(index=False):
         low, high = row.gain_worst_ci_low, row.gain_worst_ci_high
-        value = f"{fmt(row.gain_worst)} [{fmt(low)}, {fmt(high)}]" if np.isfinite(low) and np.isfinite(high) \
+        value = (
+            f"{fmt(row.gain_worst)} [{fmt(low)}, {fmt(high)}]"
+            if np.isfinite(low) and np.isfinite(high)
             else fmt(row.gain_worst)
-        study = "" if not np.isfinite(row.study_rank) else \
-            f"study's non-adaptive ranking: #{int(row.study_rank)} ({fmt(row.study_norm_gain)})"
-        out.setdefault(row.metric, []).append({"rank": int(row.rank), "defence": row.defence, "value": value,
-                                               "budget": row.budget, "flags": row.flags or "", "study": study,
-                                               "evidence": row.evidence or ""})
+        )
+        study = (
+            ""
+            if not np.isfinite(row.study_rank)
+            else f"study's non-adaptive ranking: #{int(row.study_rank)} ({fmt(row.study_norm_gain)})"
+        )
+        out.setdefault(row.metric, []).append(
+            {
+                "rank": int(row.rank),
+                "defence": row.defence,
+                "value": value,
+                "budget": row.budget,
+                "flags": row.flags or "",
+                "study": study,
+                "evidence": row.evidence or "",
+            }
+        )
     return out
 
 
@@ -72,8 +88,12 @@ def curve_figures(result: Verdict, run_dir: Path, files: ReportFiles) -> list[tu
             part = mine[mine["threat"] == threat]
             for defence, line in part.groupby("defence", sort=False):
                 scale = 255.0 if threat == "linf" else 1.0
-                ax.plot(line["eps"].to_numpy(dtype=float) * scale, line["gain_worst"].to_numpy(dtype=float),
-                        marker="o", label=str(defence))
+                ax.plot(
+                    line["eps"].to_numpy(dtype=float) * scale,
+                    line["gain_worst"].to_numpy(dtype=float),
+                    marker="o",
+                    label=str(defence),
+                )
             ax.set_xlabel("eps (x/255)" if threat == "linf" else "eps (L2)", fontsize=9)
             ax.set_ylabel("worst-case normalised gain", fontsize=9)
             ax.set_title("L-inf budgets" if threat == "linf" else "L2 budgets", fontsize=9)
@@ -90,12 +110,19 @@ def page_view(result: Verdict | None, curves: list[tuple[str, Path]], kind: str)
     shown = result.table.drop(columns=["evidence"])
     table = html_table(with_ci(shown), "verdict") if kind == "html" else markdown_table(with_ci(shown))
     head = result.protocol.get("headline") or {}
-    return {"title": TITLE, "note": NOTE, "threat_model": result.protocol.get("threat_model", ""),
-            "legend": flag_legend(), "table": table,
-            "rankings": [{"metric": m, "lines": lines} for m, lines in ranking_lines(result).items()],
-            "headline": lines_budget(result) or f"{head.get('threat', 'linf')}",
-            "figures": [{"label": label, "name": path.name, "uri": png_data_uri(path) if kind == "html" else None}
-                        for label, path in curves]}
+    return {
+        "title": TITLE,
+        "note": NOTE,
+        "threat_model": result.protocol.get("threat_model", ""),
+        "legend": flag_legend(),
+        "table": table,
+        "rankings": [{"metric": m, "lines": lines} for m, lines in ranking_lines(result).items()],
+        "headline": lines_budget(result) or f"{head.get('threat', 'linf')}",
+        "figures": [
+            {"label": label, "name": path.name, "uri": png_data_uri(path) if kind == "html" else None}
+            for label, path in curves
+        ],
+    }
 
 
 def lines_budget(result: Verdict) -> str:

@@ -33,10 +33,32 @@ from iqadef.core.errors import IqadefError, RunLockedError
 from iqadef.core.files import RESUME_ADVICE, DiskFullError, atomic_write_bytes, write_error
 
 CELL_COLUMNS = (
-    "metric_key", "attack_key", "defence_key", "image",
-    "metric", "attack", "defence", "metric_params", "attack_params", "defence_params", "adaptive",
-    "image_path", "image_sha256", "batch_key", "status", "error", "f_clean", "f_adv", "f_def_clean",
-    "f_def_adv", "mos", "queries", "adv_path", "example_path", "scores", "unit",
+    "metric_key",
+    "attack_key",
+    "defence_key",
+    "image",
+    "metric",
+    "attack",
+    "defence",
+    "metric_params",
+    "attack_params",
+    "defence_params",
+    "adaptive",
+    "image_path",
+    "image_sha256",
+    "batch_key",
+    "status",
+    "error",
+    "f_clean",
+    "f_adv",
+    "f_def_clean",
+    "f_def_adv",
+    "mos",
+    "queries",
+    "adv_path",
+    "example_path",
+    "scores",
+    "unit",
 )
 KEY_COLUMNS = ("metric_key", "attack_key", "defence_key", "image")
 #: What a cell was computed from besides its plugins: the image file's sha256 and its batch (the runner's
@@ -86,7 +108,8 @@ def _storage_error(exc: BaseException, path: Path, advice: str = RESUME_ADVICE) 
         if "full" in text or ("disk i/o error" in text and _nearly_full(path)):
             return DiskFullError(f"{path}: disk full while writing the result store; {advice}")
         if not isinstance(exc, sqlite3.OperationalError) or any(
-                sign in text for sign in ("malformed", "not a database", "corrupt", "no such", "decode")):
+            sign in text for sign in ("malformed", "not a database", "corrupt", "no such", "decode")
+        ):
             return corrupt_store_error(path, exc)
     return write_error(exc, path, advice)
 
@@ -97,7 +120,8 @@ def corrupt_store_error(path: Path, exc: BaseException) -> CorruptStoreError:
     return CorruptStoreError(
         f"{path}: the result store is damaged ({reason}); move it aside together with its -wal/-shm files "
         f"(e.g. rename it to {path.name}.damaged) or use --fresh, then run again: its cells are recomputed "
-        f"(`sqlite3 {path} \"PRAGMA integrity_check\"` shows the damage)")
+        f'(`sqlite3 {path} "PRAGMA integrity_check"` shows the damage)'
+    )
 
 
 class RunLock:
@@ -133,10 +157,14 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
             if self.shared:
-                raise RunLockedError(f"{self.path.parent}: an iqadef run is writing this run folder; wait for it "
-                                     f"to finish, then try again") from None
-            raise RunLockedError(f"{self.path.parent}: another iqadef process is running in this run directory; "
-                                 f"wait for it to finish or use another `output`") from None
+                raise RunLockedError(
+                    f"{self.path.parent}: an iqadef run is writing this run folder; wait for it "
+                    f"to finish, then try again"
+                ) from None
+            raise RunLockedError(
+                f"{self.path.parent}: another iqadef process is running in this run directory; "
+                f"wait for it to finish or use another `output`"
+            ) from None
         if not self.shared:
             os.ftruncate(self._fd, 0)
             os.write(self._fd, str(os.getpid()).encode())
@@ -247,10 +275,14 @@ class ResultStore:
         try:
             self.db.execute("ALTER TABLE cells ADD COLUMN checksum TEXT")
             rows = self.db.execute(f"SELECT rowid, {', '.join(present)} FROM cells").fetchall()
-            self.db.executemany("UPDATE cells SET checksum = ? WHERE rowid = ?",
-                                [(row_checksum(dict(zip(present, r[1:]))), r[0]) for r in rows])
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                            ("checksums_added_to_rows", json.dumps(len(rows))))
+            self.db.executemany(
+                "UPDATE cells SET checksum = ? WHERE rowid = ?",
+                [(row_checksum(dict(zip(present, r[1:]))), r[0]) for r in rows],
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                ("checksums_added_to_rows", json.dumps(len(rows))),
+            )
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -273,8 +305,10 @@ class ResultStore:
         (truncated, corrupt) are left out, so a resume recomputes them; the last two with a warning.
         """
         columns, rows, intact = self._rows()
-        at = {c: columns.index(c) for c in (*IDENTITY_COLUMNS, "status", "example_path", "metric", "attack",
-                                             "defence", "image")}
+        at = {
+            c: columns.index(c)
+            for c in (*IDENTITY_COLUMNS, "status", "example_path", "metric", "attack", "defence", "image")
+        }
         keys = lambda row: tuple(row[at[c]] for c in IDENTITY_COLUMNS)  # noqa: E731
         changed = [row for row, ok in zip(rows, intact) if not ok]
         done = [row for row, ok in zip(rows, intact) if ok and row[at["status"]] == "ok"]
@@ -285,12 +319,19 @@ class ResultStore:
                 readable[rel] = _readable_png(self.run_dir / rel)
         damaged = sorted(rel for rel, ok in readable.items() if not ok)
         if changed:
-            warnings.warn(f"{self.path}: {len(changed)} stored cell(s) fail their checksum (changed after they "
-                          f"were written) and are recomputed: {_cells(changed, at)}", StorageWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.path}: {len(changed)} stored cell(s) fail their checksum (changed after they "
+                f"were written) and are recomputed: {_cells(changed, at)}",
+                StorageWarning,
+                stacklevel=2,
+            )
         if damaged:
-            warnings.warn(f"{self.run_dir}: {len(damaged)} example image(s) missing or unreadable (e.g. "
-                          f"{', '.join(damaged[:3])}); their cells are recomputed to write them again",
-                          StorageWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.run_dir}: {len(damaged)} example image(s) missing or unreadable (e.g. "
+                f"{', '.join(damaged[:3])}); their cells are recomputed to write them again",
+                StorageWarning,
+                stacklevel=2,
+            )
         return {keys(row) for row in done if not (row[at["example_path"]] and not readable[row[at["example_path"]]])}
 
     def write_cells(self, rows: Iterable[dict[str, Any]], artifacts: Iterable[tuple[str, str, str]] = ()) -> None:
@@ -303,10 +344,13 @@ class ResultStore:
         with self._errors():
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany("INSERT OR REPLACE INTO artifacts (key, path, sha256) VALUES (?, ?, ?)",
-                                    list(artifacts))
-                self.db.executemany(f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}, checksum) "
-                                    f"VALUES ({placeholders})", values)
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO artifacts (key, path, sha256) VALUES (?, ?, ?)", list(artifacts)
+                )
+                self.db.executemany(
+                    f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}, checksum) VALUES ({placeholders})",
+                    values,
+                )
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -317,8 +361,7 @@ class ResultStore:
         holds; the runner copies such rows to a renamed image's name instead of recomputing them."""
         columns, rows, intact = self._rows()
         at = [columns.index(c) for c in KEY_COLUMNS]
-        return [dict(zip(columns, row)) for row, ok in zip(rows, intact)
-                if ok and tuple(row[i] for i in at) in keys]
+        return [dict(zip(columns, row)) for row, ok in zip(rows, intact) if ok and tuple(row[i] for i in at) in keys]
 
     def artifact(self, key: str) -> tuple[str, str] | None:
         with self._errors():
@@ -345,11 +388,15 @@ class ResultStore:
         if not all(intact):
             bad = [not ok for ok in intact]
             at = {c: columns.index(c) for c in ("metric", "attack", "defence", "image")}
-            warnings.warn(f"{self.path}: {sum(bad)} stored cell(s) fail their checksum and are exported as failed: "
-                          f"{_cells([r for r, b in zip(rows, bad) if b], at)}; run the registry again (resume) to "
-                          f"recompute them", StorageWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.path}: {sum(bad)} stored cell(s) fail their checksum and are exported as failed: "
+                f"{_cells([r for r, b in zip(rows, bad) if b], at)}; run the registry again (resume) to "
+                f"recompute them",
+                StorageWarning,
+                stacklevel=2,
+            )
             df.loc[bad, "status"] = "failed"
-            df.loc[bad, "error"] = (f"{CHECKSUM_ERROR}; run the registry again (resume) to recompute it")
+            df.loc[bad, "error"] = f"{CHECKSUM_ERROR}; run the registry again (resume) to recompute it"
         scores = pd.DataFrame([json.loads(s) if s else {} for s in df.pop("scores")], index=df.index)
         df = pd.concat([df, scores], axis=1)
         df = df.sort_values(["metric", "attack", "defence", "image"], kind="stable").reset_index(drop=True)
@@ -398,7 +445,8 @@ def read_cells(run_dir: Path) -> StoredCells:
             con.close()
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError) and any(
-                sign in str(exc).lower() for sign in ("locked", "unable to open", "readonly", "busy")):
+            sign in str(exc).lower() for sign in ("locked", "unable to open", "readonly", "busy")
+        ):
             raise IqadefError(f"{path}: cannot be read ({exc})") from None
         raise corrupt_store_error(path, exc) from None
     return StoredCells([dict(zip(columns, row)) for row in rows], intact, artifacts)

@@ -31,8 +31,18 @@ MARKER = ".iqadef-run"
 LOCK = ".lock"
 FORMAT = 1
 #: Files a run folder holds under fixed names; inside a run folder they are always iqadef's.
-FIXED_NAMES = ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.sqlite-journal",
-               "results.parquet", "results.csv", "run.json", "report.html", "report.md", "summary.csv")
+FIXED_NAMES = (
+    "results.sqlite",
+    "results.sqlite-wal",
+    "results.sqlite-shm",
+    "results.sqlite-journal",
+    "results.parquet",
+    "results.csv",
+    "run.json",
+    "report.html",
+    "report.md",
+    "summary.csv",
+)
 #: Folders iqadef creates; removed by ``--fresh`` only when nothing else is left in them.
 OWN_FOLDERS = ("figures", "examples", "cache/adv", "cache")
 
@@ -123,8 +133,11 @@ class RunFolder:
         known.update(new)
 
     def _write_manifest(self, rels: Iterable[str], legacy: bool) -> None:
-        header = {"iqadef_run_folder": FORMAT, "legacy": legacy,
-                  "note": "written by iqadef: the files below are the ones it wrote here (--fresh deletes only those)"}
+        header = {
+            "iqadef_run_folder": FORMAT,
+            "legacy": legacy,
+            "note": "written by iqadef: the files below are the ones it wrote here (--fresh deletes only those)",
+        }
         lines = [json.dumps(header)] + [json.dumps(rel) for rel in rels]
         atomic_write_bytes(self.marker, ("\n".join(lines) + "\n").encode("utf-8"))
         self._recorded = set(rels)
@@ -207,7 +220,9 @@ def is_stale_temp(name: str, *, older_names: bool = True) -> bool:
     if found:
         return not _alive(int(found["pid"]))
     old = _OLD_TEMP.match(name) if older_names else None
-    return old is not None and (old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"])))
+    return old is not None and (
+        old["name"] in FIXED_NAMES or old["name"] == MARKER or bool(_OWN_NAME.match(old["name"]))
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -248,8 +263,10 @@ def prepare_run_dir(output: Path) -> RunFolder:
     output = Path(output)
     what = _is_home_or_root(output)
     if what:
-        raise _refuse(f"{output} is {what}; a run writes and deletes files in its folder, so give it a folder "
-                      f"of its own (e.g. runs/NAME)")
+        raise _refuse(
+            f"{output} is {what}; a run writes and deletes files in its folder, so give it a folder "
+            f"of its own (e.g. runs/NAME)"
+        )
     if output.exists() and not output.is_dir():
         raise _refuse(f"{output} exists and is not a folder; choose another `output`")
     folder = RunFolder(output)
@@ -259,8 +276,10 @@ def prepare_run_dir(output: Path) -> RunFolder:
         except OSError as exc:
             raise _refuse(f"cannot read {output} ({exc.strerror or exc}); choose another `output`") from None
         if entries:
-            raise _refuse(f"{output} is not empty and is not an iqadef run folder (no {MARKER}, results.sqlite or "
-                          f"run.json); choose a new or empty folder, so that no file of yours is overwritten")
+            raise _refuse(
+                f"{output} is not empty and is not an iqadef run folder (no {MARKER}, results.sqlite or "
+                f"run.json); choose a new or empty folder, so that no file of yours is overwritten"
+            )
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / f"{temp_prefix()}probe.tmp"
@@ -274,5 +293,12 @@ def prepare_run_dir(output: Path) -> RunFolder:
     return folder
 
 
-__all__ = ["FIXED_NAMES", "MARKER", "RunFolder", "is_stale_temp", "prepare_run_dir", "remove_stale_temp_files",
-           "temp_prefix"]
+__all__ = [
+    "FIXED_NAMES",
+    "MARKER",
+    "RunFolder",
+    "is_stale_temp",
+    "prepare_run_dir",
+    "remove_stale_temp_files",
+    "temp_prefix",
+]

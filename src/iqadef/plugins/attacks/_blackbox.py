@@ -23,12 +23,18 @@ from iqadef import Attack, ConfigError, Metric, Param, QueryMetric
 
 def query_batch_param(default: int = 64) -> Param:
     """The common ``query_batch`` parameter: the most images scored in one metric call (memory only)."""
-    return Param("query_batch", int, default, "most images per metric call (memory; results equal up to "
-                 "the metric's float rounding)", low=1)
+    return Param(
+        "query_batch",
+        int,
+        default,
+        "most images per metric call (memory; results equal up to the metric's float rounding)",
+        low=1,
+    )
 
 
-def query_scores(metric: Metric, images: torch.Tensor, query_batch: int,
-                 which: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+def query_scores(
+    metric: Metric, images: torch.Tensor, query_batch: int, which: torch.Tensor | list[int] | None = None
+) -> torch.Tensor:
     """The raw scores ``f(x)`` (``[N]``, float32, on the images' device), ``query_batch`` images per call.
 
     ``which[k]`` names the image of the attack's batch that ``images[k]`` is a candidate for (None: the
@@ -41,8 +47,8 @@ def query_scores(metric: Metric, images: torch.Tensor, query_batch: int,
     parts = []
     with torch.no_grad():
         for i in range(0, images.shape[0], query_batch):
-            chunk = images[i:i + query_batch].detach()
-            out = metric.score(chunk, which=which[i:i + query_batch]) if counted else metric.score(chunk)
+            chunk = images[i : i + query_batch].detach()
+            out = metric.score(chunk, which=which[i : i + query_batch]) if counted else metric.score(chunk)
             parts.append(out.detach().reshape(-1))
     return torch.cat(parts).float() if parts else images.new_zeros(0)
 
@@ -71,7 +77,9 @@ def take_aliases(values: dict[str, Any], aliases: dict[str, str], where: str) ->
         if alias in values:
             value = values.pop(alias)
             if name in values and values[name] != value:
-                raise ConfigError(f"{where}.{alias}: {alias} ({value!r}) and {name} ({values[name]!r}) name the "
-                                  f"same parameter; give one of them")
+                raise ConfigError(
+                    f"{where}.{alias}: {alias} ({value!r}) and {name} ({values[name]!r}) name the "
+                    f"same parameter; give one of them"
+                )
             values[name] = value
     return values

@@ -18,8 +18,9 @@ from iqadef import Metric, attack_loss
 _IMAGE_DIMS = (1, 2, 3)
 
 
-def loss_gradient(metric: Metric, images: torch.Tensor,
-                  extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def loss_gradient(
+    metric: Metric, images: torch.Tensor, extra: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """Gradient of the summed attack loss (plus ``extra(x)``, a scalar, if given) w.r.t. ``images``.
 
     The gradient is evaluated at ``images`` as given: callers that clamp before scoring pass the
@@ -29,8 +30,9 @@ def loss_gradient(metric: Metric, images: torch.Tensor,
     return loss_and_gradient(metric, images, extra)[1]
 
 
-def loss_and_gradient(metric: Metric, images: torch.Tensor,
-                      extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_gradient(
+    metric: Metric, images: torch.Tensor, extra: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-image attack loss ``1 - f(x)/range`` (``[B]``, detached) and the gradient of its sum (plus
     ``extra(x)``) w.r.t. ``images``, from one forward and backward."""
     with torch.enable_grad():
@@ -60,9 +62,15 @@ def per_image_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).flatten(1).mean(dim=1).sqrt()
 
 
-def adam_on_images(metric: Metric, images: torch.Tensor, *, lr: float, iters: int,
-                   extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+def adam_on_images(
+    metric: Metric,
+    images: torch.Tensor,
+    *,
+    lr: float,
+    iters: int,
+    extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Optimise the image pixels themselves with Adam, clamping to [0, 1] after every step.
 
     This is the common loop of the Korhonen et al., SSAH and Zhang et al. reference attacks:

@@ -29,8 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iqadef import Attack, ConfigError, Metric, Param, WeightsError, attack_loss
-from iqadef import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import (
+    Attack,
+    ConfigError,
+    Metric,
+    Param,
+    WeightsError,
+    WeightSpec,
+    attack_loss,
+    load_state_dict_strict,
+    load_weights,
+)
 
 # -- weight files ------------------------------------------------------------------------------
 
@@ -78,14 +87,18 @@ def _check_shapes(module: nn.Module, state: dict[str, Any], label: str) -> None:
     expected = module.state_dict()
     for key, value in state.items():
         if key in expected and isinstance(value, torch.Tensor) and value.shape != expected[key].shape:
-            raise WeightsError(f"{label}: {key} has shape {tuple(value.shape)}, expected "
-                               f"{tuple(expected[key].shape)}; is it the right file?")
+            raise WeightsError(
+                f"{label}: {key} has shape {tuple(value.shape)}, expected "
+                f"{tuple(expected[key].shape)}; is it the right file?"
+            )
 
 
 def _as_state_dict(obj: Any, label: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
-        raise WeightsError(f"{label}: expected a state dict (a mapping of names to tensors), "
-                           f"got {type(obj).__name__}; is it the right file?")
+        raise WeightsError(
+            f"{label}: expected a state dict (a mapping of names to tensors), "
+            f"got {type(obj).__name__}; is it the right file?"
+        )
     return obj
 
 
@@ -96,6 +109,7 @@ def vgg16_features(backbone_path: str | Path | None = None) -> nn.Sequential:
     the classifier is not needed and its keys are skipped.
     """
     import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
+
     with torch.device("meta"):  # no memory for the 120M classifier parameters we throw away
         features = torchvision.models.vgg16(weights=None).features[:30]
     features = features.to_empty(device="cpu")
@@ -152,8 +166,7 @@ class LpipsVgg(nn.Module):
         self.register_buffer("scale", _column(LPIPS_SCALE), persistent=False)
 
     @classmethod
-    def load(cls, backbone_path: str | Path | None = None,
-             calibration_path: str | Path | None = None) -> "LpipsVgg":
+    def load(cls, backbone_path: str | Path | None = None, calibration_path: str | Path | None = None) -> "LpipsVgg":
         net = cls(vgg16_features(backbone_path))
         label = f"LPIPS linear layers ({LPIPS_VGG_LIN.filename})"
         state = _as_state_dict(load_weights(LPIPS_VGG_LIN, calibration_path), label)
@@ -166,8 +179,7 @@ class LpipsVgg(nn.Module):
         """Unit-normalised stage features of [0, 1] images (reusable for a fixed reference image)."""
         h = ((2 * images - 1) - self.shift) / self.scale  # LPIPS takes [-1, 1] input
         # vector_norm's gradient at a zero vector is 0 (sqrt would give NaN); the value equals LPIPS'.
-        return [f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10)
-                for f in vgg_stages(self.features, h)]
+        return [f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10) for f in vgg_stages(self.features, h)]
 
     def distance(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor]) -> torch.Tensor:
         total = 0
@@ -201,8 +213,9 @@ class Dists(nn.Module):
         self.register_buffer("std", _column(IMAGENET_STD), persistent=False)
 
     @classmethod
-    def load(cls, backbone_path: str | Path | None = None, calibration_path: str | Path | None = None,
-             *, resize: bool = True) -> "Dists":
+    def load(
+        cls, backbone_path: str | Path | None = None, calibration_path: str | Path | None = None, *, resize: bool = True
+    ) -> "Dists":
         net = cls(vgg16_features(backbone_path), resize=resize)
         label = f"DISTS weights ({DISTS_ALPHA_BETA.filename})"
         state = _as_state_dict(load_weights(DISTS_ALPHA_BETA, calibration_path), label)
@@ -230,7 +243,7 @@ class Dists(nn.Module):
         for a, b, alpha, beta in zip(feats0, feats1, alphas, betas):
             mean_a = a.mean(dim=(2, 3), keepdim=True)
             mean_b = b.mean(dim=(2, 3), keepdim=True)
-            texture = (2 * mean_a * mean_b + self.C1) / (mean_a ** 2 + mean_b ** 2 + self.C1)
+            texture = (2 * mean_a * mean_b + self.C1) / (mean_a**2 + mean_b**2 + self.C1)
             var_a = ((a - mean_a) ** 2).mean(dim=(2, 3), keepdim=True)
             var_b = ((b - mean_b) ** 2).mean(dim=(2, 3), keepdim=True)
             cov = (a * b).mean(dim=(2, 3), keepdim=True) - mean_a * mean_b
@@ -249,29 +262,30 @@ SSIM_SIGMA = 1.5
 def ssim_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image ``1 - SSIM`` with IQA_pytorch's settings (see the module docstring); data range 1."""
     if min(x.shape[-2:]) < SSIM_WINDOW:
-        raise ConfigError(f"SSIM distance: images of {tuple(x.shape[-2:])} px are smaller than the "
-                          f"{SSIM_WINDOW}x{SSIM_WINDOW} window; use images of at least {SSIM_WINDOW} px")
+        raise ConfigError(
+            f"SSIM distance: images of {tuple(x.shape[-2:])} px are smaller than the "
+            f"{SSIM_WINDOW}x{SSIM_WINDOW} window; use images of at least {SSIM_WINDOW} px"
+        )
     kernel = kornia.filters.get_gaussian_kernel2d((SSIM_WINDOW, SSIM_WINDOW), (SSIM_SIGMA, SSIM_SIGMA))
     kernel = kernel.to(dtype=x.dtype, device=x.device)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return kornia.filters.filter2d(t, kernel, padding="valid")
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
     contrast_structure = F.relu((2 * cov + c2) / (var_x + var_y + c2))
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     return 1 - (luminance * contrast_structure).mean(dim=(1, 2, 3))
 
 
 # -- the attack loop shared by the three variants ------------------------------------------------------
 
 #: The learning rates the reference sweeps (attack_presets.json, zhang-et-al-*).
-LR_PRESETS = (1e-05, 2e-05, 5e-05, 0.00011, 0.00023, 0.0005, 0.00108, 0.00232, 0.005, 0.01077,
-              0.02321, 0.05)
+LR_PRESETS = (1e-05, 2e-05, 5e-05, 0.00011, 0.00023, 0.0005, 0.00108, 0.00232, 0.005, 0.01077, 0.02321, 0.05)
 
 
 class PerceptualAdamAttack(Attack):
@@ -326,4 +340,3 @@ class NetworkDistanceAttack(PerceptualAdamAttack):
 
     def distance(self, adversarial: torch.Tensor, reference: Any) -> torch.Tensor:
         return self.network.distance(self.network.embed(adversarial), reference)
-

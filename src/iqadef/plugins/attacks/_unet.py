@@ -28,15 +28,24 @@ def normalize_and_scale(delta: torch.Tensor) -> torch.Tensor:
 
 
 class UnetGenerator(nn.Module):
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, norm_type: str = "instance",
-                 act_type: str = "relu"):
+    def __init__(
+        self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, norm_type: str = "instance", act_type: str = "relu"
+    ):
         super().__init__()
         widths = (ngf, ngf * 2, ngf * 4, ngf * 8, ngf * 8, ngf * 8, ngf * 8, ngf * 8)
         ins = (input_nc,) + widths[:-1]
         for i, (cin, cout) in enumerate(zip(ins, widths), start=1):
             setattr(self, f"conv{i}", nn.Conv2d(cin, cout, 4, 2, 1))
-        ups = ((ngf * 8, ngf * 8), (ngf * 16, ngf * 8), (ngf * 16, ngf * 8), (ngf * 16, ngf * 8),
-               (ngf * 16, ngf * 4), (ngf * 8, ngf * 2), (ngf * 4, ngf), (ngf * 2, output_nc))
+        ups = (
+            (ngf * 8, ngf * 8),
+            (ngf * 16, ngf * 8),
+            (ngf * 16, ngf * 8),
+            (ngf * 16, ngf * 8),
+            (ngf * 16, ngf * 4),
+            (ngf * 8, ngf * 2),
+            (ngf * 4, ngf),
+            (ngf * 2, output_nc),
+        )
         for i, (cin, cout) in enumerate(ups, start=1):
             setattr(self, f"dconv{i}", nn.ConvTranspose2d(cin, cout, 4, 2, 1))
         norm = nn.BatchNorm2d if norm_type == "batch" else nn.InstanceNorm2d
@@ -79,6 +88,7 @@ def seeded_global_rng(seed: int, device: torch.device):
             if devices:
                 out["cuda"] = torch.cuda.get_rng_state(device)
             return out
+
         yield current
 
 

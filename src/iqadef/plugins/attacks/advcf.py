@@ -54,15 +54,17 @@ class AdvCF(Attack):
     version = "2"  # 2: matches the reference (see docs/fidelity.md)
     norm = None
     params = (
-        Param("iters", int, 10, help="number of Adam steps", low=1,
-              presets=(1, 3, 5, 7, 9, 12, 14, 16, 18, 20)),
+        Param("iters", int, 10, help="number of Adam steps", low=1, presets=(1, 3, 5, 7, 9, 12, 14, 16, 18, 20)),
         Param("lr", float, 0.1, help="Adam learning rate", low=0.0),
         Param("pieces", int, 64, help="number of linear pieces of each curve", low=1),
-        Param("smoothness", float, 0.5, help="weight of the regulariser pulling curves to the identity",
-              low=0.0),
-        Param("batch_mean", bool, False,
-              help="as the reference with batches > 1: average the score term over the batch (regulariser "
-                   "summed) and keep, for the whole batch, the iteration whose best image scored best"),
+        Param("smoothness", float, 0.5, help="weight of the regulariser pulling curves to the identity", low=0.0),
+        Param(
+            "batch_mean",
+            bool,
+            False,
+            help="as the reference with batches > 1: average the score term over the batch (regulariser "
+            "summed) and keep, for the whole batch, the iteration whose best image scored best",
+        ),
     )
     iters: int
     lr: float
@@ -70,8 +72,9 @@ class AdvCF(Attack):
     smoothness: float
     batch_mean: bool
 
-    def objective(self, metric: Metric, images: torch.Tensor,
-                  weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def objective(
+        self, metric: Metric, images: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss the reference's ``step`` minimises, for curve ``weights`` ``[B, 3, P]`` (>= 0).
 
         Returns the scalar to differentiate, each image's ``1 - f/range`` and the clipped curve

@@ -71,8 +71,17 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return -grad / (per_image_norm(grad) + 1e-12)
 
 
-def apgd_run(metric: Metric, x: torch.Tensor, start: torch.Tensor, *, eps: float, norm: str, steps: int,
-             rho: float, alpha: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+def apgd_run(
+    metric: Metric,
+    x: torch.Tensor,
+    start: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    rho: float,
+    alpha: float = 0.75,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One run of Algorithm 1 from ``start``: the best point of each image and its loss (lower is better).
 
     Step ``eta = 2 eps`` per image; ``z = P(x_k + eta * d(grad))``, ``x_{k+1} = P(x_k + alpha (z - x_k) +
@@ -109,8 +118,8 @@ def apgd_run(metric: Metric, x: torch.Tensor, start: torch.Tensor, *, eps: float
         best_grad = torch.where(improved.view(view), grad, best_grad)
         best_loss = torch.where(improved, loss, best_loss)
         if k + 1 in marks:
-            stalled = decreases <= rho * since                       # condition 1
-            stalled |= ~halved_last & (best_at_last <= best_loss)   # condition 2
+            stalled = decreases <= rho * since  # condition 1
+            stalled |= ~halved_last & (best_at_last <= best_loss)  # condition 2
             eta = torch.where(stalled, eta / 2, eta)
             current = torch.where(stalled.view(view), best_x, current)
             grad = torch.where(stalled.view(view), best_grad, grad)
@@ -121,15 +130,17 @@ def apgd_run(metric: Metric, x: torch.Tensor, start: torch.Tensor, *, eps: float
     return best_x, best_loss
 
 
-def apgd(metric: Metric, images: torch.Tensor, *, eps: float, norm: str, steps: int, restarts: int, rho: float,
-         seed: int) -> torch.Tensor:
+def apgd(
+    metric: Metric, images: torch.Tensor, *, eps: float, norm: str, steps: int, restarts: int, rho: float, seed: int
+) -> torch.Tensor:
     """The best point over ``restarts`` runs of :func:`apgd_run` from random starts, per image."""
     x = images.detach()
     gens = [image_generator(seed, i) for i in range(x.shape[0])]
     best_x, best_loss = x.clone(), torch.full((x.shape[0],), float("inf"), device=x.device)
     for _ in range(restarts):
-        run_x, run_loss = apgd_run(metric, x, random_start(x, eps, norm, gens), eps=eps, norm=norm, steps=steps,
-                                   rho=rho)
+        run_x, run_loss = apgd_run(
+            metric, x, random_start(x, eps, norm, gens), eps=eps, norm=norm, steps=steps, rho=rho
+        )
         better = run_loss.to(best_loss) < best_loss
         best_x = torch.where(better.view(-1, 1, 1, 1), run_x, best_x)
         best_loss = torch.where(better, run_loss.to(best_loss), best_loss)
@@ -146,13 +157,20 @@ class APGD(Attack):
     name = "apgd"
     norm = "linf"
     params = (
-        Param("eps", float, None, nullable=True, low=0.0,
-              help="bound of the perturbation; null: 8/255 (linf) or 0.5 (l2)"),
+        Param(
+            "eps", float, None, nullable=True, low=0.0, help="bound of the perturbation; null: 8/255 (linf) or 0.5 (l2)"
+        ),
         Param("norm", str, "linf", choices=("linf", "l2"), help="the threat model's norm"),
         Param("steps", int, 100, help="iterations per restart", low=1),
         Param("restarts", int, 1, help="runs from independent random starts; the best point is kept", low=1),
-        Param("rho", float, 0.75, low=0.0, high=1.0,
-              help="halve the step when the loss fell in at most this share of the steps since the last checkpoint"),
+        Param(
+            "rho",
+            float,
+            0.75,
+            low=0.0,
+            high=1.0,
+            help="halve the step when the loss fell in at most this share of the steps since the last checkpoint",
+        ),
     )
     eps: float | None
     steps: int
@@ -165,8 +183,16 @@ class APGD(Attack):
             self.eps = DEFAULT_EPS[self.norm]
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        return apgd(metric, images, eps=self.eps, norm=self.norm, steps=self.steps, restarts=self.restarts,
-                    rho=self.rho, seed=seed)
+        return apgd(
+            metric,
+            images,
+            eps=self.eps,
+            norm=self.norm,
+            steps=self.steps,
+            restarts=self.restarts,
+            rho=self.rho,
+            seed=seed,
+        )
 
 
 @hookimpl

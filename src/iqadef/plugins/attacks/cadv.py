@@ -18,16 +18,18 @@ from iqadef import (
     Metric,
     Param,
     WeightsError,
+    WeightSpec,
     attack_loss,
     hookimpl,
+    load_state_dict_strict,
+    load_weights,
 )
-from iqadef import WeightSpec, load_state_dict_strict, load_weights
 
 COLORIZATION_WEIGHTS = WeightSpec(
     filename="cadv-colorization-model.pth",
     urls=("https://titan.gml-team.ru:5003/fsdownload/ydzYpLFwY/cadv-colorization-model.pth",),
     description="cAdv colourisation network (Zhang et al. 2017 user-guided colourisation, as loaded by "
-                "adversarial-defenses-for-iqa metrics/methods/cadv/run.py; keys model1.0.weight ... model_out.0.bias)",
+    "adversarial-defenses-for-iqa metrics/methods/cadv/run.py; keys model1.0.weight ... model_out.0.bias)",
     param="weights_path",
 )
 
@@ -84,8 +86,11 @@ class ColorizationNet(nn.Module):
 
 # -- colour conversion (the reference's own formulas, kept for their exact values and gradients) ---------
 _XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
-_RGB_FROM_XYZ = ((3.24048134, -1.53715152, -0.49853633), (-0.96925495, 1.87599, 0.04155593),
-                 (0.05564664, -0.20404134, 1.05731107))
+_RGB_FROM_XYZ = (
+    (3.24048134, -1.53715152, -0.49853633),
+    (-0.96925495, 1.87599, 0.04155593),
+    (0.05564664, -0.20404134, 1.05731107),
+)
 _WHITE = (0.95047, 1.0, 1.08883)
 
 
@@ -113,7 +118,7 @@ def lab_scaled_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fz = torch.max(torch.zeros((1,), device=lab.device), fy - lab[:, 2] * 110.0 / 200.0)
     f = torch.cat((fx[:, None], fy[:, None], fz[:, None]), dim=1)
     mask = (f > 0.2068966).float()
-    xyz = ((f ** 3.0) * mask + (f - 16.0 / 116.0) / 7.787 * (1 - mask))
+    xyz = (f**3.0) * mask + (f - 16.0 / 116.0) / 7.787 * (1 - mask)
     xyz = xyz * torch.tensor(_WHITE, device=lab.device)[None, :, None, None]
     rgb = _mix(xyz, _RGB_FROM_XYZ)
     rgb = torch.max(rgb, torch.zeros_like(rgb))
@@ -121,8 +126,15 @@ def lab_scaled_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return (1.055 * (rgb ** (1.0 / 2.4)) - 0.055) * mask + 12.92 * rgb * (1 - mask)
 
 
-def choose_hints(net: ColorizationNet, lab: torch.Tensor, rng: np.random.Generator, *, clusters: int = 8,
-                 chosen_clusters: int = 4, count: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_hints(
+    net: ColorizationNet,
+    lab: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    clusters: int = 8,
+    chosen_clusters: int = 4,
+    count: int = 50,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's ``get_colorization_data`` for one image: cluster the (Gaussian-smoothed) ab
     channels into ``clusters`` groups, rank the groups by the network's mean hint-free colour entropy,
     and give ``count`` random pixels of the ``chosen_clusters`` lowest-entropy groups their true ab as
@@ -140,8 +152,10 @@ def choose_hints(net: ColorizationNet, lab: torch.Tensor, rng: np.random.Generat
     means = np.array([entropy[torch.from_numpy(labels == i)].mean().item() for i in range(clusters)])
     pixels = np.isin(labels, np.argsort(means)[:chosen_clusters]).nonzero()[0]
     if pixels.shape[0] < count:
-        raise ConfigError(f"cadv: only {pixels.shape[0]} pixels in the chosen colour clusters, fewer than "
-                          f"hints={count}; use a larger image or fewer hints")
+        raise ConfigError(
+            f"cadv: only {pixels.shape[0]} pixels in the chosen colour clusters, fewer than "
+            f"hints={count}; use a larger image or fewer hints"
+        )
     picked = torch.from_numpy(pixels[rng.choice(pixels.shape[0], count, replace=False)]).to(lab.device)
     hints = torch.zeros_like(ab)
     hints.view(1, 2, -1)[..., picked] = ab.view(1, 2, -1)[..., picked]
@@ -194,8 +208,9 @@ class CAdv(Attack):
         if ch < 8 or cw < 8:
             raise ConfigError(f"cadv: the image is {h}x{w}; the colourisation network needs sides of at least 8")
         lab = rgb_to_lab_scaled(image[..., :ch, :cw])
-        hints, mask = choose_hints(self.network, lab, rng, clusters=self.clusters,
-                                   chosen_clusters=self.chosen_clusters, count=self.hints)
+        hints, mask = choose_hints(
+            self.network, lab, rng, clusters=self.clusters, chosen_clusters=self.chosen_clusters, count=self.hints
+        )
         hints.requires_grad_(True)
         mask.requires_grad_(True)
         optimizer = torch.optim.Adam([hints, mask], lr=self.lr, betas=(0.9, 0.999))
@@ -216,7 +231,7 @@ class CAdv(Attack):
         self.load(images.device)
         rng = np.random.default_rng(int(seed))
         images = images.detach()
-        return torch.cat([self._one(metric, images[i:i + 1], rng) for i in range(images.shape[0])])
+        return torch.cat([self._one(metric, images[i : i + 1], rng) for i in range(images.shape[0])])
 
 
 @hookimpl

@@ -9,8 +9,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from iqadef import ConfigError, Metric, Param, WeightsError, attack_loss, hookimpl
-from iqadef import load_checkpoint, load_state_dict_strict
+from iqadef import (
+    ConfigError,
+    Metric,
+    Param,
+    WeightsError,
+    attack_loss,
+    hookimpl,
+    load_checkpoint,
+    load_state_dict_strict,
+)
 
 from ._unet import (
     OUTPUT_SCALE,
@@ -25,9 +33,19 @@ from .uap import BENCHMARK_AMPLITUDES, TrainedAttack, _batches, fit_to_size, til
 TILE = 256
 
 
-def train_facpa(metric: Metric, images: torch.Tensor, *, size: int = TILE, lr: float = 1e-3, epochs: int = 5,
-                seed: int = 0, batch_size: int = 8, ngf: int = 64, resume: dict | None = None,
-                checkpoint: Callable[[dict], None] | None = None) -> dict:
+def train_facpa(
+    metric: Metric,
+    images: torch.Tensor,
+    *,
+    size: int = TILE,
+    lr: float = 1e-3,
+    epochs: int = 5,
+    seed: int = 0,
+    batch_size: int = 8,
+    ngf: int = 64,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> dict:
     """Train the FACPA generator; return its state dict.
 
     As in the reference (adversarial-defenses-for-iqa ``metrics/methods/cnn-attack/train.py``):
@@ -66,8 +84,15 @@ def train_facpa(metric: Metric, images: torch.Tensor, *, size: int = TILE, lr: f
                 optimizer.step()
                 steps += 1
             if checkpoint is not None:
-                checkpoint({"generator": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch + 1, "rng": order.get_state(), "dropout_rng": rng_state()})
+                checkpoint(
+                    {
+                        "generator": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "rng": order.get_state(),
+                        "dropout_rng": rng_state(),
+                    }
+                )
         if steps == 0 and start < epochs:
             raise ConfigError("cnn-attack: no training images were given")
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -80,11 +105,11 @@ def facpa_perturbation(net: UnetGenerator, images: torch.Tensor) -> torch.Tensor
     its code fails there) and the output cropped back."""
     h, w = images.shape[-2:]
     ch, cw = (h // TILE) * TILE, (w // TILE) * TILE
-    crop = images[..., :ch or h, :cw or w]
+    crop = images[..., : ch or h, : cw or w]
     crop = F.pad(crop, (0, max(0, TILE - crop.shape[-1]), 0, max(0, TILE - crop.shape[-2])))
     with torch.no_grad():
         delta = normalize_and_scale(net(crop))
-    delta = delta[..., :ch or h, :cw or w]
+    delta = delta[..., : ch or h, : cw or w]
     return torch.stack([tile_to(d, h, w) for d in delta])
 
 
@@ -102,13 +127,28 @@ class CnnAttack(TrainedAttack):
     result_param = "weights_path"
     norm = "linf"
     params = (
-        Param("amplitude", float, 0.2, help="factor on the generator's output (times 10, as the reference)",
-              low=0.0, presets=BENCHMARK_AMPLITUDES),
-        Param("weights_path", Path, None, help="a trained generator state dict (the reference's or this "
-                                               "plugin's); null = train"),
+        Param(
+            "amplitude",
+            float,
+            0.2,
+            help="factor on the generator's output (times 10, as the reference)",
+            low=0.0,
+            presets=BENCHMARK_AMPLITUDES,
+        ),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="a trained generator state dict (the reference's or this plugin's); null = train",
+        ),
         Param("train_dir", Path, None, help="folder of training images; null = the bundled images"),
-        Param("train_dataset", str, None, help="train on a dataset instead (as the registry's `dataset:`, "
-                                               "e.g. koniq10k, nips2017, builtin); overrides train_dir"),
+        Param(
+            "train_dataset",
+            str,
+            None,
+            help="train on a dataset instead (as the registry's `dataset:`, "
+            "e.g. koniq10k, nips2017, builtin); overrides train_dir",
+        ),
         Param("size", int, TILE, help="side of the training crops (a multiple of 256)", low=TILE),
         Param("lr", float, 1e-3, help="Adam learning rate", low=0.0),
         Param("epochs", int, 5, help="training epochs", low=1),
@@ -135,13 +175,30 @@ class CnnAttack(TrainedAttack):
         return OUTPUT_SCALE * self.amplitude * 10
 
     def training_recipe(self) -> dict:
-        return {"size": self.size, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                "ngf": self.ngf, "seed": self.train_seed}
+        return {
+            "size": self.size,
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "ngf": self.ngf,
+            "seed": self.train_seed,
+        }
 
-    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
-              checkpoint: Any = None) -> dict:
-        return train_facpa(metric, images, size=self.size, lr=self.lr, epochs=self.epochs, seed=self.train_seed,
-                           batch_size=self.batch_size, ngf=self.ngf, resume=resume, checkpoint=checkpoint)
+    def train(
+        self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None, checkpoint: Any = None
+    ) -> dict:
+        return train_facpa(
+            metric,
+            images,
+            size=self.size,
+            lr=self.lr,
+            epochs=self.epochs,
+            seed=self.train_seed,
+            batch_size=self.batch_size,
+            ngf=self.ngf,
+            resume=resume,
+            checkpoint=checkpoint,
+        )
 
     def network(self, metric: Metric) -> UnetGenerator:
         memo = (metric.key(), str(metric.device))

@@ -12,10 +12,19 @@ from iqadef import ConfigError, Metric, Param, attack_loss, hookimpl
 from .uap import BENCHMARK_AMPLITUDES, UAP, _batches, fit_to_size
 
 
-def train_cumulative_uap(metric: Metric, images: torch.Tensor, *, size: int = 256, eps: float = 0.1,
-                         lr: float = 1.0, epochs: int = 5, seed: int = 0, batch_size: int = 8,
-                         resume: dict | None = None,
-                         checkpoint: Callable[[dict], None] | None = None) -> torch.Tensor:
+def train_cumulative_uap(
+    metric: Metric,
+    images: torch.Tensor,
+    *,
+    size: int = 256,
+    eps: float = 0.1,
+    lr: float = 1.0,
+    epochs: int = 5,
+    seed: int = 0,
+    batch_size: int = 8,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
     """Train a universal perturbation ``[3, size, size]`` in [-eps, eps] by accumulating raw gradients.
 
     As in the reference (MSU_Metrics_Robustness_Benchmark ``methods/cumulative-uap/train.py``): the
@@ -59,17 +68,38 @@ class CumulativeUAP(UAP):
     """
 
     name = "cumulative-uap"
-    params = tuple({
-        "amplitude": Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-                           presets=BENCHMARK_AMPLITUDES),
-        "lr": Param("lr", float, 1.0, help="factor on the gradient step (the reference: 1)", low=0.0),
-    }.get(p.name, p) for p in UAP.params)
+    params = tuple(
+        {
+            "amplitude": Param(
+                "amplitude",
+                float,
+                0.2,
+                help="factor applied to the perturbation",
+                low=0.0,
+                presets=BENCHMARK_AMPLITUDES,
+            ),
+            "lr": Param("lr", float, 1.0, help="factor on the gradient step (the reference: 1)", low=0.0),
+        }.get(p.name, p)
+        for p in UAP.params
+    )
 
-    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
-              checkpoint: Any = None) -> dict:
-        return {"perturbation": train_cumulative_uap(
-            metric, images, size=self.size, eps=self.eps, lr=self.lr, epochs=self.epochs,
-            seed=self.train_seed, batch_size=self.batch_size, resume=resume, checkpoint=checkpoint)}
+    def train(
+        self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None, checkpoint: Any = None
+    ) -> dict:
+        return {
+            "perturbation": train_cumulative_uap(
+                metric,
+                images,
+                size=self.size,
+                eps=self.eps,
+                lr=self.lr,
+                epochs=self.epochs,
+                seed=self.train_seed,
+                batch_size=self.batch_size,
+                resume=resume,
+                checkpoint=checkpoint,
+            )
+        }
 
 
 @hookimpl

@@ -19,9 +19,15 @@ class FGSM(Attack):
     name = "fgsm"
     norm = "linf"
     params = (
-        Param("eps", float, 10 / 255, help="step size = L-inf bound", low=0.0, high=1.0,
-              presets=(1 / 255, 0.01438, 0.02484, 0.03529, 0.04575, 0.05621, 0.06667, 0.07712, 0.08758,
-                       25 / 255)),
+        Param(
+            "eps",
+            float,
+            10 / 255,
+            help="step size = L-inf bound",
+            low=0.0,
+            high=1.0,
+            presets=(1 / 255, 0.01438, 0.02484, 0.03529, 0.04575, 0.05621, 0.06667, 0.07712, 0.08758, 25 / 255),
+        ),
     )
     eps: float
 

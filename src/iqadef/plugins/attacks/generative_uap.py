@@ -19,10 +19,20 @@ from ._unet import (
 from .uap import BENCHMARK_AMPLITUDES, UAP, _batches, fit_to_size, load_perturbation
 
 
-def train_generative_uap(metric: Metric, images: torch.Tensor, *, size: int = 256, eps: float = 10 / 255,
-                         lr: float = 1e-3, epochs: int = 1, seed: int = 0, batch_size: int = 8, ngf: int = 64,
-                         resume: dict | None = None,
-                         checkpoint: Callable[[dict], None] | None = None) -> torch.Tensor:
+def train_generative_uap(
+    metric: Metric,
+    images: torch.Tensor,
+    *,
+    size: int = 256,
+    eps: float = 10 / 255,
+    lr: float = 1e-3,
+    epochs: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    ngf: int = 64,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
     """Train the generator and return the perturbation it makes, ``[3, size, size]`` in +-10/255.
 
     As in the reference (MSU_Metrics_Robustness_Benchmark ``methods/generative-uap/train.py``): the
@@ -63,8 +73,16 @@ def train_generative_uap(metric: Metric, images: torch.Tensor, *, size: int = 25
                 z.clamp_(-eps, eps)
                 steps += 1
             if checkpoint is not None:
-                checkpoint({"generator": net.state_dict(), "optimizer": optimizer.state_dict(), "z": z.cpu(),
-                            "epoch": epoch + 1, "rng": order.get_state(), "dropout_rng": rng_state()})
+                checkpoint(
+                    {
+                        "generator": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "z": z.cpu(),
+                        "epoch": epoch + 1,
+                        "rng": order.get_state(),
+                        "dropout_rng": rng_state(),
+                    }
+                )
         if steps == 0 and start < epochs:
             raise ConfigError("generative-uap: no training images were given")
         with torch.no_grad():
@@ -80,16 +98,28 @@ class GenerativeUAP(UAP):
     """
 
     name = "generative-uap"
-    params = tuple({
-        "amplitude": Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-                           presets=BENCHMARK_AMPLITUDES),
-        "eps": Param("eps", float, 10 / 255, help="clip of the generator's input noise (the output is bounded "
-                                                  "by 10/255 through tanh)", low=0.0),
-        "lr": Param("lr", float, 1e-3, help="Adam learning rate of the generator", low=0.0),
-        "epochs": Param("epochs", int, 1, help="training epochs", low=1),
-    }.get(p.name, p) for p in UAP.params) + (
-        Param("ngf", int, 64, help="generator width (the reference: 64)", low=1),
-    )
+    params = tuple(
+        {
+            "amplitude": Param(
+                "amplitude",
+                float,
+                0.2,
+                help="factor applied to the perturbation",
+                low=0.0,
+                presets=BENCHMARK_AMPLITUDES,
+            ),
+            "eps": Param(
+                "eps",
+                float,
+                10 / 255,
+                help="clip of the generator's input noise (the output is bounded by 10/255 through tanh)",
+                low=0.0,
+            ),
+            "lr": Param("lr", float, 1e-3, help="Adam learning rate of the generator", low=0.0),
+            "epochs": Param("epochs", int, 1, help="training epochs", low=1),
+        }.get(p.name, p)
+        for p in UAP.params
+    ) + (Param("ngf", int, 64, help="generator width (the reference: 64)", low=1),)
     ngf: int
 
     def bound(self) -> float:
@@ -103,12 +133,24 @@ class GenerativeUAP(UAP):
             return load_perturbation(self.perturbation_path).clamp(-OUTPUT_SCALE, OUTPUT_SCALE)
         return self.trained_state(metric)["perturbation"].float()
 
-    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
-              checkpoint: Any = None) -> dict:
-        return {"perturbation": train_generative_uap(
-            metric, images, size=self.size, eps=self.eps, lr=self.lr, epochs=self.epochs,
-            seed=self.train_seed, batch_size=self.batch_size, ngf=self.ngf, resume=resume,
-            checkpoint=checkpoint)}
+    def train(
+        self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None, checkpoint: Any = None
+    ) -> dict:
+        return {
+            "perturbation": train_generative_uap(
+                metric,
+                images,
+                size=self.size,
+                eps=self.eps,
+                lr=self.lr,
+                epochs=self.epochs,
+                seed=self.train_seed,
+                batch_size=self.batch_size,
+                ngf=self.ngf,
+                resume=resume,
+                checkpoint=checkpoint,
+            )
+        }
 
 
 @hookimpl

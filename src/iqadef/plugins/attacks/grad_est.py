@@ -21,16 +21,28 @@ def add_tiled(images: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
     return torch.clamp(images + tiled, 0, 1)
 
 
-def estimate_gradients(metric: Metric, images: torch.Tensor, generators: list[torch.Generator], *,
-                       samples: int, sigma: float, tile: int, query_batch: int) -> torch.Tensor:
+def estimate_gradients(
+    metric: Metric,
+    images: torch.Tensor,
+    generators: list[torch.Generator],
+    *,
+    samples: int,
+    sigma: float,
+    tile: int,
+    query_batch: int,
+) -> torch.Tensor:
     """``1/(2 n sigma) sum_i (f(x + sigma u_i) - f(x - sigma u_i)) u_i`` per image, ``u_i`` a Gaussian
     ``[3, N, N]`` tile (the reference's ``grad_est``); the 2n candidates of every image in one go.
 
     The sum is accumulated in the reference's order (+ then - for each i), so the float result is
     the reference's."""
     b = images.shape[0]
-    u = torch.stack([torch.stack([torch.empty((3, tile, tile)).normal_(mean=0, std=1, generator=g)
-                                  for _ in range(samples)]) for g in generators]).to(images.device)
+    u = torch.stack(
+        [
+            torch.stack([torch.empty((3, tile, tile)).normal_(mean=0, std=1, generator=g) for _ in range(samples)])
+            for g in generators
+        ]
+    ).to(images.device)
     plus = add_tiled(images.repeat_interleave(samples, 0), sigma * u.flatten(0, 1))
     minus = add_tiled(images.repeat_interleave(samples, 0), -sigma * u.flatten(0, 1))
     owners = torch.arange(b).repeat_interleave(2 * samples)
@@ -50,8 +62,19 @@ def unit_step(g: torch.Tensor) -> torch.Tensor:
     return g / norm if norm > 0 else torch.zeros_like(g)
 
 
-def grad_est(metric: Metric, images: torch.Tensor, generators: list[torch.Generator], *, eps: float, iters: int,
-             samples: int, sigma: float, eta: float, tile: int, query_batch: int) -> torch.Tensor:
+def grad_est(
+    metric: Metric,
+    images: torch.Tensor,
+    generators: list[torch.Generator],
+    *,
+    eps: float,
+    iters: int,
+    samples: int,
+    sigma: float,
+    eta: float,
+    tile: int,
+    query_batch: int,
+) -> torch.Tensor:
     """``iters`` steps of ``eta`` times the unit-L2 gradient estimate (tiled over the image), each followed by
     clamping to [0, 1] and to the L-inf ball of ``eps`` around x (``metrics/methods/grad-est/run.py``)."""
     sign = score_sign(metric)
@@ -59,9 +82,8 @@ def grad_est(metric: Metric, images: torch.Tensor, generators: list[torch.Genera
     upper = torch.clip(images + eps, 0, 1)
     x = images
     for _ in range(iters):
-        g = estimate_gradients(metric, x, generators, samples=samples, sigma=sigma, tile=tile,
-                               query_batch=query_batch)
-        g = torch.cat([unit_step(g[i:i + 1]) for i in range(g.shape[0])])
+        g = estimate_gradients(metric, x, generators, samples=samples, sigma=sigma, tile=tile, query_batch=query_batch)
+        g = torch.cat([unit_step(g[i : i + 1]) for i in range(g.shape[0])])
         x = add_tiled(x, eta * g * sign)
         x = torch.clip(x, lower, upper)
     return x
@@ -79,14 +101,17 @@ class GradEst(Attack):
     black_box = True
     params = (
         Param("eps", float, 0.1, help="L-inf bound of the perturbation", low=0.0, high=1.0, presets=EPS_PRESETS),
-        Param("queries", int, 10000, help="query budget per image: queries // (2 * samples) steps "
-              "(the reference: 250 steps, max_iters)", low=1),
-        Param("samples", int, 20, help="random directions per step, each scored at +-sigma (the reference's n)",
-              low=1),
+        Param(
+            "queries",
+            int,
+            10000,
+            help="query budget per image: queries // (2 * samples) steps (the reference: 250 steps, max_iters)",
+            low=1,
+        ),
+        Param("samples", int, 20, help="random directions per step, each scored at +-sigma (the reference's n)", low=1),
         Param("sigma", float, 0.001, help="finite-difference radius", low=0.0),
         Param("eta", float, 0.1, help="step length (L2 norm of the step tile)", low=0.0),
-        Param("tile", int, 32, help="side of the perturbation tile repeated over the image (the reference's N)",
-              low=1),
+        Param("tile", int, 32, help="side of the perturbation tile repeated over the image (the reference's N)", low=1),
         query_batch_param(),
     )
     eps: float
@@ -104,9 +129,18 @@ class GradEst(Attack):
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
-        return grad_est(metric, images, image_generators(seed, images.shape[0]), eps=self.eps, iters=self.iters,
-                        samples=self.samples, sigma=self.sigma, eta=self.eta, tile=self.tile,
-                        query_batch=self.query_batch)
+        return grad_est(
+            metric,
+            images,
+            image_generators(seed, images.shape[0]),
+            eps=self.eps,
+            iters=self.iters,
+            samples=self.samples,
+            sigma=self.sigma,
+            eta=self.eta,
+            tile=self.tile,
+            query_batch=self.query_batch,
+        )
 
 
 @hookimpl

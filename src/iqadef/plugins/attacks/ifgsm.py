@@ -9,12 +9,19 @@ from iqadef import Attack, Metric, Param, hookimpl
 from ._common import loss_gradient
 
 #: The step sizes the reference study sweeps (attack_presets.json, presets 0..9).
-ALPHA_PRESETS = (0.0003921568627, 0.00065, 0.00109, 0.00182, 0.00304, 0.00506, 0.00845, 0.01409, 0.02351,
-                 0.03921568627)
+ALPHA_PRESETS = (0.0003921568627, 0.00065, 0.00109, 0.00182, 0.00304, 0.00506, 0.00845, 0.01409, 0.02351, 0.03921568627)
 
 
-def iterate_sign_steps(metric: Metric, images: torch.Tensor, *, eps: float, alpha: float, iters: int,
-                       decay: float = 0.0, normalize: bool = False) -> torch.Tensor:
+def iterate_sign_steps(
+    metric: Metric,
+    images: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    iters: int,
+    decay: float = 0.0,
+    normalize: bool = False,
+) -> torch.Tensor:
     """The I-FGSM / MI-FGSM loop of the reference code.
 
     The state is an additive perturbation ``p`` clipped to [-eps, eps] (not to the image box); the

@@ -10,11 +10,9 @@ from iqadef import Attack, Metric, Param, hookimpl
 from ._common import adam_on_images
 
 #: 5x5 disc used by the reference to dilate the activity map.
-_DISC_5X5 = torch.tensor([[0, 1, 1, 1, 0],
-                          [1, 1, 1, 1, 1],
-                          [1, 1, 1, 1, 1],
-                          [1, 1, 1, 1, 1],
-                          [0, 1, 1, 1, 0]], dtype=torch.float32)
+_DISC_5X5 = torch.tensor(
+    [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.float32
+)
 
 #: The reference divides the map by 255 before multiplying the gradient. Adam is scale-invariant
 #: except for its eps (1e-8), so this factor changes the steps of pixels with small gradients.
@@ -58,12 +56,22 @@ class Korhonen(Attack):
     version = "2"  # 2: matches the reference (see docs/fidelity.md)
     norm = None
     params = (
-        Param("lr", float, 0.005, help="Adam learning rate", low=0.0,
-              presets=(5e-05, 0.00011, 0.00023, 0.0005, 0.00108, 0.00232, 0.005, 0.0108, 0.0232, 0.05)),
+        Param(
+            "lr",
+            float,
+            0.005,
+            help="Adam learning rate",
+            low=0.0,
+            presets=(5e-05, 0.00011, 0.00023, 0.0005, 0.00108, 0.00232, 0.005, 0.0108, 0.0232, 0.05),
+        ),
         Param("iters", int, 10, help="number of Adam steps", low=1),
-        Param("sobel_magnitude", bool, False,
-              help="mask with the non-negative two-direction Sobel magnitude instead of the reference's "
-                   "signed one-direction Sobel (which reverses the gradient where the luma falls)"),
+        Param(
+            "sobel_magnitude",
+            bool,
+            False,
+            help="mask with the non-negative two-direction Sobel magnitude instead of the reference's "
+            "signed one-direction Sobel (which reverses the gradient where the luma falls)",
+        ),
     )
     lr: float
     iters: int

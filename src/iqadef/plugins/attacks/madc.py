@@ -25,8 +25,14 @@ class MADC(Attack):
     params = (
         Param("eps", float, 10 / 255, help="RMSE bound to the clean image", low=0.0, high=1.0),
         Param("iters", int, 8, help="number of steps", low=1),
-        Param("lr", float, 0.001, help="sign step size", low=0.0,
-              presets=(1e-05, 2e-05, 5e-05, 0.0001, 0.00022, 0.00046, 0.001, 0.00215, 0.00464, 0.01)),
+        Param(
+            "lr",
+            float,
+            0.001,
+            help="sign step size",
+            low=0.0,
+            presets=(1e-05, 2e-05, 5e-05, 0.0001, 0.00022, 0.00046, 0.001, 0.00215, 0.00464, 0.01),
+        ),
         Param("backstep", float, 0.0005, help="step size of the pull back inside the RMSE bound", low=1e-6),
     )
     eps: float

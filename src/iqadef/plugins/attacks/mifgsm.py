@@ -24,8 +24,12 @@ class MIFGSM(Attack):
         Param("iters", int, 10, help="number of steps", low=1),
         Param("alpha", float, 1 / 255, help="step size", low=0.0, presets=ALPHA_PRESETS),
         Param("decay", float, 1.0, help="momentum decay factor", low=0.0),
-        Param("normalize", bool, False,
-              help="divide each gradient by its mean absolute value before accumulating (Dong et al.)"),
+        Param(
+            "normalize",
+            bool,
+            False,
+            help="divide each gradient by its mean absolute value before accumulating (Dong et al.)",
+        ),
     )
     eps: float
     iters: int
@@ -34,8 +38,9 @@ class MIFGSM(Attack):
     normalize: bool
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        return iterate_sign_steps(metric, images, eps=self.eps, alpha=self.alpha, iters=self.iters,
-                                  decay=self.decay, normalize=self.normalize)
+        return iterate_sign_steps(
+            metric, images, eps=self.eps, alpha=self.alpha, iters=self.iters, decay=self.decay, normalize=self.normalize
+        )
 
 
 @hookimpl

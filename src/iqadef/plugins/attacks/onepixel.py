@@ -36,7 +36,7 @@ def paint_pixels(candidates: np.ndarray, base: np.ndarray) -> np.ndarray:
     rows = np.arange(len(xs))
     h, w = base.shape[:2]
     for k in range(xs.shape[1] // 5):
-        px = xs[:, 5 * k:5 * k + 5]
+        px = xs[:, 5 * k : 5 * k + 5]
         # A coordinate equals the image size only if scipy draws its upper bound exactly (the reference
         # then fails with an IndexError): keep it on the last row/column.
         images[rows, np.minimum(px[:, 0], h - 1), np.minimum(px[:, 1], w - 1)] = np.minimum(px[:, 2:5], 255)
@@ -49,8 +49,17 @@ def population_size(pixels: int, popsize: int) -> int:
     return max(1, popsize // dims) * dims
 
 
-def onepixel_one(metric: Metric, image: torch.Tensor, index: int, rng: np.random.Generator, *, pixels: int, iters: int,
-                 popsize: int, query_batch: int) -> torch.Tensor:
+def onepixel_one(
+    metric: Metric,
+    image: torch.Tensor,
+    index: int,
+    rng: np.random.Generator,
+    *,
+    pixels: int,
+    iters: int,
+    popsize: int,
+    query_batch: int,
+) -> torch.Tensor:
     """``attack_main`` of ``metrics/methods/onepixel/run.py`` for image ``index`` (``[3, H, W]``) of the batch.
 
     scipy's ``differential_evolution`` (best1bin, recombination 1, ``atol`` -1, no polishing) maximises
@@ -67,9 +76,18 @@ def onepixel_one(metric: Metric, image: torch.Tensor, index: int, rng: np.random
         scores = query_scores(metric, batch.to(image.device), query_batch, [index] * len(batch))
         return -sign * scores.cpu().numpy().astype(np.float64)
 
-    result = differential_evolution(objective, bounds, maxiter=iters, popsize=max(1, popsize // len(bounds)),
-                                    recombination=1, atol=-1, polish=False, vectorized=True, updating="deferred",
-                                    rng=rng)
+    result = differential_evolution(
+        objective,
+        bounds,
+        maxiter=iters,
+        popsize=max(1, popsize // len(bounds)),
+        recombination=1,
+        atol=-1,
+        polish=False,
+        vectorized=True,
+        updating="deferred",
+        rng=rng,
+    )
     best = paint_pixels(np.asarray(result.x)[None], base)[0]
     return torch.from_numpy(best).permute(2, 0, 1).float().div(255).clamp_(0, 1).to(image)
 
@@ -86,12 +104,21 @@ class OnePixel(Attack):
     black_box = True
     params = (
         Param("pixels", int, 3, help="pixels changed (the reference's PIXEL_COUNT)", low=1, presets=PIXEL_PRESETS),
-        Param("iters", int, 10, help="generations of differential evolution (scipy's maxiter); "
-              "queries = (iters + 1) * population", low=0),
-        Param("popsize", int, 300, help="target population; scipy's popsize = max(1, popsize // (5 * pixels))",
-              low=1),
-        Param("queries", int, None, help="query budget per image instead of iters: "
-              "iters = queries // population - 1", low=1),
+        Param(
+            "iters",
+            int,
+            10,
+            help="generations of differential evolution (scipy's maxiter); queries = (iters + 1) * population",
+            low=0,
+        ),
+        Param("popsize", int, 300, help="target population; scipy's popsize = max(1, popsize // (5 * pixels))", low=1),
+        Param(
+            "queries",
+            int,
+            None,
+            help="query budget per image instead of iters: iters = queries // population - 1",
+            low=1,
+        ),
         query_batch_param(32),
     )
     pixels: int
@@ -101,7 +128,12 @@ class OnePixel(Attack):
     query_batch: int
 
     def __init__(self, where: str | None = None, **values: Any):
-        super().__init__(where, **take_aliases(values, {"PIXEL_COUNT": "pixels", "POPSIZE": "popsize", "batch_size": "query_batch"}, where or self.name))
+        super().__init__(
+            where,
+            **take_aliases(
+                values, {"PIXEL_COUNT": "pixels", "POPSIZE": "popsize", "batch_size": "query_batch"}, where or self.name
+            ),
+        )
 
     def bound(self) -> float:
         """The L0 size: pixels changed."""
@@ -120,9 +152,19 @@ class OnePixel(Attack):
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
-        out = [onepixel_one(metric, image, i, np.random.default_rng(s), pixels=self.pixels, iters=self.generations,
-                            popsize=self.popsize, query_batch=self.query_batch)
-               for i, (image, s) in enumerate(zip(images, image_seeds(seed, images.shape[0])))]
+        out = [
+            onepixel_one(
+                metric,
+                image,
+                i,
+                np.random.default_rng(s),
+                pixels=self.pixels,
+                iters=self.generations,
+                popsize=self.popsize,
+                query_batch=self.query_batch,
+            )
+            for i, (image, s) in enumerate(zip(images, image_seeds(seed, images.shape[0])))
+        ]
         return torch.stack(out)
 
 

@@ -38,7 +38,7 @@ def flipped(noise: torch.Tensor, block: Block) -> torch.Tensor:
     """A copy of ``noise`` (``[3, 256, 256]``) with the sign of ``block`` flipped."""
     r, c, size, ch = block
     out = noise.clone()
-    out[ch, r:r + size, c:c + size] *= -1
+    out[ch, r : r + size, c : c + size] *= -1
     return out
 
 
@@ -61,8 +61,9 @@ class _LocalSearch:
     it); True sets it to that block's score, as Moon et al.'s code does.
     """
 
-    def __init__(self, metric: Metric, image: torch.Tensor, index: int, *, budget: int, query_batch: int,
-                 exact_loss: bool):
+    def __init__(
+        self, metric: Metric, image: torch.Tensor, index: int, *, budget: int, query_batch: int, exact_loss: bool
+    ):
         self.metric, self.image, self.index, self.budget = metric, image, index, budget
         self.sign = score_sign(metric)
         self.query_batch, self.exact_loss = query_batch, exact_loss
@@ -76,8 +77,15 @@ class _LocalSearch:
         scores = query_scores(self.metric, stacked, self.query_batch, [self.index] * len(noises))
         return (self.sign * scores).cpu().numpy()
 
-    def phase(self, noise: torch.Tensor, blocks: list[Block], active: np.ndarray, insert: bool,
-              curr: np.float32, first: np.ndarray | None = None) -> tuple[torch.Tensor, np.float32]:
+    def phase(
+        self,
+        noise: torch.Tensor,
+        blocks: list[Block],
+        active: np.ndarray,
+        insert: bool,
+        curr: np.float32,
+        first: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, np.float32]:
         """Lazy-greedy insertion (flip blocks at -eps to +eps) or deletion (the reverse)."""
         (indices,) = np.where(active == (0 if insert else 1))
         candidates = [flipped(noise, blocks[i]) for i in indices]
@@ -116,9 +124,19 @@ class _LocalSearch:
         return noise
 
 
-def parsimonious_one(metric: Metric, image: torch.Tensor, index: int, generator: torch.Generator, *, eps: float,
-                     queries: int, block_size: int, blocks_per_search: int, query_batch: int,
-                     exact_loss: bool) -> tuple[torch.Tensor, int]:
+def parsimonious_one(
+    metric: Metric,
+    image: torch.Tensor,
+    index: int,
+    generator: torch.Generator,
+    *,
+    eps: float,
+    queries: int,
+    block_size: int,
+    blocks_per_search: int,
+    query_batch: int,
+    exact_loss: bool,
+) -> tuple[torch.Tensor, int]:
     """The reference's ``attack`` for image ``index`` of the batch (``[1, 3, H, W]``): x_a and the queries spent.
 
     The noise starts at -eps everywhere; blocks are visited in a random order, ``blocks_per_search`` at a
@@ -135,7 +153,7 @@ def parsimonious_one(metric: Metric, image: torch.Tensor, index: int, generator:
     while True:
         for start in range(0, len(blocks), blocks_per_search):
             try:
-                noise = search.perturb(noise, [blocks[k] for k in order[start:start + blocks_per_search]])
+                noise = search.perturb(noise, [blocks[k] for k in order[start : start + blocks_per_search]])
             except _BudgetSpent:
                 return adv, search.queries
             adv = apply_noise(image, noise[None])
@@ -156,14 +174,32 @@ class Parsimonious(Attack):
     norm = "linf"
     black_box = True
     params = (
-        Param("eps", float, 0.05, help="L-inf size of the +-eps block noise (the reference's epsilon)",
-              low=0.0, high=1.0, presets=EPS_PRESETS),
+        Param(
+            "eps",
+            float,
+            0.05,
+            help="L-inf size of the +-eps block noise (the reference's epsilon)",
+            low=0.0,
+            high=1.0,
+            presets=EPS_PRESETS,
+        ),
         Param("queries", int, 10000, help="query budget per image (the reference's max_queries)", low=1),
-        Param("block_size", int, 32, help="first block side on the 256x256 noise grid; halved after each pass",
-              low=1, high=GRID),
+        Param(
+            "block_size",
+            int,
+            32,
+            help="first block side on the 256x256 noise grid; halved after each pass",
+            low=1,
+            high=GRID,
+        ),
         Param("blocks_per_search", int, 64, help="blocks per local search (the reference's batch_size)", low=1),
-        Param("exact_loss", bool, False, help="track the current score as Moon et al. do (the reference "
-              "lowers it by the gain of the first block taken; docs/fidelity.md)"),
+        Param(
+            "exact_loss",
+            bool,
+            False,
+            help="track the current score as Moon et al. do (the reference "
+            "lowers it by the gain of the first block taken; docs/fidelity.md)",
+        ),
         query_batch_param(),
     )
     eps: float
@@ -174,15 +210,26 @@ class Parsimonious(Attack):
     query_batch: int
 
     def __init__(self, where: str | None = None, **values: Any):
-        super().__init__(where, **take_aliases(values, {"epsilon": "eps", "max_queries": "queries"}, where or self.name))
+        super().__init__(
+            where, **take_aliases(values, {"epsilon": "eps", "max_queries": "queries"}, where or self.name)
+        )
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
         out = []
         for index, (image, generator) in enumerate(zip(images, image_generators(seed, images.shape[0]))):
-            adv, _ = parsimonious_one(metric, image[None], index, generator, eps=self.eps, queries=self.queries,
-                                      block_size=self.block_size, blocks_per_search=self.blocks_per_search,
-                                      query_batch=self.query_batch, exact_loss=self.exact_loss)
+            adv, _ = parsimonious_one(
+                metric,
+                image[None],
+                index,
+                generator,
+                eps=self.eps,
+                queries=self.queries,
+                block_size=self.block_size,
+                blocks_per_search=self.blocks_per_search,
+                query_batch=self.query_batch,
+                exact_loss=self.exact_loss,
+            )
             out.append(adv)
         return torch.cat(out)
 

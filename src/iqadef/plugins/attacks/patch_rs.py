@@ -29,12 +29,12 @@ def random_signs(shape: list[int], generator: torch.Generator) -> torch.Tensor:
 def init_patch(channels: int, side: int, generator: torch.Generator, n_iter: int = 1000) -> torch.Tensor:
     """The ``random_squares`` start: ``n_iter`` small squares painted with random 0/1 colours."""
     patch = torch.zeros([channels, side, side])
-    high = math.ceil(side ** .5)
+    high = math.ceil(side**0.5)
     for _ in range(n_iter):
         size = int(torch.randint(low=1, high=high, size=[1], generator=generator).item())
         r, c = torch.randint(side - size + 1, size=[2], generator=generator).tolist()
-        patch[:, r:r + size, c:c + size] = 0.0
-        patch[:, r:r + size, c:c + size] += random_signs([channels, 1, 1], generator).clamp(0.0, 1.0)
+        patch[:, r : r + size, c : c + size] = 0.0
+        patch[:, r : r + size, c : c + size] += random_signs([channels, 1, 1], generator).clamp(0.0, 1.0)
     return patch.clamp(0.0, 1.0)
 
 
@@ -52,18 +52,27 @@ class _Schedule:
 
     def fraction(self, it: int) -> float:
         it = int(it / self.queries * 10000)
-        for limit, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-                               (6000, 128), (8000, 256)):
+        for limit, divisor in (
+            (10, 1),
+            (50, 2),
+            (200, 4),
+            (500, 8),
+            (1000, 16),
+            (2000, 32),
+            (4000, 64),
+            (6000, 128),
+            (8000, 256),
+        ):
             if it <= limit:
                 return self.p_init / divisor
         return self.p_init / 512
 
     def square_side(self, it: int) -> int:
-        return int(max(self.fraction(it) ** .5 * self.side, 1))
+        return int(max(self.fraction(it) ** 0.5 * self.side, 1))
 
     def shift(self, it: int, height: int) -> int:
         """The largest move of the patch's corner at iteration ``it``."""
-        return int(max(max((float(self.queries - it) / self.queries - .0) ** 1., 0) * .75 * height, 0))
+        return int(max(max((float(self.queries - it) / self.queries - 0.0) ** 1.0, 0) * 0.75 * height, 0))
 
 
 class _PatchSearch:
@@ -73,17 +82,22 @@ class _PatchSearch:
         self.image, self.side, self.g = image, side, generator
         c, h, w = image.shape
         if h <= side or w <= side:
-            raise ValueError(f"patch-rs: the {side}x{side} patch does not fit inside a {h}x{w} image; "
-                             f"use a smaller eps")
-        self.loc = torch.cat((torch.randint(h - side, size=[1], generator=generator),
-                              torch.randint(w - side, size=[1], generator=generator)))
+            raise ValueError(
+                f"patch-rs: the {side}x{side} patch does not fit inside a {h}x{w} image; use a smaller eps"
+            )
+        self.loc = torch.cat(
+            (
+                torch.randint(h - side, size=[1], generator=generator),
+                torch.randint(w - side, size=[1], generator=generator),
+            )
+        )
         self.patch = init_patch(c, side, generator)
         self.best = None
 
     def render(self, patch: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
         out = self.image.clone()
         r, c = loc.tolist()
-        out[:, r:r + self.side, c:c + self.side] = patch.to(out)
+        out[:, r : r + self.side, c : c + self.side] = patch.to(out)
         return out
 
     def propose(self, it: int, schedule: _Schedule, update_loc_period: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,15 +133,24 @@ class _PatchSearch:
         return patch, loc
 
 
-def patch_rs(metric: Metric, images: torch.Tensor, generators: list[torch.Generator], *, area: int, queries: int,
-             p_init: float, update_loc_period: int, query_batch: int) -> torch.Tensor:
+def patch_rs(
+    metric: Metric,
+    images: torch.Tensor,
+    generators: list[torch.Generator],
+    *,
+    area: int,
+    queries: int,
+    p_init: float,
+    update_loc_period: int,
+    query_batch: int,
+) -> torch.Tensor:
     """``RSAttack(norm='patches').perturb`` run per image, the candidates of all images scored together.
 
     Each image keeps a ``ceil(sqrt(area))``-sided patch of 0/1 colours pasted on the clean image; every
     iteration proposes a change of a square of the patch (or, every ``update_loc_period``-th one, a move of
     the patch) and keeps it if the score strictly rises. ``queries`` scores per image in all.
     """
-    side = math.ceil(area ** .5)
+    side = math.ceil(area**0.5)
     sign = score_sign(metric)
     schedule = _Schedule(queries, p_init, side)
     searches = [_PatchSearch(img, side, g) for img, g in zip(images, generators)]
@@ -155,8 +178,14 @@ class PatchRS(Attack):
     norm = "l0"
     black_box = True
     params = (
-        Param("eps", int, 169, help="patch area in pixels; the patch is ceil(sqrt(eps)) pixels square",
-              low=1, presets=AREA_PRESETS),
+        Param(
+            "eps",
+            int,
+            169,
+            help="patch area in pixels; the patch is ceil(sqrt(eps)) pixels square",
+            low=1,
+            presets=AREA_PRESETS,
+        ),
         Param("queries", int, 10000, help="query budget per image (the reference's n_queries)", low=1),
         Param("p_init", float, 0.8, help="initial fraction of the patch changed per step", low=0.0, high=1.0),
         Param("update_loc_period", int, 4, help="every this many iterations the patch moves instead", low=2),
@@ -173,13 +202,20 @@ class PatchRS(Attack):
 
     def bound(self) -> float:
         """The L0 size: pixels the patch covers (all channels)."""
-        return float(math.ceil(self.eps ** .5) ** 2)
+        return float(math.ceil(self.eps**0.5) ** 2)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
-        return patch_rs(metric, images, image_generators(seed, images.shape[0]), area=self.eps,
-                        queries=self.queries, p_init=self.p_init, update_loc_period=self.update_loc_period,
-                        query_batch=self.query_batch)
+        return patch_rs(
+            metric,
+            images,
+            image_generators(seed, images.shape[0]),
+            area=self.eps,
+            queries=self.queries,
+            p_init=self.p_init,
+            update_loc_period=self.update_loc_period,
+            query_batch=self.query_batch,
+        )
 
 
 @hookimpl

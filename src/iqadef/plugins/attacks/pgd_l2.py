@@ -20,11 +20,11 @@ class PGDL2(Attack):
     name = "pgd-l2"
     norm = "l2"
     params = (
-        Param("eps", float, 3.0, help="L2 bound of each image's perturbation (absolute, over 3*H*W values)",
-              low=0.0),
+        Param("eps", float, 3.0, help="L2 bound of each image's perturbation (absolute, over 3*H*W values)", low=0.0),
         Param("steps", int, 10, help="number of steps", low=1),
-        Param("step_size", float, None, nullable=True, low=0.0,
-              help="step size (L2 length); null means 2.5 * eps / steps"),
+        Param(
+            "step_size", float, None, nullable=True, low=0.0, help="step size (L2 length); null means 2.5 * eps / steps"
+        ),
         Param("random_start", bool, True, help="start from a random point of the L2 ball"),
     )
     eps: float
@@ -38,8 +38,9 @@ class PGDL2(Attack):
         if self.random_start:
             g = self.generator(seed, images.device)
             direction = torch.randn(images.shape, generator=g, device=images.device, dtype=images.dtype)
-            radius = torch.rand((images.shape[0], 1, 1, 1), generator=g, device=images.device,
-                                dtype=images.dtype) * self.eps
+            radius = (
+                torch.rand((images.shape[0], 1, 1, 1), generator=g, device=images.device, dtype=images.dtype) * self.eps
+            )
             delta = direction / per_image_norm(direction).clamp_min(1e-12) * radius
             delta = (images + delta).clamp(0.0, 1.0) - images
         for _ in range(self.steps):

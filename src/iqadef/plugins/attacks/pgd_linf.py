@@ -21,8 +21,7 @@ class PGDLinf(Attack):
     params = (
         Param("eps", float, 10 / 255, help="L-inf bound of the perturbation", low=0.0, high=1.0),
         Param("steps", int, 10, help="number of steps", low=1),
-        Param("step_size", float, None, nullable=True, low=0.0,
-              help="step size; null means 2.5 * eps / steps"),
+        Param("step_size", float, None, nullable=True, low=0.0, help="step size; null means 2.5 * eps / steps"),
         Param("random_start", bool, True, help="start from a uniform random point of the eps-ball"),
     )
     eps: float

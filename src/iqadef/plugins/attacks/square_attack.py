@@ -21,8 +21,18 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
     """The fraction of pixels a square covers at iteration ``it`` of ``n_iters``: the paper's schedule,
     halving ``p_init`` at fixed points of a 10000-iteration run rescaled to ``n_iters``."""
     it = int(it / n_iters * 10000)
-    for upper, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
-                           (8000, 256), (10000, 512)):
+    for upper, divisor in (
+        (10, 1),
+        (50, 2),
+        (200, 4),
+        (500, 8),
+        (1000, 16),
+        (2000, 32),
+        (4000, 64),
+        (6000, 128),
+        (8000, 256),
+        (10000, 512),
+    ):
         if it <= upper:
             return p_init / divisor
     return p_init
@@ -42,8 +52,9 @@ def random_signs(shape: tuple[int, ...], eps: float, g: torch.Generator) -> torc
     return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(torch.float32) * eps
 
 
-def square_linf(metric: Metric, images: torch.Tensor, *, eps: float, queries: int, p_init: float, seed: int,
-                init: str = "clean") -> torch.Tensor:
+def square_linf(
+    metric: Metric, images: torch.Tensor, *, eps: float, queries: int, p_init: float, seed: int, init: str = "clean"
+) -> torch.Tensor:
     """The random search of ADI ``metrics/methods/square-attack/run.py`` for a batch, each image on its own.
 
     Starting from x (``init: stripes``: the paper's vertical stripes of +-eps), every iteration draws for each
@@ -97,11 +108,15 @@ class SquareAttack(Attack):
     black_box = True
     params = (
         Param("eps", float, 0.1, help="L-inf bound of the perturbation", low=0.0, high=1.0, presets=EPS_PRESETS),
-        Param("queries", int, 10000, help="metric queries per image (the reference's n_iters; alias n_iters)",
-              low=1),
+        Param("queries", int, 10000, help="metric queries per image (the reference's n_iters; alias n_iters)", low=1),
         Param("p_init", float, 0.05, help="initial fraction of the image a square covers", low=0.0, high=1.0),
-        Param("init", str, "clean", choices=("clean", "stripes"),
-              help="start at x (the reference) or at the paper's vertical +-eps stripes"),
+        Param(
+            "init",
+            str,
+            "clean",
+            choices=("clean", "stripes"),
+            help="start at x (the reference) or at the paper's vertical +-eps stripes",
+        ),
     )
     eps: float
     queries: int
@@ -112,14 +127,17 @@ class SquareAttack(Attack):
         if "n_iters" in values:  # the reference's name of the query budget
             alias = values.pop("n_iters")
             if "queries" in values and values["queries"] != alias:
-                raise ConfigError(f"{where or self.name}: n_iters ({alias}) and queries ({values['queries']}) "
-                                  f"name the same budget; give one of them")
+                raise ConfigError(
+                    f"{where or self.name}: n_iters ({alias}) and queries ({values['queries']}) "
+                    f"name the same budget; give one of them"
+                )
             values["queries"] = alias
         super().__init__(where, **values)
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        return square_linf(metric, images, eps=self.eps, queries=self.queries, p_init=self.p_init, seed=seed,
-                           init=self.init)
+        return square_linf(
+            metric, images, eps=self.eps, queries=self.queries, p_init=self.p_init, seed=seed, init=self.init
+        )
 
 
 @hookimpl

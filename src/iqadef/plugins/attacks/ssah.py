@@ -42,13 +42,23 @@ class SSAH(Attack):
     version = "2"  # 2: matches the reference (see docs/fidelity.md)
     norm = None
     params = (
-        Param("lr", float, 0.001, help="Adam learning rate", low=0.0,
-              presets=(0.0001, 0.00017, 0.00028, 0.00046, 0.00077, 0.00129, 0.00215, 0.00359, 0.00599, 0.01)),
+        Param(
+            "lr",
+            float,
+            0.001,
+            help="Adam learning rate",
+            low=0.0,
+            presets=(0.0001, 0.00017, 0.00028, 0.00046, 0.00077, 0.00129, 0.00215, 0.00359, 0.00599, 0.01),
+        ),
         Param("iters", int, 10, help="number of Adam steps", low=1),
         Param("lambda_lf", float, 0.1, help="weight of the low-frequency fidelity term", low=0.0),
-        Param("score_unpadded", bool, False,
-              help="odd sizes: optimise and score the image at its own size, padding only inside the "
-                   "low-frequency term (the reference scores the zero-padded image)"),
+        Param(
+            "score_unpadded",
+            bool,
+            False,
+            help="odd sizes: optimise and score the image at its own size, padding only inside the "
+            "low-frequency term (the reference scores the zero-padded image)",
+        ),
     )
     lr: float
     iters: int

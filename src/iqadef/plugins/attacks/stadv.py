@@ -8,8 +8,21 @@ import torch.nn.functional as F
 from iqadef import Attack, Metric, Param, hookimpl
 
 #: The learning rates the benchmark sweeps (ADI ``metrics/methods/utils/attack_presets.json``, presets -3..9).
-LR_PRESETS = (0.02154, 0.03594, 0.05995, 0.1, 0.16681, 0.27826, 0.46416, 0.77426, 1.29155, 2.15443, 3.59381,
-              5.99484, 10.0)
+LR_PRESETS = (
+    0.02154,
+    0.03594,
+    0.05995,
+    0.1,
+    0.16681,
+    0.27826,
+    0.46416,
+    0.77426,
+    1.29155,
+    2.15443,
+    3.59381,
+    5.99484,
+    10.0,
+)
 
 
 def flow_warp(images: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
@@ -21,8 +34,9 @@ def flow_warp(images: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
     between the last two pixels), the grid is float32 whatever the flow's dtype.
     """
     _, _, h, w = images.shape
-    rows, cols = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=images.device), torch.arange(w, device=images.device), indexing="ij"
+    )
     grid = torch.stack((rows, cols)).unsqueeze(0).float() + flows
     gx = grid[:, 1].clamp(0.0, w - 1.0).float()
     gy = grid[:, 0].clamp(0.0, h - 1.0).float()
@@ -49,8 +63,9 @@ def flow_smoothness(flows: torch.Tensor, epsilon: float = 1e-8) -> torch.Tensor:
     padded = F.pad(flows, (1, 1, 1, 1), mode="constant", value=0)
     loss = 0
     for shifted in (padded[:, :, 2:, 2:], padded[:, :, 2:, :-2], padded[:, :, :-2, 2:], padded[:, :, :-2, :-2]):
-        loss = loss + torch.sum(torch.square(flows[:, 1] - shifted[:, 1]) + torch.square(flows[:, 0] - shifted[:, 0])
-                                + epsilon)
+        loss = loss + torch.sum(
+            torch.square(flows[:, 1] - shifted[:, 1]) + torch.square(flows[:, 0] - shifted[:, 0]) + epsilon
+        )
     return loss.float()
 
 
@@ -86,15 +101,17 @@ class StAdv(Attack):
         return (other / (score + other)).sum()
 
     def _one(self, metric: Metric, image: torch.Tensor) -> torch.Tensor:
-        flows = torch.zeros((1, 2) + tuple(image.shape[-2:]), dtype=torch.float64, device=image.device,
-                            requires_grad=True)
+        flows = torch.zeros(
+            (1, 2) + tuple(image.shape[-2:]), dtype=torch.float64, device=image.device, requires_grad=True
+        )
         optimizer = torch.optim.LBFGS([flows], lr=self.lr, max_iter=1, max_eval=25)
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
             with torch.enable_grad():
-                loss = (self.alpha * self.adversarial_term(metric, flow_warp(image, flows))
-                        + self.beta * flow_smoothness(flows))
+                loss = self.alpha * self.adversarial_term(
+                    metric, flow_warp(image, flows)
+                ) + self.beta * flow_smoothness(flows)
                 loss.backward()
             return loss
 
@@ -105,7 +122,7 @@ class StAdv(Attack):
 
     def run(self, metric: Metric, images: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         images = images.detach()
-        return torch.cat([self._one(metric, images[i:i + 1]) for i in range(images.shape[0])]).clamp(0.0, 1.0)
+        return torch.cat([self._one(metric, images[i : i + 1]) for i in range(images.shape[0])]).clamp(0.0, 1.0)
 
 
 @hookimpl

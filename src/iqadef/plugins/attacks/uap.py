@@ -16,15 +16,36 @@ import torch.nn.functional as F
 from PIL import Image
 
 import iqadef
-from iqadef import Attack, attack_loss, ConfigError, hookimpl, Metric, Param, parse_dataset
-from iqadef import atomic_write_bytes
-from iqadef import cache_dir, load_checkpoint
+from iqadef import (
+    Attack,
+    ConfigError,
+    Metric,
+    Param,
+    atomic_write_bytes,
+    attack_loss,
+    cache_dir,
+    hookimpl,
+    load_checkpoint,
+    parse_dataset,
+)
 
 #: The amplitudes the benchmark sweeps for its trained attacks (ADI
 #: ``metrics/methods/utils/attack_presets.json``, presets -3..9).
 BENCHMARK_AMPLITUDES = (
-    0.005, 0.01, 0.05, 0.1, 0.18889, 0.27778, 0.36667, 0.45556, 0.54444, 0.63333, 0.72222,
-    0.81111, 0.9)
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.18889,
+    0.27778,
+    0.36667,
+    0.45556,
+    0.54444,
+    0.63333,
+    0.72222,
+    0.81111,
+    0.9,
+)
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -39,9 +60,10 @@ def fit_to_size(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     if h >= 2 * size and w >= 2 * size:
         top, left = (h - size) // 2, (w - size) // 2
-        return images[..., top:top + size, left:left + size]
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True).clamp(0.0, 1.0)
+        return images[..., top : top + size, left : left + size]
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(
+        0.0, 1.0
+    )
 
 
 def _batches(images_or_loader: Any, batch_size: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
@@ -50,19 +72,30 @@ def _batches(images_or_loader: Any, batch_size: int, generator: torch.Generator)
         images = images_or_loader if images_or_loader.dim() == 4 else images_or_loader.unsqueeze(0)
         order = torch.randperm(images.shape[0], generator=generator)
         for start in range(0, images.shape[0], batch_size):
-            yield images[order[start:start + batch_size]]
+            yield images[order[start : start + batch_size]]
         return
     for item in images_or_loader:
         if isinstance(item, (tuple, list)):
             item = item[0]
         if not isinstance(item, torch.Tensor):
-            raise ConfigError(f"train_uap: the loader yields {type(item).__name__}; expected image tensors "
-                              f"[B, 3, H, W] (or (images, ...) tuples)")
+            raise ConfigError(
+                f"train_uap: the loader yields {type(item).__name__}; expected image tensors "
+                f"[B, 3, H, W] (or (images, ...) tuples)"
+            )
         yield item if item.dim() == 4 else item.unsqueeze(0)
 
 
-def train_uap(metric: Metric, images_or_loader: Any, *, size: int = 256, eps: float = 0.1, lr: float = 1e-3,
-              epochs: int = 5, seed: int = 0, batch_size: int = 8) -> torch.Tensor:
+def train_uap(
+    metric: Metric,
+    images_or_loader: Any,
+    *,
+    size: int = 256,
+    eps: float = 0.1,
+    lr: float = 1e-3,
+    epochs: int = 5,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """Train a universal perturbation ``[3, size, size]`` (values in [-eps, eps]) against ``metric``.
 
     As in the reference (``methods/uap/train.py``): the perturbation starts at 1e-4 everywhere;
@@ -115,8 +148,9 @@ def _image_entries(folder: Any) -> list:
             raise ConfigError(f"uap.train_dir: {folder} is not a folder of images")
     elif not folder.is_dir():
         raise ConfigError(f"uap: the bundled images folder {folder} is missing; pass train_dir or perturbation_path")
-    entries = sorted((e for e in folder.iterdir() if Path(e.name).suffix.lower() in _IMAGE_SUFFIXES),
-                     key=lambda e: e.name)
+    entries = sorted(
+        (e for e in folder.iterdir() if Path(e.name).suffix.lower() in _IMAGE_SUFFIXES), key=lambda e: e.name
+    )
     if not entries:
         raise ConfigError(f"uap.train_dir: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {folder}")
     return entries
@@ -134,7 +168,7 @@ def load_folder(folder: Any, size: int) -> torch.Tensor:
     """All images of ``folder`` (or of a list of files) as ``[N, 3, size, size]`` in [0, 1] (see
     :func:`fit_to_size`)."""
     out = []
-    for entry in (folder if isinstance(folder, list) else _image_entries(folder)):
+    for entry in folder if isinstance(folder, list) else _image_entries(folder):
         with Image.open(io.BytesIO(entry.read_bytes())) as im:
             array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
         out.append(fit_to_size(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0), size))
@@ -160,14 +194,18 @@ def load_perturbation(path: str | os.PathLike) -> torch.Tensor:
         if isinstance(data, dict):
             data = data.get("perturbation", data.get("uap"))
     if not isinstance(data, torch.Tensor):
-        raise ConfigError(f"uap.perturbation_path: {path} holds no tensor (expected a [3, H, W] tensor or a "
-                          f"dict with key 'perturbation')")
+        raise ConfigError(
+            f"uap.perturbation_path: {path} holds no tensor (expected a [3, H, W] tensor or a "
+            f"dict with key 'perturbation')"
+        )
     data = data.float().squeeze(0) if data.dim() == 4 else data.float()
     if data.dim() == 3 and data.shape[0] != 3 and data.shape[-1] == 3:
         data = data.permute(2, 0, 1)
     if data.dim() != 3 or data.shape[0] != 3:
-        raise ConfigError(f"uap.perturbation_path: {path} holds a tensor of shape {tuple(data.shape)}; "
-                          f"expected [3, H, W] (or HxWx3 for .npy)")
+        raise ConfigError(
+            f"uap.perturbation_path: {path} holds a tensor of shape {tuple(data.shape)}; "
+            f"expected [3, H, W] (or HxWx3 for .npy)"
+        )
     return data.contiguous()
 
 
@@ -213,8 +251,7 @@ class TrainedAttack(Attack):
         """The parameters that determine the training result (hashed into the cache path)."""
         raise NotImplementedError
 
-    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None,
-              checkpoint: Any) -> dict:
+    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None, checkpoint: Any) -> dict:
         """Train against ``metric`` on ``images`` ``[N, 3, H, W]``; return a dict of tensors."""
         raise NotImplementedError
 
@@ -245,8 +282,12 @@ class TrainedAttack(Attack):
 
     def cache_path(self, metric: Metric) -> Path:
         """Where the training result for ``metric`` with these parameters is cached."""
-        recipe = {"metric": metric.identity(), **self.training_recipe(),
-                  "images": folder_fingerprint(self.training_source()), "version": self.version}
+        recipe = {
+            "metric": metric.identity(),
+            **self.training_recipe(),
+            "images": folder_fingerprint(self.training_source()),
+            "version": self.version,
+        }
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return cache_dir() / (self.cache_folder or self.name) / f"{metric.name}-{metric.key()}-{digest}.pt"
 
@@ -260,8 +301,9 @@ class TrainedAttack(Attack):
             else:
                 partial = path.with_name(path.stem + ".partial.pt")
                 resume = load_checkpoint(partial) if partial.is_file() else None
-                state = self.train(metric, self.training_images(), resume=resume,
-                                   checkpoint=lambda s: save_tensors(s, partial))
+                state = self.train(
+                    metric, self.training_images(), resume=resume, checkpoint=lambda s: save_tensors(s, partial)
+                )
                 save_tensors(state, path)
                 partial.unlink(missing_ok=True)
             self._trained[memo] = state
@@ -283,13 +325,21 @@ class UAP(TrainedAttack):
     norm = "linf"
     result_param = "perturbation_path"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0,
-              presets=(0.2, 0.4, 0.8)),
-        Param("perturbation_path", Path, None,
-              help="a trained perturbation (.pt from this plugin, or the reference's .npy); null = train"),
+        Param("amplitude", float, 0.2, help="factor applied to the perturbation", low=0.0, presets=(0.2, 0.4, 0.8)),
+        Param(
+            "perturbation_path",
+            Path,
+            None,
+            help="a trained perturbation (.pt from this plugin, or the reference's .npy); null = train",
+        ),
         Param("train_dir", Path, None, help="folder of training images; null = the bundled images"),
-        Param("train_dataset", str, None, help="train on a dataset instead (as the registry's `dataset:`, "
-                                               "e.g. koniq10k, nips2017, builtin); overrides train_dir"),
+        Param(
+            "train_dataset",
+            str,
+            None,
+            help="train on a dataset instead (as the registry's `dataset:`, "
+            "e.g. koniq10k, nips2017, builtin); overrides train_dir",
+        ),
         Param("eps", float, 0.1, help="L-inf bound of the trained perturbation (before amplitude)", low=0.0),
         Param("size", int, 256, help="side of the trained perturbation", low=1),
         Param("lr", float, 1e-3, help="Adam learning rate", low=0.0),
@@ -312,14 +362,30 @@ class UAP(TrainedAttack):
         return self.eps * self.amplitude
 
     def training_recipe(self) -> dict:
-        return {"size": self.size, "eps": self.eps, "lr": self.lr, "epochs": self.epochs,
-                "batch_size": self.batch_size, "seed": self.train_seed}
+        return {
+            "size": self.size,
+            "eps": self.eps,
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "seed": self.train_seed,
+        }
 
-    def train(self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None,
-              checkpoint: Any = None) -> dict:
-        return {"perturbation": train_uap(metric, images, size=self.size, eps=self.eps, lr=self.lr,
-                                          epochs=self.epochs, seed=self.train_seed,
-                                          batch_size=self.batch_size)}
+    def train(
+        self, metric: Metric, images: torch.Tensor, *, resume: dict | None = None, checkpoint: Any = None
+    ) -> dict:
+        return {
+            "perturbation": train_uap(
+                metric,
+                images,
+                size=self.size,
+                eps=self.eps,
+                lr=self.lr,
+                epochs=self.epochs,
+                seed=self.train_seed,
+                batch_size=self.batch_size,
+            )
+        }
 
     def perturbation(self, metric: Metric) -> torch.Tensor:
         """The perturbation ``[3, h, w]`` for ``metric``: from the given file, the cache, or trained now."""

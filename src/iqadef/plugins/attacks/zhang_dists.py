@@ -23,8 +23,9 @@ class ZhangDists(NetworkDistanceAttack):
     name = "zhang-dists"
     version = "1"
     params = NetworkDistanceAttack.params + (
-        Param("resize", bool, True, "average-pool large images by round(min(H, W)/256) before DISTS, "
-                                    "as IQA_pytorch does"),
+        Param(
+            "resize", bool, True, "average-pool large images by round(min(H, W)/256) before DISTS, as IQA_pytorch does"
+        ),
         Param("backbone_path", Path, None, "explicit path to torchvision's vgg16-397923af.pth"),
         Param("calibration_path", Path, None, "explicit path to DISTS' weights.pt (alpha, beta)"),
     )

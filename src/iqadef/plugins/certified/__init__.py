@@ -27,5 +27,10 @@ def iqadef_register_certified(register):
 
 @hookimpl
 def iqadef_register_commands(register):
-    register(LazyPlugin("train-dms", f"{__name__}.dms_iqa:TrainDMSCommand",
-                        help="train the dms-iqa denoiser on a run's clean images (MSE + ranking + target loss)"))
+    register(
+        LazyPlugin(
+            "train-dms",
+            f"{__name__}.dms_iqa:TrainDMSCommand",
+            help="train the dms-iqa denoiser on a run's clean images (MSE + ranking + target loss)",
+        )
+    )

@@ -14,8 +14,12 @@ from iqadef.plugins.defences.diffpure import DiffPure, alphas_cumprod
 
 #: ``model`` and ``weights_path``, as diffpure's.
 MODEL_PARAMS = (
-    Param("model", str, "guided-256",
-          help="the diffusion model, as diffpure's `model`: 'guided-256' or a local diffusers DDPM folder"),
+    Param(
+        "model",
+        str,
+        "guided-256",
+        help="the diffusion model, as diffpure's `model`: 'guided-256' or a local diffusers DDPM folder",
+    ),
     Param("weights_path", Path, None, help="explicit path of the guided-diffusion checkpoint", nullable=True),
 )
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import hookimpl
-from iqadef import binned_params
+from iqadef import binned_params, hookimpl
 
 from ._diffusion import MODEL_PARAMS, DiffusionBinnedSmoothing
 

@@ -22,8 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from iqadef import Metric, Param, hookimpl
-from iqadef import binned_params, score_bins
+from iqadef import Metric, Param, binned_params, hookimpl, score_bins
 
 from ._diffusion import MODEL_PARAMS, DiffusionBinnedSmoothing
 
@@ -74,12 +73,29 @@ class DensePure(DiffusionBinnedSmoothing):
     reverse_seed: int
     name = "densepure"
     version = "1"
-    params = binned_params() + MODEL_PARAMS + (
-        Param("steps", int, 2, "reverse DDPM steps of the respaced chain (the reference's num_t_steps)", low=1,
-              presets=(1, 2, 5, 10)),
-        Param("votes", int, 1, "reverse runs per noisy copy, majority bin (DensePure's majority_vote_num; 1: one run, "
-              "as the certified-IQA scripts)", low=1, presets=(1, 3, 10)),
-        Param("reverse_seed", int, 0, "seed of the reverse chains' noise (combined with the run's seed)", low=0),
+    params = (
+        binned_params()
+        + MODEL_PARAMS
+        + (
+            Param(
+                "steps",
+                int,
+                2,
+                "reverse DDPM steps of the respaced chain (the reference's num_t_steps)",
+                low=1,
+                presets=(1, 2, 5, 10),
+            ),
+            Param(
+                "votes",
+                int,
+                1,
+                "reverse runs per noisy copy, majority bin (DensePure's majority_vote_num; 1: one run, "
+                "as the certified-IQA scripts)",
+                low=1,
+                presets=(1, 3, 10),
+            ),
+            Param("reverse_seed", int, 0, "seed of the reverse chains' noise (combined with the run's seed)", low=0),
+        )
     )
 
     def samples_per_image(self) -> int:
@@ -93,8 +109,10 @@ class DensePure(DiffusionBinnedSmoothing):
             t = nearest_step(float(self.sigma), abar)
             chain = reverse_chain(t, int(self.steps))
             if len(set(chain)) < len(chain) or chain[-1] < 1:
-                raise ValueError(f"{self.name}: {self.steps} reverse steps from step {t} (sigma {float(self.sigma):g}) "
-                                 f"repeat a timestep; use fewer steps or a larger sigma")
+                raise ValueError(
+                    f"{self.name}: {self.steps} reverse steps from step {t} (sigma {float(self.sigma):g}) "
+                    f"repeat a timestep; use fewer steps or a larger sigma"
+                )
             self._chain_cache = (t, chain, 1.0 / math.sqrt(1.0 + (2.0 * float(self.sigma)) ** 2))
         return self._chain_cache
 
@@ -106,8 +124,13 @@ class DensePure(DiffusionBinnedSmoothing):
         # the respaced chain as a DDPM of len(chain) steps: learned-range variance, x_0 clipped to [-1, 1], as the
         # reference's p_sample with its respaced betas
         self.scheduler = DDPMScheduler(
-            num_train_timesteps=len(chain), trained_betas=respaced_betas(chain, self.schedule()),
-            variance_type="learned_range", clip_sample=True, clip_sample_range=1.0, prediction_type="epsilon")
+            num_train_timesteps=len(chain),
+            trained_betas=respaced_betas(chain, self.schedule()),
+            variance_type="learned_range",
+            clip_sample=True,
+            clip_sample_range=1.0,
+            prediction_type="epsilon",
+        )
 
     def reverse(self, x_t: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """``x_0`` in [-1, 1] from ``x_t`` by the respaced chain; the model sees each step's real timestep."""
@@ -125,11 +148,15 @@ class DensePure(DiffusionBinnedSmoothing):
         state = np.random.SeedSequence([int(seed), int(reverse_seed), int(image)]).generate_state(2)
         return torch.Generator(device=device).manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
-    def base_sampler(self, images: torch.Tensor,
-                     seed: int) -> Callable[[Metric, torch.Tensor, list[int]], torch.Tensor]:
+    def base_sampler(
+        self, images: torch.Tensor, seed: int
+    ) -> Callable[[Metric, torch.Tensor, list[int]], torch.Tensor]:
         votes = int(self.votes)
-        gens = {(i, v): self.reverse_generator(seed, int(self.reverse_seed) + v, i, images.device)
-                for i in range(images.shape[0]) for v in range(votes)}
+        gens = {
+            (i, v): self.reverse_generator(seed, int(self.reverse_seed) + v, i, images.device)
+            for i in range(images.shape[0])
+            for v in range(votes)
+        }
 
         def score(metric: Metric, noisy: torch.Tensor, owners: list[int]) -> torch.Tensor:
             _, _, scale = self.chain()

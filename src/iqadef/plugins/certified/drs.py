@@ -10,8 +10,7 @@ docs/fidelity.md says so.
 
 from __future__ import annotations
 
-from iqadef import BinnedSmoothing, hookimpl
-from iqadef import binned_params
+from iqadef import BinnedSmoothing, binned_params, hookimpl
 
 from .dms_iqa import DMSIQA
 

@@ -16,8 +16,18 @@ from typing import Any
 
 import torch
 
-from iqadef import ConfigError, Metric, MetricSmoothing, Param, SmoothedScores, hookimpl
-from iqadef import FeatureSplit, jacobian_norm, median_certificate, smoothing_params
+from iqadef import (
+    ConfigError,
+    FeatureSplit,
+    Metric,
+    MetricSmoothing,
+    Param,
+    SmoothedScores,
+    hookimpl,
+    jacobian_norm,
+    median_certificate,
+    smoothing_params,
+)
 
 
 def feature_split_of(metric: Any) -> Any:
@@ -46,32 +56,55 @@ class FeatureSmoothing(MetricSmoothing):
     bound: str
     jacobian_iters: int
     params = (
-        Param("sigma", float, 0.25, "standard deviation of the Gaussian noise added to the backbone's features "
-              "(feature units, not pixels)", low=1e-6, presets=(0.12, 0.25, 0.5)),
+        Param(
+            "sigma",
+            float,
+            0.25,
+            "standard deviation of the Gaussian noise added to the backbone's features (feature units, not pixels)",
+            low=1e-6,
+            presets=(0.12, 0.25, 0.5),
+        ),
         smoothing_params()[1],  # n
-        Param("eps", float, 1e-10, "L2 radius (over all 3*H*W pixel values) the interval covers; the feature "
-              "radius is L * eps, L the backbone's Lipschitz bound (tiny-iqa: 1.8e8 at 224x224, times the "
-              "resize's norm for other sizes)", low=0.0, presets=(1e-10, 1e-9, 1e-8)),
+        Param(
+            "eps",
+            float,
+            1e-10,
+            "L2 radius (over all 3*H*W pixel values) the interval covers; the feature "
+            "radius is L * eps, L the backbone's Lipschitz bound (tiny-iqa: 1.8e8 at 224x224, times the "
+            "resize's norm for other sizes)",
+            low=0.0,
+            presets=(1e-10, 1e-9, 1e-8),
+        ),
         smoothing_params()[3],  # alpha
         Param("batch", int, 256, "noisy feature vectors per head forward (memory/speed only)", low=1),
-        Param("bound", str, "provable", "how the feature radius is tied to eps: 'provable' (the metric's global "
-              "Lipschitz bound, a certificate) or 'jacobian' (the paper's largest singular value of the "
-              "backbone's Jacobian at each image, by power iteration: a local estimate, NOT a certificate "
-              "beyond first order)", choices=("provable", "jacobian")),
+        Param(
+            "bound",
+            str,
+            "provable",
+            "how the feature radius is tied to eps: 'provable' (the metric's global "
+            "Lipschitz bound, a certificate) or 'jacobian' (the paper's largest singular value of the "
+            "backbone's Jacobian at each image, by power iteration: a local estimate, NOT a certificate "
+            "beyond first order)",
+            choices=("provable", "jacobian"),
+        ),
         Param("jacobian_iters", int, 20, "power iterations per image for bound: jacobian", low=1),
     )
 
     def check_metric(self, metric: Metric, where: str) -> None:
         if feature_split_of(metric) is None:
-            raise ConfigError(f"{where}: fs-iqa needs a metric that exposes its backbone and a Lipschitz bound "
-                              f"(feature_split); {metric.label!r} does not: use median-smoothing for it, or "
-                              f"a metric with one (tiny-iqa)")
+            raise ConfigError(
+                f"{where}: fs-iqa needs a metric that exposes its backbone and a Lipschitz bound "
+                f"(feature_split); {metric.label!r} does not: use median-smoothing for it, or "
+                f"a metric with one (tiny-iqa)"
+            )
 
     def split(self, metric: Metric, images: torch.Tensor) -> FeatureSplit:
         owner = feature_split_of(metric)
         if owner is None:
-            raise ConfigError(f"fs-iqa: metric {metric.label!r} exposes no feature_split (backbone, head and "
-                              f"Lipschitz bound); use median-smoothing for it")
+            raise ConfigError(
+                f"fs-iqa: metric {metric.label!r} exposes no feature_split (backbone, head and "
+                f"Lipschitz bound); use median-smoothing for it"
+            )
         split = owner.feature_split(tuple(images.shape[-2:]))
         if not (split.lipschitz > 0 and split.lipschitz < float("inf")):
             raise ValueError(f"fs-iqa: metric {metric.label!r} gave Lipschitz bound {split.lipschitz!r}")
@@ -88,8 +121,10 @@ class FeatureSmoothing(MetricSmoothing):
     def jacobian_radii(self, split: FeatureSplit, images: torch.Tensor) -> list[float]:
         """``bound: jacobian``: eps times the largest singular value of the backbone's Jacobian at each image
         (secant power iteration, ``core.lipschitz.jacobian_norm``): the paper's relation between the radii."""
-        return [float(self.eps) * jacobian_norm(split.backbone, images[i:i + 1], iters=int(self.jacobian_iters))
-                for i in range(images.shape[0])]
+        return [
+            float(self.eps) * jacobian_norm(split.backbone, images[i : i + 1], iters=int(self.jacobian_iters))
+            for i in range(images.shape[0])
+        ]
 
     def smooth(self, metric: Metric, images: torch.Tensor, *, seed: int) -> SmoothedScores:
         split = self.split(metric, images)
@@ -101,12 +136,15 @@ class FeatureSmoothing(MetricSmoothing):
         finally:
             del self._head
         if self.bound == "jacobian":
-            parts = [median_certificate(samples[i:i + 1], radius, float(self.sigma), float(self.alpha))
-                     for i, radius in enumerate(self.jacobian_radii(split, images))]
+            parts = [
+                median_certificate(samples[i : i + 1], radius, float(self.sigma), float(self.alpha))
+                for i, radius in enumerate(self.jacobian_radii(split, images))
+            ]
             value, lower, upper = (torch.cat([p[k] for p in parts]) for k in range(3))
         else:
-            value, lower, upper = median_certificate(samples, self.feature_radius(split), float(self.sigma),
-                                                     float(self.alpha))
+            value, lower, upper = median_certificate(
+                samples, self.feature_radius(split), float(self.sigma), float(self.alpha)
+            )
         return SmoothedScores(value, lower, upper)
 
     def base(self, metric: Metric, noisy: torch.Tensor) -> torch.Tensor:
@@ -119,8 +157,9 @@ class FeatureSmoothing(MetricSmoothing):
         split = self.split(metric, images)
         features = split.backbone(images).flatten(1)
         draw = self.noise(features.detach(), seed)
-        heads = [split.head(features + torch.cat([draw(i, 1) for i in range(features.shape[0])]))
-                 for _ in range(samples)]
+        heads = [
+            split.head(features + torch.cat([draw(i, 1) for i in range(features.shape[0])])) for _ in range(samples)
+        ]
         return torch.stack(heads).mean(dim=0)
 
 

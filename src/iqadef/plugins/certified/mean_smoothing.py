@@ -4,8 +4,7 @@ Gaussian-noised copies), certified with the expectation bound of Salman et al. (
 
 from __future__ import annotations
 
-from iqadef import ConfigError, MetricSmoothing, Param, hookimpl
-from iqadef import mean_certificate, smoothing_params
+from iqadef import ConfigError, MetricSmoothing, Param, hookimpl, mean_certificate, smoothing_params
 
 
 class MeanSmoothing(MetricSmoothing):
@@ -27,8 +26,10 @@ class MeanSmoothing(MetricSmoothing):
     def __init__(self, where: str | None = None, **values):
         super().__init__(where, **values)
         if self.low is not None and self.high is not None and not self.high > self.low:
-            raise ConfigError(f"{where or self.name}.low: {self.low!r} must be below high ({self.high!r}); "
-                              f"swap them, or leave both out for the metric's range")
+            raise ConfigError(
+                f"{where or self.name}.low: {self.low!r} must be below high ({self.high!r}); "
+                f"swap them, or leave both out for the metric's range"
+            )
 
     def check_metric(self, metric, where: str) -> None:
         """A bound given on one side only must still leave an interval with the metric's range."""
@@ -39,8 +40,10 @@ class MeanSmoothing(MetricSmoothing):
         high = metric.range[1] if self.high is None else self.high
         if not high > low:
             key = "low" if self.low is not None else "high"
-            raise ConfigError(f"{where}.{key}: low {low!r} must be below high {high!r} (with metric "
-                              f"{metric.label!r}, whose range is {list(metric.range)}); give both `low` and `high`")
+            raise ConfigError(
+                f"{where}.{key}: low {low!r} must be below high {high!r} (with metric "
+                f"{metric.label!r}, whose range is {list(metric.range)}); give both `low` and `high`"
+            )
         return float(low), float(high)
 
     def aggregate(self, samples, metric):

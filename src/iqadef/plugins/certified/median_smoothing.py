@@ -3,8 +3,7 @@ Chiang et al. (NeurIPS 2020), as Shumitskaya et al. apply it to NR-IQA metrics (
 
 from __future__ import annotations
 
-from iqadef import MetricSmoothing, hookimpl
-from iqadef import median_certificate
+from iqadef import MetricSmoothing, hookimpl, median_certificate
 
 
 class MedianSmoothing(MetricSmoothing):

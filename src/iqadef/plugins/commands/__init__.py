@@ -13,9 +13,24 @@ from iqadef import LazyPlugin, hookimpl
 
 @hookimpl
 def iqadef_register_commands(register):
-    register(LazyPlugin("data", f"{__name__}.data:DataCommand",
-                        help="datasets: which are present, where missing ones go; `iqadef data fetch NAME` downloads one"))
-    register(LazyPlugin("export", f"{__name__}.export:ExportCommand",
-                        help="write a run's adversarial images (x_a, optionally D(x_a)) as a dataset: PNGs, index, README"))
-    register(LazyPlugin("train-robust", f"{__name__}.train_robust:TrainRobustCommand",
-                        help="fine-tune a metric against attacks (adversarial training, free AT, or gradient-norm regularisation)"))
+    register(
+        LazyPlugin(
+            "data",
+            f"{__name__}.data:DataCommand",
+            help="datasets: which are present, where missing ones go; `iqadef data fetch NAME` downloads one",
+        )
+    )
+    register(
+        LazyPlugin(
+            "export",
+            f"{__name__}.export:ExportCommand",
+            help="write a run's adversarial images (x_a, optionally D(x_a)) as a dataset: PNGs, index, README",
+        )
+    )
+    register(
+        LazyPlugin(
+            "train-robust",
+            f"{__name__}.train_robust:TrainRobustCommand",
+            help="fine-tune a metric against attacks (adversarial training, free AT, or gradient-norm regularisation)",
+        )
+    )

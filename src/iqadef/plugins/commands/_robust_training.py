@@ -23,7 +23,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from iqadef import atomic_write_bytes, IqadefError, load_checkpoint
+from iqadef import IqadefError, atomic_write_bytes, load_checkpoint
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,9 +76,19 @@ def iqa_loss(pred: torch.Tensor, target: torch.Tensor, gamma: float = 0.0) -> to
 
 
 # -- the attack that makes training examples (metric_at/attacks/fgsm.py) -----------------------------------
-def fgsm_examples(score: Score, images: torch.Tensor, target: torch.Tensor, *, eps: float, step: float,
-                  init: str = "zero", generator: torch.Generator | None = None, gamma: float = 0.0,
-                  objective: str = "loss", direction: float = 1.0) -> torch.Tensor:
+def fgsm_examples(
+    score: Score,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eps: float,
+    step: float,
+    init: str = "zero",
+    generator: torch.Generator | None = None,
+    gamma: float = 0.0,
+    objective: str = "loss",
+    direction: float = 1.0,
+) -> torch.Tensor:
     """One signed step from ``x + noise`` (zero, or uniform in [-eps, eps] for ``init="uniform"``, metrics_at's
     "free" mode): ``step * sign(grad)``, clamped to ``noise-start +- eps`` and to [0, 1]. ``objective="loss"``
     (the reference) raises the training loss against the targets; ``"score"`` moves the score in its "better"
@@ -97,7 +107,7 @@ def fgsm_examples(score: Score, images: torch.Tensor, target: torch.Tensor, *, e
         loss = direction * score(start).sum()
     else:
         raise IqadefError(f"--attack-objective {objective!r}: use loss or score")
-    grad, = torch.autograd.grad(loss, [start])
+    (grad,) = torch.autograd.grad(loss, [start])
     adv = start.detach() + step * grad.sign()
     return torch.min(torch.max(adv, start.detach() - eps), start.detach() + eps).clamp(0.0, 1.0)
 
@@ -115,17 +125,25 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     def blur(t: torch.Tensor) -> torch.Tensor:
         return kornia.filters.filter2d(t, kernel, padding="valid")
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     cs = (2 * cov + c2) / (var_a + var_b + c2)
-    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
     return (luminance * cs).flatten(2).mean(-1).mean(-1)
 
 
-def corrected_targets(target: torch.Tensor, clean: torch.Tensor, adversarial: torch.Tensor, *, low: float,
-                      high: float, penalty: float = 1.0, correction: str = "ssim") -> torch.Tensor:
+def corrected_targets(
+    target: torch.Tensor,
+    clean: torch.Tensor,
+    adversarial: torch.Tensor,
+    *,
+    low: float,
+    high: float,
+    penalty: float = 1.0,
+    correction: str = "ssim",
+) -> torch.Tensor:
     """The adversarial examples' targets: ``clamp(y - penalty * (1 - SSIM(x_adv, x)) * (high - low), low, high)``
     (metrics_at's ``label_strategy: ssim``; ``none`` keeps ``y``)."""
     if correction == "none":
@@ -136,15 +154,40 @@ def corrected_targets(target: torch.Tensor, clean: torch.Tensor, adversarial: to
     return (target - penalty * (1 - similarity) * (high - low)).clamp(low, high)
 
 
-def at_loss(score: Score, images: torch.Tensor, target: torch.Tensor, *, eps: float, step: float, low: float,
-            high: float, init: str = "zero", penalty: float = 1.0, correction: str = "ssim", gamma: float = 0.0,
-            generator: torch.Generator | None = None, objective: str = "loss", direction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def at_loss(
+    score: Score,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eps: float,
+    step: float,
+    low: float,
+    high: float,
+    init: str = "zero",
+    penalty: float = 1.0,
+    correction: str = "ssim",
+    gamma: float = 0.0,
+    generator: torch.Generator | None = None,
+    objective: str = "loss",
+    direction: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One AT step's loss (metric_at/trainer.py ``_train_step``): the FGSM examples, their corrected targets,
     the batch ``[adversarial, clean]`` and the loss on it. Returns ``(loss, adversarial images, their targets)``."""
-    adversarial = fgsm_examples(score, images, target, eps=eps, step=step, init=init, generator=generator,
-                                gamma=gamma, objective=objective, direction=direction)
-    adv_target = corrected_targets(target, images, adversarial, low=low, high=high, penalty=penalty,
-                                   correction=correction)
+    adversarial = fgsm_examples(
+        score,
+        images,
+        target,
+        eps=eps,
+        step=step,
+        init=init,
+        generator=generator,
+        gamma=gamma,
+        objective=objective,
+        direction=direction,
+    )
+    adv_target = corrected_targets(
+        target, images, adversarial, low=low, high=high, penalty=penalty, correction=correction
+    )
     batch = torch.cat([adversarial, images])
     return iqa_loss(score(batch), torch.cat([adv_target, target]), gamma), adversarial, adv_target
 
@@ -156,14 +199,15 @@ def nt_penalty(score: Score, images: torch.Tensor, h: float = NT_H) -> torch.Ten
     L-inf threat), so this is about ``||grad f||_1 ** 2 / 2`` per image, without double backpropagation."""
     x = images.detach().requires_grad_(True)
     current = score(x)
-    grad, = torch.autograd.grad(current.sum(), [x], retain_graph=True)
+    (grad,) = torch.autograd.grad(current.sum(), [x], retain_graph=True)
     direction = grad.sign().detach()
     perturbed = score(x.detach() + h * direction)
     return ((perturbed - current) / h).pow(2).mean() / 2
 
 
-def nt_loss(score: Score, images: torch.Tensor, target: torch.Tensor, *, weight: float = NT_WEIGHT,
-            h: float = NT_H) -> tuple[torch.Tensor, torch.Tensor]:
+def nt_loss(
+    score: Score, images: torch.Tensor, target: torch.Tensor, *, weight: float = NT_WEIGHT, h: float = NT_H
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NT's loss: L1 to the targets (HyperIQA's own loss in the reference) + ``weight`` * :func:`nt_penalty`.
     Returns ``(loss, penalty)``."""
     task = F.l1_loss(score(images), target.to(images))
@@ -207,7 +251,7 @@ class RobustConfig:
             raise IqadefError(f"--method {self.method!r}: use at, free-at or nt")
         out = RobustConfig(**asdict(self))
         if out.epochs is None:
-            out.epochs = 16 if out.method == "nt" else 30      # DefenseIQA-NT --epochs; metrics_at train.epochs
+            out.epochs = 16 if out.method == "nt" else 30  # DefenseIQA-NT --epochs; metrics_at train.epochs
         if out.batch_size is None:
             out.batch_size = 16 if out.method == "nt" else 32  # DefenseIQA-NT --batch_size; metrics_at batch_size
         if out.lr is None:
@@ -235,7 +279,9 @@ def step_schedule(method: str, epochs: int, epoch: int) -> float:
     return 0.1 ** (epoch // size)
 
 
-def sample_crops(images: Sequence[torch.Tensor], crop: int, per_image: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+def sample_crops(
+    images: Sequence[torch.Tensor], crop: int, per_image: int, generator: torch.Generator
+) -> tuple[torch.Tensor, list[int]]:
     """``per_image`` random ``crop`` x ``crop`` crops of each image (an image smaller than the crop is resized
     up first), and the index of the image each came from."""
     out, owners = [], []
@@ -243,13 +289,18 @@ def sample_crops(images: Sequence[torch.Tensor], crop: int, per_image: int, gene
         h, w = img.shape[-2:]
         if min(h, w) < crop:
             scale = crop / min(h, w)
-            img = F.interpolate(img[None], size=(max(crop, round(h * scale)), max(crop, round(w * scale))),
-                                mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+            img = F.interpolate(
+                img[None],
+                size=(max(crop, round(h * scale)), max(crop, round(w * scale))),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[0].clamp(0, 1)
             h, w = img.shape[-2:]
         for _ in range(per_image):
             top = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
             left = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
-            out.append(img[:, top:top + crop, left:left + crop])
+            out.append(img[:, top : top + crop, left : left + crop])
             owners.append(i)
     return torch.stack(out), owners
 
@@ -271,8 +322,10 @@ class Progress:
         elapsed = time.monotonic() - self.start
         left = self.total - self.first - done
         eta = elapsed / done * left if done > 0 else float("nan")
-        text = (f"train-robust: epoch {epoch + 1}/{self.total} batch {batch}/{batches} loss {loss:.4f} "
-                f"elapsed {elapsed:.0f}s ETA {eta:.0f}s")
+        text = (
+            f"train-robust: epoch {epoch + 1}/{self.total} batch {batch}/{batches} loss {loss:.4f} "
+            f"elapsed {elapsed:.0f}s ETA {eta:.0f}s"
+        )
         if self.tty:
             self.stream.write("\r" + text + ("\n" if end else ""))
             self.stream.flush()
@@ -315,9 +368,19 @@ def _save_atomic(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequence[float] | None,
-                 config: RobustConfig, *, out: Path, fingerprint: str, device: torch.device | str = "cpu",
-                 progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
+def train_robust(
+    metric,
+    reference,
+    images: Sequence[torch.Tensor],
+    mos: Sequence[float] | None,
+    config: RobustConfig,
+    *,
+    out: Path,
+    fingerprint: str,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
     """Fine-tune ``metric`` (loaded) in place on ``images``; ``reference`` (the original metric, loaded) gives
     the targets when ``mos`` is None (self-distillation). After each epoch the state goes atomically to
     ``out.resume``; a call with the same ``fingerprint`` continues from it. Returns the training summary
@@ -333,11 +396,12 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
     free_delta: torch.Tensor | None = None  # free-at's perturbation, carried across minibatches and epochs
     state_file = resume_path(out)
     if state_file.is_file():
-
         saved = load_checkpoint(state_file)
         if saved.get("fingerprint") != fingerprint:
-            raise IqadefError(f"{state_file}: an interrupted training with other arguments or data; delete it to "
-                              f"start afresh, or rerun with the arguments it was started with")
+            raise IqadefError(
+                f"{state_file}: an interrupted training with other arguments or data; delete it to "
+                f"start afresh, or rerun with the arguments it was started with"
+            )
         for module, state in zip(modules, saved["modules"]):
             module.load_state_dict(state)
         opt.load_state_dict(saved["optimizer"])
@@ -359,12 +423,16 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
         crops, owners = sample_crops(images, config.crop, config.crops_per_image, gen)
         with torch.no_grad():
             if mos is None:
-                targets = torch.cat([reference.score(crops[i:i + config.batch_size].to(device)).float().cpu()
-                                     for i in range(0, len(crops), config.batch_size)])
+                targets = torch.cat(
+                    [
+                        reference.score(crops[i : i + config.batch_size].to(device)).float().cpu()
+                        for i in range(0, len(crops), config.batch_size)
+                    ]
+                )
             else:
                 targets = mos_t[owners]
         order = torch.randperm(len(crops), generator=gen)
-        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
         totals = {"loss": 0.0, "extra": 0.0}
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.seed * 100_003 + epoch)  # dropout and other in-network randomness
@@ -373,16 +441,29 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
                 x, y = crops[idx].to(device), targets[idx].to(device)
                 if config.method == "at":
                     opt.zero_grad(set_to_none=True)
-                    loss, _, adv_target = at_loss(score, x, y, eps=config.eps, step=config.step, low=low, high=high,
-                                                  init=config.init, penalty=config.penalty,
-                                                  correction=config.correction, gamma=config.gamma, generator=gen,
-                                                  objective=objective, direction=direction)
+                    loss, _, adv_target = at_loss(
+                        score,
+                        x,
+                        y,
+                        eps=config.eps,
+                        step=config.step,
+                        low=low,
+                        high=high,
+                        init=config.init,
+                        penalty=config.penalty,
+                        correction=config.correction,
+                        gamma=config.gamma,
+                        generator=gen,
+                        objective=objective,
+                        direction=direction,
+                    )
                     loss.backward()
                     opt.step()
                     extra = float((y - adv_target).mean())
                 elif config.method == "free-at":
-                    loss, extra, free_delta = _free_at_minibatch(score, opt, x, y, config, low, high, objective,
-                                                                 direction, free_delta)
+                    loss, extra, free_delta = _free_at_minibatch(
+                        score, opt, x, y, config, low, high, objective, direction, free_delta
+                    )
                 else:
                     opt.zero_grad(set_to_none=True)
                     loss, penalty = nt_loss(score, x, y, weight=config.nt_weight, h=config.nt_h)
@@ -394,22 +475,44 @@ def train_robust(metric, reference, images: Sequence[torch.Tensor], mos: Sequenc
                 if bar:
                     bar.update(epoch, b + 1, len(batches), float(loss.detach()))
             set_training(modules, False)
-        history.append({"epoch": epoch + 1, "loss": totals["loss"] / len(crops),
-                        ("nt_penalty" if config.method == "nt" else "target_drop"): totals["extra"] / len(crops)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": totals["loss"] / len(crops),
+                ("nt_penalty" if config.method == "nt" else "target_drop"): totals["extra"] / len(crops),
+            }
+        )
         if bar:
             bar.update(epoch, len(batches), len(batches), history[-1]["loss"], end=True)
-        _save_atomic(state_file, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
-                                  "modules": _states(modules), "optimizer": opt.state_dict(),
-                                  **({"free_delta": free_delta.cpu()} if free_delta is not None else {})})
+        _save_atomic(
+            state_file,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "history": history,
+                "modules": _states(modules),
+                "optimizer": opt.state_dict(),
+                **({"free_delta": free_delta.cpu()} if free_delta is not None else {}),
+            },
+        )
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return {"stopped_after_epoch": epoch + 1, "history": history}
     mapping = fit_mapping(metric, reference, images, mos, config, device) if config.fit_mapping else (1.0, 0.0)
     return {"history": history, "mapping": mapping, "low": low, "high": high, "config": asdict(config)}
 
 
-def _free_at_minibatch(score: Score, opt, x: torch.Tensor, y: torch.Tensor, config: RobustConfig, low: float,
-                       high: float, objective: str = "loss", direction: float = 1.0,
-                       delta: torch.Tensor | None = None) -> tuple[torch.Tensor, float, torch.Tensor]:
+def _free_at_minibatch(
+    score: Score,
+    opt,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: RobustConfig,
+    low: float,
+    high: float,
+    objective: str = "loss",
+    direction: float = 1.0,
+    delta: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Free AT (Shafahi et al. 2019, Alg. 1): the minibatch replayed ``replays`` times; each replay's one
     backward pass gives the weights' gradient *and* the input gradient that updates the perturbation
     (``delta += step * sign(grad)``, clipped to the eps-ball). Targets and batch as in :func:`at_loss`. With
@@ -420,19 +523,20 @@ def _free_at_minibatch(score: Score, opt, x: torch.Tensor, y: torch.Tensor, conf
     if delta is None or delta.shape[1:] != x.shape[1:]:
         delta = torch.zeros_like(x)
     elif len(delta) < len(x):  # after a short last batch: the missing images start from zero
-        delta = torch.cat([delta.to(x), torch.zeros_like(x[len(delta):])])
-    delta = delta[:len(x)].to(x)
+        delta = torch.cat([delta.to(x), torch.zeros_like(x[len(delta) :])])
+    delta = delta[: len(x)].to(x)
     loss = torch.zeros(())
     gaps = 0.0
     for _ in range(config.replays):
         adversarial = (x + delta).clamp(0, 1).requires_grad_(True)
-        adv_target = corrected_targets(y, x, adversarial, low=low, high=high, penalty=config.penalty,
-                                       correction=config.correction)
+        adv_target = corrected_targets(
+            y, x, adversarial, low=low, high=high, penalty=config.penalty, correction=config.correction
+        )
         opt.zero_grad(set_to_none=True)
         scores = score(torch.cat([adversarial, x]))
         loss = iqa_loss(scores, torch.cat([adv_target, y]), config.gamma)
         if objective == "score":
-            input_grad, = torch.autograd.grad(direction * scores[:len(x)].sum(), [adversarial], retain_graph=True)
+            (input_grad,) = torch.autograd.grad(direction * scores[: len(x)].sum(), [adversarial], retain_graph=True)
             loss.backward()
         else:
             loss.backward()
@@ -450,10 +554,13 @@ def fit_mapping(metric, reference, images, mos, config: RobustConfig, device) ->
     gen = torch.Generator().manual_seed(config.seed * 100_003 - 1)
     crops, owners = sample_crops(images, config.crop, config.crops_per_image, gen)
     with torch.no_grad():
-        chunks = [crops[i:i + config.batch_size].to(device) for i in range(0, len(crops), config.batch_size)]
+        chunks = [crops[i : i + config.batch_size].to(device) for i in range(0, len(crops), config.batch_size)]
         pred = torch.cat([metric.score(c).float().cpu() for c in chunks]).double()
-        target = (torch.cat([reference.score(c).float().cpu() for c in chunks]) if mos is None
-                  else torch.tensor(list(mos), dtype=torch.float32)[owners]).double()
+        target = (
+            torch.cat([reference.score(c).float().cpu() for c in chunks])
+            if mos is None
+            else torch.tensor(list(mos), dtype=torch.float32)[owners]
+        ).double()
     if len(pred) < 2 or float(pred.std()) == 0:
         return 1.0, 0.0
     design = torch.stack([pred, torch.ones_like(pred)], 1)
@@ -467,8 +574,12 @@ def fold_mapping(metric, k: float, b: float, probe: torch.Tensor) -> bool:
     layer's output (checked on ``probe``: tiny-iqa, SPAQ); False (nothing changed) otherwise."""
     if (k, b) == (1.0, 0.0):
         return True
-    layers = [m for module in trainable_modules(metric) for m in module.modules()
-              if isinstance(m, torch.nn.Linear) and m.out_features == 1 and m.bias is not None]
+    layers = [
+        m
+        for module in trainable_modules(metric)
+        for m in module.modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == 1 and m.bias is not None
+    ]
     if not layers:
         return False
     last = layers[-1]
@@ -482,8 +593,11 @@ def fold_mapping(metric, k: float, b: float, probe: torch.Tensor) -> bool:
         last.bias.zero_()
         at_zero = metric.score(probe).double()
         a, c = float(slope.mean()), float(at_zero.mean())
-        affine = (abs(a) > 1e-12 and torch.allclose(slope, torch.full_like(slope, a), rtol=1e-4, atol=1e-6)
-                  and torch.allclose(at_zero, torch.full_like(at_zero, c), rtol=1e-4, atol=1e-6))
+        affine = (
+            abs(a) > 1e-12
+            and torch.allclose(slope, torch.full_like(slope, a), rtol=1e-4, atol=1e-6)
+            and torch.allclose(at_zero, torch.full_like(at_zero, c), rtol=1e-4, atol=1e-6)
+        )
         # z -> k z + d gives k * score + (1 - k) c + a d; d = (b + (k - 1) c) / a makes it k * score + b
         last.weight.copy_(w0 * k if affine else w0)
         last.bias.copy_(c0 * k + (b + (k - 1) * c) / a if affine else c0)
@@ -508,8 +622,10 @@ def checkpoint_for(metric, mapping: tuple[float, float], probe: torch.Tensor) ->
         return metric.trained_checkpoint(mapping), True
     modules = trainable_modules(metric)
     if len(modules) != 1:
-        raise IqadefError(f"train-robust: metric {metric.label!r} has {len(modules)} networks; give it a "
-                          f"`trained_checkpoint(mapping)` method that writes the layout its weights_path loads")
+        raise IqadefError(
+            f"train-robust: metric {metric.label!r} has {len(modules)} networks; give it a "
+            f"`trained_checkpoint(mapping)` method that writes the layout its weights_path loads"
+        )
     if metric.name == "linearity":
         state = _states(modules)[0]
         return {"model": state, "k": [k * metric.k] * 3, "b": [k * metric.b + b] * 3}, True

@@ -8,7 +8,7 @@ import json
 import sys
 
 import iqadef
-from iqadef import Command, data_dir, dataset_status, fetch_dataset, hookimpl, IqadefError
+from iqadef import Command, IqadefError, data_dir, dataset_status, fetch_dataset, hookimpl
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -23,8 +23,10 @@ def _options(pairs: list[str]) -> dict[str, object]:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             why = " ".join(str(getattr(exc, "problem", None) or exc).split())
-            raise IqadefError(f"--option {pair!r}: the value is not valid YAML ({why}); quote it, e.g. "
-                              f"--option '{key.strip()}=\"...\"'") from None
+            raise IqadefError(
+                f"--option {pair!r}: the value is not valid YAML ({why}); quote it, e.g. "
+                f"--option '{key.strip()}=\"...\"'"
+            ) from None
     return out
 
 
@@ -44,8 +46,14 @@ class DataCommand(Command):
         parser.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
         parser.add_argument("dataset", nargs="?", help="dataset name (for fetch)")
         parser.add_argument("--root", help="the dataset's folder (default: $IQADEF_DATA/NAME)")
-        parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                            help="a dataset option, as in the registry (e.g. resolution=512x384)")
+        parser.add_argument(
+            "--option",
+            "-o",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a dataset option, as in the registry (e.g. resolution=512x384)",
+        )
         parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after unpacking")
         parser.add_argument("--json", action="store_true")
 
@@ -79,12 +87,22 @@ class DataCommand(Command):
         for col in ("dataset", "present", "folder", "files (how to get them)"):
             table.add_column(col)
         for row in rows:
-            files = "\n".join(f"{f['filename']}: " + (f["manual"] or ", ".join(f["urls"]) or "no URL")
-                              for f in row["files"])
-            state = ("yes" if row["present"] else "missing " + ", ".join(row["missing"]) if row["missing"]
-                     else "not as published: " + "; ".join(row["problems"]))
-            table.add_row(Text(row["name"]), Text(state, style="green" if row["present"] else "red"),
-                          Text(row["root"]), Text(files))
+            files = "\n".join(
+                f"{f['filename']}: " + (f["manual"] or ", ".join(f["urls"]) or "no URL") for f in row["files"]
+            )
+            state = (
+                "yes"
+                if row["present"]
+                else "missing " + ", ".join(row["missing"])
+                if row["missing"]
+                else "not as published: " + "; ".join(row["problems"])
+            )
+            table.add_row(
+                Text(row["name"]),
+                Text(state, style="green" if row["present"] else "red"),
+                Text(row["root"]),
+                Text(files),
+            )
         Console(width=None if sys.stdout.isatty() else 200).print(table)
         print("folder and builtin read local files; `dataset: {images: DIR, mos: FILE}` in a registry")
         return 0

@@ -16,16 +16,23 @@ class ExportCommand(Command):
 
     def configure(self, parser) -> None:
         parser.add_argument("run_dir", type=Path, help="a run folder (the `output` of `iqadef run`)")
-        parser.add_argument("--out", type=Path, required=True, help="the export folder (new, empty, or an earlier export)")
-        parser.add_argument("--defended", action="store_true", help="also D(x_a) for each defence (recomputed from x_a)")
+        parser.add_argument(
+            "--out", type=Path, required=True, help="the export folder (new, empty, or an earlier export)"
+        )
+        parser.add_argument(
+            "--defended", action="store_true", help="also D(x_a) for each defence (recomputed from x_a)"
+        )
 
     def run(self, args) -> int:
 
         summary = iqadef.export_run(args.run_dir, args.out, defended=args.defended, registry=iqadef.installed_plugins())
         for problem in summary.skipped:
             print(f"warning: {problem}")
-        print(f"{summary.adversarial} adversarial image(s)" + (f", {summary.defended} defended" if args.defended else "")
-              + f" in {summary.out}; index.parquet, index.csv, README.md")
+        print(
+            f"{summary.adversarial} adversarial image(s)"
+            + (f", {summary.defended} defended" if args.defended else "")
+            + f" in {summary.out}; index.parquet, index.csv, README.md"
+        )
         return 0
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import iqadef
-from iqadef import Command, hookimpl, IqadefError, load_checkpoint, parse_dataset, resolve_device, save_trained_weights
+from iqadef import Command, IqadefError, hookimpl, load_checkpoint, parse_dataset, resolve_device, save_trained_weights
 
 from ._robust_training import RobustConfig, checkpoint_for, resume_path, train_robust
 
@@ -35,7 +35,6 @@ RECORD_KEY = "iqadef_training"
 def metric_from_argument(text: str):
     """``tiny-iqa`` or a YAML mapping as in a registry (``{name: linearity, preprocess: official}``)."""
     import yaml
-
 
     try:
         entry = yaml.safe_load(text) if text.lstrip().startswith("{") else {"name": text}
@@ -51,7 +50,6 @@ def metric_from_argument(text: str):
 def open_training_data(args: argparse.Namespace):
     """The dataset of ``--dataset``/``--images`` (as a registry's ``dataset:``), minus ``--exclude`` names."""
     import yaml
-
 
     if args.images is not None:
         value: Any = {"images": str(args.images)}
@@ -82,22 +80,42 @@ def open_training_data(args: argparse.Namespace):
 
 
 def _fingerprint(metric, config: RobustConfig, items, use_mos: bool) -> str:
-    blob = json.dumps({"metric": metric.identity(), "config": asdict(config),
-                       "images": [[i.name, i.sha256, i.mos if use_mos else None] for i in items]},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "metric": metric.identity(),
+            "config": asdict(config),
+            "images": [[i.name, i.sha256, i.mos if use_mos else None] for i in items],
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
     make_metric = metric_from_argument(args.metric)
-    config = RobustConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          weight_decay=args.weight_decay, eps=args.eps / 255,
-                          step=None if args.step is None else args.step / 255, init=args.init, replays=args.replays,
-                          penalty=args.penalty, correction=args.correction, gamma=args.gamma,
-                          nt_weight=args.nt_weight, nt_h=args.nt_h, crop=args.crop,
-                          crops_per_image=args.crops_per_image, freeze_bn=args.freeze_bn, seed=args.seed,
-                          attack_objective=args.attack_objective).resolved()
+    config = RobustConfig(
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        eps=args.eps / 255,
+        step=None if args.step is None else args.step / 255,
+        init=args.init,
+        replays=args.replays,
+        penalty=args.penalty,
+        correction=args.correction,
+        gamma=args.gamma,
+        nt_weight=args.nt_weight,
+        nt_h=args.nt_h,
+        crop=args.crop,
+        crops_per_image=args.crops_per_image,
+        freeze_bn=args.freeze_bn,
+        seed=args.seed,
+        attack_objective=args.attack_objective,
+    ).resolved()
     device = resolve_device(args.device)
     dataset, items = open_training_data(args)
     use_mos = bool(dataset.has_mos) and all(item.mos is not None for item in items) and not args.self_distill
@@ -117,29 +135,50 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     reference.load(device)
     images = [dataset.load([item])[0] for item in items]
     started = time.monotonic()
-    summary = train_robust(metric, reference, images, [item.mos for item in items] if use_mos else None, config,
-                           out=out, fingerprint=fingerprint, device=device, progress=not args.quiet,
-                           stop_after_epoch=args.stop_after_epoch)
+    summary = train_robust(
+        metric,
+        reference,
+        images,
+        [item.mos for item in items] if use_mos else None,
+        config,
+        out=out,
+        fingerprint=fingerprint,
+        device=device,
+        progress=not args.quiet,
+        stop_after_epoch=args.stop_after_epoch,
+    )
     if "stopped_after_epoch" in summary:
         return summary
-    probe = images[0][None, :, :config.crop, :config.crop].to(device)
+    probe = images[0][None, :, : config.crop, : config.crop].to(device)
     checkpoint, mapped = checkpoint_for(metric, tuple(summary["mapping"]), probe)
     history = summary["history"]
     record = {
-        "kind": iqadef.TRAINING_RECORD_KIND, "method": config.method, "metric": metric.label,
+        "kind": iqadef.TRAINING_RECORD_KIND,
+        "method": config.method,
+        "metric": metric.label,
         "metric_identity": metric.identity(),
-        "data": {"source": args.dataset or (str(args.images) if args.images else "builtin"),
-                 "targets": "mos" if use_mos else "self-distillation (the original metric's clean scores)",
-                 "images": [{"name": i.name, "sha256": i.sha256, "mos": i.mos if use_mos else None} for i in items]},
-        "seed": config.seed, "epochs": config.epochs, "final_losses": history[-1] if history else None,
-        "history": history, "mapping": summary["mapping"], "mapping_in_checkpoint": mapped,
-        "config": asdict(config), "device": str(device), "seconds_this_call": round(time.monotonic() - started, 1),
+        "data": {
+            "source": args.dataset or (str(args.images) if args.images else "builtin"),
+            "targets": "mos" if use_mos else "self-distillation (the original metric's clean scores)",
+            "images": [{"name": i.name, "sha256": i.sha256, "mos": i.mos if use_mos else None} for i in items],
+        },
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "final_losses": history[-1] if history else None,
+        "history": history,
+        "mapping": summary["mapping"],
+        "mapping_in_checkpoint": mapped,
+        "config": asdict(config),
+        "device": str(device),
+        "seconds_this_call": round(time.monotonic() - started, 1),
         "fingerprint": fingerprint,
     }
     if not mapped:
-        print(f"train-robust: warning: {metric.label}'s score is not affine in its last layer, so the fitted "
-              f"mapping k={summary['mapping'][0]:.4g}, b={summary['mapping'][1]:.4g} is not in the checkpoint "
-              f"(its scores keep the fine-tuned scale)")
+        print(
+            f"train-robust: warning: {metric.label}'s score is not affine in its last layer, so the fitted "
+            f"mapping k={summary['mapping'][0]:.4g}, b={summary['mapping'][1]:.4g} is not in the checkpoint "
+            f"(its scores keep the fine-tuned scale)"
+        )
     if isinstance(checkpoint, dict) and not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         checkpoint = {**checkpoint, RECORD_KEY: json.dumps(record, default=float)}
     save_trained_weights(out, checkpoint, record)
@@ -163,8 +202,10 @@ def training_record(checkpoint: Path) -> dict[str, Any]:
     data = load_checkpoint(checkpoint, allow_numpy=True)
     if isinstance(data, dict) and isinstance(data.get(RECORD_KEY), str):
         return json.loads(data[RECORD_KEY])
-    raise IqadefError(f"--show {checkpoint}: no training record (neither {sidecar.name} from train-robust nor an "
-                      f"`{RECORD_KEY}` entry in the checkpoint)")
+    raise IqadefError(
+        f"--show {checkpoint}: no training record (neither {sidecar.name} from train-robust nor an "
+        f"`{RECORD_KEY}` entry in the checkpoint)"
+    )
 
 
 class TrainRobustCommand(Command):
@@ -174,9 +215,15 @@ class TrainRobustCommand(Command):
     help = "fine-tune a metric against attacks (adversarial training, free AT, or gradient-norm regularisation)"
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("metric", nargs="?", help="metric name or YAML mapping, e.g. tiny-iqa or '{name: linearity}'")
-        parser.add_argument("--show", type=Path, metavar="CHECKPOINT",
-                            help="print the training record of a checkpoint this command wrote, and exit")
+        parser.add_argument(
+            "metric", nargs="?", help="metric name or YAML mapping, e.g. tiny-iqa or '{name: linearity}'"
+        )
+        parser.add_argument(
+            "--show",
+            type=Path,
+            metavar="CHECKPOINT",
+            help="print the training record of a checkpoint this command wrote, and exit",
+        )
         parser.add_argument("--method", choices=("at", "free-at", "nt"), default="at")
         parser.add_argument("--out", type=Path, help="the checkpoint to write (.pt; record in .json)")
         parser.add_argument("--dataset", help="a dataset name or YAML mapping as in a registry (default builtin)")
@@ -187,19 +234,27 @@ class TrainRobustCommand(Command):
         parser.add_argument("--limit", type=int, help="the first N images only")
         parser.add_argument("--exclude", action="append", metavar="NAME", help="leave this image out (held-out)")
         parser.add_argument("--max-side", type=int, default=512, help="images larger are downscaled when read")
-        parser.add_argument("--self-distill", action="store_true",
-                            help="targets from the original metric even when the data has MOS")
+        parser.add_argument(
+            "--self-distill", action="store_true", help="targets from the original metric even when the data has MOS"
+        )
         parser.add_argument("--epochs", type=int, help="default: at/free-at 30 (metrics_at), nt 16 (DefenseIQA-NT)")
         parser.add_argument("--batch-size", type=int, help="default: at/free-at 32, nt 16")
         parser.add_argument("--lr", type=float, help="Adam lr (default: at/free-at 1e-4, nt 2e-5)")
         parser.add_argument("--weight-decay", type=float, help="default: at/free-at 0, nt 5e-4")
         parser.add_argument("--eps", type=float, default=4.0, help="attack budget in /255 (at, free-at; default 4)")
         parser.add_argument("--step", type=float, help="attack step in /255 (default: at 1.25*eps, free-at eps)")
-        parser.add_argument("--init", choices=("zero", "uniform"), default="zero",
-                            help="at: FGSM start (uniform = metrics_at's 'free_fgsm' mode)")
-        parser.add_argument("--attack-objective", choices=("loss", "score"),
-                            help="what the training attack raises: the training loss (metrics_at; default with "
-                                 "MOS) or the score (default under self-distillation)")
+        parser.add_argument(
+            "--init",
+            choices=("zero", "uniform"),
+            default="zero",
+            help="at: FGSM start (uniform = metrics_at's 'free_fgsm' mode)",
+        )
+        parser.add_argument(
+            "--attack-objective",
+            choices=("loss", "score"),
+            help="what the training attack raises: the training loss (metrics_at; default with "
+            "MOS) or the score (default under self-distillation)",
+        )
         parser.add_argument("--replays", type=int, default=4, help="free-at: replays per minibatch (m)")
         parser.add_argument("--penalty", type=float, default=1.0, help="score correction strength (metrics_at)")
         parser.add_argument("--correction", choices=("ssim", "none"), default="ssim")
@@ -219,8 +274,9 @@ class TrainRobustCommand(Command):
             print(json.dumps(training_record(args.show), indent=2, default=float))
             return 0
         if not args.metric or args.out is None:
-            raise IqadefError("usage: iqadef train-robust METRIC --out robust.pt [--method at|free-at|nt] "
-                              "(or --show robust.pt)")
+            raise IqadefError(
+                "usage: iqadef train-robust METRIC --out robust.pt [--method at|free-at|nt] (or --show robust.pt)"
+            )
         record = run_training(args)
         shown = {k: v for k, v in record.items() if k not in ("history", "metric_identity", "config")}
         if "data" in shown:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iqadef import hookimpl
-from iqadef import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir
+from iqadef import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir, hookimpl
 
 
 class Builtin(DatasetPlugin):
@@ -24,8 +23,11 @@ class Builtin(DatasetPlugin):
         self.mos_file = None
 
     def entries(self) -> list[Entry]:
-        return [Entry(p.relative_to(self.images_dir).as_posix(), Path(p))
-                for p in sorted(self.images_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        return [
+            Entry(p.relative_to(self.images_dir).as_posix(), Path(p))
+            for p in sorted(self.images_dir.rglob("*"))
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
 
 
 @hookimpl

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iqadef import ConfigError, Param, hookimpl
-from iqadef import IMAGE_SUFFIXES, DatasetPlugin, Entry, builtin_images_dir, read_mos
+from iqadef import IMAGE_SUFFIXES, ConfigError, DatasetPlugin, Entry, Param, builtin_images_dir, hookimpl, read_mos
 
 
 class Folder(DatasetPlugin):
@@ -19,8 +18,13 @@ class Folder(DatasetPlugin):
     plain_folder = True  # no split or sample: the Dataset scans the folder itself, as always
     params = (
         Param("images", str, None, "the folder of images, relative to the registry (`builtin`: the bundled set)"),
-        Param("mos", str, None, "CSV with an image column (image/name/file/filename/image_name) and a score "
-                                "column (mos/dmos/score); `,` `;` or tab; UTF-8/-sig, UTF-16 with BOM, Latin-1"),
+        Param(
+            "mos",
+            str,
+            None,
+            "CSV with an image column (image/name/file/filename/image_name) and a score "
+            "column (mos/dmos/score); `,` `;` or tab; UTF-8/-sig, UTF-16 with BOM, Latin-1",
+        ),
     )
 
     def __init__(self, root=None, **kwargs):

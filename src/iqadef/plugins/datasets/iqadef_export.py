@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path, PurePosixPath
 
-from iqadef import ConfigError, Param, hookimpl
-from iqadef import DatasetPlugin, Entry
 from iqadef import EXPORT_MARKER as MARKER
+from iqadef import ConfigError, DatasetPlugin, Entry, Param, hookimpl
 
 
 class IqadefExport(DatasetPlugin):
@@ -34,8 +33,10 @@ class IqadefExport(DatasetPlugin):
 
     def check(self) -> None:
         if not (self.root / MARKER).is_file() or not (self.root / "index.parquet").is_file():
-            raise ConfigError(f"{self.where}.path: {self.root} is not a folder written by `iqadef export` "
-                              f"(no {MARKER} and index.parquet); export a run there first")
+            raise ConfigError(
+                f"{self.where}.path: {self.root} is not a folder written by `iqadef export` "
+                f"(no {MARKER} and index.parquet); export a run there first"
+            )
 
     def entries(self) -> list[Entry]:
         """The index's rows of the chosen kind, each with the sha256 the index records: a file replaced or
@@ -47,12 +48,16 @@ class IqadefExport(DatasetPlugin):
         try:
             index = pd.read_parquet(self.root / "index.parquet")
         except Exception as exc:  # noqa: BLE001 - pyarrow's errors have no common base: all mean "unreadable"
-            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} cannot be read "
-                              f"({type(exc).__name__}); export the run there again") from None
+            raise ConfigError(
+                f"{self.where}.path: {self.root / 'index.parquet'} cannot be read "
+                f"({type(exc).__name__}); export the run there again"
+            ) from None
         missing = {"file", "kind", "mos", "sha256", "metric", "attack"} - set(index.columns)
         if missing:
-            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} lacks {', '.join(sorted(missing))}; "
-                              f"export the run there again with this iqadef")
+            raise ConfigError(
+                f"{self.where}.path: {self.root / 'index.parquet'} lacks {', '.join(sorted(missing))}; "
+                f"export the run there again with this iqadef"
+            )
         index = index[index["kind"] == self.config["kind"]]
         for key in ("metric", "attack"):
             if self.config[key] is not None:
@@ -66,8 +71,10 @@ class IqadefExport(DatasetPlugin):
         for row in index.itertuples(index=False):
             path = self._inside(root, row.file)
             if not isinstance(row.sha256, str) or len(row.sha256) != 64:
-                raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} gives no sha256 for {row.file!r}; "
-                                  f"export the run there again")
+                raise ConfigError(
+                    f"{self.where}.path: {self.root / 'index.parquet'} gives no sha256 for {row.file!r}; "
+                    f"export the run there again"
+                )
             mos = None if row.mos is None or (isinstance(row.mos, float) and math.isnan(row.mos)) else float(row.mos)
             out.append(Entry(row.file, path, mos, sha256=row.sha256))
         return sorted(out, key=lambda e: e.name)
@@ -77,12 +84,16 @@ class IqadefExport(DatasetPlugin):
         text = rel if isinstance(rel, str) else ""
         parts = PurePosixPath(text).parts
         if not text or PurePosixPath(text).is_absolute() or "\\" in text or ".." in parts or ":" in text.split("/")[0]:
-            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} names {rel!r}, which is not a "
-                              f"file inside {self.root}; the index is damaged or not iqadef's: export the run again")
+            raise ConfigError(
+                f"{self.where}.path: {self.root / 'index.parquet'} names {rel!r}, which is not a "
+                f"file inside {self.root}; the index is damaged or not iqadef's: export the run again"
+            )
         path = self.root.joinpath(*parts)
         if not path.resolve().is_relative_to(root):
-            raise ConfigError(f"{self.where}.path: {self.root / 'index.parquet'} names {rel!r}, which leads out of "
-                              f"{self.root} through a symbolic link; remove the link or export the run again")
+            raise ConfigError(
+                f"{self.where}.path: {self.root / 'index.parquet'} names {rel!r}, which leads out of "
+                f"{self.root} through a symbolic link; remove the link or export the run again"
+            )
         return path
 
 

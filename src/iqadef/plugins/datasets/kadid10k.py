@@ -12,23 +12,37 @@ from __future__ import annotations
 import csv
 import io
 
-from iqadef import ConfigError, Param, hookimpl
-from iqadef import DatasetPlugin, Entry, read_text
-from iqadef import RemoteFile
+from iqadef import ConfigError, DatasetPlugin, Entry, Param, RemoteFile, hookimpl, read_text
 
 
 class KADID10k(DatasetPlugin):
-    """KADID-10k: 10,125 distorted images of 81 references with DMOS (1-5, higher is better); `images: reference` gives the 81 references."""
+    """KADID-10k: 10,125 distorted images of 81 references with DMOS (1-5, higher is better); `images: reference`
+    gives the 81 references."""
 
     name = "kadid10k"
     title = "KADID-10k (Lin, Hosu, Saupe, QoMEX 2019)"
     homepage = "https://database.mmsp-kn.de/kadid-10k-database.html"
-    licence = ("no formal licence: the authors' page says it is freely available to the research community "
-               "and asks that the paper be cited")
-    params = (Param("images", str, "distorted", "which images: the distorted ones (with DMOS) or the references",
-                    choices=("distorted", "reference")),)
-    remote = (RemoteFile("kadid10k.zip", ("https://datasets.vqa.mmsp-kn.de/archives/kadid10k.zip",), archive="zip",
-                         description="images and dmos.csv, about 3 GB (sha256 not published)"),)
+    licence = (
+        "no formal licence: the authors' page says it is freely available to the research community "
+        "and asks that the paper be cited"
+    )
+    params = (
+        Param(
+            "images",
+            str,
+            "distorted",
+            "which images: the distorted ones (with DMOS) or the references",
+            choices=("distorted", "reference"),
+        ),
+    )
+    remote = (
+        RemoteFile(
+            "kadid10k.zip",
+            ("https://datasets.vqa.mmsp-kn.de/archives/kadid10k.zip",),
+            archive="zip",
+            description="images and dmos.csv, about 3 GB (sha256 not published)",
+        ),
+    )
 
     @property
     def base_dir(self):
@@ -72,7 +86,9 @@ class KADID10k(DatasetPlugin):
             try:
                 value = float(r["dmos"])
             except ValueError:
-                raise ConfigError(f"{self.base_dir / 'dmos.csv'}: dmos {r['dmos']!r} for {name!r} is not a number") from None
+                raise ConfigError(
+                    f"{self.base_dir / 'dmos.csv'}: dmos {r['dmos']!r} for {name!r} is not a number"
+                ) from None
             out.append(Entry(name, self.images_dir / name, value))
         return sorted(out, key=lambda e: e.name)
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import io
 
-from iqadef import ConfigError, Param, hookimpl
-from iqadef import DatasetPlugin, Entry, read_mos, read_text
-from iqadef import RemoteFile
+from iqadef import ConfigError, DatasetPlugin, Entry, Param, RemoteFile, hookimpl, read_mos, read_text
 
 _ARCHIVES = "https://datasets.vqa.mmsp-kn.de/archives/"
 SCORES = "koniq10k_scores_and_distributions.csv"
@@ -23,13 +21,16 @@ SPLITS = {"train": "training", "val": "validation", "test": "test"}
 
 
 class KonIQ10k(DatasetPlugin):
-    """KonIQ-10k: 10,073 in-the-wild images (1024x768 or 512x384) with MOS (1-5) or MOS z-score; splits from the authors' sets file."""
+    """KonIQ-10k: 10,073 in-the-wild images (1024x768 or 512x384) with MOS (1-5) or MOS z-score; splits from the
+    authors' sets file."""
 
     name = "koniq10k"
     title = "KonIQ-10k (Hosu et al., IEEE TIP 2020)"
     homepage = "https://database.mmsp-kn.de/koniq-10k-database.html"
-    licence = ("images from YFCC100M under their Flickr Creative Commons licences; the database is offered for "
-               "research by the University of Konstanz: read the terms on its page before use")
+    licence = (
+        "images from YFCC100M under their Flickr Creative Commons licences; the database is offered for "
+        "research by the University of Konstanz: read the terms on its page before use"
+    )
     splits = tuple(SPLITS)
     params = (
         Param("resolution", str, "1024x768", "which release", choices=("1024x768", "512x384")),
@@ -39,19 +40,35 @@ class KonIQ10k(DatasetPlugin):
     def remote_files(self):
         res = self.config["resolution"]
         return (
-            RemoteFile(f"koniq10k_{res}.zip", (f"{_ARCHIVES}koniq10k_{res}.zip",), archive="zip",
-                       description=f"the {res} images (sha256 not published)"),
-            RemoteFile("koniq10k_scores_and_distributions.zip", (f"{_ARCHIVES}koniq10k_scores_and_distributions.zip",),
-                       archive="zip", description="the score file (sha256 not published)"),
-            RemoteFile(SETS, ("https://raw.githubusercontent.com/subpic/koniq/master/metadata/" + SETS,),
-                       description="the authors' train/validation/test split (sha256 not published)"),
+            RemoteFile(
+                f"koniq10k_{res}.zip",
+                (f"{_ARCHIVES}koniq10k_{res}.zip",),
+                archive="zip",
+                description=f"the {res} images (sha256 not published)",
+            ),
+            RemoteFile(
+                "koniq10k_scores_and_distributions.zip",
+                (f"{_ARCHIVES}koniq10k_scores_and_distributions.zip",),
+                archive="zip",
+                description="the score file (sha256 not published)",
+            ),
+            RemoteFile(
+                SETS,
+                ("https://raw.githubusercontent.com/subpic/koniq/master/metadata/" + SETS,),
+                description="the authors' train/validation/test split (sha256 not published)",
+            ),
         )
 
-    remote = (RemoteFile("koniq10k_1024x768.zip", (f"{_ARCHIVES}koniq10k_1024x768.zip",), archive="zip"),
-              RemoteFile("koniq10k_512x384.zip", (f"{_ARCHIVES}koniq10k_512x384.zip",), archive="zip"),
-              RemoteFile("koniq10k_scores_and_distributions.zip",
-                         (f"{_ARCHIVES}koniq10k_scores_and_distributions.zip",), archive="zip"),
-              RemoteFile(SETS, ("https://raw.githubusercontent.com/subpic/koniq/master/metadata/" + SETS,)))
+    remote = (
+        RemoteFile("koniq10k_1024x768.zip", (f"{_ARCHIVES}koniq10k_1024x768.zip",), archive="zip"),
+        RemoteFile("koniq10k_512x384.zip", (f"{_ARCHIVES}koniq10k_512x384.zip",), archive="zip"),
+        RemoteFile(
+            "koniq10k_scores_and_distributions.zip",
+            (f"{_ARCHIVES}koniq10k_scores_and_distributions.zip",),
+            archive="zip",
+        ),
+        RemoteFile(SETS, ("https://raw.githubusercontent.com/subpic/koniq/master/metadata/" + SETS,)),
+    )
 
     @property
     def images_dir(self):
@@ -87,8 +104,9 @@ class KonIQ10k(DatasetPlugin):
         return {r["image_name"].strip(): back.get(r["set"].strip(), r["set"].strip()) for r in rows}
 
     def entries(self) -> list[Entry]:
-        scores = read_mos(self._score_file(), f"{self.where} scores", name_column="image_name",
-                          score_column=self.config["score"])
+        scores = read_mos(
+            self._score_file(), f"{self.where} scores", name_column="image_name", score_column=self.config["score"]
+        )
         sets = self._sets()
         out = []
         for name in sorted(scores):

@@ -9,9 +9,7 @@ metrics' reference code) uses entries 7..1168, which is the default here.
 
 from __future__ import annotations
 
-from iqadef import ConfigError, Param, hookimpl
-from iqadef import DatasetPlugin, Entry
-from iqadef import RemoteFile
+from iqadef import ConfigError, DatasetPlugin, Entry, Param, RemoteFile, hookimpl
 
 HOME = "https://live.ece.utexas.edu/research/ChallengeDB/index.html"
 
@@ -22,12 +20,19 @@ class LIVEChallenge(DatasetPlugin):
     name = "livec"
     title = "LIVE In the Wild Image Quality Challenge Database (Ghadiyaram, Bovik 2016)"
     homepage = HOME
-    licence = ("the LIVE copyright notice on its page: free for research use, cite the papers; no "
-               "redistribution without permission")
+    licence = (
+        "the LIVE copyright notice on its page: free for research use, cite the papers; no "
+        "redistribution without permission"
+    )
     params = (Param("training_images", bool, False, "also the 7 training images (entries 0-6)"),)
-    remote = (RemoteFile("ChallengeDB_release.zip", archive="zip",
-                         manual=f"the authors send the link after a request form: {HOME}",
-                         description="Images/ and Data/*.mat (sha256 not published)"),)
+    remote = (
+        RemoteFile(
+            "ChallengeDB_release.zip",
+            archive="zip",
+            manual=f"the authors send the link after a request form: {HOME}",
+            description="Images/ and Data/*.mat (sha256 not published)",
+        ),
+    )
 
     @property
     def base_dir(self):
@@ -57,8 +62,10 @@ class LIVEChallenge(DatasetPlugin):
             raise ConfigError(f"{path}: not the {name} of the release ({type(exc).__name__}: {exc})") from None
 
     def entries(self) -> list[Entry]:
-        names = [str(item[0][0]) if hasattr(item[0], "__len__") and not isinstance(item[0], str) else str(item[0])
-                 for item in self._mat("AllImages_release")]
+        names = [
+            str(item[0][0]) if hasattr(item[0], "__len__") and not isinstance(item[0], str) else str(item[0])
+            for item in self._mat("AllImages_release")
+        ]
         mos = [float(v) for v in self._mat("AllMOS_release").ravel()]
         if len(names) != len(mos):
             raise ConfigError(f"{self.base_dir / 'Data'}: {len(names)} names but {len(mos)} MOS values")

@@ -13,9 +13,7 @@ from __future__ import annotations
 import csv
 import io
 
-from iqadef import ConfigError, hookimpl
-from iqadef import DatasetPlugin, Entry, read_text
-from iqadef import RemoteFile
+from iqadef import ConfigError, DatasetPlugin, Entry, RemoteFile, hookimpl, read_text
 
 KAGGLE = "https://www.kaggle.com/datasets/google-brain/nips-2017-adversarial-learning-development-set"
 TABLES = ("images.csv", "dev_dataset.csv")
@@ -27,13 +25,18 @@ class NIPS2017(DatasetPlugin):
     name = "nips2017"
     title = "NIPS 2017 Adversarial Learning Development Set (Google Brain)"
     homepage = KAGGLE
-    licence = ("each image under the licence given in its License column (the images were posted online under "
-               "CC BY; Author and AuthorProfileURL credit them)")
+    licence = (
+        "each image under the licence given in its License column (the images were posted online under "
+        "CC BY; Author and AuthorProfileURL credit them)"
+    )
     scores = None
     remote = (
-        RemoteFile("nips-2017-adversarial-learning-development-set.zip", archive="zip",
-                   manual=f"needs a Kaggle login: download it from {KAGGLE}",
-                   description="images.csv and images/*.png (sha256 not published)"),
+        RemoteFile(
+            "nips-2017-adversarial-learning-development-set.zip",
+            archive="zip",
+            manual=f"needs a Kaggle login: download it from {KAGGLE}",
+            description="images.csv and images/*.png (sha256 not published)",
+        ),
     )
 
     @property

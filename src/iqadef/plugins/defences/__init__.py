@@ -38,5 +38,8 @@ def iqadef_register_defences(register):
 
 @hookimpl
 def iqadef_register_commands(register):
-    register(LazyPlugin("train-fcn", f"{__name__}.fcn:TrainFCNCommand",
-                        help="train the FCN purifier on a run's adversarial cache"))
+    register(
+        LazyPlugin(
+            "train-fcn", f"{__name__}.fcn:TrainFCNCommand", help="train the FCN purifier on a run's adversarial cache"
+        )
+    )

@@ -21,6 +21,7 @@ def opencv_sigma(kernel_size: int) -> float:
 def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding (torchvision's ``GaussianBlur``, as the reference uses)."""
     import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
+
     return TF.gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
 
 
@@ -45,6 +46,7 @@ def resize(images: torch.Tensor, size: list[int], antialias: bool = False) -> to
     filters before shrinking (the newer default, and what PIL does).
     """
     import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
+
     return TF.resize(images, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=antialias)
 
 
@@ -84,5 +86,6 @@ def require_odd_kernel(plugin, where: str | None = None) -> None:
     """Refuse an even ``kernel_size`` with a ConfigError naming the key (blur windows need a centre pixel)."""
     if plugin.kernel_size % 2 == 0:
         place = where or plugin.name
-        raise ConfigError(f"{place}.kernel_size: {plugin.kernel_size} is even; use an odd size such as "
-                          f"{plugin.kernel_size + 1}")
+        raise ConfigError(
+            f"{place}.kernel_size: {plugin.kernel_size} is even; use an odd size such as {plugin.kernel_size + 1}"
+        )

@@ -20,8 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 #: The DISCO training config: ``liif`` with an ``edsr-baseline`` encoder (no upsampling) and a 4x256 MLP.
-OFFICIAL_CONFIG = dict(n_resblocks=16, n_feats=64, hidden_list=(256, 256, 256, 256), local_ensemble=True,
-                       feat_unfold=True, cell_decode=True)
+OFFICIAL_CONFIG = dict(
+    n_resblocks=16,
+    n_feats=64,
+    hidden_list=(256, 256, 256, 256),
+    local_ensemble=True,
+    feat_unfold=True,
+    cell_decode=True,
+)
 
 
 def _conv(cin: int, cout: int, kernel_size: int = 3) -> nn.Conv2d:
@@ -54,8 +60,7 @@ class EDSREncoder(nn.Module):
         for p in (*self.sub_mean.parameters(), *self.add_mean.parameters()):
             p.requires_grad_(False)
         self.head = nn.Sequential(_conv(3, n_feats))
-        self.body = nn.Sequential(*(ResBlock(n_feats, res_scale) for _ in range(n_resblocks)),
-                                  _conv(n_feats, n_feats))
+        self.body = nn.Sequential(*(ResBlock(n_feats, res_scale) for _ in range(n_resblocks)), _conv(n_feats, n_feats))
         self.out_dim = n_feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +95,15 @@ def make_coord(height: int, width: int, device=None, dtype=torch.float32) -> tor
 class LIIF(nn.Module):
     """Encoder + implicit decoder; :meth:`forward` renders the image at a given output size."""
 
-    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, hidden_list: tuple[int, ...] = (256, 256, 256, 256),
-                 local_ensemble: bool = True, feat_unfold: bool = True, cell_decode: bool = True):
+    def __init__(
+        self,
+        n_resblocks: int = 16,
+        n_feats: int = 64,
+        hidden_list: tuple[int, ...] = (256, 256, 256, 256),
+        local_ensemble: bool = True,
+        feat_unfold: bool = True,
+        cell_decode: bool = True,
+    ):
         super().__init__()
         self.local_ensemble = local_ensemble
         self.feat_unfold = feat_unfold
@@ -139,6 +151,8 @@ class LIIF(nn.Module):
         coord = make_coord(height, width, x.device, x.dtype).view(1, -1, 2).expand(batch, -1, -1)
         cell = coord.new_tensor([2.0 / height, 2.0 / width]).expand_as(coord)
         step = max(1, chunk // batch)
-        out = torch.cat([self.query(feat, coord[:, i:i + step], cell[:, i:i + step])
-                         for i in range(0, coord.shape[1], step)], dim=1)
+        out = torch.cat(
+            [self.query(feat, coord[:, i : i + step], cell[:, i : i + step]) for i in range(0, coord.shape[1], step)],
+            dim=1,
+        )
         return out.view(batch, height, width, 3).permute(0, 3, 1, 2)

@@ -51,7 +51,8 @@ IMAGENET_256_UNCOND = GuidedUNetConfig()
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps: ``[cos(t f), sin(t f)]`` as guided-diffusion orders it."""
+    """Sinusoidal embedding of (possibly fractional) timesteps: ``[cos(t f), sin(t f)]`` as guided-diffusion orders
+    it."""
     half = dim // 2
     steps = torch.arange(half, dtype=torch.float32, device=timesteps.device)
     freqs = torch.exp(-math.log(max_period) * steps / half)
@@ -101,13 +102,23 @@ class Downsample(nn.Module):
 class ResBlock(nn.Module):
     """Residual block conditioned on the timestep embedding (FiLM scale/shift with ``use_scale_shift_norm``)."""
 
-    def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int | None = None, *,
-                 use_scale_shift_norm: bool, up: bool = False, down: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: int | None = None,
+        *,
+        use_scale_shift_norm: bool,
+        up: bool = False,
+        down: bool = False,
+    ):
         super().__init__()
         self.out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
-                                       nn.Conv2d(channels, self.out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1)
+        )
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -116,9 +127,14 @@ class ResBlock(nn.Module):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
-        self.out_layers = nn.Sequential(normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
-                                        nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1))
+            nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels)
+        )
+        self.out_layers = nn.Sequential(
+            normalization(self.out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1),
+        )
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
         else:
@@ -150,8 +166,9 @@ class AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ValueError(f"attention channels {channels} are not divisible by num_head_channels "
-                                 f"{num_head_channels}")
+                raise ValueError(
+                    f"attention channels {channels} are not divisible by num_head_channels {num_head_channels}"
+                )
             self.num_heads = channels // num_head_channels
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
@@ -200,8 +217,7 @@ class GuidedUNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         ch = input_ch = int(config.channel_mult[0] * mc)
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
         ds = 1
         for level, mult in enumerate(config.channel_mult):
@@ -213,8 +229,11 @@ class GuidedUNet(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(config.channel_mult) - 1:
-                down = (ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm=ss, down=True)
-                        if config.resblock_updown else Downsample(ch, True))
+                down = (
+                    ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm=ss, down=True)
+                    if config.resblock_updown
+                    else Downsample(ch, True)
+                )
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 skip_channels.append(ch)
                 ds *= 2
@@ -228,19 +247,20 @@ class GuidedUNet(nn.Module):
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(config.channel_mult))[::-1]:
             for i in range(config.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, dropout, int(mc * mult),
-                                   use_scale_shift_norm=ss)]
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, dropout, int(mc * mult), use_scale_shift_norm=ss)]
                 ch = int(mc * mult)
                 if ds in attention_ds:
                     layers.append(attention(ch))
                 if level and i == config.num_res_blocks:
-                    layers.append(ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm=ss, up=True)
-                                  if config.resblock_updown else Upsample(ch, True))
+                    layers.append(
+                        ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm=ss, up=True)
+                        if config.resblock_updown
+                        else Upsample(ch, True)
+                    )
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
-                                 nn.Conv2d(input_ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(input_ch, config.out_channels, 3, padding=1))
 
     def convert_to_fp16(self) -> None:
         """Run the torso's convolutions in float16 (as guided-diffusion's ``use_fp16``); norms stay float32."""

@@ -103,8 +103,9 @@ def quality_scale(quality: int) -> int:
     return math.floor(5000 / quality) if quality < 50 else 200 - 2 * quality
 
 
-def quantization_tables(quality: int, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantization_tables(
+    quality: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The scaled luminance and chrominance tables, ``floor((Q * scale + 50) / 100)`` clipped to [1, 255]."""
     scale = quality_scale(quality)
     tables = torch.tensor((LUMA_TABLE, CHROMA_TABLE), dtype=torch.float64)

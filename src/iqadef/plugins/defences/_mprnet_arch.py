@@ -17,8 +17,17 @@ import torch
 from torch import nn
 
 #: The official denoising configuration (``MPRNet()`` defaults in the reference file).
-OFFICIAL_CONFIG = dict(in_c=3, out_c=3, n_feat=80, scale_unetfeats=48, scale_orsnetfeats=32, num_cab=8,
-                       kernel_size=3, reduction=4, bias=False)
+OFFICIAL_CONFIG = dict(
+    in_c=3,
+    out_c=3,
+    n_feat=80,
+    scale_unetfeats=48,
+    scale_orsnetfeats=32,
+    num_cab=8,
+    kernel_size=3,
+    reduction=4,
+    bias=False,
+)
 
 #: Height and width must be multiples of this.
 MULTIPLE = 8
@@ -34,8 +43,11 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, reduction: int, bias: bool):
         super().__init__()
         self.conv_du = nn.Sequential(
-            nn.Conv2d(channels, channels // reduction, 1, bias=bias), nn.ReLU(),
-            nn.Conv2d(channels // reduction, channels, 1, bias=bias), nn.Sigmoid())
+            nn.Conv2d(channels, channels // reduction, 1, bias=bias),
+            nn.ReLU(),
+            nn.Conv2d(channels // reduction, channels, 1, bias=bias),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
@@ -46,8 +58,9 @@ class CAB(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, reduction: int, bias: bool, act: nn.Module):
         super().__init__()
-        self.body = nn.Sequential(_conv(channels, channels, kernel_size, bias), act,
-                                  _conv(channels, channels, kernel_size, bias))
+        self.body = nn.Sequential(
+            _conv(channels, channels, kernel_size, bias), act, _conv(channels, channels, kernel_size, bias)
+        )
         self.CA = ChannelAttention(channels, reduction, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +87,10 @@ class DownSample(nn.Module):
 
     def __init__(self, channels: int, extra: int):
         super().__init__()
-        self.down = nn.Sequential(nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False),
-                                  nn.Conv2d(channels, channels + extra, 1, bias=False))
+        self.down = nn.Sequential(
+            nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False),
+            nn.Conv2d(channels, channels + extra, 1, bias=False),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(x)
@@ -86,8 +101,10 @@ class UpSample(nn.Module):
 
     def __init__(self, channels: int, extra: int):
         super().__init__()
-        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                nn.Conv2d(channels + extra, channels, 1, bias=False))
+        self.up = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(channels + extra, channels, 1, bias=False),
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
@@ -101,8 +118,16 @@ def _cabs(n: int, channels: int, kernel_size: int, reduction: int, bias: bool, a
 class Encoder(nn.Module):
     """Three-level U-Net encoder; with ``csff`` it also fuses the previous stage's encoder/decoder features."""
 
-    def __init__(self, n_feat: int, kernel_size: int, reduction: int, act: nn.Module, bias: bool,
-                 scale_unetfeats: int, csff: bool):
+    def __init__(
+        self,
+        n_feat: int,
+        kernel_size: int,
+        reduction: int,
+        act: nn.Module,
+        bias: bool,
+        scale_unetfeats: int,
+        csff: bool,
+    ):
         super().__init__()
         widths = [n_feat + i * scale_unetfeats for i in range(3)]
         self.encoder_level1 = _cabs(2, widths[0], kernel_size, reduction, bias, act)
@@ -119,8 +144,7 @@ class Encoder(nn.Module):
     def _fuse(self, level: int, x: torch.Tensor, enc: list | None, dec: list | None) -> torch.Tensor:
         if enc is None or dec is None:
             return x
-        return (x + getattr(self, f"csff_enc{level}")(enc[level - 1])
-                + getattr(self, f"csff_dec{level}")(dec[level - 1]))
+        return x + getattr(self, f"csff_enc{level}")(enc[level - 1]) + getattr(self, f"csff_dec{level}")(dec[level - 1])
 
     def forward(self, x: torch.Tensor, enc: list | None = None, dec: list | None = None) -> list[torch.Tensor]:
         e1 = self._fuse(1, self.encoder_level1(x), enc, dec)
@@ -132,8 +156,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Three-level U-Net decoder with channel-attention on the skip connections."""
 
-    def __init__(self, n_feat: int, kernel_size: int, reduction: int, act: nn.Module, bias: bool,
-                 scale_unetfeats: int):
+    def __init__(self, n_feat: int, kernel_size: int, reduction: int, act: nn.Module, bias: bool, scale_unetfeats: int):
         super().__init__()
         widths = [n_feat + i * scale_unetfeats for i in range(3)]
         self.decoder_level1 = _cabs(2, widths[0], kernel_size, reduction, bias, act)
@@ -168,8 +191,17 @@ class ORB(nn.Module):
 class ORSNet(nn.Module):
     """Stage 3: full-resolution blocks fed with the (upsampled) stage-2 encoder and decoder features."""
 
-    def __init__(self, n_feat: int, scale_orsnetfeats: int, kernel_size: int, reduction: int, act: nn.Module,
-                 bias: bool, scale_unetfeats: int, num_cab: int):
+    def __init__(
+        self,
+        n_feat: int,
+        scale_orsnetfeats: int,
+        kernel_size: int,
+        reduction: int,
+        act: nn.Module,
+        bias: bool,
+        scale_unetfeats: int,
+        num_cab: int,
+    ):
         super().__init__()
         width = n_feat + scale_orsnetfeats
         self.orb1 = ORB(width, kernel_size, reduction, act, bias, num_cab)
@@ -177,10 +209,12 @@ class ORSNet(nn.Module):
         self.orb3 = ORB(width, kernel_size, reduction, act, bias, num_cab)
         self.up_enc1 = UpSample(n_feat, scale_unetfeats)
         self.up_dec1 = UpSample(n_feat, scale_unetfeats)
-        self.up_enc2 = nn.Sequential(UpSample(n_feat + scale_unetfeats, scale_unetfeats),
-                                     UpSample(n_feat, scale_unetfeats))
-        self.up_dec2 = nn.Sequential(UpSample(n_feat + scale_unetfeats, scale_unetfeats),
-                                     UpSample(n_feat, scale_unetfeats))
+        self.up_enc2 = nn.Sequential(
+            UpSample(n_feat + scale_unetfeats, scale_unetfeats), UpSample(n_feat, scale_unetfeats)
+        )
+        self.up_dec2 = nn.Sequential(
+            UpSample(n_feat + scale_unetfeats, scale_unetfeats), UpSample(n_feat, scale_unetfeats)
+        )
         for i in (1, 2, 3):
             setattr(self, f"conv_enc{i}", nn.Conv2d(n_feat, width, 1, bias=bias))
             setattr(self, f"conv_dec{i}", nn.Conv2d(n_feat, width, 1, bias=bias))
@@ -201,9 +235,18 @@ def _split(feats: list[torch.Tensor], parts: int) -> list[list[torch.Tensor]]:
 class MPRNet(nn.Module):
     """The three-stage MPRNet; :meth:`forward` returns the final (stage-3) restored image."""
 
-    def __init__(self, in_c: int = 3, out_c: int = 3, n_feat: int = 80, scale_unetfeats: int = 48,
-                 scale_orsnetfeats: int = 32, num_cab: int = 8, kernel_size: int = 3, reduction: int = 4,
-                 bias: bool = False):
+    def __init__(
+        self,
+        in_c: int = 3,
+        out_c: int = 3,
+        n_feat: int = 80,
+        scale_unetfeats: int = 48,
+        scale_orsnetfeats: int = 32,
+        num_cab: int = 8,
+        kernel_size: int = 3,
+        reduction: int = 4,
+        bias: bool = False,
+    ):
         super().__init__()
         act = nn.PReLU()  # one shared activation, as in the reference
         k, r = kernel_size, reduction

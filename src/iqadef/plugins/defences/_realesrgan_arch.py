@@ -32,8 +32,15 @@ def _activation(act_type: str, channels: int) -> nn.Module:
 class SRVGGNetCompact(nn.Module):
     """Conv + activation pairs at low resolution, then a pixel shuffle and a nearest-upsampled skip."""
 
-    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_conv: int = 16,
-                 upscale: int = 4, act_type: str = "prelu"):
+    def __init__(
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_conv: int = 16,
+        upscale: int = 4,
+        act_type: str = "prelu",
+    ):
         super().__init__()
         self.upscale = upscale
         layers: list[nn.Module] = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), _activation(act_type, num_feat)]
@@ -50,8 +57,9 @@ class SRVGGNetCompact(nn.Module):
         return self.upsampler(out) + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
 
 
-def interpolate_weights(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor],
-                        first_weight: float) -> dict[str, torch.Tensor]:
+def interpolate_weights(
+    first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor], first_weight: float
+) -> dict[str, torch.Tensor]:
     """Deep network interpolation: ``w * first + (1 - w) * second``, key by key.
 
     Real-ESRGAN's denoise strength ``s`` blends ``realesr-general-x4v3`` (weight ``s``) with

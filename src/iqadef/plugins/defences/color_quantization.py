@@ -17,8 +17,15 @@ class ColorQuantization(Defence):
 
     name = "color-quantization"
     params = (
-        Param("levels", int, 16, low=2, high=256, presets=(2, 5, 16, 20, 25),
-              help="number of levels per channel (reference name: npp)"),
+        Param(
+            "levels",
+            int,
+            16,
+            low=2,
+            high=256,
+            presets=(2, 5, 16, 20, 25),
+            help="number of levels per channel (reference name: npp)",
+        ),
     )
     levels: int
 

@@ -19,8 +19,17 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from iqadef import ConfigError, Defence, Param, WeightsError, hookimpl
-from iqadef import WeightSpec, load_checkpoint, load_state_dict_strict, resolve_weights
+from iqadef import (
+    ConfigError,
+    Defence,
+    Param,
+    WeightsError,
+    WeightSpec,
+    hookimpl,
+    load_checkpoint,
+    load_state_dict_strict,
+    resolve_weights,
+)
 
 from ._guided_diffusion import IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
 
@@ -28,7 +37,7 @@ GUIDED_256_WEIGHTS = WeightSpec(
     filename="256x256_diffusion_uncond.pt",
     urls=("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt",),
     description="guided-diffusion ImageNet 256x256 unconditional DDPM (Dhariwal & Nichol 2021; 553M parameters, "
-                "2.2 GB), the model DiffPure uses on ImageNet",
+    "2.2 GB), the model DiffPure uses on ImageNet",
 )
 
 
@@ -70,13 +79,28 @@ class DiffPure(Defence):
     randomized = True
     differentiable = True
     params: ClassVar[tuple[Param, ...]] = (
-        Param("t", int, 5, low=0, high=1000, presets=(5, 10, 20, 30, 50),
-              help="diffusion step to noise to (of the model's 1000); as many reverse steps follow; 0 = no-op"),
-        Param("model", str, "guided-256",
-              help="'guided-256' (ImageNet 256x256 uncond guided-diffusion) or a diffusers DDPM: local directory "
-                   "or hub id already in the local Hugging Face cache"),
-        Param("weights_path", Path, None,
-              help="explicit path of the guided-diffusion checkpoint (256x256_diffusion_uncond.pt)"),
+        Param(
+            "t",
+            int,
+            5,
+            low=0,
+            high=1000,
+            presets=(5, 10, 20, 30, 50),
+            help="diffusion step to noise to (of the model's 1000); as many reverse steps follow; 0 = no-op",
+        ),
+        Param(
+            "model",
+            str,
+            "guided-256",
+            help="'guided-256' (ImageNet 256x256 uncond guided-diffusion) or a diffusers DDPM: local directory "
+            "or hub id already in the local Hugging Face cache",
+        ),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="explicit path of the guided-diffusion checkpoint (256x256_diffusion_uncond.pt)",
+        ),
         Param("fp16", bool, False, help="run the UNet in float16 on CUDA (ignored on CPU)"),
     )
     t: int
@@ -105,21 +129,32 @@ class DiffPure(Defence):
         if entry is not None:
             self.unet = self._load_guided(entry, half)
             self.scheduler = DDPMScheduler(
-                num_train_timesteps=entry.num_train_timesteps, beta_schedule="linear", beta_start=entry.beta_start,
-                beta_end=entry.beta_end, variance_type="learned_range", clip_sample=True, clip_sample_range=1.0,
-                prediction_type="epsilon")
+                num_train_timesteps=entry.num_train_timesteps,
+                beta_schedule="linear",
+                beta_start=entry.beta_start,
+                beta_end=entry.beta_end,
+                variance_type="learned_range",
+                clip_sample=True,
+                clip_sample_range=1.0,
+                prediction_type="epsilon",
+            )
             self._backend = "guided"
             self._resolution = (entry.config.image_size, entry.config.image_size)
             self._split_epsilon = False
         else:
             if self.weights_path:
-                raise ConfigError(f"{self.name}.weights_path: only used with a guided-diffusion model "
-                                  f"({', '.join(GUIDED_MODELS)}); for a diffusers model give its directory as `model`")
+                raise ConfigError(
+                    f"{self.name}.weights_path: only used with a guided-diffusion model "
+                    f"({', '.join(GUIDED_MODELS)}); for a diffusers model give its directory as `model`"
+                )
             self.unet, self.scheduler = self._load_diffusers(self.model)
             self._backend = "diffusers"
             size = self.unet.config.sample_size
-            self._resolution = None if size is None else (
-                (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1])))
+            self._resolution = (
+                None
+                if size is None
+                else ((int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1])))
+            )
             channels = self.unet.config.in_channels
             learned = self.scheduler.config.variance_type in ("learned", "learned_range")
             # A learned-variance UNet paired with a fixed-variance scheduler: keep only its epsilon half.
@@ -135,16 +170,20 @@ class DiffPure(Defence):
         path = resolve_weights(entry.weights, self.weights_path)
         state = load_checkpoint(path)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise WeightsError(f"{path}: expected a plain state dict of tensors (as guided-diffusion releases "
-                               f"{entry.weights.filename}), got {type(state).__name__}")
+            raise WeightsError(
+                f"{path}: expected a plain state dict of tensors (as guided-diffusion releases "
+                f"{entry.weights.filename}), got {type(state).__name__}"
+            )
         with torch.device("meta"):  # no random init of ~550M parameters that the checkpoint overwrites anyway
             unet = GuidedUNet(entry.config)
         unet = unet.to_empty(device="cpu")
         try:
             load_state_dict_strict(unet, state, label=str(path))
         except RuntimeError as exc:  # shape mismatch: another architecture's checkpoint
-            raise WeightsError(f"{path}: checkpoint does not fit the {self.model} architecture "
-                               f"({str(exc).splitlines()[-1].strip()}); is it the right file?") from None
+            raise WeightsError(
+                f"{path}: checkpoint does not fit the {self.model} architecture "
+                f"({str(exc).splitlines()[-1].strip()}); is it the right file?"
+            ) from None
         if half:
             unet.convert_to_fp16()
         return unet
@@ -155,22 +194,28 @@ class DiffPure(Defence):
         root = _diffusers_directory(source, f"{self.name}.model", sorted(GUIDED_MODELS))
         unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
         if not (unet_dir / "config.json").is_file():
-            raise ConfigError(f"{self.name}.model: {root} is not a diffusers model directory (no config.json "
-                              f"and no unet/config.json); save one with UNet2DModel.save_pretrained or a "
-                              f"DDPMPipeline's save_pretrained")
+            raise ConfigError(
+                f"{self.name}.model: {root} is not a diffusers model directory (no config.json "
+                f"and no unet/config.json); save one with UNet2DModel.save_pretrained or a "
+                f"DDPMPipeline's save_pretrained"
+            )
         try:
             unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{self.name}.model: could not load a diffusers UNet2DModel from {unet_dir}: "
-                              f"{str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"{self.name}.model: could not load a diffusers UNet2DModel from {unet_dir}: {str(exc).splitlines()[0]}"
+            ) from None
         if unet.config.in_channels != 3:
-            raise ConfigError(f"{self.name}.model: {unet_dir} has {unet.config.in_channels} input channels; "
-                              f"DiffPure needs a pixel-space RGB model (3 channels)")
+            raise ConfigError(
+                f"{self.name}.model: {unet_dir} has {unet.config.in_channels} input channels; "
+                f"DiffPure needs a pixel-space RGB model (3 channels)"
+            )
         if unet.config.out_channels not in (3, 6):
-            raise ConfigError(f"{self.name}.model: {unet_dir} predicts {unet.config.out_channels} channels; "
-                              f"expected 3 (epsilon) or 6 (epsilon and learned variance)")
-        scheduler_dir = next((d for d in (root / "scheduler", root)
-                              if (d / "scheduler_config.json").is_file()), None)
+            raise ConfigError(
+                f"{self.name}.model: {unet_dir} predicts {unet.config.out_channels} channels; "
+                f"expected 3 (epsilon) or 6 (epsilon and learned variance)"
+            )
+        scheduler_dir = next((d for d in (root / "scheduler", root) if (d / "scheduler_config.json").is_file()), None)
         if scheduler_dir is not None:
             scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(scheduler_dir))
         else:  # a bare UNet: the standard DDPM schedule (linear betas, 1000 steps, x_0 clipped)
@@ -232,8 +277,7 @@ def alphas_cumprod(model: str) -> torch.Tensor:
         return torch.cumprod(1.0 - betas, 0)
     root = _diffusers_directory(model, "model", sorted(GUIDED_MODELS))
     folder = next((d for d in (root / "scheduler", root) if (d / "scheduler_config.json").is_file()), None)
-    scheduler = (DDPMScheduler.from_config(DDPMScheduler.load_config(folder)) if folder is not None
-                 else DDPMScheduler())
+    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(folder)) if folder is not None else DDPMScheduler()
     return scheduler.alphas_cumprod.double()
 
 
@@ -243,8 +287,10 @@ def _diffusers_directory(source: str, where: str, guided_names: list[str]) -> Pa
     if path.is_dir():
         return path
     if path.exists():
-        raise ConfigError(f"{where}: {source} is a file; give the diffusers model directory (holding config.json "
-                          f"or unet/), or one of {', '.join(guided_names)}")
+        raise ConfigError(
+            f"{where}: {source} is a file; give the diffusers model directory (holding config.json "
+            f"or unet/), or one of {', '.join(guided_names)}"
+        )
     from huggingface_hub import constants, snapshot_download
 
     try:
@@ -254,7 +300,8 @@ def _diffusers_directory(source: str, where: str, guided_names: list[str]) -> Pa
             f"{where}: {source!r} is neither one of {', '.join(guided_names)}, nor an existing local directory, nor a "
             f"hub id in the local Hugging Face cache ({constants.HF_HUB_CACHE}). iqadef works offline here, so a hub "
             f"id only works once downloaded: run `huggingface-cli download {source}` where there is network (and "
-            f"copy the cache), or give the local directory of the model") from None
+            f"copy the cache), or give the local directory of the model"
+        ) from None
 
 
 @hookimpl

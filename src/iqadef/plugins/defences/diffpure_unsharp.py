@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from iqadef import ConfigError, Param, hookimpl
-from iqadef import installed_plugins
+from iqadef import ConfigError, Param, hookimpl, installed_plugins
 
 from .diffpure import DiffPure
 
@@ -32,8 +31,9 @@ class DiffPureUnsharp(DiffPure):
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)
         # Built now (cheap) so that a bad unsharp value is reported before any model is loaded.
-        self._unsharp = _unsharp_class()(f"{where or self.name}", kernel_size=self.kernel_size,
-                                         sigma=self.sigma, amount=self.amount)
+        self._unsharp = _unsharp_class()(
+            f"{where or self.name}", kernel_size=self.kernel_size, sigma=self.sigma, amount=self.amount
+        )
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)

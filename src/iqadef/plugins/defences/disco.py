@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from iqadef import Defence, Param, WeightsError, hookimpl
-from iqadef import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import Defence, Param, WeightsError, WeightSpec, hookimpl, load_state_dict_strict, load_weights
 
 from ._disco_arch import LIIF, OFFICIAL_CONFIG
 
@@ -44,10 +43,14 @@ def _config_from_spec(spec: dict, label: str) -> dict[str, Any]:
         problems.append(f"feat_unfold_kernel {args.get('feat_unfold_kernel')} (only 3 is supported)")
     if problems:
         raise WeightsError(f"{label}: unsupported DISCO model: {'; '.join(problems)}")
-    return dict(n_resblocks=int(enc_args.get("n_resblocks", 16)), n_feats=int(enc_args.get("n_feats", 64)),
-                hidden_list=tuple(int(h) for h in imnet_args.get("hidden_list", ())),
-                local_ensemble=bool(args.get("local_ensemble", True)), feat_unfold=bool(args.get("feat_unfold", True)),
-                cell_decode=bool(args.get("cell_decode", True)))
+    return dict(
+        n_resblocks=int(enc_args.get("n_resblocks", 16)),
+        n_feats=int(enc_args.get("n_feats", 64)),
+        hidden_list=tuple(int(h) for h in imnet_args.get("hidden_list", ())),
+        local_ensemble=bool(args.get("local_ensemble", True)),
+        feat_unfold=bool(args.get("feat_unfold", True)),
+        cell_decode=bool(args.get("cell_decode", True)),
+    )
 
 
 class DiscoDefence(Defence):
@@ -63,10 +66,19 @@ class DiscoDefence(Defence):
     name = "disco"
     differentiable = True
     params = (
-        Param("weights_path", Path, None,
-              help="explicit path to disco_pgd.pth (else $IQADEF_WEIGHTS_DIR, the cache, or a download)"),
-        Param("query_chunk", int, 90000, low=1,
-              help="query points decoded at once over the whole batch (memory only; the reference uses 90000)"),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="explicit path to disco_pgd.pth (else $IQADEF_WEIGHTS_DIR, the cache, or a download)",
+        ),
+        Param(
+            "query_chunk",
+            int,
+            90000,
+            low=1,
+            help="query points decoded at once over the whole batch (memory only; the reference uses 90000)",
+        ),
     )
     weights_path: str | None
     query_chunk: int
@@ -83,8 +95,10 @@ class DiscoDefence(Defence):
         elif isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
             config, state = dict(self.arch_config), checkpoint
         else:
-            raise WeightsError(f"{label}: expected the DISCO layout (a dict with 'model': {{'name', 'args', 'sd'}}) "
-                               f"or a bare LIIF state dict")
+            raise WeightsError(
+                f"{label}: expected the DISCO layout (a dict with 'model': {{'name', 'args', 'sd'}}) "
+                f"or a bare LIIF state dict"
+            )
         network = LIIF(**config)
         load_state_dict_strict(network, state, label)
         self.network = network

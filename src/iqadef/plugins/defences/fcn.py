@@ -22,9 +22,20 @@ import torch.nn.functional as F
 from kornia.metrics import ssim as kornia_ssim
 from torch import nn
 
-from iqadef import Command, ConfigError, Defence, IqadefError, Param, WeightsError, hookimpl
-from iqadef import read_image
-from iqadef import load_checkpoint, load_state_dict_strict, save_trained_weights, trained_record_path
+from iqadef import (
+    Command,
+    ConfigError,
+    Defence,
+    IqadefError,
+    Param,
+    WeightsError,
+    hookimpl,
+    load_checkpoint,
+    load_state_dict_strict,
+    read_image,
+    save_trained_weights,
+    trained_record_path,
+)
 
 #: File name of the weights shipped inside the package (``iqadef/data/weights/``).
 PACKAGED_WEIGHTS = "fcn_tiny-iqa.pt"
@@ -82,8 +93,12 @@ class FCNDefence(Defence):
     name = "fcn"
     differentiable = True
     params = (
-        Param("weights_path", Path, None,
-              help=f"FCN weights (state dict or {{'model': state dict}}); default: the packaged {PACKAGED_WEIGHTS}"),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help=f"FCN weights (state dict or {{'model': state dict}}); default: the packaged {PACKAGED_WEIGHTS}",
+        ),
     )
     weights_path: str | None
 
@@ -98,7 +113,8 @@ class FCNDefence(Defence):
             raise WeightsError(
                 f"fcn: no weights: this installation has no packaged iqadef/data/weights/{PACKAGED_WEIGHTS} and no "
                 f"`weights_path` was given. Train them with `iqadef train-fcn`, or pass `weights_path:` pointing at a "
-                f"trained FCN (the reference's own weights are at {REFERENCE_WEIGHTS_URL})")
+                f"trained FCN (the reference's own weights are at {REFERENCE_WEIGHTS_URL})"
+            )
         if not path.is_file():
             raise WeightsError(f"fcn: weights file {path} (given as `weights_path`) does not exist")
         network = FCN()
@@ -149,13 +165,22 @@ def _crop(attacked: torch.Tensor, clean: torch.Tensor, size: int, generator: tor
         raise ConfigError(f"train_fcn: crop {size} is larger than an image of {height}x{width}")
     top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
     left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
-    return attacked[..., top:top + size, left:left + size], clean[..., top:top + size, left:left + size]
+    return attacked[..., top : top + size, left : left + size], clean[..., top : top + size, left : left + size]
 
 
-def train_fcn(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, epochs: int, batch_size: int = 4,
-              lr: float = 1e-3, val_fraction: float = 0.2, seed: int = 0, crop: int | None = None,
-              log: Callable[[str], None] | None = None, groups: Sequence[Any] | None = None,
-              device: torch.device | str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def train_fcn(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    crop: int | None = None,
+    log: Callable[[str], None] | None = None,
+    groups: Sequence[Any] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train an :class:`FCN` to map attacked images to clean ones (MSE, Adam), keeping the best validation SSIM.
 
     ``pairs`` are ``(attacked, clean)`` tensors ``[3, H, W]`` in [0, 1]. The split is deterministic: the
@@ -175,8 +200,10 @@ def train_fcn(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, epochs: int
         raise ConfigError(f"train_fcn: val_fraction must be in (0, 1), got {val_fraction}")
     for i, (attacked, clean) in enumerate(pairs):
         if attacked.dim() != 3 or attacked.shape[0] != 3 or attacked.shape != clean.shape:
-            raise ConfigError(f"train_fcn: pair {i} has shapes {tuple(attacked.shape)} and {tuple(clean.shape)}; "
-                              f"expected two equal [3, H, W] tensors")
+            raise ConfigError(
+                f"train_fcn: pair {i} has shapes {tuple(attacked.shape)} and {tuple(clean.shape)}; "
+                f"expected two equal [3, H, W] tensors"
+            )
     train_idx, val_idx = _split(len(pairs), val_fraction, groups)
     device = torch.device(device) if device is not None else pairs[0][0].device
     generator = torch.Generator().manual_seed(int(seed))
@@ -210,17 +237,29 @@ def train_fcn(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, epochs: int
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         return mean(losses), mean(ssims), mean(psnr_in), mean(psnr_out)
 
-    record: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_ssim": [], "n_train": len(train_idx),
-                              "n_val": len(val_idx), "best_epoch": None, "best_val_ssim": None,
-                              "val_psnr_input": None, "val_psnr_output": None, "epochs": epochs,
-                              "batch_size": batch_size, "lr": lr, "seed": seed, "crop": crop}
+    record: dict[str, Any] = {
+        "train_loss": [],
+        "val_loss": [],
+        "val_ssim": [],
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "best_epoch": None,
+        "best_val_ssim": None,
+        "val_psnr_input": None,
+        "val_psnr_output": None,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "crop": crop,
+    }
     best_state = None
     for epoch in range(epochs):
         model.train()
         order = [train_idx[int(j)] for j in torch.randperm(len(train_idx), generator=generator)]
         epoch_losses = []
         for start in range(0, len(order), batch_size):
-            loss = batch_loss(order[start:start + batch_size])
+            loss = batch_loss(order[start : start + batch_size])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -232,16 +271,19 @@ def train_fcn(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, epochs: int
         if record["best_val_ssim"] is None or val_ssim > record["best_val_ssim"]:
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             record.update(best_epoch=epoch, best_val_ssim=val_ssim, val_psnr_input=psnr_in, val_psnr_output=psnr_out)
-        say(f"fcn epoch {epoch + 1}/{epochs}: train mse {record['train_loss'][-1]:.6f}, val mse {val_loss:.6f}, "
-            f"val ssim {val_ssim:.4f}, val psnr {psnr_in:.2f} -> {psnr_out:.2f} dB")
+        say(
+            f"fcn epoch {epoch + 1}/{epochs}: train mse {record['train_loss'][-1]:.6f}, val mse {val_loss:.6f}, "
+            f"val ssim {val_ssim:.4f}, val psnr {psnr_in:.2f} -> {psnr_out:.2f} dB"
+        )
     return best_state, record
 
 
 # -- the `iqadef train-fcn` command: training data from a finished run ---------------------------
 
 
-def collect_pairs(run_dir: Path, *, metric: str | None = None, attack: str | None = None
-                  ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], pd.DataFrame]:
+def collect_pairs(
+    run_dir: Path, *, metric: str | None = None, attack: str | None = None
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], pd.DataFrame]:
     """(attacked, clean) image pairs of a run, one per (metric, attack, image), in a stable order.
 
     The run's adversarial cache holds every x_a as a PNG; ``results.parquet`` says which clean image and
@@ -276,22 +318,45 @@ def seen_images(df: Any, val_fraction: float = 0.2) -> list[dict[str, str]]:
     train_idx, _ = _split(len(df), val_fraction, list(df["image"]))
     train = {df["image"].iloc[i] for i in train_idx}
     firsts = df.drop_duplicates("image")
-    return [{"name": str(name), "sha256": str(sha), "role": "train" if name in train else "validation"}
-            for name, sha in zip(firsts["image"], firsts.get("image_sha256", [""] * len(firsts))) if sha]
+    return [
+        {"name": str(name), "sha256": str(sha), "role": "train" if name in train else "validation"}
+        for name, sha in zip(firsts["image"], firsts.get("image_sha256", [""] * len(firsts)))
+        if sha
+    ]
 
 
-def train_fcn_from_run(run_dir: Path, out: Path, *, epochs: int = 200, batch_size: int = 4, lr: float = 1e-3,
-                       seed: int = 0, crop: int | None = None, metric: str | None = None,
-                       attack: str | None = None) -> dict[str, Any]:
+def train_fcn_from_run(
+    run_dir: Path,
+    out: Path,
+    *,
+    epochs: int = 200,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    seed: int = 0,
+    crop: int | None = None,
+    metric: str | None = None,
+    attack: str | None = None,
+) -> dict[str, Any]:
     """Train on a run's pairs and write the weights to ``out`` (plus ``out`` with ``.json``: the record)."""
     trained_record_path(Path(out))  # an --out its own record would overwrite: refused before training
     pairs, df = collect_pairs(Path(run_dir), metric=metric, attack=attack)
     # split by image (the reference's 80/20 split of images), so no image is on both sides
-    state, record = train_fcn(pairs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop,
-                              groups=list(df["image"]))
-    record = {**record, "pairs": len(pairs), "metrics": sorted(df["metric"].unique()),
-              "attacks": sorted(df["attack"].unique()), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "seed": seed, "crop": crop, "run_dir": str(run_dir), "data": {"images": seen_images(df)}}
+    state, record = train_fcn(
+        pairs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop, groups=list(df["image"])
+    )
+    record = {
+        **record,
+        "pairs": len(pairs),
+        "metrics": sorted(df["metric"].unique()),
+        "attacks": sorted(df["attack"].unique()),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "crop": crop,
+        "run_dir": str(run_dir),
+        "data": {"images": seen_images(df)},
+    }
     save_trained_weights(Path(out), {k: v.detach().cpu() for k, v in state.items()}, record)
     return record
 
@@ -309,15 +374,24 @@ class TrainFCNCommand(Command):
         parser.add_argument("--batch-size", type=int, default=4)
         parser.add_argument("--lr", type=float, default=1e-3)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--crop", type=int, default=None,
-                            help="random crop size for training (default: whole images)")
+        parser.add_argument(
+            "--crop", type=int, default=None, help="random crop size for training (default: whole images)"
+        )
         parser.add_argument("--metric", help="only pairs attacked against this metric label")
         parser.add_argument("--attack", help="only pairs of this attack label")
 
     def run(self, args: argparse.Namespace) -> int:
-        record = train_fcn_from_run(args.run_dir, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                                    lr=args.lr, seed=args.seed, crop=args.crop, metric=args.metric,
-                                    attack=args.attack)
+        record = train_fcn_from_run(
+            args.run_dir,
+            args.out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            crop=args.crop,
+            metric=args.metric,
+            attack=args.attack,
+        )
         print(json.dumps(record, indent=2, default=float))
         return 0
 

@@ -20,8 +20,13 @@ class Flip(Defence):
     differentiable = True
     geometric = True
     params = (
-        Param("axes", str, "hw", choices=tuple(_DIMS),
-              help="axes to flip: 'hw' both (reference), 'h' upside down, 'w' left-right"),
+        Param(
+            "axes",
+            str,
+            "hw",
+            choices=tuple(_DIMS),
+            help="axes to flip: 'hw' both (reference), 'h' upside down, 'w' left-right",
+        ),
     )
     axes: str
 

@@ -19,10 +19,14 @@ class GaussianBlur(Defence):
     name = "gaussian-blur"
     differentiable = True
     params = (
-        Param("kernel_size", int, 3, low=1, high=63, presets=KERNEL_PRESETS,
-              help="odd kernel side in pixels"),
-        Param("sigma", float, None, low=1e-3,
-              help="standard deviation in pixels; null: 0.3*((k-1)*0.5 - 1) + 0.8 (OpenCV's rule)"),
+        Param("kernel_size", int, 3, low=1, high=63, presets=KERNEL_PRESETS, help="odd kernel side in pixels"),
+        Param(
+            "sigma",
+            float,
+            None,
+            low=1e-3,
+            help="standard deviation in pixels; null: 0.3*((k-1)*0.5 - 1) + 0.8 (OpenCV's rule)",
+        ),
     )
     kernel_size: int
     sigma: float | None

@@ -26,8 +26,15 @@ class Jpeg(Defence):
     name = "jpeg"
     version = "2"  # 2: the reference's computation (cached cells of version 1 are not reused)
     params = (
-        Param("quality", int, 50, low=1, high=100, presets=(10, 30, 50, 70, 90),
-              help="JPEG quality factor (libjpeg scale)"),
+        Param(
+            "quality",
+            int,
+            50,
+            low=1,
+            high=100,
+            presets=(10, 30, 50, 70, 90),
+            help="JPEG quality factor (libjpeg scale)",
+        ),
     )
     quality: int
 

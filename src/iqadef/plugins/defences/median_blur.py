@@ -20,10 +20,7 @@ class MedianBlur(Defence):
 
     name = "median-blur"
     differentiable = True
-    params = (
-        Param("kernel_size", int, 3, low=1, high=63, presets=KERNEL_PRESETS,
-              help="odd window side in pixels"),
-    )
+    params = (Param("kernel_size", int, 3, low=1, high=63, presets=KERNEL_PRESETS, help="odd window side in pixels"),)
     kernel_size: int
 
     def __init__(self, where: str | None = None, **values):
@@ -36,7 +33,7 @@ class MedianBlur(Defence):
             return images
         height, width = images.shape[-2:]
         filtered = median_blur(pad_reflect(images, pad, pad, pad, pad), self.kernel_size)
-        return filtered[..., pad:pad + height, pad:pad + width]
+        return filtered[..., pad : pad + height, pad : pad + width]
 
 
 @hookimpl

@@ -9,8 +9,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from iqadef import Defence, Param, WeightsError, hookimpl
-from iqadef import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import Defence, Param, WeightsError, WeightSpec, hookimpl, load_state_dict_strict, load_weights
 
 from ._mprnet_arch import MULTIPLE, OFFICIAL_CONFIG, MPRNet
 
@@ -32,9 +31,11 @@ def unwrap_mprnet_checkpoint(checkpoint: Any, label: str) -> dict[str, torch.Ten
     """The state dict inside an MPRNet checkpoint: ``ckpt['state_dict']``, minus DataParallel's ``module.``."""
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
-        raise WeightsError(f"{label}: expected a dict with a 'state_dict' entry (the official MPRNet layout), "
-                           f"got {type(checkpoint).__name__}")
-    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+        raise WeightsError(
+            f"{label}: expected a dict with a 'state_dict' entry (the official MPRNet layout), "
+            f"got {type(checkpoint).__name__}"
+        )
+    return OrderedDict((k[len("module.") :] if k.startswith("module.") else k, v) for k, v in state.items())
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -61,8 +62,12 @@ class MPRNetDefence(Defence):
     name = "mprnet"
     differentiable = True
     params = (
-        Param("weights_path", Path, None,
-              help="explicit path to model_denoising.pth (else $IQADEF_WEIGHTS_DIR, the cache, or a download)"),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="explicit path to model_denoising.pth (else $IQADEF_WEIGHTS_DIR, the cache, or a download)",
+        ),
     )
     weights_path: str | None
     weights = (MPRNET_WEIGHTS,)

@@ -24,8 +24,14 @@ class RandomCrop(Defence):
     differentiable = True
     preserves_size = False
     params = (
-        Param("size", int, 128, low=1, presets=(32, 64, 128, 256, 288),
-              help="side of the square crop in pixels; clipped to the image's sides"),
+        Param(
+            "size",
+            int,
+            128,
+            low=1,
+            presets=(32, 64, 128, 256, 288),
+            help="side of the square crop in pixels; clipped to the image's sides",
+        ),
     )
     size: int
 
@@ -35,8 +41,7 @@ class RandomCrop(Defence):
         generator = self.generator(seed, images.device)
         tops = randint_per_image(generator, images, height - crop_h + 1)
         lefts = randint_per_image(generator, images, width - crop_w + 1)
-        crops = [image[:, top:top + crop_h, left:left + crop_w]
-                 for image, top, left in zip(images, tops, lefts)]
+        crops = [image[:, top : top + crop_h, left : left + crop_w] for image, top, left in zip(images, tops, lefts)]
         return torch.stack(crops)
 
 

@@ -19,8 +19,15 @@ class RandomNoise(Defence):
     randomized = True
     differentiable = True
     params = (
-        Param("sigma", float, 0.01, low=0.0, high=1.0, presets=(0.01, 0.025, 0.05, 0.075, 0.1),
-              help="standard deviation of the noise (image range 1)"),
+        Param(
+            "sigma",
+            float,
+            0.01,
+            low=0.0,
+            high=1.0,
+            presets=(0.01, 0.025, 0.05, 0.075, 0.1),
+            help="standard deviation of the noise (image range 1)",
+        ),
     )
     sigma: float
 

@@ -24,21 +24,33 @@ class RandomRotate(Defence):
     geometric = True
     differentiable = True
     params = (
-        Param("angle_limit", int, 15, low=0, high=180, presets=(10, 15, 20, 30, 50),
-              help="largest rotation in whole degrees (the reference's int(angle_limit)); "
-                   "the angle is uniform in [-limit, limit]"),
-        Param("interpolation", str, "nearest", choices=("nearest", "bilinear"),
-              help="resampling of the rotated image (reference: nearest)"),
+        Param(
+            "angle_limit",
+            int,
+            15,
+            low=0,
+            high=180,
+            presets=(10, 15, 20, 30, 50),
+            help="largest rotation in whole degrees (the reference's int(angle_limit)); "
+            "the angle is uniform in [-limit, limit]",
+        ),
+        Param(
+            "interpolation",
+            str,
+            "nearest",
+            choices=("nearest", "bilinear"),
+            help="resampling of the rotated image (reference: nearest)",
+        ),
     )
     angle_limit: int
     interpolation: str
 
     def purify(self, images: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
+
         angles = uniform_per_image(self.generator(seed, images.device), images, -self.angle_limit, self.angle_limit)
         mode = TF.InterpolationMode(self.interpolation)
-        turned = [TF.rotate(image, angle, interpolation=mode, fill=[0.0])
-                  for image, angle in zip(images, angles)]
+        turned = [TF.rotate(image, angle, interpolation=mode, fill=[0.0]) for image, angle in zip(images, angles)]
         return torch.stack(turned)
 
 

@@ -8,8 +8,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from iqadef import Defence, Param, WeightsError, hookimpl
-from iqadef import WeightSpec, load_state_dict_strict, load_weights
+from iqadef import Defence, Param, WeightsError, WeightSpec, hookimpl, load_state_dict_strict, load_weights
 
 from ._realesrgan_arch import OFFICIAL_CONFIG, SRVGGNetCompact, interpolate_weights
 
@@ -37,8 +36,9 @@ def unwrap_realesrgan_checkpoint(checkpoint: Any, label: str) -> dict[str, torch
             if isinstance(checkpoint.get(key), dict):
                 return dict(checkpoint[key])
     found = f"keys {sorted(map(str, checkpoint))[:5]}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    raise WeightsError(f"{label}: expected a dict with 'params' or 'params_ema' (the Real-ESRGAN release layout); "
-                       f"found {found}")
+    raise WeightsError(
+        f"{label}: expected a dict with 'params' or 'params_ema' (the Real-ESRGAN release layout); found {found}"
+    )
 
 
 class RealESRGANDefence(Defence):
@@ -63,10 +63,21 @@ class RealESRGANDefence(Defence):
     name = "realesrgan"
     differentiable = True
     params = (
-        Param("denoise_strength", float, 0.2, low=0.0, high=1.0,
-              help="weight of realesr-general-x4v3 against realesr-general-wdn-x4v3 (1: strong denoising only)"),
-        Param("downscale", str, "bicubic", choices=_DOWNSCALE,
-              help="resampling that brings the x4 output back to the input size (antialiased)"),
+        Param(
+            "denoise_strength",
+            float,
+            0.2,
+            low=0.0,
+            high=1.0,
+            help="weight of realesr-general-x4v3 against realesr-general-wdn-x4v3 (1: strong denoising only)",
+        ),
+        Param(
+            "downscale",
+            str,
+            "bicubic",
+            choices=_DOWNSCALE,
+            help="resampling that brings the x4 output back to the input size (antialiased)",
+        ),
         Param("weights_path", Path, None, help="explicit path to realesr-general-x4v3.pth"),
         Param("wdn_weights_path", Path, None, help="explicit path to realesr-general-wdn-x4v3.pth"),
     )
@@ -81,7 +92,8 @@ class RealESRGANDefence(Defence):
     def weights_in_use(self) -> tuple[WeightSpec, ...]:
         """Only the files whose blending weight is not 0 (see :meth:`blended_state`)."""
         return ((GENERAL_WEIGHTS,) if self.denoise_strength > 0 else ()) + (
-            (WDN_WEIGHTS,) if self.denoise_strength < 1 else ())
+            (WDN_WEIGHTS,) if self.denoise_strength < 1 else ()
+        )
 
     def build_network(self) -> SRVGGNetCompact:
         return SRVGGNetCompact(**self.arch_config)
@@ -91,11 +103,13 @@ class RealESRGANDefence(Defence):
         strength = self.denoise_strength
         general = wdn = None
         if strength > 0:
-            general = unwrap_realesrgan_checkpoint(load_weights(GENERAL_WEIGHTS, self.weights_path),
-                                                   self.weights_path or GENERAL_WEIGHTS.filename)
+            general = unwrap_realesrgan_checkpoint(
+                load_weights(GENERAL_WEIGHTS, self.weights_path), self.weights_path or GENERAL_WEIGHTS.filename
+            )
         if strength < 1:
-            wdn = unwrap_realesrgan_checkpoint(load_weights(WDN_WEIGHTS, self.wdn_weights_path),
-                                               self.wdn_weights_path or WDN_WEIGHTS.filename)
+            wdn = unwrap_realesrgan_checkpoint(
+                load_weights(WDN_WEIGHTS, self.wdn_weights_path), self.wdn_weights_path or WDN_WEIGHTS.filename
+            )
         if general is None:
             return wdn
         if wdn is None:

@@ -22,10 +22,21 @@ class Resize(Defence):
     differentiable = True
     preserves_size = False
     params = (
-        Param("scale", float, 0.5, low=0.01, high=1.0, presets=(0.1, 0.25, 0.5, 0.75, 0.9),
-              help="output side / input side (sides are truncated to whole pixels)"),
-        Param("antialias", bool, False,
-              help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)"),
+        Param(
+            "scale",
+            float,
+            0.5,
+            low=0.01,
+            high=1.0,
+            presets=(0.1, 0.25, 0.5, 0.75, 0.9),
+            help="output side / input side (sides are truncated to whole pixels)",
+        ),
+        Param(
+            "antialias",
+            bool,
+            False,
+            help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)",
+        ),
     )
     scale: float
     antialias: bool

@@ -19,8 +19,7 @@ class Unsharp(Defence):
     name = "unsharp"
     differentiable = True
     params = (
-        Param("kernel_size", int, 5, low=1, high=63, presets=KERNEL_PRESETS,
-              help="odd side of the Gaussian kernel"),
+        Param("kernel_size", int, 5, low=1, high=63, presets=KERNEL_PRESETS, help="odd side of the Gaussian kernel"),
         Param("sigma", float, 1.0, low=1e-3, help="standard deviation of the Gaussian in pixels"),
         Param("amount", float, 1.0, low=0.0, help="strength of the sharpening"),
     )

@@ -22,12 +22,28 @@ class Upscale(Defence):
     name = "upscale"
     differentiable = True
     params = (
-        Param("scale", float, 0.5, low=0.01, high=1.0, presets=(0.1, 0.25, 0.5, 0.75, 0.9),
-              help="intermediate side / input side"),
-        Param("mode", str, "bilinear", choices=("bilinear", "bicubic", "nearest"),
-              help="interpolation back up to the input size (reference: bilinear)"),
-        Param("antialias", bool, False,
-              help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)"),
+        Param(
+            "scale",
+            float,
+            0.5,
+            low=0.01,
+            high=1.0,
+            presets=(0.1, 0.25, 0.5, 0.75, 0.9),
+            help="intermediate side / input side",
+        ),
+        Param(
+            "mode",
+            str,
+            "bilinear",
+            choices=("bilinear", "bicubic", "nearest"),
+            help="interpolation back up to the input size (reference: bilinear)",
+        ),
+        Param(
+            "antialias",
+            bool,
+            False,
+            help="low-pass filter before shrinking (reference: no, as torchvision 0.15 on tensors)",
+        ),
     )
     scale: float
     mode: str

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iqadef import Param, WeightsError
-from iqadef import load_state_dict_strict
+from iqadef import Param, WeightsError, load_state_dict_strict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,6 +57,7 @@ def resize(images: torch.Tensor, size: Sequence[int] | int) -> torch.Tensor:
     ``size`` is ``(H, W)``, or one int for the shorter side (aspect ratio kept, as ``transforms.Resize``).
     """
     import torchvision.transforms.v2.functional as TF  # lazily: torchvision's import costs ~2 s at every CLI start
+
     size = [int(size)] if isinstance(size, int) else [int(s) for s in size]
     if len(size) == 2 and tuple(images.shape[-2:]) == tuple(size):
         return images
@@ -75,10 +75,17 @@ def shorter_side_size(height: int, width: int, side: int) -> tuple[int, int]:
 def preprocess_param(official: str) -> Param:
     """The ``preprocess`` switch shared by the three official metrics; ``official`` describes the original
     repository's pipeline in a few words for ``iqadef list``."""
-    return Param("preprocess", str, "msu", choices=("msu", "official"),
-                 help=("msu: the image at its own size, as the study's MSU wrappers feed it "
-                       "(adversarial-defenses-for-iqa, metrics/subjects/*); official: the original "
-                       f"repository's test pipeline, reproduced exactly ({official})"))
+    return Param(
+        "preprocess",
+        str,
+        "msu",
+        choices=("msu", "official"),
+        help=(
+            "msu: the image at its own size, as the study's MSU wrappers feed it "
+            "(adversarial-defenses-for-iqa, metrics/subjects/*); official: the original "
+            f"repository's test pipeline, reproduced exactly ({official})"
+        ),
+    )
 
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
@@ -89,6 +96,7 @@ def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
 
 
 # -- scikit-image's resize (MetaIQA's ``Rescale``) -----------------------------------------------------
+
 
 def _mirror(index: np.ndarray, length: int) -> np.ndarray:
     """scipy.ndimage's ``mirror`` boundary (skimage's ``mode='reflect'``): ``d c b | a b c d | c b a``,
@@ -110,7 +118,7 @@ def _skimage_axis(n_in: int, n_out: int) -> np.ndarray:
     rows = np.arange(n_in)
     blur = np.eye(n_in)
     sigma = max(0.0, (factor - 1) / 2)
-    if sigma > 1e-15:                                   # gaussian_filter skips such axes
+    if sigma > 1e-15:  # gaussian_filter skips such axes
         radius = int(4.0 * sigma + 0.5)
         offsets = np.arange(-radius, radius + 1)
         weights = np.exp(-0.5 / (sigma * sigma) * offsets.astype(np.float64) ** 2)
@@ -135,8 +143,9 @@ def _skimage_axis(n_in: int, n_out: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=128)
-def _on_device(build: Callable, n_in: int, n_out: int, part: int | None, device: torch.device,
-               dtype: torch.dtype) -> torch.Tensor:
+def _on_device(
+    build: Callable, n_in: int, n_out: int, part: int | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """``build(n_in, n_out)`` (or its ``part``-th matrix) as a tensor on ``device``, kept for the next call
     (an attack scores the same size many times)."""
     matrix = build(n_in, n_out) if part is None else build(n_in, n_out)[part]
@@ -172,7 +181,7 @@ def _pil_bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     (``(int)(w * 2**22 + 0.5)``, weights are never negative for BILINEAR)."""
     scale = n_in / n_out
     filter_scale = max(scale, 1.0)
-    support = 1.0 * filter_scale                     # BILINEAR's support is 1, stretched when shrinking
+    support = 1.0 * filter_scale  # BILINEAR's support is 1, stretched when shrinking
     centers = (np.arange(n_out) + 0.5) * scale
     first = np.maximum(np.trunc(centers - support + 0.5), 0).astype(np.int64)
     end = np.minimum(np.trunc(centers + support + 0.5), n_in).astype(np.int64)
@@ -180,7 +189,7 @@ def _pil_bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     inside = (taps >= first[:, None]) & (taps < end[:, None])
     distance = np.abs((taps - centers[:, None] + 0.5) * (1.0 / filter_scale))
     weights = np.where(inside & (distance < 1.0), 1.0 - distance, 0.0)
-    total = np.cumsum(weights, axis=1)[:, -1:]       # summed left to right, as the C loop
+    total = np.cumsum(weights, axis=1)[:, -1:]  # summed left to right, as the C loop
     weights = np.divide(weights, total, out=weights.copy(), where=total != 0)
     fixed = np.trunc(weights * (1 << PIL_PRECISION_BITS) + 0.5)
     return weights, fixed
@@ -229,17 +238,25 @@ def state_from_checkpoint(checkpoint: Any, key: str | None, label: str) -> dict[
     """
     if key is not None:
         if not isinstance(checkpoint, Mapping) or key not in checkpoint:
-            found = ", ".join(map(str, list(checkpoint)[:8])) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-            raise WeightsError(f"{label}: expected a checkpoint dict with the key {key!r} (the official layout), "
-                               f"found: {found}; is it the right file?")
+            found = (
+                ", ".join(map(str, list(checkpoint)[:8]))
+                if isinstance(checkpoint, Mapping)
+                else type(checkpoint).__name__
+            )
+            raise WeightsError(
+                f"{label}: expected a checkpoint dict with the key {key!r} (the official layout), "
+                f"found: {found}; is it the right file?"
+            )
         checkpoint = checkpoint[key]
     if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise WeightsError(f"{label}: expected a state dict (parameter name -> tensor) "
-                           f"{'under ' + repr(key) if key else 'at the top level'}, found {type(checkpoint).__name__}"
-                           f"; is it the right file?")
+        raise WeightsError(
+            f"{label}: expected a state dict (parameter name -> tensor) "
+            f"{'under ' + repr(key) if key else 'at the top level'}, found {type(checkpoint).__name__}"
+            f"; is it the right file?"
+        )
     state = {}
     for name, tensor in checkpoint.items():
-        name = name[len("module."):] if name.startswith("module.") else name
+        name = name[len("module.") :] if name.startswith("module.") else name
         state[name] = tensor.float() if tensor.is_floating_point() else tensor
     return state
 
@@ -273,7 +290,7 @@ def extract_patches(images: torch.Tensor, patch: int, stride: int) -> tuple[torc
     batch, channels, height, width = images.shape
     offsets = torch.arange(patch, device=images.device)
     rows = torch.tensor(patch_starts(height, patch, stride), device=images.device)[:, None] + offsets  # [nh, p]
-    cols = torch.tensor(patch_starts(width, patch, stride), device=images.device)[:, None] + offsets   # [nw, p]
-    grid = images[:, :, rows[:, None, :, None], cols[None, :, None, :]]   # [B, C, nh, nw, p, p]
+    cols = torch.tensor(patch_starts(width, patch, stride), device=images.device)[:, None] + offsets  # [nw, p]
+    grid = images[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # [B, C, nh, nw, p, p]
     n = rows.shape[0] * cols.shape[0]
     return grid.permute(0, 2, 3, 1, 4, 5).reshape(batch * n, channels, patch, patch), n

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iqadef import Metric, Param, WeightsError, hookimpl
-from iqadef import (FeatureSplit, conv2d_norm_bound, conv_output_size, folded_conv_bn, load_checkpoint,
-                    load_state_dict_strict, resize_norm)
+from iqadef import (
+    FeatureSplit,
+    Metric,
+    Param,
+    WeightsError,
+    conv2d_norm_bound,
+    conv_output_size,
+    folded_conv_bn,
+    hookimpl,
+    load_checkpoint,
+    load_state_dict_strict,
+    resize_norm,
+)
 
 INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,8 +55,9 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     """Resize to 224x224 (bilinear, antialiased; aspect ratio not kept). Differentiable; each image is
     treated on its own, so a batch gives the per-image results. Normalisation happens in the network."""
     if images.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        images = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
-                               align_corners=False, antialias=True)
+        images = F.interpolate(
+            images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True
+        )
     return images
 
 
@@ -96,14 +106,15 @@ def mscn_lipschitz(h: int, w: int, c: float = MSCN_C, floor: float = MSCN_FLOOR)
     # |I - B|: rows 1 - B_pp + (row sum - B_pp); columns alike (B_pp <= 1)
     rows = max(abs(1 - diag_min) + row_max - diag_min, abs(1 - diag_max) + row_max - diag_max)
     cols = max(abs(1 - diag_min) + col_max - diag_min, abs(1 - diag_max) + col_max - diag_max)
-    first = (rows * cols) ** 0.5 / (c + floor ** 0.5)
+    first = (rows * cols) ** 0.5 / (c + floor**0.5)
     second = (col_max / diag_min) ** 0.5 / (4 * c)
     return first + second
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def _mean_log_std(features: torch.Tensor) -> torch.Tensor:
@@ -129,13 +140,12 @@ class TinyIQANet(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 80, 128)):
         super().__init__()
         w0, w1, w2, w3, w4 = widths
-        self.stem = _conv_bn_relu(4, w0, 2)                                              # 112
+        self.stem = _conv_bn_relu(4, w0, 2)  # 112
         self.stage1 = nn.Sequential(_conv_bn_relu(w0, w1, 2), _conv_bn_relu(w1, w1, 1))  # 56
         self.stage2 = nn.Sequential(_conv_bn_relu(w1, w2, 2), _conv_bn_relu(w2, w2, 1))  # 28
         self.stage3 = nn.Sequential(_conv_bn_relu(w2, w3, 2), _conv_bn_relu(w3, w3, 1))  # 14
         self.stage4 = nn.Sequential(_conv_bn_relu(w3, w4, 2), _conv_bn_relu(w4, w4, 1))  # 7
-        self.head = nn.Sequential(nn.Linear(2 * (w0 + w1 + w2 + w4), 64), nn.ReLU(inplace=True),
-                                  nn.Linear(64, 1))
+        self.head = nn.Sequential(nn.Linear(2 * (w0 + w1 + w2 + w4), 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).squeeze(1)
@@ -144,7 +154,7 @@ class TinyIQANet(nn.Module):
         """The pooled features ``[B, 2 * (w0 + w1 + w2 + w4)]`` that the head reads (the backbone)."""
         mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        luma = (LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3])
+        luma = LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
         s0 = self.stem(torch.cat([(x - mean) / std, mscn(luma)], dim=1))
         s1 = self.stage1(s0)
         s2 = self.stage2(s1)
@@ -173,10 +183,9 @@ class TinyIQANet(nn.Module):
                 lip *= conv2d_norm_bound(folded_conv_bn(conv, bn), here, cast(tuple[int, int], conv.padding))
                 here = conv_output_size(conv, here)
             per_stage[name] = (lip, here)
-        pool = (1 + (0.5 / LOG_STD_FLOOR ** 0.5) ** 2) ** 0.5
-        total = sum((pool * lip / (h * w) ** 0.5) ** 2 for key, (lip, (h, w)) in per_stage.items()
-                    if key != "stage3")
-        return float(total ** 0.5)
+        pool = (1 + (0.5 / LOG_STD_FLOOR**0.5) ** 2) ** 0.5
+        total = sum((pool * lip / (h * w) ** 0.5) ** 2 for key, (lip, (h, w)) in per_stage.items() if key != "stage3")
+        return float(total**0.5)
 
 
 class TinyIQA(Metric):
@@ -200,11 +209,17 @@ class TinyIQA(Metric):
     higher_is_better = True
     #: Span of the scores over the 14 bundled images and their training distortions (tiny_iqa.json).
     range = (-6.0, 86.0)
-    input_policy = ("resized to 224x224 (bilinear, antialiased; aspect ratio not kept); the network sees "
-                    "ImageNet-normalised RGB plus the MSCN (local contrast-normalised) luminance")
+    input_policy = (
+        "resized to 224x224 (bilinear, antialiased; aspect ratio not kept); the network sees "
+        "ImageNet-normalised RGB plus the MSCN (local contrast-normalised) luminance"
+    )
     params = (
-        Param("weights_path", Path, None,
-              help="a tiny_iqa.pt state dict to use instead of the packaged one (e.g. after retraining)"),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="a tiny_iqa.pt state dict to use instead of the packaged one (e.g. after retraining)",
+        ),
     )
     weights_path: str | None
 
@@ -220,16 +235,20 @@ class TinyIQA(Metric):
         if self.weights_path:
             path = Path(self.weights_path)
             if not path.is_file():
-                raise WeightsError(f"tiny-iqa: weights_path {path} does not exist; give a file written by "
-                                   f"scripts/train_embedded_metric.py, or leave weights_path unset for the "
-                                   f"packaged weights")
+                raise WeightsError(
+                    f"tiny-iqa: weights_path {path} does not exist; give a file written by "
+                    f"scripts/train_embedded_metric.py, or leave weights_path unset for the "
+                    f"packaged weights"
+                )
             state = load_checkpoint(path)
             label = str(path)
         else:
             with resources.as_file(packaged_weights()) as path:
                 if not path.is_file():
-                    raise WeightsError(f"tiny-iqa: the packaged weights {path} are missing from this install; "
-                                       f"reinstall iqadef or run scripts/train_embedded_metric.py")
+                    raise WeightsError(
+                        f"tiny-iqa: the packaged weights {path} are missing from this install; "
+                        f"reinstall iqadef or run scripts/train_embedded_metric.py"
+                    )
                 state = load_checkpoint(path)
             label = f"packaged {WEIGHTS_FILE}"
         if not isinstance(state, dict):
@@ -254,7 +273,8 @@ class TinyIQA(Metric):
             backbone=lambda images: self.net.features(preprocess(images.float())),
             head=lambda features: SCORE_CENTRE + SCORE_SCALE * self.net.head(features).squeeze(1),
             lipschitz=cache[size],
-            how="exact resize norm x stem (RGB + MSCN) x folded conv-BN symbols x pooling, docs/certified.md")
+            how="exact resize norm x stem (RGB + MSCN) x folded conv-BN symbols x pooling, docs/certified.md",
+        )
 
     def precision_modules(self) -> list[torch.nn.Module]:
         """The network the run-level ``precision``/``compile``/``channels_last`` apply to."""

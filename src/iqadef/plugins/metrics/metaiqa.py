@@ -22,11 +22,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from iqadef import Metric, Param, hookimpl
-from iqadef import WeightSpec, load_weights
+from iqadef import Metric, Param, WeightSpec, hookimpl, load_weights
 
-from ._official import (build_from_state, imagenet_normalize, preprocess_param, quantize_8bit, ready_input, resize,
-                        skimage_resize, state_from_checkpoint)
+from ._official import (
+    build_from_state,
+    imagenet_normalize,
+    preprocess_param,
+    quantize_8bit,
+    ready_input,
+    resize,
+    skimage_resize,
+    state_from_checkpoint,
+)
 
 #: The original test size (``Rescale(output_size=(224, 224))``).
 ORIGINAL_SIDE = 224
@@ -35,8 +42,10 @@ METAIQA_WEIGHTS = WeightSpec(
     filename="metaiqa.pth",
     urls=("https://titan.gml-team.ru:5003/fsdownload/Wcsx59U3W/metaiqa.pth",),
     sha256=None,
-    description=("MetaIQA state dict metaiqa.pth (ResNet-18 + quality head). URL: the copy the MSU benchmark "
-                 "downloads (msu-video-group/adversarial-defenses-for-iqa, metrics/subjects/meta-iqa/Dockerfile)"),
+    description=(
+        "MetaIQA state dict metaiqa.pth (ResNet-18 + quality head). URL: the copy the MSU benchmark "
+        "downloads (msu-video-group/adversarial-defenses-for-iqa, metrics/subjects/meta-iqa/Dockerfile)"
+    ),
 )
 
 
@@ -67,6 +76,7 @@ class MetaIQANet(nn.Module):
 
     def __init__(self):
         import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
+
         super().__init__()
         self.resnet_layer = torchvision.models.resnet18(weights=None)
         self.net = MetaIQAHead()
@@ -86,16 +96,28 @@ class MetaIQA(Metric):
     name = "metaiqa"
     higher_is_better = True
     range = (0.0, 1.0)
-    input_policy = ("preprocess msu: the input size (resize = N resizes to N x N first, torch bilinear antialiased); "
-                    "official: 8-bit, skimage resize to 224x224 (or resize); ImageNet normalisation")
+    input_policy = (
+        "preprocess msu: the input size (resize = N resizes to N x N first, torch bilinear antialiased); "
+        "official: 8-bit, skimage resize to 224x224 (or resize); ImageNet normalisation"
+    )
     params = (
         preprocess_param("8-bit image, skimage.transform.resize to 224x224, MetaIQA_FineTune_WILDLIVE.py"),
-        Param("resize", int, None, low=32, nullable=True,
-              help="side of the square the image is brought to; null: the pipeline's own (msu: the input "
-                   "size; official: 224). With msu the resize is torch's antialiased bilinear (iqadef's, for "
-                   "quick runs), with official skimage's"),
-        Param("weights_path", Path, None,
-              help="explicit path of metaiqa.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
+        Param(
+            "resize",
+            int,
+            None,
+            low=32,
+            nullable=True,
+            help="side of the square the image is brought to; null: the pipeline's own (msu: the input "
+            "size; official: 224). With msu the resize is torch's antialiased bilinear (iqadef's, for "
+            "quick runs), with official skimage's",
+        ),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="explicit path of metaiqa.pth (else $IQADEF_WEIGHTS_DIR, the cache, then download)",
+        ),
     )
     preprocess: str
     resize: int | None
@@ -120,11 +142,10 @@ class MetaIQA(Metric):
         return images if self.resize is None else resize(images, [self.resize, self.resize])
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.prepare(ready_input(self, images))          # loads the network first if needed
+        x = self.prepare(ready_input(self, images))  # loads the network first if needed
         return self.net(imagenet_normalize(x))
 
 
 @hookimpl
 def iqadef_register_metrics(register):
     register(MetaIQA)
-

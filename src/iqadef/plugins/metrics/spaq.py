@@ -23,11 +23,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from iqadef import ConfigError, Metric, Param, hookimpl
-from iqadef import WeightSpec, load_weights
+from iqadef import ConfigError, Metric, Param, WeightSpec, hookimpl, load_weights
 
-from ._official import (build_from_state, extract_patches, pil_bilinear_resize, preprocess_param, quantize_8bit,
-                        ready_input, resize, shorter_side_size, state_from_checkpoint)
+from ._official import (
+    build_from_state,
+    extract_patches,
+    pil_bilinear_resize,
+    preprocess_param,
+    quantize_8bit,
+    ready_input,
+    resize,
+    shorter_side_size,
+    state_from_checkpoint,
+)
 
 #: ``Image_load(size=512, ...)``: the shorter side the original brings large images to.
 ORIGINAL_SHORTER_SIDE = 512
@@ -36,10 +44,12 @@ BL_RELEASE = WeightSpec(
     filename="BL_release.pt",
     urls=("https://titan.gml-team.ru:5003/fsdownload/TRm4ciD3T/BL_release.pt",),
     sha256=None,
-    description=("SPAQ baseline checkpoint BL_release.pt (ResNet-50, SPAQ database). URL: the copy the MSU "
-                 "benchmark downloads (msu-video-group/adversarial-defenses-for-iqa, metrics/subjects/spaq). "
-                 "The authors share it on Google Drive: "
-                 "https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view"),
+    description=(
+        "SPAQ baseline checkpoint BL_release.pt (ResNet-50, SPAQ database). URL: the copy the MSU "
+        "benchmark downloads (msu-video-group/adversarial-defenses-for-iqa, metrics/subjects/spaq). "
+        "The authors share it on Google Drive: "
+        "https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view"
+    ),
     mirrors=("https://drive.google.com/file/d/1pXjXAIItViTFs7qUBY-b11WY50mzoVM2/view",),  # h4nwei/SPAQ README
 )
 
@@ -49,6 +59,7 @@ class SPAQBaselineNet(nn.Module):
 
     def __init__(self):
         import torchvision  # lazily: torchvision's import costs ~2 s at every CLI start
+
         super().__init__()
         self.backbone = torchvision.models.resnet50(weights=None)
         self.backbone.fc = nn.Linear(self.backbone.fc.in_features, 1, bias=True)
@@ -69,23 +80,38 @@ class SPAQ(Metric):
     name = "spaq"
     higher_is_better = True
     range = (21.749107360839844, 77.75585174560547)
-    input_policy = ("preprocess msu: the input size; official: 8-bit, shorter side to 512 (PIL bilinear) when both "
-                    "sides are >= 512, 8-bit; `resize` sets that side (msu: torch bilinear antialiased); then "
-                    "patch_size crops every `stride` pixels plus edge-flush crops, scores averaged; an image "
-                    "smaller than a patch is first upscaled so its shorter side equals patch_size (the original fails)")
+    input_policy = (
+        "preprocess msu: the input size; official: 8-bit, shorter side to 512 (PIL bilinear) when both "
+        "sides are >= 512, 8-bit; `resize` sets that side (msu: torch bilinear antialiased); then "
+        "patch_size crops every `stride` pixels plus edge-flush crops, scores averaged; an image "
+        "smaller than a patch is first upscaled so its shorter side equals patch_size (the original fails)"
+    )
     params = (
-        preprocess_param("8-bit image, shorter side to 512 by PIL BILINEAR when both sides are >= 512, 8-bit, "
-                         "Prepare_image.Image_load"),
-        Param("resize", int, None, low=32, nullable=True,
-              help="shorter side images are brought to when both sides are at least this large; null: the "
-                   "pipeline's own (msu: never resize, as the MSU wrapper; official: 512). With msu the resize "
-                   "is torch's antialiased bilinear (iqadef's), with official PIL's"),
+        preprocess_param(
+            "8-bit image, shorter side to 512 by PIL BILINEAR when both sides are >= 512, 8-bit, "
+            "Prepare_image.Image_load"
+        ),
+        Param(
+            "resize",
+            int,
+            None,
+            low=32,
+            nullable=True,
+            help="shorter side images are brought to when both sides are at least this large; null: the "
+            "pipeline's own (msu: never resize, as the MSU wrapper; official: 512). With msu the resize "
+            "is torch's antialiased bilinear (iqadef's), with official PIL's",
+        ),
         Param("patch_size", int, 224, low=32, help="side of the square patches (the original: 224)"),
         Param("stride", int, 112, low=1, help="distance between patches (the original: patch_size / 2 = 112)"),
-        Param("patch_chunk", int, 64, low=1,
-              help="patches per forward pass (memory only; the scores do not depend on it)"),
-        Param("weights_path", Path, None,
-              help="explicit path of BL_release.pt (else $IQADEF_WEIGHTS_DIR, the cache, then download)"),
+        Param(
+            "patch_chunk", int, 64, low=1, help="patches per forward pass (memory only; the scores do not depend on it)"
+        ),
+        Param(
+            "weights_path",
+            Path,
+            None,
+            help="explicit path of BL_release.pt (else $IQADEF_WEIGHTS_DIR, the cache, then download)",
+        ),
     )
     preprocess: str
     resize: int | None
@@ -98,8 +124,10 @@ class SPAQ(Metric):
     def __init__(self, where: str | None = None, **values: Any):
         super().__init__(where, **values)
         if self.stride > self.patch_size:
-            raise ConfigError(f"{where or self.name}.stride: {self.stride} is larger than patch_size "
-                              f"{self.patch_size}, which would skip pixels; expected <= patch_size")
+            raise ConfigError(
+                f"{where or self.name}.stride: {self.stride} is larger than patch_size "
+                f"{self.patch_size}, which would skip pixels; expected <= patch_size"
+            )
 
     def identity(self) -> dict[str, Any]:
         """As the base, minus ``patch_chunk`` (it changes memory use, not the scores)."""

@@ -88,8 +88,7 @@ def fit_quantile_map(source, target, knots: int = 101) -> PiecewiseLinearMap:
 class NeuralOTMap:
     """The benchmark's map for one metric: input min-max scaling, then the mean of T([x, z]) over noise z."""
 
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], scale: float, offset: float,
-                 seed: int = 0):
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], scale: float, offset: float, seed: int = 0):
         self.layers = layers
         self.scale, self.offset = scale, offset
         self.seed = seed
@@ -163,8 +162,10 @@ class _AllowListUnpickler(pickle.Unpickler):
             return self.allowed[(module, name)]
         if (module, name) in _STAND_INS:
             return type(_STAND_INS[(module, name)], (_Recorded,), {})
-        raise ConfigError(f"{self.label}: refuses to build {module}.{name}; only the benchmark's "
-                          f"models_to_mdtvsfa_1d.pth layout (torch Linear/ReLU, MinMaxScaler) can be read")
+        raise ConfigError(
+            f"{self.label}: refuses to build {module}.{name}; only the benchmark's "
+            f"models_to_mdtvsfa_1d.pth layout (torch Linear/ReLU, MinMaxScaler) can be read"
+        )
 
 
 def _mlp_layers(model, label: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -190,8 +191,10 @@ def _read_benchmark_pickle(path: Path, seed: int) -> dict[str, NeuralOTMap]:
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any damage is the file's, say so in one line
-        raise ConfigError(f"{label}: not a readable domain-map file ({type(exc).__name__}: {exc}); give the "
-                          f"benchmark's models_to_mdtvsfa_1d.pth or a JSON of knots") from None
+        raise ConfigError(
+            f"{label}: not a readable domain-map file ({type(exc).__name__}: {exc}); give the "
+            f"benchmark's models_to_mdtvsfa_1d.pth or a JSON of knots"
+        ) from None
     if not isinstance(content, dict) or not {"models", "scalers"} <= set(content):
         raise ConfigError(f"{label}: expected a dict with 'models' and 'scalers' (models_to_mdtvsfa_1d.pth)")
     maps = {}
@@ -200,9 +203,12 @@ def _read_benchmark_pickle(path: Path, seed: int) -> dict[str, NeuralOTMap]:
         state = getattr(scaler, "state", {})
         if "scale_" not in state or "min_" not in state:
             raise ConfigError(f"{label}: metric {name!r} has no input scaler (scalers[{name!r}]['X'])")
-        maps[metric_key(name)] = NeuralOTMap(_mlp_layers(model, f"{label}: {name}"),
-                                             float(np.asarray(state["scale_"]).reshape(-1)[0]),
-                                             float(np.asarray(state["min_"]).reshape(-1)[0]), seed)
+        maps[metric_key(name)] = NeuralOTMap(
+            _mlp_layers(model, f"{label}: {name}"),
+            float(np.asarray(state["scale_"]).reshape(-1)[0]),
+            float(np.asarray(state["min_"]).reshape(-1)[0]),
+            seed,
+        )
     return maps
 
 
@@ -211,16 +217,20 @@ def _read_knots(path: Path, text: str) -> dict[str, PiecewiseLinearMap]:
         content = json.loads(text)
         return {metric_key(name): PiecewiseLinearMap(entry["x"], entry["y"]) for name, entry in content.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ConfigError(f"{path}: expected JSON {{\"<metric>\": {{\"x\": [...], \"y\": [...]}}}} with strictly "
-                          f"increasing x ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f'{path}: expected JSON {{"<metric>": {{"x": [...], "y": [...]}}}} with strictly '
+            f"increasing x ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_domain_maps(path: str | Path, seed: int = 0) -> dict[str, Callable]:
     """Per-metric maps (keyed by :func:`metric_key`) from the benchmark's pickle or a JSON file of knots."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{path}: domain-map file not found; download robustness_benchmark/models/"
-                          f"models_to_mdtvsfa_1d.pth from msu-video-group/MSU_Metrics_Robustness_Benchmark")
+        raise ConfigError(
+            f"{path}: domain-map file not found; download robustness_benchmark/models/"
+            f"models_to_mdtvsfa_1d.pth from msu-video-group/MSU_Metrics_Robustness_Benchmark"
+        )
     head = path.read_bytes()[:1]
     if head == b"\x80":  # a pickle's protocol marker
         return _read_benchmark_pickle(path, seed)

@@ -8,7 +8,6 @@ valid region and over the RGB channels).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -32,8 +31,9 @@ def match_size(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """
     if images.shape[-2:] == reference.shape[-2:]:
         return images
-    return F.interpolate(images.detach().float(), size=tuple(reference.shape[-2:]), mode="bilinear",
-                         align_corners=False).clamp(0.0, 1.0)
+    return F.interpolate(
+        images.detach().float(), size=tuple(reference.shape[-2:]), mode="bilinear", align_corners=False
+    ).clamp(0.0, 1.0)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -62,8 +62,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return psnr_from_mse(mse(a, b))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01,
-         k2: float = 0.03) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """SSIM per image as ``skimage.metrics.structural_similarity(..., channel_axis=2, data_range=1)``.
 
     Uniform ``win_size`` window, sample covariance (``N / (N - 1)``), mean over the window positions
@@ -79,12 +78,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01,
     chunk = x.shape[0] if x.is_cuda else max(1, SSIM_CHUNK_ELEMENTS // max(1, per_image))
     if chunk >= x.shape[0]:
         return _ssim(x, b.detach(), win_size, k1, k2)
-    return torch.cat([_ssim(x[i:i + chunk], b[i:i + chunk].detach(), win_size, k1, k2)
-                      for i in range(0, x.shape[0], chunk)])
+    return torch.cat(
+        [_ssim(x[i : i + chunk], b[i : i + chunk].detach(), win_size, k1, k2) for i in range(0, x.shape[0], chunk)]
+    )
 
 
 #: Pixels x channels per SSIM chunk on CPU (the five moments of a chunk then take ~4 MB).
-SSIM_CHUNK_ELEMENTS = 2 ** 18
+SSIM_CHUNK_ELEMENTS = 2**18
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor, win_size: int, k1: float, k2: float) -> torch.Tensor:
@@ -115,8 +115,9 @@ def _ssim(a: torch.Tensor, b: torch.Tensor, win_size: int, k1: float, k2: float)
     return num.div_(den).mean(dim=(2, 3), dtype=torch.float64).mean(dim=1)
 
 
-def ssim_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]], win_size: int = 7, k1: float = 0.01,
-               k2: float = 0.03) -> list[torch.Tensor]:
+def ssim_pairs(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], win_size: int = 7, k1: float = 0.01, k2: float = 0.03
+) -> list[torch.Tensor]:
     """:func:`ssim` of each ``(a, b)`` pair (CPU, equal batch sizes), each image's window moments computed once.
 
     The pairs of a unit share their images (x and x_a with every D(x_a), each D(x_a) with three images), and
@@ -130,8 +131,10 @@ def ssim_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]], win_size: int = 7
     if not pairs:
         return []
     n = pairs[0][0].shape[0]
-    if any(a.is_cuda or b.is_cuda or a.shape[0] != n or b.shape[0] != n or a.shape != b.shape or a.dim() != 4
-           for a, b in pairs):
+    if any(
+        a.is_cuda or b.is_cuda or a.shape[0] != n or b.shape[0] != n or a.shape != b.shape or a.dim() != 4
+        for a, b in pairs
+    ):
         return [ssim(a, b, win_size, k1, k2) for a, b in pairs]
     uses: dict[int, int] = {}
     for a, b in pairs:
@@ -145,7 +148,7 @@ def ssim_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]], win_size: int = 7
 
         def of(t: torch.Tensor) -> tuple:
             if id(t) not in moments:
-                img = t[i:i + 1].detach().float()
+                img = t[i : i + 1].detach().float()
                 win = min(win_size, img.shape[-1], img.shape[-2])
                 win -= 1 if win % 2 == 0 else 0
                 shift = img.mean(dim=(2, 3), keepdim=True)
@@ -182,9 +185,11 @@ def diff_measures(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     d = (a.detach().float() - b.detach().float()).flatten(1)
     n = d.shape[1]
-    return {"mse": torch.linalg.vector_norm(d, 2, dim=1, dtype=torch.float64).square_().div_(n),
-            "mae": torch.linalg.vector_norm(d, 1, dim=1, dtype=torch.float64).div_(n),
-            "linf": d.abs().amax(dim=1).double()}
+    return {
+        "mse": torch.linalg.vector_norm(d, 2, dim=1, dtype=torch.float64).square_().div_(n),
+        "mae": torch.linalg.vector_norm(d, 1, dim=1, dtype=torch.float64).div_(n),
+        "linf": d.abs().amax(dim=1).double(),
+    }
 
 
 def matched(cells, images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -213,7 +218,7 @@ def pair_images(cells) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 #: Most bytes of images stacked into one measure call on CUDA, where fewer, larger kernels pay; on CPU
 #: each pair is measured on its own (stacking only copies: SSIM runs image by image there anyway).
-STACK_BYTES_CUDA = 2 ** 28
+STACK_BYTES_CUDA = 2**28
 
 
 def measure_batches(batches: list) -> list[dict[str, torch.Tensor]]:
@@ -248,7 +253,7 @@ def measure_batches(batches: list) -> list[dict[str, torch.Tensor]]:
             start = 0
             for k in chunk:
                 n = todo[k][0].shape[0]
-                one = {name: v[start:start + n] for name, v in values.items()}
+                one = {name: v[start : start + n] for name, v in values.items()}
                 start += n
                 cells, (pa, pb) = memo_of[k], todo[k]
                 cells.pair_measure("pair-measures", pa, pb, lambda *_: one)
@@ -272,7 +277,7 @@ def _chunks(keys: list, todo: dict) -> list[list]:
         return [[k] for k in keys]
     per_pair = 2 * first.element_size() * first.numel()
     step = max(1, STACK_BYTES_CUDA // max(1, per_pair))
-    return [keys[i:i + step] for i in range(0, len(keys), step)]
+    return [keys[i : i + step] for i in range(0, len(keys), step)]
 
 
 def as_float_tensor(values) -> torch.Tensor:

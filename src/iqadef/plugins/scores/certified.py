@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from iqadef import ScoreColumn, hookimpl
-from iqadef import SummaryScore, metric_span
+from iqadef import ScoreColumn, SummaryScore, hookimpl, metric_span
 
 
 def _share(flags: pd.Series) -> float:
@@ -33,20 +32,29 @@ class CertifiedSummary(SummaryScore):
     columns (the purifiers') get none of these."""
 
     name = "certified"
-    columns = (ScoreColumn("cert_applies_share"), ScoreColumn("smoothing_cost", "lower"),
-               ScoreColumn("smoothing_cost_norm", "lower"), ScoreColumn("cert_width_median", "lower"),
-               ScoreColumn("cert_width_norm", "lower"), ScoreColumn("cert_f_adv_inside_share", "higher"),
-               ScoreColumn("cert_holds_share", "higher"), ScoreColumn("cert_radius_median", "higher"),
-               ScoreColumn("cert_abstain_share", "lower"), ScoreColumn("cert_accuracy", "higher"),
-               ScoreColumn("cert_bin_kept_share", "higher"))
+    columns = (
+        ScoreColumn("cert_applies_share"),
+        ScoreColumn("smoothing_cost", "lower"),
+        ScoreColumn("smoothing_cost_norm", "lower"),
+        ScoreColumn("cert_width_median", "lower"),
+        ScoreColumn("cert_width_norm", "lower"),
+        ScoreColumn("cert_f_adv_inside_share", "higher"),
+        ScoreColumn("cert_holds_share", "higher"),
+        ScoreColumn("cert_radius_median", "higher"),
+        ScoreColumn("cert_abstain_share", "lower"),
+        ScoreColumn("cert_accuracy", "higher"),
+        ScoreColumn("cert_bin_kept_share", "higher"),
+    )
 
     def summarise(self, group: pd.DataFrame, info: dict) -> dict[str, float]:
         if "cert_radius" not in group.columns or group["cert_radius"].isna().all():
             return {}
         span = metric_span(info)
         cost = (group["f_def_clean"] - group["f_clean"]).abs().to_numpy(dtype=float)
-        out = {"cert_applies_share": _share(group["cert_applies"]),
-               "smoothing_cost": float(np.nanmean(cost)) if np.isfinite(cost).any() else math.nan}
+        out = {
+            "cert_applies_share": _share(group["cert_applies"]),
+            "smoothing_cost": float(np.nanmean(cost)) if np.isfinite(cost).any() else math.nan,
+        }
         out["smoothing_cost_norm"] = out["smoothing_cost"] / span
         if "cert_width_clean" in group.columns and group["cert_width_clean"].notna().any():
             width = group["cert_width_clean"].to_numpy(dtype=float)

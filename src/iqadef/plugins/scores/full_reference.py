@@ -19,8 +19,11 @@ class FullReferenceMeasures(ImageScore):
 
     name = "full-reference"
     #: PSNR and SSIM are higher the closer the pair; MSE, MAE and L-inf lower.
-    columns = tuple(ScoreColumn(f"{m}_{p}", "higher" if m in ("psnr", "ssim") else "lower")
-                    for p in PAIRS for m in ("psnr", "ssim", "mse", "mae", "linf"))
+    columns = tuple(
+        ScoreColumn(f"{m}_{p}", "higher" if m in ("psnr", "ssim") else "lower")
+        for p in PAIRS
+        for m in ("psnr", "ssim", "mse", "mae", "linf")
+    )
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         # Computed for all the defences of the unit at once when the runner groups them (shared pairs once).

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iqadef import ImageScore, ScoreColumn, hookimpl
-from iqadef import paper_gain
+from iqadef import ImageScore, ScoreColumn, hookimpl, paper_gain
 
 from ._measures import as_float_tensor
 

@@ -22,12 +22,19 @@ class MsuGain(ImageScore):
 
     name = "msu-gain"
     report_order = 30
-    columns = tuple(ScoreColumn(f"{kind}_gain_{pair}", "lower", key=True)
-                    for pair in ("x_dxa", "x_xa", "dx_dxa") for kind in ("rel", "abs"))
+    columns = tuple(
+        ScoreColumn(f"{kind}_gain_{pair}", "lower", key=True)
+        for pair in ("x_dxa", "x_xa", "dx_dxa")
+        for kind in ("rel", "abs")
+    )
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
-        f = {"x": as_float_tensor(cells.f_clean), "xa": as_float_tensor(cells.f_adv),
-             "dx": as_float_tensor(cells.f_def_clean), "dxa": as_float_tensor(cells.f_def_adv)}
+        f = {
+            "x": as_float_tensor(cells.f_clean),
+            "xa": as_float_tensor(cells.f_adv),
+            "dx": as_float_tensor(cells.f_def_clean),
+            "dxa": as_float_tensor(cells.f_def_adv),
+        }
         span = float(cells.metric.span) or 1.0
         out = {}
         for ref, other in (("x", "dxa"), ("x", "xa"), ("dx", "dxa")):

@@ -21,9 +21,11 @@ class QualityScore(ImageScore):
 
     name = "quality"
     report_order = 20
-    columns = (ScoreColumn("quality_score", "higher", key=True, ranking="interval"),
-               ScoreColumn("similarity_score", "higher", key=True, ranking="mean"),
-               ScoreColumn("similarity_score_clean", "higher", key=True))
+    columns = (
+        ScoreColumn("quality_score", "higher", key=True, ranking="interval"),
+        ScoreColumn("similarity_score", "higher", key=True, ranking="mean"),
+        ScoreColumn("similarity_score_clean", "higher", key=True),
+    )
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         x = cells.clean
@@ -31,14 +33,19 @@ class QualityScore(ImageScore):
             dxa = matched(cells, cells.def_adv, x)
             dx = matched(cells, cells.def_clean, x)
             # SSIM and MSE of these pairs are memoised by the full-reference score when it runs first
-            s_adv, p_adv = cells.pair_measure("ssim", x, dxa, ssim), psnr_from_mse(cells.pair_measure("mse", x, dxa, mse))
+            s_adv, p_adv = (
+                cells.pair_measure("ssim", x, dxa, ssim),
+                psnr_from_mse(cells.pair_measure("mse", x, dxa, mse)),
+            )
             s_clean = cells.pair_measure("ssim", x, dx, ssim)
             p_clean = psnr_from_mse(cells.pair_measure("mse", x, dx, mse))
             unattacked = cells.pair_measure("mse", x, matched(cells, cells.adv, x), mse) == 0
             p_study = torch.where(unattacked, torch.full_like(p_adv, STUDY_IDENTICAL_PSNR_DB), p_adv)
-        return {"quality_score": 0.5 * (s_adv + p_study / 80.0),
-                "similarity_score": s_adv + p_adv / 40.0,
-                "similarity_score_clean": s_clean + p_clean / 40.0}
+        return {
+            "quality_score": 0.5 * (s_adv + p_study / 80.0),
+            "similarity_score": s_adv + p_adv / 40.0,
+            "similarity_score_clean": s_clean + p_clean / 40.0,
+        }
 
 
 @hookimpl

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from iqadef import ConfigError, Param, ScoreColumn, hookimpl
-from iqadef import SummaryScore, mean_ci
+from iqadef import ConfigError, Param, ScoreColumn, SummaryScore, hookimpl, mean_ci
 
 from ._domain import load_domain_maps, metric_key
 
@@ -84,16 +83,30 @@ class MsuRobustness(SummaryScore):
     name = "msu-robustness"
     report_order = 50
     #: The benchmark's directions: a higher robustness score, lower gains; the signed distances have none.
-    columns = (ScoreColumn("robustness_score", "higher", key=True),
-               *(ScoreColumn(n, "lower", key=True)
-                 for n in ("normalized_absolute_gain", "normalized_relative_gain", "relative_gain_classic")),
-               ScoreColumn("wasserstein_score", key=True), ScoreColumn("energy_distance_score", key=True))
+    columns = (
+        ScoreColumn("robustness_score", "higher", key=True),
+        *(
+            ScoreColumn(n, "lower", key=True)
+            for n in ("normalized_absolute_gain", "normalized_relative_gain", "relative_gain_classic")
+        ),
+        ScoreColumn("wasserstein_score", key=True),
+        ScoreColumn("energy_distance_score", key=True),
+    )
     params = (
-        Param("domain", str, "raw", choices=("raw", "mdtvsfa"),
-              help="score raw metric values (reference default) or values mapped into MDTVSFA's domain"),
-        Param("domain_maps", Path, None,
-              help="per-metric maps for domain mdtvsfa: models_to_mdtvsfa_1d.pth of "
-                   "MSU_Metrics_Robustness_Benchmark, or JSON {metric: {x: [...], y: [...]}}"),
+        Param(
+            "domain",
+            str,
+            "raw",
+            choices=("raw", "mdtvsfa"),
+            help="score raw metric values (reference default) or values mapped into MDTVSFA's domain",
+        ),
+        Param(
+            "domain_maps",
+            Path,
+            None,
+            help="per-metric maps for domain mdtvsfa: models_to_mdtvsfa_1d.pth of "
+            "MSU_Metrics_Robustness_Benchmark, or JSON {metric: {x: [...], y: [...]}}",
+        ),
         Param("domain_seed", int, 0, help="seed of the benchmark map's noise draw (it averages 512 draws)"),
     )
     domain: str
@@ -105,9 +118,11 @@ class MsuRobustness(SummaryScore):
         self.maps = None
         if self.domain != "raw":
             if self.domain_maps is None:
-                raise ConfigError(f"{where or self.name}.domain_maps: domain {self.domain!r} needs the per-metric "
-                                  f"maps; give robustness_benchmark/models/models_to_mdtvsfa_1d.pth of "
-                                  f"msu-video-group/MSU_Metrics_Robustness_Benchmark or a JSON file of knots")
+                raise ConfigError(
+                    f"{where or self.name}.domain_maps: domain {self.domain!r} needs the per-metric "
+                    f"maps; give robustness_benchmark/models/models_to_mdtvsfa_1d.pth of "
+                    f"msu-video-group/MSU_Metrics_Robustness_Benchmark or a JSON file of knots"
+                )
             self.maps = load_domain_maps(self.domain_maps, self.domain_seed)
 
     def to_domain(self, values: np.ndarray, info: dict) -> np.ndarray:
@@ -117,8 +132,10 @@ class MsuRobustness(SummaryScore):
         for name in (info.get("name", ""), info.get("label", "")):
             if metric_key(str(name)) in self.maps:
                 return np.asarray(self.maps[metric_key(str(name))](values), dtype=float)
-        raise ConfigError(f"{self.domain_maps}: no {self.domain} map for metric {info.get('name')!r}; "
-                          f"it has maps for {sorted(self.maps)}")
+        raise ConfigError(
+            f"{self.domain_maps}: no {self.domain} map for metric {info.get('name')!r}; "
+            f"it has maps for {sorted(self.maps)}"
+        )
 
     def summarise(self, group: pd.DataFrame, info: dict) -> dict[str, float]:
         pairs = group[["f_clean", "f_def_adv"]].to_numpy(dtype=float)

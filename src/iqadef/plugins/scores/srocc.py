@@ -9,15 +9,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from iqadef import ScoreColumn, hookimpl
-from iqadef import SummaryScore, correlation_ci
+from iqadef import ScoreColumn, SummaryScore, correlation_ci, hookimpl
 
 #: output name -> (reference column, compared column); names follow adversarial-defenses-for-iqa.
 PAIRS = {
-    "srocc_mos_clean": ("mos", "f_clean"),          # clear_srocc_mos
-    "srocc_mos_adv": ("mos", "f_adv"),              # attacked_srocc_mos
+    "srocc_mos_clean": ("mos", "f_clean"),  # clear_srocc_mos
+    "srocc_mos_adv": ("mos", "f_adv"),  # attacked_srocc_mos
     "srocc_mos_def_clean": ("mos", "f_def_clean"),  # robust_clear_srocc_mos
-    "srocc_mos_def_adv": ("mos", "f_def_adv"),      # robust_attacked_srocc_mos
+    "srocc_mos_def_adv": ("mos", "f_def_adv"),  # robust_attacked_srocc_mos
     "srocc_clean_def_clean": ("f_clean", "f_def_clean"),  # robust_clear_srocc_clear
 }
 
