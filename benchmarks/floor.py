@@ -132,11 +132,14 @@ def instrument(patches: Patches, registry) -> None:
     """Timers on the plugins' public methods and the runner's store, PNG, planning and export functions."""
     import importlib
 
-    from iqadef.core import base, compose, store
+    from iqadef.core import base, compose
     from iqadef.core.dataset import Dataset
     from iqadef.report import write_report
     from iqadef.store.rundir import RunFolder
-    from iqadef.execute import artifacts, driver, plan
+    from iqadef.execute import driver
+    from iqadef.plan import grid as plan
+    from iqadef.store import artifacts
+    from iqadef.store import results as store
 
     # every class on the way up (zhang-ssim's `run` lives in a base class no registry entry names)
     classes = {kind: list(dict.fromkeys(k for n in registry.names(kind) for k in registry.get(kind, n).__mro__

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from iqadef.analysis import verdict as V
 from iqadef.analysis.protocol import ROLE_ATTACKS, RoleSpec, describe, protocol_attacks
-from iqadef.core import verdict as V
 
 SPAN = 100.0  # metric range 0..100: a normalised gain g is a score change of 100 g
 N = 10
