@@ -217,7 +217,7 @@ def measure(config, limit: int | None, registry) -> dict[str, Any]:
     with Patches(split) as patches:
         instrument(patches, registry)
         # look the entry points up after patching, so the driver's own references are the timed ones
-        from iqadef.core import report as report_pkg
+        from iqadef import report as report_pkg
         from iqadef.execute import driver
 
         load_before = os.getloadavg()

@@ -41,7 +41,9 @@ def test_quick_smoothing_benchmark_writes_valid_json(tmp_path, method):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "smoothing" and data["rows"]
     if method == "all":  # every built-in certified defence has a row
-        assert [row["method"] for row in data["rows"]] == ["ms", "dms", "rs", "drs", "ddrs", "densepure"]
+        assert [row["method"] for row in data["rows"]] == ["ms", "dms", "rs", "drs", "ddrs", "densepure", "fs-iqa"]
+        bound = data["fs_iqa"]  # fs-iqa's Lipschitz bound, timed apart, above the largest secant found
+        assert bound["lipschitz_bound"] >= bound["lipschitz_lower"] > 0 and bound["lipschitz_seconds"] > 0
     for row in data["rows"]:
         assert row["n"] >= 1 and row["batch"] >= 1
         assert math.isfinite(row["seconds_per_image"]) and row["seconds_per_image"] > 0

@@ -18,7 +18,7 @@ from iqadef.execute.executors import executor_named
 from iqadef.execute.rows import build_rows
 from iqadef.plan.grid import plan_units
 
-RUN = Path(__file__).resolve().parents[2] / "src" / "iqadef" / "core" / "run"
+RUN = Path(__file__).resolve().parents[2] / "src" / "iqadef" / "execute"
 
 
 @pytest.mark.parametrize("module", ["smoothed.py", "redraw.py"])

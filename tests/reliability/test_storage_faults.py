@@ -50,7 +50,7 @@ def test_disk_full_gives_a_clear_error_and_the_store_stays_consistent(tmp_path, 
 
 
 def test_enospc_from_the_os_becomes_disk_full_error(tmp_path, monkeypatch):
-    from iqadef.core import store
+    from iqadef.store import results as store
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -176,7 +176,7 @@ def test_a_damaged_result_store_is_one_clear_line(tmp_path, image_dir, toy_regis
 def test_disk_full_while_the_report_is_written_keeps_the_results_and_says_so(
     tmp_path, image_dir, toy_registry, monkeypatch, capsys
 ):
-    from iqadef.core import store
+    from iqadef.store import results as store
 
     cfg = config(tmp_path, image_dir, toy_registry, "run")
     run_grid(cfg, registry=toy_registry, progress=False)
@@ -201,7 +201,7 @@ def test_disk_full_while_the_report_is_written_keeps_the_results_and_says_so(
 
 
 def test_disk_full_when_the_store_is_created_does_not_advise_fresh(tmp_path, image_dir, toy_registry, monkeypatch):
-    from iqadef.core import store
+    from iqadef.store import results as store
 
     real_connect = store.sqlite3.connect
 
