@@ -688,11 +688,13 @@ def denoiser_checkpoint(folder: Path, sigma: float) -> str:
 def certified_checks(bench: Bench, folder: Path) -> None:
     """Every built-in certified defence on tiny-iqa, per image: ms (median smoothing) and dms (dms-iqa) at n 1000,
     rs and drs at the reference's n0 100 + n 1000, ddrs and densepure with the real-size guided-diffusion UNet
-    (random weights), a few noisy copies timed and the reference's 1100 per image extrapolated."""
+    (random weights), a few noisy copies timed and the reference's 1100 per image extrapolated; fs-iqa at n 1024
+    (feature noise; its Lipschitz bound timed apart, once per metric)."""
     from iqadef.plugins.certified.ddrs import DiffusionDenoisedSmoothing
     from iqadef.plugins.certified.densepure import DensePure
     from iqadef.plugins.certified.dms_iqa import DMSIQA
     from iqadef.plugins.certified.drs import DenoisedRandomizedSmoothing
+    from iqadef.plugins.certified.fs_iqa import FeatureSmoothing
     from iqadef.plugins.certified.median_smoothing import MedianSmoothing
     from iqadef.plugins.certified.rs import RandomizedSmoothing
     from iqadef.plugins.metrics.embedded import TinyIQA
@@ -749,8 +751,16 @@ def certified_checks(bench: Bench, folder: Path) -> None:
         smoothing = DensePure(n0=n0, n=n, batch=4 if s.quick else 16, **files).load(device)
         return smoothed(smoothing, n0 + n)
 
+    def fs_iqa() -> dict[str, Any]:  # the backbone once, n head forwards; the Lipschitz bound once per metric
+        _, n = many(0, 1024)
+        start = time.perf_counter()
+        bound = metric.feature_split((size, size)).lipschitz  # FFT maths on the CPU, cached on the metric
+        bound_s = time.perf_counter() - start
+        smoothing = FeatureSmoothing(n=n, batch=8 if s.quick else 1024, eps=1e-9).load(device)
+        return {**smoothed(smoothing, n, 1024), "lipschitz_bound": bound, "lipschitz_seconds": bound_s}
+
     for name, check in (("ms", ms), ("dms", dms), ("rs", rs), ("drs", drs), ("ddrs", ddrs),
-                        ("densepure", densepure)):
+                        ("densepure", densepure), ("fs-iqa", fs_iqa)):
         bench.check(f"certified.{name}", check)
 
 

@@ -38,7 +38,7 @@ DEFENCE_CHECKS = [
     "realesrgan.purify",
     "realesrgan.precision",
 ]
-CERTIFIED_CHECKS = [f"certified.{m}" for m in ("ms", "dms", "rs", "drs", "ddrs", "densepure")]
+CERTIFIED_CHECKS = [f"certified.{m}" for m in ("ms", "dms", "rs", "drs", "ddrs", "densepure", "fs-iqa")]
 EXPECTED_CHECKS = (
     METRIC_CHECKS
     + DEFENCE_CHECKS
