@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=None, help="auto, cpu, cuda or cuda:N (overrides the registry)")
     run.add_argument("--limit", type=int, help="only the first N images")
     run.add_argument("--output", help="run directory (overrides the registry)")
-    run.add_argument("--executor", choices=("local", "ray"), help="where units run (overrides the registry)")
+    run.add_argument("--executor", help="where units run: local or ray (overrides the registry)")
     run.add_argument("--ray-address", help="Ray cluster address (`auto` for an existing cluster)")
     run.add_argument(
         "--protocol",

@@ -69,3 +69,21 @@ def test_cli_prints_each_mistake_on_its_own_line_and_exits_2(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3 and all(str(path) in line for line in errors), out.stderr
     assert not (tmp_path / "runs").exists()  # nothing was run
+
+
+def test_an_unknown_executor_on_the_command_line_is_one_line_naming_the_known_ones(tmp_path):
+    """`--executor` is checked where the registry's `executor:` is (the names of execute/executors.py)."""
+    registry = tmp_path / "r.yaml"
+    registry.write_text(
+        f"dataset: {{name: builtin}}\noutput: {tmp_path / 'out'}\nmetrics: [tiny-iqa]\n"
+        "attacks: [fgsm]\ndefences: [no-defence]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "iqadef", "run", str(registry), "--executor", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: {registry}: executor: 'nope' must be `local` or `ray`"]
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from toy_plugins import small_grid_config
 
+from iqadef.config.registry import EXECUTOR_NAMES
 from iqadef.core.dataset import Dataset
 from iqadef.core.errors import ConfigError
 from iqadef.execute import EXECUTORS, ExecutionContext, execute_local, run_grid
@@ -69,6 +70,7 @@ def test_one_row_builder_fails_a_nan_row_and_names_the_values(tmp_path, image_di
 
 def test_executors_are_looked_up_by_name_and_the_driver_uses_the_table(tmp_path, image_dir, toy_registry, monkeypatch):
     assert set(EXECUTORS) == {"local", "ray"} and executor_named("local") is execute_local
+    assert tuple(EXECUTORS) == EXECUTOR_NAMES  # what the registry file and the command line accept
     with pytest.raises(ConfigError, match=r"executor: 'nope' is not an executor; use one of local, ray"):
         executor_named("nope")
     seen: list[ExecutionContext] = []

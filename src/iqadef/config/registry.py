@@ -38,6 +38,10 @@ from iqadef.core.plugins import InstalledPlugins, installed_plugins
 from iqadef.core.suggest import did_you_mean
 from iqadef.core.weights import explicit_weight_files
 
+#: The executors' names: the keys of execute/executors.py's table (a test keeps the two equal); here so that
+#: reading a registry file (and the command line) needs no runner.
+EXECUTOR_NAMES = ("local", "ray")
+
 TOP_KEYS = {
     "dataset": "a dataset (`{name: koniq10k, split: test, sample: 200}`, docs/datasets.md) or an images folder and "
     "MOS CSV",
@@ -424,8 +428,9 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
 
     executor = data.get("executor", "local")
     with errors.check():
-        if executor not in ("local", "ray"):
-            raise ConfigError(f"{where}executor: {executor!r} must be `local` or `ray`")
+        if executor not in EXECUTOR_NAMES:
+            names = " or ".join(f"`{n}`" for n in EXECUTOR_NAMES)
+            raise ConfigError(f"{where}executor: {executor!r} must be {names}")
     ray = data.get("ray") or {}
     with errors.check():
         if not isinstance(ray, dict):
