@@ -82,7 +82,7 @@ def test_the_best_defence_per_attack_is_the_lowest_normalised_gain_with_its_qual
     html = report["html"]
     assert html.index("id='glance'") < html.index("id='findings'") < html.index("id='rankings'")
     glance = html[html.index("id='glance'") : html.index("id='findings'")]
-    assert f"<td>{best['best_defence']}</td>" in glance and "<th>quality − no-defence" in glance
+    assert f"<td>{best['best_defence']}</td>" in glance and "<th>quality score − no-defence" in glance
     assert "<img class='fig tradeoff'" in glance and "src='data:image/png;base64," in glance
     assert any(k.startswith("figure:tradeoff_toy-metric") for k in report["written"])
     assert "## Best defence per attack, and what it costs" in report["md"]

@@ -163,7 +163,11 @@ def _legacy() -> dict[str, ScoreColumn]:
         ("wasserstein_score", None, None),
         ("energy_distance_score", None, None),
     ]
-    return {name: ScoreColumn(name, direction, key=True, ranking=ranking) for name, direction, ranking in spec}
+    titles = {"quality_score": "quality score"}  # as the quality plugin declares it
+    return {
+        name: ScoreColumn(name, direction, key=True, ranking=ranking, title=titles.get(name, ""))
+        for name, direction, ranking in spec
+    }
 
 
 #: The fallback for runs without ``score_columns``: the columns the report named before they were declared.

@@ -16,7 +16,7 @@ from typing import Any
 from iqadef.analysis.verdict import study_rows, write_verdict
 from iqadef.report.figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_name
 from iqadef.report.files import ReportFiles, load_results
-from iqadef.report.glance import tradeoff_points, with_defence_plugins
+from iqadef.report.glance import quality_column, tradeoff_points, with_defence_plugins
 from iqadef.report.page import ADAPTIVE_NOTE, ADAPTIVE_TITLE, NOTES, figure4_title, write_html, write_markdown
 from iqadef.report.tables import (
     CLEAN_ROW,
@@ -84,7 +84,7 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     locate = ImageLocator(run_dir, run_info)
     figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
     figures.tradeoff = draw_tradeoffs(
-        {m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()}, run_dir, files
+        {m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()}, run_dir, files, quality_column(run_info)
     )
     written.update(figures.written())
     views: dict[str, Any] = {"html": None, "md": None}

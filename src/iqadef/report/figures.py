@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iqadef.core.columns import ScoreColumn
 from iqadef.report.certified import certified_curve, radius_defences, radius_grid
 from iqadef.report.files import ReportFiles
-from iqadef.report.glance import GEOMETRIC_MARK
+from iqadef.report.glance import GEOMETRIC_MARK, quality_label
 from iqadef.report.tables import CLEAN_ROW, binned_gain, gain_matrix, srocc_matrix
 
 MAX_EXAMPLE_DEFENCES = 8
@@ -187,17 +188,19 @@ def text_colour(rgba) -> str:  # noqa: ANN001 - a colour tuple
     return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
 
 
-def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFiles) -> Path | None:
-    """Normalised gain (lower is better) against quality score (higher is better), one point per defence,
-    the Pareto front of the non-geometric defences as a line; geometric defences hollow and marked,
-    the no-defence baseline grey. None when no defence has both values. Drawn without constrained layout
-    (``subplots_adjust``): one axes needs no layout engine."""
+def draw_tradeoff(
+    points: pd.DataFrame, metric: str, path: Path, files: ReportFiles, quality: ScoreColumn
+) -> Path | None:
+    """Normalised gain (lower is better) against the declared quality column ``quality`` (its title, its
+    better side; :func:`~.glance.quality_column`), one point per defence, the Pareto front of the
+    non-geometric defences as a line; geometric defences hollow and marked, the no-defence baseline grey.
+    None when no defence has both values. Drawn without constrained layout (``subplots_adjust``): one axes
+    needs no layout engine."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     finite = points[
-        np.isfinite(points["norm_gain"].to_numpy(dtype=float))
-        & np.isfinite(points["quality_score"].to_numpy(dtype=float))
+        np.isfinite(points["norm_gain"].to_numpy(dtype=float)) & np.isfinite(points["quality"].to_numpy(dtype=float))
     ]
     if finite.empty:
         return None
@@ -205,12 +208,12 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
     FigureCanvasAgg(fig)
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.9)
     ax = fig.add_subplot()
-    middle = float(finite["quality_score"].min() + finite["quality_score"].max()) / 2
+    middle = float(finite["quality"].min() + finite["quality"].max()) / 2
     ax.margins(x=0.08, y=0.1)
-    front = finite[finite["pareto"]].sort_values("quality_score")
+    front = finite[finite["pareto"]].sort_values("quality")
     if len(front):
         ax.plot(
-            front["quality_score"],
+            front["quality"],
             front["norm_gain"],
             color="C3",
             linewidth=1.2,
@@ -224,21 +227,22 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
             style = {"marker": "o", "facecolors": "none", "edgecolors": "C1", "s": 40}
         else:
             style = {"marker": "o", "color": "C3" if row.pareto else "C0", "s": 40}
-        ax.scatter([row.quality_score], [row.norm_gain], zorder=2, **style)
+        ax.scatter([row.quality], [row.norm_gain], zorder=2, **style)
         name = str(row.defence) if len(str(row.defence)) <= 28 else str(row.defence)[:27] + "…"
         name += GEOMETRIC_MARK if row.geometric else ""
-        right = row.quality_score > middle  # label towards the inside, so it is not cut at the edge
+        right = row.quality > middle  # label towards the inside, so it is not cut at the edge
         ax.annotate(
             name,
-            (row.quality_score, row.norm_gain),
+            (row.quality, row.norm_gain),
             textcoords="offset points",
             xytext=(-5 if right else 5, 3 if k % 2 == 0 else -9),
             ha="right" if right else "left",
             fontsize=7,
         )  # neighbours by gain alternate above and below, so close points stay readable
-    ax.set_xlabel("quality score ½(SSIM + PSNR/80) of D(x_a) against x  (higher is better)", fontsize=8)
+    ax.set_xlabel(f"{quality_label(quality)}  ({quality.direction} is better)", fontsize=8)
     ax.set_ylabel("normalised gain (lower is better)", fontsize=8)
-    ax.set_title(f"Gain against quality ({metric}): best defences at the bottom right", fontsize=10)
+    corner = "right" if quality.direction == "higher" else "left"
+    ax.set_title(f"Gain against quality ({metric}): best defences at the bottom {corner}", fontsize=10)
     if finite["geometric"].any():
         ax.scatter(
             [],
@@ -253,11 +257,16 @@ def draw_tradeoff(points: pd.DataFrame, metric: str, path: Path, files: ReportFi
     return save_figure(fig, path, files)
 
 
-def draw_tradeoffs(tradeoffs: dict[str, pd.DataFrame], run_dir: Path, files: ReportFiles) -> list[tuple[str, Path]]:
-    """:func:`draw_tradeoff` per metric (``tradeoffs``: metric -> :func:`~.glance.tradeoff_points`)."""
-    drawn = []
+def draw_tradeoffs(
+    tradeoffs: dict[str, pd.DataFrame], run_dir: Path, files: ReportFiles, quality: ScoreColumn | None
+) -> list[tuple[str, Path]]:
+    """:func:`draw_tradeoff` per metric (``tradeoffs``: metric -> :func:`~.glance.tradeoff_points`); none when
+    the run declares no quality column (``quality`` None)."""
+    drawn: list[tuple[str, Path]] = []
+    if quality is None:
+        return drawn
     for metric, points in tradeoffs.items():
-        path = draw_tradeoff(points, metric, run_dir / "figures" / figure_file_name("tradeoff", metric), files)
+        path = draw_tradeoff(points, metric, run_dir / "figures" / figure_file_name("tradeoff", metric), files, quality)
         if path is not None:
             drawn.append((metric, path))
     return drawn

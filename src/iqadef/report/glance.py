@@ -1,10 +1,12 @@
 """The report's first answer: per attack, the best defence by the gain the report ranks by and what it costs
-in quality; per metric, the defences' trade-off (normalised gain against quality score) and its Pareto front.
+in quality; per metric, the defences' trade-off (normalised gain against quality) and its Pareto front.
 
 The gain is the range-normalised gain |f(x) - f(D(x_a))| / (high - low) of the rankings (docs/scores.md,
-"Ranking"); quality is ``quality_score`` = ½(SSIM + PSNR/80) of D(x_a) against x (the study's
-adversarial_purification ``test.py``), shown beside the baseline's (``no-defence``: x_a against x) because
-an attack already lowers it. Defences that move pixels (``Defence.geometric``: flip, rotate, crop; recorded
+"Ranking"); quality is the score column the run declares for the key findings
+(:func:`iqadef.core.columns.finding_column`; for the built-ins the quality plugin's ½(SSIM + PSNR/80) of D(x_a)
+against x, the study's adversarial_purification ``test.py``), on its declared better side, shown beside the
+baseline's (``no-defence``: x_a against x) because an attack already moves it. A run that declares no such
+column has no quality here. Defences that move pixels (``Defence.geometric``: flip, rotate, crop; recorded
 in ``run.json``) are compared pixel-wise with x, so their low quality is the displacement, not damage:
 they are marked and never called the best on quality.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from iqadef.analysis.scores import metric_info, metric_span, normalised_gain, ok_rows
+from iqadef.core.columns import ScoreColumn, finding_column, read
 
 BASELINE_NAME = "no-defence"
 GEOMETRIC_MARK = "†"
@@ -26,16 +29,30 @@ GEOMETRIC_NOTE = (
     "quality score compares D(x_a) with x pixel by pixel, so a low value is the displacement, not "
     "damage to the image."
 )
+#: The best-defence table; the ``quality`` ones (the declared quality column, :func:`quality_column`) only when
+#: the run declares one.
 BEST_COLUMNS = (
     "attack",
     "best_defence",
     "norm_gain",
     "norm_gain_no_defence",
-    "quality_score",
+    "quality",
     "quality_no_defence",
     "quality_change",
     "n_images",
 )
+QUALITY_COLUMNS = ("quality", "quality_no_defence", "quality_change")
+
+
+def quality_column(run_info: dict[str, Any] | None) -> ScoreColumn | None:
+    """The score column the glance and the trade-off show as quality: the run's declared finding column
+    (:func:`iqadef.core.columns.finding_column`), None when it declares none."""
+    return finding_column(read(run_info))
+
+
+def quality_label(column: ScoreColumn) -> str:
+    """How the page names the quality column: its declared ``title``, else its name."""
+    return column.title or column.name
 
 
 def defence_plugins(run_info: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -79,26 +96,29 @@ def geometric_defences(labels: list[str], run_info: dict[str, Any] | None) -> li
 
 
 def cell_means(df: pd.DataFrame, run_info: dict[str, Any] | None, metric: str) -> pd.DataFrame:
-    """Per attack x defence of ``metric``: mean normalised gain and mean quality score over the images."""
+    """Per attack x defence of ``metric``: mean normalised gain and mean ``quality`` (the declared quality
+    column, :func:`quality_column`; NaN when the run declares none or the table lacks it) over the images."""
     good = ok_rows(df[df["metric"] == metric]) if "metric" in df.columns else df.iloc[0:0]
     if good.empty or not {"f_clean", "f_def_adv", "attack", "defence"} <= set(good.columns):
-        return pd.DataFrame(columns=["attack", "defence", "norm_gain", "quality_score", "n_images"])
+        return pd.DataFrame(columns=["attack", "defence", "norm_gain", "quality", "n_images"])
     span = metric_span(metric_info(run_info, metric))
     good = good.assign(norm_gain=normalised_gain(good["f_clean"], good["f_def_adv"], 1.0) / span)
-    if "quality_score" in good.columns:
-        good["quality_score"] = pd.to_numeric(good["quality_score"], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    column = quality_column(run_info)
+    if column is not None and column.name in good.columns:
+        good["quality"] = pd.to_numeric(good[column.name], errors="coerce").replace([np.inf, -np.inf], np.nan)
     else:
-        good["quality_score"] = math.nan
+        good["quality"] = math.nan
     means = good.groupby(["attack", "defence"], sort=False).agg(
-        norm_gain=("norm_gain", "mean"), quality_score=("quality_score", "mean"), n_images=("norm_gain", "size")
+        norm_gain=("norm_gain", "mean"), quality=("quality", "mean"), n_images=("norm_gain", "size")
     )
     return means.reset_index()
 
 
 def best_per_attack(df: pd.DataFrame, run_info: dict[str, Any] | None, metric: str) -> pd.DataFrame:
     """Per attack of ``metric`` (the run's order): the defence with the lowest mean normalised gain, its
-    quality score, and both values of the no-defence baseline under the same attack (the attack's own
-    effect and the attacked image's quality); ``quality_change`` = quality - baseline's quality.
+    ``quality`` (:func:`quality_column`), and both values of the no-defence baseline under the same attack (the
+    attack's own effect and the attacked image's quality); ``quality_change`` = quality - baseline's quality.
+    Without a declared quality column the table has no ``quality*`` columns.
 
     The baseline itself is a candidate: where no defence lowers the gain it is named, which is the answer.
     """
@@ -111,26 +131,30 @@ def best_per_attack(df: pd.DataFrame, run_info: dict[str, Any] | None, metric: s
         best = mine.sort_values("norm_gain", kind="stable").iloc[0]
         base = mine[mine["defence"].isin(baseline_defences(list(mine["defence"]), run_info))]
         base_gain = float(base["norm_gain"].iloc[0]) if len(base) else math.nan
-        base_quality = float(base["quality_score"].iloc[0]) if len(base) else math.nan
+        base_quality = float(base["quality"].iloc[0]) if len(base) else math.nan
         rows.append(
             {
                 "attack": attack,
                 "best_defence": best["defence"],
                 "norm_gain": float(best["norm_gain"]),
                 "norm_gain_no_defence": base_gain,
-                "quality_score": float(best["quality_score"]),
+                "quality": float(best["quality"]),
                 "quality_no_defence": base_quality,
-                "quality_change": float(best["quality_score"]) - base_quality,
+                "quality_change": float(best["quality"]) - base_quality,
                 "n_images": int(best["n_images"]),
             }
         )
-    return pd.DataFrame(rows, columns=list(BEST_COLUMNS))
+    shown = [c for c in BEST_COLUMNS if quality_column(run_info) is not None or c not in QUALITY_COLUMNS]
+    return pd.DataFrame(rows, columns=list(BEST_COLUMNS))[shown]
 
 
-def pareto_front(gain: np.ndarray, quality: np.ndarray) -> np.ndarray:
-    """Indices of the points no other point beats (gain lower or equal and quality higher or equal, one of
-    them strictly), by increasing gain; points with a missing value are never on the front."""
+def pareto_front(gain: np.ndarray, quality: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Indices of the points no other point beats (gain lower or equal and quality better or equal, one of
+    them strictly; better is higher, or lower when ``higher_is_better`` is False), by increasing gain; points
+    with a missing value are never on the front."""
     gain, quality = np.asarray(gain, dtype=float), np.asarray(quality, dtype=float)
+    if not higher_is_better:
+        quality = -quality
     finite = np.flatnonzero(np.isfinite(gain) & np.isfinite(quality))
     front = []
     for i in finite:
@@ -145,23 +169,28 @@ def pareto_front(gain: np.ndarray, quality: np.ndarray) -> np.ndarray:
 
 
 def tradeoff_points(ranking: pd.DataFrame, run_info: dict[str, Any] | None) -> pd.DataFrame:
-    """One point per defence of a metric's ranking: ``defence``, ``norm_gain``, ``quality_score``,
-    ``geometric``, ``baseline``, ``pareto`` (on the front of the non-geometric defences: a geometric one's
-    quality is not comparable, so it can neither be on the front nor push others off it)."""
-    if ranking.empty or "quality_score" not in ranking.columns:
-        return pd.DataFrame(columns=["defence", "norm_gain", "quality_score", "geometric", "baseline", "pareto"])
+    """One point per defence of a metric's ranking: ``defence``, ``norm_gain``, ``quality`` (the declared
+    quality column, :func:`quality_column`), ``geometric``, ``baseline``, ``pareto`` (on the front of the
+    non-geometric defences, on the quality column's better side: a geometric one's quality is not comparable,
+    so it can neither be on the front nor push others off it). Empty when the run declares no quality column
+    or the ranking lacks it."""
+    column = quality_column(run_info)
+    if ranking.empty or column is None or column.name not in ranking.columns:
+        return pd.DataFrame(columns=["defence", "norm_gain", "quality", "geometric", "baseline", "pareto"])
     labels = list(ranking["defence"])
     points = pd.DataFrame(
         {
             "defence": labels,
             "norm_gain": ranking["norm_gain"].to_numpy(dtype=float),
-            "quality_score": ranking["quality_score"].to_numpy(dtype=float),
+            "quality": ranking[column.name].to_numpy(dtype=float),
         }
     )
     points["geometric"] = points["defence"].isin(geometric_defences(labels, run_info))
     points["baseline"] = points["defence"].isin(baseline_defences(labels, run_info))
     points["pareto"] = False
     plain = np.flatnonzero(~points["geometric"].to_numpy())
-    front = pareto_front(points["norm_gain"].to_numpy()[plain], points["quality_score"].to_numpy()[plain])
+    front = pareto_front(
+        points["norm_gain"].to_numpy()[plain], points["quality"].to_numpy()[plain], column.direction == "higher"
+    )
     points.loc[plain[front], "pareto"] = True
     return points

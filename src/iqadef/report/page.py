@@ -42,7 +42,15 @@ from iqadef.report.figures import (
     thumbnail_data_uri,
 )
 from iqadef.report.files import ReportFiles
-from iqadef.report.glance import GEOMETRIC_MARK, GEOMETRIC_NOTE, baseline_defences, best_per_attack, geometric_defences
+from iqadef.report.glance import (
+    GEOMETRIC_MARK,
+    GEOMETRIC_NOTE,
+    baseline_defences,
+    best_per_attack,
+    geometric_defences,
+    quality_column,
+    quality_label,
+)
 from iqadef.report.robust_metrics import robust_metrics_section
 from iqadef.report.tables import ReportTables, fmt, key_directions, key_findings, key_scores, markdown_table, with_ci
 
@@ -308,11 +316,39 @@ BEST_HEADERS = {
     "best_defence": "best defence",
     "norm_gain": "normalised gain",
     "norm_gain_no_defence": "no-defence's normalised gain",
-    "quality_score": "quality score",
-    "quality_no_defence": "no-defence's quality",
-    "quality_change": "quality − no-defence's",
     "n_images": "images",
 }
+
+
+def quality_view(run_info: dict[str, Any]) -> dict[str, Any] | None:
+    """The declared quality column (:func:`~.glance.quality_column`) as the templates name it: ``name``,
+    ``label`` (its title), ``direction``, ``best`` ("highest"/"lowest") and ``better_change`` (the sign of a
+    change against no-defence that is an improvement); None when the run declares none."""
+    column = quality_column(run_info)
+    if column is None:
+        return None
+    higher = column.direction == "higher"
+    return {
+        "name": column.name,
+        "label": quality_label(column),
+        "direction": column.direction,
+        "best": "highest" if higher else "lowest",
+        "better_change": "positive" if higher else "negative",
+    }
+
+
+def best_headers(run_info: dict[str, Any]) -> dict[str, str]:
+    """The best-defence table's headers, the quality ones named by the declared quality column's title."""
+    quality = quality_view(run_info)
+    if quality is None:
+        return dict(BEST_HEADERS)
+    label = quality["label"]
+    named = {
+        "quality": label,
+        "quality_no_defence": f"no-defence's {label}",
+        "quality_change": f"{label} − no-defence's",
+    }
+    return {**BEST_HEADERS, **named}
 
 
 def glance_sections(
@@ -320,6 +356,7 @@ def glance_sections(
 ) -> list[dict[str, Any]]:
     """Per metric: the best defence per attack (geometric ones marked) and the gain-quality figure."""
     drawn = dict(figures.tradeoff)
+    headers = best_headers(run_info)
     out = []
     for metric in dict.fromkeys(df["metric"]) if "metric" in df.columns else []:
         best = best_per_attack(df, run_info, metric)
@@ -329,7 +366,7 @@ def glance_sections(
         best["best_defence"] = [f"{d}{GEOMETRIC_MARK}" if d in marked else d for d in best["best_defence"]]
         figure = _figure_list([(metric, drawn[metric])], data_uris)[0] if metric in drawn else None
         out.append(
-            {"metric": metric, "best": best.rename(columns=BEST_HEADERS), "figure": figure, "geometric": sorted(marked)}
+            {"metric": metric, "best": best.rename(columns=headers), "figure": figure, "geometric": sorted(marked)}
         )
     return out
 
@@ -524,6 +561,7 @@ def write_html(
             rankings=rankings,
             pooled=html_table(with_ci(tables.ranking), "ranking") if pooled else None,
             glance=[dict(g, best=html_table(with_ci(g["best"]), "best")) for g in glance],
+            quality=quality_view(run_info),
             geometric_note=GEOMETRIC_NOTE,
             certified=None
             if certified is None
@@ -585,6 +623,7 @@ def write_markdown(
                 dict(g, best=markdown_table(with_ci(g["best"])))
                 for g in glance_sections(df, run_info, figures, data_uris=False)
             ],
+            quality=quality_view(run_info),
             geometric_note=GEOMETRIC_NOTE,
             certified=_markdown_certified(certified_section(df, run_info, figures, data_uris=False)),
             adaptive=None

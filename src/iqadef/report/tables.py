@@ -39,9 +39,12 @@ N_BINS = 5
 def summary_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> pd.DataFrame:
     """Mean gain |f(x) - f(D(x_a))| / f(x) with its 95% CI per metric × attack × defence.
 
-    Columns: metric, attack, defence, n_images, n_failed, gain, gain_ci_low, gain_ci_high, and
-    quality_score when the table has it. Failed cells are excluded and counted.
+    Columns: metric, attack, defence, n_images, n_failed, gain, gain_ci_low, gain_ci_high, and the mean of the
+    run's declared quality column (:func:`iqadef.core.columns.finding_column`) when the table has it. Failed
+    cells are excluded and counted.
     """
+    finding = score_columns.finding_column(score_columns.read(run_info))
+    quality = [finding.name] if finding is not None and finding.name in df.columns else []
     rows = []
     for keys, group in df.groupby(list(GROUP_COLUMNS), sort=False, dropna=False):
         good = ok_rows(group)
@@ -49,12 +52,11 @@ def summary_table(df: pd.DataFrame, run_info: dict[str, Any] | None = None) -> p
         row["n_images"], row["n_failed"] = int(len(good)), int(len(group) - len(good))
         gains = paper_gain(good["f_clean"], good["f_def_adv"]) if len(good) else np.array([])
         row["gain"], row["gain_ci_low"], row["gain_ci_high"], _ = mean_ci(gains)
-        if "quality_score" in good.columns:
-            row["quality_score"] = mean_ci(good["quality_score"].to_numpy(dtype=float))[0]
+        for name in quality:
+            row[name] = mean_ci(good[name].to_numpy(dtype=float))[0]
         rows.append(row)
     columns = list(GROUP_COLUMNS) + ["n_images", "n_failed", "gain", "gain_ci_low", "gain_ci_high"]
-    out = pd.DataFrame(rows, columns=columns + (["quality_score"] if "quality_score" in df.columns else []))
-    return out
+    return pd.DataFrame(rows, columns=columns + quality)
 
 
 # -- adaptive attacks (BPDA / EOT) ---------------------------------------------------------------
@@ -245,10 +247,10 @@ def ranking_table(
     metrics, the paper's gain is not). Each image counts once per defence: its cells (attacks, metrics)
     are averaged first, then the mean over images gets a BCa bootstrap interval
     (:func:`~iqadef.analysis.scores.bootstrap_ci`); cells of one image are not independent draws. Beside it:
-    the paper's ``gain`` (mean over cells, the reference's number), ``quality_score`` (mean over images
-    with its bootstrap interval, higher is better) and ``similarity_score`` when the table has them: the score
-    columns ``run.json`` declares with a ``ranking`` (:func:`iqadef.core.columns.read`), an ``interval`` one with
-    its bootstrap interval, a ``mean`` one alone.
+    the paper's ``gain`` (mean over cells, the reference's number) and, when the table has them, the score
+    columns ``run.json`` declares with a ``ranking`` (:func:`iqadef.core.columns.read`; the built-ins:
+    ``quality_score``, ``similarity_score``), an ``interval`` one with its bootstrap interval, a ``mean`` one
+    alone.
     """
     declared = [
         c

@@ -22,7 +22,7 @@ class QualityScore(ImageScore):
     name = "quality"
     report_order = 20
     columns = (
-        ScoreColumn("quality_score", "higher", key=True, ranking="interval"),
+        ScoreColumn("quality_score", "higher", key=True, ranking="interval", title="quality score"),
         ScoreColumn("similarity_score", "higher", key=True, ranking="mean"),
         ScoreColumn("similarity_score_clean", "higher", key=True),
     )
