@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from . import catalog, known_files
+from . import catalog
+from .metrics import known_files
 
 
 def rows() -> list[str]:
