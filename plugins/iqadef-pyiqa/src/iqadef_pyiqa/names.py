@@ -1,7 +1,7 @@
 """The names of the metrics the adapter registers, written out so that registering them imports nothing:
 neither pyiqa (seconds: it imports every architecture) nor torch. They are the per-image no-reference metrics
 of pyiqa :data:`PYIQA_VERSION` that :mod:`.catalog` keeps (tests/pyiqa checks the two agree); a new pyiqa
-version: ``python -m iqadef_pyiqa.names`` prints the list anew.
+version: ``python -m iqadef_pyiqa.table --names`` prints the list anew.
 """
 
 from __future__ import annotations
@@ -27,8 +27,3 @@ def class_name(pyiqa_name: str) -> str:
     """The name of a metric's class in :mod:`.metrics` (``Pyiqa_`` and the name, other characters as ``_``)."""
     return "Pyiqa_" + "".join(ch if ch.isalnum() else "_" for ch in pyiqa_name)
 
-
-if __name__ == "__main__":
-    from . import catalog
-
-    print(f"pyiqa {catalog.pyiqa_version()}:", tuple(e.pyiqa_name for e in catalog.entries()))

@@ -1,5 +1,6 @@
 """``python -m iqadef_pyiqa.table``: the markdown table of docs/pyiqa.md (every registered metric, its
-direction, range, gradient and the first pyiqa file it loads)."""
+direction, range, gradient and the first pyiqa file it loads); with ``--names``, :data:`.names.NAMES` for the
+installed pyiqa."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def rows() -> list[str]:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--names"]:  # names.NAMES for the installed pyiqa
+        print(f"pyiqa {catalog.pyiqa_version()}:", tuple(e.pyiqa_name for e in catalog.entries()))
+        return 0
     print(f"pyiqa {catalog.pyiqa_version()}: {len(catalog.entries())} metrics registered\n")
     print("\n".join(rows()))
     left = catalog.skipped()
