@@ -42,5 +42,5 @@ def renamed_keyword(old: str, new: str) -> Callable[[Callable[P, R]], Callable[P
     return decorate
 
 
-#: The plugin manager's keyword in every public function that takes one (``registry=`` before).
-plugins_keyword = renamed_keyword("registry", "plugins")
+#: Marks a public function whose plugin manager keyword was ``registry=`` and is now ``plugins=``.
+renamed_registry_keyword = renamed_keyword("registry", "plugins")
