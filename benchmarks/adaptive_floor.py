@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from iqadef.core.query import QueryMetric
 
     threads = set_threads(args.threads)
-    registry = InstalledPlugins()
+    plugins = InstalledPlugins()
     started, load_start = time.time(), loadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         weights, weights_note = tiny_iqa_weights(work)
         metric = load_metric(weights)
         x = load_batch(synthetic_images(work / "img", args.images, args.size))
-        ifgsm = registry.get("attacks", "ifgsm")(iters=args.steps)
-        apgd = registry.get("attacks", "apgd")(steps=args.steps)
-        square = registry.get("attacks", "square-attack")(queries=args.steps, eps=8 / 255)
+        ifgsm = plugins.get("attacks", "ifgsm")(iters=args.steps)
+        apgd = plugins.get("attacks", "apgd")(steps=args.steps)
+        square = plugins.get("attacks", "square-attack")(queries=args.steps, eps=8 / 255)
         for name in args.defences:
-            defence = registry.get("defences", name)().load("cpu")
+            defence = plugins.get("defences", name)().load("cpu")
             k = args.samples if defence.randomized else 1
             seeds = [eot_seed(0, i) if defence.randomized else None for i in range(k)]
 

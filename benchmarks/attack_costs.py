@@ -49,8 +49,8 @@ def main() -> None:
     from iqadef.plugins.attacks.uap import _image_entries, bundled_images_dir
 
     os.environ["TORCH_HOME"] = tempfile.mkdtemp()  # no earlier training is reused
-    registry = InstalledPlugins()
-    metric = registry.get("metrics", "tiny-iqa")().load("cpu")
+    plugins = InstalledPlugins()
+    metric = plugins.get("metrics", "tiny-iqa")().load("cpu")
     paths = [Path(str(e)) for e in _image_entries(bundled_images_dir())]
     images = load_batch(paths[:2])
     results: dict = {"machine": machine(), "threads": threads, "loadavg_before": loadavg(),
@@ -61,7 +61,7 @@ def main() -> None:
             return float((metric(adv) - metric(clean)).mean())
 
     # Per-image attacks.
-    attack = registry.get("attacks", "stadv")()
+    attack = plugins.get("attacks", "stadv")()
     adv, wall, cpu = timed(lambda: attack.run(metric, images))
     results["attacks"]["stadv"] = {"seconds_per_image": wall / len(images), "cpu_seconds_per_image": cpu / len(images),
                                    "mean_gain": gain(adv, images)}
@@ -70,7 +70,7 @@ def main() -> None:
     weights = Path(tempfile.mkdtemp()) / "cadv-colorization-model.pth"
     torch.manual_seed(0)
     torch.save(ColorizationNet().state_dict(), weights)
-    attack = registry.get("attacks", "cadv")(weights_path=str(weights))
+    attack = plugins.get("attacks", "cadv")(weights_path=str(weights))
     attack.load("cpu")
     adv, wall, cpu = timed(lambda: attack.run(metric, small))
     results["attacks"]["cadv"] = {"image_side": 64, "seconds_per_image": wall / len(small),
@@ -79,9 +79,9 @@ def main() -> None:
     # Trained attacks: training at the reference's settings, then the application.
     for name, params, scale in (("cumulative-uap", {}, 1), ("generative-uap", {}, 1),
                                 ("cnn-attack", {"epochs": 1}, 5)):
-        attack = registry.get("attacks", name)(**params)
+        attack = plugins.get("attacks", name)(**params)
         _, wall, cpu = timed(lambda: attack.trained_state(metric))
-        apply = registry.get("attacks", name)(**params)
+        apply = plugins.get("attacks", name)(**params)
         apply._trained = attack._trained
         adv, wall_run, cpu_run = timed(lambda: apply.run(metric, images))
         results["attacks"][name] = {"training_seconds": wall * scale, "training_cpu_seconds": cpu * scale,

@@ -45,8 +45,8 @@ def main() -> None:
     from iqadef import QueryMetric
     from iqadef.core.plugins import InstalledPlugins
 
-    registry = InstalledPlugins()
-    metric = registry.get("metrics", "tiny-iqa")().load("cpu")
+    plugins = InstalledPlugins()
+    metric = plugins.get("metrics", "tiny-iqa")().load("cpu")
     image = load_batch(synthetic_images(Path(tempfile.mkdtemp()), 1, args.side))
     load_before = loadavg()
 
@@ -60,7 +60,7 @@ def main() -> None:
     results = {}
     for name, (params, default_queries) in ATTACKS.items():
         oracle = QueryMetric(metric, 1)
-        attack = registry.get("attacks", name)(**params)
+        attack = plugins.get("attacks", name)(**params)
         start, start_cpu = time.perf_counter(), time.process_time()
         attack.run(oracle, image, seed=0)
         wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu

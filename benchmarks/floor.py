@@ -128,7 +128,7 @@ class Patches:
         self.undo.clear()
 
 
-def instrument(patches: Patches, registry) -> None:
+def instrument(patches: Patches, plugins) -> None:
     """Timers on the plugins' public methods and the runner's store, PNG, planning and export functions."""
     import importlib
 
@@ -142,7 +142,7 @@ def instrument(patches: Patches, registry) -> None:
     from iqadef.store import results as store
 
     # every class on the way up (zhang-ssim's `run` lives in a base class no registry entry names)
-    classes = {kind: list(dict.fromkeys(k for n in registry.names(kind) for k in registry.get(kind, n).__mro__
+    classes = {kind: list(dict.fromkeys(k for n in plugins.names(kind) for k in plugins.get(kind, n).__mro__
                                         if k is not object))
                for kind in ("metrics", "attacks", "defences", "scores")}
     for cls in classes["metrics"] + [base.Metric]:
@@ -191,31 +191,31 @@ def instrument(patches: Patches, registry) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-def default_config(output: Path, registry):
+def default_config(output: Path, plugins):
     from iqadef.config.registry import load_run_config
 
-    config = load_run_config(ROOT / "registry.yaml", registry=registry, overrides={"device": "cpu"})
+    config = load_run_config(ROOT / "registry.yaml", plugins=plugins, overrides={"device": "cpu"})
     config.output = output
     return config, None
 
 
-def quick_config(output: Path, registry):
+def quick_config(output: Path, plugins):
     """2 images, FGSM and a 2-step I-FGSM, 3 defences (12 cells): seconds; the figures mean nothing."""
     from iqadef.config.registry import parse_run_config
 
     data = {"dataset": {"images": "builtin"}, "device": "cpu", "batch_size": 2, "seed": 0, "examples": 1,
             "metrics": ["tiny-iqa"], "attacks": ["fgsm", {"name": "ifgsm", "iters": 2}],
             "defences": ["no-defence", "flip", {"name": "jpeg", "quality": 50}], "output": str(output)}
-    return parse_run_config(data, ROOT / "quick-floor.yaml", registry=registry), 2
+    return parse_run_config(data, ROOT / "quick-floor.yaml", plugins=plugins), 2
 
 
-def measure(config, limit: int | None, registry) -> dict[str, Any]:
+def measure(config, limit: int | None, plugins) -> dict[str, Any]:
     from iqadef.report import write_report
     from iqadef.execute import run_grid
 
     split = Split()
     with Patches(split) as patches:
-        instrument(patches, registry)
+        instrument(patches, plugins)
         # look the entry points up after patching, so the driver's own references are the timed ones
         from iqadef import report as report_pkg
         from iqadef.execute import driver
@@ -268,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     from iqadef.core.plugins import installed_plugins
 
     torch.set_num_threads(args.threads)
-    registry = installed_plugins()
+    plugins = installed_plugins()
     out = args.out or HERE / "results" / ("floor_quick.json" if args.quick else "floor.json")
     with tempfile.TemporaryDirectory(prefix="iqadef-floor-", dir=args.workdir) as tmp:
         make = quick_config if args.quick else default_config
-        config, limit = make(Path(tmp) / "run", registry)
-        result = measure(config, limit, registry)
+        config, limit = make(Path(tmp) / "run", plugins)
+        result = measure(config, limit, plugins)
     result.update({
         "benchmark": "floor", "quick": args.quick,
         "grid": "quick (tiny-iqa x fgsm, ifgsm[iters=2] x no-defence, flip, jpeg[quality=50]; 2 images)"

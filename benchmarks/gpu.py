@@ -772,20 +772,20 @@ def protocol_checks(bench: Bench, folder: Path) -> None:
 
     s, device = bench.settings, bench.device
     sync = synchronizer(device)
-    registry = installed_plugins()
+    plugins = installed_plugins()
     held: dict[str, Any] = {}
     size = 32 if s.quick else 224
 
     def metric():
         if "metric" not in held:
             files = {"weights_path": str(write_metric_checkpoint("spaq", folder, device))}
-            params, _ = plugin_params(registry.get("metrics", "spaq"),
+            params, _ = plugin_params(plugins.get("metrics", "spaq"),
                                       {**files, "resize": None, **({"patch_size": 32, "stride": 32} if s.quick else {})})
-            held["metric"] = registry.get("metrics", "spaq")(**params).load(device)
+            held["metric"] = plugins.get("metrics", "spaq")(**params).load(device)
         return held["metric"]
 
     def attack_through(defence, samples: int, batch: int, steps: int) -> dict[str, Any]:
-        apgd = registry.get("attacks", "apgd")(eps=8 / 255, norm="linf", steps=steps)
+        apgd = plugins.get("attacks", "apgd")(eps=8 / 255, norm="linf", steps=steps)
         x = smooth_images(batch, size, size, 8, device)
 
         def run():
@@ -798,19 +798,19 @@ def protocol_checks(bench: Bench, folder: Path) -> None:
 
     def apgd_eot_diffpure() -> dict[str, Any]:
         files = write_defence_checkpoints("diffpure", folder, device, s.quick)
-        defence = registry.get("defences", "diffpure")(t=s.diffpure_t, **files).load(device)
+        defence = plugins.get("defences", "diffpure")(t=s.diffpure_t, **files).load(device)
         return attack_through(defence, samples=2 if s.quick else 8, batch=1, steps=2 if s.quick else 10)
 
     def apgd_bpda_jpeg() -> dict[str, Any]:
-        defence = registry.get("defences", "jpeg")().load(device)
+        defence = plugins.get("defences", "jpeg")().load(device)
         return attack_through(defence, samples=1, batch=2 if s.quick else 7, steps=2 if s.quick else 20)
 
     def square_queries() -> dict[str, Any]:
         from iqadef.core.query import QueryMetric
 
-        defence = registry.get("defences", "jpeg")().load(device)
+        defence = plugins.get("defences", "jpeg")().load(device)
         queries = 10 if s.quick else 200
-        square = registry.get("attacks", "square-attack")(eps=8 / 255, queries=queries)
+        square = plugins.get("attacks", "square-attack")(eps=8 / 255, queries=queries)
         batch = 2 if s.quick else 7
         x = smooth_images(batch, size, size, 9, device)
 

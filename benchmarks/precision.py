@@ -63,7 +63,7 @@ def build(name: str, params: dict[str, Any], device: torch.device, **numerics: A
     from iqadef.config.registry import parse_run_config
 
     data = {"metrics": [{"name": name, **params}], "attacks": ["fgsm"], "device": str(device), **numerics}
-    config = parse_run_config(data, ROOT / "precision-bench.yaml", registry=installed_plugins())
+    config = parse_run_config(data, ROOT / "precision-bench.yaml", plugins=installed_plugins())
     return config.metrics[0].load(device)
 
 

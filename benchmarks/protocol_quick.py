@@ -72,7 +72,7 @@ def main() -> None:
     data["protocol"] = args.level
     with tempfile.TemporaryDirectory(prefix="iqadef-protocol-") as tmp:
         data["output"] = str(args.output or Path(tmp) / "run")
-        config = parse_run_config(data, args.registry, registry=installed_plugins())
+        config = parse_run_config(data, args.registry, plugins=installed_plugins())
         dataset = config.open_dataset()
         finished: set = set()
         if (config.output / "results.sqlite").is_file():

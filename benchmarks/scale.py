@@ -88,7 +88,7 @@ def grid(images: Path, output: Path, attacks: list, defences: list, batch: int, 
             "executor": executor}
     if ray:
         data["ray"] = ray
-    return parse_run_config(data, output.parent / "scale.yaml", registry=installed_plugins())
+    return parse_run_config(data, output.parent / "scale.yaml", plugins=installed_plugins())
 
 
 def _status_mb(field: str) -> float | None:

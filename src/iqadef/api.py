@@ -21,6 +21,7 @@ from iqadef.core.dataset import DEFAULT_MAX_SIDE, Dataset, builtin_images_dir, r
 from iqadef.core.errors import ConfigError
 from iqadef.core.params import canonical_params
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.core.weights import fetch_missing
 
 __all__ = ["load_attack", "load_defence", "load_images", "load_metric", "run_grid"]
@@ -32,7 +33,7 @@ def _check(name: str, value: Any, ok: bool, expected: str) -> None:
         raise ConfigError(f"{name}={value!r} ({type(value).__name__}): expected {expected}")
 
 
-def _check_common(where: str, device: Any, registry: Any, preset: Any = None) -> None:
+def _check_common(where: str, device: Any, plugins: Any, preset: Any = None) -> None:
     _check(
         f"{where}: device",
         device,
@@ -40,9 +41,9 @@ def _check_common(where: str, device: Any, registry: Any, preset: Any = None) ->
         "'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device",
     )
     _check(
-        f"{where}: registry",
-        registry,
-        registry is None or isinstance(registry, InstalledPlugins),
+        f"{where}: plugins",
+        plugins,
+        plugins is None or isinstance(plugins, InstalledPlugins),
         "None or an iqadef.core.plugins.InstalledPlugins",
     )
     _check(
@@ -66,7 +67,7 @@ def _load(
     kind: str,
     name: str,
     device: str | torch.device,
-    registry: InstalledPlugins | None,
+    plugins: InstalledPlugins | None,
     preset: Mapping[str, int] | None,
     params: dict[str, Any],
 ) -> Plugin:
@@ -76,10 +77,10 @@ def _load(
         isinstance(name, str) and bool(name),
         f"the name of a{'n' if kind[0] == 'a' else ''} {kind[:-1]} (`iqadef list {kind}`)",
     )
-    _check_common(f"load_{kind[:-1]}", device, registry, preset)
-    registry = registry or installed_plugins()
+    _check_common(f"load_{kind[:-1]}", device, plugins, preset)
+    plugins = plugins or installed_plugins()
     where = f"{kind[:-1]} {name!r}"
-    cls = registry.get(kind, name, where)
+    cls = plugins.get(kind, name, where)
     declared = {p.name: p for p in cls.params}
     aliases = getattr(cls, "param_aliases", ())
     values = canonical_params(dict(params), declared, aliases, where)
@@ -108,39 +109,42 @@ def _device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
+@renamed_registry_keyword
 def load_metric(
     name: str,
     *,
     device: str | torch.device = "auto",
-    registry: InstalledPlugins | None = None,
+    plugins: InstalledPlugins | None = None,
     preset: Mapping[str, int] | None = None,
     **params: Any,
 ) -> Metric:
     """A metric by name, its parameters as keywords, loaded on ``device``: ``metric(images) -> [B]`` scores.
 
     ``preset={"param": i}`` takes the ``i``-th of that parameter's presets (``iqadef list metrics``)."""
-    return _load("metrics", name, device, registry, preset, params)  # type: ignore[return-value]
+    return _load("metrics", name, device, plugins, preset, params)  # type: ignore[return-value]
 
 
+@renamed_registry_keyword
 def load_attack(
     name: str,
     *,
     device: str | torch.device = "auto",
-    registry: InstalledPlugins | None = None,
+    plugins: InstalledPlugins | None = None,
     preset: Mapping[str, int] | None = None,
     **params: Any,
 ) -> Attack:
     """An attack by name: ``attack.run(metric, images, seed=0) -> adversarial images``.
 
     ``load_attack("ifgsm", eps="4/255")`` or ``load_attack("ifgsm", preset={"alpha": 3})``."""
-    return _load("attacks", name, device, registry, preset, params)  # type: ignore[return-value]
+    return _load("attacks", name, device, plugins, preset, params)  # type: ignore[return-value]
 
 
+@renamed_registry_keyword
 def load_defence(
     name: str | Sequence[str],
     *,
     device: str | torch.device = "auto",
-    registry: InstalledPlugins | None = None,
+    plugins: InstalledPlugins | None = None,
     preset: Mapping[str, int] | None = None,
     **params: Any,
 ) -> Defence:
@@ -149,7 +153,7 @@ def load_defence(
     A list of names (``["jpeg", "unsharp"]``) composes them, as in a registry; parameters then go to
     ``load_defence`` of each stage, so give the stages as names only."""
     if isinstance(name, str):
-        return _load("defences", name, device, registry, preset, params)  # type: ignore[return-value]
+        return _load("defences", name, device, plugins, preset, params)  # type: ignore[return-value]
     _check(
         "load_defence: name",
         name,
@@ -161,7 +165,7 @@ def load_defence(
             "load_defence([...]): a composition takes no parameters; load each stage with "
             "load_defence(name, **params) and compose them with iqadef.core.compose.Compose"
         )
-    stages = [_load("defences", n, device, registry, None, {}) for n in name]
+    stages = [_load("defences", n, device, plugins, None, {}) for n in name]
     if len(stages) < 2:
         raise ConfigError("load_defence([...]): a composition needs at least two defences")
     return Compose(stages).load(_device(device))
@@ -211,6 +215,7 @@ def load_images(
     return torch.stack(images)
 
 
+@renamed_registry_keyword
 def run_grid(
     config: Mapping[str, Any] | str | Path,
     *,
@@ -219,7 +224,7 @@ def run_grid(
     limit: int | None = None,
     fresh: bool = False,
     progress: bool | None = False,
-    registry: InstalledPlugins | None = None,
+    plugins: InstalledPlugins | None = None,
     verbose: bool = True,
     report: bool = False,
 ) -> pd.DataFrame:
@@ -250,23 +255,23 @@ def run_grid(
         _check(f"run_grid: {flag}", value, isinstance(value, bool), "True or False")
     _check("run_grid: progress", progress, progress is None or isinstance(progress, bool), "True, False or None")
     _check(
-        "run_grid: registry",
-        registry,
-        registry is None or isinstance(registry, InstalledPlugins),
+        "run_grid: plugins",
+        plugins,
+        plugins is None or isinstance(plugins, InstalledPlugins),
         "None or an iqadef.core.plugins.InstalledPlugins",
     )
-    registry = registry or installed_plugins()
+    plugins = plugins or installed_plugins()
     overrides = {"device": device}
     if isinstance(config, (str, Path)):
-        run_config = load_run_config(config, registry=registry, overrides=overrides)
+        run_config = load_run_config(config, plugins=plugins, overrides=overrides)
     else:
         data = {**dict(config), **{k: v for k, v in overrides.items() if v is not None}}
-        run_config = parse_run_config(data, Path.cwd() / "<dict>", registry=registry)
+        run_config = parse_run_config(data, Path.cwd() / "<dict>", plugins=plugins)
     if out is not None:
         run_config.output = Path(out).expanduser().resolve()
     say = print if verbose else (lambda *args, **kwargs: None)
     summary = _run_grid(
-        run_config, fresh=fresh, limit=limit, progress=progress, registry=registry, announce=print if verbose else None
+        run_config, fresh=fresh, limit=limit, progress=progress, plugins=plugins, announce=print if verbose else None
     )
     files = {name: Path(path) for name, path in summary.files.items()}
     if report:

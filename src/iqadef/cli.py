@@ -141,9 +141,9 @@ def add_plugin_commands(parser: argparse.ArgumentParser, chosen: str | None = No
     from iqadef.core.plugins import PluginLoadWarning, _describe, _env_flag
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    registry = _registry()
-    for name in registry.names("commands"):
-        registration = registry.registration("commands", name)
+    plugins = _plugins()
+    for name in plugins.names("commands"):
+        registration = plugins.registration("commands", name)
         owner = registration.plugin
         problem = None
         if name in COMMANDS:
@@ -152,7 +152,7 @@ def add_plugin_commands(parser: argparse.ArgumentParser, chosen: str | None = No
             sub.add_parser(name, help=registration.entry.help)
         else:
             try:
-                command = registry.get("commands", name)()
+                command = plugins.get("commands", name)()
                 command_parser = sub.add_parser(name, help=command.help)
                 command.configure(command_parser)
                 command_parser.set_defaults(plugin_command=command)
@@ -165,7 +165,7 @@ def add_plugin_commands(parser: argparse.ArgumentParser, chosen: str | None = No
         if problem is None:
             continue
         message = f"plugin {owner.name!r} (distribution {owner.distribution!r}) {problem}"
-        if registry.strict or _env_flag("IQADEF_STRICT_PLUGINS"):
+        if plugins.strict or _env_flag("IQADEF_STRICT_PLUGINS"):
             raise PluginError(message + " (strict plugin mode: IQADEF_STRICT_PLUGINS / --strict-plugins)")
         warnings.warn(message + "; the command is left out", PluginLoadWarning, stacklevel=2)
 
@@ -237,7 +237,7 @@ def _console(width: int = 160):
     return Console() if sys.stdout.isatty() else Console(width=width)
 
 
-def _registry():
+def _plugins():
     from iqadef.core.plugins import installed_plugins
 
     return installed_plugins()
@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # --output is relative to the current directory (the registry's `output` is relative to the registry file)
     overrides: dict[str, Any] = {"device": args.device, "executor": args.executor, "protocol": args.protocol}
-    config = load_run_config(args.registry, registry=_registry(), overrides=overrides)
+    config = load_run_config(args.registry, plugins=_plugins(), overrides=overrides)
     if args.output:
         config.output = Path(args.output).expanduser().resolve()
     if args.ray_address:
@@ -281,7 +281,7 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     from iqadef.plan.grid import grid_size, plan_units, plugin_calls
     from iqadef.store.results import ResultStore
 
-    config = load_run_config(args.registry, registry=_registry(), overrides={"device": args.device})
+    config = load_run_config(args.registry, plugins=_plugins(), overrides={"device": args.device})
     if args.output:
         config.output = Path(args.output).expanduser().resolve()
     if args.limit is not None and args.limit < 1:
@@ -318,7 +318,7 @@ def plan_grid(args: argparse.Namespace) -> dict[str, Any]:
     if args.measure and units and not out["weights_blocking"]:
         from iqadef.execute.driver import measure_units
 
-        out["measured"] = measure_units(config, dataset, units, registry=_registry())
+        out["measured"] = measure_units(config, dataset, units, plugins=_plugins())
     return out
 
 
@@ -507,10 +507,10 @@ def _print_verdict(console, verdict) -> None:  # noqa: ANN001
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    registry = _registry()
-    infos = [p.as_dict() for p in registry.plugins.values()]
+    plugins = _plugins()
+    infos = [p.as_dict() for p in plugins.plugins.values()]
     if args.json:
-        print(json.dumps({"plugins": infos, "problems": registry.problems}, indent=2))
+        print(json.dumps({"plugins": infos, "problems": plugins.problems}, indent=2))
         return EXIT_OK
     from rich.table import Table
     from rich.text import Text
@@ -526,7 +526,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    items = _registry().describe(args.kind)
+    items = _plugins().describe(args.kind)
     if args.json:
         print(json.dumps(items, indent=2, default=str))
         return EXIT_OK
@@ -593,12 +593,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _weight_rows() -> list[tuple[str, str, Any]]:
     """``(kind, plugin, WeightSpec)`` for every weight file of every installed plugin."""
-    registry = _registry()
+    plugins = _plugins()
     return [
         (kind, name, spec)
         for kind in ("metrics", "attacks", "defences")
-        for name in registry.names(kind)
-        for spec in registry.get(kind, name).weights
+        for name in plugins.names(kind)
+        for spec in plugins.get(kind, name).weights
     ]
 
 
@@ -607,7 +607,7 @@ def _registry_weights(path: Path) -> list[tuple[str, str, Any]]:
     from iqadef.config.registry import load_run_config
     from iqadef.core.weights import WeightSpec
 
-    config = load_run_config(path, registry=_registry())
+    config = load_run_config(path, plugins=_plugins())
     rows = []
     for plugin in config.plugins():
         for source in plugin.weights_in_use():
@@ -700,7 +700,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every recomputed cell matches, 1 when some differ, 2 on bad input (execute/verify.py)."""
     from iqadef.execute.verify import verify_run
 
-    verdict = verify_run(args.run_dir, args.cells, args.seed, registry=_registry(), progress=args.progress)
+    verdict = verify_run(args.run_dir, args.cells, args.seed, plugins=_plugins(), progress=args.progress)
     for label, problem in verdict.mismatches:
         print(f"MISMATCH {label}: {problem}")
     print(

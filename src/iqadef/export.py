@@ -42,6 +42,7 @@ import pandas as pd
 
 from iqadef._version import __version__
 from iqadef.core.errors import IqadefError
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.store.results import RunLock, atomic_write_bytes, read_cells
 from iqadef.store.rundir import MARKER as RUN_MARKER
 from iqadef.store.rundir import is_stale_temp, remove_stale_temp_files
@@ -135,22 +136,23 @@ def _prepare_out(out: Path, run_dir: Path) -> dict[str, str | None]:
     return earlier
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, defended: bool = False, registry: Any = None) -> ExportSummary:
+@renamed_registry_keyword
+def export_run(run_dir: str | Path, out: str | Path, *, defended: bool = False, plugins: Any = None) -> ExportSummary:
     """Write the export of ``run_dir`` into ``out`` (see the module docstring)."""
     run_dir, out = Path(run_dir), Path(out).expanduser()
     if not run_dir.is_dir():
         raise IqadefError(f"{run_dir}: not a folder; give the run folder of `iqadef run` (its `output`)")
     with RunLock(run_dir, shared=True):
-        return _export(run_dir, out, defended, registry)
+        return _export(run_dir, out, defended, plugins)
 
 
-def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSummary:
+def _export(run_dir: Path, out: Path, defended: bool, plugins: Any) -> ExportSummary:
     from iqadef.core.plugins import installed_plugins
     from iqadef.execute.recorded import current_rows, open_grid, read_run_info
 
-    registry = registry or installed_plugins()
+    plugins = plugins or installed_plugins()
     info = read_run_info(run_dir)
-    config, dataset = open_grid(run_dir, info, registry)
+    config, dataset = open_grid(run_dir, info, plugins)
     stored = read_cells(run_dir)
     rows, changed = current_rows(stored, config, dataset)
     summary = ExportSummary(out)
@@ -212,7 +214,7 @@ def _export(run_dir: Path, out: Path, defended: bool, registry: Any) -> ExportSu
     fixed = {
         "index.parquet": buffer.getvalue(),
         "index.csv": index.to_csv(index=False).encode(),
-        "README.md": _datasheet(info, index, defended, __version__, registry).encode(),
+        "README.md": _datasheet(info, index, defended, __version__, plugins).encode(),
     }
     for name, data in fixed.items():
         files[name] = (hashlib.sha256(data).hexdigest(), data)
@@ -408,13 +410,13 @@ def _defended(
     return out
 
 
-def _datasheet(info: dict[str, Any], index: pd.DataFrame, defended: bool, version: str, registry: Any) -> str:
+def _datasheet(info: dict[str, Any], index: pd.DataFrame, defended: bool, version: str, plugins: Any) -> str:
     raw = (info.get("registry") or {}).get("dataset")
     dataset = info.get("dataset") or {}
     licence, title = "", ""
     name = raw.get("name") if isinstance(raw, dict) else (raw if isinstance(raw, str) else None)
-    if registry is not None and name in set(registry.names("datasets")):
-        cls = registry.get("datasets", name)
+    if plugins is not None and name in set(plugins.names("datasets")):
+        cls = plugins.get("datasets", name)
         licence, title = cls.licence, cls.title or cls.name
     adv = index[index["kind"] == "adversarial"] if len(index) else index
     lines = [

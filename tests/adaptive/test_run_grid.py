@@ -34,7 +34,7 @@ def test_adaptive_entry_attacks_each_defence_separately(tmp_path, small_image_di
     metric = f"{{name: tiny-iqa, weights_path: {weights}}}" if weights else "tiny-iqa"
     path = tmp_path / "grid.yaml"
     path.write_text(GRID.format(images=small_image_dir, output=tmp_path / "run", metric=metric))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     assert summary.failed == 0 and len(df) == 2 * 2 * 3
 

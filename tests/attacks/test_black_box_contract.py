@@ -141,7 +141,7 @@ defences: {defences}
 def _run(tmp_path, registry, images, attacks, defences, name="run"):
     path = tmp_path / f"{name}.yaml"
     path.write_text(GRID.format(images=images, output=tmp_path / name, attacks=attacks, defences=defences))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     return summary, pd.read_parquet(summary.run_dir / "results.parquet")
 
 

@@ -642,7 +642,7 @@ def test_cells_record_the_queries(tmp_path, image_dir):
     registry = InstalledPlugins(extra=[plugins])
     path = tmp_path / "run.yaml"
     path.write_text(GRID.format(images=image_dir, output=tmp_path / "out"))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     assert (df["status"] == "ok").all() and len(df) == 4 * 6 * 2
     queries = {a: sorted(set(g["queries"])) for a, g in df.groupby("attack")}

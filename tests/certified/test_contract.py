@@ -80,7 +80,7 @@ def test_broken_certified_defences_fail_their_cells_only(tmp_path, image_dir):
         f"attacks: [toy-sign]\ncertified: [{{name: raw-mean, n: 4}}, {{name: explodes, n: 4}}, "
         f"{{name: wrong-shape, n: 4}}, {{name: inverted, n: 4}}, {{name: writes-input, n: 4}}]\n"
     )
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     by = {d: g for d, g in df.groupby(df["defence"].str.split("[").str[0])}
     assert (by["no-defence"]["status"] == "ok").all() and (by["raw-mean"]["status"] == "ok").all()

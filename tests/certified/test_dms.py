@@ -63,8 +63,8 @@ def test_dms_needs_weights_for_its_sigma(tmp_path):
 def test_train_dms_command_then_a_grid_with_dms(tmp_path, image_dir, toy_registry, monkeypatch, request):
     first = tmp_path / "first.yaml"
     first.write_text(f"dataset: {{images: {image_dir}}}\noutput: first\nmetrics: [toy-metric]\nattacks: [toy-sign]\n")
-    cfg = load_run_config(first, registry=toy_registry)
-    run_grid(cfg, registry=toy_registry, progress=False)
+    cfg = load_run_config(first, plugins=toy_registry)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     from iqadef.core.plugins import reset_installed_plugins
 
     monkeypatch.syspath_prepend(str(install_as_distribution(tmp_path)))  # the command finds the toy plugins
@@ -79,7 +79,7 @@ def test_train_dms_command_then_a_grid_with_dms(tmp_path, image_dir, toy_registr
         f"attacks: [toy-sign]\ncertified: [{{name: dms-iqa, n: 16, sigma: 0.05, eps: 0.05, "
         f"weights_path: {weights}}}]\n"
     )
-    summary = run_grid(load_run_config(second, registry=toy_registry), registry=toy_registry, progress=False)
+    summary = run_grid(load_run_config(second, plugins=toy_registry), plugins=toy_registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     dms = df[df["defence"].str.startswith("dms-iqa")]
     assert summary.failed == 0 and len(dms) == 6

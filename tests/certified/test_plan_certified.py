@@ -37,7 +37,7 @@ def plan(path: Path, capsys, *extra: str) -> dict:
 
 @pytest.mark.parametrize("certified", [False, True])
 def test_plan_totals_equal_the_runs(tmp_path, image_dir, toy_registry, monkeypatch, capsys, certified):
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     path = registry_file(tmp_path, image_dir, certified)
     defences = 2 + (2 if certified else 0)  # no-defence, toy-blur (+ median, mean smoothing)
     before = plan(path, capsys)
@@ -45,13 +45,13 @@ def test_plan_totals_equal_the_runs(tmp_path, image_dir, toy_registry, monkeypat
     assert len(before["certified"]) == (2 if certified else 0)
 
     lines = []
-    config = load_run_config(path, registry=toy_registry)
-    partial = run_grid(config, registry=toy_registry, progress=False, limit=2, announce=lines.append)
+    config = load_run_config(path, plugins=toy_registry)
+    partial = run_grid(config, plugins=toy_registry, progress=False, limit=2, announce=lines.append)
     assert (partial.total, partial.computed) == (2 * defences, 2 * defences)
     middle = plan(path, capsys)
     assert (middle["cells"], middle["cells_done"], middle["cells_to_do"]) == (6 * defences, 2 * defences, 4 * defences)
     full = run_grid(
-        load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False, announce=lines.append
+        load_run_config(path, plugins=toy_registry), plugins=toy_registry, progress=False, announce=lines.append
     )
     assert (full.total, full.skipped, full.computed) == (middle["cells"], middle["cells_done"], middle["cells_to_do"])
     assert (
@@ -67,7 +67,7 @@ def test_plan_totals_equal_the_runs(tmp_path, image_dir, toy_registry, monkeypat
 
 
 def test_plan_measure_times_a_grid_with_certified_defences(tmp_path, image_dir, toy_registry, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     path = registry_file(tmp_path, image_dir, certified=True)
     measured = plan(path, capsys, "--measure", "--limit", "2")["measured"]
     assert measured["seconds"] > 0 and measured["timed_units"] == 1

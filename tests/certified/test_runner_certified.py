@@ -42,7 +42,7 @@ CERT = [
 def config(tmp_path: Path, images: Path, registry, output: str, attack: str = "toy-sign"):
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(images=images, output=output, attack=attack))
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def frame(run_dir: Path) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def frame(run_dir: Path) -> pd.DataFrame:
 
 
 def test_certified_rows_are_stored_and_exported(tmp_path, image_dir, toy_registry):
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, "run"), registry=toy_registry, progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "run"), plugins=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert summary.failed == 0 and len(df) == 6 * 3
     assert set(df["defence"]) == {
@@ -77,7 +77,7 @@ def test_certified_rows_are_stored_and_exported(tmp_path, image_dir, toy_registr
 
 
 def test_resumed_run_equals_a_fresh_one(tmp_path, image_dir, toy_registry):
-    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), registry=toy_registry, progress=False)
+    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), plugins=toy_registry, progress=False)
 
     class Stop(Exception):
         pass
@@ -88,20 +88,20 @@ def test_resumed_run_equals_a_fresh_one(tmp_path, image_dir, toy_registry):
 
     cfg = config(tmp_path, image_dir, toy_registry, "part")
     with pytest.raises(Stop):
-        run_grid(cfg, registry=toy_registry, progress=False, after_unit=stop_after)
+        run_grid(cfg, plugins=toy_registry, progress=False, after_unit=stop_after)
     store = ResultStore(cfg.output)
     assert 0 < len(store.finished()) < 18
     store.close()
-    resumed = run_grid(cfg, registry=toy_registry, progress=False)
+    resumed = run_grid(cfg, plugins=toy_registry, progress=False)
     assert resumed.skipped > 0 and resumed.computed == 18 - resumed.skipped
     pd.testing.assert_frame_equal(frame(full.run_dir), frame(resumed.run_dir))
-    again = run_grid(cfg, registry=toy_registry, progress=False)
+    again = run_grid(cfg, plugins=toy_registry, progress=False)
     assert again.computed == 0
 
 
 def test_an_adaptive_attack_targets_the_smoothed_metric(tmp_path, image_dir, toy_registry):
     attack = "{name: toy-sign, adaptive: eot, eot_samples: 2}"
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, "eot", attack), registry=toy_registry, progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "eot", attack), plugins=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert summary.failed == 0
     paths = df.groupby("defence")["adv_path"].apply(set)
@@ -116,26 +116,26 @@ def test_a_certified_label_may_not_repeat_and_unknown_names_are_named(tmp_path, 
         f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\ncertified: [median-smoothin]\n"
     )
     with pytest.raises(ConfigError, match=r"certified\[0\].*median-smoothing"):
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)
     path.write_text(
         f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
         f"certified: [median-smoothing, median-smoothing]\n"
     )
     with pytest.raises(ConfigError, match="listed twice"):
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)
     path.write_text(
         f"dataset: {{images: {image_dir}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"
         f"certified: [{{name: median-smoothing, alpha: 0.9}}]\n"
     )
     with pytest.raises(ConfigError, match="alpha"):
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)
 
 
 def test_summary_scores_of_certified_defences(tmp_path, image_dir, toy_registry):
     from iqadef.analysis.scores import aggregate
     from iqadef.plugins.scores.certified import CertifiedSummary
 
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, "sum"), registry=toy_registry, progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "sum"), plugins=toy_registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     table = aggregate(df, {"metrics": {"toy-metric": {"range": [0, 1]}}}, summaries=[CertifiedSummary()])
     by = table.set_index("defence")
@@ -153,8 +153,8 @@ def test_summary_scores_of_certified_defences(tmp_path, image_dir, toy_registry)
 def test_verify_recomputes_certified_cells(tmp_path, image_dir, toy_registry):
     from iqadef.execute.verify import verify_run
 
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, "ver"), registry=toy_registry, progress=False)
-    verdict = verify_run(summary.run_dir, cells=18, seed=0, registry=toy_registry)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "ver"), plugins=toy_registry, progress=False)
+    verdict = verify_run(summary.run_dir, cells=18, seed=0, plugins=toy_registry)
     assert verdict.checked == 18 and verdict.matched == 18, verdict.mismatches
 
 
@@ -195,8 +195,8 @@ def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir,
 
     path = tmp_path / "rs.yaml"
     path.write_text(RADIUS_GRID.format(images=image_dir, output=tmp_path / "rs"))
-    cfg = load_run_config(path, registry=toy_registry)
-    summary = run_grid(cfg, registry=toy_registry, progress=False)
+    cfg = load_run_config(path, plugins=toy_registry)
+    summary = run_grid(cfg, plugins=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert summary.failed == 0
     rs = df[df["defence"].str.startswith("rs")]
@@ -227,12 +227,12 @@ def test_radius_certificates_in_the_grid_summary_and_report(tmp_path, image_dir,
     assert (curve["certified_accuracy"] <= curve["certified_share"]).all()
     from iqadef.report import write_report
 
-    written = write_report(summary.run_dir, registry=toy_registry)
+    written = write_report(summary.run_dir, plugins=toy_registry)
     assert any(k.startswith("figure:certified_radius_toy-metric") for k in written)
     assert "Certified accuracy against radius" in written["html"].read_text()
     units = plan_units(cfg, cfg.open_dataset(), set())
     calls = plugin_calls(cfg, cfg.open_dataset(), units)
     assert calls["smoothing_samples"] == 6 * 70 * 2
-    again = run_grid(cfg, registry=toy_registry, progress=False)
+    again = run_grid(cfg, plugins=toy_registry, progress=False)
     assert again.computed == 0
     pd.testing.assert_frame_equal(df, frame(again.run_dir))

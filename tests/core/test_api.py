@@ -52,10 +52,10 @@ def test_run_grid_from_a_dict_returns_the_table_and_resumes(tmp_path, image_dir,
     import yaml
 
     config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output="ignored"))
-    df = iqadef.run_grid(config, out=tmp_path / "run", device="cpu", registry=toy_registry)
+    df = iqadef.run_grid(config, out=tmp_path / "run", device="cpu", plugins=toy_registry)
     assert len(df) == 12 and (df["status"] == "ok").all()
     assert set(df["defence"]) == {"no-defence", "toy-blur"} and {"f_clean", "f_def_adv", "psnr_x_xa"} <= set(df.columns)
     assert "12 to do; device cpu" in capsys.readouterr().out
-    again = iqadef.run_grid(config, out=tmp_path / "run", registry=toy_registry)
+    again = iqadef.run_grid(config, out=tmp_path / "run", plugins=toy_registry)
     assert "0 to do, 12 already done" in capsys.readouterr().out
     assert again[["f_clean", "f_def_adv"]].equals(df[["f_clean", "f_def_adv"]])

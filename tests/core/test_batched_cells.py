@@ -33,7 +33,7 @@ def make_worker(
 ):
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(images=image_dir, output=output, defences=defences) + extra)
-    cfg = load_run_config(path, registry=registry)
+    cfg = load_run_config(path, plugins=registry)
     dataset = Dataset(cfg.images, cfg.mos, max_side=cfg.max_side)
     worker = Worker(cfg, dataset, tmp_path / output, lambda key: None, cfg.torch_device(), registry)
     return worker, plan_units(cfg, dataset, set())
@@ -92,7 +92,7 @@ def _table(tmp_path, image_dir, registry, output, extra="", monkeypatch=None, al
         .replace("attacks: [toy-sign]", "attacks: [toy-sign, toy-noise]")
         + extra
     )
-    cfg = load_run_config(path, registry=registry)
+    cfg = load_run_config(path, plugins=registry)
     if alone:
         monkeypatch.setattr(Worker, "_groupable", lambda self, unit, todo, shared: [])
     if calls is not None:
@@ -101,7 +101,7 @@ def _table(tmp_path, image_dir, registry, output, extra="", monkeypatch=None, al
         monkeypatch.setattr(
             type(metric), "score", lambda self, images: calls.append(images.shape[0]) or real(self, images)
         )
-    summary = run_grid(cfg, registry=registry, progress=False)
+    summary = run_grid(cfg, plugins=registry, progress=False)
     monkeypatch.undo()
     df = pd.read_parquet(summary.run_dir / "results.parquet").drop(columns=["image_path"])
     return df.sort_values(["attack", "defence", "image"]).reset_index(drop=True)

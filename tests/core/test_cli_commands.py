@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_plan_shows_the_grid_and_what_a_run_folder_holds(tmp_path, image_dir, toy_registry, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     config = small_grid_config(tmp_path, image_dir, toy_registry, "run")
     path = tmp_path / "run.yaml"
     assert main(["plan", str(path), "--json"]) == 0
@@ -45,7 +45,7 @@ def test_plan_shows_the_grid_and_what_a_run_folder_holds(tmp_path, image_dir, to
     }
     assert not (tmp_path / "run").exists()  # planning writes nothing
 
-    run_grid(config, progress=False, registry=toy_registry, limit=4)  # the first two batches
+    run_grid(config, progress=False, plugins=toy_registry, limit=4)  # the first two batches
     assert main(["plan", str(path)]) == 0
     text = capsys.readouterr().out
     assert "grid: 6 images x 1 metrics x 1 attacks x 2 defences = 12 cells" in text
@@ -53,7 +53,7 @@ def test_plan_shows_the_grid_and_what_a_run_folder_holds(tmp_path, image_dir, to
 
 
 def test_plan_measure_times_units_in_a_temporary_folder(tmp_path, image_dir, toy_registry, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     small_grid_config(tmp_path, image_dir, toy_registry, "run")
     assert main(["plan", str(tmp_path / "run.yaml"), "--measure", "--json"]) == 0
     measured = json.loads(capsys.readouterr().out)["measured"]
@@ -134,7 +134,7 @@ def test_weights_table_and_json_agree_then_fetch_for_a_registry(tmp_path, home, 
     folder, url = server
     (folder / "toy-scale.pt").write_bytes(_checkpoint(tmp_path))
     registry = _weighted_registry(url)
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: registry)
 
     def listed():
         assert main(["weights", "--json"]) == 0
@@ -169,7 +169,7 @@ def test_weights_fetch_all_names_the_file_it_could_not_get(tmp_path, home, serve
     folder, url = server
     (folder / "toy-scale.pt").write_bytes(_checkpoint(tmp_path))  # toy-other.pt is not served
     registry = _weighted_registry(url)
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: registry)
     every = cli._weight_rows
     monkeypatch.setattr(cli, "_weight_rows", lambda: [r for r in every() if r[1].startswith("toy-")])
     assert main(["weights", "fetch", "--all"]) == 2

@@ -23,7 +23,7 @@ def _documented(text: str) -> set[str]:
 
 def test_every_column_of_results_csv_is_documented(tmp_path, image_dir, toy_registry):
     config = small_grid_config(tmp_path, image_dir, toy_registry, "run")
-    summary = run_grid(config, progress=False, registry=toy_registry, limit=2)
+    summary = run_grid(config, progress=False, plugins=toy_registry, limit=2)
     columns = list(pd.read_csv(summary.files["results.csv"]).columns)
     missing = [c for c in columns if c not in _documented((DOCS / "results.md").read_text())]
     assert not missing, f"docs/results.md does not document {missing}"

@@ -38,7 +38,7 @@ def test_run_reports_cells_as_each_defence_finishes(tmp_path, image_dir, toy_reg
     summary = run_grid(
         config,
         progress=False,
-        registry=toy_registry,
+        plugins=toy_registry,
         on_cells=calls.append,
         after_unit=units.append,
         announce=lines.append,
@@ -49,7 +49,7 @@ def test_run_reports_cells_as_each_defence_finishes(tmp_path, image_dir, toy_reg
     assert lines == ["grid: 6 images x 1 metric x 1 attack x 2 defences = 12 cells; 12 to do; device cpu"]
 
     lines.clear()
-    run_grid(config, progress=False, registry=toy_registry, announce=lines.append)
+    run_grid(config, progress=False, plugins=toy_registry, announce=lines.append)
     assert lines == [
         "grid: 6 images x 1 metric x 1 attack x 2 defences = 12 cells; 0 to do, 12 already done (resumed); device cpu"
     ]
@@ -58,7 +58,7 @@ def test_run_reports_cells_as_each_defence_finishes(tmp_path, image_dir, toy_reg
 def test_iqadef_run_prints_the_opening_line_first(tmp_path, image_dir, toy_registry, monkeypatch, capsys):
     import iqadef.cli as cli
 
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     small_grid_config(tmp_path, image_dir, toy_registry, "run")
     assert cli.main(["run", str(tmp_path / "run.yaml"), "--limit", "2", "--no-report", "--no-progress"]) == 0
     first = capsys.readouterr().out.splitlines()[0]

@@ -100,7 +100,7 @@ def test_narrow_summary_is_one_line_per_defence_within_80_columns(tmp_path, monk
 
 
 def test_run_summary_order_equals_the_report_ranking(tmp_path, image_dir, toy_registry, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     monkeypatch.setenv("COLUMNS", "200")
     small_grid_config(tmp_path, image_dir, toy_registry, "run")
     assert cli.main(["run", str(tmp_path / "run.yaml"), "--no-report", "--no-progress"]) == 0

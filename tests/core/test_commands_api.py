@@ -145,7 +145,7 @@ def broken_command_registry(monkeypatch):
     from iqadef.core.plugins import InstalledPlugins
 
     registry = InstalledPlugins(extra=[_command_plugins()], entry_points=False, strict=False)
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: registry)
     monkeypatch.setenv("IQADEF_STRICT_PLUGINS", "0")  # restored after the test (main() sets it for --strict)
     return registry
 
@@ -204,7 +204,7 @@ def test_run_grid_refuses_bad_arguments_naming_them(tmp_path, image_dir, toy_reg
 
     config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output=str(tmp_path / "run")))
     with pytest.raises(ConfigError) as refused:
-        call(config, registry=toy_registry, verbose=False)
+        call(config, plugins=toy_registry, verbose=False)
     assert str(refused.value).startswith(f"run_grid: {argument} ") and "\n" not in str(refused.value)
     assert not (tmp_path / "run" / "results.sqlite").exists()
 
@@ -231,7 +231,7 @@ def test_run_grid_states_and_returns_where_the_results_and_report_are(tmp_path, 
     import iqadef
 
     config = yaml.safe_load(SMALL_GRID.format(images=image_dir, output="ignored"))
-    df = iqadef.run_grid(config, out=tmp_path / "run", registry=toy_registry, limit=2, report=True)
+    df = iqadef.run_grid(config, out=tmp_path / "run", plugins=toy_registry, limit=2, report=True)
     assert df["image"].nunique() == 2
     report = Path(df.attrs["files"]["report.html"])
     assert report.is_file() and report.parent == tmp_path / "run" == Path(df.attrs["run_dir"])
@@ -279,7 +279,7 @@ def test_mean_smoothing_bounds_are_checked_when_the_registry_is_read(tmp_path, i
         f"certified: [{entry}]\n"
     )
     with pytest.raises(ConfigError) as refused:
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)
     assert key in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "out").exists()
 
@@ -325,7 +325,7 @@ def test_a_run_and_verify_print_plain_progress_lines_when_stderr_is_not_a_termin
 
     monkeypatch.setitem(executors.EXECUTORS, "local", slow)  # the driver looks its executor up in the table
     monkeypatch.setattr(verify, "execute_local", slow)  # verify holds its own reference
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     small_grid_config(tmp_path, image_dir, toy_registry, "run")
     assert cli.main(["run", str(tmp_path / "run.yaml"), "--no-report"]) == 0  # stderr is captured: not a tty
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
@@ -442,7 +442,7 @@ def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_
 
     path = tmp_path / "r.yaml"
     path.write_text(LABELLED_GRID.format(images=image_dir, output=tmp_path / "run"))
-    config = load_run_config(path, registry=toy_registry)
+    config = load_run_config(path, plugins=toy_registry)
     assert [a.label for a in config.attacks] == ["toy-sign[eps=2/255]"]
     assert [d.label for d in config.defences] == [
         "no-defence",
@@ -457,9 +457,9 @@ def test_readable_labels_change_no_key_and_an_older_runs_cells_are_reused_under_
     with monkeypatch.context() as old:
         old.setattr(base, "_fmt", lambda v: f"{v:.6g}" if isinstance(v, float) else str(v))
         old.setattr(base.Plugin, "label_params", property(lambda self: frozenset(), lambda self, v: None))
-        first = run_grid(load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False)
+        first = run_grid(load_run_config(path, plugins=toy_registry), plugins=toy_registry, progress=False)
         assert set(first.table["attack"]) == {"toy-sign[eps=0.00784314]"}
-    again = run_grid(load_run_config(path, registry=toy_registry), registry=toy_registry, progress=False)
+    again = run_grid(load_run_config(path, plugins=toy_registry), plugins=toy_registry, progress=False)
     assert (again.computed, again.skipped) == (0, 18)  # nothing recomputed: same keys
     import pandas as pd
 
@@ -477,4 +477,4 @@ def test_a_configuration_listed_plainly_and_as_a_sweeps_default_is_listed_twice(
         f"defences: [toy-noise-defence, {{name: toy-noise-defence, sweep: {{sigma: presets}}}}]\n"
     )
     with pytest.raises(ConfigError, match=r"'toy-noise-defence\[sigma=0.02\]' is listed twice"):
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)

@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "iqadef.core.files",
             "iqadef.core.devices",
             "iqadef.core.sniff",
+            "iqadef.core.renamed",
         ),
     ),
     # declarative parameters: used by every plugin kind and by the dataset plugins' contract

@@ -24,7 +24,7 @@ def test_the_report_and_the_summary_average_the_stored_gain_column(tmp_path, ima
     """The worker stores every ImageScore column in float32 (worker.py), so the stored ``gain`` is
     paper_gain rounded to float32; the report averages paper_gain of the stored float64 scores: the same
     numbers, equal to the mean of the stored column up to that rounding."""
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, "run"), registry=toy_registry, progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, "run"), plugins=toy_registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     info = json.loads((summary.run_dir / "run.json").read_text())
     ok = df[df["status"] == "ok"]

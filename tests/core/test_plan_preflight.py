@@ -28,7 +28,7 @@ def test_plan_names_weights_run_would_download_and_downloads_nothing(
 ):
     folder, url = server
     (folder / "toy-scale.pt").write_bytes(_checkpoint(tmp_path))
-    monkeypatch.setattr(cli, "_registry", lambda: _weighted_registry(url))
+    monkeypatch.setattr(cli, "_plugins", lambda: _weighted_registry(url))
     reg = _registry_file(tmp_path, image_dir)
     assert main(["plan", str(reg)]) == 0
     out = capsys.readouterr().out
@@ -53,7 +53,7 @@ def test_plan_gives_the_fix_run_gives_for_a_file_it_cannot_get(
     tmp_path, image_dir, offline_home, server, monkeypatch, capsys
 ):
     _, url = server
-    monkeypatch.setattr(cli, "_registry", lambda: _weighted_registry(url))
+    monkeypatch.setattr(cli, "_plugins", lambda: _weighted_registry(url))
     reg = _registry_file(tmp_path, image_dir)
     assert main(["plan", str(reg)]) == 2
     planned = capsys.readouterr()
@@ -71,7 +71,7 @@ def test_plan_gives_the_fix_run_gives_for_a_file_it_cannot_get(
 
 
 def test_plan_names_a_missing_dataset_with_its_fix(tmp_path, home, toy_registry, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_registry", lambda: toy_registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: toy_registry)
     reg = tmp_path / "r.yaml"
     reg.write_text(
         f"dataset: {{name: koniq10k, root: {tmp_path / 'nothing'}}}\nmetrics: [toy-metric]\nattacks: [toy-sign]\n"

@@ -13,7 +13,7 @@ from iqadef.core.compose import Compose
 def load(tmp_path: Path, text: str, registry):
     path = tmp_path / "registry.yaml"
     path.write_text(text)
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def test_full_registry_with_sweeps_presets_and_composition(tmp_path, image_dir, toy_registry):
@@ -103,7 +103,7 @@ def test_output_that_is_a_file_is_refused(tmp_path, image_dir, toy_registry):
 
 def test_missing_registry_file(tmp_path, toy_registry):
     with pytest.raises(ConfigError, match="no such registry file"):
-        load_run_config(tmp_path / "nope.yaml", registry=toy_registry)
+        load_run_config(tmp_path / "nope.yaml", plugins=toy_registry)
 
 
 @pytest.mark.parametrize("name", ["registry.yaml", "registry-paper.yaml"])

@@ -82,6 +82,6 @@ def test_executors_are_looked_up_by_name_and_the_driver_uses_the_table(tmp_path,
     monkeypatch.setitem(EXECUTORS, "local", recording)
     config = small_grid_config(tmp_path, image_dir, toy_registry, "run")
     cells: list[int] = []
-    summary = run_grid(config, registry=toy_registry, progress=False, on_cells=cells.append)
+    summary = run_grid(config, plugins=toy_registry, progress=False, on_cells=cells.append)
     assert len(seen) == 1 and seen[0].cached and seen[0].timeout == config.unit_timeout
     assert summary.computed == sum(cells) == summary.total > 0

@@ -26,7 +26,7 @@ defences: [no-defence, toy-blur, toy-noise-defence]
 def config(tmp_path, image_dir, registry, output="run", text=GRID):
     path = tmp_path / f"{output}.yaml"
     path.write_text(text.format(images=image_dir, output=output))
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def frame(run_dir: Path) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def frame(run_dir: Path) -> pd.DataFrame:
 
 
 def test_grid_records_every_cell_and_shares_adversarial_images(tmp_path, image_dir, toy_registry):
-    summary = run_grid(config(tmp_path, image_dir, toy_registry), registry=toy_registry, progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry), plugins=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert len(df) == 6 * 2 * 3 == summary.total == summary.computed
     assert (df["status"] == "ok").all() and summary.failed == 0
@@ -56,7 +56,7 @@ def test_grid_records_every_cell_and_shares_adversarial_images(tmp_path, image_d
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, image_dir, toy_registry):
-    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), registry=toy_registry, progress=False)
+    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), plugins=toy_registry, progress=False)
 
     class Stop(Exception):
         pass
@@ -67,11 +67,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, image_dir,
 
     cfg = config(tmp_path, image_dir, toy_registry, "part")
     with pytest.raises(Stop):
-        run_grid(cfg, registry=toy_registry, progress=False, after_unit=stop_after)
+        run_grid(cfg, plugins=toy_registry, progress=False, after_unit=stop_after)
     store = ResultStore(cfg.output)
     assert 0 < len(store.finished()) < 36
     store.close()
-    resumed = run_grid(cfg, registry=toy_registry, progress=False)
+    resumed = run_grid(cfg, plugins=toy_registry, progress=False)
     assert resumed.skipped > 0 and resumed.computed == 36 - resumed.skipped
     a = frame(full.run_dir).drop(columns=["image_path"])
     b = frame(resumed.run_dir).drop(columns=["image_path"])
@@ -80,22 +80,22 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(tmp_path, image_dir,
 
 def test_resume_of_a_finished_run_does_no_model_work(tmp_path, image_dir, toy_registry, monkeypatch):
     cfg = config(tmp_path, image_dir, toy_registry)
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     calls = []
     monkeypatch.setattr(toy_plugins.ToyMetric, "score", lambda self, x: calls.append(1))
-    again = run_grid(cfg, registry=toy_registry, progress=False)
+    again = run_grid(cfg, plugins=toy_registry, progress=False)
     assert calls == [] and again.computed == 0 and again.skipped == 36
 
 
 def test_corrupted_cache_entry_is_recomputed(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
-    first = frame(run_grid(cfg, registry=toy_registry, progress=False).run_dir)
+    first = frame(run_grid(cfg, plugins=toy_registry, progress=False).run_dir)
     png = sorted((cfg.output / "cache" / "adv").rglob("*.png"))[0]
     png.write_bytes(png.read_bytes()[:100])  # truncated file
     store = ResultStore(cfg.output)
     store.db.execute("DELETE FROM cells")  # forget results, keep the artifact records
     store.close()
-    second = frame(run_grid(cfg, registry=toy_registry, progress=False).run_dir)
+    second = frame(run_grid(cfg, plugins=toy_registry, progress=False).run_dir)
     pd.testing.assert_frame_equal(first, second)
     assert len(png.read_bytes()) > 100
 
@@ -104,7 +104,7 @@ def test_faulty_plugins_fail_their_cells_only(tmp_path, image_dir, toy_registry)
     text = GRID.replace(
         "defences: [no-defence, toy-blur, toy-noise-defence]", "defences: [no-defence, toy-explode, toy-wrong-shape]"
     ).replace("metrics: [toy-metric]", "metrics: [toy-metric, toy-nan]")
-    summary = run_grid(config(tmp_path, image_dir, toy_registry, text=text), registry=toy_registry, progress=False)
+    summary = run_grid(config(tmp_path, image_dir, toy_registry, text=text), plugins=toy_registry, progress=False)
     df = frame(summary.run_dir)
     assert len(df) == 6 * 2 * 2 * 3
     ok = df[(df["metric"] == "toy-metric") & (df["defence"] == "no-defence")]
@@ -126,11 +126,11 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path, image_dir, toy_
     cfg.output.mkdir(parents=True)
     with RunLock(cfg.output):
         with pytest.raises(RunLockedError, match="another iqadef process is running"):
-            run_grid(cfg, registry=toy_registry, progress=False)
+            run_grid(cfg, plugins=toy_registry, progress=False)
 
 
 def test_limit_and_fresh(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
-    assert run_grid(cfg, registry=toy_registry, progress=False, limit=2).total == 2 * 2 * 3
-    fresh = run_grid(cfg, registry=toy_registry, progress=False, fresh=True)
+    assert run_grid(cfg, plugins=toy_registry, progress=False, limit=2).total == 2 * 2 * 3
+    fresh = run_grid(cfg, plugins=toy_registry, progress=False, fresh=True)
     assert fresh.computed == 36 and fresh.skipped == 0

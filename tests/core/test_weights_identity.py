@@ -113,7 +113,7 @@ defences: [no-defence, toy-blur]
 def run(tmp_path: Path, images: Path, weights: Path, registry: InstalledPlugins):
     path = tmp_path / "grid.yaml"
     path.write_text(GRID.format(images=images, weights=weights))
-    return run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    return run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
 
 
 def test_replaced_weights_recompute_every_cell_and_the_table_shows_only_them(home, image_dir, registry):
@@ -158,7 +158,7 @@ def test_missing_weights_stop_the_run_before_any_work(home, image_dir, registry,
     calls = []
     monkeypatch.setattr(WeightedMetric, "score", lambda self, x: calls.append(x) or x.mean(dim=(1, 2, 3)))
     with pytest.raises(WeightsError, match=r"gain\.pth.*not found.*IQADEF_WEIGHTS_DIR"):
-        run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+        run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     assert calls == []
     with sqlite3.connect(home / "run" / "results.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 0

@@ -138,7 +138,7 @@ def small_grid_config(tmp_path: Path, images: Path, registry, output: str):
 
     path = tmp_path / f"{output}.yaml"
     path.write_text(SMALL_GRID.format(images=images, output=output))
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def install_as_distribution(tmp_path: Path) -> Path:

@@ -26,7 +26,7 @@ defences: [no-defence, toy-blur]
 def run(tmp_path, registry, dataset: str, output: str):
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(dataset=dataset, output=output))
-    return run_grid(load_run_config(path, registry=registry), progress=False, registry=registry)
+    return run_grid(load_run_config(path, plugins=registry), progress=False, plugins=registry)
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_export_then_reimport_gives_the_same_f_of_x_a(tmp_path, registry):
     (tmp_path / "mos.csv").write_text("image,mos\nim0.png,1\nim1.png,2\nim2.png,3\n")
     assert run(tmp_path, registry, "{images: imgs, mos: mos.csv}", "run1").failed == 0
     table = pd.read_parquet(tmp_path / "run1" / "results.parquet")
-    summary = export_run(tmp_path / "run1", tmp_path / "export", defended=True, registry=registry)
+    summary = export_run(tmp_path / "run1", tmp_path / "export", defended=True, plugins=registry)
     assert summary.adversarial == 3 and summary.defended == 6 and not summary.skipped
     index = pd.read_parquet(tmp_path / "export" / "index.parquet")
     assert set(pd.read_csv(tmp_path / "export" / "index.csv")["file"]) == set(index["file"])
@@ -61,14 +61,14 @@ def test_export_then_reimport_gives_the_same_f_of_x_a(tmp_path, registry):
         assert blur_again[row["file"]] == pytest.approx(blur[name], rel=1e-5, abs=1e-6)
 
     # export again into the same folder: replaced; a foreign non-empty folder is refused
-    export_run(tmp_path / "run1", tmp_path / "export", registry=registry)
+    export_run(tmp_path / "run1", tmp_path / "export", plugins=registry)
     assert not (tmp_path / "export" / "defended").exists() or not any((tmp_path / "export" / "defended").rglob("*.png"))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(IqadefError, match=r"--out .*mine: the folder is not empty and is not an earlier iqadef export"):
-        export_run(tmp_path / "run1", tmp_path / "mine", registry=registry)
+        export_run(tmp_path / "run1", tmp_path / "mine", plugins=registry)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     with pytest.raises(IqadefError, match="a run folder"):
-        export_run(tmp_path / "run1", tmp_path / "run2", registry=registry)
+        export_run(tmp_path / "run1", tmp_path / "run2", plugins=registry)
     header = json.loads((tmp_path / "export" / MARKER).read_text().splitlines()[0])
     assert header["iqadef_export"] == 2

@@ -34,7 +34,7 @@ def plugins() -> InstalledPlugins:
 def run(tmp_path, registry, text: str, name: str = "run"):
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
-    summary = run_grid(load_run_config(path, registry=registry), progress=False, registry=registry)
+    summary = run_grid(load_run_config(path, plugins=registry), progress=False, plugins=registry)
     assert summary.failed == 0
     return summary
 
@@ -64,7 +64,7 @@ def reader(tmp_path, registry, folder: str = "export"):
         f"dataset: {{name: iqadef-export, path: {folder}}}\noutput: run2\nmetrics: [toy-metric]\n"
         f"attacks: [toy-sign]\ndefences: [no-defence]\n"
     )
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def rewrite_index(folder, change) -> None:
@@ -76,7 +76,7 @@ def rewrite_index(folder, change) -> None:
 # -- case 3: the reader checks what its index promises ------------------------------------------------------
 def test_reader_leaves_out_a_png_replaced_in_the_export(tmp_path, plugins):
     small_run(tmp_path, plugins)
-    export_run(tmp_path / "run", tmp_path / "export", registry=plugins)
+    export_run(tmp_path / "run", tmp_path / "export", plugins=plugins)
     files = pngs(tmp_path / "export")
     image(files[0], seed=99)  # a valid PNG of the same size, other pixels: not the exported x_a
     with pytest.warns(UserWarning, match="sha256"):
@@ -88,7 +88,7 @@ def test_reader_leaves_out_a_png_replaced_in_the_export(tmp_path, plugins):
 @pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
 def test_reader_refuses_an_index_row_outside_the_export(tmp_path, plugins, where):
     small_run(tmp_path, plugins)
-    export_run(tmp_path / "run", tmp_path / "export", registry=plugins)
+    export_run(tmp_path / "run", tmp_path / "export", plugins=plugins)
     outside = image(tmp_path / "private" / "face.png", seed=5)
     if where == "symlink":
         (tmp_path / "export" / "lnk").symlink_to(tmp_path / "private")
@@ -118,7 +118,7 @@ def test_export_after_a_checkpoint_is_replaced_takes_only_the_current_cells(tmp_
     run(tmp_path, plugins, grid)
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert len(table) == 6
-    summary = export_run(tmp_path / "run", tmp_path / "export", registry=plugins)
+    summary = export_run(tmp_path / "run", tmp_path / "export", plugins=plugins)
     index = pd.read_parquet(tmp_path / "export" / "index.parquet")
     assert summary.adversarial == len(index) == 3 and index["image"].is_unique
     current = table[table["defence"] == "no-defence"].set_index("image")["f_adv"]
@@ -130,9 +130,9 @@ def test_export_during_a_run_is_refused_in_one_line(tmp_path, plugins):
     small_run(tmp_path, plugins)
     with RunLock(tmp_path / "run"):  # what `iqadef run` holds while it writes
         with pytest.raises(IqadefError, match="an iqadef run is writing this run folder"):
-            export_run(tmp_path / "run", tmp_path / "export", registry=plugins)
+            export_run(tmp_path / "run", tmp_path / "export", plugins=plugins)
     assert not (tmp_path / "export").exists()
-    export_run(tmp_path / "run", tmp_path / "export", registry=plugins)  # after the run: fine
+    export_run(tmp_path / "run", tmp_path / "export", plugins=plugins)  # after the run: fine
 
 
 def dead_pid() -> int:
@@ -143,18 +143,18 @@ def dead_pid() -> int:
 
 def test_reexport_sweeps_temporary_files_of_a_killed_export(tmp_path, plugins):
     small_run(tmp_path, plugins)
-    export_run(tmp_path / "run", tmp_path / "export", defended=True, registry=plugins)
+    export_run(tmp_path / "run", tmp_path / "export", defended=True, plugins=plugins)
     folder = tmp_path / "export" / "defended" / "toy-metric" / "toy-sign" / "toy-blur"
     killed = folder / f".iqadef-tmp-{dead_pid()}-abc123.tmp"  # what a kill -9 during the write leaves
     killed.write_bytes(b"half a png")
     alive = folder / f".iqadef-tmp-{os.getppid()}-abc123.tmp"  # a live process's: not ours to remove
     alive.write_bytes(b"in flight")
-    export_run(tmp_path / "run", tmp_path / "export", defended=True, registry=plugins)
+    export_run(tmp_path / "run", tmp_path / "export", defended=True, plugins=plugins)
     assert not killed.exists() and alive.exists()
     # killed before its marker was written: the folder holds only a temporary file, and is taken
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / f".iqadef-tmp-{dead_pid()}-xyz.tmp").write_bytes(b"")
-    export_run(tmp_path / "run", tmp_path / "fresh", registry=plugins)
+    export_run(tmp_path / "run", tmp_path / "fresh", plugins=plugins)
     assert not list((tmp_path / "fresh").glob(".iqadef-tmp-*"))
 
 
@@ -162,7 +162,7 @@ def test_reexport_sweeps_temporary_files_of_a_killed_export(tmp_path, plugins):
 def test_reexport_deletes_only_regular_files_it_wrote_inside_the_folder(tmp_path, plugins):
     small_run(tmp_path, plugins)
     out = tmp_path / "export"
-    export_run(tmp_path / "run", out, defended=True, registry=plugins)
+    export_run(tmp_path / "run", out, defended=True, plugins=plugins)
     defended = pngs(out / "defended")
     edited = defended[0]
     edited.write_bytes(edited.read_bytes() + b"my notes")  # changed by the user since: no longer iqadef's
@@ -185,7 +185,7 @@ def test_reexport_deletes_only_regular_files_it_wrote_inside_the_folder(tmp_path
             (mine, "lnk/../notes.txt"),
         ):  # with the right sha256: still not deleted
             f.write(json.dumps([rel, sha256(path)]) + "\n")
-    export_run(tmp_path / "run", out, registry=plugins)  # without --defended: D(x_a) files go
+    export_run(tmp_path / "run", out, plugins=plugins)  # without --defended: D(x_a) files go
     assert thesis.read_text() == "years of work" and outside.read_text() == "mine" and mine.exists()
     assert (out / "lnk").is_symlink()
     assert [p for p in pngs(out / "defended")] == [edited]  # the edited one stays, the others are deleted
@@ -195,13 +195,13 @@ def test_reexport_deletes_only_regular_files_it_wrote_inside_the_folder(tmp_path
 def test_export_does_not_write_through_a_symbolic_link(tmp_path, plugins):
     small_run(tmp_path, plugins)
     out = tmp_path / "export"
-    export_run(tmp_path / "run", out, registry=plugins)
+    export_run(tmp_path / "run", out, plugins=plugins)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (out / "toy-metric" / "toy-sign").rename(tmp_path / "moved")
     (out / "toy-metric" / "toy-sign").symlink_to(elsewhere)
     with pytest.raises(IqadefError, match="is a symbolic link; an export writes only inside its folder"):
-        export_run(tmp_path / "run", out, registry=plugins)
+        export_run(tmp_path / "run", out, plugins=plugins)
     assert not any(elsewhere.iterdir())
 
 
@@ -220,7 +220,7 @@ def test_names_are_unique_and_the_index_matches_the_files(tmp_path, plugins):
         f"dataset: imgs\noutput: run\nbatch_size: 2\nmetrics: [toy-metric]\n"
         f"attacks: [toy-sign, {{name: toy-sign, adaptive: bpda}}]\ndefences: [{defences}]\n",
     )
-    summary = export_run(tmp_path / "run", tmp_path / "export", defended=True, registry=plugins)
+    summary = export_run(tmp_path / "run", tmp_path / "export", defended=True, plugins=plugins)
     index = pd.read_parquet(tmp_path / "export" / "index.parquet")
     files = pngs(tmp_path / "export")
     images, defence_count = 6, 7

@@ -31,7 +31,7 @@ def config(tmp_path: Path, **extra):
         "output": str(tmp_path / "run"),
         **extra,
     }
-    return parse_run_config(data, tmp_path / "registry.yaml", registry=installed_plugins())
+    return parse_run_config(data, tmp_path / "registry.yaml", plugins=installed_plugins())
 
 
 def images(n: int = 2, size: int = 64) -> torch.Tensor:

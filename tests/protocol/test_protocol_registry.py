@@ -28,7 +28,7 @@ def registry():
 def _config(tmp_path, registry, extra=""):
     path = tmp_path / "r.yaml"
     path.write_text(BASE.format(extra=extra))
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def test_without_the_key_nothing_changes(tmp_path, registry):
@@ -83,6 +83,6 @@ def test_format_eps():
 def test_the_cli_flag_overrides_the_registry(tmp_path, registry):
     path = tmp_path / "r.yaml"
     path.write_text(BASE.format(extra=""))
-    config = load_run_config(path, registry=registry, overrides={"protocol": "quick"})
+    config = load_run_config(path, plugins=registry, overrides={"protocol": "quick"})
     assert config.protocol["level"] == "quick" and config.raw["protocol"] == "quick"  # run.json's registry too
-    assert load_run_config(path, registry=registry, overrides={"protocol": None}).protocol is None
+    assert load_run_config(path, plugins=registry, overrides={"protocol": None}).protocol is None

@@ -77,7 +77,7 @@ def protocol_run(tmp_path_factory, image_dir, registry):
     out = tmp_path_factory.mktemp("run")
     path = out / "grid.yaml"
     path.write_text(GRID.format(images=image_dir, output=out / "run", extra="protocol: quick"))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     return summary
 
 
@@ -143,7 +143,7 @@ def test_protocol_report_leads_with_the_worst_case(protocol_run):
 def test_without_the_key_the_run_is_unchanged(tmp_path, image_dir, registry, protocol_run):
     path = tmp_path / "grid.yaml"
     path.write_text(GRID.format(images=image_dir, output=tmp_path / "plain", extra=""))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     assert summary.verdict is None and not (summary.run_dir / "verdict.csv").exists()
     assert "protocol" not in json.loads((summary.run_dir / "run.json").read_text())
     plain = pd.read_parquet(summary.run_dir / "results.parquet")

@@ -57,7 +57,7 @@ def test_cli_executor_flag_runs_the_grid_on_a_ray_instance_it_starts(tmp_path, i
     assert info["registry"]["executor"] == "ray"  # the registry said local; the flag won
     assert "Started a local Ray instance" in done.stderr  # no address: Ray was started here
     local = run_grid(
-        load_run_config(tmp_path / "local.yaml", registry=ray_registry), registry=ray_registry, progress=False
+        load_run_config(tmp_path / "local.yaml", plugins=ray_registry), plugins=ray_registry, progress=False
     )
     a = pd.read_parquet(local.run_dir / "results.parquet")
     b = pd.read_parquet(tmp_path / "cli" / "results.parquet")

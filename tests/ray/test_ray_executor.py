@@ -39,7 +39,7 @@ CELLS = 6 * 2 * 2 * 3
 def config(tmp_path: Path, images: Path, registry, output: str, executor: str, attacks: str = ATTACKS):
     path = tmp_path / f"{output}.yaml"
     path.write_text(GRID.format(images=images, output=output, executor=executor, attacks=attacks))
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def context(cfg, registry) -> ExecutionContext:
@@ -78,8 +78,8 @@ def ok_cells(run_dir: Path) -> int:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_table_equals_the_local_table_row_for_row(tmp_path, image_dir, ray_registry, local_ray):
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry, progress=False)
-    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray"), registry=ray_registry, progress=False)
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), plugins=ray_registry, progress=False)
+    remote = run_grid(config(tmp_path, image_dir, ray_registry, "ray", "ray"), plugins=ray_registry, progress=False)
     a, b = table(local.run_dir), table(remote.run_dir)
     assert len(b) == CELLS == remote.computed and remote.failed == local.failed > 0  # toy-nan fails its cells
     assert (b.loc[b["metric"] == "toy-metric", "status"] == "ok").all()
@@ -97,14 +97,14 @@ def test_a_pool_of_actors_per_metric_shares_the_units_and_gives_the_local_table(
     folder.mkdir()
     attacks = f"[toy-sign, {{name: toy-pid-note, folder: {folder}}}]"
     local = run_grid(
-        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry, progress=False
+        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), plugins=ray_registry, progress=False
     )
     for note in folder.iterdir():
         note.unlink()
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
     cfg.metrics = cfg.metrics[:1]  # one metric: without a pool, one actor would do all the work
     cfg.ray = {"num_cpus": 1, "actors_per_metric": 2}
-    remote = run_grid(cfg, registry=ray_registry, progress=False)
+    remote = run_grid(cfg, plugins=ray_registry, progress=False)
     workers = {int(note.name) for note in folder.iterdir()}
     assert len(workers) == 2 and os.getpid() not in workers  # both actors of the pool computed units
     a = table(local.run_dir)
@@ -121,11 +121,11 @@ def test_a_killed_worker_process_is_restarted_and_its_unit_retried(tmp_path, ima
     attacks = f"[toy-sign, {{name: toy-crash-once, marker: {marker}}}]"
     marker.write_text("the local run must not crash")
     local = run_grid(
-        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry, progress=False
+        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), plugins=ray_registry, progress=False
     )
     marker.unlink()
     remote = run_grid(
-        config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks), registry=ray_registry, progress=False
+        config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks), plugins=ray_registry, progress=False
     )
     assert marker.exists(), "the crash-once attack never ran in a Ray worker"
     crashed_pid = int(marker.read_text())
@@ -147,7 +147,7 @@ def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_tab
     attacks = f"[toy-sign, {{name: toy-hang-once, marker: {marker}}}]"
     marker.write_text("the local run must not hang")
     local = run_grid(
-        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), registry=ray_registry, progress=False
+        config(tmp_path, image_dir, ray_registry, "local", "local", attacks), plugins=ray_registry, progress=False
     )
     marker.unlink()
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray", attacks)
@@ -158,11 +158,11 @@ def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_tab
         r"did not finish within unit_timeout: 15 s; its Ray worker was stopped\. "
         r"The run stopped; the \d+ unit\(s\) finished before it are kept\.",
     ):
-        run_grid(cfg, registry=ray_registry, progress=False)
+        run_grid(cfg, plugins=ray_registry, progress=False)
     assert marker.exists(), "the hang-once attack never ran in a Ray worker"
     assert wait_for_free_cpus(local_ray, 2) == 2  # the stuck actor was killed, and the others
     stored = ok_cells(cfg.output)
-    resumed = run_grid(cfg, registry=ray_registry, progress=False)  # the marker is there: no hang now
+    resumed = run_grid(cfg, plugins=ray_registry, progress=False)  # the marker is there: no hang now
     assert resumed.skipped == stored and resumed.computed == CELLS - stored
     pd.testing.assert_frame_equal(table(local.run_dir), table(resumed.run_dir), check_exact=True)
 
@@ -170,7 +170,7 @@ def test_a_unit_past_unit_timeout_stops_the_run_and_a_resume_gives_the_local_tab
 @pytest.mark.ray
 @pytest.mark.slow
 def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray_registry, local_ray):
-    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), registry=ray_registry, progress=False)
+    local = run_grid(config(tmp_path, image_dir, ray_registry, "local", "local"), plugins=ray_registry, progress=False)
 
     class Stop(Exception):
         pass
@@ -184,11 +184,11 @@ def test_interrupted_ray_run_resumes_to_the_local_table(tmp_path, image_dir, ray
             raise Stop
 
     with pytest.raises(Stop):
-        run_grid(cfg, registry=ray_registry, progress=False, after_unit=stop_after)
+        run_grid(cfg, plugins=ray_registry, progress=False, after_unit=stop_after)
     stored_ok = ok_cells(cfg.output)
     gc.collect()  # the abandoned stream's actors are killed when it is collected
     assert wait_for_free_cpus(local_ray, 2) == 2
-    resumed = run_grid(cfg, registry=ray_registry, progress=False)
+    resumed = run_grid(cfg, plugins=ray_registry, progress=False)
     assert resumed.skipped == stored_ok > 0 and resumed.computed == CELLS - resumed.skipped
     pd.testing.assert_frame_equal(table(local.run_dir), table(resumed.run_dir), check_exact=True)
 
@@ -212,7 +212,7 @@ def test_an_unpicklable_certified_defence_is_named_in_one_line(tmp_path, image_d
     path.write_text(
         GRID.format(images=image_dir, output="ray", executor="ray", attacks=ATTACKS) + "certified: [median-smoothing]\n"
     )
-    cfg = load_run_config(path, registry=ray_registry)
+    cfg = load_run_config(path, plugins=ray_registry)
     cfg.certified[0].handle = threading.Lock()
     with pytest.raises(ConfigError) as caught:
         execute_ray(context(cfg, ray_registry), [])
@@ -309,7 +309,7 @@ def test_plugin_the_worker_cannot_import_gives_a_clear_error(tmp_path, image_dir
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.defences[1] = GhostBlur()
     with pytest.raises(IqadefError, match=r"cannot rebuild the plugins.*iqadef_ghost_plugins.*every node"):
-        run_grid(cfg, registry=ray_registry, progress=False)
+        run_grid(cfg, plugins=ray_registry, progress=False)
     gc.collect()
     assert wait_for_free_cpus(local_ray, 2) == 2
 
@@ -319,5 +319,5 @@ def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, image_dir, ray_regi
     cfg = config(tmp_path, image_dir, ray_registry, "ray", "ray")
     cfg.ray = {"num_gpus": 0.5}
     with pytest.raises(ConfigError, match=r"ray.num_gpus: each actor asks for 0.5 GPU, but the Ray cluster has 0"):
-        run_grid(cfg, registry=ray_registry, progress=False)
+        run_grid(cfg, plugins=ray_registry, progress=False)
     assert local_ray.is_initialized()  # a Ray instance the run did not start is left running

@@ -74,7 +74,7 @@ def test_structured_input_only_raises_config_error(data, toy_registry, tmp_path)
     if not isinstance(data, dict):
         data = {"metrics": data}
     try:
-        parse_run_config(data, tmp_path / "registry.yaml", registry=toy_registry)
+        parse_run_config(data, tmp_path / "registry.yaml", plugins=toy_registry)
     except ConfigError:
         pass
 
@@ -87,7 +87,7 @@ def test_arbitrary_text_only_raises_config_error(text, toy_registry, tmp_path):
         text.encode("utf-8", errors="replace")
     )
     try:
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)
     except ConfigError:
         pass
 
@@ -97,7 +97,7 @@ def test_unsafe_yaml_tags_are_refused(tmp_path, toy_registry):
     marker = tmp_path / "pwned"
     path.write_text(f"metrics: !!python/object/apply:os.system ['touch {marker}']\nattacks: [toy-sign]\n")
     try:
-        load_run_config(path, registry=toy_registry)
+        load_run_config(path, plugins=toy_registry)
     except ConfigError as exc:
         assert "invalid YAML" in str(exc) and "evil.yaml" in str(exc)
     else:
@@ -121,8 +121,8 @@ def test_max_cells_counts_exactly_what_the_sweeps_expand_to(eps, steps, sigmas, 
         + ["no-defence", "toy-blur"][:extra_defences],
     }
     cells = len(eps) * len(steps) * (len(sigmas) + extra_defences)
-    config = parse_run_config({**data, "max_cells": cells}, tmp_path / "registry.yaml", registry=toy_registry)
+    config = parse_run_config({**data, "max_cells": cells}, tmp_path / "registry.yaml", plugins=toy_registry)
     assert len(config.metrics) * len(config.attacks) * len(config.defences) == cells
     if cells > 1:
         with pytest.raises(ConfigError, match=f"the grid has {cells:,} metric x attack x defence combinations"):
-            parse_run_config({**data, "max_cells": cells - 1}, tmp_path / "registry.yaml", registry=toy_registry)
+            parse_run_config({**data, "max_cells": cells - 1}, tmp_path / "registry.yaml", plugins=toy_registry)

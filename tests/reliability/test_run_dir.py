@@ -31,7 +31,7 @@ defences: [no-defence, toy-blur]
 def config(tmp_path, images, registry, output="run"):
     path = tmp_path / "grid.yaml"
     path.write_text(GRID.format(images=images, output=output))
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def files_under(folder: Path) -> set[str]:
@@ -69,9 +69,9 @@ def test_a_non_empty_folder_that_is_not_a_run_folder_is_refused(tmp_path, image_
     (mine / "holiday.jpg").write_bytes(b"my picture")
     registry = tmp_path / "r.yaml"
     registry.write_text(GRID.format(images=image_dir, output=mine))
-    cfg = load_run_config(registry, registry=toy_registry)
+    cfg = load_run_config(registry, plugins=toy_registry)
     with pytest.raises(IqadefError) as caught:
-        run_grid(cfg, registry=toy_registry, progress=False)
+        run_grid(cfg, plugins=toy_registry, progress=False)
     message = str(caught.value)
     assert message.startswith(f"output: {mine} is not empty and is not an iqadef run folder") and "\n" not in message
     assert files_under(mine) == {"holiday.jpg"}
@@ -84,11 +84,11 @@ def test_a_non_empty_folder_that_is_not_a_run_folder_is_refused(tmp_path, image_
 def test_empty_folders_and_run_folders_of_an_older_version_are_accepted(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
     cfg.output.mkdir()
-    first = run_grid(cfg, registry=toy_registry, progress=False)
+    first = run_grid(cfg, plugins=toy_registry, progress=False)
     assert first.computed == first.total and (cfg.output / MARKER).is_file()
     # a folder written before the marker existed: it has results.sqlite and run.json
     (cfg.output / MARKER).unlink()
-    again = run_grid(cfg, registry=toy_registry, progress=False)
+    again = run_grid(cfg, plugins=toy_registry, progress=False)
     assert again.skipped == again.total
     assert json.loads((cfg.output / MARKER).read_text().splitlines()[0])["legacy"] is True
     # run.json alone (written by iqadef) is recognised too
@@ -103,7 +103,7 @@ def test_empty_folders_and_run_folders_of_an_older_version_are_accepted(tmp_path
 def test_fresh_deletes_only_what_iqadef_wrote(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
     cfg.examples = 3
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     cfg.examples = 2
     write_report(cfg.output)
     before = files_under(cfg.output)
@@ -120,7 +120,7 @@ def test_fresh_deletes_only_what_iqadef_wrote(tmp_path, image_dir, toy_registry)
     for rel, data in users.items():
         (cfg.output / rel).parent.mkdir(parents=True, exist_ok=True)
         (cfg.output / rel).write_bytes(data)
-    summary = run_grid(cfg, registry=toy_registry, progress=False, fresh=True, limit=2)
+    summary = run_grid(cfg, plugins=toy_registry, progress=False, fresh=True, limit=2)
     assert summary.computed == summary.total == 2 * 2
     after = files_under(cfg.output)
     for rel, data in users.items():
@@ -137,7 +137,7 @@ def test_fresh_deletes_only_what_iqadef_wrote(tmp_path, image_dir, toy_registry)
 
 def test_fresh_in_a_folder_of_an_older_version_keeps_a_users_files(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     (cfg.output / MARKER).unlink()  # as an older iqadef left it: no manifest
     (cfg.output / "figures").mkdir()
     (cfg.output / "figures" / "gain_heatmap_toy-metric.png").write_bytes(b"old figure name")
@@ -154,7 +154,7 @@ def test_fresh_in_a_folder_of_an_older_version_keeps_a_users_files(tmp_path, ima
 
 def test_a_resume_sweeps_only_iqadef_temporary_files_of_processes_that_are_gone(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     shard = next((cfg.output / "cache" / "adv").iterdir())
     gone, alive = dead_pid(), os.getppid()
     stale = [
@@ -173,14 +173,14 @@ def test_a_resume_sweeps_only_iqadef_temporary_files_of_processes_that_are_gone(
     for path in stale + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     assert not [p for p in stale if p.exists()]
     assert all(p.exists() for p in kept)
 
 
 def test_every_file_a_run_and_its_report_write_is_in_the_manifest(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry)
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     write_report(cfg.output)
     folder = RunFolder(cfg.output)
     written = files_under(cfg.output) - {MARKER, ".lock"}

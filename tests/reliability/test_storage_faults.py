@@ -26,7 +26,7 @@ from iqadef.store.results import CorruptStoreError, DiskFullError, StorageWarnin
 
 
 def test_disk_full_gives_a_clear_error_and_the_store_stays_consistent(tmp_path, image_dir, toy_registry, monkeypatch):
-    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), registry=toy_registry, progress=False)
+    full = run_grid(config(tmp_path, image_dir, toy_registry, "full"), plugins=toy_registry, progress=False)
     real_write = runner_module.atomic_write_bytes
     calls = {"n": 0}
 
@@ -39,9 +39,9 @@ def test_disk_full_gives_a_clear_error_and_the_store_stays_consistent(tmp_path, 
     monkeypatch.setattr(runner_module, "atomic_write_bytes", failing_write)
     cfg = config(tmp_path, image_dir, toy_registry, "broken")
     with pytest.raises(DiskFullError, match="disk full"):
-        run_grid(cfg, registry=toy_registry, progress=False)
+        run_grid(cfg, plugins=toy_registry, progress=False)
     monkeypatch.setattr(runner_module, "atomic_write_bytes", real_write)
-    resumed = run_grid(cfg, registry=toy_registry, progress=False)
+    resumed = run_grid(cfg, plugins=toy_registry, progress=False)
     assert resumed.skipped > 0
     pd.testing.assert_frame_equal(
         pd.read_parquet(full.run_dir / "results.parquet").drop(columns="image_path"),
@@ -69,7 +69,7 @@ def test_odd_image_names_cannot_escape_the_run_directory(tmp_path, toy_registry)
         Image.fromarray(arr).save(images / name)
     cfg = config(tmp_path, images, toy_registry, "run")
     cfg.examples = 3
-    summary = run_grid(cfg, registry=toy_registry, progress=False)
+    summary = run_grid(cfg, plugins=toy_registry, progress=False)
     df = pd.read_parquet(summary.run_dir / "results.parquet")
     assert (df["status"] == "ok").all() and df["image"].nunique() == 3
     run_dir = summary.run_dir.resolve()
@@ -101,7 +101,7 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path, image_dir, capsy
 
 def test_temporary_files_left_by_a_killed_run_are_swept_on_resume(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry, "run")
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     gone = subprocess.Popen([sys.executable, "-c", ""])
     gone.wait()
     stale = cfg.output / "cache" / "adv" / "ab" / f".iqadef-tmp-{gone.pid}-x1y2z3w4.tmp"
@@ -109,14 +109,14 @@ def test_temporary_files_left_by_a_killed_run_are_swept_on_resume(tmp_path, imag
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"half a png")
     users.write_bytes(b"someone else's")
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     assert not stale.exists() and users.exists()
 
 
 # -- damaged files in the run folder (issue 13, item 9) ------------------------------------------
 def test_a_truncated_example_is_shown_as_missing_and_written_again_on_resume(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry, "run")
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     df = pd.read_parquet(cfg.output / "results.parquet")
     rel = sorted(p for p in df["example_path"] if p)[0]
     example = cfg.output / rel
@@ -129,7 +129,7 @@ def test_a_truncated_example_is_shown_as_missing_and_written_again_on_resume(tmp
     assert "shown as missing" in written["markdown"].read_text()
 
     with pytest.warns(StorageWarning, match="1 example image.* missing or unreadable"):
-        again = run_grid(cfg, registry=toy_registry, progress=False)
+        again = run_grid(cfg, plugins=toy_registry, progress=False)
     assert again.computed == 2 and again.failed == 0  # the example's cell (and its batch) computed again
     assert example.read_bytes() == good
     with warnings.catch_warnings():
@@ -153,12 +153,12 @@ def damage_the_cells_table(db: Path) -> None:
 
 def test_a_damaged_result_store_is_one_clear_line(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry, "run")
-    full = run_grid(cfg, registry=toy_registry, progress=False)
+    full = run_grid(cfg, plugins=toy_registry, progress=False)
     before = pd.read_parquet(full.run_dir / "results.parquet")
     db = cfg.output / "results.sqlite"
     damage_the_cells_table(db)
     with pytest.raises(CorruptStoreError) as caught:
-        run_grid(cfg, registry=toy_registry, progress=False)
+        run_grid(cfg, plugins=toy_registry, progress=False)
     message = str(caught.value)
     assert message.startswith(f"{db}: the result store is damaged") and "\n" not in message
     assert "move it aside" in message and "PRAGMA integrity_check" in message
@@ -166,10 +166,10 @@ def test_a_damaged_result_store_is_one_clear_line(tmp_path, image_dir, toy_regis
     for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm"):
         if (cfg.output / name).exists():
             (cfg.output / name).rename(tmp_path / f"{name}.damaged")
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     pd.testing.assert_frame_equal(before, pd.read_parquet(cfg.output / "results.parquet"))
     damage_the_cells_table(db)
-    fresh = run_grid(cfg, registry=toy_registry, progress=False, fresh=True)
+    fresh = run_grid(cfg, plugins=toy_registry, progress=False, fresh=True)
     assert fresh.computed == fresh.total
 
 
@@ -179,7 +179,7 @@ def test_disk_full_while_the_report_is_written_keeps_the_results_and_says_so(
     from iqadef.store import results as store
 
     cfg = config(tmp_path, image_dir, toy_registry, "run")
-    run_grid(cfg, registry=toy_registry, progress=False)
+    run_grid(cfg, plugins=toy_registry, progress=False)
     write_report(cfg.output)
     kept = {name: (cfg.output / name).read_bytes() for name in ("results.parquet", "results.csv", "report.html")}
     real_replace = store.os.replace
@@ -225,7 +225,7 @@ def test_disk_full_when_the_store_is_created_does_not_advise_fresh(tmp_path, ima
 
     monkeypatch.setattr(store.sqlite3, "connect", FullDisk)
     with pytest.raises(DiskFullError) as caught:
-        run_grid(config(tmp_path, image_dir, toy_registry, "run"), registry=toy_registry, progress=False)
+        run_grid(config(tmp_path, image_dir, toy_registry, "run"), plugins=toy_registry, progress=False)
     assert "disk full" in str(caught.value) and "--fresh" not in str(caught.value)
 
 

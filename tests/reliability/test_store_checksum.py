@@ -48,7 +48,7 @@ def row(**values):
 
 def test_a_flipped_bit_inside_results_sqlite_is_found_and_recomputed(tmp_path, image_dir, toy_registry):
     cfg = config(tmp_path, image_dir, toy_registry, "run")
-    first = run_grid(cfg, registry=toy_registry, progress=False)
+    first = run_grid(cfg, plugins=toy_registry, progress=False)
     before = pd.read_parquet(first.run_dir / "results.parquet")
     target = before[(before["image"] == "img3.png") & (before["defence"] == "toy-blur")].iloc[0]
     db = cfg.output / "results.sqlite"
@@ -62,7 +62,7 @@ def test_a_flipped_bit_inside_results_sqlite_is_found_and_recomputed(tmp_path, i
     with pytest.warns(
         StorageWarning, match="1 stored cell.* fail their checksum.*toy-metric / toy-sign / toy-blur / img3.png"
     ):
-        again = run_grid(cfg, registry=toy_registry, progress=False)
+        again = run_grid(cfg, plugins=toy_registry, progress=False)
     assert again.computed == 2 and again.failed == 0  # the cell's batch of two images, for that defence
     after = pd.read_parquet(again.run_dir / "results.parquet")
     pd.testing.assert_frame_equal(before, after)

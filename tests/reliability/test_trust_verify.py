@@ -47,7 +47,7 @@ def registry() -> InstalledPlugins:
 def run_dir(tmp_path, image_dir, registry) -> Path:
     path = tmp_path / "grid.yaml"
     path.write_text(GRID.format(images=image_dir))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     assert summary.failed == 0
     return summary.run_dir
 
@@ -60,10 +60,10 @@ def execute(db: Path, sql: str, *params) -> None:
 
 
 def test_every_stored_cell_recomputed_from_scratch_matches(run_dir, registry):
-    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, plugins=registry)
     assert verdict.ok and verdict.checked == verdict.matched == verdict.candidates == CELLS
     shutil.rmtree(run_dir / "cache")  # nothing is read from the cache: x_a is recomputed by the attack
-    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, plugins=registry)
     assert len(verdict.mismatches) == CELLS and verdict.matched == 0
     # the only difference found is the missing file: every recomputed value still equals the stored one
     assert all(
@@ -78,7 +78,7 @@ def test_every_stored_cell_recomputed_from_scratch_matches(run_dir, registry):
 def test_an_image_replaced_under_its_name_is_a_mismatch(run_dir, image_dir, registry):
     other = np.asarray(Image.open(image_dir / "img3.png"))[:, ::-1].copy()
     Image.fromarray(other).save(image_dir / "img2.png")
-    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, plugins=registry)
     changed = [problem for label, problem in verdict.mismatches if label.endswith("/ img2.png")]
     assert len(changed) == 6 and all("the image file changed since this cell was computed" in p for p in changed)
     partner = [problem for label, problem in verdict.mismatches if label.endswith("/ img3.png")]
@@ -93,7 +93,7 @@ def test_a_wrong_value_in_the_store_is_found_with_its_size(run_dir, registry):
         "UPDATE cells SET f_def_adv = f_def_adv * 0.5 "
         "WHERE image = 'img4.png' AND defence = 'toy-blur' AND attack = 'toy-sign'",
     )
-    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, plugins=registry)
     assert verdict.matched == CELLS - 1 and len(verdict.mismatches) == 1
     label, problem = verdict.mismatches[0]
     assert label == "toy-metric / toy-sign / toy-blur / img4.png"
@@ -114,14 +114,14 @@ def test_a_flipped_score_in_results_sqlite_is_found(run_dir, registry):
         "UPDATE cells SET scores = ? WHERE image = 'img0.png' AND defence = 'no-defence' AND attack = 'toy-noise'",
         json.dumps(values, sort_keys=True),
     )
-    verdict = verify_run(run_dir, cells=CELLS, seed=1, registry=registry)
+    verdict = verify_run(run_dir, cells=CELLS, seed=1, plugins=registry)
     assert [label for label, _ in verdict.mismatches] == ["toy-metric / toy-noise / no-defence / img0.png"]
     assert verdict.mismatches[0][1].startswith("psnr_x_xa: stored -")
 
 
 def test_a_sample_is_reproducible_by_its_seed(run_dir, registry):
-    first = verify_run(run_dir, cells=5, seed=7, registry=registry)
-    again = verify_run(run_dir, cells=5, seed=7, registry=registry)
+    first = verify_run(run_dir, cells=5, seed=7, plugins=registry)
+    again = verify_run(run_dir, cells=5, seed=7, plugins=registry)
     assert first.ok and first.checked == again.checked == 5 and first.seed == again.seed == 7
 
 
@@ -131,7 +131,7 @@ def test_tolerance_is_float32_sized():
 
 
 def test_cli_exit_status_0_1_2(run_dir, registry, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: registry)
     assert cli.main(["verify", str(run_dir), "--cells", "4", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 of 36 stored cell(s) recomputed from scratch (--seed 2): 4 match, 0 differ" in out
@@ -153,7 +153,7 @@ def test_cli_exit_status_0_1_2(run_dir, registry, monkeypatch, capsys):
 
 def test_an_empty_or_foreign_folder_is_refused(tmp_path, registry):
     with pytest.raises(IqadefError, match=r"run.json: missing; is .* a run folder"):
-        verify_run(tmp_path, registry=registry)
+        verify_run(tmp_path, plugins=registry)
 
 
 # -- rows that are wrong without their values being wrong (issue "Trust, round 3", case 5) -------------------
@@ -180,7 +180,7 @@ ONE_LABEL = "toy-metric / toy-sign / toy-blur / img1.png"
 
 def test_an_edited_mos_is_found_in_a_cell_not_recomputed(run_dir, registry):
     edit_row(run_dir / "results.sqlite", ONE, reseal=False, mos=4.5)
-    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=1, seed=0, plugins=registry)
     [(label, problem)] = verdict.mismatches
     assert label == ONE_LABEL
     assert "the row fails its checksum" in problem and "mos: stored 4.5, the dataset gives None" in problem
@@ -189,7 +189,7 @@ def test_an_edited_mos_is_found_in_a_cell_not_recomputed(run_dir, registry):
 
 def test_a_row_relabelled_with_its_checksum_recomputed_is_a_mismatch(run_dir, registry):
     edit_row(run_dir / "results.sqlite", ONE, reseal=True, defence="toy-noise-defence")
-    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=1, seed=0, plugins=registry)
     [(label, problem)] = verdict.mismatches
     assert label == "toy-metric / toy-sign / toy-noise-defence / img1.png"
     assert problem == ("defence: stored 'toy-noise-defence', run.json's registry gives 'toy-blur' for its keys")
@@ -201,14 +201,14 @@ def test_a_changed_adv_path_is_a_mismatch(run_dir, registry, monkeypatch, capsys
     (other,) = con.execute("SELECT adv_path FROM cells WHERE image = 'img0.png' AND attack = 'toy-sign'").fetchone()
     con.close()
     edit_row(db, ONE, reseal=True, adv_path=other)  # another cached x_a, intact and recorded: only its key differs
-    verdict = verify_run(run_dir, cells=CELLS, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=CELLS, seed=0, plugins=registry)
     [(label, problem)] = verdict.mismatches
     assert label == ONE_LABEL and problem.startswith(f"adv_path: stored {other!r}, its keys give 'cache/adv/")
     edit_row(db, ONE, reseal=True, adv_path="cache/adv/00/nothing.png")  # a path the store never recorded
-    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=1, seed=0, plugins=registry)
     assert [label for label, _ in verdict.mismatches] == [ONE_LABEL]
     assert "no file of that name is recorded in the store's artifacts" in verdict.mismatches[0][1]
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_plugins", lambda: registry)
     assert cli.main(["verify", str(run_dir), "--cells", "1", "--seed", "0"]) == 1
     assert "1 other stored cell(s) fail the checks" in capsys.readouterr().out
 
@@ -219,6 +219,6 @@ def test_a_replaced_x_a_file_is_a_mismatch(run_dir, registry):
     con.close()
     path = run_dir / rel
     Image.fromarray(np.asarray(Image.open(path))[::-1].copy()).save(path)  # a valid PNG, other pixels
-    verdict = verify_run(run_dir, cells=1, seed=0, registry=registry)
+    verdict = verify_run(run_dir, cells=1, seed=0, plugins=registry)
     bad = {label for label, problem in verdict.mismatches if "its sha256 is not the one the store recorded" in problem}
     assert ONE_LABEL in bad and len(bad) == len(verdict.mismatches) == 3  # x_a of a plain attack serves 3 defences

@@ -66,11 +66,11 @@ def config(
     path.write_text(
         GRID.format(images=images, output=output, metrics=metrics, attacks=attacks, defences=defences, extra=extra)
     )
-    return load_run_config(path, registry=registry)
+    return load_run_config(path, plugins=registry)
 
 
 def run(cfg, registry, **kwargs):
-    return run_grid(cfg, registry=registry, progress=False, **kwargs)
+    return run_grid(cfg, plugins=registry, progress=False, **kwargs)
 
 
 def table(summary) -> pd.DataFrame:

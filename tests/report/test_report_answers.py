@@ -37,9 +37,9 @@ certified:
 def _run(tmp, images, registry, metrics: str = "[toy-metric]"):
     path = tmp / "grid.yaml"
     path.write_text(GRID.format(images=images, output=tmp / "run", metrics=metrics))
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     assert summary.failed == 0
-    written = write_report(summary.run_dir, registry=registry)
+    written = write_report(summary.run_dir, plugins=registry)
     return summary.run_dir, written
 
 
@@ -215,7 +215,7 @@ def test_geometric_is_declared_by_flip_rotate_crop_and_inherited_by_a_compositio
         f"defences: [no-defence, toy-blur, flip, random-rotate, random-crop, [toy-blur, flip], "
         f"[toy-blur, toy-blur]]\n"
     )
-    config = load_run_config(path, registry=toy_registry)
+    config = load_run_config(path, plugins=toy_registry)
     info = run_info(config, config.open_dataset())
     flags = {label: entry["geometric"] for label, entry in info["defence_plugins"].items()}
     assert [flags[d] for d in info["defences"]] == [False, False, True, True, True, True, False]
@@ -246,7 +246,7 @@ def test_a_run_written_before_run_json_named_its_defences_plugins_still_marks_fl
     info = json.loads((run_dir / "run.json").read_text())
     del info["defence_plugins"]
     (run_dir / "run.json").write_text(json.dumps(info))
-    html = write_report(run_dir, registry=toy_registry)["html"].read_text()
+    html = write_report(run_dir, plugins=toy_registry)["html"].read_text()
     assert "moves pixels (flip, rotate, crop" in html
     highest = html[html.index("highest quality score</strong>") :]
     assert "<li>no-defence" not in highest[: highest.index("</section>")]

@@ -54,7 +54,7 @@ def report_page(tmp_path_factory, toy_registry):
     images.mkdir()
     _images(images)
     summary = run_grid(
-        small_grid_config(tmp, images, toy_registry, str(tmp / "run")), registry=toy_registry, progress=False
+        small_grid_config(tmp, images, toy_registry, str(tmp / "run")), plugins=toy_registry, progress=False
     )
     return write_report(summary.run_dir)["html"]
 

@@ -33,8 +33,8 @@ def run_dir(tmp_path, image_dir, toy_registry) -> Path:
         f"device: cpu\nbatch_size: 6\nexamples: 2\nmetrics: [toy-metric]\n"
         f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
     )
-    config = load_run_config(tmp_path / "grid.yaml", registry=toy_registry)
-    return run_grid(config, registry=toy_registry, progress=False).run_dir
+    config = load_run_config(tmp_path / "grid.yaml", plugins=toy_registry)
+    return run_grid(config, plugins=toy_registry, progress=False).run_dir
 
 
 def test_iqadef_report_in_a_subprocess_imports_no_torch(run_dir):

@@ -30,9 +30,9 @@ def test_clean_images_of_a_relative_dataset_folder_are_found(tmp_path, image_dir
         f"attacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
     )
     monkeypatch.chdir(project)  # `iqadef run grid.yaml` from the project folder
-    config = load_run_config(Path("grid.yaml"), registry=toy_registry)
+    config = load_run_config(Path("grid.yaml"), plugins=toy_registry)
     assert not config.images.is_absolute()  # the case of the bug: the stored paths are relative
-    summary = run_grid(config, registry=toy_registry, progress=False)
+    summary = run_grid(config, plugins=toy_registry, progress=False)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # `iqadef report` from another folder
@@ -50,8 +50,8 @@ def test_run_json_records_the_device_and_the_dataset_and_the_report_shows_the_de
         f"device: cpu\nbatch_size: 6\nexamples: 1\nmetrics: [toy-metric]\n"
         f"attacks: [toy-sign]\ndefences: [no-defence]\n"
     )
-    config = load_run_config(tmp_path / "grid.yaml", registry=toy_registry)
-    summary = run_grid(config, registry=toy_registry, progress=False)
+    config = load_run_config(tmp_path / "grid.yaml", plugins=toy_registry)
+    summary = run_grid(config, plugins=toy_registry, progress=False)
     info = json.loads((summary.run_dir / "run.json").read_text())
     assert info["device"] == "cpu"
     assert info["dataset"]["source"]["name"] == "folder"

@@ -29,7 +29,7 @@ def test_a_third_party_key_column_reaches_the_main_table_with_its_direction(tmp_
         f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\nexamples: 0\n"
         f"metrics: [toy-metric]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
     )
-    summary = run_grid(load_run_config(path, registry=registry), registry=registry, progress=False)
+    summary = run_grid(load_run_config(path, plugins=registry), plugins=registry, progress=False)
     info = json.loads((summary.run_dir / "run.json").read_text())
     assert info["score_columns"]["defence_change"] == {
         "name": "defence_change",
@@ -41,7 +41,7 @@ def test_a_third_party_key_column_reaches_the_main_table_with_its_direction(tmp_
         "plugin": "defence-change",
         "order": 100,
     }
-    md = write_report(summary.run_dir, registry=registry)["markdown"].read_text()
+    md = write_report(summary.run_dir, plugins=registry)["markdown"].read_text()
     key_section = md.split("## Key scores")[1].split("## Failed cells")[0]
     header = next(line for line in key_section.splitlines() if line.startswith("| metric"))
     assert header.split(" | ")[-1] == "defence_change |"  # after the built-ins' key columns (report_order 100)

@@ -86,9 +86,9 @@ def test_the_run_warns_and_the_report_says_so(tmp_path, image_dir, toy_registry)
         f"dataset: {{images: {image_dir}}}\noutput: {tmp_path / 'run'}\nbatch_size: 6\n"
         f"examples: 0\nmetrics: [toy-shifted]\nattacks: [toy-sign]\ndefences: [no-defence, toy-blur]\n"
     )
-    config = load_run_config(registry, registry=toy_registry)
+    config = load_run_config(registry, plugins=toy_registry)
     with pytest.warns(ScoreWarning, match=r"metric toy-shifted: its range \(-1, 1\) goes below 0"):
-        summary = run_grid(config, registry=toy_registry, progress=False)
+        summary = run_grid(config, plugins=toy_registry, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScoreWarning)  # the report says it on the page, it does not warn again
         written = write_report(summary.run_dir)

@@ -78,7 +78,7 @@ def test_summary_scores_come_from_the_registry():
             return {"plain_rows": len(group)}
 
     fake = SimpleNamespace(by_kind={"scores": {"plain": SimpleNamespace(cls=Plain)}})
-    agg = aggregate(table(), {}, registry=fake)
+    agg = aggregate(table(), {}, plugins=fake)
     assert agg.set_index("defence").loc["jpeg", "plain_rows"] == 2
 
 

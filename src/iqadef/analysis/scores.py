@@ -28,6 +28,7 @@ from iqadef.core.columns import DeclaresColumns
 from iqadef.core.contract import Plugin
 from iqadef.core.errors import ConfigError
 from iqadef.core.plugins import installed_plugins, is_summary_score
+from iqadef.core.renamed import renamed_registry_keyword
 
 #: Columns of the result table that identify a cell or describe it; never averaged.
 ID_COLUMNS = (
@@ -144,21 +145,21 @@ def metric_span(info: dict[str, Any]) -> float:
     return span if span != 0 else 1.0
 
 
-# -- registry ------------------------------------------------------------------------------------
-def summary_score_classes(registry: Any = None) -> list[type]:
+# -- the installed score plugins -------------------------------------------------------------------
+def summary_score_classes(plugins: Any = None) -> list[type]:
     """Registered summary-score classes (those with ``summarise`` that are not ImageScores), by name. Only
     these are imported (a lazy registration says which it is): the report needs no per-image score, nor torch."""
-    if registry is None:
-        registry = installed_plugins()
-    table = registry.by_kind.get("scores", {})
+    if plugins is None:
+        plugins = installed_plugins()
+    table = plugins.by_kind.get("scores", {})
     return [table[n].cls for n in sorted(table) if _is_summary(table[n])]
 
 
-def image_score_classes(registry: Any = None) -> list[type]:
+def image_score_classes(plugins: Any = None) -> list[type]:
     """Registered per-image score classes, by name (what the runner instantiates and calls)."""
-    if registry is None:
-        registry = installed_plugins()
-    table = registry.by_kind.get("scores", {})
+    if plugins is None:
+        plugins = installed_plugins()
+    table = plugins.by_kind.get("scores", {})
     return [table[n].cls for n in sorted(table) if not _is_summary(table[n])]
 
 
@@ -167,9 +168,9 @@ def _is_summary(registration: Any) -> bool:
     return is_summary_score(registration.cls) if known is None else bool(known)
 
 
-def recorded_columns(registry: Any = None) -> dict[str, dict[str, Any]]:
+def recorded_columns(plugins: Any = None) -> dict[str, dict[str, Any]]:
     """``run.json``'s ``score_columns``: what every registered score plugin declares of its columns."""
-    return score_columns.record([*image_score_classes(registry), *summary_score_classes(registry)])
+    return score_columns.record([*image_score_classes(plugins), *summary_score_classes(plugins)])
 
 
 def measure_columns(df: pd.DataFrame) -> list[str]:
@@ -191,10 +192,11 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- aggregation ---------------------------------------------------------------------------------
+@renamed_registry_keyword
 def aggregate(
     df: pd.DataFrame,
     run_info: dict[str, Any] | None = None,
-    registry: Any = None,
+    plugins: Any = None,
     summaries: Iterable[Any] | None = None,
 ) -> pd.DataFrame:
     """One row per metric × attack × defence: counts, mean and 95% CI of each measure, summary scores.
@@ -208,7 +210,7 @@ def aggregate(
     ``summaries`` (instances) overrides the registered summary scores.
     """
     if summaries is None:
-        summaries = [cls() for cls in summary_score_classes(registry)]
+        summaries = [cls() for cls in summary_score_classes(plugins)]
     summaries = list(summaries)
     missing = [c for c in GROUP_COLUMNS if c not in df.columns]
     if missing:

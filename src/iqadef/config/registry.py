@@ -35,6 +35,7 @@ from iqadef.core.numerics import KEYS as NUMERICS_KEYS
 from iqadef.core.numerics import Numerics, assign_numerics, parse_numerics
 from iqadef.core.params import canonical_params
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.core.suggest import did_you_mean
 from iqadef.core.weights import explicit_weight_files
 
@@ -324,8 +325,9 @@ def load_yaml(path: Path) -> Any:
             loader.dispose()
 
 
+@renamed_registry_keyword
 def load_run_config(
-    path: str | Path, *, registry: InstalledPlugins | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path, *, plugins: InstalledPlugins | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
     """Read and validate a registry file. ``overrides`` (from the CLI) replace top-level keys."""
     path = Path(path)
@@ -337,7 +339,7 @@ def load_run_config(
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
-    return parse_run_config(data, path, registry=registry)
+    return parse_run_config(data, path, plugins=plugins)
 
 
 def _int(data: dict, key: str, default: int, where: str, low: int = 0) -> int:
@@ -385,10 +387,11 @@ class _Collect:
             raise ConfigErrors(self.errors)
 
 
-def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledPlugins | None = None) -> RunConfig:
+@renamed_registry_keyword
+def parse_run_config(data: dict[str, Any], source: Path, *, plugins: InstalledPlugins | None = None) -> RunConfig:
     """Validate ``data`` (a registry document); every mistake is reported at once (:class:`ConfigErrors`
     when there are several): the checks that do not depend on each other all run before raising."""
-    registry = registry or installed_plugins()
+    plugins = plugins or installed_plugins()
     where = f"{source}: "
     errors = _Collect()
     for key in data:
@@ -404,7 +407,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
     max_side = DEFAULT_MAX_SIDE
     dataset_config: DatasetConfig | None = None
     with errors.check():
-        dataset_config = parse_dataset(data.get("dataset"), base, registry, f"{where}dataset")
+        dataset_config = parse_dataset(data.get("dataset"), base, plugins, f"{where}dataset")
         images, mos, max_side = dataset_config.images, dataset_config.mos, dataset_config.max_side
 
     output = base / "runs/default"
@@ -439,10 +442,10 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
 
     # Count first, build after: a sweep of a few lines can stand for 10^8 configurations.
     planners = {
-        "metrics": lambda e, w: _plan_entry(registry, "metrics", e, w),
-        "attacks": lambda e, w: _plan_attack(registry, e, w),
-        "defences": lambda e, w: _plan_defence(registry, e, w),
-        "certified": lambda e, w: _plan_entry(registry, "certified", e, w),
+        "metrics": lambda e, w: _plan_entry(plugins, "metrics", e, w),
+        "attacks": lambda e, w: _plan_attack(plugins, e, w),
+        "defences": lambda e, w: _plan_defence(plugins, e, w),
+        "certified": lambda e, w: _plan_entry(plugins, "certified", e, w),
     }
     plans: dict[str, list[_Plan]] = {}
     complete = True
@@ -479,7 +482,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
     protocol = None
     if "protocol" in data:
         with errors.check():
-            protocol = _add_protocol(registry, data["protocol"], attacks, where, built["certified"])
+            protocol = _add_protocol(plugins, data["protocol"], attacks, where, built["certified"])
     if complete and size_ok:  # one `defence` column: a certified label may not repeat a defence's
         with errors.check():
             _no_duplicates([*defences, *built["certified"]], where + "defences + certified")
@@ -533,7 +536,7 @@ def parse_run_config(data: dict[str, Any], source: Path, *, registry: InstalledP
 
 
 def _add_protocol(
-    registry: InstalledPlugins, level: Any, attacks: list[AttackEntry], where: str, certified: list
+    plugins: InstalledPlugins, level: Any, attacks: list[AttackEntry], where: str, certified: list
 ) -> dict:
     """Append the protocol's attack entries to ``attacks`` (an entry equal to one of the user's is not
     added twice: the user's plays the role) and return what run.json records (analysis/protocol.py). The
@@ -549,7 +552,7 @@ def _add_protocol(
     names: dict[str, str] = {}
     radii = tuple(sorted({float(c.eps) for c in certified}))
     for spec in protocol_attacks(level, radii=radii):
-        cls = registry.get("attacks", spec.attack, f"{where}protocol ({spec.label})")
+        cls = plugins.get("attacks", spec.attack, f"{where}protocol ({spec.label})")
         entry = AttackEntry(
             _make(cls, spec.params, f"{where}protocol ({spec.label})"), spec.adaptive, spec.eot_samples, spec
         )
@@ -675,11 +678,11 @@ def _check_grid_size(plans: dict[str, list[_Plan]], max_cells: int, where: str) 
 
 
 def _param_sets(
-    registry: InstalledPlugins, kind: str, entry: Any, where: str, extra_keys: set[str] = ENTRY_KEYS
+    plugins: InstalledPlugins, kind: str, entry: Any, where: str, extra_keys: set[str] = ENTRY_KEYS
 ) -> _ParamSets:
     """One entry as (class, params sets, sweep axes) — a sweep or a params list gives several; nothing expanded."""
     if isinstance(entry, str):
-        return _ParamSets(registry.get(kind, entry, where), [({}, where)])
+        return _ParamSets(plugins.get(kind, entry, where), [({}, where)])
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a name or a mapping with `name`, got {type(entry).__name__}")
     if "name" not in entry:
@@ -687,7 +690,7 @@ def _param_sets(
     name = entry["name"]
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name: must be a string")
-    cls = registry.get(kind, name, f"{where}.name")
+    cls = plugins.get(kind, name, f"{where}.name")
     inline = {k: v for k, v in entry.items() if k not in extra_keys}
     declared = {p.name: p for p in cls.params}
     sets: list[tuple[dict, str]]
@@ -750,15 +753,15 @@ def _check_weight_files(plugin: Plugin, where: str) -> None:
             raise ConfigError(f"{where}.{param}: {path} is not a file (a folder?); give the path of the weights file")
 
 
-def _plan_entry(registry: InstalledPlugins, kind: str, entry: Any, where: str) -> _Plan:
-    sets = _param_sets(registry, kind, entry, where)
+def _plan_entry(plugins: InstalledPlugins, kind: str, entry: Any, where: str) -> _Plan:
+    sets = _param_sets(plugins, kind, entry, where)
     return _Plan(
         where, sets.cls.name, sets.count, lambda: _each(sets.expand(), lambda pw: _make(sets.cls, *pw)), _sizes(sets)
     )
 
 
-def _plan_attack(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
-    sets = _param_sets(registry, "attacks", entry, where, ATTACK_ENTRY_KEYS)
+def _plan_attack(plugins: InstalledPlugins, entry: Any, where: str) -> _Plan:
+    sets = _param_sets(plugins, "attacks", entry, where, ATTACK_ENTRY_KEYS)
     adaptive, eot = "none", 1
     if isinstance(entry, dict):
         adaptive = entry.get("adaptive", "none") or "none"
@@ -785,7 +788,7 @@ def _plan_attack(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
     return _Plan(where, sets.cls.name, sets.count, lambda: _each(sets.expand(), make), _sizes(sets))
 
 
-def _plan_defence(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
+def _plan_defence(plugins: InstalledPlugins, entry: Any, where: str) -> _Plan:
     if isinstance(entry, dict) and "compose" in entry:
         extra = set(entry) - {"compose"}
         if extra:
@@ -796,11 +799,11 @@ def _plan_defence(registry: InstalledPlugins, entry: Any, where: str) -> _Plan:
             raise ConfigError(f"{where}: a composition needs at least two defences, e.g. [diffpure, unsharp]")
         stages = []
         for j, sub in enumerate(entry):
-            stage = _plan_entry(registry, "defences", sub, f"{where}[{j}]")
+            stage = _plan_entry(plugins, "defences", sub, f"{where}[{j}]")
             if stage.count != 1:
                 raise ConfigError(f"{where}[{j}]: sweeps are not allowed inside a composition")
             stages.append(stage)
         return _Plan(
             where, "+".join(s.name for s in stages), 1, lambda: [Compose(_each(stages, lambda s: s.build()[0]))]
         )
-    return _plan_entry(registry, "defences", entry, where)
+    return _plan_entry(plugins, "defences", entry, where)

@@ -43,6 +43,7 @@ from iqadef.core.errors import ConfigError, IqadefError
 from iqadef.core.fetch import FetchError, RemoteFile, extract, fetch, matches, offline, sha256_of
 from iqadef.core.files import atomic_write_bytes
 from iqadef.core.params import Param, resolve
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.core.sniff import BINARY, binary_kind, wrong_content
 from iqadef.core.suggest import did_you_mean
 
@@ -675,7 +676,8 @@ class DatasetConfig:
         }
 
 
-def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset") -> DatasetConfig:
+@renamed_registry_keyword
+def parse_dataset(value: Any, base: Path, plugins: Any, where: str = "dataset") -> DatasetConfig:
     """Validate the registry's ``dataset:`` (docs/registry.md); every mistake is a ConfigError naming the key.
 
     Forms: absent (the bundled images); a string (a folder of images relative to the registry, ``builtin``,
@@ -686,7 +688,7 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
     if value is None:
         value = {"name": "builtin"}
     if isinstance(value, str):
-        names = set(registry.names("datasets"))
+        names = set(plugins.names("datasets"))
         if value == "builtin" or (value in names and value != "folder" and not (base / value).expanduser().is_dir()):
             value = {"name": value}
         else:
@@ -704,7 +706,7 @@ def parse_dataset(value: Any, base: Path, registry: Any, where: str = "dataset")
             data.pop("images", None)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.name: must be a dataset name (`iqadef list datasets`)")
-    cls = registry.get("datasets", name, where=f"{where}.name")
+    cls = plugins.get("datasets", name, where=f"{where}.name")
     common = {k: data.pop(k) for k in list(data) if k in COMMON_KEYS}
     allowed = {**COMMON_KEYS, **{p.name: p.help for p in cls.params}}
     if not cls.fetchable:

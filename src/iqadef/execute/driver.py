@@ -17,6 +17,7 @@ from iqadef.analysis.verdict import study_rows, write_verdict
 from iqadef.config.registry import RunConfig
 from iqadef.core.dataset import Dataset
 from iqadef.core.plugins import InstalledPlugins
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.core.weights import fetch_missing
 from iqadef.execute.execution import ExecutionContext
 from iqadef.execute.executors import executor_named
@@ -54,6 +55,7 @@ class RunSummary:
     verdict: Any = None
 
 
+@renamed_registry_keyword
 def run_grid(
     config: RunConfig,
     *,
@@ -62,7 +64,7 @@ def run_grid(
     progress: bool | None = None,
     executor: str | None = None,
     after_unit: Callable[[int], None] | None = None,
-    registry: InstalledPlugins | None = None,
+    plugins: InstalledPlugins | None = None,
     announce: Callable[[str], None] | None = None,
     on_cells: Callable[[int], None] | None = None,
 ) -> RunSummary:
@@ -87,7 +89,7 @@ def run_grid(
             dataset.problems.extend(
                 overlap_problems(trained, dataset) + overlap_problems(trained_defences, dataset, "defence")
             )
-            info = run_info(config, dataset, limit, registry)
+            info = run_info(config, dataset, limit, plugins)
             atomic_write_bytes(output / "run.json", json.dumps(info, indent=2).encode())
             warn_scores(info["metrics"])  # a metric whose scores reach 0 or below: its gain misleads
             fetch_missing(config.plugins())  # a missing weight file stops the run now, not hours in
@@ -102,7 +104,7 @@ def run_grid(
                 announce(opening_line(config, len(dataset), total_cells, todo_cells, device, executor))
             if units:
                 cells = _Cells()  # the executor reports cells as they finish; the bar is up from the first unit
-                context = ExecutionContext(config, dataset, output, device, registry, on_cells=cells)
+                context = ExecutionContext(config, dataset, output, device, plugins, on_cells=cells)
                 stream = executor_named(executor)(context, units)  # its checks (Ray's options, pickling) first
                 with _progress(progress, len(units), todo_cells) as bar:
                     cells.report = _report_cells(bar, on_cells)
@@ -212,7 +214,7 @@ def summary_table(df: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
 
 
 def measure_units(
-    config: RunConfig, dataset: Dataset, units: list, *, registry: InstalledPlugins | None = None
+    config: RunConfig, dataset: Dataset, units: list, *, plugins: InstalledPlugins | None = None
 ) -> dict[str, Any]:
     """``iqadef plan --measure``: time the first unit of each metric x attack, computed in a temporary
     folder (the run folder is not touched, no cache is used), and scale each unit still to do by its share
@@ -227,7 +229,7 @@ def measure_units(
     timed: dict[tuple[int, int], float] = {}
     defences = grid_defences(config)  # a unit's defence indices count the certified defences too
     with tempfile.TemporaryDirectory(prefix="iqadef-plan-") as tmp:
-        worker = Worker(config, dataset, Path(tmp), lambda key: None, device, registry)
+        worker = Worker(config, dataset, Path(tmp), lambda key: None, device, plugins)
         for pair, unit in first.items():
             for plugin in (
                 config.metrics[unit.metric],

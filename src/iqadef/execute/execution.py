@@ -42,8 +42,8 @@ class ExecutionContext:
     run_dir: Path
     #: The driver's device (Ray's actors resolve ``config.device`` themselves: the driver may have no GPU).
     device: torch.device
-    #: The plugin registry whose image scores the cells get (None: the installed plugins).
-    registry: InstalledPlugins | None = None
+    #: The plugin manager whose image scores the cells get (None: the installed plugins).
+    plugins: InstalledPlugins | None = None
     #: Read cached adversarial images from the run's store (``iqadef verify``: False, everything recomputed).
     cached: bool = True
     #: Called with the number of cells just finished, as they finish, from the thread computing them (an

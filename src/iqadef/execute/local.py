@@ -37,7 +37,7 @@ def execute_local(context: ExecutionContext, units: list[Unit]) -> Iterator[tupl
     torch state is released before the interpreter exits.
     """
     lookup = ArtifactReader.of_run(context.run_dir) if context.cached else (lambda key: None)
-    worker = Worker(context.config, context.dataset, context.run_dir, lookup, context.device, context.registry)
+    worker = Worker(context.config, context.dataset, context.run_dir, lookup, context.device, context.plugins)
     worker.on_cells = context.on_cells
     return _serve(worker, units, context)
 

@@ -25,7 +25,7 @@ Why it is built this way:
 * **Same plugins in the actor.** Plugins are plain objects until ``load()``, so the config is pickled
   (cloudpickle; classes by reference to their module) and unpickled inside the actor after the
   driver's ``sys.path`` entries have been added there. Third-party plugins must be installed in the
-  same environment on every node. The image-score classes of the driver's plugin registry are passed
+  same environment on every node. The image-score classes of the driver's plugin manager are passed
   along, so the actor computes the same score columns.
 
 Cached adversarial images are looked up in a snapshot of the store's artifact table taken when the
@@ -94,12 +94,12 @@ def check_picklable(config: RunConfig, scores: list[type] | None = None) -> None
             ) from None
 
 
-def score_classes(registry: InstalledPlugins | None) -> list[type]:
-    return image_score_classes(registry or installed_plugins())
+def score_classes(plugins: InstalledPlugins | None) -> list[type]:
+    return image_score_classes(plugins or installed_plugins())
 
 
 class ScoreTable:
-    """The part of a plugin registry a Worker uses (its image scores), rebuilt in the actor."""
+    """The part of a plugin manager (``InstalledPlugins``) a Worker uses (its image scores), rebuilt in the actor."""
 
     def __init__(self, classes: list[type]):
         self.by_kind = {"scores": {cls.name: SimpleNamespace(cls=cls) for cls in classes}}
@@ -144,7 +144,7 @@ class UnitActor:
             ) from None
         fetch_missing(config.plugins())  # a node without the driver's weight cache fetches them first
         self.worker = Worker(
-            config, dataset, Path(run_dir), artifacts.get, actor_device(config.device), registry=ScoreTable(scores)
+            config, dataset, Path(run_dir), artifacts.get, actor_device(config.device), plugins=ScoreTable(scores)
         )  # type: ignore[arg-type]
 
     def ready(self) -> bool:
@@ -197,7 +197,7 @@ def execute_ray(context: ExecutionContext, units: list) -> Iterator[tuple[Any, A
     config, dataset, output = context.config, context.dataset, context.run_dir
     ray = import_ray()
     options = RayOptions.parse(config.ray, f"{config.source}: ray")
-    scores = score_classes(context.registry)
+    scores = score_classes(context.plugins)
     check_picklable(config, scores)
     from ray import cloudpickle
 

@@ -35,9 +35,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def open_grid(run_dir: Path, info: dict[str, Any], registry: Any) -> tuple[RunConfig, Dataset]:
+def open_grid(run_dir: Path, info: dict[str, Any], plugins: Any) -> tuple[RunConfig, Dataset]:
     """The run's configuration (from the registry in ``run.json``) and its dataset as the folder gives it now."""
-    config = parse_run_config(dict(info["registry"]), Path(info["registry_file"]), registry=registry)
+    config = parse_run_config(dict(info["registry"]), Path(info["registry_file"]), plugins=plugins)
     config.output, config.executor = Path(run_dir), "local"
     try:
         dataset = config.open_dataset(limit=info.get("limit"))

@@ -164,7 +164,7 @@ def verify_run(
     cells: int = DEFAULT_CELLS,
     seed: int | None = None,
     *,
-    registry: InstalledPlugins | None = None,
+    plugins: InstalledPlugins | None = None,
     rtol: float = RTOL,
     atol: float = ATOL,
     progress: bool | None = False,
@@ -177,13 +177,13 @@ def verify_run(
     if cells < 1:
         raise IqadefError(f"--cells {cells}: must be at least 1")
     info = read_run_info(run_dir)
-    registry = registry or installed_plugins()
-    config, dataset = open_grid(run_dir, info, registry)
+    plugins = plugins or installed_plugins()
+    config, dataset = open_grid(run_dir, info, plugins)
     stored = read_cells(run_dir)
 
     index = {
-        kind: {p.key(): i for i, p in enumerate(plugins)}
-        for kind, plugins in (
+        kind: {p.key(): i for i, p in enumerate(entries)}
+        for kind, entries in (
             ("metric", config.metrics),
             ("attack", config.attacks),
             ("defence", grid_defences(config)),
@@ -268,7 +268,7 @@ def verify_run(
             cells_todo = sum(len(u.defences) * len(batches[u.batch]) for u in units)
             with _progress(progress, len(units), cells_todo, what="verify", cell_label="cells recomputed") as bar:
                 context = ExecutionContext(
-                    config, dataset, run_dir, config.torch_device(), registry, cached=False, on_cells=bar.cell
+                    config, dataset, run_dir, config.torch_device(), plugins, cached=False, on_cells=bar.cell
                 )
                 for _, result in execute_local(context, units):
                     bar.unit(len(result.rows))

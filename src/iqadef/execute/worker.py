@@ -42,6 +42,7 @@ from iqadef.core.cells import CellBatch, CellGroup
 from iqadef.core.dataset import Dataset
 from iqadef.core.guard import CellFailure, GuardedMetric, Seal, Tripwire, broken, check_images
 from iqadef.core.plugins import InstalledPlugins, installed_plugins
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.execute.caches import AdversarialImages, CleanSide, attack_seed, defence_seed
 from iqadef.execute.redraw import redraw_scores, wants_redraws
 from iqadef.execute.rows import build_rows
@@ -77,6 +78,7 @@ class Worker:
     * rows come from :func:`~iqadef.execute.rows.build_rows`, as certified cells' do (execute/smoothed.py).
     """
 
+    @renamed_registry_keyword
     def __init__(
         self,
         config: RunConfig,
@@ -84,7 +86,7 @@ class Worker:
         run_dir: Path,
         artifact_lookup: Callable[[str], tuple[str, str] | None],
         device: torch.device,
-        registry: InstalledPlugins | None = None,
+        plugins: InstalledPlugins | None = None,
         *,
         guard_inputs: bool = True,
     ):
@@ -96,7 +98,7 @@ class Worker:
         self.device = device
         self.guard_inputs = guard_inputs
         self.example_names = {item.name for item in dataset.items[: config.examples]}
-        self.image_scores = [cls() for cls in image_score_classes(registry or installed_plugins())]
+        self.image_scores = [cls() for cls in image_score_classes(plugins or installed_plugins())]
         self.sandbox = Sandbox(device, guard_inputs=guard_inputs)
         self.clean = CleanSide(config, dataset, self.batches, self.sandbox)
         self.adversarial = AdversarialImages(config, self.batches, run_dir, artifact_lookup, self.sandbox, self.clean)

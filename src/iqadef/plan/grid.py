@@ -186,7 +186,7 @@ def reuse_renamed(store: ResultStore, config: RunConfig, dataset: Dataset, finis
     return len(copies)
 
 
-def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None, registry: Any = None) -> dict[str, Any]:
+def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None, plugins: Any = None) -> dict[str, Any]:
     """``run.json``: what the report needs (the score plugins' columns among it: their better side,
     aggregation, main table, so the report needs no plugin), and what ``iqadef verify`` needs to recompute a
     cell (the raw registry, the registry file it was read from, ``--limit``, torch's thread count)."""
@@ -214,7 +214,7 @@ def run_info(config: RunConfig, dataset: Dataset, limit: int | None = None, regi
         "registry_file": str(Path(config.source).resolve()),
         "limit": limit,
         "torch_threads": torch.get_num_threads(),
-        "score_columns": recorded_columns(registry),
+        "score_columns": recorded_columns(plugins),
     }
     if config.protocol is not None:  # the robustness protocol's roles and budgets (analysis/protocol.py)
         info["protocol"] = config.protocol

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from iqadef.analysis.verdict import study_rows, write_verdict
+from iqadef.core.renamed import renamed_registry_keyword
 from iqadef.report.figures import ImageLocator, draw_figures, draw_tradeoffs, figure_file_name
 from iqadef.report.files import ReportFiles, load_results
 from iqadef.report.glance import quality_column, tradeoff_points, with_defence_plugins
@@ -65,7 +66,8 @@ __all__ = [
 ]
 
 
-def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
+@renamed_registry_keyword
+def write_report(run_dir: str | Path, plugins: Any = None) -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``summary.csv`` and ``figures/*.png`` into ``run_dir``.
 
     Returns the written files by key: ``html``, ``markdown``, ``summary_csv`` and ``figure:<stem>``
@@ -73,11 +75,11 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     """
     run_dir = Path(run_dir)
     df, run_info = load_results(run_dir)
-    run_info = with_defence_plugins(run_info, registry)  # runs written before run.json recorded them
+    run_info = with_defence_plugins(run_info, plugins)  # runs written before run.json recorded them
     files = ReportFiles(run_dir)
     result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
     df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
-    tables = report_tables(df, run_info, registry=registry)
+    tables = report_tables(df, run_info, plugins=plugins)
     written = {
         "summary_csv": files.write(run_dir / "summary.csv", tables.aggregated.to_csv(index=False).encode("utf-8"))
     }

@@ -60,25 +60,25 @@ def defence_plugins(run_info: dict[str, Any] | None) -> dict[str, dict[str, Any]
     return dict((run_info or {}).get("defence_plugins") or {})
 
 
-def with_defence_plugins(run_info: dict[str, Any], registry: Any = None) -> dict[str, Any]:
+def with_defence_plugins(run_info: dict[str, Any], plugins: Any = None) -> dict[str, Any]:
     """``run_info`` with ``defence_plugins`` filled in for a run written before ``run.json`` recorded it: each
     label of ``defences`` read as the run labels them (``name[params]``, a composition's stages joined by
-    ``+``) and looked up in the installed plugins (``registry``, else the global one); a label that is not
+    ``+``) and looked up in the installed plugins (``plugins``, else the global ones); a label that is not
     found stays out (no mark: nothing is claimed about it)."""
     if run_info.get("defence_plugins") or not run_info.get("defences"):
         return run_info
-    if registry is None:
+    if plugins is None:
         from iqadef.core.plugins import installed_plugins
 
-        registry = installed_plugins()
-    known = set(registry.names("defences"))
+        plugins = installed_plugins()
+    known = set(plugins.names("defences"))
     found = {}
     for label in run_info["defences"]:
         names = [part.split("[", 1)[0] for part in str(label).split("+")]
         if names and all(n in known for n in names):
             found[label] = {
                 "name": names[0] if len(names) == 1 else "+".join(names),
-                "geometric": any(getattr(registry.get("defences", n), "geometric", False) for n in names),
+                "geometric": any(getattr(plugins.get("defences", n), "geometric", False) for n in names),
             }
     return dict(run_info, defence_plugins=found)
 

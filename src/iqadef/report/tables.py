@@ -30,6 +30,7 @@ from iqadef.analysis.scores import (
 )
 from iqadef.core import columns as score_columns
 from iqadef.core.columns import ScoreColumn
+from iqadef.core.renamed import renamed_registry_keyword
 
 CLEAN_ROW = "clean"
 N_BINS = 5
@@ -454,9 +455,10 @@ class ReportTables:
     mos: bool
 
 
-def report_tables(df: pd.DataFrame, run_info: dict[str, Any], registry: Any = None) -> ReportTables:
+@renamed_registry_keyword
+def report_tables(df: pd.DataFrame, run_info: dict[str, Any], plugins: Any = None) -> ReportTables:
     """Aggregate the result table and build every table of the report from it."""
-    agg = aggregate(df, run_info, registry=registry)
+    agg = aggregate(df, run_info, plugins=plugins)
     short = summary_table(df, run_info)
     formatted = with_ci(agg)
     metrics = (

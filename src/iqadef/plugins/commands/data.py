@@ -69,8 +69,8 @@ class DataCommand(Command):
             root = fetch_dataset(plugin, progress=sys.stderr.isatty(), keep_archives=args.keep_archives)
             print(f"{plugin.name}: present in {root}")
             return 0
-        registry = iqadef.installed_plugins()
-        names = [args.dataset] if args.dataset else registry.names("datasets")
+        plugins = iqadef.installed_plugins()
+        names = [args.dataset] if args.dataset else plugins.names("datasets")
         rows = []
         for name in names:
             plugin = _plugin(name, args.root, options if args.dataset else {})

@@ -25,7 +25,7 @@ class ExportCommand(Command):
 
     def run(self, args) -> int:
 
-        summary = iqadef.export_run(args.run_dir, args.out, defended=args.defended, registry=iqadef.installed_plugins())
+        summary = iqadef.export_run(args.run_dir, args.out, defended=args.defended, plugins=iqadef.installed_plugins())
         for problem in summary.skipped:
             print(f"warning: {problem}")
         print(
