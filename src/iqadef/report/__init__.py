@@ -75,31 +75,27 @@ def write_report(run_dir: str | Path, registry: Any = None) -> dict[str, Path]:
     df, run_info = load_results(run_dir)
     run_info = with_defence_plugins(run_info, registry)  # runs written before run.json recorded them
     files = ReportFiles(run_dir, background=True)  # figures rendered in child processes meanwhile
-    try:
-        result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
-        df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
-        tables = report_tables(df, run_info, registry=registry)
-        written = {
-            "summary_csv": files.write(run_dir / "summary.csv", tables.aggregated.to_csv(index=False).encode("utf-8"))
-        }
-        locate = ImageLocator(run_dir, run_info)
-        figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
-        figures.tradeoff = draw_tradeoffs(
-            {m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()}, run_dir, files
-        )
-        written.update(figures.written())
-        views: dict[str, Any] = {"html": None, "md": None}
-        ranking = None if result is None else result.ranking  # the worst case beside fine-tuned metrics
-        if result is not None:
-            written.update(write_verdict(result, run_dir, files.write))
-            curves = curve_figures(result, run_dir, files)
-            written.update({f"figure:{path.stem}": path for _, path in curves})
-            files.settle()  # the page embeds the figures
-            views = {kind: page_view(result, curves, kind) for kind in views}
-        files.settle()
-    except BaseException:
-        files.abandon()
-        raise
+    result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
+    df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
+    tables = report_tables(df, run_info, registry=registry)
+    written = {
+        "summary_csv": files.write(run_dir / "summary.csv", tables.aggregated.to_csv(index=False).encode("utf-8"))
+    }
+    locate = ImageLocator(run_dir, run_info)
+    figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
+    figures.tradeoff = draw_tradeoffs(
+        {m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()}, run_dir, files
+    )
+    written.update(figures.written())
+    views: dict[str, Any] = {"html": None, "md": None}
+    ranking = None if result is None else result.ranking  # the worst case beside fine-tuned metrics
+    if result is not None:
+        written.update(write_verdict(result, run_dir, files.write))
+        curves = curve_figures(result, run_dir, files)
+        written.update({f"figure:{path.stem}": path for _, path in curves})
+        files.settle()  # the page embeds the figures
+        views = {kind: page_view(result, curves, kind) for kind in views}
+    files.settle()
     written["html"] = write_html(
         run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"], verdict_ranking=ranking
     )

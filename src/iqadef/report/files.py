@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class ReportFiles:
         self.run_dir = run_dir
         self.background = background and hasattr(os, "fork")
         self._pending: list[tuple[Path, Callable[[], bytes], int, int]] = []  # path, render, child pid, pipe
+        weakref.finalize(self, _abandon, self._pending)  # a report that failed midway leaves no child behind
         self.folder = RunFolder(run_dir)
         if self.folder.is_run_folder():
             self.folder.adopt()  # a folder of an older version: list the report's files from now on
@@ -111,11 +113,8 @@ class ReportFiles:
             self._settle_first()
 
     def abandon(self) -> None:
-        """Wait for the background renders and write nothing (the report failed before it needed them)."""
-        while self._pending:
-            _, _, pid, pipe = self._pending.pop(0)
-            os.close(pipe)
-            os.waitpid(pid, 0)
+        """Stop the background renders and write nothing (the report failed before it needed them)."""
+        _abandon(self._pending)
 
     def _settle_first(self) -> None:
         path, render, pid, pipe = self._pending.pop(0)
@@ -161,6 +160,14 @@ class ReportFiles:
             f"{names}{more}. Running the registry again (resume) writes unreadable example "
             f"images anew; then run `iqadef report` again."
         )
+
+
+def _abandon(pending: list[tuple[Path, Callable[[], bytes], int, int]]) -> None:
+    """Close the pipes (a child still sending gets a broken pipe and exits) and reap the children."""
+    while pending:
+        _, _, pid, pipe = pending.pop(0)
+        os.close(pipe)
+        os.waitpid(pid, 0)
 
 
 def _render_in_child(render: Callable[[], bytes]) -> tuple[int, int]:
