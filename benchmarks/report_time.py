@@ -2,7 +2,8 @@
 
 Each candidate runs ``python -m iqadef report`` on its own copy of the run folder, interleaved round-robin
 with a rotating order (so the load of a shared machine hits all alike), ``--repeats`` times; the median is
-reported with the load before and after. Candidates:
+reported with the load before and after, and the CPU time (user + system) of the report process and its
+children (the figures' renders), which a shared machine's load changes far less than the wall time. Candidates:
 
 * ``before``: the base revision's ``src`` (``git archive``), built-in plugins only (``IQADEF_LOAD_PLUGINS=``)
 * ``after_first``: this tree, no thumbnail cache (removed before each run): a first report
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -73,6 +75,8 @@ def main() -> None:
             shutil.copytree(args.run, runs[name], ignore=shutil.ignore_patterns("report.*", "figures", "summary.csv"))
             (runs[name] / thumbnails).unlink(missing_ok=True)
 
+        cpu: dict[str, list[float]] = {name: [] for name in candidates}
+
         def report(name: str) -> float:
             src, plugins = candidates[name]
             if name == "after_first":
@@ -81,18 +85,26 @@ def main() -> None:
             env.pop("IQADEF_LOAD_PLUGINS", None)
             if plugins is not None:
                 env["IQADEF_LOAD_PLUGINS"] = plugins
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "iqadef", "report", str(runs[name])], env=env,
                                  capture_output=True, text=True, timeout=900)
             seconds = time.perf_counter() - start
+            after_use = resource.getrusage(resource.RUSAGE_CHILDREN)
             if out.returncode != 0:
                 sys.exit(f"{name}: iqadef report failed:\n{out.stderr[-3000:]}")
+            print(f"{name}: {seconds:.2f} s", file=sys.stderr, flush=True)
+            cpu[name].append(
+                round(after_use.ru_utime + after_use.ru_stime - used.ru_utime - used.ru_stime, 3)
+            )
             return seconds
 
         load_before, started = loadavg(), time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         for name in candidates:  # warm-up: file caches, and the thumbnail cache of `after`
             report(name)
         times: dict[str, list[float]] = {name: [] for name in candidates}
+        for name in candidates:
+            cpu[name].clear()  # the warm-up's CPU time is left out as its wall time is
         names = list(candidates)
         for r in range(args.repeats):
             for name in names[r % len(names):] + names[: r % len(names)]:
@@ -101,19 +113,34 @@ def main() -> None:
         same = comparable((runs["before"] / "report.html").read_text()) == comparable(
             (runs["after"] / "report.html").read_text())
         medians = {name: round(statistics.median(t), 3) for name, t in times.items()}
+        cpu_medians = {name: round(statistics.median(t), 3) for name, t in cpu.items()}
+        same_files = {
+            name: (runs["before"] / name).read_bytes() == (runs["after"] / name).read_bytes()
+            for name in ("summary.csv", "report.md")
+        }
+        figures = sorted(p.name for p in (runs["before"] / "figures").glob("*.png"))
+        same_figures = figures == sorted(p.name for p in (runs["after"] / "figures").glob("*.png")) and all(
+            (runs["before"] / "figures" / f).read_bytes() == (runs["after"] / "figures" / f).read_bytes()
+            for f in figures
+        )
         result = {
             "benchmark": "report_time", "base": args.base, "run": str(args.run), "repeats": args.repeats,
             "started_utc": started, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "load_before": load_before,
             "load_after": load_after, "machine": machine(), "seconds": times, "median_seconds": medians,
+            "cpu_seconds": cpu, "median_cpu_seconds": cpu_medians,
             "speedup": round(medians["before"] / medians["after"], 2),
+            "cpu_speedup": round(cpu_medians["before"] / cpu_medians["after"], 2),
             "speedup_first_report": round(medians["before"] / medians["after_first"], 2),
             "html_identical_apart_from_figures_and_timestamp": same,
+            "summary_csv_identical": same_files["summary.csv"], "report_md_identical": same_files["report.md"],
+            "figure_pngs_byte_identical": same_figures,
         }
         write_result(args.out, result)
         for name, value in medians.items():
-            print(f"{name:>17}: {value:6.2f} s (median of {args.repeats})")
-        print(f"report.html identical apart from figures and timestamp: {same}; load {load_before} -> {load_after}")
+            print(f"{name:>17}: {value:6.2f} s wall, {cpu_medians[name]:6.2f} s CPU (medians of {args.repeats})")
+        print(f"report.html identical apart from figures and timestamp: {same}; summary.csv, report.md identical: "
+              f"{same_files}; figure PNGs byte-identical: {same_figures}; load {load_before} -> {load_after}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -38,10 +38,12 @@ def run_dir(tmp_path, image_dir, toy_registry) -> Path:
 
 
 def test_iqadef_report_in_a_subprocess_imports_no_torch(run_dir):
+    """Nor pyplot: the figures are matplotlib ``Figure`` objects on the Agg canvas (pyplot's import and its
+    global figure manager cost time and a backend choice)."""
     probe = (
         "import sys\nfrom iqadef.cli import main\n"
         f"code = main(['report', {str(run_dir)!r}])\n"
-        "print(code, sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+        "print(code, sorted(m for m in ('torch', 'torchvision', 'matplotlib.pyplot') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC), "IQADEF_LOAD_PLUGINS": ""}  # built-ins only
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, env=env)

@@ -3,6 +3,7 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -65,6 +66,47 @@ def test_aggregate_excludes_and_counts_failed_cells():
     assert "mos_mean" not in agg.columns
     flip = agg[agg["defence"] == "flip"].iloc[0]
     assert flip["n_images"] == 1 and flip["n_failed"] == 0 and flip["gain_mean"] == 3.0
+
+
+class GroupRows(SummaryScore):
+    """Records the rows (index, clean scores) each group's summary is given."""
+
+    name = "group-rows"
+
+    def summarise(self, group, info):
+        return {"rows": float(int("".join(str(i + 1) for i in group.index))), "first": float(group["f_clean"].iloc[0])}
+
+
+def test_aggregate_groups_as_groupby_does_with_interleaved_rows_nan_keys_and_failures():
+    """Groups in order of first appearance (a NaN defence is a group), rows in table order, failed rows out of
+    the values and of the rows a summary score sees: what grouping with pandas per group gives."""
+    rng = np.random.default_rng(3)
+    defences = ["jpeg", "flip", None, "jpeg", "blur", None, "flip", "jpeg", "blur"]
+    df = pd.DataFrame(
+        {
+            "image": [f"i{k}" for k in range(9)],
+            "metric": ["m"] * 9,
+            "attack": ["a", "b", "a", "a", "b", "a", "a", "a", "b"],
+            "defence": defences,
+            "status": ["ok", "ok", "ok", "failed", "ok", "ok", "ok", "ok", "ok"],
+            "f_clean": rng.normal(50, 10, 9),
+            "gain": rng.normal(0, 1, 9),
+        }
+    )
+    agg = aggregate(df, summaries=[GroupRows()])
+    expected = []
+    for keys, group in df.groupby(["metric", "attack", "defence"], sort=False, dropna=False):
+        good = group[group["status"] == "ok"]
+        mean, low, high, _ = mean_ci(good["gain"])
+        expected.append((*keys, len(good), len(group) - len(good), mean, low, high, good.index.tolist()))
+    assert len(agg) == len(expected) == 5
+    for (_, row), (metric, attack, defence, n, failed, mean, low, high, index) in zip(agg.iterrows(), expected):
+        assert (row["metric"], row["attack"]) == (metric, attack)
+        assert row["defence"] == defence or (pd.isna(row["defence"]) and pd.isna(defence))
+        assert (row["n_images"], row["n_failed"]) == (n, failed)
+        assert (row["gain_mean"], row["gain_ci_low"], row["gain_ci_high"]) == (mean, low, high) or n < 2
+        assert row["rows"] == float(int("".join(str(i + 1) for i in index)))
+        assert row["first"] == df.loc[index[0], "f_clean"]
 
 
 def test_summary_scores_come_from_the_registry():

@@ -191,6 +191,23 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].astype(str) == "ok"]
 
 
+def _ok_mask(df: pd.DataFrame) -> np.ndarray:
+    """:func:`ok_rows` as a boolean array over the table's rows."""
+    if "status" not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    return (df["status"].astype(str) == "ok").to_numpy()
+
+
+def _group_positions(df: pd.DataFrame) -> list[tuple[tuple[Any, ...], np.ndarray]]:
+    """``(keys, row positions)`` of each metric × attack × defence group, as ``df.groupby(GROUP_COLUMNS,
+    sort=False, dropna=False)`` gives them: groups in order of first appearance, rows in table order."""
+    codes = df.groupby(list(GROUP_COLUMNS), sort=False, dropna=False).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    keys = df[list(GROUP_COLUMNS)]
+    return [(tuple(keys.iloc[positions[0]]), positions) for positions in np.split(order, starts[1:]) if len(positions)]
+
+
 # -- aggregation ---------------------------------------------------------------------------------
 @renamed_registry_keyword
 def aggregate(
@@ -217,16 +234,19 @@ def aggregate(
         raise ConfigError(f"result table lacks the column(s) {missing}; it needs {list(GROUP_COLUMNS)}")
     columns = measure_columns(df)
     medians = {n for n, c in score_columns.read(run_info).items() if c.aggregate == "median"}
-    ok = ok_rows(df)
-    with_inf = {c for c in columns if np.isinf(ok[c].to_numpy(dtype=float)).any()}
+    ok_mask = _ok_mask(df)
+    # Each column converted once; a group's values are its rows' slice, in the table's order (as the group's
+    # own column would give them): pandas indexing per group and column was most of the time here.
+    values_of = {c: df[c].to_numpy(dtype=float) for c in columns}
+    with_inf = {c for c in columns if np.isinf(values_of[c][ok_mask]).any()}
     rows = []
-    for keys, group in df.groupby(list(GROUP_COLUMNS), sort=False, dropna=False):
-        good = ok_rows(group)
+    for keys, positions in _group_positions(df):
+        good_positions = positions[ok_mask[positions]]
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
-        row["n_images"] = int(len(good))
-        row["n_failed"] = int(len(group) - len(good))
+        row["n_images"] = int(len(good_positions))
+        row["n_failed"] = int(len(positions) - len(good_positions))
         for col in columns:
-            values = good[col].to_numpy(dtype=float)
+            values = values_of[col][good_positions]
             if col in medians:  # declared so (core/columns.py): the median with its bootstrap interval
                 row[f"{col}_median"], row[f"{col}_ci_low"], row[f"{col}_ci_high"], _ = bootstrap_ci(
                     values, statistic=np.median
@@ -238,8 +258,10 @@ def aggregate(
                 row[f"{col}_n_inf"] = int(np.isinf(values).sum())
         info = metric_info(run_info, row["metric"])
         info.update(attack=row["attack"], defence=row["defence"])
-        for score in summaries:
-            row.update(_run_summary(score, good, info))
+        if summaries and len(good_positions):
+            good = df.iloc[good_positions]
+            for score in summaries:
+                row.update(_run_summary(score, good, info))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -76,7 +76,7 @@ def write_report(run_dir: str | Path, plugins: Any = None) -> dict[str, Path]:
     run_dir = Path(run_dir)
     df, run_info = load_results(run_dir)
     run_info = with_defence_plugins(run_info, plugins)  # runs written before run.json recorded them
-    files = ReportFiles(run_dir)
+    files = ReportFiles(run_dir, background=True)  # figures rendered in child processes meanwhile
     result = protocol_verdict(df, run_info)  # a `protocol:` run: the worst-case verdict (docs/evaluation.md)
     df = study_rows(df, run_info)  # the study's tables: the run's own attacks (all rows without a protocol)
     tables = report_tables(df, run_info, plugins=plugins)
@@ -95,7 +95,9 @@ def write_report(run_dir: str | Path, plugins: Any = None) -> dict[str, Path]:
         written.update(write_verdict(result, run_dir, files.write))
         curves = curve_figures(result, run_dir, files)
         written.update({f"figure:{path.stem}": path for _, path in curves})
+        files.settle()  # the page embeds the figures
         views = {kind: page_view(result, curves, kind) for kind in views}
+    files.settle()
     written["html"] = write_html(
         run_dir, run_info, tables, figures, files, df, locate, verdict=views["html"], verdict_ranking=ranking
     )

@@ -129,9 +129,15 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(fig, path: Path, files: ReportFiles) -> Path:  # noqa: ANN001 - a matplotlib Figure
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
-    return files.write(path, buffer.getvalue())
+    """``fig`` as a PNG at ``path``, cropped to what was drawn; rendered in the background where ``files``
+    renders so (:meth:`~iqadef.report.files.ReportFiles.write_rendered`)."""
+
+    def render() -> bytes:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
+        return buffer.getvalue()
+
+    return files.write_rendered(path, render)
 
 
 def heatmap(matrix: pd.DataFrame, title: str, cmap: str, path: Path, files: ReportFiles, vmin=None, vmax=None) -> Path:

@@ -9,7 +9,10 @@ remembered, shown as missing and named in the report's notes; the report is stil
 from __future__ import annotations
 
 import json
+import os
 import warnings
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ from iqadef.store.rundir import RunFolder
 TEXT_COLUMNS = ("image", "metric", "attack", "defence", "status", "error", "adv_path", "example_path", "image_path")
 #: How many unreadable images the note names one by one.
 MAX_NAMED_UNREADABLE = 10
+#: Background renders at a time (:meth:`ReportFiles.write_rendered`): the parent and two children keep two
+#: cores busy while the parent builds the next figure.
+BACKGROUND_CHILDREN = 2
 
 
 def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -62,10 +68,18 @@ def first_line(exc: BaseException) -> str:
 
 class ReportFiles:
     """Writes the report's files (temporary name + rename, listed in the manifest) and reads the images it
-    shows; an unreadable image is remembered and warned about once, and :meth:`unreadable_note` names it."""
+    shows; an unreadable image is remembered and warned about once, and :meth:`unreadable_note` names it.
 
-    def __init__(self, run_dir: Path):
+    With ``background`` (where the platform forks), :meth:`write_rendered` renders a file in a child process
+    while the caller goes on; :meth:`settle` writes what the children rendered. Rendering the figures' PNGs
+    (matplotlib's Agg draw) is most of a report's figure time, and the parent builds the next figure meanwhile.
+    """
+
+    def __init__(self, run_dir: Path, background: bool = False):
         self.run_dir = run_dir
+        self.background = background and hasattr(os, "fork")
+        self._pending: list[tuple[Path, Callable[[], bytes], int, int]] = []  # path, render, child pid, pipe
+        weakref.finalize(self, _abandon, self._pending)  # a report that failed midway leaves no child behind
         self.folder = RunFolder(run_dir)
         if self.folder.is_run_folder():
             self.folder.adopt()  # a folder of an older version: list the report's files from now on
@@ -79,6 +93,37 @@ class ReportFiles:
         self.folder.record([path.relative_to(self.run_dir).as_posix()])
         atomic_write_bytes(path, data, advice=self.advice)
         return path
+
+    def write_rendered(self, path: Path, render: Callable[[], bytes]) -> Path:
+        """Write the bytes ``render()`` returns to ``path``: at once, or with ``background`` in a forked child
+        (at most :data:`BACKGROUND_CHILDREN` at a time) and written by :meth:`settle`. The path is listed in the
+        manifest now, so the manifest's order is the calls' order either way."""
+        if not self.background:
+            return self.write(path, render())
+        while len(self._pending) >= BACKGROUND_CHILDREN:
+            self._settle_first()
+        self.folder.record([path.relative_to(self.run_dir).as_posix()])
+        self._pending.append((path, render, *_render_in_child(render)))
+        return path
+
+    def settle(self) -> None:
+        """Wait for the background renders and write their files, in the order they were asked for. A child
+        that failed is rendered again here (so its error, if any, is raised here)."""
+        while self._pending:
+            self._settle_first()
+
+    def abandon(self) -> None:
+        """Stop the background renders and write nothing (the report failed before it needed them)."""
+        _abandon(self._pending)
+
+    def _settle_first(self) -> None:
+        path, render, pid, pipe = self._pending.pop(0)
+        with os.fdopen(pipe, "rb") as out:
+            data = out.read()
+        _, status = os.waitpid(pid, 0)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            data = render()
+        atomic_write_bytes(path, data, advice=self.advice)
 
     def image(self, path: Path, size: int = 192):
         """A thumbnail of ``path`` (PIL image), or None when it cannot be read."""
@@ -115,3 +160,32 @@ class ReportFiles:
             f"{names}{more}. Running the registry again (resume) writes unreadable example "
             f"images anew; then run `iqadef report` again."
         )
+
+
+def _abandon(pending: list[tuple[Path, Callable[[], bytes], int, int]]) -> None:
+    """Close the pipes (a child still sending gets a broken pipe and exits) and reap the children."""
+    while pending:
+        _, _, pid, pipe = pending.pop(0)
+        os.close(pipe)
+        os.waitpid(pid, 0)
+
+
+def _render_in_child(render: Callable[[], bytes]) -> tuple[int, int]:
+    """Fork a child that sends ``render()``'s bytes down a pipe and exits (exit 1 on any error, nothing sent);
+    returns the child's pid and the pipe's read end."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: forking with threads (pyarrow's pool)
+        pid = os.fork()
+    if pid == 0:  # the child: render, send, and leave without running the parent's cleanup or flushing its output
+        code = 1
+        try:
+            os.close(read_end)
+            data = render()
+            with os.fdopen(write_end, "wb") as out:
+                out.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, read_end
