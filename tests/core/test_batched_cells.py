@@ -156,3 +156,39 @@ def test_a_unit_leaves_no_images_in_reference_cycles(tmp_path, image_dir, toy_re
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+def test_each_image_pair_is_measured_once_per_batch_across_attacks(tmp_path, image_dir, toy_registry, monkeypatch):
+    """x vs D(x) is the same pair for every attack of an image batch, also when D resizes (x is then compared
+    with D(x) resized back to x's size, a tensor of the memo): measured for the batch's first attack only."""
+    import iqadef.plugins.scores._measures as measures
+
+    measured: list[tuple[int, int]] = []
+    real = measures.pair_measures
+
+    def counting(pairs, *args, **kwargs):
+        measured.extend((id(a), id(b)) for a, b in pairs)
+        return real(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(measures, "pair_measures", counting)
+    defences = "[no-defence, toy-blur, {name: resize, params: {scale: 0.5}}]"
+    path = tmp_path / "two-attacks.yaml"
+    text = GRID.format(images=image_dir, output="run", defences=defences)
+    path.write_text(text.replace("attacks: [toy-sign]", "attacks: [toy-sign, fgsm]"))
+    cfg = load_run_config(path, registry=toy_registry)
+    dataset = Dataset(cfg.images, cfg.mos, max_side=cfg.max_side)
+    worker = Worker(cfg, dataset, tmp_path / "run", lambda key: None, cfg.torch_device(), toy_registry)
+    units = plan_units(cfg, dataset, set())
+    per_unit = []
+    for unit in units:
+        measured.clear()
+        assert all(r["status"] == "ok" for r in worker.compute(unit).rows)
+        per_unit.append((unit.batch, len(measured), len(set(measured))))
+    assert all(n == distinct for _, n, distinct in per_unit)  # no pair twice within a unit
+    first = {}
+    for batch, n, _ in per_unit:
+        # first attack of a batch: x vs x_a, then x vs D(x), x vs D(x_a), x_a vs D(x_a), D(x) vs D(x_a) per
+        # defence; a later attack: x vs D(x) is memoised (it was measured again for the resizing defence)
+        expected = 1 + 3 * 4 if batch not in first else 1 + 3 * 3
+        first.setdefault(batch, n)
+        assert n == expected, per_unit

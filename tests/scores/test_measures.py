@@ -162,9 +162,9 @@ def test_full_reference_of_a_group_equals_each_defence_alone_and_measures_shared
 
     alone = [FullReferenceMeasures().compute(c) | QualityScore().compute(c) for c in _unit(metric)]
     calls = []
-    real_ssim, real_pairs = m.ssim, m.ssim_pairs
+    real_ssim, real_pairs = m.ssim, m.pair_measures
     monkeypatch.setattr(m, "ssim", lambda a, b: calls.append(a.shape) or real_ssim(a, b))
-    monkeypatch.setattr(m, "ssim_pairs", lambda pairs: calls.extend(a.shape for a, _ in pairs) or real_pairs(pairs))
+    monkeypatch.setattr(m, "pair_measures", lambda pairs: calls.extend(a.shape for a, _ in pairs) or real_pairs(pairs))
     members = _unit(metric)
     CellGroup(members)
     grouped = [FullReferenceMeasures().compute(c) | QualityScore().compute(c) for c in members]
@@ -229,3 +229,43 @@ def test_ssim_pairs_with_shared_moments_equal_ssim_on_real_images():
         assert value.dtype == torch.float64 and value.shape == (x.shape[0],)
         assert torch.allclose(value, m.ssim(a, b), rtol=0, atol=2e-6)
     assert torch.allclose(shared[5], torch.ones(x.shape[0], dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def test_stored_columns_of_a_unit_equal_the_whole_batch_formulas(metric):
+    """The grid's columns (SSIM and the differences image by image, pairs shared) against the formulas on
+    whole batches, pair by pair: SSIM to float32 noise of the per-pair :func:`ssim`, MSE/MAE to float64
+    rounding of :func:`diff_measures` (and, a float32 difference, to 1e-7 of the float64 :func:`mse`), L-inf
+    exactly."""
+    from iqadef.core.cells import CellBatch, CellGroup
+    from iqadef.plugins.scores.perturbation import PerturbationL2
+    from iqadef.plugins.scores.quality import QualityScore
+
+    g = torch.Generator().manual_seed(1)
+    x = _builtin_batch()
+    xa = ((x + (8 / 255) * torch.randn(x.shape, generator=g).sign()).clamp(0, 1) * 255).round() / 255
+    defences = [
+        lambda t: t,
+        lambda t: t.flip(-1),
+        lambda t: torch.nn.functional.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False),
+        lambda t: torch.nn.functional.interpolate(t, size=(24, 32), mode="bilinear"),  # resizes: compared resized back
+    ]
+    memo: dict = {}
+    f = torch.zeros(x.shape[0])
+    members = [CellBatch(x, xa, d(x), d(xa), f, f, f, f, metric, memo) for d in defences]
+    CellGroup(members)
+    for cells in members:
+        got = FullReferenceMeasures().compute(cells) | QualityScore().compute(cells) | PerturbationL2().compute(cells)
+        for pair, (a, b) in m.pair_images(cells).items():
+            batch = m.diff_measures(a, b)
+            torch.testing.assert_close(got[f"ssim_{pair}"], m.ssim(a, b), rtol=0, atol=2e-6)
+            torch.testing.assert_close(got[f"mse_{pair}"], batch["mse"], rtol=1e-12, atol=0)
+            torch.testing.assert_close(got[f"mse_{pair}"], m.mse(a, b), rtol=1e-7, atol=0)  # float32 difference
+            torch.testing.assert_close(got[f"mae_{pair}"], batch["mae"], rtol=1e-12, atol=0)
+            assert torch.equal(got[f"linf_{pair}"], batch["linf"])
+            torch.testing.assert_close(got[f"psnr_{pair}"], m.psnr_from_mse(batch["mse"]), rtol=1e-12, atol=0)
+        ssim_adv, ssim_clean = got["ssim_x_dxa"], got["ssim_x_dx"]
+        torch.testing.assert_close(got["similarity_score"], ssim_adv + got["psnr_x_dxa"] / 40, rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            got["similarity_score_clean"], ssim_clean + got["psnr_x_dx"] / 40, rtol=1e-12, atol=0
+        )
+        torch.testing.assert_close(got["l2_x_xa"], (got["mse_x_xa"] * x[0].numel()).sqrt(), rtol=1e-12, atol=0)

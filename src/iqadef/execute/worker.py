@@ -436,7 +436,17 @@ class Worker:
 
 
 def _forget(memo: dict, keep: list[torch.Tensor]) -> None:
-    """Drop memoised pair measures that involve images other than ``keep`` (bounded memory)."""
+    """Drop memoised pair measures that involve images other than ``keep`` (bounded memory).
+
+    A memoised tensor computed from kept images only (D(x) resized back to x's size) is kept too, with the
+    measures that involve it: x vs D(x) is the same pair for every attack of the batch."""
     kept = {id(t) for t in keep}
+    grown = True
+    while grown:
+        before = len(kept)
+        for a, b, value, *_ in memo.values():
+            if isinstance(value, torch.Tensor) and id(a) in kept and id(b) in kept:
+                kept.add(id(value))
+        grown = len(kept) > before
     for key in [k for k, v in memo.items() if id(v[0]) not in kept or id(v[1]) not in kept]:
         del memo[key]

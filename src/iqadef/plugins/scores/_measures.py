@@ -128,6 +128,27 @@ def ssim_pairs(
     :func:`ssim` (shifted by the pair's common mean) by float32 rounding only: max 5.1e-6 on a unit of the
     default grid, where both are within 5e-6 of a float64 computation (benchmarks/ssim_shared.py).
     """
+    return [values["ssim"] for values in pair_measures(pairs, win_size, k1, k2, differences=False)]
+
+
+def pair_measures(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    win_size: int = 7,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    differences: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """SSIM (as :func:`ssim_pairs`) and, with ``differences``, MSE, MAE and L-inf (as :func:`diff_measures`) of
+    each ``(a, b)`` pair, ``[B]`` float64 each, all of them one image at a time (CPU, equal batch sizes).
+
+    One pass over each image pair while it is in cache, and no temporary larger than one image's (~0.8 MB for
+    256x256 RGB in float32): a whole-batch difference (5.5 MB for 7 images) and its float64 reduction cost more
+    than the SSIM of the pair, and blocks of that size are what glibc keeps after they are freed (the peak RSS
+    of the grid's measures, docs/performance.md). SSIM is computed by the same code as :func:`ssim_pairs`
+    (bit-identical); MSE and MAE are the same float32 difference summed in float64, per image (a dot product
+    of the float64 difference: 2x faster than a float32->float64 reduction), so they equal :func:`diff_measures`
+    up to the summation order (float64 rounding, ~1e-15 relative); L-inf is identical.
+    """
     if not pairs:
         return []
     n = pairs[0][0].shape[0]
@@ -135,12 +156,15 @@ def ssim_pairs(
         a.is_cuda or b.is_cuda or a.shape[0] != n or b.shape[0] != n or a.shape != b.shape or a.dim() != 4
         for a, b in pairs
     ):
-        return [ssim(a, b, win_size, k1, k2) for a, b in pairs]
+        return [
+            {"ssim": ssim(a, b, win_size, k1, k2), **(diff_measures(a, b) if differences else {})} for a, b in pairs
+        ]
     uses: dict[int, int] = {}
     for a, b in pairs:
         for t in {id(a): a, id(b): b}:
             uses[t] = uses.get(t, 0) + 1
-    out = [torch.empty(n, dtype=torch.float64) for _ in pairs]
+    names = ("ssim", "mse", "mae", "linf") if differences else ("ssim",)
+    out = [{name: torch.empty(n, dtype=torch.float64) for name in names} for _ in pairs]
     c1, c2 = (k1 * 1.0) ** 2, (k2 * 1.0) ** 2
     for i in range(n):
         left = dict(uses)
@@ -169,7 +193,13 @@ def ssim_pairs(
             mx, my = torch.add(ux, sx), torch.add(uy, sy)
             num = torch.mul(mx, my).mul_(2).add_(c1).mul_(two_vxy_c2)
             den = mx.mul_(mx).addcmul_(my, my).add_(c1).mul_(vx_vy_c2)
-            out[j][i] = num.div_(den).mean(dim=(2, 3), dtype=torch.float64).mean(dim=1)[0]
+            out[j]["ssim"][i] = num.div_(den).mean(dim=(2, 3), dtype=torch.float64).mean(dim=1)[0]
+            if differences:
+                d = torch.sub(a[i].detach().float(), b[i].detach().float()).flatten()
+                wide = d.double()  # float64 sums as diff_measures; 1.5 MB, where the batch's would be 11 MB
+                out[j]["mse"][i] = torch.dot(wide, wide) / d.numel()
+                out[j]["mae"][i] = wide.abs_().sum() / d.numel()
+                out[j]["linf"][i] = d.abs_().amax()
             for t in {id(a), id(b)}:
                 left[t] -= 1
                 if not left[t]:
@@ -240,25 +270,25 @@ def measure_batches(batches: list) -> list[dict[str, torch.Tensor]]:
             if cells.cached_measure("pair-measures", a, b) is None:
                 todo[key] = (a, b)
     cpu_keys = [k for k, (a, b) in todo.items() if not (a.is_cuda or b.is_cuda)]
-    ssim_cpu = dict(zip(cpu_keys, ssim_pairs([todo[k] for k in cpu_keys])))  # moments shared between pairs
+    measured = dict(zip(cpu_keys, pair_measures([todo[k] for k in cpu_keys])))  # image by image, moments shared
     stacks: dict[tuple, list[tuple[int, int]]] = {}
     for key, (a, b) in todo.items():
+        if key in measured:
+            one = measured[key]
+            _memoise(memo_of[key], a, b, one)
+            continue
         stacks.setdefault((a.shape[1:], a.device, b.shape[1:]), []).append(key)
     for keys in stacks.values():
         for chunk in _chunks(keys, todo):
             a = torch.cat([todo[k][0] for k in chunk]) if len(chunk) > 1 else todo[chunk[0]][0]
             b = torch.cat([todo[k][1] for k in chunk]) if len(chunk) > 1 else todo[chunk[0]][1]
             values = diff_measures(a, b)
-            values["ssim"] = ssim_cpu[chunk[0]] if len(chunk) == 1 and chunk[0] in ssim_cpu else ssim(a, b)
+            values["ssim"] = ssim(a, b)
             start = 0
             for k in chunk:
                 n = todo[k][0].shape[0]
-                one = {name: v[start : start + n] for name, v in values.items()}
+                _memoise(memo_of[k], *todo[k], {name: v[start : start + n] for name, v in values.items()})
                 start += n
-                cells, (pa, pb) = memo_of[k], todo[k]
-                cells.pair_measure("pair-measures", pa, pb, lambda *_: one)
-                cells.pair_measure("ssim", pa, pb, lambda *_: one["ssim"])
-                cells.pair_measure("mse", pa, pb, lambda *_: one["mse"])
     out = []
     for pairs in wanted:
         columns: dict[str, torch.Tensor] = {}
@@ -269,6 +299,13 @@ def measure_batches(batches: list) -> list[dict[str, torch.Tensor]]:
                 columns[f"{name}_{pair}"] = values[name].cpu().clone()
         out.append({k: v.cpu() for k, v in columns.items()})
     return out
+
+
+def _memoise(cells, a: torch.Tensor, b: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+    """The pair's measures into the cells' memo, where the other scores (quality, perturbation) find them."""
+    cells.pair_measure("pair-measures", a, b, lambda *_: values)
+    cells.pair_measure("ssim", a, b, lambda *_: values["ssim"])
+    cells.pair_measure("mse", a, b, lambda *_: values["mse"])
 
 
 def _chunks(keys: list, todo: dict) -> list[list]:
