@@ -389,7 +389,7 @@ def write_defence_checkpoints(name: str, folder: Path, device: torch.device, qui
         from iqadef.plugins.defences._guided_diffusion import IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
 
         config, model = IMAGENET_256_UNCOND, "guided-256"
-        if quick:  # same loader and sampler, a UNet a CPU runs in a second (as tests/defences/test_diffpure.py)
+        if quick:  # same loader and sampler, a UNet a CPU runs in a second (as tests/plugins/defences/test_diffpure.py)
             config = GuidedUNetConfig(image_size=16, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
                                       attention_resolutions=(8,), num_head_channels=16)
             diffpure.GUIDED_MODELS[QUICK_GUIDED_NAME] = diffpure.GuidedModel(

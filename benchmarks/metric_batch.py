@@ -5,7 +5,7 @@ results move with the batch size (what ``metric_batch`` trades).
                                       [--side 256] [--device cpu] [--out benchmarks/results/metric_batch.json]
 
 tiny-iqa with its packaged weights (random ones when absent); metaiqa and spaq with random weights in their
-official layouts (tests/metrics/official_layout.py), which time the same as the real ones. CPU: process CPU
+official layouts (tests/support/official_layout.py), which time the same as the real ones. CPU: process CPU
 time per image (the machine is shared); CUDA: wall time after synchronising. ``max_abs_diff_vs_batch_7`` is
 the largest change of a score when the same images go through calls of another size than 7 (the default
 grid's batch).
@@ -24,7 +24,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "metrics"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 from _bench import loadavg, machine, set_threads  # noqa: E402
 

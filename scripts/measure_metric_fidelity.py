@@ -9,7 +9,7 @@ For ``linearity``, ``metaiqa`` and ``spaq`` it compares, on photographs shipped 
 
 It reports the network inputs' largest difference (8-bit levels), the scores' relative difference and the
 cosine between the input gradients. The official checkpoints cannot be downloaded here, so the networks
-carry random weights in the official key layout (``tests/metrics/official_layout.py``, as the tests);
+carry random weights in the official key layout (``tests/support/official_layout.py``, as the tests);
 the numbers show the size of the effect, not the paper's values. CPU, a few minutes::
 
     python scripts/measure_metric_fidelity.py [--metrics metaiqa spaq linearity] [--out fidelity.json]
@@ -28,7 +28,7 @@ import skimage.data
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "metrics"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from official_layout import random_state  # noqa: E402
 

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+#: Shared helpers (toy plugins, official-layout checkpoints, HTTP server...) live in tests/support, put on sys.path
+#: here once for every folder (tests run with --import-mode=importlib). Ray actors get the driver's sys.path entries.
+SUPPORT = Path(__file__).resolve().parent / "support"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
+
+import toy_plugins  # noqa: E402
+
+from iqadef.core.plugins import InstalledPlugins  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_registry() -> InstalledPlugins:
+    """The toy plugins only (no entry points): fast, and independent of what is installed."""
+    return InstalledPlugins(extra=[toy_plugins], entry_points=False)
 
 
 @pytest.fixture()

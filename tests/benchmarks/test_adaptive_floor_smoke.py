@@ -7,11 +7,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from repo_paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 
 @pytest.mark.slow

@@ -12,13 +12,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import REPO_ROOT
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 
 METRIC_CHECKS = [

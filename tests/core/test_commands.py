@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 CORE = ROOT / "src" / "iqadef" / "core"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from repo_paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -113,9 +114,7 @@ def test_registry_mistakes_stop_before_any_work(tmp_path, text, fragments):
 
 
 def test_a_png_given_as_the_mos_file(tmp_path):
-    (tmp_path / "mos.csv").write_bytes(
-        Path(__file__).resolve().parents[2].joinpath("src/iqadef/data/images/coins.png").read_bytes()
-    )
+    (tmp_path / "mos.csv").write_bytes(REPO_ROOT.joinpath("src/iqadef/data/images/coins.png").read_bytes())
     registry = write(
         tmp_path, "dataset: {images: builtin, mos: mos.csv}\noutput: out\nmetrics: [tiny-iqa]\nattacks: [fgsm]\n"
     )

@@ -45,7 +45,7 @@ def _run(tmp, images, registry, metrics: str = "[toy-metric]"):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, toy_registry):
-    from test_report_browser import _images
+    from .test_report_browser import _images
 
     tmp = tmp_path_factory.mktemp("answers")
     images = tmp / "images"

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from repo_paths import REPO_ROOT
 
 from iqadef.config.registry import load_run_config
 from iqadef.execute import run_grid
 from iqadef.report import write_report
 from iqadef.report.figures import THUMBNAIL_SIZE, ThumbnailCache
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = REPO_ROOT / "src"
 
 
 def comparison(page: str) -> dict:

@@ -23,7 +23,7 @@ UNSUPPORTED = {
     "clipscore": "scores an image against a caption, which a grid cell does not have",
 }
 
-#: Metrics whose pyiqa implementation gives no useful gradient (checked: tests/pyiqa).
+#: Metrics whose pyiqa implementation gives no useful gradient (checked: tests/plugins/iqadef-pyiqa).
 NOT_DIFFERENTIABLE = {
     "entropy": "it counts a histogram of integer pixel values (no gradient at all)",
     "piqe": "it rounds the image to 8 bits with torch.round, whose gradient is zero",

@@ -1,6 +1,6 @@
 """The names of the metrics the adapter registers, written out so that registering them imports nothing:
 neither pyiqa (seconds: it imports every architecture) nor torch. They are the per-image no-reference metrics
-of pyiqa :data:`PYIQA_VERSION` that :mod:`.catalog` keeps (tests/pyiqa checks the two agree); a new pyiqa
+of pyiqa :data:`PYIQA_VERSION` that :mod:`.catalog` keeps (tests/plugins/iqadef-pyiqa checks the two agree); a new pyiqa
 version: ``python -m iqadef_pyiqa.table --names`` prints the list anew.
 """
 

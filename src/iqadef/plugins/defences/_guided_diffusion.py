@@ -4,7 +4,7 @@ Written from ``guided_diffusion/unet.py`` and ``script_util.py`` of https://gith
 (Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis", 2021). Only what unconditional sampling
 needs is kept: no class embedding, no gradient checkpointing, the "legacy" attention order (heads split before
 q/k/v), which is the order of the released checkpoints. ``state_dict()`` key names and shapes equal those of
-the official ``UNetModel`` built with the same settings (checked in ``tests/defences/test_diffpure.py``).
+the official ``UNetModel`` built with the same settings (checked in ``tests/plugins/defences/test_diffpure.py``).
 
 :data:`IMAGENET_256_UNCOND` is the configuration of ``256x256_diffusion_uncond.pt`` (the model DiffPure and the
 reference IQA study use); the LSUN 256x256 checkpoints of guided-diffusion share it.

@@ -17,7 +17,7 @@ class DiffJpeg(Defence):
     (offset 128), 4:2:0 chroma, libjpeg quality scaling, hard rounding forward and the gradient of
     ``round(x) + (x - round(x))**3`` backward. Re-implemented in ``_jpeg_codec`` (kornia's codec converts
     colour differently and softens the rounding in the forward pass: 37-57 dB PSNR from the reference);
-    this one equals the reference's output and gradient in float32 (tests/defences/test_diffjpeg_reference.py).
+    this one equals the reference's output and gradient in float32 (tests/plugins/defences/test_diffjpeg_reference.py).
     """
 
     name = "diffjpeg"
