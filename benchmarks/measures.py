@@ -15,11 +15,8 @@ sets them against a large tensor copy (read + write) on the same machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,20 +24,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _bench import interleaved, loadavg, machine, med, set_threads  # noqa: E402
+from _bench import interleaved, loadavg, machine, med, module_at, set_threads  # noqa: E402
 
 BEFORE = "6a18b57"  # the last commit with the per-defence measures
 
 
 def old_module(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:src/iqadef/plugins/scores/_measures.py"], cwd=HERE.parent,
-                            check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "old_measures.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_measures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(rev)
 
 
 def unit(batch: int = 7, side: int = 256, seed: int = 0):

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,16 +26,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _bench import module_at  # noqa: E402
+
 
 def old_module(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:src/iqadef/plugins/scores/_measures.py"], cwd=HERE.parent,
-                            check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "old_measures.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_measures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(rev)
 
 
 def unit_images():
