@@ -6,7 +6,7 @@
 
 The child process runs ``iqadef run REGISTRY --fresh`` through the CLI's own ``main`` (the same code as the
 command), with wrappers installed from outside (no change to the code measured): around every plugin call
-(``Worker._call``: an attack's ``run``, a defence's ``purify``, a metric's ``score``, an image score's
+(``Sandbox.call``, execute/sandbox.py: an attack's ``run``, a defence's ``purify``, a metric's ``score``, an image score's
 ``compute``, a plugin's ``setup``), every unit (``Worker.compute``) and every step of ``write_report``.
 Before each wrapped call the kernel's high-water mark is reset (``/proc/self/clear_refs``), so the
 VmHWM read after it is the peak *of that call*; glibc's ``mallinfo2`` gives what malloc holds in use
@@ -78,6 +78,7 @@ class Recorder:
 def child(registry: Path, output: Path, limit: int | None, trace_python: bool) -> dict[str, Any]:
     import iqadef.report as report
     from iqadef import cli
+    from iqadef.execute import sandbox as sandbox_mod
     from iqadef.execute import worker as worker_mod
 
     rec = Recorder()
@@ -99,7 +100,7 @@ def child(registry: Path, output: Path, limit: int | None, trace_python: bool) -
                 tracemalloc.stop()
             rec.cut(after)
 
-    original_call = worker_mod.Worker._call
+    original_call = sandbox_mod.Sandbox.call
     original_compute = worker_mod.Worker.compute
 
     def _call(self, who, method, call, seals=(), deep=True):  # type: ignore[no-untyped-def]
@@ -113,7 +114,7 @@ def child(registry: Path, output: Path, limit: int | None, trace_python: bool) -
         rec.cut("driver (store, next unit)")
         return out
 
-    worker_mod.Worker._call = _call  # type: ignore[method-assign]
+    sandbox_mod.Sandbox.call = _call  # type: ignore[method-assign]
     worker_mod.Worker.compute = compute  # type: ignore[method-assign]
     for name in ("load_results", "protocol_verdict", "study_rows", "report_tables", "draw_figures", "draw_tradeoffs",
                  "write_html", "write_markdown"):
