@@ -38,6 +38,7 @@ def test_a_third_party_key_column_reaches_the_main_table_with_its_direction(tmp_
         "key": True,
         "ranking": "interval",
         "title": "change of x",
+        "role": None,
         "plugin": "defence-change",
         "order": 100,
     }

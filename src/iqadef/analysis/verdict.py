@@ -28,6 +28,7 @@ import pandas as pd
 
 from iqadef.analysis.protocol import format_eps
 from iqadef.analysis.scores import bootstrap_ci, metric_info, metric_span, normalised_gain, ok_rows
+from iqadef.core import columns as score_columns
 
 # -- the flags' thresholds (all gains normalised by the metric's range) ------------------------------
 #: (a) fires when, at some budget, the worst case exceeds the non-adaptive gain by at least this much ...
@@ -147,8 +148,11 @@ def study_rows(df: pd.DataFrame, run_info: dict[str, Any] | None) -> pd.DataFram
     return df[~df["attack"].isin(added)].reset_index(drop=True)
 
 
-def _candidates(good: pd.DataFrame, protocol: dict[str, Any]) -> pd.DataFrame:
-    """One row per (cell, budget it counts at): metric, defence, image, threat, eps, role, gain."""
+def _candidates(good: pd.DataFrame, protocol: dict[str, Any], linf_column: str | None) -> pd.DataFrame:
+    """One row per (cell, budget it counts at): metric, defence, image, threat, eps, role, gain.
+
+    ``linf_column`` is the run's column with the role ``attack_linf`` (:mod:`iqadef.core.columns`): the
+    user's attacks count at each L-inf budget their measured L-inf fits; without it, only the protocol's own."""
     cells = protocol.get("cells") or {}
     study = set(protocol.get("study", []))
     linf_budgets = sorted(float(e) for e in (protocol.get("budgets") or {}).get("linf", []))
@@ -157,10 +161,10 @@ def _candidates(good: pd.DataFrame, protocol: dict[str, Any]) -> pd.DataFrame:
         mine = good[good["attack"] == label]
         if len(mine):
             parts.append(mine.assign(threat=spec["threat"], eps=float(spec["eps"]), role=spec["role"]))
-    if study and "linf_x_xa" in good.columns:  # the user's attacks count where their measured L-inf fits
+    if study and linf_column is not None and linf_column in good.columns:
         mine = good[good["attack"].isin(study) & (good["adaptive"].astype(str) == "none")]
         for eps in linf_budgets:
-            fits = mine[pd.to_numeric(mine["linf_x_xa"], errors="coerce") <= eps + LINF_TOLERANCE]
+            fits = mine[pd.to_numeric(mine[linf_column], errors="coerce") <= eps + LINF_TOLERANCE]
             if len(fits):
                 parts.append(fits.assign(threat="linf", eps=eps, role="nonadaptive"))
     if not parts:
@@ -213,7 +217,7 @@ def verdict(
         gain_at_zero=normalised_gain(good["f_clean"], good["f_def_clean"], 1.0) / span,
         rise=sign.to_numpy(dtype=float) * (good["f_def_adv"] - good["f_def_clean"]).to_numpy(dtype=float) / span,
     )
-    cand = _candidates(good, protocol)
+    cand = _candidates(good, protocol, score_columns.column_with_role(score_columns.read(run_info), "attack_linf"))
     if cand.empty:
         return empty
     rows, curve_rows = [], []

@@ -19,6 +19,16 @@ DIRECTIONS = ("higher", "lower", None)
 AGGREGATES = ("mean", "median")
 #: A column in the defence ranking: its bootstrap "interval" beside the mean, or the "mean" alone.
 RANKINGS = (None, "mean", "interval")
+#: A column's named meaning, which the report and the analysis ask for instead of a plugin's column name
+#: (at most one column per role in a run). The built-ins: ``full-reference`` and ``gain``.
+ROLES = {
+    "attack_psnr": "PSNR of x_a against x (the attack's visibility)",
+    "attack_ssim": "SSIM of x_a against x (the attack's visibility)",
+    "defended_psnr": "PSNR of D(x_a) against x",
+    "defended_ssim": "SSIM of D(x_a) against x",
+    "attack_linf": "L-inf of x_a - x (where the user's attacks fit the protocol's budgets)",
+    "paper_gain": "|f(x) - f(D(x_a))| / f(x), the gain per image",
+}
 #: Where the columns of a plugin without :attr:`report_order` stand in the main table (after the built-ins).
 DEFAULT_ORDER = 100
 
@@ -29,7 +39,8 @@ class ScoreColumn:
 
     ``key`` columns are the report's main table (the others are in the full table and summary.csv);
     ``ranking`` puts the column in the defence ranking, where a column with an interval and a direction also
-    names the key findings' best defences. ``title`` is how the page names it (default: ``name``).
+    names the key findings' best defences. ``title`` is how the page names it (default: ``name``); ``role``
+    is one of :data:`ROLES`, the meaning the report looks the column up by.
     """
 
     name: str
@@ -38,6 +49,7 @@ class ScoreColumn:
     key: bool = False
     ranking: str | None = None
     title: str = ""
+    role: str | None = None
 
     def __post_init__(self) -> None:
         where = f"score column {self.name!r}"
@@ -52,6 +64,10 @@ class ScoreColumn:
                 raise ConfigError(
                     f"{where}: {field} {value!r} is not allowed; expected one of {', '.join(repr(a) for a in allowed)}"
                 )
+        if self.role is not None and self.role not in ROLES:
+            raise ConfigError(
+                f"{where}: role {self.role!r} is not allowed; expected None or one of {', '.join(map(repr, ROLES))}"
+            )
         if not isinstance(self.key, bool):
             raise ConfigError(f"{where}: key {self.key!r} is not allowed; expected true or false")
 
@@ -96,9 +112,16 @@ def record(classes: Iterable[type]) -> dict[str, dict[str, Any]]:
     """``run.json``'s ``score_columns``: every column of the score plugins ``classes``, key columns in the
     order the main table shows them (the plugins' ``report_order``, then their declaration)."""
     entries = []
+    roles: dict[str, str] = {}
     for cls in classes:
         order = int(getattr(cls, "report_order", DEFAULT_ORDER))
         for position, column in enumerate(getattr(cls, "columns", ())):
+            owner = f"{getattr(cls, 'name', '')!r} ({column.name})"
+            if column.role is not None and roles.setdefault(column.role, owner) != owner:
+                raise ConfigError(
+                    f"score plugins {roles[column.role]} and {owner} both declare role {column.role!r}; "
+                    "a run has at most one column per role: drop the role from one of them"
+                )
             entries.append(
                 ((order, getattr(cls, "name", ""), position), column.to_json(getattr(cls, "name", ""), order))
             )
@@ -115,7 +138,7 @@ def read(run_info: dict[str, Any] | None) -> dict[str, ScoreColumn]:
     if not isinstance(recorded, dict):
         raise ConfigError("run.json: score_columns must be a mapping of column name -> its description")
     out = {}
-    fields = {"name", "direction", "aggregate", "key", "ranking", "title"}
+    fields = {"name", "direction", "aggregate", "key", "ranking", "title", "role"}
     for name, entry in recorded.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"run.json: score_columns.{name} must be a mapping")
@@ -124,6 +147,13 @@ def read(run_info: dict[str, Any] | None) -> dict[str, ScoreColumn]:
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"run.json: score_columns.{name}: {exc}") from None
     return out
+
+
+def column_with_role(columns: dict[str, ScoreColumn], role: str) -> str | None:
+    """The name of the column that has ``role`` (one of :data:`ROLES`), None when the run has none."""
+    if role not in ROLES:
+        raise ValueError(f"unknown column role {role!r}")
+    return next((name for name, c in columns.items() if c.role == role), None)
 
 
 def key_columns(columns: dict[str, ScoreColumn]) -> list[str]:
@@ -164,10 +194,21 @@ def _legacy() -> dict[str, ScoreColumn]:
         ("energy_distance_score", None, None),
     ]
     titles = {"quality_score": "quality score"}  # as the quality plugin declares it
-    return {
+    out = {
         name: ScoreColumn(name, direction, key=True, ranking=ranking, title=titles.get(name, ""))
         for name, direction, ranking in spec
     }
+    out["gain"] = ScoreColumn("gain", lower, key=True, role="paper_gain")
+    # The full-reference columns the report and the verdict read by name before roles (not in the main table).
+    for name, direction, role in (
+        ("psnr_x_xa", higher, "attack_psnr"),
+        ("ssim_x_xa", higher, "attack_ssim"),
+        ("psnr_x_dxa", higher, "defended_psnr"),
+        ("ssim_x_dxa", higher, "defended_ssim"),
+        ("linf_x_xa", lower, "attack_linf"),
+    ):
+        out[name] = ScoreColumn(name, direction, role=role)
+    return out
 
 
 #: The fallback for runs without ``score_columns``: the columns the report named before they were declared.

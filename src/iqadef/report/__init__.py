@@ -84,7 +84,7 @@ def write_report(run_dir: str | Path, plugins: Any = None) -> dict[str, Path]:
         "summary_csv": files.write(run_dir / "summary.csv", tables.aggregated.to_csv(index=False).encode("utf-8"))
     }
     locate = ImageLocator(run_dir, run_info)
-    figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate)
+    figures = draw_figures(df, run_dir, tables.examples, tables.mos, files, locate, run_info)
     figures.tradeoff = draw_tradeoffs(
         {m: tradeoff_points(t, run_info) for m, t in tables.rankings.items()}, run_dir, files, quality_column(run_info)
     )

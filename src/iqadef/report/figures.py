@@ -17,10 +17,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from iqadef.core import columns as score_columns
 from iqadef.core.columns import ScoreColumn
 from iqadef.report.certified import certified_curve, radius_defences, radius_grid
 from iqadef.report.files import ReportFiles
@@ -62,10 +64,13 @@ def draw_figures(
     mos: bool,
     files: ReportFiles,
     locate: ImageLocator | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> ReportFigures:
     """Figures 3 (gain), 4 (SROCC with MOS, else with f(x)) and 5 (binned gain) per metric, then the
-    example images, written under ``run_dir/figures``."""
+    example images, written under ``run_dir/figures``. Figure 5 bins by the column ``run_info`` declares
+    with the role ``attack_ssim`` (:mod:`iqadef.core.columns`); without one, by f(x_a) alone."""
     figures_dir = run_dir / "figures"
+    visibility = score_columns.column_with_role(score_columns.read(run_info), "attack_ssim")
     drawn = ReportFigures()
     metrics = list(dict.fromkeys(df["metric"])) if "metric" in df.columns else []
     for metric in metrics:
@@ -100,7 +105,7 @@ def draw_figures(
                     ),
                 )
             )
-        by_ssim = binned_gain(df, metric, "ssim_x_xa")
+        by_ssim = binned_gain(df, metric, visibility) if visibility is not None else pd.DataFrame()
         by_value = binned_gain(df, metric, "f_adv")
         if not (by_ssim.empty and by_value.empty):
             fig = new_figure(11, 4)

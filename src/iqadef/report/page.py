@@ -32,6 +32,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from iqadef.analysis.scores import CONFIDENCE, metric_info, metric_span, paper_gain, score_warnings
+from iqadef.core import columns as score_columns
 from iqadef.report.certified import certified_table, certified_warnings
 from iqadef.report.figures import (
     MAX_LINES,
@@ -82,15 +83,14 @@ NOTES = [
 ]
 
 #: The comparison's per-cell values: JSON key -> result-table column.
-COMPARISON_VALUES = {
-    "f_x": "f_clean",
-    "f_xa": "f_adv",
-    "f_dxa": "f_def_adv",
-    "psnr_xa": "psnr_x_xa",
-    "ssim_xa": "ssim_x_xa",
-    "psnr_dxa": "psnr_x_dxa",
-    "ssim_dxa": "ssim_x_dxa",
-    "gain": "gain",
+COMPARISON_VALUES = {"f_x": "f_clean", "f_xa": "f_adv", "f_dxa": "f_def_adv"}
+#: ... and JSON key -> the role of the score column that holds it (iqadef.core.columns.ROLES; null without one).
+COMPARISON_ROLES = {
+    "psnr_xa": "attack_psnr",
+    "ssim_xa": "attack_ssim",
+    "psnr_dxa": "defended_psnr",
+    "ssim_dxa": "defended_ssim",
+    "gain": "paper_gain",
 }
 
 
@@ -428,6 +428,11 @@ def comparison_data(
     against x, the gain and the normalised gain (null where the table has no value).
     """
     rows = tables.examples.to_dict("records")
+    declared = score_columns.read(run_info)
+    values = {
+        **COMPARISON_VALUES,
+        **{key: score_columns.column_with_role(declared, role) for key, role in COMPARISON_ROLES.items()},
+    }
     wanted: dict[tuple[str, str], tuple[str, str, str]] = {}
     for row in rows:
         image = str(row.get("image", ""))
@@ -463,8 +468,8 @@ def comparison_data(
             "xa": thumb("adv_path", str(row.get("adv_path", "")), image),
             "dxa": thumb("example_path", str(row.get("example_path", "")), image),
         }
-        for key, column in COMPARISON_VALUES.items():
-            cell[key] = _number(row.get(column))
+        for key, column in values.items():
+            cell[key] = None if column is None else _number(row.get(column))
         f_x, f_dxa = cell["f_x"], cell["f_dxa"]
         finite = isinstance(f_x, float) and isinstance(f_dxa, float)
         cell["norm_gain"] = abs(f_x - f_dxa) / span if finite else None

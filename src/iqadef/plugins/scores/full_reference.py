@@ -8,6 +8,14 @@ from iqadef import ImageScore, ScoreColumn, hookimpl
 
 from ._measures import PAIRS, measure_batches
 
+_ROLES = {
+    "psnr_x_xa": "attack_psnr",
+    "ssim_x_xa": "attack_ssim",
+    "psnr_x_dxa": "defended_psnr",
+    "ssim_x_dxa": "defended_ssim",
+    "linf_x_xa": "attack_linf",
+}
+
 
 class FullReferenceMeasures(ImageScore):
     """PSNR/SSIM/MSE/MAE/L-inf for (x,x_a), (x,D(x)), (x,D(x_a)), (x_a,D(x_a)), (D(x),D(x_a)).
@@ -18,9 +26,14 @@ class FullReferenceMeasures(ImageScore):
     """
 
     name = "full-reference"
-    #: PSNR and SSIM are higher the closer the pair; MSE, MAE and L-inf lower.
+    #: PSNR and SSIM are higher the closer the pair; MSE, MAE and L-inf lower. The roles are what the report
+    #: and the verdict read (iqadef.core.columns.ROLES).
     columns = tuple(
-        ScoreColumn(f"{m}_{p}", "higher" if m in ("psnr", "ssim") else "lower")
+        ScoreColumn(
+            f"{m}_{p}",
+            "higher" if m in ("psnr", "ssim") else "lower",
+            role=_ROLES.get(f"{m}_{p}"),
+        )
         for p in PAIRS
         for m in ("psnr", "ssim", "mse", "mae", "linf")
     )

@@ -19,7 +19,7 @@ class GainScore(ImageScore):
 
     name = "gain"
     report_order = 10
-    columns = (ScoreColumn("gain", "lower", key=True), ScoreColumn("gain_clean", "lower", key=True))
+    columns = (ScoreColumn("gain", "lower", key=True, role="paper_gain"), ScoreColumn("gain_clean", "lower", key=True))
 
     def compute(self, cells) -> dict[str, torch.Tensor]:
         f_x = as_float_tensor(cells.f_clean).numpy()
