@@ -52,3 +52,16 @@ def test_the_builtins_declare_the_roles_old_runs_read():
     legacy = columns.read({})
     for role in columns.ROLES:
         assert columns.column_with_role(recorded, role) == columns.column_with_role(legacy, role) is not None
+
+
+def test_a_run_recorded_before_roles_reads_the_builtins_roles():
+    """run.json written when score columns were recorded but had no ``role`` (the built-ins' entries, role
+    key absent): the report still finds the full-reference and gain columns by role."""
+    recorded = {name: {k: v for k, v in entry.items() if k != "role"} for name, entry in recorded_columns().items()}
+    read = columns.read({"score_columns": recorded})
+    legacy = columns.read({})
+    for role in columns.ROLES:
+        assert columns.column_with_role(read, role) == columns.column_with_role(legacy, role) is not None
+    # a column of a third-party plugin recorded without a role keeps none
+    recorded["vis"] = {"name": "vis", "direction": "higher"}
+    assert columns.read({"score_columns": recorded})["vis"].role is None

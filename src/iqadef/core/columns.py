@@ -130,8 +130,8 @@ def record(classes: Iterable[type]) -> dict[str, dict[str, Any]]:
 
 def read(run_info: dict[str, Any] | None) -> dict[str, ScoreColumn]:
     """The score columns ``run.json`` records (column name -> :class:`ScoreColumn`, in the main table's order);
-    :data:`LEGACY_COLUMNS` for a run written before they were recorded. A malformed entry is a ConfigError
-    naming it."""
+    :data:`LEGACY_COLUMNS` for a run written before they were recorded; an entry recorded before columns had a
+    ``role`` takes the built-in column's role of the same name. A malformed entry is a ConfigError naming it."""
     recorded = (run_info or {}).get("score_columns")
     if recorded is None:
         return dict(LEGACY_COLUMNS)
@@ -142,6 +142,8 @@ def read(run_info: dict[str, Any] | None) -> dict[str, ScoreColumn]:
     for name, entry in recorded.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"run.json: score_columns.{name} must be a mapping")
+        if "role" not in entry and name in LEGACY_COLUMNS:  # recorded before columns had roles: the built-in's
+            entry = {**entry, "role": LEGACY_COLUMNS[name].role}
         try:
             out[str(name)] = ScoreColumn(**{k: v for k, v in entry.items() if k in fields})
         except (ConfigError, TypeError) as exc:
