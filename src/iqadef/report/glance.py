@@ -144,7 +144,8 @@ def best_per_attack(df: pd.DataFrame, run_info: dict[str, Any] | None, metric: s
                 "n_images": int(best["n_images"]),
             }
         )
-    shown = [c for c in BEST_COLUMNS if quality_column(run_info) is not None or c not in QUALITY_COLUMNS]
+    declared = quality_column(run_info) is not None
+    shown = [c for c in BEST_COLUMNS if declared or c not in QUALITY_COLUMNS]
     return pd.DataFrame(rows, columns=list(BEST_COLUMNS))[shown]
 
 
